@@ -1,0 +1,462 @@
+"""Actions: the closed set of inputs the model accepts.
+
+Each action is a small frozen, hashable pydantic model; its class docstring is the reference
+text for the scenario format (``docs/scenario-format.md``). A scenario step is a mapping with
+exactly one action key, e.g. ``- mem_write: {proc: app, addr: buf}``. Addresses are written as
+``NAME``, ``NAME+OFFSET`` (``buf+4K``, ``buf+0x1000``, ``buf+3p``) or a plain integer, where
+NAME is a mapping created by ``mmap``. Sizes accept ``4096``, ``4K``, ``2M``, ``1G`` or ``3p``
+(pages).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Size = int | str
+Addr = int | str
+
+
+class Action(BaseModel):
+    """Base class: frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: ClassVar[str] = ""
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
+        return f"{self.key}({args})"
+
+
+class TargetMixin(BaseModel):
+    """Which physical page an injection or observation is about: exactly one of
+
+    * ``pfn``: a page frame number;
+    * ``proc`` + ``addr``: the page mapped at that user address (looked up like pagemap);
+    * ``file`` + ``offset``: the page-cache page of a file (path or ``proc``'s fd name);
+    * ``free``: a free page: ``buddy`` (a free base page), ``2M``/``1G`` (a free HugeTLB folio;
+      ``index`` picks which raw page inside it, 0 = head);
+    * ``kernel``: a kernel-owned page: ``slab``, ``pagetable``, ``reserved`` or ``zero_page``.
+    """
+
+    pfn: int | None = None
+    proc: str | None = None
+    addr: Addr | None = None
+    file: str | None = None
+    offset: Size = 0
+    free: Literal["buddy", "2M", "1G"] | None = None
+    index: int = 0
+    kernel: Literal["slab", "pagetable", "reserved", "zero_page"] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Any:
+        given = [n for n, v in (("pfn", self.pfn), ("addr", self.addr), ("file", self.file),
+                                ("free", self.free), ("kernel", self.kernel)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one target: pfn, addr (with proc), file (+ offset), free or kernel"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        if self.addr is not None and self.proc is None:
+            raise ValueError("addr needs proc: the process whose mapping it is")
+        return self
+
+
+# --------------------------------------------------------------------------- host set-up
+
+
+class Sysctl(Action):
+    """Set a sysctl: ``vm.memory_failure_early_kill`` (R9), ``vm.memory_failure_recovery`` (R8),
+    ``vm.enable_soft_offline`` (R11), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
+    ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0."""
+
+    key: ClassVar[str] = "sysctl"
+    name: str
+    value: int
+
+
+class Hugepages(Action):
+    """Resize the persistent HugeTLB pool of one size (``nr_hugepages`` for 2M or 1G), and
+    optionally its overcommit limit. Returns the new pool size."""
+
+    key: ClassVar[str] = "hugepages"
+    size: Literal["2M", "1G"] = "2M"
+    count: int = Field(ge=0)
+    overcommit: int | None = Field(default=None, ge=0)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class Spawn(Action):
+    """Start a new process with the given thread names (the first is the group leader).
+    ``caps: false`` drops CAP_SYS_ADMIN (injection then fails with EPERM, DOC-04)."""
+
+    key: ClassVar[str] = "spawn"
+    proc: str
+    threads: list[str] = Field(default_factory=lambda: ["main"])
+    caps: bool = True
+
+
+class Fork(Action):
+    """fork(): ``child`` gets a copy of ``proc``'s address space (private anonymous pages are
+    shared copy-on-write, shared mappings stay shared), one thread inheriting ``thread``'s
+    PR_MCE_KILL flags (R10), the signal dispositions and the file descriptors."""
+
+    key: ClassVar[str] = "fork"
+    proc: str
+    child: str
+    thread: str | None = None
+
+
+class Clone(Action):
+    """Create thread ``new`` in ``proc``; it inherits ``thread``'s PR_MCE_KILL flags (R10)
+    and joins the end of the thread list (R12 order)."""
+
+    key: ClassVar[str] = "clone"
+    proc: str
+    new: str
+    thread: str | None = None
+
+
+class Exit(Action):
+    """The process exits with ``code``: its mappings are torn down (which removes hwpoison
+    entries, R40) and its files closed."""
+
+    key: ClassVar[str] = "exit"
+    proc: str
+    code: int = 0
+
+
+class Prctl(Action):
+    """prctl(PR_MCE_KILL) on one thread (R10): ``op: set`` with ``policy: early|late|default``,
+    ``op: clear``, or ``op: get`` (returns 0 late, 1 early, 2 default)."""
+
+    key: ClassVar[str] = "prctl"
+    proc: str
+    thread: str | None = None
+    op: Literal["set", "clear", "get"] = "set"
+    policy: Literal["early", "late", "default"] | None = None
+
+
+class Sigaction(Action):
+    """Set the process's SIGBUS disposition: ``handler`` (SA_SIGINFO handler that records the
+    siginfo and siglongjmps out of the faulting access), ``default`` (terminate + core) or
+    ``ignore`` (SIG_IGN; a forced AR signal still kills, R35)."""
+
+    key: ClassVar[str] = "sigaction"
+    proc: str
+    sigbus: Literal["handler", "default", "ignore"]
+
+
+class Sigprocmask(Action):
+    """Block or unblock SIGBUS in one thread. AO signals wait while blocked; forced AR signals
+    unblock it and kill (R35)."""
+
+    key: ClassVar[str] = "sigprocmask"
+    proc: str
+    thread: str | None = None
+    block: bool
+
+
+# --------------------------------------------------------------------------- files
+
+
+class Create(Action):
+    """Create a file ``path`` on a file system: ``tmpfs`` (shmem), ``hugetlbfs`` (page size
+    ``huge``), ``ext2`` (disk-backed page cache), ``ramfs``. ``size`` sets i_size."""
+
+    key: ClassVar[str] = "create"
+    path: str
+    fs: Literal["tmpfs", "hugetlbfs", "ext2", "ramfs"] = "tmpfs"
+    size: Size = 0
+    huge: Literal["2M", "1G"] = "2M"
+
+
+class MemfdCreate(Action):
+    """memfd_create(): an anonymous shmem file, or a HugeTLB one with ``hugetlb: true``
+    (MFD_HUGETLB, page size ``huge``). The fd is named ``fd`` (default: ``name``) in ``proc``."""
+
+    key: ClassVar[str] = "memfd_create"
+    proc: str
+    name: str
+    fd: str | None = None
+    size: Size = 0
+    hugetlb: bool = False
+    huge: Literal["2M", "1G"] = "2M"
+
+
+class Open(Action):
+    """open() ``path`` in ``proc``; the fd is named ``fd`` (default: the path)."""
+
+    key: ClassVar[str] = "open"
+    proc: str
+    path: str
+    fd: str | None = None
+
+
+class Close(Action):
+    """close() an fd. The file lives on while mappings or other fds hold it."""
+
+    key: ClassVar[str] = "close"
+    proc: str
+    fd: str
+
+
+class Unlink(Action):
+    """unlink() ``path``; the inode is released once no fd or mapping holds it (R55, S13)."""
+
+    key: ClassVar[str] = "unlink"
+    path: str
+
+
+class Ftruncate(Action):
+    """ftruncate(): shrinking drops page-cache pages past the new size (poisoned folios stay
+    allocated: the memory_failure reference is never dropped, R30, R55)."""
+
+    key: ClassVar[str] = "ftruncate"
+    proc: str
+    fd: str
+    size: Size
+
+
+class Fallocate(Action):
+    """fallocate(): ``punch_hole`` (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE) removes page-cache pages in
+    the range; ``allocate`` pre-populates it."""
+
+    key: ClassVar[str] = "fallocate"
+    proc: str
+    fd: str
+    mode: Literal["punch_hole", "allocate"] = "punch_hole"
+    offset: Size = 0
+    len: Size
+
+
+class FileIO(Action):
+    """Common fields of read/pread/write/pwrite: ``len`` bytes at ``offset`` of ``fd``.
+    ``buf`` is the user buffer address (default: a private scratch buffer); a buffer in
+    poisoned memory makes the kernel's copy fail (-EFAULT or a short count, R3)."""
+
+    proc: str
+    thread: str | None = None
+    fd: str
+    offset: Size = 0
+    len: Size = 4096
+    buf: Addr | None = None
+    value: int | None = None
+
+
+class Read(FileIO):
+    """read(fd) from the file position ``offset``. Returns the byte count, or -1 with errno
+    (EIO for a poisoned page-cache page, R43)."""
+
+    key: ClassVar[str] = "read"
+
+
+class Pread(FileIO):
+    """pread(fd, len, offset)."""
+
+    key: ClassVar[str] = "pread"
+
+
+class Write(FileIO):
+    """write(fd): ``value`` is the byte pattern written (default 1)."""
+
+    key: ClassVar[str] = "write"
+
+
+class Pwrite(FileIO):
+    """pwrite(fd, len, offset)."""
+
+    key: ClassVar[str] = "pwrite"
+
+
+class Fsync(Action):
+    """fsync(fd): reports a recorded writeback error once (EIO, then 0)."""
+
+    key: ClassVar[str] = "fsync"
+    proc: str
+    fd: str
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class Mmap(Action):
+    """mmap() a region named ``name`` of ``size`` bytes in ``proc``.
+
+    * anonymous: no ``fd``; ``shared: true`` gives shared anonymous (shmem-backed) memory;
+      ``hugetlb: 2M|1G`` is MAP_HUGETLB; ``thp: true`` is MADV_HUGEPAGE memory (PMD-mapped THP
+      once a PMD-aligned 2M range is written).
+    * file: ``fd`` (a name from open/memfd_create) at file ``offset``; ``shared`` picks
+      MAP_SHARED (default) or MAP_PRIVATE.
+    * ``populate`` (MAP_POPULATE) faults every page in (write-faults for writable private
+      memory, read-faults otherwise); ``locked`` is MAP_LOCKED (mlocked pages).
+
+    Returns the start address. Mappings are placed at distinct, huge-page-aligned addresses.
+    """
+
+    key: ClassVar[str] = "mmap"
+    proc: str
+    name: str
+    size: Size
+    fd: str | None = None
+    offset: Size = 0
+    shared: bool | None = None
+    hugetlb: Literal["2M", "1G"] | None = None
+    thp: bool = False
+    populate: bool = False
+    locked: bool = False
+    prot: Literal["rw", "r"] = "rw"
+
+
+class Munmap(Action):
+    """munmap() ``len`` bytes at ``addr`` (default: the whole mapping). Removes hwpoison
+    entries too (R40)."""
+
+    key: ClassVar[str] = "munmap"
+    proc: str
+    addr: Addr
+    len: Size | None = None
+
+
+class MemRead(Action):
+    """A user-mode load by ``thread`` from ``addr``: faults the page in if needed, consumes a
+    latent hardware error (machine check → AR, R1/R44/R46), or hits a hwpoison entry (SIGBUS
+    AR, R40/R41/R54). Returns the byte value read, or ``sigbus``."""
+
+    key: ClassVar[str] = "mem_read"
+    proc: str
+    thread: str | None = None
+    addr: Addr
+    len: Size = 1
+
+
+class MemWrite(Action):
+    """A user-mode store of ``value`` to ``addr``. Stores do not consume latent poison (the
+    line is overwritten: UCNA, RT-07), but hwpoison entries and poisoned page-cache pages
+    still raise SIGBUS. Returns 0, or ``sigbus``."""
+
+    key: ClassVar[str] = "mem_write"
+    proc: str
+    thread: str | None = None
+    addr: Addr
+    value: int = 1
+    len: Size = 1
+
+
+class Madvise(Action):
+    """madvise(): ``hwpoison`` (MADV_HWPOISON, R4: needs CAP_SYS_ADMIN, AR since 6.11),
+    ``soft_offline`` (MADV_SOFT_OFFLINE), ``dontneed`` (zap the range), ``remove``
+    (MADV_REMOVE: punch the backing shmem range). Returns 0 or -1 with errno."""
+
+    key: ClassVar[str] = "madvise"
+    proc: str
+    thread: str | None = None
+    addr: Addr
+    len: Size = 4096
+    advice: Literal["hwpoison", "soft_offline", "dontneed", "remove"]
+
+
+# --------------------------------------------------------------------------- injection
+
+
+class CorruptPfn(TargetMixin, Action):
+    """Write the pfn to debugfs ``hwpoison/corrupt-pfn`` (R5): memory_failure(pfn,
+    MF_SW_SIMULATED), not AR. Returns the bytes written, or -1 with MF's errno (EOPNOTSUPP
+    becomes success). ``as_proc`` is the writing process (default: a root shell)."""
+
+    key: ClassVar[str] = "corrupt_pfn"
+    as_proc: str | None = None
+
+
+class UnpoisonPfn(TargetMixin, Action):
+    """Write the pfn to debugfs ``hwpoison/unpoison-pfn`` (R80)."""
+
+    key: ClassVar[str] = "unpoison_pfn"
+
+
+class HardOfflinePage(TargetMixin, Action):
+    """Write the physical address to sysfs ``devices/system/memory/hard_offline_page``:
+    memory_failure(pfn, 0)."""
+
+    key: ClassVar[str] = "hard_offline_page"
+
+
+class SoftOfflinePage(TargetMixin, Action):
+    """Write the physical address to sysfs ``devices/system/memory/soft_offline_page``."""
+
+    key: ClassVar[str] = "soft_offline_page"
+
+
+class HwError(TargetMixin, Action):
+    """A real uncorrectable DRAM error appears in the page (the hardware truth). ``detect``:
+
+    * ``latent``: nobody knows yet; the first CPU read consumes it (AR), a scrub finds it (AO);
+    * ``scrub``: patrol scrub finds it now: AO memory_failure(pfn, 0) via the MCE decode
+      notifier (R2);
+    * ``ghes``: firmware-first report through memory_failure_queue() (R2), drained at once.
+    """
+
+    key: ClassVar[str] = "hw_error"
+    detect: Literal["latent", "scrub", "ghes"] = "latent"
+
+
+class Scrub(TargetMixin, Action):
+    """Patrol scrub reaches the page: if it holds a latent error, AO memory_failure(pfn, 0)."""
+
+    key: ClassVar[str] = "scrub"
+
+
+# --------------------------------------------------------------------------- observations
+
+
+class Pagemap(Action):
+    """Read ``/proc/PID/pagemap`` for ``addr``: ``{present, swapped, pfn, hwpoison_entry}``
+    (a hwpoison entry reads as swapped, KS-01)."""
+
+    key: ClassVar[str] = "pagemap"
+    proc: str
+    addr: Addr
+
+
+class Kpageflags(TargetMixin, Action):
+    """Read ``/proc/kpageflags`` for the target page: the list of KPF_* flag names."""
+
+    key: ClassVar[str] = "kpageflags"
+
+
+class Meminfo(Action):
+    """Read ``/proc/meminfo``: HardwareCorrupted (kB), HugePages_Total/Free/Rsvd/Surp,
+    Hugepagesize, AnonHugePages, Shmem; plus the per-node ``memory_failure`` statistics."""
+
+    key: ClassVar[str] = "meminfo"
+
+
+HOST_ACTIONS: tuple[type[Action], ...] = (
+    Sysctl, Hugepages, Spawn, Fork, Clone, Exit, Prctl, Sigaction, Sigprocmask,
+    Create, MemfdCreate, Open, Close, Unlink, Ftruncate, Fallocate,
+    Read, Pread, Write, Pwrite, Fsync,
+    Mmap, Munmap, MemRead, MemWrite, Madvise,
+    CorruptPfn, UnpoisonPfn, HardOfflinePage, SoftOfflinePage, HwError, Scrub,
+    Pagemap, Kpageflags, Meminfo,
+)
+
+ACTION_TYPES: dict[str, type[Action]] = {a.key: a for a in HOST_ACTIONS}
+
+
+def register_actions(*classes: type[Action]) -> None:
+    """Add actions of a model extension (KVM, guest_memfd, VMM) to the closed set."""
+    for cls in classes:
+        if cls.key in ACTION_TYPES and ACTION_TYPES[cls.key] is not cls:
+            raise ValueError(f"action key {cls.key!r} registered twice")
+        ACTION_TYPES[cls.key] = cls
+
+
+def parse_action(key: str, args: dict[str, Any]) -> Action:
+    """Build an action from its scenario key and arguments (raises pydantic ValidationError)."""
+    return ACTION_TYPES[key].model_validate(args)
+
+
+AnyAction = Annotated[Action, "one of ACTION_TYPES"]

@@ -1,0 +1,192 @@
+"""Kernel profiles: the behaviour switches that changed between kernel versions, as data.
+
+Each switch names the kernel change that introduced it and the rule ids it governs
+(``reference/kernel-behaviour.md``). Profiles are frozen, hashable and comparable, and a scenario
+may pin one by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Documentation of one behaviour switch."""
+
+    name: str
+    rules: str
+    change: str
+    since: str
+    effect: str
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch(
+        "hugetlb_1g_handled", "R60",
+        "Naoya Horiguchi, 'enable memory error handling on 1GB hugepage' (raw error list)",
+        "6.1",
+        "Errors on 1 GiB hugetlb pages are handled like 2 MiB ones; before, they were ignored.",
+    ),
+    Switch(
+        "hugetlb_read_partial", "R43, KS-09/10",
+        "Jiaqi Yan, 'hugetlbfs: support read of HWPOISON pages' (adjust_range_hwpoison)",
+        "6.5",
+        "read() of a poisoned hugetlbfs folio returns the bytes before the poisoned raw page; "
+        "before, the whole read failed with EIO.",
+    ),
+    Switch(
+        "madvise_hwpoison_ar", "R4, DOC-14",
+        "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
+        "6.11",
+        "madvise(MADV_HWPOISON) passes MF_ACTION_REQUIRED: the calling thread gets BUS_MCEERR_AR "
+        "during the call whatever its PR_MCE_KILL policy; before, injection was AO.",
+    ),
+    Switch(
+        "mf_msg_already_poisoned", "R18, R53, R24",
+        "Jane Chu, 'improve memory failure action_result messages' (same series)",
+        "6.11",
+        "The already-poisoned paths call action_result(ALREADY_POISONED, FAILED); hugetlb -EBUSY "
+        "reports 'get hwpoison page'; me_unknown is IGNORED; unmap failure is FAILED. Before, the "
+        "already-poisoned path only logged 'already hardware poisoned' and counted nothing.",
+    ),
+    Switch(
+        "unmap_failure_sigbus", "R35, DOC-14",
+        "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
+        "6.11",
+        "A process whose mapping could not be unmapped gets SIGBUS instead of SIGKILL.",
+    ),
+    Switch(
+        "kill_accessing_process_returns_zero", "R39, R82, DOC-15",
+        "Shuai Xue, 'mm/hwpoison: do not send SIGBUS to processes with recovered clean pages'",
+        "6.15",
+        "kill_accessing_process() returns 0 when the current process has no mapping of the "
+        "poisoned pfn; before, it returned -EFAULT and kill_me_maybe() sent a plain SIGBUS.",
+    ),
+    Switch(
+        "already_poisoned_not_accounted", "R6, R83, DOC-12",
+        "Kyle Meyer, 'mm/memory-failure: Do not call action_result() on already poisoned pages' "
+        "(stable backport)",
+        "6.17",
+        "A repeated error on an already-poisoned page no longer increments HardwareCorrupted or "
+        "mf_stats, and the separate 'already hardware poisoned' line is gone.",
+    ),
+    Switch(
+        "hugetlb_update_hwpoison_codes", "R48, R53, R84",
+        "Jane Chu, a148a2040191 'fix missing ->mf_stats count in hugetlb poison'",
+        "next",
+        "A new raw page in an already-poisoned hugetlb folio is reported as 'huge page: Failed' "
+        "and counted; the same raw page again as 'already poisoned page'.",
+    ),
+    Switch(
+        "hugetlb_exact_si_addr", "R39, R84",
+        "Jane Chu, 'teach kill_accessing_process to accept hugetlb tail page pfn'",
+        "next",
+        "For a repeated AR on a hugetlb folio, si_addr is the exact poisoned raw page's address; "
+        "before, it was the start of the huge mapping. si_addr_lsb stays the huge shift.",
+    ),
+    Switch(
+        "mf_delayed_fix", "R27, R31, R65, R66, R85",
+        "Lisa Wang, 'mm: Fix MF_DELAYED handling on memory failure' (RFC v2, mm-unstable)",
+        "next",
+        "truncate_error_folio() passes MF_DELAYED through and me_pagecache_clean() excuses the "
+        "page-cache pins: guest_memfd errors become 'Delayed' and memory_failure() returns 0. "
+        "Before: 'Failed to punch page: 2', FAILED, -EBUSY and a plain SIGBUS on hardware AR.",
+    ),
+    Switch(
+        "shmem_mf_delayed", "R28, R85",
+        "Lisa Wang RFC v2 patch 3: shmem_error_remove_folio returns MF_DELAYED",
+        "next",
+        "shmem errors are counted as 'delayed' instead of 'recovered'; the return code stays 0.",
+    ),
+    Switch(
+        "kernel_owned_enotrecoverable", "R86",
+        "newest tree: kernel-owned pages recognised early",
+        "next",
+        "Kernel-owned pages (slab, page tables, reserved) are reported as 'reserved kernel page: "
+        "Ignored' and memory_failure() returns -ENOTRECOVERABLE.",
+    ),
+    Switch(
+        "tracepoint_memory_failure_group", "oracle §2.2",
+        "Xie Yuanbin, 'mm/memory-failure: remove the selection of RAS'",
+        "next",
+        "memory_failure_event lives in events/memory_failure/ instead of events/ras/.",
+    ),
+)
+
+_SWITCH_NAMES = tuple(s.name for s in SWITCHES)
+
+
+@dataclass(frozen=True, order=True)
+class KernelProfile:
+    """One kernel's behaviour: a name plus one boolean per switch in ``SWITCHES``."""
+
+    name: str
+    hugetlb_1g_handled: bool = True
+    hugetlb_read_partial: bool = True
+    madvise_hwpoison_ar: bool = True
+    mf_msg_already_poisoned: bool = True
+    unmap_failure_sigbus: bool = True
+    kill_accessing_process_returns_zero: bool = True
+    already_poisoned_not_accounted: bool = True
+    hugetlb_update_hwpoison_codes: bool = True
+    hugetlb_exact_si_addr: bool = True
+    mf_delayed_fix: bool = True
+    shmem_mf_delayed: bool = True
+    kernel_owned_enotrecoverable: bool = True
+    tracepoint_memory_failure_group: bool = True
+
+    def switches(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+    def with_switches(self, name: str | None = None, **changes: Any) -> KernelProfile:
+        unknown = sorted(set(changes) - set(_SWITCH_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown profile switch {unknown[0]!r}; known: {', '.join(_SWITCH_NAMES)}"
+            )
+        return replace(self, name=name or f"{self.name}+custom", **changes)
+
+    def diff(self, other: KernelProfile) -> dict[str, tuple[bool, bool]]:
+        a, b = self.switches(), other.switches()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _since(version: str) -> KernelProfile:
+    """A preset with every switch introduced at or before ``version`` turned on."""
+
+    def key(v: str) -> tuple[int, ...]:
+        return (99, 0) if v == "next" else tuple(int(x) for x in v.split("."))
+
+    on = {s.name: key(s.since) <= key(version) for s in SWITCHES}
+    return KernelProfile(name=f"linux-{version}" if version != "next" else "next", **on)
+
+
+PROFILES: dict[str, KernelProfile] = {
+    p.name: p
+    for p in (
+        _since("6.1"),
+        _since("6.6"),
+        _since("6.12"),
+        _since("6.18"),
+        _since("next"),
+    )
+}
+DEFAULT_PROFILE = "linux-6.18"
+PROFILE_NOTES = {
+    "linux-6.1": "v6.1 as tagged (LTS): 1 GiB hugetlb handled, AO madvise injection.",
+    "linux-6.6": "v6.6 as tagged (LTS): adds partial read() of poisoned hugetlbfs pages.",
+    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, 'already poisoned' counted.",
+    "linux-6.18": "v6.18: kill_accessing_process returns 0; repeats are not counted again.",
+    "next": "mm-unstable / linux-next 2026: MF_DELAYED fix, hugetlb stats and si_addr fixes.",
+}
+
+
+def get_profile(name: str) -> KernelProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown kernel profile {name!r}; valid profiles: {', '.join(PROFILES)}"
+        ) from None
