@@ -1,0 +1,68 @@
+"""Checkpoints of an exploration at a BFS level boundary, written atomically (tmp, then rename).
+
+``--resume DIR`` loads one and continues; the result equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_VERSION = 1
+FILE_NAME = "checkpoint.pickle"
+
+
+@dataclass
+class Snapshot:
+    """Everything the explorer needs to continue: the frontier, the parent map and findings."""
+
+    identity: str                       # which system/options this belongs to
+    depth: int                          # level of the frontier
+    frontier: list[tuple[int, bytes]]   # (fingerprint, pickled state), in rank order
+    parents: dict[int, tuple[int | None, Any]]
+    violations: dict[str, Any]
+    kinds: set[str] = field(default_factory=set)
+    hooks: set[str] = field(default_factory=set)
+    transitions: int = 0
+    elapsed: float = 0.0
+    version: int = CHECKPOINT_VERSION
+
+
+def checkpoint_path(directory: Path, identity: str) -> Path:
+    """One file per system in ``directory`` (a check of several policies shares the directory)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in identity)[:120]
+    return directory / f"{safe}.{FILE_NAME}"
+
+
+def save(directory: Path, snap: Snapshot) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(directory, snap.identity)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pickle")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(snap, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(directory: Path, identity: str) -> Snapshot | None:
+    """The snapshot for ``identity``, or None when there is none (start from scratch)."""
+    path = checkpoint_path(directory, identity)
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        snap = pickle.load(f)
+    if not isinstance(snap, Snapshot) or snap.version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a memfail check checkpoint of version {CHECKPOINT_VERSION}")
+    if snap.identity != identity:
+        raise ValueError(f"{path}: checkpoint of another check ({snap.identity!r})")
+    return snap

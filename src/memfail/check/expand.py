@@ -1,0 +1,123 @@
+"""Expanding one chunk of a BFS level: the only code that runs on workers.
+
+It is a pure function of (system, chunk), so local processes and Dask workers give identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from memfail.check.system import Label, State, System, label_kind
+
+# A successor candidate: key = (parent rank, label index in enabled(parent)) orders paths
+# lexicographically; the smallest key wins when several transitions reach one state.
+Key = tuple[int, int]
+
+
+@dataclass
+class Successor:
+    key: Key
+    label: Label
+    state: Any  # the state, or its pickle when the chunk travels between processes
+    violated: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class ChunkResult:
+    succ: dict[int, Successor] = field(default_factory=dict)
+    reduced: list[tuple[int, int]] = field(default_factory=list)  # (rank, ample successor fp)
+    kinds: set[str] = field(default_factory=set)
+    hooks: set[str] = field(default_factory=set)
+    transitions: int = 0
+
+
+@dataclass(frozen=True)
+class ExpandOptions:
+    properties: tuple[str, ...]
+    pickled: bool = False
+    symmetry: bool = False
+    por: bool = False
+
+
+def normalise(system: System, s: State, symmetry: bool) -> State:
+    """Apply the System's symmetry canonicalisation when asked for."""
+    if symmetry:
+        canon = getattr(system, "canonical", None)
+        if canon is None:
+            raise ValueError("symmetry reduction asked for, but the system has no canonical()")
+        return canon(s)
+    return s
+
+
+def violations(system: System, s: State, selected: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for p in system.properties():
+        if p.name in selected:
+            msg = p.check(s)
+            if msg is not None:
+                out.append((p.name, msg))
+    return tuple(out)
+
+
+def _ample(system: System, labels: list[Label]) -> int | None:
+    """Index of a singleton ample set: an invisible label independent of every other enabled one."""
+    indep = getattr(system, "independent", None)
+    visible = getattr(system, "visible", None)
+    if indep is None or visible is None or len(labels) < 2:
+        return None
+    for i, a in enumerate(labels):
+        if not visible(a) and all(indep(a, b) for j, b in enumerate(labels) if j != i):
+            return i
+    return None
+
+
+def expand_chunk(system: System, items: list[tuple[int, Any]], opt: ExpandOptions,
+                 full: bool = False) -> ChunkResult:
+    """Successors of ``items`` (rank, state) deduplicated within the chunk by smallest key."""
+    res = ChunkResult()
+    coverage = getattr(system, "coverage", None)
+    for rank, raw in items:
+        s = pickle.loads(raw) if opt.pickled else raw
+        labels = list(system.enabled(s))
+        chosen = None if full or not opt.por else _ample(system, labels)
+        indices = range(len(labels)) if chosen is None else (chosen,)
+        for idx in indices:
+            label = labels[idx]
+            t = normalise(system, system.step(s, label), opt.symmetry)
+            fp = system.fingerprint(t)
+            res.transitions += 1
+            res.kinds.add(label_kind(system, label))
+            if coverage is not None:
+                res.hooks.update(coverage(t))
+            if chosen is not None:
+                res.reduced.append((rank, fp))
+            key = (rank, idx)
+            old = res.succ.get(fp)
+            if old is None or key < old.key:
+                res.succ[fp] = Successor(key, label, t, ())
+    for succ in res.succ.values():
+        succ.violated = violations(system, succ.state, opt.properties)
+        if opt.pickled:
+            succ.state = pickle.dumps(succ.state, protocol=pickle.HIGHEST_PROTOCOL)
+    return res
+
+
+_SYSTEMS: dict[bytes, System] = {}
+
+
+def remote_expand(sys_key: bytes, sys_blob: bytes, items: list[tuple[int, Any]],
+                  opt: ExpandOptions, full: bool) -> ChunkResult:
+    """Worker entry point: unpickle the System once per process, then expand."""
+    system = _SYSTEMS.get(sys_key)
+    if system is None:
+        _SYSTEMS.clear()
+        system = _SYSTEMS[sys_key] = pickle.loads(sys_blob)
+    return expand_chunk(system, items, opt, full)
+
+
+def system_blob(system: System) -> tuple[bytes, bytes]:
+    blob = pickle.dumps(system, protocol=pickle.HIGHEST_PROTOCOL)
+    return hashlib.blake2b(blob, digest_size=16).digest(), blob
