@@ -1,0 +1,311 @@
+"""Outcome oracles: what one failure of a class costs under a policy.
+
+``ModelOracle`` runs each (policy, class) through the memfail model once; ``TableOracle``
+reads the answers from a table (for tests and what-if analysis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from memfail.fleet.classes import PAGE_BYTES, FailureClass, Outcome
+from memfail.fleet.params import FleetError, FleetInputError
+
+ORACLE_SCHEMA = "memfail.fleet-oracle/1"
+
+
+@runtime_checkable
+class OutcomeOracle(Protocol):
+    """Anything that can say what a failure of class ``cls`` costs under ``policy``."""
+
+    def outcome(self, policy: str, cls: FailureClass) -> Outcome: ...
+
+
+# --------------------------------------------------------------------------- table oracle
+
+_CLASS_FIELDS = {f.name for f in fields(FailureClass)} | {"consumed"}
+
+
+@dataclass(frozen=True)
+class TableRule:
+    """First-match rule: the policies it covers (empty: all), field constraints, the outcome."""
+
+    policies: frozenset[str]
+    when: tuple[tuple[str, frozenset[Any]], ...]
+    outcome: Outcome
+
+    def matches(self, policy: str, cls: FailureClass) -> bool:
+        if self.policies and policy not in self.policies:
+            return False
+        for name, allowed in self.when:
+            value = cls.consumed if name == "consumed" else getattr(cls, name)
+            if value not in allowed:
+                return False
+        return True
+
+
+class TableOracle:
+    """Outcomes read from an explicit table: the first rule that matches wins.
+
+    The table (YAML or a dict)::
+
+        schema: memfail.fleet-oracle/1      # optional
+        default: {}                         # outcome when no rule matches (all zeros)
+        rules:
+          - policy: [minimum, mainline]     # omit or "*" for every policy
+            when: {memory: gmem_private, first_touch: [guest_read], page_size: 1G}
+            outcome: {vm_paused: 1}
+
+    ``when`` keys are ``FailureClass`` fields (plus ``consumed``); a value or a list of
+    values. Use it to ask "what if policy P did X in case Y" without touching the model.
+    """
+
+    def __init__(self, rules: Iterable[TableRule], default: Outcome | None = None,
+                 source: str = "<table>") -> None:
+        self.rules = tuple(rules)
+        self.default = default or Outcome()
+        self.source = source
+
+    def outcome(self, policy: str, cls: FailureClass) -> Outcome:
+        for rule in self.rules:
+            if rule.matches(policy, cls):
+                return rule.outcome
+        return self.default
+
+    @classmethod
+    def constant(cls, outcome: Outcome | Mapping[str, float]) -> TableOracle:
+        """Every class under every policy gives the same outcome."""
+        out = outcome if isinstance(outcome, Outcome) else Outcome.from_mapping(outcome)
+        return cls((), out, "<constant>")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<table>") -> TableOracle:
+        """Build from plain data; errors are one line ``SOURCE: FIELD: message``."""
+
+        def bad(where: str, msg: str) -> FleetInputError:
+            return FleetInputError(f"{source}: {where}: {msg}")
+
+        if not isinstance(data, Mapping):
+            raise bad("(top)", "expected a mapping with 'rules' (and optional 'default')")
+        extra = sorted(set(data) - {"schema", "default", "rules"})
+        if extra:
+            raise bad(extra[0], "unknown field; valid: schema, default, rules")
+        if data.get("schema", ORACLE_SCHEMA) != ORACLE_SCHEMA:
+            raise bad("schema", f"expected {ORACLE_SCHEMA}")
+        try:
+            default = Outcome.from_mapping(data.get("default") or {})
+        except (ValueError, TypeError) as e:
+            raise bad("default", str(e)) from None
+        rules = []
+        for i, r in enumerate(data.get("rules") or []):
+            where = f"rules[{i}]"
+            if not isinstance(r, Mapping) or "outcome" not in r:
+                raise bad(where, "each rule needs 'outcome' (and optional 'policy', 'when')")
+            extra = sorted(set(r) - {"policy", "when", "outcome"})
+            if extra:
+                raise bad(f"{where}.{extra[0]}", "unknown field; valid: policy, when, outcome")
+            pol = r.get("policy", "*")
+            pols = frozenset() if pol in ("*", None) else frozenset(
+                [pol] if isinstance(pol, str) else pol)
+            when = []
+            for k, v in (r.get("when") or {}).items():
+                if k not in _CLASS_FIELDS:
+                    raise bad(f"{where}.when.{k}", "unknown class field; valid: "
+                              + ", ".join(sorted(_CLASS_FIELDS)))
+                vals = v if isinstance(v, list) else [v]
+                when.append((str(k), frozenset(vals)))
+            try:
+                out = Outcome.from_mapping(r["outcome"] or {})
+            except (ValueError, TypeError) as e:
+                raise bad(f"{where}.outcome", str(e)) from None
+            rules.append(TableRule(pols, tuple(when), out))
+        return cls(rules, default, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TableOracle:
+        """Load a table file (plain YAML, safe loader)."""
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as e:
+            raise FleetInputError(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            data = YAML(typ="safe").load(text)
+        except YAMLError as e:
+            raise FleetInputError(f"{path}: (yaml): {str(e).splitlines()[0]}") from None
+        return cls.from_dict(data, str(path))
+
+
+# --------------------------------------------------------------------------- model oracle
+
+
+class OracleUnavailable(FleetError):
+    """The model cannot answer yet (for example, guest_memfd actions are missing)."""
+
+
+Step = dict[str, dict[str, Any]]
+Runner = Callable[[str, str, list[Step]], Mapping[str, Any]]
+"""(kernel profile, policy, scenario steps) -> the model's outcome metrics."""
+
+GUEST_ACTIONS = {
+    "vm_create": "vm_create",
+    "guest_read": "guest_read",
+    "kernel_read": "kernel_read",
+    "vm_destroy": "vm_destroy",
+}
+"""Scenario keys of the KVM/guest_memfd/VMM actions the guest scenarios use.
+
+They are the one place to change when the model names its extension actions differently."""
+
+METRIC_NAMES: dict[str, str] = {}
+"""Model metric name -> ``Outcome`` field, where the model's ``outcomes()`` names differ."""
+
+
+class ModelOracle:
+    """Runs a scenario per (policy, class) through the memfail model, once, and caches it.
+
+    ``scenario(cls)`` builds the scenario steps (in the scenario file's action vocabulary);
+    ``runner`` executes them under a policy and returns ``host.outcomes()``; the default
+    runner uses ``memfail.model.host``. Results are cached per (policy, class).
+    """
+
+    def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None) -> None:
+        self.profile = profile
+        self.runner: Runner = runner or _model_runner
+        self._cache: dict[tuple[str, FailureClass], Outcome] = {}
+
+    def outcome(self, policy: str, cls: FailureClass) -> Outcome:
+        key = (policy, cls)
+        hit = self._cache.get(key)
+        if hit is None:
+            metrics = self.runner(self.profile, policy, self.scenario(cls))
+            hit = outcome_from_metrics(metrics)
+            self._cache[key] = hit
+        return hit
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def scenario(self, cls: FailureClass) -> list[Step]:
+        """The timeline that reproduces one failure of ``cls`` and what follows it."""
+        return build_scenario(cls)
+
+
+def outcome_from_metrics(metrics: Mapping[str, Any]) -> Outcome:
+    """Map the model's outcome metrics onto ``Outcome`` (unknown metrics are ignored)."""
+    names = set(Outcome.names())
+    data: dict[str, float] = {}
+    for k, v in metrics.items():
+        name = METRIC_NAMES.get(k, k)
+        if name in names and isinstance(v, int | float):
+            data[name] = data.get(name, 0.0) + float(v)
+    return Outcome.from_mapping(data)
+
+
+def _model_runner(profile: str, policy: str, steps: list[Step]) -> Mapping[str, Any]:
+    """Execute ``steps`` on a fresh model host under ``policy`` and return its outcomes."""
+    try:
+        from memfail.model.actions import parse_action
+        from memfail.model.host import Host, HostConfig  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise OracleUnavailable(
+            f"the model cannot run fleet scenarios yet ({e}); pass --oracle TABLE.yaml") from None
+    host = Host(HostConfig(profile=profile, gmem_policy=policy))  # pragma: no cover
+    for step in steps:  # pragma: no cover
+        ((key, args),) = step.items()
+        try:
+            action = parse_action(key, args)
+        except KeyError:
+            raise OracleUnavailable(
+                f"the model has no {key!r} action yet; pass --oracle TABLE.yaml") from None
+        host.apply(action)
+    return host.outcomes()  # type: ignore[no-any-return]  # pragma: no cover
+
+
+def _touch_steps(cls: FailureClass, target: dict[str, Any]) -> list[Step]:
+    """Who meets the error first (R1/R2): a read that consumes it, or the scrub (AO)."""
+    t = cls.first_touch
+    if t == "scrub":
+        return [{"scrub": dict(target)}]
+    if t == "guest_read":
+        return [{GUEST_ACTIONS["guest_read"]: {"vm": "vm0", **_gpa(target)}}]
+    if t == "vmm_read":
+        if cls.memory == "vmm":
+            return [{"mem_read": {"proc": "qemu", "thread": "main", "addr": target["addr"]}}]
+        return [{"mem_read": {"proc": "qemu", "thread": "main",
+                              "addr": f"shared+{target['offset']}"}}]
+    return [{GUEST_ACTIONS["kernel_read"]: {
+        **target, "checks_hwpoison": t == "kernel_checked"}}]
+
+
+def _gpa(target: dict[str, Any]) -> dict[str, Any]:
+    return {"gpa": target.get("offset", 0)}
+
+
+def build_scenario(cls: FailureClass) -> list[Step]:
+    """Scenario steps for one failure of ``cls``: set-up, fault(s), first touch, aftermath.
+
+    The aftermath is the same for every class so policies are compared on equal terms: the
+    owner keeps running and touches the memory again (repeated consumption), then releases
+    it (VM destroyed: guest_memfd inode release, C4) and a new owner allocates from the pool
+    (poison handed out again?).
+    """
+    huge = cls.page_size
+    folio = PAGE_BYTES[huge]
+    steps: list[Step] = [{"sysctl": {"name": "vm.memory_failure_early_kill", "value": 0}}]
+    stride = folio if not cls.same_folio else 4096
+    offsets = [i * stride for i in range(cls.pages_hit)]
+    if cls.second_fault:
+        offsets.append(folio // 2 + 4096 if cls.same_folio or cls.pages_hit == 1 else 4096)
+    if cls.memory in ("gmem_private", "gmem_shared"):
+        count = max(1, (cls.vm_gib << 30) // folio)
+        if huge != "4K":
+            steps.append({"hugepages": {"size": huge, "count": count + 1}})
+        steps.append({"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}})
+        steps.append({"prctl": {"proc": "qemu", "thread": "main", "policy": "early"}})
+        steps.append({GUEST_ACTIONS["vm_create"]: {
+            "vm": "vm0", "vmm": "qemu", "type": "snp" if cls.vm_type == "confidential"
+            else "default", "memory": f"{cls.vm_gib}G", "backing": huge,
+            "shared": cls.memory == "gmem_shared"}})
+        targets = [{"vm": "vm0", "offset": off} for off in offsets]
+    elif cls.memory == "hugetlb_free":
+        steps.append({"hugepages": {"size": huge if huge != "4K" else "2M", "count": 2}})
+        targets = [{"free": huge if huge != "4K" else "2M", "index": off // 4096}
+                   for off in offsets if off < folio]
+    elif cls.memory == "vmm":
+        steps.append({"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}})
+        size = max(offsets) + 4096
+        steps.append({"mmap": {"proc": "qemu", "name": "heap", "size": size, "populate": True}})
+        targets = [{"proc": "qemu", "addr": f"heap+{off}"} for off in offsets]
+    else:
+        targets = [{"kernel": "slab"}]
+    first = targets[0]
+    steps.extend({"hw_error": {**t, "detect": "latent"}} for t in targets[:cls.pages_hit])
+    steps.extend(_touch_steps(cls, first))
+    if cls.second_fault and len(targets) > cls.pages_hit:
+        steps.append({"hw_error": {**targets[-1], "detect": "latent"}})
+        steps.extend(_touch_steps(cls, targets[-1]))
+    # Aftermath: touch again, then release and reuse.
+    if cls.memory in ("gmem_private", "gmem_shared"):
+        steps.extend(_touch_steps(cls, first) if cls.first_touch != "scrub" else
+                     [{GUEST_ACTIONS["guest_read"]: {"vm": "vm0", **_gpa(first)}}])
+        steps.append({GUEST_ACTIONS["vm_destroy"]: {"vm": "vm0"}})
+        steps.append({"spawn": {"proc": "next"}})
+        if huge != "4K":
+            steps.append({"mmap": {"proc": "next", "name": "buf", "size": f"{cls.vm_gib}G",
+                                   "hugetlb": huge, "populate": True}})
+            steps.append({"mem_read": {"proc": "next", "addr": "buf"}})
+    elif cls.memory == "hugetlb_free":
+        steps.append({"spawn": {"proc": "next"}})
+        steps.append({"mmap": {"proc": "next", "name": "buf", "size": folio * 2,
+                               "hugetlb": huge if huge != "4K" else "2M", "populate": True}})
+        steps.append({"mem_read": {"proc": "next", "addr": "buf"}})
+    elif cls.memory == "vmm":
+        steps.append({"mem_read": {"proc": "qemu", "thread": "vcpu0", "addr": first["addr"]}})
+    return steps

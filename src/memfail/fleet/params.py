@@ -1,0 +1,579 @@
+"""Fleet parameters: the pydantic schema, the cited defaults and the fleet-file loader.
+
+Every error in a fleet file becomes one ``FILE:LINE: FIELD: message`` line (``FleetInputError``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import io
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+
+MEMORY_KINDS = ("gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel")
+MemoryName = Literal["gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel"]
+MODE_NAMES = ("single_bit", "single_word", "single_column", "single_row", "single_bank",
+              "multi_bank", "multi_rank")
+POLICY_PRESETS = ("mainline-prefix", "mainline", "minimum", "unmap", "kill-vm", "unusable",
+                  "future", "hugetlbfs")
+UNCITED = ("kernel_profile", "policies")
+"""Top-level fields that are choices, not measurements: they need no citation."""
+
+
+class FleetError(ValueError):
+    """A fleet run cannot proceed; the message is one line meant for the user."""
+
+
+class FleetInputError(FleetError):
+    """A fleet file or a command-line assignment is wrong: ``FILE:LINE: FIELD: message``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _share(v: float) -> float:
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"a share must lie in [0, 1], got {v}")
+    return v
+
+
+def _sums_to_one(shares: list[float], what: str) -> None:
+    total = math.fsum(shares)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"the shares of {what} must sum to 1, they sum to {total:.6g}")
+
+
+class Fleet(_Strict):
+    """The fleet: how many hosts and how much memory each has."""
+
+    hosts: int = Field(gt=0)
+    host_memory_gib: float = Field(gt=0)
+
+
+class Dram(_Strict):
+    """DIMM/chip organisation, used for the page footprint of each fault mode."""
+
+    ranks_per_host: int = Field(gt=0)
+    chips_per_rank: int = Field(gt=0)
+    data_chips_per_rank: int = Field(gt=0)
+    row_bytes_per_chip: int = Field(gt=0)
+    footprint_cap_pages: int = Field(ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _data_chips(self) -> Dram:
+        if self.data_chips_per_rank > self.chips_per_rank:
+            raise ValueError("data_chips_per_rank cannot exceed chips_per_rank")
+        return self
+
+
+class ModeRate(_Strict):
+    """Fault rates of one DRAM fault mode, in FIT per chip (failures per 1e9 device-hours)."""
+
+    transient_fit: float = Field(ge=0)
+    permanent_fit: float = Field(ge=0)
+
+
+class Faults(_Strict):
+    """Uncorrectable-fault arrival: the machine-level rate and its split by fault mode."""
+
+    ue_rate_per_host_year: float = Field(gt=0)
+    modes: dict[str, ModeRate]
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, v: dict[str, ModeRate]) -> dict[str, ModeRate]:
+        unknown = sorted(set(v) - set(MODE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown fault mode {unknown[0]!r}; valid: {', '.join(MODE_NAMES)}")
+        if not any(m.transient_fit + m.permanent_fit > 0 for m in v.values()):
+            raise ValueError("at least one fault mode needs a positive rate")
+        return v
+
+
+class Frailty(_Strict):
+    """Per-host fault-proneness multiplier (mean 1): lognormal, Pareto or none."""
+
+    distribution: Literal["lognormal", "pareto", "none"]
+    mean_over_median: float = Field(ge=1.0)
+
+
+class Scrub(_Strict):
+    """Patrol scrub: every page is visited once per period."""
+
+    period_hours: float = Field(gt=0)
+
+
+class HeatBin(_Strict):
+    """One bin of a page-heat distribution: an access rate and the share of pages at it."""
+
+    rate_per_hour: float = Field(ge=0)
+    share: float
+
+    _s = field_validator("share")(_share)
+
+
+def _heat(v: list[HeatBin]) -> list[HeatBin]:
+    if not v:
+        raise ValueError("give at least one heat bin")
+    _sums_to_one([b.share for b in v], "the heat bins")
+    return v
+
+
+class Heat(_Strict):
+    """Page-heat distributions: guest memory (guest reads), VMM memory, kernel memory."""
+
+    guest: list[HeatBin]
+    vmm: list[HeatBin]
+    kernel: list[HeatBin]
+
+    _h = field_validator("guest", "vmm", "kernel")(_heat)
+
+
+class Composition(_Strict):
+    """What host memory holds, as shares summing to 1."""
+
+    shares: dict[MemoryName, float]
+
+    @field_validator("shares")
+    @classmethod
+    def _sum(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, s in v.items():
+            if not 0.0 <= s <= 1.0:
+                raise ValueError(f"share of {name} must lie in [0, 1], got {s}")
+        _sums_to_one(list(v.values()), "the composition")
+        return v
+
+
+class VmSize(_Strict):
+    """One VM size and the share of VMs (by count) that have it."""
+
+    gib: int = Field(gt=0)
+    share: float
+
+    _s = field_validator("share")(_share)
+
+
+class Vms(_Strict):
+    """The VM mix: sizes, confidential share, HugeTLB page size, lifetime."""
+
+    sizes: list[VmSize]
+    confidential_share: float
+    page_size: dict[Literal["4K", "2M", "1G"], float]
+    mean_lifetime_hours: float = Field(gt=0)
+
+    _c = field_validator("confidential_share")(_share)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[VmSize]) -> list[VmSize]:
+        if not v:
+            raise ValueError("give at least one VM size")
+        _sums_to_one([s.share for s in v], "the VM sizes")
+        return v
+
+    @field_validator("page_size")
+    @classmethod
+    def _pages(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, s in v.items():
+            _share(s)
+            del name
+        _sums_to_one(list(v.values()), "the page sizes")
+        return v
+
+
+class KernelUser(_Strict):
+    """A host kernel user that reads guest or host memory (vhost, migration, dump...)."""
+
+    name: str
+    checks_hwpoison: bool
+    rate_per_hour: float = Field(ge=0)
+    memory: list[MemoryName]
+    confidential: bool = True
+    """Whether it also reaches memory of confidential VMs."""
+
+
+class Access(_Strict):
+    """Who else reads memory: VMM threads on shared guest memory, kernel users."""
+
+    vmm_shared_read_per_hour: float = Field(ge=0)
+    kernel_users: list[KernelUser]
+
+
+class FleetParams(_Strict):
+    """Everything ``memfail fleet`` needs to know about a fleet."""
+
+    fleet: Fleet
+    dram: Dram
+    faults: Faults
+    frailty: Frailty
+    scrub: Scrub
+    heat: Heat
+    composition: Composition
+    vms: Vms
+    access: Access
+    kernel_profile: str
+    policies: list[str] = Field(min_length=1)
+
+    @field_validator("kernel_profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        from memfail.model.kernel.profiles import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown kernel profile {v!r}; valid: {', '.join(PROFILES)}")
+        return v
+
+    @field_validator("policies")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a policy is listed twice")
+        return v
+
+    @property
+    def vms_per_host(self) -> float:
+        """Average number of VMs a host runs (guest memory over the mean VM size)."""
+        shares = self.composition.shares
+        guest_gib = (shares.get("gmem_private", 0) + shares.get("gmem_shared", 0)) \
+            * self.fleet.host_memory_gib
+        mean_gib = sum(s.gib * s.share for s in self.vms.sizes)
+        return guest_gib / mean_gib
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedFleet:
+    """Validated parameters plus where each value came from.
+
+    ``citations`` maps each cited dotted path to its citation; ``source`` is the file name
+    (or ``"defaults"``); ``plain`` is the merged plain-data tree that produced ``params``.
+    """
+
+    params: FleetParams
+    citations: dict[str, str]
+    source: str
+    plain: dict[str, Any] = field(repr=False)
+
+
+def _err(file: str, line: int | None, path: str, msg: str) -> FleetInputError:
+    if file.startswith("--"):  # a command-line option: no line to point at
+        return FleetInputError(f"{file}: {path}: {msg}")
+    return FleetInputError(f"{file}:{line if line is not None else 1}: {path}: {msg}")
+
+
+_STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+                  ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+def _check_events(text: str, file: str) -> None:
+    """Reject anchors/aliases and non-standard tags before building any tree."""
+    y = YAML(typ="rt")
+    try:
+        for ev in y.parse(io.StringIO(text)):
+            line = ev.start_mark.line + 1 if ev.start_mark is not None else None
+            if isinstance(ev, AliasEvent) or getattr(ev, "anchor", None):
+                raise _err(file, line, "(yaml)", "anchors and aliases are not allowed; "
+                           "write the value out in full")
+            tag = getattr(ev, "tag", None)
+            if isinstance(ev, ScalarEvent | CollectionStartEvent) and tag is not None \
+                    and str(tag) not in _STANDARD_TAGS:
+                raise _err(file, line, "(yaml)", f"non-standard tag {tag!s}; remove it")
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise _err(file, line, "(yaml)", str(e.problem or e).strip()) from None
+
+
+def _load_tree(text: str, file: str) -> Any:
+    _check_events(text, file)
+    try:
+        return YAML(typ="rt").load(text)
+    except MarkedYAMLError as e:  # pragma: no cover - caught by _check_events already
+        mark = e.problem_mark
+        raise _err(file, mark.line + 1 if mark else None, "(yaml)", str(e.problem)) from None
+
+
+def _line_of(node: Any, key: Any) -> int | None:
+    try:
+        if isinstance(node, CommentedMap):
+            return int(node.lc.key(key)[0]) + 1
+        if isinstance(node, CommentedSeq):
+            return int(node.lc.item(key)[0]) + 1
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def _plain(node: Any) -> Any:
+    """Plain Python data (dict, list, str, int, float, bool, None) from a ruamel tree."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _is_cited(node: Any) -> bool:
+    return isinstance(node, dict) and "value" in node and set(node) <= {"value", "citation"}
+
+
+@dataclass
+class _Walk:
+    """The unwrapped fleet tree: values, citations and the line of each dotted path."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    citations: dict[str, str | None] = field(default_factory=dict)
+    lines: dict[str, int | None] = field(default_factory=dict)
+    nodes: dict[str, Any] = field(default_factory=dict)
+
+
+def _schema_paths(defaults: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> default node for every cited parameter and uncited top-level choice."""
+    out: dict[str, Any] = {}
+    for k, v in defaults.items():
+        p = f"{prefix}{k}"
+        if _is_cited(v) or (not prefix and k in UNCITED):
+            out[p] = v
+        else:
+            out.update(_schema_paths(v, p + "."))
+    return out
+
+
+def _walk(user: Any, schema: dict[str, Any], file: str) -> _Walk:
+    w = _Walk()
+    groups = {p.rsplit(".", 1)[0] for p in schema if "." in p}
+    groups |= {".".join(p.split(".")[:i]) for p in schema for i in range(1, p.count(".") + 1)}
+
+    def visit(node: Any, prefix: str, line: int | None) -> None:
+        if not isinstance(node, dict):
+            where = prefix.rstrip(".") or "(top)"
+            raise _err(file, line, where, "expected a mapping of fields")
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            line = _line_of(node, k)
+            if path in schema:
+                cited = path not in UNCITED
+                if cited and _is_cited(v):
+                    w.values[path] = v["value"]
+                    cit = v.get("citation")
+                    if cit is not None and (not isinstance(cit, str) or not cit.strip()):
+                        raise _err(file, _line_of(v, "citation"), path,
+                                   "citation must be a non-empty string")
+                    w.citations[path] = cit
+                    w.lines[path] = _line_of(v, "value") or line
+                    w.nodes[path] = v["value"]
+                else:
+                    w.values[path] = v
+                    w.citations[path] = None
+                    w.lines[path] = line
+                    w.nodes[path] = v
+            elif path in groups:
+                visit(v, path + ".", line)
+            else:
+                here = sorted({p[len(prefix):].split(".")[0] for p in schema
+                               if p.startswith(prefix)})
+                near = difflib.get_close_matches(str(k), here, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise _err(file, line, path, f"unknown field{hint} valid here: {', '.join(here)}")
+
+    if user is None:
+        return w
+    visit(user, "", 1)
+    return w
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _get_path(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for p in path.split("."):
+        node = node[p]
+    return node
+
+
+def _defaults_text() -> str:
+    return resources.files("memfail.fleet").joinpath("defaults.yaml").read_text("utf-8")
+
+
+_DEFAULTS_CACHE: tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None = None
+
+
+def _defaults() -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(schema paths, plain default values tree, citations) from defaults.yaml."""
+    global _DEFAULTS_CACHE
+    if _DEFAULTS_CACHE is None:
+        tree = _plain(_load_tree(_defaults_text(), "defaults.yaml"))
+        schema = _schema_paths(tree)
+        plain: dict[str, Any] = {}
+        cits: dict[str, str] = {}
+        for path, node in schema.items():
+            if path in UNCITED:
+                _set_path(plain, path, node)
+            else:
+                _set_path(plain, path, node["value"])
+                cits[path] = node["citation"]
+        _DEFAULTS_CACHE = (schema, plain, cits)
+    s, p, c = _DEFAULTS_CACHE
+    return s, copy.deepcopy(p), dict(c)
+
+
+def _loc_line(loc: tuple[Any, ...], walk: _Walk) -> tuple[str, int | None]:
+    """Dotted field name and best line for a pydantic error location."""
+    name = ".".join(str(x) for x in loc)
+    best: tuple[str, int | None] = (name, None)
+    for i in range(len(loc), 0, -1):
+        path = ".".join(str(x) for x in loc[:i])
+        if path in walk.lines:
+            line = walk.lines[path]
+            node = walk.nodes[path]
+            for key in loc[i:]:  # descend into the value for a more precise line
+                sub = _line_of(node, key)
+                if sub is None:
+                    break
+                line, node = sub, node[key]
+            return name, line
+    return best
+
+
+def validate_plain(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams:
+    """Validate a merged plain tree; the first error becomes one ``FleetInputError`` line."""
+    try:
+        return FleetParams.model_validate(plain)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = tuple(x for x in first["loc"] if x != "__root__")
+        name, line = _loc_line(loc, walk)
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif first["type"] == "missing":
+            msg = "field required"
+        raise _err(file, line, name or "(top)", msg) from None
+
+
+def load_fleet(path: str | Path | None = None, *, text: str | None = None) -> LoadedFleet:
+    """Load a fleet file over the cited defaults (``path=None``: the defaults alone).
+
+    A changed parameter must carry a citation: ``field: {value: X, citation: "source"}``.
+    """
+    schema, plain, cits = _defaults()
+    if path is None and text is None:
+        return LoadedFleet(validate_plain(plain, _Walk(), "defaults.yaml"), cits, "defaults",
+                           plain)
+    file = str(path) if path is not None else "<fleet>"
+    if text is None:
+        try:
+            text = Path(file).read_text("utf-8")
+        except OSError as e:
+            raise FleetInputError(f"{file}: cannot read: {e.strerror}") from None
+    walk = _walk(_load_tree(text, file), schema, file)
+    for p, v in walk.values.items():
+        _set_path(plain, p, _plain(v))
+    params = validate_plain(plain, walk, file)
+    for p, cit in walk.citations.items():
+        if p in UNCITED:
+            continue
+        if cit is None:
+            default = schema[p]["value"]
+            if _plain(walk.values[p]) != default:
+                raise _err(file, walk.lines[p], p,
+                           f"changed from the cited default {default!r} without a citation; "
+                           f"write {p.rsplit('.', 1)[-1]}: {{value: ..., citation: \"source\"}}")
+        else:
+            cits[p] = cit
+    return LoadedFleet(params, cits, file, plain)
+
+
+def parse_assignment(text: str) -> tuple[str, list[Any]]:
+    """Parse a sweep axis ``path=[v1, v2]`` (or ``path=v``) into (path, values)."""
+    if "=" not in text:
+        raise FleetInputError(f"--grid {text}: expected PATH=[V1, V2, ...]")
+    path, _, raw = text.partition("=")
+    path = path.strip()
+    try:
+        value = _plain(YAML(typ="safe").load(raw))
+    except MarkedYAMLError as e:
+        raise FleetInputError(f"--grid {path}: cannot parse {raw!r}: {e.problem}") from None
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise FleetInputError(f"--grid {path}: give at least one value")
+    return path, values
+
+
+def with_assignments(loaded: LoadedFleet, assign: dict[str, Any]) -> LoadedFleet:
+    """A copy of ``loaded`` with dotted-path values replaced (citation: ``sweep``).
+
+    A path may name a cited parameter (``scrub.period_hours``) or a field inside one
+    (``faults.modes.single_bit.permanent_fit``, ``composition.shares.vmm``).
+    """
+    schema, _, _ = _defaults()
+    plain = copy.deepcopy(loaded.plain)
+    cits = dict(loaded.citations)
+    for path, value in assign.items():
+        owner = next((p for p in schema if path == p or path.startswith(p + ".")), None)
+        if owner is None:
+            near = difflib.get_close_matches(path, list(schema), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise FleetInputError(f"--grid: {path}: unknown parameter{hint}")
+        try:
+            _get_path(plain, path)
+        except (KeyError, TypeError):
+            if path != owner and not isinstance(_get_path(plain, path.rsplit(".", 1)[0]), dict):
+                raise FleetInputError(f"--grid: {path}: no such field inside {owner}") from None
+        _set_path(plain, path, value)
+        cits[owner] = "sweep"
+    w = _Walk()
+    params = validate_plain(plain, w, "--grid")
+    return LoadedFleet(params, cits, loaded.source, plain)
+
+
+def defaults_table() -> list[tuple[str, str, str]]:
+    """(dotted path, value, citation) for every default, in file order."""
+    schema, plain, cits = _defaults()
+    rows = []
+    for p in schema:
+        v = _get_path(plain, p)
+        rows.append((p, _compact(v), cits.get(p, "choice (no citation needed)")))
+    return rows
+
+
+def defaults_yaml() -> str:
+    """The defaults file as shipped (with every citation)."""
+    return _defaults_text()
+
+
+def _compact(v: Any) -> str:
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        return "; ".join(", ".join(f"{k}={x}" for k, x in d.items()) for d in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    return str(v)
