@@ -1,0 +1,323 @@
+"""Pydantic models of a scenario file's parts: header, host, processes and expectations.
+
+Steps are parsed separately (``loader``) because each one holds exactly one action of the closed
+set in ``memfail.model.actions``. Every model rejects unknown fields so a typo is reported, not
+ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as _errno
+import re
+import signal as _signal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from memfail.model import trace as _trace
+from memfail.model.units import fmt_size, parse_size
+
+from .errors import did_you_mean, one_of
+
+HugeSize = Literal["2M", "1G"]
+MceKill = Literal["early", "late", "default"]
+
+KNOWN_SYSCTLS = (
+    "vm.memory_failure_early_kill",
+    "vm.memory_failure_recovery",
+    "vm.enable_soft_offline",
+    "vm.nr_hugepages",
+    "vm.nr_overcommit_hugepages",
+    "vm.panic_on_unrecoverable_memory_failure",
+)
+MEMINFO_FIELDS = (
+    "HardwareCorrupted", "HugePages_Total", "HugePages_Free", "HugePages_Rsvd",
+    "HugePages_Surp", "Hugepagesize", "AnonHugePages", "Shmem",
+)
+# Per-size HugeTLB pool counters (sysfs hugepages-*/nr_hugepages, ...) next to meminfo's own.
+POOL_FIELD_RE = re.compile(r"^(nr|free|resv|surplus)_hugepages_(2M|1G)$")
+MF_STATS_FIELDS = ("total", "ignored", "failed", "delayed", "recovered")
+SI_CODES = {
+    "AR": "BUS_MCEERR_AR", "BUS_MCEERR_AR": "BUS_MCEERR_AR", "4": "BUS_MCEERR_AR",
+    "AO": "BUS_MCEERR_AO", "BUS_MCEERR_AO": "BUS_MCEERR_AO", "5": "BUS_MCEERR_AO",
+    "SI_KERNEL": "SI_KERNEL", "128": "SI_KERNEL",
+}
+ERRNO_NAMES = frozenset(_errno.errorcode.values()) | {"EHWPOISON", "ENOTRECOVERABLE"}
+# Largest size any field may hold: the 128 TiB x86-64 user address space.
+MAX_SIZE = 1 << 47
+MAX_HOST_MEMORY = 1 << 50
+
+
+def event_kinds() -> dict[str, type[_trace.Event]]:
+    """Every trace event kind (``kind`` ClassVar) defined in ``memfail.model.trace``."""
+    kinds: dict[str, type[_trace.Event]] = {}
+    todo: list[type[_trace.Event]] = [_trace.Event]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            kinds.setdefault(sub.kind, sub)
+            todo.append(sub)
+    return dict(sorted(kinds.items()))
+
+
+def normalise_errno(value: Any) -> str | None:
+    if value is None:
+        return None
+    name = str(value).strip().lstrip("-").upper()
+    if name not in ERRNO_NAMES:
+        raise ValueError(f"unknown errno name {value!r}{did_you_mean(name, ERRNO_NAMES)}; "
+                         "write a name such as EBUSY, EHWPOISON or null for success")
+    return name
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        if len(p) >= 2 and p.startswith("/") and p.endswith("/"):
+            try:
+                re.compile(p[1:-1])
+            except re.error as e:
+                raise ValueError(f"bad regular expression {p!r}: {e}; fix it, or drop the "
+                                 "surrounding slashes to match a plain substring") from None
+    return patterns
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- host, processes
+
+
+class HostSpec(Strict):
+    """The machine: memory size, HugeTLB pools, HVO and sysctls at boot."""
+
+    memory: int | str = "16G"
+    hugepages: dict[HugeSize, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    overcommit: dict[HugeSize, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    hvo: bool = False
+    sysctl: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str) -> int | str:
+        n = parse_size(v)
+        if n < (64 << 20) or n > MAX_HOST_MEMORY:
+            raise ValueError(f"host memory {fmt_size(n)} is out of range; give between 64M and 1P")
+        return v
+
+    @field_validator("sysctl")
+    @classmethod
+    def _sysctl(cls, v: dict[str, int]) -> dict[str, int]:
+        for name in v:
+            if name not in KNOWN_SYSCTLS:
+                raise ValueError(f"unknown sysctl {name!r}{did_you_mean(name, KNOWN_SYSCTLS)}; "
+                                 f"known: {one_of(KNOWN_SYSCTLS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> HostSpec:
+        mem = parse_size(self.memory)
+        pool = sum(parse_size(size) * n for size, n in self.hugepages.items())
+        if pool > mem:
+            raise ValueError(
+                f"hugepages need {fmt_size(pool)} but host memory is {fmt_size(mem)}; "
+                "lower the counts or raise host.memory"
+            )
+        return self
+
+
+class ProcessSpec(Strict):
+    """A process created before step 0 (Spawn, then Prctl and Sigaction as needed)."""
+
+    name: str = Field(min_length=1)
+    threads: list[str] = Field(default_factory=lambda: ["main"], min_length=1)
+    sigbus: Literal["handler", "default", "ignore"] = "default"
+    mce_kill: dict[str, MceKill] = Field(default_factory=dict)
+    caps: bool = True
+
+    @model_validator(mode="after")
+    def _threads_known(self) -> ProcessSpec:
+        dup = sorted({t for t in self.threads if self.threads.count(t) > 1})
+        if dup:
+            raise ValueError(f"thread {dup[0]!r} is listed twice; give each thread its own name")
+        for t in self.mce_kill:
+            if t not in self.threads:
+                raise ValueError(f"mce_kill names thread {t!r}, which is not in threads "
+                                 f"[{one_of(self.threads)}]{did_you_mean(t, self.threads)}")
+        return self
+
+
+# --------------------------------------------------------------------------- expectations
+
+
+class SignalExpect(Strict):
+    """A partial match on one generated (queued) signal."""
+
+    proc: str | None = None
+    thread: str | None = None
+    code: str | None = None
+    addr: int | str | None = None
+    lsb: int | None = None
+    forced: bool | None = None
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        key = str(v).strip().upper()
+        if key not in SI_CODES:
+            raise ValueError(f"unknown si_code {v!r}; write AR, AO, SI_KERNEL "
+                             "(or BUS_MCEERR_AR / BUS_MCEERR_AO)")
+        return SI_CODES[key]
+
+
+class MfExpect(Strict):
+    """A partial match on one memory_failure_event (page type and result strings)."""
+
+    type: str | None = None
+    result: str | None = None
+
+
+class _Logs(Strict):
+    log: list[str] = Field(default_factory=list)
+    no_log: list[str] = Field(default_factory=list)
+
+    @field_validator("log", "no_log", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return _as_list(v)
+
+    @field_validator("log", "no_log")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return _check_patterns(v)
+
+
+class StepExpect(_Logs):
+    """What one step must produce; a field is checked only when it is given."""
+
+    ret: Any = None
+    errno: str | None = None
+    signals: list[SignalExpect] = Field(default_factory=list)
+    signals_subset: bool = False
+    killed: list[str] = Field(default_factory=list)
+    mf: list[MfExpect] = Field(default_factory=list)
+    panic: bool = False
+    events: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("errno", mode="before")
+    @classmethod
+    def _errno(cls, v: Any) -> str | None:
+        return normalise_errno(v)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kinds = event_kinds()
+        for i, spec in enumerate(v):
+            kind = spec.get("event")
+            if kind is None:
+                raise ValueError(f"events[{i}] has no 'event' key; write e.g. "
+                                 "{event: stage2_zap, vm: vm0}")
+            if kind not in kinds:
+                raise ValueError(f"events[{i}]: unknown event kind {kind!r}"
+                                 f"{did_you_mean(kind, kinds)}; known: {one_of(kinds)}")
+            fields = {f.name for f in dataclasses.fields(kinds[kind])}
+            for name in spec:
+                if name != "event" and name not in fields:
+                    raise ValueError(f"events[{i}]: {kind} has no field {name!r}"
+                                     f"{did_you_mean(name, fields)}; fields: "
+                                     f"{one_of(sorted(fields))}")
+        return v
+
+
+class ExitCode(Strict):
+    code: int
+
+
+class ExitSignal(Strict):
+    signal: int | str
+
+    @field_validator("signal")
+    @classmethod
+    def _signal(cls, v: int | str) -> int:
+        if isinstance(v, int):
+            return v
+        name = v.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(_signal.Signals[name])
+        except KeyError:
+            raise ValueError(f"unknown signal {v!r}; write a name such as SIGBUS or SIGKILL, "
+                             "or a number") from None
+
+
+ExitExpect = Literal["running", "killed", "exited"] | ExitCode | ExitSignal
+
+
+class FinalExpect(_Logs):
+    """What must hold once every step has run; a field is checked only when it is given."""
+
+    meminfo: dict[str, int] = Field(default_factory=dict)
+    meminfo_delta: dict[str, int] = Field(default_factory=dict)
+    mf_stats: dict[str, int] = Field(default_factory=dict)
+    exit: dict[str, ExitExpect] = Field(default_factory=dict)
+    panic: bool = False
+    outcomes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("meminfo", "meminfo_delta")
+    @classmethod
+    def _meminfo(cls, v: dict[str, int]) -> dict[str, int]:
+        pools = [k for k in v if POOL_FIELD_RE.match(k)]
+        _known_keys({k: n for k, n in v.items() if k not in pools}, MEMINFO_FIELDS,
+                    "meminfo field", "or nr|free|resv|surplus_hugepages_2M|1G")
+        return v
+
+    @field_validator("mf_stats")
+    @classmethod
+    def _mf_stats(cls, v: dict[str, int]) -> dict[str, int]:
+        return _known_keys(v, MF_STATS_FIELDS, "mf_stats counter")
+
+
+def _known_keys(v: dict[str, int], known: tuple[str, ...], what: str, more: str = ""
+                ) -> dict[str, int]:
+    for k in v:
+        if k not in known:
+            raise ValueError(f"unknown {what} {k!r}{did_you_mean(k, known)}; known: "
+                             f"{one_of(known)}" + (f", {more}" if more else ""))
+    return v
+
+
+# --------------------------------------------------------------------------- the file
+
+
+class ScenarioHeader(Strict):
+    """Every top-level field of a scenario file (``steps`` items are checked by the loader)."""
+
+    name: str | None = None
+    description: str = ""
+    profile: str | None = None
+    policy: str | None = None
+    seed: int = 0
+    host: HostSpec = Field(default_factory=HostSpec)
+    processes: list[ProcessSpec] = Field(default_factory=list)
+    steps: list[Any] = Field(min_length=1)
+    expect: FinalExpect | None = None
+
+    @model_validator(mode="after")
+    def _unique_processes(self) -> ScenarioHeader:
+        names = [p.name for p in self.processes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"process {dup[0]!r} is defined twice; give each process its "
+                             "own name")
+        return self
+
+
+TOP_LEVEL_FIELDS = tuple(ScenarioHeader.model_fields)
