@@ -7,6 +7,9 @@ file is ever executed. Every problem is a ``ScenarioError`` naming file, line an
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -83,6 +86,18 @@ class Scenario:
 
 # --------------------------------------------------------------------------- public entry points
 
+# Model extensions register their actions (register_actions) when imported.
+EXTENSION_MODULES = ("memfail.model.host", "memfail.model.kvm", "memfail.model.vmm",
+                     "memfail.model.policy")
+
+
+@functools.cache
+def load_extensions() -> None:
+    """Import the model packages that add actions, so ACTION_TYPES is complete."""
+    for name in EXTENSION_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
 
 def load_scenario(path: str | Path, display: str | None = None) -> Scenario:
     """Load and validate a scenario file; raise ``ScenarioError`` on any problem."""
@@ -106,6 +121,7 @@ def load_scenario_text(text: str, file: str = "<string>", default_name: str = "s
 
 
 def load_scenario_bytes(data: bytes, file: str, default_name: str) -> Scenario:
+    load_extensions()
     text = _decode(data, file)
     root, lines = _parse_yaml(text, file)
     return _build(root, lines, file, default_name)
