@@ -1,0 +1,265 @@
+"""Action handlers for files: create, memfd_create, open/close/unlink, ftruncate,
+fallocate (punch hole), read/pread/write/pwrite and fsync.
+
+Poisoned page-cache pages make read()/write() fail with EIO (R43); hugetlbfs read() stops at
+the first poisoned raw page on kernels with partial reads (KS-09/10); a user buffer in poisoned
+memory makes the kernel's copy fail (R3): -EFAULT, no signal.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..actions import (
+    Close,
+    Create,
+    Fallocate,
+    FileIO,
+    Fsync,
+    Ftruncate,
+    MemfdCreate,
+    Open,
+    Pread,
+    Pwrite,
+    Read,
+    Unlink,
+    Write,
+)
+from ..errors import EBADF, EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, ModelInputError
+from ..host import ActionResult, handles
+from ..units import parse_size
+from .fs import EXT2, GMEM, HUGETLBFS, RAMFS, SHMEM, Inode
+from .mem import HUGETLB
+from .mm import HWPOISON
+
+if TYPE_CHECKING:
+    from ..host import Host
+    from .task import Process, Thread
+
+FS_KIND = {"tmpfs": SHMEM, "hugetlbfs": HUGETLBFS, "ext2": EXT2, "ramfs": RAMFS}
+
+
+@handles(Create)
+def do_create(host: Host, a: Create) -> ActionResult:
+    if a.path in host.files:
+        return ActionResult.err(-EEXIST)
+    kind = FS_KIND[a.fs]
+    order = host.geometry.huge_order(a.huge) if kind == HUGETLBFS else 0
+    size = parse_size(a.size, host.geometry.page_size)
+    inode = host.new_inode(kind, a.path, size, order)
+    inode.nlink = 1
+    host.files[a.path] = inode
+    return ActionResult(0)
+
+
+@handles(MemfdCreate)
+def do_memfd_create(host: Host, a: MemfdCreate) -> ActionResult:
+    proc = host.proc(a.proc)
+    kind = HUGETLBFS if a.hugetlb else SHMEM
+    order = host.geometry.huge_order(a.huge) if a.hugetlb else 0
+    inode = host.new_inode(kind, f"memfd:{a.name}", parse_size(a.size), order)
+    inode.nlink = 0
+    host.open_inode(proc, inode, a.fd or a.name)
+    return ActionResult(0)
+
+
+@handles(Open)
+def do_open(host: Host, a: Open) -> ActionResult:
+    proc = host.proc(a.proc)
+    inode = host.files.get(a.path)
+    if inode is None:
+        return ActionResult.err(-ENOENT)
+    host.open_inode(proc, inode, a.fd or a.path)
+    return ActionResult(0)
+
+
+@handles(Close)
+def do_close(host: Host, a: Close) -> ActionResult:
+    proc = host.proc(a.proc)
+    if a.fd not in proc.fds:
+        return ActionResult.err(-EBADF)
+    host.close_fd(proc, a.fd)
+    return ActionResult(0)
+
+
+@handles(Unlink)
+def do_unlink(host: Host, a: Unlink) -> ActionResult:
+    inode = host.files.pop(a.path, None)
+    if inode is None:
+        return ActionResult.err(-ENOENT)
+    inode.nlink = 0
+    host.maybe_release_inode(inode)
+    return ActionResult(0)
+
+
+@handles(Ftruncate)
+def do_ftruncate(host: Host, a: Ftruncate) -> ActionResult:
+    proc = host.proc(a.proc)
+    inode = host.fd(proc, a.fd).inode
+    size = parse_size(a.size, host.geometry.page_size)
+    if inode.kind == HUGETLBFS and size & ((1 << (host.geometry.page_shift +
+                                                  inode.huge_order)) - 1):
+        return ActionResult.err(-EINVAL)
+    if size < inode.size:
+        first = (size + host.geometry.page_size - 1) >> host.geometry.page_shift
+        host.truncate_range(inode, first, 1 << 62, even_cows=True)
+    inode.size = size
+    return ActionResult(0)
+
+
+@handles(Fallocate)
+def do_fallocate(host: Host, a: Fallocate) -> ActionResult:
+    proc = host.proc(a.proc)
+    inode = host.fd(proc, a.fd).inode
+    geo = host.geometry
+    off = parse_size(a.offset, geo.page_size)
+    length = parse_size(a.len, geo.page_size)
+    if inode.kind == GMEM:
+        hook = host.ext.get("gmem_fallocate")
+        if hook is None:
+            return ActionResult.err(-EOPNOTSUPP)
+        return ActionResult.err(r) if (r := hook(host, inode, a.mode, off, length)) \
+            else ActionResult(0)
+    if inode.kind not in (SHMEM, HUGETLBFS):
+        return ActionResult.err(-EOPNOTSUPP)
+    unit = 1 << (geo.page_shift + inode.huge_order)
+    if a.mode == "punch_hole":
+        s = (off + unit - 1) // unit * unit
+        e = (off + length) // unit * unit
+        if e > s:
+            host.truncate_range(inode, s >> geo.page_shift, e >> geo.page_shift,
+                                even_cows=False)
+        return ActionResult(0)
+    from .mmops import find_or_create_cache_folio
+
+    if inode.kind == SHMEM:
+        for idx in range(off >> geo.page_shift, (off + length + geo.page_size - 1)
+                         >> geo.page_shift):
+            find_or_create_cache_folio(host, inode, idx)
+        inode.size = max(inode.size, off + length)
+    return ActionResult(0)
+
+
+def _buffer_fault(host: Host, proc: Process, t: Thread, buf: int | str | None,
+                  kernel_reads: bool) -> int:
+    """A user buffer the kernel copies from (write) or to (read): a hwpoison entry makes the
+    copy fault (-EFAULT, no signal); a latent error consumed by copy_from_user is a machine
+    check with fixup: -EFAULT, then memory_failure(pfn, 0) via kill_me_never (R3)."""
+    if buf is None:
+        return 0
+    from .inject import consume_kernel
+
+    addr = host._resolve(proc, buf, "buf")
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    if vma is None:
+        return -EFAULT
+    k = proc.mm.entry_key(vma, addr, host.geometry.page_shift)
+    if k is None:
+        return 0
+    pte = proc.mm.ptes[k[0]]
+    if pte.kind == HWPOISON:
+        return -EFAULT
+    pfn = pte.pfn + ((addr - k[0]) >> host.geometry.page_shift)
+    if kernel_reads and pfn in host.phys.hw_errors:
+        consume_kernel(host, pfn, by=f"copy_from_user in {proc.comm}")
+        return -EFAULT
+    return 0
+
+
+def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    of = host.fd(proc, a.fd)
+    inode = of.inode
+    geo = host.geometry
+    off = parse_size(a.offset, geo.page_size) if positional or a.offset else of.pos
+    length = parse_size(a.len, geo.page_size)
+    if inode.kind == GMEM or (write and inode.kind == HUGETLBFS):
+        return ActionResult.err(-EINVAL)
+    err = _buffer_fault(host, proc, t, a.buf, kernel_reads=write)
+    if err:
+        return ActionResult.err(err)
+    done = 0
+    pos = off
+    end = off + length
+    if not write:
+        end = min(end, inode.size)
+    while pos < end:
+        index = pos >> geo.page_shift
+        chunk = min(end, (index + 1) << geo.page_shift) - pos
+        folio = inode.lookup(index)
+        if folio is None and write:
+            from .mmops import find_or_create_cache_folio
+
+            folio = find_or_create_cache_folio(host, inode, index)
+        if folio is not None:
+            pfn = folio.pfn + (index - folio.index)
+            poisoned = pfn in host.phys.hwpoison or (
+                folio.kind == HUGETLB and "hwpoison" in folio.flags and
+                (pfn in folio.raw_hwp or not host.profile.hugetlb_read_partial))
+            if poisoned:
+                break
+            if not write and pfn in host.phys.hw_errors:
+                # the copy to user space reads the poisoned page cache page (copyout):
+                # machine-check-safe copy fails, error reported AO
+                from .inject import consume_kernel
+
+                consume_kernel(host, pfn, by=f"read() copyout in {proc.comm}")
+                break
+            if write:
+                host.phys.data[pfn] = 1 if a.value is None else a.value
+                folio.flags.add("dirty")
+        done += chunk
+        pos += chunk
+    if not positional:
+        of.pos = off + done
+    if done == 0 and pos < end:
+        return ActionResult.err(-EIO)
+    return ActionResult(done)
+
+
+@handles(Read)
+def do_read(host: Host, a: Read) -> ActionResult:
+    return _io(host, a, write=False, positional=False)
+
+
+@handles(Pread)
+def do_pread(host: Host, a: Pread) -> ActionResult:
+    return _io(host, a, write=False, positional=True)
+
+
+@handles(Write)
+def do_write(host: Host, a: Write) -> ActionResult:
+    return _io(host, a, write=True, positional=False)
+
+
+@handles(Pwrite)
+def do_pwrite(host: Host, a: Pwrite) -> ActionResult:
+    return _io(host, a, write=True, positional=True)
+
+
+@handles(Fsync)
+def do_fsync(host: Host, a: Fsync) -> ActionResult:
+    """fsync(): write back dirty pages; report a recorded writeback error once (R25)."""
+    proc = host.proc(a.proc)
+    of = host.fd(proc, a.fd)
+    inode = of.inode
+    if inode.kind == EXT2:
+        for idx, folio in inode.pages.items():
+            if "dirty" in folio.flags:
+                inode.disk[idx] = host.phys.data.get(folio.pfn, 0)
+                folio.flags.discard("dirty")
+            for key in folio.rmap:
+                pte = host.mms[key[0]].ptes.get(key[1])
+                if pte is not None and pte.dirty:
+                    inode.disk[idx] = host.phys.data.get(folio.pfn, 0)
+                    pte.dirty = False
+    if inode.wb_err > of.wb_err_seen:
+        of.wb_err_seen = inode.wb_err
+        return ActionResult.err(-EIO)
+    return ActionResult(0)
+
+
+def _unused(i: Inode) -> None:  # pragma: no cover - keeps the import list honest
+    raise ModelInputError(str(i))

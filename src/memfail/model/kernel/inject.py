@@ -1,0 +1,522 @@
+"""Error injection, hardware errors and machine-check glue, soft offline, unpoison, and the
+observation actions (pagemap, kpageflags, meminfo).
+
+Models mm/madvise.c madvise_inject_error (R4), mm/hwpoison-inject.c (R5), the sysfs
+hard/soft_offline_page stores (DOC-07), arch/x86/kernel/cpu/mce/core.c queue_task_work /
+kill_me_maybe / kill_me_now / kill_me_never (R1, R3, R44, R46), memory_failure_queue (R2),
+soft_offline_page (R81) and unpoison_memory (R80).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..actions import (
+    CorruptPfn,
+    HardOfflinePage,
+    Hugepages,
+    HwError,
+    Kpageflags,
+    Meminfo,
+    Pagemap,
+    Scrub,
+    SoftOfflinePage,
+    Sysctl,
+    TargetMixin,
+    UnpoisonPfn,
+)
+from ..errors import (
+    EBUSY,
+    EHWPOISON,
+    EINVAL,
+    ENOMEM,
+    ENXIO,
+    EOPNOTSUPP,
+    EPERM,
+    ModelInputError,
+)
+from ..host import RESERVED_PFN, ZERO_PFN, ActionResult, handles
+from ..trace import Observation, PoisonConsumed
+from ..units import parse_size
+from .fs import GMEM
+from .mem import ANON, HUGETLB, KERNEL, Folio
+from .memory_failure import (
+    MF_ACTION_REQUIRED,
+    MF_COUNT_INCREASED,
+    MF_MUST_KILL,
+    MF_SW_SIMULATED,
+    memory_failure,
+)
+from .mm import HWPOISON, PRESENT, PTE
+
+if TYPE_CHECKING:
+    from ..host import Host
+    from .task import Process, Thread
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def resolve_target(host: Host, a: TargetMixin) -> int:
+    """The PFN a target names (see TargetMixin)."""
+    geo = host.geometry
+    if a.pfn is not None:
+        return a.pfn
+    if a.addr is not None:
+        assert a.proc is not None
+        proc = host.proc(a.proc)
+        addr = host._resolve(proc, a.addr)
+        assert proc.mm is not None
+        vma = proc.mm.find_vma(addr)
+        k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
+        if not k:
+            raise ModelInputError(
+                f"no page is mapped at {a.proc}:{a.addr} (pagemap shows it not present); "
+                "touch it first with mem_read or mem_write", "addr")
+        pte = proc.mm.ptes[k[0]]
+        return pte.pfn + ((addr - k[0]) >> geo.page_shift)
+    if a.file is not None:
+        inode = host.files.get(a.file)
+        if inode is None and a.proc is not None:
+            of = host.proc(a.proc).fds.get(a.file)
+            inode = of.inode if of else None
+        if inode is None:
+            raise ModelInputError(f"no file or fd named {a.file!r}", "file")
+        index = parse_size(a.offset, geo.page_size) >> geo.page_shift
+        folio = inode.lookup(index)
+        if folio is None:
+            raise ModelInputError(f"file {a.file!r} has no page cached at offset {a.offset}",
+                                  "offset")
+        return folio.pfn + (index - folio.index)
+    if a.free is not None:
+        if a.free == "buddy":
+            pfn = host.phys._bump + 0x100 + len(host.phys.isolated)
+            return pfn
+        h = host.hugetlb.hstate(geo.huge_order(a.free))
+        cands = [f for f in h.free_list if "hwpoison" not in f.flags] or h.free_list
+        if not cands:
+            raise ModelInputError(f"the {a.free} HugeTLB pool has no free folio", "free")
+        if not 0 <= a.index < cands[0].nr_pages:
+            raise ModelInputError(f"index must be below {cands[0].nr_pages}", "index")
+        return cands[0].pfn + a.index
+    assert a.kernel is not None
+    if a.kernel == "zero_page":
+        return ZERO_PFN
+    if a.kernel == "reserved":
+        return RESERVED_PFN
+    folio = host.alloc_folio(0, KERNEL, owner=a.kernel)
+    if folio is None:
+        raise ModelInputError("out of memory", "kernel")
+    folio.flags.add(a.kernel)
+    folio.get("kernel")
+    return folio.pfn
+
+
+# --------------------------------------------------------------------------- consumption
+
+
+def consume_user(host: Host, t: Thread, pfn: int, addr: int) -> None:
+    """A user-mode (or guest-mode, R45) load consumed poison: do_machine_check queues
+    kill_me_maybe on the thread (R44), which runs before it returns to user mode (R46)."""
+    proc = t.proc
+    host.emit(PoisonConsumed(host.trace.step, pfn, f"{proc.comm}:{t.name}", "user", proc.pid))
+    if t.mce_count and t.mce_addr is not None and t.mce_addr >> host.geometry.page_shift != pfn:
+        host.panic("Consecutive machine checks to different user pages")
+    t.mce_count += 1
+    if t.mce_count > 10:
+        host.panic("Too many consecutive machine checks in user mode")
+    t.mce_addr = pfn << host.geometry.page_shift
+    kill_me_maybe(host, t, pfn, ripv=t.mce_ripv)
+
+
+def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
+    """kill_me_maybe() (R46): memory_failure(pfn, AR[|MUST_KILL]); a plain SIGBUS unless it
+    returned 0, -EHWPOISON or -EOPNOTSUPP."""
+    t.mce_count = 0
+    host.log(f"mce: Uncorrected hardware memory error in user-access at "
+             f"{pfn << host.geometry.page_shift:x}")
+    flags = MF_ACTION_REQUIRED | (0 if ripv else MF_MUST_KILL)
+    ret = memory_failure(host, pfn, flags, t, via="kill_me_maybe")
+    if ret == 0:
+        return ret  # set_mce_nospec(); no signal
+    if ret in (-EHWPOISON, -EOPNOTSUPP):
+        return ret
+    host.log("mce: Memory error not recovered")
+    host.force_sig_sigbus(t, "kill_me_now")
+    return ret
+
+
+def consume_kernel(host: Host, pfn: int, by: str) -> int:
+    """The kernel consumed poison in a machine-check-safe copy (R3): the copy fails and the
+    error is reported with memory_failure(pfn, 0) (kill_me_never / memory_failure_queue)."""
+    host.emit(PoisonConsumed(host.trace.step, pfn, by, "kernel-copy"))
+    return memory_failure(host, pfn, 0, None, via="kill_me_never")
+
+
+# --------------------------------------------------------------------------- injectors
+
+
+def madvise_inject_error(host: Host, proc: Process, t: Thread, start: int, length: int,
+                         soft: bool) -> ActionResult:
+    """madvise_inject_error() (R4): page by page through GUP; MADV_HWPOISON calls
+    memory_failure(AR (since 6.11) | COUNT_INCREASED | SW_SIMULATED)."""
+    from .mmops import gup
+
+    if not proc.caps:
+        return ActionResult.err(-EPERM)
+    geo = host.geometry
+    addr = start
+    end = start + max(length, 1)
+    while addr < end:
+        pfn, folio = gup(host, proc, addr)
+        if pfn < 0:
+            return ActionResult.err(pfn)
+        size = folio.nr_pages << geo.page_shift if folio is not None and folio.kind == HUGETLB \
+            else geo.page_size
+        if soft:
+            host.log(f"Soft offlining pfn {pfn:#x} at process virtual address {addr:#x}",
+                     level="info")
+            if folio is not None:
+                folio.put("gup")
+            ret = soft_offline_page(host, pfn)
+        else:
+            host.log(f"Injecting memory failure for pfn {pfn:#x} at process virtual address "
+                     f"{addr:#x}", level="info")
+            flags = MF_COUNT_INCREASED | MF_SW_SIMULATED
+            if host.profile.madvise_hwpoison_ar:
+                flags |= MF_ACTION_REQUIRED
+            ret = memory_failure(host, pfn, flags, t, via="madvise")
+            if ret == -EOPNOTSUPP:
+                ret = 0
+        if ret:
+            return ActionResult.err(ret)
+        addr = (addr & ~(size - 1)) + size
+    return ActionResult(0)
+
+
+def _caller(host: Host, as_proc: str | None) -> Thread:
+    proc = host.proc(as_proc) if as_proc else host.root
+    return proc.leader
+
+
+@handles(CorruptPfn)
+def do_corrupt_pfn(host: Host, a: CorruptPfn) -> ActionResult:
+    """debugfs hwpoison/corrupt-pfn (R5): memory_failure(pfn, MF_SW_SIMULATED)."""
+    t = _caller(host, a.as_proc)
+    if not t.proc.caps:
+        return ActionResult.err(-EPERM)
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        return ActionResult.err(-ENXIO)
+    host.log(f"Injecting memory failure at pfn {pfn:#x}", level="info")
+    ret = memory_failure(host, pfn, MF_SW_SIMULATED, t, via="corrupt-pfn")
+    if ret and ret != -EOPNOTSUPP:
+        return ActionResult.err(ret)
+    return ActionResult(len(f"{pfn:#x}\n"))
+
+
+@handles(HardOfflinePage)
+def do_hard_offline(host: Host, a: HardOfflinePage) -> ActionResult:
+    """sysfs hard_offline_page (DOC-07): memory_failure(pfn, MF_SW_SIMULATED)."""
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        return ActionResult.err(-ENXIO)
+    ret = memory_failure(host, pfn, MF_SW_SIMULATED, host.root.leader,
+                         via="hard_offline_page")
+    if ret and ret != -EOPNOTSUPP:
+        return ActionResult.err(ret)
+    return ActionResult(len(f"{pfn << host.geometry.page_shift:#x}\n"))
+
+
+@handles(SoftOfflinePage)
+def do_soft_offline(host: Host, a: SoftOfflinePage) -> ActionResult:
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        return ActionResult.err(-ENXIO)
+    ret = soft_offline_page(host, pfn)
+    if ret:
+        return ActionResult.err(ret)
+    return ActionResult(len(f"{pfn << host.geometry.page_shift:#x}\n"))
+
+
+@handles(HwError)
+def do_hw_error(host: Host, a: HwError) -> ActionResult:
+    """A real uncorrectable error appears (hardware truth); optionally detected now (R2)."""
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        raise ModelInputError(f"pfn {pfn:#x} is beyond the host's memory", "pfn")
+    host.phys.hw_errors.add(pfn)
+    if a.detect == "latent":
+        return ActionResult(0)
+    via = "uc_decode_notifier" if a.detect == "scrub" else "memory_failure_queue"
+    return ActionResult(memory_failure(host, pfn, 0, None, via=via))
+
+
+@handles(Scrub)
+def do_scrub(host: Host, a: Scrub) -> ActionResult:
+    """Patrol scrub reads the page: a latent error is reported AO (R2)."""
+    pfn = resolve_target(host, a)
+    if pfn not in host.phys.hw_errors:
+        return ActionResult(0)
+    return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+
+
+# --------------------------------------------------------------------------- soft offline
+
+
+def soft_offline_page(host: Host, pfn: int) -> int:
+    """soft_offline_page() (R81, DOC-05, DOC-08): migrate an in-use page to a new frame and
+    mark the old one poisoned; take a free page off buddy; never signals."""
+    if not host.sysctl["vm.enable_soft_offline"]:
+        host.log("Soft offline: disabled by /proc/sys/vm/enable_soft_offline", level="info")
+        return -EOPNOTSUPP
+    if not host.phys.valid(pfn):
+        return -ENXIO
+    folio = host.phys.folio_of(pfn)
+    if pfn in host.phys.hwpoison or (folio is not None and "hwpoison" in folio.flags):
+        host.log(f"Memory failure: {pfn:#x}: page already poisoned", level="info")
+        return 0
+    if folio is None:
+        if host.phys.take_page_off_buddy(pfn):
+            host.phys.hwpoison.add(pfn)
+            host.mf.num_poisoned_pages += 1
+            host.page_isolated(pfn, "soft_offline")
+            return 0
+        return -EBUSY
+    if folio.kind == KERNEL or (folio.mapping is not None and folio.mapping.kind == GMEM):
+        host.log(f"Memory failure: {pfn:#x}: page migration failed 1, type "
+                 f"{sorted(folio.flags)}", level="info")
+        return -EBUSY
+    if folio.kind == HUGETLB:
+        return _soft_offline_hugetlb(host, folio, pfn)
+    if folio.order:
+        split = host.split_thp(folio)
+        if split is None:
+            return -EBUSY
+        folio = host.phys.folio_of(pfn) or split
+    new = host.alloc_folio(0, folio.kind, owner=folio.owner)
+    if new is None:
+        return -ENOMEM
+    new.flags = set(folio.flags) - {"hwpoison"}
+    host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
+    _migrate(host, folio, new)
+    host.phys.hwpoison.add(folio.pfn)
+    host.mf.num_poisoned_pages += 1
+    host.page_isolated(folio.pfn, "soft_offline")
+    return 0
+
+
+def _migrate(host: Host, old: Folio, new: Folio) -> None:
+    """Move mappings and the page-cache slot from ``old`` to ``new``; old keeps one ref."""
+    if old.mapping is not None:
+        new.mapping, new.index = old.mapping, old.index
+        old.mapping.pages[old.index] = new
+        new.refs["pagecache"] = old.refs.pop("pagecache", 0)
+        old.mapping = None
+    for (mm_id, key), order in old.rmap.items():
+        pte = host.mms[mm_id].ptes[key]
+        host.mms[mm_id].ptes[key] = PTE(PRESENT, new.pfn, order, pte.dirty, pte.write)
+        new.rmap[(mm_id, key)] = order
+        new.get("map")
+        host.mmu_notify(host.mms[mm_id], key, 1 << (host.geometry.page_shift + order))
+    old.rmap.clear()
+    old.refs.clear()
+    old.get("mf")  # the isolated old frame is held for good
+    old.flags -= {"lru"}
+
+
+def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
+    """Migrate the whole huge page to a free one, then dissolve the source (DOC-08, KS-11)."""
+    h = host.hugetlb.hstate(folio.order)
+    if "hugetlb_freed" in folio.flags:
+        folio.flags.add("hwpoison")
+        folio.raw_hwp.append(pfn)
+        host.mf.num_poisoned_pages += 1
+        return 0 if host.hugetlb.dissolve_free_hugetlb_folio(folio) == 0 else -EBUSY
+    new = host.hugetlb.dequeue(h, owner=folio.owner, use_reserve=False)
+    if new is None:
+        return -ENOMEM
+    new.flags |= folio.flags & {"anon", "dirty", "hugetlb_migratable"}
+    host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
+    _migrate(host, folio, new)
+    folio.refs.clear()
+    folio.flags.add("hwpoison")
+    folio.raw_hwp.append(pfn)
+    host.mf.num_poisoned_pages += 1
+    host.hugetlb.free_huge_folio(folio)
+    host.hugetlb.dissolve_free_hugetlb_folio(folio)
+    host.page_isolated(pfn, "soft_offline")
+    return 0
+
+
+# --------------------------------------------------------------------------- unpoison
+
+
+@handles(UnpoisonPfn)
+def do_unpoison(host: Host, a: UnpoisonPfn) -> ActionResult:
+    pfn = resolve_target(host, a)
+    ret = unpoison_memory(host, pfn)
+    if ret:
+        return ActionResult.err(ret)
+    return ActionResult(len(f"{pfn:#x}\n"))
+
+
+def unpoison_memory(host: Host, pfn: int) -> int:
+    """unpoison_memory() (R80), with its refusals and rate-limited messages."""
+    if not host.phys.valid(pfn):
+        return -ENXIO
+    if host.mf.hw_memory_failure:
+        host.log(f"Unpoison: Disabled after HW memory failure {pfn:#x}", level="info")
+        return -EOPNOTSUPP
+    folio = host.phys.folio_of(pfn)
+    if folio is not None and folio.kind == HUGETLB and "hugetlb" in folio.flags:
+        if "hwpoison" not in folio.flags:
+            host.log(f"Unpoison: Page was already unpoisoned {pfn:#x}", level="info")
+            return -EBUSY
+        if folio.refcount > 1 or folio.mapped or folio.mapping is not None:
+            host.log(f"Unpoison: Someone grabs the hwpoison page {pfn:#x}", level="info")
+            return -EBUSY
+        if "hvo" in folio.flags or "raw_hwp_unreliable" in folio.flags:
+            return -EBUSY
+        n = len(folio.raw_hwp)
+        folio.raw_hwp.clear()
+        folio.flags.discard("hwpoison")
+        folio.refs.clear()
+        host.mf.num_poisoned_pages -= n
+        host.maybe_free(folio)
+        host.log(f"Unpoison: Software-unpoisoned page {pfn:#x}", level="info")
+        return 0
+    if pfn not in host.phys.hwpoison:
+        host.log(f"Unpoison: Page was already unpoisoned {pfn:#x}", level="info")
+        return -EBUSY
+    if folio is not None:
+        if folio.kind == KERNEL and folio.pfn != ZERO_PFN:
+            return -EBUSY
+        if folio.refcount > 1:
+            host.log(f"Unpoison: Someone grabs the hwpoison page {pfn:#x}", level="info")
+            return -EBUSY
+        if folio.mapped:
+            host.log(f"Unpoison: Someone maps the hwpoison page {pfn:#x}", level="info")
+            return -EBUSY
+        if folio.mapping is not None:
+            host.log(f"Unpoison: the hwpoison page has non-NULL mapping {pfn:#x}",
+                     level="info")
+            return -EBUSY
+    host.phys.hwpoison.discard(pfn)
+    host.phys.detected.discard(pfn)
+    host.mf.num_poisoned_pages -= 1
+    if pfn in host.phys.isolated:
+        host.phys.isolated.discard(pfn)
+        host.phys.free_block(pfn, 0)
+    elif folio is not None and folio.kind != KERNEL:
+        folio.refs.clear()
+        host.maybe_free(folio)
+    host.log(f"Unpoison: Software-unpoisoned page {pfn:#x}", level="info")
+    return 0
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+@handles(Sysctl)
+def do_sysctl(host: Host, a: Sysctl) -> ActionResult:
+    if a.name not in host.sysctl:
+        raise ModelInputError(f"unknown sysctl {a.name!r}; known: {', '.join(host.sysctl)}",
+                              "name")
+    if a.name == "vm.nr_hugepages":
+        h = host.hugetlb.hstate(host.geometry.pmd_order)
+        host.hugetlb.set_max_huge_pages(h, a.value)
+    elif a.name == "vm.nr_overcommit_hugepages":
+        host.hugetlb.hstate(host.geometry.pmd_order).nr_overcommit_huge_pages = a.value
+    host.sysctl[a.name] = a.value
+    return ActionResult(0)
+
+
+@handles(Hugepages)
+def do_hugepages(host: Host, a: Hugepages) -> ActionResult:
+    h = host.hugetlb.hstate(host.geometry.huge_order(a.size))
+    if a.overcommit is not None:
+        h.nr_overcommit_huge_pages = a.overcommit
+    return ActionResult(host.hugetlb.set_max_huge_pages(h, a.count))
+
+
+# --------------------------------------------------------------------------- observations
+
+KPF = ["LOCKED", "ERROR", "REFERENCED", "UPTODATE", "DIRTY", "LRU", "ACTIVE", "SLAB",
+       "WRITEBACK", "RECLAIM", "BUDDY", "MMAP", "ANON", "SWAPCACHE", "SWAPBACKED",
+       "COMPOUND_HEAD", "COMPOUND_TAIL", "HUGE", "UNEVICTABLE", "HWPOISON", "NOPAGE", "KSM",
+       "THP", "OFFLINE", "ZERO_PAGE", "IDLE", "PGTABLE"]
+
+
+def kpageflags(host: Host, pfn: int) -> list[str]:
+    """/proc/kpageflags for one pfn: KPF_* names (bit 19 = HWPOISON)."""
+    if not host.phys.valid(pfn):
+        return ["NOPAGE"]
+    out: set[str] = set()
+    folio = host.phys.folio_of(pfn)
+    if pfn in host.phys.hwpoison:
+        out.add("HWPOISON")
+    if folio is None:
+        if host.phys.is_free(pfn):
+            out.add("BUDDY")
+        return sorted(out, key=KPF.index)
+    fl = folio.flags
+    names = {"lru": "LRU", "dirty": "DIRTY", "uptodate": "UPTODATE", "unevictable":
+             "UNEVICTABLE", "swapbacked": "SWAPBACKED", "slab": "SLAB", "pagetable": "PGTABLE",
+             "zero_page": "ZERO_PAGE", "swapcache": "SWAPCACHE"}
+    for f, n in names.items():
+        if f in fl:
+            out.add(n)
+    if folio.kind == ANON or "anon" in fl:
+        out.add("ANON")
+    if folio.mapped:
+        out.add("MMAP")
+    if folio.order:
+        out.add("COMPOUND_HEAD" if pfn == folio.pfn else "COMPOUND_TAIL")
+        out.add("HUGE" if folio.kind == HUGETLB else "THP")
+    if folio.kind == HUGETLB and "hwpoison" in fl and pfn == folio.pfn:
+        out.add("HWPOISON")
+    return sorted(out, key=KPF.index)
+
+
+@handles(Kpageflags)
+def do_kpageflags(host: Host, a: Kpageflags) -> ActionResult:
+    pfn = resolve_target(host, a)
+    flags = kpageflags(host, pfn)
+    host.emit(Observation(host.trace.step, f"kpageflags {pfn:#x}", flags))
+    return ActionResult(flags)
+
+
+@handles(Pagemap)
+def do_pagemap(host: Host, a: Pagemap) -> ActionResult:
+    """/proc/PID/pagemap: present+pfn, or swapped for a (non-hugetlb) hwpoison entry."""
+    proc = host.proc(a.proc)
+    addr = host._resolve(proc, a.addr)
+    geo = host.geometry
+    out: dict[str, Any] = {"present": False, "swapped": False, "pfn": None,
+                           "hwpoison_entry": False}
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
+    if k:
+        pte = proc.mm.ptes[k[0]]
+        pfn = pte.pfn + ((addr - k[0]) >> geo.page_shift)
+        if pte.kind == PRESENT:
+            out.update(present=True, pfn=pfn)
+        elif pte.kind == HWPOISON:
+            out["hwpoison_entry"] = True
+            if not (vma and vma.huge_order):
+                out.update(swapped=True, pfn=pfn)  # hugetlb pagemap does not parse it
+    host.emit(Observation(host.trace.step, f"pagemap {a.proc}:{a.addr}", out))
+    return ActionResult(out)
+
+
+@handles(Meminfo)
+def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
+    out: dict[str, Any] = dict(host.meminfo())
+    out["memory_failure"] = host.mf_stats()
+    host.emit(Observation(host.trace.step, "meminfo", out))
+    return ActionResult(out)
+
+
+__all__ = ["EINVAL", "consume_kernel", "consume_user", "resolve_target"]

@@ -1,0 +1,493 @@
+"""Action handlers for memory: mmap, munmap, user loads/stores, faults, madvise, GUP.
+
+The fault paths model mm/memory.c (__do_fault, R41), mm/hugetlb.c (hugetlb_fault,
+hugetlb_no_page, R54) and x86 do_sigbus (R40): an access to a hwpoison entry or to a poisoned
+page-cache page raises SIGBUS BUS_MCEERR_AR with si_addr = the faulting address and
+si_addr_lsb = the entry's shift. Loads of a page whose DRAM holds a latent error are machine
+checks handled by ``inject.consume_user`` (R44-R46).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..actions import Madvise, MemRead, MemWrite, Mmap, Munmap
+from ..errors import EBUSY, EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
+from ..host import ZERO_PFN, ActionResult, handles
+from ..units import parse_size
+from .fs import EXT2, GMEM, HUGETLBFS, SHMEM, Inode
+from .mem import ANON, FILE, HUGETLB, Folio
+from .mm import HWPOISON, PRESENT, PTE, VMA
+
+if TYPE_CHECKING:
+    from ..host import Host
+    from .task import Process, Thread
+
+BUS_ADRERR = 2
+
+
+@dataclass
+class FaultError:
+    """A fault that ends in SIGBUS: ``hwpoison`` (VM_FAULT_HWPOISON[_LARGE]) or ``sigbus``."""
+
+    kind: str
+    lsb: int = 12
+
+
+# --------------------------------------------------------------------------- mmap
+
+
+@handles(Mmap)
+def do_mmap(host: Host, a: Mmap) -> ActionResult:
+    proc = host.proc(a.proc)
+    geo = host.geometry
+    assert proc.mm is not None
+    if a.name in proc.regions:
+        raise ModelInputError(f"process {a.proc!r} already has a mapping named {a.name!r}",
+                              "name")
+    try:
+        size = parse_size(a.size, geo.page_size)
+        offset = parse_size(a.offset, geo.page_size)
+    except ValueError as e:
+        raise ModelInputError(str(e), "size") from None
+    if size <= 0:
+        return ActionResult.err(-EINVAL)
+    inode: Inode | None = None
+    huge_order = 0
+    shared = bool(a.shared)
+    if a.fd is not None:
+        inode = host.fd(proc, a.fd).inode
+        shared = True if a.shared is None else a.shared
+        if inode.kind == HUGETLBFS:
+            huge_order = inode.huge_order
+        if inode.kind == GMEM:
+            hook = host.ext.get("gmem_mmap_check")
+            err = hook(host, inode, shared) if hook else -ENODEV
+            if err:
+                return ActionResult.err(err)
+    elif a.hugetlb is not None:
+        huge_order = geo.huge_order(a.hugetlb)
+        if shared:
+            inode = host.new_inode(HUGETLBFS, "anon_hugepage (deleted)", size, huge_order)
+    elif shared:
+        inode = host.new_inode(SHMEM, "/dev/zero (deleted)", size)
+    align_shift = geo.page_shift + max(huge_order, geo.pmd_order)
+    if huge_order and (size & ((1 << (geo.page_shift + huge_order)) - 1) or
+                       offset & ((1 << (geo.page_shift + huge_order)) - 1)):
+        return ActionResult.err(-EINVAL)
+    if offset % geo.page_size:
+        return ActionResult.err(-EINVAL)
+    start = proc.mm.place(size, 1 << align_shift)
+    vma = VMA(mm=proc.mm, name=a.name, start=start, end=start + size, inode=inode,
+              pgoff=offset >> geo.page_shift, shared=shared, writable=a.prot == "rw",
+              locked=a.locked, huge_order=huge_order, thp=a.thp,
+              anon_hugetlb=huge_order > 0 and inode is None)
+    if huge_order:
+        h = host.hugetlb.hstate(huge_order)
+        need = size >> (geo.page_shift + huge_order)
+        if inode is not None:
+            step = 1 << huge_order
+            need = sum(1 for i in range(vma.pgoff, vma.pgoff + (size >> geo.page_shift), step)
+                       if i not in inode.pages)
+        if need and not host.hugetlb.reserve(h, need):
+            return ActionResult.err(-ENOMEM)
+        vma.reserved = need
+    proc.mm.vmas.append(vma)
+    proc.mm.vmas.sort(key=lambda v: v.start)
+    if inode is not None:
+        inode.i_mmap.append(vma)
+    proc.regions[a.name] = vma
+    if a.populate or a.locked:
+        write = vma.writable and not vma.shared
+        step = 1 << (geo.page_shift + huge_order)
+        for addr in range(vma.start, vma.end, step):
+            r = fault_in(host, proc, vma, addr, write)
+            if isinstance(r, FaultError):
+                break
+    return ActionResult(start)
+
+
+@handles(Munmap)
+def do_munmap(host: Host, a: Munmap) -> ActionResult:
+    proc = host.proc(a.proc)
+    start = host._resolve(proc, a.addr)
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(start)
+    if vma is None:
+        return ActionResult(0)
+    length = parse_size(a.len, host.geometry.page_size) if a.len is not None \
+        else vma.end - start
+    host.unmap_vma(vma, start, start + length)
+    return ActionResult(0)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _entry(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:
+    k = vma.mm.entry_key(vma, addr, host.geometry.page_shift)
+    if k is None:
+        return None
+    return k[0], vma.mm.ptes[k[0]]
+
+
+def fault_in(host: Host, proc: Process, vma: VMA, addr: int,
+             write: bool) -> tuple[int, PTE] | FaultError:
+    """handle_mm_fault(): make ``addr`` accessible, or say why it cannot be."""
+    geo = host.geometry
+    ent = _entry(host, vma, addr)
+    if ent is not None:
+        key, pte = ent
+        if pte.kind == HWPOISON:
+            return FaultError("hwpoison", geo.shift_of(pte.order))
+        if not write or pte.write:
+            if write:
+                pte.dirty = True
+            return key, pte
+        if not vma.writable:
+            return FaultError("sigsegv")
+        return do_wp_page(host, vma, key, pte)
+    if vma.anonymous:
+        if vma.huge_order:
+            return hugetlb_no_page(host, vma, addr, write, None)
+        if vma.thp and write:
+            r = do_huge_anonymous(host, vma, addr)
+            if r is not None:
+                return r
+        if not write:
+            key = addr & ~(geo.page_size - 1)
+            pte = PTE(PRESENT, ZERO_PFN, 0, False, False, special=True)
+            vma.mm.ptes[key] = pte
+            return key, pte
+        folio = host.alloc_folio(0, ANON, owner=proc.comm)
+        if folio is None:
+            return FaultError("sigbus")
+        folio.flags |= {"lru", "anon", "swapbacked", "uptodate"}
+        if vma.locked:
+            folio.flags |= {"mlocked", "unevictable"}
+        key = addr & ~(geo.page_size - 1)
+        pte = PTE(PRESENT, folio.pfn, 0, True, True)
+        host.set_pte(vma, key, pte, folio)
+        return key, pte
+    inode = vma.inode
+    assert inode is not None
+    if inode.kind == HUGETLBFS:
+        return hugetlb_no_page(host, vma, addr, write, inode)
+    index = vma.index_of(addr, geo.page_shift)
+    if inode.kind == GMEM:
+        hook = host.ext.get("gmem_fault")
+        if hook is None:
+            return FaultError("sigbus")
+        got = hook(host, inode, index)
+        if isinstance(got, FaultError):
+            return got
+        folio = got
+    else:
+        if index << geo.page_shift >= _isize(inode, vma):
+            return FaultError("sigbus")
+        folio = find_or_create_cache_folio(host, inode, index)
+        if folio is None:
+            return FaultError("sigbus")
+    if _page_poisoned(host, folio, index):
+        # __do_fault (R41): unmap it everywhere, try to evict; the MF reference keeps it
+        if folio.refs["mf"] or folio.refcount > folio.refs["pagecache"] + folio.refs["map"]:
+            host.try_to_unmap(folio, hwpoison=False, pfn=folio.pfn)
+            return FaultError("hwpoison", geo.page_shift)
+        host.delete_from_page_cache(folio)
+        return fault_in(host, proc, vma, addr, write)
+    key = addr & ~(geo.page_size - 1)
+    if not vma.shared and write:
+        return cow_private_file(host, vma, key, folio)
+    pte = PTE(PRESENT, folio.pfn, 0, write, vma.writable and vma.shared)
+    host.set_pte(vma, key, pte, folio)
+    if vma.locked:
+        folio.flags |= {"mlocked", "unevictable"}
+    return key, pte
+
+
+def _isize(inode: Inode, vma: VMA) -> int:
+    if inode.name == "/dev/zero (deleted)":
+        return 1 << 62
+    return inode.size
+
+
+def _page_poisoned(host: Host, folio: Folio, index: int) -> bool:
+    if folio.kind == HUGETLB:
+        return "hwpoison" in folio.flags
+    return folio.pfn + (index - folio.index) in host.phys.hwpoison
+
+
+def find_or_create_cache_folio(host: Host, inode: Inode, index: int) -> Folio | None:
+    """filemap_fault / shmem_fault: the cached folio, or a new one (zeroed, or read from
+    disk for ext2)."""
+    folio = inode.lookup(index)
+    if folio is not None:
+        return folio
+    folio = host.alloc_folio(0, FILE, owner=inode.name)
+    if folio is None:
+        return None
+    folio.flags |= {"lru", "uptodate"}
+    if inode.kind == SHMEM:
+        folio.flags.add("swapbacked")
+    if inode.unevictable:
+        folio.flags.add("unevictable")
+    folio.mapping = inode
+    folio.index = index
+    inode.pages[index] = folio
+    folio.get("pagecache")
+    if inode.kind == EXT2 and index in inode.disk:
+        host.phys.data[folio.pfn] = inode.disk[index]
+    return folio
+
+
+def cow_private_file(host: Host, vma: VMA, key: int, src: Folio) -> tuple[int, PTE] | FaultError:
+    """A write fault on a MAP_PRIVATE file page: copy it to a new anonymous page."""
+    if src.pfn in host.phys.hw_errors:
+        return _cow_consumes(host, vma, src.pfn)
+    folio = host.alloc_folio(0, ANON, owner="cow")
+    if folio is None:
+        return FaultError("sigbus")
+    folio.flags |= {"lru", "anon", "swapbacked", "uptodate"}
+    host.phys.data[folio.pfn] = host.phys.data.get(src.pfn, 0)
+    pte = PTE(PRESENT, folio.pfn, 0, True, True)
+    host.set_pte(vma, key, pte, folio)
+    return key, pte
+
+
+def _cow_consumes(host: Host, vma: VMA, pfn: int) -> FaultError:
+    """The kernel's copy-on-write copy reads a poisoned source page: copy_mc fails,
+    memory_failure_queue() reports it and the fault returns VM_FAULT_HWPOISON (RT-10)."""
+    from .inject import consume_kernel
+
+    consume_kernel(host, pfn, by="cow copy")
+    return FaultError("hwpoison", host.geometry.page_shift)
+
+
+def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | FaultError:
+    """Write-protect fault: zero page or shared COW page gets a private copy; a page only we
+    map is reused."""
+    if pte.special:
+        vma.mm.ptes.pop(key)
+        folio = host.alloc_folio(0, ANON, owner="anon")
+        if folio is None:
+            return FaultError("sigbus")
+        folio.flags |= {"lru", "anon", "swapbacked", "uptodate"}
+        npte = PTE(PRESENT, folio.pfn, 0, True, True)
+        host.set_pte(vma, key, npte, folio)
+        return key, npte
+    src = host.phys.folio_of(pte.pfn)
+    assert src is not None
+    if src.refs["map"] == 1 and src.kind == ANON and not src.refs["gup"]:
+        pte.write = pte.dirty = True
+        return key, pte
+    if src.kind != ANON and vma.shared:
+        pte.write = pte.dirty = True
+        return key, pte
+    if pte.pfn in host.phys.hw_errors:
+        return _cow_consumes(host, vma, pte.pfn)
+    order = pte.order
+    folio = host.alloc_folio(order, ANON, owner="cow")
+    if folio is None:
+        return FaultError("sigbus")
+    folio.flags |= {"lru", "anon", "swapbacked", "uptodate"} | ({"head"} if order else set())
+    host.phys.data[folio.pfn] = host.phys.data.get(pte.pfn, 0)
+    host.zap_entry(vma.mm, key)
+    npte = PTE(PRESENT, folio.pfn, order, True, True)
+    host.set_pte(vma, key, npte, folio)
+    return key, npte
+
+
+def do_huge_anonymous(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:
+    """A THP write fault: a PMD-sized anonymous folio when the aligned range fits."""
+    geo = host.geometry
+    size = 1 << (geo.page_shift + geo.pmd_order)
+    key = addr & ~(size - 1)
+    if key < vma.start or key + size > vma.end:
+        return None
+    if any(key <= k < key + size for k in vma.mm.ptes):
+        return None
+    folio = host.alloc_folio(geo.pmd_order, ANON, owner="thp")
+    if folio is None:
+        return None
+    folio.flags |= {"lru", "anon", "swapbacked", "uptodate", "head", "thp"}
+    pte = PTE(PRESENT, folio.pfn, geo.pmd_order, True, True)
+    host.set_pte(vma, key, pte, folio)
+    return key, pte
+
+
+def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
+                    inode: Inode | None) -> tuple[int, PTE] | FaultError:
+    """hugetlb_fault()/hugetlb_no_page() (R54): a poisoned cached folio gives
+    VM_FAULT_HWPOISON_LARGE; otherwise allocate from the pool (using the mapping's
+    reservation first)."""
+    geo = host.geometry
+    order = vma.huge_order
+    size = 1 << (geo.page_shift + order)
+    key = addr & ~(size - 1)
+    h = host.hugetlb.hstate(order)
+    folio: Folio | None = None
+    if inode is not None:
+        index = vma.index_of(key, geo.page_shift)
+        if index << geo.page_shift >= inode.size and inode.name != "anon_hugepage (deleted)":
+            return FaultError("sigbus")
+        folio = inode.lookup(index)
+        if folio is not None and "hwpoison" in folio.flags:
+            return FaultError("hwpoison", geo.shift_of(order))
+    if folio is None:
+        use_resv = vma.reserved > 0
+        folio = host.hugetlb.dequeue(h, owner=_owner(host, vma), use_reserve=use_resv)
+        if folio is None:
+            return FaultError("sigbus")
+        if use_resv:
+            vma.reserved -= 1
+        folio.flags.add("hugetlb_migratable")
+        host.phys.data.pop(folio.pfn, None)
+        if inode is not None:
+            folio.mapping = inode
+            folio.index = vma.index_of(key, geo.page_shift)
+            inode.pages[folio.index] = folio
+            folio.get("pagecache", folio.nr_pages)
+            folio.flags.add("dirty")  # hugetlb_add_to_page_cache marks it dirty (R51)
+        else:
+            folio.flags.add("anon")
+    elif not vma.shared and write:
+        # private COW of a hugetlb file page
+        src = folio
+        folio = host.hugetlb.dequeue(h, owner=_owner(host, vma), use_reserve=vma.reserved > 0)
+        if folio is None:
+            return FaultError("sigbus")
+        folio.flags |= {"hugetlb_migratable", "anon"}
+        host.phys.data[folio.pfn] = host.phys.data.get(src.pfn, 0)
+    pte = PTE(PRESENT, folio.pfn, order, write, vma.writable and (vma.shared or
+                                                                  folio.kind == HUGETLB))
+    host.set_pte(vma, key, pte, folio)
+    return key, pte
+
+
+def _owner(host: Host, vma: VMA) -> str:
+    for p in host.processes.values():
+        if p.mm is vma.mm:
+            return p.comm
+    return "?"
+
+
+# --------------------------------------------------------------------------- access
+
+
+def user_access(host: Host, proc: Process, t: Thread, addr: int, write: bool,
+                value: int) -> ActionResult:
+    """A user-mode load or store (with the machine-check and fault paths)."""
+    from .inject import consume_user
+
+    geo = host.geometry
+    assert proc.mm is not None
+    if not proc.alive:
+        return ActionResult(None, "ESRCH")
+    for _ in range(4):
+        vma = proc.mm.find_vma(addr)
+        if vma is None or (write and not vma.writable):
+            host.kill_process(proc, 11, "segv")
+            return ActionResult("sigsegv")
+        r = fault_in(host, proc, vma, addr, write)
+        if isinstance(r, FaultError):
+            return fault_sigbus(host, t, addr, r)
+        key, pte = r
+        pfn = pte.pfn + ((addr - key) >> geo.page_shift)
+        if not write and pfn in host.phys.hw_errors:
+            consume_user(host, t, pfn, addr)
+            if t.pending is not None or not proc.alive:
+                return ActionResult("sigbus")
+            continue  # the instruction restarts (e.g. a clean page was dropped)
+        if write:
+            host.phys.data[pfn] = value
+            pte.dirty = True
+            return ActionResult(0)
+        return ActionResult(host.phys.data.get(pfn, 0))
+    return ActionResult("livelock")
+
+
+def fault_sigbus(host: Host, t: Thread, addr: int, r: FaultError) -> ActionResult:
+    """x86 do_sigbus() (R40): AR SIGBUS for VM_FAULT_HWPOISON[_LARGE]; SIGSEGV/BUS_ADRERR
+    otherwise."""
+    if r.kind == "sigsegv":
+        host.kill_process(t.proc, 11, "segv")
+        return ActionResult("sigsegv")
+    if r.kind == "hwpoison":
+        host.log(f"MCE: Killing {t.comm}:{t.tid} due to hardware memory corruption fault at "
+                 f"{addr:x}")
+        from ..trace import BUS_MCEERR_AR
+
+        host.force_sig_mceerr(t, BUS_MCEERR_AR, addr, r.lsb, "fault")
+    else:
+        host.force_sig_sigbus(t, "fault", code=BUS_ADRERR)
+    return ActionResult("sigbus")
+
+
+@handles(MemRead)
+def do_mem_read(host: Host, a: MemRead) -> ActionResult:
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    addr = host._resolve(proc, a.addr)
+    return user_access(host, proc, t, addr, False, 0)
+
+
+@handles(MemWrite)
+def do_mem_write(host: Host, a: MemWrite) -> ActionResult:
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    addr = host._resolve(proc, a.addr)
+    return user_access(host, proc, t, addr, True, a.value)
+
+
+def gup(host: Host, proc: Process, addr: int, write: bool = False) -> tuple[int, Folio | None]:
+    """get_user_pages_fast() of one page (R42): (pfn, folio) with a GUP reference taken, or
+    (-errno, None). A hwpoison entry or poisoned cached page gives -EHWPOISON."""
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    if vma is None:
+        return -EFAULT, None
+    r = fault_in(host, proc, vma, addr, write)
+    if isinstance(r, FaultError):
+        return (-EHWPOISON if r.kind == "hwpoison" else -EFAULT), None
+    key, pte = r
+    pfn = pte.pfn + ((addr - key) >> host.geometry.page_shift)
+    folio = host.phys.folio_of(pfn)
+    if folio is not None:
+        folio.get("gup")
+    return pfn, folio
+
+
+# --------------------------------------------------------------------------- madvise
+
+
+@handles(Madvise)
+def do_madvise(host: Host, a: Madvise) -> ActionResult:
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    start = host._resolve(proc, a.addr)
+    length = parse_size(a.len, host.geometry.page_size)
+    if a.advice in ("hwpoison", "soft_offline"):
+        from .inject import madvise_inject_error
+
+        return madvise_inject_error(host, proc, t, start, length, a.advice == "soft_offline")
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(start)
+    if vma is None:
+        return ActionResult.err(-ENOMEM)
+    end = min(start + length, vma.end)
+    if a.advice == "dontneed":
+        if vma.locked:
+            return ActionResult.err(-EINVAL)
+        host.unmap_vma(vma, start, end, keep_vma=True)
+        return ActionResult(0)
+    # MADV_REMOVE: punch the backing shmem range
+    if vma.inode is None or not vma.shared or vma.inode.kind not in (SHMEM, HUGETLBFS):
+        return ActionResult.err(-EINVAL)
+    s = vma.index_of(start, host.geometry.page_shift)
+    e = vma.index_of(end, host.geometry.page_shift)
+    host.truncate_range(vma.inode, s, e, even_cows=False)
+    return ActionResult(0)
+
+
+__all__ = ["EBUSY", "FaultError", "fault_in", "gup", "user_access"]

@@ -1,0 +1,127 @@
+"""Action handlers for processes and threads: spawn, fork, clone, exit, prctl, signals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..actions import Clone, Exit, Fork, Prctl, Sigaction, Sigprocmask, Spawn
+from ..errors import EINVAL
+from ..host import ActionResult, handles
+from .mm import MM, PTE, VMA
+from .task import Thread
+
+if TYPE_CHECKING:
+    from ..host import Host
+
+
+@handles(Spawn)
+def do_spawn(host: Host, a: Spawn) -> ActionResult:
+    proc = host.add_process(a.proc, list(a.threads), a.caps)
+    return ActionResult(proc.pid)
+
+
+@handles(Clone)
+def do_clone(host: Host, a: Clone) -> ActionResult:
+    """clone(CLONE_THREAD): the new thread copies the creator's PF_MCE_* flags (R10)."""
+    proc = host.proc(a.proc)
+    parent = host.thread(proc, a.thread)
+    if proc.thread(a.new) is not None:
+        return ActionResult.err(-EINVAL)
+    t = Thread(tid=host._alloc_tid(), name=a.new, proc=proc, mce_process=parent.mce_process,
+               mce_early=parent.mce_early, blocked=parent.blocked)
+    proc.threads.append(t)
+    host.threads_by_tid[t.tid] = t
+    return ActionResult(t.tid)
+
+
+@handles(Fork)
+def do_fork(host: Host, a: Fork) -> ActionResult:
+    """fork(): copy the address space (private anonymous pages become copy-on-write),
+    dispositions, fds; the child's thread inherits the forking thread's flags (R10)."""
+    parent = host.proc(a.proc)
+    pt = host.thread(parent, a.thread)
+    child = host.add_process(a.child, [pt.name], parent.caps)
+    ct = child.threads[0]
+    ct.mce_process, ct.mce_early, ct.blocked = pt.mce_process, pt.mce_early, pt.blocked
+    child.sigbus = parent.sigbus
+    assert parent.mm is not None and child.mm is not None
+    copy_mm(host, parent.mm, child.mm)
+    for name, vma in parent.regions.items():
+        child.regions[name] = _vma_in(child.mm, vma)
+    for fd, of in parent.fds.items():
+        child.fds[fd] = type(of)(of.inode, of.pos, of.wb_err_seen)
+        of.inode.open_files += 1
+    return ActionResult(child.pid)
+
+
+def _vma_in(mm: MM, like: VMA) -> VMA:
+    for v in mm.vmas:
+        if v.start == like.start:
+            return v
+    raise AssertionError("fork lost a VMA")
+
+
+def copy_mm(host: Host, src: MM, dst: MM) -> None:
+    dst.next_addr = src.next_addr
+    for v in src.vmas:
+        nv = VMA(mm=dst, name=v.name, start=v.start, end=v.end, inode=v.inode, pgoff=v.pgoff,
+                 shared=v.shared, writable=v.writable, locked=False, huge_order=v.huge_order,
+                 thp=v.thp, anon_hugetlb=v.anon_hugetlb)
+        dst.vmas.append(nv)
+        if v.inode is not None:
+            v.inode.i_mmap.append(nv)
+        for key in sorted(k for k in src.ptes if v.contains(k)):
+            pte = src.ptes[key]
+            if pte.kind != "present":
+                dst.ptes[key] = PTE(pte.kind, pte.pfn, pte.order)  # hwpoison entries copy
+                continue
+            if v.inode is None and not v.shared:
+                pte.write = False  # copy-on-write for both
+            folio = host.phys.folio_of(pte.pfn)
+            npte = PTE("present", pte.pfn, pte.order, pte.dirty, pte.write, pte.special)
+            if folio is None or pte.special:
+                dst.ptes[key] = npte
+            else:
+                host.set_pte(nv, key, npte, folio)
+
+
+@handles(Exit)
+def do_exit(host: Host, a: Exit) -> ActionResult:
+    proc = host.proc(a.proc)
+    host.exit_process(proc, a.code)
+    return ActionResult(0)
+
+
+@handles(Prctl)
+def do_prctl(host: Host, a: Prctl) -> ActionResult:
+    """prctl(PR_MCE_KILL / PR_MCE_KILL_GET) on one thread (R10)."""
+    t = host.thread(host.proc(a.proc), a.thread)
+    if a.op == "get":
+        return ActionResult(t.policy())
+    if a.op == "clear":
+        if a.policy is not None:
+            return ActionResult.err(-EINVAL)  # unused arguments must be 0 (DOC-03)
+        t.mce_process = False
+        return ActionResult(0)
+    if a.policy is None:
+        return ActionResult.err(-EINVAL)
+    if a.policy == "early":
+        t.mce_process, t.mce_early = True, True
+    elif a.policy == "late":
+        t.mce_process, t.mce_early = True, False
+    else:
+        t.mce_process, t.mce_early = False, False
+    return ActionResult(0)
+
+
+@handles(Sigaction)
+def do_sigaction(host: Host, a: Sigaction) -> ActionResult:
+    host.proc(a.proc).sigbus = a.sigbus
+    return ActionResult(0)
+
+
+@handles(Sigprocmask)
+def do_sigprocmask(host: Host, a: Sigprocmask) -> ActionResult:
+    t = host.thread(host.proc(a.proc), a.thread)
+    t.blocked = a.block
+    return ActionResult(0)
