@@ -162,7 +162,7 @@ GUEST_ACTIONS = {
 
 They are the one place to change when the model names its extension actions differently."""
 
-METRIC_NAMES: dict[str, str] = {}
+METRIC_NAMES: dict[str, str] = {"poison_handed_out": "poison_reused"}
 """Model metric name -> ``Outcome`` field, where the model's ``outcomes()`` names differ."""
 
 
@@ -198,13 +198,25 @@ class ModelOracle:
 
 
 def outcome_from_metrics(metrics: Mapping[str, Any]) -> Outcome:
-    """Map the model's outcome metrics onto ``Outcome`` (unknown metrics are ignored)."""
+    """Map ``host.outcomes()`` onto ``Outcome`` (unknown metrics are ignored).
+
+    Numbers and booleans map by name (through ``METRIC_NAMES``); ``vm_states`` counts VMs
+    ``killed`` and ``paused``; ``max_consumptions_per_pfn`` beyond the first is
+    ``repeated_consumption`` unless the model reports that directly.
+    """
     names = set(Outcome.names())
     data: dict[str, float] = {}
     for k, v in metrics.items():
         name = METRIC_NAMES.get(k, k)
-        if name in names and isinstance(v, int | float):
+        if name in names and isinstance(v, int | float):  # bool is an int
             data[name] = data.get(name, 0.0) + float(v)
+    states = metrics.get("vm_states")
+    if isinstance(states, Mapping):
+        for state, field_name in (("killed", "vm_killed"), ("paused", "vm_paused")):
+            n = sum(1 for s in states.values() if s == state)
+            data.setdefault(field_name, float(n))
+    if "repeated_consumption" not in data and "max_consumptions_per_pfn" in metrics:
+        data["repeated_consumption"] = max(0.0, float(metrics["max_consumptions_per_pfn"]) - 1)
     return Outcome.from_mapping(data)
 
 
@@ -212,20 +224,22 @@ def _model_runner(profile: str, policy: str, steps: list[Step]) -> Mapping[str, 
     """Execute ``steps`` on a fresh model host under ``policy`` and return its outcomes."""
     try:
         from memfail.model.actions import parse_action
-        from memfail.model.host import Host, HostConfig  # type: ignore[import-not-found]
+        from memfail.model.host import Host, HostConfig
     except ImportError as e:
         raise OracleUnavailable(
             f"the model cannot run fleet scenarios yet ({e}); pass --oracle TABLE.yaml") from None
-    host = Host(HostConfig(profile=profile, gmem_policy=policy))  # pragma: no cover
-    for step in steps:  # pragma: no cover
+    actions = []
+    for step in steps:
         ((key, args),) = step.items()
         try:
-            action = parse_action(key, args)
+            actions.append(parse_action(key, args))
         except KeyError:
             raise OracleUnavailable(
                 f"the model has no {key!r} action yet; pass --oracle TABLE.yaml") from None
+    host = Host(HostConfig(memory="2T", profile=profile, policy=policy))
+    for action in actions:
         host.apply(action)
-    return host.outcomes()  # type: ignore[no-any-return]  # pragma: no cover
+    return host.outcomes()
 
 
 def _touch_steps(cls: FailureClass, target: dict[str, Any]) -> list[Step]:

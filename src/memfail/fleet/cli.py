@@ -1,0 +1,235 @@
+"""``memfail fleet``: estimate what each policy costs a fleet, and sweep its parameters.
+
+Register with ``app.add_typer(fleet_app, name="fleet")``; bad input exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from memfail.fleet import engine, output
+from memfail.fleet.classes import OUTCOME_NAMES
+from memfail.fleet.oracle import ModelOracle, OutcomeOracle, TableOracle
+from memfail.fleet.params import (
+    FleetError,
+    LoadedFleet,
+    defaults_table,
+    defaults_yaml,
+    load_fleet,
+    parse_assignment,
+)
+
+UNITS = {"vm": "per_million_vm_hours", "host": "per_host_year", "fleet": "per_fleet_year"}
+DEFAULT_HOST_YEARS = 2_000_000
+
+
+class _RunByDefault(TyperGroup):
+    """``memfail fleet [FILE] ...`` means ``memfail fleet run [FILE] ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+fleet_app = typer.Typer(
+    cls=_RunByDefault,
+    help="What each memory-failure policy costs a fleet, from field DRAM data "
+         "(rates per million VM-hours with 95 % intervals).",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(msg: str) -> typer.Exit:
+    print(f"memfail: error: {msg}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except FleetError as e:
+        raise _fail(str(e)) from None
+
+
+def _oracle(table: Path | None, fleet: LoadedFleet) -> OutcomeOracle:
+    if table is not None:
+        return TableOracle.from_yaml(table)
+    return ModelOracle(fleet.params.kernel_profile)
+
+
+def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
+    pols = list(chosen or fleet.params.policies)
+    return pols
+
+
+def _workers(n: int | None) -> int:
+    if n is not None and n < 1:
+        raise FleetError(f"--workers must be at least 1, got {n}")
+    return n if n is not None else max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr when it is a terminal; a no-op otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total} shards"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _show_defaults(as_json: bool) -> None:
+    if as_json:
+        rows = [{"path": p, "value": v, "citation": c} for p, v, c in defaults_table()]
+        print(json.dumps({"schema": "memfail.fleet-defaults/1", "parameters": rows}, indent=2))
+        return
+    t = Table(title="memfail fleet: default parameters and their sources", title_justify="left")
+    t.add_column("parameter", style="bold", no_wrap=True)
+    t.add_column("value")
+    t.add_column("citation")
+    for p, v, c in defaults_table():
+        t.add_row(p, v, c)
+    Console().print(t)
+
+
+FileArg = Annotated[Path | None, typer.Argument(
+    help="Fleet file (YAML); omitted: the cited defaults.", show_default=False)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random stream.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", help="Local worker processes (default: one per CPU).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the memfail.fleet/1 document.")]
+PolicyOpt = Annotated[list[str] | None, typer.Option(
+    "--policy", help="Policy to report (repeatable; default: the fleet's list).",
+    show_default=False)]
+HostYearsOpt = Annotated[int, typer.Option(
+    "--host-years", help="Host-years to sample (each conditioned on >= 1 fault).")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Write PNG and SVG plots to this directory.", show_default=False)]
+OracleOpt = Annotated[Path | None, typer.Option(
+    "--oracle", help="Outcome table (memfail.fleet-oracle/1) instead of the model.",
+    show_default=False)]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) to run shards on.",
+    show_default=False)]
+UnitOpt = Annotated[str, typer.Option(
+    "--unit", help="Table unit: vm (per million VM-hours), host (per host-year), "
+                   "fleet (per fleet-year).")]
+
+
+def _unit(u: str) -> str:
+    if u not in UNITS:
+        raise FleetError(f"--unit {u!r}: valid units: {', '.join(UNITS)}")
+    return UNITS[u]
+
+
+@fleet_app.command("run")
+def run_cmd(
+    file: FileArg = None,
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+    show_defaults: Annotated[bool, typer.Option(
+        "--show-defaults", help="Print every default with its citation and exit.")] = False,
+    policy: PolicyOpt = None,
+    host_years: HostYearsOpt = DEFAULT_HOST_YEARS,
+    plot: PlotOpt = None,
+    oracle: OracleOpt = None,
+    scheduler: SchedulerOpt = None,
+    unit: UnitOpt = "vm",
+) -> None:
+    """Estimate policy x outcome rates for a fleet (the default command)."""
+    if show_defaults:
+        _show_defaults(as_json)
+        return
+    with _errors():
+        u = _unit(unit)
+        fleet = load_fleet(file)
+        orc = _oracle(oracle, fleet)
+        n = _workers(workers)
+        shards = len(engine.Plan.for_host_years(host_years).shards())
+        with _progress(not as_json, shards, "sampling") as tick:
+            res = engine.run(fleet, orc, host_years, seed, n, scheduler,
+                             _policies(fleet, policy), tick)
+        if as_json:
+            print(json.dumps(output.run_document(res), indent=2))
+        else:
+            output.print_result(res, output.wide_console(), u)
+        if plot is not None:
+            paths = output.plot_policies(res, plot, u)
+            if not as_json:
+                Console().print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+@fleet_app.command("sweep")
+def sweep_cmd(
+    file: FileArg = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", help="Axis PATH=[V1, V2, ...] (repeatable), e.g. scrub.period_hours=[12,24,48].",
+        show_default=False)] = None,
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+    policy: PolicyOpt = None,
+    host_years: HostYearsOpt = DEFAULT_HOST_YEARS // 4,
+    plot: PlotOpt = None,
+    oracle: OracleOpt = None,
+    scheduler: SchedulerOpt = None,
+    outcome: Annotated[list[str] | None, typer.Option(
+        "--outcome", help="Outcome to tabulate and plot (repeatable; default: all).",
+        show_default=False)] = None,
+    unit: UnitOpt = "vm",
+) -> None:
+    """Run the fleet over a grid of parameter values (same seed at every point)."""
+    with _errors():
+        if not grid:
+            raise FleetError("sweep needs at least one --grid PATH=[V1, V2, ...]")
+        u = _unit(unit)
+        outs = list(outcome or OUTCOME_NAMES)
+        bad = [o for o in outs if o not in OUTCOME_NAMES]
+        if bad:
+            raise FleetError(f"--outcome {bad[0]!r}: valid outcomes: {', '.join(OUTCOME_NAMES)}")
+        axes: dict[str, list[Any]] = dict(parse_assignment(g) for g in grid)
+        fleet = load_fleet(file)
+        orc = _oracle(oracle, fleet)
+        n = _workers(workers)
+        points = 1
+        for v in axes.values():
+            points *= len(v)
+        shards = points * len(engine.Plan.for_host_years(host_years).shards())
+        with _progress(not as_json, shards, "sweeping") as tick:
+            results = engine.sweep(fleet, axes, orc, host_years, seed, n, scheduler,
+                                   _policies(fleet, policy), tick)
+        if as_json:
+            print(json.dumps(output.sweep_document(results, axes), indent=2))
+        else:
+            console = output.wide_console()
+            for o in outs:
+                output.print_sweep(results, console, o, u)
+        if plot is not None:
+            paths = []
+            for axis in axes:
+                for o in outs:
+                    paths += output.plot_sweep(results, plot, axis, o, u)
+            if not as_json:
+                Console().print(f"plots: {len(paths)} files in {plot}", highlight=False)

@@ -1,0 +1,185 @@
+"""Fleet results for people and programs: rich tables, ``memfail.fleet/1`` JSON, plots.
+
+Plots use matplotlib's Agg backend and are written as both PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from memfail.fleet.classes import OUTCOME_NAMES, OUTCOME_UNITS
+from memfail.fleet.engine import FleetResult, Rate
+from memfail.fleet.stats import Interval
+
+SCHEMA = "memfail.fleet/1"
+UNITS = ("per_million_vm_hours", "per_host_year", "per_fleet_year")
+
+
+def _num(x: float) -> str:
+    if x == 0:
+        return "0"
+    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
+
+
+def fmt_interval(iv: Interval, sep: str = " ") -> str:
+    """``est [low, high]``, or ``0 (< high)`` when nothing was seen (rule of three)."""
+    if iv.method == "rule-of-three":
+        return f"0{sep}(< {_num(iv.high)})"
+    return f"{_num(iv.estimate)}{sep}[{_num(iv.low)}, {_num(iv.high)}]"
+
+
+def _pick(r: Rate, unit: str) -> Interval:
+    return getattr(r, unit)  # type: ignore[no-any-return]
+
+
+def result_table(res: FleetResult, unit: str = "per_million_vm_hours",
+                 outcomes: Sequence[str] = OUTCOME_NAMES) -> Table:
+    """Policy x outcome, each cell ``estimate [95 % interval]``."""
+    title = (f"memfail fleet: {unit.replace('_', ' ')} (95 % intervals), "
+             f"{res.plan.host_years:,} host-years, seed {res.seed}")
+    t = Table(title=title, title_justify="left")
+    t.add_column("policy", style="bold")
+    for o in outcomes:
+        t.add_column(o.replace("_", " ") + (" (GiB)" if OUTCOME_UNITS[o] == "GiB" else ""),
+                     justify="right")
+    for pol in res.policies:
+        t.add_row(pol, *(fmt_interval(_pick(res.rate(pol, o), unit), "\n") for o in outcomes))
+    return t
+
+
+def summary_lines(res: FleetResult) -> list[str]:
+    """The policy-independent figures: fault rate, consumed-before-scrub share, first touch."""
+    c = res.consumed_before_scrub
+    touch = ", ".join(f"{k} {v.estimate:.1%}" for k, v in res.first_touch.items())
+    return [
+        f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per host; "
+        f"{res.n_classes} failure classes seen",
+        f"uncorrectable faults per host-year: {fmt_interval(res.faults_per_host_year)}; "
+        f"hosts with >= 1 per year: {res.p_any_fault:.2%}",
+        f"consumed before the patrol scrub: {c.estimate:.1%} [{c.low:.1%}, {c.high:.1%}] "
+        f"(first touch: {touch})",
+    ]
+
+
+def wide_console() -> Console:
+    """A console for tables: the terminal's width, or 200 columns when writing to a pipe."""
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
+def print_result(res: FleetResult, console: Console, unit: str = "per_million_vm_hours") -> None:
+    for line in summary_lines(res):
+        console.print(line, highlight=False)
+    console.print(result_table(res, unit))
+
+
+def print_sweep(results: Sequence[FleetResult], console: Console, outcome: str,
+                unit: str = "per_million_vm_hours") -> None:
+    """One row per grid point, one column per policy, for one outcome."""
+    t = Table(title=f"memfail fleet sweep: {outcome} {unit.replace('_', ' ')} (95 % intervals)",
+              title_justify="left")
+    axes = list(results[0].assign) if results else []
+    for a in axes:
+        t.add_column(a, style="bold")
+    t.add_column("consumed first", justify="right")
+    for pol in results[0].policies if results else []:
+        t.add_column(pol, justify="right")
+    for r in results:
+        t.add_row(*(str(r.assign[a]) for a in axes), f"{r.consumed_before_scrub.estimate:.1%}",
+                  *(fmt_interval(_pick(r.rate(p, outcome), unit), "\n") for p in r.policies))
+    console.print(t)
+
+
+def run_document(res: FleetResult) -> dict[str, Any]:
+    """The ``memfail.fleet/1`` document of a single run."""
+    return {"schema": SCHEMA, "kind": "run", "outcomes": list(OUTCOME_NAMES),
+            "units": dict(OUTCOME_UNITS), **res.to_dict()}
+
+
+def sweep_document(results: Sequence[FleetResult], axes: dict[str, list[Any]]) -> dict[str, Any]:
+    """The ``memfail.fleet/1`` document of a sweep: one run object per grid point."""
+    return {"schema": SCHEMA, "kind": "sweep", "axes": axes, "outcomes": list(OUTCOME_NAMES),
+            "units": dict(OUTCOME_UNITS), "points": [r.to_dict() for r in results]}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(ivs: Sequence[Interval]) -> tuple[list[float], list[list[float]]]:
+    y = [iv.estimate for iv in ivs]
+    lo = [max(0.0, iv.estimate - iv.low) for iv in ivs]
+    hi = [max(0.0, iv.high - iv.estimate) for iv in ivs]
+    return y, [lo, hi]
+
+
+def plot_policies(res: FleetResult, out_dir: Path, unit: str = "per_million_vm_hours",
+                  outcomes: Sequence[str] = OUTCOME_NAMES) -> list[Path]:
+    """Rate per policy with 95 % error bars, one panel per outcome -> PNG and SVG."""
+    plt = _pyplot()
+    n = len(outcomes)
+    cols = 3
+    rows = (n + cols - 1) // cols
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    x = list(range(len(res.policies)))
+    for i, o in enumerate(outcomes):
+        ax = axs[i // cols][i % cols]
+        ivs = [_pick(res.rate(p, o), unit) for p in res.policies]
+        y, err = _err(ivs)
+        ax.bar(x, y, color="#4c72b0")
+        ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=3)
+        for xi, iv in zip(x, ivs, strict=True):  # rule-of-three bounds as open markers
+            if iv.method == "rule-of-three":
+                ax.plot([xi], [iv.high], marker="v", color="grey")
+        ax.set_title(o.replace("_", " "), fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(res.policies, rotation=45, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for j in range(n, rows * cols):
+        axs[j // cols][j % cols].axis("off")
+    fig.suptitle(f"rate {unit.replace('_', ' ')} (95 % intervals)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, out_dir / "fleet-policies")
+
+
+def plot_sweep(results: Sequence[FleetResult], out_dir: Path, axis: str, outcome: str,
+               unit: str = "per_million_vm_hours") -> list[Path]:
+    """Rate of ``outcome`` against the swept parameter ``axis``, one line per policy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    xs = [r.assign[axis] for r in results]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
+    pos = xs if numeric else list(range(len(xs)))
+    for pol in results[0].policies:
+        y, err = _err([_pick(r.rate(pol, outcome), unit) for r in results])
+        ax.errorbar(pos, y, yerr=err, marker="o", capsize=3, label=pol)
+    if not numeric:
+        ax.set_xticks(pos)
+        ax.set_xticklabels([str(v) for v in xs], rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(f"{outcome.replace('_', ' ')} {unit.replace('_', ' ')}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, plt, out_dir / f"fleet-sweep-{axis.replace('.', '_')}-{outcome}")
+
+
+def _save(fig: Any, plt: Any, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
