@@ -105,19 +105,19 @@ def render_record(rec: ActionRecord, out: list[str]) -> None:
 
 def render_summary(r: RunResult, out: list[str]) -> None:
     sc = r.scenario
-    out.append(f"== {sc.name}: profile {r.profile}, policy {r.policy or '-'}")
-    verdict = "all passed" if r.ok else f"{len(r.failures)} failed"
-    out.append(f"expectations: {r.passed} passed, {len(r.failures)} failed ({verdict})")
+    verdict = "ok" if r.ok else "FAILED"
+    out.append(f"== {sc.name}: {verdict} (profile {r.profile}, policy {r.policy or '-'})")
+    out.append(f"expectations: {r.passed} passed, {len(r.failures)} failed")
     for f in r.failures:
         out.append(f"  {f}")
-    keys = [k for k in r.meminfo_after if k in r.meminfo_before]
+    # Only what changed, plus the poison counter, keeps the summary short.
+    keys = [k for k in r.meminfo_after if k in r.meminfo_before and
+            (k == "HardwareCorrupted" or r.meminfo_before[k] != r.meminfo_after[k])]
     if keys:
         width = max(len(k) for k in keys)
-        out.append(f"meminfo:{'':{width - 6}} {'before':>10} {'after':>10}")
+        out.append(f"meminfo:{'':{max(0, width - 6)}} {'before':>10} {'after':>10}")
         for k in keys:
-            a, b = r.meminfo_before[k], r.meminfo_after[k]
-            mark = "  *" if a != b else ""
-            out.append(f"  {k:{width}} {a:>10} {b:>10}{mark}")
+            out.append(f"  {k:{width}} {r.meminfo_before[k]:>10} {r.meminfo_after[k]:>10}")
     if r.mf_stats:
         out.append("mf_stats: " + ", ".join(f"{k} {v}" for k, v in r.mf_stats.items()))
     for name, st in r.processes.items():
@@ -143,7 +143,8 @@ def render_text(r: RunResult, quiet: bool = False) -> str:
         out.append(f"{r.scenario.name}: {'ok' if r.ok else 'FAILED'} "
                    f"({r.passed} passed, {len(r.failures)} failed)")
         return "\n".join(out) + "\n"
-    desc = f" - {r.scenario.description.splitlines()[0]}" if r.scenario.description else ""
+    desc = r.scenario.description.splitlines()[0] if r.scenario.description else ""
+    desc = f" - {desc[:97]}..." if len(desc) > 100 else f" - {desc}" if desc else ""
     out.append(f"# {r.scenario.name} ({r.scenario.file}){desc}")
     for rec in r.setup:
         render_record(rec, out)

@@ -392,8 +392,10 @@ def _from_validation(err: ValidationError, file: str, lines: dict[Loc, int], pre
         return ScenarioError(file, _line_of(lines, full), _fmt_loc((*full, name)),
                              f"required field is missing; add `{name}: ...`")
     if kind == "extra_forbidden":
-        name = str(path[-1]) if path else "?"
-        valid = _fields_at(model, path[:-1])
+        name = str(loc[-1])
+        owner = path[:-1] if path and path[-1] == name else path
+        full = (*prefix, *owner, name)
+        valid = _fields_at(model, owner)
         return ScenarioError(file, _line_of(lines, full), _fmt_loc(full),
                              f"unknown field {name!r}{did_you_mean(name, valid)}; "
                              "valid fields: "
@@ -445,10 +447,10 @@ def _fields_at(model: type[BaseModel], path: Loc) -> list[str]:
     for part in path:
         if isinstance(part, int):
             continue
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or \
-                part not in cur.model_fields:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
             return []
-        cur = _model_in(cur.model_fields[part].annotation)
+        if part in cur.model_fields:  # otherwise a key of a dict field: stay on the model
+            cur = _model_in(cur.model_fields[part].annotation)
     if isinstance(cur, type) and issubclass(cur, BaseModel):
         return list(cur.model_fields)
     return []

@@ -172,6 +172,7 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
 def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = None,
            where: str = "") -> None:
     first = len(host.trace.events)
+    rec.trace_step = host.trace.step  # the index apply() gives this action's events
     try:
         res = host.apply(rec.action)
     except ModelInputError as e:
@@ -182,7 +183,6 @@ def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = N
             raise ScenarioError(sc.file, sc.line_of(*loc), path, str(e)) from None
         raise ScenarioError(sc.file, rec.line, where, str(e)) from None
     rec.ret, rec.errno = res.ret, res.errno
-    rec.trace_step = host.trace.step
     rec.events = list(host.trace.events[first:])
 
 

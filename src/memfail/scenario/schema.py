@@ -13,7 +13,15 @@ import re
 import signal as _signal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from memfail.model import trace as _trace
 from memfail.model.units import fmt_size, parse_size
@@ -258,7 +266,19 @@ class ExitSignal(Strict):
                              "or a number") from None
 
 
-ExitExpect = Literal["running", "killed", "exited"] | ExitCode | ExitSignal
+def _exit_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "signal" if "signal" in v else "code"
+    return "signal" if isinstance(v, ExitSignal) else "code" if isinstance(v, ExitCode) \
+        else "state"
+
+
+ExitExpect = Annotated[
+    Annotated[Literal["running", "killed", "exited"], Tag("state")]
+    | Annotated[ExitCode, Tag("code")]
+    | Annotated[ExitSignal, Tag("signal")],
+    Discriminator(_exit_kind),
+]
 
 
 class FinalExpect(_Logs):
