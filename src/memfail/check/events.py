@@ -1,0 +1,250 @@
+"""The event alphabet of check configurations, and how each event becomes model actions.
+
+One table (``EVENTS``): an event has parameters, may count as a hardware error, and expands to
+scenario steps ``(action_key, args)``. Events that need KVM/guest_memfd actions use them when the
+model registers them (``KVM_KEYS``) and fall back to the host-only approximation otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import product
+from typing import TYPE_CHECKING, Any
+
+from memfail.model.actions import ACTION_TYPES
+
+if TYPE_CHECKING:
+    from memfail.check.config import CheckConfig, VmSpec
+
+StepSpec = tuple[str, dict[str, Any]]
+Label = tuple[str, tuple[tuple[str, Any], ...]]
+
+# Action keys of the KVM / guest_memfd model, used as soon as the model registers them.
+KVM_KEYS = {
+    "vcpu_access": "vcpu_access",      # a vCPU reads/writes guest memory (guest mode)
+    "kernel_access": "kernel_access",  # a host kernel user touches guest memory
+    "convert": "gmem_convert",         # KVM_SET_MEMORY_ATTRIBUTES / in-place conversion
+    "fault": "vcpu_fault",             # a stage-2 fault on a GFN
+}
+
+
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class EventDef:
+    name: str
+    doc: str
+    params: dict[str, Param]
+    expand: Callable[[CheckConfig, dict[str, Any]], list[StepSpec]]
+    error: bool = False          # counts against bounds.errors
+    needs: tuple[str, ...] = field(default=())
+
+    def check_params(self, given: dict[str, Any]) -> None:
+        for k, p in self.params.items():
+            if p.default is REQUIRED and k not in given:
+                raise ValueError(f"event {self.name!r} needs {k}: {p.doc}")
+        for k, v in given.items():
+            if k not in self.params:
+                raise ValueError(f"event {self.name!r} has no parameter {k!r}; "
+                                 f"parameters: {', '.join(self.params) or 'none'}")
+            p = self.params[k]
+            if p.choices is not None:
+                for x in v if isinstance(v, list) else [v]:
+                    if x not in p.choices:
+                        raise ValueError(f"event {self.name!r}: {k} must be one of "
+                                         f"{', '.join(map(str, p.choices))}, got {x!r}")
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def vm_of(cfg: CheckConfig, name: str) -> VmSpec:
+    return next(v for v in cfg.vms if v.name == name)
+
+
+def mem_fd(vm: VmSpec) -> str:
+    """The VMM's fd of the VM's guest memory (a guest_memfd, or a HugeTLB memfd)."""
+    return vm.gmem or f"{vm.name}.mem"
+
+
+def ram(vm: VmSpec, page: int) -> str:
+    """The VMM's mapping of guest memory, offset by whole pages."""
+    return f"{vm.name}.ram" if page == 0 else f"{vm.name}.ram+{page}p"
+
+
+def vcpu_thread(cfg: CheckConfig, vm: VmSpec, vcpu: int) -> str:
+    proc = next(p for p in cfg.processes if p.name == vm.vmm)
+    vcpus = [t for t in proc.threads if t.startswith("vcpu")]
+    return vcpus[vcpu % len(vcpus)] if vcpus else proc.threads[-1]
+
+
+def page_size(cfg: CheckConfig) -> int:
+    return 4096
+
+
+def _kvm(event: str, args: dict[str, Any], fallback: list[StepSpec]) -> list[StepSpec]:
+    key = KVM_KEYS[event]
+    return [(key, args)] if key in ACTION_TYPES else fallback
+
+
+# --------------------------------------------------------------------------- expansions
+
+
+def _target(cfg: CheckConfig, p: dict[str, Any]) -> dict[str, Any]:
+    vm = vm_of(cfg, p["vm"])
+    return {"proc": vm.vmm, "file": mem_fd(vm), "offset": p["page"] * page_size(cfg)}
+
+
+def _hw_error(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    return [("hw_error", {**_target(cfg, p), "detect": p["detect"]})]
+
+
+def _scrub(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    return [("scrub", _target(cfg, p))]
+
+
+def _access(thread: str, vm: VmSpec, p: dict[str, Any]) -> list[StepSpec]:
+    key = "mem_write" if p.get("write") else "mem_read"
+    return [(key, {"proc": vm.vmm, "thread": thread, "addr": ram(vm, p["page"])})]
+
+
+def _vcpu_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("vcpu_access", {"vm": vm.name, "vcpu": p["vcpu"], "page": p["page"],
+                                "write": p["write"]},
+                _access(vcpu_thread(cfg, vm, p["vcpu"]), vm, p))
+
+
+def _vmm_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    proc = next(x for x in cfg.processes if x.name == vm.vmm)
+    return _access(p["thread"] or proc.threads[0], vm, p)
+
+
+def _kernel_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    # Host-only stand-in for a kernel user that checks PG_hwpoison: pread() of the page.
+    fallback: list[StepSpec] = [("pread", {"proc": vm.vmm, "fd": mem_fd(vm),
+                                           "offset": p["page"] * page_size(cfg), "len": 4096})]
+    return _kvm("kernel_access", {"vm": vm.name, "page": p["page"],
+                                  "checks_hwpoison": p["checks_hwpoison"], "mc_safe": p["mc_safe"]},
+                fallback if p["checks_hwpoison"] else [])
+
+
+def _convert(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("convert", {"vm": vm.name, "page": p["page"], "pages": p["pages"],
+                            "to": p["to"]}, [])
+
+
+def _fault(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("fault", {"vm": vm.name, "page": p["page"]},
+                _access(vcpu_thread(cfg, vm, 0), vm, {"page": p["page"], "write": True}))
+
+
+def _punch_hole(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return [("fallocate", {"proc": vm.vmm, "fd": mem_fd(vm), "mode": "punch_hole",
+                           "offset": p["page"] * page_size(cfg),
+                           "len": p["pages"] * page_size(cfg)})]
+
+
+def _close(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return [("close", {"proc": vm.vmm, "fd": mem_fd(vm)})]
+
+
+def _release(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return [("munmap", {"proc": vm.vmm, "addr": ram(vm, 0)}),
+            ("close", {"proc": vm.vmm, "fd": mem_fd(vm)})]
+
+
+def _realloc(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return [("fallocate", {"proc": vm.vmm, "fd": mem_fd(vm), "mode": "allocate",
+                           "offset": p["page"] * page_size(cfg),
+                           "len": p["pages"] * page_size(cfg)})]
+
+
+def _action(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    return [(p["action"], dict(p["args"]))]
+
+
+VM = Param(REQUIRED, doc="the VM whose memory it is about")
+PAGE = Param(0, doc="base-page index in the VM's memory")
+
+EVENTS: dict[str, EventDef] = {e.name: e for e in (
+    EventDef("hw_error", "An uncorrectable error appears in a page (latent: found when "
+             "consumed; scrub/ghes: detected now, AO).",
+             {"vm": VM, "page": PAGE, "detect": Param("latent", ("latent", "scrub", "ghes"))},
+             _hw_error, error=True),
+    EventDef("scrub", "Patrol scrub reaches a page: a latent error becomes an AO failure.",
+             {"vm": VM, "page": PAGE}, _scrub),
+    EventDef("vcpu_access", "A vCPU of the VM accesses its memory (guest mode).",
+             {"vm": VM, "page": PAGE, "vcpu": Param(0), "write": Param(False, (False, True))},
+             _vcpu_access, needs=("kvm",)),
+    EventDef("vmm_access", "A VMM thread touches guest memory through its host mapping.",
+             {"vm": VM, "page": PAGE, "thread": Param(None), "write": Param(False, (False, True))},
+             _vmm_access),
+    EventDef("kernel_access", "A host kernel user touches guest memory, checking PG_hwpoison "
+             "first or not, with or without a machine-check-safe copy.",
+             {"vm": VM, "page": PAGE, "checks_hwpoison": Param(True, (False, True)),
+              "mc_safe": Param(False, (False, True))}, _kernel_access, needs=("kvm",)),
+    EventDef("convert", "Convert a range shared<->private (splits/merges HugeTLB folios).",
+             {"vm": VM, "page": PAGE, "pages": Param(1), "to": Param("shared",
+                                                                     ("shared", "private"))},
+             _convert, needs=("gmem",)),
+    EventDef("punch_hole", "fallocate(PUNCH_HOLE) on guest memory.",
+             {"vm": VM, "page": PAGE, "pages": Param(1)}, _punch_hole),
+    EventDef("close", "The VMM closes its guest-memory fd.", {"vm": VM}, _close),
+    EventDef("release", "Every holder of the guest memory goes: the inode is released.",
+             {"vm": VM}, _release),
+    EventDef("realloc", "Another VM allocates memory (from the HugeTLB pool).",
+             {"vm": VM, "page": PAGE, "pages": Param(1)}, _realloc),
+    EventDef("fault", "A stage-2 fault on a page of guest memory.",
+             {"vm": VM, "page": PAGE}, _fault, needs=("kvm",)),
+    EventDef("action", "Any model action: `action: KEY`, `args: {...}` (escape hatch).",
+             {"action": Param(REQUIRED, doc="an action key"), "args": Param({})}, _action),
+)}
+
+
+def event_names() -> list[str]:
+    return list(EVENTS)
+
+
+def labels_of(name: str, params: dict[str, Any]) -> list[Label]:
+    """Every concrete label of one alphabet entry: list-valued parameters vary (in order)."""
+    spec = EVENTS[name]
+    full = {k: params.get(k, p.default) for k, p in spec.params.items()}
+    keys = list(full)
+    choices = [v if isinstance(v, list) and k != "args" else [v] for k, v in full.items()]
+    out: list[Label] = []
+    for combo in product(*choices):
+        out.append((name, tuple((k, _freeze(v)) for k, v in zip(keys, combo, strict=True))))
+    return out
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def thaw_params(label: Label) -> dict[str, Any]:
+    params = dict(label[1])
+    if label[0] == "action":
+        params["args"] = dict(params["args"])
+    return params

@@ -1,0 +1,91 @@
+"""Check configurations: the shipped standard file, the schema, and one-line located errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memfail.check.config import ConfigError, load_config, load_config_text, standard_config
+from memfail.check.events import EVENTS, labels_of
+from memfail.check.properties import PROPERTY_NAMES
+
+BASE = """\
+policies: [minimum]
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early}}
+vms:
+  - {name: vm0, vmm: qemu0}
+events:
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "c.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_standard_config_loads() -> None:
+    cfg = standard_config()
+    assert "minimum" in cfg.policies and cfg.geometry.pmd_order == 2
+    assert {e.event for e in cfg.events} >= {"hw_error", "scrub", "vcpu_access", "punch_hole",
+                                              "release", "realloc", "convert", "kernel_access"}
+
+
+def test_list_parameters_vary_in_order() -> None:
+    cfg = load_config_text(BASE + "  - {event: hw_error, vm: vm0, page: [0, 1], "
+                           "detect: [latent, scrub]}\n")
+    labels = labels_of(cfg.events[0].event, cfg.events[0].params)
+    assert [dict(lab[1])["page"] for lab in labels] == [0, 0, 1, 1]
+    assert [dict(lab[1])["detect"] for lab in labels] == ["latent", "scrub"] * 2
+
+
+@pytest.mark.parametrize(("tail", "expect"), [
+    ("  - {event: hw_eror, vm: vm0}\n", "c.yaml:7: events[0].event: unknown event 'hw_eror'"),
+    ("  - {event: hw_error, vm: vmx}\n", "c.yaml:7: events[0].vm: unknown vm 'vmx'"),
+    ("  - {event: hw_error, vm: vm0, pg: 1}\n", "c.yaml:7: events[0]: event 'hw_error' has no "
+     "parameter 'pg'"),
+    ("  - {event: hw_error}\n", "c.yaml:7: events[0]: event 'hw_error' needs vm"),
+    ("  - {event: scrub, vm: vm0}\nbounds: {depth: -1}\n", "c.yaml:8: bounds.depth:"),
+    ("  - {event: scrub, vm: vm0}\nbogus: 1\n", "c.yaml:8: bogus: unknown field"),
+    ("  - {event: scrub, vm: vm0}\nproperties: [contaned]\n",
+     "c.yaml:8: properties[0]: unknown property 'contaned'"),
+])
+def test_errors_name_file_line_and_field(tail: str, expect: str) -> None:
+    assert error_of(BASE + tail).startswith(expect)
+
+
+def test_references_are_checked() -> None:
+    text = BASE.replace("vmm: qemu0", "vmm: qemu9") + "  - {event: scrub, vm: vm0}\n"
+    assert error_of(text).startswith("c.yaml:5: vms[0].vmm: 'qemu9' is not a process")
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("a: &x 1\nb: *x\n", "c.yaml:1: a: anchors and aliases are not supported"),
+    ("policies: !!python/object:os.system [a]\n", "YAML tag '!!python/object:os.system' is not"),
+    ("policies: [a\n", "invalid YAML"),
+    ("", "empty file"),
+    ("- a\n", "the top level must be a mapping"),
+])
+def test_unsafe_or_malformed_yaml(text: str, expect: str) -> None:
+    assert expect in error_of(text)
+
+
+def test_binary_and_missing_files(tmp_path: Path) -> None:
+    p = tmp_path / "x.yaml"
+    p.write_bytes(b"\0\1\2")
+    with pytest.raises(ConfigError, match="binary file"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_event_and_property_is_documented() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "check.md").read_text()
+    for name in EVENTS:
+        assert f"`{name}`" in doc
+    for name in PROPERTY_NAMES:
+        assert f"`{name}`" in doc
