@@ -257,3 +257,31 @@ def test_profile_override_changes_outcome(tmp_path: Path,
 def test_builtin_scenarios_pass(capsys: pytest.CaptureFixture[str], name: str) -> None:
     code, out, err = run_cli(capsys, "run", name, "--quiet")
     assert code == 0, out + err
+
+
+def test_commands_can_be_registered_from_other_modules(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Other modules add sub-commands with one COMMANDS entry (a function or a Typer app)."""
+    import typer
+
+    from memfail.cli import register
+
+    app = typer.Typer(add_completion=False)
+    register(app, "memfail.scenario.commands")  # a module with register(app)
+    register(app, "presets=memfail.report.profiles:profiles")
+    group = typer.Typer()
+    group.command("hello")(lambda: typer.echo("hi"))
+    import types
+    mod = types.ModuleType("memfail_test_plugin")
+    mod.group = group  # type: ignore[attr-defined]
+    sys.modules["memfail_test_plugin"] = mod
+    try:
+        register(app, "extra=memfail_test_plugin:group")
+        code = app(["extra", "hello"], standalone_mode=False)
+        assert capsys.readouterr().out == "hi\n" and code in (0, None)
+        app(["presets", "--json"], standalone_mode=False)
+        assert json.loads(capsys.readouterr().out)["profiles"]
+        app(["scenarios", "--json"], standalone_mode=False)
+        assert json.loads(capsys.readouterr().out)
+    finally:
+        del sys.modules["memfail_test_plugin"]

@@ -1,6 +1,7 @@
 """The ``memfail`` command line: a Typer app whose sub-commands live in other modules.
 
-Each module in ``COMMAND_MODULES`` has ``register(app)``; add a module there to add commands.
+Add a command by adding one entry to ``COMMANDS``: a module with ``register(app)``, or
+``"name=module:attr"`` for a Typer app (a command group) or a function (one command).
 ``main()`` turns bad input into one ``memfail: error: ...`` line and exit status 2.
 """
 
@@ -17,9 +18,10 @@ from memfail.scenario.errors import ScenarioError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 INPUT_ERRORS: tuple[type[Exception], ...] = (ScenarioError, ModelInputError)
-COMMAND_MODULES = (
-    "memfail.scenario.commands",   # run, scenarios
-    "memfail.report.profiles",     # profiles
+COMMANDS = (
+    "memfail.scenario.commands",            # run, scenarios
+    "memfail.report.profiles",              # profiles
+    "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
 )
 
 app = typer.Typer(
@@ -33,9 +35,24 @@ app = typer.Typer(
 )
 
 
+def register(target: typer.Typer, entry: str) -> None:
+    """Add the command(s) one ``COMMANDS`` entry names to ``target``."""
+    name, _, ref = entry.rpartition("=")
+    module, _, attr = ref.partition(":")
+    mod = importlib.import_module(module)
+    if not attr:
+        mod.register(target)
+        return
+    obj = getattr(mod, attr)
+    if isinstance(obj, typer.Typer):
+        target.add_typer(obj, name=name or None)
+    else:
+        target.command(name or None)(obj)
+
+
 def register_all(target: typer.Typer = app) -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(target)
+    for entry in COMMANDS:
+        register(target, entry)
 
 
 register_all()
