@@ -71,8 +71,12 @@ def profiles(
         if not doc["differences"]:
             typer.echo(f"{a} and {b} have the same switches")
             return
-        t = Table("switch", a, b, "since", "rules", "effect", title=f"{a} vs {b}",
-                  box=box.SIMPLE)
+        t = Table(title=f"{a} vs {b}", box=box.SIMPLE)
+        t.add_column("switch", no_wrap=True)
+        for col in (a, b, "since"):
+            t.add_column(col, no_wrap=True)
+        t.add_column("rules")
+        t.add_column("effect")
         for r in doc["differences"]:
             t.add_row(r["name"], _on(r[a]), _on(r[b]), r["since"], r["rules"], r["effect"])
         console.print(t)
