@@ -2,3 +2,29 @@
 
 Samples failure classes from cited field statistics and composes per-class outcomes.
 """
+
+from memfail.fleet.classes import FailureClass, Outcome
+from memfail.fleet.engine import FleetResult, Rate, run, sample, sweep
+from memfail.fleet.oracle import ModelOracle, OracleUnavailable, OutcomeOracle, TableOracle
+from memfail.fleet.params import FleetError, FleetInputError, FleetParams, LoadedFleet, load_fleet
+from memfail.fleet.stats import Interval
+
+__all__ = [
+    "FailureClass",
+    "FleetError",
+    "FleetInputError",
+    "FleetParams",
+    "FleetResult",
+    "Interval",
+    "LoadedFleet",
+    "ModelOracle",
+    "OracleUnavailable",
+    "Outcome",
+    "OutcomeOracle",
+    "Rate",
+    "TableOracle",
+    "load_fleet",
+    "run",
+    "sample",
+    "sweep",
+]

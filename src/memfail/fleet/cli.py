@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.core import Context
 from typer.core import TyperGroup
 
 from memfail.fleet import engine, output
@@ -26,7 +26,6 @@ from memfail.fleet.params import (
     FleetError,
     LoadedFleet,
     defaults_table,
-    defaults_yaml,
     load_fleet,
     parse_assignment,
 )
@@ -38,7 +37,7 @@ DEFAULT_HOST_YEARS = 2_000_000
 class _RunByDefault(TyperGroup):
     """``memfail fleet [FILE] ...`` means ``memfail fleet run [FILE] ...``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
             args = ["run", *args]
         return super().parse_args(ctx, args)

@@ -34,7 +34,8 @@ def fmt_interval(iv: Interval, sep: str = " ") -> str:
 
 
 def _pick(r: Rate, unit: str) -> Interval:
-    return getattr(r, unit)  # type: ignore[no-any-return]
+    iv: Interval = getattr(r, unit)
+    return iv
 
 
 def result_table(res: FleetResult, unit: str = "per_million_vm_hours",

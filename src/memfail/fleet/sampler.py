@@ -139,10 +139,11 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
     by_count = [(s.gib, s.share) for s in p.vms.sizes]
     mem_total = sum(g * s for g, s in by_count)
     by_memory = [(g, g * s / mem_total) for g, s in by_count]
-    pages = [(k, v) for k, v in p.vms.page_size.items() if v > 0]
+    pages: list[tuple[str, float]] = [(k, v) for k, v in p.vms.page_size.items() if v > 0]
     huge = [(k, v) for k, v in pages if k != "4K"]
     huge_total = sum(v for _, v in huge)
-    free_pages = [(k, v / huge_total) for k, v in huge] if huge_total > 0 else [("2M", 1.0)]
+    free_pages: list[tuple[str, float]] = \
+        [(k, v / huge_total) for k, v in huge] if huge_total > 0 else [("2M", 1.0)]
     heat = {"guest": p.heat.guest, "vmm": p.heat.vmm, "kernel": p.heat.kernel}
     host_bytes = p.fleet.host_memory_gib * (1 << 30)
 

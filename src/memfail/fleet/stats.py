@@ -30,7 +30,9 @@ class Interval:
                         self.method, self.n_eff)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON data; an infinite or undefined number becomes ``null``."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
 
 
 def garwood(k: float, level: float = 0.95) -> tuple[float, float]:
