@@ -1,1 +1,3 @@
 """Host kernel model: memory, folios, page cache, address spaces, tasks and memory_failure()."""
+
+from . import kactions as _kactions  # noqa: F401  (registers user_copy, mf_queue)

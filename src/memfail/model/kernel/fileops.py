@@ -27,9 +27,10 @@ from ..actions import (
 )
 from ..errors import EBADF, EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, ModelInputError
 from ..host import ActionResult, handles
+from ..trace import PoisonConsumed
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, RAMFS, SHMEM, Inode
-from .mem import HUGETLB
+from .mem import HUGETLB, Folio
 from .mm import HWPOISON
 
 if TYPE_CHECKING:
@@ -167,6 +168,27 @@ def _buffer_fault(host: Host, proc: Process, t: Thread, buf: int | str | None,
     return 0
 
 
+def _cache_page_refused(host: Host, inode: Inode, folio: Folio, pfn: int) -> bool:
+    """Whether read()/write() stop at this page-cache page because it is poisoned (R43).
+
+    * shmem: shmem_get_folio() refuses a PG_hwpoison folio, so read() and write() return
+      -EIO (or a short count) there;
+    * hugetlbfs: read() copies up to the first poisoned raw page (adjust_range_hwpoison,
+      KS-09/10), or fails on the whole folio before that change;
+    * disk file systems and ramfs go through the generic filemap_read() /
+      generic_perform_write(), which do not test PG_hwpoison: a page that memory_failure()
+      could not remove (ramfs: "Failed to invalidate") keeps being read and written; an
+      ext2 page that was truncated is no longer in the cache at all.
+    """
+    if inode.kind == SHMEM:
+        return pfn in host.phys.hwpoison
+    if folio.kind == HUGETLB:
+        return "hwpoison" in folio.flags and (
+            pfn in folio.raw_hwp or "raw_hwp_unreliable" in folio.flags
+            or not host.profile.hugetlb_read_partial)
+    return False
+
+
 def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
     proc = host.proc(a.proc)
     t = host.thread(proc, a.thread)
@@ -195,18 +217,15 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
             folio = find_or_create_cache_folio(host, inode, index)
         if folio is not None:
             pfn = folio.pfn + (index - folio.index)
-            poisoned = pfn in host.phys.hwpoison or (
-                folio.kind == HUGETLB and "hwpoison" in folio.flags and
-                (pfn in folio.raw_hwp or not host.profile.hugetlb_read_partial))
-            if poisoned:
+            if _cache_page_refused(host, inode, folio, pfn):
                 break
             if not write and pfn in host.phys.hw_errors:
-                # the copy to user space reads the poisoned page cache page (copyout):
-                # machine-check-safe copy fails, error reported AO
-                from .inject import consume_kernel
-
-                consume_kernel(host, pfn, by=f"read() copyout in {proc.comm}")
-                break
+                # copyout: copy_to_user() reads the page-cache page in kernel mode; its
+                # source is kernel memory, so error_context() finds no MCE-safe fixup and
+                # the machine check is fatal (R47; RT-11 "probably fatal") [DERIVED]
+                host.emit(PoisonConsumed(host.trace.step, pfn, f"read() copyout in "
+                                         f"{proc.comm}", "kernel", proc.pid))
+                host.panic("Data load in unrecoverable area of kernel")
             if write:
                 host.phys.data[pfn] = 1 if a.value is None else a.value
                 folio.flags.add("dirty")

@@ -116,11 +116,11 @@ class HugeTLB:
             self._changed(h, f"allocated to {owner}")
             return folio
         if h.surplus_huge_pages < h.nr_overcommit_huge_pages and not use_reserve:
-            folio = self.alloc_fresh(h, surplus=True)
-            if folio is not None:
-                folio.owner = owner
+            fresh = self.alloc_fresh(h, surplus=True)
+            if fresh is not None:
+                fresh.owner = owner
                 self._changed(h, f"surplus page allocated to {owner}")
-            return folio
+            return fresh
         return None
 
     def reserve(self, h: HState, n: int) -> bool:

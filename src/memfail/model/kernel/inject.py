@@ -29,6 +29,7 @@ from ..errors import (
     EBUSY,
     EHWPOISON,
     EINVAL,
+    EIO,
     ENOMEM,
     ENXIO,
     EOPNOTSUPP,
@@ -38,7 +39,7 @@ from ..errors import (
 from ..host import RESERVED_PFN, ZERO_PFN, ActionResult, handles
 from ..trace import Observation, PoisonConsumed
 from ..units import parse_size
-from .fs import GMEM
+from .fs import GMEM, RAMFS
 from .mem import ANON, HUGETLB, KERNEL, Folio
 from .memory_failure import (
     MF_ACTION_REQUIRED,
@@ -248,8 +249,13 @@ def do_hw_error(host: Host, a: HwError) -> ActionResult:
     host.phys.hw_errors.add(pfn)
     if a.detect == "latent":
         return ActionResult(0)
-    via = "uc_decode_notifier" if a.detect == "scrub" else "memory_failure_queue"
-    return ActionResult(memory_failure(host, pfn, 0, None, via=via))
+    if a.detect == "ghes":
+        from .kaccess import memory_failure_queue, memory_failure_work_func
+
+        memory_failure_queue(host, pfn, 0)
+        memory_failure_work_func(host)
+        return ActionResult(0)
+    return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
 
 
 @handles(Scrub)
@@ -265,45 +271,99 @@ def do_scrub(host: Host, a: Scrub) -> ActionResult:
 
 
 def soft_offline_page(host: Host, pfn: int) -> int:
-    """soft_offline_page() (R81, DOC-05, DOC-08): migrate an in-use page to a new frame and
-    mark the old one poisoned; take a free page off buddy; never signals."""
-    if not host.sysctl["vm.enable_soft_offline"]:
-        host.log("Soft offline: disabled by /proc/sys/vm/enable_soft_offline", level="info")
-        return -EOPNOTSUPP
+    """soft_offline_page() (R81, R11, R61, DOC-05, DOC-07, DOC-08): migrate an in-use page to
+    a new frame (or invalidate a clean unmapped page-cache page) and mark the old frame
+    poisoned; take a free page off buddy; never signals.
+
+    Verified in mm/memory-failure.c:soft_offline_page / soft_offline_in_use_page /
+    get_any_page (6.x form): invalid pfn -> -ENXIO; vm.enable_soft_offline=0 -> -EOPNOTSUPP
+    with a pr_info_once; an already poisoned page -> 0 ("%#lx: page already poisoned");
+    a page get_any_page cannot handle (slab, page table, reserved, the zero page) ->
+    "unhandlable page." and -EIO; a failed migration -> "soft offline: ... migration failed"
+    and -EBUSY. Lines after the pr_fmt override carry no "Memory failure: " prefix.
+    HardwareCorrupted grows by one base page (page_handle_poison), also for HugeTLB, whose
+    source folio is dissolved so the pool shrinks by one (KS-11).
+    """
     if not host.phys.valid(pfn):
         return -ENXIO
+    if pfn < host.phys.FIRST_PFN and host.phys.folio_of(pfn) is None:
+        return -EIO  # not online memory
+    if not host.sysctl["vm.enable_soft_offline"]:
+        if not host.mf.soft_offline_disabled_logged:
+            host.mf.soft_offline_disabled_logged = True
+            host.log("disabled by /proc/sys/vm/enable_soft_offline", level="info")
+        return -EOPNOTSUPP
     folio = host.phys.folio_of(pfn)
-    if pfn in host.phys.hwpoison or (folio is not None and "hwpoison" in folio.flags):
-        host.log(f"Memory failure: {pfn:#x}: page already poisoned", level="info")
+    if pfn in host.phys.hwpoison or (folio is not None and folio.kind == HUGETLB
+                                     and "hwpoison" in folio.flags):
+        host.log(f"{pfn:#x}: page already poisoned", level="info")
         return 0
     if folio is None:
+        # soft_offline_free_page -> page_handle_poison(page, true, false)
         if host.phys.take_page_off_buddy(pfn):
             host.phys.hwpoison.add(pfn)
             host.mf.num_poisoned_pages += 1
             host.page_isolated(pfn, "soft_offline")
             return 0
         return -EBUSY
-    if folio.kind == KERNEL or (folio.mapping is not None and folio.mapping.kind == GMEM):
-        host.log(f"Memory failure: {pfn:#x}: page migration failed 1, type "
-                 f"{sorted(folio.flags)}", level="info")
-        return -EBUSY
+    if folio.kind == KERNEL:
+        host.log(f"Memory failure: {pfn:#x}: unhandlable page.")
+        return -EIO
     if folio.kind == HUGETLB:
         return _soft_offline_hugetlb(host, folio, pfn)
     if folio.order:
         split = host.split_thp(folio)
         if split is None:
+            host.log(f"soft offline: {pfn:#x}: thp split failed", level="info")
             return -EBUSY
         folio = host.phys.folio_of(pfn) or split
+    mapping = folio.mapping
+    if (mapping is not None and "lru" in folio.flags and "swapcache" not in folio.flags
+            and "dirty" not in folio.flags and not folio.mapped and not mapping.unevictable
+            and folio.refcount - folio.refs["pagecache"] <= 0):
+        # mapping_evict_folio(): a clean, unmapped page-cache page is simply dropped
+        host.log(f"soft_offline: {pfn:#x}: invalidated", level="info")
+        host.delete_from_page_cache(folio)
+        _poison_offlined(host, pfn)
+        return 0
+    if not _migratable(folio):
+        host.log(f"soft offline: {pfn:#x}: page migration failed 1, type "
+                 f"{pfn_flags(folio)}", level="info")
+        return -EBUSY
     new = host.alloc_folio(0, folio.kind, owner=folio.owner)
     if new is None:
         return -ENOMEM
     new.flags = set(folio.flags) - {"hwpoison"}
     host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
     _migrate(host, folio, new)
-    host.phys.hwpoison.add(folio.pfn)
-    host.mf.num_poisoned_pages += 1
-    host.page_isolated(folio.pfn, "soft_offline")
+    host.phys.drop_folio(folio, to_buddy=False)
+    _poison_offlined(host, folio.pfn)
     return 0
+
+
+def _migratable(folio: Folio) -> bool:
+    """Whether migrate_pages() can move this folio: guest_memfd refuses (migrate_folio
+    returns -EINVAL, R62/R81); ramfs has no migrate_folio and its folios are always dirty, so
+    fallback_migrate_folio() must write them out and there is no writepage."""
+    m = folio.mapping
+    if m is None:
+        return True
+    return m.kind not in (GMEM, RAMFS)
+
+
+def pfn_flags(folio: Folio) -> str:
+    """A %pGp-like rendering of a folio's flags."""
+    return "|".join(sorted(f for f in folio.flags if f in {
+        "uptodate", "dirty", "lru", "unevictable", "mlocked", "swapbacked", "head",
+        "hwpoison", "reserved", "slab", "anon"}))
+
+
+def _poison_offlined(host: Host, pfn: int) -> None:
+    """page_handle_poison(): the old frame gets PG_hwpoison, stays allocated for good, and is
+    counted in HardwareCorrupted."""
+    host.phys.hwpoison.add(pfn)
+    host.mf.num_poisoned_pages += 1
+    host.page_isolated(pfn, "soft_offline")
 
 
 def _migrate(host: Host, old: Folio, new: Folio) -> None:
@@ -326,26 +386,45 @@ def _migrate(host: Host, old: Folio, new: Folio) -> None:
 
 
 def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
-    """Migrate the whole huge page to a free one, then dissolve the source (DOC-08, KS-11)."""
+    """Soft offline of a HugeTLB folio (DOC-08, KS-11, MT-24..27, R61): a free folio is
+    dissolved; an in-use one is migrated whole to a free (or temporary/surplus) huge page,
+    then the source is freed and dissolved, so the persistent pool shrinks by one. Poison is
+    never migrated; only the raw page asked for is marked."""
     h = host.hugetlb.hstate(folio.order)
     if "hugetlb_freed" in folio.flags:
-        folio.flags.add("hwpoison")
-        folio.raw_hwp.append(pfn)
-        host.mf.num_poisoned_pages += 1
-        return 0 if host.hugetlb.dissolve_free_hugetlb_folio(folio) == 0 else -EBUSY
+        if host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0:
+            return -EBUSY
+        if not host.phys.take_page_off_buddy(pfn):
+            return -EBUSY
+        _poison_offlined(host, pfn)
+        return 0
+    if "hugetlb_migratable" not in folio.flags:
+        host.log(f"soft offline: {pfn:#x}: hugepage isolation failed, page count "
+                 f"{folio.refcount}, type {pfn_flags(folio)}", level="info")
+        return -EBUSY
+    if folio.mapping is not None and not _migratable(folio):
+        host.log(f"soft offline: {pfn:#x}: hugepage migration failed 1, type "
+                 f"{pfn_flags(folio)}", level="info")
+        return -EBUSY
     new = host.hugetlb.dequeue(h, owner=folio.owner, use_reserve=False)
     if new is None:
+        host.log(f"soft offline: {pfn:#x}: hugepage migration failed -12, type "
+                 f"{pfn_flags(folio)}", level="info")
         return -ENOMEM
     new.flags |= folio.flags & {"anon", "dirty", "hugetlb_migratable"}
+    if "surplus" in new.flags:
+        # move_hugetlb_state(): the surplus/temporary state goes to the old folio
+        new.flags.discard("surplus")
+        folio.flags.add("surplus")
     host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
     _migrate(host, folio, new)
     folio.refs.clear()
-    folio.flags.add("hwpoison")
-    folio.raw_hwp.append(pfn)
-    host.mf.num_poisoned_pages += 1
     host.hugetlb.free_huge_folio(folio)
-    host.hugetlb.dissolve_free_hugetlb_folio(folio)
-    host.page_isolated(pfn, "soft_offline")
+    if folio.pfn in host.phys.folios and "hugetlb" in folio.flags:
+        host.hugetlb.dissolve_free_hugetlb_folio(folio)
+    if host.phys.take_page_off_buddy(pfn) or pfn not in host.phys.isolated:
+        host.phys.isolated.add(pfn)
+    _poison_offlined(host, pfn)
     return 0
 
 
@@ -361,57 +440,94 @@ def do_unpoison(host: Host, a: UnpoisonPfn) -> ActionResult:
     return ActionResult(len(f"{pfn:#x}\n"))
 
 
+UNPOISON_RATELIMIT_BURST = 10  # DEFAULT_RATELIMIT_BURST of DEFINE_RATELIMIT_STATE(unpoison_rs)
+
+
+def unpoison_pr_info(host: Host, text: str) -> None:
+    """unpoison_pr_info(): a pr_info() behind ``__ratelimit(&unpoison_rs)`` (R80).
+
+    The kernel's state allows DEFAULT_RATELIMIT_BURST (10) lines per
+    DEFAULT_RATELIMIT_INTERVAL (5 s). The model has no clock, so a whole run counts as one
+    interval: the first 10 unpoison lines of a host are printed and later ones are
+    suppressed (counted in ``MFState.unpoison_suppressed``; the kernel would report them as
+    "unpoison_memory: N callbacks suppressed" once a new interval starts, which never happens
+    here). The lines carry no "Memory failure: " prefix: memory-failure.c redefines pr_fmt
+    to "" before unpoison_pr_info."""
+    if host.mf.unpoison_printed >= UNPOISON_RATELIMIT_BURST:
+        host.mf.unpoison_suppressed += 1
+        return
+    host.mf.unpoison_printed += 1
+    host.log(text, level="info")
+
+
 def unpoison_memory(host: Host, pfn: int) -> int:
-    """unpoison_memory() (R80), with its refusals and rate-limited messages."""
+    """unpoison_memory() (R80, R14), in the order of the checks in mm/memory-failure.c
+    (verified in mm/memory-failure.c:unpoison_memory, 6.x form):
+
+    1. invalid pfn -> -ENXIO (no message);
+    2. ``hw_memory_failure`` -> -EOPNOTSUPP, "Disabled after HW memory failure";
+    3. PG_hwpoison clear -> -EBUSY, "Page was already unpoisoned";
+    4. refcount > 1 -> -EBUSY, "Someone grabs the hwpoison page";
+    5. slab, page table, reserved (this includes the zero page) -> -EBUSY, no message;
+    6. mapped -> -EBUSY, "Someone maps the hwpoison page";
+    7. has a mapping -> -EBUSY, "the hwpoison page has non-NULL mapping";
+    8. then: a page MF took off buddy goes back (put_page_back_buddy); hugetlb drops its raw
+       list (folio_free_raw_hwp(folio, false): refused only when raw_hwp_unreliable; the HVO
+       test applies to move_flag=true only, so HVO folios can be unpoisoned) and each raw
+       page leaves HardwareCorrupted; a normal page drops the MF reference and is freed.
+    All messages are rate limited (``unpoison_pr_info``).
+    """
     if not host.phys.valid(pfn):
         return -ENXIO
     if host.mf.hw_memory_failure:
-        host.log(f"Unpoison: Disabled after HW memory failure {pfn:#x}", level="info")
+        unpoison_pr_info(host, f"Unpoison: Disabled after HW memory failure {pfn:#x}")
         return -EOPNOTSUPP
     folio = host.phys.folio_of(pfn)
-    if folio is not None and folio.kind == HUGETLB and "hugetlb" in folio.flags:
-        if "hwpoison" not in folio.flags:
-            host.log(f"Unpoison: Page was already unpoisoned {pfn:#x}", level="info")
-            return -EBUSY
-        if folio.refcount > 1 or folio.mapped or folio.mapping is not None:
-            host.log(f"Unpoison: Someone grabs the hwpoison page {pfn:#x}", level="info")
-            return -EBUSY
-        if "hvo" in folio.flags or "raw_hwp_unreliable" in folio.flags:
-            return -EBUSY
-        n = len(folio.raw_hwp)
-        folio.raw_hwp.clear()
-        folio.flags.discard("hwpoison")
-        folio.refs.clear()
-        host.mf.num_poisoned_pages -= n
-        host.maybe_free(folio)
-        host.log(f"Unpoison: Software-unpoisoned page {pfn:#x}", level="info")
-        return 0
-    if pfn not in host.phys.hwpoison:
-        host.log(f"Unpoison: Page was already unpoisoned {pfn:#x}", level="info")
+    huge = folio is not None and folio.kind == HUGETLB and "hugetlb" in folio.flags
+    poisoned = (pfn in host.phys.hwpoison) or (huge and folio is not None
+                                                and "hwpoison" in folio.flags)
+    if not poisoned:
+        unpoison_pr_info(host, f"Unpoison: Page was already unpoisoned {pfn:#x}")
         return -EBUSY
     if folio is not None:
-        if folio.kind == KERNEL and folio.pfn != ZERO_PFN:
+        count = folio.refcount
+        if huge and "hugetlb_freed" in folio.flags:
+            count = 0
+        if count > 1:
+            unpoison_pr_info(host, f"Unpoison: Someone grabs the hwpoison page {pfn:#x}")
             return -EBUSY
-        if folio.refcount > 1:
-            host.log(f"Unpoison: Someone grabs the hwpoison page {pfn:#x}", level="info")
-            return -EBUSY
+        if folio.kind == KERNEL:
+            return -EBUSY  # slab / page table / reserved: silently refused
         if folio.mapped:
-            host.log(f"Unpoison: Someone maps the hwpoison page {pfn:#x}", level="info")
+            unpoison_pr_info(host, f"Unpoison: Someone maps the hwpoison page {pfn:#x}")
             return -EBUSY
         if folio.mapping is not None:
-            host.log(f"Unpoison: the hwpoison page has non-NULL mapping {pfn:#x}",
-                     level="info")
+            unpoison_pr_info(host,
+                             f"Unpoison: the hwpoison page has non-NULL mapping {pfn:#x}")
             return -EBUSY
-    host.phys.hwpoison.discard(pfn)
-    host.phys.detected.discard(pfn)
-    host.mf.num_poisoned_pages -= 1
-    if pfn in host.phys.isolated:
-        host.phys.isolated.discard(pfn)
-        host.phys.free_block(pfn, 0)
-    elif folio is not None and folio.kind != KERNEL:
-        folio.refs.clear()
+    if huge:
+        assert folio is not None
+        if "raw_hwp_unreliable" in folio.flags or not folio.raw_hwp:
+            return -EBUSY
+        n = len(folio.raw_hwp)
+        for raw in folio.raw_hwp:
+            host.phys.detected.discard(raw)
+        folio.raw_hwp.clear()
+        folio.flags.discard("hwpoison")
+        folio.refs.pop("mf", None)
+        host.mf.num_poisoned_pages -= n
         host.maybe_free(folio)
-    host.log(f"Unpoison: Software-unpoisoned page {pfn:#x}", level="info")
+    else:
+        host.phys.hwpoison.discard(pfn)
+        host.phys.detected.discard(pfn)
+        host.mf.num_poisoned_pages -= 1
+        if pfn in host.phys.isolated:
+            host.phys.isolated.discard(pfn)
+            host.phys.free_block(pfn, 0)
+        elif folio is not None:
+            folio.refs.clear()
+            host.maybe_free(folio)
+    unpoison_pr_info(host, f"Unpoison: Software-unpoisoned page {pfn:#x}")
     return 0
 
 
@@ -520,3 +636,5 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
 
 
 __all__ = ["EINVAL", "consume_kernel", "consume_user", "resolve_target"]
+
+from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)

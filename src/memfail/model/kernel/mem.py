@@ -126,10 +126,7 @@ class PhysMem:
     # ------------------------------------------------------------------ allocation
     def _block_ok(self, head: int, order: int) -> bool:
         end = head + (1 << order)
-        for bad in self.isolated | self.hwpoison:
-            if head <= bad < end:
-                return False
-        return True
+        return all(not head <= bad < end for bad in self.isolated | self.hwpoison)
 
     def alloc_block(self, order: int) -> int | None:
         """Allocate a naturally aligned block of ``1 << order`` pages, or None (ENOMEM).

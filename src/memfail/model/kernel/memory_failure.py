@@ -71,6 +71,10 @@ class MFState:
 
     num_poisoned_pages: int = 0
     hw_memory_failure: bool = False
+    unpoison_printed: int = 0  # lines let through unpoison_rs (R80)
+    unpoison_suppressed: int = 0
+    soft_offline_disabled_logged: bool = False  # pr_info_once (R11)
+    mf_queue: list[tuple[int, int]] = field(default_factory=list)  # per-CPU FIFO (R2)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("total", "ignored", "failed", "delayed", "recovered"), 0))
 
@@ -158,9 +162,9 @@ def collect_procs(host: Host, folio: Folio, pfn: int, force_early: bool,
             for vma in folio.mapping.i_mmap:
                 if vma.mm is not proc.mm:
                     continue
-                addr = vma.addr_of(index, geo.page_shift)
-                if addr is not None:
-                    tokill.append(ToKill(t, addr, shift))
+                at = vma.addr_of(index, geo.page_shift)
+                if at is not None:
+                    tokill.append(ToKill(t, at, shift))
     return tokill
 
 
@@ -352,9 +356,9 @@ def me_huge_page(host: Host, folio: Folio, pfn: int) -> int:
 
 def page_handle_poison(host: Host, pfn: int, folio: Folio) -> bool:
     """__page_handle_poison(): dissolve the free hugetlb folio, take the raw page off buddy."""
-    if folio.pfn in host.phys.folios and "hugetlb" in folio.flags:
-        if host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0:
-            return False
+    if (folio.pfn in host.phys.folios and "hugetlb" in folio.flags
+            and host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0):
+        return False
     if host.phys.take_page_off_buddy(pfn):
         host.page_isolated(pfn, "take_page_off_buddy")
         return True
@@ -520,8 +524,11 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
     if folio is not None and folio.kind == HUGETLB and "hugetlb" in folio.flags:
         return try_memory_failure_hugetlb(host, pfn, flags, folio, current)
 
-    # R86 [newest tree]: kernel-owned pages recognised early
-    if folio is not None and folio.kind == KERNEL and p.kernel_owned_enotrecoverable:
+    # R86 [newest tree]: get_hwpoison_page() recognises stable kernel-owned pages (reserved,
+    # slab, page tables) and returns -ENOTRECOVERABLE. It is not called with
+    # MF_COUNT_INCREASED, so madvise() on the zero page still ends in me_kernel().
+    if (folio is not None and folio.kind == KERNEL and p.kernel_owned_enotrecoverable
+            and not flags & MF_COUNT_INCREASED and pfn not in host.phys.hwpoison):
         host.phys.hwpoison.add(pfn)
         action_result(host, pfn, MSG_KERNEL, MF_IGNORED)
         if host.sysctl.get("vm.panic_on_unrecoverable_memory_failure"):
@@ -587,5 +594,11 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
     return identify_page_state(host, folio, pfn, saved)
 
 
-__all__ = ["MF_ACTION_REQUIRED", "MF_COUNT_INCREASED", "MF_MUST_KILL", "MF_SW_SIMULATED",
-           "EOPNOTSUPP", "memory_failure"]
+__all__ = [
+    "EOPNOTSUPP",
+    "MF_ACTION_REQUIRED",
+    "MF_COUNT_INCREASED",
+    "MF_MUST_KILL",
+    "MF_SW_SIMULATED",
+    "memory_failure",
+]
