@@ -11,7 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from memfail.check.system import canonical_bytes, fingerprint_bytes
+from memfail.check.system import canonical_bytes
 
 # Class name -> natural key. Shared or cyclic objects must have one.
 KEYS: dict[str, Callable[[Any], Any]] = {
@@ -28,43 +28,45 @@ SKIP = frozenset({"trace", "config", "geometry", "profile"})
 
 
 class _Encoder:
+    """Encodes to text: scalars by repr, dicts and sets sorted, keyed objects by reference."""
+
     def __init__(self, root: Any) -> None:
         self.root = root
-        self.table: dict[tuple[str, Any], list[bytes]] = {}
+        self.table: dict[str, list[str]] = {}
         self.todo: list[Any] = []
         self.seen: set[int] = set()
         self.path: set[int] = set()
 
-    def ref(self, o: Any, cls: str) -> Any:
-        key = KEYS[cls](o)
+    def ref(self, o: Any, cls: str) -> str:
         if id(o) not in self.seen:
             self.seen.add(id(o))
             self.todo.append(o)
-        return ("@", cls, key)
+        return f"@{cls}{KEYS[cls](o)!r}"
 
-    def enc(self, v: Any) -> Any:
+    def enc(self, v: Any) -> str:
         if v is None or isinstance(v, bool | int | str | float | bytes):
-            return v
-        if isinstance(v, Enum):
-            return str(v)
-        if isinstance(v, tuple | list):
-            return tuple(self.enc(x) for x in v)
+            return repr(v)
         if isinstance(v, dict):
-            return {self.enc(k): self.enc(x) for k, x in v.items()}
+            enc = self.enc
+            return "{" + ",".join(sorted([f"{enc(k)}:{enc(x)}" for k, x in v.items()])) + "}"
+        if isinstance(v, list | tuple):
+            return "[" + ",".join([self.enc(x) for x in v]) + "]"
         if isinstance(v, set | frozenset):
-            return frozenset(self.enc(x) for x in v)
+            return "<" + ",".join(sorted([self.enc(x) for x in v])) + ">"
+        if isinstance(v, Enum):
+            return repr(str(v))
         if v is self.root:
-            return ("@host",)
+            return "@host"
         if isinstance(v, random.Random):
-            return fingerprint_bytes(repr(v.getstate()).encode())
+            return repr(v.getstate())
         cls = type(v).__name__
         if cls in KEYS:
             return self.ref(v, cls)
         if callable(v) and not hasattr(v, "__dict__"):
-            return ("fn", getattr(v, "__qualname__", cls))
+            return f"fn:{getattr(v, '__qualname__', cls)}"
         return self.fields(v, cls)
 
-    def fields(self, v: Any, cls: str, skip: frozenset[str] = frozenset()) -> Any:
+    def fields(self, v: Any, cls: str, skip: frozenset[str] = frozenset()) -> str:
         if id(v) in self.path:
             raise TypeError(f"cycle through {cls} objects: give {cls} a natural key in "
                             "memfail.check.encode.KEYS")
@@ -73,7 +75,8 @@ class _Encoder:
         if attrs is None:
             slots = getattr(type(v), "__slots__", ())
             attrs = {s: getattr(v, s) for s in slots if hasattr(v, s)}
-        out = (cls, tuple((k, self.enc(x)) for k, x in attrs.items() if k not in skip))
+        out = cls + "(" + ",".join([f"{k}={self.enc(x)}" for k, x in attrs.items()
+                                    if k not in skip]) + ")"
         self.path.discard(id(v))
         return out
 
@@ -82,10 +85,9 @@ class _Encoder:
         while self.todo:
             o = self.todo.pop()
             cls = type(o).__name__
-            self.table.setdefault((cls, KEYS[cls](o)), []).append(
-                canonical_bytes(self.fields(o, cls)))
-        table = {k: tuple(sorted(v)) for k, v in self.table.items()}
-        return canonical_bytes((top, table))
+            self.table.setdefault(f"{cls}{KEYS[cls](o)!r}", []).append(self.fields(o, cls))
+        rows = sorted(f"{k}={';'.join(sorted(v))}" for k, v in self.table.items())
+        return ("\n".join([top, *rows])).encode()
 
 
 def host_encoding(host: Any) -> bytes:

@@ -7,6 +7,7 @@ model registers them (``KVM_KEYS``) and fall back to the host-only approximation
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
@@ -22,11 +23,34 @@ Label = tuple[str, tuple[tuple[str, Any], ...]]
 
 # Action keys of the KVM / guest_memfd model, used as soon as the model registers them.
 KVM_KEYS = {
-    "vcpu_access": "vcpu_access",      # a vCPU reads/writes guest memory (guest mode)
+    "vcpu_access": "guest_access",     # a vCPU reads/writes guest memory (guest mode)
     "kernel_access": "kernel_access",  # a host kernel user touches guest memory
-    "convert": "gmem_convert",         # KVM_SET_MEMORY_ATTRIBUTES / in-place conversion
-    "fault": "vcpu_fault",             # a stage-2 fault on a GFN
+    "convert": "set_attributes",       # KVM_SET_MEMORY_ATTRIBUTES / in-place conversion
+    "fault": "guest_access",           # a stage-2 fault on a GFN (a guest store)
+    "release": "vm_destroy",           # the VM goes: its guest_memfd files are released
 }
+
+
+_KVM: list[bool] = []
+# Model extensions whose action handlers register on import. They are imported here so the
+# answer (and so the labels' actions) is the same in every process, workers included.
+EXTENSIONS = ("memfail.model.kvm.kvm", "memfail.model.vmm.qemu", "memfail.model.vmm")
+
+
+def kvm_model() -> bool:
+    """Whether the Host carries out the KVM/guest_memfd actions (registered and handled)."""
+    if not _KVM:
+        import importlib
+
+        from memfail.model.host import HANDLERS, Host
+
+        for name in EXTENSIONS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+        Host()  # the kernel's handlers register when the first Host is built
+        cls = ACTION_TYPES.get("vm_create")
+        _KVM.append(cls is not None and cls in HANDLERS)
+    return _KVM[0]
 
 
 REQUIRED: Any = object()
@@ -92,14 +116,17 @@ def page_size(cfg: CheckConfig) -> int:
 
 
 def _kvm(event: str, args: dict[str, Any], fallback: list[StepSpec]) -> list[StepSpec]:
-    key = KVM_KEYS[event]
-    return [(key, args)] if key in ACTION_TYPES else fallback
+    return [(KVM_KEYS[event], args)] if kvm_model() else fallback
 
 
 # --------------------------------------------------------------------------- expansions
 
 
 def _target(cfg: CheckConfig, p: dict[str, Any]) -> dict[str, Any]:
+    """The physical page: the frame that backed (vm, page) at set-up when known (``_pfn``),
+    so an error stays in its frame across punch hole, release and reallocation."""
+    if p.get("_pfn") is not None:
+        return {"pfn": p["_pfn"]}
     vm = vm_of(cfg, p["vm"])
     return {"proc": vm.vmm, "file": mem_fd(vm), "offset": p["page"] * page_size(cfg)}
 
@@ -119,8 +146,9 @@ def _access(thread: str, vm: VmSpec, p: dict[str, Any]) -> list[StepSpec]:
 
 def _vcpu_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     vm = vm_of(cfg, p["vm"])
-    return _kvm("vcpu_access", {"vm": vm.name, "vcpu": p["vcpu"], "page": p["page"],
-                                "write": p["write"]},
+    return _kvm("vcpu_access", {"vm": vm.name, "vcpu": p["vcpu"],
+                                "gpa": p["page"] * page_size(cfg),
+                                "op": "write" if p["write"] else "read"},
                 _access(vcpu_thread(cfg, vm, p["vcpu"]), vm, p))
 
 
@@ -135,20 +163,25 @@ def _kernel_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     # Host-only stand-in for a kernel user that checks PG_hwpoison: pread() of the page.
     fallback: list[StepSpec] = [("pread", {"proc": vm.vmm, "fd": mem_fd(vm),
                                            "offset": p["page"] * page_size(cfg), "len": 4096})]
-    return _kvm("kernel_access", {"vm": vm.name, "page": p["page"],
-                                  "checks_hwpoison": p["checks_hwpoison"], "mc_safe": p["mc_safe"]},
+    # A kernel user that checks PG_hwpoison first (dump) or one that does not (kworker).
+    user = "dump" if p["checks_hwpoison"] else "kworker"
+    return _kvm("kernel_access", {"user": user, "vm": vm.name,
+                                  "gpa": p["page"] * page_size(cfg),
+                                  "checks_hwpoison": p["checks_hwpoison"],
+                                  "mc_safe": p["mc_safe"]},
                 fallback if p["checks_hwpoison"] else [])
 
 
 def _convert(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     vm = vm_of(cfg, p["vm"])
-    return _kvm("convert", {"vm": vm.name, "page": p["page"], "pages": p["pages"],
-                            "to": p["to"]}, [])
+    return _kvm("convert", {"vm": vm.name, "gpa": p["page"] * page_size(cfg),
+                            "size": p["pages"] * page_size(cfg),
+                            "private": p["to"] == "private"}, [])
 
 
 def _fault(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     vm = vm_of(cfg, p["vm"])
-    return _kvm("fault", {"vm": vm.name, "page": p["page"]},
+    return _kvm("fault", {"vm": vm.name, "gpa": p["page"] * page_size(cfg), "op": "write"},
                 _access(vcpu_thread(cfg, vm, 0), vm, {"page": p["page"], "write": True}))
 
 
@@ -166,8 +199,22 @@ def _close(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
 
 def _release(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     vm = vm_of(cfg, p["vm"])
-    return [("munmap", {"proc": vm.vmm, "addr": ram(vm, 0)}),
-            ("close", {"proc": vm.vmm, "fd": mem_fd(vm)})]
+    steps: list[StepSpec] = []
+    if host_mapped(cfg, vm):
+        steps.append(("munmap", {"proc": vm.vmm, "addr": ram(vm, 0)}))
+    steps.append(("close", {"proc": vm.vmm, "fd": mem_fd(vm)}))
+    if kvm_model() and vm.gmem:
+        steps.append(("vm_destroy", {"vm": vm.name}))
+    return steps
+
+
+def host_mapped(cfg: CheckConfig, vm: VmSpec) -> bool:
+    """Whether the VMM maps guest memory (always without the KVM model; with it, only a
+    guest_memfd created with the mmap flag)."""
+    if not kvm_model() or not vm.gmem:
+        return True
+    g = next(g for g in cfg.guest_memfd if g.name == vm.gmem)
+    return "mmap" in g.flags
 
 
 def _realloc(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:

@@ -76,9 +76,10 @@ class Monitor:
             if isinstance(e, Panic):
                 panic = panic or e.reason
             elif isinstance(e, MemoryFailureCall):
-                detected.add(e.pfn)
-                if "MF_ACTION_REQUIRED" not in e.flags:
+                # Only a first detection must be told; later reports are "already poisoned".
+                if "MF_ACTION_REQUIRED" not in e.flags and e.pfn not in self.detected:
                     ao_calls.append(e)
+                detected.add(e.pfn)
             elif isinstance(e, PoisonConsumed):
                 consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)
             elif isinstance(e, PoisonHandedOut):
