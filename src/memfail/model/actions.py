@@ -460,3 +460,7 @@ def parse_action(key: str, args: dict[str, Any]) -> Action:
 
 
 AnyAction = Annotated[Action, "one of ACTION_TYPES"]
+
+
+# The KVM / guest_memfd / VMM actions are part of the same closed set.
+from .kvm import actions as _kvm_actions  # noqa: E402,F401

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .actions import Action
@@ -102,6 +102,7 @@ class Host:
     def __init__(self, config: HostConfig | None = None) -> None:
         from . import kernel as _k  # noqa: F401  (handlers register on import)
         from .kernel import fileops, inject, mmops, taskops  # noqa: F401
+        from .kvm import gmem, kvm  # noqa: F401
 
         self.config = cfg = config or HostConfig()
         self.profile = cfg.profile if isinstance(cfg.profile, KernelProfile) \
@@ -141,6 +142,10 @@ class Host:
             from .policy import make_policy
 
             self.policy = make_policy(cfg.policy)
+            fix = self.policy.mf_delayed_fix
+            if fix is not None and fix != self.profile.mf_delayed_fix:
+                # the mainline/mainline-prefix policies pin Lisa Wang's fix (R65/R66)
+                self.profile = replace(self.profile, mf_delayed_fix=fix)
 
     # ------------------------------------------------------------------ basics
     def _init_kernel_pages(self) -> None:

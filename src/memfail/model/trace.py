@@ -99,6 +99,7 @@ class SignalSent(Event):
     forced: bool
     sender: str
     outcome: str
+    pfn: int | None = None
 
 
 @dataclass(frozen=True)

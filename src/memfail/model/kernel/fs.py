@@ -62,9 +62,16 @@ class Inode:
         return ERM_NONE
 
     def lookup(self, index: int) -> Folio | None:
-        """The cached folio covering base-page ``index``."""
+        """The cached folio covering base-page ``index`` (exact index first: a split huge
+        range holds order-0 folios)."""
+        f = self.pages.get(index)
+        if f is not None:
+            return f
         head = index & ~((1 << self.huge_order) - 1)
-        return self.pages.get(head)
+        f = self.pages.get(head)
+        if f is not None and f.index <= index < f.index + f.nr_pages:
+            return f
+        return None
 
     @property
     def in_use(self) -> bool:

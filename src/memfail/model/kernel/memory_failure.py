@@ -520,6 +520,13 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
     host.phys.detected.add(pfn)
     folio = host.phys.folio_of(pfn)
 
+    # guest_memfd folios the policy claims (the call's proposal and its alternatives)
+    hook = host.ext.get("gmem_memory_failure")
+    if folio is not None and hook is not None and folio.mapping is not None \
+            and folio.mapping.kind == "gmem" and host.policy is not None \
+            and host.policy.claims(folio.mapping.huge_order > 0):
+        return int(hook(host, pfn, flags, folio, current))
+
     # R17: HugeTLB goes first
     if folio is not None and folio.kind == HUGETLB and "hugetlb" in folio.flags:
         return try_memory_failure_hugetlb(host, pfn, flags, folio, current)

@@ -1,0 +1,130 @@
+"""Actions of the KVM / guest_memfd / VMM part of the model.
+
+A VM is owned by a VMM process whose threads include one vCPU thread per vCPU (``vcpu0``,
+``vcpu1``…, created on ``vm_create`` if missing, inheriting the main thread's PR_MCE_KILL flags
+as clone does, Q1). Guest physical addresses accept the same size syntax as sizes (``4G``,
+``0x100000000``, ``4G+8K`` is written ``4G`` plus ``offset``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from ..actions import Action, Size, register_actions
+
+
+class VmCreate(Action):
+    """KVM_CREATE_VM by process ``vmm``: a VM named ``vm`` of ``type`` default, sw-protected,
+    snp or tdx (snp/tdx are confidential: no machine-check virtualization, private memory not
+    readable by the host). ``vcpus`` vCPU threads. ``mcg_ser_p`` (the guest CPU model
+    advertises software error recovery, Q4); ``guest_recovery`` is the guest kernel's
+    vm.memory_failure_recovery (0: any vMCE panics the guest, KV-10)."""
+
+    key: ClassVar[str] = "vm_create"
+    vm: str
+    vmm: str
+    type: Literal["default", "sw-protected", "snp", "tdx"] = "default"
+    vcpus: int = Field(default=1, ge=1, le=64)
+    mcg_ser_p: bool = True
+    guest_recovery: bool = True
+
+
+class GmemCreate(Action):
+    """KVM_CREATE_GUEST_MEMFD for ``vm``: an fd named ``fd`` in the VMM process, ``size``
+    bytes, ``flags`` from ``mmap`` (GUEST_MEMFD_FLAG_MMAP) and ``init_shared``
+    (GUEST_MEMFD_FLAG_INIT_SHARED), ``backing`` 4K (order-0 page-cache folios, R62) or 2M/1G
+    (folios from the HugeTLB pool, R87). Under the ``hugetlbfs`` policy the same action
+    creates a hugetlbfs memfd mapped by the VMM instead (S10 baseline)."""
+
+    key: ClassVar[str] = "gmem_create"
+    vm: str
+    fd: str
+    size: Size
+    flags: list[Literal["mmap", "init_shared"]] = Field(default_factory=list)
+    backing: Literal["4K", "2M", "1G"] = "4K"
+
+
+class Memslot(Action):
+    """KVM_SET_USER_MEMORY_REGION2: slot ``slot`` of ``vm`` covering guest physical
+    [gpa, gpa+size). ``gmem`` binds a guest_memfd fd at ``gmem_offset`` (private memory and,
+    for MMAP guest_memfd, shared memory too); ``hva`` names the VMM mapping that backs shared
+    memory (userspace_addr; an HVA-only slot has no ``gmem``)."""
+
+    key: ClassVar[str] = "memslot"
+    vm: str
+    slot: int = 0
+    gpa: Size
+    size: Size
+    gmem: str | None = None
+    gmem_offset: Size = 0
+    hva: str | None = None
+
+
+class SetAttributes(Action):
+    """KVM_SET_MEMORY_ATTRIBUTES / in-place conversion: make [gpa, gpa+size) private or
+    shared. With HugeTLB-backed guest_memfd, converting part of a huge folio to shared splits
+    it to 4K folios, and converting all of it back to private merges it (R76, R87)."""
+
+    key: ClassVar[str] = "set_attributes"
+    vm: str
+    gpa: Size
+    size: Size
+    private: bool
+
+
+class GuestAccess(Action):
+    """Guest software on vCPU ``vcpu`` loads (``op: read``) or stores (``op: write``) at
+    ``gpa``. Runs the stage-2 fault path when needed (kvm_gmem_get_pfn for private/gmem-only
+    memory, GUP of the HVA otherwise), consumes a latent hardware error on a load (guest-mode
+    machine check, R45), and reports what KVM_RUN returned. ``page`` says whether the guest
+    uses that page for ``user`` data or its ``kernel`` (a vMCE on a kernel page panics the
+    guest). Returns the value read, 0, or the outcome (``exit``, ``paused``, ``vm-dead``,
+    ``guest-avoided`` when the guest has offlined that page)."""
+
+    key: ClassVar[str] = "guest_access"
+    vm: str
+    vcpu: int = 0
+    gpa: Size
+    op: Literal["read", "write"] = "read"
+    value: int = 1
+    page: Literal["user", "kernel"] = "user"
+
+
+class KernelAccess(Action):
+    """A host kernel user touches guest memory at ``gpa`` of ``vm`` (or user memory at
+    ``proc``/``addr``): ``user`` vhost (the VMM's vhost worker: copy_from_user, machine-check
+    safe), kvm (KVM emulation reading guest memory, mc-safe), kworker (a kernel worker with no
+    mm), dump, hibernate, migration, kcore (these check PG_hwpoison first and copy without
+    machine-check recovery). ``checks_hwpoison`` / ``mc_safe`` override the defaults. An
+    unrecoverable kernel consumption panics the host (R47)."""
+
+    key: ClassVar[str] = "kernel_access"
+    user: Literal["vhost", "kvm", "kworker", "dump", "hibernate", "migration", "kcore"]
+    vm: str | None = None
+    gpa: Size | None = None
+    proc: str | None = None
+    addr: str | int | None = None
+    checks_hwpoison: bool | None = None
+    mc_safe: bool | None = None
+
+
+class VmDestroy(Action):
+    """The VMM closes the VM: its guest_memfd files are released (R72) and the VM fd goes."""
+
+    key: ClassVar[str] = "vm_destroy"
+    vm: str
+
+
+class VmReset(Action):
+    """The VMM resets the guest (Q6): kvm_unpoison_all remaps every recorded poisoned page
+    (a hole punch for file-backed RAM) and the guest starts with healthy pages."""
+
+    key: ClassVar[str] = "vm_reset"
+    vm: str
+
+
+KVM_ACTIONS = (VmCreate, GmemCreate, Memslot, SetAttributes, GuestAccess, KernelAccess,
+               VmDestroy, VmReset)
+register_actions(*KVM_ACTIONS)

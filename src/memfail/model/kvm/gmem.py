@@ -1,0 +1,589 @@
+"""guest_memfd: inodes of 4K or HugeTLB folios, get_pfn, host mmap, punch hole, release,
+in-place conversion (split/merge), and the memory-failure hooks that the policy decides.
+
+Models virt/kvm/guest_memfd.c in its v6.18 form (R62-R75) and Ackerley Tng's HugeTLB /
+in-place conversion series (R76, R87). Every place where the call's proposal or an
+alternative changes behaviour asks the host's ``GmemPolicy`` (model/policy).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import EFAULT, EHWPOISON, EINVAL, EIO, ENODEV, ENOMEM, EOPNOTSUPP
+from ..host import ActionResult, handles
+from ..kernel.fs import GMEM, HUGETLBFS, SHMEM, Inode, OpenFile
+from ..kernel.mem import FILE, HUGETLB, Folio
+from ..kernel.memory_failure import (
+    MF_ACTION_REQUIRED,
+    MF_DELAYED,
+    MF_RECOVERED,
+    action_result,
+    find_early_kill_thread,
+)
+from ..kernel.mm import HWPOISON, PTE
+from ..kernel.mmops import FaultError
+from ..trace import BUS_MCEERR_AO, BUS_MCEERR_AR, PolicyEvent
+from ..units import parse_size
+from .actions import GmemCreate
+from .kvm import VM, Slot, get_vm, kvm_state, set_vm_state, zap_gfn_range
+
+if TYPE_CHECKING:
+    from ..host import Host
+    from ..kernel.task import Thread
+    from ..policy.base import GmemPolicy
+
+MSG_GMEM = "guest_memfd page"  # page type of the hypothetical policy path (CALL, not mainline)
+
+
+def policy(host: Host) -> GmemPolicy:
+    from ..policy.registry import make_policy
+
+    if host.policy is None:
+        host.policy = make_policy("mainline")
+    return host.policy  # type: ignore[no-any-return]
+
+
+def table(host: Host) -> dict[int, dict[str, object]]:
+    """The call's global failure table (C1): pfn -> record."""
+    t: dict[int, dict[str, object]] = host.ext.setdefault("gmem_table", {})
+    return t
+
+
+def _event(host: Host, hook: str, what: str, pfn: int | None = None) -> None:
+    host.emit(PolicyEvent(host.trace.step, policy(host).name, hook, what, pfn))
+
+
+# --------------------------------------------------------------------------- creation
+
+
+@handles(GmemCreate)
+def do_gmem_create(host: Host, a: GmemCreate) -> ActionResult:
+    """KVM_CREATE_GUEST_MEMFD (R62), or a hugetlbfs memfd under the hugetlbfs baseline."""
+    vm = get_vm(host, a.vm)
+    geo = host.geometry
+    size = parse_size(a.size, geo.page_size)
+    order = 0 if a.backing == "4K" else geo.huge_order(a.backing)
+    if size <= 0 or size % (1 << (geo.page_shift + order)):
+        return ActionResult.err(-EINVAL)
+    if policy(host).backing == "hugetlbfs":
+        from ..actions import Mmap
+        from ..kernel.mmops import do_mmap
+
+        kind = HUGETLBFS if order else SHMEM
+        inode = host.new_inode(kind, f"memfd:{a.fd}", size, order)
+        inode.nlink = 0
+        host.open_inode(vm.vmm, inode, a.fd)
+        region = f"{a.fd}-ram"
+        r = do_mmap(host, Mmap(proc=vm.vmm.comm, name=region, size=size, fd=a.fd,
+                                   shared=True))
+        if r.errno:
+            return r
+        inode.extra["hugetlbfs_region"] = region
+        return ActionResult(0)
+    inode = host.new_inode(GMEM, f"kvm-gmem:{a.vm}:{a.fd}", size, order)
+    inode.nlink = 0
+    flags = set(a.flags)
+    if "init_shared" in flags and "mmap" not in flags:
+        return ActionResult.err(-EINVAL)
+    inode.extra.update(flags=flags, vms=[vm], shared=set(), split=set())
+    if "init_shared" in flags:
+        inode.extra["shared"] = set(range(size >> geo.page_shift))
+    host.open_inode(vm.vmm, inode, a.fd)
+    install_gmem_hooks(host)
+    return ActionResult(0)
+
+
+def install_gmem_hooks(host: Host) -> None:
+    host.ext.update(gmem_error_folio=kvm_gmem_error_folio, gmem_fault=kvm_gmem_fault_user,
+                    gmem_mmap_check=kvm_gmem_mmap_check, gmem_fallocate=kvm_gmem_fallocate,
+                    inode_release=kvm_gmem_evict_inode, file_release=kvm_gmem_release,
+                    gmem_memory_failure=policy_memory_failure)
+
+
+def gmem_bind(host: Host, vm: VM, slot: Slot, fd: str, offset: int) -> int:
+    """kvm_gmem_bind(): the slot's range must lie inside the file."""
+    of = host.fd(vm.vmm, fd)
+    inode = of.inode
+    if inode.kind != GMEM:
+        return -EINVAL
+    pgoff = offset >> host.geometry.page_shift
+    if (pgoff + slot.npages) << host.geometry.page_shift > inode.size:
+        return -EINVAL
+    slot.gmem, slot.gmem_fd, slot.gmem_pgoff = inode, fd, pgoff
+    bindings = inode.extra.setdefault("bindings", [])
+    bindings.append((vm, slot, of))
+    if vm not in inode.extra["vms"]:
+        inode.extra["vms"].append(vm)  # R73: several VMs may bind one inode
+    return 0
+
+
+def is_gmem_hugetlb(folio: Folio) -> bool:
+    m = folio.mapping
+    return m is not None and m.kind == GMEM and m.huge_order > 0
+
+
+# --------------------------------------------------------------------------- folios
+
+
+def kvm_gmem_get_folio(host: Host, inode: Inode, index: int) -> Folio | None:
+    """kvm_gmem_get_folio(): the cached folio, or a new zeroed one: order 0 on the
+    unevictable LRU (R62), or a HugeTLB folio off the LRU, not migratable (R87)."""
+    folio = inode.lookup(index)
+    if folio is not None:
+        return folio
+    order = inode.huge_order
+    if order == 0:
+        folio = host.alloc_folio(0, FILE, owner=inode.name)
+        if folio is None:
+            return None
+        folio.flags |= {"lru", "unevictable", "uptodate"}
+        folio.mapping, folio.index = inode, index
+        inode.pages[index] = folio
+        folio.get("pagecache")
+        return folio
+    h = host.hugetlb.hstate(order)
+    folio = host.hugetlb.dequeue(h, owner=inode.name, use_reserve=False)
+    if folio is None:
+        return None
+    head = index & ~((1 << order) - 1)
+    folio.mapping, folio.index = inode, head
+    folio.flags.add("uptodate")
+    for p in range(folio.pfn, folio.pfn + min(folio.nr_pages, 1 << 9)):
+        host.phys.data.pop(p, None)
+    inode.pages[head] = folio
+    folio.get("pagecache", folio.nr_pages)
+    if any(i in inode.extra["shared"] for i in (head, head + folio.nr_pages - 1)) or \
+            _range_mixed(inode, head, folio.nr_pages):
+        gmem_split(host, inode, folio)
+        return inode.lookup(index)
+    return folio
+
+
+def _range_mixed(inode: Inode, head: int, n: int) -> bool:
+    shared = inode.extra["shared"]
+    if not shared:
+        return False
+    return any((i in shared) for i in range(head, head + n))
+
+
+def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
+    """Split a HugeTLB-backed folio to 4K folios (a part became shared, R87). Poison kept
+    on the folio (flag + raw list) survives only if the policy propagates it."""
+    pol = policy(host)
+    del inode.pages[folio.index]
+    del host.phys.folios[folio.pfn]
+    inode.extra["split"].add(folio.index)
+    inode.extra.setdefault("split_meta", {})[folio.index] = (folio.pfn, folio.order)
+    poisoned = list(folio.raw_hwp) if "hwpoison" in folio.flags else []
+    for i in range(folio.nr_pages):
+        f = Folio(pfn=folio.pfn + i, order=0, kind=HUGETLB, flags={"uptodate", "gmem_sub"},
+                  mapping=inode, index=folio.index + i, owner=folio.owner)
+        f.get("pagecache")
+        f.refs["mf"] += 0
+        inode.pages[f.index] = f
+        host.phys.folios[f.pfn] = f
+    host.phys.orders.add(0)
+    if poisoned:
+        if pol.propagate_on_split:
+            host.phys.hwpoison.update(poisoned)
+            _event(host, "split", f"PG_hwpoison moved to {len(poisoned)} raw page(s)")
+        else:
+            _event(host, "split", "folio PG_hwpoison dropped by the split (record lost)")
+    if folio.refs["mf"]:
+        first = inode.pages[folio.index + ((poisoned[0] - folio.pfn) if poisoned else 0)]
+        first.get("mf", folio.refs["mf"])
+
+
+def gmem_merge(host: Host, inode: Inode, head: int) -> None:
+    """Merge 4K folios back into the HugeTLB folio (all of it private again, R87)."""
+    pol = policy(host)
+    pfn, order = inode.extra["split_meta"].pop(head)
+    inode.extra["split"].discard(head)
+    folio = Folio(pfn=pfn, order=order, kind=HUGETLB, flags={"hugetlb", "head", "uptodate"},
+                  mapping=inode, index=head, owner=inode.name)
+    poisoned: list[int] = []
+    mf = 0
+    for i in range(1 << order):
+        f = inode.pages.pop(head + i, None)
+        if f is not None:
+            host.phys.folios.pop(f.pfn, None)
+            mf += f.refs["mf"]
+        if pfn + i in host.phys.hwpoison:
+            poisoned.append(pfn + i)
+    host.phys.folios[pfn] = folio
+    inode.pages[head] = folio
+    folio.get("pagecache", folio.nr_pages)
+    if mf:
+        folio.get("mf", mf)
+    if poisoned:
+        host.phys.hwpoison.difference_update(poisoned)
+        if pol.propagate_on_split:
+            folio.flags.add("hwpoison")
+            folio.raw_hwp.extend(poisoned)
+            _event(host, "merge", f"{len(poisoned)} raw poisoned page(s) kept on the folio")
+        else:
+            _event(host, "merge", "raw PG_hwpoison dropped by the merge (record lost)")
+
+
+def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) -> None:
+    """In-place conversion of file indices [start, end) (R76, R87)."""
+    shared: set[int] = inode.extra.setdefault("shared", set())
+    if private:
+        shared.difference_update(range(start, end))
+        # unmap host mappings of pages that became private
+        for vma in list(inode.i_mmap):
+            for idx in range(start, end):
+                a = vma.addr_of(idx)
+                if a is not None and a in vma.mm.ptes and vma.mm.ptes[a].kind != HWPOISON:
+                    host.zap_entry(vma.mm, a)
+    else:
+        shared.update(range(start, end))
+    order = inode.huge_order
+    if not order:
+        return
+    unit = 1 << order
+    for head in range(start & ~(unit - 1), end, unit):
+        folio = inode.pages.get(head)
+        if folio is not None and folio.order and not private:
+            gmem_split(host, inode, folio)
+        elif private and head in inode.extra["split"] and \
+                not any(i in shared for i in range(head, head + unit)):
+            gmem_merge(host, inode, head)
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def pfn_poisoned(host: Host, pfn: int) -> bool:
+    """PG_hwpoison as a kernel user sees it (raw flag, or the hugetlb folio's flag)."""
+    if pfn in host.phys.hwpoison:
+        return True
+    f = host.phys.folio_of(pfn)
+    return f is not None and f.kind == HUGETLB and "hwpoison" in f.flags
+
+
+def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
+    """Does the policy's fault check refuse ``pfn`` of ``folio``?"""
+    pol = policy(host)
+    if "hwpoison" in folio.flags:  # the head flag: the whole folio (R67)
+        if pol.check_granularity == "folio" or folio.order == 0:
+            return True
+        if pfn in folio.raw_hwp:
+            return True
+    rng = range(folio.pfn, folio.pfn + folio.nr_pages) if pol.check_granularity == "folio" \
+        else range(pfn, pfn + 1)
+    if pfn in host.phys.hwpoison if pol.check_granularity == "subpage" else \
+            any(p in host.phys.hwpoison for p in rng):
+        return True
+    t = table(host)
+    return any(p in t for p in rng) if pol.record == "table" or t else False
+
+
+def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int, int] | int:
+    """kvm_gmem_get_pfn() / __kvm_gmem_get_pfn() (R67): (pfn, order, head pfn) or -errno."""
+    inode = slot.gmem
+    if inode is None or not slot.bound:
+        return -EFAULT
+    if inode.extra.get("unusable"):
+        return -EHWPOISON
+    index = gfn - slot.base_gfn + slot.gmem_pgoff
+    folio = kvm_gmem_get_folio(host, inode, index)
+    if folio is None:
+        return -ENOMEM
+    pfn = folio.pfn + (index - folio.index)
+    if policy(host).fault_check and _failed_in(host, folio, pfn):
+        return -EHWPOISON
+    return pfn, folio.order, folio.pfn
+
+
+def kvm_gmem_fault_user(host: Host, inode: Inode, index: int) -> Folio | FaultError:
+    """kvm_gmem_fault_user_mapping() (R69): no poison check of its own; __do_fault's
+    PG_hwpoison check follows in the generic code (R41)."""
+    if index << host.geometry.page_shift >= inode.size:
+        return FaultError("sigbus")
+    if inode.extra.get("unusable"):
+        return FaultError("sigbus")
+    if index not in inode.extra.get("shared", set()):
+        return FaultError("sigbus")
+    folio = kvm_gmem_get_folio(host, inode, index)
+    if folio is None:
+        return FaultError("sigbus")
+    if folio.order:
+        host.log("WARNING: guest_memfd fault on a large folio")
+        return FaultError("sigbus")
+    pol = policy(host)
+    if pol.fault_check and pol.record == "table" and folio.pfn in table(host):
+        return FaultError("hwpoison", host.geometry.page_shift)
+    return folio
+
+
+def kvm_gmem_mmap_check(host: Host, inode: Inode, shared: bool) -> int:
+    """kvm_gmem_mmap() (R69): needs FLAG_MMAP and MAP_SHARED."""
+    if "mmap" not in inode.extra.get("flags", ()):
+        return -ENODEV
+    if not shared:
+        return -EINVAL
+    return 0
+
+
+# --------------------------------------------------------------------------- hole punch
+
+
+def kvm_gmem_fallocate(host: Host, inode: Inode, mode: str, off: int, length: int) -> int:
+    """kvm_gmem_fallocate() (R71): PUNCH_HOLE|KEEP_SIZE on aligned ranges, or allocate."""
+    geo = host.geometry
+    unit = 1 << (geo.page_shift + inode.huge_order)
+    if off % unit or length % unit:
+        return -EINVAL
+    if off + length > inode.size:
+        return -EINVAL
+    if mode == "allocate":
+        for idx in range(off >> geo.page_shift, (off + length) >> geo.page_shift,
+                         unit >> geo.page_shift):
+            if kvm_gmem_get_folio(host, inode, idx) is None:
+                return -ENOMEM
+        return 0
+    gmem_punch(host, inode, off >> geo.page_shift, length >> geo.page_shift)
+    return 0
+
+
+def gmem_punch(host: Host, inode: Inode, start: int, n: int) -> None:
+    """kvm_gmem_punch_hole(): zap stage 2 in every bound VM, then truncate (R71)."""
+    _zap_bindings(host, inode, start, start + n, "punch hole")
+    _free_range(host, inode, start, start + n, "punch")
+
+
+def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> None:
+    pol = policy(host)
+    mark = pol.mark_on_truncate or (why == "release" and pol.mark_on_release)
+    for head in list(inode.extra.get("split", set())):
+        if start <= head < end:
+            meta = inode.extra["split_meta"][head]
+            if all(head + i not in inode.pages or inode.pages[head + i].pfn == meta[0] + i
+                   for i in range(1 << meta[1])):
+                # the full huge page returns to the pool whole (R87)
+                shared = inode.extra["shared"]
+                keep = {i for i in range(head, head + (1 << meta[1])) if i in shared}
+                shared.difference_update(keep)
+                gmem_merge(host, inode, head)
+                shared.update(keep)
+    if mark:
+        t = table(host)
+        for idx in list(inode.pages):
+            f = inode.pages[idx]
+            if not start <= idx < end:
+                continue
+            recs = [p for p in range(f.pfn, f.pfn + f.nr_pages) if p in t]
+            if recs:
+                if f.kind == HUGETLB and f.order:
+                    f.flags.add("hwpoison")
+                    f.raw_hwp.extend(p for p in recs if p not in f.raw_hwp)
+                else:
+                    host.phys.hwpoison.update(recs)
+                _event(host, why, f"PG_hwpoison set on {len(recs)} failed page(s) before "
+                       "freeing", recs[0])
+    host.truncate_range(inode, start, end, even_cows=False)
+
+
+def _zap_bindings(host: Host, inode: Inode, start: int, end: int, why: str,
+                  private_only: bool | None = None) -> None:
+    for vm, slot, _of in inode.extra.get("bindings", []):
+        lo = max(start, slot.gmem_pgoff)
+        hi = min(end, slot.gmem_pgoff + slot.npages)
+        if lo < hi:
+            zap_gfn_range(host, vm, slot.base_gfn + lo - slot.gmem_pgoff,
+                          slot.base_gfn + hi - slot.gmem_pgoff, why, private_only)
+
+
+def kvm_gmem_release(host: Host, proc: object, of: OpenFile) -> None:
+    """kvm_gmem_release() (R72): unbind this file's slots and zap their SPTEs; memory lives
+    on with the inode."""
+    inode = of.inode
+    keep = []
+    for vm, slot, bof in inode.extra.get("bindings", []):
+        if bof is of:
+            slot.bound = False
+            zap_gfn_range(host, vm, slot.base_gfn, slot.base_gfn + slot.npages,
+                          "guest_memfd closed")
+        else:
+            keep.append((vm, slot, bof))
+    inode.extra["bindings"] = keep
+
+
+def kvm_gmem_evict_inode(host: Host, inode: Inode) -> None:
+    """Inode eviction: the whole page cache is truncated (R72); the policy may first turn
+    its table records into PG_hwpoison (C4)."""
+    _free_range(host, inode, 0, 1 << 62, "release")
+
+
+# --------------------------------------------------------------------------- memory failure
+
+
+def kvm_gmem_error_folio(host: Host, folio: Folio) -> int:
+    """kvm_gmem_error_folio() (R64): invalidate the folio's range in every VM bound to the
+    inode (stage 2 per the policy's unmap_stage2 knob) and return MF_DELAYED."""
+    inode = folio.mapping
+    assert inode is not None
+    pol = policy(host)
+    how = pol.unmap_stage2 if pol.handles == "all" or pol.vm_on_error != "none" else "folio"
+    _apply_unmap_stage2(host, inode, folio, folio.pfn, how, "error_folio")
+    _apply_vm_on_error(host, inode, folio.pfn)
+    return MF_DELAYED
+
+
+def _apply_unmap_stage2(host: Host, inode: Inode, folio: Folio, pfn: int, how: str,
+                        why: str) -> None:
+    if how == "none":
+        return
+    if how == "vm":
+        for vm in inode.extra.get("vms", []):
+            zap_gfn_range(host, vm, 0, 1 << 52, f"{why}: unmap everything")
+        return
+    if how == "subpage":
+        idx = folio.index + (pfn - folio.pfn)
+        _zap_bindings(host, inode, idx, idx + 1, why)
+        return
+    private_only = "init_shared" not in inode.extra.get("flags", ())
+    _zap_bindings(host, inode, folio.index, folio.index + folio.nr_pages, why, private_only)
+
+
+def _apply_vm_on_error(host: Host, inode: Inode, pfn: int) -> None:
+    from ..vmm.qemu import kill_vm
+
+    pol = policy(host)
+    if pol.vm_on_error == "kill":
+        for vm in list(inode.extra.get("vms", [])):
+            kill_vm(host, vm, "policy: kill the guest on memory failure")
+    elif pol.vm_on_error == "unusable" and not inode.extra.get("unusable"):
+        inode.extra["unusable"] = True
+        _event(host, "error_folio", "guest_memfd made unusable", pfn)
+        for vm in inode.extra.get("vms", []):
+            zap_gfn_range(host, vm, 0, 1 << 52, "guest_memfd unusable")
+
+
+def _vmm_threads(inode: Inode) -> list[tuple[VM, Thread]]:
+    out = []
+    for vm in inode.extra.get("vms", []):
+        out.append((vm, vm.vmm.leader))
+    return out
+
+
+def _hva_for(host: Host, inode: Inode, folio: Folio, pfn: int, vm: VM | None) -> int | None:
+    idx = folio.index + (pfn - folio.pfn)
+    for bvm, slot, _ in inode.extra.get("bindings", []):
+        if vm is not None and bvm is not vm:
+            continue
+        if slot.hva is not None and slot.gmem_pgoff <= idx < slot.gmem_pgoff + slot.npages:
+            return slot.hva + ((idx - slot.gmem_pgoff) << host.geometry.page_shift)
+    for vma in inode.i_mmap:
+        if vm is not None and vma.mm is not vm.vmm.mm:
+            continue
+        a = vma.addr_of(idx)
+        if a is not None:
+            return a
+    return None
+
+
+def _current_vm(host: Host, t: Thread | None) -> VM | None:
+    if t is None:
+        return None
+    for vm in kvm_state(host).values():
+        if vm.vmm is t.proc:
+            return vm
+    return None
+
+
+def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
+                          current: Thread | None) -> int:
+    """memory_failure() for a guest_memfd folio the policy claims (the call's proposal and
+    its alternatives, C1-C8). Returns what memory_failure() returns."""
+    pol = policy(host)
+    inode = folio.mapping
+    assert inode is not None
+    t = table(host)
+    ar = bool(flags & MF_ACTION_REQUIRED)
+    first = pfn not in t and not pfn_poisoned(host, pfn)
+    rec = t.setdefault(pfn, {"inode": inode.ino, "consumed": False})
+    rec["consumed"] = bool(rec["consumed"]) or ar
+    if pol.record == "folio":
+        if folio.kind == HUGETLB and folio.order:
+            folio.flags.add("hwpoison")
+            if pfn not in folio.raw_hwp:
+                folio.raw_hwp.append(pfn)
+        else:
+            host.phys.hwpoison.add(pfn)
+    if pol.record == "table":
+        _event(host, "memory_failure", "recorded in the global failure table", pfn)
+    if first:
+        action_result(host, pfn, MSG_GMEM, MF_DELAYED if pol.unconsumed != "kernel"
+                      else MF_RECOVERED)
+    else:
+        host.log(f"Memory failure: {pfn:#x}: guest_memfd page already recorded")
+    _apply_unmap_stage2(host, inode, folio, pfn, pol.unmap_stage2, "memory_failure")
+    if pol.unmap_host != "none":
+        _unmap_host(host, inode, folio, pfn, pol.unmap_host)
+    _apply_vm_on_error(host, inode, pfn)
+    cvm = _current_vm(host, current)
+    if ar and current is not None and current.alive:
+        if pol.consumed in ("sigbus-current", "kernel", "sigbus-vmm"):
+            _sigbus_current(host, current, inode, folio, pfn, cvm)
+        if pol.consumed == "sigbus-vmm":
+            for vm, _lead in _vmm_threads(inode):
+                if vm.vmm is current.proc:
+                    continue
+                _notify_vmm(host, vm, inode, folio, pfn)
+        return -EHWPOISON
+    if not ar and pol.unconsumed == "notify-vmm":
+        for vm, _lead in _vmm_threads(inode):
+            _notify_vmm(host, vm, inode, folio, pfn)
+    elif not ar and pol.unconsumed == "defer":
+        _event(host, "memory_failure", "unconsumed failure deferred", pfn)
+    return 0
+
+
+def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn: int,
+                    vm: VM | None) -> None:
+    pol = policy(host)
+    host.log(f"Memory failure: {pfn:#x}: Sending SIGBUS to {current.comm}:{current.tid} due to "
+             "hardware memory corruption")
+    if pol.sigbus_addr == "plain":
+        host.force_sig_sigbus(current, "gmem policy")
+        return
+    addr = _hva_for(host, inode, folio, pfn, vm) if pol.sigbus_addr == "hva" else None
+    host.force_sig_mceerr(current, BUS_MCEERR_AR, addr or 0, host.geometry.page_shift,
+                          "gmem policy")
+
+
+def _notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> None:
+    """C8: tell the owning VMM of an unconsumed failure (PR_MCE_KILL_EARLY honoured)."""
+    pol = policy(host)
+    t = find_early_kill_thread(host, vm.vmm) if pol.honor_early else vm.vmm.leader
+    if t is None:
+        return
+    addr = _hva_for(host, inode, folio, pfn, vm) or 0
+    host.log(f"Memory failure: {pfn:#x}: Sending SIGBUS to {t.comm}:{t.tid} due to hardware "
+             "memory corruption")
+    host.send_sig_mceerr(t, BUS_MCEERR_AO, addr, host.geometry.page_shift, "kvm request")
+
+
+def _unmap_host(host: Host, inode: Inode, folio: Folio, pfn: int, how: str) -> None:
+    """Replace host mappings of the failed subpage (or whole folio) by hwpoison entries."""
+    targets = [pfn] if how == "subpage" or folio.order == 0 else \
+        list(range(folio.pfn, folio.pfn + folio.nr_pages))
+    for (mm_id, key), order in list(folio.rmap.items()):
+        mm = host.mms[mm_id]
+        pte = mm.ptes.get(key)
+        if pte is None or not (pte.pfn <= targets[0] < pte.pfn + (1 << order) or
+                               pte.pfn in targets):
+            continue
+        mm.ptes[key] = PTE(HWPOISON, pte.pfn, order)
+        del folio.rmap[(mm_id, key)]
+        folio.put("map")
+
+
+def set_vm_dead(host: Host, vm: VM, why: str) -> None:
+    set_vm_state(host, vm, "killed", why)
+
+
+__all__ = ["EIO", "EOPNOTSUPP", "MF_RECOVERED", "is_gmem_hugetlb", "kvm_gmem_get_pfn"]

@@ -1,0 +1,480 @@
+"""struct kvm, vCPUs, memslots and stage-2 tables; the guest access path and KVM_RUN.
+
+Models arch/x86/kvm/mmu/mmu.c (kvm_mmu_faultin_pfn[_gmem], kvm_mmu_prepare_memory_fault_exit,
+kvm_handle_error_pfn, kvm_send_hwpoison_signal: R68, R77), the MMU notifier (R78) and guest-mode
+machine checks (kvm_machine_check, R45, R79).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EFAULT, EHWPOISON, EINTR, EIO, ModelInputError, errno_name
+from ..host import ActionResult, handles
+from ..kernel.fs import GMEM, Inode
+from ..kernel.mm import MM, PRESENT
+from ..kernel.task import Process, Thread
+from ..trace import BUS_MCEERR_AR, KvmExit, PoisonConsumed, Stage2Zap, VmState
+from ..units import parse_size
+from .actions import GuestAccess, KernelAccess, Memslot, SetAttributes, VmCreate, VmDestroy, VmReset
+
+if TYPE_CHECKING:
+    from ..host import Host
+
+KVM_EXIT_MEMORY_FAULT = "KVM_EXIT_MEMORY_FAULT"
+KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
+
+
+@dataclass(eq=False)
+class Slot:
+    """A memslot: base_gfn, npages, its guest_memfd binding and/or its userspace_addr."""
+
+    slot: int
+    base_gfn: int
+    npages: int
+    gmem: Inode | None = None
+    gmem_fd: str | None = None
+    gmem_pgoff: int = 0
+    hva: int | None = None
+    hva_name: str | None = None
+    bound: bool = True  # the guest_memfd file is still open (R72)
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+    @property
+    def gmem_only(self) -> bool:
+        """KVM_MEMSLOT_GMEM_ONLY: bound to an MMAP-capable guest_memfd (R68)."""
+        return self.gmem is not None and "mmap" in self.gmem.extra.get("flags", ())
+
+
+@dataclass(eq=False)
+class VM:
+    """A struct kvm with its VMM process and vCPU threads."""
+
+    name: str
+    type: str
+    vmm: Process
+    vcpus: list[Thread]
+    mcg_ser_p: bool = True
+    guest_recovery: bool = True
+    slots: list[Slot] = field(default_factory=list)
+    private: set[int] = field(default_factory=set)  # gfns with the PRIVATE attribute
+    spte: dict[int, tuple[int, int]] = field(default_factory=dict)  # gfn head -> (pfn, order)
+    state: str = "running"
+    guest_offlined: set[int] = field(default_factory=set)
+    guest_kernel_pages: set[int] = field(default_factory=set)
+    qemu_poison: set[int] = field(default_factory=set)  # kvm_hwpoison_page_add (Q4)
+    mmu_seq: int = 0
+
+    @property
+    def confidential(self) -> bool:
+        return self.type in ("snp", "tdx")
+
+    @property
+    def mirrored_tdp(self) -> bool:
+        return self.type == "tdx"
+
+    def slot_of(self, gfn: int) -> Slot | None:
+        for s in self.slots:
+            if s.contains(gfn):
+                return s
+        return None
+
+    def vcpu_index(self, t: Thread) -> int | None:
+        for i, v in enumerate(self.vcpus):
+            if v is t:
+                return i
+        return None
+
+    def memory_bytes(self) -> int:
+        return sum(s.npages for s in self.slots) << 12
+
+
+def kvm_state(host: Host) -> dict[str, VM]:
+    vms: dict[str, VM] = host.ext.setdefault("vms", {})
+    return vms
+
+
+def get_vm(host: Host, name: str) -> VM:
+    vms = kvm_state(host)
+    if name not in vms:
+        raise ModelInputError(f"unknown VM {name!r} (VMs: {', '.join(vms) or 'none'})", "vm")
+    return vms[name]
+
+
+def set_vm_state(host: Host, vm: VM, state: str, why: str) -> None:
+    if vm.state == state:
+        return
+    vm.state = state
+    host.emit(VmState(host.trace.step, vm.name, state, why))
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+def spte_lookup(vm: VM, gfn: int, geo_orders: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(head gfn, pfn, order) of the SPTE mapping ``gfn``."""
+    for order in geo_orders:
+        head = gfn & ~((1 << order) - 1)
+        got = vm.spte.get(head)
+        if got is not None and got[1] == order:
+            return head, got[0], order
+    return None
+
+
+def zap_gfn_range(host: Host, vm: VM, start: int, end: int, why: str,
+                  private_only: bool | None = None) -> int:
+    """kvm_mmu_unmap_gfn_range(): drop SPTEs overlapping [start, end). For TDX (mirrored
+    TDP) the PRIVATE filter selects the S-EPT, SHARED the direct roots (R64)."""
+    n = 0
+    for head in sorted(vm.spte):
+        pfn, order = vm.spte[head]
+        if head + (1 << order) <= start or head >= end:
+            continue
+        if private_only is not None and vm.mirrored_tdp:
+            if (head in vm.private) != private_only:
+                continue
+        del vm.spte[head]
+        n += 1
+    vm.mmu_seq += 1
+    if n:
+        roots = "all"
+        if private_only is not None and vm.mirrored_tdp:
+            roots = "mirror" if private_only else "direct"
+        host.emit(Stage2Zap(host.trace.step, vm.name, start, end, roots, why))
+    return n
+
+
+def mmu_notifier(host: Host, mm: MM, start: int, size: int) -> None:
+    """KVM's MMU notifier (R78): host unmapping of an HVA zaps the SPTEs mapping it."""
+    for vm in kvm_state(host).values():
+        if vm.vmm.mm is not mm:
+            continue
+        for s in vm.slots:
+            if s.hva is None:
+                continue
+            lo = max(start, s.hva)
+            hi = min(start + size, s.hva + (s.npages << 12))
+            if lo < hi:
+                g0 = s.base_gfn + ((lo - s.hva) >> 12)
+                g1 = s.base_gfn + ((hi - s.hva + 4095) >> 12)
+                zap_gfn_range(host, vm, g0, g1, "mmu_notifier")
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@handles(VmCreate)
+def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
+    from ..vmm.qemu import install_qemu
+
+    vms = kvm_state(host)
+    if a.vm in vms:
+        raise ModelInputError(f"VM {a.vm!r} already exists", "vm")
+    if a.vmm not in host.processes:
+        host.add_process(a.vmm, ["main"])
+    proc = host.proc(a.vmm, "vmm")
+    proc.role = "vmm"
+    main = proc.threads[0]
+    vcpus = []
+    for i in range(a.vcpus):
+        t = proc.thread(f"vcpu{i}")
+        if t is None:
+            t = Thread(tid=host._alloc_tid(), name=f"vcpu{i}", proc=proc,
+                       mce_process=main.mce_process, mce_early=main.mce_early)
+            proc.threads.append(t)
+            host.threads_by_tid[t.tid] = t
+        vcpus.append(t)
+    vm = VM(a.vm, a.type, proc, vcpus, a.mcg_ser_p, a.guest_recovery)
+    vms[a.vm] = vm
+    host.ext["mmu_notifier"] = mmu_notifier
+    install_qemu(host)
+    host.emit(VmState(host.trace.step, vm.name, "running", "created"))
+    return ActionResult(0)
+
+
+@handles(Memslot)
+def do_memslot(host: Host, a: Memslot) -> ActionResult:
+    from .gmem import gmem_bind
+
+    vm = get_vm(host, a.vm)
+    geo = host.geometry
+    gpa = parse_size(a.gpa, geo.page_size)
+    size = parse_size(a.size, geo.page_size)
+    if gpa % geo.page_size or size % geo.page_size or size == 0:
+        return ActionResult.err(-22)
+    base, npages = gpa >> geo.page_shift, size >> geo.page_shift
+    for s in vm.slots:
+        if s.base_gfn < base + npages and base < s.base_gfn + s.npages:
+            return ActionResult.err(-17)
+    slot = Slot(a.slot, base, npages)
+    gmem_fd, hva_name = a.gmem, a.hva
+    if gmem_fd is not None:
+        of = host.fd(vm.vmm, gmem_fd)
+        alt = of.inode.extra.get("hugetlbfs_region")
+        if alt is not None:  # hugetlbfs baseline: guest memory is an HVA mapping
+            gmem_fd, hva_name = None, alt
+    if hva_name is not None:
+        region = vm.vmm.regions.get(hva_name)
+        if region is None:
+            raise ModelInputError(f"VMM {vm.vmm.comm!r} has no mapping named {hva_name!r}",
+                                  "hva")
+        slot.hva, slot.hva_name = region.start, hva_name
+        if a.gmem is not None and gmem_fd is None:
+            slot.hva += parse_size(a.gmem_offset, geo.page_size)
+    if gmem_fd is not None:
+        err = gmem_bind(host, vm, slot, gmem_fd, parse_size(a.gmem_offset, geo.page_size))
+        if err:
+            return ActionResult.err(err)
+        if "init_shared" not in slot.gmem.extra.get("flags", ()) if slot.gmem else False:
+            vm.private.update(range(base, base + npages))
+    vm.slots.append(slot)
+    return ActionResult(0)
+
+
+@handles(SetAttributes)
+def do_set_attributes(host: Host, a: SetAttributes) -> ActionResult:
+    from .gmem import gmem_convert
+
+    vm = get_vm(host, a.vm)
+    geo = host.geometry
+    g0 = parse_size(a.gpa, geo.page_size) >> geo.page_shift
+    g1 = g0 + (parse_size(a.size, geo.page_size) >> geo.page_shift)
+    zap_gfn_range(host, vm, g0, g1, "attributes changed")
+    if a.private:
+        vm.private.update(range(g0, g1))
+    else:
+        vm.private.difference_update(range(g0, g1))
+    for s in vm.slots:
+        lo, hi = max(g0, s.base_gfn), min(g1, s.base_gfn + s.npages)
+        if lo < hi and s.gmem is not None:
+            gmem_convert(host, s.gmem, lo - s.base_gfn + s.gmem_pgoff,
+                         hi - s.base_gfn + s.gmem_pgoff, a.private)
+    return ActionResult(0)
+
+
+def _kvm_run_error(host: Host, vm: VM, vcpu: int, gfn: int, err: int, private: bool) -> None:
+    """KVM_RUN returns -1: KVM_EXIT_MEMORY_FAULT filled (R68); the VMM reacts (Q7)."""
+    from ..vmm.qemu import qemu_kvm_run_failed
+
+    host.emit(KvmExit(host.trace.step, vm.name, vcpu, -1, errno_name(err),
+                      KVM_EXIT_MEMORY_FAULT, gfn << 12,
+                      KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0))
+    qemu_kvm_run_failed(host, vm, vcpu, err)
+
+
+def faultin(host: Host, vm: VM, vcpu: int, gfn: int, write: bool) -> tuple[int, int] | int:
+    """kvm_mmu_faultin_pfn(): (pfn, order) mapped into stage 2, or -errno after the exit."""
+    from ..kernel.mmops import gup
+    from .gmem import kvm_gmem_get_pfn
+
+    slot = vm.slot_of(gfn)
+    if slot is None:
+        return -EFAULT
+    private = gfn in vm.private
+    t = vm.vcpus[vcpu]
+    if slot.gmem is not None and (private or slot.gmem_only):
+        got = kvm_gmem_get_pfn(host, vm, slot, gfn)
+        if isinstance(got, int):
+            _kvm_run_error(host, vm, vcpu, gfn, got, private)
+            return got
+        pfn, order, head_pfn = got
+    else:
+        if slot.hva is None:
+            _kvm_run_error(host, vm, vcpu, gfn, -EFAULT, private)
+            return -EFAULT
+        hva = slot.hva + ((gfn - slot.base_gfn) << 12)
+        pfn, folio = gup(host, vm.vmm, hva, write)
+        if pfn == -EHWPOISON:
+            # kvm_handle_error_pfn -> kvm_send_hwpoison_signal (R77): lsb PAGE_SHIFT on x86
+            host.send_sig_mceerr(t, BUS_MCEERR_AR, hva, 12, "kvm_send_hwpoison_signal")
+            host.emit(KvmExit(host.trace.step, vm.name, vcpu, -1, errno_name(-EINTR),
+                              "KVM_EXIT_INTR"))
+            return -EINTR
+        if pfn < 0:
+            _kvm_run_error(host, vm, vcpu, gfn, pfn, private)
+            return pfn
+        order, head_pfn = 0, pfn
+        if folio is not None:
+            folio.put("gup")
+            order, head_pfn = folio.order, folio.pfn
+    if order:
+        head = gfn - (pfn - head_pfn)
+        last = head + (1 << order) - 1
+        if (head % (1 << order) == 0 and vm.slot_of(head) is slot and vm.slot_of(last) is slot
+                and ((head in vm.private) == private) and ((last in vm.private) == private)):
+            vm.spte[head] = (head_pfn, order)
+            return pfn, order
+    vm.spte[gfn] = (pfn, 0)
+    return pfn, 0
+
+
+@handles(GuestAccess)
+def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
+    """One guest load/store on a vCPU, through KVM_RUN (R45, R67, R68, R77, R79)."""
+    from ..kernel.inject import kill_me_maybe
+
+    vm = get_vm(host, a.vm)
+    geo = host.geometry
+    if not 0 <= a.vcpu < len(vm.vcpus):
+        raise ModelInputError(f"VM {a.vm!r} has {len(vm.vcpus)} vCPUs", "vcpu")
+    gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
+    if vm.state != "running" or not vm.vmm.alive:
+        return ActionResult(f"vm-{vm.state}" if vm.vmm.alive else "vm-dead")
+    if gfn in vm.guest_offlined:
+        return ActionResult("guest-avoided")
+    if a.page == "kernel":
+        vm.guest_kernel_pages.add(gfn)
+    t = vm.vcpus[a.vcpu]
+    orders = tuple(sorted({0, geo.pmd_order, geo.pud_order}))
+    for _attempt in range(3):
+        hit = spte_lookup(vm, gfn, orders)
+        if hit is None:
+            got = faultin(host, vm, a.vcpu, gfn, a.op == "write")
+            if isinstance(got, int):
+                host.deliver_signals()
+                if vm.state != "running" or not vm.vmm.alive:
+                    return ActionResult("exit", errno_name(got))
+                if gfn in vm.guest_offlined:
+                    return ActionResult("mce-injected")
+                return ActionResult("exit", errno_name(got))
+            pfn = got[0]
+        else:
+            head, hpfn, _order = hit
+            pfn = hpfn + (gfn - head)
+        if a.op == "write":
+            host.phys.data[pfn] = a.value
+            return ActionResult(0)
+        if pfn not in host.phys.hw_errors:
+            return ActionResult(host.phys.data.get(pfn, 0))
+        # guest-mode machine check, handled as a user-mode one by the vCPU thread (R45)
+        host.emit(PoisonConsumed(host.trace.step, pfn, f"{vm.name}:vcpu{a.vcpu}", "guest",
+                                 vm.vmm.pid, vm.name))
+        if t.mce_count and t.mce_addr is not None and (t.mce_addr >> 12) != pfn:
+            host.panic("Consecutive machine checks to different user pages")
+        t.mce_addr = pfn << geo.page_shift
+        t.mce_count += 1
+        kill_me_maybe(host, t, pfn)
+        host.deliver_signals()
+        if not vm.vmm.alive or vm.state != "running":
+            return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
+        if gfn in vm.guest_offlined or vm.state != "running":
+            return ActionResult("mce-injected")
+        # no vMCE reached the guest: KVM re-enters and the instruction runs again
+    return ActionResult("re-consumed")
+
+
+DEFAULT_KERNEL_USERS: dict[str, tuple[bool, bool]] = {
+    # user: (checks PG_hwpoison, machine-check-safe copy)
+    "vhost": (False, True),
+    "kvm": (False, True),
+    "kworker": (False, True),
+    "dump": (True, False),
+    "hibernate": (True, False),
+    "migration": (True, False),
+    "kcore": (True, False),
+}
+
+
+@handles(KernelAccess)
+def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
+    """A host kernel user reads guest or user memory (R3, R47)."""
+    from ..kernel.inject import consume_kernel
+    from .gmem import pfn_poisoned
+
+    checks, mc_safe = DEFAULT_KERNEL_USERS[a.user]
+    if a.checks_hwpoison is not None:
+        checks = a.checks_hwpoison
+    if a.mc_safe is not None:
+        mc_safe = a.mc_safe
+    pfn = _kernel_target(host, a)
+    if pfn is None:
+        return ActionResult.err(-EFAULT)
+    if checks and pfn_poisoned(host, pfn):
+        return ActionResult("skipped")
+    if pfn not in host.phys.hw_errors:
+        return ActionResult(host.phys.data.get(pfn, 0))
+    if not mc_safe:
+        host.emit(PoisonConsumed(host.trace.step, pfn, a.user, "kernel"))
+        host.log("mce: [Hardware Error]: Machine check: Data load in unrecoverable area of "
+                 "kernel")
+        host.panic("Fatal machine check")
+    consume_kernel(host, pfn, by=a.user)
+    return ActionResult.err(-EFAULT if a.user != "kworker" else -EIO)
+
+
+def _kernel_target(host: Host, a: KernelAccess) -> int | None:
+    geo = host.geometry
+    if a.vm is not None:
+        vm = get_vm(host, a.vm)
+        if a.gpa is None:
+            raise ModelInputError("kernel_access with vm needs gpa", "gpa")
+        gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
+        slot = vm.slot_of(gfn)
+        if slot is None:
+            return None
+        if slot.gmem is not None and (gfn in vm.private or slot.hva is None):
+            f = slot.gmem.lookup(gfn - slot.base_gfn + slot.gmem_pgoff)
+            if f is None:
+                return None
+            return f.pfn + (gfn - slot.base_gfn + slot.gmem_pgoff - f.index)
+        if slot.hva is None:
+            return None
+        addr: Any = slot.hva + ((gfn - slot.base_gfn) << 12)
+        proc = vm.vmm
+    else:
+        if a.proc is None or a.addr is None:
+            raise ModelInputError("kernel_access needs vm+gpa or proc+addr", "vm")
+        proc = host.proc(a.proc)
+        addr = host._resolve(proc, a.addr)
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
+    if not k:
+        return None
+    pte = proc.mm.ptes[k[0]]
+    if pte.kind != PRESENT:
+        return None
+    return pte.pfn + ((addr - k[0]) >> geo.page_shift)
+
+
+@handles(VmDestroy)
+def do_vm_destroy(host: Host, a: VmDestroy) -> ActionResult:
+    vm = get_vm(host, a.vm)
+    vm.spte.clear()
+    for s in vm.slots:
+        if s.gmem_fd is not None and s.gmem_fd in vm.vmm.fds:
+            host.close_fd(vm.vmm, s.gmem_fd)
+    set_vm_state(host, vm, "destroyed", "vm_destroy")
+    return ActionResult(0)
+
+
+@handles(VmReset)
+def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
+    """System reset (Q6): kvm_unpoison_all punches/remaps every page QEMU recorded."""
+    from .gmem import gmem_punch
+
+    vm = get_vm(host, a.vm)
+    for gfn in sorted(vm.qemu_poison):
+        s = vm.slot_of(gfn)
+        if s is None:
+            continue
+        if s.gmem is not None and s.hva is None:
+            gmem_punch(host, s.gmem, gfn - s.base_gfn + s.gmem_pgoff, 1)
+        elif s.hva is not None:
+            region = vm.vmm.mm and vm.vmm.mm.find_vma(s.hva)
+            if region is not None and region.inode is not None:
+                idx = region.index_of(s.hva + ((gfn - s.base_gfn) << 12))
+                unit = 1 << region.inode.huge_order
+                start = idx & ~(unit - 1)
+                host.truncate_range(region.inode, start, start + unit, even_cows=True)
+    vm.qemu_poison.clear()
+    vm.guest_offlined.clear()
+    vm.spte.clear()
+    set_vm_state(host, vm, "running", "reset")
+    return ActionResult(0)
+
+
+__all__ = ["EIO", "GMEM", "VM", "Slot", "faultin", "get_vm", "kvm_state", "zap_gfn_range"]

@@ -1,0 +1,129 @@
+"""A guest_memfd memory-failure policy: a preset over orthogonal knobs.
+
+Each knob is one design decision argued on the 2025-07-24 call (reference/kernel-behaviour.md
+§1N, C1-C8). A policy is frozen and hashable; a scenario may name a preset or write its own
+combination of knobs in YAML (``policy: {base: minimum, unmap_stage2: folio}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, get_args
+
+Record = Literal["folio", "table"]
+Unmap = Literal["none", "subpage", "folio", "vm"]
+HostUnmap = Literal["none", "subpage", "folio"]
+Consumed = Literal["kernel", "sigbus-current", "sigbus-vmm", "kill-vm"]
+Unconsumed = Literal["kernel", "defer", "notify-vmm", "kill-vm"]
+SigAddr = Literal["hva", "none", "plain"]
+VmOnError = Literal["none", "kill", "unusable"]
+Scope = Literal["hugetlb", "all"]
+Backing = Literal["gmem", "hugetlbfs"]
+
+KNOB_DOCS: dict[str, str] = {
+    "handles": "Which guest_memfd folios memory_failure() hands to the policy instead of the "
+               "kernel's own path: 'none' (mainline: 4K folios go through the LRU path and "
+               "kvm_gmem_error_folio, HugeTLB-backed folios through the HugeTLB path, R63, "
+               "R87), 'hugetlb' (the call's scope: HugeTLB-backed folios), 'all'.",
+    "record": "Where a failure is recorded when detected: 'folio' = PG_hwpoison on the folio "
+              "at detection (mainline, C8 'HWpoison on guest_memfd folios with locking'); "
+              "'table' = only in a global table keyed by physical page (C1).",
+    "mark_on_release": "Turn table records into PG_hwpoison when guest_memfd frees the folio at "
+                       "inode release (C4).",
+    "mark_on_truncate": "Also mark when a folio is freed by punch hole / truncate (the call "
+                        "only says 'at inode release').",
+    "propagate_on_split": "Move PG_hwpoison to the right sub-folio on split and back on merge "
+                          "(needs the locking C8 asks for); without it a folio-flag record is "
+                          "lost on conversion.",
+    "unmap_stage2": "What is zapped from stage 2 (EPT/NPT) when the error is detected: 'none' "
+                    "(C2), 'subpage' (C8 opt-in), 'folio' (mainline kvm_gmem_error_folio, Dan), "
+                    "'vm' (Sean: everything of every bound VM).",
+    "unmap_host": "What is unmapped from host page tables (guest_memfd mmap of shared memory): "
+                  "'none' (C2: 'don't unmap'), 'subpage', 'folio' (the kernel's "
+                  "hwpoison_user_mappings).",
+    "fault_check": "kvm_gmem_get_pfn and the host mmap fault refuse failed memory (-EHWPOISON / "
+                   "SIGBUS). C5 says no.",
+    "check_granularity": "What fault_check refuses: the whole 'folio' (mainline: the head flag, "
+                         "R67) or only the failed 'subpage'.",
+    "consumed": "What happens when the failure is consumed (AR): 'kernel' (memory_failure's own "
+                "signalling), 'sigbus-current' (C3), 'sigbus-vmm' (C8: every vCPU of the "
+                "struct kvm via a KVM request), 'kill-vm' (Sean).",
+    "unconsumed": "What happens when a failure is detected but not consumed (AO): 'kernel', "
+                  "'defer' (C2: let everything run), 'notify-vmm' (C8: SIGBUS AO to the VMM's "
+                  "early thread), 'kill-vm'.",
+    "honor_early": "PR_MCE_KILL_EARLY of the owning VMM is honoured for unconsumed failures "
+                   "(C8); C6 says it is not.",
+    "sigbus_addr": "si_addr of the SIGBUS sent to current for consumed private memory that "
+                   "has no host mapping: 'hva' (the memslot's userspace address for the gfn; "
+                   "QEMU can inject a vMCE), 'none' (si_addr NULL: QEMU takes it as its own "
+                   "memory and exits, Q4), 'plain' (SIGBUS without MCE payload: QEMU dies, Q2).",
+    "vm_on_error": "What happens to the VM and the guest_memfd on any failure: 'none', "
+                   "'kill' (Sean: kill the guest, unmap everything), 'unusable' (James: every "
+                   "later use of the guest_memfd fails).",
+    "mf_delayed_fix": "Kernel path only: whether truncate_error_folio passes MF_DELAYED through "
+                      "(Lisa Wang's fix, R66); None keeps the kernel profile's setting.",
+    "backing": "'gmem' or 'hugetlbfs': the hugetlbfs baseline backs guest memory by a "
+               "hugetlbfs memfd mapped by the VMM (HVA memslots, S10/S11) instead of "
+               "guest_memfd.",
+}
+
+
+@dataclass(frozen=True)
+class GmemPolicy:
+    """One guest_memfd memory-failure policy: a name, the call items it implements and the
+    knobs (see ``KNOB_DOCS``)."""
+
+    name: str
+    summary: str = ""
+    call_items: tuple[str, ...] = ()
+    handles: Literal["none", "hugetlb", "all"] = "none"
+    record: Record = "folio"
+    mark_on_release: bool = True
+    mark_on_truncate: bool = True
+    propagate_on_split: bool = True
+    unmap_stage2: Unmap = "folio"
+    unmap_host: HostUnmap = "folio"
+    fault_check: bool = True
+    check_granularity: Literal["folio", "subpage"] = "folio"
+    consumed: Consumed = "kernel"
+    unconsumed: Unconsumed = "kernel"
+    honor_early: bool = True
+    sigbus_addr: SigAddr = "hva"
+    vm_on_error: VmOnError = "none"
+    mf_delayed_fix: bool | None = None
+    backing: Backing = "gmem"
+
+    def knobs(self) -> dict[str, Any]:
+        skip = {"name", "summary", "call_items"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def with_knobs(self, name: str | None = None, **knobs: Any) -> GmemPolicy:
+        valid = set(self.knobs())
+        for k, v in knobs.items():
+            if k not in valid:
+                raise ValueError(f"unknown policy knob {k!r}; knobs: {', '.join(sorted(valid))}")
+            allowed = knob_values(k)
+            if allowed is not None and v not in allowed:
+                raise ValueError(f"policy knob {k}: {v!r} is not one of "
+                                 f"{', '.join(map(str, allowed))}")
+        return replace(self, name=name or f"{self.name}+custom", **knobs)
+
+    def claims(self, folio_is_hugetlb: bool) -> bool:
+        """Does memory_failure() hand this guest_memfd folio to the policy?"""
+        return self.handles == "all" or (self.handles == "hugetlb" and folio_is_hugetlb)
+
+
+def knob_values(name: str) -> tuple[Any, ...] | None:
+    """The allowed values of a knob (None for free-form)."""
+    for f in fields(GmemPolicy):
+        if f.name == name:
+            t = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307
+            args = get_args(t)
+            if f.name == "mf_delayed_fix":
+                return (True, False, None)
+            if t is bool:
+                return (True, False)
+            if args and all(isinstance(a, str) for a in args):
+                return args
+            return None
+    return None

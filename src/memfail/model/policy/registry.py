@@ -1,0 +1,105 @@
+"""The named guest_memfd memory-failure policies: today's kernel, the call's proposal and every
+alternative argued on the call, each a preset over the knobs of ``GmemPolicy``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import GmemPolicy
+
+PRESETS: dict[str, GmemPolicy] = {}
+
+
+def _add(p: GmemPolicy) -> None:
+    PRESETS[p.name] = p
+
+
+_add(GmemPolicy(
+    "mainline-prefix",
+    "guest_memfd today, before the MF_DELAYED fix: kvm_gmem_error_folio zaps stage 2 and "
+    "returns MF_DELAYED, truncate_error_folio reports it as 'Failed to punch page', MF returns "
+    "-EBUSY and hardware AR gets a plain SIGBUS (R64, R65). HugeTLB-backed folios take the "
+    "HugeTLB path: IGNORED, nothing zapped (R87).",
+    call_items=(), mf_delayed_fix=False))
+_add(GmemPolicy(
+    "mainline",
+    "guest_memfd with Lisa Wang's MF_DELAYED fix: DELAYED, MF returns 0, the kill policy is "
+    "respected; later guest access gets -EHWPOISON from kvm_gmem_get_pfn (R66, R67).",
+    call_items=(), mf_delayed_fix=True))
+_add(GmemPolicy(
+    "minimum",
+    "The call's proposal as written: track failures in a global table (C1), defer unconsumed "
+    "failures and do not unmap (C2), SIGBUS current on consumption (C3), mark HWpoison only "
+    "when folios are freed at inode release (C4), no check on faults (C5), no "
+    "PR_MCE_KILL_EARLY (C6).",
+    call_items=("C1", "C2", "C3", "C4", "C5", "C6"),
+    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=False,
+    propagate_on_split=False, unmap_stage2="none", unmap_host="none", fault_check=False,
+    consumed="sigbus-current", unconsumed="defer", honor_early=False, sigbus_addr="hva",
+    mf_delayed_fix=True))
+_add(GmemPolicy(
+    "unmap",
+    "The minimum plus unmap on error (Dan: 'non-negotiable', C7): the failed folio is zapped "
+    "from stage 2 and host page tables and faults refuse it, so the guest cannot consume it "
+    "again.",
+    call_items=("C1", "C3", "C4", "C6", "C7"),
+    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=False,
+    propagate_on_split=False, unmap_stage2="folio", unmap_host="folio", fault_check=True,
+    check_granularity="folio", consumed="sigbus-current", unconsumed="defer",
+    honor_early=False, mf_delayed_fix=True))
+_add(GmemPolicy(
+    "kill-vm",
+    "Sean: kill the guest completely and unmap everything on any failure in its guest_memfd "
+    "(C7).",
+    call_items=("C1", "C4", "C7"),
+    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=True,
+    unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="kill-vm",
+    unconsumed="kill-vm", honor_early=False, vm_on_error="kill", mf_delayed_fix=True))
+_add(GmemPolicy(
+    "unusable",
+    "James: make the whole guest_memfd unusable on a failure: stage 2 zapped for the whole "
+    "file, every later get_pfn and host fault fails (C7).",
+    call_items=("C1", "C4", "C7"),
+    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=True,
+    unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="sigbus-current",
+    unconsumed="defer", honor_early=False, vm_on_error="unusable", mf_delayed_fix=True))
+_add(GmemPolicy(
+    "future",
+    "The call's future work (C8): opt-in unmap of only the failed subfolios, HWpoison on "
+    "guest_memfd folios with proper locking (kept across split/merge), SIGBUS to the processes "
+    "of the struct kvm through a KVM request, PR_MCE_KILL_EARLY honoured.",
+    call_items=("C1", "C4", "C8"),
+    handles="hugetlb", record="folio", mark_on_release=True, mark_on_truncate=True,
+    propagate_on_split=True, unmap_stage2="subpage", unmap_host="subpage", fault_check=True,
+    check_granularity="subpage", consumed="sigbus-vmm", unconsumed="notify-vmm",
+    honor_early=True, sigbus_addr="hva", mf_delayed_fix=True))
+_add(GmemPolicy(
+    "hugetlbfs",
+    "Baseline without guest_memfd: guest memory is a hugetlbfs memfd mapped by the VMM (HVA "
+    "memslots). memory_failure unmaps the whole huge page, QEMU injects a 4K vMCE and every "
+    "later access to the rest of the huge page loses another 4K (S10, S11).",
+    call_items=(), backing="hugetlbfs", mf_delayed_fix=True))
+
+DEFAULT_POLICY = "mainline"
+
+
+def policy_names() -> list[str]:
+    return list(PRESETS)
+
+
+def make_policy(spec: Any) -> GmemPolicy:
+    """A preset name, a GmemPolicy, or a mapping ``{base: NAME, name: ..., knob: value}``."""
+    if isinstance(spec, GmemPolicy):
+        return spec
+    if isinstance(spec, str):
+        try:
+            return PRESETS[spec]
+        except KeyError:
+            raise ValueError(f"unknown policy {spec!r}; valid policies: "
+                             f"{', '.join(PRESETS)}") from None
+    if isinstance(spec, dict):
+        d = dict(spec)
+        base = make_policy(d.pop("base", DEFAULT_POLICY))
+        name = d.pop("name", None)
+        return base.with_knobs(name=name, **d)
+    raise ValueError(f"a policy is a preset name or a mapping with 'base', got {spec!r}")
