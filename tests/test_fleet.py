@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from memfail.fleet import engine
 from memfail.fleet.classes import FailureClass, Outcome
 from memfail.fleet.cli import fleet_app
-from memfail.fleet.oracle import ModelOracle, OracleUnavailable, TableOracle, build_scenario
+from memfail.fleet.oracle import ModelOracle, TableOracle, build_scenario
 from memfail.fleet.params import (
     FleetInputError,
     defaults_table,
@@ -168,8 +168,9 @@ vms:
     q = -math.expm1(-lam * (1 << 30) / (p.fleet.host_memory_gib * (1 << 30))
                     * p.vms.mean_lifetime_hours / engine.HOURS_PER_YEAR)
     iv = res.rate("p", "host_panic").per_host_year
-    assert iv.low <= lam * q <= iv.high
-    assert iv.estimate == pytest.approx(lam * q, rel=0.05)
+    se = iv.estimate / math.sqrt(iv.n_eff)
+    assert abs(iv.estimate - lam * q) < 4 * se  # 4 standard errors: this seed or any other
+    assert iv.estimate == pytest.approx(lam * q, rel=0.01)
 
 
 def test_nothing_seen_gives_the_rule_of_three() -> None:
@@ -262,11 +263,9 @@ def test_model_oracle_builds_scenarios_and_caches() -> None:
     assert out == Outcome(poison_reused=2, repeated_consumption=2, vm_paused=1)
     o.outcome("minimum", cls)
     assert calls == ["minimum"] and o.cache_size == 1
-    gmem = FailureClass("gmem_private", "confidential", 8, "1G", 1, True, True, "scrub", True)
-    try:
-        ModelOracle().outcome("minimum", gmem)
-    except OracleUnavailable as e:
-        assert "--oracle" in str(e)
+    gmem = FailureClass("gmem_shared", "confidential", 8, "1G", 1, True, True, "vmm_read", True)
+    keys = [k for s in build_scenario(gmem) for k in s]
+    assert keys.count("hw_error") == 2 and "vm_destroy" in keys and "set_attributes" in keys
 
 
 # --------------------------------------------------------------------------- CLI

@@ -152,16 +152,6 @@ Step = dict[str, dict[str, Any]]
 Runner = Callable[[str, str, list[Step]], Mapping[str, Any]]
 """(kernel profile, policy, scenario steps) -> the model's outcome metrics."""
 
-GUEST_ACTIONS = {
-    "vm_create": "vm_create",
-    "guest_read": "guest_read",
-    "kernel_read": "kernel_read",
-    "vm_destroy": "vm_destroy",
-}
-"""Scenario keys of the KVM/guest_memfd/VMM actions the guest scenarios use.
-
-They are the one place to change when the model names its extension actions differently."""
-
 METRIC_NAMES: dict[str, str] = {"poison_handed_out": "poison_reused"}
 """Model metric name -> ``Outcome`` field, where the model's ``outcomes()`` names differ."""
 
@@ -228,6 +218,8 @@ def _model_runner(profile: str, policy: str, steps: list[Step]) -> Mapping[str, 
     except ImportError as e:
         raise OracleUnavailable(
             f"the model cannot run fleet scenarios yet ({e}); pass --oracle TABLE.yaml") from None
+    from pydantic import ValidationError
+
     actions = []
     for step in steps:
         ((key, args),) = step.items()
@@ -236,90 +228,126 @@ def _model_runner(profile: str, policy: str, steps: list[Step]) -> Mapping[str, 
         except KeyError:
             raise OracleUnavailable(
                 f"the model has no {key!r} action yet; pass --oracle TABLE.yaml") from None
+        except ValidationError as e:
+            raise OracleUnavailable(
+                f"the model's {key!r} action rejects the fleet scenario's arguments "
+                f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']}); "
+                "pass --oracle TABLE.yaml") from None
+    from memfail.model.errors import ModelInputError
+
     host = Host(HostConfig(memory="2T", profile=profile, policy=policy))
-    for action in actions:
-        host.apply(action)
+    for i, action in enumerate(actions):
+        try:
+            host.apply(action)
+        except ModelInputError as e:
+            raise OracleUnavailable(
+                f"the model rejected fleet scenario step {i} ({action.key}) under {policy}: "
+                f"{e}; pass --oracle TABLE.yaml") from None
     return host.outcomes()
 
 
-def _touch_steps(cls: FailureClass, target: dict[str, Any]) -> list[Step]:
-    """Who meets the error first (R1/R2): a read that consumes it, or the scrub (AO)."""
-    t = cls.first_touch
-    if t == "scrub":
-        return [{"scrub": dict(target)}]
-    if t == "guest_read":
-        return [{GUEST_ACTIONS["guest_read"]: {"vm": "vm0", **_gpa(target)}}]
-    if t == "vmm_read":
-        if cls.memory == "vmm":
-            return [{"mem_read": {"proc": "qemu", "thread": "main", "addr": target["addr"]}}]
-        return [{"mem_read": {"proc": "qemu", "thread": "main",
-                              "addr": f"shared+{target['offset']}"}}]
-    return [{GUEST_ACTIONS["kernel_read"]: {
-        **target, "checks_hwpoison": t == "kernel_checked"}}]
+KERNEL_USER = {"kernel_checked": "migration", "kernel_unchecked": "vhost"}
+"""The kernel user that stands for a first touch with / without a PG_hwpoison check."""
 
 
-def _gpa(target: dict[str, Any]) -> dict[str, Any]:
-    return {"gpa": target.get("offset", 0)}
+def _touch_steps(cls: FailureClass, t: dict[str, Any]) -> list[Step]:
+    """Who meets the error at target ``t`` first (R1/R2): a read that consumes it, or the
+    patrol scrub (AO). ``t`` holds the injection target plus ``gpa``/``addr`` views of it."""
+    touch = cls.first_touch
+    if touch == "scrub":
+        return [{"scrub": dict(t["target"])}]
+    if touch == "guest_read":
+        return [{"guest_access": {"vm": "vm0", "gpa": t["gpa"], "op": "read"}}]
+    if touch == "vmm_read":
+        return [{"mem_read": {"proc": "qemu", "thread": "main", "addr": t["addr"]}}]
+    where = {"vm": "vm0", "gpa": t["gpa"]} if "gpa" in t else \
+        {"proc": t.get("proc", "qemu"), "addr": t.get("addr")}
+    return [{"kernel_access": {"user": KERNEL_USER[touch], **where,
+                               "checks_hwpoison": touch == "kernel_checked"}}]
 
 
 def build_scenario(cls: FailureClass) -> list[Step]:
     """Scenario steps for one failure of ``cls``: set-up, fault(s), first touch, aftermath.
 
-    The aftermath is the same for every class so policies are compared on equal terms: the
-    owner keeps running and touches the memory again (repeated consumption), then releases
-    it (VM destroyed: guest_memfd inode release, C4) and a new owner allocates from the pool
-    (poison handed out again?).
+    Guest memory is a guest_memfd (HugeTLB-backed for 2M/1G) bound by one memslot; shared
+    memory is the first folio converted to shared and mapped by the VMM. The aftermath is the
+    same for every class so policies are compared on equal terms: the owner touches the
+    memory again (repeated consumption), then releases it (VM destroyed: guest_memfd inode
+    release, C4) and a new owner allocates from the pool (poison handed out again?).
     """
     huge = cls.page_size
     folio = PAGE_BYTES[huge]
-    steps: list[Step] = [{"sysctl": {"name": "vm.memory_failure_early_kill", "value": 0}}]
-    stride = folio if not cls.same_folio else 4096
+    stride = 4096 if cls.same_folio else folio
     offsets = [i * stride for i in range(cls.pages_hit)]
     if cls.second_fault:
-        offsets.append(folio // 2 + 4096 if cls.same_folio or cls.pages_hit == 1 else 4096)
+        offsets.append(folio // 2 + 4096)
+    steps: list[Step] = []
+    targets: list[dict[str, Any]]
     if cls.memory in ("gmem_private", "gmem_shared"):
-        count = max(1, (cls.vm_gib << 30) // folio)
+        size = f"{cls.vm_gib}G"
+        shared = cls.memory == "gmem_shared"
         if huge != "4K":
-            steps.append({"hugepages": {"size": huge, "count": count + 1}})
-        steps.append({"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}})
-        steps.append({"prctl": {"proc": "qemu", "thread": "main", "policy": "early"}})
-        steps.append({GUEST_ACTIONS["vm_create"]: {
-            "vm": "vm0", "vmm": "qemu", "type": "snp" if cls.vm_type == "confidential"
-            else "default", "memory": f"{cls.vm_gib}G", "backing": huge,
-            "shared": cls.memory == "gmem_shared"}})
-        targets = [{"vm": "vm0", "offset": off} for off in offsets]
+            steps.append({"hugepages": {"size": huge,
+                                        "count": (cls.vm_gib << 30) // folio + 1}})
+        steps += [
+            {"spawn": {"proc": "qemu", "threads": ["main"]}},
+            {"prctl": {"proc": "qemu", "thread": "main", "op": "set", "policy": "early"}},
+            {"vm_create": {"vm": "vm0", "vmm": "qemu",
+                           "type": "snp" if cls.vm_type == "confidential" else "default"}},
+            {"gmem_create": {"vm": "vm0", "fd": "gmem0", "size": size, "backing": huge,
+                             "flags": ["mmap"] if shared else []}},
+            {"memslot": {"vm": "vm0", "slot": 0, "gpa": 0, "size": size, "gmem": "gmem0"}},
+        ]
+        span = max(folio, max(offsets) + 4096)
+        if shared:
+            steps += [
+                {"set_attributes": {"vm": "vm0", "gpa": 0, "size": span, "private": False}},
+                {"mmap": {"proc": "qemu", "name": "shared", "size": span, "fd": "gmem0",
+                          "shared": True}},
+            ]
+        steps += [{"guest_access": {"vm": "vm0", "gpa": off, "op": "write"}} for off in offsets]
+        targets = [{"target": {"proc": "qemu", "file": "gmem0", "offset": off}, "gpa": off,
+                    "addr": f"shared+{off}"} for off in offsets]
     elif cls.memory == "hugetlb_free":
-        steps.append({"hugepages": {"size": huge if huge != "4K" else "2M", "count": 2}})
-        targets = [{"free": huge if huge != "4K" else "2M", "index": off // 4096}
-                   for off in offsets if off < folio]
+        free = huge if huge != "4K" else "2M"
+        steps.append({"hugepages": {"size": free, "count": 2}})
+        targets = [{"target": {"free": free, "index": off // 4096}, "proc": "next",
+                    "addr": "buf"} for off in offsets if off < PAGE_BYTES[free]]
     elif cls.memory == "vmm":
-        steps.append({"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}})
-        size = max(offsets) + 4096
-        steps.append({"mmap": {"proc": "qemu", "name": "heap", "size": size, "populate": True}})
-        targets = [{"proc": "qemu", "addr": f"heap+{off}"} for off in offsets]
+        steps += [
+            {"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}},
+            {"mmap": {"proc": "qemu", "name": "heap", "size": max(offsets) + 4096,
+                      "populate": True}},
+        ]
+        targets = [{"target": {"proc": "qemu", "addr": f"heap+{off}"}, "proc": "qemu",
+                    "addr": f"heap+{off}"} for off in offsets]
     else:
-        targets = [{"kernel": "slab"}]
+        targets = [{"target": {"kernel": "slab"}, "proc": "kernel", "addr": 0}]
     first = targets[0]
-    steps.extend({"hw_error": {**t, "detect": "latent"}} for t in targets[:cls.pages_hit])
+    steps.extend({"hw_error": {**t["target"], "detect": "latent"}}
+                 for t in targets[:cls.pages_hit])
     steps.extend(_touch_steps(cls, first))
     if cls.second_fault and len(targets) > cls.pages_hit:
-        steps.append({"hw_error": {**targets[-1], "detect": "latent"}})
+        steps.append({"hw_error": {**targets[-1]["target"], "detect": "latent"}})
         steps.extend(_touch_steps(cls, targets[-1]))
-    # Aftermath: touch again, then release and reuse.
     if cls.memory in ("gmem_private", "gmem_shared"):
-        steps.extend(_touch_steps(cls, first) if cls.first_touch != "scrub" else
-                     [{GUEST_ACTIONS["guest_read"]: {"vm": "vm0", **_gpa(first)}}])
-        steps.append({GUEST_ACTIONS["vm_destroy"]: {"vm": "vm0"}})
-        steps.append({"spawn": {"proc": "next"}})
+        steps.append({"guest_access": {"vm": "vm0", "gpa": first["gpa"], "op": "read"}})
+        steps.append({"vm_destroy": {"vm": "vm0"}})
         if huge != "4K":
-            steps.append({"mmap": {"proc": "next", "name": "buf", "size": f"{cls.vm_gib}G",
-                                   "hugetlb": huge, "populate": True}})
-            steps.append({"mem_read": {"proc": "next", "addr": "buf"}})
+            steps += [
+                {"spawn": {"proc": "next"}},
+                {"mmap": {"proc": "next", "name": "buf", "size": f"{cls.vm_gib}G",
+                          "hugetlb": huge, "populate": True}},
+                {"mem_read": {"proc": "next", "addr": "buf"}},
+            ]
     elif cls.memory == "hugetlb_free":
-        steps.append({"spawn": {"proc": "next"}})
-        steps.append({"mmap": {"proc": "next", "name": "buf", "size": folio * 2,
-                               "hugetlb": huge if huge != "4K" else "2M", "populate": True}})
-        steps.append({"mem_read": {"proc": "next", "addr": "buf"}})
+        free = huge if huge != "4K" else "2M"
+        steps += [
+            {"spawn": {"proc": "next"}},
+            {"mmap": {"proc": "next", "name": "buf", "size": PAGE_BYTES[free] * 2,
+                      "hugetlb": free, "populate": True}},
+            {"mem_read": {"proc": "next", "addr": "buf"}},
+        ]
     elif cls.memory == "vmm":
         steps.append({"mem_read": {"proc": "qemu", "thread": "vcpu0", "addr": first["addr"]}})
     return steps

@@ -210,6 +210,16 @@ class Access(_Strict):
     kernel_users: list[KernelUser]
 
 
+def _profile_names() -> tuple[str, ...]:
+    """The model's kernel profile presets (a broken model import is not an input error)."""
+    try:
+        from memfail.model.kernel.profiles import PROFILES
+    except Exception as e:
+        raise RuntimeError(f"cannot load memfail's kernel profiles: {type(e).__name__}: {e}") \
+            from e
+    return tuple(PROFILES)
+
+
 class FleetParams(_Strict):
     """Everything ``memfail fleet`` needs to know about a fleet."""
 
@@ -228,10 +238,9 @@ class FleetParams(_Strict):
     @field_validator("kernel_profile")
     @classmethod
     def _profile(cls, v: str) -> str:
-        from memfail.model.kernel.profiles import PROFILES
-
-        if v not in PROFILES:
-            raise ValueError(f"unknown kernel profile {v!r}; valid: {', '.join(PROFILES)}")
+        names = _profile_names()
+        if v not in names:
+            raise ValueError(f"unknown kernel profile {v!r}; valid: {', '.join(names)}")
         return v
 
     @field_validator("policies")

@@ -19,7 +19,7 @@ from memfail.fleet.params import MEMORY_KINDS, FleetParams
 HOURS_PER_YEAR = 8766.0
 N_TOUCH = len(TOUCHES)  # guest_read, vmm_read, kernel_checked, kernel_unchecked, scrub
 CHUNK = 1 << 18  # host-years sampled at once (bounds memory)
-FAULT_CAP = 4  # faults per host-year simulated individually (the rest by weight)
+ROULETTE = 8.0  # later faults of a host-year are sampled with probability min(1, 8 E[count])
 TILT_SHARE = 0.5  # share of lognormal frailty draws taken from the shifted component
 
 
@@ -90,7 +90,9 @@ class SamplerSpec:
     cell_loc: np.ndarray  # cell -> location index
     cell_table: tuple[np.ndarray, np.ndarray]  # alias table over (location, heat) cells
     cell_rate: np.ndarray  # total read rate per hour of a page in the cell
-    cell_cum: np.ndarray  # (cells, 3) cumulative accessor shares
+    cell_cum0: np.ndarray  # cumulative accessor shares: guest | vmm | kernel checked | rest
+    cell_cum1: np.ndarray
+    cell_cum2: np.ndarray
     cell_folio: np.ndarray  # folio bytes / host bytes (0: no second-fault branch)
     mode_table: tuple[np.ndarray, np.ndarray]
 
@@ -221,7 +223,9 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
         cell_loc=np.array([c[0] for c in cells], dtype=np.intp),
         cell_table=_alias(np.array([c[1] for c in cells])),
         cell_rate=total,
-        cell_cum=cum,
+        cell_cum0=cum[:, 0].astype(np.float32),
+        cell_cum1=cum[:, 1].astype(np.float32),
+        cell_cum2=cum[:, 2].astype(np.float32),
         cell_folio=np.array([c[3] for c in cells], dtype=float),
         mode_table=_alias(np.array(mode_w)),
     )
@@ -231,8 +235,8 @@ def _frailty(spec: SamplerSpec, rng: np.random.Generator,
              n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-host fault-proneness multipliers (mean 1) and their likelihood ratios.
 
-    The lognormal frailty is drawn from a defensive mixture: with probability ``TILT_SHARE``
-    its normal deviate is shifted by sigma (one standard deviation of log-frailty), so the frail hosts that carry the
+    The lognormal frailty is drawn from a defensive mixture: a fixed share ``TILT_SHARE`` of
+    the draws has its normal deviate shifted by sigma (one standard deviation of log-frailty), so the frail hosts that carry the
     multi-fault outcomes are sampled often; the likelihood ratio phi(z) / mixture(z) <= 2
     corrects the weights (importance sampling that cannot blow up the variance of
     ordinary outcomes). Pareto frailty is drawn directly.
@@ -240,8 +244,7 @@ def _frailty(spec: SamplerSpec, rng: np.random.Generator,
     if spec.frailty == "lognormal":
         s = spec.frailty_shape
         z = rng.standard_normal(n)
-        shifted = rng.random(n) < TILT_SHARE
-        z[shifted] += s
+        z[: int(n * TILT_SHARE)] += s  # stratified: a fixed share comes from the shift
         lr = 1.0 / ((1.0 - TILT_SHARE) + TILT_SHARE * np.exp(s * z - 0.5 * s * s))
         return np.exp(s * z - 0.5 * s * s), lr
     if spec.frailty == "pareto":
@@ -277,30 +280,30 @@ def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -
         frail, lr = _frailty(spec, rng, n)
         mu = spec.ue_rate * frail
         p = -np.expm1(-mu)
-        sum_p += float(p.sum() if lr is None else (p * lr).sum())
-        # First arrival time given >= 1 arrival in the year, then the rest of the year.
-        t1 = -np.log1p(-rng.random(n) * p) / mu
-        extra = rng.poisson(mu * (1.0 - t1))
         w = p if lr is None else p * lr
-        if extra.any():
-            # A very frail host may have thousands of faults in a year; their classes are
-            # i.i.d. given mu, so FAULT_CAP of them, each weighted N/FAULT_CAP, stay unbiased.
-            nf = 1 + extra
-            kept = np.minimum(nf, FAULT_CAP)
-            host = np.repeat(np.arange(n), kept)
-            w, mu_f = (w * (nf / kept))[host], mu[host]
-        else:
-            mu_f = mu
+        sum_p += float(w.sum())
+        # First arrival time given >= 1 arrival in the year; the faults after it number
+        # Poisson(e) with e = mu (1 - t1), and their classes are i.i.d. given mu. One sampled
+        # class weighted by e stands for all of them (same expectation), and it is kept
+        # only with probability r = min(1, ROULETTE e), weighted 1/r (Russian roulette).
+        t1 = -np.log1p(-rng.random(n) * p) / mu
+        e = mu * (1.0 - t1)
+        r = np.minimum(1.0, ROULETTE * e)
+        kept = np.flatnonzero(rng.random(n) < r)
+        mu_f = np.concatenate((mu, mu[kept]))
+        w = np.concatenate((w, w[kept] * e[kept] / r[kept]))
         m = len(w)
-        u = rng.random((5, m))
+        u = rng.random((2, m))
+        v = rng.random((3, m), dtype=np.float32)
         cell = _draw(u[0], spec.cell_table)
         mode = _draw(u[1], spec.mode_table)
-        rate = spec.cell_rate[cell]
         with np.errstate(divide="ignore"):
-            access = -np.log(u[2]) / rate  # hours until the first read (inf: never read)
-        consumed = access < u[3] * spec.scrub_hours
-        cum = spec.cell_cum[cell]
-        who = (u[4] > cum[:, 0]).astype(np.intp) + (u[4] > cum[:, 1]) + (u[4] > cum[:, 2])
+            # hours until the first read (inf: never read); 1 - v lies in (0, 1]
+            access = -np.log(1.0 - v[0]) / spec.cell_rate[cell]
+        consumed = access < v[1] * spec.scrub_hours
+        x = v[2]
+        who = (x > spec.cell_cum0[cell]).astype(np.intp) + (x > spec.cell_cum1[cell]) \
+            + (x > spec.cell_cum2[cell])
         touch = np.where(consumed, who, N_TOUCH - 1)
         base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2
         folio = spec.cell_folio[cell]
