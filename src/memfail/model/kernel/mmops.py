@@ -348,7 +348,10 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
             folio.index = vma.index_of(key, geo.page_shift)
             inode.pages[folio.index] = folio
             folio.get("pagecache", folio.nr_pages)
-            folio.flags.add("dirty")  # hugetlb_add_to_page_cache marks it dirty (R51)
+            # R51: hugetlb_add_to_page_cache() calls folio_mark_dirty() "so that it will not be
+            # removed from cache/file by non-hugetlbfs specific code paths" (verified in
+            # mm/hugetlb.c:hugetlb_add_to_page_cache), so mapped hugetlbfs pages count as dirty
+            folio.flags.add("dirty")
         else:
             folio.flags.add("anon")
     elif not vma.shared and write:
