@@ -7,7 +7,6 @@ model registers them (``KVM_KEYS``) and fall back to the host-only approximation
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
@@ -32,21 +31,27 @@ KVM_KEYS = {
 
 
 _KVM: list[bool] = []
-# Model extensions whose action handlers register on import. They are imported here so the
-# answer (and so the labels' actions) is the same in every process, workers included.
-EXTENSIONS = ("memfail.model.kvm.kvm", "memfail.model.vmm.qemu", "memfail.model.vmm")
+
+
+def load_model() -> None:
+    """Import every module of the model, so every action handler is registered in this
+    process: workers then expand and carry out labels exactly as the parent does (some
+    handlers register only when a module is first imported by another handler)."""
+    import importlib
+    import pkgutil
+
+    import memfail.model as model
+
+    for info in pkgutil.walk_packages(model.__path__, "memfail.model."):
+        importlib.import_module(info.name)
 
 
 def kvm_model() -> bool:
     """Whether the Host carries out the KVM/guest_memfd actions (registered and handled)."""
     if not _KVM:
-        import importlib
-
         from memfail.model.host import HANDLERS, Host
 
-        for name in EXTENSIONS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
+        load_model()
         Host()  # the kernel's handlers register when the first Host is built
         cls = ACTION_TYPES.get("vm_create")
         _KVM.append(cls is not None and cls in HANDLERS)

@@ -29,6 +29,7 @@ from memfail.check.properties import PROPERTIES, Context, Monitor, PropertyDef
 from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
+from memfail.model.host import HANDLERS
 from memfail.model.trace import Event, PolicyEvent
 from memfail.model.units import parse_size
 
@@ -194,6 +195,7 @@ class ModelSystem:
 
     # ------------------------------------------------------------------ System
     def initial(self) -> ModelState:
+        kvm_model()  # registers every handler in this process first
         if self._initial is None:
             host = self.new_host()
             self.pfn_of = self._frames(host)
@@ -215,10 +217,14 @@ class ModelSystem:
         return out
 
     def step(self, s: ModelState, label: Any) -> ModelState:
+        kvm_model()  # a worker process registers every handler before its first step
         host = clone_host(s.host)
         for key, args in self.expand(label):
+            action = parse_action(key, args)
+            if type(action) not in HANDLERS:
+                raise RuntimeError(f"the model has no handler for {key!r} in this process")
             try:
-                host.apply(parse_action(key, args))
+                host.apply(action)
             except ModelInputError:
                 break  # not possible in this state (the fd is closed, ...): a no-op step
             if host.panicked:
