@@ -158,12 +158,10 @@ class ModelSystem:
             f = proc.fds.get(mem_fd(vm)) if proc is not None else None
             if f is None:
                 continue
-            inode = f.inode
-            for index, folio in inode.pages.items():
+            for index, folio in f.inode.pages.items():
+                # HugeTLB page caches index huge folios in folio units, others in pages.
                 for i in range(folio.nr_pages):
-                    page = index * (1 << inode.huge_order) + i if inode.huge_order \
-                        else index + i
-                    out[(vm.name, page)] = folio.pfn + i
+                    out[(vm.name, index * folio.nr_pages + i)] = folio.pfn + i
         return out
 
     def config_size(self, vm: Any) -> int | str:

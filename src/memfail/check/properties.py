@@ -25,6 +25,9 @@ from memfail.model.trace import (
 )
 
 AO = SI_CODE_NAMES[BUS_MCEERR_AO]
+# SIGBUS codes of memory-failure signals (a SIGBUS for, say, touching private memory through
+# the host mapping is the VMM's own fault, not a memory-failure signal).
+MF_CODES = frozenset(SI_CODE_NAMES.values())
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class Monitor:
         owners = {ctx.vmm_of[v][:15] for v in affected if v in ctx.vmm_of}
         ao_calls = []
         ao_told = set()
+        # Only stops after a memory failure count against unaffected VMs.
+        failures = bool(detected or consumed or any(
+            isinstance(e, MemoryFailureCall | PoisonConsumed) for e in events))
         for e in events:
             if isinstance(e, Panic):
                 panic = panic or e.reason
@@ -84,16 +90,16 @@ class Monitor:
                 consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)
             elif isinstance(e, PoisonHandedOut):
                 handed.add((e.pfn, e.to))
-            elif isinstance(e, SignalSent) and e.signo == SIGBUS:
+            elif isinstance(e, SignalSent) and e.signo == SIGBUS and e.si_code in MF_CODES:
                 if e.comm[:15] not in owners:
                     wrong.add(f"SIGBUS {e.si_code} to {e.comm}/{e.thread}, which runs no VM "
                               "whose memory failed")
                 if e.si_code == AO:
                     ao_told.add((e.comm[:15], e.thread))
             elif isinstance(e, VmState) and e.state in ("killed", "paused") \
-                    and e.vm not in affected:
+                    and e.vm not in affected and failures:
                 down.add(f"{e.vm} {e.state} ({e.why})")
-            elif isinstance(e, ProcessExit) and e.signal is not None:
+            elif isinstance(e, ProcessExit) and e.signal is not None and failures:
                 victim = ctx.vm_of_proc(e.comm)
                 if victim is not None and victim not in affected:
                     down.add(f"{victim}'s VMM {e.comm} killed by signal {e.signal}")
@@ -124,7 +130,7 @@ def monitor_from_trace(ctx: Context, events: Iterable[Event]) -> Monitor:
 def poison_records(host: Any) -> set[int]:
     """PFNs the kernel still knows to be bad: PG_hwpoison raw pages, isolated pages, poisoned
     folios (their raw error list, or every page when it is unreliable), and the policy's own
-    tracking (C1's global structure), if the policy exposes ``recorded_pfns(host)``."""
+    tracking (C1's global table, ``host.ext["gmem_table"]``, or ``recorded_pfns(host)``)."""
     phys = host.phys
     known = set(phys.hwpoison) | set(phys.isolated)
     for folio in phys.folios.values():
@@ -137,6 +143,8 @@ def poison_records(host: Any) -> set[int]:
         for folio in h.free_list:
             if "hwpoison" in folio.flags:
                 known.update(range(folio.pfn, folio.pfn + folio.nr_pages))
+    # C1's global table of guest_memfd failures, keyed by pfn (memfail.model.kvm.gmem).
+    known.update(p for p in getattr(host, "ext", {}).get("gmem_table", {}) if isinstance(p, int))
     policy = getattr(host, "policy", None)
     recorded = getattr(policy, "recorded_pfns", None)
     if recorded is not None:
