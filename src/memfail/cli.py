@@ -21,6 +21,7 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (ScenarioError, ModelInputError)
 COMMANDS = (
     "memfail.scenario.commands",            # run, scenarios
     "memfail.report.profiles",              # profiles
+    "memfail.report.compare",               # compare, policies
     "check=memfail.check.cli:check",        # check
     "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
 )

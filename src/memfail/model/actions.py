@@ -37,7 +37,9 @@ class TargetMixin(BaseModel):
     * ``file`` + ``offset``: the page-cache page of a file (path or ``proc``'s fd name);
     * ``free``: a free page: ``buddy`` (a free base page), ``2M``/``1G`` (a free HugeTLB folio;
       ``index`` picks which raw page inside it, 0 = head);
-    * ``kernel``: a kernel-owned page: ``slab``, ``pagetable``, ``reserved`` or ``zero_page``.
+    * ``kernel``: a kernel-owned page: ``slab``, ``pagetable``, ``reserved`` or ``zero_page``;
+    * ``vm`` + ``gpa``: the host page backing that guest physical address (the guest_memfd
+      folio, allocated if the guest never touched it, or the page behind the memslot's HVA).
     """
 
     pfn: int | None = None
@@ -48,16 +50,21 @@ class TargetMixin(BaseModel):
     free: Literal["buddy", "2M", "1G"] | None = None
     index: int = 0
     kernel: Literal["slab", "pagetable", "reserved", "zero_page"] | None = None
+    vm: str | None = None
+    gpa: Size | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Any:
         given = [n for n, v in (("pfn", self.pfn), ("addr", self.addr), ("file", self.file),
-                                ("free", self.free), ("kernel", self.kernel)) if v is not None]
+                                ("free", self.free), ("kernel", self.kernel), ("gpa", self.gpa))
+                 if v is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one target: pfn, addr (with proc), file (+ offset), free or kernel"
-                + (f"; got {', '.join(given)}" if given else "")
+                "give exactly one target: pfn, addr (with proc), file (+ offset), free, kernel "
+                "or gpa (with vm)" + (f"; got {', '.join(given)}" if given else "")
             )
+        if self.gpa is not None and self.vm is None:
+            raise ValueError("gpa needs vm: the VM whose guest physical address it is")
         if self.addr is not None and self.proc is None:
             raise ValueError("addr needs proc: the process whose mapping it is")
         return self

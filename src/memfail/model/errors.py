@@ -30,5 +30,10 @@ class ModelInputError(ValueError):
         self.field = field
 
 
+class TargetGone(ModelInputError):
+    """The page an action targets no longer exists because of what happened earlier in the
+    run (the VM was killed, its memory released): the action returns ENOENT instead."""
+
+
 class KernelPanic(Exception):
     """Raised inside the model when the host kernel panics; the host stops executing."""

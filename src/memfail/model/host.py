@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .actions import Action
-from .errors import KernelPanic, ModelInputError, errno_name
+from .errors import KernelPanic, ModelInputError, TargetGone, errno_name
 from .kernel.fs import GMEM, Inode, OpenFile
 from .kernel.hugetlb import HugeTLB
 from .kernel.mem import HUGETLB, KERNEL, Folio, PhysMem
@@ -137,6 +137,8 @@ class Host:
             self.hugetlb.hstate(geo.huge_order(size)).nr_overcommit_huge_pages = int(n)
         for size, n in cfg.hugepages.items():
             self.hugetlb.set_max_huge_pages(self.hugetlb.hstate(geo.huge_order(size)), int(n))
+        self.ext["pool_at_start"] = sum(h.nr_huge_pages << h.order
+                                        for h in self.hugetlb.hstates.values())
         self.policy = None
         if cfg.policy is not None:
             from .policy import make_policy
@@ -196,14 +198,37 @@ class Host:
         handler = HANDLERS.get(type(action))
         if handler is None:
             raise ModelInputError(f"action {action.key!r} is not supported by this host")
+        dead = self._dead_actor(action)
+        if dead is not None:
+            # the process (or the VM's VMM) is gone: the action cannot happen
+            self.emit(ActionDone(self.trace.step, action.key, -1, "ESRCH", dead))
+            self.trace.step += 1
+            return ActionResult(-1, "ESRCH")
         try:
             res = handler(self, action)
             self.deliver_signals()
         except KernelPanic:
             res = ActionResult(None, "PANICKED")
+        except TargetGone as e:
+            res = ActionResult(-1, "ENOENT")
+            self.log(f"memfail: {action.key}: {e}", level="debug")
         self.emit(ActionDone(self.trace.step, action.key, _jsonable(res.ret), res.errno))
         self.trace.step += 1
         return res
+
+    def _dead_actor(self, action: Action) -> str | None:
+        name = getattr(action, "proc", None)
+        if isinstance(name, str) and action.key not in ("spawn",):
+            p = self.processes.get(name)
+            if p is not None and not p.alive:
+                return f"process {name} has exited"
+        vm_name = getattr(action, "vm", None)
+        if isinstance(vm_name, str) and action.key in ("gmem_create", "memslot",
+                                                       "set_attributes"):
+            vm = self.ext.get("vms", {}).get(vm_name)
+            if vm is not None and not vm.vmm.alive:
+                return f"the VMM of {vm_name} has exited"
+        return None
 
     # ------------------------------------------------------------------ processes
     def _new_process(self, name: str, threads: list[str], caps: bool = True,
@@ -262,12 +287,13 @@ class Host:
 
     # ------------------------------------------------------------------ signals
     def _signal_event(self, t: Thread, code: int, addr: int | None, lsb: int | None,
-                      forced: bool, sender: str, outcome: str) -> None:
+                      forced: bool, sender: str, outcome: str, pfn: int | None) -> None:
         self.emit(SignalSent(self.trace.step, t.proc.pid, t.tid, t.comm, t.name, SIGBUS,
                              SI_CODE_NAMES.get(code, str(code)), addr,
-                             self.addr_rel_of(t.proc, addr), lsb, forced, sender, outcome))
+                             self.addr_rel_of(t.proc, addr), lsb, forced, sender, outcome,
+                             pfn))
 
-    def _queue(self, t: Thread, info: SigInfo, sender: str) -> None:
+    def _queue(self, t: Thread, info: SigInfo, sender: str, pfn: int | None = None) -> None:
         if not t.alive:
             outcome = "dead"
         elif t.pending is not None:
@@ -277,26 +303,30 @@ class Host:
         else:
             t.pending = info
             outcome = "queued"
-        self._signal_event(t, info.si_code, info.addr, info.lsb, info.forced, sender, outcome)
+        self._signal_event(t, info.si_code, info.addr, info.lsb, info.forced, sender, outcome,
+                           pfn)
 
-    def force_sig_mceerr(self, t: Thread, code: int, addr: int, lsb: int, sender: str) -> None:
+    def force_sig_mceerr(self, t: Thread, code: int, addr: int, lsb: int, sender: str,
+                         pfn: int | None = None) -> None:
         """force_sig_mceerr(): cannot be blocked; a blocked or ignored SIGBUS is reset to the
         default action (R35)."""
         if t.alive and (t.blocked or t.proc.sigbus == "ignore"):
             t.blocked = False
             t.proc.sigbus = "default"
-        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, True), sender)
+        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, True), sender, pfn)
 
-    def send_sig_mceerr(self, t: Thread, code: int, addr: int, lsb: int, sender: str) -> None:
+    def send_sig_mceerr(self, t: Thread, code: int, addr: int, lsb: int, sender: str,
+                        pfn: int | None = None) -> None:
         """send_sig_mceerr(): respects the mask; delivered once unblocked (R35)."""
-        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, False), sender)
+        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, False), sender, pfn)
 
-    def force_sig_sigbus(self, t: Thread, sender: str, code: int = SI_KERNEL) -> None:
+    def force_sig_sigbus(self, t: Thread, sender: str, code: int = SI_KERNEL,
+                         pfn: int | None = None) -> None:
         """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46)."""
         if t.alive and (t.blocked or t.proc.sigbus == "ignore"):
             t.blocked = False
             t.proc.sigbus = "default"
-        self._queue(t, SigInfo(SIGBUS, code, None, None, True), sender)
+        self._queue(t, SigInfo(SIGBUS, code, None, None, True), sender, pfn)
 
     def deliver_signals(self) -> None:
         """Deliver every pending, unblocked SIGBUS on return to user space."""

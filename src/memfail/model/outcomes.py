@@ -1,4 +1,8 @@
-"""Outcome metrics computed from the trace and the final state of a Host."""
+"""Outcome metrics computed from the trace and the final state of a Host.
+
+These are what the policy comparison, the checker and the fleet estimate count; every figure
+is derived from trace events and final state, never from a parallel model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .trace import (
+    GuestEvent,
+    MceInjected,
     PoisonConsumed,
     PoisonHandedOut,
     ProcessExit,
@@ -16,27 +22,140 @@ from .trace import (
 if TYPE_CHECKING:
     from .host import Host
 
+OUTCOME_DOCS: dict[str, str] = {
+    "host_panic": "the host kernel panicked",
+    "vms_killed": "VMs whose VMM died or was killed",
+    "vms_paused": "VMs stopped with an internal error (KVM_RUN failed)",
+    "guests_panicked": "guests that panicked on a vMCE",
+    "killed": "processes killed by a signal",
+    "mce_signals": "SIGBUS with BUS_MCEERR_AR/AO generated",
+    "wrong_process_signals": "MCE SIGBUS sent to a process that does not own the failed "
+                             "guest memory",
+    "owner_told_unconsumed": "AO SIGBUS that reached the VMM owning the failed memory",
+    "vmce_injected": "machine checks injected into guests",
+    "consumptions": "times poisoned memory was consumed by a CPU",
+    "repeated_consumptions": "consumptions of a pfn after its first (containment failures)",
+    "poison_handed_out": "pages with a known error handed to a new user without PG_hwpoison",
+    "records_lost": "detected failed pfns with no record left (no PG_hwpoison, no table entry, "
+                    "not isolated)",
+    "guest_bytes_lost": "guest memory made unusable (poisoned folios, unusable guest_memfd, "
+                        "killed VMs, pages the guest offlined)",
+    "hugetlb_free_poisoned": "free HugeTLB folios that hold a poisoned page (skipped by "
+                             "allocation, lost to the pool)",
+    "hugetlb_pool_delta": "change of nr_hugepages (all sizes) over the run",
+    "hardware_corrupted_kb": "HardwareCorrupted in /proc/meminfo at the end",
+}
+
+
+def _owners(host: Host, pfn: int) -> set[int]:
+    """pids of the VMMs whose guest memory contains ``pfn``."""
+    out: set[int] = set()
+    folio = host.phys.folio_of(pfn)
+    for vm in host.ext.get("vms", {}).values():
+        for s in vm.slots:
+            if s.gmem is not None and folio is not None and folio.mapping is s.gmem:
+                out.add(vm.vmm.pid)
+            if s.hva is not None and folio is not None and any(
+                    mm_id == (vm.vmm.mm.id if vm.vmm.mm else -1) for mm_id, _ in folio.rmap):
+                out.add(vm.vmm.pid)
+        for gfn_head, (spfn, order) in vm.spte.items():
+            if spfn <= pfn < spfn + (1 << order):
+                out.add(vm.vmm.pid)
+    return out
+
 
 def compute_outcomes(host: Host) -> dict[str, Any]:
-    """Host panic, processes killed, signals, consumptions per PFN, poison handed out, VM
-    states, HugeTLB and HardwareCorrupted figures: everything a comparison reports."""
+    """Every figure in ``OUTCOME_DOCS`` for this host's run."""
     tr = host.trace
     consumed = Counter(e.pfn for e in tr.of(PoisonConsumed))
-    sigs = [e for e in tr.of(SignalSent) if e.outcome == "queued"]
+    sigs = [e for e in tr.of(SignalSent)
+            if e.outcome == "queued" and e.si_code in ("BUS_MCEERR_AR", "BUS_MCEERR_AO")]
+    wrong = told = 0
+    for e in sigs:
+        if e.pfn is None:
+            continue
+        owners = _owners(host, e.pfn)
+        if owners and e.pid not in owners:
+            wrong += 1
+        if owners and e.pid in owners and e.si_code == "BUS_MCEERR_AO":
+            told += 1
     vm_states: dict[str, str] = {}
     for e in tr.of(VmState):
         vm_states[e.vm] = e.state
-    out: dict[str, Any] = {
+    vms = host.ext.get("vms", {})
+    lost = 0
+    for vm in vms.values():
+        lost += _guest_bytes_lost(host, vm)
+    start_pool = host.ext.get("pool_at_start")
+    pool_now = sum(h.nr_huge_pages << h.order for h in host.hugetlb.hstates.values())
+    return {
         "host_panic": host.panicked is not None,
+        "vms_killed": sum(1 for s in vm_states.values() if s == "killed"),
+        "vms_paused": sum(1 for s in vm_states.values() if s == "paused"),
+        "guests_panicked": len([e for e in tr.of(GuestEvent) if e.what == "panic"]),
         "killed": sorted({e.comm for e in tr.of(ProcessExit) if e.signal is not None}),
-        "signals": len(sigs),
+        "mce_signals": len(sigs),
+        "wrong_process_signals": wrong,
+        "owner_told_unconsumed": told,
+        "vmce_injected": len(tr.of(MceInjected)),
         "consumptions": sum(consumed.values()),
-        "max_consumptions_per_pfn": max(consumed.values(), default=0),
+        "repeated_consumptions": sum(n - 1 for n in consumed.values()),
         "poison_handed_out": len(tr.of(PoisonHandedOut)),
+        "records_lost": len(records_lost(host)),
+        "guest_bytes_lost": lost,
+        "hugetlb_free_poisoned": sum(1 for h in host.hugetlb.hstates.values()
+                                     for f in h.free_list if "hwpoison" in f.flags),
+        "hugetlb_pool_delta": 0 if start_pool is None else
+        (pool_now - start_pool) >> host.geometry.pmd_order,
         "hardware_corrupted_kb": host.meminfo()["HardwareCorrupted"],
         "vm_states": vm_states,
     }
-    extra = host.ext.get("outcomes")
-    if extra is not None:
-        out.update(extra(host))
+
+
+def records_lost(host: Host) -> list[int]:
+    """Detected, really failed pfns that no structure remembers any more."""
+    table = host.ext.get("gmem_table", {})
+    out = []
+    for pfn in sorted(host.phys.detected & host.phys.hw_errors):
+        if pfn in host.phys.hwpoison or pfn in host.phys.isolated or pfn in table:
+            continue
+        f = host.phys.folio_of(pfn)
+        if f is not None and "hwpoison" in f.flags and (pfn in f.raw_hwp or
+                                                         "raw_hwp_unreliable" in f.flags):
+            continue
+        out.append(pfn)
     return out
+
+
+def _guest_bytes_lost(host: Host, vm: Any) -> int:
+    page = host.geometry.page_size
+    if vm.state == "killed" or not vm.vmm.alive:
+        return int(vm.memory_bytes())
+    total = 0
+    seen: set[int] = set()
+    for s in vm.slots:
+        inode = s.gmem
+        if inode is not None and inode.extra.get("unusable"):
+            total += s.npages * page
+            continue
+        for gfn in range(s.base_gfn, s.base_gfn + s.npages) if s.npages <= 1 << 12 else ():
+            pass
+        if inode is not None:
+            for f in list(inode.pages.values()):
+                if f.pfn in seen:
+                    continue
+                if "hwpoison" in f.flags and f.order:
+                    seen.add(f.pfn)
+                    total += f.nr_pages * page
+                elif f.pfn in host.phys.hwpoison:
+                    seen.add(f.pfn)
+                    total += page
+    for gfn in vm.guest_offlined:
+        total += page
+    for f in host.phys.folios.values():
+        if f.kind == "hugetlb" and "hwpoison" in f.flags and f.mapping is not None \
+                and f.mapping.kind == "hugetlbfs" and f.pfn not in seen:
+            if any(r.mm is vm.vmm.mm for r in f.mapping.i_mmap):
+                seen.add(f.pfn)
+                total += f.nr_pages * page
+    return total

@@ -14,7 +14,8 @@ _MULT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(value: int | str, page_size: int = 4096) -> int:
-    """Parse ``4096``, ``"4K"``, ``"2MiB"``, ``"1G"``, ``"3p"`` (pages) into bytes.
+    """Parse ``4096``, ``"4K"``, ``"2MiB"``, ``"1G"``, ``"3p"`` (pages), or a sum of them
+    (``"4G+12K"``) into bytes.
 
     Raises ``ValueError`` with a message that says which forms are accepted.
     """
@@ -26,6 +27,8 @@ def parse_size(value: int | str, page_size: int = 4096) -> int:
         return value
     if isinstance(value, str):
         s = value.strip()
+        if "+" in s:  # a sum such as 4G+12K (guest physical addresses)
+            return sum(parse_size(part, page_size) for part in s.split("+"))
         if s.lower().startswith("0x"):
             try:
                 return int(s, 16)

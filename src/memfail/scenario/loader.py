@@ -71,7 +71,7 @@ class Scenario:
     name: str
     description: str
     profile: str | None
-    policy: str | None
+    policy: str | dict[str, Any] | None
     seed: int
     host: HostSpec
     processes: tuple[ProcessSpec, ...]

@@ -50,7 +50,7 @@ class RunResult:
 
     scenario: Scenario
     profile: str
-    policy: str | None
+    policy: str | dict[str, Any] | None
     setup: list[ActionRecord]
     steps: list[ActionRecord]
     trace: Trace
@@ -62,6 +62,7 @@ class RunResult:
     processes: dict[str, dict[str, Any]]
     panicked: str | None
     outcomes: dict[str, Any] | None = None
+    host_outcomes: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,7 +84,7 @@ def setup_actions(sc: Scenario) -> list[tuple[Action, int | None]]:
     return out
 
 
-def make_host(sc: Scenario, profile: str, policy: str | None) -> Host:
+def make_host(sc: Scenario, profile: str, policy: str | dict[str, Any] | None) -> Host:
     from memfail.model.host import Host, HostConfig
 
     h = sc.host
@@ -98,7 +99,7 @@ def make_host(sc: Scenario, profile: str, policy: str | None) -> Host:
 
 
 def run_scenario(sc: Scenario, profile_override: str | None = None,
-                 policy_override: str | None = None) -> RunResult:
+                 policy_override: str | dict[str, Any] | None = None) -> RunResult:
     """Apply the scenario's set-up and steps to a new host and check every expectation."""
     profile = profile_override or sc.profile or DEFAULT_PROFILE
     policy = policy_override if policy_override is not None else sc.policy
@@ -166,6 +167,7 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
         meminfo_before=meminfo_before, meminfo_after=meminfo_after, mf_stats=mf_stats,
         processes=statuses, panicked=host.panicked,
         outcomes=outcomes() if sc.expect is not None and sc.expect.outcomes else None,
+        host_outcomes=outcomes(),
     )
 
 

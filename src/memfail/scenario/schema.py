@@ -323,7 +323,7 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     profile: str | None = None
-    policy: str | None = None
+    policy: str | dict[str, Any] | None = None
     seed: int = 0
     host: HostSpec = Field(default_factory=HostSpec)
     processes: list[ProcessSpec] = Field(default_factory=list)

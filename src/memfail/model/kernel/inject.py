@@ -89,6 +89,10 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
             raise ModelInputError(f"file {a.file!r} has no page cached at offset {a.offset}",
                                   "offset")
         return folio.pfn + (index - folio.index)
+    if a.gpa is not None and a.vm is not None:
+        from ..kvm.gmem import gpa_to_pfn
+
+        return gpa_to_pfn(host, a.vm, a.gpa)
     if a.free is not None:
         if a.free == "buddy":
             pfn = host.phys._bump + 0x100 + len(host.phys.isolated)
@@ -143,7 +147,7 @@ def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
     if ret in (-EHWPOISON, -EOPNOTSUPP):
         return ret
     host.log("mce: Memory error not recovered")
-    host.force_sig_sigbus(t, "kill_me_now")
+    host.force_sig_sigbus(t, "kill_me_now", pfn=pfn)
     return ret
 
 

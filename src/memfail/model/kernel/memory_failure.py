@@ -183,9 +183,9 @@ def kill_procs(host: Host, tokill: list[ToKill], forcekill: bool, pfn: int, flag
         host.log(f"Memory failure: {pfn:#x}: Sending SIGBUS to {t.comm}:{t.tid} due to hardware "
                  "memory corruption")
         if flags & MF_ACTION_REQUIRED and t is current:
-            host.force_sig_mceerr(t, BUS_MCEERR_AR, tk.addr, tk.shift, "memory_failure")
+            host.force_sig_mceerr(t, BUS_MCEERR_AR, tk.addr, tk.shift, "memory_failure", pfn)
         else:
-            host.send_sig_mceerr(t, BUS_MCEERR_AO, tk.addr, tk.shift, "memory_failure")
+            host.send_sig_mceerr(t, BUS_MCEERR_AO, tk.addr, tk.shift, "memory_failure", pfn)
 
 
 # --------------------------------------------------------------------------- unmapping
@@ -252,7 +252,7 @@ def kill_accessing_process(host: Host, current: Thread | None, pfn: int, raw_pfn
         host.log(f"Memory failure: {raw_pfn:#x}: Sending SIGBUS to {current.comm}:{current.tid} "
                  "due to hardware memory corruption")
         host.force_sig_mceerr(current, BUS_MCEERR_AR, found[0], found[1],
-                              "kill_accessing_process")
+                              "kill_accessing_process", raw_pfn)
         return -EHWPOISON
     return 0 if host.profile.kill_accessing_process_returns_zero else -EFAULT
 

@@ -255,6 +255,37 @@ def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) 
 # --------------------------------------------------------------------------- lookups
 
 
+def gpa_to_pfn(host: Host, vm_name: str, gpa: int | str) -> int:
+    """The host pfn behind a guest physical address (allocating the guest_memfd folio if the
+    guest never touched it)."""
+    from ..errors import ModelInputError
+
+    from ..errors import TargetGone
+
+    vm = get_vm(host, vm_name)
+    if not vm.vmm.alive or vm.state in ("killed", "destroyed"):
+        raise TargetGone(f"VM {vm_name!r} is gone; gpa {gpa} has no page any more", "gpa")
+    gfn = parse_size(gpa, host.geometry.page_size) >> host.geometry.page_shift
+    slot = vm.slot_of(gfn)
+    if slot is None:
+        raise ModelInputError(f"no memslot of VM {vm_name!r} covers gpa {gpa}", "gpa")
+    if slot.gmem is not None and (gfn in vm.private or slot.hva is None or slot.gmem_only):
+        idx = gfn - slot.base_gfn + slot.gmem_pgoff
+        folio = kvm_gmem_get_folio(host, slot.gmem, idx)
+        if folio is None:
+            raise TargetGone("no memory left to allocate the guest_memfd folio", "gpa")
+        return folio.pfn + (idx - folio.index)
+    assert slot.hva is not None
+    from ..kernel.mmops import gup
+
+    pfn, folio = gup(host, vm.vmm, slot.hva + ((gfn - slot.base_gfn) << 12), True)
+    if folio is not None:
+        folio.put("gup")
+    if pfn < 0:
+        raise TargetGone(f"gpa {gpa} of VM {vm_name!r} has no healthy page behind it", "gpa")
+    return pfn
+
+
 def pfn_poisoned(host: Host, pfn: int) -> bool:
     """PG_hwpoison as a kernel user sees it (raw flag, or the hugetlb folio's flag)."""
     if pfn in host.phys.hwpoison:
@@ -263,9 +294,17 @@ def pfn_poisoned(host: Host, pfn: int) -> bool:
     return f is not None and f.kind == HUGETLB and "hwpoison" in f.flags
 
 
+def _claimed(host: Host, folio: Folio) -> bool:
+    return policy(host).claims(is_gmem_hugetlb(folio))
+
+
 def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
-    """Does the policy's fault check refuse ``pfn`` of ``folio``?"""
+    """Does the fault check refuse ``pfn`` of ``folio``? Folios the policy does not claim
+    get mainline's check: the folio's PG_hwpoison (R67)."""
     pol = policy(host)
+    if not _claimed(host, folio):
+        return "hwpoison" in folio.flags or any(
+            p in host.phys.hwpoison for p in range(folio.pfn, folio.pfn + folio.nr_pages))
     if "hwpoison" in folio.flags:  # the head flag: the whole folio (R67)
         if pol.check_granularity == "folio" or folio.order == 0:
             return True
@@ -292,7 +331,7 @@ def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int
     if folio is None:
         return -ENOMEM
     pfn = folio.pfn + (index - folio.index)
-    if policy(host).fault_check and _failed_in(host, folio, pfn):
+    if (policy(host).fault_check or not _claimed(host, folio)) and _failed_in(host, folio, pfn):
         return -EHWPOISON
     return pfn, folio.order, folio.pfn
 
@@ -313,7 +352,7 @@ def kvm_gmem_fault_user(host: Host, inode: Inode, index: int) -> Folio | FaultEr
         host.log("WARNING: guest_memfd fault on a large folio")
         return FaultError("sigbus")
     pol = policy(host)
-    if pol.fault_check and pol.record == "table" and folio.pfn in table(host):
+    if _claimed(host, folio) and pol.fault_check and folio.pfn in table(host):
         return FaultError("hwpoison", host.geometry.page_shift)
     return folio
 
@@ -548,11 +587,11 @@ def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn
     host.log(f"Memory failure: {pfn:#x}: Sending SIGBUS to {current.comm}:{current.tid} due to "
              "hardware memory corruption")
     if pol.sigbus_addr == "plain":
-        host.force_sig_sigbus(current, "gmem policy")
+        host.force_sig_sigbus(current, "gmem policy", pfn=pfn)
         return
     addr = _hva_for(host, inode, folio, pfn, vm) if pol.sigbus_addr == "hva" else None
     host.force_sig_mceerr(current, BUS_MCEERR_AR, addr or 0, host.geometry.page_shift,
-                          "gmem policy")
+                          "gmem policy", pfn)
 
 
 def _notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> None:
@@ -564,7 +603,7 @@ def _notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> Non
     addr = _hva_for(host, inode, folio, pfn, vm) or 0
     host.log(f"Memory failure: {pfn:#x}: Sending SIGBUS to {t.comm}:{t.tid} due to hardware "
              "memory corruption")
-    host.send_sig_mceerr(t, BUS_MCEERR_AO, addr, host.geometry.page_shift, "kvm request")
+    host.send_sig_mceerr(t, BUS_MCEERR_AO, addr, host.geometry.page_shift, "kvm request", pfn)
 
 
 def _unmap_host(host: Host, inode: Inode, folio: Folio, pfn: int, how: str) -> None:

@@ -289,7 +289,8 @@ def faultin(host: Host, vm: VM, vcpu: int, gfn: int, write: bool) -> tuple[int, 
         pfn, folio = gup(host, vm.vmm, hva, write)
         if pfn == -EHWPOISON:
             # kvm_handle_error_pfn -> kvm_send_hwpoison_signal (R77): lsb PAGE_SHIFT on x86
-            host.send_sig_mceerr(t, BUS_MCEERR_AR, hva, 12, "kvm_send_hwpoison_signal")
+            host.send_sig_mceerr(t, BUS_MCEERR_AR, hva, 12, "kvm_send_hwpoison_signal",
+                                 _hva_pfn(host, vm, hva))
             host.emit(KvmExit(host.trace.step, vm.name, vcpu, -1, errno_name(-EINTR),
                               "KVM_EXIT_INTR"))
             return -EINTR
@@ -309,6 +310,16 @@ def faultin(host: Host, vm: VM, vcpu: int, gfn: int, write: bool) -> tuple[int, 
             return pfn, order
     vm.spte[gfn] = (pfn, 0)
     return pfn, 0
+
+
+def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
+    mm = vm.vmm.mm
+    assert mm is not None
+    vma = mm.find_vma(hva)
+    k = vma and mm.entry_key(vma, hva, host.geometry.page_shift)
+    if not k:
+        return None
+    return mm.ptes[k[0]].pfn + ((hva - k[0]) >> host.geometry.page_shift)
 
 
 @handles(GuestAccess)
