@@ -33,6 +33,8 @@ OUTCOME_DOCS: dict[str, str] = {
                              "guest memory",
     "owner_told_unconsumed": "AO SIGBUS that reached the VMM owning the failed memory",
     "vmce_injected": "machine checks injected into guests",
+    "early_not_told": "unconsumed failures in a VM's memory whose VMM has a PR_MCE_KILL_EARLY "
+                      "thread that was never sent BUS_MCEERR_AO for it",
     "consumptions": "times poisoned memory was consumed by a CPU",
     "repeated_consumptions": "consumptions of a pfn after its first (containment failures)",
     "poison_handed_out": "pages with a known error handed to a new user without PG_hwpoison",
@@ -98,6 +100,7 @@ def compute_outcomes(host: Host) -> dict[str, Any]:
         "wrong_process_signals": wrong,
         "owner_told_unconsumed": told,
         "vmce_injected": len(tr.of(MceInjected)),
+        "early_not_told": _early_not_told(host, sigs),
         "consumptions": sum(consumed.values()),
         "repeated_consumptions": sum(n - 1 for n in consumed.values()),
         "poison_handed_out": len(tr.of(PoisonHandedOut)),
@@ -110,6 +113,27 @@ def compute_outcomes(host: Host) -> dict[str, Any]:
         "hardware_corrupted_kb": host.meminfo()["HardwareCorrupted"],
         "vm_states": vm_states,
     }
+
+
+def _early_not_told(host: Host, sigs: list[Any]) -> int:
+    """Failures reported without consumption (AO: scrub, GHES, corrupt-pfn, kernel copies)
+    in guest memory of a VM whose VMM has an EARLY thread, that the VMM never heard of."""
+    from .trace import MemoryFailureCall
+
+    told = {(e.pid, e.pfn) for e in sigs if e.si_code == "BUS_MCEERR_AO"}
+    consumed = {e.pfn for e in host.trace.of(PoisonConsumed)
+                if e.mode in ("user", "guest")}
+    n = 0
+    for e in host.trace.of(MemoryFailureCall):
+        if "MF_ACTION_REQUIRED" in e.flags or e.pfn in consumed:
+            continue
+        for pid in _owners(host, e.pfn):
+            vmm = next((p for p in host.processes.values() if p.pid == pid), None)
+            if vmm is None or not any(t.mce_process and t.mce_early for t in vmm.threads):
+                continue
+            if (pid, e.pfn) not in told:
+                n += 1
+    return n
 
 
 def records_lost(host: Host) -> list[int]:
@@ -151,11 +175,43 @@ def _guest_bytes_lost(host: Host, vm: Any) -> int:
                     seen.add(f.pfn)
                     total += page
     for gfn in vm.guest_offlined:
+        pfn = _gfn_pfn(host, vm, gfn)
+        f = host.phys.folio_of(pfn) if pfn is not None else None
+        if f is not None and f.pfn in seen:
+            continue  # already counted with its poisoned folio
+        if f is None and pfn is not None and any(
+                s <= pfn < s + (1 << 18) for s in seen):
+            continue
         total += page
+    hva_loss = 0
     for f in host.phys.folios.values():
         if f.kind == "hugetlb" and "hwpoison" in f.flags and f.mapping is not None \
                 and f.mapping.kind == "hugetlbfs" and f.pfn not in seen:
             if any(r.mm is vm.vmm.mm for r in f.mapping.i_mmap):
                 seen.add(f.pfn)
-                total += f.nr_pages * page
+                hva_loss += f.nr_pages * page
+    if hva_loss:
+        # pages the guest offlined inside those folios are part of the same loss
+        inside = sum(page for g in vm.guest_offlined
+                     if (p := _gfn_pfn(host, vm, g)) is not None and
+                     any(s <= p < s + (1 << 18) for s in seen))
+        total += hva_loss - min(inside, hva_loss)
     return total
+
+
+def _gfn_pfn(host: Host, vm: Any, gfn: int) -> int | None:
+    """The pfn behind a gfn without allocating anything (None if there is none)."""
+    s = vm.slot_of(gfn)
+    if s is None:
+        return None
+    if s.gmem is not None and (gfn in vm.private or s.hva is None):
+        f = s.gmem.lookup(gfn - s.base_gfn + s.gmem_pgoff)
+        return None if f is None else f.pfn + (gfn - s.base_gfn + s.gmem_pgoff - f.index)
+    if s.hva is None or vm.vmm.mm is None:
+        return None
+    hva = s.hva + ((gfn - s.base_gfn) << 12)
+    vma = vm.vmm.mm.find_vma(hva)
+    k = vma and vm.vmm.mm.entry_key(vma, hva, host.geometry.page_shift)
+    if not k:
+        return None
+    return vm.vmm.mm.ptes[k[0]].pfn + ((hva - k[0]) >> host.geometry.page_shift)

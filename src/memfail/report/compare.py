@@ -69,6 +69,8 @@ def summarize(o: dict[str, Any]) -> str:
         parts.append("wrong-process SIGBUS")
     if o.get("records_lost"):
         parts.append("record lost")
+    if o.get("early_not_told"):
+        parts.append("EARLY VMM not told")
     if o.get("vmce_injected"):
         parts.append("vMCE")
     if o.get("guest_bytes_lost"):
@@ -107,7 +109,7 @@ def run_compare(scenarios: list[str], policies: list[str], profile: str | None =
 
 VERDICT_KEYS = ("host_panic", "vms_killed", "guests_panicked", "vms_paused",
                 "repeated_consumptions", "poison_handed_out", "wrong_process_signals",
-                "records_lost")
+                "records_lost", "early_not_told")
 
 
 def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]]:
@@ -127,7 +129,8 @@ def verdict_line(p: str, v: dict[str, Any]) -> str:
     names = {"host_panic": "host panic", "vms_killed": "VM killed", "guests_panicked":
              "guest panic", "vms_paused": "VM paused", "repeated_consumptions":
              "re-consumption", "poison_handed_out": "poison reused", "wrong_process_signals":
-             "wrong-process SIGBUS", "records_lost": "record lost"}
+             "wrong-process SIGBUS", "records_lost": "record lost",
+             "early_not_told": "EARLY VMM not told"}
     for k, label in names.items():
         if v[k]:
             bits.append(f"{label} in {v[k]}")

@@ -89,9 +89,14 @@ def make_host(sc: Scenario, profile: str, policy: str | dict[str, Any] | None) -
 
     h = sc.host
     try:
+        from memfail.model.units import Geometry
+
+        geo = Geometry() if h.geometry is None else \
+            Geometry(12, h.geometry.pmd_order, h.geometry.pud_order)
         cfg = HostConfig(memory=h.memory, hugepages={str(k): n for k, n in h.hugepages.items()},
-                         overcommit={str(k): n for k, n in h.overcommit.items()}, hvo=h.hvo, sysctl=dict(h.sysctl),
-                         profile=get_profile(profile), policy=policy, seed=sc.seed)
+                         overcommit={str(k): n for k, n in h.overcommit.items()}, hvo=h.hvo,
+                         hvo_restore_fails=h.hvo_restore_fails, sysctl=dict(h.sysctl),
+                         profile=get_profile(profile), policy=policy, seed=sc.seed, geometry=geo)
         return Host(cfg)
     except ValueError as e:  # ModelInputError included: an unknown policy, a bad pool size
         fld = "policy" if policy is not None and "polic" in str(e) else "host"

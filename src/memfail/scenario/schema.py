@@ -101,6 +101,20 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- host, processes
 
 
+class GeometrySpec(Strict):
+    """Scaled page geometry: huge pages of ``1 << pmd_order`` and ``1 << pud_order`` base
+    pages ("2M" and "1G" keep their names). Real x86-64 is pmd_order 9, pud_order 18."""
+
+    pmd_order: int = Field(default=9, ge=1, le=9)
+    pud_order: int = Field(default=18, ge=2, le=18)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GeometrySpec:
+        if self.pud_order <= self.pmd_order:
+            raise ValueError("pud_order must be larger than pmd_order")
+        return self
+
+
 class HostSpec(Strict):
     """The machine: memory size, HugeTLB pools, HVO and sysctls at boot."""
 
@@ -108,7 +122,9 @@ class HostSpec(Strict):
     hugepages: dict[HugeSize, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     overcommit: dict[HugeSize, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     hvo: bool = False
+    hvo_restore_fails: bool = False
     sysctl: dict[str, int] = Field(default_factory=dict)
+    geometry: GeometrySpec | None = None
 
     @field_validator("memory")
     @classmethod

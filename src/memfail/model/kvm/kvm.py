@@ -215,7 +215,7 @@ def do_memslot(host: Host, a: Memslot) -> ActionResult:
         of = host.fd(vm.vmm, gmem_fd)
         alt = of.inode.extra.get("hugetlbfs_region")
         if alt is not None:  # hugetlbfs baseline: guest memory is an HVA mapping
-            gmem_fd, hva_name = None, alt
+            gmem_fd, hva_name = None, hva_name or alt
     if hva_name is not None:
         region = vm.vmm.regions.get(hva_name)
         if region is None:

@@ -20,12 +20,12 @@ _add(GmemPolicy(
     "returns MF_DELAYED, truncate_error_folio reports it as 'Failed to punch page', MF returns "
     "-EBUSY and hardware AR gets a plain SIGBUS (R64, R65). HugeTLB-backed folios take the "
     "HugeTLB path: IGNORED, nothing zapped (R87).",
-    call_items=(), mf_delayed_fix=False))
+    call_items=(), propagate_on_split=False, mf_delayed_fix=False))
 _add(GmemPolicy(
     "mainline",
     "guest_memfd with Lisa Wang's MF_DELAYED fix: DELAYED, MF returns 0, the kill policy is "
     "respected; later guest access gets -EHWPOISON from kvm_gmem_get_pfn (R66, R67).",
-    call_items=(), mf_delayed_fix=True))
+    call_items=(), propagate_on_split=False, mf_delayed_fix=True))
 _add(GmemPolicy(
     "minimum",
     "The call's proposal as written: track failures in a global table (C1), defer unconsumed "
@@ -52,7 +52,7 @@ _add(GmemPolicy(
     "Sean: kill the guest completely and unmap everything on any failure in its guest_memfd "
     "(C7).",
     call_items=("C1", "C4", "C7"),
-    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="table", mark_on_release=True, mark_on_truncate=True,
     unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="kill-vm",
     unconsumed="kill-vm", honor_early=False, vm_on_error="kill", mf_delayed_fix=True))
 _add(GmemPolicy(
@@ -60,7 +60,7 @@ _add(GmemPolicy(
     "James: make the whole guest_memfd unusable on a failure: stage 2 zapped for the whole "
     "file, every later get_pfn and host fault fails (C7).",
     call_items=("C1", "C4", "C7"),
-    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="table", mark_on_release=True, mark_on_truncate=True,
     unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="sigbus-current",
     unconsumed="defer", honor_early=False, vm_on_error="unusable", mf_delayed_fix=True))
 _add(GmemPolicy(
@@ -69,7 +69,7 @@ _add(GmemPolicy(
     "guest_memfd folios with proper locking (kept across split/merge), SIGBUS to the processes "
     "of the struct kvm through a KVM request, PR_MCE_KILL_EARLY honoured.",
     call_items=("C1", "C4", "C8"),
-    handles="hugetlb", record="folio", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="folio", mark_on_release=True, mark_on_truncate=True,
     propagate_on_split=True, unmap_stage2="subpage", unmap_host="subpage", fault_check=True,
     check_granularity="subpage", consumed="sigbus-vmm", unconsumed="notify-vmm",
     honor_early=True, sigbus_addr="hva", mf_delayed_fix=True))
