@@ -69,3 +69,17 @@ def test_early_thread_not_told_when_vmm_unmapped_its_memory(tmp_path: Path) -> N
     assert sc.policy == "minimum" and sc.steps[-1].key == "hw_error"
     assert "step 2: hw_error(vm=vm0, page=0, detect=scrub)" in \
         path.with_suffix(".trace.txt").read_text()
+
+
+def test_policy_hooks_never_fired_come_from_policy_events() -> None:
+    """Coverage of policy hooks: the PolicyEvent hooks seen vs POLICY_HOOKS."""
+    from memfail.check.model_system import POLICY_HOOKS
+
+    cfg = standard_config()
+    sys = built(ModelSystem(cfg, "unusable"))
+    r = explore(sys, bounds=Bounds(max_depth=3), options=Options(stop_when_all_fail=False))
+    cov = r.coverage
+    assert {"memory_failure", "error_folio", "release"} <= set(cov.hooks_fired)
+    assert set(cov.hooks_fired) | set(cov.hooks_never) == set(POLICY_HOOKS)
+    assert not set(cov.hooks_fired) & set(cov.hooks_never)
+    assert cov.hooks_never == [h for h in POLICY_HOOKS if h not in cov.hooks_fired]

@@ -33,6 +33,14 @@ from memfail.model.host import HANDLERS
 from memfail.model.trace import Event, PolicyEvent
 from memfail.model.units import parse_size
 
+# The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
+# as src/memfail/model/kvm/gmem.py emits them: the policy's memory_failure() path
+# (policy_memory_failure), kvm_gmem_error_folio (a guest_memfd made unusable), a HugeTLB folio
+# split or merged by conversion, and the folios freed by punch hole or inode release
+# (_free_range with why="punch"/"release"). Coverage reports those no explored step fired.
+POLICY_HOOKS: tuple[str, ...] = ("memory_failure", "error_folio", "split", "merge", "punch",
+                                 "release")
+
 
 @dataclass
 class ModelState:
@@ -262,12 +270,8 @@ class ModelSystem:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
 
     def hooks(self) -> Sequence[str]:
-        try:
-            from memfail.model import policy as pol
-        except ImportError:  # pragma: no cover - policies land with the KVM model
-            return []
-        names = getattr(pol, "HOOKS", None)
-        return list(names) if names is not None else []
+        """Every policy hook the model reports as a ``PolicyEvent`` (``POLICY_HOOKS``)."""
+        return list(POLICY_HOOKS)
 
     def render(self, s: ModelState) -> dict[str, str]:
         """A flat view for diff-style traces: meminfo, mf stats, processes, PTEs, monitor."""
