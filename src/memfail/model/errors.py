@@ -31,8 +31,13 @@ class ModelInputError(ValueError):
 
 
 class TargetGone(ModelInputError):
-    """The page an action targets no longer exists because of what happened earlier in the
-    run (the VM was killed, its memory released): the action returns ENOENT instead."""
+    """What an action refers to existed but is gone because of what happened earlier in the
+    run (the VM was killed, its memory released, the fd closed): the action fails with
+    ``errno`` (ENOENT, EBADF) instead of being bad input."""
+
+    def __init__(self, message: str, field: str | None = None, errno: str = "ENOENT") -> None:
+        super().__init__(message, field)
+        self.errno = errno
 
 
 class KernelPanic(Exception):

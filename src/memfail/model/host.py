@@ -131,6 +131,7 @@ class Host:
         self._next_mm = 1
         self.panicked: str | None = None
         self.ext: dict[str, Any] = {}  # state of model extensions (KVM, VMM, policy)
+        self._pending_threads: set[Thread] = set()
         self._init_kernel_pages()
         self.root = self._new_process("bash", ["main"], caps=True)
         for size, n in cfg.overcommit.items():
@@ -210,19 +211,20 @@ class Host:
         except KernelPanic:
             res = ActionResult(None, "PANICKED")
         except TargetGone as e:
-            res = ActionResult(-1, "ENOENT")
+            res = ActionResult(-1, e.errno)
             self.log(f"memfail: {action.key}: {e}", level="debug")
         self.emit(ActionDone(self.trace.step, action.key, _jsonable(res.ret), res.errno))
         self.trace.step += 1
         return res
 
     def _dead_actor(self, action: Action) -> str | None:
-        name = getattr(action, "proc", None)
-        if isinstance(name, str) and action.key not in ("spawn",):
+        fields = type(action).model_fields
+        name = action.__dict__.get("proc") if "proc" in fields else None
+        if isinstance(name, str) and action.key != "spawn":
             p = self.processes.get(name)
             if p is not None and not p.alive:
                 return f"process {name} has exited"
-        vm_name = getattr(action, "vm", None)
+        vm_name = action.__dict__.get("vm") if "vm" in fields else None
         if isinstance(vm_name, str) and action.key in ("gmem_create", "memslot",
                                                        "set_attributes"):
             vm = self.ext.get("vms", {}).get(vm_name)
@@ -302,6 +304,7 @@ class Host:
             outcome = "ignored"
         else:
             t.pending = info
+            self._pending_threads.add(t)
             outcome = "queued"
         self._signal_event(t, info.si_code, info.addr, info.lsb, info.forced, sender, outcome,
                            pfn)
@@ -330,22 +333,31 @@ class Host:
 
     def deliver_signals(self) -> None:
         """Deliver every pending, unblocked SIGBUS on return to user space."""
-        for proc in self.processes_in_order():
-            for t in proc.threads:
-                info = t.pending
-                if info is None or t.blocked or not t.alive:
-                    continue
-                t.pending = None
-                fatal = proc.sigbus != "handler"
-                self.emit(SignalDelivered(
-                    self.trace.step, proc.pid, t.tid, t.comm, t.name,
-                    SI_CODE_NAMES.get(info.si_code, str(info.si_code)),
-                    self.addr_rel_of(proc, info.addr), info.lsb,
-                    "killed" if fatal else "handler"))
-                if fatal:
-                    self.kill_process(proc, SIGBUS, "signal")
-                    break
-                self.on_sigbus_handled(t, info)
+        if not self._pending_threads:
+            return
+        for t in sorted(self._pending_threads, key=lambda x: (x.proc.pid, x.tid)):
+            proc = t.proc
+            info = t.pending
+            if info is None or not t.alive:
+                self._pending_threads.discard(t)
+                continue
+            if t.blocked or not proc.alive:
+                continue
+            t.pending = None
+            self._pending_threads.discard(t)
+            fatal = proc.sigbus != "handler"
+            self.emit(SignalDelivered(
+                self.trace.step, proc.pid, t.tid, t.comm, t.name,
+                SI_CODE_NAMES.get(info.si_code, str(info.si_code)),
+                self.addr_rel_of(proc, info.addr), info.lsb,
+                "killed" if fatal else "handler"))
+            if fatal:
+                self.kill_process(proc, SIGBUS, "signal")
+                continue
+            self.on_sigbus_handled(t, info)
+        if any(t.pending is not None and not t.blocked and t.alive
+               for t in self._pending_threads):
+            self.deliver_signals()  # a handler's reaction queued another signal
 
     def on_sigbus_handled(self, t: Thread, info: SigInfo) -> None:
         """Hook for the VMM model: a process's SIGBUS handler ran."""
@@ -599,6 +611,7 @@ class Host:
         of = proc.fds.pop(fd, None)
         if of is None:
             return
+        self.ext.setdefault("closed_fds", set()).add((proc.pid, fd))
         of.inode.open_files -= 1
         hook = self.ext.get("file_release")
         if hook is not None and of.inode.kind == GMEM:
@@ -622,6 +635,8 @@ class Host:
 
     def fd(self, proc: Process, name: str) -> OpenFile:
         of = proc.fds.get(name)
+        if of is None and (proc.pid, name) in self.ext.get("closed_fds", ()):
+            raise TargetGone(f"fd {name!r} of {proc.comm!r} was closed", "fd", "EBADF")
         if of is None:
             raise ModelInputError(
                 f"process {proc.comm!r} has no fd named {name!r} (fds: "
@@ -646,7 +661,7 @@ class Host:
                       mapping=folio.mapping, index=folio.index + i, owner=folio.owner)
             pieces[f.pfn] = f
             self.phys.folios[f.pfn] = f
-        for (mm_id, key), order in folio.rmap.items():
+        for mm_id, key in folio.rmap:
             mm = self.mms[mm_id]
             pmd = mm.ptes.pop(key)
             for i in range(folio.nr_pages):

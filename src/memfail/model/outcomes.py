@@ -60,7 +60,7 @@ def _owners(host: Host, pfn: int) -> set[int]:
             if s.hva is not None and folio is not None and any(
                     mm_id == (vm.vmm.mm.id if vm.vmm.mm else -1) for mm_id, _ in folio.rmap):
                 out.add(vm.vmm.pid)
-        for gfn_head, (spfn, order) in vm.spte.items():
+        for spfn, order in vm.spte.values():
             if spfn <= pfn < spfn + (1 << order):
                 out.add(vm.vmm.pid)
     return out
@@ -162,8 +162,6 @@ def _guest_bytes_lost(host: Host, vm: Any) -> int:
         if inode is not None and inode.extra.get("unusable"):
             total += s.npages * page
             continue
-        for gfn in range(s.base_gfn, s.base_gfn + s.npages) if s.npages <= 1 << 12 else ():
-            pass
         if inode is not None:
             for f in list(inode.pages.values()):
                 if f.pfn in seen:
@@ -186,10 +184,10 @@ def _guest_bytes_lost(host: Host, vm: Any) -> int:
     hva_loss = 0
     for f in host.phys.folios.values():
         if f.kind == "hugetlb" and "hwpoison" in f.flags and f.mapping is not None \
-                and f.mapping.kind == "hugetlbfs" and f.pfn not in seen:
-            if any(r.mm is vm.vmm.mm for r in f.mapping.i_mmap):
-                seen.add(f.pfn)
-                hva_loss += f.nr_pages * page
+                and f.mapping.kind == "hugetlbfs" and f.pfn not in seen \
+                and any(r.mm is vm.vmm.mm for r in f.mapping.i_mmap):
+            seen.add(f.pfn)
+            hva_loss += f.nr_pages * page
     if hva_loss:
         # pages the guest offlined inside those folios are part of the same loss
         inside = sum(page for g in vm.guest_offlined

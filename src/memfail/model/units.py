@@ -6,6 +6,7 @@ checker uses a scaled one (a "huge page" of a few base pages) with the same code
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -26,20 +27,28 @@ def parse_size(value: int | str, page_size: int = 4096) -> int:
             raise ValueError(f"size must not be negative, got {value}")
         return value
     if isinstance(value, str):
-        s = value.strip()
-        if "+" in s:  # a sum such as 4G+12K (guest physical addresses)
-            return sum(parse_size(part, page_size) for part in s.split("+"))
-        if s.lower().startswith("0x"):
-            try:
-                return int(s, 16)
-            except ValueError:
-                pass
-        m = _SIZE_RE.match(s)
-        if m:
-            n, unit = int(m.group(1)), (m.group(2) or "")
-            if unit in ("p", "page", "pages"):
-                return n * page_size
-            return n * _MULT[unit[:1].upper()]
+        return _parse_str(value, page_size)
+    raise ValueError(
+        f"expected a size such as 4096, 0x1000, 4K, 2M, 1G or 3p (pages), got {value!r}"
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_str(value: str, page_size: int) -> int:
+    s = value.strip()
+    if "+" in s:  # a sum such as 4G+12K (guest physical addresses)
+        return sum(parse_size(part, page_size) for part in s.split("+"))
+    if s.lower().startswith("0x"):
+        try:
+            return int(s, 16)
+        except ValueError:
+            pass
+    m = _SIZE_RE.match(s)
+    if m:
+        n, unit = int(m.group(1)), (m.group(2) or "")
+        if unit in ("p", "page", "pages"):
+            return n * page_size
+        return n * _MULT[unit[:1].upper()]
     raise ValueError(
         f"expected a size such as 4096, 0x1000, 4K, 2M, 1G or 3p (pages), got {value!r}"
     )

@@ -158,7 +158,7 @@ def compare(
     pols = policy or list(PRESETS)
     for p in pols:
         if p not in PRESETS:
-            raise ScenarioError(None, None, "--policy",
+            raise ScenarioError("memfail compare", None, "--policy",
                                 f"unknown policy {p!r}; valid policies: {', '.join(PRESETS)}")
     from memfail.scenario.loader import library
 
@@ -166,7 +166,7 @@ def compare(
     scens = scenario or compare_scenarios()
     for s in scens:
         if s not in known and not s.endswith((".yaml", ".yml")):
-            raise ScenarioError(None, None, "--scenario",
+            raise ScenarioError("memfail compare", None, "--scenario",
                                 f"unknown scenario {s!r}; valid scenarios: "
                                 f"{', '.join(compare_scenarios())}")
     cells = run_compare(scens, pols, profile, workers)

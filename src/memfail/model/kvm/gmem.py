@@ -41,7 +41,7 @@ def policy(host: Host) -> GmemPolicy:
 
     if host.policy is None:
         host.policy = make_policy("mainline")
-    return host.policy  # type: ignore[no-any-return]
+    return host.policy
 
 
 def table(host: Host) -> dict[int, dict[str, object]]:
@@ -258,9 +258,7 @@ def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) 
 def gpa_to_pfn(host: Host, vm_name: str, gpa: int | str) -> int:
     """The host pfn behind a guest physical address (allocating the guest_memfd folio if the
     guest never touched it)."""
-    from ..errors import ModelInputError
-
-    from ..errors import TargetGone
+    from ..errors import ModelInputError, TargetGone
 
     vm = get_vm(host, vm_name)
     if not vm.vmm.alive or vm.state in ("killed", "destroyed"):

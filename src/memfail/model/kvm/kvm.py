@@ -130,12 +130,12 @@ def zap_gfn_range(host: Host, vm: VM, start: int, end: int, why: str,
     TDP) the PRIVATE filter selects the S-EPT, SHARED the direct roots (R64)."""
     n = 0
     for head in sorted(vm.spte):
-        pfn, order = vm.spte[head]
+        order = vm.spte[head][1]
         if head + (1 << order) <= start or head >= end:
             continue
-        if private_only is not None and vm.mirrored_tdp:
-            if (head in vm.private) != private_only:
-                continue
+        if private_only is not None and vm.mirrored_tdp and \
+                (head in vm.private) != private_only:
+            continue
         del vm.spte[head]
         n += 1
     vm.mmu_seq += 1
@@ -475,7 +475,7 @@ def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
         if s.gmem is not None and s.hva is None:
             gmem_punch(host, s.gmem, gfn - s.base_gfn + s.gmem_pgoff, 1)
         elif s.hva is not None:
-            region = vm.vmm.mm and vm.vmm.mm.find_vma(s.hva)
+            region = vm.vmm.mm.find_vma(s.hva) if vm.vmm.mm is not None else None
             if region is not None and region.inode is not None:
                 idx = region.index_of(s.hva + ((gfn - s.base_gfn) << 12))
                 unit = 1 << region.inode.huge_order

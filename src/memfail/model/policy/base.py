@@ -117,7 +117,7 @@ def knob_values(name: str) -> tuple[Any, ...] | None:
     """The allowed values of a knob (None for free-form)."""
     for f in fields(GmemPolicy):
         if f.name == name:
-            t = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307
+            t = f.type if not isinstance(f.type, str) else eval(f.type, globals())
             args = get_args(t)
             if f.name == "mf_delayed_fix":
                 return (True, False, None)
