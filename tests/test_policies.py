@@ -95,3 +95,16 @@ def test_library_covers_the_call() -> None:
                    "vm-punch-reuse", "vm-release", "vm-two-errors-1g", "vm-free-pool-folio",
                    "vm-shared-vmm-reads"):
         assert needed in names
+
+
+def test_policies_doc_is_fresh() -> None:
+    from pathlib import Path
+
+    from memfail.report.compare import policies_markdown
+
+    doc = (Path(__file__).parent.parent / "docs" / "policies.md").read_text()
+    start = doc.index("<!-- BEGIN POLICIES -->\n") + len("<!-- BEGIN POLICIES -->\n")
+    end = doc.index("<!-- END POLICIES -->")
+    assert doc[start:end] == policies_markdown(), (
+        "docs/policies.md is stale: regenerate the section between the POLICIES markers "
+        "from memfail.report.compare.policies_markdown()")

@@ -259,3 +259,29 @@ def register(app: typer.Typer) -> None:
 
 
 __all__ = ["compare", "policies", "register", "run_compare", "summarize", "sys"]
+
+
+def policies_markdown() -> str:
+    """The presets x knobs table and the knob and outcome glossaries, as Markdown (the
+    generated section of docs/policies.md)."""
+    pols = list(PRESETS.values())
+    lines = ["| knob | " + " | ".join(p.name for p in pols) + " |",
+             "|---|" + "---|" * len(pols)]
+    for k in pols[0].knobs():
+        lines.append(f"| `{k}` | " + " | ".join(str(p.knobs()[k]) for p in pols) + " |")
+    lines.append("| call items | " + " | ".join(", ".join(p.call_items) or "-" for p in pols)
+                 + " |")
+    lines.append("")
+    for p in pols:
+        lines.append(f"- **{p.name}**: {p.summary}")
+    lines.append("")
+    lines.append("Knobs:")
+    lines.append("")
+    for k, d in KNOB_DOCS.items():
+        lines.append(f"- `{k}`: {d}")
+    lines.append("")
+    lines.append("Outcomes (`memfail compare` cells, `Host.outcomes()`):")
+    lines.append("")
+    for k, d in OUTCOME_DOCS.items():
+        lines.append(f"- `{k}`: {d}")
+    return "\n".join(lines) + "\n"

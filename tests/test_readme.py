@@ -1,0 +1,43 @@
+"""Every command line shown in README.md and docs/policies.md runs as shown."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from memfail.cli import main
+
+ROOT = Path(__file__).parent.parent
+
+
+def commands(doc: str) -> list[str]:
+    text = (ROOT / doc).read_text()
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith((".venv/bin/memfail ", "memfail ")):
+                out.append(line.split("memfail ", 1)[1])
+    return out
+
+
+CMDS = commands("README.md") + commands("docs/policies.md")
+
+
+def test_readme_shows_commands() -> None:
+    assert len(CMDS) >= 8
+
+
+@pytest.mark.parametrize("cmd", CMDS)
+def test_command_runs(cmd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc = main(shlex.split(cmd))
+    out = capsys.readouterr()
+    # 1 is a legitimate answer for `check` (a property fails); never bad input or a crash
+    assert rc in (0, 1), f"memfail {cmd} -> {rc}\n{out.err[-2000:]}"
+    if not cmd.startswith("check"):
+        assert rc == 0, f"memfail {cmd} -> {rc}\n{out.err[-2000:]}"
