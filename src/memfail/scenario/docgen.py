@@ -35,6 +35,9 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Error injection", ("corrupt_pfn", "unpoison_pfn", "hard_offline_page",
                          "soft_offline_page", "hw_error", "scrub")),
     ("Observations", ("pagemap", "kpageflags", "meminfo")),
+    ("VMs: KVM, guest_memfd and the VMM", ("vm_create", "gmem_create", "memslot",
+                                           "set_attributes", "guest_access", "kernel_access",
+                                           "vm_destroy", "vm_reset")),
 )
 _SECTION_RE = re.compile(r"(<!-- BEGIN ([A-Z]+)(?: ([\w.-]+))? -->\n)(.*?)(<!-- END \2 -->)",
                          re.S)
