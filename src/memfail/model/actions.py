@@ -39,7 +39,10 @@ class TargetMixin(BaseModel):
       ``index`` picks which raw page inside it, 0 = head);
     * ``kernel``: a kernel-owned page: ``slab``, ``pagetable``, ``reserved`` or ``zero_page``;
     * ``vm`` + ``gpa``: the host page backing that guest physical address (the guest_memfd
-      folio, allocated if the guest never touched it, or the page behind the memslot's HVA).
+      folio, allocated if the guest never touched it, or the page behind the memslot's HVA);
+    * ``phys``: a physical address, as written to ``hard_offline_page`` /
+      ``soft_offline_page`` (DOC-07): a hex string (``"0x100000000"``) or an integer; the
+      page is ``phys >> PAGE_SHIFT``.
     """
 
     pfn: int | None = None
@@ -52,17 +55,29 @@ class TargetMixin(BaseModel):
     kernel: Literal["slab", "pagetable", "reserved", "zero_page"] | None = None
     vm: str | None = None
     gpa: Size | None = None
+    phys: int | str | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Any:
         given = [n for n, v in (("pfn", self.pfn), ("addr", self.addr), ("file", self.file),
-                                ("free", self.free), ("kernel", self.kernel), ("gpa", self.gpa))
+                                ("free", self.free), ("kernel", self.kernel), ("gpa", self.gpa),
+                                ("phys", self.phys))
                  if v is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one target: pfn, addr (with proc), file (+ offset), free, kernel "
-                "or gpa (with vm)" + (f"; got {', '.join(given)}" if given else "")
+                "give exactly one target: pfn, phys, addr (with proc), file (+ offset), free, "
+                "kernel or gpa (with vm)" + (f"; got {', '.join(given)}" if given else "")
             )
+        if isinstance(self.phys, str):
+            try:
+                value = int(self.phys.strip(), 16)
+            except ValueError:
+                raise ValueError(f"phys must be a hex physical address such as 0x100000000, "
+                                 f"not {self.phys!r}") from None
+            if value < 0:
+                raise ValueError("phys must not be negative")
+        elif self.phys is not None and self.phys < 0:
+            raise ValueError("phys must not be negative")
         if self.gpa is not None and self.vm is None:
             raise ValueError("gpa needs vm: the VM whose guest physical address it is")
         if self.addr is not None and self.proc is None:

@@ -63,6 +63,11 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
     geo = host.geometry
     if a.pfn is not None:
         return a.pfn
+    if a.phys is not None:
+        # sysfs hard_offline_page / soft_offline_page parse a physical address with kstrtoull
+        # (base 0) and shift it: pfn = addr >> PAGE_SHIFT (DOC-07; base-page granularity)
+        phys = int(a.phys.strip(), 16) if isinstance(a.phys, str) else a.phys
+        return phys >> geo.page_shift
     if a.addr is not None:
         assert a.proc is not None
         proc = host.proc(a.proc)
