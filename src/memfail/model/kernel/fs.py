@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 SHMEM, HUGETLBFS, EXT2, RAMFS, GMEM = "shmem", "hugetlbfs", "ext2", "ramfs", "gmem"
 
+DEVICES = {EXT2: (8, 1), SHMEM: (0, 1), HUGETLBFS: (0, 2), RAMFS: (0, 3), GMEM: (0, 4)}
+
 # error_remove_folio behaviours (R28)
 ERM_TRUNCATE, ERM_KEEP, ERM_DELAYED, ERM_NONE = "truncate", "keep", "delayed", "none"
 
@@ -42,6 +44,13 @@ class Inode:
     def can_writeback(self) -> bool:
         """mapping_can_writeback(): only disk-backed file systems (R22 step 4)."""
         return self.kind == EXT2
+
+    @property
+    def dev(self) -> tuple[int, int]:
+        """(major, minor) of the file system's device (sb->s_dev), for the hwpoison test
+        filter (R15): ext2 sits on a block device (8:1); the others have anonymous device
+        numbers (major 0)."""
+        return DEVICES.get(self.kind, (0, 9))
 
     @property
     def is_shmem(self) -> bool:

@@ -46,9 +46,10 @@ from .memory_failure import (
     MF_COUNT_INCREASED,
     MF_MUST_KILL,
     MF_SW_SIMULATED,
+    hwpoison_filter,
     memory_failure,
 )
-from .mm import HWPOISON, PRESENT, PTE
+from .mm import HWPOISON, PRESENT, PTE, SWAP
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -80,6 +81,16 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
                 f"no page is mapped at {a.proc}:{a.addr} (pagemap shows it not present); "
                 "touch it first with mem_read or mem_write", "addr")
         pte = proc.mm.ptes[k[0]]
+        if pte.kind == SWAP:
+            # a swap entry: the page, if any, is the swap-cache folio of that slot (R29)
+            from .swap import swap_state
+
+            cached = swap_state(host).cache.get(pte.pfn)
+            if cached is None:
+                raise ModelInputError(
+                    f"the page at {a.proc}:{a.addr} is swapped out and not in the swap cache "
+                    "(pagemap shows it swapped)", "addr")
+            return cached.pfn
         return pte.pfn + ((addr - k[0]) >> geo.page_shift)
     if a.file is not None:
         inode = host.files.get(a.file)
@@ -218,6 +229,17 @@ def do_corrupt_pfn(host: Host, a: CorruptPfn) -> ActionResult:
     pfn = resolve_target(host, a)
     if not host.phys.valid(pfn):
         return ActionResult.err(-ENXIO)
+    if host.mf.filter_enable:
+        # hwpoison_inject(): with the filter on, only LRU, HugeTLB and free buddy pages are
+        # considered, and a racy hwpoison_filter() check skips the others; both return 0
+        # without calling memory_failure() (R5, R15)
+        folio = host.phys.folio_of(pfn)
+        if folio is None and not host.phys.is_free(pfn):
+            return ActionResult(len(f"{pfn:#x}\n"))
+        if folio is not None and "lru" not in folio.flags and folio.kind != HUGETLB:
+            return ActionResult(len(f"{pfn:#x}\n"))
+        if hwpoison_filter(host, folio, pfn):
+            return ActionResult(len(f"{pfn:#x}\n"))
     host.log(f"Injecting memory failure at pfn {pfn:#x}", level="info")
     ret = memory_failure(host, pfn, MF_SW_SIMULATED, t, via="corrupt-pfn")
     if ret and ret != -EOPNOTSUPP:
@@ -632,6 +654,8 @@ def do_pagemap(host: Host, a: Pagemap) -> ActionResult:
             out["hwpoison_entry"] = True
             if not (vma and vma.huge_order):
                 out.update(swapped=True, pfn=pfn)  # hugetlb pagemap does not parse it
+        elif pte.kind == SWAP:
+            out["swapped"] = True  # a swap entry: pagemap gives its type/offset, no pfn
     host.emit(Observation(host.trace.step, f"pagemap {a.proc}:{a.addr}", out))
     return ActionResult(out)
 
@@ -647,3 +671,4 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
 __all__ = ["EINVAL", "consume_kernel", "consume_user", "resolve_target"]
 
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
+from . import swap as _swap  # noqa: E402,F401  (the swapout handler)

@@ -13,7 +13,7 @@ from ..errors import EFAULT
 from ..host import ActionResult, handles
 from ..trace import PoisonConsumed
 from ..units import parse_size
-from .kactions import MfQueue, UserCopy
+from .kactions import HwpoisonFilter, MfQueue, UserCopy
 from .memory_failure import MF_SOFT_OFFLINE, memory_failure
 from .mm import HWPOISON
 
@@ -100,3 +100,38 @@ def do_mf_queue(host: Host, a: MfQueue) -> ActionResult:
     if a.drain:
         memory_failure_work_func(host)
     return ActionResult(len(host.mf.mf_queue))
+
+
+def _kpf_bits(value: int | list[str]) -> int:
+    from ..errors import ModelInputError
+    from .inject import KPF
+
+    if isinstance(value, int):
+        return value
+    bits = 0
+    for name in value:
+        n = name.upper().removeprefix("KPF_")
+        if n not in KPF:
+            raise ModelInputError(f"unknown page flag {name!r}; known: {', '.join(KPF)}",
+                                  "flags_mask")
+        bits |= 1 << KPF.index(n)
+    return bits
+
+
+@handles(HwpoisonFilter)
+def do_hwpoison_filter(host: Host, a: HwpoisonFilter) -> ActionResult:
+    """Write the debugfs corrupt-filter-* files (R15)."""
+    mf = host.mf
+    if a.enable is not None:
+        mf.filter_enable = a.enable
+    if a.dev_major is not None:
+        mf.filter_dev_major = a.dev_major
+    if a.dev_minor is not None:
+        mf.filter_dev_minor = a.dev_minor
+    if a.flags_mask is not None:
+        mf.filter_flags_mask = _kpf_bits(a.flags_mask)
+    if a.flags_value is not None:
+        mf.filter_flags_value = _kpf_bits(a.flags_value)
+    if a.memcg is not None:
+        mf.filter_memcg = a.memcg
+    return ActionResult(0)

@@ -46,5 +46,50 @@ class MfQueue(TargetMixin, Action):
     drain: bool = True
 
 
-KERNEL_ACTIONS: tuple[type[Action], ...] = (UserCopy, MfQueue)
+class Swapout(Action):
+    """Reclaim ``proc``'s private anonymous pages in ``len`` bytes at ``addr`` to swap
+    (like MADV_PAGEOUT), stopping at ``stage`` (R29):
+
+    * ``cache`` — add_to_swap + unmap: the page is in the swap cache, **dirty**, not yet
+      written; the PTEs are swap entries;
+    * ``written`` — also written to the swap device: in the swap cache, **clean**;
+    * ``freed`` (default) — also removed from the swap cache and freed: only the slot holds
+      the data.
+
+    A later access swaps the page in (do_swap_page): from the swap cache if it is still
+    there (a poisoned swap-cache page gives SIGBUS ``BUS_MCEERR_AR``), else read from the
+    slot into a new page, which stays in the swap cache clean after a read fault and leaves
+    it after a write fault. Mlocked and hugetlb ranges fail with ``EINVAL``; shared or
+    file-backed memory is not modelled (``EINVAL``). Returns the number of pages handled."""
+
+    key: ClassVar[str] = "swapout"
+    proc: str
+    addr: Addr
+    len: Size = 4096
+    stage: Literal["cache", "written", "freed"] = "freed"
+
+
+class HwpoisonFilter(Action):
+    """Write the hwpoison test filter files in debugfs ``hwpoison/`` (R15, DOC-09):
+    ``corrupt-filter-enable``, ``corrupt-filter-dev-major``/``-dev-minor`` (the page's
+    file system device; ``-1`` = any), ``corrupt-filter-flags-mask``/``-flags-value``
+    (KPF_* bits as in ``/proc/kpageflags``: an integer or a list of flag names such as
+    ``[LRU, DIRTY]``) and ``corrupt-filter-memcg`` (a memory cgroup inode number; every page
+    of the model belongs to the root cgroup, inode 1; 0 = any). Fields not given keep their
+    value. While enabled, memory_failure() clears PG_hwpoison again on a page that does not
+    match and returns -EOPNOTSUPP, which madvise(), corrupt-pfn and hard_offline_page turn
+    into success; corrupt-pfn also skips pages that are not LRU, HugeTLB or free buddy pages.
+    Devices: ext2 is 8:1, tmpfs/shmem 0:1, hugetlbfs 0:2, ramfs 0:3; anonymous memory has
+    no device, so any device filter skips it. Returns 0."""
+
+    key: ClassVar[str] = "hwpoison_filter"
+    enable: bool | None = None
+    dev_major: int | None = None
+    dev_minor: int | None = None
+    flags_mask: int | list[str] | None = None
+    flags_value: int | list[str] | None = None
+    memcg: int | None = None
+
+
+KERNEL_ACTIONS: tuple[type[Action], ...] = (UserCopy, MfQueue, Swapout, HwpoisonFilter)
 register_actions(*KERNEL_ACTIONS)

@@ -75,6 +75,13 @@ class MFState:
     unpoison_suppressed: int = 0
     soft_offline_disabled_logged: bool = False  # pr_info_once (R11)
     mf_queue: list[tuple[int, int]] = field(default_factory=list)  # per-CPU FIFO (R2)
+    # hwpoison-inject's corrupt-filter-* files (R15); dev -1 is ~0U ("any")
+    filter_enable: bool = False
+    filter_dev_major: int = -1
+    filter_dev_minor: int = -1
+    filter_flags_mask: int = 0
+    filter_flags_value: int = 0
+    filter_memcg: int = 0
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("total", "ignored", "failed", "delayed", "recovered"), 0))
 
@@ -209,7 +216,16 @@ def hwpoison_user_mappings(host: Host, folio: Folio, pfn: int, flags: int,
             host.log(f"Memory failure: {pfn:#x}: corrupted page was clean: dropped without "
                      "side effects", level="info")
     tokill = collect_procs(host, folio, pfn, bool(flags & MF_ACTION_REQUIRED), current)
+    keys = list(folio.rmap)
+    locked = any((v := host.mms[mm_id].find_vma(k)) is not None and v.locked
+                 for mm_id, k in keys)
     host.try_to_unmap(folio, hwpoison=ttu_hwpoison, pfn=pfn)
+    if "swapcache" in folio.flags:
+        from .swap import unmap_to_swap_entries
+
+        unmap_to_swap_entries(host, folio, keys)  # R22 step 3: swap entries, not hwpoison
+    if locked and not folio.mapped:
+        munlock_after_unmap(folio)
     unmap_success = not folio.mapped
     if not unmap_success:
         host.log(f"Memory failure: {pfn:#x}: failed to unmap page (folio mapcount="
@@ -217,6 +233,20 @@ def hwpoison_user_mappings(host: Host, folio: Folio, pfn: int, flags: int,
     forcekill = "dirty" in folio.flags or bool(flags & MF_MUST_KILL) or not unmap_success
     kill_procs(host, tokill, forcekill, pfn, flags, current, unmap_failed=not unmap_success)
     return unmap_success
+
+
+def munlock_after_unmap(folio: Folio) -> None:
+    """try_to_unmap_one() of a folio in a VM_LOCKED VMA (TTU_IGNORE_MLOCK): removing the rmap
+    calls munlock_vma_folio(), and the function ends with mlock_drain_local(), so
+    __munlock_folio() runs before memory_failure() looks at the flags again: PG_mlocked is
+    cleared and, if the mapping is evictable, the folio moves to the evictable LRU
+    (PG_unevictable cleared, PG_lru kept). identify_page_state() therefore matches the
+    current flags as a plain "dirty/clean LRU page" (or "unevictable" for ramfs); the saved
+    flags would only be used if no row matched (R24). [DERIVED from mm/rmap.c
+    try_to_unmap_one and mm/mlock.c __munlock_folio, 5.18+ mlock rework]"""
+    folio.flags.discard("mlocked")
+    if folio.mapping is None or not folio.mapping.unevictable:
+        folio.flags.discard("unevictable")
 
 
 # --------------------------------------------------------------------------- repeated AR
@@ -333,6 +363,33 @@ def me_pagecache_dirty(host: Host, folio: Folio, pfn: int, page_type: str) -> in
     return me_pagecache_clean(host, folio, pfn, page_type)
 
 
+def me_swapcache_dirty(host: Host, folio: Folio, pfn: int, page_type: str) -> int:
+    """me_swapcache_dirty() (R29): clear dirty and uptodate, take the folio off the LRU and
+    leave it in the swap cache (one extra pin expected): DELAYED; the next swap-in fault
+    finds PG_hwpoison and kills (do_swap_page)."""
+    folio.flags -= {"dirty", "uptodate"}
+    ok = "lru" in folio.flags
+    folio.flags -= {"lru", "active", "unevictable", "mlocked"}
+    ret = MF_DELAYED if ok else MF_FAILED
+    if has_extra_refcount(host, folio, pfn, page_type, ret == MF_DELAYED):
+        ret = MF_FAILED
+    return ret
+
+
+def me_swapcache_clean(host: Host, folio: Folio, pfn: int, page_type: str) -> int:
+    """me_swapcache_clean() (R29): delete the folio from the swap cache and the LRU:
+    RECOVERED (the slot still holds the data, so the next access reads it back)."""
+    from .swap import delete_from_swap_cache
+
+    delete_from_swap_cache(host, folio)  # the MF reference keeps the folio allocated
+    ok = "lru" in folio.flags
+    folio.flags -= {"lru", "active", "unevictable", "mlocked"}
+    ret = MF_RECOVERED if ok else MF_FAILED
+    if has_extra_refcount(host, folio, pfn, page_type, False):
+        ret = MF_FAILED
+    return ret
+
+
 def me_huge_page(host: Host, folio: Folio, pfn: int) -> int:
     """me_huge_page() (R52)."""
     extra_pins = False
@@ -399,7 +456,8 @@ def identify_page_state(host: Host, folio: Folio, pfn: int, saved: set[str]) -> 
     elif handler == "huge":
         res = me_huge_page(host, folio, pfn)
     elif handler == "swapcache":
-        res = MF_DELAYED if "dirty" in folio.flags else MF_RECOVERED
+        res = me_swapcache_dirty(host, folio, pfn, page_type) if "dirty" in folio.flags \
+            else me_swapcache_clean(host, folio, pfn, page_type)
     elif "dirty" in page_type:
         res = me_pagecache_dirty(host, folio, pfn, page_type)
     else:
@@ -467,6 +525,16 @@ def try_memory_failure_hugetlb(host: Host, pfn: int, flags: int, folio: Folio,
     if res == -EBUSY:
         page_type = MSG_GET_HWPOISON if p.mf_msg_already_poisoned else MSG_UNKNOWN
         return action_result(host, pfn, page_type, MF_IGNORED)
+    if hwpoison_filter(host, folio, pfn):
+        # R15: folio_clear_hugetlb_hwpoison, restore migratable, drop the reference
+        folio.raw_hwp.remove(pfn)
+        if not folio.raw_hwp:
+            folio.flags.discard("hwpoison")
+        if res == 1:
+            folio.flags.add("hugetlb_migratable")
+            if folio.refs["mf"]:
+                folio.put("mf")
+        return -EOPNOTSUPP
     if res == 0:
         ok = page_handle_poison(host, pfn, folio)
         return action_result(host, pfn, MSG_FREE_HUGE, MF_RECOVERED if ok else MF_FAILED)
@@ -493,6 +561,34 @@ def hugetlb_already_poisoned(host: Host, pfn: int, flags: int, folio: Folio, pre
                                               flags & MF_ACTION_REQUIRED):
         action_result(host, pfn, MSG_ALREADY_POISONED, MF_FAILED)
     return rv
+
+
+# --------------------------------------------------------------------------- test filter
+
+
+def hwpoison_filter(host: Host, folio: Folio | None, pfn: int) -> bool:
+    """hwpoison_filter() (R15): True when the test filter is enabled and the page does not
+    match it (hwpoison_filter_dev, _flags, _task in mm/hwpoison-inject.c)."""
+    mf = host.mf
+    if not mf.filter_enable:
+        return False
+    if mf.filter_dev_major != -1 or mf.filter_dev_minor != -1:
+        # page_mapping() of an anonymous page has no host inode: never matches
+        if folio is None or folio.kind == KERNEL or folio.mapping is None:
+            return True
+        major, minor = folio.mapping.dev
+        if mf.filter_dev_major not in (-1, major) or mf.filter_dev_minor not in (-1, minor):
+            return True
+    if mf.filter_flags_mask or mf.filter_flags_value:
+        from .inject import KPF, kpageflags
+
+        bits = sum(1 << KPF.index(n) for n in kpageflags(host, pfn))
+        if bits & mf.filter_flags_mask != mf.filter_flags_value:
+            return True
+    return bool(mf.filter_memcg) and mf.filter_memcg != ROOT_MEMCG_INO
+
+
+ROOT_MEMCG_INO = 1  # page_cgroup_ino(): every page of the model is charged to the root cgroup
 
 
 # --------------------------------------------------------------------------- the entry
@@ -576,6 +672,11 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
             return action_result(host, pfn, page_type, MF_IGNORED)
         folio.get("mf")
 
+    # R15: the test filter. Jane Chu's 6.11 series ("Move hwpoison_filter() higher up")
+    # checks it before the THP split; older kernels after the split, with the flags saved.
+    if p.mf_msg_already_poisoned and _filtered(host, folio, pfn):
+        return -EOPNOTSUPP
+
     # R20: large non-hugetlb folio (THP): split
     if folio.order > 0 and folio.kind != HUGETLB:
         folio.flags.add("has_hwpoisoned")
@@ -586,6 +687,9 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
             action_result(host, pfn, MSG_UNSPLIT_THP, MF_FAILED)
             return -EHWPOISON
         folio = split
+
+    if not p.mf_msg_already_poisoned and _filtered(host, folio, pfn):
+        return -EOPNOTSUPP
 
     # R21: non-LRU pages skip unmapping
     saved = set(folio.flags)
@@ -599,6 +703,18 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
                 and folio.kind != ANON):
             return action_result(host, pfn, MSG_TRUNCATED_LRU, MF_IGNORED)
     return identify_page_state(host, folio, pfn, saved)
+
+
+def _filtered(host: Host, folio: Folio, pfn: int) -> bool:
+    """The filter check inside memory_failure(): on a mismatch clear PG_hwpoison again and
+    drop the reference taken (R15); nothing is counted or logged."""
+    if not hwpoison_filter(host, folio, pfn):
+        return False
+    host.phys.hwpoison.discard(pfn)
+    host.phys.detected.discard(pfn)
+    if folio.refs["mf"]:
+        folio.put("mf")
+    return True
 
 
 __all__ = [

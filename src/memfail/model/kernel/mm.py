@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .fs import Inode
 
-PRESENT, HWPOISON = "present", "hwpoison"
+PRESENT, HWPOISON, SWAP = "present", "hwpoison", "swap"  # SWAP: pfn holds the slot
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from ..host import ZERO_PFN, ActionResult, handles
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, SHMEM, Inode
 from .mem import ANON, FILE, HUGETLB, Folio
-from .mm import HWPOISON, PRESENT, PTE, VMA
+from .mm import HWPOISON, PRESENT, PTE, SWAP, VMA
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -141,6 +141,15 @@ def fault_in(host: Host, proc: Process, vma: VMA, addr: int,
         key, pte = ent
         if pte.kind == HWPOISON:
             return FaultError("hwpoison", geo.shift_of(pte.order))
+        if pte.kind == SWAP:
+            from .swap import do_swap_page
+
+            got = do_swap_page(host, vma, key, pte, write)
+            if got == "hwpoison":
+                return FaultError("hwpoison", geo.page_shift)  # R29: swap-in of a poisoned page
+            if isinstance(got, str):
+                return FaultError("sigbus")
+            return got
         if not write or pte.write:
             if write:
                 pte.dirty = True
@@ -279,6 +288,10 @@ def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | Fa
     src = host.phys.folio_of(pte.pfn)
     assert src is not None
     if src.refs["map"] == 1 and src.kind == ANON and not src.refs["gup"]:
+        if "swapcache" in src.flags:
+            from .swap import delete_from_swap_cache
+
+            delete_from_swap_cache(host, src)  # wp_can_reuse_anon_folio(): folio_free_swap()
         pte.write = pte.dirty = True
         return key, pte
     if src.kind != ANON and vma.shared:
