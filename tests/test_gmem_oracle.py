@@ -25,6 +25,13 @@ _KV06 = (
 XFAIL: dict[str, str] = {
     "kv-06-hard-offline-guest-anon-anon": _KV06,
     "kv-06-hard-offline-guest-anon-thp": _KV06,
+    "s15-minimum-hugetlb-gmem": (
+        "S15: expected the HugeTLB free path to isolate the poisoned raw page at inode release "
+        "(a page_isolated event for pfn 0x100003 at vm_destroy); actual: the policy marks "
+        "PG_hwpoison on 1 page and the folio goes back to the free list ('hugetlb 2M: total 2 "
+        "free 2 (folio freed)'), no page_isolated event; R55 says free_huge_folio does not "
+        "check poison, so S15 and R55 disagree"
+    ),
 }
 
 
