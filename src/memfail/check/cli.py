@@ -23,18 +23,18 @@ from memfail.check.system import System
 JSON_SCHEMA = "memfail.check/1"
 
 
-def make_system(config: CheckConfig, policy: str) -> System:
+def make_system(config: CheckConfig, policy: str, races: bool = False) -> System:
     """The System checked for one policy (tests substitute small systems here)."""
     from memfail.check.model_system import ModelSystem
 
-    return ModelSystem(config, policy)
+    return ModelSystem(config, policy, races)
 
 
 def write_counterexample(out: Path, system: System, verdict: Any) -> Path:
     """Scenario file for model systems; a label list and diff trace for any other System."""
     from memfail.check.model_system import ModelSystem
 
-    if isinstance(system, ModelSystem):
+    if isinstance(system, ModelSystem) and not system.races:
         from memfail.check.counterexample import write_counterexample as write
 
         return write(out, system, verdict)
@@ -84,6 +84,10 @@ def check(
         help="Continue from the checkpoints in this directory.")] = None,
     symmetry: Annotated[bool, typer.Option(help="Symmetry reduction (see docs/check.md).")] = False,
     por: Annotated[bool, typer.Option(help="Partial-order reduction (see docs/check.md).")] = False,
+    races: Annotated[bool, typer.Option(
+        help="Split memory_failure, conversion, punch hole, release and faults into their "
+             "atomic steps between kernel locks and interleave them (see docs/check.md).")
+    ] = False,
 ) -> None:
     """Explore every interleaving of the configured events under each policy.
 
@@ -117,7 +121,7 @@ def check(
     with backend:
         for pol in policies:
             try:
-                system = make_system(cfg, pol)
+                system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
                 result = _run(system, backend, bounds, options, err, pol, as_json)
             except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
                 raise _fail_usage(f"policy {pol!r}: {e}") from None
@@ -128,7 +132,7 @@ def check(
                         files[name] = str(write_counterexample(out, system, v))
             results.append((pol, result, files))
     if as_json:
-        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler), indent=2))
+        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races), indent=2))
     else:
         _print_table(Console(), results, props)
     if any(r.failed() for _, r, _ in results):
@@ -181,7 +185,7 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
 
 
 def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result, dict[str, str]]],
-            workers: int, scheduler: str | None) -> dict[str, Any]:
+            workers: int, scheduler: str | None, races: bool = False) -> dict[str, Any]:
     """The ``memfail.check/1`` document (docs/check.md)."""
     docs = {p.name: p for p in PROPERTIES}
     return {
@@ -190,6 +194,7 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
         "file": str(file) if file is not None else None,
         "workers": workers,
         "scheduler": scheduler,
+        "races": races,
         "failed": any(r.failed() for _, r, _ in results),
         "results": [{
             "policy": pol,

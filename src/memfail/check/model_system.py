@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memfail.check import races
 from memfail.check.config import CheckConfig
 from memfail.check.encode import host_encoding
 from memfail.check.events import (
@@ -30,7 +31,7 @@ from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
 from memfail.model.host import HANDLERS
-from memfail.model.trace import Event, PolicyEvent
+from memfail.model.trace import Event, MemoryFailureCall, PolicyEvent
 from memfail.model.units import parse_size
 
 # The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
@@ -51,6 +52,8 @@ class ModelState:
     errors: int               # hardware errors injected along the path
     monitor: Monitor
     events: tuple[Event, ...] = ()
+    # --races: events in flight, each (label, next stage, context, locks it holds now)
+    inflight: tuple[tuple[Any, str, tuple[Any, ...], tuple[Any, ...]], ...] = ()
 
 
 def clone_host(host: Any) -> Any:
@@ -63,6 +66,24 @@ def clone_host(host: Any) -> Any:
         return pickle.loads(pickle.dumps(host, pickle.HIGHEST_PROTOCOL))
     except (pickle.PicklingError, TypeError, AttributeError):
         return copy.deepcopy(host)
+
+
+def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
+    """Reset every VM's mmu_invalidate_seq to 0 after a step. The model only counts it up;
+    what matters is whether a fault in flight (--races) took its snapshot before the last
+    invalidation, kept as 0 (current) or -1 (stale). Without this the counter would make
+    every zap a new state and the state space infinite."""
+    vms = host.ext.get("vms", {}) if hasattr(host, "ext") else {}
+    out = []
+    for label, stage, ctx, held in inflight:
+        if stage == "fault.map" and ctx:
+            vm = vms.get(dict(label[1]).get("vm"))
+            if vm is not None:
+                ctx = (0 if ctx[0] == vm.mmu_seq else -1, *ctx[1:])
+        out.append((label, stage, ctx, held))
+    for vm in vms.values():
+        vm.mmu_seq = 0
+    return out
 
 
 def _check(pd: PropertyDef, s: ModelState) -> str | None:
@@ -128,9 +149,10 @@ def setup_steps(cfg: CheckConfig) -> list[StepSpec]:
 class ModelSystem:
     """``System`` over the memfail Host for one configuration and one policy."""
 
-    def __init__(self, config: CheckConfig, policy: str | None) -> None:
+    def __init__(self, config: CheckConfig, policy: str | None, races: bool = False) -> None:
         self.config = config
         self.policy = policy
+        self.races = races
         self.name = policy or "no-policy"
         self.ctx = Context(
             vmm_of={v.name: v.vmm for v in config.vms},
@@ -206,6 +228,7 @@ class ModelSystem:
             host = self.new_host()
             self.pfn_of = self._frames(host)
             host.trace.events = []
+            _normalise_mmu_seq(host, [])
             self._initial = ModelState(host, (0,) * len(self.config.events), 0, Monitor())
         return self._initial
 
@@ -213,18 +236,71 @@ class ModelSystem:
         if s.host.panicked:
             return []
         out = []
+        busy = {op[0] for op in s.inflight}
+        held = frozenset(lock for op in s.inflight for lock in op[3])
         for i, label in self.entries:
             spec = self.config.events[i]
             if spec.limit is not None and s.counts[i] >= spec.limit:
                 continue
             if EVENTS[label[0]].error and s.errors >= self.config.bounds.errors:
                 continue
+            if self.races:
+                if label in busy:
+                    continue
+                first = races.first_stage(self.expand(label), label[0], s.host)
+                need = races.stage_needs(first[0]) if first else races.ATOMIC_NEEDS[label[0]]
+                if races.conflicts(need, held):
+                    continue
             out.append(label)
+        for j, (label, stage, _ctx, _held) in enumerate(s.inflight):
+            others = frozenset(lock for k, op in enumerate(s.inflight) if k != j
+                               for lock in op[3])
+            if not races.conflicts(races.stage_needs(stage), others):
+                out.append(races.continuation(label, stage))
         return out
 
     def step(self, s: ModelState, label: Any) -> ModelState:
         kvm_model()  # a worker process registers every handler before its first step
         host = clone_host(s.host)
+        origin = races.origin(label)
+        inflight = list(s.inflight)
+        started = True
+        if races.is_continuation(label):
+            started = False
+            j = next(k for k, op in enumerate(inflight) if op[0] == origin)
+            _, stage, ctx, _held = inflight.pop(j)
+            self._stage(host, origin, stage, ctx, inflight, j)
+        elif self.races and (first := races.first_stage(self.expand(label), label[0], host)):
+            self._stage(host, label, first[0], first[1], inflight, len(inflight))
+        else:
+            self._atomic(host, label)
+        events = tuple(host.trace.events)
+        host.trace.events = []
+        if inflight and any(isinstance(e, MemoryFailureCall) for e in events) and \
+                not (races.is_continuation(label) and label[1][1][1] == "mf.notify") and \
+                any(races.MF in op[3] for op in inflight if op[0] != origin):
+            # memory_failure() would wait for the mf_mutex another event holds: this
+            # step cannot happen now (it runs after that event; see docs/check.md)
+            return ModelState(s.host, s.counts, s.errors, s.monitor, (), s.inflight)
+        inflight = _normalise_mmu_seq(host, inflight)
+        params = thaw_params(origin)
+        event = EVENTS[origin[0]]
+        ao = origin[0] == "scrub" or (origin[0] == "hw_error" and params.get("detect") != "latent")
+        vm = params.get("vm")
+        pfn = self.pfn_of.get((vm, params.get("page")))
+        if pfn is not None and pfn not in self._frames(s.host).values():
+            vm = None  # the frame no longer holds this VM's memory (released, punched)
+        mon = s.monitor.fold(self.ctx, events, vm, event.error, ao)
+        counts, errors = s.counts, s.errors
+        if started:
+            i = self._entry_of[origin]
+            if self.config.events[i].limit is not None:  # only capped entries need counting
+                counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
+            errors += int(event.error)
+        return ModelState(host, counts, errors, mon, events, tuple(sorted(inflight, key=repr)))
+
+    def _atomic(self, host: Any, label: Any) -> None:
+        """The label's model actions, one after the other, as one step."""
         for key, args in self.expand(label):
             action = parse_action(key, args)
             if type(action) not in HANDLERS:
@@ -235,25 +311,18 @@ class ModelSystem:
                 break  # not possible in this state (the fd is closed, ...): a no-op step
             if host.panicked:
                 break
-        events = tuple(host.trace.events)
-        host.trace.events = []
-        params = thaw_params(label)
-        event = EVENTS[label[0]]
-        ao = label[0] == "scrub" or (label[0] == "hw_error" and params.get("detect") != "latent")
-        vm = params.get("vm")
-        pfn = self.pfn_of.get((vm, params.get("page")))
-        if pfn is not None and pfn not in self._frames(s.host).values():
-            vm = None  # the frame no longer holds this VM's memory (released, punched)
-        mon = s.monitor.fold(self.ctx, events, vm, event.error, ao)
-        i = self._entry_of[label]
-        counts = s.counts
-        if self.config.events[i].limit is not None:  # only capped entries need counting
-            counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
-        return ModelState(host, counts, s.errors + int(event.error), mon, events)
+
+    def _stage(self, host: Any, label: Any, stage: str, ctx: tuple[Any, ...],
+               inflight: list[Any], at: int) -> None:
+        """Run one --races stage; put the event back in flight at ``at`` if it goes on."""
+        nxt, nctx = races.run_stage(self.expand(label), host, stage, ctx)
+        if nxt is not None and not host.panicked:
+            held = tuple(sorted(races.stage_carries(stage)))
+            inflight.insert(at, (label, nxt, nctx, held))
 
     def fingerprint(self, s: ModelState) -> int:
         return fingerprint_bytes(host_encoding(s.host) + canonical_bytes(
-            (s.counts, s.errors, s.monitor.key())))
+            (s.counts, s.errors, s.monitor.key(), s.inflight)))
 
     def properties(self) -> Sequence[Property]:
         return [Property(p.name, p.doc, p.concern, functools.partial(_check, p))
@@ -264,7 +333,7 @@ class ModelSystem:
         return list(dict.fromkeys(e.event for e in self.config.events))
 
     def label_kind(self, label: Any) -> str:
-        return label[0]
+        return str(races.origin(label)[0])
 
     def coverage(self, s: ModelState) -> list[str]:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
