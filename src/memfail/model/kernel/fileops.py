@@ -218,6 +218,14 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
         if folio is not None:
             pfn = folio.pfn + (index - folio.index)
             if _cache_page_refused(host, inode, folio, pfn):
+                if (folio.kind == HUGETLB and not write and done and
+                        pos == folio.index << geo.page_shift):
+                    # hugetlbfs_read_iter(): adjust_range_hwpoison() returns 0 at the start
+                    # of a huge page and the loop sets retval = -EIO, dropping the bytes
+                    # already copied from the previous huge pages in this call (KS-09/10)
+                    if not positional:
+                        of.pos = pos
+                    return ActionResult.err(-EIO)
                 break
             if not write and pfn in host.phys.hw_errors:
                 # copyout: copy_to_user() reads the page-cache page in kernel mode; its
