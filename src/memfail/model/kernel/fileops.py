@@ -239,6 +239,8 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
                 folio.flags.add("dirty")
         done += chunk
         pos += chunk
+    if write and done:
+        inode.size = max(inode.size, off + done)  # generic_perform_write() extends i_size
     if not positional:
         of.pos = off + done
     if done == 0 and pos < end:
