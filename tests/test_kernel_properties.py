@@ -1,5 +1,6 @@
 """Invariants of the kernel model over random action sequences on every page kind
-(anonymous, shmem/memfd, HugeTLB memfd, ext2 page cache, free and kernel pages)."""
+(anonymous, mlocked, shmem/memfd, HugeTLB memfd, ext2 page cache shared and private, the swap
+cache, free and kernel pages), with the hwpoison test filter switched on and off."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from memfail.model.actions import (
 )
 from memfail.model.errors import ModelInputError
 from memfail.model.host import Host, HostConfig
+from memfail.model.kernel.kactions import HwpoisonFilter, Swapout
 from memfail.model.kernel.mem import HUGETLB, KERNEL
-from memfail.model.kernel.mm import PRESENT
+from memfail.model.kernel.mm import PRESENT, SWAP
+from memfail.model.kernel.swap import swap_state
 from memfail.model.trace import PoisonHandedOut
 
 SETUP: list[Action] = [
@@ -41,10 +44,13 @@ SETUP: list[Action] = [
     Mmap(proc="app", name="h", size="2M", fd="hug", shared=True),
     Create(path="/e", fs="ext2", size="16K"), Open(proc="app", path="/e", fd="e"),
     Mmap(proc="app", name="e", size="16K", fd="e", shared=True),
+    Mmap(proc="app", name="l", size="16K", locked=True),
+    Mmap(proc="app", name="p", size="16K", fd="e", shared=False),
 ]
-REGIONS = ("a", "s", "h", "e")
+REGIONS = ("a", "s", "h", "e", "l", "p")
 OPS = ("write", "read", "corrupt", "madv_hard", "madv_soft", "soft_pfn", "unpoison",
-       "latent", "munmap", "fsync", "free", "slab")
+       "latent", "munmap", "fsync", "free", "slab", "swapout", "filter")
+STAGES = ("cache", "written", "freed", "freed")
 
 step = st.tuples(st.sampled_from(OPS), st.sampled_from(REGIONS), st.integers(0, 3))
 
@@ -76,6 +82,17 @@ def to_action(h: Host, op: str, region: str, page: int) -> Action | None:
         return CorruptPfn(proc="app", addr=addr)
     if op == "soft_pfn":
         return SoftOfflinePage(proc="app", addr=addr)
+    if op == "swapout":
+        return Swapout(proc="app", addr=addr, stage=STAGES[page])
+    if op == "filter":
+        # page 0 switches the filter off; otherwise only the ext2 device (8:1) or dirty pages
+        if page == 0:
+            return HwpoisonFilter(enable=False)
+        if page == 1:
+            return HwpoisonFilter(enable=True, dev_major=8, dev_minor=1, flags_mask=0,
+                                  flags_value=0)
+        return HwpoisonFilter(enable=True, dev_major=-1, dev_minor=-1, flags_mask=["DIRTY"],
+                              flags_value=["DIRTY"])
     return HwError(proc="app", addr=addr)
 
 
@@ -133,6 +150,14 @@ def check_invariants(h: Host, exact_accounting: bool) -> None:
                 continue
             for pfn in range(pte.pfn, pte.pfn + (1 << pte.order)):
                 assert pfn not in h.phys.hwpoison, f"present PTE maps poisoned {pfn:#x}"
+    sw = swap_state(h)
+    for mm in h.mms.values():
+        for pte in mm.ptes.values():
+            if pte.kind == SWAP:
+                # a swap entry names a slot that is either cached or was written out
+                assert pte.pfn in sw.cache or pte.pfn in sw.slots
+    for slot, folio in sw.cache.items():
+        assert "swapcache" in folio.flags and sw.slot_of[folio.pfn] == slot
     assert not h.trace.of(PoisonHandedOut)
 
 
