@@ -420,7 +420,27 @@ def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> Non
                     host.phys.hwpoison.update(recs)
                 _event(host, why, f"PG_hwpoison set on {len(recs)} failed page(s) before "
                        "freeing", recs[0])
+    marked = [f for idx, f in inode.pages.items() if start <= idx < end
+              and f.kind == HUGETLB and f.order and "hwpoison" in f.flags] \
+        if mark and pol.isolate_on_free else []
     host.truncate_range(inode, start, end, even_cows=False)
+    for f in marked:
+        _isolate_freed(host, f)
+
+
+def _isolate_freed(host: Host, folio: Folio) -> None:
+    """The HugeTLB free path isolates a freed, marked folio: dissolve it and take each
+    poisoned raw page off buddy (S15; free_has_hwpoisoned, R57)."""
+    if "hugetlb_freed" not in folio.flags:
+        return  # still referenced (e.g. the memory_failure reference): not freed
+    raws = list(folio.raw_hwp)
+    if host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0:
+        _event(host, "release", "dissolve failed: the folio stays on the free list (R55)",
+               raws[0] if raws else None)
+        return
+    for pfn in raws:
+        if host.phys.take_page_off_buddy(pfn):
+            host.page_isolated(pfn, "guest_memfd free path")
 
 
 def _zap_bindings(host: Host, inode: Inode, start: int, end: int, why: str,

@@ -15,7 +15,7 @@ from ..host import ActionResult, handles
 from ..kernel.fs import GMEM, Inode
 from ..kernel.mm import MM, PRESENT
 from ..kernel.task import Process, Thread
-from ..trace import BUS_MCEERR_AR, KvmExit, PoisonConsumed, Stage2Zap, VmState
+from ..trace import BUS_MCEERR_AR, GuestEvent, KvmExit, PoisonConsumed, Stage2Zap, VmState
 from ..units import parse_size
 from .actions import GuestAccess, KernelAccess, Memslot, SetAttributes, VmCreate, VmDestroy, VmReset
 
@@ -64,6 +64,7 @@ class VM:
     spte: dict[int, tuple[int, int]] = field(default_factory=dict)  # gfn head -> (pfn, order)
     state: str = "running"
     guest_offlined: set[int] = field(default_factory=set)
+    guest_pending_kill: set[int] = field(default_factory=set)  # AO: kill the user on access
     guest_kernel_pages: set[int] = field(default_factory=set)
     qemu_poison: set[int] = field(default_factory=set)  # kvm_hwpoison_page_add (Q4)
     mmu_seq: int = 0
@@ -334,6 +335,14 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
     if vm.state != "running" or not vm.vmm.alive:
         return ActionResult(f"vm-{vm.state}" if vm.vmm.alive else "vm-dead")
+    if gfn in vm.guest_pending_kill:
+        # the guest kernel handled an AO vMCE by unmapping the page (its own hwpoison entry);
+        # the guest process that touches it now is killed (KV-06: killed on later access)
+        vm.guest_pending_kill.discard(gfn)
+        host.emit(GuestEvent(host.trace.step, vm.name,
+                             "killed the guest process on its access to the offlined page",
+                             gfn << 12))
+        return ActionResult("guest-sigbus")
     if gfn in vm.guest_offlined:
         return ActionResult("guest-avoided")
     if a.page == "kernel":
@@ -483,6 +492,7 @@ def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
                 host.truncate_range(region.inode, start, start + unit, even_cows=True)
     vm.qemu_poison.clear()
     vm.guest_offlined.clear()
+    vm.guest_pending_kill.clear()
     vm.spte.clear()
     set_vm_state(host, vm, "running", "reset")
     return ActionResult(0)

@@ -32,6 +32,10 @@ KNOB_DOCS: dict[str, str] = {
                        "inode release (C4).",
     "mark_on_truncate": "Also mark when a folio is freed by punch hole / truncate (the call "
                         "only says 'at inode release').",
+    "isolate_on_free": "When guest_memfd frees a folio the policy marked PG_hwpoison, the HugeTLB "
+                       "free path dissolves it and takes the poisoned raw pages off buddy (S15; "
+                       "what free_has_hwpoisoned / R57, R88 do). Without it, free_huge_folio "
+                       "keeps the marked folio on the free list, skipped by allocation (R55).",
     "propagate_on_split": "Move PG_hwpoison to the right sub-folio on split and back on merge "
                           "(needs the locking C8 asks for); without it a folio-flag record is "
                           "lost on conversion.",
@@ -80,6 +84,7 @@ class GmemPolicy:
     record: Record = "folio"
     mark_on_release: bool = True
     mark_on_truncate: bool = True
+    isolate_on_free: bool = False
     propagate_on_split: bool = True
     unmap_stage2: Unmap = "folio"
     unmap_host: HostUnmap = "folio"

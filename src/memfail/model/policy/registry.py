@@ -33,7 +33,7 @@ _add(GmemPolicy(
     "when folios are freed at inode release (C4), no check on faults (C5), no "
     "PR_MCE_KILL_EARLY (C6).",
     call_items=("C1", "C2", "C3", "C4", "C5", "C6"),
-    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=False,
+    handles="hugetlb", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=False,
     propagate_on_split=False, unmap_stage2="none", unmap_host="none", fault_check=False,
     consumed="sigbus-current", unconsumed="defer", honor_early=False, sigbus_addr="hva",
     mf_delayed_fix=True))
@@ -43,7 +43,7 @@ _add(GmemPolicy(
     "from stage 2 and host page tables and faults refuse it, so the guest cannot consume it "
     "again.",
     call_items=("C1", "C3", "C4", "C6", "C7"),
-    handles="hugetlb", record="table", mark_on_release=True, mark_on_truncate=False,
+    handles="hugetlb", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=False,
     propagate_on_split=False, unmap_stage2="folio", unmap_host="folio", fault_check=True,
     check_granularity="folio", consumed="sigbus-current", unconsumed="defer",
     honor_early=False, mf_delayed_fix=True))
@@ -52,7 +52,7 @@ _add(GmemPolicy(
     "Sean: kill the guest completely and unmap everything on any failure in its guest_memfd "
     "(C7).",
     call_items=("C1", "C4", "C7"),
-    handles="all", record="table", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=True,
     unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="kill-vm",
     unconsumed="kill-vm", honor_early=False, vm_on_error="kill", mf_delayed_fix=True))
 _add(GmemPolicy(
@@ -60,7 +60,7 @@ _add(GmemPolicy(
     "James: make the whole guest_memfd unusable on a failure: stage 2 zapped for the whole "
     "file, every later get_pfn and host fault fails (C7).",
     call_items=("C1", "C4", "C7"),
-    handles="all", record="table", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=True,
     unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="sigbus-current",
     unconsumed="defer", honor_early=False, vm_on_error="unusable", mf_delayed_fix=True))
 _add(GmemPolicy(
@@ -69,7 +69,7 @@ _add(GmemPolicy(
     "guest_memfd folios with proper locking (kept across split/merge), SIGBUS to the processes "
     "of the struct kvm through a KVM request, PR_MCE_KILL_EARLY honoured.",
     call_items=("C1", "C4", "C8"),
-    handles="all", record="folio", mark_on_release=True, mark_on_truncate=True,
+    handles="all", record="folio", mark_on_release=True, isolate_on_free=True, mark_on_truncate=True,
     propagate_on_split=True, unmap_stage2="subpage", unmap_host="subpage", fault_check=True,
     check_granularity="subpage", consumed="sigbus-vmm", unconsumed="notify-vmm",
     honor_early=True, sigbus_addr="hva", mf_delayed_fix=True))

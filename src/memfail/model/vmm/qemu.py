@@ -120,8 +120,13 @@ def guest_on_mce(host: Host, vm: VM, gfn: int, code: int) -> None:
         set_vm_state(host, vm, "guest-panicked", "vMCE on a guest kernel page")
         return
     vm.guest_offlined.add(gfn)
-    what = "offlined page, killed the guest process using it" if code == BUS_MCEERR_AR \
-        else "offlined page"
+    if code == BUS_MCEERR_AR:
+        what = "offlined page, killed the guest process using it"
+    else:
+        # AO: the guest's memory_failure unmaps the page; with the guest's default late kill
+        # its user is killed only when it touches the page again (KV-06)
+        vm.guest_pending_kill.add(gfn)
+        what = "offlined page (its user will be killed on access)"
     host.emit(GuestEvent(host.trace.step, vm.name, what, gfn << 12))
 
 
