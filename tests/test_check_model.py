@@ -83,3 +83,28 @@ def test_policy_hooks_never_fired_come_from_policy_events() -> None:
     assert set(cov.hooks_fired) | set(cov.hooks_never) == set(POLICY_HOOKS)
     assert not set(cov.hooks_fired) & set(cov.hooks_never)
     assert cov.hooks_never == [h for h in POLICY_HOOKS if h not in cov.hooks_fired]
+
+
+def test_snapshots_copy_the_host_and_key_its_fingerprint() -> None:
+    """A state's snapshot thaws to an equal, independent Host (fresh trace); the fingerprint
+    survives a trip between processes' pickles; equal snapshots share the cached part."""
+    import pickle
+    from collections import Counter
+
+    from memfail.check.encode import host_encoding
+    from memfail.check.freeze import freeze, thaw
+
+    cfg = standard_config()
+    sys = built(ModelSystem(cfg, cfg.policies[0]))
+    s = sys.initial()
+    host = s.host
+    copy = thaw(freeze(host))
+    assert copy is not host and host_encoding(copy) == host_encoding(host)
+    assert copy.rng.getstate() == host.rng.getstate() and copy.trace.events == []
+    folio = next(iter(copy.phys.folios.values()))
+    assert type(folio.refs) is Counter
+    back = pickle.loads(pickle.dumps(s))
+    assert back.blob == s.frozen() and sys.fingerprint(back) == sys.fingerprint(s)
+    t = sys.step(s, sys.enabled(s)[0])
+    assert sys.step(s, sys.enabled(s)[0]).host is not t.host
+    assert host_encoding(s.host) == host_encoding(back.host)  # stepping left s alone

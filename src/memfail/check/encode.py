@@ -7,8 +7,10 @@ referenced by key elsewhere, so the encoding depends on the state, not on how it
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from enum import Enum
+from types import FunctionType
 from typing import Any
 
 from memfail.check.system import canonical_bytes
@@ -22,13 +24,35 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "MM": lambda o: o.id,
     "VMA": lambda o: (o.mm.id, o.start),
     "HState": lambda o: o.name,
+    "VM": lambda o: o.name,
 }
 # Host attributes that are not state: the trace (folded into the Monitor), static config.
 SKIP = frozenset({"trace", "config", "geometry", "profile"})
 
 
+_FROZEN: dict[Any, str] = {}  # encodings of frozen dataclass values (policies), by value
+
+
+def _all_ints(v: Any) -> bool:
+    for x in v:  # noqa: SIM110 - a loop is faster than all() over a generator
+        if type(x) is not int:
+            return False
+    return True
+
+
+def _all_strs(v: Any) -> bool:
+    for x in v:  # noqa: SIM110 - a loop is faster than all() over a generator
+        if type(x) is not str:
+            return False
+    return True
+
+
 class _Encoder:
-    """Encodes to text: scalars by repr, dicts and sets sorted, keyed objects by reference."""
+    """Encodes to text: scalars by repr, dicts and sets sorted, keyed objects by reference.
+
+    Fast paths (same text whatever the history): sets and lists of ints, dicts whose keys are
+    all ints or all strings (sorted by key), frozen dataclasses cached by value, a Random by
+    the hash of its state words (ints only: the same in every process)."""
 
     def __init__(self, root: Any) -> None:
         self.root = root
@@ -44,26 +68,61 @@ class _Encoder:
         return f"@{cls}{KEYS[cls](o)!r}"
 
     def enc(self, v: Any) -> str:
-        if v is None or isinstance(v, bool | int | str | float | bytes):
+        t = type(v)
+        if t is int:
+            return str(v)
+        if t is str or v is None or t is bool or t is float or t is bytes:
             return repr(v)
-        if isinstance(v, dict):
+        if t is dict or t is Counter:
+            if not v:
+                return "{}"
             enc = self.enc
+            keys = list(v)
+            kt = type(keys[0])
+            if (kt is int or kt is str) and all(type(k) is kt for k in keys):
+                keys.sort()
+                return "{" + ",".join([f"{k!r}:{enc(v[k])}" for k in keys]) + "}"
             return "{" + ",".join(sorted([f"{enc(k)}:{enc(x)}" for k, x in v.items()])) + "}"
-        if isinstance(v, list | tuple):
+        if t is list or t is tuple:
+            if _all_ints(v):
+                return "[" + ",".join(map(str, v)) + "]"
             return "[" + ",".join([self.enc(x) for x in v]) + "]"
-        if isinstance(v, set | frozenset):
+        if t is set or t is frozenset:
+            if _all_ints(v):
+                return "<" + ",".join(map(str, sorted(v))) + ">"
+            if _all_strs(v):
+                return "<" + ",".join(map(repr, sorted(v))) + ">"
             return "<" + ",".join(sorted([self.enc(x) for x in v])) + ">"
         if isinstance(v, Enum):
             return repr(str(v))
+        if isinstance(v, bool | int | str | float | bytes):
+            return repr(v)
+        if isinstance(v, dict):
+            return self.enc(dict(v))
+        if isinstance(v, list | tuple):
+            return self.enc(list(v))
+        if isinstance(v, set | frozenset):
+            return self.enc(set(v))
         if v is self.root:
             return "@host"
         if isinstance(v, random.Random):
-            return repr(v.getstate())
-        cls = type(v).__name__
+            version, words, gauss = v.getstate()
+            # hash() of a tuple of ints is the same in every process (hash(None) is not)
+            return f"rng({version},{hash(words)},{gauss!r})"
+        cls = t.__name__
         if cls in KEYS:
             return self.ref(v, cls)
-        if callable(v) and not hasattr(v, "__dict__"):
+        if t is FunctionType or (callable(v) and not hasattr(v, "__dict__")):
             return f"fn:{getattr(v, '__qualname__', cls)}"
+        params = getattr(t, "__dataclass_params__", None)
+        if params is not None and params.frozen:
+            try:
+                got = _FROZEN.get(v)
+            except TypeError:  # an unhashable field: encode it every time
+                return self.fields(v, cls)
+            if got is None:
+                got = _FROZEN[v] = self.fields(v, cls)
+            return got
         return self.fields(v, cls)
 
     def fields(self, v: Any, cls: str, skip: frozenset[str] = frozenset()) -> str:
@@ -75,8 +134,12 @@ class _Encoder:
         if attrs is None:
             slots = getattr(type(v), "__slots__", ())
             attrs = {s: getattr(v, s) for s in slots if hasattr(v, s)}
-        out = cls + "(" + ",".join([f"{k}={self.enc(x)}" for k, x in attrs.items()
-                                    if k not in skip]) + ")"
+        enc = self.enc
+        if skip:
+            out = cls + "(" + ",".join([f"{k}={enc(x)}" for k, x in attrs.items()
+                                        if k not in skip]) + ")"
+        else:
+            out = cls + "(" + ",".join([f"{k}={enc(x)}" for k, x in attrs.items()]) + ")"
         self.path.discard(id(v))
         return out
 

@@ -1,16 +1,15 @@
 """The memfail model as a checkable System: a Host per state, the config's event alphabet as labels.
 
-Each step deep-copies the Host, applies the label's actions and folds the new trace events into
-the property Monitor; fingerprints come from a canonical encoding of the Host (``encode``).
+Each step copies the Host from its parent's snapshot (``freeze``), applies the label's actions
+and folds the new trace events into the property Monitor; fingerprints come from a canonical
+encoding of the Host (``encode``), cached by the snapshot's digest.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from memfail.check import races
@@ -26,6 +25,7 @@ from memfail.check.events import (
     mem_fd,
     thaw_params,
 )
+from memfail.check.freeze import blob_key, clone_host, freeze, thaw
 from memfail.check.properties import PROPERTIES, Context, Monitor, PropertyDef
 from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
@@ -43,29 +43,58 @@ POLICY_HOOKS: tuple[str, ...] = ("memory_failure", "error_folio", "split", "merg
                                  "release")
 
 
-@dataclass
 class ModelState:
-    """One explored state. ``events`` (what the last step emitted) is not part of the state."""
+    """One explored state. ``events`` (what the last step emitted) is not part of the state.
 
-    host: Any
-    counts: tuple[int, ...]   # how often each capped alphabet entry fired along the path
-    errors: int               # hardware errors injected along the path
-    monitor: Monitor
-    events: tuple[Event, ...] = ()
-    # --races: events in flight, each (label, next stage, context, locks it holds now)
-    inflight: tuple[tuple[Any, str, tuple[Any, ...], tuple[Any, ...]], ...] = ()
+    The host is kept as a Host object, a snapshot (``freeze``) or both: the snapshot is made
+    once (for the fingerprint) and serves as the source of every successor's copy and as the
+    form a state travels in between processes, where the Host is rebuilt on first use."""
+
+    __slots__ = ("_host", "blob", "counts", "errors", "events", "inflight", "monitor")
+
+    def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
+                 events: tuple[Event, ...] = (),
+                 inflight: tuple[tuple[Any, str, tuple[Any, ...], tuple[Any, ...]], ...] = (),
+                 blob: bytes | None = None) -> None:
+        self._host = host
+        self.counts = counts      # how often each capped alphabet entry fired along the path
+        self.errors = errors      # hardware errors injected along the path
+        self.monitor = monitor
+        self.events = events
+        # --races: events in flight, each (label, next stage, context, locks it holds now)
+        self.inflight = inflight
+        self.blob = blob
+
+    @property
+    def host(self) -> Any:
+        if self._host is None:
+            assert self.blob is not None
+            self._host = thaw(self.blob)
+        return self._host
+
+    def frozen(self) -> bytes:
+        """The host's snapshot (made on first use; the host must not change afterwards)."""
+        if self.blob is None:
+            self.blob = freeze(self._host)
+        return self.blob
+
+    def fresh_host(self) -> Any:
+        """A new, independent copy of the host, from the snapshot."""
+        try:
+            return thaw(self.frozen())
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return clone_host(self.host)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _state, (self.frozen(), self.counts, self.errors, self.monitor, self.inflight)
 
 
-def clone_host(host: Any) -> Any:
-    """An independent copy of a Host: its own ``clone()`` if it has one, else a pickle round
-    trip (about twice as fast as copy.deepcopy on a Host, with the same result)."""
-    own = getattr(host, "clone", None)
-    if own is not None:
-        return own()
-    try:
-        return pickle.loads(pickle.dumps(host, pickle.HIGHEST_PROTOCOL))
-    except (pickle.PicklingError, TypeError, AttributeError):
-        return copy.deepcopy(host)
+FP_CACHE_SIZE = 1 << 20  # host fingerprints cached per process (16-byte keys)
+
+
+def _state(blob: bytes, counts: tuple[int, ...], errors: int, monitor: Monitor,
+           inflight: tuple[Any, ...]) -> ModelState:
+    return ModelState(None, counts, errors, monitor, (), inflight, blob)
 
 
 def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
@@ -171,6 +200,7 @@ class ModelSystem:
         selected = config.properties
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
         self._initial: ModelState | None = None
+        self._fp_cache: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -261,7 +291,7 @@ class ModelSystem:
 
     def step(self, s: ModelState, label: Any) -> ModelState:
         kvm_model()  # a worker process registers every handler before its first step
-        host = clone_host(s.host)
+        host = s.fresh_host()
         origin = races.origin(label)
         inflight = list(s.inflight)
         started = True
@@ -321,8 +351,27 @@ class ModelSystem:
             inflight.insert(at, (label, nxt, nctx, held))
 
     def fingerprint(self, s: ModelState) -> int:
-        return fingerprint_bytes(host_encoding(s.host) + canonical_bytes(
-            (s.counts, s.errors, s.monitor.key(), s.inflight)))
+        """blake2b of (the host's canonical encoding's fingerprint, counts, errors, monitor,
+        events in flight). The host part is cached by ``host_key`` (its pickle's digest), so
+        a step that leaves the host as some earlier state had it skips the encoding."""
+        try:
+            key: bytes | None = blob_key(s.frozen())
+        except (pickle.PicklingError, TypeError, AttributeError):
+            key = None
+        hfp = self._fp_cache.get(key) if key is not None else None
+        if hfp is None:
+            hfp = fingerprint_bytes(host_encoding(s.host))
+            if key is not None:
+                if len(self._fp_cache) >= FP_CACHE_SIZE:
+                    self._fp_cache.clear()
+                self._fp_cache[key] = hfp
+        return fingerprint_bytes(canonical_bytes(
+            (hfp, s.counts, s.errors, s.monitor.key(), s.inflight)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fp_cache"] = {}  # per process
+        return state
 
     def properties(self) -> Sequence[Property]:
         return [Property(p.name, p.doc, p.concern, functools.partial(_check, p))

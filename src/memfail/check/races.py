@@ -249,7 +249,8 @@ def fault_target(host: Any, vm_name: str, gfn: int) -> tuple[Any, Any] | None:
     from memfail.model.kvm.kvm import kvm_state, spte_lookup
 
     vm = kvm_state(host).get(vm_name)
-    if vm is None or vm.state != "running" or not vm.vmm.alive or gfn in vm.guest_offlined:
+    if vm is None or vm.state != "running" or not vm.vmm.alive or gfn in vm.guest_offlined \
+            or gfn in getattr(vm, "guest_pending_kill", ()):
         return None
     geo = host.geometry
     if spte_lookup(vm, gfn, tuple(sorted({0, geo.pmd_order, geo.pud_order}))) is not None:
