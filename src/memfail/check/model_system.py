@@ -31,7 +31,7 @@ from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
 from memfail.model.host import HANDLERS
-from memfail.model.trace import Event, MemoryFailureCall, PolicyEvent
+from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, PolicyEvent
 from memfail.model.units import parse_size
 
 # The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
@@ -320,7 +320,10 @@ class ModelSystem:
         pfn = self.pfn_of.get((vm, params.get("page")))
         if pfn is not None and pfn not in self._frames(s.host).values():
             vm = None  # the frame no longer holds this VM's memory (released, punched)
-        mon = s.monitor.fold(self.ctx, events, vm, event.error, ao)
+        holding = _vms_holding(host, events)
+        if any(isinstance(e, MemoryFailureCall | PoisonConsumed) for e in events):
+            holding |= _vms_holding(s.fresh_host(), events)  # owners before the step too
+        mon = s.monitor.fold(self.ctx, events, vm, event.error, ao, also_affected=holding)
         counts, errors = s.counts, s.errors
         if started:
             i = self._entry_of[origin]
@@ -417,3 +420,19 @@ class ModelSystem:
         if h.panicked:
             out["panic"] = str(h.panicked)
         return out
+
+
+def _vms_holding(host: Any, events: tuple[Any, ...]) -> frozenset[str]:
+    """VMs whose memory holds a pfn that memory_failure() handled or a CPU consumed in this
+    step: a frame that was free when its error appeared may back a VM by the time it is found."""
+    from memfail.model.outcomes import _owners
+
+    pfns = {e.pfn for e in events if isinstance(e, MemoryFailureCall | PoisonConsumed)}
+    if not pfns:
+        return frozenset()
+    vms = host.ext.get("vms", {})
+    out: set[str] = set()
+    for pfn in pfns:
+        pids = _owners(host, pfn)
+        out.update(name for name, vm in vms.items() if vm.vmm.pid in pids)
+    return frozenset(out)

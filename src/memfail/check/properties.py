@@ -59,7 +59,8 @@ class Monitor:
                 self.wrong_signal, self.untold, self.down)
 
     def fold(self, ctx: Context, events: Iterable[Event], vm: str | None = None,
-             error: bool = False, ao_probe: bool = False) -> Monitor:
+             error: bool = False, ao_probe: bool = False,
+             also_affected: frozenset[str] = frozenset()) -> Monitor:
         """The monitor after one step that emitted ``events``.
 
         ``vm`` is the VM the step was about; ``error`` says the step put a hardware error in its
@@ -72,22 +73,38 @@ class Monitor:
                                        set(self.untold), set(self.down))
         if vm is not None and error:
             affected.add(vm)
+        affected |= also_affected
         owners = {ctx.vmm_of[v][:15] for v in affected if v in ctx.vmm_of}
         ao_calls = []
         ao_told = set()
         # Only stops after a memory failure count against unaffected VMs.
-        failures = bool(detected or consumed or any(
-            isinstance(e, MemoryFailureCall | PoisonConsumed) for e in events))
+        # ... and only when this very step handled or consumed a failure or sent an MCE
+        # SIGBUS (a VMM killed by an unrelated fault is not the failure's blast radius)
+        failures = any(isinstance(e, MemoryFailureCall | PoisonConsumed) or
+                       (isinstance(e, SignalSent) and e.si_code in MF_CODES) for e in events)
+        kernel_hit = {e.pfn for e in events
+                      if isinstance(e, PoisonConsumed) and e.mode == "kernel"}
         for e in events:
             if isinstance(e, Panic):
-                panic = panic or e.reason
+                # a kernel read of an error nobody had reported yet panics under every
+                # policy; the property is about failures the kernel already knew of
+                if not kernel_hit or kernel_hit & self.detected:
+                    panic = panic or (f"{e.reason} (on a failure reported earlier)"
+                                      if kernel_hit else e.reason)
             elif isinstance(e, MemoryFailureCall):
                 # Only a first detection must be told; later reports are "already poisoned".
                 if "MF_ACTION_REQUIRED" not in e.flags and e.pfn not in self.detected:
                     ao_calls.append(e)
                 detected.add(e.pfn)
             elif isinstance(e, PoisonConsumed):
-                consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)
+                if e.mode in ("guest", "user"):  # machine-check-safe kernel copies are
+                    consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)  # contained
+                # the consumer's VM is affected even when the frame was free when the error
+                # appeared and was handed to this VM afterwards
+                hit = e.vm or ctx.vm_of_proc(e.by.split(":", 1)[0])
+                if hit is not None and hit not in affected:
+                    affected.add(hit)
+                    owners = {ctx.vmm_of[v][:15] for v in affected if v in ctx.vmm_of}
             elif isinstance(e, PoisonHandedOut):
                 handed.add((e.pfn, e.to))
             elif isinstance(e, SignalSent) and e.signo == SIGBUS and e.si_code in MF_CODES:
@@ -183,8 +200,8 @@ class PropertyDef:
 
 
 def _no_panic(host: Any, m: Monitor) -> str | None:
-    reason = m.panic or getattr(host, "panicked", None)
-    return f"host panic: {reason}" if reason else None
+    # the monitor holds only panics the property counts (see Monitor.fold)
+    return f"host panic: {m.panic}" if m.panic else None
 
 
 def _no_reuse(host: Any, m: Monitor) -> str | None:
@@ -223,7 +240,9 @@ def _unaffected_run(host: Any, m: Monitor) -> str | None:
 
 
 PROPERTIES: tuple[PropertyDef, ...] = (
-    PropertyDef("no-host-panic", "The host kernel never panics.",
+    PropertyDef("no-host-panic", "The host kernel never panics because of a failure it was "
+                "already told about (a kernel read of a not-yet-reported error panics under "
+                "every policy and is not counted).",
                 "Risk of keeping failed memory mapped: 'subsequent accesses may take down host' "
                 "(Dan); kernel users relying on PG_hwpoison (C7)", _no_panic),
     PropertyDef("no-poison-reuse",
