@@ -253,7 +253,7 @@ def test_model_oracle_builds_scenarios_and_caches() -> None:
     assert [k for s in steps for k in s].count("hw_error") == 2
     calls: list[str] = []
 
-    def runner(profile: str, policy: str, steps: list) -> dict:
+    def runner(profile: str, policy: str, sc: object) -> dict:
         calls.append(policy)
         return {"host_panic": False, "poison_handed_out": 2, "max_consumptions_per_pfn": 3,
                 "vm_states": {"vm0": "paused"}}
@@ -263,9 +263,13 @@ def test_model_oracle_builds_scenarios_and_caches() -> None:
     assert out == Outcome(poison_reused=2, repeated_consumption=2, vm_paused=1)
     o.outcome("minimum", cls)
     assert calls == ["minimum"] and o.cache_size == 1
+    # classes that differ only in how the run is read (VM size, permanence) share one run
+    o.outcome("minimum", FailureClass("vmm", "default", 32, "4K", 2, True, False, "vmm_read",
+                                      False))
+    assert calls == ["minimum"] and o.cache_size == 2 and o.model_runs == 1
     gmem = FailureClass("gmem_shared", "confidential", 8, "1G", 1, True, True, "vmm_read", True)
     keys = [k for s in build_scenario(gmem) for k in s]
-    assert keys.count("hw_error") == 2 and "vm_destroy" in keys and "set_attributes" in keys
+    assert keys.count("hw_error") == 2 and "vm_destroy" in keys and "checkpoint" in keys
 
 
 # --------------------------------------------------------------------------- CLI

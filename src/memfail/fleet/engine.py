@@ -217,10 +217,16 @@ class FleetResult:
 
 
 def estimate(fleet: LoadedFleet, t: Tallies, oracle: OutcomeOracle, seed: int,
-             policies: Sequence[str] | None = None) -> FleetResult:
-    """Compose per-class outcomes from ``oracle`` with the sampled class tallies."""
+             policies: Sequence[str] | None = None, workers: int = 1) -> FleetResult:
+    """Compose per-class outcomes from ``oracle`` with the sampled class tallies.
+
+    An oracle with a ``prefetch(policies, classes, workers)`` method (``ModelOracle``) first
+    computes the outcomes it lacks in ``workers`` local processes."""
     p = fleet.params
     pols = list(policies or p.policies)
+    prefetch = getattr(oracle, "prefetch", None)
+    if callable(prefetch):
+        prefetch(pols, t.classes, workers)
     sizes = np.full(t.plan.n_batches, float(t.plan.batch_size))
     p_bar = float(t.sum_p.sum()) / t.plan.host_years
     faults = t.tallies.sum(axis=1)
@@ -270,7 +276,7 @@ def run(fleet: LoadedFleet, oracle: OutcomeOracle, host_years: int, seed: int,
         progress: Progress | None = None) -> FleetResult:
     """Estimate every policy x outcome rate for one fleet."""
     t = sample(fleet, host_years, seed, workers, scheduler, progress)
-    return estimate(fleet, t, oracle, seed, policies)
+    return estimate(fleet, t, oracle, seed, policies, workers)
 
 
 def grid(axes: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
@@ -299,7 +305,7 @@ def sweep(fleet: LoadedFleet, axes: dict[str, list[Any]], oracle: OutcomeOracle,
     out = []
     for i, ((assign, f), spec) in enumerate(zip(points, specs, strict=True)):
         t = Tallies.merge(spec, plan, results[i * n:(i + 1) * n])
-        r = estimate(f, t, oracle, seed, policies)
+        r = estimate(f, t, oracle, seed, policies, workers)
         r.assign = assign
         out.append(r)
     return out

@@ -6,6 +6,7 @@ reads the answers from a table (for tests and what-if analysis).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -145,54 +146,169 @@ class TableOracle:
 
 
 class OracleUnavailable(FleetError):
-    """The model cannot answer yet (for example, guest_memfd actions are missing)."""
+    """The model cannot answer (an action or argument it does not know, or input it rejects)."""
+
+
+class ImpossibleClass(FleetError):
+    """A failure class no fleet can produce (e.g. a guest read of kernel memory)."""
 
 
 Step = dict[str, dict[str, Any]]
-Runner = Callable[[str, str, list[Step]], Mapping[str, Any]]
-"""(kernel profile, policy, scenario steps) -> the model's outcome metrics."""
 
-METRIC_NAMES: dict[str, str] = {"poison_handed_out": "poison_reused"}
-"""Model metric name -> ``Outcome`` field, where the model's ``outcomes()`` names differ."""
+CHECKPOINT = "checkpoint"
+"""A runner-only step (not a model action): the failing VM's state, the guest memory it lost
+and who was told are read here, before the VM is destroyed and its memory handed on."""
+
+VMM = "qemu"
+NEXT_VMM = "qemu-next"
+HEAP = "heap"
+
+KERNEL_USER = {"kernel_checked": "migration", "kernel_unchecked": "vhost"}
+"""The kernel user that stands for a first touch with / without a PG_hwpoison check (the
+model's defaults: migration checks PG_hwpoison and copies without machine-check recovery;
+vhost does not check and copies machine-check safe)."""
+
+R47_PANIC = ("R47: a kernel load of poison without an exception fixup panics the host "
+             "(arch/x86/kernel/cpu/mce/severity.c: kernel-mode machine checks are recoverable "
+             "only for an MCE-safe fixup or a copy from user memory; notes/verification.md)")
+
+
+@dataclass(frozen=True)
+class ModelScenario:
+    """What the model runs for one class, and how to read its outcomes.
+
+    * ``steps``: model actions (scenario vocabulary), plus one ``checkpoint`` marker;
+    * ``hugepages`` / ``memory_bytes`` / ``orders``: the host (``HostConfig``); ``orders`` are
+      the PMD and PUD orders of its page geometry. Huge folios are scaled down
+      (``Geometry.scaled``: "2M" and "1G" keep their names and their roles, with fewer 4 KiB
+      pages) to just hold the pages a class needs, so a split or a dissolve stays cheap;
+    * ``model_vm_bytes``: size of the failing VM in the model (0: no VM owns the memory). The
+      model VM holds only the folios the fault touches plus one healthy folio; a loss of the
+      whole model VM is scaled to ``vm_gib``, a loss of folios to real folios
+      (``folio_bytes`` in the model, ``real_folio_bytes`` on the host);
+    * ``early_owner``: the memory belongs to a VMM with a PR_MCE_KILL_EARLY thread;
+    * ``cited``: outcome fields fixed by a cited rule because the model has no action for the
+      first touch (see ``citation``); empty for every class the model runs end to end.
+    """
+
+    steps: tuple[Step, ...]
+    hugepages: tuple[tuple[str, int], ...] = ()
+    memory_bytes: int = 0
+    orders: tuple[int, int] = (9, 18)
+    model_vm_bytes: int = 0
+    folio_bytes: int = 4096
+    real_folio_bytes: int = 4096
+    vm_gib: int = 0
+    early_owner: bool = False
+    cited: tuple[tuple[str, float], ...] = ()
+    citation: str = ""
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory: the model allocates from 4 GiB up; room for the pool and 1 GiB more."""
+        pmd, pud = self.orders
+        order = {"2M": pmd, "1G": pud}
+        pool = sum(n * (4096 << order[size]) for size, n in self.hugepages)
+        return max(self.memory_bytes, (5 << 30) + pool)
+
+    @property
+    def key(self) -> str:
+        """Identity of the model run (classes that differ only in how the result is read,
+        e.g. the VM size or permanence, share one run)."""
+        return json.dumps([self.steps, self.hugepages, self.host_bytes, self.orders],
+                          sort_keys=True)
+
+
+Runner = Callable[[str, str, ModelScenario], Mapping[str, Any]]
+"""(kernel profile, policy, scenario) -> the model's outcome metrics."""
+
+METRIC_NAMES: dict[str, str] = {
+    "poison_handed_out": "poison_reused",
+    "wrong_process_signals": "wrong_process_signal",
+    "repeated_consumptions": "repeated_consumption",
+    "records_lost": "failure_record_lost",
+}
+"""Model metric name (``memfail.model.outcomes.OUTCOME_DOCS``) -> ``Outcome`` field."""
 
 
 class ModelOracle:
-    """Runs a scenario per (policy, class) through the memfail model, once, and caches it.
+    """Runs a scenario per (policy, class) through the memfail model and caches it.
 
-    ``scenario(cls)`` builds the scenario steps (in the scenario file's action vocabulary);
-    ``runner`` executes them under a policy and returns ``host.outcomes()``; the default
-    runner uses ``memfail.model.host``. Results are cached per (policy, class).
+    ``scenario(cls)`` builds the ``ModelScenario``; ``runner`` executes it under a policy and
+    returns the model's outcomes (default: ``memfail.model.host``). Outcomes are cached per
+    (policy, class); model runs are cached per (policy, scenario), so classes that differ
+    only in VM size or permanence share one run.
     """
 
     def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None) -> None:
         self.profile = profile
         self.runner: Runner = runner or _model_runner
         self._cache: dict[tuple[str, FailureClass], Outcome] = {}
+        self._runs: dict[tuple[str, str], Mapping[str, Any]] = {}
 
     def outcome(self, policy: str, cls: FailureClass) -> Outcome:
         key = (policy, cls)
         hit = self._cache.get(key)
         if hit is None:
-            metrics = self.runner(self.profile, policy, self.scenario(cls))
-            hit = outcome_from_metrics(metrics)
+            sc = self.scenario(cls)
+            rk = (policy, sc.key)
+            metrics = self._runs.get(rk)
+            if metrics is None:
+                metrics = self.runner(self.profile, policy, sc)
+                self._runs[rk] = metrics
+            hit = outcome_for(cls, sc, metrics)
             self._cache[key] = hit
         return hit
+
+    def prefetch(self, policies: Iterable[str], classes: Iterable[FailureClass],
+                 workers: int = 1) -> None:
+        """Run every model scenario the (policy, class) pairs need that is not cached yet,
+        spread over ``workers`` local processes (the default runner only); ``outcome`` then
+        reads the cache. Classes the oracle cannot build are left for ``outcome`` to raise."""
+        classes = list(classes)
+        todo: dict[tuple[str, str], tuple[str, ModelScenario]] = {}
+        for pol in policies:
+            for c in classes:
+                if (pol, c) in self._cache:
+                    continue
+                try:
+                    sc = self.scenario(c)
+                except FleetError:
+                    continue
+                rk = (pol, sc.key)
+                if rk not in self._runs:
+                    todo.setdefault(rk, (pol, sc))
+        if workers <= 1 or len(todo) < 2 or self.runner is not _model_runner:
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        items = list(todo.items())
+        jobs = [(self.profile, pol, sc) for _, (pol, sc) in items]
+        with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
+            done = ex.map(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
+            for (rk, _), metrics in zip(items, done, strict=True):
+                self._runs[rk] = metrics
 
     @property
     def cache_size(self) -> int:
         return len(self._cache)
 
-    def scenario(self, cls: FailureClass) -> list[Step]:
+    @property
+    def model_runs(self) -> int:
+        return len(self._runs)
+
+    def scenario(self, cls: FailureClass) -> ModelScenario:
         """The timeline that reproduces one failure of ``cls`` and what follows it."""
-        return build_scenario(cls)
+        return model_scenario(cls)
 
 
 def outcome_from_metrics(metrics: Mapping[str, Any]) -> Outcome:
-    """Map ``host.outcomes()`` onto ``Outcome`` (unknown metrics are ignored).
+    """Map model metrics onto ``Outcome`` by name (unknown metrics are ignored).
 
-    Numbers and booleans map by name (through ``METRIC_NAMES``); ``vm_states`` counts VMs
-    ``killed`` and ``paused``; ``max_consumptions_per_pfn`` beyond the first is
-    ``repeated_consumption`` unless the model reports that directly.
+    Numbers and booleans map by name (through ``METRIC_NAMES``); ``guest_bytes_lost`` becomes
+    ``guest_gib_lost``; ``vm_states`` counts VMs ``killed`` and ``paused`` (else
+    ``vms_killed`` / ``vms_paused``); ``max_consumptions_per_pfn`` beyond the first is
+    ``repeated_consumption`` unless the metrics give it directly.
     """
     names = set(Outcome.names())
     data: dict[str, float] = {}
@@ -200,154 +316,455 @@ def outcome_from_metrics(metrics: Mapping[str, Any]) -> Outcome:
         name = METRIC_NAMES.get(k, k)
         if name in names and isinstance(v, int | float):  # bool is an int
             data[name] = data.get(name, 0.0) + float(v)
+    if isinstance(metrics.get("guest_bytes_lost"), int | float):
+        data["guest_gib_lost"] = float(metrics["guest_bytes_lost"]) / 2**30
     states = metrics.get("vm_states")
-    if isinstance(states, Mapping):
-        for state, field_name in (("killed", "vm_killed"), ("paused", "vm_paused")):
-            n = sum(1 for s in states.values() if s == state)
-            data.setdefault(field_name, float(n))
+    for state, field_name, total in (("killed", "vm_killed", "vms_killed"),
+                                     ("paused", "vm_paused", "vms_paused")):
+        if isinstance(states, Mapping):
+            data.setdefault(field_name, float(sum(1 for s in states.values() if s == state)))
+        elif isinstance(metrics.get(total), int | float):
+            data.setdefault(field_name, float(metrics[total]))
     if "repeated_consumption" not in data and "max_consumptions_per_pfn" in metrics:
         data["repeated_consumption"] = max(0.0, float(metrics["max_consumptions_per_pfn"]) - 1)
     return Outcome.from_mapping(data)
 
 
-def _model_runner(profile: str, policy: str, steps: list[Step]) -> Mapping[str, Any]:
-    """Execute ``steps`` on a fresh model host under ``policy`` and return its outcomes."""
+def outcome_for(cls: FailureClass, sc: ModelScenario, metrics: Mapping[str, Any]) -> Outcome:
+    """What one failure of ``cls`` costs, from the metrics of its model run.
+
+    On top of ``outcome_from_metrics``:
+
+    * ``guest_gib_lost``: a loss of the whole model VM (killed, or its guest_memfd unusable)
+      is the whole VM, ``vm_gib``; a partial loss counts lost model folios as real folios and
+      lost 4 KiB pages (offlined by the guest) as themselves. Memory no VM owns (free pool, kernel) loses no guest memory of its own:
+      what a later owner suffers shows in ``poison_reused`` and the VM counts;
+    * ``early_kill_missed``: 1 when the failure was not consumed (the scrub found it first),
+      the owning VMM has a PR_MCE_KILL_EARLY thread, and no BUS_MCEERR_AO reached it by the
+      checkpoint (model ``owner_told_unconsumed`` == 0 for guest memory; no AO queued to the
+      VMM for its own memory);
+    * ``cited`` fields of the scenario override the model (documented per class).
+    """
+    data = dict(zip(Outcome.names(), outcome_from_metrics(metrics).as_tuple(), strict=True))
+    lost = metrics.get("guest_bytes_lost")
+    if sc.model_vm_bytes <= 0:
+        data["guest_gib_lost"] = 0.0
+    elif isinstance(lost, int | float):
+        states = metrics.get("vm_states")
+        killed = isinstance(states, Mapping) and states.get("vm0") == "killed"
+        if killed or lost >= sc.model_vm_bytes:
+            data["guest_gib_lost"] = float(sc.vm_gib)
+        else:  # whole folios, and 4 KiB pages (fewer than a model folio holds)
+            folios, rest = divmod(int(lost), sc.folio_bytes)
+            data["guest_gib_lost"] = min((folios * sc.real_folio_bytes + rest) / 2**30,
+                                         float(sc.vm_gib))
+    miss = 0.0
+    if sc.early_owner and not cls.consumed:
+        told = "vmm_told_unconsumed" if cls.memory == "vmm" else "owner_told_unconsumed"
+        miss = float(not metrics.get(told, 0))
+    data["early_kill_missed"] = miss
+    data.update(dict(sc.cited))
+    return Outcome.from_mapping(data)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, Any]:
+    """Execute ``sc`` on a fresh model host under ``policy`` and return its outcomes.
+
+    Metrics that concern the failing VM (its state, guest memory lost, who was told) are
+    taken at the ``checkpoint`` step; the rest (reuse, repeated consumption, records, host
+    panic) at the end. Also returns ``vmm_told_unconsumed``: BUS_MCEERR_AO signals queued to
+    the failing VM's VMM by the checkpoint.
+    """
     try:
         from memfail.model.actions import parse_action
+        from memfail.model.errors import ModelInputError
         from memfail.model.host import Host, HostConfig
+        from memfail.model.units import Geometry
     except ImportError as e:
         raise OracleUnavailable(
-            f"the model cannot run fleet scenarios yet ({e}); pass --oracle TABLE.yaml") from None
+            f"the model cannot run fleet scenarios ({e}); pass --oracle TABLE.yaml") from None
     from pydantic import ValidationError
 
-    actions = []
-    for step in steps:
+    host = Host(HostConfig(memory=sc.host_bytes, hugepages=dict(sc.hugepages),
+                           profile=profile, policy=policy,
+                           geometry=Geometry.scaled(*sc.orders)))
+    for size, n in sc.hugepages:
+        got = host.hugetlb.hstate(host.geometry.huge_order(size)).nr_huge_pages
+        if got != n:
+            raise OracleUnavailable(f"the model host has {got} of the {n} {size} HugeTLB "
+                                    "folios the fleet scenario needs")
+    free_pfns: dict[tuple[str, int, int], int] = {}
+    checkpoint: dict[str, Any] | None = None
+    for i, step in enumerate(sc.steps):
         ((key, args),) = step.items()
+        if key == CHECKPOINT:
+            checkpoint = _snapshot(host)
+            continue
+        args = _resolve_free(host, args, free_pfns)
+        if key == "mmap" and _has_region(host, args):
+            continue  # the hugetlbfs baseline's gmem_create mapped guest memory already
         try:
-            actions.append(parse_action(key, args))
+            action = parse_action(key, args)
         except KeyError:
             raise OracleUnavailable(
-                f"the model has no {key!r} action yet; pass --oracle TABLE.yaml") from None
+                f"the model has no {key!r} action; pass --oracle TABLE.yaml") from None
         except ValidationError as e:
             raise OracleUnavailable(
                 f"the model's {key!r} action rejects the fleet scenario's arguments "
                 f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']}); "
                 "pass --oracle TABLE.yaml") from None
-    from memfail.model.errors import ModelInputError
-
-    host = Host(HostConfig(memory="2T", profile=profile, policy=policy))
-    for i, action in enumerate(actions):
         try:
             host.apply(action)
         except ModelInputError as e:
             raise OracleUnavailable(
-                f"the model rejected fleet scenario step {i} ({action.key}) under {policy}: "
+                f"the model rejected fleet scenario step {i} ({key}) under {policy}: "
                 f"{e}; pass --oracle TABLE.yaml") from None
-    return host.outcomes()
+    out = dict(host.outcomes())
+    if checkpoint is not None:
+        states = {**out.get("vm_states", {}), **checkpoint.pop("vm_states")}
+        out.update(checkpoint)
+        out["vm_states"] = states
+        out["vms_killed"] = sum(1 for s in states.values() if s == "killed")
+        out["vms_paused"] = sum(1 for s in states.values() if s == "paused")
+    else:
+        out["vmm_told_unconsumed"] = _told(host)
+    return out
 
 
-KERNEL_USER = {"kernel_checked": "migration", "kernel_unchecked": "vhost"}
-"""The kernel user that stands for a first touch with / without a PG_hwpoison check."""
+def _run_job(job: tuple[str, str, ModelScenario]) -> Mapping[str, Any]:
+    return _model_runner(*job)
 
 
-def _touch_steps(cls: FailureClass, t: dict[str, Any]) -> list[Step]:
-    """Who meets the error at target ``t`` first (R1/R2): a read that consumes it, or the
-    patrol scrub (AO). ``t`` holds the injection target plus ``gpa``/``addr`` views of it."""
-    touch = cls.first_touch
-    if touch == "scrub":
-        return [{"scrub": dict(t["target"])}]
+_AT_CHECKPOINT = ("vm_states", "guest_bytes_lost", "wrong_process_signals",
+                  "owner_told_unconsumed", "early_not_told")
+
+
+def _told(host: Any) -> int:
+    from memfail.model.trace import SignalSent
+
+    vmm = host.processes.get(VMM)
+    if vmm is None:
+        return 0
+    return sum(1 for e in host.trace.of(SignalSent) if e.pid == vmm.pid and
+               e.outcome == "queued" and e.si_code == "BUS_MCEERR_AO")
+
+
+def _snapshot(host: Any) -> dict[str, Any]:
+    o = host.outcomes()
+    snap = {k: o[k] for k in _AT_CHECKPOINT if k in o}
+    snap["vm_states"] = dict(o.get("vm_states", {}))
+    snap["vmm_told_unconsumed"] = _told(host)
+    return snap
+
+
+def _has_region(host: Any, args: Mapping[str, Any]) -> bool:
+    proc = host.processes.get(args.get("proc"))
+    return proc is not None and args.get("name") in proc.regions
+
+
+def _resolve_free(host: Any, args: dict[str, Any],
+                  seen: dict[tuple[str, int, int], int]) -> dict[str, Any]:
+    """``{free: 2M, free_folio: k, index: i}`` -> ``{pfn}``: raw page ``i`` of the k-th free
+    HugeTLB folio (by pfn) when first named; the same pfn every later time."""
+    if "free_folio" not in args:
+        return args
+    rest = dict(args)
+    size, k, index = rest.pop("free"), int(rest.pop("free_folio")), int(rest.pop("index", 0))
+    pfn = seen.get((size, k, index))
+    if pfn is None:
+        h = host.hugetlb.hstate(host.geometry.huge_order(size))
+        folios = sorted(h.free_list, key=lambda f: f.pfn)
+        if k >= len(folios):
+            raise OracleUnavailable(f"the {size} pool has no free folio #{k}")
+        pfn = seen[(size, k, index)] = folios[k].pfn + index
+    return {**rest, "pfn": pfn}
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _vmm_steps(proc: str) -> list[Step]:
+    """QEMU as the reference scenarios set it up: SIGBUS handler, PR_MCE_KILL early on main
+    (Q1); vcpu threads are created by vm_create."""
+    return [
+        {"spawn": {"proc": proc, "threads": ["main"]}},
+        {"sigaction": {"proc": proc, "sigbus": "handler"}},
+        {"prctl": {"proc": proc, "thread": "main", "op": "set", "policy": "early"}},
+    ]
+
+
+def _ram(vm: str) -> str:
+    """The VMM mapping of ``vm``'s guest memory: named like the mapping the hugetlbfs baseline's
+    gmem_create makes itself (``<fd>-ram``), so the same steps run under every policy (the
+    runner skips an ``mmap`` whose name the process already has)."""
+    return f"gmem-{vm}-ram"
+
+
+def _vm_steps(vm: str, vmm: str, cls_vm_type: str, size: int, backing: str,
+              shared: bool) -> list[Step]:
+    """A VM whose guest memory is one guest_memfd of ``size`` bytes bound by one memslot at
+    gpa 0, with the VMM mapping that backs shared memory (userspace_addr). Shared memory is
+    the in-place (MMAP, INIT_SHARED) guest_memfd mapped by the VMM; private memory has an
+    anonymous userspace_addr, as in the reference scenarios."""
+    fd = f"gmem-{vm}"
+    ram = _ram(vm)
+    vt = "snp" if cls_vm_type == "confidential" else "default"
+    steps: list[Step] = [
+        {"vm_create": {"vm": vm, "vmm": vmm, "vcpus": 1, "type": vt}},
+        {"gmem_create": {"vm": vm, "fd": fd, "size": size, "backing": backing,
+                         "flags": ["mmap", "init_shared"] if shared else []}},
+    ]
+    steps.append({"mmap": {"proc": vmm, "name": ram, "size": size, "fd": fd}} if shared
+                 else {"mmap": {"proc": vmm, "name": ram, "size": size}})
+    steps.append({"memslot": {"vm": vm, "slot": 0, "gpa": 0, "size": size, "gmem": fd,
+                              "hva": ram}})
+    return steps
+
+
+def _gmem_touch(touch: str, shared: bool, gpa: int) -> list[Step]:
     if touch == "guest_read":
-        return [{"guest_access": {"vm": "vm0", "gpa": t["gpa"], "op": "read"}}]
+        return [{"guest_access": {"vm": "vm0", "gpa": gpa, "op": "read"}}]
     if touch == "vmm_read":
-        return [{"mem_read": {"proc": "qemu", "thread": "main", "addr": t["addr"]}}]
-    where = {"vm": "vm0", "gpa": t["gpa"]} if "gpa" in t else \
-        {"proc": t.get("proc", "qemu"), "addr": t.get("addr")}
-    return [{"kernel_access": {"user": KERNEL_USER[touch], **where,
-                               "checks_hwpoison": touch == "kernel_checked"}}]
+        if not shared:
+            raise ImpossibleClass("the VMM cannot read private guest memory (no host mapping)")
+        return [{"mem_read": {"proc": VMM, "thread": "main", "addr": f"{_ram('vm0')}+{gpa}"}}]
+    if touch == "scrub":
+        return [{"scrub": {"vm": "vm0", "gpa": gpa}}]
+    return [{"kernel_access": {"user": KERNEL_USER[touch], "vm": "vm0", "gpa": gpa}}]
+
+
+def _vmm_touch(touch: str, addr: str, thread: str = "main") -> list[Step]:
+    if touch == "guest_read":
+        raise ImpossibleClass("a guest cannot read its VMM's own memory")
+    if touch == "vmm_read":
+        return [{"mem_read": {"proc": VMM, "thread": thread, "addr": addr}}]
+    if touch == "scrub":
+        return [{"scrub": {"proc": VMM, "addr": addr}}]
+    return [{"kernel_access": {"user": KERNEL_USER[touch], "proc": VMM, "addr": addr}}]
+
+
+def _spread(cls: FailureClass, folio: int, folios_available: int) -> list[int]:
+    """Byte offsets of the pages the fault hits: consecutive 4 KiB pages of one folio, or one
+    page per folio, wrapping round (one more page per folio) when the VM has fewer folios
+    than pages hit."""
+    if cls.same_folio or folio == 4096:
+        return [i * 4096 for i in range(cls.pages_hit)]
+    n = max(1, min(cls.pages_hit, folios_available))
+    return [(i % n) * folio + (i // n) * 4096 for i in range(cls.pages_hit)]
+
+
+def _second(first: int, folio: int, offsets: list[int]) -> int:
+    """A page of the first page's folio that the first fault did not hit (for 4 KiB folios,
+    which hold one page, the next free page)."""
+    if folio > 4096:
+        return first - first % folio + folio // 2 + 4096
+    return max(offsets) + 4096
+
+
+def _folios_used(offsets: list[int], folio: int) -> int:
+    return len({o // folio for o in offsets})
+
+
+MIN_ORDER = 6  # smallest model huge folio: 64 pages
+
+
+def _orders(size: str, per_folio: int, total: int) -> tuple[int, int]:
+    """PMD and PUD orders of the model geometry for a class backed by ``size`` folios: the
+    folio must hold the pages hit in it, a second fault at its middle and a healthy page at
+    its first quarter (4 x (pages + 2) pages), and more pages than the class can lose one by
+    one (2 x (pages hit + 4)), so that lost bytes split exactly into folios and pages. Real
+    sizes (9, 18) are the cap."""
+    need = max(4 * (per_folio + 2), 2 * (total + 4))
+    order = max(MIN_ORDER, (need - 1).bit_length())
+    if size == "1G":
+        pud = min(18, max(order, MIN_ORDER + 2))
+        return min(9, pud - 2), pud
+    pmd = min(9, order)
+    return pmd, pmd + 2
+
+
+def _model_folio(size: str, orders: tuple[int, int]) -> int:
+    return 4096 if size == "4K" else 4096 << orders[0 if size == "2M" else 1]
+
+
+def model_scenario(cls: FailureClass) -> ModelScenario:
+    """The model scenario for one failure of ``cls``: set-up, fault(s), first touch, aftermath.
+
+    Every class follows the same timeline, so policies are compared on equal terms:
+
+    1. set-up: QEMU (SIGBUS handler, PR_MCE_KILL early on main) and a VM whose guest memory is
+       HugeTLB-backed guest_memfd (4K folios for 4K) holding only the folios the fault reaches
+       plus one healthy folio; the guest writes every folio; for shared memory the VMM's
+       mapping of the pages hit is populated too;
+    2. the fault: a latent ``hw_error`` on every page hit;
+    3. the first touch of the first page (guest read, VMM read, kernel user with or without a
+       PG_hwpoison check, or the patrol scrub); a second fault, if any, is a latent error in
+       another page of the same folio met the same way;
+    4. the patrol scrub reaches the other pages hit;
+    5. the owner uses the memory again: the first toucher once more, a guest read of the first
+       page and of a healthy page of the same huge folio (repeated consumption, and what the
+       rest of the huge page costs); ``checkpoint``;
+    6. the VM is destroyed and QEMU exits (its mappings go, the guest_memfd inode is released,
+       C4); a new VM allocates the same HugeTLB folios and reads the failed pages (is poison
+       handed out again?).
+
+    VMM memory is an anonymous mapping of QEMU (the VM's vCPU thread reads it again after the
+    first touch); free-pool memory is met by the scrub and then allocated by a new VM; kernel
+    memory is a slab page.
+    """
+    if cls.memory in ("gmem_private", "gmem_shared"):
+        return _gmem_scenario(cls)
+    if cls.memory == "vmm":
+        return _vmm_scenario(cls)
+    if cls.memory == "hugetlb_free":
+        return _free_scenario(cls)
+    return _kernel_scenario(cls)
 
 
 def build_scenario(cls: FailureClass) -> list[Step]:
-    """Scenario steps for one failure of ``cls``: set-up, fault(s), first touch, aftermath.
+    """The steps of ``model_scenario(cls)``."""
+    return list(model_scenario(cls).steps)
 
-    Guest memory is a guest_memfd (HugeTLB-backed for 2M/1G) bound by one memslot; shared
-    memory is the first folio converted to shared and mapped by the VMM. The aftermath is the
-    same for every class so policies are compared on equal terms: the owner touches the
-    memory again (repeated consumption), then releases it (VM destroyed: guest_memfd inode
-    release, C4) and a new owner allocates from the pool (poison handed out again?).
-    """
-    huge = cls.page_size
-    folio = PAGE_BYTES[huge]
-    stride = 4096 if cls.same_folio else folio
-    offsets = [i * stride for i in range(cls.pages_hit)]
-    if cls.second_fault:
-        offsets.append(folio // 2 + 4096)
-    steps: list[Step] = []
-    targets: list[dict[str, Any]]
-    if cls.memory in ("gmem_private", "gmem_shared"):
-        size = f"{cls.vm_gib}G"
-        shared = cls.memory == "gmem_shared"
-        if huge != "4K":
-            steps.append({"hugepages": {"size": huge,
-                                        "count": (cls.vm_gib << 30) // folio + 1}})
-        steps += [
-            {"spawn": {"proc": "qemu", "threads": ["main"]}},
-            {"prctl": {"proc": "qemu", "thread": "main", "op": "set", "policy": "early"}},
-            {"vm_create": {"vm": "vm0", "vmm": "qemu",
-                           "type": "snp" if cls.vm_type == "confidential" else "default"}},
-            {"gmem_create": {"vm": "vm0", "fd": "gmem0", "size": size, "backing": huge,
-                             "flags": ["mmap"] if shared else []}},
-            {"memslot": {"vm": "vm0", "slot": 0, "gpa": 0, "size": size, "gmem": "gmem0"}},
-        ]
-        span = max(folio, max(offsets) + 4096)
-        if shared:
-            steps += [
-                {"set_attributes": {"vm": "vm0", "gpa": 0, "size": span, "private": False}},
-                {"mmap": {"proc": "qemu", "name": "shared", "size": span, "fd": "gmem0",
-                          "shared": True}},
-            ]
-        steps += [{"guest_access": {"vm": "vm0", "gpa": off, "op": "write"}} for off in offsets]
-        targets = [{"target": {"proc": "qemu", "file": "gmem0", "offset": off}, "gpa": off,
-                    "addr": f"shared+{off}"} for off in offsets]
-    elif cls.memory == "hugetlb_free":
-        free = huge if huge != "4K" else "2M"
-        steps.append({"hugepages": {"size": free, "count": 2}})
-        targets = [{"target": {"free": free, "index": off // 4096}, "proc": "next",
-                    "addr": "buf"} for off in offsets if off < PAGE_BYTES[free]]
-    elif cls.memory == "vmm":
-        steps += [
-            {"spawn": {"proc": "qemu", "threads": ["main", "vcpu0"]}},
-            {"mmap": {"proc": "qemu", "name": "heap", "size": max(offsets) + 4096,
-                      "populate": True}},
-        ]
-        targets = [{"target": {"proc": "qemu", "addr": f"heap+{off}"}, "proc": "qemu",
-                    "addr": f"heap+{off}"} for off in offsets]
-    else:
-        targets = [{"target": {"kernel": "slab"}, "proc": "kernel", "addr": 0}]
-    first = targets[0]
-    steps.extend({"hw_error": {**t["target"], "detect": "latent"}}
-                 for t in targets[:cls.pages_hit])
-    steps.extend(_touch_steps(cls, first))
-    if cls.second_fault and len(targets) > cls.pages_hit:
-        steps.append({"hw_error": {**targets[-1]["target"], "detect": "latent"}})
-        steps.extend(_touch_steps(cls, targets[-1]))
-    if cls.memory in ("gmem_private", "gmem_shared"):
-        steps.append({"guest_access": {"vm": "vm0", "gpa": first["gpa"], "op": "read"}})
-        steps.append({"vm_destroy": {"vm": "vm0"}})
-        if huge != "4K":
-            steps += [
-                {"spawn": {"proc": "next"}},
-                {"mmap": {"proc": "next", "name": "buf", "size": f"{cls.vm_gib}G",
-                          "hugetlb": huge, "populate": True}},
-                {"mem_read": {"proc": "next", "addr": "buf"}},
-            ]
-    elif cls.memory == "hugetlb_free":
-        free = huge if huge != "4K" else "2M"
-        steps += [
-            {"spawn": {"proc": "next"}},
-            {"mmap": {"proc": "next", "name": "buf", "size": PAGE_BYTES[free] * 2,
-                      "hugetlb": free, "populate": True}},
-            {"mem_read": {"proc": "next", "addr": "buf"}},
-        ]
-    elif cls.memory == "vmm":
-        steps.append({"mem_read": {"proc": "qemu", "thread": "vcpu0", "addr": first["addr"]}})
+
+def _gmem_scenario(cls: FailureClass) -> ModelScenario:
+    shared = cls.memory == "gmem_shared"
+    backing = cls.page_size
+    real_folio = PAGE_BYTES[backing]
+    real = max(1, (cls.vm_gib << 30) // real_folio)
+    spread = 1 if cls.same_folio or backing == "4K" else max(1, min(cls.pages_hit, real))
+    orders = _orders(backing, -(-cls.pages_hit // spread), cls.pages_hit)
+    folio = _model_folio(backing, orders)
+    offsets = _spread(cls, folio, real)
+    second = _second(offsets[0], folio, offsets) if cls.second_fault else None
+    pages = offsets + ([second] if second is not None else [])
+    used = _folios_used(pages, folio)
+    nfolios = max(o // folio for o in pages) + 2  # the folios reached plus a healthy one
+    vm_bytes = nfolios * folio
+    hugepages: tuple[tuple[str, int], ...] = ()
+    if backing != "4K":
+        hugepages = ((backing, nfolios + used),)  # room for a new VM if every hit is lost
+    steps: list[Step] = [*_vmm_steps(VMM),
+                         *_vm_steps("vm0", VMM, cls.vm_type, vm_bytes, backing, shared)]
+    writes = sorted({i * folio for i in range(nfolios)} | set(pages))
+    steps += [{"guest_access": {"vm": "vm0", "gpa": g, "op": "write"}} for g in writes]
+    if shared:  # the VMM has the shared pages mapped (device emulation, virtio rings)
+        steps += [{"mem_write": {"proc": VMM, "addr": f"{_ram('vm0')}+{g}"}} for g in pages]
+    steps += [{"hw_error": {"vm": "vm0", "gpa": g, "detect": "latent"}} for g in offsets]
+    steps += _gmem_touch(cls.first_touch, shared, offsets[0])
+    if second is not None:
+        steps.append({"hw_error": {"vm": "vm0", "gpa": second, "detect": "latent"}})
+        steps += _gmem_touch(cls.first_touch, shared, second)
+    steps += [{"scrub": {"vm": "vm0", "gpa": g}} for g in offsets[1:]]
+    # aftermath: the owner uses the memory again
+    if cls.first_touch not in ("scrub", "guest_read"):
+        steps += _gmem_touch(cls.first_touch, shared, offsets[0])
+    steps.append({"guest_access": {"vm": "vm0", "gpa": offsets[0], "op": "read"}})
+    if folio > 4096:
+        healthy = offsets[0] - offsets[0] % folio + folio // 4
+        if healthy not in pages:
+            steps.append({"guest_access": {"vm": "vm0", "gpa": healthy, "op": "read"}})
+    steps.append({CHECKPOINT: {}})
+    steps += [{"vm_destroy": {"vm": "vm0"}}, {"exit": {"proc": VMM}}]
+    if backing != "4K":
+        steps += _reuse_steps(cls.vm_type, vm_bytes, folio, backing, pages)
+    return ModelScenario(tuple(steps), hugepages, orders=orders, model_vm_bytes=vm_bytes,
+                         folio_bytes=folio, real_folio_bytes=real_folio, vm_gib=cls.vm_gib,
+                         early_owner=True)
+
+
+def _reuse_steps(vm_type: str, vm_bytes: int, folio: int, backing: str,
+                 pages: list[int]) -> list[Step]:
+    """A new VM (new QEMU) allocates ``vm_bytes`` of guest_memfd from the HugeTLB pool, which
+    hands out the lowest free folios first (the ones just released), writes every folio and
+    reads the pages that failed."""
+    steps = [*_vmm_steps(NEXT_VMM),
+             *_vm_steps("vm1", NEXT_VMM, vm_type, vm_bytes, backing, False)]
+    steps += [{"guest_access": {"vm": "vm1", "gpa": i * folio, "op": "write"}}
+              for i in range(vm_bytes // folio)]
+    steps += [{"guest_access": {"vm": "vm1", "gpa": g, "op": "read"}} for g in pages]
     return steps
+
+
+def _vmm_scenario(cls: FailureClass) -> ModelScenario:
+    offsets = [i * 4096 for i in range(cls.pages_hit)]
+    if cls.second_fault:
+        offsets.append(len(offsets) * 4096)
+    size = len(offsets) * 4096
+    orders = (MIN_ORDER, MIN_ORDER + 2)
+    folio = _model_folio("2M", orders)
+    steps: list[Step] = [*_vmm_steps(VMM),
+                         *_vm_steps("vm0", VMM, cls.vm_type, folio, "2M", False),
+                         {"guest_access": {"vm": "vm0", "gpa": 0, "op": "write"}},
+                         {"mmap": {"proc": VMM, "name": HEAP, "size": size}}]
+    addrs = [f"{HEAP}+{o}" for o in offsets]
+    steps += [{"mem_write": {"proc": VMM, "addr": a}} for a in addrs]
+    hit = addrs[:cls.pages_hit]
+    steps += [{"hw_error": {"proc": VMM, "addr": a, "detect": "latent"}} for a in hit]
+    steps += _vmm_touch(cls.first_touch, hit[0])
+    if cls.second_fault:
+        steps.append({"hw_error": {"proc": VMM, "addr": addrs[-1], "detect": "latent"}})
+        steps += _vmm_touch(cls.first_touch, addrs[-1])
+    steps += [{"scrub": {"proc": VMM, "addr": a}} for a in hit[1:]]
+    if cls.first_touch not in ("scrub", "vmm_read"):
+        steps += _vmm_touch(cls.first_touch, hit[0])
+    steps += _vmm_touch("vmm_read", hit[0], thread="vcpu0")
+    steps.append({CHECKPOINT: {}})
+    return ModelScenario(tuple(steps), (("2M", 1),), orders=orders, model_vm_bytes=folio,
+                         folio_bytes=folio, real_folio_bytes=PAGE_BYTES["2M"],
+                         vm_gib=cls.vm_gib, early_owner=True)
+
+
+def _free_scenario(cls: FailureClass) -> ModelScenario:
+    if cls.first_touch in ("guest_read", "vmm_read"):
+        raise ImpossibleClass("nobody but the kernel reads a free HugeTLB folio")
+    size = cls.page_size if cls.page_size != "4K" else "2M"
+    orders = _orders(size, cls.pages_hit if cls.same_folio else 1, cls.pages_hit)
+    folio = _model_folio(size, orders)
+    if cls.same_folio:
+        hits = [(0, i) for i in range(cls.pages_hit)]
+    else:
+        hits = [(i, 0) for i in range(cls.pages_hit)]
+    if cls.second_fault:
+        hits.append((0, folio // 2 // 4096 + 1))
+    used = len({k for k, _ in hits})
+    vm_folios = used + 1
+    hugepages = ((size, vm_folios + used),)
+
+    def target(k: int, i: int) -> dict[str, Any]:
+        return {"free": size, "free_folio": k, "index": i}
+
+    steps: list[Step] = [{"hw_error": {**target(k, i), "detect": "latent"}} for k, i in hits]
+    cited: tuple[tuple[str, float], ...] = ()
+    citation = ""
+    if cls.first_touch == "scrub":
+        steps += [{"scrub": target(k, i)} for k, i in hits]
+    else:
+        # no model action reads a free HugeTLB folio from the kernel (kernel_access takes a
+        # guest or user address): /proc/kcore and dump read it without a PG_hwpoison hit
+        # (the error is latent) and without machine-check recovery
+        cited, citation = (("host_panic", 1.0),), R47_PANIC
+        steps += [{"scrub": target(k, i)} for k, i in hits[1:]]
+    steps.append({CHECKPOINT: {}})
+    pages = [k * folio + i * 4096 for k, i in hits]
+    steps += _reuse_steps("default", vm_folios * folio, folio, size, pages)
+    return ModelScenario(tuple(steps), hugepages, orders=orders, cited=cited,
+                         citation=citation)
+
+
+def _kernel_scenario(cls: FailureClass) -> ModelScenario:
+    if cls.first_touch in ("guest_read", "vmm_read"):
+        raise ImpossibleClass("guests and VMMs do not read kernel memory")
+    n = cls.pages_hit + int(cls.second_fault)
+    if cls.first_touch == "scrub":
+        steps: list[Step] = [{"hw_error": {"kernel": "slab", "detect": "scrub"}}
+                             for _ in range(n)]
+        return ModelScenario((*steps, {CHECKPOINT: {}}))
+    # the model's kernel users (kernel_access, user_copy) read guest or user memory only; a
+    # slab page read by the kernel itself is a plain kernel load: R47
+    steps = [{"hw_error": {"kernel": "slab", "detect": "latent"}}]
+    steps += [{"hw_error": {"kernel": "slab", "detect": "scrub"}} for _ in range(n - 1)]
+    return ModelScenario((*steps, {CHECKPOINT: {}}), cited=(("host_panic", 1.0),),
+                         citation=R47_PANIC)
