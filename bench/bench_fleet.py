@@ -1,4 +1,5 @@
-"""Benchmark of memfail fleet: sampling throughput, and time to a rare rate at +-10 %.
+"""Benchmark of memfail fleet: sampling throughput, time to a rare rate at +-10 %, and the
+model oracle on the default fleet (every sampled class under every policy).
 
 Run: .venv/bin/python bench/bench_fleet.py [--workers N]
 """
@@ -12,7 +13,7 @@ import time
 import numpy as np
 
 from memfail.fleet import engine
-from memfail.fleet.oracle import TableOracle
+from memfail.fleet.oracle import ModelOracle, TableOracle
 from memfail.fleet.params import load_fleet
 from memfail.fleet.sampler import compile_spec, sample_batch
 
@@ -61,6 +62,24 @@ def time_to_rare_rate(workers: int, target: float = 0.10) -> None:
           f"the doubling search, on {workers} worker(s)")
 
 
+def model_oracle(workers: int, host_years: int = 2_000_000) -> None:
+    """Wall time of the model oracle for the default fleet: every class the sampler sees in
+    ``host_years`` under every default policy (what ``memfail fleet`` does without --oracle)."""
+    fleet = load_fleet()
+    t = engine.sample(fleet, host_years, seed=0, workers=workers)
+    pols = fleet.params.policies
+    oracle = ModelOracle(fleet.params.kernel_profile)
+    t0 = time.perf_counter()
+    oracle.prefetch(pols, t.classes, workers)
+    for pol in pols:
+        for c in t.classes:
+            oracle.outcome(pol, c)
+    dt = time.perf_counter() - t0
+    print(f"model oracle: {len(t.classes)} classes x {len(pols)} policies = "
+          f"{oracle.cache_size} outcomes from {oracle.model_runs} model runs in {dt:.1f} s "
+          f"on {workers} worker(s) ({dt / max(1, oracle.model_runs) * 1e3:.1f} ms per run)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -70,6 +89,7 @@ def main() -> None:
           f"fault; it stands for {1 / p_bar:.0f} unconditioned host-years, "
           f"{rate / p_bar / 1e6:.0f} M/s equivalent)")
     time_to_rare_rate(args.workers)
+    model_oracle(args.workers)
 
 
 if __name__ == "__main__":

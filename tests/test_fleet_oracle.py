@@ -103,6 +103,8 @@ def test_scrubbed_failure_and_pr_mce_kill_early(oracle: ModelOracle) -> None:
     scrub = fc(first_touch="scrub")
     assert oracle.outcome("minimum", scrub).early_kill_missed == 1
     assert oracle.outcome("future", scrub).early_kill_missed == 0
+    # the hugetlbfs baseline: memory_failure sends BUS_MCEERR_AO to the early thread (R9)
+    assert oracle.outcome("hugetlbfs", scrub).early_kill_missed == 0
     assert oracle.outcome("kill-vm", scrub).vm_killed == 1
     # the kernel signals early-kill owners of anonymous memory under every policy (R9/R10)
     vmm = fc("vmm", page_size="4K", first_touch="scrub")

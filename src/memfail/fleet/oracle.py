@@ -340,9 +340,11 @@ def outcome_for(cls: FailureClass, sc: ModelScenario, metrics: Mapping[str, Any]
       lost 4 KiB pages (offlined by the guest) as themselves. Memory no VM owns (free pool, kernel) loses no guest memory of its own:
       what a later owner suffers shows in ``poison_reused`` and the VM counts;
     * ``early_kill_missed``: 1 when the failure was not consumed (the scrub found it first),
-      the owning VMM has a PR_MCE_KILL_EARLY thread, and no BUS_MCEERR_AO reached it by the
-      checkpoint (model ``owner_told_unconsumed`` == 0 for guest memory; no AO queued to the
-      VMM for its own memory);
+      the owning VMM has a PR_MCE_KILL_EARLY thread, and no BUS_MCEERR_AO was queued to it
+      by the checkpoint (``vmm_told_unconsumed`` from the trace; the model's
+      ``owner_told_unconsumed`` finds owners from the final state, so it misses a VMM whose
+      hugetlbfs page memory_failure already unmapped). A VMM killed instead of told counts
+      as missed;
     * ``cited`` fields of the scenario override the model (documented per class).
     """
     data = dict(zip(Outcome.names(), outcome_from_metrics(metrics).as_tuple(), strict=True))
@@ -360,8 +362,8 @@ def outcome_for(cls: FailureClass, sc: ModelScenario, metrics: Mapping[str, Any]
                                          float(sc.vm_gib))
     miss = 0.0
     if sc.early_owner and not cls.consumed:
-        told = "vmm_told_unconsumed" if cls.memory == "vmm" else "owner_told_unconsumed"
-        miss = float(not metrics.get(told, 0))
+        told = metrics.get("vmm_told_unconsumed", metrics.get("owner_told_unconsumed", 0))
+        miss = float(not told)
     data["early_kill_missed"] = miss
     data.update(dict(sc.cited))
     return Outcome.from_mapping(data)
