@@ -263,27 +263,28 @@ class FileIO(Action):
     proc: str
     thread: str | None = None
     fd: str
-    offset: Size = 0
+    offset: Size | None = None
     len: Size = 4096
     buf: Addr | None = None
     value: int | None = None
 
 
 class Read(FileIO):
-    """read(fd) from the file position ``offset``. Returns the byte count, or -1 with errno
-    (EIO for a poisoned page-cache page, R43)."""
+    """read(fd) at the file position (after an lseek to ``offset`` when it is given).
+    Returns the byte count, or -1 with errno (EIO for a poisoned page-cache page, R43)."""
 
     key: ClassVar[str] = "read"
 
 
 class Pread(FileIO):
-    """pread(fd, len, offset)."""
+    """pread(fd, len, offset) (``offset`` defaults to 0); the file position is unchanged."""
 
     key: ClassVar[str] = "pread"
 
 
 class Write(FileIO):
-    """write(fd): ``value`` is the byte pattern written (default 1)."""
+    """write(fd) at the file position (after an lseek to ``offset`` when it is given):
+    ``value`` is the byte pattern written (default 1)."""
 
     key: ClassVar[str] = "write"
 

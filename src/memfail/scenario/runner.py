@@ -14,6 +14,7 @@ from memfail.model.actions import Action, Prctl, Sigaction, Spawn
 from memfail.model.errors import ModelInputError
 from memfail.model.kernel.profiles import DEFAULT_PROFILE, get_profile
 from memfail.model.trace import Event, Trace
+from memfail.model.units import parse_size
 
 from .errors import ScenarioError
 from .expect import Checker, Failure, check_final, check_step
@@ -127,6 +128,14 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
         try:
             return host.addr_rel(proc, host.resolve_addr(proc, addr))
         except ModelInputError:
+            # the mapping is gone (the process died in this very step): the signal's si_addr
+            # was rendered while it existed, so render the expected NAME+OFFSET the same way
+            if isinstance(addr, str) and not addr.strip().lower().startswith("0x"):
+                name, _, off = addr.partition("+")
+                try:
+                    return f"{name.strip()}+{parse_size(off.strip()) if off else 0:#x}"
+                except ValueError:
+                    return None
             return None
 
     steps: list[ActionRecord] = []

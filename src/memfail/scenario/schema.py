@@ -51,7 +51,10 @@ SI_CODES = {
     "AO": "BUS_MCEERR_AO", "BUS_MCEERR_AO": "BUS_MCEERR_AO", "5": "BUS_MCEERR_AO",
     "SI_KERNEL": "SI_KERNEL", "128": "SI_KERNEL",
 }
-ERRNO_NAMES = frozenset(_errno.errorcode.values()) | {"EHWPOISON", "ENOTRECOVERABLE"}
+ERRNO_NAMES = frozenset(_errno.errorcode.values()) | {
+    "EHWPOISON", "ENOTRECOVERABLE", "EOPNOTSUPP", "ENOTSUP", "ESRCH", "EBADF",
+    "PANICKED",  # the errno of any action after the host panicked
+}
 # Largest size any field may hold: the 128 TiB x86-64 user address space.
 MAX_SIZE = 1 << 47
 MAX_HOST_MEMORY = 1 << 50

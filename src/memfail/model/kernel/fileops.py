@@ -195,7 +195,8 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
     of = host.fd(proc, a.fd)
     inode = of.inode
     geo = host.geometry
-    off = parse_size(a.offset, geo.page_size) if positional or a.offset else of.pos
+    off = parse_size(a.offset or 0, geo.page_size) if positional or a.offset is not None \
+        else of.pos
     length = parse_size(a.len, geo.page_size)
     if inode.kind == GMEM or (write and inode.kind == HUGETLBFS):
         return ActionResult.err(-EINVAL)
