@@ -5,7 +5,14 @@ Samples failure classes from cited field statistics and composes per-class outco
 
 from memfail.fleet.classes import FailureClass, Outcome
 from memfail.fleet.engine import FleetResult, Rate, run, sample, sweep
-from memfail.fleet.oracle import ModelOracle, OracleUnavailable, OutcomeOracle, TableOracle
+from memfail.fleet.oracle import (
+    ImpossibleClass,
+    ModelOracle,
+    ModelScenario,
+    OracleUnavailable,
+    OutcomeOracle,
+    TableOracle,
+)
 from memfail.fleet.params import FleetError, FleetInputError, FleetParams, LoadedFleet, load_fleet
 from memfail.fleet.stats import Interval
 
@@ -15,9 +22,11 @@ __all__ = [
     "FleetInputError",
     "FleetParams",
     "FleetResult",
+    "ImpossibleClass",
     "Interval",
     "LoadedFleet",
     "ModelOracle",
+    "ModelScenario",
     "OracleUnavailable",
     "Outcome",
     "OutcomeOracle",
