@@ -170,6 +170,16 @@ class Host:
         self.panicked = reason
         raise KernelPanic(reason)
 
+    def note_owners(self, pfn: int) -> None:
+        """Remember which VMMs' guest memory held ``pfn`` when a failure of it was handled or
+        consumed: unmapping and release erase that from the final state (outcomes)."""
+        if not self.ext.get("vms"):
+            return
+        from .outcomes import _owners_now
+
+        self.ext.setdefault("owners_seen", {}).setdefault(pfn, set()).update(
+            _owners_now(self, pfn))
+
     def page_isolated(self, pfn: int, how: str) -> None:
         self.emit(PageIsolated(self.trace.step, pfn, how))
 
@@ -602,6 +612,9 @@ class Host:
         if inode.in_use or inode.extra.get("released"):
             return
         inode.extra["released"] = True
+        left = inode.extra.pop("resv_idx", None)
+        if left and inode.huge_order:  # the file's unused reservations go with it
+            self.hugetlb.unreserve(self.hugetlb.hstate(inode.huge_order), len(left))
         hook = self.ext.get("inode_release")
         if hook is not None and inode.kind == GMEM:
             hook(self, inode)

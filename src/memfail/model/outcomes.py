@@ -50,7 +50,13 @@ OUTCOME_DOCS: dict[str, str] = {
 
 
 def _owners(host: Host, pfn: int) -> set[int]:
-    """pids of the VMMs whose guest memory contains ``pfn``."""
+    """pids of the VMMs whose guest memory contained ``pfn`` when a failure of it was handled
+    or consumed, or contains it now."""
+    return _owners_now(host, pfn) | host.ext.get("owners_seen", {}).get(pfn, set())
+
+
+def _owners_now(host: Host, pfn: int) -> set[int]:
+    """pids of the VMMs whose guest memory contains ``pfn`` now."""
     out: set[int] = set()
     folio = host.phys.folio_of(pfn)
     for vm in host.ext.get("vms", {}).values():

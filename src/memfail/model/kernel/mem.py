@@ -92,6 +92,9 @@ class PhysMem:
         self.folios: dict[int, Folio] = {}
         self.data: dict[int, int] = {}
         self.orders: set[int] = {0}
+        if total_pages < 2 * self.FIRST_PFN:
+            # small hosts: keep the low 1/8 for firmware and the kernel instead of 4 GiB
+            self.FIRST_PFN = max(0x2001, total_pages // 8)
         self._bump = self.FIRST_PFN
         self._free: dict[int, list[int]] = {}  # order -> sorted heads of free blocks
 

@@ -598,6 +598,7 @@ def memory_failure(host: Host, pfn: int, flags: int, current: Thread | None,
                    via: str) -> int:
     """memory_failure(pfn, flags) (R6-R39, R48-R53). Returns 0, -EHWPOISON, -EBUSY, -ENXIO,
     -EOPNOTSUPP (or -EFAULT from kill_accessing_process on old kernels)."""
+    host.note_owners(pfn)
     ret = _memory_failure(host, pfn, flags, current)
     host.emit(MemoryFailureCall(host.trace.step, pfn, flag_names(flags), ret, errno_name(ret),
                                 via))

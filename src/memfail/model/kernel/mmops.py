@@ -86,13 +86,21 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
     if huge_order:
         h = host.hugetlb.hstate(huge_order)
         need = size >> (geo.page_shift + huge_order)
-        if inode is not None:
+        new_idx: list[int] = []
+        if inode is not None and shared:
+            # shared mappings: reservations belong to the file (the inode's resv_map), so a
+            # second mapping of the same range reserves nothing more
+            resv: set[int] = inode.extra.setdefault("resv_idx", set())
             step = 1 << huge_order
-            need = sum(1 for i in range(vma.pgoff, vma.pgoff + (size >> geo.page_shift), step)
-                       if i not in inode.pages)
+            new_idx = [i for i in range(vma.pgoff, vma.pgoff + (size >> geo.page_shift), step)
+                       if i not in inode.pages and i not in resv]
+            need = len(new_idx)
         if need and not host.hugetlb.reserve(h, need):
             return ActionResult.err(-ENOMEM)
-        vma.reserved = need
+        if inode is not None and shared:
+            inode.extra["resv_idx"].update(new_idx)
+        else:
+            vma.reserved = need
     proc.mm.vmas.append(vma)
     proc.mm.vmas.sort(key=lambda v: v.start)
     if inode is not None:
@@ -348,11 +356,16 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
         if folio is not None and "hwpoison" in folio.flags:
             return FaultError("hwpoison", geo.shift_of(order))
     if folio is None:
-        use_resv = vma.reserved > 0
+        file_resv: set[int] = inode.extra.get("resv_idx", set()) if inode is not None \
+            and vma.shared else set()
+        fidx = vma.index_of(key, geo.page_shift)
+        use_resv = vma.reserved > 0 or fidx in file_resv
         folio = host.hugetlb.dequeue(h, owner=_owner(host, vma), use_reserve=use_resv)
         if folio is None:
             return FaultError("sigbus")
-        if use_resv:
+        if fidx in file_resv:
+            file_resv.discard(fidx)
+        elif use_resv:
             vma.reserved -= 1
         folio.flags.add("hugetlb_migratable")
         host.phys.data.pop(folio.pfn, None)

@@ -215,8 +215,11 @@ def do_memslot(host: Host, a: Memslot) -> ActionResult:
     if gmem_fd is not None:
         of = host.fd(vm.vmm, gmem_fd)
         alt = of.inode.extra.get("hugetlbfs_region")
-        if alt is not None:  # hugetlbfs baseline: guest memory is an HVA mapping
-            gmem_fd, hva_name = None, hva_name or alt
+        if alt is not None:  # hugetlbfs baseline: guest memory is the memfd's mapping
+            own = vm.vmm.regions.get(hva_name) if hva_name is not None else None
+            if own is None or own.inode is not of.inode:
+                hva_name = alt  # the scenario's hva is other memory (e.g. an anon alias)
+            gmem_fd = None
     if hva_name is not None:
         region = vm.vmm.regions.get(hva_name)
         if region is None:
@@ -417,6 +420,7 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
     if pfn not in host.phys.hw_errors:
         return ActionResult(host.phys.data.get(pfn, 0))
     if not mc_safe:
+        host.note_owners(pfn)
         host.emit(PoisonConsumed(host.trace.step, pfn, a.user, "kernel"))
         host.log("mce: [Hardware Error]: Machine check: Data load in unrecoverable area of "
                  "kernel")
@@ -453,7 +457,13 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
     vma = proc.mm.find_vma(addr)
     k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
     if not k:
-        return None
+        # copy_from_user faults a missing page in, as the user's own access would
+        from ..kernel.mmops import gup
+
+        pfn, folio = gup(host, proc, addr)
+        if folio is not None:
+            folio.put("gup")
+        return pfn if pfn >= 0 else None
     pte = proc.mm.ptes[k[0]]
     if pte.kind != PRESENT:
         return None
