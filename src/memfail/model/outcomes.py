@@ -135,8 +135,9 @@ def _early_not_told(host: Host, sigs: list[Any]) -> int:
             continue
         for pid in _owners(host, e.pfn):
             vmm = next((p for p in host.processes.values() if p.pid == pid), None)
-            if vmm is None or not any(t.mce_process and t.mce_early for t in vmm.threads):
-                continue
+            if vmm is None or not vmm.alive or \
+                    not any(t.mce_process and t.mce_early for t in vmm.threads):
+                continue  # a VMM that was killed is not waiting to be told
             if (pid, e.pfn) not in told:
                 n += 1
     return n
