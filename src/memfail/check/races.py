@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import parse_action
 from memfail.model.errors import KernelPanic, ModelInputError, TargetGone, errno_name
-from memfail.model.kernel.mem import HUGETLB
 from memfail.model.trace import MemoryFailureCall
 
 if TYPE_CHECKING:
@@ -185,19 +184,7 @@ def mf_record(host: Any, pfn: int, hw_error: bool) -> None:
     host.phys.detected.add(pfn)
     folio = host.phys.folio_of(pfn)
     pol = g.policy(host)
-    t = g.table(host)
-    first = pfn not in t and not g.pfn_poisoned(host, pfn)
-    rec = t.setdefault(pfn, {"inode": folio.mapping.ino, "consumed": False})
-    rec["consumed"] = bool(rec["consumed"])
-    if pol.record == "folio":
-        if folio.kind == HUGETLB and folio.order:
-            folio.flags.add("hwpoison")
-            if pfn not in folio.raw_hwp:
-                folio.raw_hwp.append(pfn)
-        else:
-            host.phys.hwpoison.add(pfn)
-    if pol.record == "table":
-        g._event(host, "memory_failure", "recorded in the global failure table", pfn)
+    first = g.record_failure(host, folio, pfn, consumed=False)
     if first:
         action_result(host, pfn, g.MSG_GMEM,
                       MF_DELAYED if pol.unconsumed != "kernel" else MF_RECOVERED)
@@ -278,7 +265,7 @@ def fault_get_pfn(host: Any, vm_name: str, gfn: int) -> Ctx | None:
 def fault_map(host: Any, vm_name: str, gfn: int, ctx: Ctx) -> str:
     """Stage fault.map: 'retry' when the fault is stale, 'gone' when the VM or its slot is,
     else installs the SPTE as memfail.model.kvm.kvm.faultin does and says 'mapped'."""
-    from memfail.model.kvm.kvm import kvm_state
+    from memfail.model.kvm.kvm import install_spte, kvm_state
 
     seq, pfn, order, head_pfn = ctx
     vm = kvm_state(host).get(vm_name)
@@ -289,15 +276,7 @@ def fault_map(host: Any, vm_name: str, gfn: int, ctx: Ctx) -> str:
         return "gone"
     if vm.mmu_seq != seq:  # is_page_fault_stale(): mmu_invalidate_retry_gfn
         return "retry"
-    private = gfn in vm.private
-    if order:
-        head = gfn - (pfn - head_pfn)
-        last = head + (1 << order) - 1
-        if (head % (1 << order) == 0 and vm.slot_of(head) is slot and vm.slot_of(last) is slot
-                and ((head in vm.private) == private) and ((last in vm.private) == private)):
-            vm.spte[head] = (head_pfn, order)
-            return "mapped"
-    vm.spte[gfn] = (pfn, 0)
+    install_spte(vm, slot, gfn, pfn, order, head_pfn)
     return "mapped"
 
 

@@ -551,18 +551,15 @@ def _current_vm(host: Host, t: Thread | None) -> VM | None:
     return None
 
 
-def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
-                          current: Thread | None) -> int:
-    """memory_failure() for a guest_memfd folio the policy claims (the call's proposal and
-    its alternatives, C1-C8). Returns what memory_failure() returns."""
+def record_failure(host: Host, folio: Folio, pfn: int, consumed: bool) -> bool:
+    """The policy's record step (C1 table, or PG_hwpoison on the folio, C8); True if this is
+    the first report of ``pfn``."""
     pol = policy(host)
-    inode = folio.mapping
-    assert inode is not None
     t = table(host)
-    ar = bool(flags & MF_ACTION_REQUIRED)
+    assert folio.mapping is not None
     first = pfn not in t and not pfn_poisoned(host, pfn)
-    rec = t.setdefault(pfn, {"inode": inode.ino, "consumed": False})
-    rec["consumed"] = bool(rec["consumed"]) or ar
+    rec = t.setdefault(pfn, {"inode": folio.mapping.ino, "consumed": False})
+    rec["consumed"] = bool(rec["consumed"]) or consumed
     if pol.record == "folio":
         if folio.kind == HUGETLB and folio.order:
             folio.flags.add("hwpoison")
@@ -572,6 +569,18 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
             host.phys.hwpoison.add(pfn)
     if pol.record == "table":
         _event(host, "memory_failure", "recorded in the global failure table", pfn)
+    return first
+
+
+def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
+                          current: Thread | None) -> int:
+    """memory_failure() for a guest_memfd folio the policy claims (the call's proposal and
+    its alternatives, C1-C8). Returns what memory_failure() returns."""
+    pol = policy(host)
+    inode = folio.mapping
+    assert inode is not None
+    ar = bool(flags & MF_ACTION_REQUIRED)
+    first = record_failure(host, folio, pfn, ar)
     if first:
         action_result(host, pfn, MSG_GMEM, MF_DELAYED if pol.unconsumed != "kernel"
                       else MF_RECOVERED)

@@ -305,15 +305,22 @@ def faultin(host: Host, vm: VM, vcpu: int, gfn: int, write: bool) -> tuple[int, 
         if folio is not None:
             folio.put("gup")
             order, head_pfn = folio.order, folio.pfn
+    return pfn, install_spte(vm, slot, gfn, pfn, order, head_pfn)
+
+
+def install_spte(vm: VM, slot: Slot, gfn: int, pfn: int, order: int, head_pfn: int) -> int:
+    """Map ``gfn`` in stage 2 at the folio's level when the whole aligned range lies in the slot
+    with one memory attribute, else at 4K; returns the level used."""
+    private = gfn in vm.private
     if order:
         head = gfn - (pfn - head_pfn)
         last = head + (1 << order) - 1
         if (head % (1 << order) == 0 and vm.slot_of(head) is slot and vm.slot_of(last) is slot
                 and ((head in vm.private) == private) and ((last in vm.private) == private)):
             vm.spte[head] = (head_pfn, order)
-            return pfn, order
+            return order
     vm.spte[gfn] = (pfn, 0)
-    return pfn, 0
+    return 0
 
 
 def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
