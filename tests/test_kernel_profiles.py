@@ -24,6 +24,7 @@ from memfail.model.actions import (
     Spawn,
 )
 from memfail.model.host import Host, HostConfig
+from memfail.model.kernel.ksmactions import KsmMerge
 from memfail.model.kernel.profiles import PROFILES, SWITCHES, get_profile
 from memfail.model.trace import ActionDone, MemoryFailureEvent, SignalSent
 
@@ -69,6 +70,11 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
     "hugetlb_read_partial": (
         [*HUGE_FILE, CorruptPfn(proc="app", addr="m+1M"), Pread(proc="app", fd="h", len="2M")],
         last_ret, {"hugepages": {"2M": 1}}),
+    "ksm_hwpoison": (
+        [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
+         Mmap(proc="app", name="b", size="4K"), MemWrite(proc="app", addr="b"),
+         KsmMerge(pages=[{"proc": "app", "addr": "a"}, {"proc": "app", "addr": "b"}]),
+         CorruptPfn(proc="app", addr="a")], mf_types, {}),
     "madvise_hwpoison_ar": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
          Madvise(proc="app", addr="a", advice="hwpoison")], signals, {}),

@@ -411,6 +411,10 @@ def _migrate(host: Host, old: Folio, new: Folio) -> None:
         new.get("map")
         host.mmu_notify(host.mms[mm_id], key, 1 << (host.geometry.page_shift + order))
     old.rmap.clear()
+    if "ksm" in old.flags:
+        from .ksm import ksm_migrate
+
+        ksm_migrate(host, old, new)  # folio_migrate_ksm(): the stable node follows
     old.refs.clear()
     old.get("mf")  # the isolated old frame is held for good
     old.flags -= {"lru"}
@@ -616,6 +620,8 @@ def kpageflags(host: Host, pfn: int) -> list[str]:
             out.add(n)
     if folio.kind == ANON or "anon" in fl:
         out.add("ANON")
+    if "ksm" in fl:
+        out.add("KSM")  # KPF_KSM (21): folio_test_ksm()
     if folio.mapped:
         out.add("MMAP")
     if folio.order:
@@ -671,4 +677,5 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
 __all__ = ["EINVAL", "consume_kernel", "consume_user", "resolve_target"]
 
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
+from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)
 from . import swap as _swap  # noqa: E402,F401  (the swapout handler)

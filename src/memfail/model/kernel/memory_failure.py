@@ -147,7 +147,15 @@ def task_early_kill(host: Host, proc: Process, force_early: bool,
 
 def collect_procs(host: Host, folio: Folio, pfn: int, force_early: bool,
                   current: Thread | None) -> list[ToKill]:
-    """collect_procs(): anon (R32, mapped VMAs only) or file (R33, every covering VMA)."""
+    """collect_procs(): KSM (R33), anon (R32, mapped VMAs only) or file (R33, every
+    covering VMA)."""
+    if "ksm" in folio.flags:
+        # KSM folio: `if (folio_test_ksm(folio)) collect_procs_ksm(...)` comes before the
+        # anon collector. It walks the stable node's rmap items (not the page's anon_vma at
+        # its index) and adds each task at most once, with the rmap item's address (R33).
+        from .ksm import collect_procs_ksm
+
+        return collect_procs_ksm(host, folio, pfn, force_early, current)
     tokill: list[ToKill] = []
     geo = host.geometry
     shift = geo.shift_of(folio.order) if folio.kind == HUGETLB else geo.page_shift
@@ -203,6 +211,10 @@ def hwpoison_user_mappings(host: Host, folio: Folio, pfn: int, flags: int,
     """hwpoison_user_mappings() / unmap_poisoned_folio() (R22). Returns unmap_success."""
     if not folio.mapped:
         return True  # step 1: nobody is signalled, not even early-kill processes
+    if "ksm" in folio.flags and not host.profile.ksm_hwpoison:
+        # before 6.4 ("mm: ksm: support hwpoison for ksm page"): KSM pages are refused
+        host.log(f"Memory failure: {pfn:#x}: can't handle KSM pages.")
+        return False
     ttu_hwpoison = True
     if "swapcache" in folio.flags:
         ttu_hwpoison = False

@@ -295,7 +295,10 @@ def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | Fa
         return key, npte
     src = host.phys.folio_of(pte.pfn)
     assert src is not None
-    if src.refs["map"] == 1 and src.kind == ANON and not src.refs["gup"]:
+    # wp_can_reuse_anon_folio(): `if (folio_test_ksm(folio) || ...) goto copy`: a KSM page
+    # is never reused, even when this is its last mapping
+    if src.refs["map"] == 1 and src.kind == ANON and not src.refs["gup"] \
+            and "ksm" not in src.flags:
         if "swapcache" in src.flags:
             from .swap import delete_from_swap_cache
 

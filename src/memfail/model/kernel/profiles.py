@@ -37,6 +37,14 @@ SWITCHES: tuple[Switch, ...] = (
         "before, the whole read failed with EIO.",
     ),
     Switch(
+        "ksm_hwpoison", "R22, R33",
+        "Longlong Xia, 'mm: ksm: support hwpoison for ksm page' (collect_procs_ksm)",
+        "6.4",
+        "memory_failure() handles KSM pages: the tasks are collected through KSM's rmap and "
+        "the page is unmapped; before, hwpoison_user_mappings() logged \"can't handle KSM "
+        "pages.\" and the result was 'unmapping failed page'.",
+    ),
+    Switch(
         "madvise_hwpoison_ar", "R4, DOC-14",
         "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
         "6.11",
@@ -125,6 +133,7 @@ class KernelProfile:
     name: str
     hugetlb_1g_handled: bool = True
     hugetlb_read_partial: bool = True
+    ksm_hwpoison: bool = True
     madvise_hwpoison_ar: bool = True
     mf_msg_already_poisoned: bool = True
     unmap_failure_sigbus: bool = True

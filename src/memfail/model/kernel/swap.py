@@ -179,6 +179,8 @@ def _reclaim_one(host: Host, mm: MM, key: int, stage: str) -> int:
         found = host.phys.folio_of(pte.pfn)
         if found is None or found.kind != ANON or found.refs["gup"]:
             return -EFAULT if found is None else 0
+        if "ksm" in found.flags:
+            return -EINVAL  # swapping KSM pages out is not modelled
         if found.order:
             split = host.split_thp(found)
             if split is None:

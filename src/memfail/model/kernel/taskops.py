@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..actions import Clone, Exit, Fork, Prctl, Sigaction, Sigprocmask, Spawn
 from ..errors import EINVAL
 from ..host import ActionResult, handles
+from .ksm import anon_vma_fork
 from .mm import MM, PTE, VMA
 from .task import Thread
 
@@ -68,6 +69,7 @@ def copy_mm(host: Host, src: MM, dst: MM) -> None:
                  shared=v.shared, writable=v.writable, locked=False, huge_order=v.huge_order,
                  thp=v.thp, anon_hugetlb=v.anon_hugetlb)
         dst.vmas.append(nv)
+        anon_vma_fork(host, v, nv)
         if v.inode is not None:
             v.inode.i_mmap.append(nv)
         for key in sorted(k for k in src.ptes if v.contains(k)):
