@@ -458,6 +458,18 @@ class Host:
     def region_names(self, proc: Process) -> list[str]:
         return list(proc.regions)
 
+    def walk(self, mm: MM | None, addr: int) -> tuple[PTE, int] | None:
+        """The page-table entry mapping user address ``addr`` and the pfn of the page at that
+        address inside it (a huge entry's raw page), or None when nothing maps it."""
+        if mm is None:
+            return None
+        vma = mm.find_vma(addr)
+        k = vma and mm.entry_key(vma, addr, self.geometry.page_shift)
+        if not k:
+            return None
+        pte = mm.ptes[k[0]]
+        return pte, pte.pfn + ((addr - k[0]) >> self.geometry.page_shift)
+
     def vma_at(self, mm: Any, addr: int) -> VMA | None:
         return mm.find_vma(addr) if isinstance(mm, MM) else None
 

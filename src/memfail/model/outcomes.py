@@ -214,9 +214,5 @@ def _gfn_pfn(host: Host, vm: Any, gfn: int) -> int | None:
         return None if f is None else f.pfn + (gfn - s.base_gfn + s.gmem_pgoff - f.index)
     if s.hva is None or vm.vmm.mm is None:
         return None
-    hva = s.hva + ((gfn - s.base_gfn) << 12)
-    vma = vm.vmm.mm.find_vma(hva)
-    k = vma and vm.vmm.mm.entry_key(vma, hva, host.geometry.page_shift)
-    if not k:
-        return None
-    return vm.vmm.mm.ptes[k[0]].pfn + ((hva - k[0]) >> host.geometry.page_shift)
+    hit = host.walk(vm.vmm.mm, s.hva + ((gfn - s.base_gfn) << 12))
+    return None if hit is None else hit[1]

@@ -324,13 +324,8 @@ def install_spte(vm: VM, slot: Slot, gfn: int, pfn: int, order: int, head_pfn: i
 
 
 def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
-    mm = vm.vmm.mm
-    assert mm is not None
-    vma = mm.find_vma(hva)
-    k = vma and mm.entry_key(vma, hva, host.geometry.page_shift)
-    if not k:
-        return None
-    return mm.ptes[k[0]].pfn + ((hva - k[0]) >> host.geometry.page_shift)
+    hit = host.walk(vm.vmm.mm, hva)
+    return None if hit is None else hit[1]
 
 
 @handles(GuestAccess)
@@ -460,10 +455,8 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
             raise ModelInputError("kernel_access needs vm+gpa or proc+addr", "vm")
         proc = host.proc(a.proc)
         addr = host._resolve(proc, a.addr)
-    assert proc.mm is not None
-    vma = proc.mm.find_vma(addr)
-    k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
-    if not k:
+    hit = host.walk(proc.mm, addr)
+    if hit is None:
         # copy_from_user faults a missing page in, as the user's own access would
         from ..kernel.mmops import gup
 
@@ -471,10 +464,7 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
         if folio is not None:
             folio.put("gup")
         return pfn if pfn >= 0 else None
-    pte = proc.mm.ptes[k[0]]
-    if pte.kind != PRESENT:
-        return None
-    return pte.pfn + ((addr - k[0]) >> geo.page_shift)
+    return hit[1] if hit[0].kind == PRESENT else None
 
 
 @handles(VmDestroy)
