@@ -108,7 +108,7 @@ class Host:
         self.profile = cfg.profile if isinstance(cfg.profile, KernelProfile) \
             else get_profile(cfg.profile)
         self.geometry = cfg.geometry
-        self.rng = random.Random(cfg.seed)
+        self._rng: random.Random | None = None  # created on first use (see rng)
         self.trace = Trace()
         total = parse_size(cfg.memory) >> self.geometry.page_shift
         self.phys = PhysMem(total)
@@ -149,6 +149,14 @@ class Host:
             if fix is not None and fix != self.profile.mf_delayed_fix:
                 # the mainline/mainline-prefix policies pin Lisa Wang's fix (R65/R66)
                 self.profile = replace(self.profile, mf_delayed_fix=fix)
+
+    @property
+    def rng(self) -> random.Random:
+        """The host's only source of randomness, seeded from the config: same seed, same run.
+        Created on first use, so a model that draws nothing carries no generator state."""
+        if self._rng is None:
+            self._rng = random.Random(self.config.seed)
+        return self._rng
 
     # ------------------------------------------------------------------ basics
     def _init_kernel_pages(self) -> None:
