@@ -134,7 +134,7 @@ def verdict_line(p: str, v: dict[str, Any]) -> str:
     for k, label in names.items():
         if v[k]:
             bits.append(f"{label} in {v[k]}")
-    bits.append(f"guest memory lost {fmt_size(v['guest_bytes_lost']) or 0}")
+    bits.append(f"guest memory lost {v['guest_bytes_lost'] / 2**30:.2f} GiB")
     return f"{p}: " + "; ".join(bits)
 
 
