@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from memfail.cli import app
 from memfail.fleet import engine
 from memfail.fleet.classes import FailureClass, Outcome
-from memfail.fleet.cli import fleet_app
 from memfail.fleet.oracle import ModelOracle, TableOracle, build_scenario
 from memfail.fleet.params import (
     FleetInputError,
@@ -275,16 +274,6 @@ def test_model_oracle_builds_scenarios_and_caches() -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.add_typer(fleet_app, name="fleet")
-
-    @app.callback()
-    def _root() -> None:
-        """memfail."""
-
-    return app
-
 
 def _doc_files(tmp_path: Path) -> tuple[Path, Path]:
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text("utf-8"), re.S)
@@ -306,7 +295,7 @@ def _valid_png_svg(paths: list[Path]) -> None:
 def test_fleet_from_the_docs_runs_and_plots(tmp_path: Path) -> None:
     fleet, table = _doc_files(tmp_path)
     plots = tmp_path / "plots"
-    r = CliRunner().invoke(_app(), ["fleet", str(fleet), "--oracle", str(table),
+    r = CliRunner().invoke(app, ["fleet", str(fleet), "--oracle", str(table),
                                     "--host-years", "20000", "--workers", "1", "--json",
                                     "--plot", str(plots)])
     assert r.exit_code == 0, r.output
@@ -319,7 +308,7 @@ def test_fleet_from_the_docs_runs_and_plots(tmp_path: Path) -> None:
     assert row["per_million_vm_hours"]["estimate"] > 0
     _valid_png_svg([plots / "fleet-policies.png", plots / "fleet-policies.svg"])
 
-    r = CliRunner().invoke(_app(), ["fleet", "sweep", str(fleet), "--oracle", str(table),
+    r = CliRunner().invoke(app, ["fleet", "sweep", str(fleet), "--oracle", str(table),
                                     "--grid", "scrub.period_hours=[3,48]", "--host-years",
                                     "6400", "--workers", "1", "--outcome", "host_panic",
                                     "--plot", str(plots)])
@@ -331,7 +320,7 @@ def test_fleet_from_the_docs_runs_and_plots(tmp_path: Path) -> None:
 
 def test_sweep_json_and_table_output(tmp_path: Path) -> None:
     _, table = _doc_files(tmp_path)
-    r = CliRunner().invoke(_app(), ["fleet", "sweep", "--oracle", str(table), "--grid",
+    r = CliRunner().invoke(app, ["fleet", "sweep", "--oracle", str(table), "--grid",
                                     "vms.confidential_share=[0, 1]", "--host-years", "6400",
                                     "--workers", "1", "--json", "--policy", "minimum"])
     assert r.exit_code == 0, r.output
@@ -339,7 +328,7 @@ def test_sweep_json_and_table_output(tmp_path: Path) -> None:
     assert doc["kind"] == "sweep" and len(doc["points"]) == 2
     assert [p["assign"] for p in doc["points"]] == [{"vms.confidential_share": 0},
                                                     {"vms.confidential_share": 1}]
-    r = CliRunner().invoke(_app(), ["fleet", "--oracle", str(table), "--host-years", "6400",
+    r = CliRunner().invoke(app, ["fleet", "--oracle", str(table), "--host-years", "6400",
                                     "--workers", "1", "--policy", "minimum"])
     assert r.exit_code == 0, r.output
     assert "consumed before the patrol scrub" in r.output and "minimum" in r.output
@@ -348,16 +337,16 @@ def test_sweep_json_and_table_output(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("fleet:\n  hosts: {value: -3, citation: x}\n")
-    r = CliRunner().invoke(_app(), ["fleet", str(bad)])
+    r = CliRunner().invoke(app, ["fleet", str(bad)])
     assert r.exit_code == 2
     assert r.stderr.strip() == (f"memfail: error: {bad}:2: fleet.hosts: "
                                 "Input should be greater than 0")
-    r = CliRunner().invoke(_app(), ["fleet", "sweep", "--grid", "nope=[1]"])
+    r = CliRunner().invoke(app, ["fleet", "sweep", "--grid", "nope=[1]"])
     assert r.exit_code == 2 and r.stderr.startswith("memfail: error: --grid: nope:")
 
 
 def test_show_defaults_lists_citations() -> None:
-    r = CliRunner().invoke(_app(), ["fleet", "--show-defaults", "--json"])
+    r = CliRunner().invoke(app, ["fleet", "--show-defaults", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)["parameters"]
     assert {"path": "scrub.period_hours", "value": "24.0"}.items() <= rows[

@@ -11,12 +11,11 @@ import json
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from memfail.cli import app
 from memfail.fleet import engine
 from memfail.fleet.classes import FailureClass, Outcome
-from memfail.fleet.cli import fleet_app
 from memfail.fleet.oracle import (
     R47_PANIC,
     ImpossibleClass,
@@ -217,19 +216,9 @@ def test_guest_loss_is_scaled_from_the_small_model_vm() -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.add_typer(fleet_app, name="fleet")
-
-    @app.callback()
-    def _root() -> None:
-        """memfail."""
-
-    return app
-
 
 def test_fleet_runs_the_model_with_the_defaults() -> None:
-    r = CliRunner().invoke(_app(), ["fleet", "--host-years", "64", "--workers", "1",
+    r = CliRunner().invoke(app, ["fleet", "--host-years", "64", "--workers", "1",
                                     "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
@@ -238,7 +227,7 @@ def test_fleet_runs_the_model_with_the_defaults() -> None:
             for x in doc["rates"]}
     assert rate[("kill-vm", "vm_killed")] > rate[("minimum", "vm_killed")]
     assert rate[("unmap", "repeated_consumption")] <= rate[("minimum", "repeated_consumption")]
-    r = CliRunner().invoke(_app(), ["fleet", "--host-years", "64", "--workers", "1",
+    r = CliRunner().invoke(app, ["fleet", "--host-years", "64", "--workers", "1",
                                     "--policy", "minimum", "--policy", "kill-vm"])
     assert r.exit_code == 0, r.output
     assert "kill-vm" in r.output and "vm killed" in r.output
