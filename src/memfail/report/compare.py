@@ -50,27 +50,25 @@ class Cell:
         return summarize(self.outcomes)
 
 
+# What went wrong, worst first: (outcome key, cell text, verdict-line text). The cell and the
+# verdict line read the same table, so they cannot drift apart.
+FINDINGS: tuple[tuple[str, str, str], ...] = (
+    ("host_panic", "HOST PANIC", "host panic"),
+    ("vms_killed", "VM killed", "VM killed"),
+    ("guests_panicked", "guest panic", "guest panic"),
+    ("vms_paused", "VM paused", "VM paused"),
+    ("repeated_consumptions", "re-consumed x{n}", "re-consumption"),
+    ("poison_handed_out", "poison reused", "poison reused"),
+    ("wrong_process_signals", "wrong-process SIGBUS", "wrong-process SIGBUS"),
+    ("records_lost", "record lost", "record lost"),
+    ("early_not_told", "EARLY VMM not told", "EARLY VMM not told"),
+)
+VERDICT_KEYS = tuple(key for key, _, _ in FINDINGS)
+
+
 def summarize(o: dict[str, Any]) -> str:
     """A short, human cell text from an outcome dictionary (worst first)."""
-    parts: list[str] = []
-    if o.get("host_panic"):
-        parts.append("HOST PANIC")
-    if o.get("vms_killed"):
-        parts.append("VM killed")
-    if o.get("guests_panicked"):
-        parts.append("guest panic")
-    if o.get("vms_paused"):
-        parts.append("VM paused")
-    if o.get("repeated_consumptions"):
-        parts.append(f"re-consumed x{o['repeated_consumptions']}")
-    if o.get("poison_handed_out"):
-        parts.append("poison reused")
-    if o.get("wrong_process_signals"):
-        parts.append("wrong-process SIGBUS")
-    if o.get("records_lost"):
-        parts.append("record lost")
-    if o.get("early_not_told"):
-        parts.append("EARLY VMM not told")
+    parts = [cell.format(n=o[key]) for key, cell, _ in FINDINGS if o.get(key)]
     if o.get("vmce_injected"):
         parts.append("vMCE")
     if o.get("guest_bytes_lost"):
@@ -107,11 +105,6 @@ def run_compare(scenarios: list[str], policies: list[str], profile: str | None =
     return [Cell(s, p, o) for s, p, o in results]
 
 
-VERDICT_KEYS = ("host_panic", "vms_killed", "guests_panicked", "vms_paused",
-                "repeated_consumptions", "poison_handed_out", "wrong_process_signals",
-                "records_lost", "early_not_told")
-
-
 def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for p in policies:
@@ -126,12 +119,7 @@ def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]
 
 def verdict_line(p: str, v: dict[str, Any]) -> str:
     bits = [f"{v['ok']}/{v['scenarios']} clean"]
-    names = {"host_panic": "host panic", "vms_killed": "VM killed", "guests_panicked":
-             "guest panic", "vms_paused": "VM paused", "repeated_consumptions":
-             "re-consumption", "poison_handed_out": "poison reused", "wrong_process_signals":
-             "wrong-process SIGBUS", "records_lost": "record lost",
-             "early_not_told": "EARLY VMM not told"}
-    for k, label in names.items():
+    for k, _, label in FINDINGS:
         if v[k]:
             bits.append(f"{label} in {v[k]}")
     bits.append(f"guest memory lost {v['guest_bytes_lost'] / 2**30:.2f} GiB")
