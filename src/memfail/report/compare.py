@@ -7,7 +7,6 @@ Outcomes come from ``Host.outcomes()`` (trace and final state); see ``OUTCOME_DO
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -246,7 +245,7 @@ def register(app: typer.Typer) -> None:
     app.command("policies", epilog=POLICIES_EPILOG)(policies)
 
 
-__all__ = ["compare", "policies", "register", "run_compare", "summarize", "sys"]
+__all__ = ["compare", "policies", "register", "run_compare", "summarize"]
 
 
 def policies_markdown() -> str:

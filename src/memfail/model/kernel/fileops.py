@@ -25,7 +25,7 @@ from ..actions import (
     Unlink,
     Write,
 )
-from ..errors import EBADF, EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, ModelInputError
+from ..errors import EBADF, EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP
 from ..host import ActionResult, handles
 from ..trace import PoisonConsumed
 from ..units import parse_size
@@ -290,6 +290,3 @@ def do_fsync(host: Host, a: Fsync) -> ActionResult:
         return ActionResult.err(-EIO)
     return ActionResult(0)
 
-
-def _unused(i: Inode) -> None:  # pragma: no cover - keeps the import list honest
-    raise ModelInputError(str(i))

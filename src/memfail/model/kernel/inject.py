@@ -28,7 +28,6 @@ from ..actions import (
 from ..errors import (
     EBUSY,
     EHWPOISON,
-    EINVAL,
     EIO,
     ENOMEM,
     ENXIO,
@@ -674,7 +673,7 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
     return ActionResult(out)
 
 
-__all__ = ["EINVAL", "consume_kernel", "consume_user", "resolve_target"]
+__all__ = ["consume_kernel", "consume_user", "resolve_target"]
 
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
 from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)

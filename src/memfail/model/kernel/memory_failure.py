@@ -731,7 +731,6 @@ def _filtered(host: Host, folio: Folio, pfn: int) -> bool:
 
 
 __all__ = [
-    "EOPNOTSUPP",
     "MF_ACTION_REQUIRED",
     "MF_COUNT_INCREASED",
     "MF_MUST_KILL",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..actions import Madvise, MemRead, MemWrite, Mmap, Munmap
-from ..errors import EBUSY, EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
+from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
 from ..host import ZERO_PFN, ActionResult, handles
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, SHMEM, Inode
@@ -522,4 +522,4 @@ def do_madvise(host: Host, a: Madvise) -> ActionResult:
     return ActionResult(0)
 
 
-__all__ = ["EBUSY", "FaultError", "fault_in", "gup", "user_access"]
+__all__ = ["FaultError", "fault_in", "gup", "user_access"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import EFAULT, EHWPOISON, EINVAL, EIO, ENODEV, ENOMEM, EOPNOTSUPP
+from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM
 from ..host import ActionResult, handles
 from ..kernel.fs import GMEM, HUGETLBFS, SHMEM, Inode, OpenFile
 from ..kernel.mem import FILE, HUGETLB, Folio
@@ -652,4 +652,4 @@ def set_vm_dead(host: Host, vm: VM, why: str) -> None:
     set_vm_state(host, vm, "killed", why)
 
 
-__all__ = ["EIO", "EOPNOTSUPP", "MF_RECOVERED", "is_gmem_hugetlb", "kvm_gmem_get_pfn"]
+__all__ = ["is_gmem_hugetlb", "kvm_gmem_get_pfn"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EFAULT, EHWPOISON, EINTR, EIO, ModelInputError, errno_name
 from ..host import ActionResult, handles
-from ..kernel.fs import GMEM, Inode
+from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
 from ..kernel.task import Process, Thread
 from ..trace import BUS_MCEERR_AR, GuestEvent, KvmExit, PoisonConsumed, Stage2Zap, VmState
@@ -505,4 +505,4 @@ def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
     return ActionResult(0)
 
 
-__all__ = ["EIO", "GMEM", "VM", "Slot", "faultin", "get_vm", "kvm_state", "zap_gfn_range"]
+__all__ = ["VM", "Slot", "faultin", "get_vm", "kvm_state", "zap_gfn_range"]
