@@ -19,7 +19,7 @@ from memfail.check.expand import (
 )
 from memfail.check.system import System
 
-Chunk = list[tuple[int, Any]]
+Chunk = list[tuple[int, int, Any]]  # (rank in the level, fingerprint, state)
 
 
 class Backend:

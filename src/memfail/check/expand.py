@@ -74,19 +74,24 @@ def _ample(system: System, labels: list[Label]) -> int | None:
     return None
 
 
-def expand_chunk(system: System, items: list[tuple[int, Any]], opt: ExpandOptions,
+def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandOptions,
                  full: bool = False) -> ChunkResult:
-    """Successors of ``items`` (rank, state) deduplicated within the chunk by smallest key."""
+    """Successors of ``items`` (rank, fingerprint, state) deduplicated within the chunk by
+    smallest key. A successor equal to its parent (a step that changed nothing) is counted as a
+    transition but not returned: its parent is already known."""
     res = ChunkResult()
     coverage = getattr(system, "coverage", None)
-    for rank, raw in items:
+    compact = getattr(system, "compact", _keep)
+    successors = getattr(system, "successors", None) or _successors(system)
+    for rank, pfp, raw in items:
         s = pickle.loads(raw) if opt.pickled else raw
         labels = list(system.enabled(s))
         chosen = None if full or not opt.por else _ample(system, labels)
-        indices = range(len(labels)) if chosen is None else (chosen,)
-        for idx in indices:
-            label = labels[idx]
-            t = normalise(system, system.step(s, label), opt.symmetry)
+        picked = labels if chosen is None else [labels[chosen]]
+        for idx, (label, step) in enumerate(zip(picked, successors(s, picked), strict=True)):
+            if chosen is not None:
+                idx = chosen
+            t = normalise(system, step, opt.symmetry)
             fp = system.fingerprint(t)
             res.transitions += 1
             res.kinds.add(label_kind(system, label))
@@ -94,21 +99,34 @@ def expand_chunk(system: System, items: list[tuple[int, Any]], opt: ExpandOption
                 res.hooks.update(coverage(t))
             if chosen is not None:
                 res.reduced.append((rank, fp))
+            if fp == pfp:
+                continue
             key = (rank, idx)
             old = res.succ.get(fp)
-            if old is None or key < old.key:
-                res.succ[fp] = Successor(key, label, t, ())
-    for succ in res.succ.values():
-        succ.violated = violations(system, succ.state, opt.properties)
-        if opt.pickled:
+            if old is None:
+                # equal fingerprints are equal states: check and compact the first one seen
+                found = violations(system, t, opt.properties)
+                res.succ[fp] = Successor(key, label, compact(t), found)
+            elif key < old.key:
+                old.key, old.label = key, label
+    if opt.pickled:
+        for succ in res.succ.values():
             succ.state = pickle.dumps(succ.state, protocol=pickle.HIGHEST_PROTOCOL)
     return res
+
+
+def _successors(system: System) -> Any:
+    return lambda s, labels: (system.step(s, label) for label in labels)
+
+
+def _keep(s: State) -> State:
+    return s
 
 
 _SYSTEMS: dict[bytes, System] = {}
 
 
-def remote_expand(sys_key: bytes, sys_blob: bytes, items: list[tuple[int, Any]],
+def remote_expand(sys_key: bytes, sys_blob: bytes, items: list[tuple[int, int, Any]],
                   opt: ExpandOptions, full: bool) -> ChunkResult:
     """Worker entry point: unpickle the System once per process, then expand."""
     system = _SYSTEMS.get(sys_key)

@@ -242,7 +242,7 @@ class Explorer:
         parts = max(1, self.backend.workers * 4)
         buckets: list[Chunk] = [[] for _ in range(parts)]
         for rank, fp, s in items:
-            buckets[fp % parts].append((rank, s))
+            buckets[fp % parts].append((rank, fp, s))
         size = self.opt.chunk_size
         return [b[i:i + size] for b in buckets for i in range(0, len(b), size)]
 

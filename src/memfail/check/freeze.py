@@ -3,14 +3,15 @@
 A state's snapshot (``freeze``) is, at once, the source of its successors' copies (``thaw``
 instead of a deep copy per step), the cache key of its canonical fingerprint (equal snapshots
 are equal hosts) and what travels between processes. The pickler reduces what a Host is full
-of more cheaply than the default: Counters rebuilt by ``dict.update`` (Counter.__init__ runs
-Python code), a Random restored into an int-seeded generator (``Random()`` reads os.urandom),
-and the trace (not state) left out, a fresh one in its place.
+of more cheaply than the default: Counters rebuilt without running Python code (Counter's own
+reduction calls Counter.__init__), a Random restored into an int-seeded generator (``Random()``
+reads os.urandom), and the trace (not state) left out, a fresh one in its place.
 """
 
 from __future__ import annotations
 
 import copy
+import copyreg
 import hashlib
 import io
 import pickle
@@ -21,10 +22,9 @@ from typing import Any
 from memfail.model.trace import Trace
 
 
-def _counter(items: dict[Any, int]) -> Counter[Any]:
-    c: Counter[Any] = Counter.__new__(Counter)
-    dict.update(c, items)
-    return c
+def _counter_reduce(c: Counter[Any]) -> tuple[Any, ...]:
+    # copyreg.__newobj__ + dict items: NEWOBJ and SETITEMS, no Python code when loading
+    return copyreg.__newobj__, (Counter,), None, None, iter(dict.items(c))  # type: ignore[attr-defined]
 
 
 def _random(state: tuple[Any, ...]) -> random.Random:
@@ -33,27 +33,28 @@ def _random(state: tuple[Any, ...]) -> random.Random:
     return r
 
 
+def _random_reduce(r: random.Random) -> tuple[Any, ...]:
+    return _random, (r.getstate(),)
+
+
 def _trace() -> Trace:
     return Trace()
 
 
-class Freezer(pickle.Pickler):
-    """Pickle protocol 5 with the reductions above."""
+def _trace_reduce(_t: Trace) -> tuple[Any, ...]:
+    return _trace, ()
 
-    def reducer_override(self, obj: Any) -> Any:
-        t = type(obj)
-        if t is Counter:
-            return _counter, (dict(obj),)
-        if t is random.Random:
-            return _random, (obj.getstate(),)
-        if t is Trace:
-            return _trace, ()
-        return NotImplemented
+
+# Consulted in C per object type (a reducer_override would run Python for every object).
+DISPATCH: dict[type, Any] = {**copyreg.dispatch_table, Counter: _counter_reduce,
+                             random.Random: _random_reduce, Trace: _trace_reduce}
 
 
 def freeze(host: Any) -> bytes:
     buf = io.BytesIO()
-    Freezer(buf, 5).dump(host)
+    p = pickle.Pickler(buf, 5)
+    p.dispatch_table = DISPATCH
+    p.dump(host)
     return buf.getvalue()
 
 

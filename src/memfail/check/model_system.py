@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from memfail.check import races
@@ -77,6 +77,14 @@ class ModelState:
         if self.blob is None:
             self.blob = freeze(self._host)
         return self.blob
+
+    def compact(self) -> ModelState:
+        """Keep only the snapshot: a frontier state then costs its ~7 KB pickle instead of a
+        graph of Python objects (which the cyclic garbage collector would traverse again and
+        again); the Host is rebuilt once when the state is expanded."""
+        self.frozen()
+        self._host = None
+        return self
 
     def fresh_host(self) -> Any:
         """A new, independent copy of the host, from the snapshot."""
@@ -291,7 +299,49 @@ class ModelSystem:
 
     def step(self, s: ModelState, label: Any) -> ModelState:
         kvm_model()  # a worker process registers every handler before its first step
-        host = s.fresh_host()
+        return self._step(s, label, s.fresh_host(), lambda: s.host, self._frames(s.host))[0]
+
+    def successors(self, s: ModelState, labels: Sequence[Any]) -> Iterator[ModelState]:
+        """``step(s, label)`` for each label, working on one Host in place: a step that leaves
+        the Host as it was (its snapshot is the parent's, byte for byte: more than half the
+        steps of the standard configuration) hands it on to the next label, and a new copy is
+        made only after a step that changed it. The parent keeps its value (its snapshot); the
+        Host as it was before the step is rebuilt, once, only if a step needs it."""
+        kvm_model()
+        blob = s.frozen()
+        host = s.host
+        frames = self._frames(host)
+        s._host = None  # the working copy is no longer the parent's
+        before: list[Any] = []
+
+        def pre() -> Any:
+            if not before:
+                before.append(thaw(blob))
+            return before[0]
+
+        base = b""
+        for label in labels:
+            if host is None:
+                host = thaw(blob)
+                base = b""
+            if not base:
+                # the working copy's own snapshot: a round trip through pickle may order a
+                # set differently or share a string less, so compare with this, not ``blob``
+                base = freeze(host)
+            t, clean = self._step(s, label, host, pre, frames)
+            if clean and t.frozen() == base:
+                t._host = None  # unchanged: the next label works on the same Host
+                t.blob = base
+            else:
+                host = None     # the successor owns it now (or it is dirty)
+            yield t
+
+    def _step(self, s: ModelState, label: Any, host: Any, pre: Callable[[], Any],
+              frames: dict[tuple[Any, Any], int]) -> tuple[ModelState, bool]:
+        """The successor of ``s`` by ``label``, made by mutating ``host`` (a copy of s's Host);
+        ``pre()`` gives s's Host before the step, read only, and ``frames`` its guest frames
+        (``_frames``). Also says whether ``host`` is the
+        successor's Host (False when the step did not happen and ``host`` is left dirty)."""
         origin = races.origin(label)
         inflight = list(s.inflight)
         started = True
@@ -311,18 +361,19 @@ class ModelSystem:
                 any(races.MF in op[3] for op in inflight if op[0] != origin):
             # memory_failure() would wait for the mf_mutex another event holds: this
             # step cannot happen now (it runs after that event; see docs/check.md)
-            return ModelState(s.host, s.counts, s.errors, s.monitor, (), s.inflight)
+            return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight,
+                              s.frozen()), False
         inflight = _normalise_mmu_seq(host, inflight)
         params = thaw_params(origin)
         event = EVENTS[origin[0]]
         ao = origin[0] == "scrub" or (origin[0] == "hw_error" and params.get("detect") != "latent")
         vm = params.get("vm")
         pfn = self.pfn_of.get((vm, params.get("page")))
-        if pfn is not None and pfn not in self._frames(s.host).values():
+        if pfn is not None and pfn not in frames.values():
             vm = None  # the frame no longer holds this VM's memory (released, punched)
         holding = _vms_holding(host, events)
         if any(isinstance(e, MemoryFailureCall | PoisonConsumed) for e in events):
-            holding |= _vms_holding(s.fresh_host(), events)  # owners before the step too
+            holding |= _vms_holding(pre(), events)  # owners before the step too
         mon = s.monitor.fold(self.ctx, events, vm, event.error, ao, also_affected=holding)
         counts, errors = s.counts, s.errors
         if started:
@@ -330,7 +381,8 @@ class ModelSystem:
             if self.config.events[i].limit is not None:  # only capped entries need counting
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
-        return ModelState(host, counts, errors, mon, events, tuple(sorted(inflight, key=repr)))
+        return ModelState(host, counts, errors, mon, events,
+                          tuple(sorted(inflight, key=repr))), True
 
     def _atomic(self, host: Any, label: Any) -> None:
         """The label's model actions, one after the other, as one step."""
@@ -354,8 +406,8 @@ class ModelSystem:
             inflight.insert(at, (label, nxt, nctx, held))
 
     def fingerprint(self, s: ModelState) -> int:
-        """blake2b of (the host's canonical encoding's fingerprint, counts, errors, monitor,
-        events in flight). The host part is cached by ``host_key`` (its pickle's digest), so
+        """blake2b of the host's canonical encoding's fingerprint, the counts, the error count,
+        the monitor's canonical bytes and the events in flight. The host part is cached by ``host_key`` (its pickle's digest), so
         a step that leaves the host as some earlier state had it skips the encoding."""
         try:
             key: bytes | None = blob_key(s.frozen())
@@ -368,13 +420,18 @@ class ModelSystem:
                 if len(self._fp_cache) >= FP_CACHE_SIZE:
                     self._fp_cache.clear()
                 self._fp_cache[key] = hfp
-        return fingerprint_bytes(canonical_bytes(
-            (hfp, s.counts, s.errors, s.monitor.key(), s.inflight)))
+        head = b"%d|%s|%d|" % (hfp, ",".join(map(str, s.counts)).encode(), s.errors)
+        return fingerprint_bytes(head + s.monitor.key_bytes() +
+                                 (canonical_bytes(s.inflight) if s.inflight else b""))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fp_cache"] = {}  # per process
         return state
+
+    def compact(self, s: ModelState) -> ModelState:
+        """The state as the frontier keeps it (its snapshot only; see ModelState.compact)."""
+        return s.compact()
 
     def properties(self) -> Sequence[Property]:
         return [Property(p.name, p.doc, p.concern, functools.partial(_check, p))

@@ -58,6 +58,16 @@ class Monitor:
         return (self.panic, self.affected, self.detected, self.consumed, self.handed_out,
                 self.wrong_signal, self.untold, self.down)
 
+    def key_bytes(self) -> bytes:
+        """canonical_bytes(key()), computed once per Monitor (most steps keep their parent's)."""
+        got: bytes | None = self.__dict__.get("_key_bytes")
+        if got is None:
+            from memfail.check.system import canonical_bytes
+
+            got = canonical_bytes(self.key())
+            object.__setattr__(self, "_key_bytes", got)
+        return got
+
     def fold(self, ctx: Context, events: Iterable[Event], vm: str | None = None,
              error: bool = False, ao_probe: bool = False,
              also_affected: frozenset[str] = frozenset()) -> Monitor:
@@ -67,6 +77,8 @@ class Monitor:
         memory; ``ao_probe`` says the step may detect an unconsumed error (scrub, GHES).
         """
         events = list(events)
+        if not events and not (vm is not None and error) and also_affected <= self.affected:
+            return self  # nothing to fold
         panic, affected = self.panic, set(self.affected)
         detected, consumed = set(self.detected), dict(self.consumed)
         handed, wrong, untold, down = (set(self.handed_out), set(self.wrong_signal),

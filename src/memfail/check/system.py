@@ -51,6 +51,11 @@ class System(Protocol):
 #   alphabet() -> Sequence[str]      every label kind, to report those never fired
 #   label_kind(label) -> str         the kind of a label (default: str of its first item)
 #   render(s) -> dict[str, str]      a flat view of s for diff-style counterexample traces
+#   successors(s, labels) -> Iterable[State]
+#                                    step(s, label) for each label in order, all at once (may
+#                                    reuse s's working memory; s keeps its value)
+#   compact(s) -> State              s as the frontier keeps it (called once its properties
+#                                    were checked; e.g. a snapshot instead of live objects)
 #   name -> str                      shown in reports
 
 
