@@ -31,10 +31,11 @@ def make_system(config: CheckConfig, policy: str, races: bool = False) -> System
 
 
 def write_counterexample(out: Path, system: System, verdict: Any) -> Path:
-    """Scenario file for model systems; a label list and diff trace for any other System."""
+    """Scenario file (and its diff trace) for model systems, with or without ``--races``
+    (stages become ``stage`` steps); a label list and diff trace for any other System."""
     from memfail.check.model_system import ModelSystem
 
-    if isinstance(system, ModelSystem) and not system.races:
+    if isinstance(system, ModelSystem):
         from memfail.check.counterexample import write_counterexample as write
 
         return write(out, system, verdict)

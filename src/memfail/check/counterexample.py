@@ -1,6 +1,8 @@
 """Counterexamples as runnable scenario files, plus a diff-style trace of what each step changed.
 
 Kept in one module so it follows the scenario format (docs/scenario-format.md) in one place.
+With ``--races`` each stage of an event in flight is a ``stage`` step
+(memfail.check.stage_action), so those counterexamples replay with ``memfail run`` too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memfail.check import races
 from memfail.check.events import Label, StepSpec
 from memfail.check.explorer import Verdict
 from memfail.check.model_system import ModelState, ModelSystem, setup_steps
@@ -27,6 +30,37 @@ from memfail.model.trace import (
 def describe(label: Label) -> str:
     args = ", ".join(f"{k}={v}" for k, v in label[1] if v is not None)
     return f"{label[0]}({args})"
+
+
+def stage_of(system: ModelSystem, label: Any, host: Any) -> str | None:
+    """The ``--races`` stage a path step runs from a state whose Host is ``host``: a
+    continuation's stage, or the first stage ``races.first_stage`` gives a new event in that
+    state; None when the step is the label's model actions run as one step."""
+    if races.is_continuation(label):
+        return str(label[1][1][1])
+    if system.races:
+        first = races.first_stage(system.expand(label), label[0], host)
+        return first[0] if first is not None else None
+    return None
+
+
+def describe_step(label: Any, stage: str | None = None) -> str:
+    """A path step for comments and traces: the label, followed by the stage it runs
+    (``vcpu_access(vm=vm0, ...) fault.map``) with ``--races``."""
+    text = describe(races.origin(label))
+    return f"{text} {stage}" if stage is not None else text
+
+
+def steps_of(system: ModelSystem, label: Any, stage: str | None) -> list[StepSpec]:
+    """The scenario steps of one path step: the label's model actions, or with a stage
+    one ``stage`` step (memfail.check.stage_action) naming the event in flight
+    (``describe`` of its label), its kind, the stage and the event's model actions."""
+    origin = races.origin(label)
+    specs = system.expand(origin)
+    if stage is None:
+        return specs
+    return [("stage", {"op": describe(origin), "event": origin[0], "name": stage,
+                       "actions": [{key: args} for key, args in specs]})]
 
 
 def diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -169,11 +203,12 @@ def scenario_text(system: ModelSystem, verdict: Verdict) -> tuple[str, str]:
     for key, args in setup:
         lines.append(f"  - {key}: {_flow(args)}")
     viol_step = len(labels) - 1
+    stages = [stage_of(system, label, rep.states[i].host) for i, label in enumerate(labels)]
     for i, label in enumerate(labels):
-        lines.append(f"  # step {i + 1}: {describe(label)}")
+        lines.append(f"  # step {i + 1}: {describe_step(label, stages[i])}")
         for change in rep.changes[i]:
             lines.append(f"  #   {change}")
-        specs = system.expand(label)
+        specs = steps_of(system, label, stages[i])
         for j, (key, args) in enumerate(specs):
             step: dict[str, Any] = {key: args}
             if j == len(specs) - 1:
@@ -191,7 +226,7 @@ def scenario_text(system: ModelSystem, verdict: Verdict) -> tuple[str, str]:
         lines.append(f"expect: {_flow(final)}")
     trace = [f"{title}: {verdict.message}"]
     for i, label in enumerate(labels):
-        trace.append(f"step {i + 1}: {describe(label)}")
+        trace.append(f"step {i + 1}: {describe_step(label, stages[i])}")
         trace += [f"    {c}" for c in rep.changes[i]] or ["    (no visible change)"]
     return "\n".join(lines) + "\n", "\n".join(trace) + "\n"
 

@@ -19,18 +19,20 @@ events on different folios and never adds a race):
 * ``mmu``: kvm->mmu_lock (stage 2).
 
 The stages, with the locks each needs (carried locks in brackets) are listed in ``STAGES``
-and in docs/check.md.
+and in docs/check.md. A counterexample writes each stage as a ``stage`` scenario step, which
+memfail.check.stage_action carries out with ``first_stage`` and ``run_stage`` below, so
+``memfail run`` replays the checked path through the same code.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import parse_action
 from memfail.model.errors import KernelPanic, ModelInputError, TargetGone, errno_name
+from memfail.model.host import HANDLERS
 from memfail.model.trace import MemoryFailureCall
 
 if TYPE_CHECKING:
@@ -140,9 +142,29 @@ def _gmem() -> Any:
 
 
 def _apply(host: Any, spec: StepSpec) -> None:
-    """One whole model action, as ModelSystem.step carries it out."""
-    with contextlib.suppress(ModelInputError):
-        host.apply(parse_action(spec[0], spec[1]))
+    """One whole model action inside a stage (the access a fault or a host fault ends in,
+    a step of the release): what ``Host.apply`` does, without its ActionDone event and
+    without moving ``host.trace.step``, so that a stage is one step whether the checker or
+    a scenario's ``stage`` action runs it (memfail.check.stage_action). Nothing happens on a
+    panicked host or when the acting process (or the VM's VMM) is gone (Host.apply's ESRCH);
+    a panic ends the action, a vanished target ends it as Host.apply logs it, and input the
+    model refuses in this state (a closed fd, ...) makes it a no-op; pending signals are
+    delivered at its end."""
+    if host.panicked:
+        return
+    action = parse_action(spec[0], spec[1])
+    handler = HANDLERS.get(type(action))
+    if handler is None or host._dead_actor(action) is not None:
+        return
+    try:
+        handler(host, action)
+        host.deliver_signals()
+    except KernelPanic:
+        pass
+    except TargetGone as e:
+        host.log(f"memfail: {action.key}: {e}", level="debug")
+    except ModelInputError:
+        pass
 
 
 def _run(host: Any, fn: Callable[[], None]) -> None:

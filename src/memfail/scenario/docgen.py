@@ -40,6 +40,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("VMs: KVM, guest_memfd and the VMM", ("vm_create", "gmem_create", "memslot",
                                            "set_attributes", "guest_access", "kernel_access",
                                            "vm_destroy", "vm_reset")),
+    ("Events in flight (`memfail check --races` counterexamples)", ("stage",)),
 )
 _SECTION_RE = re.compile(r"(<!-- BEGIN ([A-Z]+)(?: ([\w.-]+))? -->\n)(.*?)(<!-- END \2 -->)",
                          re.S)

@@ -88,7 +88,7 @@ class Scenario:
 
 # Model extensions register their actions (register_actions) when imported.
 EXTENSION_MODULES = ("memfail.model.host", "memfail.model.kvm", "memfail.model.vmm",
-                     "memfail.model.policy")
+                     "memfail.model.policy", "memfail.check.stage_action")
 
 
 @functools.cache
