@@ -239,7 +239,7 @@ class Explorer:
 
     def _chunks(self, items: list[tuple[int, int, Any]]) -> list[Chunk]:
         """Partition (rank, fp, state) deterministically by fingerprint, then cap chunk size."""
-        parts = max(1, self.backend.workers * 4)
+        parts = max(1, self.backend.workers * 16)
         buckets: list[Chunk] = [[] for _ in range(parts)]
         for rank, fp, s in items:
             buckets[fp % parts].append((rank, fp, s))

@@ -50,7 +50,7 @@ class ModelState:
     once (for the fingerprint) and serves as the source of every successor's copy and as the
     form a state travels in between processes, where the Host is rebuilt on first use."""
 
-    __slots__ = ("_host", "blob", "counts", "errors", "events", "inflight", "monitor")
+    __slots__ = ("_host", "blob", "counts", "errors", "events", "hfp", "inflight", "monitor")
 
     def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
                  events: tuple[Event, ...] = (),
@@ -64,6 +64,7 @@ class ModelState:
         # --races: events in flight, each (label, next stage, context, locks it holds now)
         self.inflight = inflight
         self.blob = blob
+        self.hfp: int | None = None  # fingerprint of the host's canonical encoding, once known
 
     @property
     def host(self) -> Any:
@@ -94,15 +95,18 @@ class ModelState:
             return clone_host(self.host)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _state, (self.frozen(), self.counts, self.errors, self.monitor, self.inflight)
+        return _state, (self.frozen(), self.counts, self.errors, self.monitor, self.inflight,
+                        self.hfp)
 
 
 FP_CACHE_SIZE = 1 << 20  # host fingerprints cached per process (16-byte keys)
 
 
 def _state(blob: bytes, counts: tuple[int, ...], errors: int, monitor: Monitor,
-           inflight: tuple[Any, ...]) -> ModelState:
-    return ModelState(None, counts, errors, monitor, (), inflight, blob)
+           inflight: tuple[Any, ...], hfp: int | None = None) -> ModelState:
+    s = ModelState(None, counts, errors, monitor, (), inflight, blob)
+    s.hfp = hfp
+    return s
 
 
 def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
@@ -332,6 +336,7 @@ class ModelSystem:
             if clean and t.frozen() == base:
                 t._host = None  # unchanged: the next label works on the same Host
                 t.blob = base
+                t.hfp = s.hfp   # and its canonical encoding is the parent's
             else:
                 host = None     # the successor owns it now (or it is dirty)
             yield t
@@ -407,19 +412,24 @@ class ModelSystem:
 
     def fingerprint(self, s: ModelState) -> int:
         """blake2b of the host's canonical encoding's fingerprint, the counts, the error count,
-        the monitor's canonical bytes and the events in flight. The host part is cached by ``host_key`` (its pickle's digest), so
-        a step that leaves the host as some earlier state had it skips the encoding."""
-        try:
-            key: bytes | None = blob_key(s.frozen())
-        except (pickle.PicklingError, TypeError, AttributeError):
-            key = None
-        hfp = self._fp_cache.get(key) if key is not None else None
+        the monitor's canonical bytes and the events in flight. The host part is kept with the
+        state (and travels with it between processes); a step that leaves the host as it was
+        inherits it, and otherwise it is cached per process by the snapshot's digest, so a
+        step that leaves the host as some earlier state had it skips the encoding."""
+        hfp = s.hfp
         if hfp is None:
-            hfp = fingerprint_bytes(host_encoding(s.host))
-            if key is not None:
-                if len(self._fp_cache) >= FP_CACHE_SIZE:
-                    self._fp_cache.clear()
-                self._fp_cache[key] = hfp
+            try:
+                key: bytes | None = blob_key(s.frozen())
+            except (pickle.PicklingError, TypeError, AttributeError):
+                key = None
+            hfp = self._fp_cache.get(key) if key is not None else None
+            if hfp is None:
+                hfp = fingerprint_bytes(host_encoding(s.host))
+                if key is not None:
+                    if len(self._fp_cache) >= FP_CACHE_SIZE:
+                        self._fp_cache.clear()
+                    self._fp_cache[key] = hfp
+            s.hfp = hfp
         head = b"%d|%s|%d|" % (hfp, ",".join(map(str, s.counts)).encode(), s.errors)
         return fingerprint_bytes(head + s.monitor.key_bytes() +
                                  (canonical_bytes(s.inflight) if s.inflight else b""))
