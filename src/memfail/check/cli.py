@@ -19,6 +19,7 @@ from memfail.check.config import CheckConfig, ConfigError, load_config, standard
 from memfail.check.explorer import FAIL, PASS, Bounds, Options, Progress, Result, explore
 from memfail.check.properties import PROPERTIES, PROPERTY_NAMES
 from memfail.check.system import System
+from memfail.report.console import wide_console
 
 JSON_SCHEMA = "memfail.check/1"
 
@@ -135,7 +136,7 @@ def check(
     if as_json:
         typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races), indent=2))
     else:
-        _print_table(Console(), results, props)
+        _print_table(wide_console(), results, props)
     if any(r.failed() for _, r, _ in results):
         raise typer.Exit(1)
 

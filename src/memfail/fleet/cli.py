@@ -29,6 +29,7 @@ from memfail.fleet.params import (
     load_fleet,
     parse_assignment,
 )
+from memfail.report.console import wide_console
 
 UNITS = {"vm": "per_million_vm_hours", "host": "per_host_year", "fleet": "per_fleet_year"}
 DEFAULT_HOST_YEARS = 2_000_000
@@ -173,7 +174,7 @@ def run_cmd(
         if as_json:
             print(json.dumps(output.run_document(res), indent=2))
         else:
-            output.print_result(res, output.wide_console(), u)
+            output.print_result(res, wide_console(), u)
         if plot is not None:
             paths = output.plot_policies(res, plot, u)
             if not as_json:
@@ -222,7 +223,7 @@ def sweep_cmd(
         if as_json:
             print(json.dumps(output.sweep_document(results, axes), indent=2))
         else:
-            console = output.wide_console()
+            console = wide_console()
             for o in outs:
                 output.print_sweep(results, console, o, u)
         if plot is not None:

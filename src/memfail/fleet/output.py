@@ -67,12 +67,6 @@ def summary_lines(res: FleetResult) -> list[str]:
     ]
 
 
-def wide_console() -> Console:
-    """A console for tables: the terminal's width, or 200 columns when writing to a pipe."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
-
-
 def print_result(res: FleetResult, console: Console, unit: str = "per_million_vm_hours") -> None:
     for line in summary_lines(res):
         console.print(line, highlight=False)
