@@ -290,7 +290,7 @@ def test_stage_whose_lock_another_op_holds_is_refused(tmp_path: Path, capsys: An
   - stage: {{op: vmm, event: vmm_access, name: hostfault.access, actions: {VMM_READ}}}
 """, policy="minimum")
     assert err.endswith("stage hostfault.access of 'vmm' calls memory_failure(), which waits "
-                        "for the mf_mutex 'mce' holds: it runs after that op"), err
+                        "for mf_mutex, held by 'mce': it runs after that op"), err
 
 
 def test_stage_actions_are_checked_when_the_scenario_loads() -> None:
@@ -380,7 +380,7 @@ def test_random_interleavings_replay_to_the_checkers_state() -> None:
                 label = rng.choice(enabled)
                 t = sysm.step(s, label)
                 if sysm.fingerprint(t) == sysm.fingerprint(s):
-                    continue  # did not happen now (memory_failure() waits for mf_mutex)
+                    continue  # did not happen now (memory_failure() waits for a lock)
                 s, labels = t, [*labels, label]
             text, _ = scenario_text(sysm, Verdict("no-record-lost", FAIL, len(labels),
                                                   message="walk", labels=labels))

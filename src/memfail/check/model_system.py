@@ -230,10 +230,13 @@ class ModelSystem:
             f = proc.fds.get(mem_fd(vm)) if proc is not None else None
             if f is None:
                 continue
+            # A hugetlbfs page cache indexes huge folios in folio units; guest_memfd and
+            # the others index by page (a huge folio at the index of its first page).
+            unit = f.inode.kind != "gmem"
             for index, folio in f.inode.pages.items():
-                # HugeTLB page caches index huge folios in folio units, others in pages.
+                first = index * folio.nr_pages if unit else index
                 for i in range(folio.nr_pages):
-                    out[(vm.name, index * folio.nr_pages + i)] = folio.pfn + i
+                    out[(vm.name, first + i)] = folio.pfn + i
         return out
 
     def config_size(self, vm: Any) -> int | str:
@@ -363,9 +366,9 @@ class ModelSystem:
         host.trace.events = []
         if inflight and any(isinstance(e, MemoryFailureCall) for e in events) and \
                 not (races.is_continuation(label) and label[1][1][1] == "mf.notify") and \
-                any(races.MF in op[3] for op in inflight if op[0] != origin):
-            # memory_failure() would wait for the mf_mutex another event holds: this
-            # step cannot happen now (it runs after that event; see docs/check.md)
+                any(races.mf_waits_for(op[3]) for op in inflight if op[0] != origin):
+            # memory_failure() would wait for the mf_mutex or folio lock another event
+            # holds: this step cannot happen now (it runs after that event; docs/check.md)
             return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight,
                               s.frozen()), False
         inflight = _normalise_mmu_seq(host, inflight)

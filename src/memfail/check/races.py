@@ -49,6 +49,18 @@ HUGETLB_LOCK: Lock = ("hugetlb", True)
 MMU: Lock = ("mmu", True)
 
 
+# What memory_failure() waits for as a whole: mf_mutex, then the folio lock, which it takes
+# after marking the page (folio_lock() after TestSetPageHWPoison / get_huge_page_for_hwpoison
+# in memory_failure() and try_memory_failure_hugetlb()) and holds while it unmaps. A step that
+# calls it (an access that consumes an error) cannot complete while another event holds one.
+MF_WAITS: tuple[Lock, ...] = (MF, FOLIO)
+
+
+def mf_waits_for(held: frozenset[Lock] | tuple[Lock, ...]) -> Lock | None:
+    """The lock memory_failure() would wait for among ``held`` (locks other events carry)."""
+    return next((lock for lock in MF_WAITS if lock in held), None)
+
+
 def conflicts(need: frozenset[Lock], held: frozenset[Lock]) -> bool:
     """A lock needed conflicts with one held by another event unless both are shared."""
     return any(n == h and (x or y) for n, x in need for h, y in held)

@@ -68,7 +68,8 @@ class StageAction(Action):
     An op's first stage must be the one its event starts with in the current state, and
     each later stage the one the previous stage led to. A stage out of order, a stage that
     needs a lock another op in flight holds, and a stage that calls memory_failure() while
-    another op holds mf_mutex are bad input (exit status 2); plain steps run as written.
+    another op holds mf_mutex or the folio lock are bad input (exit status 2); plain steps
+    run as written.
     mmu_invalidate_seq keeps counting (the checker resets it after each step): the
     staleness test compares the fault's snapshot with the current value either way.
     Returns the next stage's name, or ``done`` when the event is over."""
@@ -173,12 +174,13 @@ def do_stage(host: Host, a: StageAction) -> ActionResult:
     nxt, nctx = races.run_stage(specs, host, a.name, ctx)
     if a.name != "mf.notify" and \
             any(isinstance(e, MemoryFailureCall) for e in host.trace.events[first_event:]):
-        holder = next((op for op, entry in sorted(others.items()) if races.MF in entry[4]),
-                      None)
-        if holder is not None:
-            raise ModelInputError(
-                f"stage {a.name} of {a.op!r} calls memory_failure(), which waits for the "
-                f"mf_mutex {holder!r} holds: it runs after that op", "name")
+        for op, entry in sorted(others.items()):
+            lock = races.mf_waits_for(tuple(entry[4]))
+            if lock is not None:
+                raise ModelInputError(
+                    f"stage {a.name} of {a.op!r} calls memory_failure(), which waits for "
+                    f"{LOCK_NAMES.get(lock[0], lock[0])}, held by {op!r}: it runs after "
+                    "that op", "name")
     if host.panicked:
         nxt = None  # the host is dead: nothing goes on (ModelSystem._stage drops the op too)
     if nxt is not None:

@@ -613,19 +613,35 @@ class Host:
         """truncate_inode_pages_range(): unmap and drop cached folios in [start, end).
 
         Hole punch (``even_cows=False``) leaves existing hwpoison entries alone (R40)."""
+        shift = self.geometry.page_shift
         step = 1 << inode.huge_order
         for idx in sorted(i for i in inode.pages if start_idx <= i and i + step <= end_idx):
             folio = inode.pages[idx]
             for vma in list(inode.i_mmap):
-                a = vma.addr_of(idx, self.geometry.page_shift)
-                if a is None:
-                    continue
-                key = a & ~((1 << (self.geometry.page_shift + inode.huge_order)) - 1)
-                pte = vma.mm.ptes.get(key)
-                if pte is not None and (pte.kind != HWPOISON or even_cows):
-                    self.zap_entry(vma.mm, key, "truncated")
+                for key in self._entries_of(vma, inode, idx, folio.nr_pages, shift):
+                    pte = vma.mm.ptes.get(key)
+                    if pte is not None and (pte.kind != HWPOISON or even_cows):
+                        self.zap_entry(vma.mm, key, "truncated")
             folio.rmap.clear()
             self.delete_from_page_cache(folio)
+
+    @staticmethod
+    def _entries_of(vma: VMA, inode: Inode, idx: int, nr_pages: int, shift: int) -> list[int]:
+        """Keys of the entries through which ``vma`` may map the folio at file index ``idx``
+        (unmap_mapping_range over the folio): one huge entry in a HugeTLB VMA, one PTE per
+        page when a huge folio is mapped by PTEs (a guest_memfd's host mapping of HugeTLB
+        memory is 4K PTEs, so every page's entry must go, not only the first)."""
+        if inode.huge_order and not vma.huge_order and inode.kind == GMEM:
+            out = []
+            for i in range(nr_pages):
+                a = vma.addr_of(idx + i, shift)
+                if a is not None:
+                    out.append(a)
+            return out
+        a = vma.addr_of(idx, shift)
+        if a is None:
+            return []
+        return [a & ~((1 << (shift + inode.huge_order)) - 1)]
 
     def maybe_release_inode(self, inode: Inode) -> None:
         """iput_final()/evict(): the last user is gone, truncate everything (R55, R72)."""
