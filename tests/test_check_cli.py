@@ -120,3 +120,33 @@ def test_resume_from_checkpoint(toy: Path, tmp_path: Path) -> None:
     full = json.loads(run(str(toy), "--json", "--policy", "unmap").stdout)
     for key in ("states", "transitions", "complete", "verdicts"):
         assert resumed["results"][0][key] == full["results"][0][key]
+
+
+def test_symmetry_on_the_model_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """The model offers no symmetry reduction (docs/check.md, Reductions): asking for it is a
+    usage error naming the way out, not a traceback or a silently unreduced run."""
+    cfg = tmp_path / "sym.yaml"
+    cfg.write_text("""\
+policies: [unmap]
+host: {memory: 8G, hugepages: {2M: 2}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0]}
+guest_memfd:
+  - {name: g0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: g0}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: scrub}
+symmetry: true
+bounds: {depth: 1}
+""")
+    for args in ([str(cfg)], [str(cfg), "--symmetry"]):
+        r = run(*args)
+        assert r.exit_code == 2, r.output
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1
+        assert "symmetry reduction is not available for the memfail model" in err
+    cfg.write_text(cfg.read_text().replace("symmetry: true\n", ""))
+    r = run(str(cfg), "--symmetry")
+    assert r.exit_code == 2 and "drop --symmetry" in r.stderr
+    assert run(str(cfg)).exit_code in (0, 1)

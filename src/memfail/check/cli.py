@@ -124,6 +124,14 @@ def check(
         for pol in policies:
             try:
                 system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
+            except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
+                raise _fail_usage(f"policy {pol!r}: {e}") from None
+            if options.symmetry and getattr(system, "canonical", None) is None:
+                raise _fail_usage(
+                    "symmetry reduction is not available for the memfail model (it would have "
+                    "to rename VMs together with their frames, pids and mappings inside a "
+                    "Host); drop --symmetry and `symmetry: true` (docs/check.md, Reductions)")
+            try:
                 result = _run(system, backend, bounds, options, err, pol, as_json)
             except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
                 raise _fail_usage(f"policy {pol!r}: {e}") from None
