@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import tracemalloc
 
-from memfail.model.actions import Madvise, MemRead, MemWrite, Mmap, Sigaction, Spawn
+from memfail.model.actions import Action, Madvise, MemRead, MemWrite, Mmap, Sigaction, Spawn
 from memfail.model.host import Host, HostConfig
 
 VMS = 64
@@ -36,7 +36,7 @@ def main() -> None:
     _cur, setup_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
-    actions = []
+    actions: list[Action] = []
     for k in range(2000):
         p = f"qemu{k % VMS}"
         off = f"ram+{(k * 37) % 4096}p"

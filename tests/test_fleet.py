@@ -23,6 +23,7 @@ from memfail.fleet.classes import FailureClass, Outcome
 from memfail.fleet.oracle import ModelOracle, TableOracle, build_scenario
 from memfail.fleet.params import (
     FleetInputError,
+    LoadedFleet,
     defaults_table,
     load_fleet,
     parse_assignment,
@@ -40,7 +41,7 @@ frailty:
 """
 
 
-def simple(rate: float = 0.5, extra: str = "") -> object:
+def simple(rate: float = 0.5, extra: str = "") -> LoadedFleet:
     return load_fleet("simple.yaml", text=SIMPLE % {"rate": rate} + extra)
 
 

@@ -73,7 +73,7 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
     "ksm_hwpoison": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
          Mmap(proc="app", name="b", size="4K"), MemWrite(proc="app", addr="b"),
-         KsmMerge(pages=[{"proc": "app", "addr": "a"}, {"proc": "app", "addr": "b"}]),
+         KsmMerge.model_validate({"pages": [{"proc": "app", "addr": "a"}, {"proc": "app", "addr": "b"}]}),
          CorruptPfn(proc="app", addr="a")], mf_types, {}),
     "madvise_hwpoison_ar": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),

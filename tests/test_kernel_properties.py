@@ -4,7 +4,7 @@ cache, free and kernel pages), with the hwpoison test filter switched on and off
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,7 +50,7 @@ SETUP: list[Action] = [
 REGIONS = ("a", "s", "h", "e", "l", "p")
 OPS = ("write", "read", "corrupt", "madv_hard", "madv_soft", "soft_pfn", "unpoison",
        "latent", "munmap", "fsync", "free", "slab", "swapout", "filter")
-STAGES = ("cache", "written", "freed", "freed")
+STAGES: tuple[Literal["cache", "written", "freed"], ...] = ("cache", "written", "freed", "freed")
 
 step = st.tuples(st.sampled_from(OPS), st.sampled_from(REGIONS), st.integers(0, 3))
 
@@ -98,8 +98,8 @@ def to_action(h: Host, op: str, region: str, page: int) -> Action | None:
 
 def play(profile: str, steps: list[tuple[str, str, int]]) -> Host:
     h = Host(HostConfig(profile=profile, hugepages={"2M": 2}))
-    for a in SETUP:
-        h.apply(a)
+    for setup_action in SETUP:
+        h.apply(setup_action)
     for op, region, page in steps:
         if h.panicked or not h.processes["app"].alive:
             break
