@@ -134,3 +134,83 @@ def test_every_counterexample_of_a_races_run_on_two_folios_replays(
                for v in r["verdicts"].values())
     for f in files:
         assert main(["run", f]) == 0, Path(f).read_text()
+
+
+def test_guest_memfd_file_is_released_when_its_last_reference_goes() -> None:
+    """kvm_gmem_release runs when the last reference to the file goes (R72): the VMM's mapping
+    holds one (vma->vm_file), so closing the fd keeps the memslot bound and the guest running;
+    the munmap that drops the last reference unbinds it, and guest faults then fail."""
+    text = """\
+name: gmem-file-release
+profile: next
+policy: mainline
+host: {memory: 8G}
+processes:
+  - {name: qemu, threads: [main, vcpu0]}
+steps:
+  - vm_create: {vm: vm, vmm: qemu}
+  - gmem_create: {vm: vm, fd: g, size: 16K, flags: [mmap, init_shared]}
+  - mmap: {proc: qemu, name: ram, size: 16K, fd: g, shared: true}
+  - memslot: {vm: vm, gpa: 0, size: 16K, gmem: g, hva: ram}
+  - guest_access: {vm: vm, gpa: 0, op: write}
+    expect: {ret: 0}
+  - close: {proc: qemu, fd: g}
+  - guest_access: {vm: vm, gpa: 4K, op: write}
+    expect: {ret: 0}
+  - munmap: {proc: qemu, addr: ram}
+  - guest_access: {vm: vm, gpa: 8K, op: write}
+    expect: {errno: EFAULT}
+"""
+    res = run_scenario(load_scenario_text(text))
+    assert res.failures == [], res.failures
+
+
+def test_a_second_raw_page_of_a_handled_huge_folio_needs_no_second_tell() -> None:
+    """memory_failure() on another raw page of a HugeTLB folio it already handled returns
+    -EHWPOISON; the EARLY thread's first BUS_MCEERR_AO covered the whole folio (si_addr_lsb),
+    so early-told holds with two errors in one huge page of a hugetlbfs-backed VM."""
+    cfg = """\
+policies: [mainline]
+host: {memory: 8G, hugepages: {2M: 2}}
+processes:
+  - {name: qemu, threads: [main, vcpu0], mce_kill: {main: early}, sigbus: handler}
+vms:
+  - {name: vm, vmm: qemu, memory: 2M}
+events:
+  - {event: hw_error, vm: vm, page: [0, 3], detect: scrub}
+bounds: {depth: 3, errors: 2}
+"""
+    sysm = ModelSystem(load_config_text(cfg), "mainline")
+    with make_backend(1) as backend:
+        r = explore(sysm, backend, Bounds(max_depth=3), Options(stop_when_all_fail=False))
+    assert r.verdicts["early-told"].status != FAIL
+    assert r.states > 3
+
+
+def test_memory_still_mapped_after_close_belongs_to_the_vm() -> None:
+    """After the VMM closes its guest_memfd fd (its mapping keeps the file), an error in that
+    memory is still the VM's: the SIGBUS a later VMM access takes goes to its owner
+    (sigbus-owner-only holds, also with --races where the error is recorded before
+    memory_failure() returns)."""
+    cfg = """\
+policies: [unusable]
+geometry: {pmd_order: 3, pud_order: 4}
+host: {memory: 8G}
+processes:
+  - {name: qemu, threads: [main, vcpu0], mce_kill: {main: early}, sigbus: ignore}
+guest_memfd:
+  - {name: g, size: 32K, backing: 4K, flags: [mmap, init_shared]}
+vms:
+  - {name: vm, vmm: qemu, type: snp, gmem: g}
+events:
+  - {event: close, vm: vm, limit: 1}
+  - {event: hw_error, vm: vm, page: 2, detect: scrub}
+  - {event: vmm_access, vm: vm, page: 2, write: true}
+properties: [sigbus-owner-only]
+bounds: {depth: 4, errors: 1}
+"""
+    for races in (False, True):
+        sysm = ModelSystem(load_config_text(cfg), "unusable", races=races)
+        with make_backend(1) as backend:
+            r = explore(sysm, backend, Bounds(max_depth=4), Options(stop_when_all_fail=False))
+        assert r.verdicts["sigbus-owner-only"].status != FAIL, (races, r.verdicts)

@@ -222,21 +222,37 @@ class ModelSystem:
         return EVENTS[label[0]].expand(self.config, params)
 
     def _frames(self, host: Any) -> dict[tuple[Any, Any], int]:
-        """(vm, page) -> the pfn backing it after set-up, from the guest-memory file's page
-        cache (the VMM's fd), so errors hit physical frames."""
+        """(vm, page) -> the pfn backing it, from the page cache of the VM's guest-memory
+        file, however the VM still holds it: the VMM's fd, its mapping of the file (vm_file)
+        or the memslot's guest_memfd binding. A frame that no longer appears here (released,
+        punched out) no longer holds the VM's memory."""
         out: dict[tuple[Any, Any], int] = {}
+        kvm_vms = host.ext.get("vms", {})
         for vm in self.config.vms:
             proc = host.processes.get(vm.vmm)
-            f = proc.fds.get(mem_fd(vm)) if proc is not None else None
-            if f is None:
-                continue
-            # A hugetlbfs page cache indexes huge folios in folio units; guest_memfd and
-            # the others index by page (a huge folio at the index of its first page).
-            unit = f.inode.kind != "gmem"
-            for index, folio in f.inode.pages.items():
-                first = index * folio.nr_pages if unit else index
-                for i in range(folio.nr_pages):
-                    out[(vm.name, first + i)] = folio.pfn + i
+            inodes = []
+            if proc is not None:
+                f = proc.fds.get(mem_fd(vm))
+                if f is not None:
+                    inodes.append(f.inode)
+                region = proc.regions.get(f"{vm.name}.ram")
+                if region is not None and region.inode is not None:
+                    inodes.append(region.inode)
+            kvm_vm = kvm_vms.get(vm.name)
+            if kvm_vm is not None:
+                inodes += [s.gmem for s in kvm_vm.slots if s.gmem is not None and s.bound]
+            seen: set[int] = set()
+            for inode in inodes:
+                if id(inode) in seen:
+                    continue
+                seen.add(id(inode))
+                # A hugetlbfs page cache indexes huge folios in folio units; guest_memfd and
+                # the others index by page (a huge folio at the index of its first page).
+                unit = inode.kind != "gmem"
+                for index, folio in inode.pages.items():
+                    first = index * folio.nr_pages if unit else index
+                    for i in range(folio.nr_pages):
+                        out.setdefault((vm.name, first + i), folio.pfn + i)
         return out
 
     def config_size(self, vm: Any) -> int | str:

@@ -104,8 +104,12 @@ class Monitor:
                     panic = panic or (f"{e.reason} (on a failure reported earlier)"
                                       if kernel_hit else e.reason)
             elif isinstance(e, MemoryFailureCall):
-                # Only a first detection must be told; later reports are "already poisoned".
-                if "MF_ACTION_REQUIRED" not in e.flags and e.pfn not in self.detected:
+                # Only a first detection must be told; later reports are "already
+                # poisoned", and so is a new raw page of a huge folio memory_failure()
+                # handled before (-EHWPOISON): the tell for that folio covered it (its
+                # si_addr_lsb spans the folio).
+                if "MF_ACTION_REQUIRED" not in e.flags and e.pfn not in self.detected \
+                        and e.ret_name != "EHWPOISON":
                     ao_calls.append(e)
                 detected.add(e.pfn)
             elif isinstance(e, PoisonConsumed):

@@ -512,6 +512,9 @@ class Host:
                 return p.pid
         return 0
 
+    def _proc_of_mm(self, mm: MM) -> Process | None:
+        return next((p for p in self.processes.values() if p.mm is mm), None)
+
     def _rel_mm(self, mm: MM, addr: int) -> str:
         for p in self.processes.values():
             if p.mm is mm:
@@ -567,6 +570,9 @@ class Host:
             return
         if start <= vma.start and end >= vma.end:
             mm.vmas.remove(vma)
+            of, vma.file = vma.file, None
+            if of is not None:
+                self._file_put(of, self._proc_of_mm(mm))
             if vma.inode is not None and vma in vma.inode.i_mmap:
                 vma.inode.i_mmap.remove(vma)
                 self.maybe_release_inode(vma.inode)
@@ -662,10 +668,22 @@ class Host:
             return
         self.ext.setdefault("closed_fds", set()).add((proc.pid, fd))
         of.inode.open_files -= 1
-        hook = self.ext.get("file_release")
-        if hook is not None and of.inode.kind == GMEM:
-            hook(self, proc, of)
+        self._file_put(of, proc)
         self.maybe_release_inode(of.inode)
+
+    def _file_put(self, of: OpenFile, proc: Process | None) -> None:
+        """fput(): an fd or a mapping (vma->vm_file) let go of ``of``; the file's ->release
+        (kvm_gmem_release for guest_memfd, R72) runs when no fd and no mapping holds it."""
+        if of.inode.kind != GMEM:
+            return
+        for p in self.processes.values():
+            if any(o is of for o in p.fds.values()):
+                return
+            if p.mm is not None and any(v.file is of for v in p.mm.vmas):
+                return
+        hook = self.ext.get("file_release")
+        if hook is not None:
+            hook(self, proc, of)
 
     def new_inode(self, kind: str, name: str, size: int = 0, huge_order: int = 0) -> Inode:
         inode = Inode(ino=self._next_ino, kind=kind, name=name, size=size,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .fs import Inode
+    from .fs import Inode, OpenFile
 
 PRESENT, HWPOISON, SWAP = "present", "hwpoison", "swap"  # SWAP: pfn holds the slot
 
@@ -33,6 +33,7 @@ class VMA:
     thp: bool = False
     anon_hugetlb: bool = False
     reserved: int = 0  # hugetlb pages reserved at mmap time
+    file: OpenFile | None = None  # the open file mapped (vma->vm_file holds a reference)
 
     @property
     def anonymous(self) -> bool:

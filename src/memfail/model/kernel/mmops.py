@@ -82,7 +82,8 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
     vma = VMA(mm=proc.mm, name=a.name, start=start, end=start + size, inode=inode,
               pgoff=offset >> geo.page_shift, shared=shared, writable=a.prot == "rw",
               locked=a.locked, huge_order=huge_order, thp=a.thp,
-              anon_hugetlb=huge_order > 0 and inode is None)
+              anon_hugetlb=huge_order > 0 and inode is None,
+              file=host.fd(proc, a.fd) if a.fd is not None else None)
     if huge_order:
         h = host.hugetlb.hstate(huge_order)
         need = size >> (geo.page_shift + huge_order)

@@ -67,7 +67,7 @@ def copy_mm(host: Host, src: MM, dst: MM) -> None:
     for v in src.vmas:
         nv = VMA(mm=dst, name=v.name, start=v.start, end=v.end, inode=v.inode, pgoff=v.pgoff,
                  shared=v.shared, writable=v.writable, locked=False, huge_order=v.huge_order,
-                 thp=v.thp, anon_hugetlb=v.anon_hugetlb)
+                 thp=v.thp, anon_hugetlb=v.anon_hugetlb, file=v.file)
         dst.vmas.append(nv)
         anon_vma_fork(host, v, nv)
         if v.inode is not None:
