@@ -16,6 +16,7 @@ from memfail.check.toys import PoisonToy
 
 CONFIG = """\
 policies: [leaky, unmap]
+host: {hugepages: {2M: 1}}
 processes:
   - {name: qemu0, threads: [main, vcpu0]}
 vms:

@@ -12,6 +12,7 @@ from memfail.check.properties import PROPERTY_NAMES
 
 BASE = """\
 policies: [minimum]
+host: {hugepages: {2M: 1}}
 processes:
   - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early}}
 vms:
@@ -44,23 +45,38 @@ def test_list_parameters_vary_in_order() -> None:
 
 
 @pytest.mark.parametrize(("tail", "expect"), [
-    ("  - {event: hw_eror, vm: vm0}\n", "c.yaml:7: events[0].event: unknown event 'hw_eror'"),
-    ("  - {event: hw_error, vm: vmx}\n", "c.yaml:7: events[0].vm: unknown vm 'vmx'"),
-    ("  - {event: hw_error, vm: vm0, pg: 1}\n", "c.yaml:7: events[0]: event 'hw_error' has no "
+    ("  - {event: hw_eror, vm: vm0}\n", "c.yaml:8: events[0].event: unknown event 'hw_eror'"),
+    ("  - {event: hw_error, vm: vmx}\n", "c.yaml:8: events[0].vm: unknown vm 'vmx'"),
+    ("  - {event: hw_error, vm: vm0, pg: 1}\n", "c.yaml:8: events[0]: event 'hw_error' has no "
      "parameter 'pg'"),
-    ("  - {event: hw_error}\n", "c.yaml:7: events[0]: event 'hw_error' needs vm"),
-    ("  - {event: scrub, vm: vm0}\nbounds: {depth: -1}\n", "c.yaml:8: bounds.depth:"),
-    ("  - {event: scrub, vm: vm0}\nbogus: 1\n", "c.yaml:8: bogus: unknown field"),
+    ("  - {event: hw_error}\n", "c.yaml:8: events[0]: event 'hw_error' needs vm"),
+    ("  - {event: scrub, vm: vm0}\nbounds: {depth: -1}\n", "c.yaml:9: bounds.depth:"),
+    ("  - {event: scrub, vm: vm0}\nbogus: 1\n", "c.yaml:9: bogus: unknown field"),
     ("  - {event: scrub, vm: vm0}\nproperties: [contaned]\n",
-     "c.yaml:8: properties[0]: unknown property 'contaned'"),
+     "c.yaml:9: properties[0]: unknown property 'contaned'"),
 ])
 def test_errors_name_file_line_and_field(tail: str, expect: str) -> None:
     assert error_of(BASE + tail).startswith(expect)
 
 
+@pytest.mark.parametrize(("text", "expect"), [
+    (BASE + "  - {event: hw_error, vm: vm0, page: 4}\n",
+     "c.yaml:8: events[0].page: page 4 is beyond vm0's guest memory: 4 pages of 4 KiB"),
+    (BASE + "  - {event: punch_hole, vm: vm0, page: 2, pages: 4}\n",
+     "c.yaml:8: events[0].page: page 2 + 4 pages is beyond vm0's guest memory"),
+    (BASE.replace("{2M: 1}", "{2M: 0}") + "  - {event: scrub, vm: vm0}\n",
+     "c.yaml:6: vms[0].memory: the guest memory needs 1 2M HugeTLB page(s) but "
+     "host.hugepages gives 0; set host: {hugepages: {2M: 1}}"),
+])
+def test_guest_memory_the_set_up_cannot_build_is_refused(text: str, expect: str) -> None:
+    """Pages past a VM's memory and pools too small for it are located input errors, not a
+    run where the event silently does nothing or a set-up that fails with ENOMEM."""
+    assert error_of(text).startswith(expect)
+
+
 def test_references_are_checked() -> None:
     text = BASE.replace("vmm: qemu0", "vmm: qemu9") + "  - {event: scrub, vm: vm0}\n"
-    assert error_of(text).startswith("c.yaml:5: vms[0].vmm: 'qemu9' is not a process")
+    assert error_of(text).startswith("c.yaml:6: vms[0].vmm: 'qemu9' is not a process")
 
 
 @pytest.mark.parametrize(("text", "expect"), [

@@ -156,6 +156,59 @@ class CheckConfig(Strict):
 
 
 
+def scaled_size(cfg: CheckConfig, size: int | str) -> int:
+    """Bytes of ``size`` in the scaled geometry: whole "2M"/"1G" multiples become that many
+    scaled huge pages; anything else (``3p``, ``8K``) is taken as written."""
+    n = parse_size(size)
+    for real, order in ((1 << 30, cfg.geometry.pud_order), (2 << 20, cfg.geometry.pmd_order)):
+        if n and n % real == 0:
+            return (n // real) << (12 + order)
+    return n
+
+
+def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
+    """Guest memory the set-up cannot build: pages beyond a VM's memory, and HugeTLB pools
+    too small for the guest memory (which would otherwise fail as ENOMEM in the set-up)."""
+    out: list[tuple[Loc, str]] = []
+    gmems = {g.name: g for g in cfg.guest_memfd}
+    pages: dict[str, int] = {}
+    need: dict[str, int] = {}
+    where: dict[str, Loc] = {}
+    for i, v in enumerate(cfg.vms):
+        g = gmems.get(v.gmem) if v.gmem else None
+        size = scaled_size(cfg, g.size if g else v.memory)
+        pages[v.name] = size >> 12
+        backing = g.backing if g else "2M"
+        if backing == "4K":
+            continue
+        order = cfg.geometry.pmd_order if backing == "2M" else cfg.geometry.pud_order
+        need[backing] = need.get(backing, 0) + -(-size // (4096 << order))
+        where.setdefault(backing, ("guest_memfd", cfg.guest_memfd.index(g), "backing") if g
+                         else ("vms", i, "memory"))
+    for size_name, n in need.items():
+        have = cfg.host.hugepages.get(size_name, 0)  # type: ignore[call-overload]
+        if have < n:
+            out.append((where[size_name],
+                        f"the guest memory needs {n} {size_name} HugeTLB page(s) but "
+                        f"host.hugepages gives {have}; set host: {{hugepages: {{{size_name}: "
+                        f"{n}}}}} or more (events such as realloc need spare ones)"))
+    for i, e in enumerate(cfg.events):
+        vm = e.params.get("vm")
+        page = e.params.get("page")
+        extent = e.params.get("pages", 1) if e.event in ("convert", "punch_hole") else 1
+        for name in vm if isinstance(vm, list) else [vm]:
+            if name not in pages or page is None:
+                continue
+            for p in page if isinstance(page, list) else [page]:
+                if isinstance(p, int) and isinstance(extent, int) and \
+                        not (p >= 0 and p + extent <= pages[name]):
+                    out.append((("events", i, "page"),
+                                f"page {p}{f' + {extent} pages' if extent != 1 else ''} is "
+                                f"beyond {name}'s guest memory: {pages[name]} pages of 4 KiB "
+                                f"in the scaled geometry (pages 0..{pages[name] - 1})"))
+    return out
+
+
 def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
     """Cross-references the schema cannot see, each with where it is in the file."""
     out: list[tuple[Loc, str]] = []
@@ -248,7 +301,7 @@ def load_config_text(data: bytes | str, file: str = "<string>") -> CheckConfig:
         elif first["type"] == "missing":
             msg = "required field is missing"
         raise ConfigError(file, line, _fmt(loc) or None, msg) from None
-    for loc, msg in _references(cfg):
+    for loc, msg in _references(cfg) or _memory(cfg):
         raise ConfigError(file, _line(lines, loc), _fmt(loc), msg)
     return cfg
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from memfail.check import races
-from memfail.check.config import CheckConfig
+from memfail.check.config import CheckConfig, scaled_size
 from memfail.check.encode import host_encoding
 from memfail.check.events import (
     EVENTS,
@@ -32,7 +32,6 @@ from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
 from memfail.model.host import HANDLERS
 from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, PolicyEvent
-from memfail.model.units import parse_size
 
 # The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
 # as src/memfail/model/kvm/gmem.py emits them: the policy's memory_failure() path
@@ -129,16 +128,6 @@ def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
 
 def _check(pd: PropertyDef, s: ModelState) -> str | None:
     return pd.check(s.host, s.monitor)
-
-
-def scaled_size(cfg: CheckConfig, size: int | str) -> int:
-    """Bytes of ``size`` in the scaled geometry: whole "2M"/"1G" multiples become that many
-    scaled huge pages; anything else (``3p``, ``8K``) is taken as written."""
-    n = parse_size(size)
-    for real, order in ((1 << 30, cfg.geometry.pud_order), (2 << 20, cfg.geometry.pmd_order)):
-        if n and n % real == 0:
-            return (n // real) << (12 + order)
-    return n
 
 
 def setup_steps(cfg: CheckConfig) -> list[StepSpec]:
