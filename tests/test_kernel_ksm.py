@@ -24,7 +24,7 @@ from memfail.model.actions import (
 from memfail.model.host import Host, HostConfig
 from memfail.model.kernel.kactions import Swapout, UserCopy
 from memfail.model.kernel.ksm import rmap_items
-from memfail.model.kernel.ksmactions import KsmMerge
+from memfail.model.kernel.ksmactions import KsmMerge, KsmPage
 from memfail.model.trace import KernelLog, MemoryFailureEvent, SignalSent
 
 
@@ -42,7 +42,7 @@ def host(procs: str = "ab", early: str = "", **kw: Any) -> Host:
 
 
 def merge(h: Host, *procs: str, addr: str = "m") -> Any:
-    return h.apply(KsmMerge.model_validate({"pages": [{"proc": p, "addr": addr} for p in procs]}))
+    return h.apply(KsmMerge(pages=[KsmPage(proc=p, addr=addr) for p in procs]))
 
 
 def pfn_of(h: Host, proc: str, addr: str = "m") -> Any:
@@ -99,12 +99,12 @@ def test_merge_refusals() -> None:
     assert merge(h, "a", "b").errno == "EINVAL"  # contents differ
     assert merge(h, "a").errno == "EINVAL"  # nothing to merge with
     h.apply(Mmap(proc="a", name="s", size="4K", shared=True, populate=True))
-    assert h.apply(KsmMerge.model_validate({"pages": [{"proc": "a", "addr": "s"},
-                                   {"proc": "b", "addr": "m"}]})).errno == "EINVAL"
+    assert h.apply(KsmMerge(pages=[KsmPage(proc="a", addr="s"),
+                                   KsmPage(proc="b", addr="m")])).errno == "EINVAL"
     h.apply(Mmap(proc="a", name="z", size="4K"))
     h.apply(MemRead(proc="a", addr="z"))  # the zero page
-    assert h.apply(KsmMerge.model_validate({"pages": [{"proc": "a", "addr": "z"},
-                                   {"proc": "b", "addr": "m"}]})).errno == "EINVAL"
+    assert h.apply(KsmMerge(pages=[KsmPage(proc="a", addr="z"),
+                                   KsmPage(proc="b", addr="m")])).errno == "EINVAL"
     h.apply(Fork(proc="a", child="c"))  # a and c share one frame: not merged with itself
     assert merge(h, "a", "c").errno == "EINVAL"
 
@@ -126,7 +126,7 @@ def test_each_task_is_added_once_with_the_address_of_its_newest_rmap_item() -> N
     h = host("a", early="a")
     h.apply(Mmap(proc="a", name="n", size="4K"))
     h.apply(MemWrite(proc="a", addr="n", value=7))
-    h.apply(KsmMerge.model_validate({"pages": [{"proc": "a", "addr": "m"}, {"proc": "a", "addr": "n"}]}))
+    h.apply(KsmMerge(pages=[KsmPage(proc="a", addr="m"), KsmPage(proc="a", addr="n")]))
     h.apply(CorruptPfn(proc="a", addr="m"))
     assert signals(h) == [("a", "BUS_MCEERR_AO", "n+0x0", "memory_failure")]
 

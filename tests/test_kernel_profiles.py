@@ -24,7 +24,7 @@ from memfail.model.actions import (
     Spawn,
 )
 from memfail.model.host import Host, HostConfig
-from memfail.model.kernel.ksmactions import KsmMerge
+from memfail.model.kernel.ksmactions import KsmMerge, KsmPage
 from memfail.model.kernel.profiles import PROFILES, SWITCHES, get_profile
 from memfail.model.trace import ActionDone, MemoryFailureEvent, SignalSent
 
@@ -73,7 +73,7 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
     "ksm_hwpoison": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
          Mmap(proc="app", name="b", size="4K"), MemWrite(proc="app", addr="b"),
-         KsmMerge.model_validate({"pages": [{"proc": "app", "addr": "a"}, {"proc": "app", "addr": "b"}]}),
+         KsmMerge(pages=[KsmPage(proc="app", addr="a"), KsmPage(proc="app", addr="b")]),
          CorruptPfn(proc="app", addr="a")], mf_types, {}),
     "madvise_hwpoison_ar": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),

@@ -8,8 +8,6 @@ the same trace.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +86,7 @@ def test_hugetlb_counters_add_up_after_every_action(policy: str, actions: list[A
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(sorted(PRESETS)), actions=st.lists(action_st, max_size=8))
 def test_same_inputs_same_trace(policy: str, actions: list[Action]) -> None:
-    traces: list[Any] = []
+    traces: list[object] = []
     for _ in range(2):
         host = new_host(policy)
         for a in actions:
