@@ -105,3 +105,37 @@ def test_every_event_and_property_is_documented() -> None:
         assert f"`{name}`" in doc
     for name in PROPERTY_NAMES:
         assert f"`{name}`" in doc
+
+
+@pytest.mark.parametrize(("tail", "expect"), [
+    ("  - {event: vcpu_access, vm: vm0, page: null}\n",
+     "c.yaml:8: events[0]: event 'vcpu_access': page must be a whole number >= 0"),
+    ("  - {event: vcpu_access, vm: vm0, page: 1.5}\n", "page must be a whole number"),
+    ("  - {event: punch_hole, vm: vm0, pages: 0}\n", "pages must be a whole number >= 1"),
+    ("  - {event: action, action: meminfo, args: 3}\n", "args must be a mapping"),
+    ("  - {event: action, action: mem_reed, args: {proc: qemu0, addr: x}}\n",
+     "unknown action 'mem_reed' (did you mean 'mem_read'?)"),
+    ("  - {event: action, action: mem_read, args: {proc: qemu0}}\n", "args.addr: Field required"),
+    ("  - {event: action, action: mem_read, args: {proc: nobody, addr: x}}\n",
+     "c.yaml:8: events[0].args.proc: 'nobody' is not a process"),
+    ("  - {event: vmm_access, vm: vm0, thread: io}\n",
+     "c.yaml:8: events[0].thread: 'io' is not a thread of qemu0"),
+    ("  - {event: vcpu_access, vm: vm0, vcpu: 3}\n", "c.yaml:8: events[0].vcpu: vCPU 3 does not"),
+    ("  - {event: scrub, vm: vm0}\nsetup:\n  - mmap: {proc: qemu0, name: b, sise: 4K}\n",
+     "c.yaml:10: setup[0].mmap: args.size: Field required"),
+    ("  - {event: scrub, vm: vm0}\nsetup:\n  - mmapp: {proc: qemu0}\n",
+     "c.yaml:10: setup[0].mmapp: unknown action 'mmapp' (did you mean 'mmap'?)"),
+])
+def test_event_and_setup_arguments_are_checked_when_loading(tail: str, expect: str) -> None:
+    """Values the model cannot use are one-line input errors, not an internal error, a
+    multi-line validation dump or an event that silently does nothing."""
+    msg = error_of(BASE + tail)
+    assert expect in msg, msg
+
+
+def test_two_vms_cannot_share_one_guest_memfd() -> None:
+    text = BASE.replace("vms:\n  - {name: vm0, vmm: qemu0}\n",
+                        "guest_memfd:\n  - {name: g0}\nvms:\n  - {name: vm0, vmm: qemu0, gmem: g0}\n"
+                        "  - {name: vm1, vmm: qemu0, gmem: g0}\n")
+    assert "guest_memfd 'g0' is already the memory of 'vm0'" in error_of(
+        text.replace("{2M: 1}", "{2M: 2}") + "  - {event: scrub, vm: vm0}\n")

@@ -76,10 +76,10 @@ def check(
     out: Annotated[Path | None, typer.Option(
         help="Write a counterexample scenario per policy and violated property here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the memfail.check/1 JSON.")] = False,
-    max_depth: Annotated[int | None, typer.Option(help="Depth bound (default: the config's).")] = None,
-    max_states: Annotated[int | None, typer.Option(help="Stop after this many states.")] = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Stop after this much time.")] = None,
-    max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB).")] = None,
+    max_depth: Annotated[int | None, typer.Option(help="Depth bound (default: the config's).", min=0)] = None,
+    max_states: Annotated[int | None, typer.Option(help="Stop after this many states.", min=1)] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.", min=0.001)] = None,
+    max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB).", min=1)] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints.")] = 60.0,
     resume: Annotated[Path | None, typer.Option(

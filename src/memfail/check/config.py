@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from memfail.check.events import EVENTS, event_names
+from memfail.check.events import EVENTS, check_action, event_names
 from memfail.model.units import parse_size
 
 STANDARD = Path(__file__).with_name("standard.yaml")
@@ -55,7 +55,7 @@ class GeometrySpec(Strict):
 
 class HostSpec(Strict):
     memory: int | str = "64M"
-    hugepages: dict[Literal["2M", "1G"], int] = Field(default_factory=dict)
+    hugepages: dict[Literal["2M", "1G"], Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     sysctl: dict[str, int] = Field(default_factory=dict)
 
 
@@ -228,6 +228,52 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
         if v.gmem is not None and v.gmem not in gmems:
             out.append((("vms", i, "gmem"), f"{v.gmem!r} is not defined under guest_memfd "
                         f"(known: {', '.join(sorted(gmems)) or 'none'})"))
+    users: dict[str, str] = {}
+    for i, v in enumerate(cfg.vms):
+        if v.gmem is not None:
+            if v.gmem in users:
+                out.append((("vms", i, "gmem"), f"guest_memfd {v.gmem!r} is already the memory "
+                            f"of {users[v.gmem]!r}; give each VM its own guest_memfd"))
+            users.setdefault(v.gmem, v.name)
+            if "memory" in v.model_fields_set:
+                out.append((("vms", i, "memory"), "a VM with gmem: takes its size from the "
+                            "guest_memfd; remove memory: (it is for VMs without guest_memfd)"))
+    threads = {p.name: p.threads for p in cfg.processes}
+    vm_spec = {v.name: v for v in cfg.vms}
+    spawned = {str(a.get("proc")) for step in cfg.setup for k, a in step.items()
+               if k == "spawn" and isinstance(a, dict)}
+    for i, e in enumerate(cfg.events):
+        vm = e.params.get("vm")
+        for name in vm if isinstance(vm, list) else [vm]:
+            spec = vm_spec.get(name) if isinstance(name, str) else None
+            if spec is None:
+                continue
+            t = e.params.get("thread")
+            for x in t if isinstance(t, list) else [t]:
+                if x is not None and x not in threads.get(spec.vmm, []):
+                    out.append((("events", i, "thread"), f"{x!r} is not a thread of {spec.vmm} "
+                                f"(threads: {', '.join(threads.get(spec.vmm, []))})"))
+            c = e.params.get("vcpu")
+            for x in c if isinstance(c, list) else [c]:
+                if isinstance(x, int) and x >= spec.vcpus:
+                    out.append((("events", i, "vcpu"), f"vCPU {x} does not exist: {name} has "
+                                f"{spec.vcpus} (vcpus: {spec.vcpus} gives 0..{spec.vcpus - 1})"))
+        if e.event == "action":
+            proc = e.params.get("args", {}).get("proc") if isinstance(
+                e.params.get("args"), dict) else None
+            if isinstance(proc, str) and proc not in procs and proc not in spawned:
+                out.append((("events", i, "args", "proc"), f"{proc!r} is not a process; "
+                            f"known: {', '.join(sorted(procs)) or 'none'}"))
+    for i, step in enumerate(cfg.setup):
+        if len(step) != 1:
+            out.append((("setup", i), f"a set-up step is one action, e.g. `- mmap: {{...}}`; "
+                        f"got {len(step)} keys ({', '.join(step)})"))
+            continue
+        (key, args), = step.items()
+        try:
+            check_action(key, args if args is not None else {})
+        except ValueError as err:
+            out.append((("setup", i, key), str(err).removeprefix("event 'action': ")))
     from memfail.check.properties import PROPERTY_NAMES
 
     for i, name in enumerate(cfg.properties or []):

@@ -128,8 +128,10 @@ def _step_expect(prop: str, events: tuple[Event, ...], sysm: ModelSystem) -> dic
                 [{"event": "signal", "comm": e.comm, "thread": e.thread}
                  for e in events if isinstance(e, SignalSent)][:1]}
     if prop == "early-told":
+        # `signals:` lists the signals queued in the step (an ignored SIGBUS is not queued)
         return {"signals": [{"proc": e.comm, "thread": e.thread, "code": e.si_code}
-                            for e in events if isinstance(e, SignalSent)],
+                            for e in events if isinstance(e, SignalSent) and
+                            e.outcome == "queued"],
                 "events": [{"event": "memory_failure", "pfn": e.pfn}
                            for e in events if isinstance(e, MemoryFailureCall)][:1]}
     if prop == "unaffected-vms-run":

@@ -7,6 +7,7 @@ model registers them (``KVM_KEYS``) and fall back to the host-only approximation
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
@@ -86,11 +87,60 @@ class EventDef:
                 raise ValueError(f"event {self.name!r} has no parameter {k!r}; "
                                  f"parameters: {', '.join(self.params) or 'none'}")
             p = self.params[k]
+            values = v if isinstance(v, list) and k != "args" else [v]
+            if isinstance(v, list) and not v and k != "args":
+                raise ValueError(f"event {self.name!r}: {k} is an empty list; give a value "
+                                 "or a list of values")
             if p.choices is not None:
-                for x in v if isinstance(v, list) else [v]:
+                for x in values:
                     if x not in p.choices:
                         raise ValueError(f"event {self.name!r}: {k} must be one of "
                                          f"{', '.join(map(str, p.choices))}, got {x!r}")
+            for x in values:
+                _check_value(self.name, k, x)
+        if self.name == "action":
+            check_action(given.get("action"), given.get("args", {}))
+
+
+# Parameters that are whole numbers, with their least value.
+_INTS = {"page": 0, "pages": 1, "vcpu": 0}
+_STRS = ("vm", "thread", "action")
+
+
+def _check_value(event: str, key: str, x: Any) -> None:
+    if key in _INTS and (not isinstance(x, int) or isinstance(x, bool) or x < _INTS[key]):
+        raise ValueError(f"event {event!r}: {key} must be a whole number >= {_INTS[key]} "
+                         f"(or a list of them), got {x!r}")
+    if key in _STRS and not isinstance(x, str):
+        raise ValueError(f"event {event!r}: {key} must be a name, got {x!r}")
+    if key == "args" and not isinstance(x, dict):
+        raise ValueError(f"event {event!r}: args must be a mapping of the action's arguments, "
+                         f"e.g. {{proc: qemu0, addr: vm0.ram}}; got {x!r}")
+
+
+def check_action(key: Any, args: Any) -> None:
+    """The escape hatch's action exists and its arguments validate (docs/scenario-format.md)."""
+    from pydantic import ValidationError
+
+    from memfail.model.actions import ACTION_TYPES, parse_action
+    from memfail.scenario.loader import load_extensions
+
+    load_extensions()
+    if key not in ACTION_TYPES:
+        close = difflib.get_close_matches(str(key), list(ACTION_TYPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"event 'action': unknown action {key!r}{hint}; actions: "
+                         f"{', '.join(sorted(ACTION_TYPES))}")
+    if not isinstance(args, dict):
+        raise ValueError(f"event 'action': the arguments of {key} must be a mapping, got "
+                         f"{args!r}")
+    try:
+        parse_action(key, dict(args))
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"event 'action': args{'.' + where if where else ''}: "
+                         f"{err['msg']}") from None
 
 
 # --------------------------------------------------------------------------- naming
