@@ -156,6 +156,11 @@ class CheckConfig(Strict):
 
 
 
+def _each(v: Any) -> list[Any]:
+    """An event parameter's values: a list stands for each of its items; None for none."""
+    return v if isinstance(v, list) else [] if v is None else [v]
+
+
 def scaled_size(cfg: CheckConfig, size: int | str) -> int:
     """Bytes of ``size`` in the scaled geometry: whole "2M"/"1G" multiples become that many
     scaled huge pages; anything else (``3p``, ``8K``) is taken as written."""
@@ -196,10 +201,10 @@ def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
         vm = e.params.get("vm")
         page = e.params.get("page")
         extent = e.params.get("pages", 1) if e.event in ("convert", "punch_hole") else 1
-        for name in vm if isinstance(vm, list) else [vm]:
+        for name in _each(vm):
             if name not in pages or page is None:
                 continue
-            for p in page if isinstance(page, list) else [page]:
+            for p in _each(page):
                 if isinstance(p, int) and isinstance(extent, int) and \
                         not (p >= 0 and p + extent <= pages[name]):
                     out.append((("events", i, "page"),
@@ -244,17 +249,17 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
                if k == "spawn" and isinstance(a, dict)}
     for i, e in enumerate(cfg.events):
         vm = e.params.get("vm")
-        for name in vm if isinstance(vm, list) else [vm]:
+        for name in _each(vm):
             spec = vm_spec.get(name) if isinstance(name, str) else None
             if spec is None:
                 continue
             t = e.params.get("thread")
-            for x in t if isinstance(t, list) else [t]:
+            for x in _each(t):
                 if x is not None and x not in threads.get(spec.vmm, []):
                     out.append((("events", i, "thread"), f"{x!r} is not a thread of {spec.vmm} "
                                 f"(threads: {', '.join(threads.get(spec.vmm, []))})"))
             c = e.params.get("vcpu")
-            for x in c if isinstance(c, list) else [c]:
+            for x in _each(c):
                 if isinstance(x, int) and x >= spec.vcpus:
                     out.append((("events", i, "vcpu"), f"vCPU {x} does not exist: {name} has "
                                 f"{spec.vcpus} (vcpus: {spec.vcpus} gives 0..{spec.vcpus - 1})"))
@@ -282,7 +287,7 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
                         f"{', '.join(PROPERTY_NAMES)}"))
     for i, e in enumerate(cfg.events):
         vm = e.params.get("vm")
-        for name in vm if isinstance(vm, list) else [vm] if vm is not None else []:
+        for name in _each(vm):
             if name not in vms:
                 out.append((("events", i, "vm"), f"unknown vm {name!r}; vms: "
                             f"{', '.join(sorted(vms)) or 'none (define them under vms)'}"))

@@ -87,10 +87,9 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
         s = pickle.loads(raw) if opt.pickled else raw
         labels = list(system.enabled(s))
         chosen = None if full or not opt.por else _ample(system, labels)
-        picked = labels if chosen is None else [labels[chosen]]
-        for idx, (label, step) in enumerate(zip(picked, successors(s, picked), strict=True)):
-            if chosen is not None:
-                idx = chosen
+        indices = range(len(labels)) if chosen is None else (chosen,)
+        picked = [labels[i] for i in indices]
+        for idx, label, step in zip(indices, picked, successors(s, picked), strict=True):
             t = normalise(system, step, opt.symmetry)
             fp = system.fingerprint(t)
             res.transitions += 1

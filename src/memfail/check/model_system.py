@@ -31,6 +31,7 @@ from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
 from memfail.model.host import HANDLERS
+from memfail.model.kernel.fs import GMEM
 from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, PolicyEvent
 
 # The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
@@ -237,7 +238,7 @@ class ModelSystem:
                 seen.add(id(inode))
                 # A hugetlbfs page cache indexes huge folios in folio units; guest_memfd and
                 # the others index by page (a huge folio at the index of its first page).
-                unit = inode.kind != "gmem"
+                unit = inode.kind != GMEM
                 for index, folio in inode.pages.items():
                     first = index * folio.nr_pages if unit else index
                     for i in range(folio.nr_pages):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from memfail.check.system import canonical_bytes
 from memfail.model.trace import (
     BUS_MCEERR_AO,
     SI_CODE_NAMES,
@@ -62,8 +63,6 @@ class Monitor:
         """canonical_bytes(key()), computed once per Monitor (most steps keep their parent's)."""
         got: bytes | None = self.__dict__.get("_key_bytes")
         if got is None:
-            from memfail.check.system import canonical_bytes
-
             got = canonical_bytes(self.key())
             object.__setattr__(self, "_key_bytes", got)
         return got
@@ -124,10 +123,9 @@ class Monitor:
             elif isinstance(e, PoisonHandedOut):
                 handed.add((e.pfn, e.to))
             elif isinstance(e, SignalSent) and e.signo == SIGBUS and e.si_code in MF_CODES:
-                vmms = {p[:15] for p in ctx.vmm_of.values()}
                 # a process that runs no VM, signalled for its own memory by a step that is
                 # not about a VM (an `action` on it), is the kernel doing its job (R13)
-                bystander_own = e.comm[:15] not in vmms and vm is None
+                bystander_own = vm is None and ctx.vm_of_proc(e.comm) is None
                 if e.comm[:15] not in owners and not bystander_own:
                     wrong.add(f"SIGBUS {e.si_code} to {e.comm}/{e.thread}, which runs no VM "
                               "whose memory failed")

@@ -506,20 +506,16 @@ class Host:
             self.maybe_free(folio)
         self.mmu_notify(mm, key, 1 << (self.geometry.page_shift + pte.order))
 
-    def _pid_of_mm(self, mm: MM) -> int:
-        for p in self.processes.values():
-            if p.mm is mm:
-                return p.pid
-        return 0
-
     def _proc_of_mm(self, mm: MM) -> Process | None:
         return next((p for p in self.processes.values() if p.mm is mm), None)
 
+    def _pid_of_mm(self, mm: MM) -> int:
+        p = self._proc_of_mm(mm)
+        return p.pid if p is not None else 0
+
     def _rel_mm(self, mm: MM, addr: int) -> str:
-        for p in self.processes.values():
-            if p.mm is mm:
-                return self.addr_rel_of(p, addr) or f"{addr:#x}"
-        return f"{addr:#x}"
+        p = self._proc_of_mm(mm)
+        return (self.addr_rel_of(p, addr) if p is not None else None) or f"{addr:#x}"
 
     def mmu_notify(self, mm: MM, start: int, size: int) -> None:
         """MMU notifier invalidate_range (R78): lets KVM zap stage-2 mappings of HVAs."""
