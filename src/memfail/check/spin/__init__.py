@@ -1,0 +1,1 @@
+"""The SPIN engine of `memfail check` (docs/check.md, "The SPIN engine")."""

@@ -1,0 +1,180 @@
+"""Run SPIN on a rendered model: ``spin -a``, ``gcc`` for ``pan``, the search, the trails.
+
+Per policy: one search for every selected property not yet decided (``-DCHECK=mask``: the
+monitor asserts that none of them is violated). An assertion violation leaves a trail; its
+guided simulation (``spin -t``) prints the labels taken (``MF_STEP k``) and the observation
+after each (``MF_OBS ...``), so the properties violated at its end become FAIL with that path,
+and the search runs again for the rest. A search that ends without error decides the rest:
+PASS when it was exhaustive, PARTIAL(bitstate) when it was a bitstate search (a hash
+collision may have hidden a state; the estimate is printed).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memfail.check.explorer import FAIL, PARTIAL, PASS, Coverage, Result, Verdict
+from memfail.check.spin.promela import Rendered, render
+
+
+class SpinMissing(RuntimeError):
+    """spin or a C compiler is not installed."""
+
+
+@dataclass
+class PanStats:
+    states: int = 0
+    matched: int = 0
+    transitions: int = 0
+    depth: int = 0
+    errors: int = 0
+    vector: int = 0
+    hash_factor: float | None = None
+    complete: bool = True
+    elapsed: float = 0.0
+    output: str = ""
+
+
+@dataclass
+class SpinRun:
+    result: Result
+    runs: list[PanStats] = field(default_factory=list)
+    promela: str = ""
+
+
+def tools() -> tuple[str, str]:
+    spin, cc = shutil.which("spin"), shutil.which("gcc") or shutil.which("cc")
+    if spin is None or cc is None:
+        raise SpinMissing("the SPIN engine needs `spin` and a C compiler (Debian: apt-get "
+                          "install spin gcc)")
+    return spin, cc
+
+
+def parse_pan(out: str) -> PanStats:
+    """The figures of pan's report."""
+    st = PanStats(output=out)
+
+    def num(pattern: str) -> int:
+        m = re.search(pattern, out)
+        return int(float(m.group(1))) if m else 0
+
+    st.states = num(r"([\d.e+]+) states, stored")
+    st.matched = num(r"([\d.e+]+) states, matched")
+    st.transitions = num(r"([\d.e+]+) transitions \(")
+    st.depth = num(r"depth reached (\d+)")
+    st.errors = num(r"errors: (\d+)")
+    st.vector = num(r"State-vector (\d+) byte")
+    m = re.search(r"hash factor: ([\d.e+]+)", out)
+    st.hash_factor = float(m.group(1)) if m else None
+    # pan says "search was not completed" or warns of a truncated search when it stops early
+    st.complete = "not completed" not in out and "Search not completed" not in out and \
+        "max search depth too small" not in out
+    return st
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float | None = None) -> str:
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    if p.returncode != 0 and cmd[0].endswith(("spin", "gcc", "cc")) and "-t" not in cmd:
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed: {(p.stderr or p.stdout)[-800:]}")
+    return p.stdout + p.stderr
+
+
+def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool) -> None:
+    spin, cc = tools()
+    (workdir / "model.pml").write_text(text)
+    for f in workdir.glob("model.pml*.trail"):
+        f.unlink()
+    _run([spin, f"-DCHECK={mask}", "-a", "model.pml"], workdir)
+    flags = ["-O2", "-DSAFETY", "-DNOFAIR", "-DNOREDUCE"]
+    flags += ["-DBITSTATE"] if bitstate else ["-DCOLLAPSE", "-DBFS"]
+    _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
+
+
+def run_pan(workdir: Path, bitstate: bool, memory_mb: int = 1024) -> PanStats:
+    args = ["./pan", "-m1000000", "-E"]
+    if bitstate:
+        args.append("-w28")
+    t0 = time.perf_counter()
+    out = _run(args, workdir)
+    st = parse_pan(out)
+    st.elapsed = time.perf_counter() - t0
+    return st
+
+
+def guided(workdir: Path, mask: int) -> tuple[list[int], list[tuple[int, ...]]]:
+    """The labels of the trail and the observation after each step (initial one first)."""
+    spin, _ = tools()
+    out = _run([spin, f"-DCHECK={mask}", "-t", "-T", "model.pml"], workdir)
+    return parse_sim(out)
+
+
+def parse_sim(out: str) -> tuple[list[int], list[tuple[int, ...]]]:
+    steps, obs = [], []
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("MF_STEP "):
+            steps.append(int(line.split()[1]))
+        elif line.startswith("MF_OBS "):
+            obs.append(tuple(int(x) for x in line.split()[1:]))
+    return steps, obs
+
+
+def check_policy(system: Any, props: list[str], bitstate: bool = False,
+                 keep: Path | None = None) -> SpinRun:
+    """The verdict of every property in ``props`` for one ModelSystem, by SPIN."""
+    system.initial()
+    rendered: Rendered = render(system)
+    index = {name: k for k, name in enumerate(rendered.props)}
+    todo = set(props)
+    verdicts: dict[str, Verdict] = {}
+    runs: list[PanStats] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="memfail-spin-") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        while todo:
+            mask = sum(1 << index[p] for p in todo)
+            compile_pan(work, rendered.text, mask, bitstate)
+            st = run_pan(work, bitstate)
+            runs.append(st)
+            if not st.errors:
+                for p in sorted(todo):
+                    verdicts[p] = Verdict(p, PASS) if (st.complete and not bitstate) else \
+                        Verdict(p, PARTIAL, reason="bitstate" if bitstate else "depth")
+                break
+            seq, obs = guided(work, mask)
+            final = obs[-1] if obs else ()
+            nprop = len(rendered.props)
+            flags = final[len(final) - nprop:] if final else ()
+            hit = [p for p in sorted(todo) if flags and flags[index[p]]]
+            if not hit:
+                raise RuntimeError("SPIN reported an assertion violation whose trail violates "
+                                   "none of the checked properties")
+            labels = [rendered.labels[k] for k in seq]
+            for p in hit:
+                verdicts[p] = Verdict(p, FAIL, depth=len(labels),
+                                      message=f"SPIN trail of {len(labels)} steps",
+                                      labels=labels)
+                todo.discard(p)
+    elapsed = time.perf_counter() - t0
+    last = runs[-1] if runs else PanStats()
+    states = max((r.states for r in runs), default=0)
+    transitions = max((r.transitions for r in runs), default=0)
+    kinds = sorted({lab[0] for lab in rendered.labels})
+    result = Result(system=system.name, verdicts={p: verdicts[p] for p in props},
+                    states=states, transitions=transitions,
+                    depth=max((r.depth for r in runs), default=0),
+                    complete=last.complete and not bitstate and not last.errors,
+                    stop_reason=None if (last.complete and not bitstate) else
+                    ("bitstate" if bitstate else "depth"),
+                    elapsed=elapsed, coverage=Coverage(kinds, [], [], []), workers=1,
+                    symmetry=False, por=False)
+    return SpinRun(result, runs, rendered.text)
