@@ -134,9 +134,13 @@ def render(system: Any) -> Rendered:
     for v in vms:
         lines.append(f"#define EARLY_{_ident(v)} {int(early[v])}")
     lines += [
-        "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; byte pte[NP]; bit spte[NP];",
-        "byte cons[NP]; bit goff[NP]; bit gpk[NP];",
-        "byte vst[NV]; bit alive[NV]; bit held[NV]; bit unusable[NV];",
+        "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
+        "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
+        "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
+        "byte nspare;",
+        "#define pdet det",
+        "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down;",
         f"byte cnt[{max(1, len(cfg.events))}]; byte nerr;",
@@ -163,7 +167,7 @@ def render(system: Any) -> Rendered:
             p = vi * npg + pg
             for f in PAGE_FIELDS:
                 fmt.append("%d")
-                args.append(f"held[{vi}]" if f == "held" else f"{f}[{p}]")
+                args.append(f"(bk[{vi}] == OWN)" if f == "held" else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
     fmt.append("%d")
@@ -175,7 +179,8 @@ def render(system: Any) -> Rendered:
                  f'{", ".join(args)}) }}')
     # one inline per label
     for k, label in enumerate(labels):
-        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)} }}")
+        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)}; "
+                     + "; ".join(f"derive({vi})" for vi in range(len(vms))) + " }")
     guards = []
     for k, label in enumerate(labels):
         i = system._entry_of[label]
@@ -190,7 +195,8 @@ def render(system: Any) -> Rendered:
         guards.append((k, " && ".join(g), count))
     lines.append("inline init_state() {")
     lines.append("  " + "; ".join(f"spte[{i}] = 1" for i in range(len(vms) * npg)) + ";")
-    lines.append("  " + "; ".join(f"alive[{i}] = 1; held[{i}] = 1" for i in range(len(vms))))
+    lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
+                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines.append("#ifndef REPLAY")
     lines.append("active proctype checker() {\n  d_step { init_state() };\n  do")
@@ -271,35 +277,70 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
 # (src/memfail/model/kvm/gmem.py, kvm.py, vmm/qemu.py).
 SEMANTICS = r"""
 byte q; byte r;
+/* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
+#define OWN 1
+#define SPARE 2
 /* zap stage 2 of a whole VM (zap_gfn_range over everything) */
 inline zap_vm(v) { FOREACH(spte[Q] = 0) }
-/* kill_vm(): zap stage 2, VM killed, VMM SIGKILLed: its files go, the folio is freed */
-inline free_folio(v) {
-  held[v] = 0; zap_vm(v);
-  FOREACH(pte[Q] = 0);
-  /* mainline: the folio's flag goes with the folio */
-  if :: !CLAIMED -> FOREACH(rec[Q] = 0) :: else -> skip fi
+/* rec: poison_records() - the table, PG_hwpoison / raw list / isolation, a marked free folio */
+inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HWP(v))) }
+/* _free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
+   table records (mark_on_truncate, or mark_on_release at release), free to the pool; a marked
+   folio is dissolved with isolate_on_free (S15), else stays on the free list, skipped (R55) */
+inline free_folio(v, release) {
+  if
+  :: bk[v] == OWN ->
+     if :: propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi;
+     if
+     :: mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE) ->
+          FOREACH(hwp[Q] = hwp[Q] || tab[Q])
+     :: else -> skip
+     fi;
+     if
+     :: FRAME_HWP(v) && isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
+        (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE)) -> fst[v] = 3
+     :: FRAME_HWP(v) && !(isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
+        (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE))) -> fst[v] = 2
+     :: else -> fst[v] = 1
+     fi
+  :: bk[v] == SPARE -> nspare++
+  :: else -> skip
+  fi;
+  bk[v] = 0; zap_vm(v); FOREACH(pte[Q] = 0)
 }
-inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v) }
+/* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (lowest pfn first: the VM's
+   own frame, then the spares), skipping PG_hwpoison folios; check_handed_out() */
+inline realloc(v) {
+  if
+  :: fst[v] == 1 ->
+     fst[v] = 0; bk[v] = OWN;
+     FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: else -> skip
+  fi
+}
+/* kill_vm(): zap stage 2, VM killed, VMM SIGKILLed: its files go, the folio is freed */
+inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
 inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
   r = det[p];
-  det[p] = 1;
+  det[p] = 1; pdet[p] = 1;
   if
-  :: !held[v] -> rec[p] = 1     /* a free huge page: PG_hwpoison on the free folio */
-  :: held[v] && CLAIMED ->
-       rec[p] = 1; tab[p] = 1;
+  :: bk[v] != OWN ->
+     /* a free huge page (memory_failure's free-hugetlb path): marked and dissolved */
+     hwp[p] = 1; if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
+  :: bk[v] == OWN && CLAIMED ->
+       tab[p] = 1;
+       if :: record == K_RECORD_FOLIO -> hwp[p] = 1 :: else -> skip fi;
        if
-       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE -> spte[p] = 0
-       :: unmap_stage2 == K_UNMAP_STAGE2_FOLIO || unmap_stage2 == K_UNMAP_STAGE2_VM -> zap_vm(v)
+       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE || unmap_stage2 == K_UNMAP_STAGE2_FOLIO -> spte[p] = 0
+       :: unmap_stage2 == K_UNMAP_STAGE2_VM -> zap_vm(v)
        :: else -> skip
        fi;
        if
-       :: unmap_host == K_UNMAP_HOST_SUBPAGE -> if :: pte[p] == 1 -> pte[p] = 2 :: else -> skip fi
-       :: unmap_host == K_UNMAP_HOST_FOLIO ->
-            FOREACH(if :: pte[Q] == 1 -> pte[Q] = 2 :: else -> skip fi)
+       :: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2
        :: else -> skip
        fi;
        if
@@ -313,25 +354,20 @@ inline mf(v, p, ar, ao_probe, early) {
        :: !ar && ao_probe && !r && early -> m_untold = 1
        :: else -> skip
        fi
-  :: held[v] && !CLAIMED ->
-       rec[p] = 1;
+  :: bk[v] == OWN && !CLAIMED ->
+       hwp[p] = 1;
        if :: !ar && ao_probe && !r && early -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
   err[p] = 1;
-  if :: scrub && !det[p] -> mf(v, p, 0, 1, early) :: else -> skip fi
+  if :: scrub && !pdet[p] -> mf(v, p, 0, bk[v] == OWN, early) :: else -> skip fi
 }
 inline ev_scrub(v, p, early) {
-  if :: err[p] && !det[p] -> mf(v, p, 0, 1, early) :: else -> skip fi
+  if :: err[p] && !pdet[p] -> mf(v, p, 0, bk[v] == OWN, early) :: else -> skip fi
 }
-inline failed_in(v, p) {
-  if
-  :: check_granularity == K_CHECK_GRANULARITY_SUBPAGE && CLAIMED -> r = rec[p]
-  :: else ->
-     r = 0; FOREACH(r = r || rec[Q])
-  fi
-}
+/* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
+inline failed_in(v, p) { r = (bk[v] == OWN && (tab[p] || hwp[p])) }
 /* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load */
 inline ev_vcpu(v, p) {
   if
@@ -342,31 +378,34 @@ inline ev_vcpu(v, p) {
      :: !gpk[p] && goff[p] -> skip
      :: else ->
         if
-        :: !spte[p] && !held[v] -> skip   /* no memory bound any more */
-        :: !spte[p] && held[v] && unusable[v] -> vst[v] = 1
-        :: !spte[p] && held[v] && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
+        :: !spte[p] && bk[v] == 0 -> realloc(v)
+        :: else -> skip
+        fi;
+        if
+        :: !spte[p] && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
+        :: !spte[p] && bk[v] != 0 && unusable[v] -> vst[v] = 1
+        :: !spte[p] && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
              failed_in(v, p);
              if
              :: r -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
-             :: else -> spte[p] = 1; if :: err[p] -> consume(v, p) :: else -> skip fi
+             :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] -> consume(v, p) :: else -> skip fi
              fi
         :: else ->
            spte[p] = 1;
            if
-           :: err[p] -> consume(v, p)
+           :: bk[v] == OWN && err[p] -> consume(v, p)
            :: else -> skip
            fi
         fi
      fi
   fi
 }
-/* the fault check (_failed_in): the folio or the subpage, in the table or PG_hwpoison */
 /* a guest-mode machine check (R45): kill_me_maybe() or the policy's AR path */
 inline consume(v, p) {
   if
   :: !CLAIMED && det[p] -> cons[p] = 2        /* already poisoned: KVM re-enters, consumed again */
   :: !CLAIMED && !det[p] ->
-       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; kill_vm(v)
+       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; pdet[p] = 1; hwp[p] = 1; kill_vm(v)
   :: CLAIMED ->
        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
        mf(v, p, 1, 0, 0);
@@ -379,26 +418,31 @@ inline consume(v, p) {
 /* a host kernel user (do_kernel_access, R3, R47) through the VMM's mapping */
 inline ev_kernel(v, p, checks, mcsafe) {
   if
-  :: !alive[v] || !held[v] -> skip
+  :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> skip
-  :: pte[p] == 0 && (unusable[v] || (CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p])) -> skip
+  :: pte[p] == 0 && bk[v] != 0 && (unusable[v] || (CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p])) -> skip
   :: else ->
-     pte[p] = 1;
+     if :: bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: checks && rec[p] && !(CLAIMED && record == K_RECORD_TABLE) -> skip   /* PG_hwpoison seen */
-     :: !err[p] -> skip
-     :: !mcsafe -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
-     :: else -> mf(v, p, 0, 0, 0)
+     :: bk[v] == 0 -> skip
+     :: else ->
+        pte[p] = 1;
+        if
+        :: bk[v] != OWN || !err[p] -> skip
+        :: checks && hwp[p] -> skip   /* PG_hwpoison seen */
+        :: !mcsafe -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
+        :: else -> mf(v, p, 0, 0, 0)
+        fi
      fi
   fi
 }
-/* kvm_gmem_punch_hole(): zap, truncate (records kept by a claiming policy's table) */
+/* kvm_gmem_punch_hole(): zap, truncate */
 inline ev_punch(v) {
-  if :: alive[v] && held[v] -> free_folio(v) :: else -> skip fi
+  if :: alive[v] && vst[v] != 3 -> free_folio(v, 0) :: else -> skip fi
 }
 /* munmap, close (kvm_gmem_release, eviction), vm_destroy */
 inline ev_release(v) {
-  if :: held[v] -> free_folio(v) :: else -> skip fi;
+  free_folio(v, 1);
   vst[v] = 3
 }
 """
