@@ -90,6 +90,9 @@ def check(
         help="Split memory_failure, conversion, punch hole, release and faults into their "
              "atomic steps between kernel locks and interleave them (see docs/check.md).")
     ] = False,
+    engine: Annotated[str, typer.Option(
+        help="python (default), spin (SPIN, exhaustive) or spin-bitstate (SPIN, bitstate); "
+             "see docs/check.md, The SPIN engine.")] = "python",
 ) -> None:
     """Explore every interleaving of the configured events under each policy.
 
@@ -105,6 +108,8 @@ def check(
     if unknown:
         raise _fail_usage(f"unknown property {unknown[0]!r}; choose from "
                           f"{', '.join(PROPERTY_NAMES)}")
+    if engine not in ("python", "spin", "spin-bitstate"):
+        raise _fail_usage(f"unknown engine {engine!r}; choose from python, spin, spin-bitstate")
     policies = list(policy) if policy else list(cfg.policies)
     b = cfg.bounds
     bounds = Bounds(max_depth if max_depth is not None else b.depth,
@@ -132,7 +137,8 @@ def check(
                     "to rename VMs together with their frames, pids and mappings inside a "
                     "Host); drop --symmetry and `symmetry: true` (docs/check.md, Reductions)")
             try:
-                result = _run(system, backend, bounds, options, err, pol, as_json)
+                result = _run(system, backend, bounds, options, err, pol, as_json) \
+                    if engine == "python" else _spin(system, props, engine, races)
             except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
                 raise _fail_usage(f"policy {pol!r}: {e}") from None
             files: dict[str, str] = {}
@@ -147,6 +153,15 @@ def check(
         _print_table(wide_console(), results, props)
     if any(r.failed() for _, r, _ in results):
         raise typer.Exit(1)
+
+
+def _spin(system: System, props: list[str], engine: str, races: bool) -> Result:
+    """One policy by the SPIN engine (memfail.check.spin)."""
+    from memfail.check.spin.engine import spin_result
+
+    if races:
+        raise ValueError("--races is not modelled by the SPIN engine; use --engine python")
+    return spin_result(system, props, bitstate=engine == "spin-bitstate")
 
 
 def _run(system: System, backend: Backend, bounds: Bounds, options: Options, err: Console,

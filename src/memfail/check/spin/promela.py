@@ -201,7 +201,7 @@ def render(system: Any) -> Rendered:
     lines.append("#ifndef REPLAY")
     lines.append("active proctype checker() {\n  d_step { init_state() };\n  do")
     for k, g, count in guards:
-        lines.append(f"  :: d_step {{ {g} -> {count}step_{k}(); q = 0; r = 0; "
+        lines.append(f"  :: d_step {{ {g} -> {count}step_{k}(); q = 0; r = 0; ao = 0; "
                      f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
     lines.append("  od\n}")
     lines.append("#endif")
@@ -227,7 +227,7 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
             g.append("nerr < MAXERR")
         count = (f"cnt[{i}]++; " if spec.limit is not None else "") + \
             ("nerr++; " if label[0] == "hw_error" else "")
-        body.append(f"  if :: {' && '.join(g)} -> d_step {{ {count}step_{k}(); q = 0; r = 0 }}; "
+        body.append(f"  if :: {' && '.join(g)} -> d_step {{ {count}step_{k}(); q = 0; r = 0; ao = 0 }}; "
                     f'printf("MF_STEP {k}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
@@ -276,7 +276,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
 # (src/memfail/model/kvm/gmem.py, kvm.py, vmm/qemu.py).
 SEMANTICS = r"""
-byte q; byte r;
+byte q; byte r; bit ao;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -306,7 +306,9 @@ inline free_folio(v, release) {
   :: bk[v] == SPARE -> nspare++
   :: else -> skip
   fi;
-  bk[v] = 0; zap_vm(v); FOREACH(pte[Q] = 0)
+  bk[v] = 0; zap_vm(v);
+  /* truncation unmaps present PTEs; a hwpoison entry stays until munmap or exit */
+  if :: release -> FOREACH(pte[Q] = 0) :: else -> FOREACH(pte[Q] = (pte[Q] == 2 -> 2 : 0)) fi
 }
 /* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (lowest pfn first: the VM's
    own frame, then the spares), skipping PG_hwpoison folios; check_handed_out() */
@@ -326,9 +328,10 @@ inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
   r = det[p];
-  det[p] = 1; pdet[p] = 1;
+  det[p] = 1;
   if
-  :: bk[v] != OWN ->
+  :: bk[v] != OWN && hwp[p] -> skip    /* already poisoned (-EHWPOISON) */
+  :: bk[v] != OWN && !hwp[p] ->
      /* a free huge page (memory_failure's free-hugetlb path): marked and dissolved */
      hwp[p] = 1; if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
   :: bk[v] == OWN && CLAIMED ->
@@ -354,17 +357,18 @@ inline mf(v, p, ar, ao_probe, early) {
        :: !ar && ao_probe && !r && early -> m_untold = 1
        :: else -> skip
        fi
-  :: bk[v] == OWN && !CLAIMED ->
+  :: bk[v] == OWN && !CLAIMED && hwp[p] -> skip   /* already poisoned (-EHWPOISON) */
+  :: bk[v] == OWN && !CLAIMED && !hwp[p] ->
        hwp[p] = 1;
        if :: !ar && ao_probe && !r && early -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
   err[p] = 1;
-  if :: scrub && !pdet[p] -> mf(v, p, 0, bk[v] == OWN, early) :: else -> skip fi
+  if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
 inline ev_scrub(v, p, early) {
-  if :: err[p] && !pdet[p] -> mf(v, p, 0, bk[v] == OWN, early) :: else -> skip fi
+  if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
 /* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
 inline failed_in(v, p) { r = (bk[v] == OWN && (tab[p] || hwp[p])) }
@@ -403,8 +407,13 @@ inline ev_vcpu(v, p) {
 /* a guest-mode machine check (R45): kill_me_maybe() or the policy's AR path */
 inline consume(v, p) {
   if
-  :: !CLAIMED && det[p] -> cons[p] = 2        /* already poisoned: KVM re-enters, consumed again */
-  :: !CLAIMED && !det[p] ->
+  :: !CLAIMED && hwp[p] && pte[p] == 1 ->
+       /* already poisoned: kill_accessing_process() finds the VMM's mapping, SIGBUS AR with
+          its address, QEMU injects a vMCE */
+       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; guest_mce(p, 0)
+  :: !CLAIMED && hwp[p] && pte[p] != 1 ->
+       cons[p] = 2; det[p] = 1                 /* no address to report: KVM re-enters, consumed again */
+  :: !CLAIMED && !hwp[p] ->
        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; pdet[p] = 1; hwp[p] = 1; kill_vm(v)
   :: CLAIMED ->
        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
@@ -420,11 +429,14 @@ inline ev_kernel(v, p, checks, mcsafe) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> skip
-  :: pte[p] == 0 && bk[v] != 0 && (unusable[v] || (CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p])) -> skip
+  :: pte[p] == 0 && unusable[v] -> skip
   :: else ->
-     if :: bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     /* a missing PTE: gup faults it in (kvm_gmem_fault_user: get the folio, then the
+        policy's table check) */
+     if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
      :: bk[v] == 0 -> skip
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
      :: else ->
         pte[p] = 1;
         if

@@ -1,0 +1,46 @@
+"""`memfail check --engine spin`: the verdicts of one policy by SPIN, as the Python engine
+reports them (explorer.Result), with each FAIL's trail checked on the Python model.
+
+A SPIN trail is a list of labels of the configuration's alphabet; replayed on the Python model
+(``ModelSystem``) it must violate the same property: its message is then the Python
+property's own, and the counterexample file is written as for the Python engine
+(counterexample.py), so `memfail run` replays it. A trail the Python model does not
+confirm is a disagreement between the engines and stops the run (RuntimeError).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memfail.check.explorer import FAIL, Result
+from memfail.check.properties import property_def
+from memfail.check.spin.runner import check_policy
+
+
+def confirm(system: Any, labels: list[Any], prop: str) -> str | None:
+    """The Python model's message for ``prop`` at the end of ``labels`` (None: it holds, or
+    a label was not enabled)."""
+    s = system.initial()
+    pd = property_def(prop)
+    for lab in labels:
+        if lab not in system.enabled(s):
+            return None
+        s = system.step(s, lab)
+        msg = pd.check(s.host, s.monitor)
+        if msg is not None:
+            return msg
+    return None
+
+
+def spin_result(system: Any, props: list[str], bitstate: bool = False) -> Result:
+    run = check_policy(system, props, bitstate=bitstate)
+    result = run.result
+    for name, v in result.verdicts.items():
+        if v.status != FAIL:
+            continue
+        msg = confirm(system, list(v.labels), name)
+        if msg is None:
+            raise RuntimeError(f"the SPIN trail for {name} ({len(v.labels)} steps) does not "
+                               "violate it on the Python model: the engines disagree")
+        v.message = msg
+    return result
