@@ -1,1 +1,7 @@
 """The SPIN engine of `memfail check` (docs/check.md, "The SPIN engine")."""
+
+from pathlib import Path
+
+# Configurations the engines are checked to agree on (tests/test_check_spin*.py).
+AGREE_CONFIG = Path(__file__).with_name("agree.yaml")
+AGREE_TWO_CONFIG = Path(__file__).with_name("agree-two.yaml")

@@ -87,13 +87,13 @@ def _run(cmd: list[str], cwd: Path, timeout: float | None = None) -> str:
     return p.stdout + p.stderr
 
 
-def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool) -> None:
+def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = "-O1") -> None:
     spin, cc = tools()
     (workdir / "model.pml").write_text(text)
     for f in workdir.glob("model.pml*.trail"):
         f.unlink()
     _run([spin, f"-DCHECK={mask}", "-a", "model.pml"], workdir)
-    flags = ["-O2", "-DSAFETY", "-DNOFAIR", "-DNOREDUCE"]
+    flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE"]
     flags += ["-DBITSTATE"] if bitstate else ["-DCOLLAPSE", "-DBFS"]
     _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
 

@@ -1,0 +1,106 @@
+"""`memfail check --engine spin`: the SPIN engine's verdicts, JSON, counterexamples and refusals.
+
+The verdicts are compared with the Python engine's on src/memfail/check/spin/agree.yaml, small
+enough for both to complete: the same status per policy and property, and the same length of
+the shortest counterexample (both searches are breadth-first). Every SPIN trail is written as
+a scenario that `memfail run` replays with exit status 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memfail.check.spin import AGREE_CONFIG
+from memfail.cli import main
+
+POLICIES = ["mainline", "minimum", "kill-vm", "future"]
+
+
+def _check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    rc = main(["check", str(AGREE_CONFIG), "--json", *args])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def _policy_args() -> list[str]:
+    return [x for p in POLICIES for x in ("--policy", p)]
+
+
+def test_spin_verdicts_equal_python_verdicts(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rc_py, py = _check(capsys, "--workers", "2", *_policy_args())
+    rc_spin, spin = _check(capsys, "--engine", "spin", *_policy_args(),
+                           "--out", str(tmp_path / "cex"))
+    assert rc_py == rc_spin == 1
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert a["policy"] == b["policy"]
+        assert a["complete"] and b["complete"], "both engines explore everything"
+        for name, va in a["verdicts"].items():
+            vb = b["verdicts"][name]
+            assert (va["status"], va["depth"]) == (vb["status"], vb["depth"]), \
+                f"{a['policy']} {name}: python {va['status']}({va['depth']}), " \
+                f"spin {vb['status']}({vb['depth']})"
+            if va["status"] == "FAIL":
+                # the SPIN trail, replayed on the Python model, gives the Python message
+                assert vb["message"] == va["message"]
+    # the counterexample of every SPIN FAIL replays with `memfail run`
+    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL"]
+    assert files and None not in files
+    failed = []
+    for f in files:
+        code = main(["run", f])
+        out = capsys.readouterr().out
+        if code != 0:
+            failed.append((Path(f).name, code, out[-400:]))
+    assert not failed, f"SPIN counterexamples that do not replay: {failed}"
+
+
+def test_spin_json_has_the_python_engine_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, doc = _check(capsys, "--engine", "spin", "--policy", "unmap")
+    assert rc == 1
+    r = doc["results"][0]
+    assert set(r) >= {"policy", "complete", "stop_reason", "states", "transitions", "depth",
+                      "elapsed_s", "states_per_s", "collision_probability", "coverage",
+                      "verdicts"}
+    assert r["states"] > 0 and r["transitions"] >= r["states"] - 1
+    statuses = {n: v["status"] for n, v in r["verdicts"].items()}
+    assert statuses["early-told"] == "FAIL" and statuses["contained"] == "PASS"
+    assert r["verdicts"]["early-told"]["depth"] == 1
+
+
+def test_bitstate_search_never_claims_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, doc = _check(capsys, "--engine", "spin-bitstate", "--policy", "kill-vm")
+    assert rc == 1
+    v = doc["results"][0]["verdicts"]
+    assert v["early-told"]["status"] == "FAIL"
+    assert {x["status"] for n, x in v.items() if n != "early-told"} == {"PARTIAL"}
+    assert {x["reason"] for n, x in v.items() if n != "early-told"} == {"bitstate"}
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    base = AGREE_CONFIG.read_text()
+    p = tmp_path / "c.yaml"
+    p.write_text(base + text)
+    return p
+
+
+def test_event_outside_the_promela_model_is_refused(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _write(tmp_path, "")
+    text = cfg.read_text().replace("events:\n", "events:\n  - {event: vmm_access, vm: vm0}\n")
+    cfg.write_text(text)
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "vmm_access" in err[0] and "SPIN engine" in err[0]
+
+
+def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(AGREE_CONFIG), "--engine", "spin", "--races",
+                 "--policy", "minimum"]) == 2
+    assert "--races" in capsys.readouterr().err
+    assert main(["check", str(AGREE_CONFIG), "--engine", "nusmv"]) == 2
+    assert "unknown engine 'nusmv'" in capsys.readouterr().err
