@@ -1,0 +1,124 @@
+"""Benchmark of the two engines of `memfail check` on the same configuration, side by side.
+
+    python bench/bench_check_engines.py                 # bench/check_engines.yaml, policy future
+    python bench/bench_check_engines.py --seconds 60 --policy minimum
+    python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
+
+States per second per core: the Python engine on one worker (breadth-first over the model,
+bounded by --seconds), SPIN's pan (exhaustive: breadth-first with COLLAPSE compression, as
+`memfail check --engine spin` runs it; bitstate: depth-first, with its hash factor), each from
+its own search time (pan's compile time is printed apart). The ratio is what matters: the
+machine's load moves both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from memfail.check.backends import make_backend
+from memfail.check.config import load_config
+from memfail.check.explorer import Bounds, Options, explore
+from memfail.check.model_system import ModelSystem
+from memfail.check.spin import AGREE_CONFIG, AGREE_TWO_CONFIG
+from memfail.check.spin.promela import render
+from memfail.check.spin.runner import compile_pan, run_pan
+
+CONFIG = Path(__file__).with_name("check_engines.yaml")
+TARGET_SPIN = 500_000
+
+
+def python_rate(cfg_path: Path, policy: str, seconds: float) -> tuple[int, int, float]:
+    system = ModelSystem(load_config(cfg_path), policy)
+    system.initial()
+    with make_backend(1) as backend:
+        r = explore(system, backend, Bounds(max_depth=None, max_seconds=seconds),
+                    Options(stop_when_all_fail=False))
+    return r.states, r.transitions, r.elapsed
+
+
+def spin_rate(cfg_path: Path, policy: str, bitstate: bool) -> tuple[int, int, float, float,
+                                                                      float | None, bool]:
+    system = ModelSystem(load_config(cfg_path), policy)
+    system.initial()
+    text = render(system).text
+    with tempfile.TemporaryDirectory(prefix="memfail-bench-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        compile_pan(work, text, 0, bitstate, opt="-O2")
+        compiled = time.perf_counter() - t0
+        st = run_pan(work, bitstate)
+    m = [line for line in st.output.splitlines() if "pan: elapsed time" in line]
+    search = float(m[0].split()[3]) if m else st.elapsed
+    return st.states, st.transitions, max(search, 1e-3), compiled, st.hash_factor, st.complete
+
+
+def bench(cfg_path: Path, policy: str, seconds: float) -> None:
+    print(f"engines on {cfg_path.name}, policy {policy}")
+    ps, pt, pe = python_rate(cfg_path, policy, seconds)
+    py = ps / pe if pe else 0.0
+    print(f"  python (1 worker)        : {py:12,.0f} states/s  {pt / pe:12,.0f} transitions/s"
+          f"  ({ps:,} states in {pe:.1f} s)")
+    es, et, ee, ec, _hf, complete = spin_rate(cfg_path, policy, False)
+    ex = es / ee
+    print(f"  spin exhaustive (BFS+COLLAPSE): {ex:12,.0f} states/s  {et / ee:12,.0f} "
+          f"transitions/s  ({es:,} states in {ee:.2f} s, {'complete' if complete else 'INCOMPLETE'}"
+          f"; compile {ec:.1f} s)")
+    bs, bt, be, bc, hf, _ = spin_rate(cfg_path, policy, True)
+    bit = bs / be
+    print(f"  spin bitstate (DFS, -w28): {bit:12,.0f} states/s  {bt / be:12,.0f} "
+          f"transitions/s  ({bs:,} states in {be:.2f} s; hash factor {hf}; compile {bc:.1f} s)")
+    if py:
+        print(f"  ratio spin/python: exhaustive {ex / py:,.0f}x, bitstate {bit / py:,.0f}x")
+    print(f"  SPIN target >= {TARGET_SPIN:,} states/s per core: "
+          f"{'met' if max(ex, bit) >= TARGET_SPIN else 'NOT met'}")
+
+
+def agree(n: int) -> int:
+    from memfail.check.spin.agree import agree_simulation, agree_walk
+
+    bad = 0
+    for cfg_path in (AGREE_CONFIG, AGREE_TWO_CONFIG):
+        cfg = load_config(cfg_path)
+        for policy in cfg.policies:
+            system = ModelSystem(cfg, policy)
+            system.initial()
+            rendered = render(system)
+            t0 = time.perf_counter()
+            for seed in range(n):
+                d = agree_walk(system, seed, 12, rendered)
+                if d:
+                    bad += 1
+                    print(f"DISAGREE {cfg_path.name} {policy} walk {seed}: {d}")
+            for seed in range(1, n // 4 + 2):
+                d = agree_simulation(system, seed, 12, rendered)
+                if d:
+                    bad += 1
+                    print(f"DISAGREE {cfg_path.name} {policy} spin -n{seed}: {d}")
+            print(f"{cfg_path.name} {policy}: {n} walks, {n // 4 + 1} simulations, "
+                  f"{time.perf_counter() - t0:.0f} s")
+    print(f"disagreements: {bad}")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--policy", default="future")
+    ap.add_argument("--seconds", type=float, default=30.0,
+                    help="time bound of the Python engine's search")
+    ap.add_argument("--agree", type=int, default=0, metavar="N",
+                    help="run N seeded random walks per policy (and N/4 SPIN simulations) "
+                         "instead of the speed figures")
+    a = ap.parse_args()
+    if a.agree:
+        return agree(a.agree)
+    bench(a.config, a.policy, a.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
