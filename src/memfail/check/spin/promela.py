@@ -143,7 +143,7 @@ def render(system: Any) -> Rendered:
         + ")",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down;",
-        f"byte cnt[{max(1, len(cfg.events))}]; byte nerr;",
+        f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
     ]
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(len(vms) * npg)) or "0"
     any_lost = " || ".join(f"(det[{p}] && err[{p}] && !rec[{p}])"
@@ -187,10 +187,10 @@ def render(system: Any) -> Rendered:
         spec = cfg.events[i]
         g = ["!panic"]
         if spec.limit is not None:
-            g.append(f"cnt[{i}] < {spec.limit}")
+            g.append(f"ev_cnt[{i}] < {spec.limit}")
         if label[0] == "hw_error":
             g.append("nerr < MAXERR")
-        count = (f"cnt[{i}]++; " if spec.limit is not None else "") + \
+        count = (f"ev_cnt[{i}]++; " if spec.limit is not None else "") + \
             ("nerr++; " if label[0] == "hw_error" else "")
         guards.append((k, " && ".join(g), count))
     lines.append("inline init_state() {")
@@ -200,8 +200,8 @@ def render(system: Any) -> Rendered:
     lines.append("}")
     lines.append("#ifndef REPLAY")
     lines.append("active proctype checker() {\n  d_step { init_state() };\n  do")
-    for k, g, count in guards:
-        lines.append(f"  :: d_step {{ {g} -> {count}step_{k}(); q = 0; r = 0; ao = 0; "
+    for k, guard, count in guards:
+        lines.append(f"  :: d_step {{ {guard} -> {count}step_{k}(); mq = 0; mr = 0; ao = 0; "
                      f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
     lines.append("  od\n}")
     lines.append("#endif")
@@ -222,12 +222,12 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
         spec = cfg.events[i]
         g = ["!panic"]
         if spec.limit is not None:
-            g.append(f"cnt[{i}] < {spec.limit}")
+            g.append(f"ev_cnt[{i}] < {spec.limit}")
         if label[0] == "hw_error":
             g.append("nerr < MAXERR")
-        count = (f"cnt[{i}]++; " if spec.limit is not None else "") + \
+        count = (f"ev_cnt[{i}]++; " if spec.limit is not None else "") + \
             ("nerr++; " if label[0] == "hw_error" else "")
-        body.append(f"  if :: {' && '.join(g)} -> d_step {{ {count}step_{k}(); q = 0; r = 0; ao = 0 }}; "
+        body.append(f"  if :: {' && '.join(g)} -> d_step {{ {count}step_{k}(); mq = 0; mr = 0; ao = 0 }}; "
                     f'printf("MF_STEP {k}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
@@ -276,7 +276,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
 # (src/memfail/model/kvm/gmem.py, kvm.py, vmm/qemu.py).
 SEMANTICS = r"""
-byte q; byte r; bit ao;
+byte mq; byte mr; bit ao;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -327,7 +327,7 @@ inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
-  r = det[p];
+  mr = det[p];
   det[p] = 1;
   if
   :: bk[v] != OWN && hwp[p] -> skip    /* already poisoned (-EHWPOISON) */
@@ -354,13 +354,13 @@ inline mf(v, p, ar, ao_probe, early) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] ->
             guest_mce(p, 1)
-       :: !ar && ao_probe && !r && early -> m_untold = 1
+       :: !ar && ao_probe && !mr && early -> m_untold = 1
        :: else -> skip
        fi
   :: bk[v] == OWN && !CLAIMED && hwp[p] -> skip   /* already poisoned (-EHWPOISON) */
   :: bk[v] == OWN && !CLAIMED && !hwp[p] ->
        hwp[p] = 1;
-       if :: !ar && ao_probe && !r && early -> m_untold = 1 :: else -> skip fi
+       if :: !ar && ao_probe && !mr && early -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
@@ -371,7 +371,7 @@ inline ev_scrub(v, p, early) {
   if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
 /* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
-inline failed_in(v, p) { r = (bk[v] == OWN && (tab[p] || hwp[p])) }
+inline failed_in(v, p) { mr = (bk[v] == OWN && (tab[p] || hwp[p])) }
 /* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load */
 inline ev_vcpu(v, p) {
   if
@@ -391,7 +391,7 @@ inline ev_vcpu(v, p) {
         :: !spte[p] && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
              failed_in(v, p);
              if
-             :: r -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
+             :: mr -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
              :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] -> consume(v, p) :: else -> skip fi
              fi
         :: else ->

@@ -42,6 +42,27 @@ class PanStats:
     output: str = ""
 
 
+BITSTATE_LOG2 = 28   # -w28: 2^28 bits of bitstate hash array
+BITSTATE_K = 3       # pan's default number of hash functions (-k3)
+
+
+class SpinResult(Result):
+    """A Result whose collision figure is SPIN's: 0 for an exhaustive search (COLLAPSE stores
+    every state exactly), and for a bitstate search the probability that a new state is
+    wrongly taken as visited, (1 - e^(-k n / m))^k for n states in m bits with k hashes."""
+
+    bitstate: bool = False
+
+    @property
+    def collision_probability(self) -> float:
+        if not self.bitstate:
+            return 0.0
+        import math
+
+        m = float(1 << BITSTATE_LOG2)
+        return float((1.0 - math.exp(-BITSTATE_K * self.states / m)) ** BITSTATE_K)
+
+
 @dataclass
 class SpinRun:
     result: Result
@@ -93,7 +114,7 @@ def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = 
     for f in workdir.glob("model.pml*.trail"):
         f.unlink()
     _run([spin, f"-DCHECK={mask}", "-a", "model.pml"], workdir)
-    flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE"]
+    flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE", "-DNOBOUNDCHECK", "-DXUSAFE"]
     flags += ["-DBITSTATE"] if bitstate else ["-DCOLLAPSE", "-DBFS"]
     _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
 
@@ -101,7 +122,7 @@ def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = 
 def run_pan(workdir: Path, bitstate: bool, memory_mb: int = 1024) -> PanStats:
     args = ["./pan", "-m1000000", "-E"]
     if bitstate:
-        args.append("-w28")
+        args.append(f"-w{BITSTATE_LOG2}")
     t0 = time.perf_counter()
     out = _run(args, workdir)
     st = parse_pan(out)
@@ -125,6 +146,10 @@ def parse_sim(out: str) -> tuple[list[int], list[tuple[int, ...]]]:
         elif line.startswith("MF_OBS "):
             obs.append(tuple(int(x) for x in line.split()[1:]))
     return steps, obs
+
+
+def label_kind(label: Any) -> str:
+    return str(label[0])
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
@@ -168,13 +193,18 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     last = runs[-1] if runs else PanStats()
     states = max((r.states for r in runs), default=0)
     transitions = max((r.transitions for r in runs), default=0)
-    kinds = sorted({lab[0] for lab in rendered.labels})
-    result = Result(system=system.name, verdicts={p: verdicts[p] for p in props},
+    # pan does not say which d_step transitions fired (a looping d_step leaves no state
+    # unreached): the coverage is the event kinds of the counterexamples only
+    fired = {label_kind(lab) for v in verdicts.values() for lab in v.labels}
+    coverage = Coverage([k for k in dict.fromkeys(lab[0] for lab in rendered.labels)
+                         if k in fired], [], [], [])
+    result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
                     complete=last.complete and not bitstate and not last.errors,
                     stop_reason=None if (last.complete and not bitstate) else
                     ("bitstate" if bitstate else "depth"),
-                    elapsed=elapsed, coverage=Coverage(kinds, [], [], []), workers=1,
+                    elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)
+    result.bitstate = bitstate
     return SpinRun(result, runs, rendered.text)
