@@ -100,6 +100,9 @@ def check_supported(system: Any) -> None:
         p = dict(label[1])
         if label[0] == "vcpu_access" and p.get("write"):
             raise Unsupported("vcpu_access with write: true is not modelled by the SPIN engine")
+        if label[0] == "punch_hole" and p["vm"] != cfg.vms[0].name:
+            raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
+                              f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
         if label[0] == "punch_hole" and (p["page"] != 0 or
                                          p["pages"] != pages_of(system, p["vm"])):
             raise Unsupported("punch_hole must cover the VM's whole memory in the SPIN engine")
