@@ -90,12 +90,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_event_outside_the_promela_model_is_refused(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _write(tmp_path, "")
-    text = cfg.read_text().replace("events:\n", "events:\n  - {event: vmm_access, vm: vm0}\n")
+    text = cfg.read_text().replace("events:\n", "events:\n  - {event: convert, vm: vm0}\n")
     cfg.write_text(text)
     rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert len(err) == 1 and "vmm_access" in err[0] and "SPIN engine" in err[0]
+    assert len(err) == 1 and "'convert'" in err[0] and "SPIN engine" in err[0]
 
 
 def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

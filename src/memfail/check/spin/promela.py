@@ -26,13 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
 from memfail.check.spin.observe import PAGE_FIELDS, pages_of
 from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
-SUPPORTED = ("hw_error", "scrub", "vcpu_access", "kernel_access", "punch_hole", "release")
+SUPPORTED = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel_access", "punch_hole",
+             "release")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -98,8 +100,13 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
-        if label[0] == "vcpu_access" and p.get("write"):
-            raise Unsupported("vcpu_access with write: true is not modelled by the SPIN engine")
+        if label[0] in ("vcpu_access", "vmm_access") and p.get("write"):
+            raise Unsupported(f"{label[0]} with write: true is not modelled by the SPIN engine")
+        if label[0] == "vmm_access" and p.get("thread") is not None:
+            proc = next(x for x in cfg.processes if x.name == vm_of(cfg, p["vm"]).vmm)
+            if p["thread"] != proc.threads[0]:
+                raise Unsupported("vmm_access is modelled for the VMM's main thread (the "
+                                  "first of its threads) only")
         if label[0] == "punch_hole" and p["vm"] != cfg.vms[0].name:
             raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
                               f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
@@ -266,6 +273,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         return f"ev_scrub({v}, {v * npg + p['page']}, {int(early[p['vm']])})"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {v * npg + p['page']})"
+    if kind == "vmm_access":
+        return f"ev_vmm({v}, {v * npg + p['page']})"
     if kind == "kernel_access":
         return f"ev_kernel({v}, {v * npg + p['page']}, {int(p['checks_hwpoison'])}, " \
                f"{int(p['mc_safe'])})"
@@ -447,6 +456,35 @@ inline ev_kernel(v, p, checks, mcsafe) {
         :: checks && hwp[p] -> skip   /* PG_hwpoison seen */
         :: !mcsafe -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
         :: else -> mf(v, p, 0, 0, 0)
+        fi
+     fi
+  fi
+}
+/* the VMM's main thread reads guest memory through its mapping: a missing PTE is faulted in
+   (kvm_gmem_fault_user: unusable, allocation, the policy's table check); a hwpoison entry, a
+   refused fault or a consumed error gives it SIGBUS, which QEMU's main thread does not
+   survive (kvm_on_sigbus aborts on AR, a non-MCE SIGBUS is re-raised) */
+inline ev_vmm(v, p) {
+  if
+  :: !alive[v] || vst[v] == 3 -> skip
+  :: pte[p] == 2 -> kill_vm(v)
+  :: pte[p] == 0 && unusable[v] -> kill_vm(v)
+  :: else ->
+     if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     if
+     :: bk[v] == 0 -> kill_vm(v)
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> kill_vm(v)
+     :: else ->
+        pte[p] = 1;
+        if
+        :: bk[v] == OWN && err[p] ->
+           cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+           if
+           :: CLAIMED -> mf(v, p, 1, 0, 0)
+           :: else -> det[p] = 1; hwp[p] = 1
+           fi;
+           if :: alive[v] -> kill_vm(v) :: else -> skip fi
+        :: else -> skip
         fi
      fi
   fi
