@@ -37,6 +37,8 @@ def test_spin_verdicts_equal_python_verdicts(tmp_path: Path,
     for a, b in zip(py["results"], spin["results"], strict=True):
         assert a["policy"] == b["policy"]
         assert a["complete"] and b["complete"], "both engines explore everything"
+        assert sorted(a["coverage"]["events_fired"]) == sorted(b["coverage"]["events_fired"])
+        assert sorted(a["coverage"]["events_never"]) == sorted(b["coverage"]["events_never"])
         for name, va in a["verdicts"].items():
             vb = b["verdicts"][name]
             assert (va["status"], va["depth"]) == (vb["status"], vb["depth"]), \

@@ -49,6 +49,15 @@ PROP_EXPR: dict[str, str] = {
 }
 
 
+# C kept outside the state vector: which labels fired, printed when pan exits.
+MF_FIRED_C = r"""c_decl {
+  unsigned char mf_fired[NLABELS]; int mf_reg;
+  static void mf_dump(void) { int i; printf("MF_FIRED");
+    for (i = 0; i < NLABELS; i++) if (mf_fired[i]) printf(" %d", i);
+    printf("\n"); }
+}"""
+
+
 class Unsupported(ValueError):
     """The configuration uses something the Promela model does not carry out."""
 
@@ -209,9 +218,14 @@ def render(system: Any) -> Rendered:
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines.append("#ifndef REPLAY")
-    lines.append("active proctype checker() {\n  d_step { init_state() };\n  do")
+    # which labels fired, for the coverage: C outside the state vector, printed at pan's exit
+    lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
+    lines.append("active proctype checker() {\n"
+                 "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
+                 "atexit(mf_dump); } } };\n  do")
     for k, guard, count in guards:
-        lines.append(f"  :: d_step {{ {guard} -> {count}step_{k}(); mq = 0; mr = 0; ao = 0; "
+        lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
+                     f"{count}step_{k}(); mq = 0; mr = 0; ao = 0; "
                      f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
     lines.append("  od\n}")
     lines.append("#endif")
@@ -342,8 +356,8 @@ inline mf(v, p, ar, ao_probe, early) {
   mr = det[p];
   det[p] = 1;
   if
-  :: bk[v] != OWN && hwp[p] -> skip    /* already poisoned (-EHWPOISON) */
-  :: bk[v] != OWN && !hwp[p] ->
+  :: bk[v] != OWN && (hwp[p] || fst[v] == 2) -> skip   /* already poisoned (-EHWPOISON) */
+  :: bk[v] != OWN && !hwp[p] && fst[v] != 2 ->
      /* a free huge page (memory_failure's free-hugetlb path): marked and dissolved */
      hwp[p] = 1; if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
   :: bk[v] == OWN && CLAIMED ->

@@ -193,11 +193,17 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     last = runs[-1] if runs else PanStats()
     states = max((r.states for r in runs), default=0)
     transitions = max((r.transitions for r in runs), default=0)
-    # pan does not say which d_step transitions fired (a looping d_step leaves no state
-    # unreached): the coverage is the event kinds of the counterexamples only
+    # the labels that fired (MF_FIRED, printed when pan exits): complete only when the last
+    # search ran to its end; after a violation, the kinds on the trails
+    kinds = list(dict.fromkeys(label_kind(lab) for lab in rendered.labels))
     fired = {label_kind(lab) for v in verdicts.values() for lab in v.labels}
-    coverage = Coverage([k for k in dict.fromkeys(lab[0] for lab in rendered.labels)
-                         if k in fired], [], [], [])
+    m = re.search(r"^MF_FIRED(.*)$", last.output, re.M)
+    if m and not last.errors:
+        fired |= {label_kind(rendered.labels[int(k)]) for k in m.group(1).split()}
+        coverage = Coverage([k for k in kinds if k in fired],
+                            [k for k in kinds if k not in fired], [], [])
+    else:
+        coverage = Coverage([k for k in kinds if k in fired], [], [], [])
     result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
