@@ -5,7 +5,8 @@ the Python model's Host and Monitor, so a walk of one engine can be checked agai
 at every step (tests/test_check_spin_agree.py). Only what the Promela model keeps is observed:
 per VM page, whether its frame still backs the VM, has a hardware error, was reported to
 memory_failure(), is recorded (``poison_records``), is mapped in the VMM's page table and in
-stage 2, and how often its poison was consumed; per VM, the KVM state and whether its VMM
+stage 2, how often its poison was consumed and whether the guest offlined the page after a
+vMCE (and will kill its user on the next access); per VM, the KVM state and whether its VMM
 lives; the panic flag; and which properties are violated.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from memfail.check.properties import PROPERTIES, poison_records
 
 # The order of the observed fields of one page and one VM, shared with the Promela printer.
-PAGE_FIELDS = ("held", "err", "det", "rec", "pte", "spte", "cons")
+PAGE_FIELDS = ("held", "err", "det", "rec", "pte", "spte", "cons", "goff", "gpk")
 VM_FIELDS = ("state", "alive")
 VM_STATES = ("running", "paused", "killed")
 
@@ -51,8 +52,10 @@ def observe(system: Any, state: Any) -> tuple[int, ...]:
                 geo = host.geometry
                 orders = tuple(sorted({0, geo.pmd_order, geo.pud_order}))
                 spte = int(spte_lookup(kvm_vm, page, orders) is not None)
+            goff = int(kvm_vm is not None and page in kvm_vm.guest_offlined)
+            gpk = int(kvm_vm is not None and page in kvm_vm.guest_pending_kill)
             out += [int(held), int(pfn in host.phys.hw_errors), int(pfn in mon.detected),
-                    int(pfn in recs), pte, spte, consumed.get(pfn, 0)]
+                    int(pfn in recs), pte, spte, consumed.get(pfn, 0), goff, gpk]
         state_name = kvm_vm.state if kvm_vm is not None else "running"
         out += [VM_STATES.index(state_name) if state_name in VM_STATES else 3,
                 int(proc is not None and proc.alive)]
