@@ -60,16 +60,16 @@ def bench(cfg_path: Path, policy: str, seconds: float) -> None:
     print(f"engines on {cfg_path.name}, policy {policy}")
     ps, pt, pe = python_rate(cfg_path, policy, seconds)
     py = ps / pe if pe else 0.0
-    print(f"  python (1 worker)        : {py:12,.0f} states/s  {pt / pe:12,.0f} transitions/s"
+    print(f"  {'python (1 worker)':31}: {py:12,.0f} states/s  {pt / pe:12,.0f} transitions/s"
           f"  ({ps:,} states in {pe:.1f} s)")
     es, et, ee, ec, _hf, complete = spin_rate(cfg_path, policy, False)
     ex = es / ee
-    print(f"  spin exhaustive (BFS+COLLAPSE): {ex:12,.0f} states/s  {et / ee:12,.0f} "
+    print(f"  {'spin exhaustive (BFS+COLLAPSE)':31}: {ex:12,.0f} states/s  {et / ee:12,.0f} "
           f"transitions/s  ({es:,} states in {ee:.2f} s, {'complete' if complete else 'INCOMPLETE'}"
           f"; compile {ec:.1f} s)")
     bs, bt, be, bc, hf, _ = spin_rate(cfg_path, policy, True)
     bit = bs / be
-    print(f"  spin bitstate (DFS, -w28): {bit:12,.0f} states/s  {bt / be:12,.0f} "
+    print(f"  {'spin bitstate (DFS, -w28)':31}: {bit:12,.0f} states/s  {bt / be:12,.0f} "
           f"transitions/s  ({bs:,} states in {be:.2f} s; hash factor {hf}; compile {bc:.1f} s)")
     if py:
         print(f"  ratio spin/python: exhaustive {ex / py:,.0f}x, bitstate {bit / py:,.0f}x")
