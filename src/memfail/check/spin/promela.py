@@ -33,8 +33,8 @@ from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
-SUPPORTED = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel_access", "punch_hole",
-             "release")
+SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
+             "punch_hole", "release")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -109,8 +109,8 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
-        if label[0] in ("vcpu_access", "vmm_access") and p.get("write"):
-            raise Unsupported(f"{label[0]} with write: true is not modelled by the SPIN engine")
+        if label[0] == "vmm_access" and p.get("write"):
+            raise Unsupported("vmm_access with write: true is not modelled by the SPIN engine")
         if label[0] == "vmm_access" and p.get("thread") is not None:
             proc = next(x for x in cfg.processes if x.name == vm_of(cfg, p["vm"]).vmm)
             if p["thread"] != proc.threads[0]:
@@ -286,7 +286,9 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "scrub":
         return f"ev_scrub({v}, {v * npg + p['page']}, {int(early[p['vm']])})"
     if kind == "vcpu_access":
-        return f"ev_vcpu({v}, {v * npg + p['page']})"
+        return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))})"
+    if kind == "fault":  # a guest store (events.py: guest_access, op write)
+        return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
         return f"ev_vmm({v}, {v * npg + p['page']})"
     if kind == "kernel_access":
@@ -398,8 +400,9 @@ inline ev_scrub(v, p, early) {
 }
 /* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
 inline failed_in(v, p) { mr = (bk[v] == OWN && (tab[p] || hwp[p])) }
-/* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load */
-inline ev_vcpu(v, p) {
+/* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load; a
+   store (wr) does not consume the poison */
+inline ev_vcpu(v, p, wr) {
   if
   :: vst[v] != 0 || !alive[v] -> skip
   :: else ->
@@ -418,12 +421,12 @@ inline ev_vcpu(v, p) {
              failed_in(v, p);
              if
              :: mr -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
-             :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] -> consume(v, p) :: else -> skip fi
+             :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
              fi
         :: else ->
            spte[p] = 1;
            if
-           :: bk[v] == OWN && err[p] -> consume(v, p)
+           :: bk[v] == OWN && err[p] && !wr -> consume(v, p)
            :: else -> skip
            fi
         fi
