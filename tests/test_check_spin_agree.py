@@ -6,7 +6,7 @@ round.
   ``init`` that carries out exactly those labels, run by SPIN's simulator).
 * Seeded SPIN random simulations (``spin -n<seed>``), replayed on the Python model.
 
-Across the presets and knob combinations no preset has. A disagreement fails naming the
+Across the presets and six knob combinations no preset has. A disagreement fails naming the
 first step whose observations differ. More walks: ``python bench/bench_check_engines.py
 --agree 1000``.
 """
@@ -41,6 +41,8 @@ CUSTOM: dict[str, dict[str, Any]] = {
                        "propagate_on_split": True, "isolate_on_free": True},
     "minimum-notify": {"base": "minimum", "name": "minimum-notify", "handles": "all",
                        "unconsumed": "notify-vmm", "honor_early": True, "fault_check": True},
+    # the leader (a LATE main thread in agree-two.yaml) is told, not the EARLY vCPU thread
+    "future-leader": {"base": "future", "name": "future-leader", "honor_early": False},
 }
 POLICIES: list[Any] = ["mainline", "mainline-prefix", "minimum", "unmap", "kill-vm",
                        "unusable", "future", *CUSTOM.values()]

@@ -150,8 +150,10 @@ def render(system: Any) -> Rendered:
         f"#define MAXERR {cfg.bounds.errors}",
         "#define CLAIMED (handles != K_HANDLES_NONE)",
     ]
-    for v in vms:
-        lines.append(f"#define EARLY_{_ident(v)} {int(early[v])}")
+    lines.append("#define VM_EARLY(v) (" + " || ".join(
+        f"((v) == {i} && {int(early[v])})" for i, v in enumerate(vms)) + ")")
+    lines.append("#define LEADER_EARLY(v) (" + " || ".join(
+        f"((v) == {i} && {int(leader_early[v])})" for i, v in enumerate(vms)) + ")")
     lines += [
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
@@ -379,16 +381,24 @@ inline mf(v, p, ar, ao_probe, early) {
        :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
+       /* _notify_vmm(): the first EARLY thread (honor_early) or the leader gets AO; QEMU
+          injects a vMCE; the property wants an EARLY thread told */
        if
-       :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] ->
-            guest_mce(p, 1)
-       :: !ar && ao_probe && !mr && early -> m_untold = 1
-       :: else -> skip
+       :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
+          (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
+            guest_mce(p, 1);
+            if
+            :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
+               !LEADER_EARLY(v) -> m_untold = 1
+            :: else -> skip
+            fi
+       :: else ->
+            if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
        fi
   :: bk[v] == OWN && !CLAIMED && hwp[p] -> skip   /* already poisoned (-EHWPOISON) */
   :: bk[v] == OWN && !CLAIMED && !hwp[p] ->
        hwp[p] = 1;
-       if :: !ar && ao_probe && !mr && early -> m_untold = 1 :: else -> skip fi
+       if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
