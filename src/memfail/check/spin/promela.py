@@ -34,7 +34,7 @@ from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
 SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
-             "punch_hole", "release")
+             "punch_hole", "close", "release")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -158,6 +158,7 @@ def render(system: Any) -> Rendered:
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
+        "bit closed[NV];",
         "byte nspare;",
         "#define pdet det",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
@@ -298,6 +299,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
                f"{int(p['mc_safe'])})"
     if kind == "punch_hole":
         return f"ev_punch({v})"
+    if kind == "close":
+        return f"ev_close({v})"
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
@@ -516,10 +519,13 @@ inline ev_vmm(v, p) {
      fi
   fi
 }
-/* kvm_gmem_punch_hole(): zap, truncate */
+/* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
-  if :: alive[v] && vst[v] != 3 -> free_folio(v, 0) :: else -> skip fi
+  if :: alive[v] && vst[v] != 3 && !closed[v] -> free_folio(v, 0) :: else -> skip fi
 }
+/* the VMM closes its fd: its mapping still holds the file, so kvm_gmem_release waits for the
+   munmap of a release */
+inline ev_close(v) { closed[v] = 1 }
 /* munmap, close (kvm_gmem_release, eviction), vm_destroy */
 inline ev_release(v) {
   free_folio(v, 1);
