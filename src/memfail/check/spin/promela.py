@@ -34,7 +34,7 @@ from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
 SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
-             "punch_hole", "close", "release")
+             "punch_hole", "close", "release", "realloc")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -299,6 +299,9 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
                f"{int(p['mc_safe'])})"
     if kind == "punch_hole":
         return f"ev_punch({v})"
+    if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
+        aligned = p["page"] % npg == 0 and p["pages"] % npg == 0
+        return f"ev_realloc({v})" if aligned else "skip"
     if kind == "close":
         return f"ev_close({v})"
     if kind == "release":
@@ -522,6 +525,10 @@ inline ev_vmm(v, p) {
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
   if :: alive[v] && vst[v] != 3 && !closed[v] -> free_folio(v, 0) :: else -> skip fi
+}
+/* fallocate(ALLOCATE) through the VMM's fd: a punched VM gets a huge page again */
+inline ev_realloc(v) {
+  if :: alive[v] && vst[v] != 3 && !closed[v] && bk[v] == 0 -> realloc(v) :: else -> skip fi
 }
 /* the VMM closes its fd: its mapping still holds the file, so kvm_gmem_release waits for the
    munmap of a release */
