@@ -167,6 +167,21 @@ def mmu_notifier(host: Host, mm: MM, start: int, size: int) -> None:
 # --------------------------------------------------------------------------- actions
 
 
+def qemu_signal_init(main: Thread, vcpus: list[Thread]) -> None:
+    """QEMU's util/main-loop.c qemu_signal_init(): the main thread blocks SIGBUS
+    (pthread_sigmask(SIG_BLOCK) with SIGBUS in the set) and reads it synchronously through a
+    signalfd, whose handler calls sigbus_handler() -> kvm_on_sigbus(). An AO SIGBUS
+    (send_sig_mceerr) waits in the mask and is read there; an AR SIGBUS is forced
+    (force_sig_mceerr -> force_sig_info_to_task: a blocked signal is unblocked and its action
+    reset to SIG_DFL), so the process dies of SIGBUS. QEMU says so itself in
+    accel/kvm/kvm-all.c kvm_on_sigbus(): "Action required MCE kills the process if SIGBUS is
+    blocked" (R35, Q2)."""
+    if main in vcpus:
+        return
+    main.blocked = True
+    main.signalfd = True
+
+
 @handles(VmCreate)
 def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
     from ..vmm.qemu import install_qemu
@@ -187,7 +202,10 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
                        mce_process=main.mce_process, mce_early=main.mce_early)
             proc.threads.append(t)
             host.threads_by_tid[t.tid] = t
+        # kvm_init_cpu_signals(): a vCPU thread unblocks SIGBUS to take it asynchronously
+        t.blocked = False
         vcpus.append(t)
+    qemu_signal_init(main, vcpus)
     vm = VM(a.vm, a.type, proc, vcpus, a.mcg_ser_p, a.guest_recovery)
     vms[a.vm] = vm
     host.ext["mmu_notifier"] = mmu_notifier
