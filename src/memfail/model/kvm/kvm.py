@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EFAULT, EHWPOISON, EINTR, EIO, ModelInputError, errno_name
+from ..errors import EFAULT, EHWPOISON, EINTR, ModelInputError, errno_name
 from ..host import ActionResult, handles
 from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
@@ -409,47 +409,50 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     return ActionResult("re-consumed")
 
 
-DEFAULT_KERNEL_USERS: dict[str, tuple[bool, bool]] = {
-    # user: (checks PG_hwpoison, machine-check-safe copy)
-    "vhost": (False, True),
-    "kvm": (False, True),
-    "kworker": (False, True),
-    "dump": (True, False),
-    "hibernate": (True, False),
-    "migration": (True, False),
-    "kcore": (True, False),
-}
-
-
 @handles(KernelAccess)
 def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
-    """A host kernel user reads guest or user memory (R3, R47)."""
-    from ..kernel.inject import consume_kernel
+    """A host kernel user reads guest or user memory, as the inventory of kernel users
+    (kernel/kaccess.py KERNEL_USERS) says it does: it reaches the page through the VMM's page
+    tables or by physical address, skips it when its check sees the poison, and consumes
+    it with or without a machine-check-safe copy (R3, R47)."""
+    from ..kernel.kaccess import KERNEL_USER_BY_NAME, kernel_user_consume, profile_release
     from .gmem import pfn_poisoned
 
-    checks, mc_safe = DEFAULT_KERNEL_USERS[a.user]
-    if a.checks_hwpoison is not None:
-        checks = a.checks_hwpoison
-    if a.mc_safe is not None:
-        mc_safe = a.mc_safe
-    pfn = _kernel_target(host, a)
-    if pfn is None:
-        return ActionResult.err(-EFAULT)
-    if checks and pfn_poisoned(host, pfn):
+    u = KERNEL_USER_BY_NAME[a.user]
+    mc_safe = u.mc_safe(profile_release(host.profile.name)) if a.mc_safe is None else a.mc_safe
+    check = u.check if a.checks_hwpoison is None else \
+        ("flag" if u.check == "none" else u.check) if a.checks_hwpoison else "none"
+    got = _kernel_target(host, a, u.reach)
+    if isinstance(got, str):  # the uaccess / GUP failed on the entry (a hwpoison entry)
+        return ActionResult("skipped") if u.on_check == "skipped" else ActionResult.err(-EFAULT)
+    if got is None:
+        return ActionResult("not-reached")
+    pfn = got
+    folio = host.phys.folio_of(pfn)
+    if u.gmem.startswith("no") and folio is not None and folio.mapping is not None and \
+            folio.mapping.kind == "gmem":
+        return ActionResult("not-reached")
+    if check == "flag" and pfn_poisoned(host, pfn):
+        return ActionResult("skipped")
+    if check == "raw-flag" and (pfn in host.phys.hwpoison or (
+            folio is not None and folio.pfn == pfn and "hwpoison" in folio.flags)):
         return ActionResult("skipped")
     if pfn not in host.phys.hw_errors:
         return ActionResult(host.phys.data.get(pfn, 0))
-    if not mc_safe:
-        host.note_owners(pfn)
-        host.emit(PoisonConsumed(host.trace.step, pfn, a.user, "kernel"))
-        host.log("mce: [Hardware Error]: Machine check: Data load in unrecoverable area of "
-                 "kernel")
-        host.panic("Fatal machine check")
-    consume_kernel(host, pfn, by=a.user)
-    return ActionResult.err(-EFAULT if a.user != "kworker" else -EIO)
+    if mc_safe and u.recovery == "none":
+        # an override: treat the copy as copy_mc_highpage()
+        from ..kernel.kaccess import KernelUser
+
+        u = KernelUser(u.name, u.title, u.source, u.check, u.check_cite, "copy_mc_queue",
+                       u.copy_cite, u.consumed)
+    return kernel_user_consume(host, pfn, u, mc_safe)
 
 
-def _kernel_target(host: Host, a: KernelAccess) -> int | None:
+def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
+    """The pfn a kernel user reads: ``hva`` users go through the VMM's (or ``proc``'s) page
+    tables at the memslot's userspace address (a hwpoison entry or a failed fault gives
+    "entry"); ``pfn`` users read the physical page behind the guest page (guest_memfd's own
+    folio for private memory). None: no page there."""
     geo = host.geometry
     if a.vm is not None:
         vm = get_vm(host, a.vm)
@@ -458,14 +461,14 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
         gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
         slot = vm.slot_of(gfn)
         if slot is None:
-            return None
-        if slot.gmem is not None and (gfn in vm.private or slot.hva is None):
+            return "entry" if reach == "hva" else None
+        if reach == "pfn" and slot.gmem is not None and (gfn in vm.private or slot.hva is None):
             f = slot.gmem.lookup(gfn - slot.base_gfn + slot.gmem_pgoff)
             if f is None:
                 return None
             return f.pfn + (gfn - slot.base_gfn + slot.gmem_pgoff - f.index)
         if slot.hva is None:
-            return None
+            return "entry" if reach == "hva" else None
         addr: Any = slot.hva + ((gfn - slot.base_gfn) << 12)
         proc = vm.vmm
     else:
@@ -474,15 +477,17 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
         proc = host.proc(a.proc)
         addr = host._resolve(proc, a.addr)
     hit = host.walk(proc.mm, addr)
+    if reach == "pfn":
+        return hit[1] if hit is not None else None  # the page itself, mapped or not
     if hit is None:
-        # copy_from_user faults a missing page in, as the user's own access would
+        # a uaccess or GUP faults a missing page in, as the user's own access would
         from ..kernel.mmops import gup
 
         pfn, folio = gup(host, proc, addr)
         if folio is not None:
             folio.put("gup")
-        return pfn if pfn >= 0 else None
-    return hit[1] if hit[0].kind == PRESENT else None
+        return pfn if pfn >= 0 else "entry"
+    return hit[1] if hit[0].kind == PRESENT else "entry"
 
 
 @handles(VmDestroy)
