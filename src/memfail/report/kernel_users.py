@@ -94,3 +94,48 @@ def kernel_users(
 
 def register(app: typer.Typer) -> None:
     app.command("kernel-users", epilog=EPILOG)(kernel_users)
+
+
+BEGIN, END = "<!-- BEGIN KERNEL-USERS -->", "<!-- END KERNEL-USERS -->"
+
+
+def markdown_table() -> str:
+    """The inventory as the Markdown table of docs/kernel-users.md."""
+    lines = ["| user | checks poison first | machine-check-safe copy (newest) | reaches "
+             "guest_memfd | if it consumes poison | read in | derived |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for u in KERNEL_USERS:
+        safe = "no CPU load" if not u.loads else "yes" if u.mc_safe() else "no"
+        if u.mc_since and u.loads:
+            safe += f" since {u.mc_since[0]}.{u.mc_since[1]}"
+        name = f"`{u.name}`" if u.modelled else f"{u.name} (listed)"
+        cells = [name, CHECK_WORDS[u.check], safe, u.gmem, u.consumed, u.source,
+                 ", ".join(u.derived) or "-"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "### What each entry was read from", ""]
+    for u in KERNEL_USERS:
+        lines.append(f"* **{u.name}** ({u.title}). Check: {u.check_cite}. Copy: {u.copy_cite}."
+                     + (f" Before {u.mc_since[0]}.{u.mc_since[1]}: {u.before}." if u.before
+                        else ""))
+    return "\n".join(lines)
+
+
+def update_doc(path: str) -> bool:
+    """Rewrite the table between the markers of ``path``; True if it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    new = f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(f"{arg}: {'updated' if update_doc(arg) else 'up to date'}")
