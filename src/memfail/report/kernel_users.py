@@ -115,8 +115,8 @@ def markdown_table() -> str:
     lines += ["", "### What each entry was read from", ""]
     for u in KERNEL_USERS:
         lines.append(f"* **{u.name}** ({u.title}). Check: {u.check_cite}. Copy: {u.copy_cite}."
-                     + (f" Before {u.mc_since[0]}.{u.mc_since[1]}: {u.before}." if u.before
-                        else ""))
+                     + (f" Before {u.mc_since[0]}.{u.mc_since[1]}: {u.before}."
+                        if u.before and u.mc_since else ""))
     return "\n".join(lines)
 
 
