@@ -290,11 +290,12 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "virt/kvm/kvm_main.c __kvm_vcpu_map; virt/kvm/pfncache.c kvm_gpc_refresh",
         "entry", "hva_to_pfn() -> GUP: a hwpoison entry gives KVM_PFN_ERR_HWPOISON and the map "
         "fails",
-        "none", "the page is kmap()ed / memremap()ed and read with plain loads (nested "
-        "VMCS12/VMCB12, steal time, Xen shared info)",
+        "none", "the page is kmap()ed / memremap()ed and read with plain loads: e.g. "
+        "nested_svm_vmrun(): `kvm_vcpu_map(vcpu, gpa_to_gfn(vmcb12_gpa), &map)`, `vmcb12 = "
+        "map.hva;`, then nested_copy_vmcb_control_to_cache(svm, &vmcb12->control)",
         "a latent error panics the host",
         gmem="shared pages; private pages only where the architecture maps them",
-        reach=_HVA, on_check="EFAULT", derived=("copy_cite",)),
+        reach=_HVA, on_check="EFAULT"),
     KernelUser(
         "kworker", "a kernel worker with no user context copying with copy_mc_*",
         "include/linux/highmem.h copy_mc_highpage", "none",
@@ -318,19 +319,21 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "ksm", "KSM scanning of mergeable VMM memory (ksmd)",
         "mm/ksm.c calc_checksum, memcmp_pages; ksm_might_need_to_copy",
         "entry", "ksmd walks present pages only; a hwpoison entry is skipped",
-        "none", "calc_checksum() (xxhash over the page) and memcmp_pages() read with plain "
+        "none", "calc_checksum(): `checksum = xxhash(addr, PAGE_SIZE, 0)` over "
+        "kmap_local_page(), and memcmp_pages() (mm/util.c: memcmp of two kmaps) read with plain "
         "loads; only the swap-in copy ksm_might_need_to_copy() uses copy_mc_user_highpage()",
         "a latent error in a page ksmd scans panics the host",
         gmem="no: guest_memfd is not anonymous memory", reach=_HVA,
-        derived=("check", "copy_cite")),
+        derived=("check",)),
     KernelUser(
         "process_vm_readv", "process_vm_readv() of the VMM (a debugger, a monitoring agent)",
         "mm/process_vm_access.c process_vm_rw_pages",
         "entry", "pin_user_pages_remote(): a hwpoison entry gives -EHWPOISON -> -EFAULT",
-        "none", "copy_page_to_iter(): copy_to_user() whose source is the kernel's mapping of "
-        "the page: not a copy from user, so error_context() grades it IN_KERNEL",
+        "none", "process_vm_rw_pages(): `copied = copy_page_to_iter(page, offset, copy, "
+        "iter);` a copy_to_user() whose source is the kernel's mapping of the page: not a copy "
+        "from user, so error_context() grades it IN_KERNEL",
         "a latent error panics the host",
-        gmem="shared pages the VMM maps", reach=_HVA, on_check="EFAULT", derived=("copy_cite",)),
+        gmem="shared pages the VMM maps", reach=_HVA, on_check="EFAULT"),
     # not kernel_access users of the model: listed with what their source says
     KernelUser(
         "devmem", "/dev/mem read", "drivers/char/mem.c read_mem, page_is_allowed",
