@@ -188,3 +188,47 @@ def test_overrides_still_apply() -> None:
         "{user: hibernate, vm: vm0, gpa: 4G+12K, mc_safe: true}")
     r = run_scenario(load_scenario_text(text))
     assert r.panicked is None and _last(r).errno == "EHWPOISON"
+
+
+# ------------------------------------------------------------------ in a check configuration
+
+CHECK = """\
+name: ku
+profile: next
+policies: [mainline, minimum, future]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 2}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: hw_error, vm: vm0, page: 1, detect: scrub}
+  - {event: kernel_access, vm: vm0, page: 1, user: %s}
+bounds: {depth: 2, errors: 1}
+"""
+
+
+def _no_host_panic(tmp_path: Path, user: str) -> dict[str, str]:
+    path = tmp_path / "ku.yaml"
+    path.write_text(CHECK % user)
+    r = CliRunner().invoke(app, ["check", str(path), "--json", "--property", "no-host-panic"])
+    assert r.exit_code in (0, 1), r.output
+    doc = json.loads(r.stdout)
+    return {x["policy"]: x["verdicts"]["no-host-panic"]["status"] for x in doc["results"]}
+
+
+def test_check_tells_policies_apart_by_kcore_but_not_by_hibernation(tmp_path: Path) -> None:
+    assert _no_host_panic(tmp_path, "kcore") == {"mainline": "PASS", "minimum": "FAIL",
+                                                 "future": "PASS"}
+    assert set(_no_host_panic(tmp_path, "hibernate").values()) == {"FAIL"}
+
+
+def test_check_refuses_an_unknown_kernel_user(tmp_path: Path) -> None:
+    path = tmp_path / "ku.yaml"
+    path.write_text(CHECK % "bogus")
+    r = CliRunner().invoke(app, ["check", str(path)])
+    assert r.exit_code == 2
+    assert f"{path}:14:" in r.output and "hibernate" in r.output

@@ -312,10 +312,9 @@ EVENTS: dict[str, EventDef] = {e.name: e for e in (
              "inventory (docs/kernel-users.md: its check and its copy as the kernel has them); "
              "`checks_hwpoison` / `mc_safe` override it.",
              {"vm": VM, "page": PAGE,
-              "user": Param(None, (None, *MODELLED_USERS), "a kernel user (memfail "
-                                                             "kernel-users)"),
-              "checks_hwpoison": Param(None, (None, False, True)),
-              "mc_safe": Param(None, (None, False, True))}, _kernel_access, needs=("kvm",)),
+              "user": Param(None, MODELLED_USERS, "a kernel user (memfail kernel-users)"),
+              "checks_hwpoison": Param(None, (False, True)),
+              "mc_safe": Param(None, (False, True))}, _kernel_access, needs=("kvm",)),
     EventDef("convert", "Convert a range shared<->private (splits/merges HugeTLB folios).",
              {"vm": VM, "page": PAGE, "pages": Param(1), "to": Param("shared",
                                                                      ("shared", "private"))},
