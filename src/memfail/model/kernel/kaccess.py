@@ -378,6 +378,33 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "the kernel reports as 'TDX private memory error. Possible kernel bug.' "
         "(tdx_dump_mce_info)", loads=False, modelled=False, derived=("consumed",)),
     KernelUser(
+        "thp-split", "splitting a transparent huge page or a HugeTLB folio",
+        "mm/huge_memory.c __split_huge_page / __folio_split", "none",
+        "no test needed: the split rewrites struct pages and page tables",
+        "none", "no load of page data (memory_failure() itself splits a THP to isolate the "
+        "raw page: try_to_split_thp_page)",
+        "no consumption", gmem="guest_memfd HugeTLB folios are split only by conversion "
+        "(the model's split/merge hooks)", loads=False, modelled=False,
+        derived=("copy_cite", "consumed")),
+    KernelUser(
+        "page_idle", "idle page tracking (/sys/kernel/mm/page_idle/bitmap)",
+        "mm/page_idle.c page_idle_bitmap_read, page_idle_get_folio", "none",
+        "page_idle_get_folio() takes LRU folios only; a folio memory_failure() took off the LRU "
+        "is skipped",
+        "none", "an rmap walk of accessed bits: no load of page data",
+        "no consumption", gmem="no: guest_memfd folios are unevictable or off the LRU",
+        loads=False, modelled=False, derived=("check_cite", "copy_cite")),
+    KernelUser(
+        "zswap", "swap-out and zswap of VMM anonymous memory",
+        "mm/zswap.c zswap_compress; mm/page_io.c swap_writepage", "none",
+        "shrink_folio_list() reclaims LRU folios; a folio memory_failure() handled is off the "
+        "LRU",
+        "none", "zswap compresses with the CPU (plain loads through the crypto API); swap to a "
+        "disk is device DMA",
+        "a latent error met by zswap's compression panics the host; by swap I/O, see "
+        "device-dma", gmem="no: guest_memfd is unevictable", reach=_HVA, modelled=False,
+        derived=("check_cite", "copy_cite", "consumed")),
+    KernelUser(
         "io_uring", "io_uring fixed (registered) buffers",
         "io_uring/rsrc.c io_sqe_buffers_register; copies through ITER_BVEC",
         "entry", "registration pins with pin_user_pages(): a hwpoison entry fails it",
