@@ -7,7 +7,7 @@ machine checks (kvm_machine_check, R45, R79).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EFAULT, EHWPOISON, EINTR, ModelInputError, errno_name
@@ -420,8 +420,13 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
 
     u = KERNEL_USER_BY_NAME[a.user]
     mc_safe = u.mc_safe(profile_release(host.profile.name)) if a.mc_safe is None else a.mc_safe
-    check = u.check if a.checks_hwpoison is None else \
-        ("flag" if u.check == "none" else u.check) if a.checks_hwpoison else "none"
+    check = u.check
+    if a.checks_hwpoison is False:
+        check = "none"  # (a hwpoison entry still stops an hva user: that is its uaccess)
+    elif a.checks_hwpoison and check == "none":
+        check = "flag"
+    if mc_safe and u.recovery == "none":
+        u = replace(u, recovery="copy_mc_queue")  # an override: a copy_mc_highpage() copy
     got = _kernel_target(host, a, u.reach)
     if isinstance(got, str):  # the uaccess / GUP failed on the entry (a hwpoison entry)
         return ActionResult("skipped") if u.on_check == "skipped" else ActionResult.err(-EFAULT)
@@ -439,12 +444,6 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
         return ActionResult("skipped")
     if pfn not in host.phys.hw_errors:
         return ActionResult(host.phys.data.get(pfn, 0))
-    if mc_safe and u.recovery == "none":
-        # an override: treat the copy as copy_mc_highpage()
-        from ..kernel.kaccess import KernelUser
-
-        u = KernelUser(u.name, u.title, u.source, u.check, u.check_cite, "copy_mc_queue",
-                       u.copy_cite, u.consumed)
     return kernel_user_consume(host, pfn, u, mc_safe)
 
 
