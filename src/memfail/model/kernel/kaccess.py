@@ -248,10 +248,11 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "into a bounce page; on a machine check it returns NULL and dump_emit_page(NULL) "
         "returns 0",
         "the core dump stops there (truncated); nothing calls memory_failure()",
-        mc_since=(6, 5), before="__kernel_write_iter() of the page: a plain copy; panic "
-        "(6.5-6.8: iov_iter_set_copy_mc; 6.9: dump_page_copy)",
-        gmem="shared pages the VMM maps; private pages are not in its mm", reach=_HVA,
-        derived=("mc_since",)),
+        mc_since=(6, 4), before="__kernel_write_iter() of the page: a plain copy; panic "
+        "(6.4-6.8: iov_iter_set_copy_mc, commit 245f09226893 'mm: hwpoison: coredump: support "
+        "recovery from dump_user_range()', in the mm-stable-2023-05-03 pull; 6.9: "
+        "dump_page_copy)",
+        gmem="shared pages the VMM maps; private pages are not in its mm", reach=_HVA),
     KernelUser(
         "vmcore", "crash dump: /proc/vmcore on the kdump kernel (makedumpfile)",
         "fs/proc/vmcore.c read_from_oldmem -> copy_oldmem_page (x86: "
@@ -312,7 +313,8 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "copy_mc_queue", "__collapse_huge_page_copy(): `if (copy_mc_user_highpage(page, "
         "src_page, src_addr, vma))` -> SCAN_COPY_MC",
         "the collapse is abandoned; memory_failure(pfn, 0) runs from the queue",
-        mc_since=(6, 4), before="copy_user_highpage(): a plain copy; panic",
+        mc_since=(6, 4), before="copy_user_highpage(): a plain copy; panic (commit "
+        "98c76c9f1ef7 'mm/khugepaged: recover from poisoned anonymous memory')",
         gmem="no: guest_memfd is neither anonymous nor shmem", reach=_HVA,
         derived=("mc_since", "check")),
     KernelUser(
