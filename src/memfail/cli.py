@@ -24,6 +24,7 @@ COMMANDS = (
     "memfail.report.compare",               # compare, policies
     "check=memfail.check.cli:check",        # check
     "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
+    "replay=memfail.replay.cli:replay",     # replay
 )
 
 app = typer.Typer(
