@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import Problem, RasEvent, ReadResult, SourceSummary
+from .pagetypes import redecode
 from .rasdb import is_sqlite, read_db
 from .text import Found, TextReader
 
@@ -123,6 +124,10 @@ def read_inputs(paths: list[str], fmt: str = "auto", kernel: str | None = None,
             ev = dict(ev)
             ev.setdefault("detail", {})
             ev["detail"] = dict(ev["detail"] or {})
+            if ev["detail"].pop("rasdaemon_enum", False) and ev.get("page_type"):
+                stored = ev["page_type"]
+                ev["page_type"], note = redecode(stored, f.version or version)
+                ev["detail"].update(stored_page_type=stored, page_type_note=note)
             if ev.get("host") is None and f.host:
                 ev["host"] = f.host
             res.events.append(RasEvent(seq=seq, **ev))

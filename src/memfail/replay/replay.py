@@ -109,7 +109,8 @@ def incidents(read: ReadResult) -> list[Incident]:
         inc = out.get(key)
         if inc is None:
             name = f"pfn {key[2]:#x}" if key[1] == "pfn" else \
-                f"guest page {key[2]:#x}" if key[1] == "gpa" else f"record #{e.seq}"
+                f"guest page {key[2]:#x}" if key[1] == "gpa" else \
+                f"{e.kind.replace('_', ' ')} #{e.seq} (no address)"
             inc = out[key] = Incident(name, e.host, e.source,
                                       pfn=key[2] if key[1] == "pfn" else None,
                                       gpa=key[2] if key[1] == "gpa" else None)
@@ -295,8 +296,15 @@ def replay_incident(inc: Incident, version: str | None, arch: str | None,
     if bug is not None:
         out.reason = f"a kernel bug in the log next to this failure: {bug.message}"
         return out
+    old_fmt = next((e for e in inc.events if e.kind == "memory_failure" and
+                    e.format == "kernel-log" and re.search(r"\bMCE:? 0x", e.text)), None)
     if profile_override:
         profile, caveats, too_old = profile_override, [], None
+    elif version is None and old_fmt is not None:
+        profile, caveats, too_old = None, [], (
+            "kernel too old: no 'Linux version' line, but the 'MCE 0x...: recovery action' "
+            "prefix is that of kernels before memory-failure.c's pr_fmt 'Memory failure: ' "
+            "(v4.x); the model's oldest profile is linux-6.1")
     else:
         profile, caveats, too_old = pick_profile(version)
     out.profile, out.caveats = profile, caveats
@@ -447,7 +455,7 @@ def replay_all(read: ReadResult, profile_override: str | None = None,
     outs = []
     for inc in incidents(read):
         s = by_source.get(inc.source)
-        version = kernel or (s.kernel_version if s else None)
+        version = (s.kernel_version if s else None) or kernel
         arch = s.arch if s else None
         if arch is None and version is not None:
             from .text import arch_of

@@ -235,6 +235,9 @@ class TextReader:
         if not line.strip():
             self._close_blocks(blank=True)
             return
+        if line.lstrip().startswith("#"):  # ftrace headers, comments
+            self.out.ignored += 1
+            return
         if self._allowed("tracepoint"):
             m = _TRACE.match(line)
             if m and self._trace(n, m, line):
