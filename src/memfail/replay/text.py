@@ -521,6 +521,10 @@ class TextReader:
 
     def _edac(self, meta: _Meta, m: re.Match[str], line: str) -> None:
         p = _EDAC_PAGE.search(m.group("rest"))
+        if p is None and "page:" in m.group("rest"):
+            self._problem(meta.line, "EDAC error line whose page:/offset: are not hex "
+                          "numbers", line)
+            return
         typ = m.group("type")
         cls = "corrected" if typ in ("CE", "Corrected") else \
             "fatal" if typ == "Fatal" else "deferred" if typ == "Deferred" else "uncorrected-ao"
