@@ -18,18 +18,6 @@ from .events import SCHEMA, ReadResult
 from .read import FORMATS, ReplayInputError, read_inputs
 
 JSON_SCHEMA = "memfail.replay/1"
-EPILOG = """Examples:
-
-  memfail replay /var/log/kern.log                       # every section, text
-
-  memfail replay dmesg.txt ras-mc_event.db --json         # a log and rasdaemon's database
-
-  memfail replay logs/ --no-replay --backing 1G --vm-size 64G   # a directory of hosts
-
-  memfail replay trace.txt --format tracepoint --kernel 6.12.9  # force format and kernel
-
-  memfail replay --schema                                 # the event format's JSON schema
-"""
 
 
 def _fail(msg: str) -> typer.Exit:
@@ -77,14 +65,26 @@ def replay(
         "--progress/--no-progress", help="Progress on stderr (default: when it is a "
                                          "terminal).")] = None,
 ) -> int:
-    """Read real RAS logs, replay each failed page on the model under the log's kernel, and
-    say what every guest_memfd policy would have done with the same hardware errors.
+    """Read real RAS logs, replay each failed page on the model, and project the
+    same hardware errors onto a guest_memfd host under every policy.
 
-    Inputs: kernel logs (dmesg, journalctl, syslog) of any version, mcelog text, rasdaemon's
-    SQLite database and `ras-mc-ctl --errors` text, tracepoint output (ras:/mce:/
-    memory_failure: events) and QEMU's memory-error messages, mixed freely. Lines that are
-    not RAS records are counted; RAS records that cannot be read are listed with their line.
-    The format is documented in docs/replay.md.
+    Reads kernel logs (dmesg, journal, syslog) of any version, mcelog text,
+    rasdaemon's SQLite database, `ras-mc-ctl --errors` text, tracepoint output
+    and QEMU's memory-error messages, mixed freely. Non-RAS lines are counted;
+    RAS records that cannot be read are listed with their line or row.
+    Event format and verdicts: docs/replay.md.
+
+    Examples:
+
+    memfail replay /var/log/kern.log
+
+    memfail replay dmesg.txt ras-mc_event.db --json
+
+    memfail replay logs/ --no-replay --backing 1G --vm-size 64G
+
+    memfail replay trace.txt --format tracepoint --kernel 6.12.9
+
+    memfail replay --schema
     """
     if schema:
         print(json.dumps(ReadResult.model_json_schema(by_alias=True), indent=2))

@@ -82,6 +82,8 @@ class HwError:
     time: float | None
     consumed: bool
     fatal: bool
+    uptime: float | None = None
+    epoch: float | None = None
     repeats: int = 0
     ce_before: int = 0
     events: list[int] = field(default_factory=list)
@@ -91,7 +93,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
     """The distinct uncorrected errors per (host, page), and what was left out."""
     by_page: dict[tuple[str, int], HwError] = {}
     injected: set[tuple[str, int]] = set()
-    ces: dict[tuple[str, int], list[float | None]] = defaultdict(list)
+    ces: dict[tuple[str, int], list[RasEvent]] = defaultdict(list)
     noaddr = 0
     for e in read.events:
         host = e.host or e.source
@@ -99,7 +101,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             injected.add((host, e.pfn))
             continue
         if e.error_class in ("corrected", "deferred") and e.pfn is not None:
-            ces[(host, e.pfn)].append(_when(e))
+            ces[(host, e.pfn)].append(e)
             continue
         uc = e.kind in ("memory_failure", "consumed") or e.error_class in (
             "uncorrected-ao", "uncorrected-ar", "fatal")
@@ -114,7 +116,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
         k = (host, e.pfn)
         err = by_page.get(k)
         if err is None:
-            err = by_page[k] = HwError(host, e.pfn, _when(e), False, False)
+            err = by_page[k] = HwError(host, e.pfn, _when(e), False, False, e.uptime, e.epoch)
         elif e.kind == "memory_failure" and err.events and \
                 any(read.events[i].kind == "memory_failure" for i in err.events):
             err.repeats += 1
@@ -123,19 +125,30 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
         err.fatal |= e.error_class == "fatal"
         if err.time is None:
             err.time = _when(e)
+        err.uptime = err.uptime if err.uptime is not None else e.uptime
+        err.epoch = err.epoch if err.epoch is not None else e.epoch
     errs = []
     skipped = 0
     for k, err in by_page.items():
         if k in injected:
             skipped += 1
             continue
-        err.ce_before = sum(1 for t in ces.get(k, []) if t is None or err.time is None
-                            or t <= err.time)
+        err.ce_before = sum(1 for c in ces.get(k, []) if _before(c, err))
         errs.append(err)
     errs.sort(key=lambda x: (x.host, x.time if x.time is not None else float("inf"), x.pfn))
     left = {"software_injections": skipped, "uncorrected_without_address": noaddr,
             "corrected_pages": len(ces), "corrected_records": sum(len(v) for v in ces.values())}
     return errs, left
+
+
+def _before(ce: RasEvent, err: HwError) -> bool:
+    """Whether a corrected error came before the uncorrected one, on a clock both have (when
+    none is shared, it counts as history)."""
+    if ce.uptime is not None and err.uptime is not None:
+        return ce.uptime <= err.uptime
+    if ce.epoch is not None and err.epoch is not None:
+        return ce.epoch <= err.epoch
+    return True
 
 
 def _when(e: RasEvent) -> float | None:
@@ -226,7 +239,7 @@ def _add(a: Outcome, b: Outcome) -> Outcome:
 
 
 def _as_dict(o: Outcome) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in zip(Outcome.names(), o.as_tuple(), strict=True)}
+    return dict(zip(Outcome.names(), o.as_tuple(), strict=True))
 
 
 def _nonzero(o: Outcome) -> dict[str, float]:

@@ -114,7 +114,8 @@ def read_inputs(paths: list[str], fmt: str = "auto", kernel: str | None = None,
         summ = SourceSummary(source=str(path), formats=sorted(f.formats), host=f.host,
                              kernel_version=f.version or kernel, arch=f.arch, lines=f.lines,
                              rows=f.rows, ignored=f.ignored)
-        for ev in f.events:
+        # multi-line records are emitted when they close: put them back in line order
+        for ev in sorted(f.events, key=lambda e: e.get("line") or 0):
             key = _dedupe_key(ev, f.host)
             if key is not None and key in seen:
                 summ.duplicates += 1

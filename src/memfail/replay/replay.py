@@ -78,6 +78,7 @@ def incidents(read: ReadResult) -> list[Incident]:
     memory_failure() record, one per QEMU guest page, one per address-less fatal record."""
     out: dict[tuple[Any, ...], Incident] = {}
     last_by_source: dict[str, Incident] = {}
+    bugs: list[RasEvent] = []
     for e in read.events:
         host = e.host or e.source
         key: tuple[Any, ...] | None = None
@@ -98,11 +99,7 @@ def incidents(read: ReadResult) -> list[Incident]:
             if key is None:
                 continue
         elif e.kind == "kernel_bug":
-            for inc in out.values():
-                if inc.source == e.source and any(
-                        x.line is not None and e.line is not None and abs(x.line - e.line) <= 60
-                        for x in inc.events) and (e.detail.get("memory_failure_code")):
-                    inc.events.append(e)
+            bugs.append(e)
             continue
         if key is None:
             continue
@@ -116,6 +113,14 @@ def incidents(read: ReadResult) -> list[Incident]:
                                       gpa=key[2] if key[1] == "gpa" else None)
         inc.events.append(e)
         last_by_source[e.source] = inc
+    for bug in bugs:  # a warning or BUG in memory-failure code within 60 lines of the page
+        if not bug.detail.get("memory_failure_code"):
+            continue
+        for inc in out.values():
+            if inc.source == bug.source and any(
+                    x.line is not None and bug.line is not None and abs(x.line - bug.line) <= 60
+                    for x in inc.events):
+                inc.events.append(bug)
     return list(out.values())
 
 
