@@ -10,7 +10,6 @@ import pytest
 
 from memfail.cli import main
 from memfail.fleet import ModelOracle, Outcome
-from memfail.model.policy.registry import policy_names
 from memfail.replay import read_inputs, replay_all
 from memfail.replay.events import ReadResult
 from memfail.replay.project import HostShape, classes, hardware_errors, project

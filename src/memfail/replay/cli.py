@@ -181,7 +181,7 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
     if show_events:
         print("\nevents:")
         for e in read.events:
-            bits = [e.kind]
+            bits: list[str] = [e.kind]
             if e.pfn is not None:
                 bits.append(f"pfn {e.pfn:#x}")
             if e.page_type:
@@ -245,4 +245,4 @@ def _num(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
 
 
-__all__ = ["replay", "Path"]
+__all__ = ["Path", "replay"]

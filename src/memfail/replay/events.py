@@ -67,13 +67,13 @@ class RasEvent(BaseModel):
     format: str = Field(description="kernel-log, tracepoint, mcelog, rasdaemon-db, "
                                     "ras-mc-ctl or qemu")
     source: str = Field(description="the file the event was read from")
-    line: int | None = Field(None, description="1-based line of the record's first line")
-    table: str | None = Field(None, description="rasdaemon table")
-    row: int | None = Field(None, description="rasdaemon row id")
+    line: int | None = Field(default=None, description="1-based line of the record's first line")
+    table: str | None = Field(default=None, description="rasdaemon table")
+    row: int | None = Field(default=None, description="rasdaemon row id")
     host: str | None = None
-    time: str | None = Field(None, description="timestamp as written")
-    uptime: float | None = Field(None, description="seconds since boot (dmesg, trace)")
-    epoch: float | None = Field(None, description="seconds since 1970 when known")
+    time: str | None = Field(default=None, description="timestamp as written")
+    uptime: float | None = Field(default=None, description="seconds since boot (dmesg, trace)")
+    epoch: float | None = Field(default=None, description="seconds since 1970 when known")
     cpu: int | None = None
     pfn: int | None = None
     phys_addr: int | None = None
@@ -81,7 +81,7 @@ class RasEvent(BaseModel):
     result: str | None = None
     error_class: ErrorClass | None = None
     mce: MceRecord | None = None
-    message: str | None = Field(None, description="the message part (process, reason, ...)")
+    message: str | None = Field(default=None, description="the message part (process, reason, ...)")
     detail: dict[str, Any] = Field(default_factory=dict)
     text: str = Field(description="the record as read (lines joined with newlines)")
 
@@ -122,15 +122,15 @@ class SourceSummary(BaseModel):
     lines: int = 0
     rows: int = 0
     events: int = 0
-    ignored: int = Field(0, description="lines that are not RAS records")
-    duplicates: int = Field(0, description="records seen again (dropped)")
+    ignored: int = Field(default=0, description="lines that are not RAS records")
+    duplicates: int = Field(default=0, description="records seen again (dropped)")
     problems: int = 0
 
 
 class ReadResult(BaseModel):
     """Everything read from the inputs: events in input order, problems, per-source counts."""
 
-    schema_: str = Field(SCHEMA, alias="schema")
+    schema_: str = Field(default=SCHEMA, alias="schema")
     sources: list[SourceSummary] = Field(default_factory=list)
     events: list[RasEvent] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)

@@ -124,7 +124,7 @@ def severity(bits: StatusBits, mcgstatus: int | None = None) -> str:
     if bits.amd:
         # AMD has no S/AR bits: an uncorrected error raised as #MC (MCG_STATUS.MCIP) was
         # consumed; one found by polling or deferred was not (mce_severity_amd)
-        if bits.deferred or bits.poison and not (mcgstatus or 0) & 4:
+        if bits.deferred or (bits.poison and not (mcgstatus or 0) & 4):
             return "deferred"
         return "SRAR" if (mcgstatus or 0) & 4 else "UCNA"
     if not bits.s:

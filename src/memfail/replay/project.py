@@ -168,7 +168,7 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             if kind == "hugetlb_free" else 4096
         groups[(kind, vm, off // unit)].append(err)
     out = []
-    for (kind, vm, _), group in groups.items():
+    for (kind, _vm, _), group in groups.items():
         first_t = group[0].time
         burst = [g for g in group if first_t is None or g.time is None
                  or g.time - first_t <= BURST_SECONDS]

@@ -303,6 +303,7 @@ def replay_incident(inc: Incident, version: str | None, arch: str | None,
         return out
     old_fmt = next((e for e in inc.events if e.kind == "memory_failure" and
                     e.format == "kernel-log" and re.search(r"\bMCE:? 0x", e.text)), None)
+    caveats: list[str]
     if profile_override:
         profile, caveats, too_old = profile_override, [], None
     elif version is None and old_fmt is not None:

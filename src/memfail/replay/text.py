@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .mce import VENDORS, decode_status, is_memory_error, severity
 from .events import MceRecord
+from .mce import VENDORS, decode_status, is_memory_error, severity
 
 HEX = r"[0-9a-fA-F]+"
 MF_RESULTS = ("Ignored", "Failed", "Delayed", "Recovered")
@@ -243,12 +243,14 @@ class TextReader:
             if m and self._trace(n, m, line):
                 return
         meta, msg = self._split(n, line)
-        if self._mcelog is not None or (self._allowed("mcelog") and _MCELOG_START.match(msg)):
-            if self._mcelog_line(meta, msg, line):
-                return
-        if self._rmc is not None or msg.strip() in _RMC_SECTIONS or _RMC_NONE.match(msg.strip()):
-            if self._allowed("ras-mc-ctl") and self._rmc_line(meta, msg.strip(), line):
-                return
+        in_mcelog = self._mcelog is not None or (self._allowed("mcelog") and
+                                                 bool(_MCELOG_START.match(msg)))
+        if in_mcelog and self._mcelog_line(meta, msg, line):
+            return
+        in_rmc = self._rmc is not None or msg.strip() in _RMC_SECTIONS or \
+            bool(_RMC_NONE.match(msg.strip()))
+        if in_rmc and self._allowed("ras-mc-ctl") and self._rmc_line(meta, msg.strip(), line):
+            return
         if self._allowed("kernel-log") and self._kernel(meta, msg, line):
             return
         if self._allowed("qemu") and self._qemu(meta, msg, line):
@@ -383,10 +385,10 @@ class TextReader:
             return True
         m = _MF_NOPFN.match(msg)
         if m:
-            a = re.search(r"(0x" + HEX + ")", m.group("msg"))
-            pfn = parse_int(a.group(1)) if a else None
-            self._event("mf_message", "kernel-log", meta, line, pfn=pfn,
-                        phys_addr=None if pfn is None else pfn << 12, message=m.group("msg"))
+            hexnum = re.search(r"(0x" + HEX + ")", m.group("msg"))
+            mpfn = parse_int(hexnum.group(1)) if hexnum else None
+            self._event("mf_message", "kernel-log", meta, line, pfn=mpfn,
+                        phys_addr=None if mpfn is None else mpfn << 12, message=m.group("msg"))
             return True
         return False
 
