@@ -103,6 +103,22 @@ def test_tracepoints_new_and_old_mce_record() -> None:
     assert mc.phys_addr == 0x35A1C0000 and mc.error_class == "corrected"
 
 
+def test_tracepoint_group_names_and_perf_script(tmp_path: Path) -> None:
+    log = tmp_path / "perf.txt"   # perf script; ras: before 6.18, memory_failure: after
+    log.write_text(
+        "  kworker/3:1   210 [003]  4210.118901: ras:memory_failure_event: pfn 0x4a1f2c: "
+        "recovery action for dirty LRU page: Recovered\n"
+        "  kworker/4:0   211 [004]  4211.000000: memory_failure:memory_failure_event: pfn "
+        "0x4a1f2d: recovery action for clean LRU page: Delayed\n"
+        "  kworker/4:0   211 [004]  4212.000000: ras:aer_event: 0000:00:1c.0 PCIe Bus Error: "
+        "severity=Corrected, Receiver Error\n")
+    res = read_inputs([str(log)])
+    mf = [e for e in res.events if e.kind == "memory_failure"]
+    assert [(e.pfn, e.result, e.detail["group"], e.cpu) for e in mf] == [
+        (0x4A1F2C, "Recovered", "ras", 3), (0x4A1F2D, "Delayed", "memory_failure", 4)]
+    assert res.sources[0].ignored == 1 and errors(res) == []
+
+
 def test_mcelog_records() -> None:
     res = read_inputs([str(HERE / "mcelog.txt")])
     mces = [e for e in res.events if e.kind == "machine_check"]

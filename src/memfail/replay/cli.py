@@ -130,8 +130,12 @@ def replay(
         if show:
             print(f"memfail replay: reading {i + 1}/{n}: {name}", file=sys.stderr)
 
+    def lines(name: str, n: int) -> None:
+        if show:
+            print(f"memfail replay: {name}: {n} lines read", file=sys.stderr)
+
     try:
-        read = read_inputs(logs, fmt, kernel, progress=tick)
+        read = read_inputs(logs, fmt, kernel, progress=tick, line_progress=lines)
     except ReplayInputError as e:
         raise _fail(str(e)) from None
     if not read.events and any(p.severity == "error" for p in read.problems) and \

@@ -68,7 +68,8 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
-             display: str | None = None) -> Found:
+             display: str | None = None,
+             progress: Callable[[str, int], None] | None = None) -> Found:
     source = display or str(path)
     if fmt not in FORMATS:
         raise ReplayInputError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -82,7 +83,7 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
                            "severity": "error", "text": ""})
         return f
     problems: list[dict[str, Any]] = []
-    reader = TextReader(source, None if fmt == "auto" else fmt)
+    reader = TextReader(source, None if fmt == "auto" else fmt, progress)
     found = reader.feed_all(_lines(data, source, problems))
     found.problems.extend(problems)
     if not data.strip():
@@ -92,7 +93,8 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
 
 
 def read_inputs(paths: list[str], fmt: str = "auto", kernel: str | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> ReadResult:
+                progress: Callable[[str, int, int], None] | None = None,
+                line_progress: Callable[[str, int], None] | None = None) -> ReadResult:
     """Read every input; text first, so a kernel version found in a log can re-decode the
     page types of a rasdaemon database of the same host."""
     files = expand(paths)
@@ -105,7 +107,7 @@ def read_inputs(paths: list[str], fmt: str = "auto", kernel: str | None = None,
         path = files[i]
         if progress is not None:
             progress(str(path), n, len(files))
-        f = read_one(path, fmt, kernel or version)
+        f = read_one(path, fmt, kernel or version, progress=line_progress)
         if f.version and not version:
             version = f.version
         founds.append((path, f))

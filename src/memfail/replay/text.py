@@ -9,7 +9,7 @@ assembled by small state machines; a record left open at the end of the input is
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from .events import MceRecord
 from .mce import VENDORS, decode_status, is_memory_error, severity
 
 HEX = r"[0-9a-fA-F]+"
+PROGRESS_LINES = 500_000
 MF_RESULTS = ("Ignored", "Failed", "Delayed", "Recovered")
 
 # --------------------------------------------------------------------------- line prefixes
@@ -83,6 +84,8 @@ _QEMU_LARGE = re.compile(r"Memory error: Loosing a large page \(size: (?P<size>\
 _TRACE = re.compile(r"^\s*(?P<task>.{1,64}?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?"
                     r"\[(?P<cpu>\d+)\]\s+(?:[\w.]{3,6}\s+)?(?P<ts>\d+\.\d+):\s+"
                     r"(?P<ev>[\w:]+):\s*(?P<body>.*)$")
+_PERF = re.compile(r"^\s*(?P<task>\S.{0,63}?)\s+(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<ev>[a-z_]+:[\w]+):\s*(?P<body>.*)$")
 _TP_MF = re.compile(r"^pfn (?P<pfn>0x" + HEX + r"|\d+): recovery action for (?P<type>.+?): "
                     r"(?P<res>\w+)\s*$")
 _TP_MCE = re.compile(r"CPU: (?P<cpu>\d+), MCGc/s: (?P<mcgcap>" + HEX + r")/(?P<mcg>" + HEX
@@ -92,6 +95,11 @@ _TP_MC = re.compile(r"^(?P<count>\d+) (?P<type>Corrected|Uncorrected|Fatal|Info|
                     r"(?P<loc>[-\d:]+) address:0x(?P<addr>" + HEX + r") grain:(?P<grain>\d+)")
 _RAS_HINT = re.compile(r"Memory failure|\[Hardware Error\]|Machine Check|memory_failure_event|"
                        r"mce_record|Guest MCE|hwpoison|MCE 0x", re.I)
+# every record any reader understands contains one of these: other lines skip the parsers
+_ANY = re.compile(r"Memory failure|MCE|mce|Hardware Error|EDAC|Linux version|Injecting|"
+                  r"Soft offlining|Kernel panic|BUG|WARNING|Oops|general protection|"
+                  r"Internal error|[Mm]emory [Ee]rror|Hardware memory error|_event|events:|"
+                  r"errors\.|Disk errors|Hardware event|hwpoison|Guest|recovery action")
 _NONMEM_TRACE = {"aer_event", "non_standard_event", "devlink_health_report", "block_rq_error",
                  "arm_event", "cxl_general_media", "cxl_dram", "extlog_mem_event"}
 
@@ -191,8 +199,10 @@ class _Meta:
 class TextReader:
     """Feed lines with ``feed``; call ``finish`` at the end. ``only`` restricts the formats."""
 
-    def __init__(self, source: str, only: str | None = None) -> None:
+    def __init__(self, source: str, only: str | None = None,
+                 progress: Callable[[str, int], None] | None = None) -> None:
         self.source = source
+        self.progress = progress
         self.only = only
         self.out = Found()
         self._mce: dict[str, Any] | None = None      # open kernel-log machine check
@@ -228,6 +238,8 @@ class TextReader:
 
     def feed(self, n: int, raw: str) -> None:
         self.out.lines += 1
+        if self.progress is not None and self.out.lines % PROGRESS_LINES == 0:
+            self.progress(self.source, self.out.lines)
         line = raw.rstrip("\r\n")
         if "\x00" in line:
             self._problem(n, "binary data (NUL bytes) in a text line", line.replace("\x00", ""))
@@ -238,8 +250,14 @@ class TextReader:
         if line.lstrip().startswith("#"):  # ftrace headers, comments
             self.out.ignored += 1
             return
+        if self._bug is not None and n - self._bug[1] > 60:
+            self._bug = None
+        if self._mcelog is None and self._rmc is None and self._bug is None and \
+                not _ANY.search(line):
+            self.out.ignored += 1
+            return
         if self._allowed("tracepoint"):
-            m = _TRACE.match(line)
+            m = _TRACE.match(line) or _PERF.match(line)
             if m and self._trace(n, m, line):
                 return
         meta, msg = self._split(n, line)
