@@ -247,3 +247,21 @@ def test_cli_unreadable_database_is_bad_input(tmp_path: Path,
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(["--help"], capsys)
     assert rc == 0 and "memfail replay dmesg.txt ras-mc_event.db --json" in out
+
+
+def test_docs_commands_run(monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import shlex
+
+    root = HERE.parent.parent
+    text = (root / "docs" / "replay.md").read_text()
+    cmds = [line.split("#", 1)[0].strip() for block in re.findall(r"```sh\n(.*?)```", text,
+                                                                   flags=re.S)
+            for line in block.splitlines() if line.strip().startswith("memfail ")]
+    assert len(cmds) >= 5
+    monkeypatch.chdir(root)
+    for cmd in cmds:
+        assert main(shlex.split(cmd)[1:]) == 0, cmd
+        out = capsys.readouterr()
+        assert out.err == "" or "reading" in out.err, cmd

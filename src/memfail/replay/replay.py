@@ -260,6 +260,8 @@ def build_scenario(inc: Incident, profile: str) -> tuple[dict[str, Any] | None, 
         return None, 0, MISSING.get(first, f"page owner: page type {first!r} has no model "
                                         "counterpart")
     mode = _mode(inc)
+    if any(e.kind == "injection" and e.detail.get("soft") for e in inc.events):
+        return None, 0, "a soft-offline injection: soft_offline_page() is not replayed"
     if mode == "ar" and recipe.get("ao_only"):
         return None, 0, (f"a CPU consumed a {first}: the model has no user access to it (a "
                       "kernel consumption without fixup panics, R47)")
