@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from memfail.replay import read_inputs
+from memfail.replay import read_inputs, replay_all
 from memfail.replay.events import ReadResult
 from memfail.replay.mce import decode_status, severity
 from memfail.replay.pagetypes import redecode
+from memfail.replay.project import HostShape, project
 
 HERE = Path(__file__).parent / "replay"
 sys.path.insert(0, str(HERE))
@@ -346,3 +349,40 @@ def test_truncated_database(tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) // 2])
     res = read_inputs([str(cut)])   # whatever survives, and a message, never a traceback
     assert res.problems or res.events
+
+
+# --------------------------------------------------------------------------- any input
+
+FRAGMENTS = [
+    "[ 12.5] ", "Nov 26 09:36:22 h kernel: ", "{3}[Hardware Error]: ", "mce: [Hardware Error]: ",
+    "Memory failure: 0x1f: ", "recovery action for ", "dirty LRU page", ": Recovered", "MCE 0x",
+    "CPU 2: Machine Check Exception: 5 Bank 1: bd80000000100134", "TSC 0 ADDR 1f000 ",
+    "PROCESSOR 0:50657 TIME 1 SOCKET 0 APIC 0", "physical_address: 0x1f000",
+    "event severity: fatal", " Error 0, type: recoverable", "section_type: memory error",
+    "EDAC MC0: 1 UE x on y (page:0x1f offset:0x0 grain:1)", "Hardware event. This is not",
+    "MCE 0", "STATUS bd80000000100134 MCGSTATUS 5", "CPU 1 BANK 2", "CPUID Vendor Intel",
+    "Memory failure events:", "1 2024-01-01 00:00:00 +0000 error: pfn=0x1f, page_type=x, ",
+    "MCE events:", "status=0xbd80", "kworker-1 [000] .... 1.0: mce_record: CPU: 1, ",
+    "memory_failure_event: pfn 0x1f: ", "Guest MCE Memory Error at QEMU addr 0x1 and GUEST ",
+    "WARNING: CPU: 1 PID: 1 at mm/memory-failure.c:1 x", " memory_failure+0x1/0x2", "\t", "é",
+    "0xzz", "Linux version 6.9.1 ", "Kernel panic - not syncing: ", "\x00", "",
+]
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(FRAGMENTS), max_size=5).map("".join), max_size=30))
+def test_any_text_reads_without_a_traceback(tmp_path: Path, lines: list[str]) -> None:
+    log = tmp_path / "fuzz.log"
+    log.write_text("\n".join(lines), encoding="utf-8", errors="replace")
+    before = log.read_bytes()
+    res = read_inputs([str(log)])
+    src = res.sources[0]
+    assert src.ignored <= src.lines
+    assert log.read_bytes() == before
+    for p in res.problems:
+        assert p.source == str(log) and p.reason
+    for o in replay_all(res):   # every incident gets a verdict, never an exception
+        assert o.verdict in ("reproduces", "differs", "cannot-express")
+        assert o.verdict == "reproduces" or o.reason
+    project(res, HostShape(memory_gib=16, vm_gib=4), ["mainline"])

@@ -228,7 +228,8 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
               f"{proj['errors']} hardware error(s) on {proj['hosts']} host(s)")
         lo = proj["left_out"]
         print(f"  left out: {lo['software_injections']} software injection(s), "
-              f"{lo['uncorrected_without_address']} uncorrected error(s) without an address; "
+              f"{lo['uncorrected_without_address']} uncorrected error(s) without an address, "
+              f"{lo['qemu_guest_reports']} QEMU report(s) (guest addresses only); "
               f"corrected history: {lo['corrected_records']} record(s) on "
               f"{lo['corrected_pages']} page(s); {proj['uc_with_ce_history']} uncorrected "
               "page(s) had corrected errors first")

@@ -95,6 +95,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
     injected: set[tuple[str, int]] = set()
     ces: dict[tuple[str, int], list[RasEvent]] = defaultdict(list)
     noaddr = 0
+    qemu = 0
     for e in read.events:
         host = e.host or e.source
         if e.kind == "injection" and e.pfn is not None:
@@ -105,6 +106,9 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             continue
         uc = e.kind in ("memory_failure", "consumed") or e.error_class in (
             "uncorrected-ao", "uncorrected-ar", "fatal")
+        if e.kind == "qemu" and e.detail.get("code"):
+            qemu += 1
+            continue
         if not uc or e.kind in ("qemu", "panic", "kernel_bug"):
             continue
         if e.kind == "machine_check" and e.mce is not None and not e.mce.memory and \
@@ -137,6 +141,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
         errs.append(err)
     errs.sort(key=lambda x: (x.host, x.time if x.time is not None else float("inf"), x.pfn))
     left = {"software_injections": skipped, "uncorrected_without_address": noaddr,
+            "qemu_guest_reports": qemu,
             "corrected_pages": len(ces), "corrected_records": sum(len(v) for v in ces.values())}
     return errs, left
 
@@ -174,7 +179,10 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
                  or g.time - first_t <= BURST_SECONDS]
         later = len(group) > len(burst)
         head = group[0]
-        if kind.startswith("gmem"):
+        if head.fatal and not head.consumed:
+            # the log's own consumer was the kernel (a fatal machine check): keep it
+            touch = "kernel_unchecked"
+        elif kind.startswith("gmem"):
             touch = "guest_read" if head.consumed else "scrub"
         elif kind == "vmm":
             touch = "vmm_read" if head.consumed else "scrub"
