@@ -311,8 +311,8 @@ def replay_incident(inc: Incident, version: str | None, arch: str | None,
     elif version is None and old_fmt is not None:
         profile, caveats, too_old = None, [], (
             "kernel too old: no 'Linux version' line, but the 'MCE 0x...: recovery action' "
-            "prefix is that of kernels before memory-failure.c's pr_fmt 'Memory failure: ' "
-            "(v4.x); the model's oldest profile is linux-6.1")
+            "prefix is that of kernels before 4.7 ('memory failure: replace MCE with Memory "
+            "failure', 2016); the model's oldest profile is linux-6.1")
     else:
         profile, caveats, too_old = pick_profile(version)
     out.profile, out.caveats = profile, caveats
