@@ -9,10 +9,12 @@ the kernel version that produced it.
 
 Sources: include/linux/mm.h and include/ras/ras_event.h (since 6.18 also
 include/trace/events/memory-failure.h) in torvalds/linux; rasdaemon v0.6.8 and v0.8.x
-ras-memory-failure-handler.c. Entry removals between 5.19 and 6.14 are dated to the release
-that first shipped them as far as the patches found say (Naoya Horiguchi's removal of
-POISONED_HUGE and BUDDY_2ND; Jane Chu's 6.11 series adding GET_HWPOISON and
-ALREADY_POISONED; PFN_MAP); the 6.10 and 6.14 boundaries are DERIVED.
+ras-memory-failure-handler.c. Eras: up to 5.18 (rasdaemon 0.6.8's copy); 5.19 (Naoya
+Horiguchi's removal of POISONED_HUGE and BUDDY_2ND, NON_PMD_HUGE gone); 6.11 (Miaohe Lin's
+"remove MF_MSG_SLAB" and Jane Chu's series adding GET_HWPOISON and ALREADY_POISONED, both
+June 2024); 6.18 (PFN_MAP added, DIFFERENT_COMPOUND gone: the enum of
+include/trace/events/memory-failure.h). The 5.19 and 6.18 boundaries are DERIVED (the
+patches were found, the release that first shipped them was not checked).
 """
 
 from __future__ import annotations
@@ -43,12 +45,7 @@ KERNEL_ENUMS: tuple[tuple[tuple[int, int], list[str]], ...] = (
               "UNSPLIT_THP", "UNKNOWN"]),
     ((5, 19), ["KERNEL", "KERNEL_HIGH_ORDER", "SLAB", "DIFFERENT_COMPOUND", "HUGE", "FREE_HUGE",
                *_LRU, "BUDDY", "DAX", "UNSPLIT_THP", "UNKNOWN"]),
-    ((6, 10), ["KERNEL", "KERNEL_HIGH_ORDER", "DIFFERENT_COMPOUND", "HUGE", "FREE_HUGE",
-               *_LRU, "BUDDY", "DAX", "UNSPLIT_THP", "UNKNOWN"]),
-    ((6, 11), ["KERNEL", "KERNEL_HIGH_ORDER", "DIFFERENT_COMPOUND", "HUGE", "FREE_HUGE",
-               "GET_HWPOISON", *_LRU, "BUDDY", "DAX", "UNSPLIT_THP", "ALREADY_POISONED",
-               "UNKNOWN"]),
-    ((6, 14), ["KERNEL", "KERNEL_HIGH_ORDER", "HUGE", "FREE_HUGE", "GET_HWPOISON", *_LRU,
+    ((6, 18), ["KERNEL", "KERNEL_HIGH_ORDER", "HUGE", "FREE_HUGE", "GET_HWPOISON", *_LRU,
                "BUDDY", "DAX", "UNSPLIT_THP", "ALREADY_POISONED", "PFN_MAP", "UNKNOWN"]),
 )
 # rasdaemon's copies: 0.6.x-0.8.0 (the 4.x-5.18 enum) and 0.8.1+ (the 5.19-6.9 enum)
