@@ -386,3 +386,14 @@ def test_any_text_reads_without_a_traceback(tmp_path: Path, lines: list[str]) ->
         assert o.verdict in ("reproduces", "differs", "cannot-express")
         assert o.verdict == "reproduces" or o.reason
     project(res, HostShape(memory_gib=16, vm_gib=4), ["mainline"])
+
+
+def test_kernel_enum_eras() -> None:
+    from memfail.replay.pagetypes import kernel_enum
+
+    e61, e612, e618 = kernel_enum("6.1.0"), kernel_enum("6.12.3"), kernel_enum("6.18.1")
+    assert e61 and e612 and e618
+    assert "SLAB" in e61 and "SLAB" not in e612 and "ALREADY_POISONED" in e612
+    assert "PFN_MAP" in e618 and "PFN_MAP" not in e612
+    assert kernel_enum("4.19.0") == kernel_enum("5.4.0") and "BUDDY_2ND" in (kernel_enum("5.4")
+                                                                           or [])

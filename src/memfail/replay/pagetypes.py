@@ -45,10 +45,13 @@ KERNEL_ENUMS: tuple[tuple[tuple[int, int], list[str]], ...] = (
               "UNSPLIT_THP", "UNKNOWN"]),
     ((5, 19), ["KERNEL", "KERNEL_HIGH_ORDER", "SLAB", "DIFFERENT_COMPOUND", "HUGE", "FREE_HUGE",
                *_LRU, "BUDDY", "DAX", "UNSPLIT_THP", "UNKNOWN"]),
+    ((6, 11), ["KERNEL", "KERNEL_HIGH_ORDER", "DIFFERENT_COMPOUND", "HUGE", "FREE_HUGE",
+               "GET_HWPOISON", *_LRU, "BUDDY", "DAX", "UNSPLIT_THP", "ALREADY_POISONED",
+               "UNKNOWN"]),
     ((6, 18), ["KERNEL", "KERNEL_HIGH_ORDER", "HUGE", "FREE_HUGE", "GET_HWPOISON", *_LRU,
                "BUDDY", "DAX", "UNSPLIT_THP", "ALREADY_POISONED", "PFN_MAP", "UNKNOWN"]),
 )
-# rasdaemon's copies: 0.6.x-0.8.0 (the 4.x-5.18 enum) and 0.8.1+ (the 5.19-6.9 enum)
+# rasdaemon's copies: 0.6.x-0.8.0 (the 4.x-5.18 enum) and 0.8.1+ (the 5.19-6.10 enum)
 RASDAEMON_OLD = KERNEL_ENUMS[0][1]
 RASDAEMON_NEW = KERNEL_ENUMS[1][1]
 
