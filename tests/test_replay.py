@@ -397,3 +397,26 @@ def test_kernel_enum_eras() -> None:
     assert "PFN_MAP" in e618 and "PFN_MAP" not in e612
     assert kernel_enum("4.19.0") == kernel_enum("5.4.0") and "BUDDY_2ND" in (kernel_enum("5.4")
                                                                            or [])
+
+
+def test_amd_decoded_record_is_one_machine_check_with_its_address() -> None:
+    res = read_inputs([str(HERE / "amd-ubuntu-6.8.dmesg")])
+    mces = [e for e in res.events if e.kind == "machine_check"]
+    assert len(mces) == 1 and mces[0].mce is not None
+    m = mces[0].mce
+    assert (m.cpu, m.bank, m.addr, m.cpuvendor) == (0, 17, 0xA12345670, 2)
+    assert m.severity == "corrected" and m.bits.miscv and m.bits.addrv
+    cper = [e for e in res.events if e.kind == "memory_error" and e.detail.get("via") == "ghes"]
+    assert [(e.phys_addr, e.error_class) for e in cper] == [(0xB00001000, "corrected")]
+
+
+def test_rasdaemon_event_text_in_syslog() -> None:
+    res = read_inputs([str(HERE / "rasdaemon-syslog.log")], kernel="6.1.0-18-amd64")
+    by = {(e.kind, e.format): e for e in res.events}
+    mce = by[("machine_check", "tracepoint")]
+    assert mce.mce and mce.mce.status == 0xBD000000004000C2 and mce.mce.addr == 0x6D9222000
+    assert mce.mce.cpu == 4 and mce.host == "node-12" and mce.time == "2024-03-01 10:15:02 +0000"
+    tp = by[("memory_failure", "tracepoint")]
+    assert tp.page_type == "dirty LRU page"
+    assert tp.detail["stored_page_type"] == "dirty unevictable LRU page"
+    assert by[("memory_error", "tracepoint")].phys_addr == 0x6D9221000

@@ -265,3 +265,10 @@ def test_docs_commands_run(monkeypatch: pytest.MonkeyPatch,
         assert main(shlex.split(cmd)[1:]) == 0, cmd
         out = capsys.readouterr()
         assert out.err == "" or "reading" in out.err, cmd
+
+
+def test_one_call_recorded_by_two_sources_is_replayed_once() -> None:
+    res = read_inputs([str(HERE / "rasdaemon-syslog.log")], kernel="6.1.0-18-amd64")
+    (o,) = replay_all(res)
+    assert o.verdict == "reproduces" and len(o.logged) == 1
+    assert len(o.incident.events) == 3   # the machine check and both records of the call

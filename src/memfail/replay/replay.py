@@ -37,7 +37,17 @@ class Incident:
 
     @property
     def mf(self) -> list[RasEvent]:
-        return [e for e in self.events if e.kind == "memory_failure"]
+        """The memory_failure() records of the page. Several sources (kernel log, tracepoint,
+        rasdaemon) record the same calls: the source with the most records is used, the
+        kernel log first on a tie."""
+        by: dict[str, list[RasEvent]] = {}
+        for e in self.events:
+            if e.kind == "memory_failure":
+                by.setdefault(e.format, []).append(e)
+        if not by:
+            return []
+        best = max(by, key=lambda f: (len(by[f]), f == "kernel-log"))
+        return by[best]
 
     def has(self, kind: str) -> bool:
         return any(e.kind == kind for e in self.events)

@@ -57,6 +57,12 @@ _MCE_RIP = re.compile(_HWERR + r"RIP(?: !INEXACT!)? (?P<cs>" + HEX + r"):<(?P<ip
 _MCE_TSC = re.compile(_HWERR + r"TSC (?P<tsc>" + HEX + r")(?P<rest>.*)$")
 _MCE_PROC = re.compile(_HWERR + r"PROCESSOR (?P<vendor>\d+):(?P<cpuid>" + HEX + r") TIME "
                        r"(?P<time>\d+) SOCKET (?P<socket>\d+) APIC (?P<apic>" + HEX + r")")
+_AMD_STATUS = re.compile(_HWERR + r"CPU:(?P<cpu>\d+) \((?P<fms>[0-9a-f:]+)\) MC(?P<bank>\d+)_STATUS"
+                         r"\[(?P<flags>[^\]]*)\]: 0x(?P<status>" + HEX + ")")
+_AMD_ADDR = re.compile(_HWERR + r"Error Addr: 0x(?P<addr>" + HEX + ")")
+_AMD_INFO = re.compile(_HWERR + r"(?:Corrected error, no action required\.|Uncorrected, |"
+                       r"Deferred error, |IPID: |Syndrome: |cache level: |"
+                       r"[\w .]+ Ext\. Error Code: |Error Status: |PPIN: |Machine check: )")
 _MCE_MSG = re.compile(_HWERR + r"Machine check: (?P<msg>.+)$")
 _MCE_INFO = re.compile(r"(?:mce: )?\[Hardware Error\]: (?:Run the above through|Machine check "
                        r"events logged|Some CPUs didn't answer|Fake kernel panic|"
@@ -64,6 +70,7 @@ _MCE_INFO = re.compile(r"(?:mce: )?\[Hardware Error\]: (?:Run the above through|
                        r"(?:temperature|throttled)|Machine check events logged|"
                        r"Using \d+ MCE banks|\[Hardware Error\]: Machine check events logged)")
 _GHES = re.compile(r"^\{(?P<n>\d+)\}\[Hardware Error\]:\s?(?P<body>.*)$")
+_CPER_BARE = re.compile(r"^\[Hardware Error\]:\s?(?P<body>.*)$")   # CPER before the {N} prefix
 _EDAC = re.compile(r"^EDAC (?:(?P<drv>[\w\-]+) )?MC(?P<mc>\d+): (?P<count>\d+) "
                    r"(?P<type>CE|UE|Corrected|Uncorrected|Fatal|Deferred)\b(?P<rest>.*)$")
 _EDAC_PAGE = re.compile(r"page:0x(?P<page>" + HEX + r") offset:0x(?P<off>" + HEX + ")")
@@ -100,6 +107,8 @@ _ANY = re.compile(r"Memory failure|MCE|mce|Hardware Error|EDAC|Linux version|Inj
                   r"Soft offlining|Kernel panic|BUG|WARNING|Oops|general protection|"
                   r"Internal error|[Mm]emory [Ee]rror|Hardware memory error|_event|events:|"
                   r"errors\.|Disk errors|Hardware event|hwpoison|Guest|recovery action")
+_RAS_BODY = re.compile(r"^\s*(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: [+-]\d{4})?) "
+                       r"(?P<rest>.*)$")
 _NONMEM_TRACE = {"aer_event", "non_standard_event", "devlink_health_report", "block_rq_error",
                  "arm_event", "cxl_general_media", "cxl_dram", "extlog_mem_event"}
 
@@ -261,6 +270,10 @@ class TextReader:
             if m and self._trace(n, m, line):
                 return
         meta, msg = self._split(n, line)
+        if msg != line and self._allowed("tracepoint"):
+            m = _TRACE.match(msg) or _PERF.match(msg)
+            if m and self._trace(n, m, line, meta):
+                return
         in_mcelog = self._mcelog is not None or (self._allowed("mcelog") and
                                                  bool(_MCELOG_START.match(msg)))
         if in_mcelog and self._mcelog_line(meta, msg, line):
@@ -372,9 +385,9 @@ class TextReader:
             return True
         if self._mce_line(meta, msg, line):
             return True
-        m = _GHES.match(msg)
+        m = _GHES.match(msg) or _CPER_BARE.match(msg)
         if m:
-            self._ghes_line(meta, int(m.group("n")), m.group("body"), line)
+            self._ghes_line(meta, int(m.groupdict().get("n") or 0), m.group("body"), line)
             return True
         m = _EDAC.match(msg)
         if m:
@@ -411,6 +424,27 @@ class TextReader:
         return False
 
     def _mce_line(self, meta: _Meta, msg: str, line: str) -> bool:
+        m = _AMD_STATUS.search(msg)
+        if m:  # AMD's decoded record: the status line, then "Error Addr:"
+            self._close_mce()
+            self._mce = {"meta": meta, "text": [line], "cpu": int(m.group("cpu")),
+                         "bank": int(m.group("bank")), "status": int(m.group("status"), 16),
+                         "cpuvendor": 2, "amd_decoded": True}
+            return True
+        m = _AMD_ADDR.search(msg)
+        if m and self._mce is not None and self._mce.get("amd_decoded"):
+            self._mce["addr"] = int(m.group("addr"), 16)
+            self._mce["text"].append(line)
+            self._close_mce()
+            return True
+        if self._mce is None or not self._mce.get("amd_decoded"):
+            pass
+        elif _AMD_INFO.search(msg) and not _MCE_MSG.search(msg):
+            self._mce["text"].append(line)
+            return True
+        if _AMD_INFO.search(msg) and not _MCE_MSG.search(msg):
+            self.out.formats.add("kernel-log")
+            return True
         m = _MCE_HEAD.search(msg)
         if m:
             self._close_mce()
@@ -459,11 +493,22 @@ class TextReader:
             return
         meta: _Meta = rec.pop("meta")
         text = "\n".join(rec.pop("text"))
-        if "walltime" not in rec:
+        amd = rec.pop("amd_decoded", False)
+        if "walltime" not in rec and not amd:
             self._problem(meta.line, "machine-check record cut short (no PROCESSOR line"
                           + (" before the end of the input" if eof else "") + "); kept what "
                           "was read", text.splitlines()[0], severity="warning")
         mce = mce_record(**rec)
+        if amd:  # the same error __print_mce logged just before: keep one record
+            for prev in reversed(self.out.events[-8:]):
+                pm = prev.get("mce")
+                if prev["kind"] == "machine_check" and pm is not None and \
+                        (pm.cpu, pm.bank, pm.status) == (mce.cpu, mce.bank, mce.status):
+                    if pm.addr is None and mce.addr is not None:
+                        prev["mce"] = pm.model_copy(update={"addr": mce.addr})
+                        prev["phys_addr"], prev["pfn"] = mce.addr, mce.addr >> 12
+                    prev["text"] += "\n" + text
+                    return
         epoch = float(mce.walltime) if mce.walltime else None
         ev = self._event("machine_check", "kernel-log", meta, text, cpu=mce.cpu, mce=mce,
                          phys_addr=mce.addr if mce.bits.addrv or mce.addr else None,
@@ -590,10 +635,17 @@ class TextReader:
 
     # ------------------------------------------------------------------ tracepoints
 
-    def _trace(self, n: int, m: re.Match[str], line: str) -> bool:
+    def _trace(self, n: int, m: re.Match[str], line: str, outer: _Meta | None = None) -> bool:
         ev = m.group("ev").split(":")[-1]
         body = m.group("body")
         meta = _Meta(n, uptime=float(m.group("ts")))
+        if outer is not None:  # rasdaemon's own output in syslog: the record's wall time
+            meta.host, meta.time = outer.host, outer.time
+        ras = _RAS_BODY.match(body)
+        if ras is not None:  # rasdaemon prints its decoding: "TIMESTAMP key=value, ..."
+            return self._rasdaemon_trace(ev, meta, cpu=int(m.group("cpu")),
+                                         when=ras.group("time"), body=ras.group("rest"),
+                                         line=line)
         cpu = int(m.group("cpu"))
         if ev == "memory_failure_event":
             t = _TP_MF.match(body)
@@ -662,6 +714,55 @@ class TextReader:
             self.out.ignored += 1
             return True
         return False
+
+    def _rasdaemon_trace(self, ev: str, meta: _Meta, cpu: int, when: str, body: str,
+                         line: str) -> bool:
+        """rasdaemon's event text (ras-mce-handler.c report_mce_event, ras-mc-handler.c,
+        ras-memory-failure-handler.c): the record as rasdaemon decoded it."""
+        meta.time = when
+        if ev == "memory_failure_event":
+            t = re.search(r"pfn=(?P<pfn>0x" + HEX + r"|\d+),? page_type=(?P<type>.+?),? "
+                          r"action_result=(?P<res>\w+)", body)
+            if not t:
+                self._problem(meta.line, "rasdaemon memory_failure_event text without "
+                              "pfn=, page_type=, action_result=", line)
+                return True
+            pfn = parse_int(t.group("pfn"))
+            self._event("memory_failure", "tracepoint", meta, line, cpu=cpu, pfn=pfn,
+                        phys_addr=pfn << 12, page_type=t.group("type"), result=t.group("res"),
+                        detail={"rasdaemon_enum": True, "group": "ras"})
+            return True
+        if ev == "mce_record":
+            kv = {k: v for k, v in re.findall(r"\b(bank|status|cpu|addr|misc|mcgstatus|"
+                                              r"mcgcap|walltime|cpuvendor|socketid|apicid)"
+                                              r"= ?([0-9a-fA-F]+)", body)}
+            if "status" not in kv:
+                self._problem(meta.line, "rasdaemon mce_record text without status=", line)
+                return True
+            dec = {"cpu", "walltime", "cpuvendor", "socketid"}
+            val = {k: int(v, 10 if k in dec else 16) for k, v in kv.items()}
+            mce = mce_record(val["status"], cpu=val.get("cpu"), bank=val.get("bank"),
+                             addr=val.get("addr"), misc=val.get("misc"),
+                             mcgstatus=val.get("mcgstatus"), mcgcap=val.get("mcgcap"),
+                             walltime=val.get("walltime"), cpuvendor=val.get("cpuvendor"),
+                             socket=val.get("socketid"), apicid=val.get("apicid"))
+            self._event("machine_check", "tracepoint", meta, line, cpu=mce.cpu, mce=mce,
+                        phys_addr=mce.addr or None, pfn=(mce.addr >> 12) if mce.addr else None,
+                        error_class=error_class(mce.severity))
+            return True
+        if ev == "mc_event":
+            a = re.search(r"address: 0x(" + HEX + ")", body)
+            typ = re.match(r"\d+ (\w+)", body)
+            self._event("memory_error", "tracepoint", meta, line, cpu=cpu,
+                        phys_addr=int(a.group(1), 16) if a else None,
+                        pfn=int(a.group(1), 16) >> 12 if a else None,
+                        error_class=_mc_class(typ.group(1) if typ else "Corrected"),
+                        message=f"mc_event {typ.group(1) if typ else ''}".strip(),
+                        detail={"via": "edac"})
+            return True
+        self.out.formats.add("tracepoint")
+        self.out.ignored += 1
+        return True
 
     # ------------------------------------------------------------------ mcelog
 
