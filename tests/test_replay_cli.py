@@ -272,3 +272,12 @@ def test_one_call_recorded_by_two_sources_is_replayed_once() -> None:
     (o,) = replay_all(res)
     assert o.verdict == "reproduces" and len(o.logged) == 1
     assert len(o.incident.events) == 3   # the machine check and both records of the call
+
+
+def test_powerpc_machine_check_is_read_and_named_as_architecture() -> None:
+    res = read_inputs([str(HERE / "ppc64-ue.dmesg")])
+    assert res.sources[0].arch == "ppc64le"
+    ue = next(e for e in res.events if e.kind == "memory_error")
+    assert ue.phys_addr == 0x201A4C8B0000 and ue.pfn == 0x201A4C8B
+    (o,) = replay_all(res)   # the machine check and memory_failure() share the 64 KiB pfn
+    assert o.verdict == "cannot-express" and o.reason.startswith("architecture ppc64le")

@@ -43,7 +43,15 @@ _VERSION = re.compile(r"Linux version (?P<v>\d+\.\d+(?:\.\d+)?\S*)")
 _MF_ACTION = re.compile(r"^(?:Memory failure|MCE):? ?(?P<pfn>0x" + HEX + r"|\d+): recovery action "
                         r"for (?P<type>.+?): (?P<res>\w+)\s*$")
 _MF_MSG = re.compile(r"^(?:Memory failure|MCE):? ?(?P<pfn>0x" + HEX + r"|\d+):? (?P<msg>.+)$")
-_MF_NOPFN = re.compile(r"^(?:Memory failure|MCE): (?P<msg>.+)$")
+# memory-failure.c lines without a pfn (before 4.7 some used the "MCE: " prefix)
+_MF_NOPFN = re.compile(r"^(?:Memory failure: |MCE: (?=Killing|Error sending|Out of memory|"
+                       r"Unable to find|Memory error))(?P<msg>.+)$")
+# powerpc (arch/powerpc/kernel/mce.c machine_check_print_event_info)
+_PPC_MCE = re.compile(r"^MCE: CPU(?P<cpu>\d+): machine check \((?P<sev>\w+)\) (?P<where>Host|Guest)"
+                      r" (?P<what>.*?)(?: DAR: (?P<dar>" + HEX + r"))?(?: paddr: (?P<pa>" + HEX
+                      + r"))? ?\[(?P<res>Recovered|Not recovered)\]")
+_PPC_INFO = re.compile(r"^MCE: CPU\d+: ")
+_ARM_BOOT = re.compile(r"^Booting Linux on physical CPU ")
 _PROC = re.compile(r"(?:Sending SIGBUS to|Killing) (?P<comm>.+?):(?P<pid>\d+)")
 _INJECT = re.compile(r"(?P<what>Injecting memory failure|Soft offlining) (?:for )?(?:pfn|page) "
                      r"(?P<pfn>0x" + HEX + r"|\d+) at (?:process virtual address )?"
@@ -341,6 +349,30 @@ class TextReader:
         if m and msg.lstrip().startswith("Linux version"):
             self.out.version = self.out.version or m.group("v")
             self.out.arch = self.out.arch or arch_of(msg)
+            self.out.formats.add("kernel-log")
+            return True
+        if _ARM_BOOT.match(msg):
+            self.out.arch = self.out.arch or "aarch64"
+            self.out.ignored += 1
+            return True
+        m = _PPC_MCE.match(msg)
+        if m:
+            self.out.arch = self.out.arch or "ppc64"
+            pa = int(m.group("pa"), 16) if m.group("pa") else None
+            ue = "UE" in m.group("what")
+            self._event("memory_error" if ue else "mf_message", "kernel-log", meta, line,
+                        cpu=int(m.group("cpu")), phys_addr=pa,
+                        # ppc64 kernels use 64 KiB pages: memory_failure()'s pfn is pa >> 16
+                        pfn=None if pa is None else pa >> 16,
+                        error_class=("uncorrected-ar" if ue else "unknown")
+                        if m.group("res") == "Recovered" or ue else "fatal",
+                        message=f"powerpc machine check: {m.group('what').strip()}",
+                        detail={"via": "powerpc", "severity": m.group("sev"),
+                                "recovered": m.group("res") == "Recovered",
+                                "guest": m.group("where") == "Guest"})
+            return True
+        if _PPC_INFO.match(msg):
+            self.out.arch = self.out.arch or "ppc64"
             self.out.formats.add("kernel-log")
             return True
         m = _MF_ACTION.match(msg)
