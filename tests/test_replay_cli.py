@@ -281,3 +281,11 @@ def test_powerpc_machine_check_is_read_and_named_as_architecture() -> None:
     assert ue.phys_addr == 0x201A4C8B0000 and ue.pfn == 0x201A4C8B
     (o,) = replay_all(res)   # the machine check and memory_failure() share the 64 KiB pfn
     assert o.verdict == "cannot-express" and o.reason.startswith("architecture ppc64le")
+
+
+def test_vm_sizes_used_in_turn() -> None:
+    s = HostShape(memory_gib=4 + 8 + 32 + 8 + 10, vm_list=(8, 32))
+    assert s.layout() == [(0, 8), (8, 32), (40, 8)] and s.nvms == 3
+    assert s.place((4 + 9) << 30) == ("gmem_private", 1, 1 << 30)
+    assert s.vm_size(1) == 32 and s.vm_size(2) == 8
+    assert s.place((4 + 49) << 30)[0] == "hugetlb_free"

@@ -52,7 +52,8 @@ def replay(
     policy: Annotated[list[str] | None, typer.Option(
         help="Policy to project under (repeat); default: every registered policy.")] = None,
     host_memory: Annotated[str, typer.Option(help="Projected host's memory.")] = "512G",
-    vm_size: Annotated[str, typer.Option(help="Size of each VM.")] = "32G",
+    vm_size: Annotated[str, typer.Option(help="Size of each VM, or sizes used in turn: "
+                                              "8G,32G.")] = "32G",
     vms: Annotated[int | None, typer.Option(help="Number of VMs (default: as many as fit "
                                                  "after 4 GiB for the host).")] = None,
     backing: Annotated[str, typer.Option(help="guest_memfd backing: 4K, 2M or 1G.")] = "2M",
@@ -115,11 +116,12 @@ def replay(
         raise _fail(f"--guest: expected default or confidential, got {guest!r}")
     try:
         mem_gib = parse_size(host_memory) // (1 << 30)
-        vm_gib = parse_size(vm_size) // (1 << 30)
+        sizes = tuple(parse_size(x.strip()) // (1 << 30) for x in vm_size.split(","))
     except ValueError as e:
         raise _fail(f"--host-memory/--vm-size: {e}") from None
-    shape = HostShape(memory_gib=mem_gib, vm_gib=vm_gib, vms=vms,
-                      backing=backing, guest=guest, shared=shared)  # type: ignore[arg-type]
+    shape = HostShape(memory_gib=mem_gib, vm_gib=sizes[0], vms=vms,
+                      backing=backing, guest=guest, shared=shared,  # type: ignore[arg-type]
+                      vm_list=sizes if len(sizes) > 1 else None)
     try:
         shape.validate()
     except ValueError as e:
@@ -222,8 +224,9 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
                 print(f"      note: {c}")
     if proj is not None:
         sh = proj["shape"]
+        vm_gib = "/".join(str(x) for x in sh["vm_gib"])
         print(f"\nprojection onto a guest_memfd host ({sh['memory_gib']} GiB, {sh['vms']} "
-              f"VMs of {sh['vm_gib']} GiB, {sh['backing']} backing, {sh['guest']} guests, "
+              f"VMs of {vm_gib} GiB, {sh['backing']} backing, {sh['guest']} guests, "
               f"{'shared' if sh['shared'] else 'private'} memory; {proj['profile']}): "
               f"{proj['errors']} hardware error(s) on {proj['hosts']} host(s)")
         lo = proj["left_out"]

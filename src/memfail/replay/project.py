@@ -27,7 +27,8 @@ MAX_PAGES = 8         # pages hit per class (the model's cost grows with it)
 
 @dataclass(frozen=True)
 class HostShape:
-    """The guest_memfd host the errors are projected onto."""
+    """The guest_memfd host the errors are projected onto. ``vm_list`` gives VM sizes in GiB
+    used in turn (``(8, 32)``: 8, 32, 8, 32, ...); without it every VM is ``vm_gib``."""
 
     memory_gib: int = 512
     vm_gib: int = 32
@@ -35,20 +36,37 @@ class HostShape:
     backing: Literal["4K", "2M", "1G"] = "2M"
     guest: Literal["default", "confidential"] = "default"
     shared: bool = False                 # guest memory shared with the VMM (else private)
+    vm_list: tuple[int, ...] | None = None
+
+    def layout(self) -> list[tuple[int, int]]:
+        """(first GiB after the reserved 4 GiB, size GiB) of each VM, in address order."""
+        sizes = self.vm_list or (self.vm_gib,)
+        room = self.memory_gib - RESERVED_GIB
+        out: list[tuple[int, int]] = []
+        at = 0
+        while self.vms is None or len(out) < self.vms:
+            size = sizes[len(out) % len(sizes)]
+            if size < 1 or at + size > room:
+                break
+            out.append((at, size))
+            at += size
+        return out
 
     @property
     def nvms(self) -> int:
-        fit = max(0, (self.memory_gib - RESERVED_GIB) // max(1, self.vm_gib))
-        return fit if self.vms is None else min(self.vms, fit)
+        return len(self.layout())
 
     def validate(self) -> None:
         if self.memory_gib <= RESERVED_GIB:
             raise ValueError(f"host memory must be more than {RESERVED_GIB} GiB")
-        if self.vm_gib < 1:
+        if min(self.vm_list or (self.vm_gib,)) < 1:
             raise ValueError("VM size must be at least 1 GiB")
         if self.vms is not None and self.vms > self.nvms:
-            raise ValueError(f"{self.vms} VMs of {self.vm_gib} GiB do not fit in "
+            raise ValueError(f"{self.vms} VMs of {self._sizes()} GiB do not fit in "
                              f"{self.memory_gib - RESERVED_GIB} GiB of guest memory")
+
+    def _sizes(self) -> str:
+        return "/".join(str(x) for x in (self.vm_list or (self.vm_gib,)))
 
     def place(self, phys: int) -> tuple[str, int | None, int]:
         """(memory kind, VM index, offset in that VM / region) of a host physical address
@@ -59,15 +77,20 @@ class HostShape:
         if off < RESERVED_GIB * GiB:
             return "vmm", None, off - 3 * GiB
         vm_off = off - RESERVED_GIB * GiB
-        vm = vm_off // (self.vm_gib * GiB)
-        if vm < self.nvms:
-            return ("gmem_shared" if self.shared else "gmem_private"), int(vm), \
-                vm_off % (self.vm_gib * GiB)
+        for i, (start, size) in enumerate(self.layout()):
+            if start * GiB <= vm_off < (start + size) * GiB:
+                return ("gmem_shared" if self.shared else "gmem_private"), i, \
+                    vm_off - start * GiB
         return "hugetlb_free", None, vm_off
 
+    def vm_size(self, vm: int | None) -> int:
+        lay = self.layout()
+        return lay[vm][1] if vm is not None and vm < len(lay) else self.vm_gib
+
     def to_json(self) -> dict[str, Any]:
-        return {"memory_gib": self.memory_gib, "vm_gib": self.vm_gib, "vms": self.nvms,
-                "backing": self.backing, "guest": self.guest, "shared": self.shared,
+        return {"memory_gib": self.memory_gib, "vm_gib": list(self.vm_list or (self.vm_gib,)),
+                "vms": self.nvms, "backing": self.backing, "guest": self.guest,
+                "shared": self.shared,
                 "layout": f"host physical address modulo {self.memory_gib} GiB: [0, 3 GiB) "
                           "host kernel, [3, 4 GiB) VMM, then the VMs one after the other, "
                           "the rest free HugeTLB pool"}
@@ -173,7 +196,7 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             if kind == "hugetlb_free" else 4096
         groups[(kind, vm, off // unit)].append(err)
     out = []
-    for (kind, _vm, _), group in groups.items():
+    for (kind, vm, _), group in groups.items():
         first_t = group[0].time
         burst = [g for g in group if first_t is None or g.time is None
                  or g.time - first_t <= BURST_SECONDS]
@@ -192,7 +215,8 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             memory=kind,  # type: ignore[arg-type]
             vm_type=("confidential" if shape.guest == "confidential" else "default")
             if kind.startswith("gmem") or kind == "vmm" else "none",
-            vm_gib=shape.vm_gib if kind.startswith("gmem") or kind == "vmm" else 0,
+            vm_gib=shape.vm_size(vm) if kind.startswith("gmem") else
+            shape.vm_size(0) if kind == "vmm" else 0,
             page_size=shape.backing if kind != "kernel" and kind != "vmm" else "4K",
             pages_hit=min(MAX_PAGES, len(burst)), same_folio=len(burst) > 1,
             second_fault=later, first_touch=touch,  # type: ignore[arg-type]
