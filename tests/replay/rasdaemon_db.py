@@ -112,3 +112,30 @@ def insert(path: Path, table: str, **values: Any) -> None:
     with con:
         con.execute(sql, [_bind(c, values.get(c)) for c in cols[1:]])
     con.close()
+
+
+def sample(path: Path) -> str:
+    """A database like a 6.1 host's after one consumed error: a corrected error, the
+    machine check and memory_failure()'s record (as rasdaemon 0.6.8 decodes its page type)."""
+    who = create(path)
+    insert(path, "mc_event", timestamp="2024-03-01 10:14:00 +0000", err_count=1,
+           err_type="Corrected", err_msg="memory read error",
+           label="CPU_SrcID#0_MC#0_Chan#2_DIMM#0", mc=0, top_layer=2, middle_layer=0,
+           lower_layer=-1, address=0x2B47D6A40, grain=32, syndrome=0, driver_detail="")
+    insert(path, "mce_record", timestamp="2024-03-01 10:15:02 +0000", mcgcap=0x7000C16,
+           mcgstatus=5, status=0xBD80000000100134, addr=0x2B47D6A80, misc=0x86,
+           walltime=1709287302, cpu=11, bank=1, cpuvendor=0,
+           error_msg="Data CACHE Level-0 Read Error",
+           mcistatus_msg="Uncorrected_error Error_enabled SRAR")
+    insert(path, "memory_failure_event", timestamp="2024-03-01 10:15:02 +0000",
+           pfn=0x2B47D6, page_type="dirty unevictable LRU page", action_result="Recovered")
+    return who
+
+
+if __name__ == "__main__":
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "ras-mc_event.db")
+    if out.exists():
+        sys.exit(f"{out}: exists; give a new file name")
+    print(f"{out}: schema written by {sample(out)}")
