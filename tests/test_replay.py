@@ -420,3 +420,17 @@ def test_rasdaemon_event_text_in_syslog() -> None:
     assert tp.page_type == "dirty LRU page"
     assert tp.detail["stored_page_type"] == "dirty unevictable LRU page"
     assert by[("memory_error", "tracepoint")].phys_addr == 0x6D9221000
+
+
+def test_gzipped_and_binary_files(tmp_path: Path) -> None:
+    import gzip
+
+    gz = tmp_path / "kern.log.2.gz"
+    gz.write_bytes(gzip.compress((HERE / "debian-6.1-srar.dmesg").read_bytes()))
+    res = read_inputs([str(gz)])
+    assert [e.pfn for e in res.events if e.kind == "memory_failure"] == [0x2B47D6]
+    binary = tmp_path / "core"
+    binary.write_bytes(bytes(range(256)) * 64)
+    res = read_inputs([str(binary)])
+    assert [p.reason for p in res.problems] == [
+        "a binary file, neither text nor a rasdaemon database"]

@@ -83,6 +83,22 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
                            "severity": "error", "text": ""})
         return f
     problems: list[dict[str, Any]] = []
+    if data[:2] == b"\x1f\x8b":  # a rotated, gzipped log (kern.log.2.gz)
+        import gzip
+        import zlib
+
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            f = Found()
+            f.problems.append({"source": source, "reason": f"gzip file cannot be read: {e}",
+                               "severity": "error", "text": ""})
+            return f
+    if data[:4096].count(b"\x00") > 16:
+        f = Found()
+        f.problems.append({"source": source, "severity": "error", "text": "",
+                           "reason": "a binary file, neither text nor a rasdaemon database"})
+        return f
     reader = TextReader(source, None if fmt == "auto" else fmt, progress)
     found = reader.feed_all(_lines(data, source, problems))
     found.problems.extend(problems)
