@@ -94,7 +94,7 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
             f.problems.append({"source": source, "reason": f"gzip file cannot be read: {e}",
                                "severity": "error", "text": ""})
             return f
-    if data[:4096].count(b"\x00") > 16:
+    if data[:4096].count(b"\x00") >= 8:
         f = Found()
         f.problems.append({"source": source, "severity": "error", "text": "",
                            "reason": "a binary file, neither text nor a rasdaemon database"})
