@@ -94,6 +94,12 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
             f.problems.append({"source": source, "reason": f"gzip file cannot be read: {e}",
                                "severity": "error", "text": ""})
             return f
+    if data[:8] == b"LPKSHHRH":
+        f = Found()
+        f.problems.append({"source": source, "severity": "error", "text": "",
+                           "reason": "a binary systemd journal file; export it first: "
+                                     f"journalctl -k --file {source} > kern.txt"})
+        return f
     if data[:4096].count(b"\x00") >= 8:
         f = Found()
         f.problems.append({"source": source, "severity": "error", "text": "",
