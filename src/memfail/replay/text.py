@@ -108,8 +108,9 @@ _TP_MCE = re.compile(r"CPU: (?P<cpu>\d+), MCGc/s: (?P<mcgcap>" + HEX + r")/(?P<m
 _TP_MC = re.compile(r"^(?P<count>\d+) (?P<type>Corrected|Uncorrected|Fatal|Info|Deferred) "
                     r"errors?:(?P<msg>.*?) on (?P<label>.*?) \(mc:(?P<mc>\d+) location:"
                     r"(?P<loc>[-\d:]+) address:0x(?P<addr>" + HEX + r") grain:(?P<grain>\d+)")
-_RAS_HINT = re.compile(r"Memory failure|\[Hardware Error\]|Machine Check|memory_failure_event|"
-                       r"mce_record|Guest MCE|hwpoison|MCE 0x", re.I)
+# a line that looks like a RAS record (reported when no reader understands it)
+_RAS_HINT = re.compile(r"Memory failure: |\[Hardware Error\]|Machine Check|"
+                       r"memory_failure_event: |mce_record: |mc_event: |Guest MCE|MCE 0x")
 # every record any reader understands contains one of these: other lines skip the parsers
 _ANY = re.compile(r"Memory failure|MCE|mce|Hardware Error|EDAC|Linux version|Injecting|"
                   r"Soft offlining|Kernel panic|BUG|WARNING|Oops|general protection|"
