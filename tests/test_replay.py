@@ -434,3 +434,21 @@ def test_gzipped_and_binary_files(tmp_path: Path) -> None:
     res = read_inputs([str(binary)])
     assert [p.reason for p in res.problems] == [
         "a binary file, neither text nor a rasdaemon database"]
+
+
+def test_journal_json_and_precise_syslog(tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "journal.json"
+    rec = {"__REALTIME_TIMESTAMP": "1709287302123456", "__MONOTONIC_TIMESTAMP": "8841117398",
+           "_HOSTNAME": "db-07", "SYSLOG_IDENTIFIER": "kernel",
+           "MESSAGE": "Memory failure: 0x2b47d6: recovery action for dirty LRU page: Recovered"}
+    log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "MESSAGE": "eth0 up"}) + "\n"
+                   + "Nov 26 09:36:22.123456 db-08 kernel: Memory failure: 0x7: recovery "
+                     "action for free buddy page: Recovered\n")
+    res = read_inputs([str(log)])
+    a, b = res.events
+    assert (a.pfn, a.host, a.uptime) == (0x2B47D6, "db-07", pytest.approx(8841.117398))
+    assert a.epoch == pytest.approx(1709287302.123456)
+    assert (b.pfn, b.host, b.time) == (0x7, "db-08", "Nov 26 09:36:22.123456")
+    assert res.sources[0].ignored == 1

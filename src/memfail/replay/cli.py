@@ -154,7 +154,11 @@ def replay(
             "sources": [s.model_dump(mode="json") for s in read.sources],
             "events": [e.model_dump(mode="json") for e in read.events],
             "problems": [p.model_dump(mode="json") for p in read.problems],
-            "replay": [o.to_json() for o in outcomes], "projection": proj,
+            "replay": [o.to_json() for o in outcomes],
+            "verdict_by_event": {str(e.seq): {"incident": o.incident.key,
+                                              "verdict": o.verdict}
+                                 for o in outcomes for e in o.incident.events},
+            "projection": proj,
         }
         print(json.dumps(doc, indent=1))
         return 0

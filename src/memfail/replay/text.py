@@ -23,7 +23,7 @@ MF_RESULTS = ("Ignored", "Failed", "Delayed", "Recovered")
 
 # --------------------------------------------------------------------------- line prefixes
 
-_SYSLOG = re.compile(r"^(?P<time>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<host>\S+) "
+_SYSLOG = re.compile(r"^(?P<time>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<host>\S+) "
                      r"(?P<prog>[\w\-./@]+)(?:\[\d+\])?: (?P<msg>.*)$")
 _ISOLOG = re.compile(r"^(?P<time>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?"
                      r"(?:Z|[+-]\d\d:?\d\d)?) (?P<host>\S+) (?P<prog>[\w\-./@]+)(?:\[\d+\])?: "
@@ -112,7 +112,7 @@ _TP_MC = re.compile(r"^(?P<count>\d+) (?P<type>Corrected|Uncorrected|Fatal|Info|
 _RAS_HINT = re.compile(r"Memory failure: |\[Hardware Error\]|Machine Check|"
                        r"memory_failure_event: |mce_record: |mc_event: |Guest MCE|MCE 0x")
 # every record any reader understands contains one of these: other lines skip the parsers
-_ANY = re.compile(r"Memory failure|MCE|mce|Hardware Error|EDAC|Linux version|Injecting|"
+_ANY = re.compile(r"MESSAGE|Memory failure|MCE|mce|Hardware Error|EDAC|Linux version|Injecting|"
                   r"Soft offlining|Kernel panic|BUG|WARNING|Oops|general protection|"
                   r"Internal error|[Mm]emory [Ee]rror|Hardware memory error|_event|events:|"
                   r"errors\.|Disk errors|Hardware event|hwpoison|Guest|recovery action")
@@ -312,6 +312,8 @@ class TextReader:
     def _split(self, n: int, line: str) -> tuple[_Meta, str]:
         meta = _Meta(n)
         msg = line
+        if line.startswith("{") and '"MESSAGE"' in line:  # journalctl -o json
+            return self._journal_json(meta, line)
         for rx in (_SYSLOG, _ISOLOG, _MONO):
             m = rx.match(msg)
             if m:
@@ -341,6 +343,32 @@ class TextReader:
                 msg = m.group("msg")
                 continue
             break
+        return meta, msg
+
+    def _journal_json(self, meta: _Meta, line: str) -> tuple[_Meta, str]:
+        import json
+
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return meta, line
+        msg = rec.get("MESSAGE")
+        if isinstance(msg, list):  # journald stores non-UTF-8 messages as byte arrays
+            msg = bytes(x & 0xFF for x in msg if isinstance(x, int)).decode("latin-1")
+        if not isinstance(msg, str):
+            return meta, line
+        meta.host = rec.get("_HOSTNAME") if isinstance(rec.get("_HOSTNAME"), str) else None
+        if meta.host and self.out.host is None:
+            self.out.host = meta.host
+        try:
+            us = int(rec.get("__REALTIME_TIMESTAMP", ""))
+            meta.time = datetime.fromtimestamp(us / 1e6).astimezone().isoformat()
+        except (TypeError, ValueError, OverflowError, OSError):
+            pass
+        try:
+            meta.uptime = int(rec.get("__MONOTONIC_TIMESTAMP", "")) / 1e6
+        except (TypeError, ValueError):
+            pass
         return meta, msg
 
     # ------------------------------------------------------------------ kernel log
