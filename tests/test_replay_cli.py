@@ -195,6 +195,8 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert ReadResult.model_validate({"events": doc["events"], "problems": doc["problems"],
                                       "sources": doc["sources"]}).events
     assert {r["verdict"] for r in doc["replay"]} == {"reproduces"}
+    mf = next(e for e in doc["events"] if e["kind"] == "memory_failure")
+    assert doc["verdict_by_event"][str(mf["seq"])]["verdict"] == "reproduces"
     assert doc["projection"]["policies"] == ["mainline"]
 
 

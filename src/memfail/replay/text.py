@@ -8,6 +8,7 @@ assembled by small state machines; a record left open at the end of the input is
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -365,10 +366,8 @@ class TextReader:
             meta.time = datetime.fromtimestamp(us / 1e6).astimezone().isoformat()
         except (TypeError, ValueError, OverflowError, OSError):
             pass
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             meta.uptime = int(rec.get("__MONOTONIC_TIMESTAMP", "")) / 1e6
-        except (TypeError, ValueError):
-            pass
         return meta, msg
 
     # ------------------------------------------------------------------ kernel log
