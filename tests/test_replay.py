@@ -452,3 +452,18 @@ def test_journal_json_and_precise_syslog(tmp_path: Path) -> None:
     assert a.epoch == pytest.approx(1709287302.123456)
     assert (b.pfn, b.host, b.time) == (0x7, "db-08", "Nov 26 09:36:22.123456")
     assert res.sources[0].ignored == 1
+
+
+@pytest.mark.parametrize("pack", ["xz", "bz2"])
+def test_compressed_logs(tmp_path: Path, pack: str) -> None:
+    import bz2
+    import lzma
+
+    fn = lzma.compress if pack == "xz" else bz2.compress
+    f = tmp_path / f"kern.log.{pack}"
+    data = fn((HERE / "mcelog.txt").read_bytes())
+    f.write_bytes(data)
+    assert len(read_inputs([str(f)]).events) == 2
+    f.write_bytes(data[: len(data) // 2])
+    res = read_inputs([str(f)])
+    assert res.events == [] and "cannot be read" in res.problems[0].reason

@@ -83,17 +83,15 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
                            "severity": "error", "text": ""})
         return f
     problems: list[dict[str, Any]] = []
-    if data[:2] == b"\x1f\x8b":  # a rotated, gzipped log (kern.log.2.gz)
-        import gzip
-        import zlib
-
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
+    packed = _unpack(data)
+    if packed is not None:  # a rotated, compressed log (kern.log.2.gz, .xz, .bz2)
+        kind, out = packed
+        if isinstance(out, str):
             f = Found()
-            f.problems.append({"source": source, "reason": f"gzip file cannot be read: {e}",
+            f.problems.append({"source": source, "reason": f"{kind} file cannot be read: {out}",
                                "severity": "error", "text": ""})
             return f
+        data = out
     if data[:8] == b"LPKSHHRH":
         f = Found()
         f.problems.append({"source": source, "severity": "error", "text": "",
@@ -112,6 +110,24 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
         found.problems.append({"source": source, "reason": "empty input", "severity": "warning",
                                "text": ""})
     return found
+
+
+def _unpack(data: bytes) -> tuple[str, bytes | str] | None:
+    """(format, decompressed bytes or the error) for gzip, xz and bzip2 data; None otherwise."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    for magic, kind, fn in ((b"\x1f\x8b", "gzip", gzip.decompress),
+                            (b"\xfd7zXZ\x00", "xz", lzma.decompress),
+                            (b"BZh", "bzip2", bz2.decompress)):
+        if data.startswith(magic):
+            try:
+                return kind, fn(data)
+            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as e:
+                return kind, str(e) or type(e).__name__
+    return None
 
 
 def read_inputs(paths: list[str], fmt: str = "auto", kernel: str | None = None,
