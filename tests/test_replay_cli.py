@@ -291,3 +291,13 @@ def test_vm_sizes_used_in_turn() -> None:
     assert s.place((4 + 9) << 30) == ("gmem_private", 1, 1 << 30)
     assert s.vm_size(1) == 32 and s.vm_size(2) == 8
     assert s.place((4 + 49) << 30)[0] == "hugetlb_free"
+
+
+def test_oldest_format_is_read_and_too_old(tmp_path: Path) -> None:
+    log = tmp_path / "rhel6.log"   # 2.6.32-3.x action_result(): "MCE %#lx: %s page recovery: %s"
+    log.write_text("[ 1.0] MCE 0x1f2e3: dirty LRU page recovery: Recovered\n"
+                   "[ 1.1] MCE 0x1f2e4: free buddy, 2nd try page recovery: Delayed\n")
+    res = read_inputs([str(log)])
+    assert [(e.pfn, e.page_type, e.result) for e in res.events] == [
+        (0x1F2E3, "dirty LRU page", "Recovered"), (0x1F2E4, "free buddy, 2nd try page", "Delayed")]
+    assert {o.verdict for o in replay_all(res)} == {"cannot-express"}

@@ -43,6 +43,9 @@ _KERN_PREFIX = re.compile(r"^kernel: (?P<msg>.*)$")
 _VERSION = re.compile(r"Linux version (?P<v>\d+\.\d+(?:\.\d+)?\S*)")
 _MF_ACTION = re.compile(r"^(?:Memory failure|MCE):? ?(?P<pfn>0x" + HEX + r"|\d+): recovery action "
                         r"for (?P<type>.+?): (?P<res>\w+)\s*$")
+# before 4.1: action_result() printed "MCE %#lx: %s page recovery: %s"
+_MF_OLD = re.compile(r"^MCE:? ?(?P<pfn>0x" + HEX + r"|\d+): (?P<type>.+?) recovery: "
+                     r"(?P<res>Ignored|Failed|Delayed|Recovered)\s*$")
 _MF_MSG = re.compile(r"^(?:Memory failure|MCE):? ?(?P<pfn>0x" + HEX + r"|\d+):? (?P<msg>.+)$")
 # memory-failure.c lines without a pfn (before 4.7 some used the "MCE: " prefix)
 _MF_NOPFN = re.compile(r"^(?:Memory failure: |MCE: (?=Killing|Error sending|Out of memory|"
@@ -413,6 +416,14 @@ class TextReader:
             pfn = parse_int(m.group("pfn"))
             self._event("memory_failure", "kernel-log", meta, line, pfn=pfn,
                         phys_addr=pfn << 12, page_type=m.group("type"), result=res)
+            return True
+        m = _MF_OLD.match(msg)
+        if m:
+            pfn = parse_int(m.group("pfn"))
+            typ = m.group("type")
+            self._event("memory_failure", "kernel-log", meta, line, pfn=pfn,
+                        phys_addr=pfn << 12, result=m.group("res"),
+                        page_type=typ if typ.endswith("page") else f"{typ} page")
             return True
         m = _INJECT.search(msg)
         if m:
