@@ -467,3 +467,16 @@ def test_compressed_logs(tmp_path: Path, pack: str) -> None:
     f.write_bytes(data[: len(data) // 2])
     res = read_inputs([str(f)])
     assert res.events == [] and "cannot be read" in res.problems[0].reason
+
+
+def test_old_mcelog_banner(tmp_path: Path) -> None:
+    log = tmp_path / "mcelog.old"   # mcelog 0.x: "MCE 0" then the banner, TSC on the CPU line
+    log.write_text("MCE 0\nHARDWARE ERROR. This is *NOT* a software problem!\n"
+                   "Please contact your hardware vendor\nCPU 1 BANK 8 TSC 1a2b3c4d5e\n"
+                   "MISC 140a8c8c86 ADDR 7f3c1000\nMCG status:MCIP RIPV\n"
+                   "STATUS bd000000004000c0 MCGSTATUS 5\n\n")
+    res = read_inputs([str(log)])
+    (e,) = res.events
+    assert e.mce and (e.mce.cpu, e.mce.bank, e.mce.addr, e.mce.severity) == (1, 8, 0x7F3C1000,
+                                                                             "SRAO")
+    assert e.line == 1 and errors(res) == []

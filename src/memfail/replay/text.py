@@ -126,7 +126,8 @@ _NONMEM_TRACE = {"aer_event", "non_standard_event", "devlink_health_report", "bl
                  "arm_event", "cxl_general_media", "cxl_dram", "extlog_mem_event"}
 
 # mcelog
-_MCELOG_START = re.compile(r"^(?:Hardware event\. This is not a software error\.|MCE \d+)\s*$")
+_MCELOG_START = re.compile(r"^(?:Hardware event\. This is not a software error\.|"
+                           r"HARDWARE ERROR\. This is \*NOT\* a software problem!|MCE \d+)\s*$")
 _MCELOG_CPU = re.compile(r"^CPU (?P<cpu>\d+) BANK (?P<bank>\d+)")
 _MCELOG_ADDR = re.compile(r"\bADDR (?P<addr>(?:0x)?" + HEX + ")")
 _MCELOG_MISC = re.compile(r"\bMISC (?P<misc>(?:0x)?" + HEX + ")")
@@ -840,12 +841,8 @@ class TextReader:
     def _mcelog_line(self, meta: _Meta, msg: str, line: str) -> bool:
         s = msg.strip()
         if _MCELOG_START.match(s):
-            if self._mcelog is not None and self._mcelog.get("status") is not None and \
-                    s.startswith("MCE ") and self._mcelog.get("started_by") == "Hardware":
-                pass  # "Hardware event..." then "MCE 0": one record
-            elif self._mcelog is not None and (s.startswith("MCE ") and
-                                               self._mcelog.get("fields") == 0):
-                pass
+            if self._mcelog is not None and self._mcelog.get("fields") == 0:
+                pass  # "Hardware event..." then "MCE 0" (or the reverse): one record
             else:
                 self._close_mcelog()
                 self._mcelog = {"meta": meta, "text": [], "fields": 0,
