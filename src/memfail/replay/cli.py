@@ -247,6 +247,13 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
         print("  " + f"{'policy':<16}" + "".join(f"{h:>13}" for _, h in cols))
         for pol, tot in proj["totals"].items():
             print("  " + f"{pol:<16}" + "".join(f"{_num(tot[k]):>13}" for k, _ in cols))
+        if proj["hosts"] > 1:
+            print("  per host (errors; VMs killed + paused under each policy; --json for all "
+                  "figures):")
+            for host, figs in proj["per_host"].items():
+                cells = ", ".join(f"{p} {_num(figs[p]['vm_killed'] + figs[p]['vm_paused'])}"
+                                  for p in proj["policies"])
+                print(f"    {host}: {figs['errors']}; {cells}")
         for c in proj["cannot_project"]:
             print(f"  cannot project {c['class']} under {c['policy']}: {c['reason']}")
 

@@ -255,7 +255,8 @@ def project(read: ReadResult, shape: HostShape, policies: list[str],
                 host_tot[pol] = _add(host_tot[pol], out)
                 totals[pol] = _add(totals[pol], out)
             rows.append(row)
-        per_host[host] = {p: _as_dict(o) for p, o in host_tot.items()}
+        per_host[host] = {"errors": len(mine),
+                          **{p: _as_dict(o) for p, o in host_tot.items()}}
     return {
         "shape": shape.to_json(), "profile": profile, "policies": policies,
         "errors": len(errs), "hosts": len(hosts),
