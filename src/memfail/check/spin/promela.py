@@ -33,8 +33,8 @@ from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
-SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
-             "punch_hole", "close", "release", "realloc")
+SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "punch_hole", "close",
+             "release", "realloc")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -294,9 +294,6 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
         return f"ev_vmm({v}, {v * npg + p['page']})"
-    if kind == "kernel_access":
-        return f"ev_kernel({v}, {v * npg + p['page']}, {int(p['checks_hwpoison'])}, " \
-               f"{int(p['mc_safe'])})"
     if kind == "punch_hole":
         return f"ev_punch({v})"
     if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
@@ -467,30 +464,6 @@ inline consume(v, p) {
        :: alive[v] && vst[v] == 0 && consumed != K_CONSUMED_KILL_VM -> guest_mce(p, 0)
        :: else -> skip
        fi
-  fi
-}
-/* a host kernel user (do_kernel_access, R3, R47) through the VMM's mapping */
-inline ev_kernel(v, p, checks, mcsafe) {
-  if
-  :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> skip
-  :: pte[p] == 0 && unusable[v] -> skip
-  :: else ->
-     /* a missing PTE: gup faults it in (kvm_gmem_fault_user: get the folio, then the
-        policy's table check) */
-     if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
-     if
-     :: bk[v] == 0 -> skip
-     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
-     :: else ->
-        pte[p] = 1;
-        if
-        :: bk[v] != OWN || !err[p] -> skip
-        :: checks && hwp[p] -> skip   /* PG_hwpoison seen */
-        :: !mcsafe -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
-        :: else -> mf(v, p, 0, 0, 0)
-        fi
-     fi
   fi
 }
 /* the VMM's main thread reads guest memory through its mapping: a missing PTE is faulted in
