@@ -24,6 +24,7 @@ COMMANDS = (
     "memfail.report.compare",               # compare, policies
     "check=memfail.check.cli:check",        # check
     "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
+    "memfail.conform.cli",                  # conform, selftest
 )
 
 app = typer.Typer(
