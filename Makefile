@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean setup
+.PHONY: run test lint bench clean setup system
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+# QEMU, busybox, gcc and Debian's 6.1 kernel for `memfail conform` (idempotent; quick when done)
+system:
+	sh scripts/setup-system.sh
+
+run: $(STAMP) system
 	$(BIN)/memfail compare
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2

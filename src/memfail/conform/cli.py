@@ -101,7 +101,6 @@ def conform(
         programs[key] = (workdir / key).read_bytes()
     gen_s = time.monotonic() - t0
     boot_s = 0.0
-    console = ""
     if programs:
         err = sys.stderr
         n = len(programs)
@@ -112,16 +111,18 @@ def conform(
             if not json_out or err.isatty():
                 print(f"  [{len(seen)}/{n}] {case}", file=err, flush=True)
 
+        log = (keep / "console.log").open("w") if keep is not None else None
         try:
-            run = boot(programs, kernel, timeout=timeout, on_line=progress)
+            run = boot(programs, kernel, timeout=timeout, on_line=progress, log=log)
         except GuestUnavailable as e:
             raise ScenarioError("--kernel", None, None, str(e)) from None
-        boot_s, console = run.seconds, run.console
+        finally:
+            if log is not None:
+                log.close()
+        boot_s = run.seconds
         for key in programs:
             results[key] = compare_case(by_name[key], run.cases.get(key, []),
                                         run.status[key], profile, known)
-    if keep is not None:
-        (keep / "console.log").write_text(console)
     ordered = [results[k] for k in by_name]
     total = time.monotonic() - t0
     failed = any(r.unlisted for r in ordered)

@@ -14,10 +14,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Queue
+from typing import TextIO
 
 from . import initramfs as ir
 from .cgen import runtime_header
@@ -108,6 +111,7 @@ while read name; do
   echo "@mf-case-begin $name"
   timeout -s KILL TIMEOUT /cases/$name
   echo "@mf-case-end $name $?"
+  kill -9 -1 2>/dev/null; sleep 0.1
   echo 0 > /proc/sys/vm/nr_hugepages
   echo 0 > /proc/sys/vm/nr_overcommit_hugepages
   echo 0 > /proc/sys/vm/memory_failure_early_kill
@@ -137,7 +141,8 @@ def build_initramfs(programs: dict[str, bytes], kdir: Path, timeout: int) -> byt
 
 
 def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: str = "1G",
-         on_line: Callable[[str], None] | None = None) -> BootResult:
+         on_line: Callable[[str], None] | None = None, log: TextIO | None = None
+         ) -> BootResult:
     """Boot ``kernel`` with the programs and collect each case's ``@mf`` lines."""
     kdir = kernel_dir(kernel)
     qemu = tool("qemu-system-x86_64")
@@ -151,27 +156,45 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
                "-kernel", str(kdir / "vmlinuz"), "-initrd", str(img),
                "-append", "console=ttyS0 quiet loglevel=3 panic=-1 transparent_hugepage=madvise "
                           "printk.devkmsg=on"]
-        total = 30 + (timeout + 2) * max(1, len(programs))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace")
         lines: list[str] = []
         current: str | None = None
-        assert proc.stdout is not None
-        try:
-            deadline = time.monotonic() + total
+        queue: Queue[str | None] = Queue()
+
+        def reader() -> None:
+            assert proc.stdout is not None
             for raw in proc.stdout:
+                queue.put(raw)
+            queue.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        # the guest prints at least a marker per case: silence this long means it hung
+        idle = timeout + 60
+        try:
+            while True:
+                try:
+                    raw = queue.get(timeout=idle)
+                except Empty:
+                    lines.append(f"@mf-host: no output for {idle} s; the guest was stopped")
+                    break
+                if raw is None:
+                    break
                 line = raw.rstrip("\r\n").replace("\r", "")
                 lines.append(line)
+                if log is not None:
+                    log.write(line + "\n")
+                    log.flush()
                 if "@mf-boot" in line:
                     res.boot_info = line.split("@mf-boot", 1)[1].strip()
-                m = re.match(r"@mf-case-begin (\S+)", line)
+                m = re.search(r"@mf-case-begin (\S+)", line)
                 if m:
                     current = m.group(1)
                     res.cases[current] = []
                     if on_line:
                         on_line(current)
                     continue
-                m = re.match(r"@mf-case-end (\S+) (\d+)", line)
+                m = re.search(r"@mf-case-end (\S+) (\d+)", line)
                 if m:
                     res.status[m.group(1)] = "timeout" if m.group(2) == "137" else (
                         "ok" if m.group(2) == "0" else f"exit {m.group(2)}")
@@ -180,8 +203,6 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
                 idx = line.find("@mf {")
                 if current is not None and idx >= 0:
                     res.cases[current].append(line[idx + 4:])
-                if time.monotonic() > deadline:
-                    break
         finally:
             if proc.poll() is None:
                 proc.kill()

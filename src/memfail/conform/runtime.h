@@ -12,6 +12,7 @@
 #pragma GCC diagnostic ignored "-Wunused-variable"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -412,7 +413,9 @@ static void mf_note_exit(int p, int step)
 		       mf_proc_names[p], WEXITSTATUS(st));
 }
 
-/* Send one command to process p and wait for its answer; 0, or -1 when it died. */
+/* Send one command to process p and wait for its answer; 0, or -1 when it died. Every process
+ * holds every pipe (they are made before the first fork), so a death is noticed with waitpid,
+ * not by end of file. */
 static int mf_send(int p, struct mf_cmd *c, struct mf_ack *a, int step)
 {
 	if (!mf_alive[p]) {
@@ -420,14 +423,27 @@ static int mf_send(int p, struct mf_cmd *c, struct mf_ack *a, int step)
 		a->err = ESRCH;
 		return -1;
 	}
-	if (write(mf_pcmd[p][1], c, sizeof(*c)) != sizeof(*c) ||
-	    read(mf_pack[p][0], a, sizeof(*a)) != sizeof(*a)) {
-		mf_note_exit(p, step);
-		a->ret = -3; /* killed */
-		a->err = 0;
-		return -1;
+	if (write(mf_pcmd[p][1], c, sizeof(*c)) == sizeof(*c)) {
+		for (;;) {
+			struct pollfd pfd = { mf_pack[p][0], POLLIN, 0 };
+			int st = 0;
+			if (poll(&pfd, 1, 20) > 0)
+				return read(mf_pack[p][0], a, sizeof(*a)) == sizeof(*a) ? 0 : -1;
+			if (waitpid(mf_pid[p], &st, WNOHANG) == mf_pid[p]) {
+				mf_alive[p] = 0;
+				if (WIFSIGNALED(st))
+					mf_out("{\"t\":\"exit\",\"i\":%d,\"proc\":\"%s\",\"signal\":%d}",
+					       step, mf_proc_names[p], WTERMSIG(st));
+				else
+					mf_out("{\"t\":\"exit\",\"i\":%d,\"proc\":\"%s\",\"code\":%d}",
+					       step, mf_proc_names[p], WEXITSTATUS(st));
+				break;
+			}
+		}
 	}
-	return 0;
+	a->ret = -3; /* killed */
+	a->err = 0;
+	return -1;
 }
 
 static void mf_flush_all(int step)
