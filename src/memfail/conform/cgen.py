@@ -559,7 +559,9 @@ def _assemble(g: _Gen, setup: list[str]) -> str:
     sysctl = dict(sc.host.sysctl)
     pool = sysctl.pop("vm.nr_hugepages", pool)
     oc = sysctl.pop("vm.nr_overcommit_hugepages", oc)
-    host.append(f"\tmf_write_str({c_str(d + 'nr_hugepages')}, \"{pool}\\n\");")
+    # huge pages still in use from earlier cases (poisoned folios are never freed, R30) are
+    # surplus now; a new nr_hugepages would absorb them, so ask for that many more
+    host.append(f"\tmf_set_pool({pool});")
     host.append(f"\tmf_write_str({c_str(d + 'nr_overcommit_hugepages')}, \"{oc}\\n\");")
     for name, value in sysctl.items():
         host.append(f"\tmf_write_str({c_str('/proc/sys/' + name.replace('.', '/'))}, "

@@ -4,16 +4,18 @@ QEMU, and scenarios written out as kernel selftests."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from memfail.scenario.errors import ScenarioError
-from memfail.scenario.loader import library, load_scenario, resolve
+from memfail.scenario.loader import Scenario, library, load_scenario, resolve
 
 CONFORM_EPILOG = """
 Examples:
@@ -84,21 +86,26 @@ def conform(
     t0 = time.monotonic()
     results: dict[str, CaseResult] = {}
     programs: dict[str, bytes] = {}
-    by_name = {}
+    by_name: dict[str, Scenario] = {}
     workdir = keep or Path(tempfile.mkdtemp(prefix="memfail-conform-"))
+    sources: dict[str, str] = {}
     for sc in loaded:
         key = _unique(sc.name, by_name)
         by_name[key] = sc
         prog = generate(sc, profile)
-        if not prog.expressible:
+        if prog.expressible:
+            sources[key] = prog.source
+        else:
             results[key] = CaseResult(key, "not expressible", reasons=prog.reasons)
-            continue
-        done = compile_program(prog.source, workdir / key)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        built = dict(zip(sources, pool.map(lambda kv: compile_program(kv[1], workdir / kv[0]),
+                                           sources.items()), strict=True))
+    for key, done in built.items():
         if done.returncode != 0:
             results[key] = CaseResult(key, "not expressible", reasons=[
                 "the generated program does not compile: " + done.stderr.strip()[-400:]])
-            continue
-        programs[key] = (workdir / key).read_bytes()
+        else:
+            programs[key] = (workdir / key).read_bytes()
     gen_s = time.monotonic() - t0
     boot_s = 0.0
     if programs:

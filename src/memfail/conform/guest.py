@@ -9,6 +9,8 @@ timeout between markers on the serial console, and powers off.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -83,14 +85,32 @@ def busybox() -> bytes:
     raise GuestUnavailable(f"a static busybox is not installed; {SETUP_HINT}")
 
 
-def compile_program(source: str, out: Path, cc: str | None = None) -> subprocess.CompletedProcess[str]:
-    """gcc -static the program (runtime.h next to it); the result says whether it worked."""
+def compile_program(source: str, out: Path, cc: str | None = None
+                    ) -> subprocess.CompletedProcess[str]:
+    """gcc -static the program (runtime.h next to it); the result says whether it worked.
+
+    Binaries are cached by the hash of their source and the runtime, so a rerun of the same
+    scenarios does not compile again."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / "runtime.h").write_text(runtime_header())
+    header = runtime_header()
+    (out.parent / "runtime.h").write_text(header)
     src = out.with_suffix(".c")
     src.write_text(source)
-    return subprocess.run([cc or tool("gcc"), "-static", "-O1", "-o", str(out), str(src),
+    key = hashlib.sha256((header + "\0" + source).encode()).hexdigest()[:32]
+    cached = cache_root() / "conform-bin" / key
+    if cached.exists():
+        shutil.copyfile(cached, out)
+        out.chmod(0o755)
+        return subprocess.CompletedProcess([], 0, "", "")
+    done = subprocess.run([cc or tool("gcc"), "-static", "-O1", "-o", str(out), str(src),
                            "-lpthread"], capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}")
+            shutil.copyfile(out, tmp)
+            tmp.replace(cached)
+    return done
 
 
 INIT = r"""#!/bin/busybox sh

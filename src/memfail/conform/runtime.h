@@ -809,3 +809,18 @@ static long mf_create(const char *path, long size)
 	close(fd);
 	return 0;
 }
+
+/* Give the case `n` free 2 MiB pages: pages in use by nobody alive are surplus after the reset
+ * between cases, and writing nr_hugepages would turn them into part of the new pool. */
+static void mf_set_pool(long n)
+{
+	const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB/";
+	char path[128], val[32];
+	snprintf(path, sizeof(path), "%snr_hugepages", d);
+	long total = mf_read_long(path);
+	snprintf(path, sizeof(path), "%sfree_hugepages", d);
+	long used = total - mf_read_long(path);
+	snprintf(path, sizeof(path), "%snr_hugepages", d);
+	snprintf(val, sizeof(val), "%ld\n", (used > 0 ? used : 0) + n);
+	mf_write_str(path, val);
+}
