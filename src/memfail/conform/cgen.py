@@ -9,6 +9,7 @@ never silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -264,10 +265,8 @@ def _run_model(g: _Gen, profile: str) -> None:
         for action, _line in setup_actions(sc):
             host.apply(action)
         for step in sc.steps:
-            try:
+            with contextlib.suppress(ModelInputError):
                 host.apply(step.action)
-            except ModelInputError:
-                pass
             g.model_pfns.append(_model_pfns(g, host))
     except Exception:  # the comparison run reports model errors; here only pfns are learnt
         return
@@ -325,7 +324,7 @@ def _path(g: _Gen, path: str, fs: str | None = None) -> str:
     return guest
 
 
-def _step(g: _Gen, i: int, key: str, a: Any) -> None:  # noqa: C901 - one branch per action
+def _step(g: _Gen, i: int, key: str, a: Any) -> None:
     if key in NOT_EXPRESSIBLE:
         raise NotExpressible(NOT_EXPRESSIBLE[key])
     if key == "spawn":
@@ -420,13 +419,13 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:  # noqa: C901 - one branch
             buf = "b"
             fill = f"\t\tmemset(b, {(a.value if a.value is not None else 1) & 0xFF}, {n});\n" \
                 if key in ("write", "pwrite") else ""
-        off = parse_size(a.offset) if a.offset is not None else None
+        pos = parse_size(a.offset) if a.offset is not None else None
         if key in ("pread", "pwrite"):
-            call = f"{key}(mf_fd[{f}], {buf}, {n}, {off or 0}L)"
+            call = f"{key}(mf_fd[{f}], {buf}, {n}, {pos or 0}L)"
             seek = ""
         else:
             call = f"{key}(mf_fd[{f}], {buf}, {n})"
-            seek = f"\t\tlseek(mf_fd[{f}], {off}L, SEEK_SET);\n" if off is not None else ""
+            seek = f"\t\tlseek(mf_fd[{f}], {pos}L, SEEK_SET);\n" if pos is not None else ""
         _in_proc(g, i, key, a.proc, a.thread,
                  f"\t\tchar *b = malloc({n} + 1); int e;\n{fill}{seek}"
                  f"\t\t*ret = {call}; e = errno; free(b); errno = e;")
@@ -435,17 +434,19 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:  # noqa: C901 - one branch
     elif key == "munmap":
         m, off = g.addr(a.proc, a.addr)
         whole = a.len is None and off == 0
-        n = f"{parse_size(a.len)}UL" if a.len is not None else f"mf_map_size[{m}] - {off:#x}"
+        span = f"{parse_size(a.len)}UL" if a.len is not None else \
+            f"mf_map_size[{m}] - {off:#x}"
         clear = f" if (!*ret) mf_map_addr[{m}] = NULL;" if whole else ""
         after = f" if (!a.ret) mf_ctl_map[{g.proc(a.proc).index}][{m}] = 0;" if whole else ""
         _in_proc(g, i, key, a.proc, None,
-                 f"\t\t*ret = munmap(mf_map_addr[{m}] + {off:#x}, {n});{clear}", after=after)
+                 f"\t\t*ret = munmap(mf_map_addr[{m}] + {off:#x}, {span});{clear}",
+                 after=after)
     elif key in ("mem_read", "mem_write"):
         m, off = g.addr(a.proc, a.addr)
-        p = f"(volatile unsigned char *)(mf_map_addr[{m}] + {off:#x})"
+        ptr = f"(volatile unsigned char *)(mf_map_addr[{m}] + {off:#x})"
         n = parse_size(a.len)
-        body = f"\t\tmf_mem_read({p}, {n}, ret);" if key == "mem_read" else \
-            f"\t\tmf_mem_write({p}, {n}, {a.value & 0xFF}, ret);"
+        body = f"\t\tmf_mem_read({ptr}, {n}, ret);" if key == "mem_read" else \
+            f"\t\tmf_mem_write({ptr}, {n}, {a.value & 0xFF}, ret);"
         _in_proc(g, i, key, a.proc, a.thread, body)
     elif key == "madvise":
         m, off = g.addr(a.proc, a.addr)

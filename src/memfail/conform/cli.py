@@ -3,6 +3,7 @@ QEMU, and scenarios written out as kernel selftests."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -133,18 +134,34 @@ def conform(
     ordered = [results[k] for k in by_name]
     total = time.monotonic() - t0
     failed = any(r.unlisted for r in ordered)
+    stale = _stale(known, ordered)
     if json_out:
         typer.echo(json.dumps({
             "schema": "memfail.conform/1", "kernel": kernel, "profile": profile,
             "seconds": {"total": round(total, 2), "generate_and_compile": round(gen_s, 2),
                         "boot_and_run": round(boot_s, 2)},
-            "ok": not failed, "cases": [r.to_dict() for r in ordered]}, indent=2))
+            "ok": not failed, "cases": [r.to_dict() for r in ordered],
+            "stale_known": stale}, indent=2))
     else:
         _print_table(ordered, kernel, profile, total, boot_s)
+        for entry in stale:
+            typer.echo(f"known difference no longer seen (remove it): {entry['case']} "
+                       f"step {entry['step']} {entry['field']}")
     raise typer.Exit(1 if failed else 0)
 
 
-def _unique(name: str, seen: dict[str, object]) -> str:
+def _stale(known: list, results: list) -> list[dict[str, object]]:
+    """Entries of the known-differences file that match no difference of a case that ran."""
+    ran = {r.name: r for r in results if r.status != "not expressible"}
+    out: list[dict[str, object]] = []
+    for kn in known:
+        cases = [r for name, r in ran.items() if fnmatch.fnmatchcase(name, kn.case)]
+        if cases and not any(kn.matches(r.name, d) for r in cases for d in r.differences):
+            out.append({"case": kn.case, "step": kn.step, "field": kn.field})
+    return out
+
+
+def _unique(name: str, seen: dict[str, Scenario]) -> str:
     key, n = name, 2
     while key in seen:
         key, n = f"{name}-{n}", n + 1
@@ -152,13 +169,18 @@ def _unique(name: str, seen: dict[str, object]) -> str:
 
 
 def _fmt(v: object) -> str:
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "code" in x for x in v):
+        # signals: CODE ADDR lsb N (proc/thread), the way the model's trace prints them
+        return "[" + ", ".join(f"{str(x['code']).removeprefix('BUS_MCEERR_')} {x['addr']} "
+                               f"lsb {x['lsb']} ({x['proc']}/{x['thread']})" for x in v) + "]"
     s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= 70 else s[:67] + "..."
+    return s if len(s) <= 90 else s[:87] + "..."
 
 
 def _print_table(results: list, kernel: str, profile: str, total: float,
                  boot_s: float) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colour = {"agree": "green", "known": "yellow", "differ": "red",
@@ -173,8 +195,8 @@ def _print_table(results: list, kernel: str, profile: str, total: float,
             lines.append(f"{where} {d.field}: model {_fmt(d.model)} kernel {_fmt(d.kernel)}"
                          f"  [{tag}]")
         lines += r.reasons
-        table.add_row(r.name, f"[{colour.get(r.status, 'white')}]{r.status}[/]",
-                      str(r.compared) if r.compared else "-", "\n".join(lines))
+        table.add_row(escape(r.name), f"[{colour.get(r.status, 'white')}]{r.status}[/]",
+                      str(r.compared) if r.compared else "-", escape("\n".join(lines)))
     con = Console(soft_wrap=False, width=max(120, Console().width))
     con.print(table)
     counts: dict[str, int] = {}

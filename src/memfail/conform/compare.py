@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memfail.model.trace import MemoryFailureEvent, ProcessExit, SignalDelivered
+from memfail.scenario.errors import ScenarioError
 from memfail.scenario.loader import Scenario
 from memfail.scenario.runner import RunResult, run_scenario
 
@@ -62,6 +63,7 @@ class CaseResult:
     differences: list[Difference] = field(default_factory=list)
     compared: int = 0
     kernel_lines: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def unlisted(self) -> list[Difference]:
@@ -70,7 +72,7 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.name, "status": self.status, "compared": self.compared,
                 "reasons": self.reasons,
-                "differences": [d.to_dict() for d in self.differences]}
+                "differences": [d.to_dict() for d in self.differences], "steps": self.steps}
 
 
 # --------------------------------------------------------------------------- known differences
@@ -191,7 +193,8 @@ def _model_facts(res: RunResult) -> dict[int, dict[str, Any]]:
     for rec in res.steps:
         if not rec.ran or rec.index is None:
             continue
-        sigs = [{"proc": e.comm, "thread": e.thread, "code": e.si_code, "addr": e.addr_rel,
+        sigs = [{"proc": e.comm, "thread": e.thread, "code": _code_name(e.si_code),
+                 "addr": e.addr_rel,
                  "lsb": e.lsb} for e in rec.events
                 if isinstance(e, SignalDelivered) and e.effect == "handler"]
         exits = [{"proc": e.comm, "code": e.code, "signal": e.signal} for e in rec.events
@@ -213,7 +216,7 @@ def _kernel_facts(sc: Scenario, run: KernelRun) -> dict[int, dict[str, Any]]:
         if rec is None:
             continue
         sigs = [{"proc": s["proc"], "thread": s["thread"],
-                 "code": SI_CODES.get(s["code"], str(s["code"])), "addr": s["addr"],
+                 "code": _code_name(s["code"]), "addr": s["addr"],
                  "lsb": s["lsb"]} for s in run.signals.get(step.index, [])]
         exits = [{"proc": e["proc"], "code": e.get("code"), "signal": e.get("signal")}
                  for e in run.exits.get(step.index, [])]
@@ -228,6 +231,11 @@ def _kernel_facts(sc: Scenario, run: KernelRun) -> dict[int, dict[str, Any]]:
     return out
 
 
+def _code_name(code: Any) -> str:
+    s = str(code)
+    return SI_CODES.get(int(s), s) if s.isdigit() else s
+
+
 def _sig_key(s: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(s.get(k)) for k in ("proc", "thread", "code", "addr", "lsb"))
 
@@ -236,16 +244,22 @@ def compare_case(sc: Scenario, lines: list[str], status: str, profile: str,
                  known: list[Known]) -> CaseResult:
     """Run ``sc`` on the model under ``profile`` and compare it with the kernel's lines."""
     run = parse_lines(lines)
-    res = run_scenario(sc, profile_override=profile)
-    model = _model_facts(res)
-    kern = _kernel_facts(sc, run)
     case = CaseResult(sc.name, "agree", kernel_lines=lines)
     diffs = case.differences
+    try:
+        res = run_scenario(sc, profile_override=profile)
+    except ScenarioError as e:
+        # the model refused a step the kernel ran: a difference, not bad input
+        diffs.append(Difference("model", f"refused: {e}", "ran" if run.done else "stopped"))
+        return _judge(case, known)
+    model = _model_facts(res)
+    kern = _kernel_facts(sc, run)
     for step in sc.steps:
         m = model.get(step.index)
         if m is None:
             continue  # the model did not run it (the host panicked earlier)
         k = kern.get(step.index)
+        case.steps.append({"step": step.index, "action": step.key, "model": m, "kernel": k})
         if k is None:
             diffs.append(Difference("ran", True, False, step.index, step.key))
             continue
@@ -283,11 +297,15 @@ def compare_case(sc: Scenario, lines: list[str], status: str, profile: str,
     if status != "ok" or not run.done:
         diffs.append(Difference("program", "completes", status if status != "ok" else
                                 "stopped before its end"))
-    for d in diffs:
+    return _judge(case, known)
+
+
+def _judge(case: CaseResult, known: list[Known]) -> CaseResult:
+    for d in case.differences:
         for kn in known:
-            if kn.matches(sc.name, d):
+            if kn.matches(case.name, d):
                 d.known = kn.reason
                 break
-    if diffs:
+    if case.differences:
         case.status = "differ" if case.unlisted else "known"
     return case

@@ -207,7 +207,7 @@ def generate_selftest(sc: Scenario, profile: str = "linux-6.1") -> Selftest:
           f"{value}, 0));")
     if proc.sigbus == "handler":
         w("\tASSERT_EQ(0, sigaction(SIGBUS, &sa, NULL));")
-    for thread, policy in proc.mce_kill.items():
+    for policy in proc.mce_kill.values():
         w(f"\tASSERT_EQ(0, prctl(PR_MCE_KILL, PR_MCE_KILL_SET, {MCE_KILL[policy]}, 0, 0));")
     w('\thardware_corrupted = meminfo("HardwareCorrupted:");')
     decls: list[str] = []
@@ -293,7 +293,7 @@ def _target(a: Any, proc: str) -> str:
     raise NotExpressible("a selftest names pages by proc + addr only")
 
 
-def _step(key: str, a: Any, proc: str, decls: list[str]) -> list[str]:  # noqa: C901
+def _step(key: str, a: Any, proc: str, decls: list[str]) -> list[str]:
     if getattr(a, "proc", proc) not in (proc, None) or getattr(a, "thread", None) not in \
             (None, "main"):
         raise NotExpressible("another process or thread")
@@ -357,8 +357,8 @@ def _step(key: str, a: Any, proc: str, decls: list[str]) -> list[str]:  # noqa: 
     if key == "memfd_create":
         fd = f"fd_{_ident(a.fd or a.name)}"
         decls.append(f"static int {fd} = -1;")
-        flags = "MFD_HUGETLB" if a.hugetlb else "0"
-        return [f"\tret = {fd} = memfd_create({c_str(a.name)}, {flags});",
+        mfd = "MFD_HUGETLB" if a.hugetlb else "0"
+        return [f"\tret = {fd} = memfd_create({c_str(a.name)}, {mfd});",
                 f"\tASSERT_LE(0, {fd});",
                 f"\tASSERT_EQ(0, ftruncate({fd}, {parse_size(a.size)}));"]
     if key == "unlink":
