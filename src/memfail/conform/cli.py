@@ -120,6 +120,9 @@ def conform(
                 print(f"  [{len(seen)}/{n}] {case}", file=err, flush=True)
 
         log = (keep / "console.log").open("w") if keep is not None else None
+        if not json_out or err.isatty():
+            print(f"memfail conform: {len(programs)} programs built in {gen_s:.1f} s; booting "
+                  f"{kernel} under QEMU (TCG)", file=err, flush=True)
         try:
             run = boot(programs, kernel, timeout=timeout, on_line=progress, log=log)
         except GuestUnavailable as e:
