@@ -82,6 +82,16 @@ def test_kernel_facts_behind_the_issue_11_cases(conform_run: dict) -> None:
 
 def test_not_expressible_cases_are_reported(conform_run: dict) -> None:
     by = {c["case"]: c for c in conform_run["cases"]}
-    c = by["host-free-hugetlb-ao"]
+    c = by["host-recovery-off-panic"]
     assert c["status"] == "not expressible"
-    assert c["reasons"][0].startswith("step 0 (hw_error): a hardware error")
+    assert c["reasons"][0].startswith("host.sysctl: vm.memory_failure_recovery=0 panics")
+
+
+def test_hardware_errors_are_machine_checks(conform_run: dict) -> None:
+    """hw_error with detect: scrub is an SRAO machine check injected through QEMU's monitor:
+    the early-kill process gets BUS_MCEERR_AO and the dirty ext2 page is recovered."""
+    [ao] = _kernel(conform_run, "host-ext2-dirty-early-kill", 6)["signals"]
+    assert (ao["code"], ao["addr"], ao["lsb"]) == ("BUS_MCEERR_AO", "m+0x0", 12)
+    assert _kernel(conform_run, "host-ext2-dirty-early-kill", 6)["mf"] == \
+        ["dirty LRU page: Recovered"]
+    assert _kernel(conform_run, "host-free-hugetlb-ao", 0)["mf"] == ["free huge page: Recovered"]

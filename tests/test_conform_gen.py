@@ -52,13 +52,19 @@ processes: [{name: app, sigbus: handler}]
 steps:
   - mmap: {proc: app, name: m, size: 4K}
   - mem_write: {proc: app, addr: m}
-  - hw_error: {proc: app, addr: m, detect: scrub}
+  - hw_error: {proc: app, addr: m, detect: latent}
   - swapout: {proc: app, addr: m}
 """)
     prog = generate(sc)
     assert not prog.expressible
-    assert prog.reasons[0].startswith("step 2 (hw_error): a hardware error has no user-space")
+    assert prog.reasons[0].startswith("step 2 (hw_error): detect: latent: the machine check")
     assert prog.reasons[1] == "step 3 (swapout): the guest has no swap device"
+
+
+def test_a_scrubbed_hardware_error_is_a_machine_check_request() -> None:
+    prog = generate(_load("host-ext2-dirty-early-kill"))
+    assert prog.expressible
+    assert "ret = mf_mce(mf_va_pfn(0, 0, 0x0UL));" in prog.source
 
 
 def test_literal_pfn_names_the_guest_page_the_model_had_there() -> None:

@@ -33,10 +33,8 @@ KPF_BITS = {"BUDDY": 10, "SLAB": 7, "HUGE": 17, "COMPOUND_HEAD": 15, "PGTABLE": 
             "RESERVED": 32}
 # Actions a user-space program has no way to perform, and why.
 NOT_EXPRESSIBLE = {
-    "hw_error": "a hardware error has no user-space trigger: the software injectors "
-                "(madvise, corrupt_pfn, hard_offline_page) all pass MF_SW_SIMULATED and are "
-                "not machine checks; write one of them instead",
-    "scrub": "patrol scrub is hardware; write hard_offline_page for the software path",
+    "scrub": "a scrub finds a latent error, and a latent error (hw_error detect: latent) has "
+             "no counterpart in the guest; write hw_error with detect: scrub",
     "mf_queue": "memory_failure_queue() is reached only from firmware (GHES) reports",
     "swapout": "the guest has no swap device",
     "ksm_merge": "KSM merging depends on ksmd's scan timing",
@@ -453,6 +451,16 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
         _in_proc(g, i, key, a.proc, a.thread,
                  f"\t\t*ret = madvise(mf_map_addr[{m}] + {off:#x}, {parse_size(a.len)}, "
                  f"{ADVICE[a.advice]});")
+    elif key == "hw_error":
+        if a.detect != "scrub":
+            raise NotExpressible(
+                f"detect: {a.detect}: " + ("the machine check must come on the very load that "
+                                           "consumes the error, which QEMU cannot time"
+                                           if a.detect == "latent" else
+                                           "firmware-first (GHES) reports need ACPI APEI "
+                                           "tables the guest does not have")
+                + "; detect: scrub is expressible (QEMU injects an SRAO machine check)")
+        _in_ctl(g, i, key, f"\t  ret = mf_mce({g.target_pfn(a, i)}); err = ret ? errno : 0;")
     elif key in ("corrupt_pfn", "unpoison_pfn", "hard_offline_page", "soft_offline_page",
                  "kpageflags"):
         _inject(g, i, key, a)

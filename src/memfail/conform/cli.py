@@ -101,6 +101,14 @@ def conform(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         built = dict(zip(sources, pool.map(lambda kv: compile_program(kv[1], workdir / kv[0]),
                                            sources.items()), strict=True))
+    # A machine check sets hw_memory_failure for the rest of the boot, after which unpoison
+    # is refused ("Disabled after HW memory failure"): run those cases last, and among them
+    # first the ones that unpoison.
+    def order(key: str) -> tuple[bool, bool]:
+        keys = {st.key for st in by_name[key].steps}
+        return "hw_error" in keys, "unpoison_pfn" not in keys
+
+    built = dict(sorted(built.items(), key=lambda kv: order(kv[0])))
     for key, done in built.items():
         if done.returncode != 0:
             results[key] = CaseResult(key, "not expressible", reasons=[

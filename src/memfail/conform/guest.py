@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -160,6 +161,34 @@ def build_initramfs(programs: dict[str, bytes], kdir: Path, timeout: int) -> byt
     return ir.initramfs(entries)
 
 
+# MCi_STATUS: VAL, UC, EN, MISCV, ADDRV, S; MCACOD 0xC0 (memory scrubbing): an SRAO error
+# (arch/x86/kernel/cpu/mce/severity.c: "Action optional: memory scrubbing error").
+SRAO_STATUS = 0xBD000000000000C0
+SRAO_MCG_STATUS = 0x5  # MCIP | RIPV
+SRAO_MISC = 0x8C  # address mode physical (2 << 6), least significant valid bit 12
+
+
+def inject_srao(monitor: Path, phys: int, bank: int = 9) -> None:
+    """QEMU monitor `mce`: a machine check in bank ``bank`` of CPU 0 for ``phys``."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(monitor))
+        s.settimeout(5)
+        _read_prompt(s)
+        s.sendall(f"mce 0 {bank} {SRAO_STATUS:#x} {SRAO_MCG_STATUS:#x} {phys:#x} "
+                  f"{SRAO_MISC:#x}\n".encode())
+        _read_prompt(s)
+
+
+def _read_prompt(s: socket.socket) -> None:
+    buf = b""
+    with contextlib.suppress(TimeoutError):
+        while not buf.rstrip().endswith(b"(qemu)"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+
+
 def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: str = "1G",
          on_line: Callable[[str], None] | None = None, log: TextIO | None = None
          ) -> BootResult:
@@ -172,7 +201,12 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
         img = Path(tmp) / "initramfs.gz"
         img.write_bytes(build_initramfs(programs, kdir, timeout))
         res.build_seconds = time.monotonic() - t0
-        cmd = [qemu, "-accel", "tcg", "-m", memory, "-smp", "1", "-nographic", "-no-reboot",
+        monitor = Path(tmp) / "monitor.sock"
+        # an Intel CPU model: the guest grades the injected machine checks with Intel's
+        # severity table (SRAO = action optional); QEMU gives it MCG_SER_P under TCG too
+        cmd = [qemu, "-accel", "tcg", "-cpu", "qemu64,vendor=GenuineIntel", "-m", memory,
+               "-smp", "1", "-nographic", "-no-reboot",
+               "-monitor", f"unix:{monitor},server,nowait",
                "-kernel", str(kdir / "vmlinuz"), "-initrd", str(img),
                "-append", "console=ttyS0 quiet loglevel=3 panic=-1 transparent_hugepage=madvise "
                           "printk.devkmsg=on"]
@@ -205,6 +239,10 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
                 if log is not None:
                     log.write(line + "\n")
                     log.flush()
+                m = re.search(r"@mf-mce (0x[0-9a-f]+)", line)
+                if m:
+                    inject_srao(monitor, int(m.group(1), 16))
+                    continue
                 if "@mf-boot" in line:
                     res.boot_info = line.split("@mf-boot", 1)[1].strip()
                 m = re.search(r"@mf-case-begin (\S+)", line)

@@ -824,3 +824,41 @@ static void mf_set_pool(long n)
 	snprintf(val, sizeof(val), "%ld\n", (used > 0 ? used : 0) + n);
 	mf_write_str(path, val);
 }
+
+/* A hardware error found by patrol scrub: ask the host to inject a software-recoverable
+ * action-optional machine check (SRAO, MCACOD 0xC0 "memory scrubbing") for this physical
+ * page through QEMU's monitor (`mce`); the guest's #MC handler logs it and
+ * uc_decode_notifier() calls memory_failure(pfn, 0). Waits until memory_failure() has
+ * spoken about the page and the log is quiet again. */
+static long mf_mce(long pfn)
+{
+	char want[64], rec[4096];
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK), seen = 0, idle = 0;
+	if (pfn <= 0 || fd < 0) {
+		errno = pfn <= 0 ? ENOENT : errno;
+		return -1;
+	}
+	lseek(fd, 0, SEEK_END);
+	snprintf(want, sizeof(want), "Memory failure: %#lx:", pfn);
+	mf_out("{\"t\":\"mce\",\"phys\":\"%#lx\"}", (unsigned long)pfn << 12);
+	printf("@mf-mce %#lx\n", (unsigned long)pfn << 12);
+	fflush(stdout);
+	for (int ms = 0; ms < 15000 && (!seen || idle < 300); ms += 20) {
+		ssize_t n = read(fd, rec, sizeof(rec) - 1);
+		if (n > 0) {
+			rec[n] = 0;
+			if (strstr(rec, want) || strstr(rec, "Kernel panic"))
+				seen = 1;
+			idle = 0;
+			continue;
+		}
+		usleep(20000);
+		idle += 20;
+	}
+	close(fd);
+	if (!seen) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	return 0;
+}
