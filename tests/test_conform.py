@@ -82,9 +82,19 @@ def test_kernel_facts_behind_the_issue_11_cases(conform_run: dict) -> None:
 
 def test_not_expressible_cases_are_reported(conform_run: dict) -> None:
     by = {c["case"]: c for c in conform_run["cases"]}
+    c = by["swapout-not-expressible"]
+    assert c["status"] == "not expressible" and c["compared"] == 0
+    assert c["reasons"] == ["step 2 (swapout): the guest has no swap device"]
+
+
+def test_a_panicking_case_runs_last_and_panics(conform_run: dict) -> None:
+    by = {c["case"]: c for c in conform_run["cases"]}
     c = by["host-recovery-off-panic"]
-    assert c["status"] == "not expressible"
-    assert c["reasons"][0].startswith("host.sysctl: vm.memory_failure_recovery=0 panics")
+    assert c["status"] == "agree"
+    panic = [s for s in c["steps"] if "panic" in (s["kernel"] or {})]
+    assert panic and panic[0]["step"] == 2
+    assert panic[0]["kernel"]["panic"].startswith("Kernel panic - not syncing: Memory failure "
+                                                  "on page")
 
 
 def test_hardware_errors_are_machine_checks(conform_run: dict) -> None:

@@ -53,6 +53,7 @@ class Program:
     source: str = ""
     reasons: list[str] = field(default_factory=list)
     steps: int = 0
+    panics: bool = False  # may panic the guest: run it last, alone of its kind
 
     @property
     def expressible(self) -> bool:
@@ -168,7 +169,7 @@ class _Gen:
             if a.free == "1G":
                 raise NotExpressible("1 GiB HugeTLB pages are not available in the guest")
             return (f"mf_plus(mf_scan_kpageflags((1ULL << {KPF_BITS['HUGE']}) | "
-                    f"(1ULL << {KPF_BITS['COMPOUND_HEAD']}), 0, 1), {a.index})")
+                    f"(1ULL << {KPF_BITS['COMPOUND_HEAD']}), 1ULL << 19, 1), {a.index})")
         if a.kernel is not None:
             if a.kernel == "zero_page":
                 return "mf_zero_pfn()"
@@ -222,7 +223,17 @@ def generate(sc: Scenario, profile: str = "linux-6.1") -> Program:
         prog.reasons = g.reasons
         return prog
     prog.source = _assemble(g, setup)
+    prog.panics = _may_panic(sc)
     return prog
+
+
+def _may_panic(sc: Scenario) -> bool:
+    """A case that may panic the guest (memory_failure_recovery=0) must be the last to run."""
+    if sc.host.sysctl.get("vm.memory_failure_recovery", 1) == 0:
+        return True
+    return any(st.key == "sysctl" and getattr(st.action, "name", "") ==
+               "vm.memory_failure_recovery" and getattr(st.action, "value", 1) == 0
+               for st in sc.steps)
 
 
 def _check_host(g: _Gen) -> None:
@@ -233,9 +244,6 @@ def _check_host(g: _Gen) -> None:
         g.reasons.append("host.hugepages: 1 GiB HugeTLB pages are not available in the guest")
     if h.hvo or h.hvo_restore_fails:
         g.reasons.append("host.hvo: the vmemmap optimisation is not set up in the guest")
-    if h.sysctl.get("vm.memory_failure_recovery", 1) == 0:
-        g.reasons.append("host.sysctl: vm.memory_failure_recovery=0 panics the guest, which "
-                         "would end every later case")
     for name in h.sysctl:
         if name not in SYSCTLS:
             g.reasons.append(f"host.sysctl: {name} is not translated")

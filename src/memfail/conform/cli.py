@@ -90,10 +90,16 @@ def conform(
     by_name: dict[str, Scenario] = {}
     workdir = keep or Path(tempfile.mkdtemp(prefix="memfail-conform-"))
     sources: dict[str, str] = {}
+    panicking: list[str] = []
     for sc in loaded:
         key = _unique(sc.name, by_name)
         by_name[key] = sc
         prog = generate(sc, profile)
+        if prog.expressible and prog.panics:
+            if panicking:
+                prog.reasons.append(f"may panic the guest, as {panicking[0]} does; one such "
+                                    "case per boot: run it on its own")
+            panicking.append(key)
         if prog.expressible:
             sources[key] = prog.source
         else:
@@ -104,9 +110,9 @@ def conform(
     # A machine check sets hw_memory_failure for the rest of the boot, after which unpoison
     # is refused ("Disabled after HW memory failure"): run those cases last, and among them
     # first the ones that unpoison.
-    def order(key: str) -> tuple[bool, bool]:
+    def order(key: str) -> tuple[bool, bool, bool]:
         keys = {st.key for st in by_name[key].steps}
-        return "hw_error" in keys, "unpoison_pfn" not in keys
+        return key in panicking, "hw_error" in keys, "unpoison_pfn" not in keys
 
     built = dict(sorted(built.items(), key=lambda kv: order(kv[0])))
     for key, done in built.items():

@@ -123,6 +123,7 @@ class KernelRun:
     meminfo: dict[str, dict[str, int]] = field(default_factory=dict)
     running: list[str] = field(default_factory=list)
     done: bool = False
+    panic: str | None = None
 
 
 def parse_lines(lines: list[str]) -> KernelRun:
@@ -148,6 +149,8 @@ def parse_lines(lines: list[str]) -> KernelRun:
             run.running.append(rec["proc"])
         elif t == "done":
             run.done = True
+        elif t == "panic":
+            run.panic = rec["msg"]
     return run
 
 
@@ -254,11 +257,19 @@ def compare_case(sc: Scenario, lines: list[str], status: str, profile: str,
         return _judge(case, known)
     model = _model_facts(res)
     kern = _kernel_facts(sc, run)
+    res_panic_step = max((r.index for r in res.steps if r.ran and r.index is not None),
+                         default=-1)
     for step in sc.steps:
         m = model.get(step.index)
         if m is None:
             continue  # the model did not run it (the host panicked earlier)
         k = kern.get(step.index)
+        if k is None and run.panic is not None and res.panicked is not None and \
+                step.index == res_panic_step:
+            # both panicked in this step: the panic itself is compared below
+            case.steps.append({"step": step.index, "action": step.key, "model": m,
+                               "kernel": {"panic": run.panic}})
+            continue
         case.steps.append({"step": step.index, "action": step.key, "model": m, "kernel": k})
         if k is None:
             diffs.append(Difference("ran", True, False, step.index, step.key))
@@ -294,7 +305,12 @@ def compare_case(sc: Scenario, lines: list[str], status: str, profile: str,
         m_running = sorted(n for n, st in res.processes.items() if st.get("state") == "running")
         if m_running != sorted(run.running):
             diffs.append(Difference("running", m_running, sorted(run.running)))
-    if status != "ok" or not run.done:
+    case.compared += 1
+    if (res.panicked is not None) != (run.panic is not None):
+        diffs.append(Difference("panic", res.panicked, run.panic))
+    if run.panic is not None and res.panicked is not None:
+        pass  # a panic ends the run on both sides: nothing after it to compare
+    elif status != "ok" or not run.done:
         diffs.append(Difference("program", "completes", status if status != "ok" else
                                 "stopped before its end"))
     return _judge(case, known)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -258,6 +259,10 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
                         "ok" if m.group(2) == "0" else f"exit {m.group(2)}")
                     current = None
                     continue
+                if current is not None and "Kernel panic - not syncing" in line:
+                    msg = line[line.find("Kernel panic"):]
+                    res.cases[current].append(json.dumps({"t": "panic", "msg": msg}))
+                    res.status[current] = "panic"
                 idx = line.find("@mf {")
                 if current is not None and idx >= 0:
                     res.cases[current].append(line[idx + 4:])
@@ -268,6 +273,8 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
         res.console = "\n".join(lines)
     res.seconds = time.monotonic() - t0
     for name in programs:
+        if res.status.get(name) == "panic":
+            continue
         res.status.setdefault(name, "not run (the guest stopped)" if name not in res.cases
                               else "crashed (no end marker)")
     return res

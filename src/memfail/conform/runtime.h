@@ -574,9 +574,18 @@ static long mf_scan_kpageflags(uint64_t want, uint64_t avoid, int unused_head)
 		for (long i = 0; i < n / 8; i++) {
 			if ((buf[i] & want) != want || buf[i] & avoid)
 				continue;
-			uint64_t cnt = 0;
+			uint64_t cnt = 0, sub[512];
 			if (unused_head && (pread(cfd, &cnt, 8, (off_t)(base + i) * 8) != 8 || cnt))
 				continue;
+			if (unused_head) {
+				/* a free pool folio: no raw page of it is poisoned */
+				int bad = pread(fd, sub, sizeof(sub), (off_t)(base + i) * 8) !=
+					  (ssize_t)sizeof(sub);
+				for (int j = 0; !bad && j < 512; j++)
+					bad = sub[j] >> 19 & 1;
+				if (bad)
+					continue;
+			}
 			found = base + i;
 			break;
 		}
