@@ -95,7 +95,12 @@ def compile_program(source: str, out: Path, cc: str | None = None
     scenarios does not compile again."""
     out.parent.mkdir(parents=True, exist_ok=True)
     header = runtime_header()
-    (out.parent / "runtime.h").write_text(header)
+    hpath = out.parent / "runtime.h"
+    if not hpath.exists() or hpath.read_text() != header:
+        # programs compile in parallel in one directory: replace the header atomically
+        tmp = out.parent / f".runtime.h.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(header)
+        tmp.replace(hpath)
     src = out.with_suffix(".c")
     src.write_text(source)
     key = hashlib.sha256((header + "\0" + source).encode()).hexdigest()[:32]
