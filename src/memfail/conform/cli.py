@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -179,6 +180,8 @@ def _stale(known: list, results: list) -> list[dict[str, object]]:
 
 
 def _unique(name: str, seen: dict[str, Scenario]) -> str:
+    """A file name for the case in the guest (the scenario name, made safe), unique."""
+    name = re.sub(r"[^\w.\-]", "_", name).lstrip(".") or "case"
     key, n = name, 2
     while key in seen:
         key, n = f"{name}-{n}", n + 1

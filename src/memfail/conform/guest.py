@@ -214,7 +214,7 @@ def boot(programs: dict[str, bytes], kernel: str, *, timeout: int = 20, memory: 
                "-smp", "1", "-nographic", "-no-reboot",
                "-monitor", f"unix:{monitor},server,nowait",
                "-kernel", str(kdir / "vmlinuz"), "-initrd", str(img),
-               "-append", "console=ttyS0 quiet loglevel=3 panic=-1 transparent_hugepage=madvise "
+               "-append", "console=ttyS0 quiet loglevel=1 panic=-1 transparent_hugepage=madvise "
                           "printk.devkmsg=on"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace")
