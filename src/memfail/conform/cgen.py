@@ -43,6 +43,11 @@ NOT_EXPRESSIBLE = {
     "hwpoison_filter": "not yet translated (device numbers differ between model and guest)",
     "stage": "events in flight are a model construct",
 }
+VM_REASON = ("KVM and guest_memfd: the TCG guest has no KVM (no nested virtualisation), and "
+             "guest_memfd is newer than 6.1")
+for _key in ("vm_create", "gmem_create", "memslot", "set_attributes", "guest_access",
+             "vm_destroy", "vm_reset"):
+    NOT_EXPRESSIBLE[_key] = VM_REASON
 
 
 @dataclass

@@ -168,6 +168,19 @@ def conform(
     raise typer.Exit(1 if failed else 0)
 
 
+def _grouped(reasons: list[str]) -> list[str]:
+    """Reasons with the same text after "step N (ACTION): " shown once, with their steps."""
+    groups: dict[str, list[str]] = {}
+    for r in reasons:
+        m = re.match(r"step (\d+) \(\w+\): (.*)$", r, flags=re.S)
+        if m is None:
+            groups.setdefault(r, [])
+        else:
+            groups.setdefault(m.group(2), []).append(m.group(1))
+    return [f"step{'s' if len(steps) > 1 else ''} {', '.join(steps)}: {text}" if steps else text
+            for text, steps in groups.items()]
+
+
 def _stale(known: list, results: list) -> list[dict[str, object]]:
     """Entries of the known-differences file that match no difference of a case that ran."""
     ran = {r.name: r for r in results if r.status != "not expressible"}
@@ -214,7 +227,7 @@ def _print_table(results: list, kernel: str, profile: str, total: float,
             tag = f"known: {d.known}" if d.known else "UNLISTED"
             lines.append(f"{where} {d.field}: model {_fmt(d.model)} kernel {_fmt(d.kernel)}"
                          f"  [{tag}]")
-        lines += r.reasons
+        lines += _grouped(r.reasons)
         table.add_row(escape(r.name), f"[{colour.get(r.status, 'white')}]{r.status}[/]",
                       str(r.compared) if r.compared else "-", escape("\n".join(lines)))
     con = Console(soft_wrap=False, width=max(120, Console().width))
