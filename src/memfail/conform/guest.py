@@ -130,10 +130,14 @@ mkdir -p /mf/tmpfs /mf/huge2M /mf/ext2 /mf/ramfs
 mount -t tmpfs tmpfs /mf/tmpfs
 mount -t hugetlbfs -o pagesize=2M hugetlbfs /mf/huge2M
 mount -t ramfs ramfs /mf/ramfs
+mkdir -p /dev/shm /dev/hugepages
+mount -t tmpfs tmpfs /dev/shm
+mount -t hugetlbfs -o pagesize=2M hugetlbfs /dev/hugepages
 for m in MODULES; do [ -f /modules/$m.ko ] && insmod /modules/$m.ko 2>/dev/null; done
 [ -b /dev/ram0 ] || insmod /modules/brd.ko rd_nr=1 rd_size=65536 2>/dev/null
 mke2fs -q /dev/ram0 >/dev/null 2>&1 && mount -t ext2 /dev/ram0 /mf/ext2
 echo "@mf-boot $(uname -r) hwpoison=$([ -e /sys/kernel/debug/hwpoison/corrupt-pfn ] && echo 1 || echo 0) ext2=$(grep -c ' /mf/ext2 ' /proc/mounts)"
+cd /mf/ext2 2>/dev/null || cd /tmp
 while read name; do
   echo "@mf-case-begin $name"
   timeout -s KILL TIMEOUT /cases/$name
@@ -143,7 +147,7 @@ while read name; do
   echo 0 > /proc/sys/vm/nr_overcommit_hugepages
   echo 0 > /proc/sys/vm/memory_failure_early_kill
   echo 1 > /proc/sys/vm/memory_failure_recovery
-  rm -rf /mf/tmpfs/* /mf/huge2M/* /mf/ramfs/* /mf/ext2/[!l]*
+  rm -rf /mf/tmpfs/* /mf/huge2M/* /mf/ramfs/* /mf/ext2/[!l]* /dev/shm/* /dev/hugepages/*
 done < /cases/LIST
 echo "@mf-all-done"
 poweroff -f
