@@ -852,11 +852,15 @@ static long mf_mce(long pfn)
 	mf_out("{\"t\":\"mce\",\"phys\":\"%#lx\"}", (unsigned long)pfn << 12);
 	printf("@mf-mce %#lx\n", (unsigned long)pfn << 12);
 	fflush(stdout);
-	for (int ms = 0; ms < 15000 && (!seen || idle < 300); ms += 20) {
+	/* memory_failure() ends with action_result()'s "recovery action for" line, or says the
+	 * page is "already hardware poisoned"; the signals it sends come before either */
+	for (int ms = 0; ms < 30000 && (!seen || idle < 100); ms += 20) {
 		ssize_t n = read(fd, rec, sizeof(rec) - 1);
 		if (n > 0) {
 			rec[n] = 0;
-			if (strstr(rec, want) || strstr(rec, "Kernel panic"))
+			if ((strstr(rec, want) && (strstr(rec, "recovery action for") ||
+						   strstr(rec, "already hardware poisoned"))) ||
+			    strstr(rec, "Kernel panic"))
 				seen = 1;
 			idle = 0;
 			continue;
