@@ -15,6 +15,9 @@ from memfail.cli import main
 from memfail.conform.guest import GuestUnavailable, kernel_dir, tool
 from memfail.scenario import library
 
+# one boot for the module's tests: keep them on one xdist worker (pyproject: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("conform")
+
 HERE = Path(__file__).parent
 CASES = sorted(str(p) for p in (HERE / "conform" / "cases").glob("*.yaml"))
 HOST = [n for n in library() if not n.startswith("vm-")]
@@ -107,6 +110,7 @@ def test_hardware_errors_are_machine_checks(conform_run: dict) -> None:
     assert _kernel(conform_run, "host-free-hugetlb-ao", 0)["mf"] == ["free huge page: Recovered"]
 
 
+@pytest.mark.xdist_group("conform-selftests")  # its own boot: may run next to the other
 def test_generated_selftests_pass_on_6_1(tmp_path: Path) -> None:
     """`memfail selftest` of every single-process linux-6.1 oracle case, compiled against the
     stand-in harness and run in the guest: each passes on the real kernel (none skips)."""
