@@ -98,7 +98,6 @@ class _Gen:
     cases: list[str] = field(default_factory=list)
     main: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
-    model: Any = None
     model_pfns: list[dict[int, int]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ names
@@ -261,9 +260,6 @@ def _run_model(g: _Gen, profile: str) -> None:
 
     sc = g.sc
     # tracked pages: every page a step names by proc + address
-    known: dict[str, list[str]] = {}
-    for p in sc.processes:
-        known[p.name] = []
     for step in sc.steps:
         a = step.action
         if step.key == "mmap":
