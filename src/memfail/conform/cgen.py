@@ -38,7 +38,6 @@ NOT_EXPRESSIBLE = {
     "mf_queue": "memory_failure_queue() is reached only from firmware (GHES) reports",
     "swapout": "the guest has no swap device",
     "ksm_merge": "KSM merging depends on ksmd's scan timing",
-    "user_copy": "not yet translated (a kernel copy of user memory)",
     "kernel_access": "a kernel-side access is not a user-space action",
     "hwpoison_filter": "not yet translated (device numbers differ between model and guest)",
     "stage": "events in flight are a model construct",
@@ -460,6 +459,20 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
         _in_proc(g, i, key, a.proc, a.thread,
                  f"\t\t*ret = madvise(mf_map_addr[{m}] + {off:#x}, {parse_size(a.len)}, "
                  f"{ADVICE[a.advice]});")
+    elif key == "user_copy":
+        if a.via != "copy":
+            raise NotExpressible("via: gup: no system call reports get_user_pages()'s "
+                                 "EHWPOISON to user space as the model's action does")
+        n = parse_size(a.len)
+        if n > 1 << 20:
+            raise NotExpressible("a copy larger than 1M (the pipe it goes through)")
+        m, off = g.addr(a.proc, a.addr)
+        # copy_from_user() in a pipe write (R42): a hwpoison entry makes it fail with EFAULT
+        _in_proc(g, i, key, a.proc, a.thread,
+                 f"\t\tint pf[2], e;\n\t\tif (pipe(pf)) {{ *ret = -1; break; }}\n"
+                 f"\t\tfcntl(pf[1], F_SETPIPE_SZ, {max(n, 4096)});\n"
+                 f"\t\t*ret = write(pf[1], mf_map_addr[{m}] + {off:#x}, {n}); e = errno;\n"
+                 f"\t\tclose(pf[0]); close(pf[1]); errno = e;")
     elif key == "hw_error":
         if a.detect != "scrub":
             raise NotExpressible(
