@@ -180,3 +180,26 @@ def test_selftest_refuses_what_it_cannot_write(capsys: pytest.CaptureFixture[str
     assert main(["selftest", "vm-release"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("memfail: error: vm-release.yaml: cannot be written as a selftest")
+
+
+def test_stale_known_entries_are_reported() -> None:
+    """An entry that matches nothing in a case that ran is reported for removal; one for a
+    case that did not run is not."""
+    from memfail.conform.cli import _stale
+    from memfail.conform.compare import CaseResult
+
+    ran = compare_case(_load("anon-madvise-hwpoison"), _golden("anon-madvise-hwpoison"), "ok",
+                       "linux-6.1", [])
+    skipped = CaseResult("other", "not expressible", reasons=["step 0 (swapout): x"])
+    known = [Known("anon-madvise-hwpoison", "signals", "fixed since"),
+             Known("other", "ret", "never ran")]
+    assert _stale(known, [ran, skipped]) == [
+        {"case": "anon-madvise-hwpoison", "step": None, "field": "signals"}]
+
+
+def test_equal_reasons_are_grouped_in_the_table() -> None:
+    from memfail.conform.cli import _grouped
+
+    assert _grouped(["host.hvo: x", "step 0 (vm_create): KVM", "step 3 (memslot): KVM",
+                     "step 5 (swapout): no swap"]) == \
+        ["host.hvo: x", "steps 0, 3: KVM", "step 5: no swap"]
