@@ -39,7 +39,6 @@ NOT_EXPRESSIBLE = {
     "swapout": "the guest has no swap device",
     "ksm_merge": "KSM merging depends on ksmd's scan timing",
     "kernel_access": "a kernel-side access is not a user-space action",
-    "hwpoison_filter": "not yet translated (device numbers differ between model and guest)",
     "stage": "events in flight are a model construct",
 }
 VM_REASON = ("KVM and guest_memfd: the TCG guest has no KVM (no nested virtualisation), and "
@@ -459,6 +458,8 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
         _in_proc(g, i, key, a.proc, a.thread,
                  f"\t\t*ret = madvise(mf_map_addr[{m}] + {off:#x}, {parse_size(a.len)}, "
                  f"{ADVICE[a.advice]});")
+    elif key == "hwpoison_filter":
+        _filter(g, i, a)
     elif key == "user_copy":
         if a.via != "copy":
             raise NotExpressible("via: gup: no system call reports get_user_pages()'s "
@@ -510,6 +511,45 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
                 "err = ret < 0 ? errno : 0;")
     else:
         raise NotExpressible(f"action {key!r} is not translated")
+
+
+KPF_NAMES = ["LOCKED", "ERROR", "REFERENCED", "UPTODATE", "DIRTY", "LRU", "ACTIVE", "SLAB",
+             "WRITEBACK", "RECLAIM", "BUDDY", "MMAP", "ANON", "SWAPCACHE", "SWAPBACKED",
+             "COMPOUND_HEAD", "COMPOUND_TAIL", "HUGE", "UNEVICTABLE", "HWPOISON", "NOPAGE",
+             "KSM", "THP", "OFFLINE", "ZERO_PAGE", "IDLE", "PGTABLE"]
+
+
+def _kpf_bits(v: Any) -> int:
+    if isinstance(v, int):
+        return v
+    return sum(1 << KPF_NAMES.index(str(n).upper()) for n in v)
+
+
+def _filter(g: _Gen, i: int, a: Any) -> None:
+    """The debugfs hwpoison filter files (R15); the guest's device numbers are not the model's,
+    so a device filter other than "any" (-1) cannot be carried over."""
+    for fld in ("dev_major", "dev_minor"):
+        if getattr(a, fld) not in (None, -1, 0xFFFFFFFF):
+            raise NotExpressible(f"{fld}: the guest's file systems have other device numbers "
+                                 "than the model's")
+    if a.memcg not in (None, 0):
+        raise NotExpressible("memcg: the guest's memory cgroup inode numbers are not the "
+                             "model's")
+    d = "/sys/kernel/debug/hwpoison/corrupt-filter-"
+    writes = []
+    for fld, name, val in (("flags_mask", "flags-mask", a.flags_mask),
+                           ("flags_value", "flags-value", a.flags_value),
+                           ("dev_major", "dev-major", a.dev_major),
+                           ("dev_minor", "dev-minor", a.dev_minor),
+                           ("memcg", "memcg", a.memcg),
+                           ("enable", "enable", a.enable)):
+        if val is None:
+            continue
+        num = int(val) if fld == "enable" else (_kpf_bits(val) if fld.startswith("flags")
+                                                else int(val) & 0xFFFFFFFF)
+        writes.append(f"\t  if (mf_write_str({c_str(d + name)}, \"{num:#x}\\n\") < 0) "
+                      "{ ret = -1; err = errno; }")
+    _in_ctl(g, i, "hwpoison_filter", "\n".join(writes))
 
 
 def _model_child_thread(g: _Gen, a: Any) -> str:

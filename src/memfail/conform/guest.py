@@ -147,6 +147,10 @@ while read name; do
   echo 0 > /proc/sys/vm/nr_overcommit_hugepages
   echo 0 > /proc/sys/vm/memory_failure_early_kill
   echo 1 > /proc/sys/vm/memory_failure_recovery
+  for f in enable dev-major dev-minor flags-mask flags-value memcg; do
+    v=0; case $f in dev-*) v=4294967295;; esac
+    echo $v > /sys/kernel/debug/hwpoison/corrupt-filter-$f 2>/dev/null
+  done
   rm -rf /mf/tmpfs/* /mf/huge2M/* /mf/ramfs/* /mf/ext2/[!l]* /dev/shm/* /dev/hugepages/*
 done < /cases/LIST
 echo "@mf-all-done"
