@@ -360,7 +360,9 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
             body = (f"\t\t*ret = prctl(PR_MCE_KILL, PR_MCE_KILL_SET, "
                     f"{MCE_KILL[a.policy or 'default']}, 0, 0);")
         elif a.op == "clear":
-            body = "\t\t*ret = prctl(PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0, 0, 0);"
+            # a policy given with clear is passed as the (must-be-zero) third argument
+            arg = MCE_KILL[a.policy] if a.policy else "0"
+            body = f"\t\t*ret = prctl(PR_MCE_KILL, PR_MCE_KILL_CLEAR, {arg}, 0, 0);"
         else:
             body = "\t\t*ret = prctl(PR_MCE_KILL_GET, 0, 0, 0, 0);"
         _in_proc(g, i, key, a.proc, a.thread, body)

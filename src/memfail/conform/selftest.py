@@ -456,7 +456,8 @@ def _step(key: str, a: Any, proc: str, decls: list[str]) -> list[str]:
             return [f"\tret = prctl(PR_MCE_KILL, PR_MCE_KILL_SET, "
                     f"{MCE_KILL[a.policy or 'default']}, 0, 0);"]
         if a.op == "clear":
-            return ["\tret = prctl(PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0, 0, 0);"]
+            arg = MCE_KILL[a.policy] if a.policy else "0"
+            return [f"\tret = prctl(PR_MCE_KILL, PR_MCE_KILL_CLEAR, {arg}, 0, 0);"]
         return ["\tret = prctl(PR_MCE_KILL_GET, 0, 0, 0, 0);"]
     if key == "sysctl":
         return [f"\tret = write_file({c_str('/proc/sys/' + a.name.replace('.', '/'))}, "
