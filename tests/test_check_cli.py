@@ -15,7 +15,7 @@ from memfail.check.config import CheckConfig
 from memfail.check.toys import PoisonToy
 
 CONFIG = """\
-policies: [leaky, unmap]
+policies: [mainline, unmap]
 host: {hugepages: {2M: 1}}
 processes:
   - {name: qemu0, threads: [main, vcpu0]}
@@ -59,7 +59,7 @@ def test_json_document(toy: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["schema"] == "memfail.check/1" and doc["failed"] is True
     leaky, unmap = doc["results"]
-    assert leaky["policy"] == "leaky" and leaky["verdicts"]["contained"]["status"] == "FAIL"
+    assert leaky["policy"] == "mainline" and leaky["verdicts"]["contained"]["status"] == "FAIL"
     assert leaky["verdicts"]["contained"]["depth"] == 3
     assert leaky["verdicts"]["contained"]["counterexample"] == [
         "('error', 0)", "('touch', 0)", "('touch', 0)"]
@@ -94,9 +94,9 @@ def test_out_writes_one_file_per_violation(toy: Path, tmp_path: Path) -> None:
     r = run(str(toy), "--out", str(out))
     assert r.exit_code == 1
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["leaky--contained.trace.txt", "leaky--no-consumption.trace.txt",
+    assert names == ["mainline--contained.trace.txt", "mainline--no-consumption.trace.txt",
                      "unmap--no-consumption.trace.txt"]
-    text = (out / "leaky--contained.trace.txt").read_text()
+    text = (out / "mainline--contained.trace.txt").read_text()
     assert "step 3: ('touch', 0)" in text and "consumed=1 -> page=known mapped=True consumed=2" in text
 
 
@@ -105,7 +105,7 @@ def test_bad_input_exits_2_with_one_line(toy: Path, tmp_path: Path) -> None:
     bad.write_text("policies: [a]\nevents: [{event: nope}]\n")
     r = run(str(bad))
     assert r.exit_code == 2
-    assert r.stderr.strip().startswith(f"{bad}:2: events[0].event: unknown event 'nope'")
+    assert r.stderr.strip().startswith(f"memfail: error: {bad}:2: events[0].event: unknown event 'nope'")
     assert len(r.stderr.strip().splitlines()) == 1
     r = run(str(toy), "--property", "nope")
     assert r.exit_code == 2 and "unknown property 'nope'" in r.stderr

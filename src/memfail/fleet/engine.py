@@ -99,9 +99,15 @@ def execute(tasks: list[Task], workers: int = 1, scheduler: str | None = None,
         except ImportError:  # pragma: no cover
             raise FleetError("--scheduler needs dask.distributed: pip install distributed") \
                 from None
+        from memfail.check.backends import WorkerError, connect_timeout, probe_scheduler
+
         try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
+            probe_scheduler(scheduler)
+        except WorkerError as e:
+            raise FleetError(f"--scheduler: {e}") from None
+        try:
+            client = Client(scheduler, timeout=connect_timeout())
+        except (OSError, TimeoutError, ValueError) as e:
             raise FleetError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
         try:
             futures = client.map(_call, tasks, pure=False)
