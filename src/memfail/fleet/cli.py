@@ -24,11 +24,14 @@ from memfail.fleet.classes import OUTCOME_NAMES
 from memfail.fleet.oracle import ModelOracle, OutcomeOracle, TableOracle
 from memfail.fleet.params import (
     FleetError,
+    FleetInputError,
     LoadedFleet,
     defaults_table,
     load_fleet,
     parse_assignment,
+    with_assignments,
 )
+from memfail.inputs import did_you_mean
 from memfail.report.console import wide_console
 
 UNITS = {"vm": "per_million_vm_hours", "host": "per_host_year", "fleet": "per_fleet_year"}
@@ -51,6 +54,7 @@ fleet_app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog="Example: memfail fleet --host-years 200000 (the same as memfail fleet run ...).",
 )
 
 
@@ -78,10 +82,66 @@ def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
     return pols
 
 
+def _check_policies(chosen: list[str] | None) -> None:
+    if not chosen:
+        return
+    from memfail.model.policy.registry import policy_names
+
+    known = policy_names()
+    for pol in chosen:
+        if pol not in known:
+            raise FleetInputError(f"--policy: unknown policy {pol!r}"
+                                  f"{did_you_mean(pol, known)}; valid: {', '.join(known)}")
+
+
 def _workers(n: int | None) -> int:
     if n is not None and n < 1:
-        raise FleetError(f"--workers must be at least 1, got {n}")
+        raise FleetInputError(f"--workers: must be at least 1, got {n}")
     return n if n is not None else max(1, os.cpu_count() or 1)
+
+
+def _writable_dir(path: Path | None, option: str) -> None:
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise FleetInputError(f"{option}: {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FleetInputError(f"{option}: cannot create {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FleetInputError(f"{option}: {path} is not writable")
+
+
+def _up_front(seed: int, host_years: int, workers: int | None, policy: list[str] | None,
+              plot: Path | None, oracle: Path | None, scheduler: str | None, unit: str) -> str:
+    """Every option checked before any work; returns the table unit."""
+    if seed < 0:
+        raise FleetInputError(f"--seed: must be 0 or more, got {seed}")
+    if host_years < 1:
+        raise FleetInputError(f"--host-years: must be at least 1, got {host_years}")
+    u = _unit(unit)
+    _workers(workers)
+    _check_policies(policy)
+    _writable_dir(plot, "--plot")
+    if oracle is not None and not oracle.is_file():
+        raise FleetInputError(f"--oracle: {oracle}: "
+                              f"{'is a directory' if oracle.is_dir() else 'no such file'}; "
+                              "give an outcome table (YAML, docs/fleet.md)")
+    if scheduler:
+        from memfail.check.backends import WorkerError, probe_scheduler
+
+        try:
+            probe_scheduler(scheduler)
+        except WorkerError as e:
+            raise FleetInputError(f"--scheduler: {e}") from None
+    return u
+
+
+def _vm_unit_possible(fleet: LoadedFleet, unit: str) -> None:
+    if unit == UNITS["vm"] and fleet.params.vms_per_host <= 0:
+        raise FleetInputError(f"--unit vm: {fleet.source} has no guest memory, so no "
+                              "VM-hours to count rates per; use --unit host or --unit fleet")
 
 
 @contextmanager
@@ -139,11 +199,16 @@ UnitOpt = Annotated[str, typer.Option(
 
 def _unit(u: str) -> str:
     if u not in UNITS:
-        raise FleetError(f"--unit {u!r}: valid units: {', '.join(UNITS)}")
+        raise FleetInputError(f"--unit: {u!r} is not a unit; valid units: {', '.join(UNITS)}")
     return UNITS[u]
 
 
-@fleet_app.command("run")
+EXIT_EPILOG = ("Exit status: 0 ok, 2 bad input or usage (one `memfail: error:` line, before "
+               "any work), 3 internal error.")
+
+
+@fleet_app.command("run", epilog="Example: memfail fleet run --host-years 200000 --policy "
+                   "minimum --policy unmap. " + EXIT_EPILOG)
 def run_cmd(
     file: FileArg = None,
     seed: SeedOpt = 0,
@@ -163,8 +228,9 @@ def run_cmd(
         _show_defaults(as_json)
         return
     with _errors():
-        u = _unit(unit)
+        u = _up_front(seed, host_years, workers, policy, plot, oracle, scheduler, unit)
         fleet = load_fleet(file)
+        _vm_unit_possible(fleet, u)
         orc = _oracle(oracle, fleet)
         n = _workers(workers)
         shards = len(engine.Plan.for_host_years(host_years).shards())
@@ -181,7 +247,8 @@ def run_cmd(
                 Console().print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
 
 
-@fleet_app.command("sweep")
+@fleet_app.command("sweep", epilog="Example: memfail fleet sweep --grid "
+                   "'scrub.period_hours=[12, 24, 48]' --outcome vm_killed. " + EXIT_EPILOG)
 def sweep_cmd(
     file: FileArg = None,
     grid: Annotated[list[str] | None, typer.Option(
@@ -203,14 +270,19 @@ def sweep_cmd(
     """Run the fleet over a grid of parameter values (same seed at every point)."""
     with _errors():
         if not grid:
-            raise FleetError("sweep needs at least one --grid PATH=[V1, V2, ...]")
-        u = _unit(unit)
+            raise FleetInputError("--grid: sweep needs at least one --grid PATH=[V1, V2, ...]")
+        u = _up_front(seed, host_years, workers, policy, plot, oracle, scheduler, unit)
         outs = list(outcome or OUTCOME_NAMES)
         bad = [o for o in outs if o not in OUTCOME_NAMES]
         if bad:
-            raise FleetError(f"--outcome {bad[0]!r}: valid outcomes: {', '.join(OUTCOME_NAMES)}")
+            raise FleetInputError(f"--outcome: {bad[0]!r} is not an outcome"
+                                  f"{did_you_mean(bad[0], OUTCOME_NAMES)}; valid outcomes: "
+                                  f"{', '.join(OUTCOME_NAMES)}")
         axes: dict[str, list[Any]] = dict(parse_assignment(g) for g in grid)
         fleet = load_fleet(file)
+        _vm_unit_possible(fleet, u)
+        for point in engine.grid(axes):  # every grid point is a valid fleet, before any run
+            with_assignments(fleet, point)
         orc = _oracle(oracle, fleet)
         n = _workers(workers)
         points = 1

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from memfail.fleet.classes import PAGE_BYTES, FailureClass, Outcome
 from memfail.fleet.params import FleetError, FleetInputError
+from memfail.inputs import InputError, Loc, fmt_loc, line_of, load_yaml
 
 ORACLE_SCHEMA = "memfail.fleet-oracle/1"
 
@@ -83,63 +84,87 @@ class TableOracle:
         return cls((), out, "<constant>")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<table>") -> TableOracle:
-        """Build from plain data; errors are one line ``SOURCE: FIELD: message``."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<table>",
+                  lines: Mapping[Loc, int] | None = None) -> TableOracle:
+        """Build from plain data; errors are one line ``SOURCE:LINE: FIELD: message`` (the
+        line when ``lines`` maps field paths to lines, as ``memfail.inputs`` gives them)."""
 
-        def bad(where: str, msg: str) -> FleetInputError:
-            return FleetInputError(f"{source}: {where}: {msg}")
+        def bad(loc: Loc, msg: str) -> FleetInputError:
+            where = fmt_loc(loc) or "(top)"
+            if lines is None:
+                return FleetInputError(f"{source}: {where}: {msg}")
+            return FleetInputError(f"{source}:{line_of(dict(lines), loc) or 1}: {where}: {msg}")
 
         if not isinstance(data, Mapping):
-            raise bad("(top)", "expected a mapping with 'rules' (and optional 'default')")
+            raise bad((), "expected a mapping with 'rules' (and optional 'default')")
         extra = sorted(set(data) - {"schema", "default", "rules"})
         if extra:
-            raise bad(extra[0], "unknown field; valid: schema, default, rules")
+            raise bad((extra[0],), "unknown field; valid: schema, default, rules")
         if data.get("schema", ORACLE_SCHEMA) != ORACLE_SCHEMA:
-            raise bad("schema", f"expected {ORACLE_SCHEMA}")
-        try:
-            default = Outcome.from_mapping(data.get("default") or {})
-        except (ValueError, TypeError) as e:
-            raise bad("default", str(e)) from None
+            raise bad(("schema",), f"expected {ORACLE_SCHEMA}")
+        default = _outcome(data.get("default"), ("default",), bad)
+        raw_rules = data.get("rules")
+        if raw_rules is None:
+            raw_rules = []
+        if not isinstance(raw_rules, list):
+            raise bad(("rules",), "expected a list of rules `- {policy: ..., when: {...}, "
+                      "outcome: {...}}`")
         rules = []
-        for i, r in enumerate(data.get("rules") or []):
-            where = f"rules[{i}]"
+        for i, r in enumerate(raw_rules):
+            loc: Loc = ("rules", i)
             if not isinstance(r, Mapping) or "outcome" not in r:
-                raise bad(where, "each rule needs 'outcome' (and optional 'policy', 'when')")
+                raise bad(loc, "each rule needs 'outcome' (and optional 'policy', 'when')")
             extra = sorted(set(r) - {"policy", "when", "outcome"})
             if extra:
-                raise bad(f"{where}.{extra[0]}", "unknown field; valid: policy, when, outcome")
+                raise bad((*loc, extra[0]), "unknown field; valid: policy, when, outcome")
             pol = r.get("policy", "*")
-            pols = frozenset() if pol in ("*", None) else frozenset(
-                [pol] if isinstance(pol, str) else pol)
+            names = [pol] if isinstance(pol, str) or pol is None else pol
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                raise bad((*loc, "policy"), "a policy name, a list of names, or \"*\"")
+            pols = frozenset() if pol in ("*", None) else frozenset(names)
             when = []
-            for k, v in (r.get("when") or {}).items():
+            conds = r.get("when") or {}
+            if not isinstance(conds, Mapping):
+                raise bad((*loc, "when"), "expected a mapping of class fields, e.g. "
+                          "{memory: gmem_private, page_size: 1G}")
+            for k, v in conds.items():
                 if k not in _CLASS_FIELDS:
-                    raise bad(f"{where}.when.{k}", "unknown class field; valid: "
+                    raise bad((*loc, "when", k), "unknown class field; valid: "
                               + ", ".join(sorted(_CLASS_FIELDS)))
                 vals = v if isinstance(v, list) else [v]
+                for j, x in enumerate(vals):
+                    if isinstance(x, dict | list) or x is None:
+                        raise bad((*loc, "when", k, *((j,) if isinstance(v, list) else ())),
+                                  f"a value or a list of values, got {x!r}")
                 when.append((str(k), frozenset(vals)))
-            try:
-                out = Outcome.from_mapping(r["outcome"] or {})
-            except (ValueError, TypeError) as e:
-                raise bad(f"{where}.outcome", str(e)) from None
+            out = _outcome(r["outcome"], (*loc, "outcome"), bad)
             rules.append(TableRule(pols, tuple(when), out))
         return cls(rules, default, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TableOracle:
-        """Load a table file (plain YAML, safe loader)."""
-        from ruamel.yaml import YAML
-        from ruamel.yaml.error import YAMLError
+        """Load a table file (the shared safe reader of ``memfail.inputs``)."""
+        try:
+            data, lines = load_yaml(path, str(path), "fleet outcome table",
+                                    "an outcome table has `rules:` (docs/fleet.md)")
+        except InputError as e:
+            raise FleetInputError(str(e)) from None
+        return cls.from_dict(data, str(path), lines)
 
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as e:
-            raise FleetInputError(f"{path}: cannot read: {e.strerror}") from None
-        try:
-            data = YAML(typ="safe").load(text)
-        except YAMLError as e:
-            raise FleetInputError(f"{path}: (yaml): {str(e).splitlines()[0]}") from None
-        return cls.from_dict(data, str(path))
+
+def _outcome(raw: Any, loc: Loc, bad: Callable[[Loc, str], FleetInputError]) -> Outcome:
+    if raw is None:
+        return Outcome()
+    if not isinstance(raw, Mapping):
+        raise bad(loc, f"expected a mapping of outcome names to numbers, got {raw!r}")
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise bad((*loc, k), f"expected a number >= 0, got {v!r}")
+    try:
+        return Outcome.from_mapping(raw)
+    except (ValueError, TypeError) as e:
+        key = next((k for k in raw if k not in Outcome.names() or not raw[k] >= 0), None)
+        raise bad((*loc, key) if key is not None else loc, str(e)) from None
 
 
 # --------------------------------------------------------------------------- model oracle

@@ -5,6 +5,7 @@ Plots use matplotlib's Agg backend and are written as both PNG and SVG.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,12 @@ def result_table(res: FleetResult, unit: str = "per_million_vm_hours",
 def summary_lines(res: FleetResult) -> list[str]:
     """The policy-independent figures: fault rate, consumed-before-scrub share, first touch."""
     c = res.consumed_before_scrub
-    touch = ", ".join(f"{k} {v.estimate:.1%}" for k, v in res.first_touch.items())
+    if not math.isfinite(c.estimate):  # no fault sampled: no share to give
+        return [f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per "
+                f"host; {res.n_classes} failure classes seen",
+                f"uncorrectable faults per host-year: {fmt_interval(res.faults_per_host_year)}"
+                "; no fault was sampled, so no shares to report"]
+    touch = ", ".join(f"{k} {min(v.estimate, 1.0):.1%}" for k, v in res.first_touch.items())
     return [
         f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per host; "
         f"{res.n_classes} failure classes seen",
