@@ -71,10 +71,21 @@ def _errors() -> Iterator[None]:
         raise _fail(str(e)) from None
 
 
-def _oracle(table: Path | None, fleet: LoadedFleet) -> OutcomeOracle:
+def _oracle(table: Path | None, fleet: LoadedFleet, cache_dir: Path | None = None
+            ) -> OutcomeOracle:
     if table is not None:
         return TableOracle.from_yaml(table)
-    return ModelOracle(fleet.params.kernel_profile)
+    from memfail.fleet import cache
+
+    where = cache_dir if cache_dir is not None else cache.default_dir()
+    off = str(where) == cache.DISABLE
+    return ModelOracle(fleet.params.kernel_profile, cache_dir=None if off else where)
+
+
+def _save(orc: OutcomeOracle) -> None:
+    save = getattr(orc, "save", None)
+    if callable(save):
+        save()
 
 
 def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
@@ -192,6 +203,10 @@ OracleOpt = Annotated[Path | None, typer.Option(
 SchedulerOpt = Annotated[str | None, typer.Option(
     "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) to run shards on.",
     show_default=False)]
+CacheOpt = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Where model runs are cached (default: $MEMFAIL_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/memfail, else ~/.cache/memfail; 'off': no cache).",
+    show_default=False)]
 UnitOpt = Annotated[str, typer.Option(
     "--unit", help="Table unit: vm (per million VM-hours), host (per host-year), "
                    "fleet (per fleet-year).")]
@@ -222,6 +237,7 @@ def run_cmd(
     oracle: OracleOpt = None,
     scheduler: SchedulerOpt = None,
     unit: UnitOpt = "vm",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Estimate policy x outcome rates for a fleet (the default command)."""
     if show_defaults:
@@ -231,12 +247,15 @@ def run_cmd(
         u = _up_front(seed, host_years, workers, policy, plot, oracle, scheduler, unit)
         fleet = load_fleet(file)
         _vm_unit_possible(fleet, u)
-        orc = _oracle(oracle, fleet)
+        orc = _oracle(oracle, fleet, cache_dir)
         n = _workers(workers)
         shards = len(engine.Plan.for_host_years(host_years).shards())
-        with _progress(not as_json, shards, "sampling") as tick:
-            res = engine.run(fleet, orc, host_years, seed, n, scheduler,
-                             _policies(fleet, policy), tick)
+        try:
+            with _progress(not as_json, shards, "sampling") as tick:
+                res = engine.run(fleet, orc, host_years, seed, n, scheduler,
+                                 _policies(fleet, policy), tick)
+        finally:
+            _save(orc)
         if as_json:
             print(json.dumps(output.run_document(res), indent=2))
         else:
@@ -266,6 +285,7 @@ def sweep_cmd(
         "--outcome", help="Outcome to tabulate and plot (repeatable; default: all).",
         show_default=False)] = None,
     unit: UnitOpt = "vm",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Run the fleet over a grid of parameter values (same seed at every point)."""
     with _errors():
@@ -283,15 +303,18 @@ def sweep_cmd(
         _vm_unit_possible(fleet, u)
         for point in engine.grid(axes):  # every grid point is a valid fleet, before any run
             with_assignments(fleet, point)
-        orc = _oracle(oracle, fleet)
+        orc = _oracle(oracle, fleet, cache_dir)
         n = _workers(workers)
         points = 1
         for v in axes.values():
             points *= len(v)
         shards = points * len(engine.Plan.for_host_years(host_years).shards())
         with _progress(not as_json, shards, "sweeping") as tick:
-            results = engine.sweep(fleet, axes, orc, host_years, seed, n, scheduler,
-                                   _policies(fleet, policy), tick)
+            try:
+                results = engine.sweep(fleet, axes, orc, host_years, seed, n, scheduler,
+                                       _policies(fleet, policy), tick)
+            finally:
+                _save(orc)
         if as_json:
             print(json.dumps(output.sweep_document(results, axes), indent=2))
         else:

@@ -6,6 +6,7 @@ reads the answers from a table (for tests and what-if analysis).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -265,22 +266,50 @@ class ModelOracle:
     only in VM size or permanence share one run.
     """
 
-    def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None) -> None:
+    def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None,
+                 cache_dir: Path | None = None) -> None:
+        """``cache_dir``: keep model runs on disk there (``memfail.fleet.cache``); only the
+        model's own runner is cached."""
+        from memfail.fleet.cache import RunCache
+
         self.profile = profile
         self.runner: Runner = runner or _model_runner
         self._cache: dict[tuple[str, FailureClass], Outcome] = {}
         self._runs: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self.disk = RunCache(cache_dir if self.runner is _model_runner else None)
+        self.disk_hits = 0
+
+    def _cached_run(self, policy: str, sc: ModelScenario) -> Mapping[str, Any] | None:
+        rk = (policy, sc.key)
+        metrics = self._runs.get(rk)
+        if metrics is None:
+            metrics = self.disk.get(self.profile, policy, sc.key)
+            if metrics is not None:
+                self.disk_hits += 1
+                self._runs[rk] = metrics
+        return metrics
+
+    def _store(self, policy: str, sc: ModelScenario, metrics: Mapping[str, Any]
+               ) -> Mapping[str, Any]:
+        if self.disk.enabled:  # the same plain data whether it came from disk or not
+            with contextlib.suppress(TypeError, ValueError):
+                metrics = json.loads(json.dumps(metrics))
+            self.disk.put(self.profile, policy, sc.key, metrics)
+        self._runs[(policy, sc.key)] = metrics
+        return metrics
+
+    def save(self) -> None:
+        """Write new model runs to the disk cache."""
+        self.disk.save()
 
     def outcome(self, policy: str, cls: FailureClass) -> Outcome:
         key = (policy, cls)
         hit = self._cache.get(key)
         if hit is None:
             sc = self.scenario(cls)
-            rk = (policy, sc.key)
-            metrics = self._runs.get(rk)
+            metrics = self._cached_run(policy, sc)
             if metrics is None:
-                metrics = self.runner(self.profile, policy, sc)
-                self._runs[rk] = metrics
+                metrics = self._store(policy, sc, self.runner(self.profile, policy, sc))
             hit = outcome_for(cls, sc, metrics)
             self._cache[key] = hit
         return hit
@@ -301,18 +330,25 @@ class ModelOracle:
                 except FleetError:
                     continue
                 rk = (pol, sc.key)
-                if rk not in self._runs:
+                if self._cached_run(pol, sc) is None:
                     todo.setdefault(rk, (pol, sc))
         if workers <= 1 or len(todo) < 2 or self.runner is not _model_runner:
             return
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         items = list(todo.items())
         jobs = [(self.profile, pol, sc) for _, (pol, sc) in items]
-        with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
-            done = ex.map(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
-            for (rk, _), metrics in zip(items, done, strict=True):
-                self._runs[rk] = metrics
+        try:
+            with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
+                done = ex.map(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
+                for (_, (pol, sc)), metrics in zip(items, done, strict=True):
+                    self._store(pol, sc, metrics)
+        except BrokenProcessPool:
+            raise FleetError("a worker process running the model died (killed, or out of "
+                             "memory); rerun with fewer --workers") from None
+        finally:
+            self.save()
 
     @property
     def cache_size(self) -> int:
