@@ -70,7 +70,11 @@ class OptionError(InputError):
 
 def _writable_dir(path: Path, option: str) -> None:
     """``path`` is (or can be made) a writable directory; checked before any work."""
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:
+        raise OptionError(option, f"{path}: {e.strerror or e}") from None
+    if is_file:
         raise OptionError(option, f"{path} is a file; give a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -103,10 +107,14 @@ def _options_record(config: Path | None, policies: list[str], props: list[str],
 
 
 def _stored_options(resume: Path) -> dict[str, Any]:
-    if not resume.exists():
+    try:
+        exists, is_dir = resume.exists(), resume.is_dir()
+    except OSError as e:
+        raise OptionError("--resume", f"{resume}: {e.strerror or e}") from None
+    if not exists:
         raise OptionError("--resume", f"{resume}: no such directory; give the --checkpoint "
                           "directory of an earlier check")
-    if not resume.is_dir():
+    if not is_dir:
         raise OptionError("--resume", f"{resume} is a file; give the --checkpoint directory "
                           "of an earlier check")
     path = resume / OPTIONS_FILE

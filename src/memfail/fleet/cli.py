@@ -114,7 +114,11 @@ def _workers(n: int | None) -> int:
 def _writable_dir(path: Path | None, option: str) -> None:
     if path is None:
         return
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:
+        raise FleetInputError(f"{option}: {path}: {e.strerror or e}") from None
+    if is_file:
         raise FleetInputError(f"{option}: {path} is a file; give a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -135,10 +139,15 @@ def _up_front(seed: int, host_years: int, workers: int | None, policy: list[str]
     _workers(workers)
     _check_policies(policy)
     _writable_dir(plot, "--plot")
-    if oracle is not None and not oracle.is_file():
-        raise FleetInputError(f"--oracle: {oracle}: "
-                              f"{'is a directory' if oracle.is_dir() else 'no such file'}; "
-                              "give an outcome table (YAML, docs/fleet.md)")
+    if oracle is not None:
+        try:
+            problem = None if oracle.is_file() else \
+                "is a directory" if oracle.is_dir() else "no such file"
+        except OSError as e:
+            problem = str(e.strerror or e)
+        if problem:
+            raise FleetInputError(f"--oracle: {oracle}: {problem}; give an outcome table "
+                                  "(YAML, docs/fleet.md)")
     if scheduler:
         from memfail.check.backends import WorkerError, probe_scheduler
 

@@ -207,6 +207,7 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
     except ValidationError as e:
         raise _from_validation(e, file, lines, (*loc, key), args, cls) from None
     _check_sizes(action, file, lines, (*loc, key))
+    _check_fields(action, key, file, lines, (*loc, key))
     expect = None
     if "expect" in raw:
         try:
@@ -217,6 +218,29 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
     note = raw.get("note")
     return Step(index=i, line=line, key=key, action=action, expect=expect,
                 note=None if note is None else str(note))
+
+
+GPA_FIELDS = frozenset({"gpa", "gmem_offset"})
+"""Guest physical addresses and offsets: sizes (``4G+12K``) beyond the user address space."""
+
+
+def _check_fields(action: Action, key: str, file: str, lines: dict[Loc, int], loc: Loc
+                  ) -> None:
+    """Field values the model would only reject while running: checked when the file loads."""
+    for name in GPA_FIELDS & set(type(action).model_fields):
+        value = getattr(action, name)
+        if value is None:
+            continue
+        try:
+            parse_size(value)
+        except ValueError as e:
+            raise ScenarioError(file, _line_of(lines, (*loc, name)), _fmt_loc((*loc, name)),
+                                str(e)) from None
+    if key == "memslot" and getattr(action, "gmem", None) is None \
+            and getattr(action, "hva", None) is None:
+        raise ScenarioError(file, _line_of(lines, loc), _fmt_loc(loc),
+                            "a memslot needs its memory: gmem: (a guest_memfd) and/or hva: "
+                            "(the VMM mapping that backs shared memory)")
 
 
 def _check_sizes(action: Action, file: str, lines: dict[Loc, int], loc: Loc) -> None:
@@ -402,8 +426,11 @@ def library() -> dict[str, Path]:
 def resolve(arg: str) -> tuple[Path, str]:
     """A path as given, or the name of a built-in scenario; returns (path, display name)."""
     p = Path(arg)
-    if p.exists():
-        return p, arg
+    try:
+        if p.exists():
+            return p, arg
+    except OSError as e:
+        raise ScenarioError(arg, None, None, f"cannot read: {e.strerror or e}") from None
     lib = library()
     stem = arg.removesuffix(".yaml")
     if "/" not in arg and stem in lib:
