@@ -365,21 +365,23 @@ def _names(cfg: CheckConfig) -> list[tuple[Loc, str]]:
             out.append((("host", "memory"), f"{cfg.host.memory!r} is not a positive size"))
     except ValueError as e:
         out.append((("host", "memory"), str(e)))
-    sizes: list[tuple[Loc, int | str, str]] = []
+    sizes: list[tuple[Loc, int | str, str, str]] = []
     gmems = {g.name: g for g in cfg.guest_memfd}
-    sizes += [(("guest_memfd", i, "size"), g.size, g.backing)
+    sizes += [(("guest_memfd", i, "size"), g.size, g.backing,
+               f"this guest_memfd is backed by {g.backing} HugeTLB pages")
               for i, g in enumerate(cfg.guest_memfd)]
-    sizes += [(("vms", i, "memory"), v.memory, "2M") for i, v in enumerate(cfg.vms)
-              if v.gmem is None or v.gmem not in gmems]
-    for loc, size, backing in sizes:
-        out += [(loc, m) for m in _size_problems(size, backing)]
+    sizes += [(("vms", i, "memory"), v.memory, "2M",
+               "a VM without guest_memfd is backed by 2M HugeTLB pages")
+              for i, v in enumerate(cfg.vms) if v.gmem is None or v.gmem not in gmems]
+    for loc, size, backing, why in sizes:
+        out += [(loc, m) for m in _size_problems(size, backing, why)]
     return out
 
 
 HUGE = {"2M": 2 << 20, "1G": 1 << 30}
 
 
-def _size_problems(size: int | str, backing: str) -> list[str]:
+def _size_problems(size: int | str, backing: str, why: str = "") -> list[str]:
     """Guest memory sizes the scaled geometry can hold: whole 2M/1G multiples are scaled
     (``scaled_size``); memory backed by HugeTLB must be whole pages of its backing size; 4K
     memory below 2M is taken as written."""
@@ -392,11 +394,10 @@ def _size_problems(size: int | str, backing: str) -> list[str]:
     if n % 4096:
         return [f"{size!r} is not a whole number of 4 KiB pages"]
     if backing in HUGE and n % HUGE[backing]:
-        what = "a VM without guest_memfd is backed by 2M HugeTLB pages" if backing == "2M" \
-            else f"memory backed by {backing} HugeTLB pages"
-        return [f"{size!r} is not a whole number of {backing} pages ({what}); give "
-                f"{backing}, {2 * (HUGE[backing] >> 20)}M ... (sizes are whole huge-page "
-                "multiples, scaled by geometry: docs/check.md)"]
+        two = "4M" if backing == "2M" else "2G"
+        return [f"{size!r} is not a whole number of {backing} pages, and {why}; give "
+                f"{backing}, {two} ... (each whole 2M/1G page becomes one scaled huge page of "
+                "the geometry: docs/check.md)"]
     if n >= (2 << 20) and n % (2 << 20):
         return [f"{size!r} is at least 2M but not a whole number of 2M pages; sizes of 2M and "
                 "more are scaled as whole 2M/1G multiples (docs/check.md, geometry): give 2M, "

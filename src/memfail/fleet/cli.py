@@ -160,8 +160,9 @@ def _up_front(seed: int, host_years: int, workers: int | None, policy: list[str]
 
 def _vm_unit_possible(fleet: LoadedFleet, unit: str) -> None:
     if unit == UNITS["vm"] and fleet.params.vms_per_host <= 0:
-        raise FleetInputError(f"--unit vm: {fleet.source} has no guest memory, so no "
-                              "VM-hours to count rates per; use --unit host or --unit fleet")
+        raise FleetInputError("--unit vm: the fleet has no guest memory (composition.shares "
+                              "gmem_private + gmem_shared is 0), so no VM-hours to count "
+                              "rates per; use --unit host or --unit fleet")
 
 
 @contextmanager
