@@ -47,7 +47,7 @@ def kinds(tmp: Path) -> list[Kind]:
     return [
         Kind("scenario", tuple(scen + oracle[::6]), ("run", "{file}")),
         Kind("check", (SRC / "check" / "standard.yaml",),
-             ("check", "{file}", "--max-states", "40", "--max-seconds", "3")),
+             ("check", "{file}", "--max-states", "40", "--max-seconds", "1")),
         Kind("fleet", (SRC / "fleet" / "defaults.yaml",),
              ("fleet", "run", "{file}", "--host-years", "1000", "--workers", "1",
               "--oracle", str(const))),

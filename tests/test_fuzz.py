@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fuzzing import contract, kinds, mutate, mutate_argv, run_inproc
 
-EXAMPLES = int(os.environ.get("MEMFAIL_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("MEMFAIL_FUZZ_EXAMPLES", "20"))
 REGRESSIONS = Path(__file__).parent / "regressions"
 CHOICES = st.lists(st.integers(min_value=0, max_value=10_000), min_size=4, max_size=16)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

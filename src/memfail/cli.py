@@ -138,6 +138,13 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def error_line(message: str) -> str:
     """``memfail: error: MESSAGE`` on one line."""
     return "memfail: error: " + " ".join(str(message).split())
@@ -157,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()  # `memfail compare | head`: the reader has what it wanted
         return EXIT_OK
+    except SystemExit as e:
+        if _stdout_is_devnull():  # rich's own closed-pipe exit: it already pointed stdout
+            return EXIT_OK        # at /dev/null and raised SystemExit(1)
+        raise
     except (KeyboardInterrupt, Abort):
         print("memfail: interrupted", file=sys.stderr)
         return 130
