@@ -311,7 +311,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str],
                                           args: tuple[str, ...]) -> None:
-    code, out, err = run_cli(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memfail: error: "), err

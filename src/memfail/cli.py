@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()  # `memfail compare | head`: the reader has what it wanted
         return EXIT_OK
-    except SystemExit as e:
+    except SystemExit:
         if _stdout_is_devnull():  # rich's own closed-pipe exit: it already pointed stdout
             return EXIT_OK        # at /dev/null and raised SystemExit(1)
         raise
