@@ -168,6 +168,8 @@ class Explorer:
         self.xopt = ExpandOptions(self.selected, self.backend.pickled, options.symmetry,
                                   options.por)
         self.identity = identity(system, options)
+        self._last_ckpt = 0.0
+        self._lvl: Level | None = None
 
     # ------------------------------------------------------------------ state of the search
     def _fresh(self) -> None:
@@ -183,7 +185,7 @@ class Explorer:
         self.hooks: set[str] = set()
         self.transitions = 0
         self.elapsed_before = 0.0
-        self._lvl: Level | None = None
+        self._lvl = None
 
     def _pack(self, s: State) -> Any:
         return pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL) if self.backend.pickled else s
