@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 fuzz: $(STAMP)
-	MEMFAIL_FUZZ_EXAMPLES=$${MEMFAIL_FUZZ_EXAMPLES:-1000} $(BIN)/pytest -q -p no:randomly tests/test_fuzz.py
+	MEMFAIL_FUZZ_EXAMPLES=$${MEMFAIL_FUZZ_EXAMPLES:-300} $(BIN)/pytest -q -p no:randomly tests/test_fuzz.py
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK        # at /dev/null and raised SystemExit(1)
         raise
     except (KeyboardInterrupt, Abort):
-        print("memfail: interrupted", file=sys.stderr)
+        print("memfail: error: interrupted", file=sys.stderr)
         return 130
     except NoArgsIsHelpError as e:
         if e.ctx is not None:

@@ -122,12 +122,18 @@ def execute(tasks: list[Task], workers: int = 1, scheduler: str | None = None,
             out.append(_call(t))
             tick(1)
         return out
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        out = []
-        for r in pool.map(_call, tasks):
-            out.append(r)
-            tick(1)
-        return out
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            out = []
+            for r in pool.map(_call, tasks):
+                out.append(r)
+                tick(1)
+            return out
+    except BrokenProcessPool:
+        raise FleetError("--workers: a worker process died (killed, or out of memory); rerun "
+                         "with fewer --workers or fewer --host-years") from None
 
 
 @dataclass
