@@ -165,12 +165,14 @@ class Outcome:
     err: str
 
 
-def run_inproc(argv: list[str]) -> Outcome:
-    """Run ``memfail ARGV`` in this process; returns exit status and captured output."""
+def run_inproc(argv: list[str], cwd: Path | None = None) -> Outcome:
+    """Run ``memfail ARGV`` in this process (in directory ``cwd``: options such as ``--out 0``
+    create directories); returns exit status and captured output."""
     from memfail.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    where = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
+    with where, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv)
         except SystemExit as e:  # pragma: no cover - main() returns, never exits

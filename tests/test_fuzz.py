@@ -57,11 +57,17 @@ def test_mutated_files_keep_the_error_contract(work: Path, name: str) -> None:
     one()
 
 
-@FUZZ
-@given(CHOICES)
-def test_mutated_command_lines_keep_the_error_contract(choices: list[int]) -> None:
-    o = run_inproc(mutate_argv(choices))
-    assert contract(o) is None, (o.argv, contract(o))
+def test_mutated_command_lines_keep_the_error_contract(work: Path) -> None:
+    cwd = work / "cwd"
+    cwd.mkdir(exist_ok=True)
+
+    @FUZZ
+    @given(CHOICES)
+    def one(choices: list[int]) -> None:
+        o = run_inproc(mutate_argv(choices), cwd)
+        assert contract(o) is None, (o.argv, contract(o))
+
+    one()
 
 
 def _regressions() -> list[Path]:
