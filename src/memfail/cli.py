@@ -31,6 +31,8 @@ COMMANDS: tuple[tuple[dict[str, str], str], ...] = (
     ({"compare": "Every built-in vm-* scenario under every guest_memfd policy.",
       "policies": "The guest_memfd memory-failure policies, their knobs and call items."},
      "memfail.report.compare"),
+    ({"kernel-users": "The kernel's users of guest memory: poison check, copy, consequence."},
+     "memfail.report.kernel_users"),
     ({"check": "Explore every interleaving of bounded events under each policy."},
      "check=memfail.check.cli:check"),
     ({"fleet": "What each memory-failure policy costs a fleet (run, sweep)."},
