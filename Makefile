@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean setup system
+.PHONY: run test lint bench clean setup system fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP) system
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+
+fuzz: $(STAMP)
+	MEMFAIL_FUZZ_EXAMPLES=$${MEMFAIL_FUZZ_EXAMPLES:-300} $(BIN)/pytest -q -p no:randomly tests/test_fuzz.py
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
