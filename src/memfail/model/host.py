@@ -138,6 +138,13 @@ class Host:
             self.hugetlb.hstate(geo.huge_order(size)).nr_overcommit_huge_pages = int(n)
         for size, n in cfg.hugepages.items():
             self.hugetlb.set_max_huge_pages(self.hugetlb.hstate(geo.huge_order(size)), int(n))
+        # sysctls given at boot are written like the sysctl action does (after the boot-time
+        # pool): vm.nr_hugepages and vm.nr_overcommit_hugepages act on the default (2M) hstate
+        h2 = self.hugetlb.hstate(geo.pmd_order)
+        if "vm.nr_overcommit_hugepages" in cfg.sysctl:
+            h2.nr_overcommit_huge_pages = int(cfg.sysctl["vm.nr_overcommit_hugepages"])
+        if "vm.nr_hugepages" in cfg.sysctl:
+            self.hugetlb.set_max_huge_pages(h2, int(cfg.sysctl["vm.nr_hugepages"]))
         self.ext["pool_at_start"] = sum(h.nr_huge_pages << h.order
                                         for h in self.hugetlb.hstates.values())
         self.policy = None
@@ -487,6 +494,8 @@ class Host:
         if folio is not None:
             folio.rmap[(vma.mm.id, key)] = pte.order
             folio.get("map")
+            if not vma.shared and (folio.kind == "anon" or "anon" in folio.flags):
+                vma.anon_vma = True  # anon_vma_prepare() before the first anonymous page
 
     def zap_entry(self, mm: MM, key: int, why: str = "zapped") -> None:
         """Remove one entry (present or hwpoison) and drop the folio's map reference."""
@@ -614,9 +623,21 @@ class Host:
                        even_cows: bool) -> None:
         """truncate_inode_pages_range(): unmap and drop cached folios in [start, end).
 
-        Hole punch (``even_cows=False``) leaves existing hwpoison entries alone (R40)."""
+        Hole punch (``even_cows=False``) leaves existing hwpoison entries alone (R40), except
+        on hugetlbfs: hugetlbfs_punch_hole() and hugetlb_vmtruncate() call
+        hugetlb_vmdelete_list(), which runs unmap_hugepage_range() over the range in every
+        VMA of the file, and __unmap_hugepage_range() clears non-present entries (hwpoison
+        and migration entries) as well as present ones, private COW copies included."""
         shift = self.geometry.page_shift
         step = 1 << inode.huge_order
+        if inode.kind == "hugetlbfs":
+            for vma in list(inode.i_mmap):
+                lo = vma.start + ((start_idx - vma.pgoff) << shift)
+                hi = vma.start + ((end_idx - vma.pgoff) << shift) if end_idx < 1 << 60 \
+                    else vma.end
+                lo, hi = max(lo, vma.start), min(hi, vma.end)
+                for key in sorted(k for k in vma.mm.ptes if lo <= k < hi):
+                    self.zap_entry(vma.mm, key, "truncated")
         for idx in sorted(i for i in inode.pages if start_idx <= i and i + step <= end_idx):
             folio = inode.pages[idx]
             for vma in list(inode.i_mmap):

@@ -271,10 +271,20 @@ def do_pwrite(host: Host, a: Pwrite) -> ActionResult:
 
 @handles(Fsync)
 def do_fsync(host: Host, a: Fsync) -> ActionResult:
-    """fsync(): write back dirty pages; report a recorded writeback error once (R25)."""
+    """fsync(): write back dirty pages; report a recorded writeback error once (R25).
+
+    Only a disk file system reports write-back errors: ext2's ->fsync is
+    generic_file_fsync(), which ends in file_check_and_advance_wb_err() (EIO once per open
+    file). tmpfs/memfd (shmem_file_operations), ramfs and hugetlbfs use noop_fsync(), which
+    returns 0 whatever memory_failure() recorded; guest_memfd has no ->fsync, so
+    vfs_fsync_range() returns -EINVAL."""
     proc = host.proc(a.proc)
     of = host.fd(proc, a.fd)
     inode = of.inode
+    if inode.kind == GMEM:
+        return ActionResult.err(-EINVAL)
+    if inode.kind != EXT2:
+        return ActionResult(0)  # noop_fsync
     if inode.kind == EXT2:
         for idx, folio in inode.pages.items():
             if "dirty" in folio.flags:

@@ -110,8 +110,12 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         return gpa_to_pfn(host, a.vm, a.gpa)
     if a.free is not None:
         if a.free == "buddy":
-            pfn = host.phys._bump + 0x100 + len(host.phys.isolated)
-            return pfn
+            # the first page of a free MAX_PAGE_ORDER (4 MiB) block that nothing was ever
+            # allocated from, a new block for each page already taken off buddy; its
+            # kpageflags show BUDDY (PageBuddy is set on a block's head)
+            block = 1 << host.phys.MAX_PAGE_ORDER
+            first = (host.phys._bump + block - 1) & ~(block - 1)
+            return first + block * (1 + len(host.phys.isolated))
         h = host.hugetlb.hstate(geo.huge_order(a.free))
         cands = [f for f in h.free_list if "hwpoison" not in f.flags] or h.free_list
         if not cands:
@@ -179,7 +183,14 @@ def consume_kernel(host: Host, pfn: int, by: str) -> int:
 def madvise_inject_error(host: Host, proc: Process, t: Thread, start: int, length: int,
                          soft: bool) -> ActionResult:
     """madvise_inject_error() (R4): page by page through GUP; MADV_HWPOISON calls
-    memory_failure(AR (since 6.11) | COUNT_INCREASED | SW_SIMULATED)."""
+    memory_failure(AR (since 6.11) | COUNT_INCREASED | SW_SIMULATED).
+
+    The page is found with get_user_pages_fast(start, 1, 0, &page). gup_flags 0 has no
+    FOLL_HWPOISON, so a range that already holds a hwpoison entry fails with -EFAULT, not
+    -EHWPOISON: vm_fault_to_errno() maps VM_FAULT_HWPOISON to -EHWPOISON only under
+    FOLL_HWPOISON, unchanged from 4.12 (9a291a7c9428) through kernels with
+    FOLL_HONOR_NUMA_FAULT (6.7+), so every profile behaves alike (verified in
+    include/linux/mm.h vm_fault_to_errno and mm/madvise.c madvise_inject_error)."""
     from .mmops import gup
 
     if not proc.caps:
@@ -188,7 +199,9 @@ def madvise_inject_error(host: Host, proc: Process, t: Thread, start: int, lengt
     addr = start
     end = start + max(length, 1)
     while addr < end:
-        pfn, folio = gup(host, proc, addr)
+        # get_user_pages_fast(start, 1, 0, &page): no FOLL_HWPOISON, so an address that
+        # already holds a hwpoison entry fails with -EFAULT (vm_fault_to_errno)
+        pfn, folio = gup(host, proc, addr, foll_hwpoison=False)
         if pfn < 0:
             return ActionResult.err(pfn)
         size = folio.nr_pages << geo.page_shift if folio is not None and folio.kind == HUGETLB \
@@ -450,7 +463,8 @@ def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
         # move_hugetlb_state(): the surplus/temporary state goes to the old folio
         new.flags.discard("surplus")
         folio.flags.add("surplus")
-    host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
+    # migrate_folio() -> folio_copy(): every subpage's data moves to the new huge page
+    host.phys.copy_data(folio.pfn, new.pfn, folio.nr_pages)
     _migrate(host, folio, new)
     folio.refs.clear()
     host.hugetlb.free_huge_folio(folio)
@@ -607,8 +621,8 @@ def kpageflags(host: Host, pfn: int) -> list[str]:
     if pfn in host.phys.hwpoison:
         out.add("HWPOISON")
     if folio is None:
-        if host.phys.is_free(pfn):
-            out.add("BUDDY")
+        if host.phys.is_buddy_head(pfn):
+            out.add("BUDDY")  # stable_page_flags(): PageBuddy() is true on a block's head only
         return sorted(out, key=KPF.index)
     fl = folio.flags
     names = {"lru": "LRU", "dirty": "DIRTY", "uptodate": "UPTODATE", "unevictable":

@@ -102,6 +102,11 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
             inode.extra["resv_idx"].update(new_idx)
         else:
             vma.reserved = need
+    if inode is not None and inode.kind == HUGETLBFS and vma.writable \
+            and inode.size < size + offset:
+        # hugetlbfs_file_mmap(): "if (vma->vm_flags & VM_WRITE && inode->i_size < len)
+        # i_size_write(inode, len)": a writable mapping sizes the file (there is no write())
+        inode.size = size + offset
     proc.mm.vmas.append(vma)
     proc.mm.vmas.sort(key=lambda v: v.start)
     if inode is not None:
@@ -316,7 +321,7 @@ def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | Fa
     if folio is None:
         return FaultError("sigbus")
     folio.flags |= {"lru", "anon", "swapbacked", "uptodate"} | ({"head"} if order else set())
-    host.phys.data[folio.pfn] = host.phys.data.get(pte.pfn, 0)
+    host.phys.copy_data(pte.pfn, folio.pfn, folio.nr_pages)
     host.zap_entry(vma.mm, key)
     npte = PTE(PRESENT, folio.pfn, order, True, True)
     host.set_pte(vma, key, npte, folio)
@@ -372,7 +377,7 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
         elif use_resv:
             vma.reserved -= 1
         folio.flags.add("hugetlb_migratable")
-        host.phys.data.pop(folio.pfn, None)
+        host.phys.clear_data(folio.pfn, folio.nr_pages)  # hugetlb pages are cleared
         if inode is not None:
             folio.mapping = inode
             folio.index = vma.index_of(key, geo.page_shift)
@@ -391,7 +396,7 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
         if folio is None:
             return FaultError("sigbus")
         folio.flags |= {"hugetlb_migratable", "anon"}
-        host.phys.data[folio.pfn] = host.phys.data.get(src.pfn, 0)
+        host.phys.copy_data(src.pfn, folio.pfn, folio.nr_pages)  # copy_user_large_folio
     pte = PTE(PRESENT, folio.pfn, order, write, vma.writable and (vma.shared or
                                                                   folio.kind == HUGETLB))
     host.set_pte(vma, key, pte, folio)
@@ -473,16 +478,20 @@ def do_mem_write(host: Host, a: MemWrite) -> ActionResult:
     return user_access(host, proc, t, addr, True, a.value)
 
 
-def gup(host: Host, proc: Process, addr: int, write: bool = False) -> tuple[int, Folio | None]:
+def gup(host: Host, proc: Process, addr: int, write: bool = False,
+        foll_hwpoison: bool = True) -> tuple[int, Folio | None]:
     """get_user_pages_fast() of one page (R42): (pfn, folio) with a GUP reference taken, or
-    (-errno, None). A hwpoison entry or poisoned cached page gives -EHWPOISON."""
+    (-errno, None). A hwpoison entry or poisoned cached page makes the fault return
+    VM_FAULT_HWPOISON[_LARGE], which vm_fault_to_errno() turns into -EHWPOISON only for a
+    caller that passes FOLL_HWPOISON (KVM's hva_to_pfn, R77) and into -EFAULT otherwise
+    (madvise_inject_error passes gup_flags 0)."""
     assert proc.mm is not None
     vma = proc.mm.find_vma(addr)
     if vma is None:
         return -EFAULT, None
     r = fault_in(host, proc, vma, addr, write)
     if isinstance(r, FaultError):
-        return (-EHWPOISON if r.kind == "hwpoison" else -EFAULT), None
+        return (-EHWPOISON if r.kind == "hwpoison" and foll_hwpoison else -EFAULT), None
     key, pte = r
     pfn = pte.pfn + ((addr - key) >> host.geometry.page_shift)
     folio = host.phys.folio_of(pfn)

@@ -45,6 +45,16 @@ SWITCHES: tuple[Switch, ...] = (
         "pages.\" and the result was 'unmapping failed page'.",
     ),
     Switch(
+        "collect_procs_raw_page", "R33, R34",
+        "Matthew Wilcox, 376907f3a0b3 'mm/memory-failure: pass the folio and the page to "
+        "collect_procs()'",
+        "6.8",
+        "collect_procs() looks up the poisoned raw page's address in each VMA "
+        "(add_to_kill_anon_file(task, p, ...)), so the AO signal of a HugeTLB page carries the "
+        "subpage's address; before, processes were collected by the folio's head "
+        "(collect_procs(hpage, ...)) and si_addr was the huge page's start.",
+    ),
+    Switch(
         "madvise_hwpoison_ar", "R4, DOC-14",
         "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
         "6.11",
@@ -134,6 +144,7 @@ class KernelProfile:
     hugetlb_1g_handled: bool = True
     hugetlb_read_partial: bool = True
     ksm_hwpoison: bool = True
+    collect_procs_raw_page: bool = True
     madvise_hwpoison_ar: bool = True
     mf_msg_already_poisoned: bool = True
     unmap_failure_sigbus: bool = True

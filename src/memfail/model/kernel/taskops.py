@@ -62,16 +62,29 @@ def _vma_in(mm: MM, like: VMA) -> VMA:
     raise AssertionError("fork lost a VMA")
 
 
+def vma_needs_copy(vma: VMA) -> bool:
+    """vma_needs_copy() (mm/memory.c, 6.0+; the same test was inline in copy_page_range
+    before): page tables are copied for VM_HUGETLB (and PFNMAP/MIXEDMAP, uffd-wp) VMAs and for
+    VMAs with an anon_vma; a shared mapping, or a private one that never had an anonymous
+    page, is skipped ("Don't copy ptes where a page fault will fill them correctly"), so the
+    child's pagemap shows those pages not present until its own fault."""
+    return bool(vma.huge_order) or vma.anon_vma
+
+
 def copy_mm(host: Host, src: MM, dst: MM) -> None:
+    """dup_mmap(): every VMA is duplicated; copy_page_range() copies the entries of the VMAs
+    vma_needs_copy() picks (private anonymous pages become copy-on-write for both)."""
     dst.next_addr = src.next_addr
     for v in src.vmas:
         nv = VMA(mm=dst, name=v.name, start=v.start, end=v.end, inode=v.inode, pgoff=v.pgoff,
                  shared=v.shared, writable=v.writable, locked=False, huge_order=v.huge_order,
-                 thp=v.thp, anon_hugetlb=v.anon_hugetlb, file=v.file)
+                 thp=v.thp, anon_hugetlb=v.anon_hugetlb, file=v.file, anon_vma=v.anon_vma)
         dst.vmas.append(nv)
         anon_vma_fork(host, v, nv)
         if v.inode is not None:
             v.inode.i_mmap.append(nv)
+        if not vma_needs_copy(v):
+            continue
         for key in sorted(k for k in src.ptes if v.contains(k)):
             pte = src.ptes[key]
             if pte.kind != "present":
