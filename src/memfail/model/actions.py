@@ -347,19 +347,29 @@ class Munmap(Action):
 class MemRead(Action):
     """A user-mode load by ``thread`` from ``addr``: faults the page in if needed, consumes a
     latent hardware error (machine check → AR, R1/R44/R46), or hits a hwpoison entry (SIGBUS
-    AR, R40/R41/R54). Returns the byte value read, or ``sigbus``."""
+    AR, R40/R41/R54). Returns the byte value read at ``addr``, or ``sigbus``.
+
+    ``len`` bytes are read, touching every page they cover in address order (``addr``, then
+    the first byte of each following page); ``whole: true`` reads from ``addr`` to the end of
+    the mapping. The loop stops at the first access that raises a signal, as a program whose
+    handler siglongjmps out of it would, and the step returns that outcome. The byte value of
+    each page read is the step's ``data`` (see step expectations)."""
 
     key: ClassVar[str] = "mem_read"
     proc: str
     thread: str | None = None
     addr: Addr
     len: Size = 1
+    whole: bool = False
 
 
 class MemWrite(Action):
     """A user-mode store of ``value`` to ``addr``. Stores do not consume latent poison (the
     line is overwritten: UCNA, RT-07), but hwpoison entries and poisoned page-cache pages
-    still raise SIGBUS. Returns 0, or ``sigbus``."""
+    still raise SIGBUS. Returns 0, or ``sigbus``.
+
+    ``len`` and ``whole`` select the range as for ``mem_read``: every page it covers is
+    written (each page's byte value becomes ``value``), stopping at the first signal."""
 
     key: ClassVar[str] = "mem_write"
     proc: str
@@ -367,6 +377,7 @@ class MemWrite(Action):
     addr: Addr
     value: int = 1
     len: Size = 1
+    whole: bool = False
 
 
 class Madvise(Action):

@@ -75,6 +75,7 @@ class ActionResult:
 
     ret: Any
     errno: str | None = None
+    data: list[int] | None = None  # the byte value of each page a read or access saw
 
     @classmethod
     def err(cls, negerr: int) -> ActionResult:
@@ -288,16 +289,29 @@ class Host:
         self.processes[name] = proc
         return proc
 
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether the scenario being run creates ``name`` (a ``proc``, ``thread``,
+        ``mapping`` or ``fd``) in some step: a name that is missing at run time although a
+        step creates it vanished at run time (the creating step failed, the process died),
+        which is a result, not bad input."""
+        return name in self.ext.get("declared", {}).get(kind, ())
+
     def proc(self, name: str, field_name: str = "proc") -> Process:
         try:
             return self.processes[name]
         except KeyError:
+            if self.declared("proc", name):
+                raise TargetGone(f"process {name!r} does not exist (the step that creates it "
+                                 "did not succeed)", field_name, "ESRCH") from None
             known = ", ".join(self.processes) or "none"
             raise ModelInputError(f"unknown process {name!r} (known: {known})",
                                   field_name) from None
 
     def thread(self, proc: Process, name: str | None) -> Thread:
         t = proc.thread(name)
+        if t is None and name is not None and self.declared("thread", name):
+            raise TargetGone(f"process {proc.comm!r} has no thread {name!r} (the step that "
+                             "creates it did not succeed)", "thread", "ESRCH")
         if t is None:
             raise ModelInputError(
                 f"process {proc.comm!r} has no thread {name!r} (threads: "
@@ -311,6 +325,13 @@ class Host:
     def process_status(self, name: str) -> dict[str, Any]:
         p = self.proc(name)
         return {"state": p.state, "code": p.exit_code, "signal": p.exit_signal}
+
+    def process_status_or_none(self, name: str) -> dict[str, Any]:
+        """process_status(), or state ``never-started`` for a process whose creating step
+        failed (fork of a dead parent)."""
+        if name not in self.processes:
+            return {"state": "never-started", "code": None, "signal": None}
+        return self.process_status(name)
 
     # ------------------------------------------------------------------ signals
     def _signal_event(self, t: Thread, code: int, addr: int | None, lsb: int | None,
@@ -456,6 +477,9 @@ class Host:
         if name.lower().startswith("0x") or name.isdigit():
             return int(name, 0) + offset
         vma = self.region(proc, name)
+        if vma is None and self.declared("mapping", name):
+            raise TargetGone(f"process {proc.comm!r} has no mapping {name!r} now (its mmap "
+                             "failed, or it was unmapped)", field_name, "ENOENT")
         if vma is None:
             known = sorted(self.region_names(proc))
             raise ModelInputError(
@@ -719,7 +743,8 @@ class Host:
 
     def fd(self, proc: Process, name: str) -> OpenFile:
         of = proc.fds.get(name)
-        if of is None and (proc.pid, name) in self.ext.get("closed_fds", ()):
+        if of is None and ((proc.pid, name) in self.ext.get("closed_fds", ())
+                           or self.declared("fd", name)):
             raise TargetGone(f"fd {name!r} of {proc.comm!r} was closed", "fd", "EBADF")
         if of is None:
             raise ModelInputError(

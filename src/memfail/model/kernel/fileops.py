@@ -206,12 +206,17 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
     done = 0
     pos = off
     end = off + length
+    data: list[int] = []
     if not write:
         end = min(end, inode.size)
     while pos < end:
         index = pos >> geo.page_shift
         chunk = min(end, (index + 1) << geo.page_shift) - pos
         folio = inode.lookup(index)
+        if folio is None and not write and inode.kind == EXT2 and index in inode.disk:
+            from .mmops import find_or_create_cache_folio
+
+            folio = find_or_create_cache_folio(host, inode, index)  # filemap_read() reads it in
         if folio is None and write:
             from .mmops import find_or_create_cache_folio
 
@@ -238,6 +243,8 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
             if write:
                 host.phys.data[pfn] = 1 if a.value is None else a.value
                 folio.flags.add("dirty")
+        if not write:
+            data.append(host.phys.data.get(pfn, 0) if folio is not None else 0)
         done += chunk
         pos += chunk
     if write and done:
@@ -246,7 +253,7 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
         of.pos = off + done
     if done == 0 and pos < end:
         return ActionResult.err(-EIO)
-    return ActionResult(done)
+    return ActionResult(done, data=None if write else data)
 
 
 @handles(Read)

@@ -34,6 +34,7 @@ from ..errors import (
     EOPNOTSUPP,
     EPERM,
     ModelInputError,
+    TargetGone,
 )
 from ..host import RESERVED_PFN, ZERO_PFN, ActionResult, handles
 from ..trace import Observation, PoisonConsumed
@@ -76,9 +77,10 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         vma = proc.mm.find_vma(addr)
         k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
         if not k:
-            raise ModelInputError(
+            # a run-time state, not bad input: pagemap would show the page not present
+            raise TargetGone(
                 f"no page is mapped at {a.proc}:{a.addr} (pagemap shows it not present); "
-                "touch it first with mem_read or mem_write", "addr")
+                "touch it first with mem_read or mem_write", "addr", "ENOENT")
         pte = proc.mm.ptes[k[0]]
         if pte.kind == SWAP:
             # a swap entry: the page, if any, is the swap-cache folio of that slot (R29)
@@ -86,9 +88,9 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
 
             cached = swap_state(host).cache.get(pte.pfn)
             if cached is None:
-                raise ModelInputError(
+                raise TargetGone(
                     f"the page at {a.proc}:{a.addr} is swapped out and not in the swap cache "
-                    "(pagemap shows it swapped)", "addr")
+                    "(pagemap shows it swapped)", "addr", "ENOENT")
             return cached.pfn
         return pte.pfn + ((addr - k[0]) >> geo.page_shift)
     if a.file is not None:
@@ -101,8 +103,8 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         index = parse_size(a.offset, geo.page_size) >> geo.page_shift
         folio = inode.lookup(index)
         if folio is None:
-            raise ModelInputError(f"file {a.file!r} has no page cached at offset {a.offset}",
-                                  "offset")
+            raise TargetGone(f"file {a.file!r} has no page cached at offset {a.offset}",
+                             "offset", "ENOENT")
         return folio.pfn + (index - folio.index)
     if a.gpa is not None and a.vm is not None:
         from ..kvm.gmem import gpa_to_pfn
@@ -119,7 +121,7 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         h = host.hugetlb.hstate(geo.huge_order(a.free))
         cands = [f for f in h.free_list if "hwpoison" not in f.flags] or h.free_list
         if not cands:
-            raise ModelInputError(f"the {a.free} HugeTLB pool has no free folio", "free")
+            raise TargetGone(f"the {a.free} HugeTLB pool has no free folio", "free", "ENOENT")
         if not 0 <= a.index < cands[0].nr_pages:
             raise ModelInputError(f"index must be below {cands[0].nr_pages}", "index")
         return cands[0].pfn + a.index
@@ -130,7 +132,7 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         return RESERVED_PFN
     folio = host.alloc_folio(0, KERNEL, owner=a.kernel)
     if folio is None:
-        raise ModelInputError("out of memory", "kernel")
+        raise TargetGone("out of memory", "kernel", "ENOMEM")
     folio.flags.add(a.kernel)
     folio.get("kernel")
     return folio.pfn

@@ -462,20 +462,46 @@ def fault_sigbus(host: Host, t: Thread, addr: int, r: FaultError) -> ActionResul
     return ActionResult("sigbus")
 
 
-@handles(MemRead)
-def do_mem_read(host: Host, a: MemRead) -> ActionResult:
+def _access_range(host: Host, a: MemRead | MemWrite, write: bool) -> ActionResult:
+    """A load or store loop over ``len`` bytes (or the rest of the mapping): one access per
+    page covered, in address order, stopping at the first that does not complete."""
     proc = host.proc(a.proc)
     t = host.thread(proc, a.thread)
     addr = host._resolve(proc, a.addr)
-    return user_access(host, proc, t, addr, False, 0)
+    geo = host.geometry
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    if a.whole and vma is not None:
+        end = vma.end
+    else:
+        end = addr + max(parse_size(a.len, geo.page_size), 1)
+    value = a.value if isinstance(a, MemWrite) else 0
+    first: ActionResult | None = None
+    data: list[int] = []
+    at = addr
+    while at < end:
+        res = user_access(host, proc, t, at, write, value)
+        if first is None:
+            first = res
+        if not isinstance(res.ret, int) or isinstance(res.ret, bool) or res.errno:
+            return ActionResult(res.ret, res.errno, data)
+        if not write:
+            data.append(res.ret)
+        else:
+            data.append(value)
+        at = (at & ~(geo.page_size - 1)) + geo.page_size
+    assert first is not None
+    return ActionResult(first.ret, first.errno, data)
+
+
+@handles(MemRead)
+def do_mem_read(host: Host, a: MemRead) -> ActionResult:
+    return _access_range(host, a, write=False)
 
 
 @handles(MemWrite)
 def do_mem_write(host: Host, a: MemWrite) -> ActionResult:
-    proc = host.proc(a.proc)
-    t = host.thread(proc, a.thread)
-    addr = host._resolve(proc, a.addr)
-    return user_access(host, proc, t, addr, True, a.value)
+    return _access_range(host, a, write=True)
 
 
 def gup(host: Host, proc: Process, addr: int, write: bool = False,
