@@ -18,8 +18,13 @@ SIGKILL = 9
 SI_KERNEL = 0x80
 BUS_MCEERR_AR = 4
 BUS_MCEERR_AO = 5
+SI_USER = 0
+BUS_ADRALN, BUS_ADRERR, BUS_OBJERR = 1, 2, 3
+# include/uapi/asm-generic/siginfo.h: every si_code a SIGBUS of the model can carry, so the
+# trace never shows a bare number
 SI_CODE_NAMES = {BUS_MCEERR_AR: "BUS_MCEERR_AR", BUS_MCEERR_AO: "BUS_MCEERR_AO",
-                 SI_KERNEL: "SI_KERNEL"}
+                 SI_KERNEL: "SI_KERNEL", SI_USER: "SI_USER", BUS_ADRALN: "BUS_ADRALN",
+                 BUS_ADRERR: "BUS_ADRERR", BUS_OBJERR: "BUS_OBJERR"}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,10 @@ SI_CODES = {
     "AR": "BUS_MCEERR_AR", "BUS_MCEERR_AR": "BUS_MCEERR_AR", "4": "BUS_MCEERR_AR",
     "AO": "BUS_MCEERR_AO", "BUS_MCEERR_AO": "BUS_MCEERR_AO", "5": "BUS_MCEERR_AO",
     "SI_KERNEL": "SI_KERNEL", "128": "SI_KERNEL",
+    "SI_USER": "SI_USER", "0": "SI_USER",  # kill(2)
+    "BUS_ADRALN": "BUS_ADRALN", "1": "BUS_ADRALN",
+    "BUS_ADRERR": "BUS_ADRERR", "2": "BUS_ADRERR",  # access beyond the end of a file (R41)
+    "BUS_OBJERR": "BUS_OBJERR", "3": "BUS_OBJERR",
 }
 ERRNO_NAMES = frozenset(_errno.errorcode.values()) | {
     "EHWPOISON", "ENOTRECOVERABLE", "EOPNOTSUPP", "ENOTSUP", "ESRCH", "EBADF",
@@ -249,8 +253,8 @@ class SignalExpect(Strict):
             return None
         key = str(v).strip().upper()
         if key not in SI_CODES:
-            raise ValueError(f"unknown si_code {v!r}; write AR, AO, SI_KERNEL "
-                             "(or BUS_MCEERR_AR / BUS_MCEERR_AO)")
+            raise ValueError(f"unknown si_code {v!r}; write AR, AO, SI_KERNEL, SI_USER, "
+                             "BUS_ADRERR (or BUS_MCEERR_AR / BUS_MCEERR_AO)")
         return SI_CODES[key]
 
 
