@@ -25,6 +25,7 @@ from .kernel.task import Process, SigInfo, Thread
 from .trace import (
     SI_CODE_NAMES,
     SI_KERNEL,
+    SI_USER,
     SIGBUS,
     ActionDone,
     Event,
@@ -246,7 +247,7 @@ class Host:
     def _dead_actor(self, action: Action) -> str | None:
         fields = type(action).model_fields
         name = action.__dict__.get("proc") if "proc" in fields else None
-        if isinstance(name, str) and action.key != "spawn":
+        if isinstance(name, str) and action.key not in ("spawn", "proc_status"):
             p = self.processes.get(name)
             if p is not None and not p.alive:
                 return f"process {name} has exited"
@@ -369,6 +370,10 @@ class Host:
         """send_sig_mceerr(): respects the mask; delivered once unblocked (R35)."""
         self._queue(t, SigInfo(SIGBUS, code, addr, lsb, False), sender, pfn)
 
+    def send_sig_user(self, t: Thread, sender: str) -> None:
+        """kill(2) of SIGBUS: si_code SI_USER, no address; respects the mask and SIG_IGN."""
+        self._queue(t, SigInfo(SIGBUS, SI_USER, None, None, False), sender)
+
     def force_sig_sigbus(self, t: Thread, sender: str, code: int = SI_KERNEL,
                          pfn: int | None = None) -> None:
         """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46)."""
@@ -391,7 +396,7 @@ class Host:
                 continue
             t.pending = None
             self._pending_threads.discard(t)
-            fatal = proc.sigbus != "handler"
+            fatal = proc.sigbus not in ("handler", "exit")
             self.emit(SignalDelivered(
                 self.trace.step, proc.pid, t.tid, t.comm, t.name,
                 SI_CODE_NAMES.get(info.si_code, str(info.si_code)),
@@ -399,6 +404,11 @@ class Host:
                 "killed" if fatal else "handler"))
             if fatal:
                 self.kill_process(proc, SIGBUS, "signal")
+                continue
+            if proc.sigbus == "exit":
+                # the handler records the siginfo and calls _exit(code): the process ends
+                # by exiting, not by the signal
+                self.exit_process(proc, proc.sigbus_exit_code)
                 continue
             self.on_sigbus_handled(t, info)
         if any(t.pending is not None and not t.blocked and t.alive

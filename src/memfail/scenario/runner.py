@@ -81,7 +81,7 @@ def setup_actions(sc: Scenario) -> list[tuple[Action, int | None]]:
             out.append((Prctl(proc=p.name, thread=thread, op="set", policy=policy),
                         sc.line_of("processes", i, "mce_kill", thread)))
         if p.sigbus != "default":
-            out.append((Sigaction(proc=p.name, sigbus=p.sigbus),
+            out.append((Sigaction(proc=p.name, sigbus=p.sigbus, exit_code=p.exit_code),
                         sc.line_of("processes", i, "sigbus")))
     return out
 

@@ -217,7 +217,8 @@ class ProcessSpec(Strict):
 
     name: str = Field(min_length=1)
     threads: list[str] = Field(default_factory=lambda: ["main"], min_length=1)
-    sigbus: Literal["handler", "default", "ignore"] = "default"
+    sigbus: Literal["handler", "exit", "default", "ignore"] = "default"
+    exit_code: int = Field(default=1, ge=0, le=255)  # what an ``exit`` handler passes to _exit
     mce_kill: dict[str, MceKill] = Field(default_factory=dict)
     caps: bool = True
 

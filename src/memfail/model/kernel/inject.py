@@ -17,10 +17,12 @@ from ..actions import (
     Hugepages,
     HwError,
     Kpageflags,
+    MceInject,
     Meminfo,
     Pagemap,
     Scrub,
     SoftOfflinePage,
+    SplitHugePages,
     Sysctl,
     TargetMixin,
     UnpoisonPfn,
@@ -310,6 +312,59 @@ def do_scrub(host: Host, a: Scrub) -> ActionResult:
     if pfn not in host.phys.hw_errors:
         return ActionResult(0)
     return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+
+
+@handles(MceInject)
+def do_mce_inject(host: Host, a: MceInject) -> ActionResult:
+    """A software-raised machine check (mce-inject): the record goes through
+    do_machine_check() like a real one, but no DRAM is corrupted. SRAO is logged and the
+    uc_decode_notifier calls memory_failure(pfn, 0) (R2); SRAR on the thread that mapped the
+    target runs kill_me_maybe() (memory_failure(pfn, MF_ACTION_REQUIRED), R46)."""
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        raise ModelInputError(f"pfn {pfn:#x} is beyond the host's memory", "pfn")
+    if a.severity == "srao":
+        return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+    if a.proc is None or a.addr is None:
+        raise ModelInputError("severity srar needs the target proc + addr: the thread whose "
+                              "load raised the machine check", "severity")
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    return ActionResult(kill_me_maybe(host, t, pfn, ripv=t.mce_ripv))
+
+
+@handles(SplitHugePages)
+def do_split_huge_pages(host: Host, a: SplitHugePages) -> ActionResult:
+    """debugfs split_huge_pages (mm/huge_memory.c split_huge_pages_write): with a pid and a
+    range, split_huge_pages_pid() walks it page by page and splits each THP found; without,
+    split_huge_pages_all() splits every THP. split_huge_page() fails on a pinned folio."""
+    geo = host.geometry
+    folios: list[Folio] = []
+    if a.proc is not None:
+        proc = host.proc(a.proc)
+        assert proc.mm is not None
+        if a.addr is not None:
+            start = host._resolve(proc, a.addr)
+            vma = proc.mm.find_vma(start)
+            end = start + parse_size(a.len, geo.page_size) if a.len is not None else \
+                (vma.end if vma is not None else start)
+        else:
+            start, end = 0, 1 << 48
+        for key in sorted(proc.mm.ptes):
+            pte = proc.mm.ptes[key]
+            size = 1 << (geo.page_shift + pte.order)
+            if pte.kind != PRESENT or key + size <= start or key >= end:
+                continue
+            f = host.phys.folio_of(pte.pfn)
+            if f is not None and f.kind == ANON and f.order and f not in folios:
+                folios.append(f)
+    else:
+        folios = [f for f in host.phys.folios.values() if f.kind == ANON and f.order]
+    split = 0
+    for f in folios:
+        if host.split_thp(f) is not None:
+            split += 1
+    return ActionResult(split)
 
 
 # --------------------------------------------------------------------------- soft offline
@@ -693,4 +748,5 @@ __all__ = ["consume_kernel", "consume_user", "resolve_target"]
 
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
 from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)
+from . import shm as _shm  # noqa: E402,F401  (System V shared memory handlers)
 from . import swap as _swap  # noqa: E402,F401  (the swapout handler)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..actions import Madvise, MemRead, MemWrite, Mmap, Munmap
+from ..actions import Madvise, MemRead, MemWrite, Mlock, Mmap, Munlock, Munmap
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
 from ..host import ZERO_PFN, ActionResult, handles
 from ..units import parse_size
@@ -544,6 +544,11 @@ def do_madvise(host: Host, a: Madvise) -> ActionResult:
     if vma is None:
         return ActionResult.err(-ENOMEM)
     end = min(start + length, vma.end)
+    if a.advice in ("hugepage", "nohugepage"):
+        # hugepage_madvise(): VM_HUGEPAGE on, VM_NOHUGEPAGE off (or the reverse); khugepaged
+        # collapse is not modelled, so pages already mapped keep their size
+        vma.thp = a.advice == "hugepage"
+        return ActionResult(0)
     if a.advice == "dontneed":
         if vma.locked:
             return ActionResult.err(-EINVAL)
@@ -555,6 +560,79 @@ def do_madvise(host: Host, a: Madvise) -> ActionResult:
     s = vma.index_of(start, host.geometry.page_shift)
     e = vma.index_of(end, host.geometry.page_shift)
     host.truncate_range(vma.inode, s, e, even_cows=False)
+    return ActionResult(0)
+
+
+# --------------------------------------------------------------------------- mlock
+
+
+def _vmas_in(host: Host, proc: Process, start: int, end: int) -> list[VMA] | None:
+    """The VMAs covering [start, end), or None when part of it has no mapping (ENOMEM)."""
+    assert proc.mm is not None
+    out = [v for v in proc.mm.vmas if v.start < end and v.end > start]
+    covered = start
+    for v in sorted(out, key=lambda x: x.start):
+        if v.start > covered:
+            return None
+        covered = max(covered, v.end)
+    return out if covered >= end else None
+
+
+@handles(Mlock)
+def do_mlock(host: Host, a: Mlock) -> ActionResult:
+    """do_mlock() -> apply_vma_lock_flags() then __mm_populate() (populate_vma_page_range:
+    GUP with FOLL_WRITE for writable private mappings); an error in the populate is returned
+    through __mlock_posix_error_return() (-EFAULT becomes -ENOMEM)."""
+    proc = host.proc(a.proc)
+    geo = host.geometry
+    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    end = start + ((parse_size(a.len, geo.page_size) + geo.page_size - 1)
+                   & ~(geo.page_size - 1))
+    vmas = _vmas_in(host, proc, start, end)
+    if vmas is None:
+        return ActionResult.err(-ENOMEM)
+    for vma in vmas:
+        vma.locked = True
+    for vma in vmas:
+        write = vma.writable and not vma.shared
+        step = 1 << (geo.page_shift + vma.huge_order)
+        addr = max(start, vma.start) & ~(step - 1)
+        while addr < min(end, vma.end):
+            r = fault_in(host, proc, vma, addr, write)
+            if isinstance(r, FaultError):
+                return ActionResult.err(-ENOMEM)
+            folio = host.phys.folio_of(r[1].pfn)
+            if folio is not None and folio.kind != HUGETLB and not r[1].special:
+                folio.flags |= {"mlocked", "unevictable"}  # mlock_folio()
+            addr += step
+    return ActionResult(0)
+
+
+@handles(Munlock)
+def do_munlock(host: Host, a: Munlock) -> ActionResult:
+    """munlock(): clear VM_LOCKED and munlock_folio() every mapped page of the range."""
+    proc = host.proc(a.proc)
+    geo = host.geometry
+    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    end = start + max(parse_size(a.len, geo.page_size), 1)
+    vmas = _vmas_in(host, proc, start, end)
+    if vmas is None:
+        return ActionResult.err(-ENOMEM)
+    assert proc.mm is not None
+    for vma in vmas:
+        vma.locked = False
+        for key, pte in proc.mm.ptes.items():
+            if pte.kind != PRESENT or not vma.contains(key) or not start <= key < end:
+                continue
+            folio = host.phys.folio_of(pte.pfn)
+            if folio is None or "mlocked" not in folio.flags:
+                continue
+            if any((v := host.mms[m].find_vma(k)) is not None and v.locked
+                   for m, k in folio.rmap):
+                continue  # still mlocked through another VM_LOCKED mapping
+            folio.flags.discard("mlocked")
+            if folio.mapping is None or not folio.mapping.unevictable:
+                folio.flags.discard("unevictable")
     return ActionResult(0)
 
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import signal as _signal
 from typing import TYPE_CHECKING
 
-from ..actions import Clone, Exit, Fork, Prctl, Sigaction, Sigprocmask, Spawn
+from ..actions import (
+    Clone,
+    Exit,
+    Fork,
+    Kill,
+    Prctl,
+    ProcStatus,
+    Sigaction,
+    Sigpending,
+    Sigprocmask,
+    Spawn,
+)
 from ..errors import EINVAL
 from ..host import ActionResult, handles
+from ..trace import SI_CODE_NAMES, Observation
 from .ksm import anon_vma_fork
 from .mm import MM, PTE, VMA
 from .task import Thread
@@ -131,8 +144,56 @@ def do_prctl(host: Host, a: Prctl) -> ActionResult:
 
 @handles(Sigaction)
 def do_sigaction(host: Host, a: Sigaction) -> ActionResult:
-    host.proc(a.proc).sigbus = a.sigbus
+    proc = host.proc(a.proc)
+    proc.sigbus = a.sigbus
+    proc.sigbus_exit_code = a.exit_code
     return ActionResult(0)
+
+
+@handles(Kill)
+def do_kill(host: Host, a: Kill) -> ActionResult:
+    """kill(2) (kill_pid_info -> group_send_sig_info): SIGKILL ends the process; SIGBUS is
+    queued with SI_USER to the thread complete_signal() picks (the first that does not block
+    it, else the leader, where it stays pending); other signals take their default action
+    (the model keeps dispositions for SIGBUS only)."""
+    proc = host.proc(a.proc)
+    if a.as_proc is not None:
+        host.proc(a.as_proc, "as_proc")
+    if a.signal == 0:
+        return ActionResult(0)
+    if a.signal == "SIGBUS":
+        live = proc.live_threads()
+        t = next((x for x in live if not x.blocked), live[0] if live else proc.leader)
+        host.send_sig_user(t, "kill")
+        return ActionResult(0)
+    host.kill_process(proc, int(_signal.Signals[a.signal]), "kill")
+    return ActionResult(0)
+
+
+@handles(Sigpending)
+def do_sigpending(host: Host, a: Sigpending) -> ActionResult:
+    """sigpending(): the thread's pending set (one SIGBUS slot, R38), with its siginfo."""
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    out = []
+    if t.pending is not None:
+        info = t.pending
+        out.append({"signal": "SIGBUS", "code": SI_CODE_NAMES.get(info.si_code,
+                                                                  str(info.si_code)),
+                    "addr": host.addr_rel_of(proc, info.addr)})
+    host.emit(Observation(host.trace.step, f"sigpending {a.proc}:{t.name}", out))
+    return ActionResult(out)
+
+
+@handles(ProcStatus)
+def do_proc_status(host: Host, a: ProcStatus) -> ActionResult:
+    """The process's state as waitpid() would report it."""
+    st = host.process_status_or_none(a.proc)
+    sig = st.get("signal")
+    out = {"alive": st["state"] == "running", "state": st["state"], "code": st.get("code"),
+           "signal": _signal.Signals(sig).name if sig else None}
+    host.emit(Observation(host.trace.step, f"proc_status {a.proc}", out))
+    return ActionResult(out)
 
 
 @handles(Sigprocmask)
