@@ -251,3 +251,22 @@ def test_load_scenario_of_a_file_keeps_save_and_whole(tmp_path: Path) -> None:
     f.write_text(APP + "  - mem_read: {proc: app, addr: buf, whole: true}\n    save: v\n")
     sc = load_scenario(f)
     assert sc.steps[1].save == "v" and sc.steps[1].action.whole  # type: ignore[attr-defined]
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "scenario-format.md"
+
+
+def _doc_scenarios() -> list[tuple[str, str]]:
+    text = DOC.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    out = []
+    for b in blocks:
+        if b.startswith("name:"):
+            out.append((b.split("\n", 1)[0].removeprefix("name:").strip(), b))
+    return out
+
+
+@pytest.mark.parametrize("name,block", _doc_scenarios(), ids=[n for n, _ in _doc_scenarios()])
+def test_every_named_scenario_in_the_format_doc_passes(name: str, block: str) -> None:
+    result = run_scenario(load_scenario_text(block, f"{name}.yaml"))
+    assert result.ok, "\n".join(str(f) for f in result.failures)
