@@ -197,7 +197,8 @@ DEFAULT_PROFILE = "linux-6.18"
 PROFILE_NOTES = {
     "linux-6.1": "v6.1 as tagged (LTS): 1 GiB hugetlb handled, AO madvise injection.",
     "linux-6.6": "v6.6 as tagged (LTS): adds partial read() of poisoned hugetlbfs pages.",
-    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, 'already poisoned' counted.",
+    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, raw-page AO addresses, "
+                  "'already poisoned' counted.",
     "linux-6.18": "v6.18: kill_accessing_process returns 0; repeats are not counted again.",
     "next": "mm-unstable / linux-next 2026: MF_DELAYED fix, hugetlb stats and si_addr fixes.",
 }
