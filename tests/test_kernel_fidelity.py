@@ -40,6 +40,7 @@ from memfail.model.actions import (
     Sigpending,
     Sigprocmask,
     Spawn,
+    Splice,
     SplitHugePages,
     Symlink,
     Unlink,
@@ -312,3 +313,13 @@ def test_mce_inject_srao_and_srar() -> None:
     assert do(h, MceInject(proc="app", addr="a+4K", severity="srar")).ret == 0
     assert sigs(h) == [("app", "BUS_MCEERR_AR", "a+0x1000", 12)]
     assert not h.phys.hw_errors  # software injection corrupts nothing
+
+
+def test_splice_from_a_poisoned_tmpfs_page_fails_like_read() -> None:
+    h = host()
+    do(h, MemfdCreate(proc="app", name="t"), Pwrite(proc="app", fd="t", len="8K"),
+       CorruptPfn(proc="app", file="t", offset="4K"))
+    assert do(h, Splice(proc="app", fd="t", offset=0, len="4K")) == ActionResult(4096, data=[1])
+    assert do(h, Splice(proc="app", fd="t", offset="4K", len="4K")) == ActionResult(-1, "EIO")
+    assert do(h, Splice(proc="app", fd="t", len="8K")).ret == 4096  # short: stops at the page
+    assert do(h, Splice(proc="app", fd="t", len="4K")) == ActionResult(-1, "EIO")

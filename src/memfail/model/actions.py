@@ -316,6 +316,21 @@ class Pwrite(FileIO):
     key: ClassVar[str] = "pwrite"
 
 
+class Splice(Action):
+    """splice(fd, off, pipe, NULL, len, 0): move ``len`` bytes of the file into a pipe. The
+    file's ->splice_read (generic_file_splice_read in 6.1, filemap_splice_read /
+    shmem_file_splice_read / copy_splice_read later) reads through the same page-cache path
+    as read(), so a poisoned page stops it the same way: -1 EIO at the first byte, or a short
+    count (R43; tmpfs splice fails, MR-14). With ``offset`` the file position is unchanged;
+    without, it starts at and advances the file position. Returns the bytes moved."""
+
+    key: ClassVar[str] = "splice"
+    proc: str
+    fd: str
+    offset: Size | None = None
+    len: Size = 4096
+
+
 class Fadvise(Action):
     """posix_fadvise(fd, offset, len, POSIX_FADV_DONTNEED) (generic_fadvise): on a file
     system with a real backing device (ext2) dirty pages of the range are written back
@@ -657,7 +672,7 @@ class Meminfo(Action):
 HOST_ACTIONS: tuple[type[Action], ...] = (
     Sysctl, Hugepages, Spawn, Fork, Clone, Exit, Kill, Prctl, Sigaction, Sigprocmask,
     Create, MemfdCreate, Open, Close, Unlink, Link, Symlink, Ftruncate, Fallocate,
-    Read, Pread, Write, Pwrite, Fsync, Fadvise, DropCaches,
+    Read, Pread, Write, Pwrite, Splice, Fsync, Fadvise, DropCaches,
     Mmap, Munmap, MemRead, MemWrite, Madvise, Mlock, Munlock, Shmget, Shmat, ShmctlRmid,
     CorruptPfn, UnpoisonPfn, HardOfflinePage, SoftOfflinePage, HwError, Scrub, MceInject,
     SplitHugePages,

@@ -30,7 +30,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Tasks and signals", ("spawn", "fork", "clone", "exit", "kill", "prctl", "sigaction",
                            "sigprocmask")),
     ("Files", ("create", "memfd_create", "open", "close", "unlink", "link", "symlink",
-               "ftruncate", "fallocate", "read", "pread", "write", "pwrite", "fsync",
+               "ftruncate", "fallocate", "read", "pread", "write", "pwrite", "splice", "fsync",
                "fadvise", "drop_caches")),
     ("Memory", ("mmap", "munmap", "mem_read", "mem_write", "madvise", "mlock", "munlock",
                 "shmget", "shmat", "shmctl_rmid", "swapout", "ksm_merge", "user_copy")),

@@ -25,6 +25,7 @@ from ..actions import (
     Pread,
     Pwrite,
     Read,
+    Splice,
     Symlink,
     Unlink,
     Write,
@@ -376,6 +377,15 @@ def do_write(host: Host, a: Write) -> ActionResult:
 @handles(Pwrite)
 def do_pwrite(host: Host, a: Pwrite) -> ActionResult:
     return _io(host, a, write=True, positional=True)
+
+
+@handles(Splice)
+def do_splice(host: Host, a: Splice) -> ActionResult:
+    """splice() from a file into a pipe: the file's splice_read goes through read_iter."""
+    if a.offset is None:
+        return _io(host, Read(proc=a.proc, fd=a.fd, len=a.len), write=False, positional=False)
+    return _io(host, Pread(proc=a.proc, fd=a.fd, offset=a.offset, len=a.len), write=False,
+               positional=True)
 
 
 @handles(Fsync)
