@@ -89,6 +89,9 @@ class SignalSent(Event):
     ``outcome`` is ``queued``, ``dropped-pending`` (a SIGBUS was already pending, R38),
     ``ignored`` (SIG_IGN and not forced) or ``dead`` (the target has exited).
     ``addr_rel`` is si_addr relative to the mapping it falls in (``"ram+0x1000"``).
+    ``si_code`` is always a name, never a number: ``BUS_MCEERR_AR``, ``BUS_MCEERR_AO``,
+    ``SI_KERNEL`` (a plain SIGBUS from kill_me_now), ``SI_USER`` (``kill``), ``BUS_ADRERR``
+    (an access past the end of a file), ``BUS_ADRALN``, ``BUS_OBJERR``.
     """
 
     kind: ClassVar[str] = "signal"
