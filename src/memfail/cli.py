@@ -22,8 +22,10 @@ COMMANDS = (
     "memfail.scenario.commands",            # run, scenarios
     "memfail.report.profiles",              # profiles
     "memfail.report.compare",               # compare, policies
+    "memfail.report.kernel_users",          # kernel-users
     "check=memfail.check.cli:check",        # check
     "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
+    "replay=memfail.replay.cli:replay",     # replay
 )
 
 app = typer.Typer(

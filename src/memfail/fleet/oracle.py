@@ -163,10 +163,12 @@ VMM = "qemu"
 NEXT_VMM = "qemu-next"
 HEAP = "heap"
 
-KERNEL_USER = {"kernel_checked": "migration", "kernel_unchecked": "vhost"}
-"""The kernel user that stands for a first touch with / without a PG_hwpoison check (the
-model's defaults: migration checks PG_hwpoison and copies without machine-check recovery;
-vhost does not check and copies machine-check safe)."""
+KERNEL_USER = {"kernel_checked": "kcore", "kernel_unchecked": "vhost"}
+"""The kernel user that stands for a first touch with / without a PG_hwpoison check
+(docs/kernel-users.md: /proc/kcore checks PG_hwpoison and copies without machine-check
+recovery; vhost checks only the VMM's page table and copies from user space, machine-check
+safe). Migration, the former stand-in, never reaches guest_memfd memory and copies with
+folio_mc_copy since 6.12."""
 
 R47_PANIC = ("R47: a kernel load of poison without an exception fixup panics the host "
              "(arch/x86/kernel/cpu/mce/severity.c: kernel-mode machine checks are recoverable "

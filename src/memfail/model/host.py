@@ -392,7 +392,7 @@ class Host:
             if info is None or not t.alive:
                 self._pending_threads.discard(t)
                 continue
-            if t.blocked or not proc.alive:
+            if (t.blocked and not t.signalfd) or not proc.alive:
                 continue
             t.pending = None
             self._pending_threads.discard(t)
@@ -411,7 +411,7 @@ class Host:
                 self.exit_process(proc, proc.sigbus_exit_code)
                 continue
             self.on_sigbus_handled(t, info)
-        if any(t.pending is not None and not t.blocked and t.alive
+        if any(t.pending is not None and (not t.blocked or t.signalfd) and t.alive
                for t in self._pending_threads):
             self.deliver_signals()  # a handler's reaction queued another signal
 
