@@ -18,6 +18,7 @@ from memfail.model.actions import (
     MemWrite,
     Mmap,
     Open,
+    Prctl,
     Pread,
     Pwrite,
     Sigaction,
@@ -75,6 +76,9 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
          Mmap(proc="app", name="b", size="4K"), MemWrite(proc="app", addr="b"),
          KsmMerge(pages=[KsmPage(proc="app", addr="a"), KsmPage(proc="app", addr="b")]),
          CorruptPfn(proc="app", addr="a")], mf_types, {}),
+    "collect_procs_raw_page": (
+        [Prctl(proc="app", policy="early"), *HUGE_FILE, CorruptPfn(proc="app", addr="m+8K")],
+        signals, {"hugepages": {"2M": 1}}),
     "madvise_hwpoison_ar": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
          Madvise(proc="app", addr="a", advice="hwpoison")], signals, {}),

@@ -45,6 +45,16 @@ SWITCHES: tuple[Switch, ...] = (
         "pages.\" and the result was 'unmapping failed page'.",
     ),
     Switch(
+        "collect_procs_raw_page", "R33, R34",
+        "Matthew Wilcox, 376907f3a0b3 'mm/memory-failure: pass the folio and the page to "
+        "collect_procs()'",
+        "6.8",
+        "collect_procs() looks up the poisoned raw page's address in each VMA "
+        "(add_to_kill_anon_file(task, p, ...)), so the AO signal of a HugeTLB page carries the "
+        "subpage's address; before, processes were collected by the folio's head "
+        "(collect_procs(hpage, ...)) and si_addr was the huge page's start.",
+    ),
+    Switch(
         "madvise_hwpoison_ar", "R4, DOC-14",
         "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
         "6.11",
@@ -134,6 +144,7 @@ class KernelProfile:
     hugetlb_1g_handled: bool = True
     hugetlb_read_partial: bool = True
     ksm_hwpoison: bool = True
+    collect_procs_raw_page: bool = True
     madvise_hwpoison_ar: bool = True
     mf_msg_already_poisoned: bool = True
     unmap_failure_sigbus: bool = True
@@ -186,7 +197,8 @@ DEFAULT_PROFILE = "linux-6.18"
 PROFILE_NOTES = {
     "linux-6.1": "v6.1 as tagged (LTS): 1 GiB hugetlb handled, AO madvise injection.",
     "linux-6.6": "v6.6 as tagged (LTS): adds partial read() of poisoned hugetlbfs pages.",
-    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, 'already poisoned' counted.",
+    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, raw-page AO addresses, "
+                  "'already poisoned' counted.",
     "linux-6.18": "v6.18: kill_accessing_process returns 0; repeats are not counted again.",
     "next": "mm-unstable / linux-next 2026: MF_DELAYED fix, hugetlb stats and si_addr fixes.",
 }
