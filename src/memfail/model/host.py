@@ -375,12 +375,16 @@ class Host:
         self._queue(t, SigInfo(SIGBUS, SI_USER, None, None, False), sender)
 
     def force_sig_sigbus(self, t: Thread, sender: str, code: int = SI_KERNEL,
-                         pfn: int | None = None) -> None:
-        """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46)."""
+                         pfn: int | None = None, addr: int | None = None) -> None:
+        """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46), or
+        force_sig_fault(SIGBUS, BUS_ADRERR, address) from x86 do_sigbus() when ``addr`` is
+        given: si_addr is the faulting address and si_addr_lsb, never set, reads 0 (the
+        siginfo is cleared first), as Debian's 6.1 shows in conform case rk-06."""
         if t.alive and (t.blocked or t.proc.sigbus == "ignore"):
             t.blocked = False
             t.proc.sigbus = "default"
-        self._queue(t, SigInfo(SIGBUS, code, None, None, True), sender, pfn)
+        lsb = None if addr is None else 0
+        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, True), sender, pfn)
 
     def deliver_signals(self) -> None:
         """Deliver every pending, unblocked SIGBUS on return to user space."""

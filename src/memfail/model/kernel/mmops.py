@@ -458,7 +458,7 @@ def fault_sigbus(host: Host, t: Thread, addr: int, r: FaultError) -> ActionResul
 
         host.force_sig_mceerr(t, BUS_MCEERR_AR, addr, r.lsb, "fault")
     else:
-        host.force_sig_sigbus(t, "fault", code=BUS_ADRERR)
+        host.force_sig_sigbus(t, "fault", code=BUS_ADRERR, addr=addr)
     return ActionResult("sigbus")
 
 
