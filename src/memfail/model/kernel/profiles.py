@@ -47,8 +47,9 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(
         "collect_procs_raw_page", "R33, R34",
         "Matthew Wilcox, 376907f3a0b3 'mm/memory-failure: pass the folio and the page to "
-        "collect_procs()'",
-        "6.8",
+        "collect_procs()', merged for v6.7-rc8 (Cc: stable; the 6.1.y backport failed to "
+        "apply, and Debian's 6.1 shows the head address)",
+        "6.7",
         "collect_procs() looks up the poisoned raw page's address in each VMA "
         "(add_to_kill_anon_file(task, p, ...)), so the AO signal of a HugeTLB page carries the "
         "subpage's address; before, processes were collected by the folio's head "
