@@ -323,3 +323,35 @@ def test_splice_from_a_poisoned_tmpfs_page_fails_like_read() -> None:
     assert do(h, Splice(proc="app", fd="t", offset="4K", len="4K")) == ActionResult(-1, "EIO")
     assert do(h, Splice(proc="app", fd="t", len="8K")).ret == 4096  # short: stops at the page
     assert do(h, Splice(proc="app", fd="t", len="4K")) == ActionResult(-1, "EIO")
+
+
+# --------------------------------------------------------------------------- found by memfail conform
+
+
+@pytest.mark.parametrize("profile,exists", [("linux-6.1", False), ("linux-6.6", False),
+                                            ("linux-6.12", True), ("linux-6.18", True)])
+def test_enable_soft_offline_exists_from_6_11(profile: str, exists: bool) -> None:
+    """R11: /proc/sys/vm/enable_soft_offline came with v6.11. Before, writing it fails with
+    ENOENT and soft offline stays allowed (Debian's 6.1 has no such file)."""
+    from memfail.model.actions import Sysctl
+    from memfail.model.errors import ModelInputError
+
+    h = host(profile)
+    res = do(h, Sysctl(name="vm.enable_soft_offline", value=0))
+    assert (res.ret, res.errno) == ((0, None) if exists else (-1, "ENOENT"))
+    if not exists:
+        with pytest.raises(ModelInputError, match="does not exist in"):
+            Host(HostConfig(profile=profile, sysctl={"vm.enable_soft_offline": 0}))
+
+
+@pytest.mark.parametrize("policy,ok", [(None, True), ("late", True), ("early", False),
+                                       ("default", False)])
+def test_prctl_clear_takes_zero_which_is_late(policy: Literal["early", "late", "default"] | None,
+                                              ok: bool) -> None:
+    """kernel/sys.c PR_MCE_KILL_CLEAR: ``if (arg3 != 0) return -EINVAL``; PR_MCE_KILL_LATE is
+    0, so clear with late is accepted (Debian's 6.1), early (1) and default (2) are not."""
+    from memfail.model.actions import Prctl
+
+    h = host("linux-6.1")
+    res = do(h, Prctl(proc="app", op="clear", policy=policy))
+    assert (res.ret, res.errno) == ((0, None) if ok else (-1, "EINVAL"))

@@ -23,6 +23,7 @@ from memfail.model.actions import (
     Pwrite,
     Sigaction,
     Spawn,
+    Sysctl,
 )
 from memfail.model.host import Host, HostConfig
 from memfail.model.kernel.ksmactions import KsmMerge, KsmPage
@@ -97,6 +98,8 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
         [MemfdCreate(proc="app", name="s", size="4K"), Pwrite(proc="app", fd="s", len="4K"),
          CorruptPfn(proc="app", file="s")], lambda h: h.mf_stats(), {}),
     "kernel_owned_enotrecoverable": ([CorruptPfn(kernel="slab")], last_ret, {}),
+    "sysctl_enable_soft_offline": (
+        [Sysctl(name="vm.enable_soft_offline", value=0)], last_ret, {}),
     "tracepoint_memory_failure_group": (
         [CorruptPfn(kernel="slab")], lambda h: [e.group for e in h.trace.of(MemoryFailureEvent)],
         {}),

@@ -90,7 +90,8 @@ class TargetMixin(BaseModel):
 
 class Sysctl(Action):
     """Set a sysctl: ``vm.memory_failure_early_kill`` (R9), ``vm.memory_failure_recovery`` (R8),
-    ``vm.enable_soft_offline`` (R11), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
+    ``vm.enable_soft_offline`` (R11; the file exists since 6.11, so on older profiles the write
+    fails with ENOENT), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
     ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0."""
 
     key: ClassVar[str] = "sysctl"

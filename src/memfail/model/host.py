@@ -52,6 +52,8 @@ SYSCTL_DEFAULTS = {
     "vm.nr_overcommit_hugepages": 0,
     "vm.panic_on_unrecoverable_memory_failure": 0,
 }
+# Sysctls that only some kernels have: name -> the KernelProfile switch that brings the file.
+PROFILE_SYSCTLS = {"vm.enable_soft_offline": "sysctl_enable_soft_offline"}
 
 
 @dataclass
@@ -120,6 +122,10 @@ class Host:
             if k not in SYSCTL_DEFAULTS:
                 raise ModelInputError(
                     f"unknown sysctl {k!r}; known: {', '.join(SYSCTL_DEFAULTS)}", "sysctl")
+            if k in PROFILE_SYSCTLS and not getattr(self.profile, PROFILE_SYSCTLS[k]):
+                raise ModelInputError(
+                    f"{k} does not exist in {self.profile.name} (profile switch "
+                    f"{PROFILE_SYSCTLS[k]}: see `memfail profiles`)", "sysctl")
             self.sysctl[k] = int(v)
         geo = self.geometry
         self.hugetlb = HugeTLB(self, {"2M": geo.pmd_order, "1G": geo.pud_order}, cfg.hvo)

@@ -31,6 +31,7 @@ from ..errors import (
     EBUSY,
     EHWPOISON,
     EIO,
+    ENOENT,
     ENOMEM,
     ENXIO,
     EOPNOTSUPP,
@@ -38,7 +39,7 @@ from ..errors import (
     ModelInputError,
     TargetGone,
 )
-from ..host import RESERVED_PFN, ZERO_PFN, ActionResult, handles
+from ..host import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN, ActionResult, handles
 from ..trace import Observation, PoisonConsumed
 from ..units import parse_size
 from .fs import GMEM, RAMFS
@@ -644,6 +645,9 @@ def do_sysctl(host: Host, a: Sysctl) -> ActionResult:
     if a.name not in host.sysctl:
         raise ModelInputError(f"unknown sysctl {a.name!r}; known: {', '.join(host.sysctl)}",
                               "name")
+    switch = PROFILE_SYSCTLS.get(a.name)
+    if switch is not None and not getattr(host.profile, switch):
+        return ActionResult.err(-ENOENT)  # no such file under /proc/sys on this kernel
     if a.name == "vm.nr_hugepages":
         h = host.hugetlb.hstate(host.geometry.pmd_order)
         host.hugetlb.set_max_huge_pages(h, a.value)

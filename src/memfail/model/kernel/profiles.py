@@ -127,6 +127,14 @@ SWITCHES: tuple[Switch, ...] = (
         "Ignored' and memory_failure() returns -ENOTRECOVERABLE.",
     ),
     Switch(
+        "sysctl_enable_soft_offline", "R11",
+        "Jiaqi Yan, 'mm/memory-failure: userspace controls soft-offlining pages' (mm merge for "
+        "v6.11)",
+        "6.11",
+        "/proc/sys/vm/enable_soft_offline exists (writing 0 makes soft offline fail with "
+        "EOPNOTSUPP); before, there is no such file and soft offline is always allowed.",
+    ),
+    Switch(
         "tracepoint_memory_failure_group", "oracle §2.2",
         "Xie Yuanbin, 'mm/memory-failure: remove the selection of RAS'",
         "next",
@@ -157,6 +165,7 @@ class KernelProfile:
     shmem_mf_delayed: bool = True
     kernel_owned_enotrecoverable: bool = True
     tracepoint_memory_failure_group: bool = True
+    sysctl_enable_soft_offline: bool = True
 
     def switches(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}

@@ -122,13 +122,17 @@ def do_exit(host: Host, a: Exit) -> ActionResult:
 
 @handles(Prctl)
 def do_prctl(host: Host, a: Prctl) -> ActionResult:
-    """prctl(PR_MCE_KILL / PR_MCE_KILL_GET) on one thread (R10)."""
+    """prctl(PR_MCE_KILL / PR_MCE_KILL_GET) on one thread (R10).
+
+    PR_MCE_KILL_CLEAR requires arg3 == 0 (kernel/sys.c: ``if (arg3 != 0) return -EINVAL``);
+    PR_MCE_KILL_LATE is 0, so ``clear`` with ``policy: late`` is accepted, as Debian's 6.1
+    shows; ``early`` (1) and ``default`` (2) are -EINVAL."""
     t = host.thread(host.proc(a.proc), a.thread)
     if a.op == "get":
         return ActionResult(t.policy())
     if a.op == "clear":
-        if a.policy is not None:
-            return ActionResult.err(-EINVAL)  # unused arguments must be 0 (DOC-03)
+        if a.policy not in (None, "late"):
+            return ActionResult.err(-EINVAL)  # arg3 must be 0 == PR_MCE_KILL_LATE (DOC-03)
         t.mce_process = False
         return ActionResult(0)
     if a.policy is None:
