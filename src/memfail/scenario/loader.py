@@ -1,8 +1,9 @@
 """Read a scenario file safely and turn it into a validated ``Scenario``.
 
-YAML is composed with ruamel's safe composer and converted node by node, so every value keeps its
-line number, only plain YAML types are accepted (no tags, anchors or aliases) and nothing in the
-file is ever executed. Every problem is a ``ScenarioError`` naming file, line and field.
+The bytes are read and the YAML composed by the shared ``memfail.inputs`` reader, so every value
+keeps its line number, only plain YAML types are accepted (no tags, anchors or aliases) and
+nothing in the file is ever executed. Every problem is a ``ScenarioError`` naming file, line and
+field.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ import contextlib
 import functools
 import importlib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from memfail.inputs import InputError, compose, decode, fmt_loc, line_of
 from memfail.model.actions import ACTION_TYPES, Action, parse_action
 from memfail.model.kernel.profiles import PROFILES
 from memfail.model.units import fmt_size, parse_size
@@ -34,18 +32,15 @@ from .schema import (
     ProcessSpec,
     ScenarioHeader,
     StepExpect,
+    saved_refs,
 )
 
 MAX_FILE_BYTES = 4 << 20
-MAX_NODES = 10_000
-STEP_KEYS = ("expect", "note")
+MAX_NODES = 200_000
+STEP_KEYS = ("expect", "note", "save")
 # Fields of int|str type that hold sizes, and those that hold user addresses.
 SIZE_FIELDS = frozenset({"size", "len", "offset"})
 ADDR_FIELDS = frozenset({"addr", "buf"})
-_PLAIN_TAGS = {
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
-}
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _ADDR_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\+\s*(\S+))?\s*$")
 
 Loc = tuple[str | int, ...]
@@ -61,6 +56,7 @@ class Step:
     action: Action
     expect: StepExpect | None = None
     note: str | None = None
+    save: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,100 +126,22 @@ def load_scenario_bytes(data: bytes, file: str, default_name: str) -> Scenario:
 # --------------------------------------------------------------------------- reading YAML
 
 
+SCENARIO_HINT = ("a scenario needs at least `steps:` (see docs/scenario-format.md), e.g. "
+                 "`steps: [{mmap: {proc: app, name: buf, size: 4K}}]`")
+
+
 def _decode(data: bytes, file: str) -> str:
-    if len(data) > MAX_FILE_BYTES:
-        raise ScenarioError(file, None, None, f"file is {fmt_size(len(data))}, more than the "
-                            f"{fmt_size(MAX_FILE_BYTES)} a scenario may be; split it")
-    if b"\0" in data[:8192]:
-        raise ScenarioError(file, None, None, "binary file (contains NUL bytes); a scenario is "
-                            "UTF-8 YAML text")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ScenarioError(file, line, None, f"not UTF-8 text (byte 0x{data[e.start]:02x}); "
-                            "save the file as UTF-8") from None
-    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#")
-                               for ln in text.splitlines()):
-        raise ScenarioError(file, None, None, "empty file; a scenario needs at least "
-                            "`steps:` (see docs/scenario-format.md)")
-    return text
+        return decode(data, file, "scenario", MAX_FILE_BYTES, SCENARIO_HINT)
+    except InputError as e:
+        raise ScenarioError(e.file, e.line, e.field, e.message) from None
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
-    yaml = YAML(typ="safe", pure=True)
     try:
-        node = yaml.compose(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = " ".join(str(x) for x in (e.context, e.problem) if x)
-        if "expected a single document" in what:
-            what = "more than one YAML document (---); put one scenario in each file"
-        raise ScenarioError(file, line, None, f"invalid YAML: {what}") from None
-    except YAMLError as e:
-        raise ScenarioError(file, None, None, f"invalid YAML: {e}") from None
-    if node is None:
-        raise ScenarioError(file, None, None, "empty file; a scenario needs at least `steps:`")
-    conv = _Converter(file, yaml)
-    value = conv.convert(node, ())
-    if not isinstance(value, dict):
-        kind = "a list" if isinstance(value, list) else "a single value"
-        raise ScenarioError(file, node.start_mark.line + 1, None,
-                            f"the top level is {kind}; a scenario is a mapping with "
-                            "`steps:` and optional name, host, processes, expect")
-    return value, conv.lines
-
-
-class _Converter:
-    """YAML node graph → plain Python, recording the line of every field path."""
-
-    def __init__(self, file: str, yaml: YAML) -> None:
-        self.file = file
-        self.constructor = yaml.constructor
-        self.lines: dict[Loc, int] = {}
-        self.count = 0
-
-    def fail(self, node: Node, msg: str, loc: Loc = ()) -> typing.NoReturn:
-        raise ScenarioError(self.file, node.start_mark.line + 1, _fmt_loc(loc) or None, msg)
-
-    def convert(self, node: Node, loc: Loc) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            self.fail(node, f"more than {MAX_NODES} YAML nodes; a scenario this large is "
-                      "refused, split it into several files")
-        if getattr(node, "anchor", None):
-            self.fail(node, "aliases are not supported (found anchor "
-                      f"&{node.anchor}); write the value out in full", loc)
-        tag = str(node.tag)
-        if tag not in _PLAIN_TAGS and tag != _TIMESTAMP:
-            self.fail(node, f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')!r} is not "
-                      "allowed; use plain YAML values (strings, numbers, booleans, lists, maps)",
-                      loc)
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, MappingNode):
-            out: dict[str, Any] = {}
-            for knode, vnode in node.value:
-                if not isinstance(knode, ScalarNode) or str(knode.tag) not in _PLAIN_TAGS:
-                    self.fail(knode, "mapping keys must be plain scalars", loc)
-                key = knode.value if str(knode.tag).endswith(":str") else \
-                    self.constructor.construct_object(knode, deep=True)
-                key = str(key)
-                if key in out:
-                    self.fail(knode, f"duplicate key {key!r}; give each key once",
-                              (*loc, key))
-                self.lines[(*loc, key)] = knode.start_mark.line + 1
-                out[key] = self.convert(vnode, (*loc, key))
-                self.lines[(*loc, key)] = knode.start_mark.line + 1
-            return out
-        if isinstance(node, SequenceNode):
-            return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
-        if tag == _TIMESTAMP:
-            return str(node.value)  # keep dates as the text written
-        try:
-            return self.constructor.construct_object(node, deep=True)
-        except YAMLError as e:
-            self.fail(node, f"bad value: {getattr(e, 'problem', e)}", loc)
+        return compose(text, file, "scenario", SCENARIO_HINT, MAX_NODES)
+    except InputError as e:
+        raise ScenarioError(e.file, e.line, e.field, e.message) from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -291,6 +209,7 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
     except ValidationError as e:
         raise _from_validation(e, file, lines, (*loc, key), args, cls) from None
     _check_sizes(action, file, lines, (*loc, key))
+    _check_fields(action, key, file, lines, (*loc, key))
     expect = None
     if "expect" in raw:
         try:
@@ -299,8 +218,37 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
             raise _from_validation(e, file, lines, (*loc, "expect"), raw["expect"],
                                    StepExpect) from None
     note = raw.get("note")
+    save = raw.get("save")
+    if save is not None and not (isinstance(save, str) and re.match(r"^[A-Za-z_][\w\-]*$",
+                                                                     save)):
+        raise ScenarioError(file, lines.get((*loc, "save"), line), f"{where}.save",
+                            f"save takes a name such as `before` (letters, digits, _ and -), "
+                            f"got {save!r}")
     return Step(index=i, line=line, key=key, action=action, expect=expect,
-                note=None if note is None else str(note))
+                note=None if note is None else str(note), save=save)
+
+
+GPA_FIELDS = frozenset({"gpa", "gmem_offset"})
+"""Guest physical addresses and offsets: sizes (``4G+12K``) beyond the user address space."""
+
+
+def _check_fields(action: Action, key: str, file: str, lines: dict[Loc, int], loc: Loc
+                  ) -> None:
+    """Field values the model would only reject while running: checked when the file loads."""
+    for name in GPA_FIELDS & set(type(action).model_fields):
+        value = getattr(action, name)
+        if value is None:
+            continue
+        try:
+            parse_size(value)
+        except ValueError as e:
+            raise ScenarioError(file, _line_of(lines, (*loc, name)), _fmt_loc((*loc, name)),
+                                str(e)) from None
+    if key == "memslot" and getattr(action, "gmem", None) is None \
+            and getattr(action, "hva", None) is None:
+        raise ScenarioError(file, _line_of(lines, loc), _fmt_loc(loc),
+                            "a memslot needs its memory: gmem: (a guest_memfd) and/or hva: "
+                            "(the VMM mapping that backs shared memory)")
 
 
 def _check_sizes(action: Action, file: str, lines: dict[Loc, int], loc: Loc) -> None:
@@ -341,9 +289,22 @@ def check_addr_syntax(value: Any, file: str, line: int | None, where: str) -> No
 
 
 def _check_names(sc: Scenario) -> None:
-    """Every process a step or expectation names must have been created before it."""
+    """Every process a step or expectation names must have been created before it, and every
+    saved value an expectation compares with must be saved by an earlier step."""
     known = [p.name for p in sc.processes]
+    saves: list[str] = []
     for step in sc.steps:
+        if step.expect is not None:
+            for fld in ("ret", "data"):
+                for ref in saved_refs(getattr(step.expect, fld)):
+                    if ref not in saves:
+                        raise ScenarioError(
+                            sc.file, sc.line_of("steps", step.index, "expect", fld),
+                            f"steps[{step.index}].expect.{fld}",
+                            f"no earlier step saves {ref!r}{did_you_mean(ref, saves)}; add "
+                            f"`save: {ref}` to the step whose result it is")
+        if step.save is not None:
+            saves.append(step.save)
         a = step.action
         for fname in ("proc", "as_proc"):
             name = getattr(a, fname, None)
@@ -466,21 +427,8 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _fmt_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+_line_of = line_of
+_fmt_loc = fmt_loc
 
 
 # --------------------------------------------------------------------------- built-in library
@@ -499,8 +447,11 @@ def library() -> dict[str, Path]:
 def resolve(arg: str) -> tuple[Path, str]:
     """A path as given, or the name of a built-in scenario; returns (path, display name)."""
     p = Path(arg)
-    if p.exists():
-        return p, arg
+    try:
+        if p.exists():
+            return p, arg
+    except OSError as e:
+        raise ScenarioError(arg, None, None, f"cannot read: {e.strerror or e}") from None
     lib = library()
     stem = arg.removesuffix(".yaml")
     if "/" not in arg and stem in lib:
