@@ -181,7 +181,7 @@ def check(
     try:
         _check(config, policy, prop, workers, scheduler, out, as_json, max_depth, max_states,
                max_seconds, max_memory, checkpoint, checkpoint_every, resume, symmetry, por,
-               races)
+               races, engine)
     except InputError as e:
         typer.echo(f"memfail: error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -191,7 +191,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
            workers: int, scheduler: str | None, out: Path | None, as_json: bool,
            max_depth: int | None, max_states: int | None, max_seconds: float | None,
            max_memory: float | None, checkpoint: Path | None, checkpoint_every: float,
-           resume: Path | None, symmetry: bool, por: bool, races: bool) -> None:
+           resume: Path | None, symmetry: bool, por: bool, races: bool,
+           engine: str = "python") -> None:
     stored: dict[str, Any] | None = None
     if checkpoint is not None and resume is not None:
         raise OptionError("--checkpoint", "give either --checkpoint DIR (a new check) or "
