@@ -14,9 +14,9 @@ from memfail.report.compare import compare_scenarios, run_compare, summarize
 # (scenario, policy, outcome, expected) -- expected is a value or a predicate
 EXPECTATIONS = [
     # S5: before Lisa Wang's fix QEMU dies of a plain SIGBUS (R65, Q2); after, it pauses (R66)
-    ("vm-private-consumed-4k", "mainline-prefix", "vms_killed", 1),
-    ("vm-private-consumed-4k", "mainline", "vms_paused", 1),
-    ("vm-private-consumed-4k", "mainline", "vms_killed", 0),
+    ("vm-private-consumed-4k", "mainline", "vms_killed", 1),
+    ("vm-private-consumed-4k", "mf-delayed-fix", "vms_paused", 1),
+    ("vm-private-consumed-4k", "mf-delayed-fix", "vms_killed", 0),
     # R87/S14: HugeTLB-backed guest_memfd today: nothing zapped, the guest re-consumes
     ("vm-hugetlb-reconsume", "mainline", "repeated_consumptions", lambda n: n > 0),
     # Dan: unmap on error contains the failure
@@ -44,8 +44,10 @@ EXPECTATIONS = [
     # C8: unmap only the failed subfolio: the rest of the huge page stays usable
     ("vm-subfolio-other-page", "future", "vms_paused", 0),
     ("vm-subfolio-other-page", "unmap", "vms_paused", 1),
-    # C3 "SIGBUS current": current is not always the VM
-    ("vm-unrelated-process-reads", "minimum", "wrong_process_signals", lambda n: n >= 1),
+    # C3 "SIGBUS current": the helper that consumed gets the AR, as the kernel would send it:
+    # not a wrong-process signal; the VMM owning the memory is not told (C6)
+    ("vm-unrelated-process-reads", "minimum", "wrong_process_signals", 0),
+    ("vm-unrelated-process-reads", "minimum", "owner_told_unconsumed", 0),
     # no #MC virtualization for confidential guests: without unmapping, re-consumption
     ("vm-snp-hugetlb-consumed", "minimum", "repeated_consumptions", lambda n: n > 0),
     ("vm-snp-hugetlb-consumed", "unmap", "repeated_consumptions", 0),

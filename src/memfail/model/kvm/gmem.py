@@ -592,7 +592,13 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
     _apply_vm_on_error(host, inode, pfn)
     cvm = _current_vm(host, current)
     if ar and current is not None and current.alive:
-        if pol.consumed in ("sigbus-current", "kernel", "sigbus-vmm"):
+        if pol.consumed == "kill-vm":
+            _kill_bound_vms(host, inode, "policy: kill the guest on consumed memory failure")
+        elif pol.consumed == "unusable":
+            _make_unusable(host, inode, pfn)
+        elif pol.consumed == "kernel":
+            _kernel_consumed(host, current, folio, pfn)
+        else:
             _sigbus_current(host, current, inode, folio, pfn, cvm)
         if pol.consumed == "sigbus-vmm":
             for vm, _lead in _vmm_threads(inode):
@@ -600,12 +606,75 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
                     continue
                 _notify_vmm(host, vm, inode, folio, pfn)
         return -EHWPOISON
-    if not ar and pol.unconsumed == "notify-vmm":
+    if ar:
+        return -EHWPOISON
+    if pol.unconsumed == "notify-vmm":
         for vm, _lead in _vmm_threads(inode):
             _notify_vmm(host, vm, inode, folio, pfn)
-    elif not ar and pol.unconsumed == "defer":
+    elif pol.unconsumed == "defer":
         _event(host, "memory_failure", "unconsumed failure deferred", pfn)
+    elif pol.unconsumed == "kill-vm":
+        _kill_bound_vms(host, inode, "policy: kill the guest on memory failure")
+    elif pol.unconsumed == "unusable":
+        _make_unusable(host, inode, pfn)
+    else:
+        _kernel_unconsumed(host, folio, pfn)
     return 0
+
+
+def _kill_bound_vms(host: Host, inode: Inode, why: str) -> None:
+    """Sean's reading (C7): kill every VM bound to the guest_memfd and unmap everything."""
+    from ..vmm.qemu import kill_vm
+
+    for vm in list(inode.extra.get("vms", [])):
+        if vm.state != "killed":
+            kill_vm(host, vm, why)
+
+
+def _make_unusable(host: Host, inode: Inode, pfn: int) -> None:
+    """James's reading (C7): every later get_pfn and host fault of the guest_memfd fails."""
+    if inode.extra.get("unusable"):
+        return
+    inode.extra["unusable"] = True
+    _event(host, "memory_failure", "guest_memfd made unusable", pfn)
+    for vm in inode.extra.get("vms", []):
+        zap_gfn_range(host, vm, 0, 1 << 52, "guest_memfd unusable")
+
+
+def _kernel_consumed(host: Host, current: Thread, folio: Folio, pfn: int) -> None:
+    """What memory_failure() itself does for a consumed page it did not unmap:
+    kill_accessing_process() signals current only through its own mapping of the page (AR,
+    lsb of the mapping); with no mapping it returns 0 (R82) or -EFAULT, and kill_me_maybe()
+    sends a plain SIGBUS (R39, R46)."""
+    mm = current.proc.mm
+    for (mm_id, key), order in folio.rmap.items():
+        if mm is None or mm_id != mm.id:
+            continue
+        pte = mm.ptes.get(key)
+        if pte is None or not pte.pfn <= pfn < pte.pfn + (1 << order):
+            continue
+        addr = key + ((pfn - pte.pfn) << host.geometry.page_shift) \
+            if order == 0 or host.profile.hugetlb_exact_si_addr else key
+        host.force_sig_mceerr(current, BUS_MCEERR_AR, addr,
+                              host.geometry.shift_of(order), "kill_accessing_process", pfn)
+        return
+    if not host.profile.kill_accessing_process_returns_zero:
+        host.force_sig_sigbus(current, "kill_me_maybe", pfn=pfn)
+
+
+def _kernel_unconsumed(host: Host, folio: Folio, pfn: int) -> None:
+    """kill_procs() for an AO failure (R35): BUS_MCEERR_AO to the early-kill thread of every
+    process that maps the page."""
+    mm_ids = {mm_id for mm_id, _ in folio.rmap}
+    for proc in list(host.processes.values()):
+        if proc.mm is None or proc.mm.id not in mm_ids or not proc.alive:
+            continue
+        t = find_early_kill_thread(host, proc)
+        if t is not None:
+            addr = _hva_for(host, folio.mapping, folio, pfn, None) \
+                if folio.mapping is not None else None
+            host.send_sig_mceerr(t, BUS_MCEERR_AO, addr or 0, host.geometry.page_shift,
+                                 "kill_procs", pfn)
 
 
 def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn: int,
@@ -616,7 +685,13 @@ def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn
     if pol.sigbus_addr == "plain":
         host.force_sig_sigbus(current, "gmem policy", pfn=pfn)
         return
-    addr = _hva_for(host, inode, folio, pfn, vm) if pol.sigbus_addr == "hva" else None
+    addr = None
+    if pol.sigbus_addr == "hva":
+        addr = _hva_for(host, inode, folio, pfn, vm)
+        _event(host, "memory_failure",
+               "si_addr looked up: guest_memfd binding -> memslot userspace_addr"
+               if addr is not None else
+               "si_addr lookup found no memslot userspace_addr or host mapping: NULL", pfn)
     host.force_sig_mceerr(current, BUS_MCEERR_AR, addr or 0, host.geometry.page_shift,
                           "gmem policy", pfn)
 
