@@ -300,21 +300,27 @@ def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
     """Does the fault check refuse ``pfn`` of ``folio``? Folios the policy does not claim
     get mainline's check: the folio's PG_hwpoison (R67)."""
     pol = policy(host)
+    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
+
+    def any_in(pfns: object) -> bool:  # the failure sets are small; the folio may be 1 GiB
+        return any(lo <= p < hi for p in pfns)  # type: ignore[attr-defined]
+
     if not _claimed(host, folio):
-        return "hwpoison" in folio.flags or any(
-            p in host.phys.hwpoison for p in range(folio.pfn, folio.pfn + folio.nr_pages))
+        return "hwpoison" in folio.flags or any_in(host.phys.hwpoison)
     if "hwpoison" in folio.flags:  # the head flag: the whole folio (R67)
         if pol.check_granularity == "folio" or folio.order == 0:
             return True
         if pfn in folio.raw_hwp:
             return True
-    rng = range(folio.pfn, folio.pfn + folio.nr_pages) if pol.check_granularity == "folio" \
-        else range(pfn, pfn + 1)
-    if pfn in host.phys.hwpoison if pol.check_granularity == "subpage" else \
-            any(p in host.phys.hwpoison for p in rng):
+    if pol.check_granularity == "subpage":
+        if pfn in host.phys.hwpoison:
+            return True
+    elif any_in(host.phys.hwpoison):
         return True
     t = table(host)
-    return any(p in t for p in rng) if pol.record == "table" or t else False
+    if not (pol.record == "table" or t):
+        return False
+    return pfn in t if pol.check_granularity == "subpage" else any_in(t)
 
 
 def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int, int] | int:
@@ -411,7 +417,7 @@ def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> Non
             f = inode.pages[idx]
             if not start <= idx < end:
                 continue
-            recs = [p for p in range(f.pfn, f.pfn + f.nr_pages) if p in t]
+            recs = sorted(p for p in t if f.pfn <= p < f.pfn + f.nr_pages)
             if recs:
                 if f.kind == HUGETLB and f.order:
                     f.flags.add("hwpoison")

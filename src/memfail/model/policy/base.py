@@ -104,8 +104,6 @@ READINGS: dict[str, str] = {
                         "every free (punch hole, truncate)",
     "isolate_on_free": "C4 'indicate any memory failures to HugeTLB using folio's HWpoison "
                        "flag' needs a HugeTLB free path that isolates them (unmerged)",
-    "handles": "scope: 'to land guest_memfd//HugeTLB' (HugeTLB-backed folios only) or all "
-               "guest_memfd folios",
     "propagate_on_split": "the call does not say what a folio-flag record does on split/merge",
     "mf_delayed_fix": "what the kernel underneath does: released kernels, or with the "
                       "unmerged MF_DELAYED fix",
