@@ -670,7 +670,11 @@ def _kernel_consumed(host: Host, current: Thread, folio: Folio, pfn: int) -> Non
 
 def _kernel_unconsumed(host: Host, folio: Folio, pfn: int) -> None:
     """kill_procs() for an AO failure (R35): BUS_MCEERR_AO to the early-kill thread of every
-    process that maps the page."""
+    process that maps the page. Without honor_early (C6: "even if PR_MCE_KILL_EARLY is set,
+    the requesting thread will not be notified") nobody is."""
+    if not policy(host).honor_early:
+        _event(host, "memory_failure", "PR_MCE_KILL_EARLY not honoured (C6): nobody told", pfn)
+        return
     mm_ids = {mm_id for mm_id, _ in folio.rmap}
     for proc in list(host.processes.values()):
         if proc.mm is None or proc.mm.id not in mm_ids or not proc.alive:
