@@ -580,6 +580,7 @@ def record_failure(host: Host, folio: Folio, pfn: int, consumed: bool) -> bool:
                 folio.raw_hwp.append(pfn)
         else:
             host.phys.hwpoison.add(pfn)
+        _event(host, "memory_failure", "PG_hwpoison set on the guest_memfd folio", pfn)
     if pol.record == "table":
         _event(host, "memory_failure", "recorded in the global failure table", pfn)
     return first
