@@ -9,7 +9,8 @@ import sys
 
 
 def _hooks_never(policy: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "memfail", "check", "--policy", policy,
+    code = "import sys; from memfail.cli import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", code, "check", "--policy", policy,
                           "--max-depth", "2", "--json"], capture_output=True, text=True,
                          check=False, timeout=600)
     assert out.returncode in (0, 1), out.stderr
