@@ -40,7 +40,13 @@ EXPECTATIONS = [
     ("vm-hugetlb-consumed", "kill-vm", "vms_killed", 1),
     ("vm-private-scrub-4k", "kill-vm", "vms_killed", 1),
     # James: the whole guest_memfd becomes unusable
-    ("vm-subfolio-other-page", "unusable", "guest_bytes_lost", 2 << 20),
+    ("vm-subfolio-other-page-2m", "unusable", "guest_bytes_lost", 2 << 20),
+    ("vm-subfolio-other-page", "unusable", "guest_bytes_lost", 1 << 30),
+    # a subpage policy loses the failed 4 KiB page, not the folio; the minimum the same
+    ("vm-subfolio-other-page", "future", "guest_pages_lost", 1),
+    ("vm-subfolio-other-page", "minimum", "guest_pages_lost", 1),
+    # a folio check refuses the healthy rest of the folio: all of it is unavailable
+    ("vm-subfolio-other-page", "unmap", "guest_pages_lost", 1 << 18),
     # C8: unmap only the failed subfolio: the rest of the huge page stays usable
     ("vm-subfolio-other-page", "future", "vms_paused", 0),
     ("vm-subfolio-other-page", "unmap", "vms_paused", 1),
@@ -110,3 +116,24 @@ def test_policies_doc_is_fresh() -> None:
     assert doc[start:end] == policies_markdown(), (
         "docs/policies.md is stale: regenerate the section between the POLICIES markers "
         "from memfail.report.compare.policies_markdown()")
+
+
+def test_run_under_another_policy_fails_where_the_outcome_changes() -> None:
+    """docs/policies.md: a built-in vm-* scenario run under another policy exits 1 (an
+    expectation no longer holds) wherever the comparison shows a different outcome."""
+    from memfail.report.compare import _load
+    from memfail.scenario.runner import run_scenario
+
+    scens = compare_scenarios()
+    cells = run_compare(scens, list(PRESETS), workers=2)
+    by = {(c.scenario, c.policy): c for c in cells}
+    for s in scens:
+        pinned = _load(s).policy
+        assert isinstance(pinned, str) and pinned in PRESETS, s
+        assert not run_scenario(_load(s)).failures, s
+        for p in PRESETS:
+            if summarize(by[(s, p)].outcomes).replace(" (accepted)", "") == \
+                    summarize(by[(s, pinned)].outcomes).replace(" (accepted)", ""):
+                continue
+            r = run_scenario(_load(s), policy_override=p)
+            assert r.failures, f"{s} under {p}: the outcome changes but no expectation fails"
