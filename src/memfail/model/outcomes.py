@@ -32,9 +32,12 @@ OUTCOME_DOCS: dict[str, str] = {
     "guests_panicked": "guests that panicked on a vMCE",
     "killed": "processes killed by a signal",
     "mce_signals": "SIGBUS with BUS_MCEERR_AR/AO generated",
-    "wrong_process_signals": "MCE SIGBUS queued to a process that neither consumed the poison "
-                             "(AR) nor owns or maps the failed memory (AO), plus user-space "
-                             "consumers of poison that were sent no signal at all",
+    "wrong_process_signals": "MCE SIGBUS queued to a process that did not consume the poison "
+                             "and neither owns (the VMM of the guest memory) nor maps the "
+                             "failed page, plus user-space consumers of poison that were sent "
+                             "no signal at all; an AR to the consumer, or to a process touching "
+                             "its own poisoned mapping, is what the kernel does and is not "
+                             "counted",
     "owner_told_unconsumed": "AO SIGBUS that reached the VMM owning the failed memory",
     "vmce_injected": "machine checks injected into guests",
     "early_not_told": "unconsumed failures in a VM's memory whose VMM has a PR_MCE_KILL_EARLY "
@@ -157,16 +160,15 @@ def wrong_process_signals(host: Host, sigs: list[SignalSent]) -> int:
     for e in sigs:
         if e.pfn is None:
             continue
-        if e.si_code == "BUS_MCEERR_AR":
-            who = consumers.get(e.pfn)
-            if who:
-                wrong += e.pid not in who
-                continue
-        # AO, or an AR for an access to an entry already poisoned: the owners and mappers
+        # AR: the consumer, or a process touching its own mapping of a page already
+        # poisoned (R40, kvm_send_hwpoison_signal); AO: the owners and mappers (R35)
         right = _owners(host, e.pfn) | _mappers(host, e.pfn)
+        if e.si_code == "BUS_MCEERR_AR":
+            right |= consumers.get(e.pfn, set())
         if right and e.pid not in right:
             wrong += 1
     signalled = [(e.pid, e.step) for e in host.trace.of(SignalSent) if e.outcome == "queued"]
+    signalled += [(e.pid, e.step) for e in host.trace.of(ProcessExit) if e.signal is not None]
     for e in consumed:
         if e.mode != "user" or e.pid is None:
             continue

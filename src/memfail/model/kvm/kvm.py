@@ -486,7 +486,7 @@ def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
 
     vm = get_vm(host, a.vm)
     if not vm.vmm.alive:
-        return ActionResult(-ESRCH)  # the VMM that would reset the guest is gone
+        return ActionResult.err(-ESRCH)  # the VMM that would reset the guest is gone
     for gfn in sorted(vm.qemu_poison):
         s = vm.slot_of(gfn)
         if s is None:
