@@ -44,10 +44,21 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+FLEET_EPILOG = """
+Examples:
+
+  memfail fleet --host-years 200000
+
+  memfail fleet run my-fleet.yaml --policy minimum --policy unmap --json
+
+  memfail fleet sweep --grid 'scrub.period_hours=[12,24,48]' --outcome host_panic
+"""
+
 fleet_app = typer.Typer(
     cls=_RunByDefault,
     help="What each memory-failure policy costs a fleet, from field DRAM data "
          "(rates per million VM-hours with 95 % intervals).",
+    epilog=FLEET_EPILOG,
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -143,7 +154,13 @@ def _unit(u: str) -> str:
     return UNITS[u]
 
 
-@fleet_app.command("run")
+@fleet_app.command("run", epilog="""
+Examples:
+
+  memfail fleet run --host-years 200000
+
+  memfail fleet run my-fleet.yaml --policy minimum --policy unmap --json
+""")
 def run_cmd(
     file: FileArg = None,
     seed: SeedOpt = 0,
@@ -181,7 +198,13 @@ def run_cmd(
                 Console().print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
 
 
-@fleet_app.command("sweep")
+@fleet_app.command("sweep", epilog="""
+Examples:
+
+  memfail fleet sweep --grid 'scrub.period_hours=[12,24,48]' --outcome host_panic
+
+  memfail fleet sweep my-fleet.yaml --grid 'scrub.period_hours=[3,12]' --json
+""")
 def sweep_cmd(
     file: FileArg = None,
     grid: Annotated[list[str] | None, typer.Option(
