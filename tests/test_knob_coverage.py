@@ -73,7 +73,7 @@ CASES: dict[tuple[str, Any], tuple[str, Any, Any]] = {
 ALL = [(k, v) for k in GmemPolicy("x").knobs() for v in (knob_values(k) or ())]
 
 
-def _trace(scenario: str, pol: GmemPolicy) -> tuple[list[str], dict[str, Any]]:
+def _trace(scenario: str, pol: Any) -> tuple[list[str], dict[str, Any]]:
     r = run_scenario(_load(scenario), policy_override=pol)
     assert r.host_outcomes is not None
     return [repr(e) for e in r.trace.events], r.host_outcomes
@@ -93,7 +93,7 @@ def test_knob_value_changes_the_run(knob: str, value: Any) -> None:
     b = make_policy(base)
     with_value = b.with_knobs(name="a", **{knob: value})
     with_other = b.with_knobs(name="a", **{knob: other})
-    ta, oa = _trace(scenario, with_value)
-    tb, ob = _trace(scenario, with_other)
+    ta, _ = _trace(scenario, with_value)
+    tb, _ = _trace(scenario, with_other)
     assert ta != tb, (f"{knob}={value} changes nothing against {knob}={other} on {scenario} "
                       f"(base {base})")

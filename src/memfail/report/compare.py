@@ -16,7 +16,7 @@ import shutil
 import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Annotated, Any
 
 import typer
@@ -112,7 +112,7 @@ def code(o: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- running
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(scen: str) -> Any:
     from memfail.scenario.loader import load_scenario, resolve
 
@@ -570,7 +570,7 @@ def policies(json_out: Annotated[bool, typer.Option("--json", help="JSON output.
 def policies_text(width: int) -> str:
     pols = list(PRESETS.values())
     knobs = list(pols[0].knobs())
-    namew = max(len(k) for k in knobs + ["unmerged"])
+    namew = max(len(k) for k in [*knobs, "unmerged"])
     heads = [SHORT.get(p.name, p.name) for p in pols]
     cols = [max(len(h), *(len(_v(p.knobs()[k])) for k in knobs)) for h, p in
             zip(heads, pols, strict=True)]
