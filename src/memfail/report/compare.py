@@ -226,6 +226,11 @@ def policy_label(pol: GmemPolicy, base: GmemPolicy) -> str:
     return base.name + "{" + ",".join(f"{k}={_v(v)}" for k, v in diff.items()) + "}"
 
 
+def _with(name: str, k: str, v: Any) -> str:
+    """``minimum{a=b}`` plus ``k=v``: ``minimum{a=b,k=v}``."""
+    return f"{name[:-1]},{k}={_v(v)}}}" if name.endswith("}") else f"{name}{{{k}={_v(v)}}}"
+
+
 def _v(v: Any) -> str:
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -276,7 +281,7 @@ def vary(pols: list[GmemPolicy], knobs: list[str]) -> list[GmemPolicy]:
                 if p.knobs()[k] == v:
                     out.append(p)
                 else:
-                    out.append(p.with_knobs(name=f"{p.name}{{{k}={_v(v)}}}", **{k: v}))
+                    out.append(p.with_knobs(name=_with(p.name, k, v), **{k: v}))
         pols = out
     seen: set[str] = set()
     return [p for p in pols if not (p.name in seen or seen.add(p.name))]  # type: ignore[func-returns-value]
@@ -293,7 +298,7 @@ def sensitivity(cells: list[Cell], pols: list[GmemPolicy], scens: list[str],
         for k in READINGS:
             for v in knob_values(k) or ():
                 if p.knobs()[k] != v:
-                    variants.append((p, k, v, p.with_knobs(name=f"{p.name}{{{k}={_v(v)}}}",
+                    variants.append((p, k, v, p.with_knobs(name=_with(p.name, k, v),
                                                            **{k: v})))
     if not variants:
         return {}
