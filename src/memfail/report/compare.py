@@ -576,18 +576,25 @@ def policies_text(width: int) -> str:
     pols = list(PRESETS.values())
     knobs = list(pols[0].knobs())
     namew = max(len(k) for k in [*knobs, "unmerged"])
-    heads = [SHORT.get(p.name, p.name) for p in pols]
-    cols = [max(len(h), *(len(_v(p.knobs()[k])) for k in knobs)) for h, p in
-            zip(heads, pols, strict=True)]
     lines = ["guest_memfd memory-failure policies", ""]
+
+    def widths(heads: list[str]) -> list[int]:
+        return [max(len(h), *(len(_v(p.knobs()[k])) for k in knobs)) for h, p in
+                zip(heads, pols, strict=True)]
+
+    heads = [p.name for p in pols]
+    if namew + sum(c + 2 for c in widths(heads)) > width:
+        heads = [SHORT.get(p.name, p.name) for p in pols]
+    cols = widths(heads)
     if namew + sum(c + 2 for c in cols) <= width:
         lines.append("  ".join([f"{'knob':<{namew}}"] + [f"{h:<{w}}" for h, w in
-                                                         zip(heads, cols, strict=True)]))
+                                                         zip(heads, cols, strict=True)]).rstrip())
         for k in knobs:
             lines.append("  ".join([f"{k:<{namew}}"] + [f"{_v(p.knobs()[k]):<{w}}" for p, w in
-                                                         zip(pols, cols, strict=True)]))
-        lines.extend(_wrap("Columns: " + ", ".join(f"{h} = {p.name}" for h, p in
-                                                   zip(heads, pols, strict=True)), width))
+                                                         zip(pols, cols, strict=True)]).rstrip())
+        if heads != [p.name for p in pols]:
+            lines.extend(_wrap("Columns: " + ", ".join(f"{h} = {p.name}" for h, p in
+                                                       zip(heads, pols, strict=True)), width))
     else:
         for p in pols:
             lines.extend(_wrap(f"{p.name}: " + ", ".join(f"{k}={_v(v)}" for k, v in
