@@ -14,6 +14,7 @@ from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import ACTION_TYPES
+from memfail.model.kernel.kaccess import MODELLED_USERS
 
 if TYPE_CHECKING:
     from memfail.check.config import CheckConfig, VmSpec
@@ -214,17 +215,25 @@ def _vmm_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
 
 
 def _kernel_access(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    """A kernel user of the inventory (docs/kernel-users.md) reads a page of guest memory.
+    ``user`` names it; without one, ``checks_hwpoison`` picks kcore (checks PG_hwpoison, no
+    machine-check fixup) or kworker (no check, copy_mc), and both flags override."""
     vm = vm_of(cfg, p["vm"])
+    user = p["user"]
+    checks, mc_safe = p["checks_hwpoison"], p["mc_safe"]
+    if user is None:
+        checks = True if checks is None else checks
+        mc_safe = False if mc_safe is None else mc_safe
+        user = "kcore" if checks else "kworker"
+    args: dict[str, Any] = {"user": user, "vm": vm.name, "gpa": p["page"] * page_size(cfg)}
+    if checks is not None:
+        args["checks_hwpoison"] = checks
+    if mc_safe is not None:
+        args["mc_safe"] = mc_safe
     # Host-only stand-in for a kernel user that checks PG_hwpoison: pread() of the page.
     fallback: list[StepSpec] = [("pread", {"proc": vm.vmm, "fd": mem_fd(vm),
                                            "offset": p["page"] * page_size(cfg), "len": 4096})]
-    # A kernel user that checks PG_hwpoison first (dump) or one that does not (kworker).
-    user = "dump" if p["checks_hwpoison"] else "kworker"
-    return _kvm("kernel_access", {"user": user, "vm": vm.name,
-                                  "gpa": p["page"] * page_size(cfg),
-                                  "checks_hwpoison": p["checks_hwpoison"],
-                                  "mc_safe": p["mc_safe"]},
-                fallback if p["checks_hwpoison"] else [])
+    return _kvm("kernel_access", args, fallback if checks is not False else [])
 
 
 def _convert(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
@@ -299,10 +308,13 @@ EVENTS: dict[str, EventDef] = {e.name: e for e in (
     EventDef("vmm_access", "A VMM thread touches guest memory through its host mapping.",
              {"vm": VM, "page": PAGE, "thread": Param(None), "write": Param(False, (False, True))},
              _vmm_access),
-    EventDef("kernel_access", "A host kernel user touches guest memory, checking PG_hwpoison "
-             "first or not, with or without a machine-check-safe copy.",
-             {"vm": VM, "page": PAGE, "checks_hwpoison": Param(True, (False, True)),
-              "mc_safe": Param(False, (False, True))}, _kernel_access, needs=("kvm",)),
+    EventDef("kernel_access", "A host kernel user reads guest memory: `user` names one of the "
+             "inventory (docs/kernel-users.md: its check and its copy as the kernel has them); "
+             "`checks_hwpoison` / `mc_safe` override it.",
+             {"vm": VM, "page": PAGE,
+              "user": Param(None, MODELLED_USERS, "a kernel user (memfail kernel-users)"),
+              "checks_hwpoison": Param(None, (False, True)),
+              "mc_safe": Param(None, (False, True))}, _kernel_access, needs=("kvm",)),
     EventDef("convert", "Convert a range shared<->private (splits/merges HugeTLB folios).",
              {"vm": VM, "page": PAGE, "pages": Param(1), "to": Param("shared",
                                                                      ("shared", "private"))},

@@ -361,7 +361,7 @@ class Host:
             if info is None or not t.alive:
                 self._pending_threads.discard(t)
                 continue
-            if t.blocked or not proc.alive:
+            if (t.blocked and not t.signalfd) or not proc.alive:
                 continue
             t.pending = None
             self._pending_threads.discard(t)
@@ -375,7 +375,7 @@ class Host:
                 self.kill_process(proc, SIGBUS, "signal")
                 continue
             self.on_sigbus_handled(t, info)
-        if any(t.pending is not None and not t.blocked and t.alive
+        if any(t.pending is not None and (not t.blocked or t.signalfd) and t.alive
                for t in self._pending_threads):
             self.deliver_signals()  # a handler's reaction queued another signal
 

@@ -36,6 +36,9 @@ class Thread:
     mce_process: bool = False
     mce_early: bool = False
     blocked: bool = False
+    # SIGBUS is blocked but read synchronously through a signalfd (QEMU's main loop,
+    # util/main-loop.c qemu_signal_init): a queued, unforced SIGBUS still reaches the handler
+    signalfd: bool = False
     pending: SigInfo | None = None
     alive: bool = True
     # x86 per-task machine-check bookkeeping (R44)

@@ -93,15 +93,21 @@ class GuestAccess(Action):
 
 
 class KernelAccess(Action):
-    """A host kernel user touches guest memory at ``gpa`` of ``vm`` (or user memory at
-    ``proc``/``addr``): ``user`` vhost (the VMM's vhost worker: copy_from_user, machine-check
-    safe), kvm (KVM emulation reading guest memory, mc-safe), kworker (a kernel worker with no
-    mm), dump, hibernate, migration, kcore (these check PG_hwpoison first and copy without
-    machine-check recovery). ``checks_hwpoison`` / ``mc_safe`` override the defaults. An
-    unrecoverable kernel consumption panics the host (R47)."""
+    """A host kernel user reads guest memory at ``gpa`` of ``vm`` (or user memory at
+    ``proc``/``addr``). ``user`` names a kernel user of the inventory (`memfail
+    kernel-users`, docs/kernel-users.md), which gives whether it checks for poison first
+    (PG_hwpoison of the page or folio, PG_hwpoison of the raw page, or a hwpoison entry in the
+    VMM's page tables), whether its copy is machine-check safe on the scenario's kernel, and
+    whether it reaches guest_memfd memory at all: kcore, hibernate, migration, coredump,
+    vmcore, vhost, kvm, kvm-map, kworker, khugepaged, ksm, process_vm_readv.
+    ``checks_hwpoison`` / ``mc_safe`` override the inventory. Returns the value read;
+    ``skipped`` (it saw the poison first), ``not-reached`` (it never touches that memory),
+    ``truncated`` (a core dump stopped), an errno (EFAULT: the uaccess faulted or a copy
+    failed; EHWPOISON: a migration or collapse failed), or the host panics (R47)."""
 
     key: ClassVar[str] = "kernel_access"
-    user: Literal["vhost", "kvm", "kworker", "dump", "hibernate", "migration", "kcore"]
+    user: Literal["kcore", "hibernate", "migration", "coredump", "vmcore", "vhost", "kvm",
+                  "kvm-map", "kworker", "khugepaged", "ksm", "process_vm_readv"]
     vm: str | None = None
     gpa: Size | None = None
     proc: str | None = None

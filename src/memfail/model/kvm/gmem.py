@@ -93,7 +93,8 @@ def do_gmem_create(host: Host, a: GmemCreate) -> ActionResult:
     flags = set(a.flags)
     if "init_shared" in flags and "mmap" not in flags:
         return ActionResult.err(-EINVAL)
-    inode.extra.update(flags=flags, vms=[vm], shared=set(), split=set())
+    # the file belongs to the VM it was created for (gmem_file->kvm in __kvm_gmem_create)
+    inode.extra.update(flags=flags, vms=[vm], kvm=vm.name, shared=set(), split=set())
     if "init_shared" in flags:
         inode.extra["shared"] = set(range(size >> geo.page_shift))
     host.open_inode(vm.vmm, inode, a.fd)
@@ -109,10 +110,14 @@ def install_gmem_hooks(host: Host) -> None:
 
 
 def gmem_bind(host: Host, vm: VM, slot: Slot, fd: str, offset: int) -> int:
-    """kvm_gmem_bind(): the slot's range must lie inside the file."""
+    """kvm_gmem_bind() (virt/kvm/guest_memfd.c): -EINVAL unless the fd is a guest_memfd
+    (``file->f_op != &kvm_gmem_fops``) created for this VM (``f->kvm != kvm``: another
+    VM's guest_memfd is refused), and the slot's range lies inside the file."""
     of = host.fd(vm.vmm, fd)
     inode = of.inode
     if inode.kind != GMEM:
+        return -EINVAL
+    if inode.extra.get("kvm", vm.name) != vm.name:
         return -EINVAL
     pgoff = offset >> host.geometry.page_shift
     if (pgoff + slot.npages) << host.geometry.page_shift > inode.size:
@@ -121,7 +126,9 @@ def gmem_bind(host: Host, vm: VM, slot: Slot, fd: str, offset: int) -> int:
     bindings = inode.extra.setdefault("bindings", [])
     bindings.append((vm, slot, of))
     if vm not in inode.extra["vms"]:
-        inode.extra["vms"].append(vm)  # R73: several VMs may bind one inode
+        # R73 (several VMs on one inode) needs a second file on the inode (intra-host
+        # migration); a file is bound only by its own VM
+        inode.extra["vms"].append(vm)
     return 0
 
 
@@ -202,8 +209,11 @@ def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
         first.get("mf", folio.refs["mf"])
 
 
-def gmem_merge(host: Host, inode: Inode, head: int) -> None:
-    """Merge 4K folios back into the HugeTLB folio (all of it private again, R87)."""
+def gmem_merge(host: Host, inode: Inode, head: int, hook: str = "merge") -> None:
+    """Merge 4K folios back into the HugeTLB folio (all of it private again, R87). ``hook``
+    names the policy hook the merge reports under: ``merge`` for a conversion to private;
+    ``punch`` / ``release`` when the free path reassembles the huge page only to hand it back
+    to the pool, which is that path's work, not a conversion's."""
     pol = policy(host)
     pfn, order = inode.extra["split_meta"].pop(head)
     inode.extra["split"].discard(head)
@@ -228,9 +238,9 @@ def gmem_merge(host: Host, inode: Inode, head: int) -> None:
         if pol.propagate_on_split:
             folio.flags.add("hwpoison")
             folio.raw_hwp.extend(poisoned)
-            _event(host, "merge", f"{len(poisoned)} raw poisoned page(s) kept on the folio")
+            _event(host, hook, f"{len(poisoned)} raw poisoned page(s) kept on the folio")
         else:
-            _event(host, "merge", "raw PG_hwpoison dropped by the merge (record lost)")
+            _event(host, hook, "raw PG_hwpoison dropped by the merge (record lost)")
 
 
 def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) -> None:
@@ -416,7 +426,7 @@ def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> Non
                 shared = inode.extra["shared"]
                 keep = {i for i in range(head, head + (1 << meta[1])) if i in shared}
                 shared.difference_update(keep)
-                gmem_merge(host, inode, head)
+                gmem_merge(host, inode, head, hook=why)
                 shared.update(keep)
     if mark:
         t = table(host)
@@ -514,8 +524,26 @@ def _apply_unmap_stage2(host: Host, inode: Inode, folio: Folio, pfn: int, how: s
         idx = folio.index + (pfn - folio.pfn)
         _zap_bindings(host, inode, idx, idx + 1, why)
         return
-    private_only = "init_shared" not in inode.extra.get("flags", ())
-    _zap_bindings(host, inode, folio.index, folio.index + folio.nr_pages, why, private_only)
+    end = folio.index + folio.nr_pages
+    _zap_bindings(host, inode, folio.index, end, why, _invalidate_filter(inode, folio.index, end))
+
+
+def _invalidate_filter(inode: Inode, start: int, end: int) -> bool | None:
+    """Which stage-2 roots an invalidation of file indices [start, end) must reach (True:
+    private/mirror, False: shared/direct, None: both). Mainline's
+    kvm_gmem_get_invalidate_filter() picks KVM_FILTER_SHARED for an INIT_SHARED file and
+    KVM_FILTER_PRIVATE otherwise, which is right while a file's pages are all of one kind.
+    With in-place conversion a page converted to shared is mapped through the direct (shared)
+    root of a TDX VM: filtering by the file's creation flag would leave that SPTE in place and
+    the guest would consume the poison again, so the filter follows each page's current
+    state."""
+    shared = inode.extra.get("shared", set())
+    n = sum(1 for i in range(start, end) if i in shared)
+    if n == 0:
+        return True
+    if n == end - start:
+        return False
+    return None
 
 
 def _apply_vm_on_error(host: Host, inode: Inode, pfn: int) -> None:

@@ -7,10 +7,10 @@ machine checks (kvm_machine_check, R45, R79).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EFAULT, EHWPOISON, EINTR, EIO, ESRCH, ModelInputError, errno_name
+from ..errors import EFAULT, EHWPOISON, EINTR, ESRCH, ModelInputError, errno_name
 from ..host import ActionResult, handles
 from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
@@ -167,6 +167,21 @@ def mmu_notifier(host: Host, mm: MM, start: int, size: int) -> None:
 # --------------------------------------------------------------------------- actions
 
 
+def qemu_signal_init(main: Thread, vcpus: list[Thread]) -> None:
+    """QEMU's util/main-loop.c qemu_signal_init(): the main thread blocks SIGBUS
+    (pthread_sigmask(SIG_BLOCK) with SIGBUS in the set) and reads it synchronously through a
+    signalfd, whose handler calls sigbus_handler() -> kvm_on_sigbus(). An AO SIGBUS
+    (send_sig_mceerr) waits in the mask and is read there; an AR SIGBUS is forced
+    (force_sig_mceerr -> force_sig_info_to_task: a blocked signal is unblocked and its action
+    reset to SIG_DFL), so the process dies of SIGBUS. QEMU says so itself in
+    accel/kvm/kvm-all.c kvm_on_sigbus(): "Action required MCE kills the process if SIGBUS is
+    blocked" (R35, Q2)."""
+    if main in vcpus:
+        return
+    main.blocked = True
+    main.signalfd = True
+
+
 @handles(VmCreate)
 def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
     from ..vmm.qemu import install_qemu
@@ -187,7 +202,10 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
                        mce_process=main.mce_process, mce_early=main.mce_early)
             proc.threads.append(t)
             host.threads_by_tid[t.tid] = t
+        # kvm_init_cpu_signals(): a vCPU thread unblocks SIGBUS to take it asynchronously
+        t.blocked = False
         vcpus.append(t)
+    qemu_signal_init(main, vcpus)
     vm = VM(a.vm, a.type, proc, vcpus, a.mcg_ser_p, a.guest_recovery)
     vms[a.vm] = vm
     host.ext["mmu_notifier"] = mmu_notifier
@@ -391,47 +409,49 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     return ActionResult("re-consumed")
 
 
-DEFAULT_KERNEL_USERS: dict[str, tuple[bool, bool]] = {
-    # user: (checks PG_hwpoison, machine-check-safe copy)
-    "vhost": (False, True),
-    "kvm": (False, True),
-    "kworker": (False, True),
-    "dump": (True, False),
-    "hibernate": (True, False),
-    "migration": (True, False),
-    "kcore": (True, False),
-}
-
-
 @handles(KernelAccess)
 def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
-    """A host kernel user reads guest or user memory (R3, R47)."""
-    from ..kernel.inject import consume_kernel
+    """A host kernel user reads guest or user memory, as the inventory of kernel users
+    (kernel/kaccess.py KERNEL_USERS) says it does: it reaches the page through the VMM's page
+    tables or by physical address, skips it when its check sees the poison, and consumes
+    it with or without a machine-check-safe copy (R3, R47)."""
+    from ..kernel.kaccess import KERNEL_USER_BY_NAME, kernel_user_consume, profile_release
     from .gmem import pfn_poisoned
 
-    checks, mc_safe = DEFAULT_KERNEL_USERS[a.user]
-    if a.checks_hwpoison is not None:
-        checks = a.checks_hwpoison
-    if a.mc_safe is not None:
-        mc_safe = a.mc_safe
-    pfn = _kernel_target(host, a)
-    if pfn is None:
-        return ActionResult.err(-EFAULT)
-    if checks and pfn_poisoned(host, pfn):
+    u = KERNEL_USER_BY_NAME[a.user]
+    mc_safe = u.mc_safe(profile_release(host.profile.name)) if a.mc_safe is None else a.mc_safe
+    check = u.check
+    if a.checks_hwpoison is False:
+        check = "none"  # (a hwpoison entry still stops an hva user: that is its uaccess)
+    elif a.checks_hwpoison and check == "none":
+        check = "flag"
+    if mc_safe and u.recovery == "none":
+        u = replace(u, recovery="copy_mc_queue")  # an override: a copy_mc_highpage() copy
+    got = _kernel_target(host, a, u.reach)
+    if isinstance(got, str):  # the uaccess / GUP failed on the entry (a hwpoison entry)
+        return ActionResult("skipped") if u.on_check == "skipped" else ActionResult.err(-EFAULT)
+    if got is None:
+        return ActionResult("not-reached")
+    pfn = got
+    folio = host.phys.folio_of(pfn)
+    if u.gmem.startswith("no") and folio is not None and folio.mapping is not None and \
+            folio.mapping.kind == "gmem":
+        return ActionResult("not-reached")
+    if check == "flag" and pfn_poisoned(host, pfn):
+        return ActionResult("skipped")
+    if check == "raw-flag" and (pfn in host.phys.hwpoison or (
+            folio is not None and folio.pfn == pfn and "hwpoison" in folio.flags)):
         return ActionResult("skipped")
     if pfn not in host.phys.hw_errors:
         return ActionResult(host.phys.data.get(pfn, 0))
-    if not mc_safe:
-        host.note_owners(pfn)
-        host.emit(PoisonConsumed(host.trace.step, pfn, a.user, "kernel"))
-        host.log("mce: [Hardware Error]: Machine check: Data load in unrecoverable area of "
-                 "kernel")
-        host.panic("Fatal machine check")
-    consume_kernel(host, pfn, by=a.user)
-    return ActionResult.err(-EFAULT if a.user != "kworker" else -EIO)
+    return kernel_user_consume(host, pfn, u, mc_safe)
 
 
-def _kernel_target(host: Host, a: KernelAccess) -> int | None:
+def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
+    """The pfn a kernel user reads: ``hva`` users go through the VMM's (or ``proc``'s) page
+    tables at the memslot's userspace address (a hwpoison entry or a failed fault gives
+    "entry"); ``pfn`` users read the physical page behind the guest page (guest_memfd's own
+    folio for private memory). None: no page there."""
     geo = host.geometry
     if a.vm is not None:
         vm = get_vm(host, a.vm)
@@ -440,14 +460,14 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
         gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
         slot = vm.slot_of(gfn)
         if slot is None:
-            return None
-        if slot.gmem is not None and (gfn in vm.private or slot.hva is None):
+            return "entry" if reach == "hva" else None
+        if reach == "pfn" and slot.gmem is not None and (gfn in vm.private or slot.hva is None):
             f = slot.gmem.lookup(gfn - slot.base_gfn + slot.gmem_pgoff)
             if f is None:
                 return None
             return f.pfn + (gfn - slot.base_gfn + slot.gmem_pgoff - f.index)
         if slot.hva is None:
-            return None
+            return "entry" if reach == "hva" else None
         addr: Any = slot.hva + ((gfn - slot.base_gfn) << 12)
         proc = vm.vmm
     else:
@@ -456,15 +476,17 @@ def _kernel_target(host: Host, a: KernelAccess) -> int | None:
         proc = host.proc(a.proc)
         addr = host._resolve(proc, a.addr)
     hit = host.walk(proc.mm, addr)
+    if reach == "pfn":
+        return hit[1] if hit is not None else None  # the page itself, mapped or not
     if hit is None:
-        # copy_from_user faults a missing page in, as the user's own access would
+        # a uaccess or GUP faults a missing page in, as the user's own access would
         from ..kernel.mmops import gup
 
         pfn, folio = gup(host, proc, addr)
         if folio is not None:
             folio.put("gup")
-        return pfn if pfn >= 0 else None
-    return hit[1] if hit[0].kind == PRESENT else None
+        return pfn if pfn >= 0 else "entry"
+    return hit[1] if hit[0].kind == PRESENT else "entry"
 
 
 @handles(VmDestroy)

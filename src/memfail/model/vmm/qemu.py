@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..kernel.task import SigInfo, Thread
+from ..kernel.task import Process, SigInfo, Thread
 from ..trace import BUS_MCEERR_AO, BUS_MCEERR_AR, SIGBUS, GuestEvent, MceInjected
 
 if TYPE_CHECKING:
@@ -22,8 +22,25 @@ if TYPE_CHECKING:
 SIGKILL = 9
 
 
+SIGNAL_NAMES = {6: "SIGABRT", 7: "SIGBUS", 9: "SIGKILL", 11: "SIGSEGV"}
+
+
 def install_qemu(host: Host) -> None:
     host.ext["on_sigbus"] = qemu_sigbus_handler
+    host.ext["on_exit"] = qemu_on_exit
+
+
+def qemu_on_exit(host: Host, proc: Process) -> None:
+    """A VMM that dies of a signal takes its VMs with it (e.g. a forced AR SIGBUS on QEMU's
+    main thread, whose SIGBUS is blocked: R35, Q2)."""
+    from ..kvm.kvm import kvm_state
+
+    if proc.exit_signal is None:
+        return
+    for vm in kvm_state(host).values():
+        if vm.vmm is proc and vm.state not in ("killed", "destroyed"):
+            sig = SIGNAL_NAMES.get(proc.exit_signal, f"signal {proc.exit_signal}")
+            _vm_gone(host, vm, f"VMM died of {sig}")
 
 
 def _vm_of(host: Host, t: Thread) -> VM | None:
@@ -45,25 +62,27 @@ def qemu_sigbus_handler(host: Host, t: Thread, info: SigInfo) -> None:
     if info.si_code not in (BUS_MCEERR_AR, BUS_MCEERR_AO):
         host.log("qemu: SIGBUS without MCE information: re-raising with SIG_DFL (fatal)",
                  level="info")
-        host.kill_process(proc, SIGBUS, "qemu re-raise")
         _vm_gone(host, vm, "VMM died of SIGBUS")
+        host.kill_process(proc, SIGBUS, "qemu re-raise")
         return
     cpu = vm.vcpu_index(t)
     if cpu is None:
         # kvm_on_sigbus(): the main thread reads AO through signalfd
         if info.si_code == BUS_MCEERR_AR:
+            # reached only if the main thread's SIGBUS was unblocked by hand: QEMU blocks it
+            # (qemu_signal_init), and a forced AR then kills the process before any handler
             host.log("qemu: kvm_on_sigbus: assertion 'code != BUS_MCEERR_AR' failed",
                      level="info")
-            host.kill_process(proc, 6, "abort")
             _vm_gone(host, vm, "VMM aborted")
+            host.kill_process(proc, 6, "abort")
             return
         kvm_arch_on_sigbus_vcpu(host, vm, 0, info.si_code, info.addr)
         return
     pending = host.ext.setdefault("qemu_pending", set())
     if (vm.name, cpu) in pending:
         host.log("qemu: second SIGBUS while one is pending: re-raising (fatal)", level="info")
-        host.kill_process(proc, SIGBUS, "qemu re-raise")
         _vm_gone(host, vm, "VMM died of SIGBUS")
+        host.kill_process(proc, SIGBUS, "qemu re-raise")
         return
     pending.add((vm.name, cpu))
     try:

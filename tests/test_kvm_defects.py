@@ -1,0 +1,220 @@
+"""KVM / QEMU model defects found in review (issue 10, item 7), each asserted on what a user
+sees: the process's exit signal and the VM state, a memslot's return value, a check verdict and
+the policy-hook coverage line of `memfail check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.testing import CliRunner
+
+from memfail.check import cli
+from memfail.model.trace import KernelLog, PolicyEvent
+from memfail.scenario import load_scenario_text, run_scenario
+
+QEMU = "processes:\n  - {name: qemu, threads: [main], sigbus: handler, mce_kill: {main: early}}\n"
+
+
+def _run(text: str) -> Any:
+    return run_scenario(load_scenario_text(text))
+
+
+def _log(r: Any) -> str:
+    return "\n".join(e.text for e in r.trace.of(KernelLog))
+
+
+def _check(tmp_path: Path, config: str, *args: str) -> dict[str, Any]:
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    app = typer.Typer()
+    app.command()(cli.check)
+    r = CliRunner().invoke(app, [str(path), "--json", *args])
+    assert r.exit_code in (0, 1), r.output
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+# ------------------------------------------------------------ AR on QEMU's main thread
+
+
+MAIN_THREAD_READS = """\
+name: main-thread-reads
+profile: linux-6.18
+policy: mainline
+""" + QEMU + """\
+steps:
+  - vm_create: {vm: vm0, vmm: qemu, vcpus: 1}
+  - mmap: {proc: qemu, name: ram, size: 2M}
+  - memslot: {vm: vm0, gpa: 4G, size: 2M, hva: ram}
+  - mem_write: {proc: qemu, addr: ram+8K}
+  - hw_error: {proc: qemu, addr: ram+8K, detect: %s}
+  - mem_read: {proc: qemu, thread: main, addr: ram+8K}
+"""
+
+
+def test_ar_on_qemu_main_thread_is_forced_and_kills_with_sigbus() -> None:
+    """QEMU blocks SIGBUS on its main thread (qemu_signal_init); force_sig_mceerr unblocks it
+    and resets it to SIG_DFL: QEMU dies of SIGBUS, never of its kvm_on_sigbus assertion."""
+    r = _run(MAIN_THREAD_READS % "latent")
+    assert r.processes["qemu"]["state"] == "killed"
+    assert r.processes["qemu"]["signal"] == 7  # SIGBUS, not SIGABRT (6)
+    assert r.host_outcomes["vm_states"] == {"vm0": "killed"}
+    assert "qemu: kvm_on_sigbus: assertion" not in _log(r)
+
+
+def test_ao_on_qemu_main_thread_still_reaches_its_handler_through_signalfd() -> None:
+    """An AO SIGBUS (send_sig_mceerr) waits in the main thread's mask and is read from the
+    signalfd: QEMU injects an action-optional vMCE and lives (Q2, Q4)."""
+    r = _run((MAIN_THREAD_READS % "scrub").rsplit("  - mem_read", 1)[0])
+    assert r.processes["qemu"]["state"] == "running"
+    assert "BUS_MCEERR_AO injected" in _log(r)
+
+
+def test_a_thread_that_unblocked_sigbus_takes_ar_in_qemus_handler() -> None:
+    """Only with SIGBUS unblocked by hand does the AR reach kvm_on_sigbus, which aborts."""
+    text = (MAIN_THREAD_READS % "latent").replace(
+        "  - mem_read:", "  - sigprocmask: {proc: qemu, thread: main, block: false}\n"
+                         "  - mem_read:")
+    r = _run(text)
+    assert r.processes["qemu"]["signal"] == 6
+
+
+# ------------------------------------------------------------ kvm_gmem_bind
+
+
+def test_kvm_gmem_bind_refuses_another_vms_guest_memfd() -> None:
+    """kvm_gmem_bind(): ``if (f->kvm != kvm) goto err;`` -> -EINVAL."""
+    r = _run("""\
+name: foreign-gmem
+profile: linux-6.18
+policy: mainline
+""" + QEMU + """\
+steps:
+  - vm_create: {vm: vm0, vmm: qemu, vcpus: 1}
+  - vm_create: {vm: vm1, vmm: qemu, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem, size: 2M}
+  - memslot: {vm: vm1, gpa: 4G, size: 2M, gmem: gmem}
+  - memslot: {vm: vm0, gpa: 4G, size: 2M, gmem: gmem}
+""")
+    foreign, own = r.steps[3], r.steps[4]
+    assert foreign.errno == "EINVAL"
+    assert own.errno is None and own.ret == 0
+
+
+# ------------------------------------------------------------ TDX, converted to shared
+
+TDX = """\
+name: tdx-shared
+profile: next
+policies: [unmap, mainline]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 4}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: %s, flags: [mmap]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: tdx}
+events:
+  - {event: convert, vm: vm0, page: 0, pages: %d, to: shared}
+  - {event: hw_error, vm: vm0, page: 0}
+  - {event: vcpu_access, vm: vm0, page: 0}
+bounds: {depth: 3, errors: 1}
+"""
+
+
+def test_tdx_page_converted_to_shared_is_zapped_when_consumed(tmp_path: Path) -> None:
+    """The shared SPTE lives in the TDX VM's direct root: the invalidation must reach it, or
+    the guest consumes the poison again (the 'contained' property)."""
+    for backing, pages in (("2M", 4), ("4K", 1)):
+        doc = _check(tmp_path, TDX % (backing, pages))
+        for res in doc["results"]:
+            assert res["verdicts"]["contained"]["status"] != "FAIL", (backing, res["policy"])
+
+
+def test_tdx_shared_consumption_in_a_scenario_exits_instead_of_reconsuming() -> None:
+    r = _run("""\
+name: tdx-shared-consumed
+profile: next
+policy: unmap
+host: {memory: 8G, hugepages: {2M: 4}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], sigbus: handler, mce_kill: {main: early, vcpu0: late}}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, type: tdx, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap], backing: 2M}
+  - mmap: {proc: qemu0, name: ram, size: 16K, fd: gmem0, shared: true}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0, hva: ram}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - set_attributes: {vm: vm0, gpa: 0, size: 16K, private: false}
+  - hw_error: {vm: vm0, gpa: 0}
+  - guest_access: {vm: vm0, gpa: 0}
+""")
+    consumed = r.steps[-1]
+    assert consumed.ret != "re-consumed"
+    assert sum(1 for e in consumed.events if e.kind == "poison_consumed") == 1
+
+
+# ------------------------------------------------------------ punch hole on a split folio
+
+
+PUNCH = """\
+name: punch-%s
+profile: next
+policies: [mainline]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {%s: 2}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: %s, backing: %s, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: scrub}
+  - {event: convert, vm: vm0, page: 0, to: shared}
+  - {event: punch_hole, vm: vm0, page: 0, pages: %d, limit: 1}
+bounds: {depth: 3, errors: 1}
+"""
+
+
+def test_punch_hole_reports_under_punch_not_merge(tmp_path: Path) -> None:
+    """Freeing a split 1 GiB (or 2 MiB) folio reassembles it for the pool: the punch hook
+    fires, the conversion hook `merge` does not."""
+    for size, pages in (("1G", 8), ("2M", 4)):
+        doc = _check(tmp_path, PUNCH % (size, size, size, size, pages))
+        cov = doc["results"][0]["coverage"]
+        assert "punch" in cov["hooks_fired"], (size, cov)
+        assert "merge" in cov["hooks_never"], (size, cov)
+
+
+def test_merge_still_fires_for_a_conversion_back_to_private(tmp_path: Path) -> None:
+    cfg = (PUNCH % ("2M", "2M", "2M", "2M", 4)).replace(
+        "page: 0, to: shared", "page: 0, pages: 4, to: [shared, private]")
+    cfg = cfg.replace("  - {event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}\n", "")
+    doc = _check(tmp_path, cfg)
+    assert "merge" in doc["results"][0]["coverage"]["hooks_fired"]
+
+
+def test_policy_event_hooks_in_a_punch_scenario() -> None:
+    r = _run("""\
+name: punch-split
+profile: next
+policy: mainline
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main], sigbus: handler}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap, init_shared], backing: 2M}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - hw_error: {vm: vm0, gpa: 0, detect: scrub}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: false}
+  - fallocate: {proc: qemu0, fd: gmem0, mode: punch_hole, offset: 0, len: 16K}
+""")
+    hooks = [e.hook for e in r.trace.of(PolicyEvent) if e.step >= r.steps[-1].trace_step]
+    assert hooks and "merge" not in hooks
