@@ -91,6 +91,12 @@ def check_supported(system: Any) -> None:
     if policy is not None and policy.backing != "gmem":
         raise Unsupported(f"policy {system.policy!r}: the SPIN engine models guest_memfd "
                           "backing only (backing: hugetlbfs is not modelled)")
+    if policy is not None and policy.handles != "none" and (
+            policy.consumed in ("kernel", "kill-vm", "unusable") or
+            policy.unconsumed in ("kernel", "kill-vm", "unusable")):
+        raise Unsupported(f"policy {policy.name!r}: consumed/unconsumed "
+                          f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN "
+                          "engine (it models sigbus-current, sigbus-vmm, defer, notify-vmm)")
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M" or "mmap" not in g.flags or \
