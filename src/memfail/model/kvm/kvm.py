@@ -192,6 +192,8 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
     vms = kvm_state(host)
     if a.vm in vms:
         raise ModelInputError(f"VM {a.vm!r} already exists", "vm")
+    if a.behaviour == "confidential" and a.type not in ("snp", "tdx"):
+        raise ModelInputError("behaviour confidential needs type snp or tdx", "behaviour")
     if a.vmm not in host.processes:
         host.add_process(a.vmm, ["main"])
     proc = host.proc(a.vmm, "vmm")
@@ -211,8 +213,6 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
     qemu_signal_init(main, vcpus)
     vm = VM(a.vm, a.type, proc, vcpus, a.mcg_ser_p, a.guest_recovery)
     vm.behaviour, vm.effort, vm.guest_kernel_mce = a.behaviour, a.effort, a.guest_kernel_mce
-    if a.behaviour == "confidential" and not vm.confidential:
-        raise ModelInputError("behaviour confidential needs type snp or tdx", "behaviour")
     vms[a.vm] = vm
     host.ext["mmu_notifier"] = mmu_notifier
     install_qemu(host)
