@@ -55,6 +55,8 @@ MCE_OUTCOME_DOCS: dict[str, str] = {
     "host_stall_us": "total wall-clock time of those whole-host stalls, microseconds (M9)",
     "host_cpu_us": "CPU time lost to machine-check handling and its memory_failure() task "
                    "work, summed over CPUs, microseconds (M9)",
+    "host_stalled": "whole-host stalls exceeded the bound without a panic (M10, mce_config "
+                    "stall_bound_us)",
     "host_down": "the host panicked or shut down, or its whole-host stalls exceeded the "
                  "bound (M10, mce_config stall_bound_us)",
 }
@@ -74,6 +76,7 @@ def mce_outcomes(host: Host) -> dict[str, Any]:
         "host_stalls": len(whole),
         "host_stall_us": stall_us,
         "host_cpu_us": sum(e.us * e.cpus for e in stalls),
+        "host_stalled": host.panicked is None and stall_us > st.cost.stall_bound_us,
         "host_down": host.panicked is not None or stall_us > st.cost.stall_bound_us,
     }
 

@@ -53,6 +53,7 @@ class Cell:
 # verdict line read the same table, so they cannot drift apart.
 FINDINGS: tuple[tuple[str, str, str], ...] = (
     ("host_panic", "HOST PANIC", "host panic"),
+    ("host_stalled", "HOST STALLED", "host stalled beyond the bound"),  # M10, docs/mce.md
     ("vms_killed", "VM killed", "VM killed"),
     ("guests_panicked", "guest panic", "guest panic"),
     ("vms_paused", "VM paused", "VM paused"),
@@ -70,6 +71,9 @@ def summarize(o: dict[str, Any]) -> str:
     parts = [cell.format(n=o[key]) for key, cell, _ in FINDINGS if o.get(key)]
     if o.get("vmce_injected"):
         parts.append("vMCE")
+    if o.get("host_stalls", 0) > 1:  # broadcast machine checks after the first (M3, M9)
+        parts.append(f"host stalled x{o['host_stalls']} "
+                     f"({o.get('host_stall_us', 0) / 1000:.1f} ms)")
     if o.get("guest_bytes_lost"):
         parts.append(f"lost {fmt_size(o['guest_bytes_lost'])}")
     return ", ".join(parts) or "ok"
