@@ -125,6 +125,7 @@ class MceState:
     # tid -> (task work function, pfn, ripv): the one queued callback (M7)
     task_work: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     round_cpus: set[int] | None = None  # CPUs taking machine checks in one broadcast (M3)
+    stall_us: int = 0  # whole-host stall time so far (M9, M10)
 
 
 def mce_state(host: Host) -> MceState:
@@ -149,6 +150,30 @@ def stall(host: Host, cpus: int, us: int, why: str) -> None:
     """Record host CPU time lost to machine-check handling (M9)."""
     if us > 0:
         host.emit(HostStall(host.trace.step, cpus, us, why))
+        st = mce_state(host)
+        if cpus >= st.cpus and cpus > 1:
+            st.stall_us += us
+
+
+# panics of the machine-check delivery itself (M3, M4, M7): what a guest could aim for
+MCE_DELIVERY_PANICS = (
+    "Timeout: Not all CPUs entered broadcast exception handler",
+    "Too many consecutive machine checks while accessing user data",
+    "Consecutive machine checks to different user pages",
+)
+
+
+def host_down_reason(host: Host) -> str | None:
+    """M10: why the host is down because of machine-check delivery (a delivery panic, a
+    processor shutdown, or whole-host stalls beyond the bound), or None."""
+    reason = host.panicked
+    if reason is not None and (reason in MCE_DELIVERY_PANICS or "MCIP" in reason):
+        return f"host down: {reason}"
+    st = host.ext.get("mce")
+    if isinstance(st, MceState) and st.stall_us > st.cost.stall_bound_us:
+        return (f"host stalled {st.stall_us} us in broadcast machine checks "
+                f"(bound {st.cost.stall_bound_us} us)")
+    return None
 
 
 # --------------------------------------------------------------------------- severity
