@@ -94,7 +94,7 @@ def test_confidential_guest_gets_no_vmce_and_re_executes() -> None:
 
 
 def test_confidential_behaviour_needs_a_confidential_vm() -> None:
-    with pytest.raises(ScenarioError, match="vm_create.behaviour: behaviour confidential "
+    with pytest.raises(ScenarioError, match=r"vm_create\.behaviour: behaviour confidential "
                                             "needs type snp or tdx"):
         run_scenario(load_scenario_text(VM.format(
             policy="minimum", behaviour="confidential", effort=1, vcpus=1, type="default",

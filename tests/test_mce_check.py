@@ -65,7 +65,7 @@ def test_hostile_guest_stalls_the_host_only_where_poison_stays_mapped(tmp_path: 
     assert _verdict(doc, "unmap")["status"] == "PASS"
     cex = tmp_path / "cex" / "minimum--host-survives.yaml"
     r = run_scenario(load_scenario(cex))  # the counterexample replays: same stalls
-    assert r.host_outcomes["host_stalled"] is True
+    assert r.host_outcomes is not None and r.host_outcomes["host_stalled"] is True
 
 
 def test_second_page_inside_the_task_work_window_is_found(tmp_path: Path) -> None:

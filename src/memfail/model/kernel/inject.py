@@ -674,8 +674,8 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
 
 __all__ = ["consume_kernel", "consume_user", "resolve_target"]
 
+from ..vmm import guest as _guest  # noqa: E402,F401  (the guest_run handler)
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
 from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)
-from . import swap as _swap  # noqa: E402,F401  (the swapout handler)
 from . import mce as _mce  # noqa: E402,F401  (machine-check handlers)
-from ..vmm import guest as _guest  # noqa: E402,F401  (the guest_run handler)
+from . import swap as _swap  # noqa: E402,F401  (the swapout handler)
