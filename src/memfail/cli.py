@@ -25,6 +25,7 @@ COMMANDS = (
     "memfail.report.kernel_users",          # kernel-users
     "check=memfail.check.cli:check",        # check
     "fleet=memfail.fleet.cli:fleet_app",    # fleet (a command group)
+    "replay=memfail.replay.cli:replay",     # replay
 )
 
 app = typer.Typer(

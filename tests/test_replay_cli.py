@@ -1,0 +1,303 @@
+"""memfail replay: verdicts per failed page, the projection per policy, and the command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from memfail.cli import main
+from memfail.fleet import ModelOracle, Outcome
+from memfail.replay import read_inputs, replay_all
+from memfail.replay.events import ReadResult
+from memfail.replay.project import HostShape, classes, hardware_errors, project
+
+HERE = Path(__file__).parent / "replay"
+sys.path.insert(0, str(HERE))
+import rasdaemon_db  # noqa: E402
+
+
+def verdicts(path: Path | str, **kw: str) -> dict[str, tuple[str, str]]:
+    res = read_inputs([str(path)], kernel=kw.get("kernel"))
+    return {o.incident.key: (o.verdict, o.reason) for o in replay_all(res, kw.get("profile"))}
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(["replay", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# --------------------------------------------------------------------------- replay
+
+def test_srar_on_61_reproduces_result_and_lines() -> None:
+    res = read_inputs([str(HERE / "debian-6.1-srar.dmesg")])
+    (o,) = replay_all(res)
+    assert o.verdict == "reproduces" and o.profile == "linux-6.1"
+    assert o.model == [{"type": "dirty LRU page", "result": "Recovered"}]
+    assert o.missing_lines == []
+    assert any("Sending SIGBUS to app:" in x for x in o.model_lines)
+    assert o.scenario is not None and "hw_error" in o.scenario and "mem_read" in o.scenario
+
+
+def test_replay_scenario_runs_with_memfail_run(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    res = read_inputs([str(HERE / "journal-ghes.log")], kernel="6.12.9")
+    (o,) = replay_all(res)
+    assert o.verdict == "reproduces" and o.profile == "linux-6.12"
+    f = tmp_path / "replay.yaml"
+    f.write_text(o.scenario or "")
+    assert main(["run", str(f)]) == 0
+    assert "clean LRU page: Recovered" in capsys.readouterr().out
+
+
+def test_result_the_model_disagrees_with_differs_and_shows_both(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"   # synthetic: a logged result the model does not produce
+    log.write_text("[ 0.0] Linux version 6.12.9 (gcc) #1 SMP\n"
+                   "[ 9.0] mce: Uncorrected hardware memory error in user-access at 5000\n"
+                   "[ 9.1] Memory failure: 0x5: recovery action for dirty LRU page: Failed\n")
+    (o,) = replay_all(read_inputs([str(log)]))
+    assert o.verdict == "differs"
+    assert o.logged == [{"type": "dirty LRU page", "result": "Failed"}]
+    assert o.model == [{"type": "dirty LRU page", "result": "Recovered"}]
+    assert "logged dirty LRU page: Failed, model dirty LRU page: Recovered" in o.reason
+    assert o.missing_lines and "Failed" in o.missing_lines[0]
+
+
+def test_cannot_express_names_what_is_missing() -> None:
+    v = verdicts(HERE / "old-kernel-injection.dmesg")
+    assert {r for _, r in v.values()} == {"kernel too old: the log's kernel is 4.4.0-31-generic; "
+                                          "the model's oldest profile is linux-6.1"}
+    (arm,) = verdicts(HERE / "arm64-ghes.dmesg").values()
+    assert arm[0] == "cannot-express" and arm[1].startswith("architecture aarch64")
+    (bug,) = verdicts(HERE / "kernel-bug.dmesg").values()
+    assert bug[0] == "cannot-express" and "kernel bug" in bug[1]
+    assert "mm/memory-failure.c" in bug[1]
+    mce_only = verdicts(HERE / "mcelog.txt")
+    assert [v for v, _ in mce_only.values()] == ["cannot-express"]
+    assert "page owner unknown" in next(iter(mce_only.values()))[1]
+
+
+def test_old_prefix_without_version_is_too_old(tmp_path: Path) -> None:
+    log = tmp_path / "o.log"
+    log.write_text("[ 1.0] MCE 0x21c3: recovery action for dirty LRU page: Recovered\n")
+    ((verdict, reason),) = verdicts(log).values()
+    assert verdict == "cannot-express" and reason.startswith("kernel too old")
+
+
+def test_qemu_guest_error_replays_as_vmce() -> None:
+    v = verdicts(HERE / "qemu-amd-guest.log", kernel="6.12.9")
+    assert v["guest page 0x10e7d6000"][0] == "reproduces"
+    own = [r for k, (verdict, r) in v.items() if "QEMU's own memory" in r]
+    assert own and all(v[k][0] == "cannot-express" for k in v if k != "guest page 0x10e7d6000")
+
+
+def test_version_picks_profile_and_lists_switch_caveats(tmp_path: Path) -> None:
+    log = tmp_path / "v.log"
+    log.write_text("[ 0.0] Linux version 6.15.2 (gcc) #1 SMP\n"
+                   "[ 5.0] Memory failure: 0x77: recovery action for free buddy page: "
+                   "Recovered\n")
+    (o,) = replay_all(read_inputs([str(log)]))
+    assert o.profile == "linux-6.12" and o.verdict == "reproduces"
+    assert any("kill_accessing_process_returns_zero=True" in c for c in o.caveats)
+
+
+def test_unknown_page_type_ignored_on_snp_host() -> None:
+    v = verdicts(HERE / "snp-host-unhandlable.dmesg", kernel="6.1.0")
+    assert [x for x, _ in v.values()] == ["reproduces", "reproduces"]
+
+
+# --------------------------------------------------------------------------- projection
+
+def test_projection_places_errors_and_shares_the_fleet_outcomes() -> None:
+    res = read_inputs([str(HERE / "debian-6.1-srar.dmesg"), str(HERE / "ftrace.txt")])
+    shape = HostShape(memory_gib=64, vm_gib=8, backing="2M")
+    pols = ["mainline", "kill-vm", "minimum"]
+    proj = project(res, shape, pols)
+    errs, _ = hardware_errors(res)
+    # each file is a host; each uncorrected page one error; the consumed one is a guest read
+    assert proj["hosts"] == 2 and proj["errors"] == len(errs) == 3
+    oracle = ModelOracle("linux-6.18")
+    for pol in pols:
+        want = Outcome()
+        for host in {e.host for e in errs}:
+            for cls, _ in classes([e for e in errs if e.host == host], shape):
+                o = oracle.outcome(pol, cls)
+                want = Outcome(*[a + b for a, b in zip(want.as_tuple(), o.as_tuple(),
+                                                       strict=True)])
+        got = proj["totals"][pol]
+        assert [got[n] for n in Outcome.names()] == pytest.approx(list(want.as_tuple()))
+    keys = [r["class"] for r in proj["classes"]]
+    assert any("guest_read" in k for k in keys) and any("scrub" in k for k in keys)
+    assert proj["totals"]["kill-vm"]["vm_killed"] >= 1
+
+
+def test_projection_leaves_out_injections_and_counts_ce_history(tmp_path: Path) -> None:
+    inj = read_inputs([str(HERE / "old-kernel-injection.dmesg")])
+    proj = project(inj, HostShape(), ["mainline"])
+    assert proj["errors"] == 0 and proj["left_out"]["software_injections"] == 2
+    log = tmp_path / "ce.log"
+    log.write_text(
+        "[ 1.0] mce: [Hardware Error]: CPU 2: Machine Check: 0 Bank 7: 8c00004000010090\n"
+        "[ 1.0] mce: [Hardware Error]: TSC 0 ADDR 123456040 MISC 140a8c8c86\n"
+        "[ 1.0] mce: [Hardware Error]: PROCESSOR 0:50657 TIME 1700000000 SOCKET 0 APIC 4 "
+        "microcode 1\n"
+        "[ 9.0] Memory failure: 0x123456: recovery action for dirty LRU page: Recovered\n")
+    proj = project(read_inputs([str(log)]), HostShape(), ["mainline"])
+    assert proj["errors"] == 1 and proj["uc_with_ce_history"] == 1
+
+
+def test_host_shape_layout() -> None:
+    s = HostShape(memory_gib=68, vm_gib=16, backing="1G")
+    assert s.nvms == 4
+    assert s.place(0x1000)[0] == "kernel"
+    assert s.place(3 << 30)[0] == "vmm"
+    assert s.place((4 << 30) + (17 << 30)) == ("gmem_private", 1, 1 << 30)
+    assert s.place(68 << 30) == ("kernel", None, 0)   # modulo the host's memory
+    with pytest.raises(ValueError):
+        HostShape(memory_gib=20, vm_gib=8, vms=3).validate()
+
+
+def test_errors_in_one_folio_are_one_fault_or_a_second_fault() -> None:
+    base = (4 << 30) // 4096
+    res = ReadResult()
+    from memfail.replay.events import RasEvent
+
+    def mf(seq: int, pfn: int, t: float) -> RasEvent:
+        return RasEvent(seq=seq, kind="memory_failure", format="kernel-log", source="h",
+                        pfn=pfn, uptime=t, page_type="dirty LRU page", result="Recovered",
+                        text="")
+    res.events = [mf(0, base, 1.0), mf(1, base + 1, 1.5), mf(2, base + 7, 500.0)]
+    errs, _ = hardware_errors(res)
+    ((cls, group),) = classes(errs, HostShape(backing="2M"))
+    assert cls.pages_hit == 2 and cls.same_folio and cls.second_fault and len(group) == 3
+
+
+# --------------------------------------------------------------------------- command
+
+def test_cli_text(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run([str(HERE / "debian-6.1-srar.dmesg"), "--policy", "mainline",
+                        "--policy", "kill-vm", "--host-memory", "64G", "--vm-size", "8G"],
+                       capsys)
+    assert rc == 0 and err == ""
+    assert "pfn 0x2b47d6: reproduces under linux-6.1" in out
+    assert "projection onto a guest_memfd host (64 GiB, 7 VMs of 8 GiB" in out
+    assert "\n  kill-vm " in out
+
+
+def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run([str(HERE / "ras-mc-ctl-errors.txt"), "--kernel", "6.1.0-18-amd64",
+                      "--json", "--policy", "mainline"], capsys)
+    doc = json.loads(out)
+    assert rc == 0 and doc["schema"] == "memfail.replay/1"
+    assert ReadResult.model_validate({"events": doc["events"], "problems": doc["problems"],
+                                      "sources": doc["sources"]}).events
+    assert {r["verdict"] for r in doc["replay"]} == {"reproduces"}
+    mf = next(e for e in doc["events"] if e["kind"] == "memory_failure")
+    assert doc["verdict_by_event"][str(mf["seq"])]["verdict"] == "reproduces"
+    assert doc["projection"]["policies"] == ["mainline"]
+
+
+def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(["--schema"], capsys)
+    schema = json.loads(out)
+    assert rc == 0 and "RasEvent" in schema["$defs"] and "MceRecord" in schema["$defs"]
+
+
+def test_cli_database_and_directory_of_hosts(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "hosts"
+    d.mkdir()
+    (d / "a.dmesg").write_text((HERE / "debian-6.1-srar.dmesg").read_text())
+    db = d / "b.db"
+    rasdaemon_db.create(db, prefer_rasdaemon=False)
+    rasdaemon_db.insert(db, "memory_failure_event", timestamp="2024-03-01 10:15:02 +0000",
+                        pfn=0x6D93FF, page_type="clean LRU page", action_result="Recovered")
+    rc, out, _ = run([str(d), "--json", "--policy", "mainline", "--no-replay"], capsys)
+    doc = json.loads(out)
+    assert rc == 0 and doc["projection"]["hosts"] == 2 and doc["replay"] == []
+    assert set(doc["projection"]["per_host"]) == {str(d / "a.dmesg"), str(db)}
+    # the database's page type is re-decoded with the kernel version the log gave
+    mf = [e for e in doc["events"] if e["table"] == "memory_failure_event"]
+    assert mf[0]["page_type"] == "free buddy page"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["/nonexistent/x.log"], "/nonexistent/x.log: no such file or directory"),
+    (["--format", "xml", "README.md"], "unknown format 'xml'"),
+    (["--policy", "nope", "README.md"], "--policy: unknown policy 'nope'"),
+    (["--backing", "3M", "README.md"], "--backing: expected 4K, 2M or 1G"),
+    (["--profile", "linux-2.6", "README.md"], "--profile: unknown kernel profile"),
+    ([], "give at least one LOG"),
+])
+def test_cli_bad_input(args: list[str], msg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(args, capsys)
+    assert rc == 2 and out == ""
+    assert err.startswith("memfail: error: ") and msg in err and err.count("\n") == 1
+
+
+def test_cli_unreadable_database_is_bad_input(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "x.db"
+    db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    rc, _, err = run([str(db)], capsys)
+    assert rc == 2 and err.startswith(f"memfail: error: {db}: error: ")
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(["--help"], capsys)
+    assert rc == 0 and "memfail replay dmesg.txt ras-mc_event.db --json" in out
+
+
+def test_docs_commands_run(monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import shlex
+
+    root = HERE.parent.parent
+    text = (root / "docs" / "replay.md").read_text()
+    cmds = [line.split("#", 1)[0].strip() for block in re.findall(r"```sh\n(.*?)```", text,
+                                                                   flags=re.S)
+            for line in block.splitlines() if line.strip().startswith("memfail ")]
+    assert len(cmds) >= 5
+    monkeypatch.chdir(root)
+    for cmd in cmds:
+        assert main(shlex.split(cmd)[1:]) == 0, cmd
+        out = capsys.readouterr()
+        assert out.err == "" or "reading" in out.err, cmd
+
+
+def test_one_call_recorded_by_two_sources_is_replayed_once() -> None:
+    res = read_inputs([str(HERE / "rasdaemon-syslog.log")], kernel="6.1.0-18-amd64")
+    (o,) = replay_all(res)
+    assert o.verdict == "reproduces" and len(o.logged) == 1
+    assert len(o.incident.events) == 3   # the machine check and both records of the call
+
+
+def test_powerpc_machine_check_is_read_and_named_as_architecture() -> None:
+    res = read_inputs([str(HERE / "ppc64-ue.dmesg")])
+    assert res.sources[0].arch == "ppc64le"
+    ue = next(e for e in res.events if e.kind == "memory_error")
+    assert ue.phys_addr == 0x201A4C8B0000 and ue.pfn == 0x201A4C8B
+    (o,) = replay_all(res)   # the machine check and memory_failure() share the 64 KiB pfn
+    assert o.verdict == "cannot-express" and o.reason.startswith("architecture ppc64le")
+
+
+def test_vm_sizes_used_in_turn() -> None:
+    s = HostShape(memory_gib=4 + 8 + 32 + 8 + 10, vm_list=(8, 32))
+    assert s.layout() == [(0, 8), (8, 32), (40, 8)] and s.nvms == 3
+    assert s.place((4 + 9) << 30) == ("gmem_private", 1, 1 << 30)
+    assert s.vm_size(1) == 32 and s.vm_size(2) == 8
+    assert s.place((4 + 49) << 30)[0] == "hugetlb_free"
+
+
+def test_oldest_format_is_read_and_too_old(tmp_path: Path) -> None:
+    log = tmp_path / "rhel6.log"   # 2.6.32-3.x action_result(): "MCE %#lx: %s page recovery: %s"
+    log.write_text("[ 1.0] MCE 0x1f2e3: dirty LRU page recovery: Recovered\n"
+                   "[ 1.1] MCE 0x1f2e4: free buddy, 2nd try page recovery: Delayed\n")
+    res = read_inputs([str(log)])
+    assert [(e.pfn, e.page_type, e.result) for e in res.events] == [
+        (0x1F2E3, "dirty LRU page", "Recovered"), (0x1F2E4, "free buddy, 2nd try page", "Delayed")]
+    assert {o.verdict for o in replay_all(res)} == {"cannot-express"}
