@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from memfail.model.kernel.mce import HostStall, MachineCheck
-from memfail.model.trace import KernelLog, PoisonConsumed
+from memfail.model.trace import HostStall, KernelLog, MachineCheck, PoisonConsumed
 from memfail.scenario import load_scenario_text, run_scenario
 
 APP = """

@@ -65,7 +65,8 @@ OUTCOME_DOCS.update(MCE_OUTCOME_DOCS)
 
 def mce_outcomes(host: Host) -> dict[str, Any]:
     """The MCE_OUTCOME_DOCS figures, from MachineCheck / HostStall trace events."""
-    from .kernel.mce import HostStall, MachineCheck, mce_state
+    from .kernel.mce import mce_state
+    from .trace import HostStall, MachineCheck
 
     st = mce_state(host)
     stalls = host.trace.of(HostStall)

@@ -43,11 +43,11 @@ derived):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from ..errors import KernelPanic, ModelInputError
 from ..host import ActionResult, handles
-from ..trace import Event, Panic, PoisonConsumed
+from ..trace import HostStall, MachineCheck, Panic, PoisonConsumed
 from .mceactions import MachineCheckAction, MceConfig, TaskWork
 
 if TYPE_CHECKING:
@@ -64,31 +64,6 @@ SEV_DEFERRED = "DEFERRED"
 
 
 # --------------------------------------------------------------------------- trace events
-
-
-@dataclass(frozen=True)
-class MachineCheck(Event):
-    """One machine check taken by a CPU (M1): how it was graded and delivered."""
-
-    kind: ClassVar[str] = "machine_check"
-    cpu: int
-    by: str
-    pfn: int
-    context: str
-    severity: str
-    message: str
-    broadcast: bool
-
-
-@dataclass(frozen=True)
-class HostStall(Event):
-    """Time the host's CPUs spent in machine-check handling or its task work (M9):
-    ``cpus`` CPUs held for ``us`` microseconds of wall-clock time."""
-
-    kind: ClassVar[str] = "host_stall"
-    cpus: int
-    us: int
-    why: str
 
 
 # --------------------------------------------------------------------------- configuration
