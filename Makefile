@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean setup
+.PHONY: run test lint bench clean setup system fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+# QEMU, busybox, gcc and Debian's 6.1 kernel for `memfail conform` (idempotent; quick when done)
+system:
+	sh scripts/setup-system.sh
+
+run: $(STAMP) system
 	$(BIN)/memfail compare
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2
@@ -25,6 +29,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+
+fuzz: $(STAMP)
+	MEMFAIL_FUZZ_EXAMPLES=$${MEMFAIL_FUZZ_EXAMPLES:-300} $(BIN)/pytest -q -p no:randomly tests/test_fuzz.py
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -15,7 +15,7 @@ from memfail.check.config import CheckConfig
 from memfail.check.toys import PoisonToy
 
 CONFIG = """\
-policies: [leaky, unmap]
+policies: [mainline, unmap]
 host: {hugepages: {2M: 1}}
 processes:
   - {name: qemu0, threads: [main, vcpu0]}
@@ -59,7 +59,7 @@ def test_json_document(toy: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["schema"] == "memfail.check/1" and doc["failed"] is True
     leaky, unmap = doc["results"]
-    assert leaky["policy"] == "leaky" and leaky["verdicts"]["contained"]["status"] == "FAIL"
+    assert leaky["policy"] == "mainline" and leaky["verdicts"]["contained"]["status"] == "FAIL"
     assert leaky["verdicts"]["contained"]["depth"] == 3
     assert leaky["verdicts"]["contained"]["counterexample"] == [
         "('error', 0)", "('touch', 0)", "('touch', 0)"]
@@ -94,9 +94,9 @@ def test_out_writes_one_file_per_violation(toy: Path, tmp_path: Path) -> None:
     r = run(str(toy), "--out", str(out))
     assert r.exit_code == 1
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["leaky--contained.trace.txt", "leaky--no-consumption.trace.txt",
+    assert names == ["mainline--contained.trace.txt", "mainline--no-consumption.trace.txt",
                      "unmap--no-consumption.trace.txt"]
-    text = (out / "leaky--contained.trace.txt").read_text()
+    text = (out / "mainline--contained.trace.txt").read_text()
     assert "step 3: ('touch', 0)" in text and "consumed=1 -> page=known mapped=True consumed=2" in text
 
 
@@ -105,7 +105,7 @@ def test_bad_input_exits_2_with_one_line(toy: Path, tmp_path: Path) -> None:
     bad.write_text("policies: [a]\nevents: [{event: nope}]\n")
     r = run(str(bad))
     assert r.exit_code == 2
-    assert r.stderr.strip().startswith(f"{bad}:2: events[0].event: unknown event 'nope'")
+    assert r.stderr.strip().startswith(f"memfail: error: {bad}:2: events[0].event: unknown event 'nope'")
     assert len(r.stderr.strip().splitlines()) == 1
     r = run(str(toy), "--property", "nope")
     assert r.exit_code == 2 and "unknown property 'nope'" in r.stderr
@@ -151,3 +151,84 @@ bounds: {depth: 1}
     r = run(str(cfg), "--symmetry")
     assert r.exit_code == 2 and "drop --symmetry" in r.stderr
     assert run(str(cfg)).exit_code in (0, 1)
+
+
+def _memfail(*args: str, **kw: Any) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import sys; from memfail.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_inside_a_level_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    """A SIGKILL in the middle of a search level loses at most --checkpoint-every seconds:
+    the checkpoint holds the chunks of the level already expanded, and --resume (with the
+    options stored in the directory) ends with the result of a run never interrupted."""
+    import pickle
+    import signal
+    import time
+
+    ck = tmp_path / "ck"
+    args = ("check", "--policy", "minimum", "--max-depth", "3", "--json")
+    proc = _memfail(*args, "--checkpoint", str(ck), "--checkpoint-every", "0")
+    caught = None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        for f in ck.glob("*.checkpoint.pickle"):
+            try:
+                snap = pickle.loads(f.read_bytes())
+            except Exception:
+                continue
+            if snap.level_done and snap.depth >= 1:
+                caught = snap
+                break
+        if caught is not None:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert caught is not None, "the check ended before a checkpoint inside a level was seen"
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < len(caught.level_done) < len(caught.frontier)
+    resumed = _memfail("check", "--resume", str(ck), "--max-depth", "3", "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode in (0, 1), err
+    full = _memfail(*args)
+    fout, _ = full.communicate(timeout=300)
+    a, b = json.loads(out)["results"][0], json.loads(fout)["results"][0]
+    for key in ("states", "transitions", "depth", "complete", "verdicts", "coverage"):
+        assert a[key] == b[key], key
+
+
+def test_resume_refuses_what_it_cannot_continue(toy: Path, tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    r = run(str(toy), "--resume", str(tmp_path / "missing"))
+    assert r.exit_code == 2 and "no such directory" in r.stderr
+    (tmp_path / "file").write_text("x")
+    r = run(str(toy), "--resume", str(tmp_path / "file"))
+    assert r.exit_code == 2 and "is a file" in r.stderr
+    run(str(toy), "--policy", "unmap", "--max-states", "3", "--checkpoint", str(ck))
+    r = run("--policy", "mainline", "--resume", str(ck))
+    assert r.exit_code == 2
+    assert "--policy is ['mainline'] here but ['unmap'] in the checkpoint" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--policy", "nope"), "--policy: unknown policy 'nope'"),
+    (("--property", "nope"), "--property: unknown property 'nope'"),
+    (("--out", "{file}"), "--out: {file} is a file"),
+    (("--checkpoint", "{file}"), "--checkpoint: {file} is a file"),
+    (("--checkpoint", "/proc/memfail-nope"), "--checkpoint: cannot create"),
+])
+def test_options_checked_before_any_work(toy: Path, tmp_path: Path, args: tuple[str, ...],
+                                         expect: str) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("")
+    argv = [a.replace("{file}", str(f)) for a in args]
+    r = run(str(toy), *argv)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("memfail: error: " + expect.replace("{file}", str(f)))
+    assert len(r.stderr.strip().splitlines()) == 1

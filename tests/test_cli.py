@@ -285,3 +285,114 @@ def test_commands_can_be_registered_from_other_modules(
         assert json.loads(capsys.readouterr().out)
     finally:
         del sys.modules["memfail_test_plugin"]
+
+
+# --------------------------------------------------------------------------- the error contract
+
+
+def _memfail(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "import sys; from memfail.cli import main; "
+                           "sys.exit(main())", *args], capture_output=True, text=True,
+                          check=False, **kw)  # type: ignore[call-overload]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("memfail ") and out.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize("args", [
+    ("scenarios", "--json", "extra"),
+    ("nope",),
+    ("fleet", "run", "--workers", "nan"),
+    ("check", "--max-depth", "-1"),
+    ("profiles", "--diff", "linux-6.1"),
+    ("compare", "--no-such-option"),
+])
+def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str],
+                                          args: tuple[str, ...]) -> None:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memfail: error: "), err
+    assert "╭" not in err and "Usage:" not in err
+
+
+@pytest.mark.parametrize("args", [(), ("check",), ("fleet", "run"), ("fleet", "sweep")])
+def test_help_states_the_exit_codes(capsys: pytest.CaptureFixture[str],
+                                    args: tuple[str, ...]) -> None:
+    code, out, _ = run_cli(capsys, *args, "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "Exit status: 0" in text and "2 bad input" in text and "3 internal error" in text
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    """`memfail scenarios | head -1`: the reader stops early; memfail ends without a message
+    and without claiming that an expectation failed."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from memfail.cli import main; "
+                             "sys.exit(main())", "run", "vm-hugetlb-consumed",
+                             "anon-madvise-hwpoison", "host-ext2-clean-dropped"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 1) or True
+    assert "Traceback" not in err and "error" not in err, err
+
+
+def test_closed_pipe_exit_status() -> None:
+    r = subprocess.run(f"{sys.executable} -c 'import sys; from memfail.cli import main; "
+                       "sys.exit(main())' policies | head -c 10 >/dev/null; "
+                       "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                       capture_output=True, text=True, check=False)
+    assert r.stdout.strip() == "0", r.stderr
+    assert "Traceback" not in r.stderr and "error" not in r.stderr
+
+
+# --------------------------------------------------------------------------- --scheduler
+
+
+def _peer(behaviour: str) -> tuple[object, int]:
+    """A local TCP peer on 127.0.0.1 that answers HTTP, or accepts and stays silent."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    held: list[object] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if behaviour == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, port
+
+
+@pytest.mark.parametrize("behaviour", ["http", "silent"])
+@pytest.mark.parametrize("command", [("check", "--max-depth", "1"),
+                                     ("fleet", "run", "--host-years", "1000")])
+def test_wrong_or_silent_scheduler_is_one_line_within_the_timeout(
+        behaviour: str, command: tuple[str, ...]) -> None:
+    srv, port = _peer(behaviour)
+    try:
+        r = _memfail(*command, "--scheduler", f"tcp://127.0.0.1:{port}",
+                     env={**__import__("os").environ, "MEMFAIL_CONNECT_TIMEOUT": "2"},
+                     timeout=60)
+    finally:
+        srv.close()  # type: ignore[attr-defined]
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memfail: error: --scheduler: "), r.stderr
+    assert ("no Dask handshake" if behaviour == "silent" else "not a Dask handshake") \
+        in lines[0]

@@ -150,7 +150,7 @@ def test_alias_bomb_is_refused(tmp_path: Path) -> None:
 
 def test_binary_file(tmp_path: Path) -> None:
     assert error(tmp_path, b"\x7fELF\x02\x01\x01\x00\x00\x00") == \
-        "s.yaml: binary file (contains NUL bytes); a scenario is UTF-8 YAML text"
+        "s.yaml:1: binary file (contains a NUL byte); a scenario is UTF-8 YAML text"
 
 
 def test_not_utf8(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])
 def test_empty_file(tmp_path: Path, text: str) -> None:
-    assert error(tmp_path, text).startswith("s.yaml: empty file")
+    assert error(tmp_path, text).startswith("s.yaml:1: empty file")
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:

@@ -6,8 +6,12 @@ Every backend runs the same pure ``expand_chunk``; the explorer merges in a cano
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
+import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from memfail.check.expand import (
@@ -21,6 +25,65 @@ from memfail.check.system import System
 
 Chunk = list[tuple[int, int, Any]]  # (rank in the level, fingerprint, state)
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a Dask scheduler to answer (``MEMFAIL_CONNECT_TIMEOUT`` overrides)."""
+
+
+class WorkerError(RuntimeError):
+    """Workers could not be started or reached, or one died: a one-line message for the user."""
+
+
+def connect_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("MEMFAIL_CONNECT_TIMEOUT", CONNECT_TIMEOUT)))
+    except ValueError:
+        return CONNECT_TIMEOUT
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check that ``address`` is a Dask scheduler before handing it to ``distributed``.
+
+    A Dask peer sends its handshake as soon as a connection opens: an 8-byte little-endian
+    length, then a small message. A peer that sends nothing within ``timeout`` seconds, closes,
+    or sends something else (an HTTP server, say) is refused with a ``WorkerError``.
+    """
+    timeout = connect_timeout() if timeout is None else timeout
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    if scheme != "tcp":
+        return  # tls:// and others: left to distributed (with its own timeout)
+    host, _, port_text = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text.split("/")[0])
+    except ValueError:
+        raise WorkerError(f"{address!r} is not a scheduler address; write tcp://HOST:PORT, "
+                          "e.g. tcp://127.0.0.1:8786") from None
+    if not host or not 0 < port < 65536:
+        raise WorkerError(f"{address!r} is not a scheduler address; write tcp://HOST:PORT, "
+                          "e.g. tcp://127.0.0.1:8786")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                more = sock.recv(8 - len(head))
+                if not more:
+                    raise WorkerError(f"{address}: the peer closed the connection without a "
+                                      "Dask handshake; is it a Dask scheduler?")
+                head += more
+    except TimeoutError:
+        raise WorkerError(f"{address}: no Dask handshake within {timeout:g} s (the peer is "
+                          "silent or not a Dask scheduler)") from None
+    except OSError as e:
+        raise WorkerError(f"cannot reach the Dask scheduler at {address}: "
+                          f"{e.strerror or e}") from None
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length < (1 << 20):
+        raise WorkerError(f"{address}: the peer answered {head!r}..., not a Dask handshake; "
+                          "is it a Dask scheduler (tcp://HOST:PORT, usually port 8786)?")
+
 
 class Backend:
     """Serial backend: expands chunks in this process, states stay Python objects."""
@@ -30,8 +93,14 @@ class Backend:
 
     def run(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
             full: bool = False) -> Iterator[ChunkResult]:
-        for chunk in chunks:
-            yield expand_chunk(system, chunk, opt, full)
+        for _, res in self.run_indexed(system, chunks, opt, full):
+            yield res
+
+    def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
+                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
+        """(index of the chunk, its result), in the order the results arrive."""
+        for i, chunk in enumerate(chunks):
+            yield i, expand_chunk(system, chunk, opt, full)
 
     def close(self) -> None:
         pass
@@ -59,14 +128,21 @@ class ProcessBackend(Backend):
             self._blob = (id(system), key, blob)
         return self._blob[1], self._blob[2]
 
-    def run(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
-            full: bool = False) -> Iterator[ChunkResult]:
+    def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
+                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
         key, blob = self._system(system)
         futures: list[Future[ChunkResult]] = [
             self._pool.submit(remote_expand, key, blob, c, opt, full) for c in chunks]
+        index = {id(f): i for i, f in enumerate(futures)}
         try:
             for f in as_completed(futures):
-                yield f.result()
+                try:
+                    res = f.result()
+                except BrokenProcessPool as e:
+                    raise WorkerError("a worker process died (killed, or out of memory); "
+                                       "rerun with fewer --workers or a --max-memory bound"
+                                       ) from e
+                yield index[id(f)], res
         finally:
             for f in futures:
                 f.cancel()
@@ -84,13 +160,17 @@ class DaskBackend(Backend):
         try:
             from distributed import Client
         except ImportError as e:  # pragma: no cover - distributed is a dependency
-            raise RuntimeError("--scheduler needs dask.distributed: pip install distributed") from e
-        self._client = Client(address, timeout=30)
+            raise WorkerError("--scheduler needs dask.distributed: pip install distributed") from e
+        probe_scheduler(address)
+        try:
+            self._client = Client(address, timeout=connect_timeout())
+        except (OSError, TimeoutError, ValueError) as e:
+            raise WorkerError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         self.workers = max(1, sum(self._client.nthreads().values()))
         self._scattered: tuple[int, Any, bytes, bytes] | None = None
 
-    def run(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
-            full: bool = False) -> Iterator[ChunkResult]:
+    def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
+                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
         from distributed import as_completed as dask_completed
 
         if self._scattered is None or self._scattered[0] != id(system):
@@ -100,9 +180,10 @@ class DaskBackend(Backend):
         _, blob_future, key, _ = self._scattered
         futures = [self._client.submit(remote_expand, key, blob_future, c, opt, full, pure=False)
                    for c in chunks]
+        index = {f.key: i for i, f in enumerate(futures)}
         try:
             for f in dask_completed(futures):
-                yield f.result()
+                yield index[f.key], f.result()
         finally:
             for f in futures:
                 f.cancel()

@@ -1,4 +1,6 @@
-"""Checkpoints of an exploration at a BFS level boundary, written atomically (tmp, then rename).
+"""Checkpoints of an exploration, written atomically (tmp, then rename) on a time interval: at a
+BFS level boundary or inside a level (the chunks of the level already expanded and their
+successors), so a kill loses at most ``--checkpoint-every`` seconds of work.
 
 ``--resume DIR`` loads one and continues; the result equals that of an uninterrupted run.
 """
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 FILE_NAME = "checkpoint.pickle"
 
 
@@ -30,6 +32,12 @@ class Snapshot:
     transitions: int = 0
     elapsed: float = 0.0
     version: int = CHECKPOINT_VERSION
+    # Inside a level: ranks of the frontier already expanded and what they produced
+    # (successor fingerprint -> Successor with its state pickled, reduced pairs, coverage).
+    level_done: set[int] = field(default_factory=set)
+    level_cand: dict[int, Any] = field(default_factory=dict)
+    level_reduced: list[tuple[int, int]] = field(default_factory=list)
+    level_acc: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_path(directory: Path, identity: str) -> Path:
@@ -59,8 +67,13 @@ def load(directory: Path, identity: str) -> Snapshot | None:
     path = checkpoint_path(directory, identity)
     if not path.exists():
         return None
-    with path.open("rb") as f:
-        snap = pickle.load(f)
+    try:
+        with path.open("rb") as f:
+            snap = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
+            ValueError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to "
+                         "start this policy afresh") from None
     if not isinstance(snap, Snapshot) or snap.version != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: not a memfail check checkpoint of version {CHECKPOINT_VERSION}")
     if snap.identity != identity:

@@ -5,7 +5,9 @@ Exit status: 0 when no selected property fails, 1 when one does, 2 on bad input 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,11 +16,12 @@ from rich.console import Console
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from memfail.check.backends import Backend, make_backend
-from memfail.check.config import CheckConfig, ConfigError, load_config, standard_config
+from memfail.check.backends import Backend, WorkerError, make_backend
+from memfail.check.config import STANDARD, CheckConfig, load_config, standard_config
 from memfail.check.explorer import FAIL, PASS, Bounds, Options, Progress, Result, explore
 from memfail.check.properties import PROPERTIES, PROPERTY_NAMES
 from memfail.check.system import System
+from memfail.inputs import InputError, did_you_mean
 from memfail.report.console import wide_console
 
 JSON_SCHEMA = "memfail.check/1"
@@ -58,9 +61,78 @@ def write_counterexample(out: Path, system: System, verdict: Any) -> Path:
     return path
 
 
-def _fail_usage(msg: str) -> typer.Exit:
-    typer.echo(f"memfail check: {msg}", err=True)
-    return typer.Exit(2)
+class OptionError(InputError):
+    """A command-line option of ``memfail check`` that cannot work: ``--OPTION: message``."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(option, None, None, message)
+
+
+def _writable_dir(path: Path, option: str) -> None:
+    """``path`` is (or can be made) a writable directory; checked before any work."""
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:
+        raise OptionError(option, f"{path}: {e.strerror or e}") from None
+    if is_file:
+        raise OptionError(option, f"{path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError(option, f"cannot create {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OptionError(option, f"{path} is not writable")
+
+
+OPTIONS_FILE = "options.json"
+"""In a checkpoint directory: the options of the check, so ``--resume DIR`` continues it."""
+IDENTITY_OPTIONS = ("config", "config_sha256", "policy", "property", "symmetry", "por", "races")
+
+
+def _config_digest(config: Path | None) -> str:
+    try:
+        data = config.read_bytes() if config is not None else STANDARD.read_bytes()
+    except OSError:
+        return ""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _options_record(config: Path | None, policies: list[str], props: list[str],
+                    symmetry: bool, por: bool, races: bool, bounds: Bounds) -> dict[str, Any]:
+    return {"config": str(config) if config is not None else None,
+            "config_sha256": _config_digest(config),
+            "policy": policies, "property": props, "symmetry": symmetry, "por": por,
+            "races": races, "max_depth": bounds.max_depth, "max_states": bounds.max_states,
+            "max_seconds": bounds.max_seconds, "max_memory": bounds.max_memory_mb}
+
+
+def _stored_options(resume: Path) -> dict[str, Any]:
+    try:
+        exists, is_dir = resume.exists(), resume.is_dir()
+    except OSError as e:
+        raise OptionError("--resume", f"{resume}: {e.strerror or e}") from None
+    if not exists:
+        raise OptionError("--resume", f"{resume}: no such directory; give the --checkpoint "
+                          "directory of an earlier check")
+    if not is_dir:
+        raise OptionError("--resume", f"{resume} is a file; give the --checkpoint directory "
+                          "of an earlier check")
+    path = resume / OPTIONS_FILE
+    try:
+        stored = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise OptionError("--resume", f"{resume}: no {OPTIONS_FILE} here, so not the "
+                          "--checkpoint directory of a memfail check") from None
+    except (OSError, ValueError) as e:
+        raise OptionError("--resume", f"{path}: unreadable ({e}); delete the directory to "
+                          "start afresh") from None
+    if not isinstance(stored, dict) or not set(IDENTITY_OPTIONS) <= set(stored):
+        raise OptionError("--resume", f"{path}: not written by this memfail check")
+    return stored
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-") if name != "config" else "CONFIG"
 
 
 def check(
@@ -80,10 +152,15 @@ def check(
     max_states: Annotated[int | None, typer.Option(help="Stop after this many states.", min=1)] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.", min=0.001)] = None,
     max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB).", min=1)] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
-    checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints.")] = 60.0,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Checkpoint directory: the check's options and, every --checkpoint-every "
+             "seconds (also inside a search level), its progress.")] = None,
+    checkpoint_every: Annotated[float, typer.Option(
+        help="Seconds between checkpoints; a kill loses at most this much work.", min=0)
+    ] = 60.0,
     resume: Annotated[Path | None, typer.Option(
-        help="Continue from the checkpoints in this directory.")] = None,
+        help="Continue the check whose --checkpoint directory this is, with the options "
+             "stored there (an option given that differs is refused).")] = None,
     symmetry: Annotated[bool, typer.Option(help="Symmetry reduction (see docs/check.md).")] = False,
     por: Annotated[bool, typer.Option(help="Partial-order reduction (see docs/check.md).")] = False,
     races: Annotated[bool, typer.Option(
@@ -94,47 +171,107 @@ def check(
     """Explore every interleaving of the configured events under each policy.
 
     Example: memfail check --policy minimum --property contained --out cex/
+
+    Exit status: 0 no selected property fails, 1 one does, 2 bad input or usage (one
+    `memfail: error:` line, before any work), 3 internal error.
     """
     try:
-        cfg = load_config(config) if config is not None else standard_config()
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
+        _check(config, policy, prop, workers, scheduler, out, as_json, max_depth, max_states,
+               max_seconds, max_memory, checkpoint, checkpoint_every, resume, symmetry, por,
+               races)
+    except InputError as e:
+        typer.echo(f"memfail: error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None,
+           workers: int, scheduler: str | None, out: Path | None, as_json: bool,
+           max_depth: int | None, max_states: int | None, max_seconds: float | None,
+           max_memory: float | None, checkpoint: Path | None, checkpoint_every: float,
+           resume: Path | None, symmetry: bool, por: bool, races: bool) -> None:
+    stored: dict[str, Any] | None = None
+    if checkpoint is not None and resume is not None:
+        raise OptionError("--checkpoint", "give either --checkpoint DIR (a new check) or "
+                          "--resume DIR (continue one), not both")
+    if resume is not None:
+        stored = _stored_options(resume)
+        given = {"config": str(config) if config is not None else None, "policy": policy,
+                 "property": prop, "symmetry": symmetry or None, "por": por or None,
+                 "races": races or None}
+        for name, value in given.items():
+            if value is not None and value != stored[name]:
+                raise OptionError("--resume", f"{_flag(name)} is {value!r} here but "
+                                  f"{stored[name]!r} in the checkpoint in {resume}; drop "
+                                  f"{_flag(name)} to continue that check, or use another "
+                                  "--checkpoint directory for a new one")
+        config = Path(stored["config"]) if stored["config"] is not None else None
+        policy, prop = list(stored["policy"]), list(stored["property"])
+        symmetry, por = bool(stored["symmetry"]), bool(stored["por"])
+        races = bool(stored["races"])
+        # Bounds (--max-*) are budgets of this run, not of the check: give them again.
+    cfg = load_config(config) if config is not None else standard_config()
+    if stored is not None and _config_digest(config) != stored["config_sha256"]:
+        raise OptionError("--resume", f"the configuration {config or 'standard'} changed "
+                          f"since the checkpoint in {resume} was written; restore it, or "
+                          "use another --checkpoint directory")
     props = list(prop) if prop else (cfg.properties or list(PROPERTY_NAMES))
     unknown = [p for p in props if p not in PROPERTY_NAMES]
     if unknown:
-        raise _fail_usage(f"unknown property {unknown[0]!r}; choose from "
+        raise OptionError("--property", f"unknown property {unknown[0]!r}"
+                          f"{did_you_mean(unknown[0], PROPERTY_NAMES)}; choose from "
                           f"{', '.join(PROPERTY_NAMES)}")
     policies = list(policy) if policy else list(cfg.policies)
+    if policy:
+        from memfail.model.policy.registry import make_policy, policy_names
+
+        for pol in policies:
+            try:
+                make_policy(pol)
+            except (ValueError, TypeError) as e:
+                raise OptionError("--policy", f"{e}{did_you_mean(pol, policy_names())}"
+                                  ) from None
+    for path, option in ((out, "--out"), (checkpoint, "--checkpoint")):
+        if path is not None:
+            _writable_dir(path, option)
     b = cfg.bounds
     bounds = Bounds(max_depth if max_depth is not None else b.depth,
                     max_states if max_states is not None else b.states,
                     max_seconds if max_seconds is not None else b.seconds,
                     max_memory if max_memory is not None else b.memory_mb)
     ckpt = resume or checkpoint
+    if checkpoint is not None:
+        record = _options_record(config, policies, props, symmetry, por, races, bounds)
+        (checkpoint / OPTIONS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     options = Options(tuple(props), symmetry or cfg.symmetry, por, checkpoint_dir=ckpt,
                       checkpoint_every=checkpoint_every, resume=resume is not None)
     err = Console(stderr=True)
     results: list[tuple[str, Result, dict[str, str]]] = []
+    where = str(config) if config is not None else "standard configuration"
     try:
         backend: Backend = make_backend(workers, scheduler)
     except (OSError, RuntimeError, ValueError) as e:
-        raise _fail_usage(f"cannot start workers: {e}") from None
+        raise OptionError("--scheduler" if scheduler else "--workers",
+                          f"cannot start workers: {e}") from None
     with backend:
         for pol in policies:
             try:
                 system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
             except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
-                raise _fail_usage(f"policy {pol!r}: {e}") from None
+                raise OptionError(where, f"policy {pol!r}: {e}") from None
             if options.symmetry and getattr(system, "canonical", None) is None:
-                raise _fail_usage(
-                    "symmetry reduction is not available for the memfail model (it would have "
-                    "to rename VMs together with their frames, pids and mappings inside a "
-                    "Host); drop --symmetry and `symmetry: true` (docs/check.md, Reductions)")
+                raise OptionError(
+                    "--symmetry", "symmetry reduction is not available for the memfail model "
+                    "(it would have to rename VMs together with their frames, pids and "
+                    "mappings inside a Host); drop --symmetry and `symmetry: true` "
+                    "(docs/check.md, Reductions)")
             try:
                 result = _run(system, backend, bounds, options, err, pol, as_json)
-            except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
-                raise _fail_usage(f"policy {pol!r}: {e}") from None
+            except InputError:
+                raise
+            except (KeyError, ValueError, NotImplementedError) as e:
+                raise OptionError(where, f"policy {pol!r}: {e}") from None
+            except WorkerError as e:
+                raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
             files: dict[str, str] = {}
             if out is not None:
                 for name, v in result.verdicts.items():

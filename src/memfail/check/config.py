@@ -6,34 +6,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from memfail.check.events import EVENTS, check_action, event_names
+from memfail.inputs import InputError, did_you_mean, fmt_loc, line_of, load_yaml
 from memfail.model.units import parse_size
 
 STANDARD = Path(__file__).with_name("standard.yaml")
 MAX_BYTES = 1 << 20
 MAX_NODES = 20_000
-_PLAIN = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 Loc = tuple[str | int, ...]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """Bad check configuration: rendered ``FILE:LINE: FIELD: message`` on one line."""
-
-    def __init__(self, file: str, line: int | None, field: str | None, message: str) -> None:
-        self.file, self.line, self.field = file, line, field
-        self.message = " ".join(message.split())
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return ": ".join([where, *([self.field] if self.field else []), self.message])
 
 
 class Strict(BaseModel):
@@ -298,16 +286,18 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
 
 # --------------------------------------------------------------------------- loading
 
+HINT = "a check configuration needs at least `policies:` and `events:` (see docs/check.md)"
+
 
 def load_config(path: str | Path) -> CheckConfig:
     """Load and validate a configuration file; raise ``ConfigError`` on any problem."""
-    p = Path(path)
+    file = str(path)
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(str(path), None, None,
-                          f"cannot read: {e.strerror or e}; check the path") from None
-    return load_config_text(data, str(path))
+        value, lines = load_yaml(path, file, "check configuration", HINT, max_bytes=MAX_BYTES,
+                                 max_nodes=MAX_NODES)
+    except InputError as e:
+        raise ConfigError(e.file, e.line, e.field, e.message) from None
+    return _validate(value, lines, file)
 
 
 def standard_config() -> CheckConfig:
@@ -315,35 +305,20 @@ def standard_config() -> CheckConfig:
 
 
 def load_config_text(data: bytes | str, file: str = "<string>") -> CheckConfig:
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_BYTES:
-        raise ConfigError(file, None, None, "file larger than 1 MiB; a check configuration is small")
-    if b"\0" in raw[:8192]:
-        raise ConfigError(file, None, None, "binary file; a configuration is UTF-8 YAML text")
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(file, None, None, "not UTF-8 text; save the file as UTF-8") from None
-    yaml = YAML(typ="rt", pure=True)
-    try:
-        node = yaml.compose(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ConfigError(file, mark.line + 1 if mark else None, None,
-                          f"invalid YAML: {e.problem or e.context}") from None
-    except YAMLError as e:
-        raise ConfigError(file, None, None, f"invalid YAML: {e}") from None
-    if node is None:
-        raise ConfigError(file, None, None, "empty file; give at least policies: and events:")
-    lines: dict[Loc, int] = {}
-    value = _Plain(file, yaml, lines).convert(node, ())
-    if not isinstance(value, dict):
-        raise ConfigError(file, node.start_mark.line + 1, None,
-                          "the top level must be a mapping (policies:, events:, ...)")
+        value, lines = load_yaml(None, file, "check configuration", HINT, data=data,
+                                 max_bytes=MAX_BYTES, max_nodes=MAX_NODES)
+    except InputError as e:
+        raise ConfigError(e.file, e.line, e.field, e.message) from None
+    return _validate(value, lines, file)
+
+
+def _validate(value: dict[str, Any], lines: dict[Loc, int], file: str) -> CheckConfig:
+    """Every field checked, every name resolved, before anything runs."""
     try:
         cfg = CheckConfig.model_validate(value)
     except ValidationError as err:
-        first = err.errors()[0]
+        first = err.errors(include_url=False)[0]
         loc: Loc = tuple(first["loc"])
         # "params" is internal: the user wrote event parameters at the event's own level.
         loc = tuple(x for x in loc if x != "params" and not str(x).startswith("function-"))
@@ -353,60 +328,88 @@ def load_config_text(data: bytes | str, file: str = "<string>") -> CheckConfig:
             msg = "unknown field; remove it or check its spelling (see docs/check.md)"
         elif first["type"] == "missing":
             msg = "required field is missing"
+        elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg}, got {_short(first['input'])}"
         raise ConfigError(file, line, _fmt(loc) or None, msg) from None
-    for loc, msg in _references(cfg) or _memory(cfg):
+    for loc, msg in _names(cfg) or _references(cfg) or _memory(cfg):
         raise ConfigError(file, _line(lines, loc), _fmt(loc), msg)
     return cfg
 
 
-def _line(lines: dict[Loc, int], loc: Loc) -> int | None:
-    while True:
-        if loc in lines:
-            return lines[loc]
-        if not loc:
-            return None
-        loc = loc[:-1]
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
-def _fmt(loc: Loc) -> str:
-    out = ""
-    for x in loc:
-        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+def _names(cfg: CheckConfig) -> list[tuple[Loc, str]]:
+    """Names that must exist in the model: policies, the kernel profile, sysctls; sizes that
+    must be sizes."""
+    from memfail.model.host import SYSCTL_DEFAULTS
+    from memfail.model.kernel.profiles import PROFILES
+    from memfail.model.policy.registry import make_policy, policy_names
+
+    out: list[tuple[Loc, str]] = []
+    for i, pol in enumerate(cfg.policies):
+        try:
+            make_policy(pol)
+        except (ValueError, TypeError) as e:
+            out.append((("policies", i), f"{e}{did_you_mean(pol, policy_names())}"))
+    if cfg.profile not in PROFILES:
+        out.append((("profile",), f"unknown kernel profile {cfg.profile!r}"
+                    f"{did_you_mean(cfg.profile, PROFILES)}; valid: {', '.join(PROFILES)} "
+                    "(`memfail profiles` lists them)"))
+    for k in cfg.host.sysctl:
+        if k not in SYSCTL_DEFAULTS:
+            out.append((("host", "sysctl", k), f"unknown sysctl {k!r}"
+                        f"{did_you_mean(k, SYSCTL_DEFAULTS)}; known: {', '.join(SYSCTL_DEFAULTS)}"))
+    try:
+        if parse_size(cfg.host.memory) <= 0:
+            out.append((("host", "memory"), f"{cfg.host.memory!r} is not a positive size"))
+    except ValueError as e:
+        out.append((("host", "memory"), str(e)))
+    sizes: list[tuple[Loc, int | str, str, str]] = []
+    gmems = {g.name: g for g in cfg.guest_memfd}
+    sizes += [(("guest_memfd", i, "size"), g.size, g.backing,
+               f"this guest_memfd is backed by {g.backing} HugeTLB pages")
+              for i, g in enumerate(cfg.guest_memfd)]
+    sizes += [(("vms", i, "memory"), v.memory, "2M",
+               "a VM without guest_memfd is backed by 2M HugeTLB pages")
+              for i, v in enumerate(cfg.vms) if v.gmem is None or v.gmem not in gmems]
+    for loc, size, backing, why in sizes:
+        out += [(loc, m) for m in _size_problems(size, backing, why)]
     return out
 
 
-class _Plain:
-    """YAML nodes to plain Python: no aliases, no tags, bounded size, lines recorded."""
+HUGE = {"2M": 2 << 20, "1G": 1 << 30}
 
-    def __init__(self, file: str, yaml: YAML, lines: dict[Loc, int]) -> None:
-        self.file, self.yaml, self.lines, self.count = file, yaml, lines, 0
 
-    def fail(self, node: Node, loc: Loc, msg: str) -> NoReturn:
-        raise ConfigError(self.file, node.start_mark.line + 1, _fmt(loc) or None, msg)
+def _size_problems(size: int | str, backing: str, why: str = "") -> list[str]:
+    """Guest memory sizes the scaled geometry can hold: whole 2M/1G multiples are scaled
+    (``scaled_size``); memory backed by HugeTLB must be whole pages of its backing size; 4K
+    memory below 2M is taken as written."""
+    try:
+        n = parse_size(size)
+    except ValueError as e:
+        return [str(e)]
+    if n <= 0:
+        return [f"{size!r} is not a positive size"]
+    if n % 4096:
+        return [f"{size!r} is not a whole number of 4 KiB pages"]
+    if backing in HUGE and n % HUGE[backing]:
+        two = "4M" if backing == "2M" else "2G"
+        return [f"{size!r} is not a whole number of {backing} pages, and {why}; give "
+                f"{backing}, {two} ... (each whole 2M/1G page becomes one scaled huge page of "
+                "the geometry: docs/check.md)"]
+    if n >= (2 << 20) and n % (2 << 20):
+        return [f"{size!r} is at least 2M but not a whole number of 2M pages; sizes of 2M and "
+                "more are scaled as whole 2M/1G multiples (docs/check.md, geometry): give 2M, "
+                "4M ... or a size below 2M such as 8K or 3p"]
+    return []
 
-    def convert(self, node: Node, loc: Loc) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            self.fail(node, loc, f"more than {MAX_NODES} YAML nodes; refused")
-        anchor = getattr(node, "anchor", None)
-        if anchor is not None and getattr(anchor, "value", anchor):
-            self.fail(node, loc, "anchors and aliases are not supported; write values in full")
-        tag = str(getattr(node.tag, "value", node.tag))
-        if tag not in _PLAIN:
-            self.fail(node, loc, f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed; use plain values")
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, MappingNode):
-            out: dict[str, Any] = {}
-            for k, v in node.value:
-                if not isinstance(k, ScalarNode):
-                    self.fail(k, loc, "mapping keys must be plain scalars")
-                key = str(k.value)
-                if key in out:
-                    self.fail(k, (*loc, key), "duplicate key; give each key once")
-                self.lines[(*loc, key)] = k.start_mark.line + 1
-                out[key] = self.convert(v, (*loc, key))
-            return out
-        if isinstance(node, SequenceNode):
-            return [self.convert(x, (*loc, i)) for i, x in enumerate(node.value)]
-        assert isinstance(node, ScalarNode)
-        return self.yaml.constructor.construct_object(node, deep=True)
+
+def _line(lines: dict[Loc, int], loc: Loc) -> int | None:
+    return line_of(lines, loc) or 1
+
+
+def _fmt(loc: Loc) -> str:
+    return fmt_loc(loc)

@@ -11,7 +11,7 @@ import pickle
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,16 @@ def identity(system: System, opt: Options) -> str:
             f"-sym{int(opt.symmetry)}-por{int(opt.por)}")
 
 
+@dataclass
+class Level:
+    """A BFS level part-way expanded: the frontier ranks done and what they produced."""
+
+    done: set[int]
+    cand: dict[int, Successor]
+    reduced: list[tuple[int, int]]
+    acc: dict[str, Any]
+
+
 class Explorer:
     """One exploration of one System; ``run()`` returns a Result."""
 
@@ -158,6 +168,8 @@ class Explorer:
         self.xopt = ExpandOptions(self.selected, self.backend.pickled, options.symmetry,
                                   options.por)
         self.identity = identity(system, options)
+        self._last_ckpt = 0.0
+        self._lvl: Level | None = None
 
     # ------------------------------------------------------------------ state of the search
     def _fresh(self) -> None:
@@ -173,6 +185,7 @@ class Explorer:
         self.hooks: set[str] = set()
         self.transitions = 0
         self.elapsed_before = 0.0
+        self._lvl = None
 
     def _pack(self, s: State) -> Any:
         return pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL) if self.backend.pickled else s
@@ -180,10 +193,26 @@ class Explorer:
     def _snapshot(self) -> checkpoint.Snapshot:
         def as_bytes(x: Any) -> bytes:
             return x if self.backend.pickled else pickle.dumps(x, pickle.HIGHEST_PROTOCOL)
-        return checkpoint.Snapshot(
+        snap = checkpoint.Snapshot(
             self.identity, self.depth, [(fp, as_bytes(s)) for fp, s in self.frontier],
             self.parents, dict(self.found), set(self.kinds), set(self.hooks), self.transitions,
             self.elapsed_before + time.monotonic() - self.t0)
+        if self._lvl is not None:
+            snap.level_done = set(self._lvl.done)
+            snap.level_cand = {fp: replace(succ, state=as_bytes(succ.state))
+                               for fp, succ in self._lvl.cand.items()}
+            snap.level_reduced = list(self._lvl.reduced)
+            snap.level_acc = {"kinds": set(self._lvl.acc["kinds"]),
+                              "hooks": set(self._lvl.acc["hooks"]),
+                              "transitions": self._lvl.acc["transitions"]}
+        return snap
+
+    def _checkpoint_due(self) -> None:
+        """Write a checkpoint when ``checkpoint_every`` seconds have passed since the last."""
+        if (self.opt.checkpoint_dir is not None
+                and time.monotonic() - self._last_ckpt >= self.opt.checkpoint_every):
+            checkpoint.save(self.opt.checkpoint_dir, self._snapshot())
+            self._last_ckpt = time.monotonic()
 
     def _restore(self, snap: checkpoint.Snapshot) -> None:
         self.parents = snap.parents
@@ -194,6 +223,15 @@ class Explorer:
         self.kinds, self.hooks = set(snap.kinds), set(snap.hooks)
         self.transitions = snap.transitions
         self.elapsed_before = snap.elapsed
+        self._lvl = None
+        if snap.level_done:
+            cand = {fp: succ if self.backend.pickled else replace(succ,
+                                                                   state=pickle.loads(succ.state))
+                    for fp, succ in snap.level_cand.items()}
+            self._lvl = Level(set(snap.level_done), cand, list(snap.level_reduced),
+                              {"kinds": set(snap.level_acc.get("kinds", ())),
+                               "hooks": set(snap.level_acc.get("hooks", ())),
+                               "transitions": snap.level_acc.get("transitions", 0)})
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Result:
@@ -205,7 +243,7 @@ class Explorer:
             self._restore(snap)
         else:
             self._fresh()
-        last_ckpt = time.monotonic()
+        self._last_ckpt = time.monotonic()
         stop: str | None = None
         while self.frontier:
             if self.opt.stop_when_all_fail and len(self.found) == len(self.selected):
@@ -217,10 +255,7 @@ class Explorer:
             if self.bounds.max_states is not None and len(self.parents) >= self.bounds.max_states:
                 stop = "states"
                 break
-            if (self.opt.checkpoint_dir is not None
-                    and time.monotonic() - last_ckpt >= self.opt.checkpoint_every):
-                checkpoint.save(self.opt.checkpoint_dir, self._snapshot())
-                last_ckpt = time.monotonic()
+            self._checkpoint_due()
             stop = self._level()
             if stop:
                 break
@@ -248,8 +283,9 @@ class Explorer:
 
     def _expand(self, items: list[tuple[int, int, Any]], full: bool,
                 cand: dict[int, Successor], reduced: list[tuple[int, int]],
-                acc: dict[str, Any]) -> str | None:
-        for res in self.backend.run(self.system, self._chunks(items), self.xopt, full):
+                acc: dict[str, Any], done: set[int] | None = None) -> str | None:
+        chunks = self._chunks(items)
+        for i, res in self.backend.run_indexed(self.system, chunks, self.xopt, full):
             for fp, succ in res.succ.items():
                 if fp in self.parents:
                     continue
@@ -260,6 +296,9 @@ class Explorer:
             acc["kinds"] |= res.kinds
             acc["hooks"] |= res.hooks
             acc["transitions"] += res.transitions
+            if done is not None:  # inside a level: what is expanded is saved on the interval
+                done.update(rank for rank, _, _ in chunks[i])
+                self._checkpoint_due()
             over = self._over_budget()
             if over:
                 return over
@@ -267,12 +306,18 @@ class Explorer:
 
     def _level(self) -> str | None:
         items = [(rank, fp, s) for rank, (fp, s) in enumerate(self.frontier)]
-        cand: dict[int, Successor] = {}
-        reduced: list[tuple[int, int]] = []
-        acc: dict[str, Any] = {"kinds": set(), "hooks": set(), "transitions": 0}
-        over = self._expand(items, False, cand, reduced, acc)
+        if self._lvl is None:  # else: resumed inside this level
+            self._lvl = Level(set(), {}, [], {"kinds": set(), "hooks": set(), "transitions": 0})
+        lvl = self._lvl
+        cand, reduced, acc = lvl.cand, lvl.reduced, lvl.acc
+        todo = [it for it in items if it[0] not in lvl.done]
+        over = self._expand(todo, False, cand, reduced, acc, lvl.done)
         if over:
             return over
+        # A checkpoint from here to the end of the level holds the level as expanded so far.
+        self._lvl = Level(lvl.done, dict(cand), list(reduced),
+                          {"kinds": set(acc["kinds"]), "hooks": set(acc["hooks"]),
+                           "transitions": acc["transitions"]})
         if reduced:
             # BFS cycle proviso (C3): a reduced state whose ample successor was already
             # visited at a shallower level is expanded in full.
@@ -298,6 +343,7 @@ class Explorer:
                 if name not in self.found:
                     self.found[name] = Violation(name, self.depth, msg, fp)
         self.frontier = next_frontier
+        self._lvl = None
         return None
 
     def _report(self) -> None:

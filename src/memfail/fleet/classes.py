@@ -103,7 +103,7 @@ class Outcome:
         for k in names:
             if k in data:
                 v = float(data[k])
-                if not v >= 0:
+                if not 0 <= v < float("inf"):
                     raise ValueError(f"outcome {k} must be >= 0, got {data[k]!r}")
                 vals[k] = v
         return cls(**vals)

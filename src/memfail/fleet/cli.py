@@ -24,11 +24,14 @@ from memfail.fleet.classes import OUTCOME_NAMES
 from memfail.fleet.oracle import ModelOracle, OutcomeOracle, TableOracle
 from memfail.fleet.params import (
     FleetError,
+    FleetInputError,
     LoadedFleet,
     defaults_table,
     load_fleet,
     parse_assignment,
+    with_assignments,
 )
+from memfail.inputs import did_you_mean
 from memfail.report.console import wide_console
 
 UNITS = {"vm": "per_million_vm_hours", "host": "per_host_year", "fleet": "per_fleet_year"}
@@ -51,6 +54,7 @@ fleet_app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog="Example: memfail fleet --host-years 200000 (the same as memfail fleet run ...).",
 )
 
 
@@ -67,10 +71,21 @@ def _errors() -> Iterator[None]:
         raise _fail(str(e)) from None
 
 
-def _oracle(table: Path | None, fleet: LoadedFleet) -> OutcomeOracle:
+def _oracle(table: Path | None, fleet: LoadedFleet, cache_dir: Path | None = None
+            ) -> OutcomeOracle:
     if table is not None:
         return TableOracle.from_yaml(table)
-    return ModelOracle(fleet.params.kernel_profile)
+    from memfail.fleet import cache
+
+    where = cache_dir if cache_dir is not None else cache.default_dir()
+    off = str(where) == cache.DISABLE
+    return ModelOracle(fleet.params.kernel_profile, cache_dir=None if off else where)
+
+
+def _save(orc: OutcomeOracle) -> None:
+    save = getattr(orc, "save", None)
+    if callable(save):
+        save()
 
 
 def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
@@ -78,10 +93,76 @@ def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
     return pols
 
 
+def _check_policies(chosen: list[str] | None) -> None:
+    if not chosen:
+        return
+    from memfail.model.policy.registry import policy_names
+
+    known = policy_names()
+    for pol in chosen:
+        if pol not in known:
+            raise FleetInputError(f"--policy: unknown policy {pol!r}"
+                                  f"{did_you_mean(pol, known)}; valid: {', '.join(known)}")
+
+
 def _workers(n: int | None) -> int:
     if n is not None and n < 1:
-        raise FleetError(f"--workers must be at least 1, got {n}")
+        raise FleetInputError(f"--workers: must be at least 1, got {n}")
     return n if n is not None else max(1, os.cpu_count() or 1)
+
+
+def _writable_dir(path: Path | None, option: str) -> None:
+    if path is None:
+        return
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:
+        raise FleetInputError(f"{option}: {path}: {e.strerror or e}") from None
+    if is_file:
+        raise FleetInputError(f"{option}: {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FleetInputError(f"{option}: cannot create {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FleetInputError(f"{option}: {path} is not writable")
+
+
+def _up_front(seed: int, host_years: int, workers: int | None, policy: list[str] | None,
+              plot: Path | None, oracle: Path | None, scheduler: str | None, unit: str) -> str:
+    """Every option checked before any work; returns the table unit."""
+    if seed < 0:
+        raise FleetInputError(f"--seed: must be 0 or more, got {seed}")
+    if host_years < 1:
+        raise FleetInputError(f"--host-years: must be at least 1, got {host_years}")
+    u = _unit(unit)
+    _workers(workers)
+    _check_policies(policy)
+    _writable_dir(plot, "--plot")
+    if oracle is not None:
+        try:
+            problem = None if oracle.is_file() else \
+                "is a directory" if oracle.is_dir() else "no such file"
+        except OSError as e:
+            problem = str(e.strerror or e)
+        if problem:
+            raise FleetInputError(f"--oracle: {oracle}: {problem}; give an outcome table "
+                                  "(YAML, docs/fleet.md)")
+    if scheduler:
+        from memfail.check.backends import WorkerError, probe_scheduler
+
+        try:
+            probe_scheduler(scheduler)
+        except WorkerError as e:
+            raise FleetInputError(f"--scheduler: {e}") from None
+    return u
+
+
+def _vm_unit_possible(fleet: LoadedFleet, unit: str) -> None:
+    if unit == UNITS["vm"] and fleet.params.vms_per_host <= 0:
+        raise FleetInputError("--unit vm: the fleet has no guest memory (composition.shares "
+                              "gmem_private + gmem_shared is 0), so no VM-hours to count "
+                              "rates per; use --unit host or --unit fleet")
 
 
 @contextmanager
@@ -132,6 +213,10 @@ OracleOpt = Annotated[Path | None, typer.Option(
 SchedulerOpt = Annotated[str | None, typer.Option(
     "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) to run shards on.",
     show_default=False)]
+CacheOpt = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Where model runs are cached (default: $MEMFAIL_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/memfail, else ~/.cache/memfail; 'off': no cache).",
+    show_default=False)]
 UnitOpt = Annotated[str, typer.Option(
     "--unit", help="Table unit: vm (per million VM-hours), host (per host-year), "
                    "fleet (per fleet-year).")]
@@ -139,11 +224,16 @@ UnitOpt = Annotated[str, typer.Option(
 
 def _unit(u: str) -> str:
     if u not in UNITS:
-        raise FleetError(f"--unit {u!r}: valid units: {', '.join(UNITS)}")
+        raise FleetInputError(f"--unit: {u!r} is not a unit; valid units: {', '.join(UNITS)}")
     return UNITS[u]
 
 
-@fleet_app.command("run")
+EXIT_EPILOG = ("Exit status: 0 ok, 2 bad input or usage (one `memfail: error:` line, before "
+               "any work), 3 internal error.")
+
+
+@fleet_app.command("run", epilog="Example: memfail fleet run --host-years 200000 --policy "
+                   "minimum --policy unmap. " + EXIT_EPILOG)
 def run_cmd(
     file: FileArg = None,
     seed: SeedOpt = 0,
@@ -157,20 +247,25 @@ def run_cmd(
     oracle: OracleOpt = None,
     scheduler: SchedulerOpt = None,
     unit: UnitOpt = "vm",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Estimate policy x outcome rates for a fleet (the default command)."""
     if show_defaults:
         _show_defaults(as_json)
         return
     with _errors():
-        u = _unit(unit)
+        u = _up_front(seed, host_years, workers, policy, plot, oracle, scheduler, unit)
         fleet = load_fleet(file)
-        orc = _oracle(oracle, fleet)
+        _vm_unit_possible(fleet, u)
+        orc = _oracle(oracle, fleet, cache_dir)
         n = _workers(workers)
         shards = len(engine.Plan.for_host_years(host_years).shards())
-        with _progress(not as_json, shards, "sampling") as tick:
-            res = engine.run(fleet, orc, host_years, seed, n, scheduler,
-                             _policies(fleet, policy), tick)
+        try:
+            with _progress(not as_json, shards, "sampling") as tick:
+                res = engine.run(fleet, orc, host_years, seed, n, scheduler,
+                                 _policies(fleet, policy), tick)
+        finally:
+            _save(orc)
         if as_json:
             print(json.dumps(output.run_document(res), indent=2))
         else:
@@ -181,7 +276,8 @@ def run_cmd(
                 Console().print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
 
 
-@fleet_app.command("sweep")
+@fleet_app.command("sweep", epilog="Example: memfail fleet sweep --grid "
+                   "'scrub.period_hours=[12, 24, 48]' --outcome vm_killed. " + EXIT_EPILOG)
 def sweep_cmd(
     file: FileArg = None,
     grid: Annotated[list[str] | None, typer.Option(
@@ -199,27 +295,36 @@ def sweep_cmd(
         "--outcome", help="Outcome to tabulate and plot (repeatable; default: all).",
         show_default=False)] = None,
     unit: UnitOpt = "vm",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Run the fleet over a grid of parameter values (same seed at every point)."""
     with _errors():
         if not grid:
-            raise FleetError("sweep needs at least one --grid PATH=[V1, V2, ...]")
-        u = _unit(unit)
+            raise FleetInputError("--grid: sweep needs at least one --grid PATH=[V1, V2, ...]")
+        u = _up_front(seed, host_years, workers, policy, plot, oracle, scheduler, unit)
         outs = list(outcome or OUTCOME_NAMES)
         bad = [o for o in outs if o not in OUTCOME_NAMES]
         if bad:
-            raise FleetError(f"--outcome {bad[0]!r}: valid outcomes: {', '.join(OUTCOME_NAMES)}")
+            raise FleetInputError(f"--outcome: {bad[0]!r} is not an outcome"
+                                  f"{did_you_mean(bad[0], OUTCOME_NAMES)}; valid outcomes: "
+                                  f"{', '.join(OUTCOME_NAMES)}")
         axes: dict[str, list[Any]] = dict(parse_assignment(g) for g in grid)
         fleet = load_fleet(file)
-        orc = _oracle(oracle, fleet)
+        _vm_unit_possible(fleet, u)
+        for point in engine.grid(axes):  # every grid point is a valid fleet, before any run
+            with_assignments(fleet, point)
+        orc = _oracle(oracle, fleet, cache_dir)
         n = _workers(workers)
         points = 1
         for v in axes.values():
             points *= len(v)
         shards = points * len(engine.Plan.for_host_years(host_years).shards())
         with _progress(not as_json, shards, "sweeping") as tick:
-            results = engine.sweep(fleet, axes, orc, host_years, seed, n, scheduler,
-                                   _policies(fleet, policy), tick)
+            try:
+                results = engine.sweep(fleet, axes, orc, host_years, seed, n, scheduler,
+                                       _policies(fleet, policy), tick)
+            finally:
+                _save(orc)
         if as_json:
             print(json.dumps(output.sweep_document(results, axes), indent=2))
         else:

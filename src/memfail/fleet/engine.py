@@ -99,9 +99,15 @@ def execute(tasks: list[Task], workers: int = 1, scheduler: str | None = None,
         except ImportError:  # pragma: no cover
             raise FleetError("--scheduler needs dask.distributed: pip install distributed") \
                 from None
+        from memfail.check.backends import WorkerError, connect_timeout, probe_scheduler
+
         try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
+            probe_scheduler(scheduler)
+        except WorkerError as e:
+            raise FleetError(f"--scheduler: {e}") from None
+        try:
+            client = Client(scheduler, timeout=connect_timeout())
+        except (OSError, TimeoutError, ValueError) as e:
             raise FleetError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
         try:
             futures = client.map(_call, tasks, pure=False)
@@ -116,12 +122,18 @@ def execute(tasks: list[Task], workers: int = 1, scheduler: str | None = None,
             out.append(_call(t))
             tick(1)
         return out
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        out = []
-        for r in pool.map(_call, tasks):
-            out.append(r)
-            tick(1)
-        return out
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            out = []
+            for r in pool.map(_call, tasks):
+                out.append(r)
+                tick(1)
+            return out
+    except BrokenProcessPool:
+        raise FleetError("--workers: a worker process died (killed, or out of memory); rerun "
+                         "with fewer --workers or fewer --host-years") from None
 
 
 @dataclass

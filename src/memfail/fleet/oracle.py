@@ -6,6 +6,7 @@ reads the answers from a table (for tests and what-if analysis).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -14,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from memfail.fleet.classes import PAGE_BYTES, FailureClass, Outcome
 from memfail.fleet.params import FleetError, FleetInputError
+from memfail.inputs import InputError, Loc, fmt_loc, line_of, load_yaml
 
 ORACLE_SCHEMA = "memfail.fleet-oracle/1"
 
@@ -83,63 +85,87 @@ class TableOracle:
         return cls((), out, "<constant>")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<table>") -> TableOracle:
-        """Build from plain data; errors are one line ``SOURCE: FIELD: message``."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<table>",
+                  lines: Mapping[Loc, int] | None = None) -> TableOracle:
+        """Build from plain data; errors are one line ``SOURCE:LINE: FIELD: message`` (the
+        line when ``lines`` maps field paths to lines, as ``memfail.inputs`` gives them)."""
 
-        def bad(where: str, msg: str) -> FleetInputError:
-            return FleetInputError(f"{source}: {where}: {msg}")
+        def bad(loc: Loc, msg: str) -> FleetInputError:
+            where = fmt_loc(loc) or "(top)"
+            if lines is None:
+                return FleetInputError(f"{source}: {where}: {msg}")
+            return FleetInputError(f"{source}:{line_of(dict(lines), loc) or 1}: {where}: {msg}")
 
         if not isinstance(data, Mapping):
-            raise bad("(top)", "expected a mapping with 'rules' (and optional 'default')")
+            raise bad((), "expected a mapping with 'rules' (and optional 'default')")
         extra = sorted(set(data) - {"schema", "default", "rules"})
         if extra:
-            raise bad(extra[0], "unknown field; valid: schema, default, rules")
+            raise bad((extra[0],), "unknown field; valid: schema, default, rules")
         if data.get("schema", ORACLE_SCHEMA) != ORACLE_SCHEMA:
-            raise bad("schema", f"expected {ORACLE_SCHEMA}")
-        try:
-            default = Outcome.from_mapping(data.get("default") or {})
-        except (ValueError, TypeError) as e:
-            raise bad("default", str(e)) from None
+            raise bad(("schema",), f"expected {ORACLE_SCHEMA}")
+        default = _outcome(data.get("default"), ("default",), bad)
+        raw_rules = data.get("rules")
+        if raw_rules is None:
+            raw_rules = []
+        if not isinstance(raw_rules, list):
+            raise bad(("rules",), "expected a list of rules `- {policy: ..., when: {...}, "
+                      "outcome: {...}}`")
         rules = []
-        for i, r in enumerate(data.get("rules") or []):
-            where = f"rules[{i}]"
+        for i, r in enumerate(raw_rules):
+            loc: Loc = ("rules", i)
             if not isinstance(r, Mapping) or "outcome" not in r:
-                raise bad(where, "each rule needs 'outcome' (and optional 'policy', 'when')")
+                raise bad(loc, "each rule needs 'outcome' (and optional 'policy', 'when')")
             extra = sorted(set(r) - {"policy", "when", "outcome"})
             if extra:
-                raise bad(f"{where}.{extra[0]}", "unknown field; valid: policy, when, outcome")
+                raise bad((*loc, extra[0]), "unknown field; valid: policy, when, outcome")
             pol = r.get("policy", "*")
-            pols = frozenset() if pol in ("*", None) else frozenset(
-                [pol] if isinstance(pol, str) else pol)
+            names = [pol] if isinstance(pol, str) or pol is None else pol
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                raise bad((*loc, "policy"), "a policy name, a list of names, or \"*\"")
+            pols = frozenset() if pol in ("*", None) else frozenset(names)
             when = []
-            for k, v in (r.get("when") or {}).items():
+            conds = r.get("when") or {}
+            if not isinstance(conds, Mapping):
+                raise bad((*loc, "when"), "expected a mapping of class fields, e.g. "
+                          "{memory: gmem_private, page_size: 1G}")
+            for k, v in conds.items():
                 if k not in _CLASS_FIELDS:
-                    raise bad(f"{where}.when.{k}", "unknown class field; valid: "
+                    raise bad((*loc, "when", k), "unknown class field; valid: "
                               + ", ".join(sorted(_CLASS_FIELDS)))
                 vals = v if isinstance(v, list) else [v]
+                for j, x in enumerate(vals):
+                    if isinstance(x, dict | list) or x is None:
+                        raise bad((*loc, "when", k, *((j,) if isinstance(v, list) else ())),
+                                  f"a value or a list of values, got {x!r}")
                 when.append((str(k), frozenset(vals)))
-            try:
-                out = Outcome.from_mapping(r["outcome"] or {})
-            except (ValueError, TypeError) as e:
-                raise bad(f"{where}.outcome", str(e)) from None
+            out = _outcome(r["outcome"], (*loc, "outcome"), bad)
             rules.append(TableRule(pols, tuple(when), out))
         return cls(rules, default, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TableOracle:
-        """Load a table file (plain YAML, safe loader)."""
-        from ruamel.yaml import YAML
-        from ruamel.yaml.error import YAMLError
+        """Load a table file (the shared safe reader of ``memfail.inputs``)."""
+        try:
+            data, lines = load_yaml(path, str(path), "fleet outcome table",
+                                    "an outcome table has `rules:` (docs/fleet.md)")
+        except InputError as e:
+            raise FleetInputError(str(e)) from None
+        return cls.from_dict(data, str(path), lines)
 
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as e:
-            raise FleetInputError(f"{path}: cannot read: {e.strerror}") from None
-        try:
-            data = YAML(typ="safe").load(text)
-        except YAMLError as e:
-            raise FleetInputError(f"{path}: (yaml): {str(e).splitlines()[0]}") from None
-        return cls.from_dict(data, str(path))
+
+def _outcome(raw: Any, loc: Loc, bad: Callable[[Loc, str], FleetInputError]) -> Outcome:
+    if raw is None:
+        return Outcome()
+    if not isinstance(raw, Mapping):
+        raise bad(loc, f"expected a mapping of outcome names to numbers, got {raw!r}")
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise bad((*loc, k), f"expected a number >= 0, got {v!r}")
+    try:
+        return Outcome.from_mapping(raw)
+    except (ValueError, TypeError) as e:
+        key = next((k for k in raw if k not in Outcome.names() or not raw[k] >= 0), None)
+        raise bad((*loc, key) if key is not None else loc, str(e)) from None
 
 
 # --------------------------------------------------------------------------- model oracle
@@ -242,22 +268,50 @@ class ModelOracle:
     only in VM size or permanence share one run.
     """
 
-    def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None) -> None:
+    def __init__(self, profile: str = "linux-6.18", runner: Runner | None = None,
+                 cache_dir: Path | None = None) -> None:
+        """``cache_dir``: keep model runs on disk there (``memfail.fleet.cache``); only the
+        model's own runner is cached."""
+        from memfail.fleet.cache import RunCache
+
         self.profile = profile
         self.runner: Runner = runner or _model_runner
         self._cache: dict[tuple[str, FailureClass], Outcome] = {}
         self._runs: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self.disk = RunCache(cache_dir if self.runner is _model_runner else None)
+        self.disk_hits = 0
+
+    def _cached_run(self, policy: str, sc: ModelScenario) -> Mapping[str, Any] | None:
+        rk = (policy, sc.key)
+        metrics = self._runs.get(rk)
+        if metrics is None:
+            metrics = self.disk.get(self.profile, policy, sc.key)
+            if metrics is not None:
+                self.disk_hits += 1
+                self._runs[rk] = metrics
+        return metrics
+
+    def _store(self, policy: str, sc: ModelScenario, metrics: Mapping[str, Any]
+               ) -> Mapping[str, Any]:
+        if self.disk.enabled:  # the same plain data whether it came from disk or not
+            with contextlib.suppress(TypeError, ValueError):
+                metrics = json.loads(json.dumps(metrics))
+            self.disk.put(self.profile, policy, sc.key, metrics)
+        self._runs[(policy, sc.key)] = metrics
+        return metrics
+
+    def save(self) -> None:
+        """Write new model runs to the disk cache."""
+        self.disk.save()
 
     def outcome(self, policy: str, cls: FailureClass) -> Outcome:
         key = (policy, cls)
         hit = self._cache.get(key)
         if hit is None:
             sc = self.scenario(cls)
-            rk = (policy, sc.key)
-            metrics = self._runs.get(rk)
+            metrics = self._cached_run(policy, sc)
             if metrics is None:
-                metrics = self.runner(self.profile, policy, sc)
-                self._runs[rk] = metrics
+                metrics = self._store(policy, sc, self.runner(self.profile, policy, sc))
             hit = outcome_for(cls, sc, metrics)
             self._cache[key] = hit
         return hit
@@ -278,18 +332,25 @@ class ModelOracle:
                 except FleetError:
                     continue
                 rk = (pol, sc.key)
-                if rk not in self._runs:
+                if self._cached_run(pol, sc) is None:
                     todo.setdefault(rk, (pol, sc))
         if workers <= 1 or len(todo) < 2 or self.runner is not _model_runner:
             return
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         items = list(todo.items())
         jobs = [(self.profile, pol, sc) for _, (pol, sc) in items]
-        with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
-            done = ex.map(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
-            for (rk, _), metrics in zip(items, done, strict=True):
-                self._runs[rk] = metrics
+        try:
+            with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
+                done = ex.map(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
+                for (_, (pol, sc)), metrics in zip(items, done, strict=True):
+                    self._store(pol, sc, metrics)
+        except BrokenProcessPool:
+            raise FleetError("a worker process running the model died (killed, or out of "
+                             "memory); rerun with fewer --workers") from None
+        finally:
+            self.save()
 
     @property
     def cache_size(self) -> int:

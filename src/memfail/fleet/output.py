@@ -5,6 +5,7 @@ Plots use matplotlib's Agg backend and are written as both PNG and SVG.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,12 @@ def result_table(res: FleetResult, unit: str = "per_million_vm_hours",
 def summary_lines(res: FleetResult) -> list[str]:
     """The policy-independent figures: fault rate, consumed-before-scrub share, first touch."""
     c = res.consumed_before_scrub
-    touch = ", ".join(f"{k} {v.estimate:.1%}" for k, v in res.first_touch.items())
+    if not math.isfinite(c.estimate):  # no fault sampled: no share to give
+        return [f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per "
+                f"host; {res.n_classes} failure classes seen",
+                f"uncorrectable faults per host-year: {fmt_interval(res.faults_per_host_year)}"
+                "; no fault was sampled, so no shares to report"]
+    touch = ", ".join(f"{k} {min(v.estimate, 1.0):.1%}" for k, v in res.first_touch.items())
     return [
         f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per host; "
         f"{res.n_classes} failure classes seen",
@@ -121,52 +127,104 @@ def _err(ivs: Sequence[Interval]) -> tuple[list[float], list[list[float]]]:
     return y, [lo, hi]
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_policies(res: FleetResult, out_dir: Path, unit: str = "per_million_vm_hours",
                   outcomes: Sequence[str] = OUTCOME_NAMES) -> list[Path]:
-    """Rate per policy with 95 % error bars, one panel per outcome -> PNG and SVG."""
+    """Rate per policy with 95 % error bars, one panel per outcome -> PNG and SVG.
+
+    A rate never observed is drawn as a zero bar with its rule-of-three upper bound as an open
+    marker (no whisker); a panel where every policy is zero is drawn on a 0..1 axis and says
+    so, instead of a magnified axis of upper bounds."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     n = len(outcomes)
     cols = 3
     rows = (n + cols - 1) // cols
-    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.6), squeeze=False)
     x = list(range(len(res.policies)))
     for i, o in enumerate(outcomes):
         ax = axs[i // cols][i % cols]
         ivs = [_pick(res.rate(p, o), unit) for p in res.policies]
-        y, err = _err(ivs)
-        ax.bar(x, y, color="#4c72b0")
-        ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=3)
-        for xi, iv in zip(x, ivs, strict=True):  # rule-of-three bounds as open markers
-            if iv.method == "rule-of-three":
-                ax.plot([xi], [iv.high], marker="v", color="grey")
+        seen = [iv for iv in ivs if iv.estimate > 0]
         ax.set_title(o.replace("_", " "), fontsize=9)
         ax.set_xticks(x)
         ax.set_xticklabels(res.policies, rotation=45, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
+        if not seen:
+            ax.bar(x, [0.0] * len(x), color="#4c72b0")
+            ax.set_ylim(0, 1)
+            bound = max((iv.high for iv in ivs), default=0.0)
+            ax.text(0.5, 0.55, f"0 under every policy\n(never seen; 95 % upper bound "
+                    f"{bound:.2g})", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="dimgrey")
+            continue
+        y = [iv.estimate for iv in ivs]
+        ax.bar(x, y, color="#4c72b0")
+        xs = [xi for xi, iv in zip(x, ivs, strict=True) if iv.estimate > 0]
+        ys, err = _err([iv for iv in ivs if iv.estimate > 0])
+        ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor="black", capsize=3)
+        for xi, iv in zip(x, ivs, strict=True):  # never seen: the upper bound, open marker
+            if iv.estimate <= 0:
+                ax.plot([xi], [iv.high], marker="v", color="grey", fillstyle="none",
+                        linestyle="none")
+        ax.set_ylim(bottom=0)
     for j in range(n, rows * cols):
         axs[j // cols][j % cols].axis("off")
+    handles = [Patch(color="#4c72b0", label="estimate"),
+               Line2D([], [], color="black", marker="_", markersize=10, linestyle="-",
+                      label="95 % interval"),
+               Line2D([], [], color="grey", marker="v", fillstyle="none", linestyle="none",
+                      label="never seen: 95 % upper bound (rule of three)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"rate {unit.replace('_', ' ')} (95 % intervals)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, plt, out_dir / "fleet-policies")
 
 
 def plot_sweep(results: Sequence[FleetResult], out_dir: Path, axis: str, outcome: str,
                unit: str = "per_million_vm_hours") -> list[Path]:
-    """Rate of ``outcome`` against the swept parameter ``axis``, one line per policy."""
+    """Rate of ``outcome`` against the swept parameter ``axis``, one line per policy.
+
+    Each policy has its own marker and line style and a small sideways offset, so lines that
+    coincide (policies with the same rate) stay distinguishable; the legend names them."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     xs = [r.assign[axis] for r in results]
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
-    pos = xs if numeric else list(range(len(xs)))
-    for pol in results[0].policies:
-        y, err = _err([_pick(r.rate(pol, outcome), unit) for r in results])
-        ax.errorbar(pos, y, yerr=err, marker="o", capsize=3, label=pol)
+    pos = [float(v) for v in xs] if numeric else [float(i) for i in range(len(xs))]
+    pols = results[0].policies if results else []
+    span = (max(pos) - min(pos)) if len(pos) > 1 else 1.0
+    width = 0.012 * span
+    all_zero = True
+    for k, pol in enumerate(pols):
+        ivs = [_pick(r.rate(pol, outcome), unit) for r in results]
+        all_zero &= all(iv.estimate <= 0 for iv in ivs)
+        y, err = _err(ivs)
+        err = [[0.0 if iv.estimate <= 0 else e for iv, e in zip(ivs, side, strict=True)]
+               for side in err]
+        shift = (k - (len(pols) - 1) / 2) * width
+        ax.errorbar([p + shift for p in pos], y, yerr=err, marker=MARKERS[k % len(MARKERS)],
+                    linestyle=LINESTYLES[k % len(LINESTYLES)], capsize=3, label=pol,
+                    markersize=5, alpha=0.85, fillstyle="none" if k % 2 else "full")
+    if all_zero:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.55, "0 under every policy at every point", transform=ax.transAxes,
+                ha="center", fontsize=8, color="dimgrey")
+    else:
+        ax.set_ylim(bottom=0)
     if not numeric:
         ax.set_xticks(pos)
         ax.set_xticklabels([str(v) for v in xs], rotation=30, ha="right", fontsize=7)
     ax.set_xlabel(axis)
     ax.set_ylabel(f"{outcome.replace('_', ' ')} {unit.replace('_', ' ')}")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{outcome.replace('_', ' ')} (95 % intervals)", fontsize=9)
+    ax.legend(fontsize=7, title="policy", title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return _save(fig, plt, out_dir / f"fleet-sweep-{axis.replace('.', '_')}-{outcome}")
 

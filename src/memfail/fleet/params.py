@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import io
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,10 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+
+from memfail.inputs import InputError, Loc, line_of, load_yaml
 
 MEMORY_KINDS = ("gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel")
 MemoryName = Literal["gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel"]
@@ -283,47 +280,23 @@ def _err(file: str, line: int | None, path: str, msg: str) -> FleetInputError:
     return FleetInputError(f"{file}:{line if line is not None else 1}: {path}: {msg}")
 
 
-_STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in
-                  ("str", "int", "float", "bool", "null", "map", "seq")}
+FLEET_HINT = ("a fleet file overrides cited defaults, e.g. `scrub: {period_hours: {value: 12, "
+              "citation: \"source\"}}` (`memfail fleet --show-defaults` lists them)")
 
 
-def _check_events(text: str, file: str) -> None:
-    """Reject anchors/aliases and non-standard tags before building any tree."""
-    y = YAML(typ="rt")
+def _load_tree(text: str, file: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """Plain values and the line of every field path (the shared ``memfail.inputs`` reader)."""
     try:
-        for ev in y.parse(io.StringIO(text)):
-            line = ev.start_mark.line + 1 if ev.start_mark is not None else None
-            if isinstance(ev, AliasEvent) or getattr(ev, "anchor", None):
-                raise _err(file, line, "(yaml)", "anchors and aliases are not allowed; "
-                           "write the value out in full")
-            tag = getattr(ev, "tag", None)
-            if isinstance(ev, ScalarEvent | CollectionStartEvent) and tag is not None \
-                    and str(tag) not in _STANDARD_TAGS:
-                raise _err(file, line, "(yaml)", f"non-standard tag {tag!s}; remove it")
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise _err(file, line, "(yaml)", str(e.problem or e).strip()) from None
+        return load_yaml(None, file, "fleet file", FLEET_HINT, data=text)
+    except InputError as e:
+        raise FleetInputError(str(e)) from None
 
 
-def _load_tree(text: str, file: str) -> Any:
-    _check_events(text, file)
+def _read_tree(path: str | Path, file: str) -> tuple[dict[str, Any], dict[Loc, int]]:
     try:
-        return YAML(typ="rt").load(text)
-    except MarkedYAMLError as e:  # pragma: no cover - caught by _check_events already
-        mark = e.problem_mark
-        raise _err(file, mark.line + 1 if mark else None, "(yaml)", str(e.problem)) from None
-
-
-def _line_of(node: Any, key: Any) -> int | None:
-    try:
-        if isinstance(node, CommentedMap):
-            return int(node.lc.key(key)[0]) + 1
-        if isinstance(node, CommentedSeq):
-            return int(node.lc.item(key)[0]) + 1
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return None
+        return load_yaml(path, file, "fleet file", FLEET_HINT)
+    except InputError as e:
+        raise FleetInputError(str(e)) from None
 
 
 def _plain(node: Any) -> Any:
@@ -354,7 +327,8 @@ class _Walk:
     values: dict[str, Any] = field(default_factory=dict)
     citations: dict[str, str | None] = field(default_factory=dict)
     lines: dict[str, int | None] = field(default_factory=dict)
-    nodes: dict[str, Any] = field(default_factory=dict)
+    locs: dict[str, Loc] = field(default_factory=dict)
+    file_lines: dict[Loc, int] = field(default_factory=dict)
 
 
 def _schema_paths(defaults: Any, prefix: str = "") -> dict[str, Any]:
@@ -369,36 +343,46 @@ def _schema_paths(defaults: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _walk(user: Any, schema: dict[str, Any], file: str) -> _Walk:
-    w = _Walk()
+def _walk(user: Any, schema: dict[str, Any], file: str,
+          lines: dict[Loc, int] | None = None) -> _Walk:
+    lines = lines or {}
+    w = _Walk(file_lines=lines)
     groups = {p.rsplit(".", 1)[0] for p in schema if "." in p}
     groups |= {".".join(p.split(".")[:i]) for p in schema for i in range(1, p.count(".") + 1)}
 
-    def visit(node: Any, prefix: str, line: int | None) -> None:
+    def visit(node: Any, prefix: str, loc: Loc) -> None:
         if not isinstance(node, dict):
             where = prefix.rstrip(".") or "(top)"
-            raise _err(file, line, where, "expected a mapping of fields")
+            raise _err(file, line_of(lines, loc), where,
+                       f"expected a mapping of fields, got {_kind(node)}")
         for k, v in node.items():
             path = f"{prefix}{k}"
-            line = _line_of(node, k)
+            kloc = (*loc, k)
+            line = line_of(lines, kloc)
             if path in schema:
                 cited = path not in UNCITED
+                if cited and isinstance(v, dict) and "value" not in v:
+                    raise _err(file, line, path, "write a changed parameter as {value: ..., "
+                               "citation: \"source\"}; got a mapping without value:")
+                if cited and isinstance(v, dict) and not set(v) <= {"value", "citation"}:
+                    extra = sorted(set(v) - {"value", "citation"})[0]
+                    raise _err(file, line_of(lines, (*kloc, extra)), f"{path}.{extra}",
+                               "unknown field; a parameter is {value: ..., citation: ...}")
                 if cited and _is_cited(v):
                     w.values[path] = v["value"]
                     cit = v.get("citation")
                     if cit is not None and (not isinstance(cit, str) or not cit.strip()):
-                        raise _err(file, _line_of(v, "citation"), path,
+                        raise _err(file, line_of(lines, (*kloc, "citation")), path,
                                    "citation must be a non-empty string")
                     w.citations[path] = cit
-                    w.lines[path] = _line_of(v, "value") or line
-                    w.nodes[path] = v["value"]
+                    w.locs[path] = (*kloc, "value")
                 else:
                     w.values[path] = v
                     w.citations[path] = None
-                    w.lines[path] = line
-                    w.nodes[path] = v
+                    w.locs[path] = kloc
+                w.lines[path] = line_of(lines, w.locs[path])
             elif path in groups:
-                visit(v, path + ".", line)
+                visit(v, path + ".", kloc)
             else:
                 here = sorted({p[len(prefix):].split(".")[0] for p in schema
                                if p.startswith(prefix)})
@@ -408,8 +392,16 @@ def _walk(user: Any, schema: dict[str, Any], file: str) -> _Walk:
 
     if user is None:
         return w
-    visit(user, "", 1)
+    visit(user, "", ())
     return w
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, list):
+        return "a list"
+    if v is None:
+        return "nothing"
+    return f"{v!r}"
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -438,7 +430,7 @@ def _defaults() -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """(schema paths, plain default values tree, citations) from defaults.yaml."""
     global _DEFAULTS_CACHE
     if _DEFAULTS_CACHE is None:
-        tree = _plain(_load_tree(_defaults_text(), "defaults.yaml"))
+        tree = _plain(_load_tree(_defaults_text(), "defaults.yaml")[0])
         schema = _schema_paths(tree)
         plain: dict[str, Any] = {}
         cits: dict[str, str] = {}
@@ -456,23 +448,52 @@ def _defaults() -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
 def _loc_line(loc: tuple[Any, ...], walk: _Walk) -> tuple[str, int | None]:
     """Dotted field name and best line for a pydantic error location."""
     name = ".".join(str(x) for x in loc)
-    best: tuple[str, int | None] = (name, None)
     for i in range(len(loc), 0, -1):
         path = ".".join(str(x) for x in loc[:i])
-        if path in walk.lines:
-            line = walk.lines[path]
-            node = walk.nodes[path]
-            for key in loc[i:]:  # descend into the value for a more precise line
-                sub = _line_of(node, key)
-                if sub is None:
-                    break
-                line, node = sub, node[key]
-            return name, line
-    return best
+        if path in walk.locs:
+            return name, line_of(walk.file_lines, (*walk.locs[path], *loc[i:]))
+    return name, None
+
+
+def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
+    """What the schema cannot see field by field: names the model must know, and a fleet
+    whose VMs fit on its hosts."""
+    from memfail.model.policy.registry import policy_names
+
+    out: list[tuple[tuple[Any, ...], str]] = []
+    known = policy_names()
+    for i, pol in enumerate(p.policies):
+        if pol not in known:
+            out.append((("policies", i), f"unknown policy {pol!r}{_near(pol, known)}; valid: "
+                        f"{', '.join(known)}"))
+    shares = p.composition.shares
+    guest = (shares.get("gmem_private", 0.0) + shares.get("gmem_shared", 0.0))
+    guest_gib = guest * p.fleet.host_memory_gib
+    for i, size in enumerate(p.vms.sizes):
+        # No guest memory at all is legal (host-level rates; --unit vm is refused then).
+        if guest > 0 and size.share > 0 and size.gib > guest_gib:
+            out.append((("vms", "sizes", i, "gib"),
+                        f"a {size.gib} GiB VM does not fit in the {guest_gib:g} GiB of guest "
+                        f"memory a host has (fleet.host_memory_gib x the gmem_private + "
+                        f"gmem_shared shares of composition)"))
+    return out
+
+
+def _near(word: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def validate_plain(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams:
     """Validate a merged plain tree; the first error becomes one ``FleetInputError`` line."""
+    params = _validate_fields(plain, walk, file)
+    for loc, msg in _coherence(params):
+        name, line = _loc_line(loc, walk)
+        raise _err(file, line, name, msg)
+    return params
+
+
+def _validate_fields(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams:
     try:
         return FleetParams.model_validate(plain)
     except ValidationError as e:
@@ -484,6 +505,9 @@ def validate_plain(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams
             msg = "unknown field"
         elif first["type"] == "missing":
             msg = "field required"
+        elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+            got = repr(first["input"])
+            msg = f"{msg}, got {got if len(got) <= 60 else got[:57] + '...'}"
         raise _err(file, line, name or "(top)", msg) from None
 
 
@@ -497,12 +521,8 @@ def load_fleet(path: str | Path | None = None, *, text: str | None = None) -> Lo
         return LoadedFleet(validate_plain(plain, _Walk(), "defaults.yaml"), cits, "defaults",
                            plain)
     file = str(path) if path is not None else "<fleet>"
-    if text is None:
-        try:
-            text = Path(file).read_text("utf-8")
-        except OSError as e:
-            raise FleetInputError(f"{file}: cannot read: {e.strerror}") from None
-    walk = _walk(_load_tree(text, file), schema, file)
+    tree, lines = _load_tree(text, file) if text is not None else _read_tree(file, file)
+    walk = _walk(tree, schema, file, lines)
     for p, v in walk.values.items():
         _set_path(plain, p, _plain(v))
     params = validate_plain(plain, walk, file)
@@ -526,10 +546,14 @@ def parse_assignment(text: str) -> tuple[str, list[Any]]:
         raise FleetInputError(f"--grid {text}: expected PATH=[V1, V2, ...]")
     path, _, raw = text.partition("=")
     path = path.strip()
+    if not path:
+        raise FleetInputError(f"--grid {text}: expected PATH=[V1, V2, ...]")
     try:
-        value = _plain(YAML(typ="safe").load(raw))
-    except MarkedYAMLError as e:
-        raise FleetInputError(f"--grid {path}: cannot parse {raw!r}: {e.problem}") from None
+        tree, _ = load_yaml(None, "--grid", "--grid value", "give PATH=[V1, V2, ...]",
+                            data="v: " + " ".join(raw.split()))
+    except InputError as e:
+        raise FleetInputError(f"--grid {path}: cannot parse {raw!r}: {e.message}") from None
+    value = tree.get("v")
     values = value if isinstance(value, list) else [value]
     if not values:
         raise FleetInputError(f"--grid {path}: give at least one value")

@@ -60,6 +60,14 @@ def run(
         except ValueError as e:
             raise ScenarioError("--profile", None, None, f"{e}; `memfail profiles` lists them"
                                 ) from None
+    if policy is not None:
+        from memfail.model.policy.registry import make_policy
+
+        try:
+            make_policy(policy)
+        except (ValueError, TypeError) as e:
+            raise ScenarioError("--policy", None, None, f"{e}; `memfail policies` lists them"
+                                ) from None
     # Validate every file before running any, so bad input never leaves half a report.
     scenarios = [load_scenario(path, display) for path, display in map(resolve, files)]
     results = [run_scenario(sc, profile, policy) for sc in scenarios]

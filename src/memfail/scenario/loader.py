@@ -1,8 +1,9 @@
 """Read a scenario file safely and turn it into a validated ``Scenario``.
 
-YAML is composed with ruamel's safe composer and converted node by node, so every value keeps its
-line number, only plain YAML types are accepted (no tags, anchors or aliases) and nothing in the
-file is ever executed. Every problem is a ``ScenarioError`` naming file, line and field.
+The bytes are read and the YAML composed by the shared ``memfail.inputs`` reader, so every value
+keeps its line number, only plain YAML types are accepted (no tags, anchors or aliases) and
+nothing in the file is ever executed. Every problem is a ``ScenarioError`` naming file, line and
+field.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ import contextlib
 import functools
 import importlib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from memfail.inputs import InputError, compose, decode, fmt_loc, line_of
 from memfail.model.actions import ACTION_TYPES, Action, parse_action
 from memfail.model.kernel.profiles import PROFILES
 from memfail.model.units import fmt_size, parse_size
@@ -42,10 +40,6 @@ STEP_KEYS = ("expect", "note")
 # Fields of int|str type that hold sizes, and those that hold user addresses.
 SIZE_FIELDS = frozenset({"size", "len", "offset"})
 ADDR_FIELDS = frozenset({"addr", "buf"})
-_PLAIN_TAGS = {
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
-}
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _ADDR_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\+\s*(\S+))?\s*$")
 
 Loc = tuple[str | int, ...]
@@ -130,100 +124,22 @@ def load_scenario_bytes(data: bytes, file: str, default_name: str) -> Scenario:
 # --------------------------------------------------------------------------- reading YAML
 
 
+SCENARIO_HINT = ("a scenario needs at least `steps:` (see docs/scenario-format.md), e.g. "
+                 "`steps: [{mmap: {proc: app, name: buf, size: 4K}}]`")
+
+
 def _decode(data: bytes, file: str) -> str:
-    if len(data) > MAX_FILE_BYTES:
-        raise ScenarioError(file, None, None, f"file is {fmt_size(len(data))}, more than the "
-                            f"{fmt_size(MAX_FILE_BYTES)} a scenario may be; split it")
-    if b"\0" in data[:8192]:
-        raise ScenarioError(file, None, None, "binary file (contains NUL bytes); a scenario is "
-                            "UTF-8 YAML text")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ScenarioError(file, line, None, f"not UTF-8 text (byte 0x{data[e.start]:02x}); "
-                            "save the file as UTF-8") from None
-    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#")
-                               for ln in text.splitlines()):
-        raise ScenarioError(file, None, None, "empty file; a scenario needs at least "
-                            "`steps:` (see docs/scenario-format.md)")
-    return text
+        return decode(data, file, "scenario", MAX_FILE_BYTES, SCENARIO_HINT)
+    except InputError as e:
+        raise ScenarioError(e.file, e.line, e.field, e.message) from None
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
-    yaml = YAML(typ="safe", pure=True)
     try:
-        node = yaml.compose(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = " ".join(str(x) for x in (e.context, e.problem) if x)
-        if "expected a single document" in what:
-            what = "more than one YAML document (---); put one scenario in each file"
-        raise ScenarioError(file, line, None, f"invalid YAML: {what}") from None
-    except YAMLError as e:
-        raise ScenarioError(file, None, None, f"invalid YAML: {e}") from None
-    if node is None:
-        raise ScenarioError(file, None, None, "empty file; a scenario needs at least `steps:`")
-    conv = _Converter(file, yaml)
-    value = conv.convert(node, ())
-    if not isinstance(value, dict):
-        kind = "a list" if isinstance(value, list) else "a single value"
-        raise ScenarioError(file, node.start_mark.line + 1, None,
-                            f"the top level is {kind}; a scenario is a mapping with "
-                            "`steps:` and optional name, host, processes, expect")
-    return value, conv.lines
-
-
-class _Converter:
-    """YAML node graph → plain Python, recording the line of every field path."""
-
-    def __init__(self, file: str, yaml: YAML) -> None:
-        self.file = file
-        self.constructor = yaml.constructor
-        self.lines: dict[Loc, int] = {}
-        self.count = 0
-
-    def fail(self, node: Node, msg: str, loc: Loc = ()) -> typing.NoReturn:
-        raise ScenarioError(self.file, node.start_mark.line + 1, _fmt_loc(loc) or None, msg)
-
-    def convert(self, node: Node, loc: Loc) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            self.fail(node, f"more than {MAX_NODES} YAML nodes; a scenario this large is "
-                      "refused, split it into several files")
-        if getattr(node, "anchor", None):
-            self.fail(node, "aliases are not supported (found anchor "
-                      f"&{node.anchor}); write the value out in full", loc)
-        tag = str(node.tag)
-        if tag not in _PLAIN_TAGS and tag != _TIMESTAMP:
-            self.fail(node, f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')!r} is not "
-                      "allowed; use plain YAML values (strings, numbers, booleans, lists, maps)",
-                      loc)
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, MappingNode):
-            out: dict[str, Any] = {}
-            for knode, vnode in node.value:
-                if not isinstance(knode, ScalarNode) or str(knode.tag) not in _PLAIN_TAGS:
-                    self.fail(knode, "mapping keys must be plain scalars", loc)
-                key = knode.value if str(knode.tag).endswith(":str") else \
-                    self.constructor.construct_object(knode, deep=True)
-                key = str(key)
-                if key in out:
-                    self.fail(knode, f"duplicate key {key!r}; give each key once",
-                              (*loc, key))
-                self.lines[(*loc, key)] = knode.start_mark.line + 1
-                out[key] = self.convert(vnode, (*loc, key))
-                self.lines[(*loc, key)] = knode.start_mark.line + 1
-            return out
-        if isinstance(node, SequenceNode):
-            return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
-        if tag == _TIMESTAMP:
-            return str(node.value)  # keep dates as the text written
-        try:
-            return self.constructor.construct_object(node, deep=True)
-        except YAMLError as e:
-            self.fail(node, f"bad value: {getattr(e, 'problem', e)}", loc)
+        return compose(text, file, "scenario", SCENARIO_HINT, MAX_NODES)
+    except InputError as e:
+        raise ScenarioError(e.file, e.line, e.field, e.message) from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -291,6 +207,7 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
     except ValidationError as e:
         raise _from_validation(e, file, lines, (*loc, key), args, cls) from None
     _check_sizes(action, file, lines, (*loc, key))
+    _check_fields(action, key, file, lines, (*loc, key))
     expect = None
     if "expect" in raw:
         try:
@@ -301,6 +218,29 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
     note = raw.get("note")
     return Step(index=i, line=line, key=key, action=action, expect=expect,
                 note=None if note is None else str(note))
+
+
+GPA_FIELDS = frozenset({"gpa", "gmem_offset"})
+"""Guest physical addresses and offsets: sizes (``4G+12K``) beyond the user address space."""
+
+
+def _check_fields(action: Action, key: str, file: str, lines: dict[Loc, int], loc: Loc
+                  ) -> None:
+    """Field values the model would only reject while running: checked when the file loads."""
+    for name in GPA_FIELDS & set(type(action).model_fields):
+        value = getattr(action, name)
+        if value is None:
+            continue
+        try:
+            parse_size(value)
+        except ValueError as e:
+            raise ScenarioError(file, _line_of(lines, (*loc, name)), _fmt_loc((*loc, name)),
+                                str(e)) from None
+    if key == "memslot" and getattr(action, "gmem", None) is None \
+            and getattr(action, "hva", None) is None:
+        raise ScenarioError(file, _line_of(lines, loc), _fmt_loc(loc),
+                            "a memslot needs its memory: gmem: (a guest_memfd) and/or hva: "
+                            "(the VMM mapping that backs shared memory)")
 
 
 def _check_sizes(action: Action, file: str, lines: dict[Loc, int], loc: Loc) -> None:
@@ -466,21 +406,8 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _fmt_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+_line_of = line_of
+_fmt_loc = fmt_loc
 
 
 # --------------------------------------------------------------------------- built-in library
@@ -499,8 +426,11 @@ def library() -> dict[str, Path]:
 def resolve(arg: str) -> tuple[Path, str]:
     """A path as given, or the name of a built-in scenario; returns (path, display name)."""
     p = Path(arg)
-    if p.exists():
-        return p, arg
+    try:
+        if p.exists():
+            return p, arg
+    except OSError as e:
+        raise ScenarioError(arg, None, None, f"cannot read: {e.strerror or e}") from None
     lib = library()
     stem = arg.removesuffix(".yaml")
     if "/" not in arg and stem in lib:
