@@ -89,6 +89,12 @@ def test_task_work_between_machine_checks_resets_the_count() -> None:
     assert _log(r).count("Uncorrected hardware memory error in user-access") == 2
 
 
+def test_user_thread_runs_its_task_work_before_its_next_load() -> None:
+    r = _app("  - machine_check: {proc: app, addr: buf}\n  - mem_read: {proc: app, addr: buf+4K}")
+    assert r.panicked is None
+    assert _log(r).count("Uncorrected hardware memory error in user-access") == 2
+
+
 def test_two_threads_consuming_the_same_poison_before_task_work_do_not_panic() -> None:
     # the count is per thread: each thread queues its own kill_me_maybe
     r = _app("  - machine_check: {proc: app, addr: buf}\n"

@@ -138,9 +138,11 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
 def consume_user(host: Host, t: Thread, pfn: int, addr: int) -> None:
     """A user-mode (or guest-mode, R45) load consumed poison: do_machine_check queues
     kill_me_maybe on the thread (R44), which runs before it returns to user mode (R46)."""
-    from .mce import IN_USER, do_machine_check, task_work_run
+    from .mce import IN_USER, do_machine_check, task_work_pending, task_work_run
 
     proc = t.proc
+    if task_work_pending(host, t):
+        task_work_run(host, t)  # it ran when the thread last returned to user mode (M8)
     host.emit(PoisonConsumed(host.trace.step, pfn, f"{proc.comm}:{t.name}", "user", proc.pid))
     # do_machine_check grades it and queue_task_work counts it (M1-M7); the task work runs
     # on the way back to user mode (M8)

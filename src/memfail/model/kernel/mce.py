@@ -355,9 +355,11 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         return ActionResult(kvm_machine_check(host, vm.name, a.vcpu, t, pfn, vm.vmm.pid))
     if a.addr is None:
         raise ModelInputError("machine_check with proc needs addr", "addr")
+    from .mm import PRESENT
+
     hit = host.walk(t.proc.mm, host._resolve(t.proc, a.addr))
-    if hit is None or hit[1] not in host.phys.hw_errors:
-        return ActionResult("no-poison")
+    if hit is None or hit[0].kind != PRESENT or hit[1] not in host.phys.hw_errors:
+        return ActionResult("no-poison")  # only a load through a present PTE can consume
     pfn = hit[1]
     ctx = {"user": IN_USER, "kernel-recov": IN_KERNEL_RECOV, "kernel": IN_KERNEL}[a.context]
     mode = "user" if ctx == IN_USER else "kernel"

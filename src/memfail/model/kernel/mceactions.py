@@ -33,9 +33,10 @@ class MachineCheckAction(Action):
     """A CPU consumes poison now, at ``gpa`` of ``vm`` from ``vcpu`` (guest mode, R45), or at
     ``addr`` of ``proc`` by ``thread`` in ``context`` user, kernel-recov (a machine-check-safe
     fixup; ``copyin`` for a copy from user) or kernel (no fixup: the host panics). The task
-    work is NOT run: it waits for a ``task_work`` step (or the thread's next access), so
-    several CPUs can consume the same poison in that window (M7, M8). ``mcip``: the CPU is
-    still in the handler of an earlier machine check (M4). ``ripv``: MCG_STATUS.RIPV."""
+    work is NOT run: it waits for a ``task_work`` step (or the vCPU's next ``guest_access``,
+    the thread's next load of poison), so several CPUs can consume the same poison in that
+    window (M7, M8). ``mcip``: the CPU is still in the handler of an earlier machine check
+    (M4). ``ripv``: MCG_STATUS.RIPV."""
 
     key: ClassVar[str] = "machine_check"
     vm: str | None = None
