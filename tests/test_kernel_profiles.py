@@ -18,10 +18,12 @@ from memfail.model.actions import (
     MemWrite,
     Mmap,
     Open,
+    Prctl,
     Pread,
     Pwrite,
     Sigaction,
     Spawn,
+    Sysctl,
 )
 from memfail.model.host import Host, HostConfig
 from memfail.model.kernel.ksmactions import KsmMerge, KsmPage
@@ -75,6 +77,9 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
          Mmap(proc="app", name="b", size="4K"), MemWrite(proc="app", addr="b"),
          KsmMerge(pages=[KsmPage(proc="app", addr="a"), KsmPage(proc="app", addr="b")]),
          CorruptPfn(proc="app", addr="a")], mf_types, {}),
+    "collect_procs_raw_page": (
+        [Prctl(proc="app", policy="early"), *HUGE_FILE, CorruptPfn(proc="app", addr="m+8K")],
+        signals, {"hugepages": {"2M": 1}}),
     "madvise_hwpoison_ar": (
         [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
          Madvise(proc="app", addr="a", advice="hwpoison")], signals, {}),
@@ -93,6 +98,8 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
         [MemfdCreate(proc="app", name="s", size="4K"), Pwrite(proc="app", fd="s", len="4K"),
          CorruptPfn(proc="app", file="s")], lambda h: h.mf_stats(), {}),
     "kernel_owned_enotrecoverable": ([CorruptPfn(kernel="slab")], last_ret, {}),
+    "sysctl_enable_soft_offline": (
+        [Sysctl(name="vm.enable_soft_offline", value=0)], last_ret, {}),
     "tracepoint_memory_failure_group": (
         [CorruptPfn(kernel="slab")], lambda h: [e.group for e in h.trace.of(MemoryFailureEvent)],
         {}),

@@ -90,7 +90,8 @@ class TargetMixin(BaseModel):
 
 class Sysctl(Action):
     """Set a sysctl: ``vm.memory_failure_early_kill`` (R9), ``vm.memory_failure_recovery`` (R8),
-    ``vm.enable_soft_offline`` (R11), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
+    ``vm.enable_soft_offline`` (R11; the file exists since 6.11, so on older profiles the write
+    fails with ENOENT), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
     ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0."""
 
     key: ClassVar[str] = "sysctl"
@@ -164,12 +165,33 @@ class Prctl(Action):
 
 class Sigaction(Action):
     """Set the process's SIGBUS disposition: ``handler`` (SA_SIGINFO handler that records the
-    siginfo and siglongjmps out of the faulting access), ``default`` (terminate + core) or
-    ``ignore`` (SIG_IGN; a forced AR signal still kills, R35)."""
+    siginfo and siglongjmps out of the faulting access), ``exit`` (an SA_SIGINFO handler that
+    records the siginfo and calls ``_exit(exit_code)``: the process ends with that code, not
+    by the signal), ``default`` (terminate + core) or ``ignore`` (SIG_IGN; a forced AR signal
+    still kills, R35)."""
 
     key: ClassVar[str] = "sigaction"
     proc: str
-    sigbus: Literal["handler", "default", "ignore"]
+    sigbus: Literal["handler", "exit", "default", "ignore"]
+    exit_code: int = Field(default=1, ge=0, le=255)
+
+
+class Kill(Action):
+    """kill(2) of process ``proc`` with ``signal``, sent by ``as_proc`` (default: a root
+    shell). The signal is group-directed: complete_signal() gives it to the first thread
+    (the leader first) that does not block it. SIGKILL ends the process at once; SIGBUS
+    carries si_code SI_USER and no address, and is handled by the process's SIGBUS
+    disposition (a handler runs, ``default`` ends it with a core dump, ``ignore`` discards
+    it; blocked in every thread, it stays pending); any other signal has its default action
+    here (the process ends, killed by that signal). ``signal: 0`` only checks that the
+    process exists. The model reaps a process as soon as it ends, so killing one that has
+    ended fails with ESRCH (there are no zombies). Returns 0."""
+
+    key: ClassVar[str] = "kill"
+    proc: str
+    signal: Literal["SIGKILL", "SIGBUS", "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2",
+                    "SIGSEGV", 0] = "SIGKILL"
+    as_proc: str | None = None
 
 
 class Sigprocmask(Action):
@@ -295,6 +317,67 @@ class Pwrite(FileIO):
     key: ClassVar[str] = "pwrite"
 
 
+class Splice(Action):
+    """splice(fd, off, pipe, NULL, len, 0): move ``len`` bytes of the file into a pipe. The
+    file's ->splice_read (generic_file_splice_read in 6.1, filemap_splice_read /
+    shmem_file_splice_read / copy_splice_read later) reads through the same page-cache path
+    as read(), so a poisoned page stops it the same way: -1 EIO at the first byte, or a short
+    count (R43; tmpfs splice fails, MR-14). With ``offset`` the file position is unchanged;
+    without, it starts at and advances the file position. Returns the bytes moved."""
+
+    key: ClassVar[str] = "splice"
+    proc: str
+    fd: str
+    offset: Size | None = None
+    len: Size = 4096
+
+
+class Fadvise(Action):
+    """posix_fadvise(fd, offset, len, POSIX_FADV_DONTNEED) (generic_fadvise): on a file
+    system with a real backing device (ext2) dirty pages of the range are written back
+    (__filemap_fdatawrite_range) and the clean, unmapped, unpinned page-cache pages are
+    dropped (invalidate_mapping_pages: mapped, dirty, locked or pinned pages stay). tmpfs,
+    memfd, ramfs and hugetlbfs sit on noop_backing_dev_info, for which DONTNEED does nothing.
+    ``len: 0`` means to the end of the file. Returns 0."""
+
+    key: ClassVar[str] = "fadvise"
+    proc: str
+    fd: str
+    offset: Size = 0
+    len: Size = 0
+    advice: Literal["dontneed"] = "dontneed"
+
+
+class DropCaches(Action):
+    """``echo 1 > /proc/sys/vm/drop_caches`` (drop_pagecache_sb): invalidate_mapping_pages()
+    over every file, so every clean, unmapped, unpinned page-cache page of a disk file system
+    (ext2) is dropped and freed. Pages of tmpfs/memfd, ramfs and hugetlbfs, which have no
+    other copy, are not dropped. Returns the number of pages dropped."""
+
+    key: ClassVar[str] = "drop_caches"
+    value: Literal[1, 3] = 1
+
+
+class Link(Action):
+    """link(path, new): a second name for the same inode (i_nlink grows); the inode lives
+    until every name is unlinked and no fd or mapping holds it. Returns 0, or -1 ENOENT /
+    EEXIST."""
+
+    key: ClassVar[str] = "link"
+    path: str
+    new: str
+
+
+class Symlink(Action):
+    """symlink(target, path): ``path`` names ``target``; open() follows it (one level; a
+    dangling link fails with ENOENT) and unlink(path) removes the link itself. Returns 0, or
+    -1 EEXIST."""
+
+    key: ClassVar[str] = "symlink"
+    target: str
+    path: str
+
+
 class Fsync(Action):
     """fsync(fd): reports a recorded writeback error once (EIO, then 0)."""
 
@@ -347,19 +430,29 @@ class Munmap(Action):
 class MemRead(Action):
     """A user-mode load by ``thread`` from ``addr``: faults the page in if needed, consumes a
     latent hardware error (machine check → AR, R1/R44/R46), or hits a hwpoison entry (SIGBUS
-    AR, R40/R41/R54). Returns the byte value read, or ``sigbus``."""
+    AR, R40/R41/R54). Returns the byte value read at ``addr``, or ``sigbus``.
+
+    ``len`` bytes are read, touching every page they cover in address order (``addr``, then
+    the first byte of each following page); ``whole: true`` reads from ``addr`` to the end of
+    the mapping. The loop stops at the first access that raises a signal, as a program whose
+    handler siglongjmps out of it would, and the step returns that outcome. The byte value of
+    each page read is the step's ``data`` (see step expectations)."""
 
     key: ClassVar[str] = "mem_read"
     proc: str
     thread: str | None = None
     addr: Addr
     len: Size = 1
+    whole: bool = False
 
 
 class MemWrite(Action):
     """A user-mode store of ``value`` to ``addr``. Stores do not consume latent poison (the
     line is overwritten: UCNA, RT-07), but hwpoison entries and poisoned page-cache pages
-    still raise SIGBUS. Returns 0, or ``sigbus``."""
+    still raise SIGBUS. Returns 0, or ``sigbus``.
+
+    ``len`` and ``whole`` select the range as for ``mem_read``: every page it covers is
+    written (each page's byte value becomes ``value``), stopping at the first signal."""
 
     key: ClassVar[str] = "mem_write"
     proc: str
@@ -367,19 +460,52 @@ class MemWrite(Action):
     addr: Addr
     value: int = 1
     len: Size = 1
+    whole: bool = False
 
 
 class Madvise(Action):
-    """madvise(): ``hwpoison`` (MADV_HWPOISON, R4: needs CAP_SYS_ADMIN, AR since 6.11),
-    ``soft_offline`` (MADV_SOFT_OFFLINE), ``dontneed`` (zap the range), ``remove``
-    (MADV_REMOVE: punch the backing shmem range). Returns 0 or -1 with errno."""
+    """madvise(): ``hwpoison`` (MADV_HWPOISON, R4: needs CAP_SYS_ADMIN, AR since 6.11; a page
+    that already holds a hwpoison entry fails with EFAULT), ``soft_offline``
+    (MADV_SOFT_OFFLINE), ``dontneed`` (zap the range), ``remove`` (MADV_REMOVE: punch the
+    backing shmem range), ``hugepage`` / ``nohugepage`` (MADV_HUGEPAGE / MADV_NOHUGEPAGE:
+    hugepage_madvise() sets or clears VM_HUGEPAGE, so later write faults of a private
+    anonymous mapping get PMD-sized THPs where a PMD-aligned 2M range fits; returns 0 for any
+    mapping, also HugeTLB and shmem, where it changes nothing the model shows). Returns 0 or
+    -1 with errno (ENOMEM when no mapping covers ``addr``)."""
 
     key: ClassVar[str] = "madvise"
     proc: str
     thread: str | None = None
     addr: Addr
     len: Size = 4096
-    advice: Literal["hwpoison", "soft_offline", "dontneed", "remove"]
+    advice: Literal["hwpoison", "soft_offline", "dontneed", "remove", "hugepage",
+                    "nohugepage"]
+
+
+class Mlock(Action):
+    """mlock(addr, len) (do_mlock): the mapping becomes VM_LOCKED, then __mm_populate() faults
+    every page of the range in (a write fault for writable private memory, to break COW, a
+    read fault otherwise) and the pages become mlocked and unevictable. A page that cannot be
+    faulted in (a hwpoison entry, a poisoned page-cache page) stops the populate:
+    __mlock_posix_error_return() turns its -EFAULT into -1 ENOMEM; VM_LOCKED stays set. A
+    range with no mapping fails with ENOMEM. The model does not split VMAs: the whole mapping
+    counts as VM_LOCKED for later faults. Returns 0."""
+
+    key: ClassVar[str] = "mlock"
+    proc: str
+    addr: Addr
+    len: Size = 4096
+
+
+class Munlock(Action):
+    """munlock(addr, len): the mapping loses VM_LOCKED and each mapped page of the range is
+    munlocked (back on the evictable LRU, unless its mapping is unevictable, e.g. ramfs).
+    Returns 0, or -1 ENOMEM for a range with no mapping."""
+
+    key: ClassVar[str] = "munlock"
+    proc: str
+    addr: Addr
+    len: Size = 4096
 
 
 # --------------------------------------------------------------------------- injection
@@ -402,7 +528,10 @@ class UnpoisonPfn(TargetMixin, Action):
 
 class HardOfflinePage(TargetMixin, Action):
     """Write the physical address to sysfs ``devices/system/memory/hard_offline_page``:
-    memory_failure(pfn, 0)."""
+    hard_offline_page_store() calls memory_failure(pfn, MF_SW_SIMULATED) (6.1 and later; the
+    flag makes a later unpoison possible and is not action-required, so only early-kill
+    processes are signalled). Returns the bytes written, or -1 with memory_failure()'s errno
+    (EOPNOTSUPP from the test filter becomes success)."""
 
     key: ClassVar[str] = "hard_offline_page"
 
@@ -435,6 +564,90 @@ class Scrub(TargetMixin, Action):
 # --------------------------------------------------------------------------- observations
 
 
+class Shmget(Action):
+    """shmget(key, size, IPC_CREAT | (SHM_HUGETLB when ``hugetlb`` is given)): a System V
+    shared memory segment, a shmem file, or with SHM_HUGETLB a hugetlbfs file
+    (hugetlb_file_setup) whose whole size is reserved from the HugeTLB pool of that page size
+    at once (hugetlb_reserve_pages); a pool that cannot cover it fails with -1 ENOMEM.
+    ``key`` names the segment in later steps. Returns 0."""
+
+    key: ClassVar[str] = "shmget"
+    shm: str
+    size: Size
+    hugetlb: Literal["2M", "1G"] | None = None
+
+
+class Shmat(Action):
+    """shmat(): map segment ``shm`` into ``proc`` as a shared mapping named ``name`` (a
+    MAP_SHARED mapping of the segment's file; shmdt is ``munmap`` of it). Returns the start
+    address, or -1 EINVAL for a segment that was removed."""
+
+    key: ClassVar[str] = "shmat"
+    proc: str
+    shm: str
+    name: str
+
+
+class ShmctlRmid(Action):
+    """shmctl(shm, IPC_RMID): the segment loses its key and is destroyed once no process has
+    it attached (its pages, reservations and HugeTLB folios are released then). Returns 0."""
+
+    key: ClassVar[str] = "shmctl_rmid"
+    shm: str
+
+
+class MceInject(TargetMixin, Action):
+    """A machine check injected by software (the mce-inject module / ``mce-inject`` tool:
+    an MCE record raised through do_machine_check). The DRAM is not corrupted; only the
+    report is. ``severity``:
+
+    * ``srao`` — UC, S, ADDRV, not AR ("Action optional: memory scrubbing error"): the record
+      is logged and the uc_decode_notifier calls memory_failure(pfn, 0) (R2), as for a
+      patrol-scrub error;
+    * ``srar`` — an action-required data load by the thread at the target's ``proc`` +
+      ``addr`` (give that target): kill_me_maybe() runs memory_failure(pfn,
+      MF_ACTION_REQUIRED) for that thread on its return to user mode (R44, R46).
+
+    Returns memory_failure()'s return value (0, or a negative errno number)."""
+
+    key: ClassVar[str] = "mce_inject"
+    severity: Literal["srao", "srar"] = "srao"
+    thread: str | None = None
+
+
+class SplitHugePages(Action):
+    """debugfs ``split_huge_pages``: ``pid,vaddr_start,vaddr_end`` of ``proc`` (``addr``,
+    ``len``; default the whole mapping) splits every THP mapped in that range
+    (split_huge_pages_pid); without ``proc`` it splits every THP of the host
+    (split_huge_pages_all). HugeTLB pages are not THPs and stay. A THP with an extra pin
+    (GUP) cannot be split and is left. Returns the number of THPs split."""
+
+    key: ClassVar[str] = "split_huge_pages"
+    proc: str | None = None
+    addr: Addr | None = None
+    len: Size | None = None
+
+
+class Sigpending(Action):
+    """sigpending() of one thread: the signals queued to it and not yet delivered (a SIGBUS
+    waits while the thread blocks it, R35, R38). Returns a list of ``{signal, code, addr}``
+    (addr as NAME+OFFSET), empty when nothing is pending."""
+
+    key: ClassVar[str] = "sigpending"
+    proc: str
+    thread: str | None = None
+
+
+class ProcStatus(Action):
+    """Whether ``proc`` is alive, and how it ended (like waitpid's status): returns
+    ``{alive, state, code, signal}``, state ``running``, ``exited`` (code = the exit code),
+    ``killed`` (signal = the signal's name) or ``never-started`` (the step that creates it
+    failed). Never fails, even for a process that has ended."""
+
+    key: ClassVar[str] = "proc_status"
+    proc: str
+
+
 class Pagemap(Action):
     """Read ``/proc/PID/pagemap`` for ``addr``: ``{present, swapped, pfn, hwpoison_entry}``
     (a hwpoison entry reads as swapped, KS-01)."""
@@ -458,12 +671,13 @@ class Meminfo(Action):
 
 
 HOST_ACTIONS: tuple[type[Action], ...] = (
-    Sysctl, Hugepages, Spawn, Fork, Clone, Exit, Prctl, Sigaction, Sigprocmask,
-    Create, MemfdCreate, Open, Close, Unlink, Ftruncate, Fallocate,
-    Read, Pread, Write, Pwrite, Fsync,
-    Mmap, Munmap, MemRead, MemWrite, Madvise,
-    CorruptPfn, UnpoisonPfn, HardOfflinePage, SoftOfflinePage, HwError, Scrub,
-    Pagemap, Kpageflags, Meminfo,
+    Sysctl, Hugepages, Spawn, Fork, Clone, Exit, Kill, Prctl, Sigaction, Sigprocmask,
+    Create, MemfdCreate, Open, Close, Unlink, Link, Symlink, Ftruncate, Fallocate,
+    Read, Pread, Write, Pwrite, Splice, Fsync, Fadvise, DropCaches,
+    Mmap, Munmap, MemRead, MemWrite, Madvise, Mlock, Munlock, Shmget, Shmat, ShmctlRmid,
+    CorruptPfn, UnpoisonPfn, HardOfflinePage, SoftOfflinePage, HwError, Scrub, MceInject,
+    SplitHugePages,
+    Pagemap, Kpageflags, Meminfo, Sigpending, ProcStatus,
 )
 
 ACTION_TYPES: dict[str, type[Action]] = {a.key: a for a in HOST_ACTIONS}

@@ -25,6 +25,7 @@ from .kernel.task import Process, SigInfo, Thread
 from .trace import (
     SI_CODE_NAMES,
     SI_KERNEL,
+    SI_USER,
     SIGBUS,
     ActionDone,
     Event,
@@ -51,6 +52,8 @@ SYSCTL_DEFAULTS = {
     "vm.nr_overcommit_hugepages": 0,
     "vm.panic_on_unrecoverable_memory_failure": 0,
 }
+# Sysctls that only some kernels have: name -> the KernelProfile switch that brings the file.
+PROFILE_SYSCTLS = {"vm.enable_soft_offline": "sysctl_enable_soft_offline"}
 
 
 @dataclass
@@ -75,6 +78,7 @@ class ActionResult:
 
     ret: Any
     errno: str | None = None
+    data: list[int] | None = None  # the byte value of each page a read or access saw
 
     @classmethod
     def err(cls, negerr: int) -> ActionResult:
@@ -118,6 +122,10 @@ class Host:
             if k not in SYSCTL_DEFAULTS:
                 raise ModelInputError(
                     f"unknown sysctl {k!r}; known: {', '.join(SYSCTL_DEFAULTS)}", "sysctl")
+            if k in PROFILE_SYSCTLS and not getattr(self.profile, PROFILE_SYSCTLS[k]):
+                raise ModelInputError(
+                    f"{k} does not exist in {self.profile.name} (profile switch "
+                    f"{PROFILE_SYSCTLS[k]}: see `memfail profiles`)", "sysctl")
             self.sysctl[k] = int(v)
         geo = self.geometry
         self.hugetlb = HugeTLB(self, {"2M": geo.pmd_order, "1G": geo.pud_order}, cfg.hvo)
@@ -138,6 +146,13 @@ class Host:
             self.hugetlb.hstate(geo.huge_order(size)).nr_overcommit_huge_pages = int(n)
         for size, n in cfg.hugepages.items():
             self.hugetlb.set_max_huge_pages(self.hugetlb.hstate(geo.huge_order(size)), int(n))
+        # sysctls given at boot are written like the sysctl action does (after the boot-time
+        # pool): vm.nr_hugepages and vm.nr_overcommit_hugepages act on the default (2M) hstate
+        h2 = self.hugetlb.hstate(geo.pmd_order)
+        if "vm.nr_overcommit_hugepages" in cfg.sysctl:
+            h2.nr_overcommit_huge_pages = int(cfg.sysctl["vm.nr_overcommit_hugepages"])
+        if "vm.nr_hugepages" in cfg.sysctl:
+            self.hugetlb.set_max_huge_pages(h2, int(cfg.sysctl["vm.nr_hugepages"]))
         self.ext["pool_at_start"] = sum(h.nr_huge_pages << h.order
                                         for h in self.hugetlb.hstates.values())
         self.policy = None
@@ -238,7 +253,7 @@ class Host:
     def _dead_actor(self, action: Action) -> str | None:
         fields = type(action).model_fields
         name = action.__dict__.get("proc") if "proc" in fields else None
-        if isinstance(name, str) and action.key != "spawn":
+        if isinstance(name, str) and action.key not in ("spawn", "proc_status"):
             p = self.processes.get(name)
             if p is not None and not p.alive:
                 return f"process {name} has exited"
@@ -281,16 +296,29 @@ class Host:
         self.processes[name] = proc
         return proc
 
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether the scenario being run creates ``name`` (a ``proc``, ``thread``,
+        ``mapping`` or ``fd``) in some step: a name that is missing at run time although a
+        step creates it vanished at run time (the creating step failed, the process died),
+        which is a result, not bad input."""
+        return name in self.ext.get("declared", {}).get(kind, ())
+
     def proc(self, name: str, field_name: str = "proc") -> Process:
         try:
             return self.processes[name]
         except KeyError:
+            if self.declared("proc", name):
+                raise TargetGone(f"process {name!r} does not exist (the step that creates it "
+                                 "did not succeed)", field_name, "ESRCH") from None
             known = ", ".join(self.processes) or "none"
             raise ModelInputError(f"unknown process {name!r} (known: {known})",
                                   field_name) from None
 
     def thread(self, proc: Process, name: str | None) -> Thread:
         t = proc.thread(name)
+        if t is None and name is not None and self.declared("thread", name):
+            raise TargetGone(f"process {proc.comm!r} has no thread {name!r} (the step that "
+                             "creates it did not succeed)", "thread", "ESRCH")
         if t is None:
             raise ModelInputError(
                 f"process {proc.comm!r} has no thread {name!r} (threads: "
@@ -304,6 +332,13 @@ class Host:
     def process_status(self, name: str) -> dict[str, Any]:
         p = self.proc(name)
         return {"state": p.state, "code": p.exit_code, "signal": p.exit_signal}
+
+    def process_status_or_none(self, name: str) -> dict[str, Any]:
+        """process_status(), or state ``never-started`` for a process whose creating step
+        failed (fork of a dead parent)."""
+        if name not in self.processes:
+            return {"state": "never-started", "code": None, "signal": None}
+        return self.process_status(name)
 
     # ------------------------------------------------------------------ signals
     def _signal_event(self, t: Thread, code: int, addr: int | None, lsb: int | None,
@@ -341,13 +376,21 @@ class Host:
         """send_sig_mceerr(): respects the mask; delivered once unblocked (R35)."""
         self._queue(t, SigInfo(SIGBUS, code, addr, lsb, False), sender, pfn)
 
+    def send_sig_user(self, t: Thread, sender: str) -> None:
+        """kill(2) of SIGBUS: si_code SI_USER, no address; respects the mask and SIG_IGN."""
+        self._queue(t, SigInfo(SIGBUS, SI_USER, None, None, False), sender)
+
     def force_sig_sigbus(self, t: Thread, sender: str, code: int = SI_KERNEL,
-                         pfn: int | None = None) -> None:
-        """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46)."""
+                         pfn: int | None = None, addr: int | None = None) -> None:
+        """force_sig(SIGBUS): a plain SIGBUS without MCE payload (kill_me_now, R46), or
+        force_sig_fault(SIGBUS, BUS_ADRERR, address) from x86 do_sigbus() when ``addr`` is
+        given: si_addr is the faulting address and si_addr_lsb, never set, reads 0 (the
+        siginfo is cleared first), as Debian's 6.1 shows in conform case rk-06."""
         if t.alive and (t.blocked or t.proc.sigbus == "ignore"):
             t.blocked = False
             t.proc.sigbus = "default"
-        self._queue(t, SigInfo(SIGBUS, code, None, None, True), sender, pfn)
+        lsb = None if addr is None else 0
+        self._queue(t, SigInfo(SIGBUS, code, addr, lsb, True), sender, pfn)
 
     def deliver_signals(self) -> None:
         """Deliver every pending, unblocked SIGBUS on return to user space."""
@@ -363,7 +406,7 @@ class Host:
                 continue
             t.pending = None
             self._pending_threads.discard(t)
-            fatal = proc.sigbus != "handler"
+            fatal = proc.sigbus not in ("handler", "exit")
             self.emit(SignalDelivered(
                 self.trace.step, proc.pid, t.tid, t.comm, t.name,
                 SI_CODE_NAMES.get(info.si_code, str(info.si_code)),
@@ -371,6 +414,11 @@ class Host:
                 "killed" if fatal else "handler"))
             if fatal:
                 self.kill_process(proc, SIGBUS, "signal")
+                continue
+            if proc.sigbus == "exit":
+                # the handler records the siginfo and calls _exit(code): the process ends
+                # by exiting, not by the signal
+                self.exit_process(proc, proc.sigbus_exit_code)
                 continue
             self.on_sigbus_handled(t, info)
         if any(t.pending is not None and (not t.blocked or t.signalfd) and t.alive
@@ -449,6 +497,9 @@ class Host:
         if name.lower().startswith("0x") or name.isdigit():
             return int(name, 0) + offset
         vma = self.region(proc, name)
+        if vma is None and self.declared("mapping", name):
+            raise TargetGone(f"process {proc.comm!r} has no mapping {name!r} now (its mmap "
+                             "failed, or it was unmapped)", field_name, "ENOENT")
         if vma is None:
             known = sorted(self.region_names(proc))
             raise ModelInputError(
@@ -487,6 +538,8 @@ class Host:
         if folio is not None:
             folio.rmap[(vma.mm.id, key)] = pte.order
             folio.get("map")
+            if not vma.shared and (folio.kind == "anon" or "anon" in folio.flags):
+                vma.anon_vma = True  # anon_vma_prepare() before the first anonymous page
 
     def zap_entry(self, mm: MM, key: int, why: str = "zapped") -> None:
         """Remove one entry (present or hwpoison) and drop the folio's map reference."""
@@ -614,9 +667,21 @@ class Host:
                        even_cows: bool) -> None:
         """truncate_inode_pages_range(): unmap and drop cached folios in [start, end).
 
-        Hole punch (``even_cows=False``) leaves existing hwpoison entries alone (R40)."""
+        Hole punch (``even_cows=False``) leaves existing hwpoison entries alone (R40), except
+        on hugetlbfs: hugetlbfs_punch_hole() and hugetlb_vmtruncate() call
+        hugetlb_vmdelete_list(), which runs unmap_hugepage_range() over the range in every
+        VMA of the file, and __unmap_hugepage_range() clears non-present entries (hwpoison
+        and migration entries) as well as present ones, private COW copies included."""
         shift = self.geometry.page_shift
         step = 1 << inode.huge_order
+        if inode.kind == "hugetlbfs":
+            for vma in list(inode.i_mmap):
+                lo = vma.start + ((start_idx - vma.pgoff) << shift)
+                hi = vma.start + ((end_idx - vma.pgoff) << shift) if end_idx < 1 << 60 \
+                    else vma.end
+                lo, hi = max(lo, vma.start), min(hi, vma.end)
+                for key in sorted(k for k in vma.mm.ptes if lo <= k < hi):
+                    self.zap_entry(vma.mm, key, "truncated")
         for idx in sorted(i for i in inode.pages if start_idx <= i and i + step <= end_idx):
             folio = inode.pages[idx]
             for vma in list(inode.i_mmap):
@@ -698,7 +763,8 @@ class Host:
 
     def fd(self, proc: Process, name: str) -> OpenFile:
         of = proc.fds.get(name)
-        if of is None and (proc.pid, name) in self.ext.get("closed_fds", ()):
+        if of is None and ((proc.pid, name) in self.ext.get("closed_fds", ())
+                           or self.declared("fd", name)):
             raise TargetGone(f"fd {name!r} of {proc.comm!r} was closed", "fd", "EBADF")
         if of is None:
             raise ModelInputError(

@@ -18,8 +18,13 @@ SIGKILL = 9
 SI_KERNEL = 0x80
 BUS_MCEERR_AR = 4
 BUS_MCEERR_AO = 5
+SI_USER = 0
+BUS_ADRALN, BUS_ADRERR, BUS_OBJERR = 1, 2, 3
+# include/uapi/asm-generic/siginfo.h: every si_code a SIGBUS of the model can carry, so the
+# trace never shows a bare number
 SI_CODE_NAMES = {BUS_MCEERR_AR: "BUS_MCEERR_AR", BUS_MCEERR_AO: "BUS_MCEERR_AO",
-                 SI_KERNEL: "SI_KERNEL"}
+                 SI_KERNEL: "SI_KERNEL", SI_USER: "SI_USER", BUS_ADRALN: "BUS_ADRALN",
+                 BUS_ADRERR: "BUS_ADRERR", BUS_OBJERR: "BUS_OBJERR"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class SignalSent(Event):
     ``outcome`` is ``queued``, ``dropped-pending`` (a SIGBUS was already pending, R38),
     ``ignored`` (SIG_IGN and not forced) or ``dead`` (the target has exited).
     ``addr_rel`` is si_addr relative to the mapping it falls in (``"ram+0x1000"``).
+    ``si_code`` is always a name, never a number: ``BUS_MCEERR_AR``, ``BUS_MCEERR_AO``,
+    ``SI_KERNEL`` (a plain SIGBUS from kill_me_now), ``SI_USER`` (``kill``), ``BUS_ADRERR``
+    (an access past the end of a file), ``BUS_ADRALN``, ``BUS_OBJERR``.
     """
 
     kind: ClassVar[str] = "signal"

@@ -22,7 +22,16 @@ from memfail.model.trace import (
 )
 
 from .errors import did_you_mean
-from .schema import ExitCode, ExitSignal, FinalExpect, SignalExpect, StepExpect
+from .schema import (
+    ExitCode,
+    ExitNot,
+    ExitSignal,
+    FinalExpect,
+    SignalExpect,
+    StepExpect,
+    is_operator,
+    saved_refs,
+)
 
 
 @dataclass(frozen=True)
@@ -72,17 +81,62 @@ class Checker:
 # --------------------------------------------------------------------------- matching
 
 
-def matches(expected: Any, actual: Any) -> bool:
-    """Partial match: a dict matches when every given key matches; lists match item by item."""
+def matches(expected: Any, actual: Any, saved: dict[str, Any] | None = None) -> bool:
+    """Partial match: a dict matches when every given key matches; lists match item by item.
+    A dict of operators (``not``, ``contains``, ``lacks``, ``same_as``, ``differs_from``,
+    ``at_least``, ``at_most``) is a test on the actual value; every operator must hold."""
+    if is_operator(expected):
+        return all(_operator(op, arg, actual, saved or {}) for op, arg in expected.items())
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(
-            k in actual and matches(v, actual[k]) for k, v in expected.items())
+            k in actual and matches(v, actual[k], saved) for k, v in expected.items())
     if isinstance(expected, list | tuple):
         return isinstance(actual, list | tuple) and len(expected) == len(actual) and all(
-            matches(e, a) for e, a in zip(expected, actual, strict=True))
+            matches(e, a, saved) for e, a in zip(expected, actual, strict=True))
     if isinstance(expected, bool) or isinstance(actual, bool):
         return isinstance(expected, bool) and isinstance(actual, bool) and expected == actual
     return bool(expected == actual)
+
+
+_UNSET = object()
+
+
+def saved_value(saved: dict[str, Any], ref: str) -> Any:
+    """The value an earlier step saved as ``NAME`` (its ret), or ``NAME.key`` inside it."""
+    name, *keys = ref.split(".")
+    cur = saved.get(name, _UNSET)
+    for k in keys:
+        cur = cur.get(k, _UNSET) if isinstance(cur, dict) else _UNSET
+    return cur
+
+
+def _operator(op: str, arg: Any, actual: Any, saved: dict[str, Any]) -> bool:
+    items = arg if isinstance(arg, list) else [arg]
+    if op == "not":
+        return not matches(arg, actual, saved)
+    if op == "contains":
+        return isinstance(actual, list | tuple | str) and all(x in actual for x in items)
+    if op == "lacks":
+        return isinstance(actual, list | tuple | str) and not any(x in actual for x in items)
+    if op in ("same_as", "differs_from"):
+        other = saved_value(saved, arg)
+        if other is _UNSET:
+            return False
+        return (other == actual) == (op == "same_as")
+    number = isinstance(actual, int) and not isinstance(actual, bool)
+    if op == "at_least":
+        return number and actual >= arg
+    return number and actual <= arg  # at_most
+
+
+def data_matches(expected: Any, data: list[int] | None, saved: dict[str, Any]) -> bool:
+    """``data``: a list compares page by page; anything else must hold for every page (and
+    at least one page must have been read)."""
+    if data is None:
+        return False
+    if isinstance(expected, list):
+        return matches(expected, data, saved)
+    return bool(data) and all(matches(expected, x, saved) for x in data)
 
 
 def log_matches(pattern: str, text: str) -> bool:
@@ -131,16 +185,22 @@ def _signal_matches(exp: SignalExpect, s: SignalSent,
 
 def check_step(chk: Checker, exp: StepExpect, *, step: int, action: str, line: int,
                ret: Any, errno: str | None, events: list[Event],
-               addr_of: Callable[[str, Any], str | int | None]) -> None:
+               addr_of: Callable[[str, Any], str | int | None],
+               data: list[int] | None = None, saved: dict[str, Any] | None = None) -> None:
     """Check one step's expectations against its result and the events it produced."""
     given = exp.model_fields_set
+    saved = saved or {}
 
     def ck(ok: bool, field: str, expected: Any, actual: Any, message: str | None = None) -> None:
         chk.check(ok, field, expected, actual, line=line, step=step, action=action,
                   message=message)
 
     if "ret" in given:
-        ck(matches(exp.ret, ret), "ret", exp.ret, ret)
+        ck(matches(exp.ret, ret, saved), "ret", exp.ret, ret, _saved_note(exp.ret, ret, saved))
+    if "data" in given:
+        ck(data_matches(exp.data, data, saved), "data", exp.data, data,
+           None if data is not None else "this action returns no data (only mem_read, read "
+           "and pread do)")
     if "errno" in given:
         ck(exp.errno == errno, "errno", exp.errno, errno)
     if "signals" in given:
@@ -157,8 +217,7 @@ def check_step(chk: Checker, exp: StepExpect, *, step: int, action: str, line: i
     if "killed" in given:
         dead = sorted(e.comm for e in events if isinstance(e, ProcessExit) and e.signal)
         ck(sorted(exp.killed) == dead, "killed", sorted(exp.killed), dead)
-    logs = [e.text for e in events if isinstance(e, KernelLog)]
-    _check_logs(exp.log, exp.no_log, logs, ck)
+    _check_logs(exp, kernel_lines(events), ck)
     if "mf" in given:
         mfe = [e for e in events if isinstance(e, MemoryFailureEvent)]
         actual = [{"type": e.page_type, "result": e.result} for e in mfe]
@@ -181,8 +240,43 @@ def _ci(expected: str | None, actual: str) -> bool:
     return expected is None or expected.lower() == actual.lower()
 
 
-def _check_logs(log: list[str], no_log: list[str], lines: list[str],
-                ck: Callable[..., None]) -> None:
+def _saved_note(expected: Any, actual: Any, saved: dict[str, Any]) -> str | None:
+    """A failure message that shows the saved value a same_as/differs_from compared with."""
+    refs = saved_refs(expected)
+    if not refs:
+        return None
+    shown = {r: saved.get(r, "(not saved: its step did not run or was not reached)")
+             for r in refs}
+    return f"expected {_show(expected)}, got {_show(actual)} (saved: {_show(shown)})"
+
+
+def kernel_lines(events: list[Event]) -> list[str]:
+    """The kernel log lines of ``events``, as dmesg prints them without the timestamp. The
+    lines memfail adds to explain why a step failed (level debug, starting with ``memfail:``)
+    are not kernel lines and no log expectation sees them."""
+    return [e.text for e in events if isinstance(e, KernelLog)
+            and not (e.level == "debug" and e.text.startswith("memfail: "))]
+
+
+def _check_logs(exp: Any, lines: list[str], ck: Callable[..., None]) -> None:
+    log: list[str] = exp.log
+    no_log: list[str] = exp.no_log
+    if exp.log_order:
+        it = iter(lines)
+        ok = all(any(log_matches(p, t) for t in it) for p in exp.log_order)
+        ck(ok, "log_order", exp.log_order, lines,
+           None if ok else f"the kernel log lines do not match {exp.log_order!r} in this "
+           f"order; lines: {lines!r}")
+    if exp.log_exact is not None:
+        ok = len(lines) == len(exp.log_exact) and all(
+            log_matches(p, t) for p, t in zip(exp.log_exact, lines, strict=True))
+        ck(ok, "log_exact", exp.log_exact, lines,
+           None if ok else f"expected exactly {len(exp.log_exact)} kernel log line(s) "
+           f"matching {exp.log_exact!r} in order, got {len(lines)}: {lines!r}")
+    for p, n in exp.log_count.items():
+        got = sum(1 for t in lines if log_matches(p, t))
+        ck(got == n, f"log_count.{p}", n, got,
+           None if got == n else f"expected {n} kernel log line(s) matching {p!r}, got {got}")
     for p in log:
         ck(any(log_matches(p, t) for t in lines), "log", p, lines,
            f"no kernel log line matches {p!r}" + (f"; lines: {lines!r}" if lines else
@@ -224,8 +318,7 @@ def check_final(chk: Checker, exp: FinalExpect, *, line_of: Callable[..., int | 
     if "panic" in given:
         ck((panicked is not None) == exp.panic, "panic", exp.panic, panicked is not None,
            None if exp.panic or panicked is None else f"expected no panic, got {panicked!r}")
-    logs = [e.text for e in events if isinstance(e, KernelLog)]
-    _check_logs(exp.log, exp.no_log, logs, ck)
+    _check_logs(exp, kernel_lines(events), ck)
     if exp.outcomes:
         got = outcomes()
         if got is None:
@@ -237,6 +330,10 @@ def check_final(chk: Checker, exp: FinalExpect, *, line_of: Callable[..., int | 
 
 
 def _exit_matches(want: Any, st: dict[str, Any]) -> bool:
+    if isinstance(want, ExitNot):
+        return not _exit_matches(want.not_, st)
+    if want == "ended":
+        return st.get("state") in ("exited", "killed")
     if isinstance(want, ExitCode):
         return st.get("state") == "exited" and st.get("code") == want.code
     if isinstance(want, ExitSignal):
@@ -245,6 +342,10 @@ def _exit_matches(want: Any, st: dict[str, Any]) -> bool:
 
 
 def _exit_show(want: Any) -> str:
+    if isinstance(want, ExitNot):
+        return f"not {_exit_show(want.not_)}"
+    if want == "ended":
+        return "ended (exited or killed)"
     if isinstance(want, ExitCode):
         return f"exited with code {want.code}"
     if isinstance(want, ExitSignal):

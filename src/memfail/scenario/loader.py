@@ -32,11 +32,12 @@ from .schema import (
     ProcessSpec,
     ScenarioHeader,
     StepExpect,
+    saved_refs,
 )
 
 MAX_FILE_BYTES = 4 << 20
-MAX_NODES = 10_000
-STEP_KEYS = ("expect", "note")
+MAX_NODES = 200_000
+STEP_KEYS = ("expect", "note", "save")
 # Fields of int|str type that hold sizes, and those that hold user addresses.
 SIZE_FIELDS = frozenset({"size", "len", "offset"})
 ADDR_FIELDS = frozenset({"addr", "buf"})
@@ -55,6 +56,7 @@ class Step:
     action: Action
     expect: StepExpect | None = None
     note: str | None = None
+    save: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,14 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
             raise _from_validation(e, file, lines, (*loc, "expect"), raw["expect"],
                                    StepExpect) from None
     note = raw.get("note")
+    save = raw.get("save")
+    if save is not None and not (isinstance(save, str) and re.match(r"^[A-Za-z_][\w\-]*$",
+                                                                     save)):
+        raise ScenarioError(file, lines.get((*loc, "save"), line), f"{where}.save",
+                            f"save takes a name such as `before` (letters, digits, _ and -), "
+                            f"got {save!r}")
     return Step(index=i, line=line, key=key, action=action, expect=expect,
-                note=None if note is None else str(note))
+                note=None if note is None else str(note), save=save)
 
 
 GPA_FIELDS = frozenset({"gpa", "gmem_offset"})
@@ -281,9 +289,22 @@ def check_addr_syntax(value: Any, file: str, line: int | None, where: str) -> No
 
 
 def _check_names(sc: Scenario) -> None:
-    """Every process a step or expectation names must have been created before it."""
+    """Every process a step or expectation names must have been created before it, and every
+    saved value an expectation compares with must be saved by an earlier step."""
     known = [p.name for p in sc.processes]
+    saves: list[str] = []
     for step in sc.steps:
+        if step.expect is not None:
+            for fld in ("ret", "data"):
+                for ref in saved_refs(getattr(step.expect, fld)):
+                    if ref not in saves:
+                        raise ScenarioError(
+                            sc.file, sc.line_of("steps", step.index, "expect", fld),
+                            f"steps[{step.index}].expect.{fld}",
+                            f"no earlier step saves {ref!r}{did_you_mean(ref, saves)}; add "
+                            f"`save: {ref}` to the step whose result it is")
+        if step.save is not None:
+            saves.append(step.save)
         a = step.action
         for fname in ("proc", "as_proc"):
             name = getattr(a, fname, None)

@@ -36,6 +36,7 @@ class ActionRecord:
     note: str | None = None
     ret: Any = None
     errno: str | None = None
+    data: list[int] | None = None
     ran: bool = True
     events: list[Event] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
@@ -80,7 +81,7 @@ def setup_actions(sc: Scenario) -> list[tuple[Action, int | None]]:
             out.append((Prctl(proc=p.name, thread=thread, op="set", policy=policy),
                         sc.line_of("processes", i, "mce_kill", thread)))
         if p.sigbus != "default":
-            out.append((Sigaction(proc=p.name, sigbus=p.sigbus),
+            out.append((Sigaction(proc=p.name, sigbus=p.sigbus, exit_code=p.exit_code),
                         sc.line_of("processes", i, "sigbus")))
     return out
 
@@ -115,6 +116,7 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
         raise ScenarioError(sc.file, sc.line_of("profile") if not profile_override else None,
                             "profile", str(e)) from None
     host = make_host(sc, profile, policy)
+    host.ext["declared"] = declared_names(sc)
     chk = Checker(sc.file)
 
     setup: list[ActionRecord] = []
@@ -139,6 +141,7 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
             return None
 
     steps: list[ActionRecord] = []
+    saved: dict[str, Any] = {}
     panicked_at: int | None = None
     for step in sc.steps:
         rec = ActionRecord(len(setup) + len(steps), step.key, step.action, step.line,
@@ -155,14 +158,17 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
         if step.expect is not None:
             before = len(chk.failures)
             check_step(chk, step.expect, step=step.index, action=step.key, line=step.line,
-                       ret=rec.ret, errno=rec.errno, events=rec.events, addr_of=addr_of)
+                       ret=rec.ret, errno=rec.errno, events=rec.events, addr_of=addr_of,
+                       data=rec.data, saved=saved)
             rec.failures = chk.failures[before:]
+        if step.save is not None:
+            saved[step.save] = rec.ret
         if host.panicked is not None:
             panicked_at = step.index
 
     meminfo_after = dict(host.meminfo())
     mf_stats = dict(host.mf_stats())
-    statuses = {name: dict(host.process_status(name)) for name in _process_names(sc)}
+    statuses = {name: dict(host.process_status_or_none(name)) for name in _process_names(sc)}
     outcomes_fn: Callable[[], dict[str, Any]] | None = getattr(host, "outcomes", None)
     outcomes_cache: list[dict[str, Any] | None] = []
 
@@ -198,8 +204,40 @@ def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = N
             path = f"steps[{step.index}].{step.key}" + (f".{fld}" if fld else "")
             raise ScenarioError(sc.file, sc.line_of(*loc), path, str(e)) from None
         raise ScenarioError(sc.file, rec.line, where, str(e)) from None
-    rec.ret, rec.errno = res.ret, res.errno
+    rec.ret, rec.errno, rec.data = res.ret, res.errno, res.data
     rec.events = list(host.trace.events[first:])
+
+
+# Actions that create a file descriptor, and the fields naming it (first one given wins).
+_FD_CREATORS = {"open": ("fd", "path"), "memfd_create": ("fd", "name"), "gmem_create": ("fd",)}
+
+
+def declared_names(sc: Scenario) -> dict[str, set[str]]:
+    """Names some part of the file creates: processes, threads, mappings and fds. A name
+    missing at run time that is in here vanished at run time (its creating step failed, its
+    process died): the step that uses it fails with ESRCH, ENOENT or EBADF and the run goes
+    on. A name in no creating step is a mistake in the file (exit status 2)."""
+    out: dict[str, set[str]] = {"proc": set(), "thread": set(), "mapping": set(), "fd": set()}
+    for p in sc.processes:
+        out["proc"].add(p.name)
+        out["thread"].update(p.threads)
+    for step in sc.steps:
+        a = step.action
+        if step.key == "spawn":
+            out["proc"].add(a.proc)  # type: ignore[attr-defined]
+            out["thread"].update(a.threads)  # type: ignore[attr-defined]
+        elif step.key == "fork":
+            out["proc"].add(a.child)  # type: ignore[attr-defined]
+        elif step.key == "clone":
+            out["thread"].add(a.new)  # type: ignore[attr-defined]
+        elif step.key in ("mmap", "shmat"):
+            out["mapping"].add(a.name)  # type: ignore[attr-defined]
+        for fld in _FD_CREATORS.get(step.key, ()):
+            value = getattr(a, fld, None)
+            if value is not None:
+                out["fd"].add(value)
+                break
+    return out
 
 
 def _process_names(sc: Scenario) -> list[str]:

@@ -50,6 +50,10 @@ SI_CODES = {
     "AR": "BUS_MCEERR_AR", "BUS_MCEERR_AR": "BUS_MCEERR_AR", "4": "BUS_MCEERR_AR",
     "AO": "BUS_MCEERR_AO", "BUS_MCEERR_AO": "BUS_MCEERR_AO", "5": "BUS_MCEERR_AO",
     "SI_KERNEL": "SI_KERNEL", "128": "SI_KERNEL",
+    "SI_USER": "SI_USER", "0": "SI_USER",  # kill(2)
+    "BUS_ADRALN": "BUS_ADRALN", "1": "BUS_ADRALN",
+    "BUS_ADRERR": "BUS_ADRERR", "2": "BUS_ADRERR",  # access beyond the end of a file (R41)
+    "BUS_OBJERR": "BUS_OBJERR", "3": "BUS_OBJERR",
 }
 ERRNO_NAMES = frozenset(_errno.errorcode.values()) | {
     "EHWPOISON", "ENOTRECOVERABLE", "EOPNOTSUPP", "ENOTSUP", "ESRCH", "EBADF",
@@ -95,6 +99,56 @@ def _check_patterns(patterns: list[str]) -> list[str]:
                 raise ValueError(f"bad regular expression {p!r}: {e}; fix it, or drop the "
                                  "surrounding slashes to match a plain substring") from None
     return patterns
+
+
+# Comparison operators: a mapping whose keys are all operator names is a test, not a
+# partial mapping (see docs/scenario-format.md, "matching values").
+OPERATORS = ("not", "contains", "lacks", "same_as", "differs_from", "at_least", "at_most")
+SAVE_REF_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*$")
+
+
+def is_operator(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(k in OPERATORS for k in v)
+
+
+def check_operators(v: Any) -> None:
+    """Reject malformed operator tests early (bad input), recursively."""
+    if isinstance(v, list):
+        for x in v:
+            check_operators(x)
+        return
+    if not isinstance(v, dict):
+        return
+    ops = [k for k in v if k in OPERATORS]
+    if ops and len(ops) != len(v):
+        other = next(k for k in v if k not in OPERATORS)
+        raise ValueError(f"{other!r} cannot stand next to the operator {ops[0]!r}; an "
+                         f"operator mapping holds only operators ({one_of(OPERATORS)})")
+    for k, x in v.items():
+        if k in ("contains", "lacks") and not isinstance(x, list | str | int):
+            raise ValueError(f"{k} takes a list of items (or one item), got {x!r}")
+        if k in ("same_as", "differs_from") and not (isinstance(x, str)
+                                                      and SAVE_REF_RE.match(x)):
+            raise ValueError(f"{k} takes the name given to an earlier step's `save:` (NAME or "
+                             f"NAME.key), got {x!r}")
+        if k in ("at_least", "at_most") and (not isinstance(x, int) or isinstance(x, bool)):
+            raise ValueError(f"{k} takes an integer, got {x!r}")
+        check_operators(x)
+
+
+def saved_refs(v: Any) -> list[str]:
+    """Every save name an expectation refers to (same_as / differs_from)."""
+    out: list[str] = []
+    if isinstance(v, list):
+        for x in v:
+            out += saved_refs(x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if k in ("same_as", "differs_from") and isinstance(x, str):
+                out.append(x.split(".")[0])
+            else:
+                out += saved_refs(x)
+    return out
 
 
 class Strict(BaseModel):
@@ -163,7 +217,8 @@ class ProcessSpec(Strict):
 
     name: str = Field(min_length=1)
     threads: list[str] = Field(default_factory=lambda: ["main"], min_length=1)
-    sigbus: Literal["handler", "default", "ignore"] = "default"
+    sigbus: Literal["handler", "exit", "default", "ignore"] = "default"
+    exit_code: int = Field(default=1, ge=0, le=255)  # what an ``exit`` handler passes to _exit
     mce_kill: dict[str, MceKill] = Field(default_factory=dict)
     caps: bool = True
 
@@ -199,8 +254,8 @@ class SignalExpect(Strict):
             return None
         key = str(v).strip().upper()
         if key not in SI_CODES:
-            raise ValueError(f"unknown si_code {v!r}; write AR, AO, SI_KERNEL "
-                             "(or BUS_MCEERR_AR / BUS_MCEERR_AO)")
+            raise ValueError(f"unknown si_code {v!r}; write AR, AO, SI_KERNEL, SI_USER, "
+                             "BUS_ADRERR (or BUS_MCEERR_AR / BUS_MCEERR_AO)")
         return SI_CODES[key]
 
 
@@ -214,16 +269,25 @@ class MfExpect(Strict):
 class _Logs(Strict):
     log: list[str] = Field(default_factory=list)
     no_log: list[str] = Field(default_factory=list)
+    log_order: list[str] = Field(default_factory=list)
+    log_exact: list[str] | None = None
+    log_count: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
-    @field_validator("log", "no_log", mode="before")
+    @field_validator("log", "no_log", "log_order", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return _as_list(v)
 
-    @field_validator("log", "no_log")
+    @field_validator("log", "no_log", "log_order", "log_exact")
     @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        return _check_patterns(v)
+    def _patterns(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_patterns(v)
+
+    @field_validator("log_count")
+    @classmethod
+    def _count_patterns(cls, v: dict[str, int]) -> dict[str, int]:
+        _check_patterns(list(v))
+        return v
 
 
 class StepExpect(_Logs):
@@ -237,6 +301,13 @@ class StepExpect(_Logs):
     mf: list[MfExpect] = Field(default_factory=list)
     panic: bool = False
     events: list[dict[str, Any]] = Field(default_factory=list)
+    data: Any = None
+
+    @field_validator("ret", "data")
+    @classmethod
+    def _operators(cls, v: Any) -> Any:
+        check_operators(v)
+        return v
 
     @field_validator("errno", mode="before")
     @classmethod
@@ -285,17 +356,30 @@ class ExitSignal(Strict):
                              "or a number") from None
 
 
+# "ended": exited or killed; "never-started": the step that creates it failed (a fork by a
+# parent that had died)
+ExitState = Literal["running", "killed", "exited", "ended", "never-started"]
+
+
+class ExitNot(Strict):
+    """Anything but the given end state: ``{not: {code: 0}}`` ("did not exit 0")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    not_: ExitState | ExitCode | ExitSignal = Field(alias="not")
+
+
 def _exit_kind(v: Any) -> str:
     if isinstance(v, dict):
-        return "signal" if "signal" in v else "code"
-    return "signal" if isinstance(v, ExitSignal) else "code" if isinstance(v, ExitCode) \
-        else "state"
+        return "not" if "not" in v else "signal" if "signal" in v else "code"
+    return "not" if isinstance(v, ExitNot) else "signal" if isinstance(v, ExitSignal) \
+        else "code" if isinstance(v, ExitCode) else "state"
 
 
 ExitExpect = Annotated[
-    Annotated[Literal["running", "killed", "exited"], Tag("state")]
+    Annotated[ExitState, Tag("state")]
     | Annotated[ExitCode, Tag("code")]
-    | Annotated[ExitSignal, Tag("signal")],
+    | Annotated[ExitSignal, Tag("signal")]
+    | Annotated[ExitNot, Tag("not")],
     Discriminator(_exit_kind),
 ]
 

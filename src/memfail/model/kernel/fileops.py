@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING
 from ..actions import (
     Close,
     Create,
+    DropCaches,
+    Fadvise,
     Fallocate,
     FileIO,
     Fsync,
     Ftruncate,
+    Link,
     MemfdCreate,
     Open,
     Pread,
     Pwrite,
     Read,
+    Splice,
+    Symlink,
     Unlink,
     Write,
 )
@@ -64,10 +69,16 @@ def do_memfd_create(host: Host, a: MemfdCreate) -> ActionResult:
     return ActionResult(0)
 
 
+def _symlinks(host: Host) -> dict[str, str]:
+    links: dict[str, str] = host.ext.setdefault("symlinks", {})
+    return links
+
+
 @handles(Open)
 def do_open(host: Host, a: Open) -> ActionResult:
     proc = host.proc(a.proc)
-    inode = host.files.get(a.path)
+    path = _symlinks(host).get(a.path, a.path)  # follow one symbolic link
+    inode = host.files.get(path)
     if inode is None:
         return ActionResult.err(-ENOENT)
     host.open_inode(proc, inode, a.fd or a.path)
@@ -85,12 +96,104 @@ def do_close(host: Host, a: Close) -> ActionResult:
 
 @handles(Unlink)
 def do_unlink(host: Host, a: Unlink) -> ActionResult:
+    """unlink(): remove one name; the inode goes when i_nlink is 0 and nothing holds it."""
+    if _symlinks(host).pop(a.path, None) is not None:
+        return ActionResult(0)  # the link itself is removed, not its target
     inode = host.files.pop(a.path, None)
     if inode is None:
         return ActionResult.err(-ENOENT)
-    inode.nlink = 0
+    inode.nlink = max(inode.nlink - 1, 0)
     host.maybe_release_inode(inode)
     return ActionResult(0)
+
+
+@handles(Link)
+def do_link(host: Host, a: Link) -> ActionResult:
+    """link(): another directory entry for the same inode (inc_nlink)."""
+    inode = host.files.get(_symlinks(host).get(a.path, a.path))
+    if inode is None:
+        return ActionResult.err(-ENOENT)
+    if a.new in host.files or a.new in _symlinks(host):
+        return ActionResult.err(-EEXIST)
+    host.files[a.new] = inode
+    inode.nlink += 1
+    return ActionResult(0)
+
+
+@handles(Symlink)
+def do_symlink(host: Host, a: Symlink) -> ActionResult:
+    """symlink(): a name that open() resolves to ``target`` (which need not exist yet)."""
+    if a.path in host.files or a.path in _symlinks(host):
+        return ActionResult.err(-EEXIST)
+    _symlinks(host)[a.path] = a.target
+    return ActionResult(0)
+
+
+def invalidate_mapping_pages(host: Host, inode: Inode, start: int, end: int) -> int:
+    """invalidate_mapping_pages() -> mapping_evict_folio(): drop each clean, unmapped,
+    unlocked page-cache folio whose only references are the cache's (dirty, writeback,
+    mapped or pinned folios stay). Only disk-backed page cache (ext2) is dropped: shmem,
+    ramfs and hugetlbfs pages are the data itself. Returns the number of pages dropped."""
+    if inode.kind != EXT2:
+        return 0
+    dropped = 0
+    for idx in sorted(i for i in inode.pages if start <= i < end):
+        folio = inode.pages[idx]
+        if ("dirty" in folio.flags or folio.mapped or "mlocked" in folio.flags
+                or folio.refcount > folio.refs["pagecache"]):
+            continue
+        dropped += folio.nr_pages
+        host.delete_from_page_cache(folio)
+    return dropped
+
+
+def _write_back(host: Host, inode: Inode, start: int, end: int) -> None:
+    """filemap_fdatawrite_range(): dirty pages of an ext2 file go to disk and turn clean."""
+    for idx, folio in inode.pages.items():
+        if start <= idx < end and "dirty" in folio.flags and folio.pfn not in \
+                host.phys.hwpoison:
+            inode.disk[idx] = host.phys.data.get(folio.pfn, 0)
+            folio.flags.discard("dirty")
+
+
+@handles(Fadvise)
+def do_fadvise(host: Host, a: Fadvise) -> ActionResult:
+    """generic_fadvise(POSIX_FADV_DONTNEED): nothing on noop_backing_dev_info file systems
+    (tmpfs, ramfs, hugetlbfs); otherwise start write-back of the range, then
+    invalidate_mapping_pages() over it. Pages still under write-back are skipped by the
+    kernel; the model completes the write-back first, so written pages stay cached too."""
+    proc = host.proc(a.proc)
+    inode = host.fd(proc, a.fd).inode
+    geo = host.geometry
+    off = parse_size(a.offset, geo.page_size)
+    length = parse_size(a.len, geo.page_size)
+    if inode.kind != EXT2:
+        return ActionResult(0)
+    start = off >> geo.page_shift
+    end = 1 << 62 if length == 0 else (off + length + geo.page_size - 1) >> geo.page_shift
+    dirty_before = {i for i, f in inode.pages.items() if "dirty" in f.flags}
+    _write_back(host, inode, start, end)
+    for idx in dirty_before:
+        f = inode.pages.get(idx)
+        if f is not None:
+            f.get("writeback")  # under write-back: invalidate skips it
+    invalidate_mapping_pages(host, inode, start, end)
+    for idx in dirty_before:
+        f = inode.pages.get(idx)
+        if f is not None:
+            f.put("writeback")
+    return ActionResult(0)
+
+
+@handles(DropCaches)
+def do_drop_caches(host: Host, a: DropCaches) -> ActionResult:
+    """drop_caches_sysctl_handler() -> iterate_supers(drop_pagecache_sb): every inode's
+    clean page cache is invalidated (value 3 also drops slab objects, not modelled)."""
+    total = 0
+    for inode in list(host.inodes):
+        if not inode.extra.get("released"):
+            total += invalidate_mapping_pages(host, inode, 0, 1 << 62)
+    return ActionResult(total)
 
 
 @handles(Ftruncate)
@@ -206,12 +309,17 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
     done = 0
     pos = off
     end = off + length
+    data: list[int] = []
     if not write:
         end = min(end, inode.size)
     while pos < end:
         index = pos >> geo.page_shift
         chunk = min(end, (index + 1) << geo.page_shift) - pos
         folio = inode.lookup(index)
+        if folio is None and not write and inode.kind == EXT2 and index in inode.disk:
+            from .mmops import find_or_create_cache_folio
+
+            folio = find_or_create_cache_folio(host, inode, index)  # filemap_read() reads it in
         if folio is None and write:
             from .mmops import find_or_create_cache_folio
 
@@ -238,6 +346,8 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
             if write:
                 host.phys.data[pfn] = 1 if a.value is None else a.value
                 folio.flags.add("dirty")
+        if not write:
+            data.append(host.phys.data.get(pfn, 0) if folio is not None else 0)
         done += chunk
         pos += chunk
     if write and done:
@@ -246,7 +356,7 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
         of.pos = off + done
     if done == 0 and pos < end:
         return ActionResult.err(-EIO)
-    return ActionResult(done)
+    return ActionResult(done, data=None if write else data)
 
 
 @handles(Read)
@@ -269,12 +379,31 @@ def do_pwrite(host: Host, a: Pwrite) -> ActionResult:
     return _io(host, a, write=True, positional=True)
 
 
+@handles(Splice)
+def do_splice(host: Host, a: Splice) -> ActionResult:
+    """splice() from a file into a pipe: the file's splice_read goes through read_iter."""
+    if a.offset is None:
+        return _io(host, Read(proc=a.proc, fd=a.fd, len=a.len), write=False, positional=False)
+    return _io(host, Pread(proc=a.proc, fd=a.fd, offset=a.offset, len=a.len), write=False,
+               positional=True)
+
+
 @handles(Fsync)
 def do_fsync(host: Host, a: Fsync) -> ActionResult:
-    """fsync(): write back dirty pages; report a recorded writeback error once (R25)."""
+    """fsync(): write back dirty pages; report a recorded writeback error once (R25).
+
+    Only a disk file system reports write-back errors: ext2's ->fsync is
+    generic_file_fsync(), which ends in file_check_and_advance_wb_err() (EIO once per open
+    file). tmpfs/memfd (shmem_file_operations), ramfs and hugetlbfs use noop_fsync(), which
+    returns 0 whatever memory_failure() recorded; guest_memfd has no ->fsync, so
+    vfs_fsync_range() returns -EINVAL."""
     proc = host.proc(a.proc)
     of = host.fd(proc, a.fd)
     inode = of.inode
+    if inode.kind == GMEM:
+        return ActionResult.err(-EINVAL)
+    if inode.kind != EXT2:
+        return ActionResult(0)  # noop_fsync
     if inode.kind == EXT2:
         for idx, folio in inode.pages.items():
             if "dirty" in folio.flags:

@@ -17,10 +17,12 @@ from ..actions import (
     Hugepages,
     HwError,
     Kpageflags,
+    MceInject,
     Meminfo,
     Pagemap,
     Scrub,
     SoftOfflinePage,
+    SplitHugePages,
     Sysctl,
     TargetMixin,
     UnpoisonPfn,
@@ -29,13 +31,15 @@ from ..errors import (
     EBUSY,
     EHWPOISON,
     EIO,
+    ENOENT,
     ENOMEM,
     ENXIO,
     EOPNOTSUPP,
     EPERM,
     ModelInputError,
+    TargetGone,
 )
-from ..host import RESERVED_PFN, ZERO_PFN, ActionResult, handles
+from ..host import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN, ActionResult, handles
 from ..trace import Observation, PoisonConsumed
 from ..units import parse_size
 from .fs import GMEM, RAMFS
@@ -76,9 +80,10 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         vma = proc.mm.find_vma(addr)
         k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
         if not k:
-            raise ModelInputError(
+            # a run-time state, not bad input: pagemap would show the page not present
+            raise TargetGone(
                 f"no page is mapped at {a.proc}:{a.addr} (pagemap shows it not present); "
-                "touch it first with mem_read or mem_write", "addr")
+                "touch it first with mem_read or mem_write", "addr", "ENOENT")
         pte = proc.mm.ptes[k[0]]
         if pte.kind == SWAP:
             # a swap entry: the page, if any, is the swap-cache folio of that slot (R29)
@@ -86,9 +91,9 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
 
             cached = swap_state(host).cache.get(pte.pfn)
             if cached is None:
-                raise ModelInputError(
+                raise TargetGone(
                     f"the page at {a.proc}:{a.addr} is swapped out and not in the swap cache "
-                    "(pagemap shows it swapped)", "addr")
+                    "(pagemap shows it swapped)", "addr", "ENOENT")
             return cached.pfn
         return pte.pfn + ((addr - k[0]) >> geo.page_shift)
     if a.file is not None:
@@ -101,8 +106,8 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         index = parse_size(a.offset, geo.page_size) >> geo.page_shift
         folio = inode.lookup(index)
         if folio is None:
-            raise ModelInputError(f"file {a.file!r} has no page cached at offset {a.offset}",
-                                  "offset")
+            raise TargetGone(f"file {a.file!r} has no page cached at offset {a.offset}",
+                             "offset", "ENOENT")
         return folio.pfn + (index - folio.index)
     if a.gpa is not None and a.vm is not None:
         from ..kvm.gmem import gpa_to_pfn
@@ -110,12 +115,16 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         return gpa_to_pfn(host, a.vm, a.gpa)
     if a.free is not None:
         if a.free == "buddy":
-            pfn = host.phys._bump + 0x100 + len(host.phys.isolated)
-            return pfn
+            # the first page of a free MAX_PAGE_ORDER (4 MiB) block that nothing was ever
+            # allocated from, a new block for each page already taken off buddy; its
+            # kpageflags show BUDDY (PageBuddy is set on a block's head)
+            block = 1 << host.phys.MAX_PAGE_ORDER
+            first = (host.phys._bump + block - 1) & ~(block - 1)
+            return first + block * (1 + len(host.phys.isolated))
         h = host.hugetlb.hstate(geo.huge_order(a.free))
         cands = [f for f in h.free_list if "hwpoison" not in f.flags] or h.free_list
         if not cands:
-            raise ModelInputError(f"the {a.free} HugeTLB pool has no free folio", "free")
+            raise TargetGone(f"the {a.free} HugeTLB pool has no free folio", "free", "ENOENT")
         if not 0 <= a.index < cands[0].nr_pages:
             raise ModelInputError(f"index must be below {cands[0].nr_pages}", "index")
         return cands[0].pfn + a.index
@@ -126,7 +135,7 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
         return RESERVED_PFN
     folio = host.alloc_folio(0, KERNEL, owner=a.kernel)
     if folio is None:
-        raise ModelInputError("out of memory", "kernel")
+        raise TargetGone("out of memory", "kernel", "ENOMEM")
     folio.flags.add(a.kernel)
     folio.get("kernel")
     return folio.pfn
@@ -180,7 +189,14 @@ def consume_kernel(host: Host, pfn: int, by: str) -> int:
 def madvise_inject_error(host: Host, proc: Process, t: Thread, start: int, length: int,
                          soft: bool) -> ActionResult:
     """madvise_inject_error() (R4): page by page through GUP; MADV_HWPOISON calls
-    memory_failure(AR (since 6.11) | COUNT_INCREASED | SW_SIMULATED)."""
+    memory_failure(AR (since 6.11) | COUNT_INCREASED | SW_SIMULATED).
+
+    The page is found with get_user_pages_fast(start, 1, 0, &page). gup_flags 0 has no
+    FOLL_HWPOISON, so a range that already holds a hwpoison entry fails with -EFAULT, not
+    -EHWPOISON: vm_fault_to_errno() maps VM_FAULT_HWPOISON to -EHWPOISON only under
+    FOLL_HWPOISON, unchanged from 4.12 (9a291a7c9428) through kernels with
+    FOLL_HONOR_NUMA_FAULT (6.7+), so every profile behaves alike (verified in
+    include/linux/mm.h vm_fault_to_errno and mm/madvise.c madvise_inject_error)."""
     from .mmops import gup
 
     if not proc.caps:
@@ -189,7 +205,9 @@ def madvise_inject_error(host: Host, proc: Process, t: Thread, start: int, lengt
     addr = start
     end = start + max(length, 1)
     while addr < end:
-        pfn, folio = gup(host, proc, addr)
+        # get_user_pages_fast(start, 1, 0, &page): no FOLL_HWPOISON, so an address that
+        # already holds a hwpoison entry fails with -EFAULT (vm_fault_to_errno)
+        pfn, folio = gup(host, proc, addr, foll_hwpoison=False)
         if pfn < 0:
             return ActionResult.err(pfn)
         size = folio.nr_pages << geo.page_shift if folio is not None and folio.kind == HUGETLB \
@@ -296,6 +314,59 @@ def do_scrub(host: Host, a: Scrub) -> ActionResult:
     if pfn not in host.phys.hw_errors:
         return ActionResult(0)
     return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+
+
+@handles(MceInject)
+def do_mce_inject(host: Host, a: MceInject) -> ActionResult:
+    """A software-raised machine check (mce-inject): the record goes through
+    do_machine_check() like a real one, but no DRAM is corrupted. SRAO is logged and the
+    uc_decode_notifier calls memory_failure(pfn, 0) (R2); SRAR on the thread that mapped the
+    target runs kill_me_maybe() (memory_failure(pfn, MF_ACTION_REQUIRED), R46)."""
+    pfn = resolve_target(host, a)
+    if not host.phys.valid(pfn):
+        raise ModelInputError(f"pfn {pfn:#x} is beyond the host's memory", "pfn")
+    if a.severity == "srao":
+        return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+    if a.proc is None or a.addr is None:
+        raise ModelInputError("severity srar needs the target proc + addr: the thread whose "
+                              "load raised the machine check", "severity")
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    return ActionResult(kill_me_maybe(host, t, pfn, ripv=t.mce_ripv))
+
+
+@handles(SplitHugePages)
+def do_split_huge_pages(host: Host, a: SplitHugePages) -> ActionResult:
+    """debugfs split_huge_pages (mm/huge_memory.c split_huge_pages_write): with a pid and a
+    range, split_huge_pages_pid() walks it page by page and splits each THP found; without,
+    split_huge_pages_all() splits every THP. split_huge_page() fails on a pinned folio."""
+    geo = host.geometry
+    folios: list[Folio] = []
+    if a.proc is not None:
+        proc = host.proc(a.proc)
+        assert proc.mm is not None
+        if a.addr is not None:
+            start = host._resolve(proc, a.addr)
+            vma = proc.mm.find_vma(start)
+            end = start + parse_size(a.len, geo.page_size) if a.len is not None else \
+                (vma.end if vma is not None else start)
+        else:
+            start, end = 0, 1 << 48
+        for key in sorted(proc.mm.ptes):
+            pte = proc.mm.ptes[key]
+            size = 1 << (geo.page_shift + pte.order)
+            if pte.kind != PRESENT or key + size <= start or key >= end:
+                continue
+            f = host.phys.folio_of(pte.pfn)
+            if f is not None and f.kind == ANON and f.order and f not in folios:
+                folios.append(f)
+    else:
+        folios = [f for f in host.phys.folios.values() if f.kind == ANON and f.order]
+    split = 0
+    for f in folios:
+        if host.split_thp(f) is not None:
+            split += 1
+    return ActionResult(split)
 
 
 # --------------------------------------------------------------------------- soft offline
@@ -451,7 +522,8 @@ def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
         # move_hugetlb_state(): the surplus/temporary state goes to the old folio
         new.flags.discard("surplus")
         folio.flags.add("surplus")
-    host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
+    # migrate_folio() -> folio_copy(): every subpage's data moves to the new huge page
+    host.phys.copy_data(folio.pfn, new.pfn, folio.nr_pages)
     _migrate(host, folio, new)
     folio.refs.clear()
     host.hugetlb.free_huge_folio(folio)
@@ -574,6 +646,9 @@ def do_sysctl(host: Host, a: Sysctl) -> ActionResult:
     if a.name not in host.sysctl:
         raise ModelInputError(f"unknown sysctl {a.name!r}; known: {', '.join(host.sysctl)}",
                               "name")
+    switch = PROFILE_SYSCTLS.get(a.name)
+    if switch is not None and not getattr(host.profile, switch):
+        return ActionResult.err(-ENOENT)  # no such file under /proc/sys on this kernel
     if a.name == "vm.nr_hugepages":
         h = host.hugetlb.hstate(host.geometry.pmd_order)
         host.hugetlb.set_max_huge_pages(h, a.value)
@@ -608,8 +683,8 @@ def kpageflags(host: Host, pfn: int) -> list[str]:
     if pfn in host.phys.hwpoison:
         out.add("HWPOISON")
     if folio is None:
-        if host.phys.is_free(pfn):
-            out.add("BUDDY")
+        if host.phys.is_buddy_head(pfn):
+            out.add("BUDDY")  # stable_page_flags(): PageBuddy() is true on a block's head only
         return sorted(out, key=KPF.index)
     fl = folio.flags
     names = {"lru": "LRU", "dirty": "DIRTY", "uptodate": "UPTODATE", "unevictable":
@@ -680,4 +755,5 @@ from ..vmm import guest as _guest  # noqa: E402,F401  (the guest_run handler)
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
 from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)
 from . import mce as _mce  # noqa: E402,F401  (machine-check handlers)
+from . import shm as _shm  # noqa: E402,F401  (System V shared memory handlers)
 from . import swap as _swap  # noqa: E402,F401  (the swapout handler)

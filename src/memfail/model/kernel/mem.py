@@ -123,6 +123,24 @@ class PhysMem:
             return pfn, 0  # untouched memory above the bump pointer is free
         return None
 
+    MAX_PAGE_ORDER = 10  # x86-64: the largest buddy block is 4 MiB (MAX_ORDER 11 in 6.1)
+
+    def is_buddy_head(self, pfn: int) -> bool:
+        """PageBuddy(): set only on the first page of a free buddy block (the flag lives in
+        the head's page_type; the other pages of the block are plain free pages), so
+        /proc/kpageflags shows BUDDY on that page alone. Memory the model never handed out
+        (above the bump pointer) is in MAX_PAGE_ORDER blocks, cut where allocation stopped."""
+        blk = self.free_block_of(pfn)
+        if blk is None or self.folio_of(pfn) is not None:
+            return False
+        head, order = blk
+        if pfn >= self._bump and order == 0 and pfn not in self._free.get(0, []):
+            for o in range(self.MAX_PAGE_ORDER, -1, -1):
+                h = pfn & ~((1 << o) - 1)
+                if h >= self._bump:
+                    return h == pfn
+        return head == pfn
+
     def is_free(self, pfn: int) -> bool:
         return self.free_block_of(pfn) is not None and self.folio_of(pfn) is None
 
@@ -218,6 +236,25 @@ class PhysMem:
         self.folios[head] = folio
         self.orders.add(order)
         return folio
+
+    def copy_data(self, src: int, dst: int, nr_pages: int) -> None:
+        """Copy the contents of ``nr_pages`` frames (folio_copy() of a migration or a COW):
+        every page, not only the first. Contents are sparse (absent = zero)."""
+        if nr_pages == 1:
+            self.data[dst] = self.data.get(src, 0)
+            return
+        self.clear_data(dst, nr_pages)
+        for pfn in [p for p in self.data if src <= p < src + nr_pages]:
+            self.data[dst + (pfn - src)] = self.data[pfn]
+
+    def clear_data(self, pfn: int, nr_pages: int) -> None:
+        """Zero ``nr_pages`` frames (a freshly allocated, cleared folio)."""
+        if nr_pages <= 64:
+            for p in range(pfn, pfn + nr_pages):
+                self.data.pop(p, None)
+            return
+        for p in [p for p in self.data if pfn <= p < pfn + nr_pages]:
+            del self.data[p]
 
     def drop_folio(self, folio: Folio, to_buddy: bool = True) -> None:
         """The folio's last reference went away: free its frames."""

@@ -161,6 +161,10 @@ def collect_procs(host: Host, folio: Folio, pfn: int, force_early: bool,
     shift = geo.shift_of(folio.order) if folio.kind == HUGETLB else geo.page_shift
     if folio.kind == HUGETLB and not host.profile.hugetlb_1g_handled:
         shift = geo.shift_of(folio.order)
+    if folio.kind == HUGETLB and not host.profile.collect_procs_raw_page:
+        # before 6.8, hwpoison_user_mappings() called collect_procs(hpage, ...): the address
+        # looked up in each VMA is the head's, so si_addr is the huge page's start (R34)
+        pfn = folio.pfn
     for proc in host.processes_in_order():
         t = task_early_kill(host, proc, force_early, current)
         if t is None or proc.mm is None:

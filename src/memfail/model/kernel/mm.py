@@ -34,6 +34,10 @@ class VMA:
     anon_hugetlb: bool = False
     reserved: int = 0  # hugetlb pages reserved at mmap time
     file: OpenFile | None = None  # the open file mapped (vma->vm_file holds a reference)
+    # vma->anon_vma: set by anon_vma_prepare() when a private VMA first maps an anonymous
+    # page (a write fault, a COW copy, a private HugeTLB page); a read fault of the zero page
+    # does not set it. fork() copies page tables only of VMAs that have one (vma_needs_copy)
+    anon_vma: bool = False
 
     @property
     def anonymous(self) -> bool:

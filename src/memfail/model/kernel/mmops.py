@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..actions import Madvise, MemRead, MemWrite, Mmap, Munmap
+from ..actions import Madvise, MemRead, MemWrite, Mlock, Mmap, Munlock, Munmap
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
 from ..host import ZERO_PFN, ActionResult, handles
 from ..units import parse_size
@@ -102,6 +102,11 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
             inode.extra["resv_idx"].update(new_idx)
         else:
             vma.reserved = need
+    if inode is not None and inode.kind == HUGETLBFS and vma.writable \
+            and inode.size < size + offset:
+        # hugetlbfs_file_mmap(): "if (vma->vm_flags & VM_WRITE && inode->i_size < len)
+        # i_size_write(inode, len)": a writable mapping sizes the file (there is no write())
+        inode.size = size + offset
     proc.mm.vmas.append(vma)
     proc.mm.vmas.sort(key=lambda v: v.start)
     if inode is not None:
@@ -316,7 +321,7 @@ def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | Fa
     if folio is None:
         return FaultError("sigbus")
     folio.flags |= {"lru", "anon", "swapbacked", "uptodate"} | ({"head"} if order else set())
-    host.phys.data[folio.pfn] = host.phys.data.get(pte.pfn, 0)
+    host.phys.copy_data(pte.pfn, folio.pfn, folio.nr_pages)
     host.zap_entry(vma.mm, key)
     npte = PTE(PRESENT, folio.pfn, order, True, True)
     host.set_pte(vma, key, npte, folio)
@@ -372,7 +377,7 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
         elif use_resv:
             vma.reserved -= 1
         folio.flags.add("hugetlb_migratable")
-        host.phys.data.pop(folio.pfn, None)
+        host.phys.clear_data(folio.pfn, folio.nr_pages)  # hugetlb pages are cleared
         if inode is not None:
             folio.mapping = inode
             folio.index = vma.index_of(key, geo.page_shift)
@@ -391,7 +396,7 @@ def hugetlb_no_page(host: Host, vma: VMA, addr: int, write: bool,
         if folio is None:
             return FaultError("sigbus")
         folio.flags |= {"hugetlb_migratable", "anon"}
-        host.phys.data[folio.pfn] = host.phys.data.get(src.pfn, 0)
+        host.phys.copy_data(src.pfn, folio.pfn, folio.nr_pages)  # copy_user_large_folio
     pte = PTE(PRESENT, folio.pfn, order, write, vma.writable and (vma.shared or
                                                                   folio.kind == HUGETLB))
     host.set_pte(vma, key, pte, folio)
@@ -453,36 +458,66 @@ def fault_sigbus(host: Host, t: Thread, addr: int, r: FaultError) -> ActionResul
 
         host.force_sig_mceerr(t, BUS_MCEERR_AR, addr, r.lsb, "fault")
     else:
-        host.force_sig_sigbus(t, "fault", code=BUS_ADRERR)
+        host.force_sig_sigbus(t, "fault", code=BUS_ADRERR, addr=addr)
     return ActionResult("sigbus")
+
+
+def _access_range(host: Host, a: MemRead | MemWrite, write: bool) -> ActionResult:
+    """A load or store loop over ``len`` bytes (or the rest of the mapping): one access per
+    page covered, in address order, stopping at the first that does not complete."""
+    proc = host.proc(a.proc)
+    t = host.thread(proc, a.thread)
+    addr = host._resolve(proc, a.addr)
+    geo = host.geometry
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    if a.whole and vma is not None:
+        end = vma.end
+    else:
+        end = addr + max(parse_size(a.len, geo.page_size), 1)
+    value = a.value if isinstance(a, MemWrite) else 0
+    first: ActionResult | None = None
+    data: list[int] = []
+    at = addr
+    while at < end:
+        res = user_access(host, proc, t, at, write, value)
+        if first is None:
+            first = res
+        if not isinstance(res.ret, int) or isinstance(res.ret, bool) or res.errno:
+            return ActionResult(res.ret, res.errno, data)
+        if not write:
+            data.append(res.ret)
+        else:
+            data.append(value)
+        at = (at & ~(geo.page_size - 1)) + geo.page_size
+    assert first is not None
+    return ActionResult(first.ret, first.errno, data)
 
 
 @handles(MemRead)
 def do_mem_read(host: Host, a: MemRead) -> ActionResult:
-    proc = host.proc(a.proc)
-    t = host.thread(proc, a.thread)
-    addr = host._resolve(proc, a.addr)
-    return user_access(host, proc, t, addr, False, 0)
+    return _access_range(host, a, write=False)
 
 
 @handles(MemWrite)
 def do_mem_write(host: Host, a: MemWrite) -> ActionResult:
-    proc = host.proc(a.proc)
-    t = host.thread(proc, a.thread)
-    addr = host._resolve(proc, a.addr)
-    return user_access(host, proc, t, addr, True, a.value)
+    return _access_range(host, a, write=True)
 
 
-def gup(host: Host, proc: Process, addr: int, write: bool = False) -> tuple[int, Folio | None]:
+def gup(host: Host, proc: Process, addr: int, write: bool = False,
+        foll_hwpoison: bool = True) -> tuple[int, Folio | None]:
     """get_user_pages_fast() of one page (R42): (pfn, folio) with a GUP reference taken, or
-    (-errno, None). A hwpoison entry or poisoned cached page gives -EHWPOISON."""
+    (-errno, None). A hwpoison entry or poisoned cached page makes the fault return
+    VM_FAULT_HWPOISON[_LARGE], which vm_fault_to_errno() turns into -EHWPOISON only for a
+    caller that passes FOLL_HWPOISON (KVM's hva_to_pfn, R77) and into -EFAULT otherwise
+    (madvise_inject_error passes gup_flags 0)."""
     assert proc.mm is not None
     vma = proc.mm.find_vma(addr)
     if vma is None:
         return -EFAULT, None
     r = fault_in(host, proc, vma, addr, write)
     if isinstance(r, FaultError):
-        return (-EHWPOISON if r.kind == "hwpoison" else -EFAULT), None
+        return (-EHWPOISON if r.kind == "hwpoison" and foll_hwpoison else -EFAULT), None
     key, pte = r
     pfn = pte.pfn + ((addr - key) >> host.geometry.page_shift)
     folio = host.phys.folio_of(pfn)
@@ -509,6 +544,11 @@ def do_madvise(host: Host, a: Madvise) -> ActionResult:
     if vma is None:
         return ActionResult.err(-ENOMEM)
     end = min(start + length, vma.end)
+    if a.advice in ("hugepage", "nohugepage"):
+        # hugepage_madvise(): VM_HUGEPAGE on, VM_NOHUGEPAGE off (or the reverse); khugepaged
+        # collapse is not modelled, so pages already mapped keep their size
+        vma.thp = a.advice == "hugepage"
+        return ActionResult(0)
     if a.advice == "dontneed":
         if vma.locked:
             return ActionResult.err(-EINVAL)
@@ -520,6 +560,79 @@ def do_madvise(host: Host, a: Madvise) -> ActionResult:
     s = vma.index_of(start, host.geometry.page_shift)
     e = vma.index_of(end, host.geometry.page_shift)
     host.truncate_range(vma.inode, s, e, even_cows=False)
+    return ActionResult(0)
+
+
+# --------------------------------------------------------------------------- mlock
+
+
+def _vmas_in(host: Host, proc: Process, start: int, end: int) -> list[VMA] | None:
+    """The VMAs covering [start, end), or None when part of it has no mapping (ENOMEM)."""
+    assert proc.mm is not None
+    out = [v for v in proc.mm.vmas if v.start < end and v.end > start]
+    covered = start
+    for v in sorted(out, key=lambda x: x.start):
+        if v.start > covered:
+            return None
+        covered = max(covered, v.end)
+    return out if covered >= end else None
+
+
+@handles(Mlock)
+def do_mlock(host: Host, a: Mlock) -> ActionResult:
+    """do_mlock() -> apply_vma_lock_flags() then __mm_populate() (populate_vma_page_range:
+    GUP with FOLL_WRITE for writable private mappings); an error in the populate is returned
+    through __mlock_posix_error_return() (-EFAULT becomes -ENOMEM)."""
+    proc = host.proc(a.proc)
+    geo = host.geometry
+    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    end = start + ((parse_size(a.len, geo.page_size) + geo.page_size - 1)
+                   & ~(geo.page_size - 1))
+    vmas = _vmas_in(host, proc, start, end)
+    if vmas is None:
+        return ActionResult.err(-ENOMEM)
+    for vma in vmas:
+        vma.locked = True
+    for vma in vmas:
+        write = vma.writable and not vma.shared
+        step = 1 << (geo.page_shift + vma.huge_order)
+        addr = max(start, vma.start) & ~(step - 1)
+        while addr < min(end, vma.end):
+            r = fault_in(host, proc, vma, addr, write)
+            if isinstance(r, FaultError):
+                return ActionResult.err(-ENOMEM)
+            folio = host.phys.folio_of(r[1].pfn)
+            if folio is not None and folio.kind != HUGETLB and not r[1].special:
+                folio.flags |= {"mlocked", "unevictable"}  # mlock_folio()
+            addr += step
+    return ActionResult(0)
+
+
+@handles(Munlock)
+def do_munlock(host: Host, a: Munlock) -> ActionResult:
+    """munlock(): clear VM_LOCKED and munlock_folio() every mapped page of the range."""
+    proc = host.proc(a.proc)
+    geo = host.geometry
+    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    end = start + max(parse_size(a.len, geo.page_size), 1)
+    vmas = _vmas_in(host, proc, start, end)
+    if vmas is None:
+        return ActionResult.err(-ENOMEM)
+    assert proc.mm is not None
+    for vma in vmas:
+        vma.locked = False
+        for key, pte in proc.mm.ptes.items():
+            if pte.kind != PRESENT or not vma.contains(key) or not start <= key < end:
+                continue
+            folio = host.phys.folio_of(pte.pfn)
+            if folio is None or "mlocked" not in folio.flags:
+                continue
+            if any((v := host.mms[m].find_vma(k)) is not None and v.locked
+                   for m, k in folio.rmap):
+                continue  # still mlocked through another VM_LOCKED mapping
+            folio.flags.discard("mlocked")
+            if folio.mapping is None or not folio.mapping.unevictable:
+                folio.flags.discard("unevictable")
     return ActionResult(0)
 
 

@@ -45,6 +45,17 @@ SWITCHES: tuple[Switch, ...] = (
         "pages.\" and the result was 'unmapping failed page'.",
     ),
     Switch(
+        "collect_procs_raw_page", "R33, R34",
+        "Matthew Wilcox, 376907f3a0b3 'mm/memory-failure: pass the folio and the page to "
+        "collect_procs()', merged for v6.7-rc8 (Cc: stable; the 6.1.y backport failed to "
+        "apply, and Debian's 6.1 shows the head address)",
+        "6.7",
+        "collect_procs() looks up the poisoned raw page's address in each VMA "
+        "(add_to_kill_anon_file(task, p, ...)), so the AO signal of a HugeTLB page carries the "
+        "subpage's address; before, processes were collected by the folio's head "
+        "(collect_procs(hpage, ...)) and si_addr was the huge page's start.",
+    ),
+    Switch(
         "madvise_hwpoison_ar", "R4, DOC-14",
         "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
         "6.11",
@@ -116,6 +127,14 @@ SWITCHES: tuple[Switch, ...] = (
         "Ignored' and memory_failure() returns -ENOTRECOVERABLE.",
     ),
     Switch(
+        "sysctl_enable_soft_offline", "R11",
+        "Jiaqi Yan, 'mm/memory-failure: userspace controls soft-offlining pages' (mm merge for "
+        "v6.11)",
+        "6.11",
+        "/proc/sys/vm/enable_soft_offline exists (writing 0 makes soft offline fail with "
+        "EOPNOTSUPP); before, there is no such file and soft offline is always allowed.",
+    ),
+    Switch(
         "tracepoint_memory_failure_group", "oracle §2.2",
         "Xie Yuanbin, 'mm/memory-failure: remove the selection of RAS'",
         "next",
@@ -134,6 +153,7 @@ class KernelProfile:
     hugetlb_1g_handled: bool = True
     hugetlb_read_partial: bool = True
     ksm_hwpoison: bool = True
+    collect_procs_raw_page: bool = True
     madvise_hwpoison_ar: bool = True
     mf_msg_already_poisoned: bool = True
     unmap_failure_sigbus: bool = True
@@ -145,6 +165,7 @@ class KernelProfile:
     shmem_mf_delayed: bool = True
     kernel_owned_enotrecoverable: bool = True
     tracepoint_memory_failure_group: bool = True
+    sysctl_enable_soft_offline: bool = True
 
     def switches(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
@@ -186,7 +207,8 @@ DEFAULT_PROFILE = "linux-6.18"
 PROFILE_NOTES = {
     "linux-6.1": "v6.1 as tagged (LTS): 1 GiB hugetlb handled, AO madvise injection.",
     "linux-6.6": "v6.6 as tagged (LTS): adds partial read() of poisoned hugetlbfs pages.",
-    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, 'already poisoned' counted.",
+    "linux-6.12": "v6.12 as tagged (LTS): AR madvise injection, raw-page AO addresses, "
+                  "'already poisoned' counted.",
     "linux-6.18": "v6.18: kill_accessing_process returns 0; repeats are not counted again.",
     "next": "mm-unstable / linux-next 2026: MF_DELAYED fix, hugetlb stats and si_addr fixes.",
 }

@@ -65,7 +65,8 @@ class Process:
     comm: str
     mm: MM | None
     threads: list[Thread] = field(default_factory=list)
-    sigbus: str = "default"  # handler | default | ignore
+    sigbus: str = "default"  # handler | exit | default | ignore
+    sigbus_exit_code: int = 1  # the code an ``exit`` handler passes to _exit()
     fds: dict[str, OpenFile] = field(default_factory=dict)
     caps: bool = True
     state: str = "running"  # running | exited | killed
