@@ -103,7 +103,8 @@ def test_profiles_diff(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = json.loads(out)["differences"]
     assert {r["name"] for r in rows} == {"kill_accessing_process_returns_zero",
-                                         "already_poisoned_not_accounted"}
+                                         "already_poisoned_not_accounted",
+                                         "gmem_mmap", "gmem_init_shared"}  # v6.18 features
     assert all(r["linux-6.12"] is False and r["linux-6.18"] is True for r in rows)
     code, out, _ = run_cli(capsys, "profiles", "--diff", "linux-6.12", "linux-6.18")
     assert "kill_accessing_process_returns_zero" in out and "madvise_hwpoison_ar" not in out

@@ -56,11 +56,11 @@ GUEST_READ_2M = fc()
 def test_private_2m_guest_read_today_kills_qemu(oracle: ModelOracle) -> None:
     # R46/R87: the HugeTLB guest_memfd path returns -EBUSY and kill_me_maybe's plain SIGBUS
     # kills QEMU, before and after the MF_DELAYED fix (which covers 4K folios only)
-    for pol in ("mainline-prefix", "mainline"):
+    for pol in ("mainline", "mf-delayed-fix"):
         out = oracle.outcome(pol, GUEST_READ_2M)
         assert out.vm_killed == 1 and out.vm_paused == 0, pol
         assert out.guest_gib_lost == 8  # the whole VM
-    m = metrics("mainline-prefix", GUEST_READ_2M)
+    m = metrics("mainline", GUEST_READ_2M)
     assert m["killed"] == ["qemu"] and m["vmce_injected"] == 0
 
 

@@ -286,7 +286,8 @@ static void *mf_thread_loop(void *arg)
 		long r[2] = { 0, 0 };
 		int err = 0;
 		errno = 0;
-		mf_do_step(step, &r[0], &err);
+		if (step >= 0) /* a negative step is a ping (see mf_settle_threads) */
+			mf_do_step(step, &r[0], &err);
 		r[1] = err;
 		if (write(t->ack[1], r, sizeof(r)) != sizeof(r))
 			return NULL;
@@ -324,6 +325,21 @@ static pid_t mf_pid[MF_NPROC];
 static int mf_alive[MF_NPROC];
 static uintptr_t mf_ctl_map[MF_NPROC][MF_NMAPS];
 
+/* A round trip with every other thread of this process. A signal queued to a thread during a
+ * step (an early-kill AO from kill_procs() runs in the injector's context) is delivered when
+ * that thread next returns to user space, which it must do before it can answer: after this,
+ * every such handler has run, so its record belongs to the step that queued it. */
+static void mf_settle_threads(void)
+{
+	for (int t = 1; t < mf_nthr; t++) {
+		int ping = -1;
+		long r[2];
+		if (write(mf_thr[t].cmd[1], &ping, sizeof(ping)) != sizeof(ping) ||
+		    read(mf_thr[t].ack[0], r, sizeof(r)) != sizeof(r))
+			_exit(96);
+	}
+}
+
 static void mf_process_loop(int me)
 {
 	mf_me = me;
@@ -338,6 +354,7 @@ static void mf_process_loop(int me)
 		if (n != sizeof(c))
 			_exit(0);
 		if (c.kind == MF_CMD_FLUSH) {
+			mf_settle_threads();
 			mf_flush_signals(c.step);
 		} else if (c.kind == MF_CMD_QUIT) {
 			_exit(c.arg);

@@ -21,7 +21,7 @@ MEMORY_KINDS = ("gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel")
 MemoryName = Literal["gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kernel"]
 MODE_NAMES = ("single_bit", "single_word", "single_column", "single_row", "single_bank",
               "multi_bank", "multi_rank")
-POLICY_PRESETS = ("mainline-prefix", "mainline", "minimum", "unmap", "kill-vm", "unusable",
+POLICY_PRESETS = ("mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable",
                   "future", "hugetlbfs")
 UNCITED = ("kernel_profile", "policies")
 """Top-level fields that are choices, not measurements: they need no citation."""

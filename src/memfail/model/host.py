@@ -155,6 +155,8 @@ class Host:
             self.hugetlb.set_max_huge_pages(h2, int(cfg.sysctl["vm.nr_hugepages"]))
         self.ext["pool_at_start"] = sum(h.nr_huge_pages << h.order
                                         for h in self.hugetlb.hstates.values())
+        self.ext["pool_at_start_by_order"] = {o: h.nr_huge_pages
+                                              for o, h in self.hugetlb.hstates.items()}
         self.policy = None
         if cfg.policy is not None:
             from .policy import make_policy
@@ -162,7 +164,7 @@ class Host:
             self.policy = make_policy(cfg.policy)
             fix = self.policy.mf_delayed_fix
             if fix is not None and fix != self.profile.mf_delayed_fix:
-                # the mainline/mainline-prefix policies pin Lisa Wang's fix (R65/R66)
+                # mf-delayed-fix pins Lisa Wang's fix (R66); mainline follows the profile (R65)
                 self.profile = replace(self.profile, mf_delayed_fix=fix)
 
     @property

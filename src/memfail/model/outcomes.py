@@ -1,7 +1,8 @@
 """Outcome metrics computed from the trace and the final state of a Host.
 
 These are what the policy comparison, the checker and the fleet estimate count; every figure
-is derived from trace events and final state, never from a parallel model.
+is derived from trace events and final state, never from a parallel model. docs/policies.md
+("What is counted") says exactly what each figure counts.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ if TYPE_CHECKING:
 
 OUTCOME_DOCS: dict[str, str] = {
     "host_panic": "the host kernel panicked",
-    "vms_killed": "VMs whose VMM died or was killed",
-    "vms_paused": "VMs stopped with an internal error (KVM_RUN failed)",
+    "vms_killed": "VMs that were killed at any point of the run: their VMM died of a signal or "
+                  "exited on an error, or the policy killed them (a later reset or destroy "
+                  "does not undo it)",
+    "vms_paused": "VMs stopped with an internal error (KVM_RUN failed) and never killed",
     "guests_panicked": "guests that panicked on a vMCE",
     "killed": "processes killed by a signal",
     "mce_signals": "SIGBUS with BUS_MCEERR_AR/AO generated",
-    "wrong_process_signals": "MCE SIGBUS sent to a process that does not own the failed "
-                             "guest memory",
+    "wrong_process_signals": "MCE SIGBUS queued to a process that did not consume the poison "
+                             "and neither owns (the VMM of the guest memory) nor maps the "
+                             "failed page, plus user-space consumers of poison that were sent "
+                             "no signal at all; an AR to the consumer, or to a process touching "
+                             "its own poisoned mapping, is what the kernel does and is not "
+                             "counted",
     "owner_told_unconsumed": "AO SIGBUS that reached the VMM owning the failed memory",
     "vmce_injected": "machine checks injected into guests",
     "early_not_told": "unconsumed failures in a VM's memory whose VMM has a PR_MCE_KILL_EARLY "
@@ -40,13 +47,57 @@ OUTCOME_DOCS: dict[str, str] = {
     "poison_handed_out": "pages with a known error handed to a new user without PG_hwpoison",
     "records_lost": "detected failed pfns with no record left (no PG_hwpoison, no table entry, "
                     "not isolated)",
-    "guest_bytes_lost": "guest memory made unusable (poisoned folios, unusable guest_memfd, "
-                        "killed VMs, pages the guest offlined)",
+    "guest_pages_lost": "4 KiB guest pages the guest can no longer use at the end: every page "
+                        "of a killed VM or of an unusable guest_memfd; in the others, the failed "
+                        "pages themselves, healthy pages a fault check refuses (the rest of a "
+                        "folio refused whole), pages behind a hwpoison host entry, and pages the "
+                        "guest offlined after a vMCE; each page once",
+    "guest_bytes_lost": "guest_pages_lost in bytes",
     "hugetlb_free_poisoned": "free HugeTLB folios that hold a poisoned page (skipped by "
                              "allocation, lost to the pool)",
-    "hugetlb_pool_delta": "change of nr_hugepages (all sizes) over the run",
+    "hugetlb_pool_delta": "change of nr_hugepages over the run, each pool counted in its own "
+                          "huge pages (a lost 1 GiB page is -1), summed over sizes",
+    "hugetlb_pool_delta_by_size": "the same per pool size ({'2M': -1})",
     "hardware_corrupted_kb": "HardwareCorrupted in /proc/meminfo at the end",
 }
+
+# What kind of finding an outcome is (see ``outcome_class``).
+HAZARD = "hazard"          # the host or another tenant is put at risk, or poison spreads
+COST = "cost"              # a price paid to contain the failure (a VM, its memory)
+ACCEPTED = "accepted"      # a limitation the policy accepts by design (the call's "Limitation")
+CLASSES = (HAZARD, COST, ACCEPTED)
+CLASS_DOCS = {
+    HAZARD: "a risk to the host or to other processes: panic, poison consumed again or handed "
+            "out again, a signal to the wrong process, a record lost",
+    COST: "what containment costs the tenant: a VM killed, paused or panicked, memory lost",
+    ACCEPTED: "a limitation the policy accepts on purpose (the call's 'Limitation' slides): "
+              "no PR_MCE_KILL_EARLY (C6) when early_not_told, SIGBUS to current (C3) when "
+              "wrong_process_signals",
+}
+_BASE_CLASS = {
+    "host_panic": HAZARD, "repeated_consumptions": HAZARD, "poison_handed_out": HAZARD,
+    "wrong_process_signals": HAZARD, "records_lost": HAZARD, "early_not_told": HAZARD,
+    "vms_killed": COST, "vms_paused": COST, "guests_panicked": COST, "guest_bytes_lost": COST,
+    "guest_pages_lost": COST,
+}
+
+
+def outcome_class(key: str, policy: Any | None) -> str | None:
+    """hazard, cost or accepted for a finding under ``policy`` (None: not a finding).
+
+    A policy that does not honour PR_MCE_KILL_EARLY (``honor_early: false``, C6) accepts that
+    an EARLY VMM is not told; one that signals current on consumption (``consumed:
+    sigbus-current``, C3) accepts that current may not be the process that should be told.
+    """
+    cls = _BASE_CLASS.get(key)
+    if cls is None or policy is None:
+        return cls
+    if key == "early_not_told" and not policy.honor_early:
+        return ACCEPTED
+    if key == "wrong_process_signals" and policy.consumed == "sigbus-current":
+        return ACCEPTED
+    return cls
+
 
 # machine-check delivery and the host's cost (kernel/mce.py, docs/mce.md: M1-M10)
 MCE_OUTCOME_DOCS: dict[str, str] = {
@@ -80,6 +131,7 @@ def mce_outcomes(host: Host) -> dict[str, Any]:
         "host_stalled": host.panicked is None and stall_us > st.cost.stall_bound_us,
         "host_down": host.panicked is not None or stall_us > st.cost.stall_bound_us,
     }
+_BASE_CLASS["host_stalled"] = HAZARD  # the host held in broadcast machine checks (M10)
 
 
 def _owners(host: Host, pfn: int) -> set[int]:
@@ -105,38 +157,89 @@ def _owners_now(host: Host, pfn: int) -> set[int]:
     return out
 
 
+def _mappers(host: Host, pfn: int) -> set[int]:
+    """pids of the processes whose page tables map ``pfn`` now (collect_procs' candidates)."""
+    folio = host.phys.folio_of(pfn)
+    if folio is None:
+        return set()
+    mm_ids = {mm_id for mm_id, _ in folio.rmap}
+    return {p.pid for p in host.processes.values() if p.mm is not None and p.mm.id in mm_ids}
+
+
+def vm_history(host: Host) -> dict[str, str]:
+    """Each VM's outcome: the worst state it was ever in (killed > guest-panicked > paused >
+    its last state). A reset or destroy after a kill does not turn it back."""
+    seen: dict[str, list[str]] = {}
+    for e in host.trace.of(VmState):
+        seen.setdefault(e.vm, []).append(e.state)
+    out: dict[str, str] = {}
+    for vm, states in seen.items():
+        for worst in ("killed", "guest-panicked", "paused"):
+            if worst in states:
+                out[vm] = worst
+                break
+        else:
+            out[vm] = states[-1]
+    return out
+
+
+def wrong_process_signals(host: Host, sigs: list[SignalSent]) -> int:
+    """MCE SIGBUS to a process that did not consume the poison (AR) or does not own or map
+    the failed memory (AO), plus user-space consumers sent no signal (R35-R39, C3)."""
+    consumers: dict[int, set[int]] = {}
+    consumed = [e for e in host.trace.of(PoisonConsumed)]
+    for e in consumed:
+        if e.pid is not None:
+            consumers.setdefault(e.pfn, set()).add(e.pid)
+    wrong = 0
+    for e in sigs:
+        if e.pfn is None:
+            continue
+        # AR: the consumer, or a process touching its own mapping of a page already
+        # poisoned (R40, kvm_send_hwpoison_signal); AO: the owners and mappers (R35)
+        right = _owners(host, e.pfn) | _mappers(host, e.pfn)
+        if e.si_code == "BUS_MCEERR_AR":
+            right |= consumers.get(e.pfn, set())
+        if right and e.pid not in right:
+            wrong += 1
+    signalled = [(e.pid, e.step) for e in host.trace.of(SignalSent) if e.outcome == "queued"]
+    signalled += [(e.pid, e.step) for e in host.trace.of(ProcessExit) if e.signal is not None]
+    for e in consumed:
+        if e.mode != "user" or e.pid is None:
+            continue
+        if not any(pid == e.pid and step >= e.step for pid, step in signalled):
+            wrong += 1
+    return wrong
+
+
 def compute_outcomes(host: Host) -> dict[str, Any]:
-    """Every figure in ``OUTCOME_DOCS`` for this host's run."""
+    """Every figure in ``OUTCOME_DOCS`` for this host's run, plus ``vm_states`` (each VM's
+    history, see ``vm_history``) and ``classes`` (the class of each non-zero finding)."""
     tr = host.trace
     consumed = Counter(e.pfn for e in tr.of(PoisonConsumed))
     sigs = [e for e in tr.of(SignalSent)
             if e.outcome == "queued" and e.si_code in ("BUS_MCEERR_AR", "BUS_MCEERR_AO")]
-    wrong = told = 0
+    told = 0
     for e in sigs:
         if e.pfn is None:
             continue
         owners = _owners(host, e.pfn)
-        if owners and e.pid not in owners:
-            wrong += 1
         if owners and e.pid in owners and e.si_code == "BUS_MCEERR_AO":
             told += 1
-    vm_states: dict[str, str] = {}
-    for e in tr.of(VmState):
-        vm_states[e.vm] = e.state
+    vm_states = vm_history(host)
     vms = host.ext.get("vms", {})
-    lost = 0
-    for vm in vms.values():
-        lost += _guest_bytes_lost(host, vm)
-    start_pool = host.ext.get("pool_at_start")
-    pool_now = sum(h.nr_huge_pages << h.order for h in host.hugetlb.hstates.values())
-    return {
+    pages = sum(guest_pages_lost(host, vm, vm_states.get(vm.name)) for vm in vms.values())
+    start = host.ext.get("pool_at_start_by_order", {})
+    by_size = {host.geometry.huge_name(o): h.nr_huge_pages - start.get(o, h.nr_huge_pages)
+               for o, h in sorted(host.hugetlb.hstates.items())}
+    out: dict[str, Any] = {
         "host_panic": host.panicked is not None,
         "vms_killed": sum(1 for s in vm_states.values() if s == "killed"),
         "vms_paused": sum(1 for s in vm_states.values() if s == "paused"),
         "guests_panicked": len([e for e in tr.of(GuestEvent) if e.what == "panic"]),
         "killed": sorted({e.comm for e in tr.of(ProcessExit) if e.signal is not None}),
         "mce_signals": len(sigs),
-        "wrong_process_signals": wrong,
+        "wrong_process_signals": wrong_process_signals(host, sigs),
         "owner_told_unconsumed": told,
         "vmce_injected": len(tr.of(MceInjected)),
         "early_not_told": _early_not_told(host, sigs),
@@ -144,15 +247,19 @@ def compute_outcomes(host: Host) -> dict[str, Any]:
         "repeated_consumptions": sum(n - 1 for n in consumed.values()),
         "poison_handed_out": len(tr.of(PoisonHandedOut)),
         "records_lost": len(records_lost(host)),
-        "guest_bytes_lost": lost,
+        "guest_pages_lost": pages,
+        "guest_bytes_lost": pages * 4096,
         "hugetlb_free_poisoned": sum(1 for h in host.hugetlb.hstates.values()
                                      for f in h.free_list if "hwpoison" in f.flags),
-        "hugetlb_pool_delta": 0 if start_pool is None else
-        (pool_now - start_pool) >> host.geometry.pmd_order,
+        "hugetlb_pool_delta": sum(by_size.values()),
+        "hugetlb_pool_delta_by_size": {k: v for k, v in by_size.items() if v},
         "hardware_corrupted_kb": host.meminfo()["HardwareCorrupted"],
         "vm_states": vm_states,
         **mce_outcomes(host),
     }
+    out["classes"] = {k: c for k in _BASE_CLASS if out.get(k)
+                      and (c := outcome_class(k, host.policy)) is not None}
+    return out
 
 
 def _early_not_told(host: Host, sigs: list[Any]) -> int:
@@ -192,61 +299,82 @@ def records_lost(host: Host) -> list[int]:
     return out
 
 
-def _guest_bytes_lost(host: Host, vm: Any) -> int:
-    page = host.geometry.page_size
-    if vm.state == "killed" or not vm.vmm.alive:
-        return int(vm.memory_bytes())
-    total = 0
-    seen: set[int] = set()
+def _union_len(spans: list[tuple[int, int]]) -> int:
+    n, end = 0, None
+    for lo, hi in sorted(spans):
+        if end is None or lo >= end:
+            n += hi - lo
+            end = hi
+        elif hi > end:
+            n += hi - end
+            end = hi
+    return n
+
+
+def _failed_pfns(host: Host, folio: Any) -> list[int]:
+    """Pages of ``folio`` known to have failed: PG_hwpoison, the raw list, the policy's table,
+    or a detected hardware error."""
+    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
+    bad = host.phys.hwpoison | (host.phys.detected & host.phys.hw_errors) | \
+        set(host.ext.get("gmem_table", {})) | set(folio.raw_hwp)
+    return sorted(p for p in bad if lo <= p < hi)
+
+
+def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:
+    """4 KiB guest pages ``vm`` can no longer use (see ``OUTCOME_DOCS['guest_pages_lost']``).
+
+    A page the guest can still read back is not lost: under a policy that refuses only the
+    failed subpage, the rest of the huge folio stays usable; under one that refuses the whole
+    folio (kvm_gmem_get_pfn's folio check, R67), every page of it is lost.
+    """
+    from .kvm.gmem import _claimed, _failed_in, policy
+
+    per4k = host.geometry.page_size // 4096
+    total = sum(s.npages for s in vm.slots) * per4k
+    if history == "killed" or vm.state == "killed" or not vm.vmm.alive:
+        return total
+    spans: list[tuple[int, int]] = []  # gfn ranges [lo, hi)
+    pol = policy(host)
     for s in vm.slots:
         inode = s.gmem
         if inode is not None and inode.extra.get("unusable"):
-            total += s.npages * page
+            spans.append((s.base_gfn, s.base_gfn + s.npages))
             continue
-        if inode is not None:
-            for f in list(inode.pages.values()):
-                if f.pfn in seen:
-                    continue
-                if "hwpoison" in f.flags and f.order:
-                    seen.add(f.pfn)
-                    total += f.nr_pages * page
-                elif f.pfn in host.phys.hwpoison:
-                    seen.add(f.pfn)
-                    total += page
-    for gfn in vm.guest_offlined:
-        pfn = _gfn_pfn(host, vm, gfn)
-        f = host.phys.folio_of(pfn) if pfn is not None else None
-        if f is not None and f.pfn in seen:
-            continue  # already counted with its poisoned folio
-        if f is None and pfn is not None and any(
-                s <= pfn < s + (1 << 18) for s in seen):
+        if inode is None:
             continue
-        total += page
-    hva_loss = 0
-    for f in host.phys.folios.values():
-        if f.kind == "hugetlb" and "hwpoison" in f.flags and f.mapping is not None \
-                and f.mapping.kind == "hugetlbfs" and f.pfn not in seen \
-                and any(r.mm is vm.vmm.mm for r in f.mapping.i_mmap):
+        seen: set[int] = set()
+        for f in list(inode.pages.values()):
+            if f.pfn in seen:
+                continue
             seen.add(f.pfn)
-            hva_loss += f.nr_pages * page
-    if hva_loss:
-        # pages the guest offlined inside those folios are part of the same loss
-        inside = sum(page for g in vm.guest_offlined
-                     if (p := _gfn_pfn(host, vm, g)) is not None and
-                     any(s <= p < s + (1 << 18) for s in seen))
-        total += hva_loss - min(inside, hva_loss)
-    return total
-
-
-def _gfn_pfn(host: Host, vm: Any, gfn: int) -> int | None:
-    """The pfn behind a gfn without allocating anything (None if there is none)."""
-    s = vm.slot_of(gfn)
-    if s is None:
-        return None
-    if s.gmem is not None and (gfn in vm.private or s.hva is None):
-        f = s.gmem.lookup(gfn - s.base_gfn + s.gmem_pgoff)
-        return None if f is None else f.pfn + (gfn - s.base_gfn + s.gmem_pgoff - f.index)
-    if s.hva is None or vm.vmm.mm is None:
-        return None
-    hit = host.walk(vm.vmm.mm, s.hva + ((gfn - s.base_gfn) << 12))
-    return None if hit is None else hit[1]
+            failed = _failed_pfns(host, f)
+            if not failed:
+                continue
+            lo_idx = f.index
+            healthy = next((p for p in range(f.pfn, f.pfn + min(f.nr_pages, len(failed) + 1))
+                            if p not in failed), None)
+            checks = pol.fault_check or not _claimed(host, f)
+            whole = checks and healthy is not None and _failed_in(host, f, healthy)
+            idxs = [(lo_idx, lo_idx + f.nr_pages)] if whole else \
+                [(lo_idx + p - f.pfn, lo_idx + p - f.pfn + 1) for p in failed]
+            for a, b in idxs:
+                a, b = max(a, s.gmem_pgoff), min(b, s.gmem_pgoff + s.npages)
+                if a < b:
+                    spans.append((s.base_gfn + a - s.gmem_pgoff, s.base_gfn + b - s.gmem_pgoff))
+    for g in vm.guest_offlined:
+        spans.append((g, g + 1))
+    mm = vm.vmm.mm
+    for f in host.phys.folios.values():
+        if f.kind != "hugetlb" or "hwpoison" not in f.flags or f.mapping is None \
+                or f.mapping.kind != "hugetlbfs":
+            continue
+        for r in f.mapping.i_mmap:
+            if r.mm is not mm:
+                continue
+            addr = r.addr_of(f.index, host.geometry.page_shift)
+            for s in vm.slots:
+                if addr is not None and s.hva is not None and \
+                        s.hva <= addr < s.hva + (s.npages << host.geometry.page_shift):
+                    g = s.base_gfn + ((addr - s.hva) >> host.geometry.page_shift)
+                    spans.append((g, min(g + f.nr_pages, s.base_gfn + s.npages)))
+    return _union_len(spans) * per4k

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from memfail.model.kernel.profiles import PROFILE_NOTES, PROFILES, SWITCHES, get_profile
+from memfail.model.kernel.profiles import FEATURES, PROFILE_NOTES, PROFILES, SWITCHES, get_profile
 from memfail.scenario.errors import ScenarioError
 
 EPILOG = """
@@ -28,6 +28,8 @@ def profiles_document() -> dict[str, Any]:
                      for n, p in PROFILES.items()],
         "switches": [{"name": s.name, "since": s.since, "rules": s.rules, "change": s.change,
                       "effect": s.effect} for s in SWITCHES],
+        "features": [{"name": f.name, "what": f.what, "since": f.since, "commit": f.commit,
+                      "title": f.title} for f in FEATURES],
     }
 
 
@@ -37,6 +39,11 @@ def diff_document(a: str, b: str) -> dict[str, Any]:
     rows = []
     for name, (va, vb) in pa.diff(pb).items():
         s = by_name.get(name)
+        f = next((x for x in FEATURES if x.name == name), None)
+        if s is None and f is not None:
+            rows.append({"name": name, a: va, b: vb, "since": f.since,
+                         "rules": f"commit {f.commit}", "effect": f"{f.what}: '{f.title}'"})
+            continue
         rows.append({"name": name, a: va, b: vb, "since": s.since if s else "",
                      "rules": s.rules if s else "", "effect": s.effect if s else ""})
     return {"a": a, "b": b, "differences": rows}
@@ -97,6 +104,16 @@ def profiles(
         t.add_row(s.name, s.since, s.rules, *(_on(getattr(p, s.name)) for p in PROFILES.values()),
                   s.change)
     console.print(t)
+    f = Table(title="features (a profile without one refuses a scenario that uses it)",
+              box=box.SIMPLE)
+    f.add_column("feature", no_wrap=True)
+    for col in ("since", "commit", *(n.removeprefix("linux-") for n in PROFILES)):
+        f.add_column(col, no_wrap=True)
+    f.add_column("what")
+    for x in FEATURES:
+        f.add_row(x.name, x.since, x.commit, *(_on(getattr(p, x.name)) for p in PROFILES.values()),
+                  f"{x.what}: '{x.title}'")
+    console.print(f)
 
 
 def _on(v: bool) -> str:

@@ -145,6 +145,31 @@ SWITCHES: tuple[Switch, ...] = (
 _SWITCH_NAMES = tuple(s.name for s in SWITCHES)
 
 
+@dataclass(frozen=True)
+class Feature:
+    """A kernel feature a scenario may use: a kernel without it refuses the scenario with one
+    error (``refuse_missing``) instead of running a model of something it does not have."""
+
+    name: str
+    what: str
+    since: str
+    commit: str
+    title: str
+
+
+# Feature switches, kept apart from the behaviour switches above. Commit ids as they appear
+# in the merge logs and later Fixes: tags; the release is the merge window that took them.
+FEATURES: tuple[Feature, ...] = (
+    Feature("gmem", "guest_memfd (KVM_CREATE_GUEST_MEMFD)", "6.8", "a7800aa80ea4",
+            "KVM: Add KVM_CREATE_GUEST_MEMFD ioctl() for guest-specific backing memory"),
+    Feature("gmem_mmap", "guest_memfd mmap (GUEST_MEMFD_FLAG_MMAP)", "6.18", "3d3a04fad25a",
+            "KVM: Allow and advertise support for host mmap() on guest_memfd files"),
+    Feature("gmem_init_shared", "GUEST_MEMFD_FLAG_INIT_SHARED", "6.18", "fe2bf6234e94",
+            "KVM: guest_memfd: Add INIT_SHARED flag, reject user page faults if not set"),
+)
+_FEATURE_NAMES = tuple(f.name for f in FEATURES)
+
+
 @dataclass(frozen=True, order=True)
 class KernelProfile:
     """One kernel's behaviour: a name plus one boolean per switch in ``SWITCHES``."""
@@ -166,15 +191,20 @@ class KernelProfile:
     kernel_owned_enotrecoverable: bool = True
     tracepoint_memory_failure_group: bool = True
     sysctl_enable_soft_offline: bool = True
+    # feature switches (FEATURES): what the kernel has at all
+    gmem: bool = True
+    gmem_mmap: bool = True
+    gmem_init_shared: bool = True
 
     def switches(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
 
     def with_switches(self, name: str | None = None, **changes: Any) -> KernelProfile:
-        unknown = sorted(set(changes) - set(_SWITCH_NAMES))
+        known = _SWITCH_NAMES + _FEATURE_NAMES
+        unknown = sorted(set(changes) - set(known))
         if unknown:
             raise ValueError(
-                f"unknown profile switch {unknown[0]!r}; known: {', '.join(_SWITCH_NAMES)}"
+                f"unknown profile switch {unknown[0]!r}; known: {', '.join(known)}"
             )
         return replace(self, name=name or f"{self.name}+custom", **changes)
 
@@ -190,6 +220,7 @@ def _since(version: str) -> KernelProfile:
         return (99, 0) if v == "next" else tuple(int(x) for x in v.split("."))
 
     on = {s.name: key(s.since) <= key(version) for s in SWITCHES}
+    on.update({f.name: key(f.since) <= key(version) for f in FEATURES})
     return KernelProfile(name=f"linux-{version}" if version != "next" else "next", **on)
 
 
@@ -221,3 +252,15 @@ def get_profile(name: str) -> KernelProfile:
         raise ValueError(
             f"unknown kernel profile {name!r}; valid profiles: {', '.join(PROFILES)}"
         ) from None
+
+
+def refuse_missing(profile: KernelProfile, feature: str, field: str | None = None) -> None:
+    """Raise the one error a scenario gets for using a feature its kernel does not have."""
+    if getattr(profile, feature, True):
+        return
+    from ..errors import ModelInputError
+
+    f = next(x for x in FEATURES if x.name == feature)
+    raise ModelInputError(f"{f.what} is not in {profile.name}: it was merged in v{f.since} "
+                          f"(commit {f.commit} '{f.title}'); use a profile of v{f.since} or "
+                          "later", field)

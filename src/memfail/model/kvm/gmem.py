@@ -60,6 +60,13 @@ def _event(host: Host, hook: str, what: str, pfn: int | None = None) -> None:
 @handles(GmemCreate)
 def do_gmem_create(host: Host, a: GmemCreate) -> ActionResult:
     """KVM_CREATE_GUEST_MEMFD (R62), or a hugetlbfs memfd under the hugetlbfs baseline."""
+    from ..kernel.profiles import refuse_missing
+
+    refuse_missing(host.profile, "gmem")
+    if "mmap" in a.flags:
+        refuse_missing(host.profile, "gmem_mmap", "flags")
+    if "init_shared" in a.flags:
+        refuse_missing(host.profile, "gmem_init_shared", "flags")
     vm = get_vm(host, a.vm)
     geo = host.geometry
     size = parse_size(a.size, geo.page_size)
@@ -310,21 +317,27 @@ def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
     """Does the fault check refuse ``pfn`` of ``folio``? Folios the policy does not claim
     get mainline's check: the folio's PG_hwpoison (R67)."""
     pol = policy(host)
+    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
+
+    def any_in(pfns: object) -> bool:  # the failure sets are small; the folio may be 1 GiB
+        return any(lo <= p < hi for p in pfns)  # type: ignore[attr-defined]
+
     if not _claimed(host, folio):
-        return "hwpoison" in folio.flags or any(
-            p in host.phys.hwpoison for p in range(folio.pfn, folio.pfn + folio.nr_pages))
+        return "hwpoison" in folio.flags or any_in(host.phys.hwpoison)
     if "hwpoison" in folio.flags:  # the head flag: the whole folio (R67)
         if pol.check_granularity == "folio" or folio.order == 0:
             return True
         if pfn in folio.raw_hwp:
             return True
-    rng = range(folio.pfn, folio.pfn + folio.nr_pages) if pol.check_granularity == "folio" \
-        else range(pfn, pfn + 1)
-    if pfn in host.phys.hwpoison if pol.check_granularity == "subpage" else \
-            any(p in host.phys.hwpoison for p in rng):
+    if pol.check_granularity == "subpage":
+        if pfn in host.phys.hwpoison:
+            return True
+    elif any_in(host.phys.hwpoison):
         return True
     t = table(host)
-    return any(p in t for p in rng) if pol.record == "table" or t else False
+    if not (pol.record == "table" or t):
+        return False
+    return pfn in t if pol.check_granularity == "subpage" else any_in(t)
 
 
 def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int, int] | int:
@@ -421,7 +434,7 @@ def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> Non
             f = inode.pages[idx]
             if not start <= idx < end:
                 continue
-            recs = [p for p in range(f.pfn, f.pfn + f.nr_pages) if p in t]
+            recs = sorted(p for p in t if f.pfn <= p < f.pfn + f.nr_pages)
             if recs:
                 if f.kind == HUGETLB and f.order:
                     f.flags.add("hwpoison")
@@ -595,6 +608,7 @@ def record_failure(host: Host, folio: Folio, pfn: int, consumed: bool) -> bool:
                 folio.raw_hwp.append(pfn)
         else:
             host.phys.hwpoison.add(pfn)
+        _event(host, "memory_failure", "PG_hwpoison set on the guest_memfd folio", pfn)
     if pol.record == "table":
         _event(host, "memory_failure", "recorded in the global failure table", pfn)
     return first
@@ -620,7 +634,13 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
     _apply_vm_on_error(host, inode, pfn)
     cvm = _current_vm(host, current)
     if ar and current is not None and current.alive:
-        if pol.consumed in ("sigbus-current", "kernel", "sigbus-vmm"):
+        if pol.consumed == "kill-vm":
+            _kill_bound_vms(host, inode, "policy: kill the guest on consumed memory failure")
+        elif pol.consumed == "unusable":
+            _make_unusable(host, inode, pfn)
+        elif pol.consumed == "kernel":
+            _kernel_consumed(host, current, folio, pfn)
+        else:
             _sigbus_current(host, current, inode, folio, pfn, cvm)
         if pol.consumed == "sigbus-vmm":
             for vm, _lead in _vmm_threads(inode):
@@ -628,12 +648,79 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
                     continue
                 _notify_vmm(host, vm, inode, folio, pfn)
         return -EHWPOISON
-    if not ar and pol.unconsumed == "notify-vmm":
+    if ar:
+        return -EHWPOISON
+    if pol.unconsumed == "notify-vmm":
         for vm, _lead in _vmm_threads(inode):
             _notify_vmm(host, vm, inode, folio, pfn)
-    elif not ar and pol.unconsumed == "defer":
+    elif pol.unconsumed == "defer":
         _event(host, "memory_failure", "unconsumed failure deferred", pfn)
+    elif pol.unconsumed == "kill-vm":
+        _kill_bound_vms(host, inode, "policy: kill the guest on memory failure")
+    elif pol.unconsumed == "unusable":
+        _make_unusable(host, inode, pfn)
+    else:
+        _kernel_unconsumed(host, folio, pfn)
     return 0
+
+
+def _kill_bound_vms(host: Host, inode: Inode, why: str) -> None:
+    """Sean's reading (C7): kill every VM bound to the guest_memfd and unmap everything."""
+    from ..vmm.qemu import kill_vm
+
+    for vm in list(inode.extra.get("vms", [])):
+        if vm.state != "killed":
+            kill_vm(host, vm, why)
+
+
+def _make_unusable(host: Host, inode: Inode, pfn: int) -> None:
+    """James's reading (C7): every later get_pfn and host fault of the guest_memfd fails."""
+    if inode.extra.get("unusable"):
+        return
+    inode.extra["unusable"] = True
+    _event(host, "memory_failure", "guest_memfd made unusable", pfn)
+    for vm in inode.extra.get("vms", []):
+        zap_gfn_range(host, vm, 0, 1 << 52, "guest_memfd unusable")
+
+
+def _kernel_consumed(host: Host, current: Thread, folio: Folio, pfn: int) -> None:
+    """What memory_failure() itself does for a consumed page it did not unmap:
+    kill_accessing_process() signals current only through its own mapping of the page (AR,
+    lsb of the mapping); with no mapping it returns 0 (R82) or -EFAULT, and kill_me_maybe()
+    sends a plain SIGBUS (R39, R46)."""
+    mm = current.proc.mm
+    for (mm_id, key), order in folio.rmap.items():
+        if mm is None or mm_id != mm.id:
+            continue
+        pte = mm.ptes.get(key)
+        if pte is None or not pte.pfn <= pfn < pte.pfn + (1 << order):
+            continue
+        addr = key + ((pfn - pte.pfn) << host.geometry.page_shift) \
+            if order == 0 or host.profile.hugetlb_exact_si_addr else key
+        host.force_sig_mceerr(current, BUS_MCEERR_AR, addr,
+                              host.geometry.shift_of(order), "kill_accessing_process", pfn)
+        return
+    if not host.profile.kill_accessing_process_returns_zero:
+        host.force_sig_sigbus(current, "kill_me_maybe", pfn=pfn)
+
+
+def _kernel_unconsumed(host: Host, folio: Folio, pfn: int) -> None:
+    """kill_procs() for an AO failure (R35): BUS_MCEERR_AO to the early-kill thread of every
+    process that maps the page. Without honor_early (C6: "even if PR_MCE_KILL_EARLY is set,
+    the requesting thread will not be notified") nobody is."""
+    if not policy(host).honor_early:
+        _event(host, "memory_failure", "PR_MCE_KILL_EARLY not honoured (C6): nobody told", pfn)
+        return
+    mm_ids = {mm_id for mm_id, _ in folio.rmap}
+    for proc in list(host.processes.values()):
+        if proc.mm is None or proc.mm.id not in mm_ids or not proc.alive:
+            continue
+        t = find_early_kill_thread(host, proc)
+        if t is not None:
+            addr = _hva_for(host, folio.mapping, folio, pfn, None) \
+                if folio.mapping is not None else None
+            host.send_sig_mceerr(t, BUS_MCEERR_AO, addr or 0, host.geometry.page_shift,
+                                 "kill_procs", pfn)
 
 
 def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn: int,
@@ -644,7 +731,13 @@ def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn
     if pol.sigbus_addr == "plain":
         host.force_sig_sigbus(current, "gmem policy", pfn=pfn)
         return
-    addr = _hva_for(host, inode, folio, pfn, vm) if pol.sigbus_addr == "hva" else None
+    addr = None
+    if pol.sigbus_addr == "hva":
+        addr = _hva_for(host, inode, folio, pfn, vm)
+        _event(host, "memory_failure",
+               "si_addr looked up: guest_memfd binding -> memslot userspace_addr"
+               if addr is not None else
+               "si_addr lookup found no memslot userspace_addr or host mapping: NULL", pfn)
     host.force_sig_mceerr(current, BUS_MCEERR_AR, addr or 0, host.geometry.page_shift,
                           "gmem policy", pfn)
 

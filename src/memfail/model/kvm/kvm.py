@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EFAULT, EHWPOISON, EINTR, ModelInputError, errno_name
+from ..errors import EFAULT, EHWPOISON, EINTR, ESRCH, ModelInputError, errno_name
 from ..host import ActionResult, handles
 from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
@@ -510,10 +510,13 @@ def do_vm_destroy(host: Host, a: VmDestroy) -> ActionResult:
 
 @handles(VmReset)
 def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
-    """System reset (Q6): kvm_unpoison_all punches/remaps every page QEMU recorded."""
+    """System reset (Q6): kvm_unpoison_all punches/remaps every page QEMU recorded. A VM
+    whose VMM is gone cannot be reset: -ESRCH, and its outcome stays what it was."""
     from .gmem import gmem_punch
 
     vm = get_vm(host, a.vm)
+    if not vm.vmm.alive:
+        return ActionResult.err(-ESRCH)  # the VMM that would reset the guest is gone
     for gfn in sorted(vm.qemu_poison):
         s = vm.slot_of(gfn)
         if s is None:

@@ -13,8 +13,8 @@ from typing import Any, Literal, get_args
 Record = Literal["folio", "table"]
 Unmap = Literal["none", "subpage", "folio", "vm"]
 HostUnmap = Literal["none", "subpage", "folio"]
-Consumed = Literal["kernel", "sigbus-current", "sigbus-vmm", "kill-vm"]
-Unconsumed = Literal["kernel", "defer", "notify-vmm", "kill-vm"]
+Consumed = Literal["kernel", "sigbus-current", "sigbus-vmm", "kill-vm", "unusable"]
+Unconsumed = Literal["kernel", "defer", "notify-vmm", "kill-vm", "unusable"]
 SigAddr = Literal["hva", "none", "plain"]
 VmOnError = Literal["none", "kill", "unusable"]
 Scope = Literal["hugetlb", "all"]
@@ -49,26 +49,64 @@ KNOB_DOCS: dict[str, str] = {
                    "SIGBUS). C5 says no.",
     "check_granularity": "What fault_check refuses: the whole 'folio' (mainline: the head flag, "
                          "R67) or only the failed 'subpage'.",
-    "consumed": "What happens when the failure is consumed (AR): 'kernel' (memory_failure's own "
-                "signalling), 'sigbus-current' (C3), 'sigbus-vmm' (C8: every vCPU of the "
-                "struct kvm via a KVM request), 'kill-vm' (Sean).",
-    "unconsumed": "What happens when a failure is detected but not consumed (AO): 'kernel', "
-                  "'defer' (C2: let everything run), 'notify-vmm' (C8: SIGBUS AO to the VMM's "
-                  "early thread), 'kill-vm'.",
+    "consumed": "What happens when the failure is consumed (AR): 'kernel' (what memory_failure "
+                "does for a page it cannot unmap: kill_accessing_process signals current only "
+                "if current maps the page, R39/R82), 'sigbus-current' (C3), 'sigbus-vmm' (C8: "
+                "current, and the other VMMs bound to the guest_memfd through a KVM request), "
+                "'kill-vm' (Sean's 'kill the guest completely', only once the error is "
+                "consumed), 'unusable' (James's 'make guest_memfd completely unusable', only "
+                "once the error is consumed: the vCPU's next fault fails and the VM stops).",
+    "unconsumed": "What happens when a failure is detected but not consumed (AO): 'kernel' "
+                  "(kill_procs: BUS_MCEERR_AO to the early-kill threads of processes that map "
+                  "the page, R35), 'defer' (C2: let everything run), 'notify-vmm' (C8: SIGBUS "
+                  "AO to the VMM's early thread), 'kill-vm' (Sean: kill every VM bound to the "
+                  "guest_memfd now), 'unusable' (James: make the guest_memfd unusable now).",
     "honor_early": "PR_MCE_KILL_EARLY of the owning VMM is honoured for unconsumed failures "
                    "(C8); C6 says it is not.",
     "sigbus_addr": "si_addr of the SIGBUS sent to current for consumed private memory that "
-                   "has no host mapping: 'hva' (the memslot's userspace address for the gfn; "
-                   "QEMU can inject a vMCE), 'none' (si_addr NULL: QEMU takes it as its own "
-                   "memory and exits, Q4), 'plain' (SIGBUS without MCE payload: QEMU dies, Q2).",
-    "vm_on_error": "What happens to the VM and the guest_memfd on any failure: 'none', "
-                   "'kill' (Sean: kill the guest, unmap everything), 'unusable' (James: every "
-                   "later use of the guest_memfd fails).",
+                   "has no host mapping: 'hva' (looked up as failed pfn -> guest_memfd binding "
+                   "of the VM -> memslot -> its userspace_addr, then the host mappings of the "
+                   "guest_memfd; NULL when neither exists, and the trace says so; QEMU can "
+                   "inject a vMCE), 'none' (si_addr NULL: QEMU takes it as its own memory and "
+                   "exits, Q4), 'plain' (SIGBUS without MCE payload: QEMU dies, Q2).",
+    "vm_on_error": "What happens to the VM and the guest_memfd on any failure, consumed or "
+                   "not, before consumed/unconsumed are applied: 'none', 'kill' (Sean: kill the "
+                   "guest, unmap everything), 'unusable' (James: every later use of the "
+                   "guest_memfd fails).",
     "mf_delayed_fix": "Kernel path only: whether truncate_error_folio passes MF_DELAYED through "
-                      "(Lisa Wang's fix, R66); None keeps the kernel profile's setting.",
+                      "(Lisa Wang's 'mm: Fix MF_DELAYED handling on memory failure', RFC v2, "
+                      "unmerged, R66); None keeps the kernel profile's setting (released "
+                      "kernels: without it).",
     "backing": "'gmem' or 'hugetlbfs': the hugetlbfs baseline backs guest memory by a "
                "hugetlbfs memfd mapped by the VMM (HVA memslots, S10/S11) instead of "
                "guest_memfd.",
+}
+
+
+# Changes a knob value depends on that no released kernel has: (knob, value) -> the series.
+SERIES: dict[str, str] = {
+    "gmem-hugetlb": "Ackerley Tng, '[RFC PATCH v2 00/51] 1G page support for guest_memfd' "
+                    "(posted May 2025, not merged): HugeTLB-backed guest_memfd (R87)",
+    "mf-delayed": "Lisa Wang, 'mm: Fix MF_DELAYED handling on memory failure' (RFC v2, in "
+                  "mm-unstable, not in a release, R66/R85)",
+    "free-path-isolation": "Jiaqi Yan, 'Only free healthy pages in high-order HWPoison folio' "
+                           "(RFC 2026, merge status unknown, R57): the HugeTLB free path that "
+                           "isolates the poisoned raw pages of a freed folio",
+    "call-proposal": "the 2025-07-24 guest_memfd call's designs (C1-C8): discussed, no patches "
+                     "posted",
+}
+
+# Knobs whose value is a reading of the call's words rather than a design choice: where the
+# call allows more than one reading, the preset's value is one of them (docs/policies.md).
+READINGS: dict[str, str] = {
+    "sigbus_addr": "C3 'Send SIGBUS to current' does not say which si_addr/si_code",
+    "mark_on_truncate": "C4 'when freeing folio on inode release': inode release only, or "
+                        "every free (punch hole, truncate)",
+    "isolate_on_free": "C4 'indicate any memory failures to HugeTLB using folio's HWpoison "
+                       "flag' needs a HugeTLB free path that isolates them (unmerged)",
+    "propagate_on_split": "the call does not say what a folio-flag record does on split/merge",
+    "mf_delayed_fix": "what the kernel underneath does: released kernels, or with the "
+                      "unmerged MF_DELAYED fix",
 }
 
 
@@ -112,6 +150,19 @@ class GmemPolicy:
                 raise ValueError(f"policy knob {k}: {v!r} is not one of "
                                  f"{', '.join(map(str, allowed))}")
         return replace(self, name=name or f"{self.name}+custom", **knobs)
+
+    def unmerged(self) -> list[str]:
+        """Keys of ``SERIES`` this policy relies on (none: released kernels do this)."""
+        out = []
+        if self.call_items:
+            out.append("call-proposal")
+        if self.handles != "none":
+            out.append("gmem-hugetlb")
+        if self.mf_delayed_fix:
+            out.append("mf-delayed")
+        if self.isolate_on_free:
+            out.append("free-path-isolation")
+        return out
 
     def claims(self, folio_is_hugetlb: bool) -> bool:
         """Does memory_failure() hand this guest_memfd folio to the policy?"""

@@ -15,16 +15,18 @@ def _add(p: GmemPolicy) -> None:
 
 
 _add(GmemPolicy(
-    "mainline-prefix",
-    "guest_memfd today, before the MF_DELAYED fix: kvm_gmem_error_folio zaps stage 2 and "
-    "returns MF_DELAYED, truncate_error_folio reports it as 'Failed to punch page', MF returns "
-    "-EBUSY and hardware AR gets a plain SIGBUS (R64, R65). HugeTLB-backed folios take the "
-    "HugeTLB path: IGNORED, nothing zapped (R87).",
-    call_items=(), propagate_on_split=False, mf_delayed_fix=False))
-_add(GmemPolicy(
     "mainline",
-    "guest_memfd with Lisa Wang's MF_DELAYED fix: DELAYED, MF returns 0, the kill policy is "
-    "respected; later guest access gets -EHWPOISON from kvm_gmem_get_pfn (R66, R67).",
+    "What released kernels do (v6.8+ guest_memfd): kvm_gmem_error_folio zaps the folio from "
+    "stage 2 and returns MF_DELAYED, truncate_error_folio reports it as 'Failed to punch page', "
+    "MF returns -EBUSY and a hardware AR gets a plain SIGBUS (R64, R65). The MF_DELAYED fix "
+    "follows the kernel profile (only `next` has it). HugeTLB-backed folios, which exist only "
+    "with the unmerged 1G series, take the HugeTLB path: IGNORED, nothing zapped (R87).",
+    call_items=(), propagate_on_split=False, mf_delayed_fix=None))
+_add(GmemPolicy(
+    "mf-delayed-fix",
+    "mainline plus Lisa Wang's unmerged 'mm: Fix MF_DELAYED handling on memory failure' (RFC "
+    "v2, mm-unstable): DELAYED, MF returns 0, the kill policy is respected; the guest's next "
+    "access gets -EHWPOISON from kvm_gmem_get_pfn (R66, R67).",
     call_items=(), propagate_on_split=False, mf_delayed_fix=True))
 _add(GmemPolicy(
     "minimum",
@@ -50,19 +52,20 @@ _add(GmemPolicy(
 _add(GmemPolicy(
     "kill-vm",
     "Sean: kill the guest completely and unmap everything on any failure in its guest_memfd "
-    "(C7).",
+    "(C7), consumed or not. 'unconsumed: defer' is the variant that kills only on consumption.",
     call_items=("C1", "C4", "C7"),
     handles="all", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=True,
     unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="kill-vm",
-    unconsumed="kill-vm", honor_early=False, vm_on_error="kill", mf_delayed_fix=True))
+    unconsumed="kill-vm", honor_early=False, mf_delayed_fix=True))
 _add(GmemPolicy(
     "unusable",
-    "James: make the whole guest_memfd unusable on a failure: stage 2 zapped for the whole "
-    "file, every later get_pfn and host fault fails (C7).",
+    "James: make the whole guest_memfd unusable on a failure, consumed or not: stage 2 zapped "
+    "for the whole file, every later get_pfn and host fault fails (C7). 'unconsumed: defer' is "
+    "the variant that acts only on consumption.",
     call_items=("C1", "C4", "C7"),
     handles="all", record="table", mark_on_release=True, isolate_on_free=True, mark_on_truncate=True,
-    unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="sigbus-current",
-    unconsumed="defer", honor_early=False, vm_on_error="unusable", mf_delayed_fix=True))
+    unmap_stage2="vm", unmap_host="folio", fault_check=True, consumed="unusable",
+    unconsumed="unusable", honor_early=False, mf_delayed_fix=True))
 _add(GmemPolicy(
     "future",
     "The call's future work (C8): opt-in unmap of only the failed subfolios, HWpoison on "
@@ -78,9 +81,11 @@ _add(GmemPolicy(
     "Baseline without guest_memfd: guest memory is a hugetlbfs memfd mapped by the VMM (HVA "
     "memslots). memory_failure unmaps the whole huge page, QEMU injects a 4K vMCE and every "
     "later access to the rest of the huge page loses another 4K (S10, S11).",
-    call_items=(), backing="hugetlbfs", mf_delayed_fix=True))
+    call_items=(), backing="hugetlbfs", mf_delayed_fix=None))
 
 DEFAULT_POLICY = "mainline"
+# Former names, accepted so that older scenario files keep running.
+ALIASES = {"mainline-prefix": "mainline"}
 
 
 def policy_names() -> list[str]:
@@ -93,7 +98,7 @@ def make_policy(spec: Any) -> GmemPolicy:
         return spec
     if isinstance(spec, str):
         try:
-            return PRESETS[spec]
+            return PRESETS[ALIASES.get(spec, spec)]
         except KeyError:
             raise ValueError(f"unknown policy {spec!r}; valid policies: "
                              f"{', '.join(PRESETS)}") from None
