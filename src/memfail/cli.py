@@ -12,6 +12,7 @@ command runs (``memfail --help`` stays fast). ``main()`` turns every error into 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -164,16 +165,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rv = app(args=argv, prog_name="memfail", standalone_mode=False)
-        if isinstance(rv, int):
-            return rv
-        sys.stdout.flush()
-        return EXIT_OK
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return rv if isinstance(rv, int) else EXIT_OK
     except BrokenPipeError:
         _quiet_stdout()  # `memfail compare | head`: the reader has what it wanted
         return EXIT_OK
-    except SystemExit:
-        if _stdout_is_devnull():  # rich's own closed-pipe exit: it already pointed stdout
-            return EXIT_OK        # at /dev/null and raised SystemExit(1)
+    except SystemExit as e:
+        # rich's own closed-pipe exit points stdout at /dev/null and raises SystemExit(1);
+        # click's turns an EPIPE OSError into sys.exit(1) from inside its handler
+        ctx = e.__context__
+        if _stdout_is_devnull() or (isinstance(ctx, OSError) and ctx.errno == errno.EPIPE):
+            _quiet_stdout()
+            return EXIT_OK
         raise
     except (KeyboardInterrupt, Abort):
         print("memfail: error: interrupted", file=sys.stderr)

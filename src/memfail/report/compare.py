@@ -202,9 +202,13 @@ def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]
 
 
 def verdict_line(p: str, v: dict[str, Any]) -> str:
-    """'minimum: 12 scenarios, 3 clean; hazards: ...; costs: ...; accepted: ...'."""
+    """'minimum: 12 scenarios, 3 without hazard, kill or pause; hazards: ...; costs: ...'.
+
+    Guest memory lost is a cost shown on its own: the failed page itself is lost under every
+    policy, so a scenario that lost only memory still counts among those without hazard, kill
+    or pause."""
     words = {k: w for k, _, _, w in FINDINGS}
-    bits = [f"{v['scenarios']} scenarios, {v['ok']} clean"]
+    bits = [f"{v['scenarios']} scenarios, {v['ok']} without hazard, kill or pause"]
     for cls, label in ((HAZARD, "hazards"), (COST, "costs"), (ACCEPTED, "accepted")):
         got = v["by_class"][cls]
         items = [f"{words[k]} in {got[k]}" for k in VERDICT_KEYS if k in got]

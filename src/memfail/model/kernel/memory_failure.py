@@ -542,7 +542,9 @@ def try_memory_failure_hugetlb(host: Host, pfn: int, flags: int, folio: Folio,
         page_type = MSG_GET_HWPOISON if p.mf_msg_already_poisoned else MSG_UNKNOWN
         return action_result(host, pfn, page_type, MF_IGNORED)
     if hwpoison_filter(host, folio, pfn):
-        # R15: folio_clear_hugetlb_hwpoison, restore migratable, drop the reference
+        # R15: folio_clear_hugetlb_hwpoison, restore migratable, drop the reference; the
+        # kernel forgets the page, as _filtered() does for other pages
+        host.phys.detected.discard(pfn)
         folio.raw_hwp.remove(pfn)
         if not folio.raw_hwp:
             folio.flags.discard("hwpoison")
