@@ -85,6 +85,8 @@ class VmSpec(Strict):
     vcpus: int = Field(default=1, ge=1, le=4)
     gmem: str | None = None
     memory: int | str = "2M"
+    # the guest as an actor (docs/mce.md): cooperative, careless, hostile, confidential
+    behaviour: Literal["cooperative", "careless", "hostile", "confidential"] = "cooperative"
 
 
 class EventSpec(Strict):

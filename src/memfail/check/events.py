@@ -29,6 +29,9 @@ KVM_KEYS = {
     "convert": "set_attributes",       # KVM_SET_MEMORY_ATTRIBUTES / in-place conversion
     "fault": "guest_access",           # a stage-2 fault on a GFN (a guest store)
     "release": "vm_destroy",           # the VM goes: its guest_memfd files are released
+    "guest_run": "guest_run",          # the guest behaves as its behaviour says (docs/mce.md)
+    "vcpu_mce": "machine_check",       # a vCPU consumes poison; task work not yet run (M7)
+    "task_work": "task_work",          # that vCPU's task work runs before re-entry (M8)
 }
 
 
@@ -288,6 +291,26 @@ def _realloc(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
                            "len": p["pages"] * page_size(cfg)})]
 
 
+# ---- machine-check delivery and guest behaviours (kernel/mce.py, vmm/guest.py, docs/mce.md)
+
+
+def _guest_run(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("guest_run", {"vm": vm.name, "gpa": p["page"] * page_size(cfg),
+                              "rounds": p["rounds"], "vcpu": p["vcpu"]}, [])
+
+
+def _vcpu_mce(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("vcpu_mce", {"vm": vm.name, "vcpu": p["vcpu"],
+                             "gpa": p["page"] * page_size(cfg)}, [])
+
+
+def _task_work(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
+    vm = vm_of(cfg, p["vm"])
+    return _kvm("task_work", {"vm": vm.name, "vcpu": p["vcpu"]}, [])
+
+
 def _action(cfg: CheckConfig, p: dict[str, Any]) -> list[StepSpec]:
     return [(p["action"], dict(p["args"]))]
 
@@ -328,6 +351,17 @@ EVENTS: dict[str, EventDef] = {e.name: e for e in (
              {"vm": VM, "page": PAGE, "pages": Param(1)}, _realloc),
     EventDef("fault", "A stage-2 fault on a page of guest memory.",
              {"vm": VM, "page": PAGE}, _fault, needs=("kvm",)),
+    EventDef("guest_run", "The guest behaves as the VM's `behaviour` says at a page for "
+             "`rounds` rounds (hostile: every vCPU loads it, careless: vCPU 0, confidential: "
+             "re-executes on `vcpu`).",
+             {"vm": VM, "page": PAGE, "rounds": Param(2), "vcpu": Param(0)}, _guest_run,
+             needs=("kvm",)),
+    EventDef("vcpu_mce", "A vCPU takes a machine check on a page now; its task work waits for "
+             "a `task_work` event or its next entry, so other vCPUs can consume in that "
+             "window (M7).",
+             {"vm": VM, "page": PAGE, "vcpu": Param(0)}, _vcpu_mce, needs=("kvm",)),
+    EventDef("task_work", "A vCPU's queued machine-check task work runs (kill_me_maybe, M8).",
+             {"vm": VM, "vcpu": Param(0)}, _task_work, needs=("kvm",)),
     EventDef("action", "Any model action: `action: KEY`, `args: {...}` (escape hatch).",
              {"action": Param(REQUIRED, doc="an action key"), "args": Param({})}, _action),
 )}

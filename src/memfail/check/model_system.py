@@ -146,8 +146,11 @@ def setup_steps(cfg: CheckConfig) -> list[StepSpec]:
         fd = mem_fd(vm)
         ram = f"{vm.name}.ram"
         if kvm_model():
-            steps.append(("vm_create", {"vm": vm.name, "vmm": vm.vmm, "type": vm.type,
-                                        "vcpus": vm.vcpus}))
+            create: dict[str, Any] = {"vm": vm.name, "vmm": vm.vmm, "type": vm.type,
+                                      "vcpus": vm.vcpus}
+            if vm.behaviour != "cooperative":
+                create["behaviour"] = vm.behaviour  # guest behaviours (docs/mce.md)
+            steps.append(("vm_create", create))
         if kvm_model() and g is not None:
             steps.append(("gmem_create", {"vm": vm.name, "fd": fd, "size": size,
                                           "flags": list(g.flags), "backing": g.backing}))

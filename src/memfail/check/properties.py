@@ -260,6 +260,12 @@ def _unaffected_run(host: Any, m: Monitor) -> str | None:
     return f"unaffected VM stopped: {min(m.down)}" if m.down else None
 
 
+def _host_survives(host: Any, m: Monitor) -> str | None:
+    from memfail.model.kernel.mce import host_down_reason
+
+    return host_down_reason(host)
+
+
 PROPERTIES: tuple[PropertyDef, ...] = (
     PropertyDef("no-host-panic", "The host kernel never panics because of a failure it was "
                 "already told about (a kernel read of a not-yet-reported error panics under "
@@ -292,6 +298,12 @@ PROPERTIES: tuple[PropertyDef, ...] = (
                 "VMs whose memory did not fail are never killed or paused.",
                 "C7: 'kill the guest completely' (Sean), 'make guest_memfd unusable' (James): "
                 "the blast radius", _unaffected_run),
+    PropertyDef("host-survives",
+                "No guest takes the host down: no machine-check delivery panic (rendezvous "
+                "timeout, R44 panics), no processor shutdown, whole-host stalls within the "
+                "bound (mce_config stall_bound_us; docs/mce.md M10).",
+                "'Subsequent accesses may take down host' (Dan); no #MC virtualization for "
+                "confidential guests", _host_survives),
 )
 
 PROPERTY_NAMES = tuple(p.name for p in PROPERTIES)

@@ -99,6 +99,41 @@ def outcome_class(key: str, policy: Any | None) -> str | None:
     return cls
 
 
+# machine-check delivery and the host's cost (kernel/mce.py, docs/mce.md: M1-M10)
+MCE_OUTCOME_DOCS: dict[str, str] = {
+    "machine_checks": "machine checks taken by host CPUs (M1)",
+    "host_stalls": "broadcast machine checks: every host CPU held in the rendezvous (M3)",
+    "host_stall_us": "total wall-clock time of those whole-host stalls, microseconds (M9)",
+    "host_cpu_us": "CPU time lost to machine-check handling and its memory_failure() task "
+                   "work, summed over CPUs, microseconds (M9)",
+    "host_stalled": "whole-host stalls exceeded the bound without a panic (M10, mce_config "
+                    "stall_bound_us)",
+    "host_down": "the host panicked or shut down, or its whole-host stalls exceeded the "
+                 "bound (M10, mce_config stall_bound_us)",
+}
+OUTCOME_DOCS.update(MCE_OUTCOME_DOCS)
+
+
+def mce_outcomes(host: Host) -> dict[str, Any]:
+    """The MCE_OUTCOME_DOCS figures, from MachineCheck / HostStall trace events."""
+    from .kernel.mce import mce_state
+    from .trace import HostStall, MachineCheck
+
+    st = mce_state(host)
+    stalls = host.trace.of(HostStall)
+    whole = [e for e in stalls if e.cpus >= st.cpus and e.cpus > 1]
+    stall_us = sum(e.us for e in whole)
+    return {
+        "machine_checks": len(host.trace.of(MachineCheck)),
+        "host_stalls": len(whole),
+        "host_stall_us": stall_us,
+        "host_cpu_us": sum(e.us * e.cpus for e in stalls),
+        "host_stalled": host.panicked is None and stall_us > st.cost.stall_bound_us,
+        "host_down": host.panicked is not None or stall_us > st.cost.stall_bound_us,
+    }
+_BASE_CLASS["host_stalled"] = HAZARD  # the host held in broadcast machine checks (M10)
+
+
 def _owners(host: Host, pfn: int) -> set[int]:
     """pids of the VMMs whose guest memory contained ``pfn`` when a failure of it was handled
     or consumed, or contains it now."""
@@ -220,6 +255,7 @@ def compute_outcomes(host: Host) -> dict[str, Any]:
         "hugetlb_pool_delta_by_size": {k: v for k, v in by_size.items() if v},
         "hardware_corrupted_kb": host.meminfo()["HardwareCorrupted"],
         "vm_states": vm_states,
+        **mce_outcomes(host),
     }
     out["classes"] = {k: c for k in _BASE_CLASS if out.get(k)
                       and (c := outcome_class(k, host.policy)) is not None}

@@ -258,6 +258,32 @@ class MceInjected(Event):
 
 
 @dataclass(frozen=True)
+class MachineCheck(Event):
+    """One machine check taken by a CPU (M1, kernel/mce.py): the severity.c context, grade and
+    message, and whether it was broadcast (every CPU rendezvous) or local."""
+
+    kind: ClassVar[str] = "machine_check"
+    cpu: int
+    by: str
+    pfn: int
+    context: str
+    severity: str
+    message: str
+    broadcast: bool
+
+
+@dataclass(frozen=True)
+class HostStall(Event):
+    """Time the host's CPUs spent in machine-check handling or its task work (M9):
+    ``cpus`` CPUs held for ``us`` microseconds of wall-clock time."""
+
+    kind: ClassVar[str] = "host_stall"
+    cpus: int
+    us: int
+    why: str
+
+
+@dataclass(frozen=True)
 class GuestEvent(Event):
     """Something the guest OS did: offline a page, panic, kill a guest process."""
 

@@ -67,6 +67,7 @@ class Cell:
 # and verdict lines read the same table, so they cannot drift apart.
 FINDINGS: tuple[tuple[str, str, str, str], ...] = (
     ("host_panic", "P", "HOST PANIC", "host panic"),
+    ("host_stalled", "T", "HOST STALLED", "host stalled beyond the bound"),  # M10, docs/mce.md
     ("vms_killed", "K", "VM killed", "VM killed"),
     ("guests_panicked", "G", "guest panic", "guest panic"),
     ("vms_paused", "S", "VM paused", "VM stopped (paused)"),
@@ -93,6 +94,9 @@ def summarize(o: dict[str, Any]) -> str:
             parts.append(f"{txt} (accepted)" if _accepted(o, key) else txt)
     if o.get("vmce_injected"):
         parts.append("vMCE")
+    if o.get("host_stalls", 0) > 1:  # broadcast machine checks after the first (M3, M9)
+        parts.append(f"host stalled x{o['host_stalls']} "
+                     f"({o.get('host_stall_us', 0) / 1000:.1f} ms)")
     if o.get("guest_bytes_lost") and not o.get("vms_killed"):
         parts.append(f"lost {fmt_size(o['guest_bytes_lost'])}")
     return ", ".join(parts) or "ok"
@@ -410,7 +414,10 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
                          "(a killed VM loses all of it); ok nothing went wrong; - the policy "
                          "does not apply to the scenario.", width))
     else:
-        out.extend(_wrap("Words: HOST PANIC the host crashed; VM killed its VMM died or "
+        out.extend(_wrap("Words: HOST PANIC the host crashed; HOST STALLED broadcast "
+                         "machine checks held every host CPU longer than the bound "
+                         "(docs/mce.md); host stalled xN (T ms) broadcast machine checks "
+                         "after the first; VM killed its VMM died or "
                          "was killed (all its memory lost); guest panic the guest panicked "
                          "on a vMCE; VM paused KVM_RUN failed and QEMU stopped the VM; "
                          "re-consumed xN poison consumed again N times; poison reused a "

@@ -147,15 +147,16 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
 def consume_user(host: Host, t: Thread, pfn: int, addr: int) -> None:
     """A user-mode (or guest-mode, R45) load consumed poison: do_machine_check queues
     kill_me_maybe on the thread (R44), which runs before it returns to user mode (R46)."""
+    from .mce import IN_USER, do_machine_check, task_work_pending, task_work_run
+
     proc = t.proc
+    if task_work_pending(host, t):
+        task_work_run(host, t)  # it ran when the thread last returned to user mode (M8)
     host.emit(PoisonConsumed(host.trace.step, pfn, f"{proc.comm}:{t.name}", "user", proc.pid))
-    if t.mce_count and t.mce_addr is not None and t.mce_addr >> host.geometry.page_shift != pfn:
-        host.panic("Consecutive machine checks to different user pages")
-    t.mce_count += 1
-    if t.mce_count > 10:
-        host.panic("Too many consecutive machine checks in user mode")
-    t.mce_addr = pfn << host.geometry.page_shift
-    kill_me_maybe(host, t, pfn, ripv=t.mce_ripv)
+    # do_machine_check grades it and queue_task_work counts it (M1-M7); the task work runs
+    # on the way back to user mode (M8)
+    do_machine_check(host, t, pfn, IN_USER, ripv=t.mce_ripv)
+    task_work_run(host, t)
 
 
 def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
@@ -750,7 +751,9 @@ def do_meminfo(host: Host, a: Meminfo) -> ActionResult:
 
 __all__ = ["consume_kernel", "consume_user", "resolve_target"]
 
+from ..vmm import guest as _guest  # noqa: E402,F401  (the guest_run handler)
 from . import kaccess as _kaccess  # noqa: E402,F401  (handlers of kactions)
 from . import ksm as _ksm  # noqa: E402,F401  (the ksm_merge handler)
+from . import mce as _mce  # noqa: E402,F401  (machine-check handlers)
 from . import shm as _shm  # noqa: E402,F401  (System V shared memory handlers)
 from . import swap as _swap  # noqa: E402,F401  (the swapout handler)

@@ -20,7 +20,12 @@ class VmCreate(Action):
     snp or tdx (snp/tdx are confidential: no machine-check virtualization, private memory not
     readable by the host). ``vcpus`` vCPU threads. ``mcg_ser_p`` (the guest CPU model
     advertises software error recovery, Q4); ``guest_recovery`` is the guest kernel's
-    vm.memory_failure_recovery (0: any vMCE panics the guest, KV-10)."""
+    vm.memory_failure_recovery (0: any vMCE panics the guest, KV-10). ``behaviour`` is what
+    the guest does after a vMCE: cooperative (offlines the page), careless (ignores it and
+    touches the page again), hostile (touches it from every vCPU, ``effort`` times each),
+    confidential (no vMCE can reach it; the vCPU re-executes the load); see ``guest_run``.
+    ``guest_kernel_mce``: a vMCE on the guest kernel's own page panics the guest, or is
+    recovered (the guest kernel's read had a machine-check-safe fixup)."""
 
     key: ClassVar[str] = "vm_create"
     vm: str
@@ -29,6 +34,10 @@ class VmCreate(Action):
     vcpus: int = Field(default=1, ge=1, le=64)
     mcg_ser_p: bool = True
     guest_recovery: bool = True
+    # the guest as an actor (vmm/guest.py, docs/mce.md): what it does after a vMCE
+    behaviour: Literal["cooperative", "careless", "hostile", "confidential"] = "cooperative"
+    effort: int = Field(default=10, ge=1, le=100_000)
+    guest_kernel_mce: Literal["panic", "recover"] = "panic"
 
 
 class GmemCreate(Action):
@@ -134,3 +143,5 @@ class VmReset(Action):
 KVM_ACTIONS = (VmCreate, GmemCreate, Memslot, SetAttributes, GuestAccess, KernelAccess,
                VmDestroy, VmReset)
 register_actions(*KVM_ACTIONS)
+
+from ..vmm import guestactions as _guestactions  # noqa: E402,F401  (registers guest_run)

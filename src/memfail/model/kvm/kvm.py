@@ -15,7 +15,7 @@ from ..host import ActionResult, handles
 from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
 from ..kernel.task import Process, Thread
-from ..trace import BUS_MCEERR_AR, GuestEvent, KvmExit, PoisonConsumed, Stage2Zap, VmState
+from ..trace import BUS_MCEERR_AR, GuestEvent, KvmExit, Stage2Zap, VmState
 from ..units import parse_size
 from .actions import GuestAccess, KernelAccess, Memslot, SetAttributes, VmCreate, VmDestroy, VmReset
 
@@ -68,6 +68,9 @@ class VM:
     guest_kernel_pages: set[int] = field(default_factory=set)
     qemu_poison: set[int] = field(default_factory=set)  # kvm_hwpoison_page_add (Q4)
     mmu_seq: int = 0
+    behaviour: str = "cooperative"  # the guest as an actor (vmm/guest.py)
+    effort: int = 10
+    guest_kernel_mce: str = "panic"
 
     @property
     def confidential(self) -> bool:
@@ -189,6 +192,8 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
     vms = kvm_state(host)
     if a.vm in vms:
         raise ModelInputError(f"VM {a.vm!r} already exists", "vm")
+    if a.behaviour == "confidential" and a.type not in ("snp", "tdx"):
+        raise ModelInputError("behaviour confidential needs type snp or tdx", "behaviour")
     if a.vmm not in host.processes:
         host.add_process(a.vmm, ["main"])
     proc = host.proc(a.vmm, "vmm")
@@ -207,6 +212,7 @@ def do_vm_create(host: Host, a: VmCreate) -> ActionResult:
         vcpus.append(t)
     qemu_signal_init(main, vcpus)
     vm = VM(a.vm, a.type, proc, vcpus, a.mcg_ser_p, a.guest_recovery)
+    vm.behaviour, vm.effort, vm.guest_kernel_mce = a.behaviour, a.effort, a.guest_kernel_mce
     vms[a.vm] = vm
     host.ext["mmu_notifier"] = mmu_notifier
     install_qemu(host)
@@ -349,7 +355,7 @@ def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
 @handles(GuestAccess)
 def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     """One guest load/store on a vCPU, through KVM_RUN (R45, R67, R68, R77, R79)."""
-    from ..kernel.inject import kill_me_maybe
+    from ..kernel.mce import kvm_machine_check, task_work_pending, task_work_run
 
     vm = get_vm(host, a.vm)
     geo = host.geometry
@@ -371,6 +377,12 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     if a.page == "kernel":
         vm.guest_kernel_pages.add(gfn)
     t = vm.vcpus[a.vcpu]
+    if task_work_pending(host, t):
+        # KVM's enter-guest work runs the machine-check task work first (R45, M8)
+        task_work_run(host, t)
+        host.deliver_signals()
+        if vm.state != "running" or not vm.vmm.alive:
+            return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
     orders = tuple(sorted({0, geo.pmd_order, geo.pud_order}))
     for _attempt in range(3):
         hit = spte_lookup(vm, gfn, orders)
@@ -392,14 +404,10 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
             return ActionResult(0)
         if pfn not in host.phys.hw_errors:
             return ActionResult(host.phys.data.get(pfn, 0))
-        # guest-mode machine check, handled as a user-mode one by the vCPU thread (R45)
-        host.emit(PoisonConsumed(host.trace.step, pfn, f"{vm.name}:vcpu{a.vcpu}", "guest",
-                                 vm.vmm.pid, vm.name))
-        if t.mce_count and t.mce_addr is not None and (t.mce_addr >> 12) != pfn:
-            host.panic("Consecutive machine checks to different user pages")
-        t.mce_addr = pfn << geo.page_shift
-        t.mce_count += 1
-        kill_me_maybe(host, t, pfn)
+        # guest-mode machine check, handled as a user-mode one by the vCPU thread (R45):
+        # graded and queued by do_machine_check, the task work runs before re-entry (M1-M8)
+        kvm_machine_check(host, vm.name, a.vcpu, t, pfn, vm.vmm.pid)
+        task_work_run(host, t)
         host.deliver_signals()
         if not vm.vmm.alive or vm.state != "running":
             return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))

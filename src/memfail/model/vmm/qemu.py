@@ -133,10 +133,17 @@ def guest_on_mce(host: Host, vm: VM, gfn: int, code: int) -> None:
     """The guest kernel's memory_failure on a vMCE: panic for its own pages or with recovery
     off, otherwise offline the page (killing the guest process on AR)."""
     from ..kvm.kvm import set_vm_state
+    from .guest import guest_on_vmce_ignored, ignores_vmce
 
-    if not vm.guest_recovery or gfn in vm.guest_kernel_pages:
+    kernel_page = gfn in vm.guest_kernel_pages
+    if kernel_page and vm.guest_recovery and vm.guest_kernel_mce == "recover":
+        kernel_page = False  # the guest kernel's read had a machine-check-safe fixup
+    if not vm.guest_recovery or kernel_page:
         host.emit(GuestEvent(host.trace.step, vm.name, "panic", gfn << 12))
         set_vm_state(host, vm, "guest-panicked", "vMCE on a guest kernel page")
+        return
+    if ignores_vmce(vm):
+        guest_on_vmce_ignored(host, vm, gfn)  # careless / hostile guests (vmm/guest.py)
         return
     vm.guest_offlined.add(gfn)
     if code == BUS_MCEERR_AR:
