@@ -114,6 +114,9 @@ class _Encoder:
             return self.ref(v, cls)
         if t is FunctionType or (callable(v) and not hasattr(v, "__dict__")):
             return f"fn:{getattr(v, '__qualname__', cls)}"
+        canon = getattr(t, "__canonical__", None)
+        if canon is not None:  # the object says which of its fields are state
+            return cls + self.enc(canon(v))
         params = getattr(t, "__dataclass_params__", None)
         if params is not None and params.frozen:
             try:

@@ -102,6 +102,15 @@ class MceState:
     round_cpus: set[int] | None = None  # CPUs taking machine checks in one broadcast (M3)
     stall_us: int = 0  # whole-host stall time so far (M9, M10)
 
+    def __canonical__(self) -> dict[str, object]:
+        """The state ``memfail check`` fingerprints: every field, but the stall sum only as
+        whether it passed the bound. The sum grows with every consumption, so keeping it
+        would make every cycle that consumes poison a new state and no search complete;
+        ``host-survives`` still sees the sum along each explored path (docs/check.md)."""
+        d = dict(self.__dict__)
+        d["stall_us"] = self.stall_us > self.cost.stall_bound_us
+        return d
+
 
 def mce_state(host: Host) -> MceState:
     st = host.ext.get("mce")
