@@ -220,18 +220,7 @@ def render(system: Any) -> Rendered:
     for k, label in enumerate(labels):
         lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)}; "
                      + "; ".join(f"derive({vi})" for vi in range(len(vms))) + " }")
-    guards = []
-    for k, label in enumerate(labels):
-        i = system._entry_of[label]
-        spec = cfg.events[i]
-        g = ["!panic"]
-        if spec.limit is not None:
-            g.append(f"ev_cnt[{i}] < {spec.limit}")
-        if label[0] == "hw_error":
-            g.append("nerr < MAXERR")
-        count = (f"ev_cnt[{i}]++; " if spec.limit is not None else "") + \
-            ("nerr++; " if label[0] == "hw_error" else "")
-        guards.append((k, " && ".join(g), count))
+    guards = [(k, *_guard(system, label)) for k, label in enumerate(labels)]
     lines.append("inline init_state() {")
     lines.append("  " + "; ".join(f"spte[{i}] = 1" for i in range(len(vms) * npg)) + ";")
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
@@ -253,25 +242,30 @@ def render(system: Any) -> Rendered:
     return Rendered(text, labels, props)
 
 
+def _guard(system: Any, label: Any) -> tuple[str, str]:
+    """A label's enabling condition (no panic, its event's limit, the error bound) and the
+    counters its step bumps."""
+    i = system._entry_of[label]
+    spec = system.config.events[i]
+    g = ["!panic"]
+    if spec.limit is not None:
+        g.append(f"ev_cnt[{i}] < {spec.limit}")
+    if label[0] == "hw_error":
+        g.append("nerr < MAXERR")
+    count = (f"ev_cnt[{i}]++; " if spec.limit is not None else "") + \
+        ("nerr++; " if label[0] == "hw_error" else "")
+    return " && ".join(g), count
+
+
 def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
     """A Promela model that carries out exactly the labels ``seq`` (indices into
     ``rendered.labels``) in order, printing the observation after each; a label that is not
     enabled prints ``MF_BLOCKED k`` and stops."""
-    cfg = system.config
     body = ["#define REPLAY 1", rendered.text, "init {", "  d_step { init_state() };",
             '  observe();']
     for k in seq:
-        label = rendered.labels[k]
-        i = system._entry_of[label]
-        spec = cfg.events[i]
-        g = ["!panic"]
-        if spec.limit is not None:
-            g.append(f"ev_cnt[{i}] < {spec.limit}")
-        if label[0] == "hw_error":
-            g.append("nerr < MAXERR")
-        count = (f"ev_cnt[{i}]++; " if spec.limit is not None else "") + \
-            ("nerr++; " if label[0] == "hw_error" else "")
-        body.append(f"  if :: {' && '.join(g)} -> d_step {{ {count}step_{k}(); mq = 0; mr = 0; ao = 0 }}; "
+        guard, count = _guard(system, rendered.labels[k])
+        body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); mq = 0; mr = 0; ao = 0 }}; "
                     f'printf("MF_STEP {k}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
