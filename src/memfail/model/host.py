@@ -20,7 +20,7 @@ from .kernel.hugetlb import HugeTLB
 from .kernel.mem import HUGETLB, KERNEL, Folio, PhysMem
 from .kernel.memory_failure import MFState
 from .kernel.mm import HWPOISON, MM, PTE, VMA
-from .kernel.profiles import DEFAULT_PROFILE, KernelProfile, get_profile
+from .kernel.profiles import DEFAULT_PROFILE, KernelProfile, get_profile, refuse_missing
 from .kernel.task import Process, SigInfo, Thread
 from .trace import (
     SI_CODE_NAMES,
@@ -122,10 +122,8 @@ class Host:
             if k not in SYSCTL_DEFAULTS:
                 raise ModelInputError(
                     f"unknown sysctl {k!r}; known: {', '.join(SYSCTL_DEFAULTS)}", "sysctl")
-            if k in PROFILE_SYSCTLS and not getattr(self.profile, PROFILE_SYSCTLS[k]):
-                raise ModelInputError(
-                    f"{k} does not exist in {self.profile.name} (profile switch "
-                    f"{PROFILE_SYSCTLS[k]}: see `memfail profiles`)", "sysctl")
+            if k in PROFILE_SYSCTLS:
+                refuse_missing(self.profile, PROFILE_SYSCTLS[k], "sysctl", what=k)
             self.sysctl[k] = int(v)
         geo = self.geometry
         self.hugetlb = HugeTLB(self, {"2M": geo.pmd_order, "1G": geo.pud_order}, cfg.hvo)

@@ -254,13 +254,20 @@ def get_profile(name: str) -> KernelProfile:
         ) from None
 
 
-def refuse_missing(profile: KernelProfile, feature: str, field: str | None = None) -> None:
-    """Raise the one error a scenario gets for using a feature its kernel does not have."""
+def refuse_missing(profile: KernelProfile, feature: str, field: str | None = None,
+                   what: str | None = None) -> None:
+    """Raise the one error a scenario gets for using a feature its kernel does not have:
+    ``feature`` names a FEATURES entry, or a behaviour switch that brings an interface (then
+    ``what`` names the interface)."""
     if getattr(profile, feature, True):
         return
     from ..errors import ModelInputError
 
-    f = next(x for x in FEATURES if x.name == feature)
-    raise ModelInputError(f"{f.what} is not in {profile.name}: it was merged in v{f.since} "
-                          f"(commit {f.commit} '{f.title}'); use a profile of v{f.since} or "
-                          "later", field)
+    f = next((x for x in FEATURES if x.name == feature), None)
+    if f is not None:
+        raise ModelInputError(f"{f.what} is not in {profile.name}: it was merged in v{f.since} "
+                              f"(commit {f.commit} '{f.title}'); use a profile of v{f.since} "
+                              "or later", field)
+    s = next(x for x in SWITCHES if x.name == feature)
+    raise ModelInputError(f"{what or s.name} is not in {profile.name}: it came with v{s.since} "
+                          f"({s.change}); use a profile of v{s.since} or later", field)
