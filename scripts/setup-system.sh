@@ -1,5 +1,6 @@
 #!/bin/sh
-# System set-up for `memfail conform` (and the tools other parts of memfail use): installs what
+# System set-up for `memfail conform` (and the tools other parts of memfail use: SPIN, rasdaemon,
+# headless Chromium for the report test): installs what
 # is missing with apt-get, and unpacks Debian's 6.1 kernel image into .cache/kernels/debian-6.1
 # without installing it as the host's kernel (no postinst, initramfs or boot loader changes).
 # Idempotent: a second run finds everything present and returns at once.
@@ -14,7 +15,7 @@ SUDO=""
 
 need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in qemu-system-x86 busybox-static cpio gcc libc6-dev spin rasdaemon; do
+for p in qemu-system-x86 busybox-static cpio gcc libc6-dev spin rasdaemon chromium; do
     have_pkg "$p" || need="$need $p"
 done
 
