@@ -16,7 +16,7 @@ import pytest
 from memfail.check.spin import AGREE_CONFIG
 from memfail.cli import main
 
-POLICIES = ["mainline", "minimum", "unmap", "future"]
+POLICIES = ["mainline", "minimum", "unmap", "kill-vm", "unusable", "future"]
 
 
 def _check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:

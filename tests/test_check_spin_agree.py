@@ -6,7 +6,7 @@ round.
   ``init`` that carries out exactly those labels, run by SPIN's simulator).
 * Seeded SPIN random simulations (``spin -n<seed>``), replayed on the Python model.
 
-Across the presets and six knob combinations no preset has. A disagreement fails naming the
+Across the presets and eight knob combinations no preset has. A disagreement fails naming the
 first step whose observations differ. More walks: ``python bench/bench_check_engines.py
 --agree 1000``.
 """
@@ -42,8 +42,16 @@ CUSTOM: dict[str, dict[str, Any]] = {
                        "unconsumed": "notify-vmm", "honor_early": True, "fault_check": True},
     # the leader (a LATE main thread in agree-two.yaml) is told, not the EARLY vCPU thread
     "future-leader": {"base": "future", "name": "future-leader", "honor_early": False},
+    # consumed / unconsumed kill-vm and unusable crossed with a table that marks nothing on
+    # truncate, and with subpage unmapping (an unusable file refuses faults before allocating)
+    "minimum-kill-unusable": {"base": "minimum", "name": "minimum-kill-unusable",
+                              "consumed": "kill-vm", "unconsumed": "unusable"},
+    "future-unusable-kill": {"base": "future", "name": "future-unusable-kill",
+                             "consumed": "unusable", "unconsumed": "kill-vm",
+                             "unmap_stage2": "none"},
 }
-POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "future",
+POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable",
+                       "future",
                        *CUSTOM.values()]
 WALKS, STEPS, SIMULATIONS = 6, 10, 3
 

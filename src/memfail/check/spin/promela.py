@@ -100,11 +100,11 @@ def check_supported(system: Any) -> None:
         raise Unsupported(f"policy {system.policy!r}: the SPIN engine models guest_memfd "
                           "backing only (backing: hugetlbfs is not modelled)")
     if policy is not None and policy.handles != "none" and (
-            policy.consumed in ("kernel", "kill-vm", "unusable") or
-            policy.unconsumed in ("kernel", "kill-vm", "unusable")):
+            policy.consumed == "kernel" or policy.unconsumed == "kernel"):
         raise Unsupported(f"policy {policy.name!r}: consumed/unconsumed "
                           f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN "
-                          "engine (it models sigbus-current, sigbus-vmm, defer, notify-vmm)")
+                          "engine (it models sigbus-current, sigbus-vmm, kill-vm, unusable, "
+                          "defer, notify-vmm)")
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M" or "mmap" not in g.flags or \
@@ -395,6 +395,20 @@ inline mf(v, p, ar, ao_probe, early) {
        :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
+       /* consumed (AR, current alive): _kill_bound_vms() or _make_unusable(); SIGBUS to
+          current (sigbus-*) is QEMU's vMCE, injected by consume() */
+       if
+       :: ar && alive[v] && consumed == K_CONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: ar && alive[v] && consumed == K_CONSUMED_UNUSABLE && !unusable[v] ->
+            unusable[v] = 1; zap_vm(v)
+       :: else -> skip
+       fi;
+       /* unconsumed (AO): _kill_bound_vms() or _make_unusable() now; nobody is told */
+       if
+       :: !ar && unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: !ar && unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
+       :: else -> skip
+       fi;
        /* _notify_vmm(): the first EARLY thread (honor_early) or the leader gets AO; QEMU
           injects a vMCE; the property wants an EARLY thread told */
        if
@@ -435,7 +449,7 @@ inline ev_vcpu(v, p, wr) {
      :: !gpk[p] && goff[p] -> skip
      :: else ->
         if
-        :: !spte[p] && bk[v] == 0 -> realloc(v)
+        :: !spte[p] && bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
         :: else -> skip
         fi;
         if
@@ -472,7 +486,11 @@ inline consume(v, p) {
        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
        mf(v, p, 1, 0, 0);
        if
-       :: alive[v] && vst[v] == 0 && consumed != K_CONSUMED_KILL_VM -> guest_mce(p, 0)
+       :: alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
+          consumed == K_CONSUMED_SIGBUS_VMM) -> guest_mce(p, 0)
+       /* no vMCE (unusable): KVM re-enters, the fault fails on the unusable file, paused */
+       :: alive[v] && vst[v] == 0 && !(consumed == K_CONSUMED_SIGBUS_CURRENT ||
+          consumed == K_CONSUMED_SIGBUS_VMM) && unusable[v] -> vst[v] = 1
        :: else -> skip
        fi
   fi
