@@ -19,14 +19,16 @@ import pytest
 
 from memfail.check.config import load_config
 from memfail.check.model_system import ModelSystem
-from memfail.check.spin import AGREE_CONFIG, AGREE_TWO_CONFIG
+from memfail.check.spin import AGREE_CONFIG, AGREE_KERNEL_CONFIG, AGREE_TWO_CONFIG
 from memfail.check.spin.agree import (
     agree_simulation,
     agree_walk,
     compare,
     replay_promela,
+    replay_python,
     walk_python,
 )
+from memfail.check.spin.observe import layout
 from memfail.check.spin.promela import render
 
 # Knob combinations no preset has (policy specs as a scenario writes them).
@@ -62,6 +64,12 @@ def _system(policy: Any, config: Any = AGREE_TWO_CONFIG) -> ModelSystem:
     return s
 
 
+def _label(rendered: Any, kind: str, **kw: Any) -> int:
+    """The index of the first label of ``kind`` with the parameters ``kw``."""
+    return next(i for i, lab in enumerate(rendered.labels) if lab[0] == kind and
+                all(dict(lab[1]).get(a) == b for a, b in kw.items()))
+
+
 def _id(p: Any) -> str:
     return p if isinstance(p, str) else p["name"]
 
@@ -84,6 +92,40 @@ def test_spin_simulations_replay_on_python(policy: Any) -> None:
         assert diff is None, f"{_id(policy)}, spin -n{seed}: {diff}"
 
 
+# Kernel users (model/kernel/kaccess.py): each reach, check and copy of the inventory.
+KERNEL_POLICIES: list[Any] = ["mainline", "minimum", "unmap", "kill-vm", "future",
+                              CUSTOM["minimum-marks"], CUSTOM["future-folio"]]
+
+
+@pytest.mark.parametrize("policy", KERNEL_POLICIES, ids=_id)
+def test_kernel_users_agree(policy: Any) -> None:
+    system = _system(policy, AGREE_KERNEL_CONFIG)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
+def test_kernel_read_of_a_table_only_record_panics_in_both() -> None:
+    """kcore skips PG_hwpoison pages only: under `minimum` (a table record, the VMM's entry
+    left present) its read of a reported error panics the host in both engines; under
+    `future` (PG_hwpoison, a hwpoison entry) it is skipped (R47)."""
+    for policy, panics in (("minimum", 1), ("future", 0)):
+        system = _system(policy, AGREE_KERNEL_CONFIG)
+        rendered = render(system)
+
+        # the VMM maps the page first (kcore reaches guest memory through its entry)
+        seq = [_label(rendered, "vmm_access", vm="vm0", page=2),
+               _label(rendered, "hw_error", vm="vm0", page=2, detect="scrub"),
+               _label(rendered, "kernel_access", vm="vm0", page=2, user="kcore")]
+        a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+        assert compare(system, rendered, a, b, ("python", "promela")) is None
+        at = layout(system).index("panic")
+        assert a.observations[-1][at] == b.observations[-1][at] == panics
+
+
 def test_walks_on_the_verdict_configuration() -> None:
     for policy in ("minimum", "future"):
         system = _system(policy, AGREE_CONFIG)
@@ -100,8 +142,6 @@ def test_a_different_policy_is_caught_at_its_first_differing_step() -> None:
     k = next(i for i, lab in enumerate(other.labels)
              if lab[0] == "hw_error" and dict(lab[1])["detect"] == "scrub"
              and dict(lab[1])["vm"] == "vm0" and dict(lab[1])["page"] == 0)
-    from memfail.check.spin.agree import replay_python
-
     a = replay_python(py, other, [k])
     b = replay_promela(py, other, [k])
     diff = compare(py, other, a, b, ("python", "promela"))

@@ -33,8 +33,8 @@ from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
-SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "punch_hole", "close",
-             "release", "realloc")
+SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
+             "punch_hole", "close", "release", "realloc")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -305,6 +305,10 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
         return f"ev_vmm({v}, {v * npg + p['page']})"
+    if kind == "kernel_access":
+        hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
+        return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
+               f"{rcv}, {gm})"
     if kind == "punch_hole":
         return f"ev_punch({v})"
     if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
@@ -315,6 +319,53 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
+
+
+def system_args(label: Any) -> dict[str, Any]:
+    """The arguments of the model's kernel_access action for a kernel_access label (the
+    event's expansion, check/events.py: the user, and the overrides it passes on)."""
+    p = dict(label[1])
+    user = p.get("user")
+    checks, mc_safe = p.get("checks_hwpoison"), p.get("mc_safe")
+    if user is None:  # as check/events.py _kernel_access picks it
+        checks = True if checks is None else checks
+        mc_safe = False if mc_safe is None else mc_safe
+        user = "kcore" if checks else "kworker"
+    return {"user": user, "checks_hwpoison": checks, "mc_safe": mc_safe}
+
+
+# Promela codes of a kernel user's check (KernelUser.check) and of how its copy ends.
+CHECK_CODE = {"none": 0, "flag": 1, "raw-flag": 2, "entry": 3}
+RECOVERY_PANIC, RECOVERY_REPORT, RECOVERY_SILENT = 0, 1, 2
+
+
+def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A kernel user of the inventory (model/kernel/kaccess.py KERNEL_USERS) as the Promela
+    model's ``ev_kacc`` takes it: (reaches the page through the VMM's page tables, its check,
+    how a machine check in its copy ends, whether it reaches guest_memfd folios), with the
+    overrides do_kernel_access() applies (model/kvm/kvm.py): ``checks_hwpoison: false`` drops
+    the check (an hva user's uaccess still stops at a hwpoison entry), ``true`` adds the flag
+    check, ``mc_safe`` overrides the profile's release (R3, R47)."""
+    from memfail.model.kernel.kaccess import KERNEL_USER_BY_NAME, profile_release
+
+    u = KERNEL_USER_BY_NAME[args["user"]]
+    mc_safe = u.mc_safe(profile_release(cfg.profile)) if args["mc_safe"] is None \
+        else bool(args["mc_safe"])
+    check = u.check
+    if args["checks_hwpoison"] is False:
+        check = "none"
+    elif args["checks_hwpoison"] and check == "none":
+        check = "flag"
+    recovery = u.recovery
+    if mc_safe and recovery == "none":
+        recovery = "copy_mc_queue"
+    if not mc_safe:
+        rcv = RECOVERY_PANIC
+    elif recovery in ("copyin", "copy_mc_queue"):
+        rcv = RECOVERY_REPORT   # memory_failure(pfn, 0): kill_me_never or the queue
+    else:
+        rcv = RECOVERY_SILENT   # copy_mc: the copy stops, nothing reported
+    return int(u.reach == "hva"), CHECK_CODE[check], rcv, int(not u.gmem.startswith("no"))
 
 
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
@@ -523,6 +574,44 @@ inline ev_vmm(v, p) {
         fi
      fi
   fi
+}
+/* do_kernel_access() (model/kvm/kvm.py) for one user of the inventory: the page is reached
+   through the VMM's page tables (hva: a hwpoison entry stops the uaccess, a missing page is
+   faulted in as the VMM's own access would) or by pfn behind the VMM's entry (kq: 1 the VM's
+   own frame, 2 a spare one, which holds no error); its check skips it (flag: PG_hwpoison of
+   the page or of its HugeTLB folio; raw-flag: that struct page's, the folio's on its head:
+   in use, the shared pages are 4K folios with their own flag; a marked free frame (fst 2) is
+   one HugeTLB folio, flagged on its head);
+   a machine check in the copy panics (no fixup, R47), calls memory_failure(pfn, 0) (copyin,
+   copy_mc_queue: R3) or ends the copy silently (copy_mc) */
+byte kq;
+inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
+  kq = 0;
+  if
+  :: hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unusable[v] ->
+     if :: bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     if
+     :: bk[v] == 0 -> skip
+     :: bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
+     :: else -> pte[p] = 1; kq = (bk[v] == OWN -> 1 : 2)
+     fi
+  :: !hva && pte[p] == 2 -> kq = 1
+  :: !hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: else -> skip
+  fi;
+  if :: !gm && (kq == 2 || (kq == 1 && bk[v] == OWN)) -> kq = 0 :: else -> skip fi;
+  if
+  :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2) -> kq = 0
+  :: kq == 1 && chk == 2 && ((fst[v] != 2 && hwp[p]) || (fst[v] == 2 && head)) -> kq = 0
+  :: else -> skip
+  fi;
+  if
+  :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
+  :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0, 0)
+  :: else -> skip
+  fi;
+  kq = 0
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
