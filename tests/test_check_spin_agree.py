@@ -19,7 +19,12 @@ import pytest
 
 from memfail.check.config import load_config
 from memfail.check.model_system import ModelSystem
-from memfail.check.spin import AGREE_CONFIG, AGREE_KERNEL_CONFIG, AGREE_TWO_CONFIG
+from memfail.check.spin import (
+    AGREE_CONFIG,
+    AGREE_CONVERT_CONFIG,
+    AGREE_KERNEL_CONFIG,
+    AGREE_TWO_CONFIG,
+)
 from memfail.check.spin.agree import (
     agree_simulation,
     agree_walk,
@@ -124,6 +129,48 @@ def test_kernel_read_of_a_table_only_record_panics_in_both() -> None:
         assert compare(system, rendered, a, b, ("python", "promela")) is None
         at = layout(system).index("panic")
         assert a.observations[-1][at] == b.observations[-1][at] == panics
+
+
+# Conversion (split and merge of a folio holding errors), crossed with the knobs it meets.
+CONVERT_POLICIES: list[Any] = [
+    "mainline", "minimum", "unmap", "unusable", "future",
+    {"base": "future", "name": "future-drops", "propagate_on_split": False},
+    {"base": "unmap", "name": "unmap-folio-flag", "record": "folio", "propagate_on_split": True,
+     "check_granularity": "subpage"},
+    {"base": "future", "name": "future-folio-zap", "check_granularity": "folio",
+     "unmap_stage2": "folio", "unmap_host": "none"},
+]
+
+
+@pytest.mark.parametrize("policy", CONVERT_POLICIES, ids=_id)
+def test_conversions_agree(policy: Any) -> None:
+    system = _system(policy, AGREE_CONVERT_CONFIG)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS + 4, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_merge_keeps_the_record_only_with_propagate_on_split(propagate: bool) -> None:
+    """A detected error on a shared (4K) page, then the whole folio converted to private: the
+    merge keeps the raw page's PG_hwpoison on the HugeTLB folio with propagate_on_split and
+    drops it without (mainline keeps no table, so the record is lost); a conversion back to
+    shared splits it again. Both engines say the same after each step."""
+    policy = {"base": "mainline", "name": f"mainline-{propagate}",
+              "propagate_on_split": propagate}
+    system = _system(policy, AGREE_CONVERT_CONFIG)
+    rendered = render(system)
+    seq = [_label(rendered, "hw_error", vm="vm0", page=2, detect="scrub"),
+           _label(rendered, "convert", vm="vm0", page=0, pages=4, to="private"),
+           _label(rendered, "convert", vm="vm0", page=0, pages=4, to="shared")]
+    a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+    assert compare(system, rendered, a, b, ("python", "promela")) is None
+    rec, priv = layout(system).index("vm0[2].rec"), layout(system).index("vm0[2].priv")
+    assert [o[rec] for o in b.observations] == [0, 1, int(propagate), int(propagate)]
+    assert [o[priv] for o in b.observations] == [0, 0, 1, 0]
 
 
 def test_walks_on_the_verdict_configuration() -> None:

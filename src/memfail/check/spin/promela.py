@@ -34,7 +34,7 @@ from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
 SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
-             "punch_hole", "close", "release", "realloc")
+             "convert", "punch_hole", "close", "release", "realloc")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -175,11 +175,16 @@ def render(system: Any) -> Rendered:
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
-        "bit closed[NV];",
+        "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
         "byte nspare;",
         "#define pdet det",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
         + ")",
+        "#define FRAME_TAB(v) (" + " || ".join(f"tab[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
+        "#define ALL_PRIV(v) (" + " && ".join(f"priv[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
+        "#define SPTE(v, p) (spte[p] || hs[v])",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
@@ -206,7 +211,8 @@ def render(system: Any) -> Rendered:
             p = vi * npg + pg
             for f in PAGE_FIELDS:
                 fmt.append("%d")
-                args.append(f"(bk[{vi}] == OWN)" if f == "held" else f"{f}[{p}]")
+                args.append(f"(bk[{vi}] == OWN)" if f == "held" else
+                            f"SPTE({vi}, {p})" if f == "spte" else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
     fmt.append("%d")
@@ -309,6 +315,13 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
         return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
                f"{rcv}, {gm})"
+    if kind == "convert":
+        pages = range(p["page"], min(npg, p["page"] + p["pages"]))
+        to = int(p["to"] == "private")
+        # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host._dead_actor)
+        return f"if :: alive[{v}] -> " + \
+            "; ".join(f"convert_page({v}, {v * npg + q}, {to})" for q in pages) + \
+            f"; convert_folio({v}, {to}) :: else -> skip fi"
     if kind == "punch_hole":
         return f"ev_punch({v})"
     if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
@@ -376,7 +389,18 @@ byte mq; byte mr; bit ao;
 #define OWN 1
 #define SPARE 2
 /* zap stage 2 of a whole VM (zap_gfn_range over everything) */
-inline zap_vm(v) { FOREACH(spte[Q] = 0) }
+inline zap_vm(v) { FOREACH(spte[Q] = 0); hs[v] = 0 }
+/* zap_gfn_range() over one page: its 4K SPTE and a huge SPTE over the folio (it overlaps) */
+inline zap_page(v, p) { spte[p] = 0; hs[v] = 0 }
+/* install_spte(): at the folio's level when the VM's folio is one HugeTLB folio (all of it
+   private: the huge entry replaces a 4K one at its head), else at 4K */
+inline map_spte(v, p) {
+  if
+  :: SPTE(v, p) -> skip
+  :: !SPTE(v, p) && merged[v] && bk[v] != 0 -> hs[v] = 1; spte[(v) * NPG] = 0
+  :: else -> spte[p] = 1
+  fi
+}
 /* rec: poison_records() - the table, PG_hwpoison / raw list / isolation, a marked free folio */
 inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HWP(v))) }
 /* _free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
@@ -385,7 +409,7 @@ inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HW
 inline free_folio(v, release) {
   if
   :: bk[v] == OWN ->
-     if :: propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi;
+     if :: !merged[v] && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi;
      if
      :: mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE) ->
           FOREACH(hwp[Q] = hwp[Q] || tab[Q])
@@ -401,7 +425,7 @@ inline free_folio(v, release) {
   :: bk[v] == SPARE -> nspare++
   :: else -> skip
   fi;
-  bk[v] = 0; zap_vm(v);
+  bk[v] = 0; merged[v] = 0; zap_vm(v);
   /* truncation unmaps present PTEs; a hwpoison entry stays until munmap or exit */
   if :: release -> FOREACH(pte[Q] = 0) :: else -> FOREACH(pte[Q] = (pte[Q] == 2 -> 2 : 0)) fi
 }
@@ -410,9 +434,9 @@ inline free_folio(v, release) {
 inline realloc(v) {
   if
   :: fst[v] == 1 ->
-     fst[v] = 0; bk[v] = OWN;
+     fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
      FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
   fi
 }
@@ -422,6 +446,7 @@ inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
+  if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
   mr = det[p];
   det[p] = 1;
   if
@@ -433,7 +458,8 @@ inline mf(v, p, ar, ao_probe, early) {
        tab[p] = 1;
        if :: record == K_RECORD_FOLIO -> hwp[p] = 1 :: else -> skip fi;
        if
-       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE || unmap_stage2 == K_UNMAP_STAGE2_FOLIO -> spte[p] = 0
+       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE || (unmap_stage2 == K_UNMAP_STAGE2_FOLIO && !merged[v]) -> zap_page(v, p)
+       :: unmap_stage2 == K_UNMAP_STAGE2_FOLIO && merged[v] -> zap_vm(v)
        :: unmap_stage2 == K_UNMAP_STAGE2_VM -> zap_vm(v)
        :: else -> skip
        fi;
@@ -475,20 +501,33 @@ inline mf(v, p, ar, ao_probe, early) {
             if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
        fi
   :: bk[v] == OWN && !CLAIMED && hwp[p] -> skip   /* already poisoned (-EHWPOISON) */
-  :: bk[v] == OWN && !CLAIMED && !hwp[p] ->
+  :: bk[v] == OWN && !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) ->
+       hwp[p] = 1   /* a new raw page of a poisoned HugeTLB folio: -EHWPOISON */
+  :: bk[v] == OWN && !CLAIMED && !hwp[p] && !(merged[v] && FRAME_HWP(v)) ->
        hwp[p] = 1;
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
-  err[p] = 1;
+  err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
   if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
 inline ev_scrub(v, p, early) {
   if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
-/* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
-inline failed_in(v, p) { mr = (bk[v] == OWN && (tab[p] || hwp[p])) }
+/* the fault check (_failed_in): a split folio's pages are 4K folios, so folio and subpage
+   agree; a merged one is one HugeTLB folio: its flag (FRAME_HWP) refuses all of it at folio
+   granularity, its raw list only the page at subpage; a table record the same */
+inline failed_in(v, p) {
+  if
+  :: bk[v] != OWN -> mr = 0
+  :: bk[v] == OWN && !merged[v] -> mr = (tab[p] || hwp[p])
+  :: bk[v] == OWN && merged[v] && !CLAIMED -> mr = FRAME_HWP(v)
+  :: bk[v] == OWN && merged[v] && CLAIMED && check_granularity == K_CHECK_GRANULARITY_FOLIO ->
+       mr = (FRAME_HWP(v) || FRAME_TAB(v))
+  :: else -> mr = (hwp[p] || tab[p])
+  fi
+}
 /* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load; a
    store (wr) does not consume the poison */
 inline ev_vcpu(v, p, wr) {
@@ -500,20 +539,20 @@ inline ev_vcpu(v, p, wr) {
      :: !gpk[p] && goff[p] -> skip
      :: else ->
         if
-        :: !spte[p] && bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
+        :: !SPTE(v, p) && bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
         :: else -> skip
         fi;
         if
-        :: !spte[p] && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
-        :: !spte[p] && bk[v] != 0 && unusable[v] -> vst[v] = 1
-        :: !spte[p] && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
+        :: !SPTE(v, p) && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
+        :: !SPTE(v, p) && bk[v] != 0 && unusable[v] -> vst[v] = 1
+        :: !SPTE(v, p) && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
              failed_in(v, p);
              if
              :: mr -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
-             :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
+             :: else -> map_spte(v, p); if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
              fi
         :: else ->
-           spte[p] = 1;
+           map_spte(v, p);
            if
            :: bk[v] == OWN && err[p] && !wr -> consume(v, p)
            :: else -> skip
@@ -524,6 +563,11 @@ inline ev_vcpu(v, p, wr) {
 }
 /* a guest-mode machine check (R45): kill_me_maybe() or the policy's AR path */
 inline consume(v, p) {
+  affected[v] = 1;
+  if
+  :: !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) -> hwp[p] = 1   /* joins the folio's raw list */
+  :: else -> skip
+  fi;
   if
   :: !CLAIMED && hwp[p] && pte[p] == 1 ->
        /* already poisoned: kill_accessing_process() finds the VMM's mapping, SIGBUS AR with
@@ -546,6 +590,13 @@ inline consume(v, p) {
        fi
   fi
 }
+/* a SIGBUS the VMM's main thread does not survive: the monitor counts a signal to the VMM of
+   a VM no failure touched as sent to the wrong process, and its death as an unaffected VM
+   going down (properties.py Monitor.fold: every SIGBUS si_code counts) */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
 /* the VMM's main thread reads guest memory through its mapping: a missing PTE is faulted in
    (kvm_gmem_fault_user: unusable, allocation, the policy's table check); a hwpoison entry, a
    refused fault or a consumed error gives it SIGBUS, which QEMU's main thread does not
@@ -553,23 +604,24 @@ inline consume(v, p) {
 inline ev_vmm(v, p) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> kill_vm(v)
-  :: pte[p] == 0 && unusable[v] -> kill_vm(v)
+  :: pte[p] == 2 -> sigbus_kill(v)
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* kvm_gmem_fault_user: SIGBUS */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> kill_vm(v)
-     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> kill_vm(v)
+     :: bk[v] == 0 -> sigbus_kill(v)
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sigbus_kill(v)
      :: else ->
         pte[p] = 1;
         if
         :: bk[v] == OWN && err[p] ->
+           affected[v] = 1;
            cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
            if
            :: CLAIMED -> mf(v, p, 1, 0, 0)
            :: else -> det[p] = 1; hwp[p] = 1
            fi;
-           if :: alive[v] -> kill_vm(v) :: else -> skip fi
+           if :: alive[v] -> sigbus_kill(v) :: else -> skip fi
         :: else -> skip
         fi
      fi
@@ -589,29 +641,53 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
   kq = 0;
   if
   :: hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
-  :: hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unusable[v] ->
+  :: hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unusable[v] && !priv[p] ->
      if :: bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
      :: bk[v] == 0 -> skip
      :: bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
      :: else -> pte[p] = 1; kq = (bk[v] == OWN -> 1 : 2)
      fi
-  :: !hva && pte[p] == 2 -> kq = 1
-  :: !hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: !hva && priv[p] -> kq = (bk[v] == OWN -> 1 : (bk[v] == SPARE -> 2 : 0))  /* the file's folio */
+  :: !hva && !priv[p] && pte[p] == 2 -> kq = 1
+  :: !hva && !priv[p] && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
   :: else -> skip
   fi;
   if :: !gm && (kq == 2 || (kq == 1 && bk[v] == OWN)) -> kq = 0 :: else -> skip fi;
   if
-  :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2) -> kq = 0
-  :: kq == 1 && chk == 2 && ((fst[v] != 2 && hwp[p]) || (fst[v] == 2 && head)) -> kq = 0
+  :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v))) -> kq = 0
+  :: kq == 1 && chk == 2 && (bk[v] == OWN && merged[v]) && head && FRAME_HWP(v) -> kq = 0
+  :: kq == 1 && chk == 2 && !(bk[v] == OWN && merged[v]) &&
+     ((fst[v] != 2 && hwp[p]) || (fst[v] == 2 && head)) -> kq = 0
   :: else -> skip
   fi;
   if
-  :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi
+  :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi;
+     if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi
   :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0, 0)
   :: else -> skip
   fi;
   kq = 0
+}
+/* do_set_attributes() (model/kvm/kvm.py): zap the range's SPTEs, set the attribute;
+   gmem_convert() (model/kvm/gmem.py): a page made private loses its present host PTE (a
+   hwpoison entry stays) */
+inline convert_page(v, p, topriv) {
+  zap_page(v, p); priv[p] = topriv;
+  if :: topriv -> pte[p] = (pte[p] == 2 -> 2 : 0) :: else -> skip fi
+}
+/* ... then the folio: gmem_merge() once every page is private, gmem_split() of a merged
+   folio when a page becomes shared (R87). PG_hwpoison moves between the raw pages and the
+   folio (flag and raw list) only with propagate_on_split; without it the split drops the
+   folio's and the merge the raw pages' (the record is lost). A spare frame holds no error */
+inline convert_folio(v, topriv) {
+  if
+  :: topriv && bk[v] != 0 && !merged[v] && ALL_PRIV(v) -> merged[v] = 1;
+     if :: bk[v] == OWN && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi
+  :: !topriv && bk[v] != 0 && merged[v] -> merged[v] = 0;
+     if :: bk[v] == OWN && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi
+  :: else -> skip
+  fi
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
