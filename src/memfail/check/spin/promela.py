@@ -126,8 +126,6 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
-        if label[0] == "vmm_access" and p.get("write"):
-            raise Unsupported("vmm_access with write: true is not modelled by the SPIN engine")
         if label[0] == "vmm_access" and p.get("thread") is not None:
             proc = next(x for x in cfg.processes if x.name == vm_of(cfg, p["vm"]).vmm)
             if p["thread"] != proc.threads[0]:
@@ -310,7 +308,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "fault":  # a guest store (events.py: guest_access, op write)
         return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
-        return f"ev_vmm({v}, {v * npg + p['page']})"
+        return f"ev_vmm({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
     if kind == "kernel_access":
         hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
         return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
@@ -597,11 +595,11 @@ inline sigbus_kill(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
   kill_vm(v)
 }
-/* the VMM's main thread reads guest memory through its mapping: a missing PTE is faulted in
+/* the VMM's main thread reads (or, wr, writes) guest memory through its mapping: a missing PTE is faulted in
    (kvm_gmem_fault_user: unusable, allocation, the policy's table check); a hwpoison entry, a
    refused fault or a consumed error gives it SIGBUS, which QEMU's main thread does not
    survive (kvm_on_sigbus aborts on AR, a non-MCE SIGBUS is re-raised) */
-inline ev_vmm(v, p) {
+inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> sigbus_kill(v)
@@ -614,7 +612,7 @@ inline ev_vmm(v, p) {
      :: else ->
         pte[p] = 1;
         if
-        :: bk[v] == OWN && err[p] ->
+        :: bk[v] == OWN && err[p] && !wr ->   /* a store does not consume the error */
            affected[v] = 1;
            cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
            if
