@@ -3,22 +3,24 @@
 The model (docs/check.md, "The SPIN engine") keeps, per page of guest memory: whether its frame
 still backs the VM (``held``, per VM: one HugeTLB folio holds all of a VM's pages), the hardware
 error (``err``), whether memory_failure() was called on it (``det``), whether the kernel still
-records it (``rec``; ``tab`` for the policy's table), the VMM's host PTE (0 none, 1 present,
-2 hwpoison entry), the stage-2 SPTE, how often the poison was consumed (``cons``, capped at 2)
-and the guest's view (``goff``: offlined by the guest after a vMCE, ``gpk``: its user will be
-killed on access); per VM the KVM state, whether the VMM lives and whether the guest_memfd was
-made unusable; the panic flag and the monitor bits of the properties.
+records it (``rec``; ``tab`` for the policy's table, ``hwp`` for PG_hwpoison), shared or private
+(``priv``), the VMM's host PTE (0 none, 1 present, 2 hwpoison entry), the 4K stage-2 SPTE, how
+often the poison was consumed (``cons``, capped at 2) and the guest's view (``goff``: offlined by
+the guest after a vMCE, ``gpk``: its user will be killed on access); per VM the KVM state,
+whether the VMM lives, whether the guest_memfd was made unusable, whether its folio is merged
+(one HugeTLB folio, all pages private) with a huge SPTE (``hs``), and whether a failure touched
+it (``affected``, the monitor's); the panic flag and the monitor bits of the properties.
 
-It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), allocation of new
-folios after a punch hole or release (a freed VM's accesses then find no memory), SIGBUS
-queueing per thread beyond "told", vmm_access host faults, conversion, realloc and the escape
-hatch (refused, ``Unsupported``).
+It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), machine-check
+delivery (guest behaviours, ``vcpu_mce``, ``task_work``), SIGBUS queueing per thread beyond
+"told", the hugetlbfs backing and the escape hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
 configuration's alphabet (``ModelSystem.entries``: the event table of check/events.py with
-its ``limit``s and the ``bounds.errors`` cap), and one assertion expression per property of
-check/properties.py (``PROP_EXPR``; every property must have one).
+its ``limit``s and the ``bounds.errors`` cap), one assertion expression per property of
+check/properties.py (``PROP_EXPR``; every property must have one), and each kernel user's
+reach, check and copy from the inventory (model/kernel/kaccess.py, ``kernel_user``).
 """
 
 from __future__ import annotations
