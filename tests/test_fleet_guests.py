@@ -119,7 +119,8 @@ def test_each_behaviour_under_minimum_and_unmap() -> None:
     for beh, vt, effort in (("cooperative", "default", 0), ("careless", "default", 10),
                             ("hostile", "default", 10_000),
                             ("confidential", "confidential", 10_000)):
-        cls = dataclasses.replace(base, vm_type=vt, behaviour=beh, effort=effort)
+        cls = dataclasses.replace(base, vm_type=vt, behaviour=beh,  # type: ignore[arg-type]
+                                  effort=effort)
         got[beh] = (orc.outcome("minimum", cls), orc.outcome("unmap", cls))
     assert [got[b][0].host_stalled for b in ("cooperative", "careless", "hostile",
                                              "confidential")] == [0, 0, 1, 1]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from memfail.fleet.classes import MODEL_CPUS, PAGE_BYTES, FailureClass, Outcome
+from memfail.fleet.classes import PAGE_BYTES, FailureClass, Outcome
 from memfail.fleet.params import FleetError, FleetInputError
 from memfail.inputs import InputError, Loc, fmt_loc, line_of, load_yaml
 
@@ -527,13 +527,13 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
                 f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']}); "
                 "pass --oracle TABLE.yaml") from None
         try:
-            got = host.apply(action)
+            result = host.apply(action)
         except ModelInputError as e:
             raise OracleUnavailable(
                 f"the model rejected fleet scenario step {i} ({key}) under {policy}: "
                 f"{e}; pass --oracle TABLE.yaml") from None
-        if key == "guest_run" and isinstance(got.ret, dict):
-            mark["guest_rounds"] = int(got.ret.get("rounds", 0))
+        if key == "guest_run" and isinstance(result.ret, dict):
+            mark["guest_rounds"] = int(result.ret.get("rounds", 0))
     out = dict(host.outcomes())
     out.update(mark)
     if checkpoint is not None:
