@@ -6,7 +6,7 @@ round.
   ``init`` that carries out exactly those labels, run by SPIN's simulator).
 * Seeded SPIN random simulations (``spin -n<seed>``), replayed on the Python model.
 
-Across the presets and eight knob combinations no preset has. A disagreement fails naming the
+Across the presets and ten knob combinations no preset has. A disagreement fails naming the
 first step whose observations differ. More walks: ``python bench/bench_check_engines.py
 --agree 1000``.
 """
@@ -56,6 +56,10 @@ CUSTOM: dict[str, dict[str, Any]] = {
     "future-unusable-kill": {"base": "future", "name": "future-unusable-kill",
                              "consumed": "unusable", "unconsumed": "kill-vm",
                              "unmap_stage2": "none"},
+    # the SIGBUS to current without an address (QEMU exits) and without MCE payload (QEMU
+    # dies of it), for guest loads and the VMM's vCPU threads
+    "minimum-addr-none": {"base": "minimum", "name": "minimum-addr-none", "sigbus_addr": "none"},
+    "future-plain": {"base": "future", "name": "future-plain", "sigbus_addr": "plain"},
 }
 POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable",
                        "future",

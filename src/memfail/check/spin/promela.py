@@ -128,11 +128,10 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
-        if label[0] == "vmm_access" and p.get("thread") is not None:
-            proc = next(x for x in cfg.processes if x.name == vm_of(cfg, p["vm"]).vmm)
-            if p["thread"] != proc.threads[0]:
-                raise Unsupported("vmm_access is modelled for the VMM's main thread (the "
-                                  "first of its threads) only")
+        if label[0] == "vmm_access" and p.get("thread") is not None and \
+                _vmm_thread(cfg, p) is None:
+            raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
+                              "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only")
         if label[0] == "punch_hole" and p["vm"] != cfg.vms[0].name:
             raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
                               f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
@@ -143,6 +142,17 @@ def check_supported(system: Any) -> None:
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
                               "SIGBUS handler (QEMU)")
+
+
+def _vmm_thread(cfg: Any, p: dict[str, Any]) -> str | None:
+    """'main' for the VMM's first thread (or no thread given), 'vcpu' for a thread
+    do_vm_create() makes a vCPU (vcpu0 .. vcpu<vcpus-1>), None otherwise."""
+    vm = vm_of(cfg, p["vm"])
+    proc = next(x for x in cfg.processes if x.name == vm.vmm)
+    t = p.get("thread")
+    if t is None or t == proc.threads[0]:
+        return "main"
+    return "vcpu" if t in {f"vcpu{i}" for i in range(vm.vcpus)} else None
 
 
 def render(system: Any) -> Rendered:
@@ -310,7 +320,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "fault":  # a guest store (events.py: guest_access, op write)
         return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
-        return f"ev_vmm({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
+        how = "ev_vmm_vcpu" if _vmm_thread(cfg, p) == "vcpu" else "ev_vmm"
+        return f"{how}({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
     if kind == "kernel_access":
         hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
         return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
@@ -582,7 +593,14 @@ inline consume(v, p) {
        mf(v, p, 1, 0, 0);
        if
        :: alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
-          consumed == K_CONSUMED_SIGBUS_VMM) -> guest_mce(p, 0)
+          consumed == K_CONSUMED_SIGBUS_VMM) ->
+            /* si_addr (sigbus_addr): the HVA gives QEMU's vMCE; NULL exits QEMU (exit(1),
+               Q4); a SIGBUS without MCE payload is re-raised (Q2) */
+            if
+            :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
+            :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
+            :: else -> sigbus_kill(v)
+            fi
        /* no vMCE (unusable): KVM re-enters, the fault fails on the unusable file, paused */
        :: alive[v] && vst[v] == 0 && !(consumed == K_CONSUMED_SIGBUS_CURRENT ||
           consumed == K_CONSUMED_SIGBUS_VMM) && unusable[v] -> vst[v] = 1
@@ -687,6 +705,50 @@ inline convert_folio(v, topriv) {
   :: !topriv && bk[v] != 0 && merged[v] -> merged[v] = 0;
      if :: bk[v] == OWN && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi
   :: else -> skip
+  fi
+}
+/* a vCPU thread of the VMM loads or stores through the mapping: it takes SIGBUS
+   asynchronously (kvm_init_cpu_signals), so an MCE SIGBUS with a guest address becomes a vMCE
+   QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
+   plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
+   pending */
+inline ev_vmm_vcpu(v, p, wr) {
+  if
+  :: !alive[v] || vst[v] == 3 -> skip
+  :: pte[p] == 2 -> guest_mce(p, 0)            /* the hwpoison entry: AR with its address */
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* BUS_ADRERR */
+  :: else ->
+     if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     if
+     :: bk[v] == 0 -> sigbus_kill(v)
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
+          guest_mce(p, 0)                      /* VM_FAULT_HWPOISON: AR */
+     :: else ->
+        pte[p] = 1;
+        if
+        :: bk[v] == OWN && err[p] && !wr ->
+           affected[v] = 1;
+           cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+           if
+           :: CLAIMED ->
+              mf(v, p, 1, 0, 0);
+              if
+              :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
+                 if
+                 :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
+                 :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
+                 :: else -> sigbus_kill(v)                            /* plain: re-raised */
+                 fi
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> guest_mce(p, 0)
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
+              :: else -> skip
+              fi
+           :: !CLAIMED && hwp[p] -> det[p] = 1; guest_mce(p, 0)   /* kill_accessing_process */
+           :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
+           fi
+        :: else -> skip
+        fi
+     fi
   fi
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
