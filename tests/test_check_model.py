@@ -9,7 +9,7 @@ import pytest
 
 from memfail.check.backends import make_backend
 from memfail.check.config import load_config_text, standard_config
-from memfail.check.explorer import FAIL, PASS, Bounds, Options, Result, explore
+from memfail.check.explorer import FAIL, PARTIAL, PASS, Bounds, Options, Result, explore
 from memfail.check.model_system import ModelSystem
 
 
@@ -144,3 +144,51 @@ def test_snapshots_copy_the_host_and_key_its_fingerprint() -> None:
     t = sys.step(s, sys.enabled(s)[0])
     assert sys.step(s, sys.enabled(s)[0]).host is not t.host
     assert host_encoding(s.host) == host_encoding(back.host)  # stepping left s alone
+
+
+PRIVATE_READ = """\
+policies: [minimum, future]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 4}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+  - {name: qemu1, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+  - {name: gmem1, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm1, vmm: qemu1, gmem: gmem1}
+events:
+  - {event: hw_error, vm: vm1, page: 0, detect: latent}
+  - {event: convert, vm: vm0, page: 0, to: private, limit: 1}
+  - {event: vmm_access, vm: vm0, page: 0}
+bounds: {depth: 3, errors: 1}
+"""
+
+
+@pytest.mark.parametrize("policy", ["minimum", "future"])
+def test_a_vmm_reading_private_memory_is_not_a_memory_failure_victim(
+        policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VMM of vm0 (whose memory never failed) loads a page it converted to private:
+    kvm_gmem_fault_user_mapping() refuses it and x86 do_sigbus() sends SIGBUS BUS_ADRERR, which
+    kills QEMU. That is the VMM's own fault, not a signal memory_failure() sent (properties.py
+    MF_CODES), so neither sigbus-owner-only nor unaffected-vms-run fails, though the run does
+    reach the kill (the event fires and vm0's VMM dies)."""
+    cfg = load_config_text(PRIVATE_READ)
+    sys = built(ModelSystem(cfg, policy))
+    r = explore(sys, bounds=Bounds(max_depth=3), options=Options(stop_when_all_fail=False))
+    for name in ("sigbus-owner-only", "unaffected-vms-run"):  # depth-bound: PARTIAL, no FAIL
+        assert r.verdicts[name].status in (PASS, PARTIAL), (name, r.verdicts[name].labels)
+    # the kill is really reached: counting every SIGBUS code, as before, fails both at depth 2
+    # (convert, then the VMM's read), naming the BUS_ADRERR
+    import memfail.check.properties as props
+    from memfail.model.trace import SI_CODE_NAMES
+
+    monkeypatch.setattr(props, "MF_CODES", frozenset(SI_CODE_NAMES.values()))
+    sys = built(ModelSystem(cfg, policy))
+    r = explore(sys, bounds=Bounds(max_depth=3), options=Options(stop_when_all_fail=False))
+    v = r.verdicts["sigbus-owner-only"]
+    assert (v.status, v.depth) == (FAIL, 2)
+    assert "BUS_ADRERR to qemu0" in (v.message or "")
+    assert r.verdicts["unaffected-vms-run"].status == FAIL

@@ -13,7 +13,9 @@ from typing import Any
 from memfail.check.system import canonical_bytes
 from memfail.model.trace import (
     BUS_MCEERR_AO,
+    BUS_MCEERR_AR,
     SI_CODE_NAMES,
+    SI_KERNEL,
     SIGBUS,
     Event,
     MemoryFailureCall,
@@ -26,9 +28,15 @@ from memfail.model.trace import (
 )
 
 AO = SI_CODE_NAMES[BUS_MCEERR_AO]
-# SIGBUS codes of memory-failure signals (a SIGBUS for, say, touching private memory through
-# the host mapping is the VMM's own fault, not a memory-failure signal).
-MF_CODES = frozenset(SI_CODE_NAMES.values())
+# SIGBUS codes of memory-failure signals: BUS_MCEERR_AR/AO (force_sig_mceerr, send_sig_mceerr:
+# kill_proc, kill_accessing_process, the hwpoison-entry fault of x86 do_sigbus, R40) and the
+# plain SIGBUS (SI_KERNEL) of kill_me_now()/kill_me_maybe() when memory_failure() fails (R46,
+# R65). BUS_ADRERR is x86 do_sigbus() for VM_FAULT_SIGBUS: a load of guest_memfd memory that
+# is private (kvm_gmem_fault_user_mapping), past EOF, or of an unusable guest_memfd; it is the
+# VMM's own fault or the policy's declared effect on the owner, never a signal memory_failure()
+# sends, so it neither counts as a misdirected memory-failure SIGBUS nor makes the step one
+# that handled a failure.
+MF_CODES = frozenset({SI_CODE_NAMES[BUS_MCEERR_AR], AO, SI_CODE_NAMES[SI_KERNEL]})
 
 
 @dataclass(frozen=True)

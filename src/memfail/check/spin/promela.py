@@ -608,11 +608,16 @@ inline consume(v, p) {
        fi
   fi
 }
-/* a SIGBUS the VMM's main thread does not survive: the monitor counts a signal to the VMM of
-   a VM no failure touched as sent to the wrong process, and its death as an unaffected VM
-   going down (properties.py Monitor.fold: every SIGBUS si_code counts) */
+/* a memory-failure SIGBUS (BUS_MCEERR_AR/AO, or kill_me_maybe's plain one) the VMM's main
+   thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
+   as sent to the wrong process, and its death as an unaffected VM going down (properties.py
+   Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
+   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: adrerr_kill */
 inline sigbus_kill(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+inline adrerr_kill(v) {
   kill_vm(v)
 }
 /* the VMM's main thread reads (or, wr, writes) guest memory through its mapping: a missing PTE is faulted in
@@ -623,11 +628,11 @@ inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> sigbus_kill(v)
-  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* kvm_gmem_fault_user: SIGBUS */
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* kvm_gmem_fault_user: SIGBUS */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> sigbus_kill(v)
+     :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sigbus_kill(v)
      :: else ->
         pte[p] = 1;
@@ -716,11 +721,11 @@ inline ev_vmm_vcpu(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> guest_mce(p, 0)            /* the hwpoison entry: AR with its address */
-  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* BUS_ADRERR */
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* BUS_ADRERR */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> sigbus_kill(v)
+     :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
           guest_mce(p, 0)                      /* VM_FAULT_HWPOISON: AR */
      :: else ->
