@@ -157,8 +157,18 @@ def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
     return out
 
 
-def _check(pd: PropertyDef, s: ModelState) -> str | None:
-    return pd.check(s.host, s.monitor)
+class _LazyHost:
+    """A state's Host for a property check, rebuilt from the snapshot only if the check reads
+    it (most properties read the monitor alone); says whether it was read."""
+
+    __slots__ = ("read", "state")
+
+    def __init__(self, state: ModelState) -> None:
+        self.state, self.read = state, False
+
+    def __getattr__(self, name: str) -> Any:
+        self.read = True
+        return getattr(self.state.host, name)
 
 
 def setup_steps(cfg: CheckConfig) -> list[StepSpec]:
@@ -241,6 +251,7 @@ class ModelSystem:
         self._views: dict[bytes, tuple[bool, dict[Label, frozenset[Any]]]] = {}
         self._memo: dict[Any, tuple[Any, ...]] = {}
         self._memo_bytes = 0
+        self._checked: dict[tuple[str, bytes, bytes], str | None] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -604,7 +615,7 @@ class ModelSystem:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo"):
+        for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
         return state
@@ -614,8 +625,24 @@ class ModelSystem:
         return s.compact()
 
     def properties(self) -> Sequence[Property]:
-        return [Property(p.name, p.doc, p.concern, functools.partial(_check, p))
+        return [Property(p.name, p.doc, p.concern, functools.partial(self._check, p))
                 for p in self._props]
+
+    def _check(self, pd: PropertyDef, s: ModelState) -> str | None:
+        """``pd.check(host, monitor)``; a check that reads the host is remembered per
+        (property, snapshot digest, monitor), so a state whose host and monitor an earlier
+        state had is not rebuilt to be checked."""
+        hkey = s.key()
+        ckey = (pd.name, hkey, s.monitor.key_bytes()) if hkey is not None else None
+        if ckey is not None and ckey in self._checked:
+            return self._checked[ckey]
+        lazy = _LazyHost(s)
+        got = pd.check(lazy, s.monitor)
+        if lazy.read and ckey is not None:
+            if len(self._checked) >= MEMO_SIZE:
+                self._checked.clear()
+            self._checked[ckey] = got
+        return got
 
     # ------------------------------------------------------------------ optional
     def alphabet(self) -> Sequence[str]:
