@@ -92,6 +92,12 @@ class ModelState:
                 return None
         return self._key
 
+    def ident(self) -> int | bytes | None:
+        """What names the host in what the system remembers of it: its canonical fingerprint
+        once known (the same for equal hosts however they were reached, as the search itself
+        takes them: states with one fingerprint are one state), else the snapshot's digest."""
+        return self.hfp if self.hfp is not None else self.key()
+
     def compact(self) -> ModelState:
         """Keep only the snapshot: a frontier state then costs its ~7 KB pickle instead of a
         graph of Python objects (which the cyclic garbage collector would traverse again and
@@ -248,10 +254,10 @@ class ModelSystem:
         self._fp_cache: dict[bytes, int] = {}
         self._specs_of: dict[Label, list[StepSpec]] = {}
         self._actions_of: dict[Label, list[Any]] = {}
-        self._views: dict[bytes, tuple[bool, dict[Label, frozenset[Any]]]] = {}
+        self._views: dict[int | bytes, tuple[bool, dict[Label, frozenset[Any]]]] = {}
         self._memo: dict[Any, tuple[Any, ...]] = {}
         self._memo_bytes = 0
-        self._checked: dict[tuple[str, bytes, bytes], str | None] = {}
+        self._checked: dict[tuple[str, int | bytes, bytes], str | None] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -357,9 +363,10 @@ class ModelSystem:
 
     def _host_view(self, s: ModelState) -> tuple[bool, dict[Label, frozenset[Any]]]:
         """What ``enabled`` needs of the host: whether it panicked and, with --races, the
-        locks each entry's first stage (or atomic step) takes. Kept per snapshot digest, so a
-        state whose host was seen before is not rebuilt to list its labels."""
-        key = s.key()
+        locks each entry's first stage (or atomic step) takes. Kept per host
+        (``ModelState.ident``), so a state whose host was seen before is not rebuilt to list
+        its labels."""
+        key = s.ident()
         got = self._views.get(key) if key is not None else None
         if got is None:
             host = s.host
@@ -421,13 +428,13 @@ class ModelSystem:
 
         What a label does to a host (``_effect``: the successor's snapshot, the events, the
         events in flight) depends on the host and the events in flight alone, not on the
-        state's monitor or counters: it is remembered per (snapshot digest, events in flight,
-        label), so a state whose host an earlier state had takes each step without copying,
+        state's monitor or counters: it is remembered per (host, events in flight, label),
+        the host named by ``ModelState.ident``, so a state whose host an earlier state had takes each step without copying,
         running or snapshotting the Host. The host is rebuilt from the snapshot only when a
         step is not remembered."""
         kvm_model()
         blob = s.frozen()
-        pkey = s.key()
+        pkey = s.ident()
         try:
             hash(s.inflight)
         except TypeError:  # pragma: no cover - events in flight are tuples of scalars
@@ -630,9 +637,9 @@ class ModelSystem:
 
     def _check(self, pd: PropertyDef, s: ModelState) -> str | None:
         """``pd.check(host, monitor)``; a check that reads the host is remembered per
-        (property, snapshot digest, monitor), so a state whose host and monitor an earlier
+        (property, host, monitor), so a state whose host and monitor an earlier
         state had is not rebuilt to be checked."""
-        hkey = s.key()
+        hkey = s.ident()
         ckey = (pd.name, hkey, s.monitor.key_bytes()) if hkey is not None else None
         if ckey is not None and ckey in self._checked:
             return self._checked[ckey]
