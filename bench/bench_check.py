@@ -37,7 +37,7 @@ def _worker_cpu(backend: Backend) -> float:
         return 0.0
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in list(getattr(backend._pool, "_processes", None) or {}):
+    for pid in backend.pids():
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

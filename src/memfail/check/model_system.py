@@ -627,6 +627,11 @@ class ModelSystem:
         state["_memo_bytes"] = 0
         return state
 
+    def affinity(self, s: ModelState) -> int:
+        """The host's fingerprint: states with one host reuse the steps remembered for it
+        (``successors``), so the explorer keeps them on one worker."""
+        return s.hfp if s.hfp is not None else 0
+
     def compact(self, s: ModelState) -> ModelState:
         """The state as the frontier keeps it (its snapshot only; see ModelState.compact)."""
         return s.compact()
