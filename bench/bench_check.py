@@ -2,6 +2,7 @@
 
     python bench/bench_check.py                      # engine (toy) and model, standard config
     python bench/bench_check.py --policy future --depth 6
+    python bench/bench_check.py --no-engine --races --depth 4
 
 Prints figures for the engine alone (a toy system) and for the model on the standard
 configuration (its first policy unless --policy). Each is measured twice: by the wall clock,
@@ -37,7 +38,10 @@ def _worker_cpu(backend: Backend) -> float:
         return 0.0
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in backend.pids():
+    pool = getattr(backend, "_pool", None)  # a single pool (before one per worker)
+    pids = backend.pids() if hasattr(backend, "pids") else \
+        list(getattr(pool, "_processes", None) or {})
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", help="policy of the standard configuration (default: its first)")
     ap.add_argument("--depth", type=int, help="depth bound (default: the configuration's)")
+    ap.add_argument("--races", action="store_true", help="the model with --races")
     ap.add_argument("--no-engine", action="store_true", help="skip the toy engine figure")
     args = ap.parse_args(argv)
     print(f"memfail check benchmark (cpu count {os.cpu_count()}, "
@@ -129,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model (standard config): not measured: {type(e).__name__}: {e}")
         return 0
     depth = args.depth if args.depth is not None else cfg.bounds.depth
-    report(f"model (standard config, policy {policy}, depth {depth})",
-           lambda: ModelSystem(cfg, policy), Bounds(max_depth=depth), TARGET_MODEL,
-           lambda: ModelSystem(cfg, other))
+    races = args.races
+    report(f"model (standard config, policy {policy}, depth {depth}"
+           f"{', --races' if races else ''})",
+           lambda: ModelSystem(cfg, policy, races), Bounds(max_depth=depth), TARGET_MODEL,
+           lambda: ModelSystem(cfg, other, races))
     return 0
 
 
