@@ -13,6 +13,7 @@ To record again after a change that is meant to alter results:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -114,3 +115,42 @@ def test_toys_with_symmetry_and_por_match_golden() -> None:
                 got[f"counter-por{int(por)}"] = toy_summary(
                     explore(CounterSystem(3, 3), options=opt))
     compare("toys", got)
+
+
+def test_remembered_steps_equal_steps_taken_afresh() -> None:
+    """A state whose host an earlier state had is expanded from what was remembered of that
+    host (no copy, no step, no snapshot): each successor must equal what ``step`` gives when
+    it runs the model on a fresh copy (fingerprint, monitor, counters, events, events in
+    flight), with and without --races, including steps that change nothing."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelState, ModelSystem
+
+    def events(s: ModelState) -> list[Any]:
+        # the trace's step counter is not state (a rebuilt Host starts a new trace)
+        return [dataclasses.replace(e, step=0) if hasattr(e, "step") else e for e in s.events]
+
+    def same(a: ModelState, b: ModelState) -> None:
+        assert (a.counts, a.errors, a.monitor, events(a), a.inflight) == \
+            (b.counts, b.errors, b.monitor, events(b), b.inflight)
+
+    cfg = load_config(GOLDEN / "small-gmem.yaml")
+    for races in (False, True):
+        system = ModelSystem(cfg, "future", races)
+        frontier = [system.initial()]
+        remembered = 0
+        for _ in range(3):
+            nxt = []
+            for s in frontier:
+                labels = list(system.enabled(s))
+                first = list(system.successors(s, labels))
+                again = list(system.successors(s, labels))  # every step remembered now
+                remembered += len(again)
+                for label, a, b in zip(labels, first, again, strict=True):
+                    fresh = system.step(s, label)
+                    for t in (a, b):
+                        same(t, fresh)
+                        assert system.fingerprint(t) == system.fingerprint(fresh), label
+                    assert system.properties()[0].check(b) == system.properties()[0].check(fresh)
+                nxt += [system.compact(t) for t in first]
+            frontier = nxt[:40]
+        assert remembered > 100

@@ -119,8 +119,8 @@ class ModelState:
 
 
 FP_CACHE_SIZE = 1 << 20  # host fingerprints cached per process (16-byte keys)
-MEMO_SIZE = 1 << 18      # remembered step effects and host views per process
-MEMO_BYTES = 256 << 20   # snapshots the remembered effects keep alive, at most
+MEMO_SIZE = 1 << 16      # remembered step effects, host views and checks per process
+MEMO_BYTES = 128 << 20   # snapshots the remembered effects keep alive, at most
 
 SKIP, SAME, NEW = 0, 1, 2  # a remembered step: cannot happen now, host unchanged, host changed
 
