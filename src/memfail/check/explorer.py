@@ -6,6 +6,7 @@ Results do not depend on the worker count: each level is merged in a canonical o
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import resource
@@ -246,21 +247,33 @@ class Explorer:
             self._fresh()
         self._last_ckpt = time.monotonic()
         stop: str | None = None
-        while self.frontier:
-            if self.opt.stop_when_all_fail and len(self.found) == len(self.selected):
-                stop = "all-failed"
-                break
-            if self.bounds.max_depth is not None and self.depth >= self.bounds.max_depth:
-                stop = "depth"
-                break
-            if self.bounds.max_states is not None and len(self.parents) >= self.bounds.max_states:
-                stop = "states"
-                break
-            self._checkpoint_due()
-            stop = self._level()
-            if stop:
-                break
-            self._report()
+        # What the search keeps (parents, frontier, what the System remembers) only grows and
+        # holds no garbage cycles: set it aside from the cyclic garbage collector at each level,
+        # so that a full collection walks what the level made, not the whole search (a full
+        # collection cost ~5 % of a model search). Given back when the search ends.
+        freeze = gc.get_freeze_count() == 0
+        try:
+            while self.frontier:
+                if self.opt.stop_when_all_fail and len(self.found) == len(self.selected):
+                    stop = "all-failed"
+                    break
+                if self.bounds.max_depth is not None and self.depth >= self.bounds.max_depth:
+                    stop = "depth"
+                    break
+                if self.bounds.max_states is not None and \
+                        len(self.parents) >= self.bounds.max_states:
+                    stop = "states"
+                    break
+                self._checkpoint_due()
+                if freeze:
+                    gc.freeze()
+                stop = self._level()
+                if stop:
+                    break
+                self._report()
+        finally:
+            if freeze:
+                gc.unfreeze()
         if stop in ("depth", "states", "time", "memory") and self.opt.checkpoint_dir is not None:
             checkpoint.save(self.opt.checkpoint_dir, self._snapshot())
         return self._result(stop if self.frontier else None)
