@@ -258,6 +258,8 @@ class ModelSystem:
         self._memo: dict[Any, tuple[Any, ...]] = {}
         self._memo_bytes = 0
         self._checked: dict[tuple[str, int | bytes, bytes], str | None] = {}
+        self._folds: dict[tuple[Monitor, Any], Monitor] = {}
+        self._monitors: dict[Monitor, Monitor] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -462,7 +464,7 @@ class ModelSystem:
             mkey = (pkey, s.inflight, label) if pkey is not None else None
             hit = self._memo.get(mkey) if mkey is not None else None
             if hit is not None:
-                yield self._from_memo(s, label, hit)
+                yield self._from_memo(s, label, hit, mkey)
                 continue
             if host is None:
                 if not started:  # the first step not remembered: the parent's Host
@@ -501,9 +503,9 @@ class ModelSystem:
             if mkey is not None:
                 self._remember(mkey, hit)
             if made is not None and eff is not None:
-                yield self._finish(s, label, eff[0], eff[1], made)
+                yield self._finish(s, label, eff[0], eff[1], made, mkey)
             else:
-                yield self._from_memo(s, label, hit)
+                yield self._from_memo(s, label, hit, mkey)
 
     def _remember(self, mkey: Any, hit: tuple[Any, ...]) -> None:
         if len(self._memo) >= MEMO_SIZE or self._memo_bytes >= MEMO_BYTES:
@@ -513,13 +515,15 @@ class ModelSystem:
         if hit[0] == NEW:
             self._memo_bytes += len(hit[1])
 
-    def _from_memo(self, s: ModelState, label: Any, hit: tuple[Any, ...]) -> ModelState:
+    def _from_memo(self, s: ModelState, label: Any, hit: tuple[Any, ...],
+                   mkey: Any = None) -> ModelState:
         """The successor a remembered effect gives from ``s`` (see ``successors``)."""
         kind, snap, events, after, vm, holding = hit
         if kind == SKIP:
             return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
         t = self._finish(s, label, Effect(events, after, vm), holding,
-                         ModelState(None, s.counts, s.errors, s.monitor, events, after, snap))
+                         ModelState(None, s.counts, s.errors, s.monitor, events, after, snap),
+                         mkey)
         if kind == SAME:
             t.hfp = s.hfp  # its canonical encoding is the parent's
         return t
@@ -563,15 +567,27 @@ class ModelSystem:
         return Effect(events, tuple(sorted(inflight, key=repr)), vm), holding
 
     def _finish(self, s: ModelState, label: Any, eff: Effect, holding: frozenset[str],
-                t: ModelState) -> ModelState:
+                t: ModelState, mkey: Any = None) -> ModelState:
         """The successor of ``s`` by ``label`` from the label's effect: ``t`` (its host part)
-        with the monitor folded and the capped entry and the error counted."""
+        with the monitor folded and the capped entry and the error counted. ``mkey`` names
+        the effect (``successors``): the folded monitor is remembered per (monitor, effect),
+        and one Monitor object is kept per value, so its canonical bytes are made once."""
         origin = races.origin(label)
-        params = thaw_params(origin)
         event = EVENTS[origin[0]]
-        ao = origin[0] == "scrub" or (origin[0] == "hw_error" and params.get("detect") != "latent")
-        mon = s.monitor.fold(self.ctx, eff.events, eff.vm, event.error, ao,
-                             also_affected=holding)
+        fkey = (s.monitor, mkey) if mkey is not None else None
+        mon = self._folds.get(fkey) if fkey is not None else None
+        if mon is None:
+            params = thaw_params(origin)
+            ao = origin[0] == "scrub" or \
+                (origin[0] == "hw_error" and params.get("detect") != "latent")
+            mon = s.monitor.fold(self.ctx, eff.events, eff.vm, event.error, ao,
+                                 also_affected=holding)
+            if len(self._folds) >= MEMO_SIZE:
+                self._folds.clear()
+                self._monitors.clear()
+            mon = self._monitors.setdefault(mon, mon)
+            if fkey is not None:
+                self._folds[fkey] = mon
         counts, errors = s.counts, s.errors
         if not races.is_continuation(label):
             i = self._entry_of[origin]
@@ -622,7 +638,8 @@ class ModelSystem:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked"):
+        for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked",
+                     "_folds", "_monitors"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
         return state
