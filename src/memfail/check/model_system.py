@@ -360,7 +360,8 @@ class ModelSystem:
                 if type(action) not in HANDLERS:
                     raise RuntimeError(f"the model has no handler for {key!r} in this process")
                 got.append(action)
-            self._actions_of[label] = got
+            if self._initial is not None:
+                self._actions_of[label] = got
         return got
 
     def _host_view(self, s: ModelState) -> tuple[bool, dict[Label, frozenset[Any]]]:
