@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -97,8 +97,11 @@ class Backend:
             yield res
 
     def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
-                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
-        """(index of the chunk, its result), in the order the results arrive."""
+                    full: bool = False, homes: Sequence[int] | None = None
+                    ) -> Iterator[tuple[int, ChunkResult]]:
+        """(index of the chunk, its result), in the order the results arrive. ``homes``
+        (one per chunk) says which chunks belong together: a backend may send chunks with
+        one home to the same worker, which remembers what their states share."""
         for i, chunk in enumerate(chunks):
             yield i, expand_chunk(system, chunk, opt, full)
 
@@ -113,14 +116,21 @@ class Backend:
 
 
 class ProcessBackend(Backend):
-    """Local worker processes (spawned, so no state leaks in from the parent)."""
+    """Local worker processes (spawned, so no state leaks in from the parent), one pool of one
+    process each: a chunk's home picks its worker, so the states of one part (one host, for
+    the model) meet what that worker remembered of them at earlier levels."""
 
     pickled = True
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        ctx = multiprocessing.get_context("spawn")
+        self._pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(workers)]
         self._blob: tuple[int, bytes, bytes] | None = None
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (those started so far)."""
+        return [pid for pool in self._pools for pid in (getattr(pool, "_processes", None) or {})]
 
     def _system(self, system: System) -> tuple[bytes, bytes]:
         if self._blob is None or self._blob[0] != id(system):
@@ -129,10 +139,13 @@ class ProcessBackend(Backend):
         return self._blob[1], self._blob[2]
 
     def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
-                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
+                    full: bool = False, homes: Sequence[int] | None = None
+                    ) -> Iterator[tuple[int, ChunkResult]]:
         key, blob = self._system(system)
+        n = len(self._pools)
         futures: list[Future[ChunkResult]] = [
-            self._pool.submit(remote_expand, key, blob, c, opt, full) for c in chunks]
+            self._pools[(homes[i] if homes is not None else i) % n].submit(
+                remote_expand, key, blob, c, opt, full) for i, c in enumerate(chunks)]
         index = {id(f): i for i, f in enumerate(futures)}
         try:
             for f in as_completed(futures):
@@ -148,7 +161,8 @@ class ProcessBackend(Backend):
                 f.cancel()
 
     def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(cancel_futures=True)
 
 
 class DaskBackend(Backend):
@@ -170,7 +184,8 @@ class DaskBackend(Backend):
         self._scattered: tuple[int, Any, bytes, bytes] | None = None
 
     def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
-                    full: bool = False) -> Iterator[tuple[int, ChunkResult]]:
+                    full: bool = False, homes: Sequence[int] | None = None
+                    ) -> Iterator[tuple[int, ChunkResult]]:
         from distributed import as_completed as dask_completed
 
         if self._scattered is None or self._scattered[0] != id(system):

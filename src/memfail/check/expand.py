@@ -23,6 +23,7 @@ class Successor:
     label: Label
     state: Any  # the state, or its pickle when the chunk travels between processes
     violated: tuple[tuple[str, str], ...]
+    affinity: int | None = None  # the System's ``affinity(state)``, when it has one
 
 
 @dataclass
@@ -81,6 +82,7 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
     transition but not returned: its parent is already known."""
     res = ChunkResult()
     coverage = getattr(system, "coverage", None)
+    affinity = getattr(system, "affinity", None)
     compact = getattr(system, "compact", _keep)
     successors = getattr(system, "successors", None) or _successors(system)
     for rank, pfp, raw in items:
@@ -105,7 +107,8 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
             if old is None:
                 # equal fingerprints are equal states: check and compact the first one seen
                 found = violations(system, t, opt.properties)
-                res.succ[fp] = Successor(key, label, compact(t), found)
+                aff = affinity(t) if affinity is not None else None
+                res.succ[fp] = Successor(key, label, compact(t), found, aff)
             elif key < old.key:
                 old.key, old.label = key, label
     if opt.pickled:

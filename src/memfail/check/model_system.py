@@ -50,7 +50,8 @@ class ModelState:
     once (for the fingerprint) and serves as the source of every successor's copy and as the
     form a state travels in between processes, where the Host is rebuilt on first use."""
 
-    __slots__ = ("_host", "blob", "counts", "errors", "events", "hfp", "inflight", "monitor")
+    __slots__ = ("_host", "_key", "blob", "copied", "counts", "errors", "events", "hfp",
+                 "inflight", "monitor")
 
     def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
                  events: tuple[Event, ...] = (),
@@ -65,12 +66,15 @@ class ModelState:
         self.inflight = inflight
         self.blob = blob
         self.hfp: int | None = None  # fingerprint of the host's canonical encoding, once known
+        self._key: bytes | None = None
+        self.copied = False  # the Host was rebuilt from the snapshot (not the one it was made of)
 
     @property
     def host(self) -> Any:
         if self._host is None:
             assert self.blob is not None
             self._host = thaw(self.blob)
+            self.copied = True
         return self._host
 
     def frozen(self) -> bytes:
@@ -78,6 +82,21 @@ class ModelState:
         if self.blob is None:
             self.blob = freeze(self._host)
         return self.blob
+
+    def key(self) -> bytes | None:
+        """The snapshot's digest (``blob_key``), once; None for a host that cannot be pickled."""
+        if self._key is None:
+            try:
+                self._key = blob_key(self.frozen())
+            except (pickle.PicklingError, TypeError, AttributeError):
+                return None
+        return self._key
+
+    def ident(self) -> int | bytes | None:
+        """What names the host in what the system remembers of it: its canonical fingerprint
+        once known (the same for equal hosts however they were reached, as the search itself
+        takes them: states with one fingerprint are one state), else the snapshot's digest."""
+        return self.hfp if self.hfp is not None else self.key()
 
     def compact(self) -> ModelState:
         """Keep only the snapshot: a frontier state then costs its ~7 KB pickle instead of a
@@ -100,6 +119,23 @@ class ModelState:
 
 
 FP_CACHE_SIZE = 1 << 20  # host fingerprints cached per process (16-byte keys)
+MEMO_SIZE = 1 << 16      # remembered step effects, host views and checks per process
+MEMO_BYTES = 128 << 20   # snapshots the remembered effects keep alive, at most
+
+SKIP, SAME, NEW = 0, 1, 2  # a remembered step: cannot happen now, host unchanged, host changed
+
+
+class Effect:
+    """What one label does to a host, apart from the state's monitor and counters: the events
+    it emitted, the events in flight after it and the VM the monitor folds it for."""
+
+    __slots__ = ("after", "events", "vm")
+
+    def __init__(self, events: tuple[Event, ...], after: tuple[Any, ...], vm: str | None) -> None:
+        self.events, self.after, self.vm = events, after, vm
+
+    def parts(self) -> tuple[Any, ...]:
+        return self.events, self.after, self.vm
 
 
 def _state(blob: bytes, counts: tuple[int, ...], errors: int, monitor: Monitor,
@@ -127,8 +163,18 @@ def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
     return out
 
 
-def _check(pd: PropertyDef, s: ModelState) -> str | None:
-    return pd.check(s.host, s.monitor)
+class _LazyHost:
+    """A state's Host for a property check, rebuilt from the snapshot only if the check reads
+    it (most properties read the monitor alone); says whether it was read."""
+
+    __slots__ = ("read", "state")
+
+    def __init__(self, state: ModelState) -> None:
+        self.state, self.read = state, False
+
+    def __getattr__(self, name: str) -> Any:
+        self.read = True
+        return getattr(self.state.host, name)
 
 
 def setup_steps(cfg: CheckConfig) -> list[StepSpec]:
@@ -206,6 +252,14 @@ class ModelSystem:
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
         self._initial: ModelState | None = None
         self._fp_cache: dict[bytes, int] = {}
+        self._specs_of: dict[Label, list[StepSpec]] = {}
+        self._actions_of: dict[Label, list[Any]] = {}
+        self._views: dict[int | bytes, tuple[bool, dict[Label, frozenset[Any]]]] = {}
+        self._memo: dict[Any, tuple[Any, ...]] = {}
+        self._memo_bytes = 0
+        self._checked: dict[tuple[str, int | bytes, bytes], str | None] = {}
+        self._folds: dict[tuple[Monitor, Any], Monitor] = {}
+        self._monitors: dict[Monitor, Monitor] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -286,8 +340,55 @@ class ModelSystem:
             self._initial = ModelState(host, (0,) * len(self.config.events), 0, Monitor())
         return self._initial
 
+    def _specs(self, label: Label) -> list[StepSpec]:
+        """``expand(label)``, built once per label after ``initial()`` (it depends on the label
+        and on ``pfn_of`` alone); callers only read it."""
+        got = self._specs_of.get(label)
+        if got is None:
+            got = self.expand(label)
+            if self._initial is not None:
+                self._specs_of[label] = got
+        return got
+
+    def _actions(self, label: Label) -> list[Any]:
+        """The label's model actions, parsed once (actions are frozen pydantic models)."""
+        got = self._actions_of.get(label)
+        if got is None:
+            got = []
+            for key, args in self._specs(label):
+                action = parse_action(key, args)
+                if type(action) not in HANDLERS:
+                    raise RuntimeError(f"the model has no handler for {key!r} in this process")
+                got.append(action)
+            if self._initial is not None:
+                self._actions_of[label] = got
+        return got
+
+    def _host_view(self, s: ModelState) -> tuple[bool, dict[Label, frozenset[Any]]]:
+        """What ``enabled`` needs of the host: whether it panicked and, with --races, the
+        locks each entry's first stage (or atomic step) takes. Kept per host
+        (``ModelState.ident``), so a state whose host was seen before is not rebuilt to list
+        its labels."""
+        key = s.ident()
+        got = self._views.get(key) if key is not None else None
+        if got is None:
+            host = s.host
+            needs: dict[Label, frozenset[Any]] = {}
+            if self.races and not host.panicked:
+                for _, label in self.entries:
+                    first = races.first_stage(self._specs(label), label[0], host)
+                    needs[label] = races.stage_needs(first[0]) if first \
+                        else races.ATOMIC_NEEDS[label[0]]
+            got = (bool(host.panicked), needs)
+            if key is not None:
+                if len(self._views) >= MEMO_SIZE:
+                    self._views.clear()
+                self._views[key] = got
+        return got
+
     def enabled(self, s: ModelState) -> Sequence[Any]:
-        if s.host.panicked:
+        panicked, needs = self._host_view(s)
+        if panicked:
             return []
         out = []
         busy = {op[0] for op in s.inflight}
@@ -301,9 +402,7 @@ class ModelSystem:
             if self.races:
                 if label in busy:
                     continue
-                first = races.first_stage(self.expand(label), label[0], s.host)
-                need = races.stage_needs(first[0]) if first else races.ATOMIC_NEEDS[label[0]]
-                if races.conflicts(need, held):
+                if races.conflicts(needs[label], held):
                     continue
             out.append(label)
         for j, (label, stage, _ctx, _held) in enumerate(s.inflight):
@@ -315,59 +414,136 @@ class ModelSystem:
 
     def step(self, s: ModelState, label: Any) -> ModelState:
         kvm_model()  # a worker process registers every handler before its first step
-        return self._step(s, label, s.fresh_host(), lambda: s.host, self._frames(s.host))[0]
+        before, host = s.host, s.fresh_host()
+        eff = self._effect(s, label, host, lambda pfns: _vms_holding(before, pfns),
+                           self._frames(before))
+        if eff is None:
+            return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
+        return self._finish(s, label, eff[0], eff[1],
+                            ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
+                                       eff[0].after))
 
     def successors(self, s: ModelState, labels: Sequence[Any]) -> Iterator[ModelState]:
         """``step(s, label)`` for each label, working on one Host in place: a step that leaves
         the Host as it was (its snapshot is the parent's, byte for byte: more than half the
         steps of the standard configuration) hands it on to the next label, and a new copy is
-        made only after a step that changed it. The parent keeps its value (its snapshot); the
-        Host as it was before the step is rebuilt, once, only if a step needs it."""
+        made only after a step that changed it. The parent keeps its value (its snapshot).
+
+        What a label does to a host (``_effect``: the successor's snapshot, the events, the
+        events in flight) depends on the host and the events in flight alone, not on the
+        state's monitor or counters: it is remembered per (host, events in flight, label),
+        the host named by ``ModelState.ident``, so a state whose host an earlier state had takes each step without copying,
+        running or snapshotting the Host. The host is rebuilt from the snapshot only when a
+        step is not remembered."""
         kvm_model()
         blob = s.frozen()
-        host = s.host
-        frames = self._frames(host)
-        s._host = None  # the working copy is no longer the parent's
+        pkey = s.ident()
+        try:
+            hash(s.inflight)
+        except TypeError:  # pragma: no cover - events in flight are tuples of scalars
+            pkey = None
+        host: Any = None
+        base = b""        # the snapshot of the working copy as it came
+        thaw_base = b""   # the same, of any copy made from ``blob`` (one for all of them)
+        frames: dict[tuple[Any, Any], int] = {}
+        owners: dict[int, frozenset[str]] = {}
+        started = False
         before: list[Any] = []
 
-        def pre() -> Any:
+        def pre_holding(pfns: set[int]) -> frozenset[str]:
+            """``_vms_holding`` of the parent's Host (as it was before any step)."""
+            if pfns <= owners.keys():
+                out: frozenset[str] = frozenset()
+                for pfn in pfns:
+                    out |= owners[pfn]
+                return out
             if not before:
                 before.append(thaw(blob))
-            return before[0]
+            return _vms_holding(before[0], pfns)
 
-        base = b""
         for label in labels:
+            mkey = (pkey, s.inflight, label) if pkey is not None else None
+            hit = self._memo.get(mkey) if mkey is not None else None
+            if hit is not None:
+                yield self._from_memo(s, label, hit, mkey)
+                continue
             if host is None:
-                host = thaw(blob)
-                base = b""
-            if not base:
-                # the working copy's own snapshot: a round trip through pickle may order a
-                # set differently or share a string less, so compare with this, not ``blob``
-                base = freeze(host)
-            t, clean = self._step(s, label, host, pre, frames)
-            if clean and t.frozen() == base:
-                t._host = None  # unchanged: the next label works on the same Host
-                t.blob = base
-                t.hfp = s.hfp   # and its canonical encoding is the parent's
+                if not started:  # the first step not remembered: the parent's Host
+                    started = True
+                    copied = s.copied
+                    host = s.host
+                    s._host = None  # the working copy is no longer the parent's
+                    frames = self._frames(host)
+                    owners = {pfn: _vms_holding(host, {pfn})
+                              for pfn in set(self.pfn_of.values())}
+                    # a round trip through pickle may order a set differently or share a
+                    # string less: compare a copy's snapshot with the copy's own first one
+                    base = blob
+                    if copied:
+                        base = thaw_base = freeze(host)
+                else:
+                    host = thaw(blob)
+                    if not thaw_base:
+                        thaw_base = freeze(host)
+                    base = thaw_base
+            eff = self._effect(s, label, host, pre_holding, frames)
+            made: ModelState | None = None
+            if eff is None:  # the step cannot happen now; ``host`` is left dirty
+                host = None
+                hit = (SKIP, blob, (), s.inflight, None, frozenset())
             else:
-                host = None     # the successor owns it now (or it is dirty)
-            yield t
+                made = ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
+                                  eff[0].after)
+                snap = made.frozen()
+                if snap == base:  # unchanged: the next label works on the same Host
+                    hit = (SAME, base, *eff[0].parts(), eff[1])
+                    made = None
+                else:
+                    host = None  # the successor owns it now
+                    hit = (NEW, snap, *eff[0].parts(), eff[1])
+            if mkey is not None:
+                self._remember(mkey, hit)
+            if made is not None and eff is not None:
+                yield self._finish(s, label, eff[0], eff[1], made, mkey)
+            else:
+                yield self._from_memo(s, label, hit, mkey)
 
-    def _step(self, s: ModelState, label: Any, host: Any, pre: Callable[[], Any],
-              frames: dict[tuple[Any, Any], int]) -> tuple[ModelState, bool]:
-        """The successor of ``s`` by ``label``, made by mutating ``host`` (a copy of s's Host);
-        ``pre()`` gives s's Host before the step, read only, and ``frames`` its guest frames
-        (``_frames``). Also says whether ``host`` is the
-        successor's Host (False when the step did not happen and ``host`` is left dirty)."""
+    def _remember(self, mkey: Any, hit: tuple[Any, ...]) -> None:
+        if len(self._memo) >= MEMO_SIZE or self._memo_bytes >= MEMO_BYTES:
+            self._memo.clear()
+            self._memo_bytes = 0
+        self._memo[mkey] = hit
+        if hit[0] == NEW:
+            self._memo_bytes += len(hit[1])
+
+    def _from_memo(self, s: ModelState, label: Any, hit: tuple[Any, ...],
+                   mkey: Any = None) -> ModelState:
+        """The successor a remembered effect gives from ``s`` (see ``successors``)."""
+        kind, snap, events, after, vm, holding = hit
+        if kind == SKIP:
+            return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
+        t = self._finish(s, label, Effect(events, after, vm), holding,
+                         ModelState(None, s.counts, s.errors, s.monitor, events, after, snap),
+                         mkey)
+        if kind == SAME:
+            t.hfp = s.hfp  # its canonical encoding is the parent's
+        return t
+
+    def _effect(self, s: ModelState, label: Any, host: Any,
+                pre_holding: Callable[[set[int]], frozenset[str]],
+                frames: dict[tuple[Any, Any], int]) -> tuple[Effect, frozenset[str]] | None:
+        """What ``label`` does to ``host`` (a copy of s's Host, mutated): the events, the events
+        in flight after it, the VM the monitor folds it for and the VMs holding a pfn it
+        handled or consumed (``pre_holding(pfns)`` gives those of s's Host before the step,
+        ``frames`` its guest frames, ``_frames``). None when the step cannot happen now
+        (``host`` is then left dirty). Depends on the host and ``s.inflight`` alone."""
         origin = races.origin(label)
         inflight = list(s.inflight)
-        started = True
         if races.is_continuation(label):
-            started = False
             j = next(k for k, op in enumerate(inflight) if op[0] == origin)
             _, stage, ctx, _held = inflight.pop(j)
             self._stage(host, origin, stage, ctx, inflight, j)
-        elif self.races and (first := races.first_stage(self.expand(label), label[0], host)):
+        elif self.races and (first := races.first_stage(self._specs(label), label[0], host)):
             self._stage(host, label, first[0], first[1], inflight, len(inflight))
         else:
             self._atomic(host, label)
@@ -378,35 +554,53 @@ class ModelSystem:
                 any(races.mf_waits_for(op[3]) for op in inflight if op[0] != origin):
             # memory_failure() would wait for the mf_mutex or folio lock another event
             # holds: this step cannot happen now (it runs after that event; docs/check.md)
-            return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight,
-                              s.frozen()), False
+            return None
         inflight = _normalise_mmu_seq(host, inflight)
         params = thaw_params(origin)
-        event = EVENTS[origin[0]]
-        ao = origin[0] == "scrub" or (origin[0] == "hw_error" and params.get("detect") != "latent")
         vm = params.get("vm")
         pfn = self.pfn_of.get((vm, params.get("page")))
         if pfn is not None and pfn not in frames.values():
             vm = None  # the frame no longer holds this VM's memory (released, punched)
-        holding = _vms_holding(host, events)
-        if any(isinstance(e, MemoryFailureCall | PoisonConsumed) for e in events):
-            holding |= _vms_holding(pre(), events)  # owners before the step too
-        mon = s.monitor.fold(self.ctx, events, vm, event.error, ao, also_affected=holding)
+        pfns = _failed_pfns(events)
+        holding = _vms_holding(host, pfns)
+        if pfns:
+            holding |= pre_holding(pfns)  # owners before the step too
+        return Effect(events, tuple(sorted(inflight, key=repr)), vm), holding
+
+    def _finish(self, s: ModelState, label: Any, eff: Effect, holding: frozenset[str],
+                t: ModelState, mkey: Any = None) -> ModelState:
+        """The successor of ``s`` by ``label`` from the label's effect: ``t`` (its host part)
+        with the monitor folded and the capped entry and the error counted. ``mkey`` names
+        the effect (``successors``): the folded monitor is remembered per (monitor, effect),
+        and one Monitor object is kept per value, so its canonical bytes are made once."""
+        origin = races.origin(label)
+        event = EVENTS[origin[0]]
+        fkey = (s.monitor, mkey) if mkey is not None else None
+        mon = self._folds.get(fkey) if fkey is not None else None
+        if mon is None:
+            params = thaw_params(origin)
+            ao = origin[0] == "scrub" or \
+                (origin[0] == "hw_error" and params.get("detect") != "latent")
+            mon = s.monitor.fold(self.ctx, eff.events, eff.vm, event.error, ao,
+                                 also_affected=holding)
+            if len(self._folds) >= MEMO_SIZE:
+                self._folds.clear()
+                self._monitors.clear()
+            mon = self._monitors.setdefault(mon, mon)
+            if fkey is not None:
+                self._folds[fkey] = mon
         counts, errors = s.counts, s.errors
-        if started:
+        if not races.is_continuation(label):
             i = self._entry_of[origin]
             if self.config.events[i].limit is not None:  # only capped entries need counting
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
-        return ModelState(host, counts, errors, mon, events,
-                          tuple(sorted(inflight, key=repr))), True
+        t.counts, t.errors, t.monitor = counts, errors, mon
+        return t
 
     def _atomic(self, host: Any, label: Any) -> None:
         """The label's model actions, one after the other, as one step."""
-        for key, args in self.expand(label):
-            action = parse_action(key, args)
-            if type(action) not in HANDLERS:
-                raise RuntimeError(f"the model has no handler for {key!r} in this process")
+        for action in self._actions(label):
             try:
                 host.apply(action)
             except ModelInputError:
@@ -417,7 +611,7 @@ class ModelSystem:
     def _stage(self, host: Any, label: Any, stage: str, ctx: tuple[Any, ...],
                inflight: list[Any], at: int) -> None:
         """Run one --races stage; put the event back in flight at ``at`` if it goes on."""
-        nxt, nctx = races.run_stage(self.expand(label), host, stage, ctx)
+        nxt, nctx = races.run_stage(self._specs(label), host, stage, ctx)
         if nxt is not None and not host.panicked:
             held = tuple(sorted(races.stage_carries(stage)))
             inflight.insert(at, (label, nxt, nctx, held))
@@ -430,10 +624,7 @@ class ModelSystem:
         step that leaves the host as some earlier state had it skips the encoding."""
         hfp = s.hfp
         if hfp is None:
-            try:
-                key: bytes | None = blob_key(s.frozen())
-            except (pickle.PicklingError, TypeError, AttributeError):
-                key = None
+            key = s.key()
             hfp = self._fp_cache.get(key) if key is not None else None
             if hfp is None:
                 hfp = fingerprint_bytes(host_encoding(s.host))
@@ -448,16 +639,40 @@ class ModelSystem:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_fp_cache"] = {}  # per process
+        for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked",
+                     "_folds", "_monitors"):
+            state[name] = {}  # per process
+        state["_memo_bytes"] = 0
         return state
+
+    def affinity(self, s: ModelState) -> int:
+        """The host's fingerprint: states with one host reuse the steps remembered for it
+        (``successors``), so the explorer keeps them on one worker."""
+        return s.hfp if s.hfp is not None else 0
 
     def compact(self, s: ModelState) -> ModelState:
         """The state as the frontier keeps it (its snapshot only; see ModelState.compact)."""
         return s.compact()
 
     def properties(self) -> Sequence[Property]:
-        return [Property(p.name, p.doc, p.concern, functools.partial(_check, p))
+        return [Property(p.name, p.doc, p.concern, functools.partial(self._check, p))
                 for p in self._props]
+
+    def _check(self, pd: PropertyDef, s: ModelState) -> str | None:
+        """``pd.check(host, monitor)``; a check that reads the host is remembered per
+        (property, host, monitor), so a state whose host and monitor an earlier
+        state had is not rebuilt to be checked."""
+        hkey = s.ident()
+        ckey = (pd.name, hkey, s.monitor.key_bytes()) if hkey is not None else None
+        if ckey is not None and ckey in self._checked:
+            return self._checked[ckey]
+        lazy = _LazyHost(s)
+        got = pd.check(lazy, s.monitor)
+        if lazy.read and ckey is not None:
+            if len(self._checked) >= MEMO_SIZE:
+                self._checked.clear()
+            self._checked[ckey] = got
+        return got
 
     # ------------------------------------------------------------------ optional
     def alphabet(self) -> Sequence[str]:
@@ -501,12 +716,16 @@ class ModelSystem:
         return out
 
 
-def _vms_holding(host: Any, events: tuple[Any, ...]) -> frozenset[str]:
-    """VMs whose memory holds a pfn that memory_failure() handled or a CPU consumed in this
-    step: a frame that was free when its error appeared may back a VM by the time it is found."""
+def _failed_pfns(events: tuple[Any, ...]) -> set[int]:
+    """The pfns memory_failure() handled or a CPU consumed in a step's events."""
+    return {e.pfn for e in events if isinstance(e, MemoryFailureCall | PoisonConsumed)}
+
+
+def _vms_holding(host: Any, pfns: set[int]) -> frozenset[str]:
+    """VMs whose memory holds one of ``pfns`` (``_failed_pfns`` of a step): a frame that was
+    free when its error appeared may back a VM by the time it is found."""
     from memfail.model.outcomes import _owners
 
-    pfns = {e.pfn for e in events if isinstance(e, MemoryFailureCall | PoisonConsumed)}
     if not pfns:
         return frozenset()
     vms = host.ext.get("vms", {})

@@ -54,6 +54,9 @@ class System(Protocol):
 #   successors(s, labels) -> Iterable[State]
 #                                    step(s, label) for each label in order, all at once (may
 #                                    reuse s's working memory; s keeps its value)
+#   affinity(s) -> int               which states share work (equal for states whose expansion
+#                                    reuses what the System remembers, e.g. one host): the
+#                                    explorer keeps them together, on one worker where it can
 #   compact(s) -> State              s as the frontier keeps it (called once its properties
 #                                    were checked; e.g. a snapshot instead of live objects)
 #   name -> str                      shown in reports
