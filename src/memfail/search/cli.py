@@ -201,10 +201,17 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
     with ex, Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         tasks: dict[str, Any] = {}
 
+        last = [time.monotonic()]
+
         def progress(what: str, done: int, total: int) -> None:
             if what not in tasks:
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done)
+            now = time.monotonic()
+            if not err.is_terminal and now - last[0] >= 60:  # a log line a minute
+                last[0] = now
+                err.print(f"search: {what}: {done:,}/{total:,} combinations walked, "
+                          f"{now - t0:.0f} s")
 
         try:
             doc = build(space, settings, ex, fleet_years=years, pareto_max=pareto_max,

@@ -235,8 +235,20 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
         "pareto": pareto,
         "presets": presets,
         "answers": answers,
+        "combinations": [_combination(space, search, main.records[k]) for k in main.order],
     }
     return doc
+
+
+def _combination(space: Space, search: Search, r: Record) -> dict[str, Any]:
+    """One combination as the search classified it (varied knobs only)."""
+    def varied(k: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: k[n] for n in space.varied}
+
+    by = search.knobs_of.get(r.by) if r.by is not None else None
+    return {"knobs": varied(r.knobs), "cost": r.cost, "how": r.how, "keeps": r.keeps,
+            "failed": r.failed, "by": varied(by) if by is not None and r.by != space.key(
+                r.knobs) else None}
 
 
 def _reason(name: str) -> str:
@@ -353,3 +365,14 @@ def value_texts(knobs: Mapping[str, Any]) -> dict[str, str]:
 
 
 __all__ = ["SCHEMA", "Record", "build", "dominates", "plot", "render", "words"]
+
+
+def costs_markdown(table: Any = None) -> str:
+    """The cost table as a Markdown table (docs/search.md shows it)."""
+    from memfail.search.space import load_costs
+
+    t = table or load_costs()
+    lines = ["| knob | value | cost | reason |", "| --- | --- | --- | --- |"]
+    for knob, value, cost, reason in t.rows():
+        lines.append(f"| `{knob}` | `{value}` | {cost:g} | {reason} |")
+    return "\n".join(lines)
