@@ -23,12 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 TARGET_S = 15 * 60
 TARGET_MB = 4096
 
 
-def one(workers: int, extra: list[str]) -> tuple[float, float, float, dict[str, object]]:
+def one(workers: int, extra: list[str]) -> tuple[float, float, float, dict[str, Any]]:
     """(wall s, CPU s of the run and its workers, peak RSS MiB, JSON document)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as out:
