@@ -244,7 +244,7 @@ def test_bad_options_exit_2_with_one_line(args: list[str], where: str) -> None:
     ("costs:\n  unmap_stag2:\n    folio: {cost: 1, reason: x}\n", 2, "costs.unmap_stag2"),
     ("costs:\n  unmap_stage2:\n    sometimes: {cost: 1, reason: x}\n", 3,
      "costs.unmap_stage2.sometimes"),
-    ("costs:\n  fault_check:\n    true: {cost: 1}\n", 3, "costs.fault_check.True.reason"),
+    ("costs:\n  fault_check:\n    true: {cost: 1}\n", 3, "costs.fault_check.true.reason"),
     ("cost: {}\n", 1, "cost"),
 ])
 def test_bad_cost_file_exits_2_naming_file_line_field(tmp_path: Path, text: str, line: int,
@@ -254,6 +254,15 @@ def test_bad_cost_file_exits_2_naming_file_line_field(tmp_path: Path, text: str,
     r = run("search", "--quick", "--costs", str(f))
     assert r.exit_code == 2, r.output
     assert r.output.strip().startswith(f"memfail: error: {f}:{line}: {field}: ")
+
+
+def test_bad_check_configuration_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("policies: [minimum]\nevents:\n  - {event: hw_eror, vm: vm0}\n")
+    r = run("search", "--quick", "--config", str(f))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith(f"memfail: error: {f}:3: ")
+    assert len(r.output.strip().splitlines()) == 1
 
 
 def test_a_cost_file_changes_the_ranking(tmp_path: Path, tiny: Path) -> None:

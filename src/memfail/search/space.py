@@ -171,7 +171,9 @@ def _read_costs(path: Path | None, file: str, data: bytes | None = None
     value, lines = load_yaml(path, file, "cost table", COSTS_HINT, data=data, max_bytes=1 << 20)
 
     def bad(loc: Loc, msg: str) -> InputError:
-        return InputError(file, line_of(lines, loc) or 1, fmt_loc(loc) or None, msg)
+        shown = tuple(p.lower() if isinstance(p, str) and p.lower() in ("true", "false")
+                      else p for p in loc)
+        return InputError(file, line_of(lines, loc) or 1, fmt_loc(shown) or None, msg)
 
     extra = [k for k in value if k != "costs"]
     if extra:
