@@ -30,9 +30,14 @@ class OptionError(InputError):
         super().__init__(option, None, None, message)
 
 
-def grouping_scenarios(base: str, quick: bool, names: list[str] | None
+def grouping_scenarios(base: str, quick: bool, names: list[str] | None, handles_varied: bool
                        ) -> tuple[tuple[str, ...], list[str]]:
-    """The library scenarios whose traces group combinations, and those left out as heavy."""
+    """The library scenarios whose traces group combinations, and those left out with why.
+
+    Default: every vm-* scenario in which the base preset's policy acts (a policy event in its
+    trace; all of them when ``handles`` is varied), but not one whose trace is longer than
+    ``HEAVY_EVENTS``, and not the 1G twin of a scenario that has a ``-2m`` version (the same
+    steps on 2M pages, run ten to twenty times faster by the model)."""
     from memfail.scenario.loader import library
     from memfail.search.engine import HEAVY_EVENTS, trace_text
 
@@ -49,8 +54,14 @@ def grouping_scenarios(base: str, quick: bool, names: list[str] | None
     for n in sorted(lib):
         if not n.startswith("vm-"):
             continue
-        if trace_text(n, base).count('"kind"') > HEAVY_EVENTS:
-            out.append(n)
+        text = trace_text(n, base)
+        events = [] if text.startswith("error:") else json.loads(text)
+        if len(events) > HEAVY_EVENTS:
+            out.append(f"{n} (trace of {len(events):,} events)")
+        elif f"{n}-2m" in lib:
+            out.append(f"{n} (its -2m twin is used)")
+        elif not handles_varied and not any(e.get("event") == "policy" for e in events):
+            out.append(f"{n} (the {base} policy does not act in it)")
         else:
             keep.append(n)
     return tuple(keep), out
@@ -184,7 +195,8 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
     if 0 < years < 6400:
         raise OptionError("--fleet-host-years", f"give 0 (no fleet) or at least 6400, got "
                           f"{years}")
-    scen, left_out = grouping_scenarios(base, quick, group_scenario)
+    scen, left_out = grouping_scenarios(base, quick, group_scenario,
+                                        "handles" in space.varied)
     settings = Settings(str(config) if config is not None else None, d, max_states, props,
                         scen, seed, verify)
     err = Console(stderr=True)
