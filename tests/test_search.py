@@ -71,7 +71,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def doc(tiny: Path) -> dict[str, Any]:
     r = run("search", "--config", str(tiny), *SMALL, "--json")
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 def full(doc: dict[str, Any], varied: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def test_text_output_ends_with_the_answer(tiny: Path) -> None:
 def test_two_workers_give_the_same_json(doc: dict[str, Any], tiny: Path) -> None:
     r = run("search", "--config", str(tiny), *SMALL, "--json", "--workers", "2")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == doc
+    assert json.loads(r.stdout) == doc
 
 
 @pytest.mark.parametrize("args, where", [
@@ -270,7 +270,7 @@ def test_a_cost_file_changes_the_ranking(tmp_path: Path, tiny: Path) -> None:
     f.write_text("costs:\n  fault_check:\n    true: {cost: 40, reason: a lookup is costly}\n")
     r = run("search", "--config", str(tiny), *SMALL, "--costs", str(f), "--json")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["config"]["costs_overridden"] == ["fault_check=true"]
     costly = [c for c in d["combinations"] if c["knobs"].get("fault_check")]
     assert all(c["cost"] >= 40 for c in costly)

@@ -24,8 +24,8 @@ def test_dask_cluster_gives_the_local_json(tmp_path: Path) -> None:
                                   host="127.0.0.1", dashboard_address=None) as cluster:
         remote = run(*args, "--scheduler", cluster.scheduler_address)
     assert remote.exit_code == 0, remote.output
-    doc = json.loads(local.output)
-    assert json.loads(remote.output) == doc
+    doc = json.loads(local.stdout)
+    assert json.loads(remote.stdout) == doc
     assert doc["pareto"], "the fleet part ran"
 
 
