@@ -29,6 +29,7 @@ from typing import Any
 from memfail.check.explorer import FAIL, Bounds, Options, explore
 from memfail.model.policy.registry import PRESETS
 from memfail.search.space import (
+    INDEPENDENT,
     MONOTONE,
     Knobs,
     Space,
@@ -38,7 +39,7 @@ from memfail.search.space import (
     weaker_or_equal,
 )
 
-BATCH = 24
+BATCH = 12
 """Combinations handed to the workers at a time (fixed: results do not depend on workers)."""
 
 HEAVY_EVENTS = 5000
@@ -294,8 +295,8 @@ class Search:
         varied = self.space.varied
 
         def bucket(p: str, k: Knobs) -> tuple[str, tuple[Any, ...]]:
-            mono = MONOTONE.get(p, {})
-            return (p, tuple(k[n] for n in varied if n not in mono))
+            loose = set(MONOTONE.get(p, {})) | set(INDEPENDENT.get(p, ()))
+            return (p, tuple(k[n] for n in varied if n not in loose))
 
         def record_verdicts(k: Knobs, how: str, v: Verdicts, by: tuple[Any, ...]) -> None:
             failed = [p for p in props if v[p][0] == FAIL]
