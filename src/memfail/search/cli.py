@@ -16,7 +16,7 @@ from rich.console import Console
 from memfail.inputs import InputError, did_you_mean
 from memfail.search.space import all_knobs, default_properties, parse_value, values_of
 
-DEFAULT_DEPTH = 4
+DEFAULT_DEPTH = 3
 QUICK_DEPTH = 3
 DEFAULT_FLEET_YEARS = 12_800
 QUICK_FLEET_YEARS = 6_400
@@ -106,6 +106,10 @@ def search(
         min=0)] = None,
     pareto_max: Annotated[int, typer.Option(
         help="Cheapest safe combinations run through the fleet.", min=1)] = 12,
+    answer_checks: Annotated[bool, typer.Option(
+        "--answer-checks", help="Walk each property set of the answer with new checks too "
+                                "(slower); by default the answers use the verdicts the main "
+                                "walk computed.")] = False,
     quick: Annotated[bool, typer.Option(
         help=f"A small search for tests: depth {QUICK_DEPTH}, only {', '.join(QUICK_VARY)} "
              f"varied, {len(QUICK_SCENARIOS)} grouping scenarios.")] = False,
@@ -126,7 +130,7 @@ def search(
     try:
         _search(config, depth, max_states, prop, base, vary, fix, every_knob, costs,
                 group_scenario, workers, scheduler, seed, verify, fleet_host_years,
-                pareto_max, quick, as_json, plot)
+                pareto_max, quick, as_json, plot, answer_checks)
     except InputError as e:
         typer.echo(f"memfail: error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -137,7 +141,7 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
             every_knob: bool, costs_file: Path | None, group_scenario: list[str] | None,
             workers: int, scheduler: str | None, seed: int, verify: int,
             fleet_host_years: int | None, pareto_max: int, quick: bool, as_json: bool,
-            plot_file: Path | None) -> None:
+            plot_file: Path | None, answer_checks: bool = False) -> None:
     from memfail.check.backends import WorkerError
     from memfail.check.config import load_config
     from memfail.check.properties import PROPERTY_NAMES
@@ -227,7 +231,7 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
 
         try:
             doc = build(space, settings, ex, fleet_years=years, pareto_max=pareto_max,
-                        progress=progress, left_out=left_out)
+                        progress=progress, left_out=left_out, answer_checks=answer_checks)
         except WorkerError as e:
             raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
     elapsed = time.monotonic() - t0

@@ -201,8 +201,8 @@ class Record:
 
     knobs: Knobs
     cost: float
-    how: str                    # checked, group, inferred, dominated
-    keeps: bool | None          # None: not known (dominated)
+    how: str                    # checked, group, inferred, dominated, unknown
+    keeps: bool | None          # None: not known (dominated, unknown)
     failed: list[str] = field(default_factory=list)
     by: tuple[Any, ...] | None = None   # the combination the verdict came from
     prop: str | None = None             # inferred: the property inferred to fail
@@ -285,7 +285,9 @@ class Search:
             self.verdicts[key] = v
 
     # -------------------------------------------------------------- one property set
-    def run_set(self, props: tuple[str, ...], label: str) -> SetResult:
+    def run_set(self, props: tuple[str, ...], label: str, new_work: bool = True) -> SetResult:
+        """Walk the space for ``props``. Without ``new_work`` nothing is run: a combination
+        whose verdicts (its own or its group's) are not known yet is ``unknown``."""
         costs = self.space.costs
         records: dict[tuple[Any, ...], Record] = {}
         order = [self.space.key(k) for k in self.combos]
@@ -333,6 +335,18 @@ class Search:
                     fails.setdefault(bucket(inf[0], k), []).append(k)
                     continue
                 batch.append(k)
+            if not new_work:
+                for k in batch:
+                    key = self.space.key(k)
+                    rep = self.group_rep.get(self.sig.get(key, ""))
+                    if key in self.verdicts:
+                        record_verdicts(k, "checked", self.verdicts[key], key)
+                    elif rep is not None and rep in self.verdicts:
+                        record_verdicts(k, "group", self.verdicts[rep], rep)
+                    else:
+                        records[key] = Record(k, costs.total(k), "unknown", None)
+                self.progress(label, i, n)
+                continue
             self._signatures(batch)
             reps: list[Knobs] = []
             for k in batch:

@@ -96,7 +96,7 @@ def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
 
 def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
           pareto_max: int, progress: Callable[[str, int, int], None] | None = None,
-          left_out: list[str] | None = None) -> dict[str, Any]:
+          left_out: list[str] | None = None, answer_checks: bool = False) -> dict[str, Any]:
     """Run the search and return the ``memfail.search/1`` document."""
     search = Search(space, settings, ex, progress)
     main = search.run_set(settings.properties, "search")
@@ -105,7 +105,7 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
         chosen = tuple(p for p in props if p in settings.properties)
         if not chosen:
             continue
-        sets[name] = search.run_set(chosen, name)
+        sets[name] = search.run_set(chosen, name, new_work=answer_checks)
     pv = preset_verdicts(search)
     verified, agree = search.verify([main, *sets.values()])
     costs = space.costs
@@ -153,10 +153,13 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
         sr = sets.get(name)
         best = min(sr.minimal(costs), key=lambda r: (r.cost, sr.order.index(
             space.key(r.knobs))), default=None) if sr is not None else None
+        unknown = [r for r in sr.records.values() if r.keeps is None and r.how == "unknown"
+                   and (best is None or r.cost < best.cost)] if sr is not None else []
         answers.append({
             "property_set": name, "properties": list(props),
             "policy": plain(best.knobs) if best is not None else None,
             "cost": best.cost if best is not None else None,
+            "unknown_cheaper": len(unknown),
             "breaks": breaks(best.knobs) if best is not None else [],
             "closest_preset": closest_preset(best.knobs)[0] if best is not None else None,
         })
@@ -219,6 +222,7 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
             "grouped": hows.count("group"),
             "inferred": hows.count("inferred"),
             "dominated": hows.count("dominated"),
+            "answer_checks": answer_checks,
             "checks_run": search.checks,
             "signatures_run": search.signatures,
             "verified_sample": len(verified),
@@ -275,9 +279,11 @@ def words(doc: Mapping[str, Any]) -> list[str]:
             continue
         br = a["breaks"]
         what = "; ".join(f"{c} ({DONTS[c][0]})" for c in br) if br else "none of them"
-        out.append(f"{a['property_set']}: the smallest policy costs {a['cost']:g}: "
+        caveat = (f" ({a['unknown_cheaper']:,} cheaper combinations have no verdict for this "
+                  "set yet: --answer-checks checks them)") if a.get("unknown_cheaper") else ""
+        out.append(f"{a['property_set']}: the smallest policy found costs {a['cost']:g}: "
                    f"minimum with {short(a['policy'], base)}. Of the call's don'ts it breaks "
-                   f"{what}.")
+                   f"{what}.{caveat}")
     return out
 
 
