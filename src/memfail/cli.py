@@ -36,6 +36,8 @@ COMMANDS: tuple[tuple[dict[str, str], str], ...] = (
      "memfail.report.kernel_users"),
     ({"check": "Explore every interleaving of bounded events under each policy."},
      "check=memfail.check.cli:check"),
+    ({"search": "The cheapest policies that keep the call's properties, over all knobs."},
+     "search=memfail.search.cli:search"),
     ({"fleet": "What each memory-failure policy costs a fleet (run, sweep)."},
      "fleet=memfail.fleet.cli:fleet_app"),
     ({"replay": "Real RAS logs in: what happened, and what each policy would have done."},

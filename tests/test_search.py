@@ -1,0 +1,284 @@
+"""`memfail search` end to end on a small configuration: its claims hold when each combination
+is checked on its own, results do not depend on the worker count, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from memfail.check.explorer import FAIL
+from memfail.model.policy.base import GmemPolicy, knob_values
+from memfail.search.engine import check_task
+from memfail.search.space import (
+    CONSTRAINTS,
+    PROPERTY_SETS,
+    all_knobs,
+    default_properties,
+    load_costs,
+    make_space,
+    value_text,
+)
+
+# One VM on one scaled HugeTLB page: an error, its detection, the guest's touch, a release.
+TINY = """\
+name: tiny
+policies: [minimum]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 3}}
+processes:
+  - name: qemu0
+    threads: [main, vcpu0]
+    mce_kill: {main: early, vcpu0: late}
+    sigbus: handler
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: [latent, scrub]}
+  - {event: scrub, vm: vm0, page: 0}
+  - {event: vcpu_access, vm: vm0, page: 0}
+  - {event: kernel_access, vm: vm0, page: 0, user: [kcore]}
+  - {event: release, vm: vm0, limit: 1}
+bounds: {depth: 3, errors: 1}
+"""
+DEPTH = 3
+SMALL = ["--quick", "--depth", str(DEPTH), "--fleet-host-years", "0",
+         "--group-scenario", "vm-hugetlb-consumed-2m", "--group-scenario", "vm-release-2m",
+         "--fix", "unmap_host=none", "--verify", "4"]
+
+
+def run(*args: str) -> Any:
+    from memfail.cli import app, register_all
+
+    register_all(app)
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("search") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def doc(tiny: Path) -> dict[str, Any]:
+    r = run("search", "--config", str(tiny), *SMALL, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def full(doc: dict[str, Any], varied: dict[str, Any]) -> dict[str, Any]:
+    fixed = {k: v["value"] for k, v in doc["config"]["fixed"].items()}
+    return {**fixed, **varied}
+
+
+def verdicts(tiny: Path, knobs: dict[str, Any]) -> dict[str, str]:
+    spec = {"base": "mainline", **knobs}
+    v = check_task((str(tiny), spec, default_properties(), DEPTH, None))
+    return {p: s for p, (s, _, _) in v.items()}
+
+
+# --------------------------------------------------------------------------- the design space
+
+
+def test_every_knob_value_of_the_model_has_a_cost_and_a_reason() -> None:
+    table = load_costs()
+    for knob in all_knobs():
+        vals = knob_values(knob)
+        assert vals is not None
+        for v in vals:
+            assert table.cost(knob, v) >= 0
+            assert table.reason(knob, v).strip()
+
+
+def test_the_space_is_the_model_knobs_varied_or_fixed_with_a_reason() -> None:
+    space = make_space()
+    assert sorted(space.varied + list(space.fixed)) == sorted(GmemPolicy("x").knobs())
+    assert all(space.fixed_why[k] for k in space.fixed)
+    combos, excluded = space.enumerate()
+    assert len(combos) + sum(excluded.values()) == space.raw_count()
+    assert set(excluded) <= {c.name for c in CONSTRAINTS}
+
+
+def test_constraints_keep_one_combination_per_irrelevant_knob() -> None:
+    space = make_space()
+    combos, _ = space.enumerate()
+    for k in combos:
+        if not k["fault_check"]:
+            assert k["check_granularity"] == space.cheapest("check_granularity")
+        if k["unconsumed"] not in ("kernel", "notify-vmm"):
+            assert k["honor_early"] == space.cheapest("honor_early")
+
+
+def test_docs_show_the_cost_table() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "search.md").read_text()
+    for knob, value, cost, _ in load_costs().rows():
+        assert f"| `{knob}` | `{value}` | {cost:g} |" in text
+
+
+# --------------------------------------------------------------------------- the search's claims
+
+
+def test_document_has_the_schema_and_every_property_set(doc: dict[str, Any]) -> None:
+    assert doc["schema"] == "memfail.search/1"
+    for key in ("config", "properties", "space", "minimal", "pareto", "presets", "answers"):
+        assert key in doc
+    assert [a["property_set"] for a in doc["answers"]] == list(PROPERTY_SETS)
+    sp = doc["space"]
+    hows = [c["how"] for c in doc["combinations"]]
+    assert len(hows) == sp["combinations"]
+    assert sp["checked"] == hows.count("checked")
+    assert sp["inferred"] == hows.count("inferred")
+    assert sp["verified_sample"] == len(sp["verified"])
+    assert sp["verified_agree"] == sum(v["agree"] for v in sp["verified"])
+
+
+def test_combinations_called_safe_pass_check_on_their_own(doc: dict[str, Any], tiny: Path
+                                                          ) -> None:
+    safe = [c for c in doc["combinations"] if c["keeps"]]
+    assert safe, "the small search finds no safe combination"
+    for c in random.Random(1).sample(safe, min(3, len(safe))):
+        got = verdicts(tiny, full(doc, c["knobs"]))
+        assert FAIL not in got.values(), (c, got)
+
+
+def test_minimal_policies_are_safe_and_no_safe_one_is_cheaper_on_every_knob(
+        doc: dict[str, Any], tiny: Path) -> None:
+    costs = load_costs()
+    for m in doc["minimal"]:
+        assert FAIL not in verdicts(tiny, m["knobs"]).values()
+    for m in doc["minimal"]:
+        for c in doc["combinations"]:
+            if c["keeps"]:
+                k = full(doc, c["knobs"])
+                cheaper_everywhere = all(costs.cost(n, k[n]) <= costs.cost(n, m["knobs"][n])
+                                         for n in k)
+                assert not (cheaper_everywhere and costs.total(k) < m["cost"])
+
+
+def test_dominated_combinations_fail_or_cost_more(doc: dict[str, Any], tiny: Path) -> None:
+    dominated = [c for c in doc["combinations"] if c["how"] == "dominated"]
+    inferred = [c for c in doc["combinations"] if c["how"] == "inferred"]
+    assert dominated or inferred
+    costs = load_costs()
+    rng = random.Random(2)
+    for c in rng.sample(dominated, min(3, len(dominated))):
+        by = full(doc, c["by"])
+        assert costs.total(by) < c["cost"]
+        assert FAIL not in verdicts(tiny, by).values()  # the cheaper one is safe
+    for c in rng.sample(inferred, min(3, len(inferred))):
+        got = verdicts(tiny, full(doc, c["knobs"]))
+        assert got[c["failed"][0]] == FAIL, (c, got)
+
+
+def test_presets_not_minimal_name_a_cheaper_policy_or_a_lost_property(
+        doc: dict[str, Any], tiny: Path) -> None:
+    names = [p["name"] for p in doc["presets"]]
+    assert "minimum" in names and "future" in names
+    for p in doc["presets"]:
+        if p["minimal"]:
+            assert p["loses"] is None and p["cheaper"] is None
+            continue
+        assert p["loses"] or p["cheaper"]
+        if p["loses"]:
+            assert f"--policy {p['name']} --property {p['loses']}" in p["counterexample"]
+            got = verdicts(tiny, {"base": p["name"]})
+            assert got[p["loses"]] == FAIL
+
+
+def test_answers_name_the_call_items_they_break(doc: dict[str, Any]) -> None:
+    for a in doc["answers"]:
+        if a["policy"] is None:
+            continue
+        assert set(a["breaks"]) <= {"C1", "C2", "C3", "C4", "C5", "C6"}
+        if a["policy"]["fault_check"]:
+            assert "C5" in a["breaks"]
+        if a["policy"]["honor_early"]:
+            assert "C6" in a["breaks"]
+
+
+def test_text_output_ends_with_the_answer(tiny: Path) -> None:
+    r = run("search", "--config", str(tiny), *SMALL)
+    assert r.exit_code == 0, r.output
+    tail = r.output[r.output.index("The answer:"):]
+    for name in PROPERTY_SETS:
+        assert name in tail
+
+
+# --------------------------------------------------------------------------- workers and bad input
+
+
+def test_two_workers_give_the_same_json(doc: dict[str, Any], tiny: Path) -> None:
+    r = run("search", "--config", str(tiny), *SMALL, "--json", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == doc
+
+
+@pytest.mark.parametrize("args, where", [
+    (["--vary", "unmapp"], "--vary: unknown knob 'unmapp'"),
+    (["--fix", "fault_check=maybe"], "--fix: fault_check: 'maybe' is not one of"),
+    (["--fix", "nonsense"], "--fix:"),
+    (["--property", "contianed"], "--property: unknown property 'contianed'"),
+    (["--base", "minimun"], "--base: unknown preset 'minimun'"),
+    (["--plot", "front.txt"], "--plot:"),
+    (["--group-scenario", "nope"], "--group-scenario: unknown scenario"),
+])
+def test_bad_options_exit_2_with_one_line(args: list[str], where: str) -> None:
+    r = run("search", "--quick", *args)
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memfail: error: ")
+    assert where in lines[0]
+
+
+@pytest.mark.parametrize("text, line, field", [
+    ("costs:\n  unmap_stage2:\n    folio: {cost: -1, reason: x}\n", 3,
+     "costs.unmap_stage2.folio.cost"),
+    ("costs:\n  unmap_stag2:\n    folio: {cost: 1, reason: x}\n", 2, "costs.unmap_stag2"),
+    ("costs:\n  unmap_stage2:\n    sometimes: {cost: 1, reason: x}\n", 3,
+     "costs.unmap_stage2.sometimes"),
+    ("costs:\n  fault_check:\n    true: {cost: 1}\n", 3, "costs.fault_check.true.reason"),
+    ("cost: {}\n", 1, "cost"),
+])
+def test_bad_cost_file_exits_2_naming_file_line_field(tmp_path: Path, text: str, line: int,
+                                                      field: str) -> None:
+    f = tmp_path / "costs.yaml"
+    f.write_text(text)
+    r = run("search", "--quick", "--costs", str(f))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith(f"memfail: error: {f}:{line}: {field}: ")
+
+
+def test_bad_check_configuration_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("policies: [minimum]\nevents:\n  - {event: hw_eror, vm: vm0}\n")
+    r = run("search", "--quick", "--config", str(f))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith(f"memfail: error: {f}:3: ")
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_cost_file_changes_the_ranking(tmp_path: Path, tiny: Path) -> None:
+    f = tmp_path / "costs.yaml"
+    f.write_text("costs:\n  fault_check:\n    true: {cost: 40, reason: a lookup is costly}\n")
+    r = run("search", "--config", str(tiny), *SMALL, "--costs", str(f), "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["config"]["costs_overridden"] == ["fault_check=true"]
+    costly = [c for c in d["combinations"] if c["knobs"].get("fault_check")]
+    assert all(c["cost"] >= 40 for c in costly)
+
+
+def test_value_text_round_trips() -> None:
+    for knob in all_knobs():
+        for v in knob_values(knob) or ():
+            from memfail.search.space import parse_value
+
+            assert parse_value(knob, value_text(v)) == v
