@@ -184,7 +184,7 @@ def _props(p: Any) -> list[Any]:
 def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """risk id -> policy -> {verdict, mechanism, links, depends}: from the comparison cells
     and the check's verdicts (the evidence the page links to)."""
-    from memfail.model.outcomes import ACCEPTED, outcome_class
+    from memfail.model.outcomes import ACCEPTED, COST, outcome_class
     from memfail.model.policy.registry import make_policy
 
     cmp_ = d["compare"]
@@ -196,7 +196,7 @@ def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
         per: dict[str, dict[str, Any]] = {}
         for pol in cmp_["policies"]:
             polo = make_policy(pol)
-            hits, accepted, links = [], [], []
+            hits, costs, accepted, links = [], [], [], []
             n = 0
             for c in cmp_["cells"]:
                 if c["policy"] != pol or not c["applies"]:
@@ -211,6 +211,8 @@ def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
                 cls = o.get("classes", {})
                 if all(cls.get(k) == ACCEPTED for k in found):
                     accepted.append(c)
+                elif all(cls.get(k) == COST for k in found):
+                    costs.append(c)
                 else:
                     hits.append(c)
             fails = []
@@ -219,21 +221,23 @@ def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
                 for prop in risk["props"]:
                     v = r["verdicts"].get(prop)
                     if v and v["status"] == "FAIL":
-                        cls_ = outcome_class(PROP_KEY.get(prop, ""), polo)
-                        fails.append((prop, v, cls_ == ACCEPTED))
-            haz_fail = [f for f in fails if not f[2]]
-            acc_fail = [f for f in fails if f[2]]
+                        fails.append((prop, v, outcome_class(PROP_KEY.get(prop, ""), polo)))
+            haz_fail = [f for f in fails if f[2] not in (ACCEPTED, COST)]
+            cost_fail = [f for f in fails if f[2] == COST]
+            acc_fail = [f for f in fails if f[2] == ACCEPTED]
             if hits or haz_fail:
                 verdict = "hazard"
+            elif costs or cost_fail:
+                verdict = "cost"
             elif accepted or acc_fail:
                 verdict = "accepted"
             else:
                 verdict = "not found"
             mech = []
-            for c in (hits or accepted)[:1]:
+            for c in (hits or costs or accepted)[:1]:
                 mech.append(f"{c['scenario']}: {c['summary']}")
                 links.append(("#" + anchor("cell", c["scenario"], pol), c["scenario"]))
-            for prop, v, _acc in (haz_fail or acc_fail)[:1]:
+            for prop, v, _cls in (haz_fail or cost_fail or acc_fail)[:1]:
                 mech.append(f"check {prop}: {v['message']}")
                 links.append(("#" + anchor("cex", pol, prop), f"{prop} counterexample"))
             depends = []
@@ -246,7 +250,8 @@ def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
                     if any((c in old.upper()) != (c in new.upper()) for c in risk["codes"]):
                         depends.append(reading)
                         break
-            per[pol] = {"verdict": verdict, "hits": len(hits), "accepted": len(accepted),
+            per[pol] = {"verdict": verdict, "hits": len(hits) + len(costs),
+                        "accepted": len(accepted),
                         "scenarios": n, "fails": [f[0] for f in fails], "mechanism": mech,
                         "links": links, "depends": depends}
         out[risk["id"]] = per
@@ -258,6 +263,8 @@ def section_risk(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) ->
     depth = d["check"]["bounds"]["max_depth"]
     out = ["<p>Per policy, each risk and limitation the call named: <b class=\"v-hazard\">"
            "hazard</b> (the model shows it happening, and the policy does not accept it), "
+           "<b class=\"v-cost\">cost</b> (contained at the tenant's expense: a VM killed, "
+           "paused or its guest panicked), "
            "<b class=\"v-accepted\">accepted</b> (it happens, as a limitation the policy "
            "accepts by design), <b class=\"v-none\">not found</b> (in none of the comparison "
            f"scenarios, nor by the checker to depth {e(depth)}). Each verdict names its "
@@ -613,10 +620,10 @@ def section_manifest(d: dict[str, Any]) -> str:
 CSS = """
 :root{--bg:#fff;--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--panel:#f6f8fa;--hazard:#b42318;
 --accepted:#9a6700;--ok:#1a7f37;--bar:#4c72b0;--base:#8250df;--link:#0b5cad;--cell:#eef1f4;
---failed:#d1242f;--detected:#fb8f44;--hwp:#8250df;--table:#0969da;--low:#9ec5fe;--high:#1f4e99}
+--failed:#d1242f;--cost:#0550ae;--detected:#fb8f44;--hwp:#8250df;--table:#0969da;--low:#9ec5fe;--high:#1f4e99}
 @media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#9198a1;
 --line:#30363d;--panel:#161b22;--hazard:#ff7b72;--accepted:#e3b341;--ok:#3fb950;--bar:#6e9fff;
---base:#bc8cff;--link:#6cb6ff;--cell:#21262d;--failed:#f85149;--detected:#db6d28;--hwp:#a371f7;
+--base:#bc8cff;--link:#6cb6ff;--cell:#21262d;--failed:#f85149;--cost:#79c0ff;--detected:#db6d28;--hwp:#a371f7;
 --table:#58a6ff;--low:#388bfd;--high:#a5d6ff}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);font:15px/1.5 system-ui,-apple-system,
@@ -636,7 +643,7 @@ table.wide{min-width:100%}
 background:var(--panel);padding:6px 14px;margin:1em 0}
 .v-hazard,.c-hazard{color:var(--hazard);font-weight:600}.v-accepted,.c-accepted{
 color:var(--accepted);font-weight:600}.v-notfound,.ok{color:var(--ok)}.partial{color:var(--muted)}
-.c-cost{color:var(--fg)}
+.c-cost{color:var(--fg)}.v-cost{color:var(--cost);font-weight:600}
 .words,.count,.dep,.note,.ci{color:var(--muted);font-size:.9em}.dep{font-style:italic}
 .mech{font-size:.88em}.links a{font-size:.88em;margin-right:.4em}
 .same{color:var(--muted)}.na{color:var(--muted)}.changed{font-weight:700;color:var(--accepted)}
@@ -710,6 +717,7 @@ def _summary(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) -> str
         vs = [rv[r["id"]][pol]["verdict"] for r in RISKS]
         items.append(f"<li><a href=\"#{anchor('policy', pol)}\"><code>{e(pol)}</code></a>: "
                      f"<span class=\"v-hazard\">{vs.count('hazard')} hazards</span>, "
+                     f"<span class=\"v-cost\">{vs.count('cost')} costs</span>, "
                      f"<span class=\"v-accepted\">{vs.count('accepted')} accepted</span>, "
                      f"<span class=\"v-notfound\">{vs.count('not found')} not found</span> of "
                      f"the call's {len(RISKS)} risks and limitations "
