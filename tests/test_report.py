@@ -55,7 +55,7 @@ def test_bad_option_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], t
                                            monkeypatch: pytest.MonkeyPatch, args: list[str],
                                            needle: str) -> None:
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run(capsys, "report", "--quick", *args)
+    rc, _, err = run(capsys, "report", "--quick", *args)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("memfail: error: ")
     assert needle in err
@@ -212,7 +212,8 @@ def test_folio_map_draws_every_page_of_every_state() -> None:
            "steps": [{"label": "hw_error(vm=vm0, page=0)", "lanes": {}}]}
     out = svg.folio_map(cex)
     assert out.count('class="cell') == 8
-    assert out.count("cell failed detected table") == 1
+    assert out.count("cell failed table") == 1
+    assert out.count('class="dmark"') == 1  # reported to memory_failure()
     assert out.count(" split") == 3        # split (4 KiB) pages after the step
     assert out.count('class="huge"') == 1  # the first state is one huge folio
     assert "after step 1: hw_error(vm=vm0, page=0)" in out

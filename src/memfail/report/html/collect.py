@@ -288,7 +288,7 @@ def oracle_doc() -> dict[str, Any]:
     root = repo_file("tests/oracle")
     if root is None:
         return {"available": False, "why": "tests/oracle is not in this installation"}
-    cases = []
+    cases: list[dict[str, Any]] = []
     for path in sorted(root.rglob("*.yaml")):
         rel = path.relative_to(root)
         try:

@@ -3,6 +3,7 @@ resource) rendered from the ``memfail.report-data/1`` dictionary ``collect`` bui
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from html import escape
@@ -366,8 +367,13 @@ def _codes(c: dict[str, Any]) -> str:
     if code in ("-", "ok"):
         return e(code)
     letters, _, size = code.partition(" ")
-    parts = "".join(f'<span class="{"c-accepted" if ch.islower() else "c-hazard"}">{e(ch)}'
-                    "</span>" for ch in letters)
+    if re.fullmatch(r"\d+[KMG]", letters):  # only guest memory lost
+        letters, size = "", letters
+
+    def cls(ch: str) -> str:
+        return "c-info" if ch == "V" else "c-accepted" if ch.islower() else "c-hazard"
+
+    parts = "".join(f'<span class="{cls(ch)}">{e(ch)}</span>' for ch in letters)
     return parts + (f' <span class="size">{e(size)}</span>' if size else "")
 
 
@@ -517,7 +523,7 @@ def section_kernels(d: dict[str, Any]) -> str:
                   "Scenarios without hazard, kill or pause; hazard findings")]
     # which cells change from one profile to the next
     diffs = []
-    for a, b in zip(profs, profs[1:], strict=False):
+    for a, b in itertools.pairwise(profs):
         ca, cb = k["by_profile"][a].get("codes", {}), k["by_profile"][b].get("codes", {})
         ch = [f"{key.replace('|', ' under ')}: {ca[key]} → {cb[key]}" for key in ca
               if key in cb and ca[key] != cb[key]]
@@ -643,7 +649,7 @@ table.wide{min-width:100%}
 background:var(--panel);padding:6px 14px;margin:1em 0}
 .v-hazard,.c-hazard{color:var(--hazard);font-weight:600}.v-accepted,.c-accepted{
 color:var(--accepted);font-weight:600}.v-notfound,.ok{color:var(--ok)}.partial{color:var(--muted)}
-.c-cost{color:var(--fg)}.v-cost{color:var(--cost);font-weight:600}
+.c-cost,.c-info{color:var(--fg)}.v-cost{color:var(--cost);font-weight:600}
 .words,.count,.dep,.note,.ci{color:var(--muted);font-size:.9em}.dep{font-style:italic}
 .mech{font-size:.88em}.links a{font-size:.88em;margin-right:.4em}
 .same{color:var(--muted)}.na{color:var(--muted)}.changed{font-weight:700;color:var(--accepted)}
@@ -664,7 +670,7 @@ svg .cell{fill:var(--cell);stroke:var(--muted);stroke-width:1}
 svg .cell.split{stroke-dasharray:3 2}svg .cell.detected{fill:var(--detected)}
 svg .cell.failed{fill:var(--failed)}svg .cell.hwp{stroke:var(--hwp);stroke-width:4}
 svg .cell.table{fill-opacity:1}svg .tmark{fill:var(--table)}
-svg .huge{fill:none;stroke:var(--fg);stroke-width:1.5}svg .mark{font-weight:700;font-size:11px}
+svg .dmark{fill:var(--detected);stroke:var(--bg)}svg .huge{fill:none;stroke:var(--fg);stroke-width:1.5}svg .mark{font-weight:700;font-size:11px}
 article.cex{border-top:1px dashed var(--line);padding-top:.4em}
 header .meta{color:var(--muted);font-size:.92em}
 @media (max-width:700px){main{padding:10px}body{font-size:14px}

@@ -4,6 +4,7 @@ folio maps. Colours come from the page's CSS classes, so light, dark and print a
 from __future__ import annotations
 
 import math
+import re
 from html import escape
 from typing import Any
 
@@ -35,8 +36,8 @@ def interval_bars(title: str, rows: list[tuple[str, dict[str, Any]]], unit: str,
                   baseline: str | None = None) -> str:
     """One horizontal bar per policy with its 95 % interval; a rate never seen is drawn as
     an open marker at its rule-of-three upper bound."""
-    left, right, bar_h, gap, top = 120, 70, 14, 6, 26
-    w = 460
+    left, right, bar_h, gap, top = 110, 180, 14, 6, 26
+    w = 540
     h = top + len(rows) * (bar_h + gap) + 24
     hi = max([float(iv.get("high", 0.0)) for _, iv in rows] + [0.0])
     scale = (w - left - right) / hi if hi > 0 else 0.0
@@ -108,7 +109,7 @@ def swimlane(cex: dict[str, Any]) -> str:
     """Lanes (CPU / machine check ... guest) down, the counterexample's steps across; the step
     where the property fails is outlined and named."""
     steps = cex["steps"]
-    lane_w, col_w, head_h, line_h, pad = 150, 250, 40, 14, 6
+    lane_w, col_w, head_h, line_h, pad = 150, 270, 40, 14, 6
     lines_per_lane = {k: max([len(s["lanes"].get(k, [])) for s in steps] + [1])
                       for k, _ in LANES}
     heights = {k: min(n, 6) * line_h + 2 * pad for k, n in lines_per_lane.items()}
@@ -122,7 +123,7 @@ def swimlane(cex: dict[str, Any]) -> str:
                     f'width="{col_w - 4}" height="{h - 4}" rx="4"/>')
         body.append(f'<text class="step" x="{x + 8}" y="16">step {j + 1}'
                     f'{" — " + _e(cex["property"]) + " fails" if failing else ""}</text>')
-        body.append(f'<text class="lbl" x="{x + 8}" y="31">{_e(_clip(st["label"], 38))}'
+        body.append(f'<text class="lbl" x="{x + 8}" y="31">{_e(_clip(st["label"], 40))}'
                     f'<title>{_e(st["label"])}</title></text>')
     y = head_h
     for key, name in LANES:
@@ -134,24 +135,28 @@ def swimlane(cex: dict[str, Any]) -> str:
             x = lane_w + j * col_w + 8
             shown = items if len(items) <= 6 else [*items[:5], f"+{len(items) - 5} more"]
             for k, text in enumerate(shown):
-                cls = "ev bad" if _bad(text) else "ev"
-                body.append(f'<text class="{cls}" x="{x}" y="{y + pad + 11 + k * line_h}">'
-                            f'{_e(_clip(text, 40))}<title>{_e(text)}</title></text>')
+                bad = _bad(text)
+                body.append(f'<text class="{"ev bad" if bad else "ev"}" x="{x}" '
+                            f'y="{y + pad + 11 + k * line_h}">{_e(_clip(text, 37 if bad else 42))}'
+                            f'<title>{_e(text)}</title></text>')
         y += hh
     return _svg(w, h, f"timeline of {cex['policy']} violating {cex['property']}", body,
                 "fig lanes")
 
 
+_BAD = re.compile(r"panic|handed out|(?<!un)consumed|killed|paused|signal 7|fatal")
+
+
 def _bad(text: str) -> bool:
-    t = text.lower()
-    return any(w in t for w in ("panic", "handed out", "consumed", "killed", "paused",
-                                "signal 7", "fatal"))
+    """An event a reader should see first: a panic, poison consumed or handed out, a VM or
+    process lost."""
+    return _BAD.search(text.lower()) is not None
 
 
 def folio_legend() -> str:
     """The key to the folio map cells."""
     items = [("cell failed", "raw page with an uncorrectable error"),
-             ("cell detected", "error reported to memory_failure()"),
+             ("cell detected", "error reported to memory_failure() (a corner mark on a failed page)"),
              ("cell hwp", "PG_hwpoison (raw page or folio)"),
              ("cell table", "recorded in the policy's global table (C1)")]
     body = []
@@ -160,10 +165,11 @@ def folio_legend() -> str:
         y = 4 + (i // 2) * 22
         body.append(f'<rect class="{cls}" x="{x}" y="{y}" width="16" height="16"/>'
                     f'<text class="lbl" x="{x + 22}" y="{y + 13}">{_e(text)}</text>')
-    body.append('<text class="lbl" x="4" y="62">marks: G = guest reaches it through stage 2, '
-                'H = a host mapping, X = a hwpoison entry; a dashed outline = a split '
-                '(4 KiB) page, a solid group = one huge folio</text>')
-    return _svg(640, 70, "folio map legend", body, "fig legend")
+    body.append('<text class="lbl" x="4" y="62">marks: G = the guest reaches it through '
+                'stage 2, H = a host mapping, X = a hwpoison entry in a host page table;</text>'
+                '<text class="lbl" x="4" y="78">a dashed outline = a split (4 KiB) page, '
+                'a box around the row = one huge folio.</text>')
+    return _svg(640, 86, "folio map legend", body, "fig legend")
 
 
 def folio_map(cex: dict[str, Any]) -> str:
@@ -197,7 +203,7 @@ def folio_map(cex: dict[str, Any]) -> str:
             cls = ["cell"]
             if p["failed"]:
                 cls.append("failed")
-            if p["detected"]:
+            if p["detected"] and not p["failed"]:
                 cls.append("detected")
             if p["hwpoison"] or p["folio_hwpoison"]:
                 cls.append("hwp")
@@ -217,6 +223,9 @@ def folio_map(cex: dict[str, Any]) -> str:
                         f'height="{cell}" rx="2"><title>{_e(tip)}</title></rect>')
             if p["table"]:
                 body.append(f'<rect class="tmark" x="{x + cell - 9}" y="{y + 2}" width="7" '
+                            f'height="7"/>')
+            if p["detected"]:
+                body.append(f'<rect class="dmark" x="{x + 2}" y="{y + 2}" width="7" '
                             f'height="7"/>')
             if marks:
                 body.append(f'<text class="mark" x="{x + cell / 2}" y="{y + cell - 7}" '
