@@ -233,7 +233,12 @@ def _section_shots(drv: Any, out: Path) -> None:
         else:
             drv.execute_script("arguments[0].scrollIntoView()",
                                drv.find_element(By.ID, sid))
-        drv.save_screenshot(str(out / f"{sid}.png"))
+        shot = out / f"{sid}.png"
+        drv.save_screenshot(str(shot))
+        from PIL import Image  # matplotlib's dependency: a palette PNG keeps the docs small
+
+        with Image.open(shot) as im:
+            im.convert("RGB").quantize(colors=64).save(shot, optimize=True)
 
 
 def test_page_prints(report: dict[str, Any], browser: Any, tmp_path: Path) -> None:
