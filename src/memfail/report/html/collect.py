@@ -336,6 +336,29 @@ def conform_doc() -> dict[str, Any]:
             "command": f"memfail conform {_rel(root)}/*.yaml --json"}
 
 
+def replay_doc() -> dict[str, Any]:
+    """``memfail replay tests/replay --json --no-project``: the shipped real RAS logs, each
+    failed page replayed under the log's kernel (reproduces / differs / cannot express)."""
+    from memfail.cli import main
+
+    root = repo_file("tests/replay")
+    if root is None:
+        return {"ran": False, "why": "tests/replay is not in this installation"}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["replay", _rel(root), "--json", "--no-project"])
+    if rc != 0:
+        return {"ran": False, "why": f"memfail replay exited {rc}"}
+    doc = json.loads(buf.getvalue())
+    counts: dict[str, int] = {}
+    for r in doc.get("replay", []):
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    return {"ran": True, "counts": counts, "command": f"memfail replay {_rel(root)} --json "
+            "--no-project", "incidents": [{k: r.get(k) for k in ("incident", "source",
+                                                                  "verdict", "reason")}
+                                          for r in doc.get("replay", [])]}
+
+
 # ----------------------------------------------------------------------------- search
 
 
@@ -459,6 +482,10 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
     with step("model fidelity: oracle cases"):
         data["oracle"] = oracle_doc()
     commands.append("pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py")
+    with step("replay: the shipped RAS logs"):
+        data["replay"] = replay_doc()
+    if data["replay"].get("ran"):
+        commands.append(data["replay"]["command"])
     if s.conform:
         with step("conform: Debian 6.1 under QEMU (about 35 s)"):
             data["conform"] = conform_doc()

@@ -555,6 +555,17 @@ def section_fidelity(d: dict[str, Any]) -> str:
                        + "</ul>")
     else:
         out.append(f'<p class="note">Oracle cases: {e(o.get("why"))}</p>')
+    rp = d.get("replay") or {}
+    if rp.get("ran"):
+        counts = ", ".join(f"{n} {v}" for v, n in rp["counts"].items())
+        rows = [[e(x["incident"]), e(x["source"]), e(x["verdict"]), e(x.get("reason") or "")]
+                for x in rp["incidents"]]
+        out.append(f"<p>Real RAS logs: {_cmd(rp['command'])} replays each failed page of the "
+                   f"shipped logs under the log's kernel: {e(counts)}.</p>"
+                   "<details><summary>Every incident</summary>"
+                   + _table(["incident", "log", "verdict", "why"], rows) + "</details>")
+    elif rp:
+        out.append(f'<p class="note">Real RAS logs (memfail replay): {e(rp.get("why"))}.</p>')
     c = d["conform"]
     if c.get("ran"):
         doc = c["doc"]
