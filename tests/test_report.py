@@ -123,6 +123,9 @@ def test_calibration_is_computed_from_the_fleet_when_it_has_none() -> None:
     assert c["p_host_ue_per_year"] == 0.0078 and c["cited"] == CITED_UE == 0.013
     assert c["from"] == "report"
     assert "1.3 %" in c["cited_source"] and "0.78%" in c["explanation"]
+    # the mean rate at which the default fleet's share of hosts with a fault is 1.3 %
+    assert 0.02 < c["matching_rate"] < 0.03
+    assert f"{c['matching_rate']:.4f} faults per host-year" in c["explanation"]
 
 
 def test_calibration_of_the_fleet_document_wins() -> None:
