@@ -72,8 +72,9 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")]
     = Path("report.html"),
     quick: Annotated[bool, typer.Option(
-        "--quick", help="A draft: 2,000 fleet host-years, check to depth 3, no readings, "
-                        "no conform, no search run.")] = False,
+        "--quick", help="A draft: 2,000 fleet host-years, check to depth 3, readings and "
+                        "kernel versions for the baseline and minimum only, no conform, no "
+                        "search run.")] = False,
     baseline: Annotated[str, typer.Option(
         "--baseline", help="The policy every other is compared with.")] = "mainline",
     search_json: Annotated[Path | None, typer.Option(

@@ -44,7 +44,7 @@ class Settings:
     workers: int = 2
     search_json: Path | None = None
     fleet_host_years: int = 200_000
-    sens_host_years: int = 20_000
+    sens_host_years: int = 10_000
     check_depth: int | None = None     # None: the standard configuration's depth
     conform: bool = True
     cex_dir: Path = field(default_factory=lambda: Path("report-cex"))
@@ -87,9 +87,11 @@ def _rel(path: Path) -> str:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare_doc(policies: list[str], profile: str | None, workers: int, readings: bool
-                ) -> dict[str, Any]:
-    """The ``memfail.compare/2`` document (``memfail compare --json``) for these presets."""
+def compare_doc(policies: list[str], profile: str | None, workers: int,
+                readings: list[str] | None) -> dict[str, Any]:
+    """The ``memfail.compare/2`` document (``memfail compare --json``) for these presets, with
+    ``readings_that_change_cells`` computed for the presets in ``readings`` (all: the same as
+    the command's; None: not computed)."""
     from memfail.model.outcomes import CLASS_DOCS, OUTCOME_DOCS
     from memfail.model.policy.base import SERIES
     from memfail.model.policy.registry import make_policy
@@ -106,7 +108,8 @@ def compare_doc(policies: list[str], profile: str | None, workers: int, readings
     scens = compare_scenarios()
     cells = run_compare(scens, pols, profile, workers)
     vs = verdicts(cells, policies)
-    sens = sensitivity(cells, pols, scens, profile, workers) if readings else {}
+    sens = sensitivity(cells, [p for p in pols if p.name in readings], scens, profile,
+                       workers) if readings is not None else None
     return {"schema": COMPARE_SCHEMA, "profile": profile, "policies": policies,
             "policy_knobs": {p.name: p.knobs() for p in pols},
             "unmerged": {p.name: p.unmerged() for p in pols},
@@ -114,7 +117,8 @@ def compare_doc(policies: list[str], profile: str | None, workers: int, readings
             "cells": [{"scenario": c.scenario, "policy": c.policy, "applies": c.applies,
                        "summary": c.summary(), "code": code(c.outcomes) if c.applies else "-",
                        "outcomes": c.outcomes} for c in cells],
-            "verdicts": vs, "readings_that_change_cells": sens if readings else None,
+            "verdicts": vs, "readings_that_change_cells": sens,
+            "readings_computed_for": readings,
             "outcome_docs": OUTCOME_DOCS, "class_docs": CLASS_DOCS, "series": SERIES}
 
 
@@ -483,6 +487,7 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
 
     started = time.monotonic()
     presets = list(PRESETS)
+    quick_pols = list(dict.fromkeys([s.baseline, "minimum"]))
     commands: list[str] = []
     data: dict[str, Any] = {"schema": DATA_SCHEMA, "quick": s.quick, "baseline": s.baseline}
     data["policies"] = {n: {"summary": p.summary, "call_items": list(p.call_items),
@@ -490,8 +495,9 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
                         for n, p in PRESETS.items()}
     data["knob_docs"], data["readings"], data["series"] = KNOB_DOCS, READINGS, SERIES
     with step("compare: every vm-* scenario x every policy"):
-        data["compare"] = compare_doc(presets, None, s.workers, readings=not s.quick)
-    commands.append("memfail compare --json" + (" --no-readings" if s.quick else ""))
+        data["compare"] = compare_doc(presets, None, s.workers, readings=quick_pols
+                                      if s.quick else presets)
+    commands.append("memfail compare --json")
     with step(f"check: standard configuration, depth {s.check_depth or 'of the config'}"):
         data["check"], data["counterexamples"] = check_doc(s.check_depth, s.cex_dir, 1)
     depth = data["check"]["bounds"]["max_depth"]
@@ -499,7 +505,7 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
     commands += [c["replay"] for c in data["counterexamples"]]
     data["fleet"] = fleet_docs(s, step)
     commands.append(data["fleet"]["command"])
-    kv_pols = presets if not s.quick else list(dict.fromkeys([s.baseline, "minimum"]))
+    kv_pols = presets if not s.quick else quick_pols
     with step("kernel versions: compare under every profile"):
         data["kernels"] = {"policies": kv_pols, "by_profile": kernel_versions(kv_pols,
                                                                               s.workers)}

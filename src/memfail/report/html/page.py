@@ -381,10 +381,9 @@ def section_readings(d: dict[str, Any]) -> str:
     sens = d["compare"].get("readings_that_change_cells")
     readings = d["readings"]
     items = "".join(f"<li><code>{e(k)}</code>: {e(v)}</li>" for k, v in readings.items())
+    done = d["compare"].get("readings_computed_for") or []
     if sens is None:
-        body = ("<p>Which readings change which verdict was not computed in this "
-                "<code>--quick</code> draft (the full report runs every preset under every "
-                "other reading).</p>")
+        body = "<p>Which readings change which verdict was not computed.</p>"
     else:
         rows = []
         for p, changes in sens.items():
@@ -395,6 +394,11 @@ def section_readings(d: dict[str, Any]) -> str:
                 f"{_cmd('memfail compare --json')}):</p>"
                 + (_table(["policy", "readings that change its cells"], rows)
                    if rows else "<p>None: no reading changes any cell.</p>"))
+        rest = [p for p in d["compare"]["policies"] if p not in done]
+        if rest:
+            body += (f"<p class=\"note\">Computed for {e(', '.join(done))} only in this "
+                     f"<code>--quick</code> draft; not for {e(', '.join(rest))} (the full "
+                     "report runs every preset under every other reading).</p>")
     return (f'<aside class="banner" id="readings"><h3>Readings every verdict depends on</h3>'
             f"<p>Where the call's words allow more than one reading, each preset takes one "
             f"(docs/policies.md):</p><ul>{items}</ul>{body}</aside>")
