@@ -125,6 +125,7 @@ def test_manifest_names_version_seed_and_input_hashes(report: dict[str, Any]) ->
     assert any(k.startswith("fleet/defaults.yaml") for k in m["inputs"])
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in m["inputs"].values())
     assert "search.json" in m["inputs"]
+    assert m["command"] == "memfail report --quick --out r.html --search-json search.json"
 
 
 def test_page_is_self_contained(report: dict[str, Any]) -> None:

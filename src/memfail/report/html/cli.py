@@ -103,8 +103,12 @@ def report(
     _writable_file(out)
     if search_json is not None:
         load_search(search_json)  # bad input is refused before any work
+    command = " ".join(["memfail report", "--quick" * quick, f"--out {out}",
+                        f"--baseline {baseline}" * (baseline != "mainline"),
+                        f"--search-json {search_json}" * (search_json is not None),
+                        f"--seed {seed}" * (seed != 0)]).replace("  ", " ").strip()
     s = Settings.make(out, quick, baseline=baseline, seed=seed, workers=workers,
-                      search_json=search_json)
+                      search_json=search_json, command=" ".join(command.split()))
     with _progress(True) as step:
         data = collect(s, step)  # type: ignore[arg-type]
     html = render(data)

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ class Settings:
     check_depth: int | None = None     # None: the standard configuration's depth
     conform: bool = True
     cex_dir: Path = field(default_factory=lambda: Path("report-cex"))
+    command: str = "memfail report"  # the command line that builds the page
 
     @classmethod
     def make(cls, out: Path, quick: bool, **kw: Any) -> Settings:
@@ -304,8 +304,9 @@ def matching_rate(target: float) -> float | None:
 
 
 def repo_file(rel: str) -> Path | None:
-    """A file of the source tree (tests/oracle, tests/conform): from the working directory or
-    from the tree this package is installed from."""
+    """A file of the source tree (tests/oracle, tests/replay): from the working directory or
+    from the tree this package is installed from. The page names it by ``rel``, as typed
+    from the top of the source tree."""
     here = Path(__file__).resolve()
     for base in (Path.cwd(), *here.parents):
         p = base / rel
@@ -337,7 +338,7 @@ def oracle_doc() -> dict[str, Any]:
         g = groups.setdefault(c["group"], {"cases": 0, "reproduced": 0})
         g["cases"] += 1
         g["reproduced"] += int(c["ok"])
-    return {"available": True, "root": _rel(root), "cases": cases, "groups": groups,
+    return {"available": True, "root": "tests/oracle", "cases": cases, "groups": groups,
             "reproduced": sum(int(c["ok"]) for c in cases), "total": len(cases)}
 
 
@@ -368,7 +369,7 @@ def conform_doc() -> dict[str, Any]:
     for c in doc.get("cases", []):
         counts[c.get("status", "?")] = counts.get(c.get("status", "?"), 0) + 1
     return {"ran": True, "doc": doc, "counts": counts,
-            "command": f"memfail conform {_rel(root)}/*.yaml --json"}
+            "command": "memfail conform tests/oracle/linux-6.1/*.yaml --json"}
 
 
 def replay_doc() -> dict[str, Any]:
@@ -388,10 +389,13 @@ def replay_doc() -> dict[str, Any]:
     counts: dict[str, int] = {}
     for r in doc.get("replay", []):
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"ran": True, "counts": counts, "command": f"memfail replay {_rel(root)} --json "
-            "--no-project", "incidents": [{k: r.get(k) for k in ("incident", "source",
-                                                                  "verdict", "reason")}
-                                          for r in doc.get("replay", [])]}
+    tree = str(root.parent.parent) + "/"
+    incidents = [{"incident": r.get("incident"),
+                  "source": str(r.get("source", "")).removeprefix(tree),
+                  "verdict": r.get("verdict"), "reason": r.get("reason")}
+                 for r in doc.get("replay", [])]
+    return {"ran": True, "counts": counts, "command": "memfail replay tests/replay --json "
+            "--no-project", "incidents": incidents}
 
 
 # ----------------------------------------------------------------------------- search
@@ -471,7 +475,7 @@ def manifest(s: Settings, commands: list[str], started: float) -> dict[str, Any]
     return {"memfail_version": _version(), "python": platform.python_version(),
             "platform": platform.platform(), "seed": s.seed, "quick": s.quick,
             "baseline": s.baseline, "commands": commands, "inputs": inputs,
-            "argv": ["memfail", *sys.argv[1:]] if sys.argv else [],
+            "command": s.command,
             "seconds": round(time.monotonic() - started, 1)}
 
 

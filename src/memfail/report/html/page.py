@@ -631,7 +631,7 @@ def section_manifest(d: dict[str, Any]) -> str:
             f"{e(m['platform'])}; seed {e(m['seed'])}; "
             f"{'--quick draft' if m['quick'] else 'full runs'}; baseline "
             f"<code>{e(m['baseline'])}</code>; built in {e(m['seconds'])} s by "
-            f"{_cmd(' '.join(m['argv']))}.</p><h3>Every command behind a number</h3>"
+            f"{_cmd(m['command'])}.</p><h3>Every command behind a number</h3>"
             f"<ol class=\"cmds\">{cmds}</ol>"
             + _table(["input", "sha256"], rows, "inputs", "Input files"))
 
