@@ -228,9 +228,10 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
                     ends[end] = {p: {o: r.rate(p, o).per_million_vm_hours.estimate
                                      for o in TORNADO_OUTCOMES} for p in sens_pols}
                 rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
-                             "low_assign": rg.low if len(rg.low) <= 2 else "every mode x0.25",
-                             "high_assign": rg.high if len(rg.high) <= 2 else "every mode x4",
-                             **ends})
+                             "low_assign": rg.low if len(rg.low) <= 2 else
+                             "every faults.modes.* split 0.5 permanent",
+                             "high_assign": rg.high if len(rg.high) <= 2 else
+                             "every faults.modes.* split 0.9 permanent", **ends})
     finally:
         save = getattr(orc, "save", None)
         if callable(save):

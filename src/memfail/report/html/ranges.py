@@ -24,16 +24,25 @@ class Range:
     why: str            # where the range comes from
 
 
-def _modes(scale: float) -> dict[str, Any]:
-    """Every fault mode's FIT scaled by ``scale`` (the vendor spread of §2.7)."""
+def _permanent(frac: float) -> dict[str, Any]:
+    """Every fault mode's FIT split so that ``frac`` of it is permanent (its total kept)."""
     from memfail.fleet.params import load_fleet
 
     modes = load_fleet(None).plain["faults"]["modes"]
     out: dict[str, Any] = {}
     for name, rates in modes.items():
-        for k, v in rates.items():
-            out[f"faults.modes.{name}.{k}"] = round(float(v) * scale, 6)
+        total = float(rates["transient_fit"]) + float(rates["permanent_fit"])
+        out[f"faults.modes.{name}.permanent_fit"] = round(total * frac, 6)
+        out[f"faults.modes.{name}.transient_fit"] = round(total * (1.0 - frac), 6)
     return out
+
+
+def _default_permanent() -> float:
+    from memfail.fleet.params import load_fleet
+
+    modes = load_fleet(None).plain["faults"]["modes"].values()
+    perm = sum(float(m["permanent_fit"]) for m in modes)
+    return perm / (perm + sum(float(m["transient_fit"]) for m in modes))
 
 
 RANGES: tuple[Range, ...] = (
@@ -66,12 +75,15 @@ RANGES: tuple[Range, ...] = (
 )
 
 
-def device_fit_range() -> Range:
-    """Every mode's FIT x0.25 and x4 (§2.7: 'Device fault rate ... x0.25-x4 (vendor spread
-    >4x)')."""
-    return Range("device fault rate (FIT x0.25 .. x4)", _modes(0.25), _modes(4.0), "x1",
-                 "§2.7: 'Device fault rate 66.1 FIT/chip ... range to sweep x0.25-x4'")
+def permanent_range() -> Range:
+    """The share of faults that are permanent, 0.5 to 0.9 in every mode (§2.7: 'Permanent
+    fraction 0.71, range to sweep 0.5-0.9'). The modes' FIT totals only set the mix of fault
+    modes (the rate is faults.ue_rate_per_host_year), so the mix moves, not their sum."""
+    return Range("permanent share of faults", _permanent(0.5), _permanent(0.9),
+                 f"{_default_permanent():.2f}",
+                 "§2.7: 'Permanent fraction 0.71 (Jaguar table; Feng Shui), range to sweep "
+                 "0.5-0.9'")
 
 
 def all_ranges() -> list[Range]:
-    return [*RANGES, device_fit_range()]
+    return [*RANGES, permanent_range()]
