@@ -225,6 +225,7 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
                     f = with_assignments(fleet, assign)
                     r = engine.run(f, orc, s.sens_host_years, s.seed, s.workers, None,
                                    sens_pols)
+                    _save(orc)  # the model runs so far survive an interrupted report
                     ends[end] = {p: {o: r.rate(p, o).per_million_vm_hours.estimate
                                      for o in TORNADO_OUTCOMES} for p in sens_pols}
                 rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
@@ -233,9 +234,7 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
                              "high_assign": rg.high if len(rg.high) <= 2 else
                              "every faults.modes.* split 0.9 permanent", **ends})
     finally:
-        save = getattr(orc, "save", None)
-        if callable(save):
-            save()
+        _save(orc)
     sens = {"host_years": centre.plan.host_years, "seed": s.seed, "policies": sens_pols,
             "outcomes": list(TORNADO_OUTCOMES), "unit": "per_million_vm_hours",
             "centre": {p: {o: centre.rate(p, o).per_million_vm_hours.estimate
@@ -244,6 +243,12 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     return {"run": run, "calibration": calibration(run), "sensitivity": sens,
             "command": f"memfail fleet --host-years {s.fleet_host_years} --seed {s.seed} "
                        "--json"}
+
+
+def _save(orc: Any) -> None:
+    save = getattr(orc, "save", None)
+    if callable(save):
+        save()
 
 
 def calibration(run: dict[str, Any]) -> dict[str, Any]:
