@@ -24,8 +24,8 @@ SEARCH_SCHEMA = "memfail.search/1"
 SEARCH_KEYS = ("schema", "config", "properties", "space", "minimal", "pareto", "presets",
                "answers")
 # The headline fleet outcomes the sensitivity view draws (memfail.fleet.classes OUTCOME_NAMES).
-TORNADO_OUTCOMES = ("host_panic", "repeated_consumption", "poison_reused", "vm_killed",
-                    "guest_gib_lost")
+TORNADO_OUTCOMES = ("host_panic", "host_stalled", "repeated_consumption", "poison_reused",
+                    "vm_killed", "guest_gib_lost")
 CITED_UE = 0.013
 CITED_SOURCE = ("Schroeder, Pinheiro & Weber 2009 (SIGMETRICS), via "
                 "reference/dram-field-data-and-simulation.md §2.1: 'Uncorrectable errors: about "
@@ -253,57 +253,30 @@ def _save(orc: Any) -> None:
 
 def calibration(run: dict[str, Any]) -> dict[str, Any]:
     """The fleet's own P(>= 1 uncorrectable error per host-year) against the field figure it
-    cites: the fleet document's ``calibration`` when it has one, else computed from its
-    ``p_any_fault`` (the share of sampled host-years with at least one fault)."""
+    cites: the fleet document's ``calibration`` (memfail.fleet.calibration) when it has one,
+    else computed here from its ``p_any_fault`` (the share of sampled host-years with at least
+    one fault) and the default fleet's frailty."""
     got = run.get("calibration")
     if isinstance(got, dict) and "p_host_ue_per_year" in got:
         return {**got, "from": "fleet"}
-    p = float(run["p_any_fault"])
-    lam = float(run["faults_per_host_year"]["estimate"])
-    need = matching_rate(CITED_UE)
-    fix = ("" if need is None else
-           f" With the default lognormal frailty, P(>= 1) = 1.3 % needs a mean of {need:.4f} "
-           f"faults per host-year ({need / lam:.2f}x the default), computed by quadrature "
-           "over the frailty.")
-    return {
-        "p_host_ue_per_year": p, "cited": CITED_UE, "cited_source": CITED_SOURCE,
-        "faults_per_host_year": lam, "from": "report",
-        "explanation": (
-            f"The fleet draws {lam:.4f} uncorrectable faults per host-year on average (the "
-            "cited 1.3 % taken as a mean rate, faults.ue_rate_per_host_year) and spreads them "
-            "over hosts with a heavy-tailed frailty (mean/median 55, Meza 2015). Faults then "
-            "crowd onto frail hosts, so fewer hosts see at least one: P(>= 1 per host-year) = "
-            f"{p:.2%}. The study's 1.3 % is a share of machines with at least one UE, so the "
-            "two agree only if the mean rate is raised until that share is 1.3 %; until then "
-            "per-host-year rates read about "
-            f"{CITED_UE / p if p else float('nan'):.2g}x low." + fix),
-        "matching_rate": need,
-    }
-
-
-def matching_rate(target: float) -> float | None:
-    """The mean fault rate per host-year at which the default fleet's share of hosts with at
-    least one fault, E[1 - exp(-rate x F)] over the lognormal frailty F (mean 1,
-    memfail.fleet.sampler), equals ``target``; None for another frailty."""
-    import math
-
-    import numpy as np
-    from scipy.optimize import brentq
-
+    from memfail.fleet.calibration import rate_for_incidence
     from memfail.fleet.params import load_fleet
 
+    p = float(run["p_any_fault"])
+    lam = float(run["faults_per_host_year"]["estimate"])
     fr = load_fleet(None).params.frailty
-    if fr.distribution != "lognormal" or fr.mean_over_median <= 1.0:
-        return None
-    sigma = math.sqrt(2.0 * math.log(fr.mean_over_median))
-    z, w = np.polynomial.hermite_e.hermegauss(200)
-    w = w / w.sum()
-    f = np.exp(-sigma * sigma / 2.0 + sigma * z)
-
-    def share(rate: float) -> float:
-        return float((w * (1.0 - np.exp(-rate * f))).sum())
-
-    return float(brentq(lambda r: share(r) - target, 1e-6, 100.0))
+    need = rate_for_incidence(CITED_UE, fr.distribution, fr.mean_over_median)
+    return {
+        "p_host_ue_per_year": p, "cited": CITED_UE, "cited_source": CITED_SOURCE,
+        "mean_rate_per_host_year": lam, "rate_matching_cited": need, "from": "report",
+        "explanation": (
+            f"The fleet draws {lam:.4f} uncorrectable faults per host-year on average and "
+            f"spreads them over hosts with a {fr.distribution} frailty (mean/median "
+            f"{fr.mean_over_median:g}): faults crowd onto frail hosts, so fewer hosts see at "
+            f"least one, P(>= 1 per host-year) = {p:.2%}. The study's 1.3 % is a share of "
+            "machines with at least one UE; under this frailty the mean rate that gives it is "
+            f"{need:.4f} per host-year."),
+    }
 
 
 # ----------------------------------------------------------------------------- fidelity

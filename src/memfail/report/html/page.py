@@ -459,7 +459,13 @@ def section_fleet(d: dict[str, Any]) -> str:
     out.append(f'<h3 id="calibration">Calibration</h3><p class="calib">The fleet\'s own '
                f"P(≥ 1 uncorrectable error per host-year) = <b>{p:.2%}</b> against the cited "
                f"<b>{cited:.1%}</b> ({e(cal.get('cited_source', ''))}): ratio "
-               f"{(p / cited if cited else float('nan')):.2f}.</p><p>{e(cal.get('explanation'))}"
+               f"{(p / cited if cited else float('nan')):.2f}"
+               + (f"; mean fault rate {float(cal['mean_rate_per_host_year']):.4g} per "
+                  f"host-year, the rate matching the cited figure "
+                  f"{float(cal['rate_matching_cited']):.4g}"
+                  if cal.get("rate_matching_cited") is not None and
+                  cal.get("mean_rate_per_host_year") is not None else "")
+               + f".</p><p>{e(cal.get('explanation'))}"
                f"</p><p class=\"note\">Source of this line: "
                f"{'the fleet document' if cal.get('from') == 'fleet' else 'computed by the report from the fleet document (p_any_fault)'}"
                ".</p>")

@@ -45,10 +45,29 @@ def _default_permanent() -> float:
     return perm / (perm + sum(float(m["transient_fit"]) for m in modes))
 
 
+def incidence_range() -> Range:
+    """The mean UE rate scaled as the machine incidence moves from 1.3 % to 0.5 % and 4 %
+    (§2.7: 'Machine UE incidence 1.3 %/machine-yr, range to sweep 0.5-4 %'), each end the
+    rate whose P(>= 1 per host-year) under the default frailty is that incidence."""
+    from memfail.fleet.calibration import rate_for_incidence
+    from memfail.fleet.params import load_fleet
+
+    p = load_fleet(None).params
+    fr = p.frailty
+
+    def rate(inc: float) -> float:
+        return round(rate_for_incidence(inc, fr.distribution, fr.mean_over_median), 6)
+
+    return Range("machine UE incidence 0.5-4 % (mean rate)",
+                 {"faults.ue_rate_per_host_year": rate(0.005)},
+                 {"faults.ue_rate_per_host_year": rate(0.04)},
+                 f"{p.faults.ue_rate_per_host_year:g}",
+                 "§2.7: 'Machine UE incidence 1.3 %/machine-yr, range to sweep 0.5-4 %'; "
+                 "each end is the mean rate giving that incidence under the default frailty "
+                 "(memfail.fleet.calibration)")
+
+
 RANGES: tuple[Range, ...] = (
-    Range("machine UE incidence (per host-year)",
-          {"faults.ue_rate_per_host_year": 0.005}, {"faults.ue_rate_per_host_year": 0.04},
-          "0.0131", "§2.7: 'Machine UE incidence 1.3 %/machine-yr, range to sweep 0.5-4 %'"),
     Range("patrol scrub period (hours)",
           {"scrub.period_hours": 3.0}, {"scrub.period_hours": 72.0},
           "24", "§2.6: FaultSim's reference configuration scrubs every 3 h; the 24 h default is "
@@ -86,4 +105,4 @@ def permanent_range() -> Range:
 
 
 def all_ranges() -> list[Range]:
-    return [*RANGES, permanent_range()]
+    return [incidence_range(), *RANGES, permanent_range()]
