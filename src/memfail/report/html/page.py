@@ -742,9 +742,12 @@ def _summary(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) -> str
     items = []
     for pol in d["compare"]["policies"]:
         vs = [rv[r["id"]][pol]["verdict"] for r in RISKS]
+        def n(word: str, k: int) -> str:
+            return f"{k} {word}{'' if k == 1 else 's'}"
+
         items.append(f"<li><a href=\"#{anchor('policy', pol)}\"><code>{e(pol)}</code></a>: "
-                     f"<span class=\"v-hazard\">{vs.count('hazard')} hazards</span>, "
-                     f"<span class=\"v-cost\">{vs.count('cost')} costs</span>, "
+                     f"<span class=\"v-hazard\">{n('hazard', vs.count('hazard'))}</span>, "
+                     f"<span class=\"v-cost\">{n('cost', vs.count('cost'))}</span>, "
                      f"<span class=\"v-accepted\">{vs.count('accepted')} accepted</span>, "
                      f"<span class=\"v-notfound\">{vs.count('not found')} not found</span> of "
                      f"the call's {len(RISKS)} risks and limitations "
