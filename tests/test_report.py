@@ -245,3 +245,18 @@ def test_tornado_puts_the_widest_swing_first() -> None:
     out = svg.tornado("minimum: vm killed", 1.0, [("small", 0.9, 1.1), ("big", 0.1, 5.0)],
                       "per M VM-h")
     assert out.index(">big<") < out.index(">small<")
+
+
+def test_fidelity_section_shows_conform_counts_and_cases() -> None:
+    d = {"oracle": {"available": False, "why": "tests/oracle is not in this installation"},
+         "replay": {"ran": False, "why": "tests/replay is not in this installation"},
+         "conform": {"ran": True, "counts": {"agree": 41, "not expressible": 3},
+                     "command": "memfail conform tests/oracle/linux-6.1/*.yaml --json",
+                     "doc": {"kernel": "debian-6.1", "profile": "linux-6.1",
+                             "seconds": {"total": 115.0},
+                             "cases": [{"case": "doc-14-madvise-ar", "status": "agree",
+                                        "compared": 9}]}}}
+    html = page.section_fidelity(d)
+    assert "41 agree, 3 not expressible" in html and "(115.0 s)" in html
+    assert "<th scope=\"row\">doc-14-madvise-ar</th><td>agree</td><td>9</td>" in html
+    assert "tests/oracle is not in this installation" in html

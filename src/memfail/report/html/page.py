@@ -584,7 +584,7 @@ def section_fidelity(d: dict[str, Any]) -> str:
                    f"<code>{e(doc.get('kernel'))}</code> under QEMU and compared it with the "
                    f"model's <code>{e(doc.get('profile'))}</code> predictions: {e(counts)}"
                    f" ({doc.get('seconds', {}).get('total', '?')} s).</p>")
-        rows = [[e(x.get("name")), e(x.get("status")), e(x.get("compared", "-"))]
+        rows = [[e(x.get("case")), e(x.get("status")), e(x.get("compared", "-"))]
                 for x in doc.get("cases", [])]
         out.append("<details><summary>Every case</summary>"
                    + _table(["case", "verdict", "checks"], rows) + "</details>")
