@@ -15,7 +15,7 @@ SUDO=""
 
 need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in qemu-system-x86 busybox-static cpio gcc libc6-dev spin rasdaemon chromium; do
+for p in qemu-system-x86 busybox-static cpio gcc libc6-dev spin rasdaemon chromium chromium-driver; do
     have_pkg "$p" || need="$need $p"
 done
 

@@ -42,6 +42,8 @@ COMMANDS: tuple[tuple[dict[str, str], str], ...] = (
      "fleet=memfail.fleet.cli:fleet_app"),
     ({"replay": "Real RAS logs in: what happened, and what each policy would have done."},
      "replay=memfail.replay.cli:replay"),
+    ({"report": "The call's questions answered in one HTML page, with the evidence."},
+     "memfail.report.html.cli"),
     ({"conform": "Run scenarios on a real kernel under QEMU and compare with the model.",
       "selftest": "Write a scenario as a kernel selftest (kselftest harness) in C."},
      "memfail.conform.cli"),

@@ -1,0 +1,755 @@
+"""The report page: one self-contained HTML file (inline CSS and SVG, no script, no external
+resource) rendered from the ``memfail.report-data/1`` dictionary ``collect`` builds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from html import escape
+from typing import Any
+
+from memfail.report.html import svg
+
+# The call's risks and limitations (the seed's own words), each with the comparison outcomes
+# (Host.outcomes keys) and check properties that are its evidence. ``scenarios``: a regular
+# expression over vm-* scenario names the risk is about (None: every scenario).
+RISKS: tuple[dict[str, Any], ...] = (
+    {"id": "risk-mapped", "title": "Risk: keeping failed memory mapped",
+     "words": "Subsequent accesses (in certain cases) may take down host; repeated consumption",
+     "keys": ("repeated_consumptions", "host_panic", "host_stalled"),
+     "props": ("contained", "host-survives"), "scenarios": None, "codes": "RPT"},
+    {"id": "risk-kernel-users", "title": "Risk: folios with failed memory not marked HWpoison",
+     "words": "There may be kernel users relying on HWpoison flag ... that may access failed "
+              "memory and take down host",
+     "keys": ("host_panic",), "props": ("no-host-panic",),
+     "scenarios": r"kernel|kworker|vhost|dump", "codes": "P"},
+    {"id": "risk-coco", "title": "Unmapping will break CoCo VMs",
+     "words": "we can't pair unmapping with #MCE virtualization (confidential guests)",
+     "keys": ("host_panic", "host_stalled", "repeated_consumptions", "vms_killed",
+              "vms_paused", "guests_panicked"),
+     "props": (), "scenarios": r"confidential|snp|tdx", "codes": "PTRKSG"},
+    {"id": "risk-current", "title": "Limitation: SIGBUS-ing current for consumed failure",
+     "words": "current may not always be the VM",
+     "keys": ("wrong_process_signals",), "props": ("sigbus-owner-only",), "scenarios": None,
+     "codes": "W"},
+    {"id": "risk-early", "title": "Limitation: No handling for PR_MCE_KILL_EARLY",
+     "words": "Even if PR_MCE_KILL_EARLY is set, the requesting thread will not be notified",
+     "keys": ("early_not_told",), "props": ("early-told",), "scenarios": None, "codes": "E"},
+    {"id": "risk-reuse", "title": "Indicate any memory failures to HugeTLB",
+     "words": "poison handed out again after the folio is freed",
+     "keys": ("poison_handed_out",), "props": ("no-poison-reuse",), "scenarios": None,
+     "codes": "H"},
+    {"id": "risk-records", "title": "Marking HWpoison complicates folio restructuring",
+     "words": "records lost on split / merge",
+     "keys": ("records_lost",), "props": ("no-record-lost",), "scenarios": None, "codes": "L"},
+)
+# A check property's finding as a comparison outcome, so its class (hazard, cost or accepted
+# by the policy's design: model/outcomes.py outcome_class) is the comparison's.
+PROP_KEY = {"contained": "repeated_consumptions", "no-host-panic": "host_panic",
+            "host-survives": "host_panic", "no-poison-reuse": "poison_handed_out",
+            "sigbus-owner-only": "wrong_process_signals", "early-told": "early_not_told",
+            "no-record-lost": "records_lost", "unaffected-vms-run": "vms_killed",
+            "hugetlb-counters": "records_lost"}
+
+SECTIONS = (("minimum", "What does minimum support look like?"),
+            ("risk", "Can we accept this risk?"),
+            ("compare", "Differences from the baseline"),
+            ("timelines", "Counterexample timelines and folio maps"),
+            ("fleet", "Fleet: rates, sensitivity, calibration"),
+            ("kernels", "Kernel versions × verdicts"),
+            ("fidelity", "Model fidelity"),
+            ("bounds", "The checker's bounds and coverage"),
+            ("manifest", "Reproduction manifest"))
+
+
+def e(s: object) -> str:
+    return escape(str(s), quote=True)
+
+
+def anchor(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(parts)).strip("-")
+
+
+def _num(x: float) -> str:
+    return svg._num(x)
+
+
+def _iv(iv: dict[str, Any]) -> str:
+    if iv.get("method") == "rule-of-three":
+        return f"0 (&lt; {_num(float(iv['high']))})"
+    return (f"{_num(float(iv['estimate']))} <span class=\"ci\">[{_num(float(iv['low']))}, "
+            f"{_num(float(iv['high']))}]</span>")
+
+
+def _table(head: list[str], rows: list[list[str]], cls: str = "", caption: str = "") -> str:
+    cap = f"<caption>{caption}</caption>" if caption else ""
+    th = "".join(f"<th scope=\"col\">{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" if i else f"<th scope=\"row\">{c}</th>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return (f'<div class="scroll"><table class="{cls}">{cap}<thead><tr>{th}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _cmd(text: str) -> str:
+    return f'<code class="cmd">{e(text)}</code>'
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_minimum(d: dict[str, Any]) -> str:
+    pols = d["policies"]
+    base = d["baseline"]
+    knobs = list(next(iter(pols.values()))["knobs"])
+    rows = []
+    for name, p in pols.items():
+        diff = [f"<code>{e(k)}={e(_v(p['knobs'][k]))}</code>" for k in knobs
+                if p["knobs"][k] != pols[base]["knobs"][k]] if name != base else ["(baseline)"]
+        rows.append([f'<span id="{anchor("policy", name)}">{e(name)}</span>',
+                     e(p["summary"]), e(", ".join(p["call_items"]) or "-"),
+                     " ".join(diff) or "same knobs", e(", ".join(p["unmerged"]) or "-")])
+    out = ["<p>The call's proposal (<code>minimum</code>), the alternatives argued on the call "
+           "and its future work, each a preset over the model's knobs "
+           "(<code>memfail policies</code>). Knobs are shown where they differ from the "
+           f"baseline <code>{e(base)}</code>.</p>",
+           _table(["policy", "what it does", "call items", f"knobs that differ from {e(base)}",
+                   "relies on unmerged"], rows, "wide")]
+    kn = [[f"<code>{e(k)}</code>" + (" *" if k in d["readings"] else ""), e(doc)]
+          for k, doc in d["knob_docs"].items()]
+    out.append("<details><summary>Every knob (* a reading of the call's words)</summary>"
+               + _table(["knob", "meaning"], kn) + "</details>")
+    out.append(section_search(d.get("search"), d.get("search_source")))
+    return "".join(out)
+
+
+def _v(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
+    """The minimal policies ``memfail search`` found (memfail.search/1), when given."""
+    h = '<h3 id="search">Minimal policies found by search</h3>'
+    if not doc:
+        return h + ("<p class=\"note\">No search results in this report: give "
+                    "<code>--search-json FILE</code> (the output of <code>memfail search "
+                    "--json</code>), or run the full report where <code>memfail search</code> "
+                    "exists.</p>")
+    if "error" in doc:
+        return h + f'<p class="note">{e(doc["error"])}</p>'
+    out = [h, f"<p>From {_cmd(source or 'memfail search --json')}; configuration "
+              f"<code>{e(doc.get('config'))}</code>; properties kept: "
+              f"{e(', '.join(map(str, _props(doc.get('properties')))))}.</p>"]
+    sp = doc.get("space") or {}
+    if sp:
+        out.append("<p>Search space: " + ", ".join(f"{e(k)} {e(v)}" for k, v in sp.items())
+                   + ".</p>")
+
+    def knobs(k: Any) -> str:
+        if isinstance(k, dict):
+            return " ".join(f"<code>{e(a)}={e(_v(b))}</code>" for a, b in k.items())
+        return e(k if k is not None else "-")
+
+    rows = [[knobs(m.get("knobs")), e(m.get("cost")), e(", ".join(map(str, m.get("keeps") or []))),
+             e(m.get("closest_preset")), knobs(m.get("diff"))] for m in doc.get("minimal", [])]
+    out.append(_table(["knobs", "cost", "keeps", "closest preset", "differs from it in"],
+                      rows, "wide search-minimal", "Minimal policies"))
+    rows = [[e(p.get("name")), "yes" if p.get("minimal") else "no", knobs(p.get("cheaper")),
+             e(p.get("loses") or "-"),
+             _cmd(p["counterexample"]) if p.get("counterexample") else "-"]
+            for p in doc.get("presets", [])]
+    out.append(_table(["preset", "minimal", "a cheaper policy that keeps as much",
+                       "property it loses", "counterexample"], rows, "search-presets",
+                      "The presets"))
+    rows = [[e(", ".join(map(str, _props(a.get("property_set"))))), knobs(a.get("policy")),
+             e(a.get("cost")), e(", ".join(map(str, a.get("breaks") or [])) or "-")]
+            for a in doc.get("answers", [])]
+    out.append(_table(["to keep", "the cheapest policy", "cost", "what it breaks"], rows,
+                      "search-answers", "Answers"))
+    par = doc.get("pareto") or []
+    if par:
+        rows = [[knobs(p.get("knobs")), e(p.get("cost")),
+                 e(", ".join(f"{k} {v}" for k, v in (p.get("fleet") or {}).items()))]
+                for p in par]
+        out.append(_table(["knobs", "cost", "fleet"], rows, "search-pareto",
+                          "Pareto front (cost against fleet outcomes)"))
+    return "".join(out)
+
+
+def _props(p: Any) -> list[Any]:
+    if isinstance(p, dict):
+        return list(p)
+    return list(p or [])
+
+
+def risk_verdicts(d: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """risk id -> policy -> {verdict, mechanism, links, depends}: from the comparison cells
+    and the check's verdicts (the evidence the page links to)."""
+    from memfail.model.outcomes import ACCEPTED, COST, outcome_class
+    from memfail.model.policy.registry import make_policy
+
+    cmp_ = d["compare"]
+    chk = {r["policy"]: r for r in d["check"]["results"]}
+    sens = cmp_.get("readings_that_change_cells") or {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for risk in RISKS:
+        pat = re.compile(risk["scenarios"]) if risk["scenarios"] else None
+        per: dict[str, dict[str, Any]] = {}
+        for pol in cmp_["policies"]:
+            polo = make_policy(pol)
+            hits, costs, accepted, links = [], [], [], []
+            n = 0
+            for c in cmp_["cells"]:
+                if c["policy"] != pol or not c["applies"]:
+                    continue
+                if pat is not None and not pat.search(c["scenario"]):
+                    continue
+                n += 1
+                o = c["outcomes"]
+                found = [k for k in risk["keys"] if o.get(k)]
+                if not found:
+                    continue
+                cls = o.get("classes", {})
+                if all(cls.get(k) == ACCEPTED for k in found):
+                    accepted.append(c)
+                elif all(cls.get(k) == COST for k in found):
+                    costs.append(c)
+                else:
+                    hits.append(c)
+            fails = []
+            r = chk.get(pol)
+            if r is not None:
+                for prop in risk["props"]:
+                    v = r["verdicts"].get(prop)
+                    if v and v["status"] == "FAIL":
+                        fails.append((prop, v, outcome_class(PROP_KEY.get(prop, ""), polo)))
+            haz_fail = [f for f in fails if f[2] not in (ACCEPTED, COST)]
+            cost_fail = [f for f in fails if f[2] == COST]
+            acc_fail = [f for f in fails if f[2] == ACCEPTED]
+            if hits or haz_fail:
+                verdict = "hazard"
+            elif costs or cost_fail:
+                verdict = "cost"
+            elif accepted or acc_fail:
+                verdict = "accepted"
+            else:
+                verdict = "not found"
+            mech = []
+            for c in (hits or costs or accepted)[:1]:
+                mech.append(f"{c['scenario']}: {c['summary']}")
+                links.append(("#" + anchor("cell", c["scenario"], pol), c["scenario"]))
+            for prop, v, _cls in (haz_fail or cost_fail or acc_fail)[:1]:
+                mech.append(f"check {prop}: {v['message']}")
+                links.append(("#" + anchor("cex", pol, prop), f"{prop} counterexample"))
+            depends = []
+            for reading, changed in (sens.get(pol) or {}).items():
+                for ch in changed:
+                    scen, _, codes = ch.partition(": ")
+                    if pat is not None and not pat.search(scen):
+                        continue
+                    old, _, new = codes.partition(" -> ")
+                    if any((c in old.upper()) != (c in new.upper()) for c in risk["codes"]):
+                        depends.append(reading)
+                        break
+            per[pol] = {"verdict": verdict, "hits": len(hits) + len(costs),
+                        "accepted": len(accepted),
+                        "scenarios": n, "fails": [f[0] for f in fails], "mechanism": mech,
+                        "links": links, "depends": depends}
+        out[risk["id"]] = per
+    return out
+
+
+def section_risk(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) -> str:
+    pols = d["compare"]["policies"]
+    depth = d["check"]["bounds"]["max_depth"]
+    out = ["<p>Per policy, each risk and limitation the call named: <b class=\"v-hazard\">"
+           "hazard</b> (the model shows it happening, and the policy does not accept it), "
+           "<b class=\"v-cost\">cost</b> (contained at the tenant's expense: a VM killed, "
+           "paused or its guest panicked), "
+           "<b class=\"v-accepted\">accepted</b> (it happens, as a limitation the policy "
+           "accepts by design), <b class=\"v-none\">not found</b> (in none of the comparison "
+           f"scenarios, nor by the checker to depth {e(depth)}). Each verdict names its "
+           "mechanism and links to its evidence: the comparison cell, the counterexample. "
+           "<i>Depends on</i> lists the readings of the call's words that flip it.</p>"]
+    rows = []
+    for risk in RISKS:
+        cells = [f'<span id="{risk["id"]}">{e(risk["title"])}</span>'
+                 f'<div class="words">“{e(risk["words"])}”</div>']
+        for pol in pols:
+            v = rv[risk["id"]][pol]
+            links = " ".join(f'<a href="{e(h)}">{e(t)}</a>' for h, t in v["links"])
+            mech = "".join(f"<div class=\"mech\">{e(m)}</div>" for m in v["mechanism"])
+            dep = (f'<div class="dep">depends on: {e(", ".join(v["depends"]))}</div>'
+                   if v["depends"] else "")
+            count = (f"{v['hits'] + v['accepted']}/{v['scenarios']} scenarios"
+                     + (f"; check: {', '.join(v['fails'])}" if v["fails"] else ""))
+            cells.append(f'<b class="v-{v["verdict"].replace(" ", "")}">{e(v["verdict"])}</b>'
+                         f'<div class="count">{e(count)}</div>{mech}'
+                         f'<div class="links">{links}</div>{dep}')
+        rows.append(cells)
+    out.append(_table(["risk (the call's words)", *[e(p) for p in pols]], rows,
+                      "risk wide", "Verdict per risk and policy"))
+    return "".join(out)
+
+
+def section_compare(d: dict[str, Any]) -> str:
+    cmp_ = d["compare"]
+    base = d["baseline"]
+    pols = [base] + [p for p in cmp_["policies"] if p != base]
+    by = {(c["scenario"], c["policy"]): c for c in cmp_["cells"]}
+    rows = []
+    for s in cmp_["scenarios"]:
+        b = by[(s, base)]
+        row = [e(s)]
+        for p in pols:
+            c = by[(s, p)]
+            same = p != base and c["code"] == b["code"]
+            txt = "=" if same else _codes(c)
+            cls = "same" if same else ("na" if not c["applies"] else "")
+            row.append(f'<span id="{anchor("cell", s, p)}" class="{cls}" '
+                       f'title="{e(c["summary"])}">{txt}</span>')
+        rows.append(row)
+    vs = cmp_["verdicts"]
+    out = [f"<p>Every built-in <code>vm-*</code> scenario under every policy "
+           f"({_cmd('memfail compare --json')}). The baseline column "
+           f"<code>{e(base)}</code> shows its codes; every other column shows only what "
+           "differs from it (<code>=</code> the same). <span class=\"c-hazard\">Upper case"
+           "</span>: a hazard or cost; <span class=\"c-accepted\">lower case</span>: a "
+           "limitation the policy accepts by design; <code>-</code>: the policy does not "
+           "apply. Codes: " + "; ".join(
+               f"<b>{c}</b> {e(w)}" for c, w in (("P", "host panic"), ("T", "host stalled"),
+                                                 ("K", "VM killed"), ("G", "guest panic"),
+                                                 ("S", "VM paused"), ("R", "re-consumed"),
+                                                 ("H", "poison handed out again"),
+                                                 ("W", "wrong-process SIGBUS"),
+                                                 ("L", "record lost"),
+                                                 ("E", "EARLY VMM not told"),
+                                                 ("V", "vMCE injected"))) +
+           "; a size: guest memory lost.</p>"]
+    banner = section_readings(d)
+    out.append(banner)
+    head = ["scenario", *(f"{e(p)}{' (baseline)' if p == base else ''}" for p in pols)]
+    out.append(_table(head, rows, "cmp wide", f"Comparison with {e(base)}"))
+    # hazards, costs and accepted limitations apart, with the change from the baseline
+    out.append("<h3 id=\"compare-classes\">Hazards apart from accepted limitations</h3>")
+    for cls, label in (("hazard", "Hazards (scenarios with each finding)"),
+                       ("cost", "Costs"), ("accepted", "Accepted limitations")):
+        keys = sorted({k for p in pols for k in vs[p]["by_class"][cls]})
+        if not keys:
+            continue
+        rows = []
+        for k in keys:
+            cells = [e(k)]
+            for p in pols:
+                n = vs[p]["by_class"][cls].get(k, 0)
+                bn = vs[base]["by_class"][cls].get(k, 0)
+                delta = "" if p == base or n == bn else f" ({n - bn:+d})"
+                cells.append(f'<span class="c-{cls}">{n}{delta}</span>')
+            rows.append(cells)
+        out.append(_table(["finding", *[e(p) for p in pols]], rows, f"classes {cls}",
+                          e(label) + f"; in brackets the change from {e(base)}"))
+    rows = [[e(p), str(vs[p]["scenarios"]), str(vs[p]["ok"]),
+             f"{vs[p]['ok'] - vs[base]['ok']:+d}" if p != base else "",
+             e(_gib(vs[p]["guest_bytes_lost"]))] for p in pols]
+    out.append(_table(["policy", "scenarios it applies to", "without hazard, kill or pause",
+                       f"vs {e(base)}", "guest memory lost"], rows, "verdicts",
+                      "Verdict lines (as memfail compare prints them)"))
+    return "".join(out)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 1 << 30 else f"{n / 2**20:.1f} MiB" if n >= 1 << 20 \
+        else f"{n // 1024} KiB"
+
+
+def _codes(c: dict[str, Any]) -> str:
+    code = c["code"]
+    if code in ("-", "ok"):
+        return e(code)
+    letters, _, size = code.partition(" ")
+    if re.fullmatch(r"\d+[KMG]", letters):  # only guest memory lost
+        letters, size = "", letters
+
+    def cls(ch: str) -> str:
+        return "c-info" if ch == "V" else "c-accepted" if ch.islower() else "c-hazard"
+
+    parts = "".join(f'<span class="{cls(ch)}">{e(ch)}</span>' for ch in letters)
+    return parts + (f' <span class="size">{e(size)}</span>' if size else "")
+
+
+def section_readings(d: dict[str, Any]) -> str:
+    sens = d["compare"].get("readings_that_change_cells")
+    readings = d["readings"]
+    items = "".join(f"<li><code>{e(k)}</code>: {e(v)}</li>" for k, v in readings.items())
+    done = d["compare"].get("readings_computed_for") or []
+    if sens is None:
+        body = "<p>Which readings change which verdict was not computed.</p>"
+    else:
+        rows = []
+        for p, changes in sens.items():
+            rows.append([e(p), "; ".join(f"<code>{e(k)}</code> ({len(v)} cells)"
+                                         for k, v in changes.items())])
+        body = ("<p>Readings that change a preset's cells (the preset run with the other "
+                "reading; <code>readings_that_change_cells</code> of "
+                f"{_cmd('memfail compare --json')}):</p>"
+                + (_table(["policy", "readings that change its cells"], rows)
+                   if rows else "<p>None: no reading changes any cell.</p>"))
+        rest = [p for p in d["compare"]["policies"] if p not in done]
+        if rest:
+            body += (f"<p class=\"note\">Computed for {e(', '.join(done))} only in this "
+                     f"<code>--quick</code> draft; not for {e(', '.join(rest))} (the full "
+                     "report runs every preset under every other reading).</p>")
+    return (f'<aside class="banner" id="readings"><h3>Readings every verdict depends on</h3>'
+            f"<p>Where the call's words allow more than one reading, each preset takes one "
+            f"(docs/policies.md):</p><ul>{items}</ul>{body}</aside>")
+
+
+def section_timelines(d: dict[str, Any]) -> str:
+    cexs = d["counterexamples"]
+    if not cexs:
+        return "<p>The checker found no counterexample within its bounds.</p>"
+    out = [f"<p>{len(cexs)} counterexamples from {_cmd(d['manifest']['commands'][1])}: each "
+           "drawn as swimlanes (one column per step, the failing step outlined), with the "
+           "command that replays it (it exits 0 when the violation reproduces) and the huge "
+           "folio it concerns as a grid of its base pages, before step 1 and after every "
+           "step.</p>", svg.folio_legend()]
+    toc = " · ".join(f'<a href="#{anchor("cex", c["policy"], c["property"])}">'
+                     f'{e(c["policy"])}: {e(c["property"])}</a>' for c in cexs)
+    out.append(f'<nav class="toc">{toc}</nav>')
+    for c in cexs:
+        aid = anchor("cex", c["policy"], c["property"])
+        out.append(f'<article class="cex" id="{aid}"><h3>{e(c["policy"])} violates '
+                   f'<code>{e(c["property"])}</code> in {e(c["depth"])} steps</h3>'
+                   f'<p class="fail">{e(c["message"])}</p>'
+                   f'<p class="words">Concern: {e(c["concern"])}</p>'
+                   f'<p>Replay: {_cmd(c["replay"])}<br>Find again: {_cmd(c["find"])}</p>'
+                   f'<div class="scroll">{svg.swimlane(c)}</div>')
+        if c["folio"]:
+            reg = c["region"]
+            out.append(f'<p class="note">Folio map: pfn {reg["head"]:#x}, {reg["pages"]} base '
+                       "pages (the checker's scaled huge page)</p>"
+                       f'<div class="scroll">{svg.folio_map(c)}</div>')
+        out.append("</article>")
+    return "".join(out)
+
+
+def section_fleet(d: dict[str, Any]) -> str:
+    f = d["fleet"]
+    run = f["run"]
+    unit = "per_million_vm_hours"
+    pols = run["policies"]
+    rates = {(r["policy"], r["outcome"]): r for r in run["rates"]}
+    rows = [[e(p), *(_iv(rates[(p, o)][unit]) for o in run["outcomes"])] for p in pols]
+    cal = f["calibration"]
+    out = [f"<p>{_cmd(f['command'])}: {run['host_years']:,} host-years sampled (each "
+           f"conditioned on at least one fault), seed {run['seed']}, {run['hosts']:,} hosts of "
+           f"{run['vms_per_host']:.1f} VMs; every outcome computed by the model for each of "
+           f"{run['failure_classes']} failure classes. Rates per million VM-hours with 95 % "
+           "intervals; 0 (&lt; x): never seen, x the rule-of-three upper bound.</p>",
+           _table(["policy", *(e(o.replace("_", " ")) for o in run["outcomes"])], rows,
+                  "fleet wide", "Rates per million VM-hours (95 % intervals)")]
+    figs = []
+    for o in run["outcomes"]:
+        figs.append(svg.interval_bars(o.replace("_", " "),
+                                      [(p, rates[(p, o)][unit]) for p in pols],
+                                      "per M VM-h", d["baseline"]))
+    out.append('<div class="figs">' + "".join(f"<figure>{x}</figure>" for x in figs)
+               + "</div>")
+    p, cited = float(cal["p_host_ue_per_year"]), float(cal["cited"])
+    out.append(f'<h3 id="calibration">Calibration</h3><p class="calib">The fleet\'s own '
+               f"P(≥ 1 uncorrectable error per host-year) = <b>{p:.2%}</b> against the cited "
+               f"<b>{cited:.1%}</b> ({e(cal.get('cited_source', ''))}): ratio "
+               f"{(p / cited if cited else float('nan')):.2f}"
+               + (f"; mean fault rate {float(cal['mean_rate_per_host_year']):.4g} per "
+                  f"host-year, the rate matching the cited figure "
+                  f"{float(cal['rate_matching_cited']):.4g}"
+                  if cal.get("rate_matching_cited") is not None and
+                  cal.get("mean_rate_per_host_year") is not None else "")
+               + f".</p><p>{e(cal.get('explanation'))}"
+               f"</p><p class=\"note\">Source of this line: "
+               f"{'the fleet document' if cal.get('from') == 'fleet' else 'computed by the report from the fleet document (p_any_fault)'}"
+               ".</p>")
+    out.append(section_sensitivity(f["sensitivity"]))
+    return "".join(out)
+
+
+def section_sensitivity(s: dict[str, Any]) -> str:
+    out = [f'<h3 id="sensitivity">Sensitivity to the assumed parameters</h3><p>Each assumed '
+           "parameter moved over its plausible range, the others at their defaults "
+           f"({s['host_years']:,} host-years per point, seed {s['seed']}, the same random "
+           "numbers at every point). A bar runs from the default's rate to the rate at the "
+           "low end (light) and at the high end (dark) of the range; widest first.</p>"]
+    rows = [[e(r["name"]), e(r["default"]), e(_assign(r["low_assign"])),
+             e(_assign(r["high_assign"])), e(r["why"])] for r in s["rows"]]
+    out.append(_table(["parameter", "default", "low end", "high end", "why this range"], rows,
+                      "ranges wide", "Plausible ranges (src/memfail/report/html/ranges.py)"))
+    figs = []
+    for pol in s["policies"]:
+        for o in s["outcomes"]:
+            centre = float(s["centre"][pol][o])
+            bars = [(r["name"], float(r["low"][pol][o]), float(r["high"][pol][o]))
+                    for r in s["rows"]]
+            if centre == 0 and all(a == 0 and b == 0 for _, a, b in bars):
+                continue
+            figs.append(svg.tornado(f"{pol}: {o.replace('_', ' ')}", centre, bars,
+                                    "per M VM-h"))
+    if not figs:
+        out.append("<p>No rate of these outcomes moved from zero anywhere in the ranges.</p>")
+    out.append('<div class="figs wide">' + "".join(f"<figure>{x}</figure>" for x in figs)
+               + "</div>")
+    return "".join(out)
+
+
+def _assign(a: Any) -> str:
+    if isinstance(a, dict):
+        return ", ".join(f"{k}={v}" for k, v in a.items())
+    return str(a)
+
+
+def section_kernels(d: dict[str, Any]) -> str:
+    k = d["kernels"]
+    pols = k["policies"]
+    profs = list(k["by_profile"])
+    rows = []
+    for p in pols:
+        row = [e(p)]
+        prev = None
+        for prof in profs:
+            got = k["by_profile"][prof]
+            if "error" in got:
+                row.append(f'<span class="note">{e(got["error"])}</span>')
+                continue
+            v = got["verdicts"][p]
+            haz = sum(v["by_class"]["hazard"].values())
+            txt = f"{v['ok']}/{v['scenarios']} ok; {haz} hazard findings"
+            changed = prev is not None and prev != txt
+            row.append(f'<span class="{"changed" if changed else ""}">{e(txt)}</span>')
+            prev = txt
+        rows.append(row)
+    out = ["<p>Each policy's comparison verdict under every kernel profile "
+           "(<code>memfail compare --profile P --json</code>); a changed cell is marked. "
+           "What changes between two kernels: <code>memfail profiles --diff A B</code>.</p>",
+           _table(["policy", *map(e, profs)], rows, "kernels wide",
+                  "Scenarios without hazard, kill or pause; hazard findings")]
+    # which cells change from one profile to the next
+    diffs = []
+    for a, b in itertools.pairwise(profs):
+        ca, cb = k["by_profile"][a].get("codes", {}), k["by_profile"][b].get("codes", {})
+        ch = [f"{key.replace('|', ' under ')}: {ca[key]} → {cb[key]}" for key in ca
+              if key in cb and ca[key] != cb[key]]
+        diffs.append(f"<li><b>{e(a)} → {e(b)}</b>: {len(ch)} cells change" +
+                     (": " + e("; ".join(ch[:8])) + (" …" if len(ch) > 8 else "") if ch else "")
+                     + "</li>")
+    out.append(f"<ul>{''.join(diffs)}</ul>")
+    sw = d["profiles"]["switches"]
+    rows = [[f"<code>{e(s['name'])}</code>", e(s["since"]), e(s["rules"]), e(s["effect"])]
+            for s in sw]
+    out.append("<details><summary>The behaviour switches (memfail profiles)</summary>"
+               + _table(["switch", "since", "rules", "effect"], rows) + "</details>")
+    return "".join(out)
+
+
+def section_fidelity(d: dict[str, Any]) -> str:
+    o = d["oracle"]
+    out = []
+    if o.get("available"):
+        rows = [[e(g), str(v["cases"]), str(v["reproduced"])] for g, v in o["groups"].items()]
+        out.append(f"<p>The model reproduces <b>{o['reproduced']} of {o['total']}</b> oracle "
+                   f"cases under <code>{e(o['root'])}</code>: public cases from mce-test, LTP, "
+                   "kselftests, guest_memfd selftests and documented behaviour, each pinned to "
+                   "its kernel profile, every expectation checked.</p>"
+                   + _table(["profile", "cases", "reproduced"], rows, "oracle"))
+        bad = [c for c in o["cases"] if not c["ok"]]
+        if bad:
+            out.append("<ul>" + "".join(f"<li>{e(c['case'])}: {e(c['why'])}</li>" for c in bad)
+                       + "</ul>")
+    else:
+        out.append(f'<p class="note">Oracle cases: {e(o.get("why"))}</p>')
+    rp = d.get("replay") or {}
+    if rp.get("ran"):
+        counts = ", ".join(f"{n} {v}" for v, n in rp["counts"].items())
+        rows = [[e(x["incident"]), e(x["source"]), e(x["verdict"]), e(x.get("reason") or "")]
+                for x in rp["incidents"]]
+        out.append(f"<p>Real RAS logs: {_cmd(rp['command'])} replays each failed page of the "
+                   f"shipped logs under the log's kernel: {e(counts)}.</p>"
+                   "<details><summary>Every incident</summary>"
+                   + _table(["incident", "log", "verdict", "why"], rows) + "</details>")
+    elif rp:
+        out.append(f'<p class="note">Real RAS logs (memfail replay): {e(rp.get("why"))}.</p>')
+    c = d["conform"]
+    if c.get("ran"):
+        doc = c["doc"]
+        counts = ", ".join(f"{n} {s}" for s, n in c["counts"].items())
+        out.append(f"<p>Against a real kernel: {_cmd(c['command'])} booted "
+                   f"<code>{e(doc.get('kernel'))}</code> under QEMU and compared it with the "
+                   f"model's <code>{e(doc.get('profile'))}</code> predictions: {e(counts)}"
+                   f" ({doc.get('seconds', {}).get('total', '?')} s).</p>")
+        rows = [[e(x.get("case")), e(x.get("status")), e(x.get("compared", "-"))]
+                for x in doc.get("cases", [])]
+        out.append("<details><summary>Every case</summary>"
+                   + _table(["case", "verdict", "checks"], rows) + "</details>")
+    else:
+        out.append(f'<p class="note">Real-kernel conformance (memfail conform): not run: '
+                   f"{e(c.get('why'))}.</p>")
+    return "".join(out)
+
+
+def section_bounds(d: dict[str, Any]) -> str:
+    chk = d["check"]
+    b = chk["bounds"]
+    rows = []
+    for r in chk["results"]:
+        st = {s: sum(1 for v in r["verdicts"].values() if v["status"] == s)
+              for s in ("pass", "FAIL", "PARTIAL")}
+        rows.append([e(r["policy"]), f"{r['states']:,}", f"{r['transitions']:,}",
+                     str(r["depth"]), "complete" if r["complete"] else
+                     f"stopped: {e(r['stop_reason'])}",
+                     f"{st['pass']} pass, {st['FAIL']} fail, {st['PARTIAL']} partial",
+                     f"{r['collision_probability']:.1e}",
+                     e(", ".join(r["coverage"]["events_never"]) or "none"),
+                     e(", ".join(r["coverage"]["hooks_never"]) or "none")])
+    props = sorted({p for r in chk["results"] for p in r["verdicts"]})
+    vrows = [[e(p), *(_status(r["verdicts"][p], r["policy"], p) for r in chk["results"])]
+             for p in props]
+    return (f"<p>Configuration <code>{e(chk['config'])}</code> (check/standard.yaml): depth "
+            f"bound {e(b['max_depth'])}, states {e(b['max_states'] or 'unbounded')}, seconds "
+            f"{e(b['max_seconds'] or 'unbounded')}; hardware errors per path "
+            f"{e(b.get('errors'))}. A PARTIAL verdict holds up to the bound only.</p>"
+            + _table(["property", *(e(r["policy"]) for r in chk["results"])], vrows,
+                     "checkv wide", "Verdict per property and policy")
+            + _table(["policy", "states", "transitions", "depth", "search", "verdicts",
+                      "fingerprint collision ≤", "events never fired",
+                      "policy hooks never fired"], rows, "bounds wide", "Coverage"))
+
+
+def _status(v: dict[str, Any], pol: str, prop: str) -> str:
+    s = v["status"]
+    if s == "FAIL":
+        return f'<a class="c-hazard" href="#{anchor("cex", pol, prop)}">FAIL</a>'
+    return f'<span class="{"ok" if s == "pass" else "partial"}">{e(s)}</span>'
+
+
+def section_manifest(d: dict[str, Any]) -> str:
+    m = d["manifest"]
+    cmds = "".join(f"<li>{_cmd(c)}</li>" for c in m["commands"])
+    rows = [[e(k), f"<code>{e(v)}</code>"] for k, v in m["inputs"].items()]
+    return (f"<p>memfail {e(m['memfail_version'])}, Python {e(m['python'])} on "
+            f"{e(m['platform'])}; seed {e(m['seed'])}; "
+            f"{'--quick draft' if m['quick'] else 'full runs'}; baseline "
+            f"<code>{e(m['baseline'])}</code>; built in {e(m['seconds'])} s by "
+            f"{_cmd(m['command'])}.</p><h3>Every command behind a number</h3>"
+            f"<ol class=\"cmds\">{cmds}</ol>"
+            + _table(["input", "sha256"], rows, "inputs", "Input files"))
+
+
+# ----------------------------------------------------------------------------- page
+
+CSS = """
+:root{--bg:#fff;--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--panel:#f6f8fa;--hazard:#b42318;
+--accepted:#9a6700;--ok:#1a7f37;--bar:#4c72b0;--base:#8250df;--link:#0b5cad;--cell:#eef1f4;
+--failed:#d1242f;--cost:#0550ae;--detected:#fb8f44;--hwp:#8250df;--table:#0969da;--low:#9ec5fe;--high:#1f4e99}
+@media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#9198a1;
+--line:#30363d;--panel:#161b22;--hazard:#ff7b72;--accepted:#e3b341;--ok:#3fb950;--bar:#6e9fff;
+--base:#bc8cff;--link:#6cb6ff;--cell:#21262d;--failed:#f85149;--cost:#79c0ff;--detected:#db6d28;--hwp:#a371f7;
+--table:#58a6ff;--low:#388bfd;--high:#a5d6ff}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:15px/1.5 system-ui,-apple-system,
+"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1240px;margin:0 auto;padding:16px 20px 60px}
+h1{font-size:1.6em;margin:.4em 0}h2{font-size:1.3em;border-bottom:1px solid var(--line);
+padding-bottom:.2em;margin-top:2em}h3{font-size:1.08em;margin-top:1.4em}
+a{color:var(--link)}code{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+background:var(--panel);padding:0 .25em;border-radius:3px;overflow-wrap:anywhere}
+nav.toc{font-size:.92em;line-height:1.9}nav.toc a{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%;margin:.6em 0}
+table{border-collapse:collapse;font-size:13px}caption{text-align:left;font-weight:600;
+padding:.3em 0;color:var(--muted)}th,td{border:1px solid var(--line);padding:3px 6px;
+vertical-align:top;text-align:left}thead th{background:var(--panel);position:sticky;top:0}
+table.wide{min-width:100%}
+.banner{border:1px solid var(--accepted);border-left:6px solid var(--accepted);
+background:var(--panel);padding:6px 14px;margin:1em 0}
+.v-hazard,.c-hazard{color:var(--hazard);font-weight:600}.v-accepted,.c-accepted{
+color:var(--accepted);font-weight:600}.v-notfound,.ok{color:var(--ok)}.partial{color:var(--muted)}
+.c-cost,.c-info{color:var(--fg)}.v-cost{color:var(--cost);font-weight:600}
+.words,.count,.dep,.note,.ci{color:var(--muted);font-size:.9em}.dep{font-style:italic}
+.mech{font-size:.88em}.links a{font-size:.88em;margin-right:.4em}
+.same{color:var(--muted)}.na{color:var(--muted)}.changed{font-weight:700;color:var(--accepted)}
+.fail{color:var(--hazard);font-weight:600}.cmd{display:inline-block}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:10px}
+.figs.wide{grid-template-columns:repeat(auto-fill,minmax(620px,1fr))}
+figure{margin:0;overflow-x:auto}svg.fig{max-width:100%;height:auto;font-family:inherit}
+svg.lanes,svg.folio{max-width:none}
+svg text{fill:var(--fg);font-size:11px}svg .t{font-weight:600;font-size:12px}
+svg .ax,svg .val{fill:var(--muted);font-size:10px}svg .bar{fill:var(--bar)}
+svg .bar.base{fill:var(--base)}svg .whisk,svg .axis{stroke:var(--fg);stroke-width:1.2}
+svg .never{fill:none;stroke:var(--muted);stroke-width:1.5}svg .tlow{fill:var(--low)}
+svg .thigh{fill:var(--high)}svg .col{fill:none;stroke:var(--line)}
+svg .colfail{fill:none;stroke:var(--hazard);stroke-width:2.5}svg .lane{stroke:var(--line)}
+svg .lanename{font-weight:600;fill:var(--muted)}svg .step{font-weight:700}
+svg .ev{font-size:10.5px}svg .ev.bad{fill:var(--hazard);font-weight:600}
+svg .cell{fill:var(--cell);stroke:var(--muted);stroke-width:1}
+svg .cell.split{stroke-dasharray:3 2}svg .cell.detected{fill:var(--detected)}
+svg .cell.failed{fill:var(--failed)}svg .cell.hwp{stroke:var(--hwp);stroke-width:4}
+svg .cell.table{fill-opacity:1}svg .tmark{fill:var(--table)}
+svg .dmark{fill:var(--detected);stroke:var(--bg)}svg .huge{fill:none;stroke:var(--fg);stroke-width:1.5}svg .mark{font-weight:700;font-size:11px}
+article.cex{border-top:1px dashed var(--line);padding-top:.4em}
+header .meta{color:var(--muted);font-size:.92em}
+@media (max-width:700px){main{padding:10px}body{font-size:14px}
+.figs,.figs.wide{grid-template-columns:1fr}table{font-size:12px}}
+@media print{body{background:#fff;color:#000;font-size:10pt}main{max-width:none;padding:0}
+.scroll{overflow:visible}a{color:#000}h2{break-before:page}article.cex,figure,table{
+break-inside:avoid}details{display:block}details>*{display:block}
+thead th{position:static}}
+"""
+
+
+def render(d: dict[str, Any]) -> str:
+    """The whole page."""
+    rv = risk_verdicts(d)
+    body = {"minimum": section_minimum(d), "risk": section_risk(d, rv),
+            "compare": section_compare(d), "timelines": section_timelines(d),
+            "fleet": section_fleet(d), "kernels": section_kernels(d),
+            "fidelity": section_fidelity(d), "bounds": section_bounds(d),
+            "manifest": section_manifest(d)}
+    titles = dict(SECTIONS)
+    titles["compare"] = f"Differences from the baseline ({d['baseline']})"
+    toc = "".join(f'<li><a href="#{k}">{e(titles[k])}</a></li>' for k, _ in SECTIONS)
+    m = d["manifest"]
+    summary = _summary(d, rv)
+    secs = "".join(f'<section id="{k}"><h2>{e(titles[k])}</h2>{body[k]}</section>'
+                   for k, _ in SECTIONS)
+    data = json.dumps({k: v for k, v in d.items() if k != "counterexamples"},
+                      separators=(",", ":"), default=str).replace("</", "<\\/")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<meta name=\"color-scheme\" content=\"light dark\">"
+            f"<title>memfail report: minimum memory-failure support for guest_memfd/HugeTLB"
+            f"</title><style>{CSS}</style></head><body><main>"
+            "<header><h1>Minimum Support for Memory Failure Handling to land "
+            "guest_memfd/HugeTLB</h1>"
+            f"<p class=\"meta\">memfail {e(m['memfail_version'])} report for the 2025-07-24 "
+            f"guest_memfd call; {'a --quick draft' if d['quick'] else 'full runs'}; seed "
+            f"{e(m['seed'])}; baseline <code>{e(d['baseline'])}</code>. Every number comes "
+            "from a memfail command listed in the <a href=\"#manifest\">reproduction "
+            f"manifest</a>.</p>{summary}<nav class=\"toc\" aria-label=\"sections\"><ol>{toc}"
+            f"</ol></nav></header>{secs}"
+            f"<script type=\"application/json\" id=\"memfail-data\">{data}</script>"
+            "</main></body></html>\n")
+
+
+def _summary(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One line per policy: how many of the call's risks are hazards / accepted."""
+    items = []
+    for pol in d["compare"]["policies"]:
+        vs = [rv[r["id"]][pol]["verdict"] for r in RISKS]
+        def n(word: str, k: int) -> str:
+            return f"{k} {word}{'' if k == 1 else 's'}"
+
+        items.append(f"<li><a href=\"#{anchor('policy', pol)}\"><code>{e(pol)}</code></a>: "
+                     f"<span class=\"v-hazard\">{n('hazard', vs.count('hazard'))}</span>, "
+                     f"<span class=\"v-cost\">{n('cost', vs.count('cost'))}</span>, "
+                     f"<span class=\"v-accepted\">{vs.count('accepted')} accepted</span>, "
+                     f"<span class=\"v-notfound\">{vs.count('not found')} not found</span> of "
+                     f"the call's {len(RISKS)} risks and limitations "
+                     "(<a href=\"#risk\">evidence</a>)</li>")
+    return f"<ul class=\"summary\">{''.join(items)}</ul>"

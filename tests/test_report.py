@@ -1,0 +1,262 @@
+"""memfail report without the long runs: its bad-input contract, the search section from a
+hand-made memfail.search/1 document, the calibration line, the risk verdicts and the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memfail.cli import main
+from memfail.report.html import page, svg
+from memfail.report.html.collect import CITED_UE, calibration, load_search
+from memfail.report.html.ranges import all_ranges
+
+SEARCH = {
+    "schema": "memfail.search/1",
+    "config": "standard",
+    "properties": ["no-host-panic", "contained"],
+    "space": {"combinations": 1536, "excluded": 512, "groups": 40, "checked": 31,
+              "inferred": 9, "verified_sample": 3, "verified_agree": 3},
+    "minimal": [{"knobs": {"base": "minimum", "unmap_stage2": "subpage",
+                           "fault_check": True}, "cost": 3,
+                 "keeps": ["no-host-panic", "contained"], "closest_preset": "minimum",
+                 "diff": {"unmap_stage2": "subpage", "fault_check": True}}],
+    "pareto": [{"knobs": {"base": "unmap"}, "cost": 5,
+                "fleet": {"vm_killed": 0.12, "host_panic": 0.0}}],
+    "presets": [{"name": "minimum", "minimal": False, "cheaper": None, "loses": "contained",
+                 "counterexample": "memfail run cex/minimum--contained.yaml"},
+                {"name": "unmap", "minimal": True, "cheaper": None, "loses": None,
+                 "counterexample": None}],
+    "answers": [{"property_set": ["no-host-panic"], "policy": {"base": "minimum",
+                                                                "fault_check": True},
+                 "cost": 1, "breaks": ["contained"]}],
+}
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--baseline", "minimun"], "--baseline: unknown policy 'minimun' (did you mean 'minimum'?)"),
+    (["--seed", "-1"], "--seed: must be 0 or more"),
+    (["--out", "."], "--out: . is a directory"),
+    (["--out", "no/such/dir/r.html"], "--out: no/such/dir: no such directory"),
+])
+def test_bad_option_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                           needle: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "report", "--quick", *args)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("memfail: error: ")
+    assert needle in err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_search_json_of_another_schema_is_refused_before_any_work(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({**SEARCH, "schema": "memfail.check/1"}))
+    rc, _, err = run(capsys, "report", "--quick", "--out", str(tmp_path / "r.html"),
+                     "--search-json", str(f))
+    assert rc == 2
+    assert err == (f"memfail: error: {f}:1: schema: expected 'memfail.search/1', got "
+                   "'memfail.check/1'\n")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_search_json_that_is_not_json_names_the_line(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    f = tmp_path / "s.json"
+    f.write_text('{\n  "schema": "memfail.search/1",\n  oops\n}\n')
+    rc, _, err = run(capsys, "report", "--quick", "--search-json", str(f))
+    assert rc == 2
+    assert err.startswith(f"memfail: error: {f}:3: --search-json: not JSON")
+
+
+def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "report", "--help")
+    assert rc == 0
+    assert "memfail report --quick --out draft.html" in out
+    assert "--search-json" in out and "--baseline" in out
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def test_search_section_renders_every_part_of_the_document(tmp_path: Path) -> None:
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(SEARCH))
+    html = page.section_search(load_search(f), str(f))
+    assert 'id="search"' in html
+    for cls in ("search-minimal", "search-presets", "search-answers", "search-pareto"):
+        assert f'{cls}"' in html  # the table's class
+    assert "<code>unmap_stage2=subpage</code>" in html and "<code>fault_check=true</code>" in html
+    assert "memfail run cex/minimum--contained.yaml" in html
+    assert "combinations 1536" in html and "verified_agree 3" in html
+    assert "vm_killed 0.12" in html
+
+
+def test_without_search_the_section_says_how_to_get_one() -> None:
+    html = page.section_search(None, None)
+    assert "--search-json FILE" in html and "memfail search" in html
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _run_doc(**extra: Any) -> dict[str, Any]:
+    return {"p_any_fault": 0.0078, "faults_per_host_year": {"estimate": 0.0131}, **extra}
+
+
+def test_calibration_is_computed_from_the_fleet_when_it_has_none() -> None:
+    c = calibration(_run_doc())
+    assert c["p_host_ue_per_year"] == 0.0078 and c["cited"] == CITED_UE == 0.013
+    assert c["from"] == "report"
+    assert "1.3 %" in c["cited_source"] and "0.78%" in c["explanation"]
+    # the mean rate at which the default fleet's share of hosts with a fault is 1.3 %
+    from memfail.fleet.calibration import p_any_ue
+    from memfail.fleet.params import load_fleet
+
+    fr = load_fleet(None).params.frailty
+    assert abs(p_any_ue(c["rate_matching_cited"], fr.distribution, fr.mean_over_median)
+               - 0.013) < 1e-6
+    assert f"{c['rate_matching_cited']:.4f} per host-year" in c["explanation"]
+
+
+def test_calibration_of_the_fleet_document_wins() -> None:
+    own = {"p_host_ue_per_year": 0.0129, "cited": 0.013, "cited_source": "Schroeder 2009",
+           "explanation": "rate solved for P(>=1)"}
+    c = calibration(_run_doc(calibration=own))
+    assert c["p_host_ue_per_year"] == 0.0129 and c["from"] == "fleet"
+    assert c["explanation"] == "rate solved for P(>=1)"
+
+
+def test_every_sensitivity_range_is_a_valid_fleet() -> None:
+    from memfail.fleet.params import load_fleet, with_assignments
+
+    base = load_fleet(None)
+    for r in all_ranges():
+        for end in (r.low, r.high):
+            with_assignments(base, end)  # raises FleetInputError if not a valid fleet
+        assert r.why and r.default
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def _cell(scen: str, pol: str, **outcomes: Any) -> dict[str, Any]:
+    return {"scenario": scen, "policy": pol, "applies": True, "summary": "x", "code": "x",
+            "outcomes": outcomes}
+
+
+def _data(cells: list[dict[str, Any]], verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    pols = sorted({c["policy"] for c in cells})
+    return {"compare": {"policies": pols, "cells": cells,
+                        "readings_that_change_cells": {
+                            "minimum": {"sigbus_addr=none": ["vm-a: R -> K"]}}},
+            "check": {"results": [{"policy": p, "verdicts": verdicts.get(p, {})}
+                                  for p in pols]}}
+
+
+def test_risk_verdicts_keep_hazards_costs_and_accepted_limitations_apart() -> None:
+    cells = [
+        _cell("vm-a", "minimum", repeated_consumptions=2,
+              classes={"repeated_consumptions": "hazard"}),
+        _cell("vm-a", "kill-vm", vms_killed=1, classes={"vms_killed": "cost"}),
+        _cell("vm-a", "mainline"),
+        _cell("vm-b", "minimum", early_not_told=1, classes={"early_not_told": "accepted"}),
+        _cell("vm-b", "kill-vm"), _cell("vm-b", "mainline"),
+    ]
+    fail = {"status": "FAIL", "message": "poison consumed again"}
+    rv = page.risk_verdicts(_data(cells, {"mainline": {"contained": fail}}))
+    mapped = rv["risk-mapped"]
+    assert mapped["minimum"]["verdict"] == "hazard"
+    assert mapped["minimum"]["links"][0] == ("#cell-vm-a-minimum", "vm-a")
+    assert mapped["minimum"]["depends"] == ["sigbus_addr=none"]  # R disappears under it
+    assert mapped["mainline"]["verdict"] == "hazard"  # the checker's counterexample
+    assert mapped["mainline"]["links"] == [("#cex-mainline-contained",
+                                            "contained counterexample")]
+    assert mapped["kill-vm"]["verdict"] == "not found"
+    assert rv["risk-coco"]["kill-vm"]["verdict"] == "not found"  # vm-a is not confidential
+    assert rv["risk-early"]["minimum"]["verdict"] == "accepted"  # honor_early: false (C6)
+    assert rv["risk-early"]["mainline"]["verdict"] == "not found"
+
+
+def test_a_check_failure_the_policy_accepts_is_an_accepted_limitation() -> None:
+    cells = [_cell("vm-a", "minimum"), _cell("vm-a", "future")]
+    fail = {"status": "FAIL", "message": "EARLY thread not told"}
+    rv = page.risk_verdicts(_data(cells, {"minimum": {"early-told": fail},
+                                          "future": {"early-told": fail}}))
+    assert rv["risk-early"]["minimum"]["verdict"] == "accepted"   # C6 by design
+    assert rv["risk-early"]["future"]["verdict"] == "hazard"      # future honours EARLY
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _page(pfn: int, **kw: Any) -> dict[str, Any]:
+    p = {"pfn": pfn, "failed": False, "detected": False, "hwpoison": False,
+         "folio_hwpoison": False, "table": False, "where": "folio", "order": 2, "stage2": [],
+         "host": [], "hwpoison_entry": []}
+    p.update(kw)
+    return p
+
+
+def test_folio_map_draws_every_page_of_every_state() -> None:
+    before = [_page(0x100000 + i, stage2=["vm0"]) for i in range(4)]
+    after = [_page(0x100000, failed=True, detected=True, table=True, stage2=["vm0"]),
+             *[_page(0x100001 + i, where="page", order=0) for i in range(3)]]
+    cex = {"policy": "minimum", "property": "contained", "folio": [before, after],
+           "steps": [{"label": "hw_error(vm=vm0, page=0)", "lanes": {}}]}
+    out = svg.folio_map(cex)
+    assert out.count('class="cell') == 8
+    assert out.count("cell failed table") == 1
+    assert out.count('class="dmark"') == 1  # reported to memory_failure()
+    assert out.count(" split") == 3        # split (4 KiB) pages after the step
+    assert out.count('class="huge"') == 1  # the first state is one huge folio
+    assert "after step 1: hw_error(vm=vm0, page=0)" in out
+
+
+def test_swimlane_has_every_lane_and_marks_the_failing_step() -> None:
+    cex = {"policy": "unmap", "property": "no-host-panic",
+           "steps": [{"label": "hw_error(vm=vm0)", "lanes": {}},
+                     {"label": "kernel_access(user=kcore)",
+                      "lanes": {"cpu": ["panic reason=Fatal machine check"]}}]}
+    out = svg.swimlane(cex)
+    for lane in ("CPU / machine check", "memory_failure", "KVM stage 2", "host page tables",
+                 "VMM threads", "guest"):
+        assert lane in out
+    assert out.count('class="colfail"') == 1
+    assert "step 2 — no-host-panic fails" in out
+    assert 'class="ev bad"' in out
+
+
+def test_tornado_puts_the_widest_swing_first() -> None:
+    out = svg.tornado("minimum: vm killed", 1.0, [("small", 0.9, 1.1), ("big", 0.1, 5.0)],
+                      "per M VM-h")
+    assert out.index(">big<") < out.index(">small<")
+
+
+def test_fidelity_section_shows_conform_counts_and_cases() -> None:
+    d = {"oracle": {"available": False, "why": "tests/oracle is not in this installation"},
+         "replay": {"ran": False, "why": "tests/replay is not in this installation"},
+         "conform": {"ran": True, "counts": {"agree": 41, "not expressible": 3},
+                     "command": "memfail conform tests/oracle/linux-6.1/*.yaml --json",
+                     "doc": {"kernel": "debian-6.1", "profile": "linux-6.1",
+                             "seconds": {"total": 115.0},
+                             "cases": [{"case": "doc-14-madvise-ar", "status": "agree",
+                                        "compared": 9}]}}}
+    html = page.section_fidelity(d)
+    assert "41 agree, 3 not expressible" in html and "(115.0 s)" in html
+    assert "<th scope=\"row\">doc-14-madvise-ar</th><td>agree</td><td>9</td>" in html
+    assert "tests/oracle is not in this installation" in html

@@ -1,0 +1,253 @@
+"""memfail report as a reader opens it: the --quick page built once by the real command, its
+numbers against the commands they come from, every counterexample replayed, and the page in
+headless Chromium (Debian's chromium and chromium-driver, scripts/setup-system.sh) with the
+network cut: every section, table and figure visible, no console error, no external request,
+screenshots at 1280 px and 400 px in light and dark, and printed to PDF.
+
+MEMFAIL_REPORT_SHOTS=DIR also writes one screenshot per section there (docs/report/*.png).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memfail.cli import main
+from memfail.report.html.page import SECTIONS
+
+pytestmark = pytest.mark.xdist_group("report")  # one page for the module (pyproject: loadgroup)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SEARCH = Path(__file__).with_name("test_report.py")  # the hand-made search document lives there
+
+
+def _search_doc() -> dict[str, Any]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_report_unit", SEARCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc: dict[str, Any] = mod.SEARCH
+    return doc
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``memfail report --quick`` run once, as a user runs it, in a fresh directory."""
+    where = tmp_path_factory.mktemp("report")
+    search = where / "search.json"
+    search.write_text(json.dumps(_search_doc()))
+    old = Path.cwd()
+    os.chdir(where)
+    try:
+        rc = main(["report", "--quick", "--out", "r.html", "--search-json", "search.json"])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    html = (where / "r.html").read_text("utf-8")
+    m = re.search(r'<script type="application/json" id="memfail-data">(.*?)</script>', html,
+                  flags=re.S)
+    assert m is not None
+    data = json.loads(m.group(1).replace("<\\/", "</"))
+    return {"dir": where, "path": where / "r.html", "html": html, "data": data}
+
+
+def _json(args: list[str]) -> Any:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(args)
+    assert rc in (0, 1), args
+    return json.loads(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def test_comparison_equals_memfail_compare(report: dict[str, Any]) -> None:
+    got = report["data"]["compare"]
+    want = _json(["compare", "--json", "--no-readings"])
+    assert got["verdicts"] == want["verdicts"]
+    assert {(c["scenario"], c["policy"]): c["code"] for c in got["cells"]} == \
+        {(c["scenario"], c["policy"]): c["code"] for c in want["cells"]}
+
+
+def test_check_equals_memfail_check(report: dict[str, Any]) -> None:
+    got = report["data"]["check"]
+    depth = got["bounds"]["max_depth"]
+    want = _json(["check", "--max-depth", str(depth), "--json"])
+    assert [(r["policy"], r["states"], r["transitions"]) for r in got["results"]] == \
+        [(r["policy"], r["states"], r["transitions"]) for r in want["results"]]
+    for g, w in zip(got["results"], want["results"], strict=True):
+        assert {k: v["status"] for k, v in g["verdicts"].items()} == \
+            {k: v["status"] for k, v in w["verdicts"].items()}
+
+
+def test_fleet_equals_memfail_fleet(report: dict[str, Any]) -> None:
+    f = report["data"]["fleet"]
+    cmd = f["command"].split()
+    assert cmd[:2] == ["memfail", "fleet"]
+    want = _json(cmd[1:])
+    assert f["run"]["rates"] == want["rates"]
+    assert f["run"]["p_any_fault"] == want["p_any_fault"]
+    assert f["calibration"]["p_host_ue_per_year"] == want["p_any_fault"]
+    assert f"{want['p_any_fault']:.2%}" in report["html"]
+
+
+def test_every_counterexample_replays(report: dict[str, Any]) -> None:
+    cexs = report["data"]["manifest"]["commands"]
+    replays = [c for c in cexs if c.startswith("memfail run ")]
+    assert replays, "the quick check finds counterexamples under the call's proposal"
+    old = Path.cwd()
+    os.chdir(report["dir"])
+    try:
+        for cmd in replays:
+            assert main([*cmd.split()[1:], "-q"]) == 0, cmd  # the violation reproduces
+            assert f"<code class=\"cmd\">{cmd}</code>" in report["html"]
+    finally:
+        os.chdir(old)
+
+
+def test_manifest_names_version_seed_and_input_hashes(report: dict[str, Any]) -> None:
+    m = report["data"]["manifest"]
+    assert m["seed"] == 0 and m["quick"] is True and m["memfail_version"]
+    assert any(k.startswith("fleet/defaults.yaml") for k in m["inputs"])
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in m["inputs"].values())
+    assert "search.json" in m["inputs"]
+    assert m["command"] == "memfail report --quick --out r.html --search-json search.json"
+
+
+def test_page_is_self_contained(report: dict[str, Any]) -> None:
+    html = report["html"]
+    assert not re.search(r"<(link|img|iframe|object|embed)\b", html)
+    assert not re.search(r"<script\b(?![^>]*type=\"application/json\")", html)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
+    assert "@import" not in html and "url(" not in html
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert Path(CHROMIUM).exists(), "chromium missing: run `make system`"
+    assert Path(DRIVER).exists(), "chromedriver missing: run `make system` (chromium-driver)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--hide-scrollbars", "--window-size=1280,900"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        drv.execute_cdp_cmd("Network.enable", {})
+        drv.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+        yield drv
+    finally:
+        drv.quit()
+
+
+def _open(drv: Any, path: Path, width: int, dark: bool) -> None:
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 600})
+    drv.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+    drv.get(path.as_uri())
+
+
+def _visible(drv: Any, css: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return [el for el in drv.find_elements(By.CSS_SELECTOR, css)]
+
+
+@pytest.mark.parametrize("width, dark", [(1280, False), (1280, True), (400, False),
+                                         (400, True)])
+def test_page_in_chromium(report: dict[str, Any], browser: Any, tmp_path: Path, width: int,
+                          dark: bool) -> None:
+    from selenium.webdriver.common.by import By
+
+    _open(browser, report["path"], width, dark)
+    for sid, title in SECTIONS:
+        sec = browser.find_element(By.ID, sid)
+        assert sec.is_displayed(), sid
+        h2 = sec.find_element(By.TAG_NAME, "h2")
+        assert h2.is_displayed() and h2.text.startswith(title.split(" (")[0][:20])
+        assert sec.size["height"] > 40 and sec.size["width"] > 0
+    tables = _visible(browser, "section table")
+    assert len(tables) >= 12
+    hidden = [t for t in tables if not t.is_displayed()
+              and not browser.execute_script("return !!arguments[0].closest('details')", t)]
+    assert not hidden
+    figs = _visible(browser, "svg.fig")
+    assert figs and all(f.is_displayed() and f.size["width"] > 0 for f in figs)
+    for cls in ("lanes", "folio", "legend"):
+        assert _visible(browser, f"svg.{cls}"), cls
+    # every verdict links to evidence that exists in the page
+    for a in _visible(browser, "table.risk a"):
+        target = a.get_attribute("href").split("#", 1)[1]
+        assert browser.find_elements(By.ID, target), target
+    # the page fits: no horizontal scroll of the body, only of its scroll boxes
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    bg = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert (bg == "rgb(13, 17, 23)") == dark
+    # no console error, no request leaving the file
+    errors = [x for x in browser.get_log("browser") if x["level"] == "SEVERE"]
+    assert not errors, errors
+    urls = [json.loads(x["message"])["message"].get("params", {}).get("request", {}).get("url")
+            for x in browser.get_log("performance")]
+    assert not [u for u in urls if u and not u.startswith(("file:", "data:", "about:"))]
+    shot = tmp_path / f"report-{width}-{'dark' if dark else 'light'}.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    out = os.environ.get("MEMFAIL_REPORT_SHOTS")
+    if out and width == 1280 and not dark:
+        _section_shots(browser, Path(out))
+
+
+def _section_shots(drv: Any, out: Path) -> None:
+    """One screenshot per section (its heading and first screenful), for docs/report.md."""
+    from selenium.webdriver.common.by import By
+
+    out.mkdir(parents=True, exist_ok=True)
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": 760, "deviceScaleFactor": 1, "mobile": False})
+    for sid, _ in (("top", ""), *SECTIONS):
+        if sid == "top":
+            drv.execute_script("window.scrollTo(0, 0)")
+        else:
+            drv.execute_script("arguments[0].scrollIntoView()",
+                               drv.find_element(By.ID, sid))
+        shot = out / f"{sid}.png"
+        drv.save_screenshot(str(shot))
+        from PIL import Image  # matplotlib's dependency: a palette PNG keeps the docs small
+
+        with Image.open(shot) as im:
+            im.convert("RGB").quantize(colors=64).save(shot, optimize=True)
+
+
+def test_page_prints(report: dict[str, Any], browser: Any, tmp_path: Path) -> None:
+    _open(browser, report["path"], 1280, False)
+    pdf = browser.execute_cdp_cmd("Page.printToPDF", {"printBackground": False,
+                                                      "paperWidth": 8.27, "paperHeight": 11.7})
+    raw = base64.b64decode(pdf["data"])
+    assert raw.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page\b", raw))
+    assert pages >= len(SECTIONS)  # every section starts a page when printed
+    (tmp_path / "report.pdf").write_bytes(raw)
