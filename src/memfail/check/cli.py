@@ -61,6 +61,51 @@ def write_counterexample(out: Path, system: System, verdict: Any) -> Path:
     return path
 
 
+def hooks_absent(policy: Any) -> dict[str, str]:
+    """The policy hooks (model_system.POLICY_HOOKS) a policy cannot fire, whatever the
+    configuration, each with why, from its knobs (src/memfail/model/kvm/gmem.py: which
+    paths emit a ``PolicyEvent`` under which hook). Coverage lists them apart from the hooks
+    it has that never fired."""
+    from memfail.model.policy.registry import make_policy
+
+    pol = make_policy(policy)
+    if pol.backing == "hugetlbfs":
+        why = ("no guest_memfd: guest memory is a hugetlbfs memfd (backing: hugetlbfs), "
+               "handled by the kernel's HugeTLB path")
+        return dict.fromkeys(("memory_failure", "error_folio", "split", "merge", "punch",
+                              "release"), why)
+    out: dict[str, str] = {}
+    if pol.handles == "none":
+        out["memory_failure"] = ("handles: none: memory_failure() runs the kernel's own path "
+                                 "(kvm_gmem_error_folio, or the HugeTLB path for a HugeTLB "
+                                 "folio), never the policy's")
+    if pol.vm_on_error != "unusable":
+        out["error_folio"] = (f"vm_on_error: {pol.vm_on_error}: kvm_gmem_error_folio makes "
+                              "the guest_memfd unusable only with vm_on_error: unusable "
+                              "(consumed/unconsumed: unusable report under memory_failure)")
+    table_only = pol.handles != "none" and pol.record == "table"
+    if table_only:
+        why = ("record: table: a failure is kept in the table, never as PG_hwpoison on a "
+               "HugeTLB folio or its raw pages while the folio lives, so a conversion never "
+               "{} a folio holding one")
+        out["split"] = why.format("splits")
+        out["merge"] = why.format("merges")
+    kills = pol.vm_on_error == "kill" or (pol.consumed == "kill-vm" and
+                                          pol.unconsumed == "kill-vm")
+    if table_only and not pol.mark_on_truncate:
+        out["punch"] = ("mark_on_truncate: false with record: table: punch hole frees "
+                        "failed pages without PG_hwpoison (C4: HWpoison only at inode "
+                        "release)")
+    elif kills and pol.handles == "all":
+        out["punch"] = ("every failure it is told of kills the VM, and the VMM's exit "
+                        "releases the guest_memfd: no punch hole follows a recorded failure "
+                        "(release marks it)")
+    if table_only and not (pol.mark_on_truncate or pol.mark_on_release):
+        out["release"] = ("mark_on_release and mark_on_truncate: false with record: table: "
+                          "inode release frees failed pages without PG_hwpoison")
+    return out
+
+
 class OptionError(InputError):
     """A command-line option of ``memfail check`` that cannot work: ``--OPTION: message``."""
 
@@ -253,6 +298,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                       checkpoint_every=checkpoint_every, resume=resume is not None)
     err = Console(stderr=True)
     results: list[tuple[str, Result, dict[str, str]]] = []
+    absent: dict[str, dict[str, str]] = {}
     where = str(config) if config is not None else "standard configuration"
     try:
         backend: Backend = make_backend(workers, scheduler)
@@ -283,15 +329,18 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
             except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
                 raise OptionError("--engine", f"policy {pol!r}: {e}") from None
             files: dict[str, str] = {}
+            if _is_model(system):
+                absent[pol] = hooks_absent(pol)
             if out is not None:
                 for name, v in result.verdicts.items():
                     if v.status == FAIL:
                         files[name] = str(write_counterexample(out, system, v))
             results.append((pol, result, files))
     if as_json:
-        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races), indent=2))
+        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
+                              indent=2))
     else:
-        _print_table(wide_console(), results, props)
+        _print_table(wide_console(), results, props, absent)
     if any(r.failed() for _, r, _ in results):
         raise typer.Exit(1)
 
@@ -321,8 +370,23 @@ def _run(system: System, backend: Backend, bounds: Bounds, options: Options, err
         return explore(system, backend, bounds, options, show)
 
 
+def _is_model(system: System) -> bool:
+    from memfail.check.model_system import ModelSystem
+
+    return isinstance(system, ModelSystem)
+
+
+def _print_hooks(console: Console, never: list[str], absent: dict[str, str]) -> None:
+    """The hooks a policy has that never fired, then those it does not have, with why."""
+    missing = [h for h in never if h not in absent]
+    if missing:
+        console.print(f"  policy hooks never fired: {', '.join(missing)}")
+    for hook, why in absent.items():
+        console.print(f"  policy hook {hook} cannot fire under this policy: {why}")
+
+
 def _print_table(console: Console, results: list[tuple[str, Result, dict[str, str]]],
-                 props: list[str]) -> None:
+                 props: list[str], absent: dict[str, dict[str, str]] | None = None) -> None:
     table = Table(title="memfail check: policy x property")
     table.add_column("policy")
     for p in props:
@@ -343,18 +407,31 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
                       f"{'complete' if r.complete else 'stopped: ' + str(r.stop_reason)}; "
                       f"fingerprint collision probability <= {r.collision_probability:.1e}; "
                       f"events never fired: {never}")
-        if r.coverage.hooks_never:
-            console.print(f"  policy hooks never fired: {', '.join(r.coverage.hooks_never)}")
+        _print_hooks(console, r.coverage.hooks_never, (absent or {}).get(pol, {}))
         for name, v in r.verdicts.items():
             if v.status == FAIL:
                 where = f" -> {files[name]}" if name in files else ""
                 console.print(f"  {name}: FAIL at depth {v.depth}: {v.message}{where}")
 
 
+def coverage_json(events_fired: list[str], events_never: list[str], hooks_fired: list[str],
+                  hooks_never: list[str], absent: dict[str, str] | None) -> dict[str, Any]:
+    """The ``coverage`` object: with a model policy, ``hooks_missing`` (hooks the policy has
+    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why)."""
+    out: dict[str, Any] = {"events_fired": events_fired, "events_never": events_never,
+                           "hooks_fired": hooks_fired, "hooks_never": hooks_never}
+    if absent is not None:
+        out["hooks_missing"] = [h for h in hooks_never if h not in absent]
+        out["hooks_absent"] = absent
+    return out
+
+
 def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result, dict[str, str]]],
-            workers: int, scheduler: str | None, races: bool = False) -> dict[str, Any]:
+            workers: int, scheduler: str | None, races: bool = False,
+            absent: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The ``memfail.check/1`` document (docs/check.md)."""
     docs = {p.name: p for p in PROPERTIES}
+    absent = absent or {}
     return {
         "schema": JSON_SCHEMA,
         "config": cfg.name,
@@ -374,10 +451,9 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
             "states_per_s": round(r.states_per_second, 1),
             "collision_probability": r.collision_probability,
             "reductions": {"symmetry": r.symmetry, "por": r.por},
-            "coverage": {"events_fired": r.coverage.kinds_fired,
-                         "events_never": r.coverage.kinds_never,
-                         "hooks_fired": r.coverage.hooks_fired,
-                         "hooks_never": r.coverage.hooks_never},
+            "coverage": coverage_json(r.coverage.kinds_fired, r.coverage.kinds_never,
+                                      r.coverage.hooks_fired, r.coverage.hooks_never,
+                                      absent.get(pol)),
             "verdicts": {name: {
                 "status": v.status,
                 "depth": v.depth,
