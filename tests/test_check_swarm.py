@@ -141,3 +141,20 @@ def test_swarm_option_errors(args: list[str], message: str,
     assert main(["check", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_swarm_on_a_dask_cluster_matches_the_local_run(deep: Path) -> None:
+    """Walks and shrinks run as Dask tasks give the local report."""
+    distributed = pytest.importorskip("distributed")
+    from memfail.check.backends import make_backend
+    from memfail.check.swarm import SwarmOptions, swarm
+
+    system = ModelSystem(load_config_text(DEEP), "minimum")
+    opt = SwarmOptions(12, 16, 7, ("contained",))
+    local = swarm(system, make_backend(), opt)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            make_backend(scheduler=cluster.scheduler_address) as b:
+        remote = swarm(system, b, opt)
+    assert remote.found == local.found and remote.steps == local.steps
+    assert remote.found["contained"].labels and remote.hooks_fired == local.hooks_fired
