@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from memfail.check import cli
-from memfail.check.model_system import POLICY_HOOKS
+from memfail.check.model_system import POLICY_HOOKS, ModelSystem
 from memfail.model.policy.registry import policy_names
 
 
@@ -60,3 +60,24 @@ def test_text_output_separates_missing_hooks_from_absent_ones() -> None:
     assert "policy hook split cannot fire under this policy: record: table" in out
     # depth 1 is too shallow for release: it is reported as never fired
     assert "policy hooks never fired: release" in out
+
+
+@pytest.mark.parametrize("knobs", [
+    {"base": "future", "name": "future+unusable", "vm_on_error": "unusable"},
+    {"base": "minimum", "name": "minimum+marks", "vm_on_error": "unusable",
+     "mark_on_truncate": True, "record": "folio"},
+], ids=lambda k: k["name"])
+def test_knob_combinations_no_preset_has_fire_the_hooks_they_have(knobs: dict[str, Any]
+                                                                  ) -> None:
+    """error_folio fires once a policy has it (vm_on_error: unusable), so "cannot fire" is
+    about the preset's knobs, not about the configuration."""
+    from memfail.check.config import standard_config
+    from memfail.check.explorer import Bounds, Options, explore
+    from memfail.model.policy.registry import make_policy
+
+    pol = make_policy(knobs)
+    system = ModelSystem(standard_config(), pol)
+    r = explore(system, bounds=Bounds(max_depth=3), options=Options(stop_when_all_fail=False))
+    absent = cli.hooks_absent(pol)
+    assert "error_folio" not in absent
+    assert set(r.coverage.hooks_fired) == set(POLICY_HOOKS) - set(absent)
