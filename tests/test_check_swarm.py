@@ -158,3 +158,15 @@ def test_swarm_on_a_dask_cluster_matches_the_local_run(deep: Path) -> None:
         remote = swarm(system, b, opt)
     assert remote.found == local.found and remote.steps == local.steps
     assert remote.found["contained"].labels and remote.hooks_fired == local.hooks_fired
+
+
+def test_swarm_with_races_shrinks_to_stages_that_replay(
+        deep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cex"
+    code, doc = _run(capsys, str(deep), *SWARM, "--races", "--out", str(out))
+    v = doc["results"][0]["verdicts"]["contained"]
+    assert code == 1 and doc["races"] is True and v["status"] == "FAIL"
+    # the accesses go through their fault stages, so the path is longer than without races
+    assert v["depth"] > 3 and any("stage" in lab for lab in v["counterexample"])
+    assert "- stage:" in Path(v["file"]).read_text()
+    assert main(["run", v["file"]]) == 0, capsys.readouterr().out[-600:]
