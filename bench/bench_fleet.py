@@ -80,6 +80,29 @@ def model_oracle(workers: int, host_years: int = 2_000_000) -> None:
           f"on {workers} worker(s) ({dt / max(1, oracle.model_runs) * 1e3:.1f} ms per run)")
 
 
+def guest_rounds() -> None:
+    """A hostile guest's class under minimum: the model plays MODEL_ROUNDS rounds and scales
+    the rest; playing every round of a 2,000-round effort takes this much longer."""
+    import memfail.fleet.oracle as om
+    from memfail.fleet.classes import FailureClass
+
+    cls = FailureClass("gmem_private", "default", 8, "2M", 1, True, False, "guest_read", True,
+                       behaviour="hostile", effort=2000)
+    t0 = time.perf_counter()
+    scaled = ModelOracle().outcome("minimum", cls)
+    dt_scaled = time.perf_counter() - t0
+    rounds, om.MODEL_ROUNDS = om.MODEL_ROUNDS, 2000
+    try:
+        t0 = time.perf_counter()
+        full = ModelOracle().outcome("minimum", cls)
+        dt_full = time.perf_counter() - t0
+    finally:
+        om.MODEL_ROUNDS = rounds
+    print(f"hostile guest, 2,000 rounds: scaled from {rounds} rounds {dt_scaled:.2f} s "
+          f"(stall {scaled.host_stall_seconds:.4f} s), every round {dt_full:.2f} s "
+          f"(stall {full.host_stall_seconds:.4f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -89,6 +112,7 @@ def main() -> None:
           f"fault; it stands for {1 / p_bar:.0f} unconditioned host-years, "
           f"{rate / p_bar / 1e6:.0f} M/s equivalent)")
     time_to_rare_rate(args.workers)
+    guest_rounds()
     model_oracle(args.workers)
 
 

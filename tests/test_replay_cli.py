@@ -301,3 +301,57 @@ def test_oldest_format_is_read_and_too_old(tmp_path: Path) -> None:
     assert [(e.pfn, e.page_type, e.result) for e in res.events] == [
         (0x1F2E3, "dirty LRU page", "Recovered"), (0x1F2E4, "free buddy, 2nd try page", "Delayed")]
     assert {o.verdict for o in replay_all(res)} == {"cannot-express"}
+
+
+# --------------------------------------------------------------------------- machine-check panics
+
+PANIC_LOGS = [
+    ("mce-rendezvous-timeout.dmesg", "Timeout: Not all CPUs entered broadcast exception handler",
+     "M3", "exposure"),
+    ("mce-monarch-timeout.dmesg", "Timeout: Monarch CPU unable to finish machine check "
+     "processing", "M3", "exposure"),
+    ("mce-unknown-source.dmesg", "Fatal machine check from unknown source", "M3 (mce_reign)",
+     "none"),
+    ("mce-old-unknown-source.dmesg", "Machine check from unknown source", "M3 (mce_reign)",
+     "none"),
+    ("mce-pcc-fatal.dmesg", "Processor context corrupt", "M5", "none"),
+    ("mce-pcc-fatal.dmesg", "Fatal machine check", "M1", "none"),
+    ("mce-kernel-no-fixup.dmesg", "Data load in unrecoverable area of kernel", "M5, R47", "yes"),
+    ("mce-consecutive.dmesg", "Consecutive machine checks to different user pages", "M7 (R44)",
+     "none"),
+    ("mce-killing-fault.dmesg", "due to hardware memory corruption fault at", "R40", "yes"),
+]
+
+
+@pytest.mark.parametrize(("log", "message", "rule", "policy"), PANIC_LOGS)
+def test_machine_check_panics_map_to_the_model_rule(log: str, message: str, rule: str,
+                                                    policy: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run([str(HERE / log), "--json", "--no-replay", "--no-project", "--policy",
+                      "minimum", "--policy", "unmap"], capsys)
+    assert rc == 0
+    found = {p["message"]: p for p in json.loads(out)["panics"]}
+    hit = next(p for m, p in found.items() if message in m)
+    assert hit["rule"]["rule"] == rule and hit["rule"]["policy"] == policy
+    assert set(hit["per_policy"]) == {"minimum", "unmap"}
+    if policy == "none":
+        assert set(hit["per_policy"].values()) == {"the same"}
+
+
+def test_rendezvous_timeout_is_the_same_panic_but_its_exposure_differs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run([str(HERE / "mce-rendezvous-timeout.dmesg"), "--no-project", "--policy",
+                      "minimum", "--policy", "unmap"], capsys)
+    assert rc == 0
+    assert "machine-check panics" in out
+    assert "M3: mce_start -> mce_timed_out (arch/x86/kernel/cpu/mce/core.c)" in out
+    assert "does not depend on the guest_memfd policy" in out
+    minimum = next(ln for ln in out.splitlines() if ln.strip().startswith("minimum:"))
+    unmap = next(ln for ln in out.splitlines() if ln.strip().startswith("unmap:"))
+    assert "the same panic" in minimum and "the same panic" in unmap
+    assert minimum.split("causes ")[1] != unmap.split("causes ")[1]  # more broadcasts
+
+
+def test_a_log_without_panics_has_no_panic_section(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run([str(HERE / "debian-6.1-srar.dmesg"), "--no-project"], capsys)
+    assert rc == 0 and "machine-check panics" not in out

@@ -13,9 +13,13 @@ MemoryKind = Literal["gmem_private", "gmem_shared", "hugetlb_free", "vmm", "kern
 VmType = Literal["default", "confidential", "none"]
 PageSize = Literal["4K", "2M", "1G"]
 FirstTouch = Literal["guest_read", "vmm_read", "kernel_checked", "kernel_unchecked", "scrub"]
+Behaviour = Literal["cooperative", "careless", "hostile", "confidential"]
 
 TOUCHES: tuple[FirstTouch, ...] = ("guest_read", "vmm_read", "kernel_checked",
                                    "kernel_unchecked", "scrub")
+BEHAVIOURS: tuple[Behaviour, ...] = ("cooperative", "careless", "hostile", "confidential")
+MODEL_CPUS = 64
+"""The model's default number of online CPUs in a broadcast rendezvous (mce_config cpus)."""
 PAGE_BYTES: dict[str, int] = {"4K": 4096, "2M": 2 << 20, "1G": 1 << 30}
 
 
@@ -34,7 +38,14 @@ class FailureClass:
     * ``first_touch``: who meets the error first and how: a guest vCPU read (AR in the guest),
       a VMM thread read, a kernel user that checks PG_hwpoison or one that does not (AR), or
       the patrol scrub (AO, nobody consumed it);
-    * ``permanent``: the cells stay bad (a rewrite does not cure the page).
+    * ``permanent``: the cells stay bad (a rewrite does not cure the page);
+    * ``behaviour``: what the guest owning the memory does after it met the poison
+      (docs/mce.md: ``cooperative`` takes the page offline, ``careless`` touches it again,
+      ``hostile`` loads it from every vCPU, ``confidential`` re-executes the load because no
+      vMCE reaches it); ``cooperative`` for memory no guest owns or reads (VMM, free pool,
+      kernel);
+    * ``effort``: rounds of that behaviour the guest plays before it stops (0: cooperative);
+    * ``host_cpus``: online host CPUs, each held by a broadcast machine check (M3, M9).
     """
 
     memory: MemoryKind
@@ -46,6 +57,9 @@ class FailureClass:
     second_fault: bool
     first_touch: FirstTouch
     permanent: bool
+    behaviour: Behaviour = "cooperative"
+    effort: int = 0
+    host_cpus: int = MODEL_CPUS
 
     @property
     def consumed(self) -> bool:
@@ -61,6 +75,10 @@ class FailureClass:
                  f"p{self.pages_hit}{'' if self.same_folio else 's'}",
                  "2nd" if self.second_fault else "1st", self.first_touch,
                  "perm" if self.permanent else "trans"]
+        if self.behaviour != "cooperative":
+            parts.append(f"{self.behaviour}x{self.effort}")
+        if self.host_cpus != MODEL_CPUS:
+            parts.append(f"{self.host_cpus}cpus")
         return "/".join(parts)
 
 
@@ -69,6 +87,10 @@ class Outcome:
     """What one failure of a class costs under a policy (expected counts per failure).
 
     * ``host_panic``: the host went down;
+    * ``host_stalled``: the host's whole-host machine-check stalls passed the bound (M10)
+      without a panic: the host was down for its tenants, though it did not crash;
+    * ``host_stall_seconds``: wall time every host CPU spent in broadcast machine-check
+      rendezvous (M3, M9), seconds;
     * ``vm_killed`` / ``vm_paused``: VMs killed, or paused with an internal error;
     * ``wrong_process_signal``: SIGBUS delivered to a process that does not own the memory;
     * ``poison_reused``: poisoned memory handed out again (to a guest or a new allocation);
@@ -79,6 +101,8 @@ class Outcome:
     """
 
     host_panic: float = 0.0
+    host_stalled: float = 0.0
+    host_stall_seconds: float = 0.0
     vm_killed: float = 0.0
     vm_paused: float = 0.0
     wrong_process_signal: float = 0.0
@@ -113,4 +137,5 @@ class Outcome:
 
 
 OUTCOME_NAMES = Outcome.names()
-OUTCOME_UNITS = {n: ("GiB" if n == "guest_gib_lost" else "events") for n in OUTCOME_NAMES}
+OUTCOME_UNITS = {n: ("GiB" if n == "guest_gib_lost" else "s" if n == "host_stall_seconds"
+                     else "events") for n in OUTCOME_NAMES}

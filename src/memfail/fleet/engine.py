@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from memfail.fleet.calibration import calibration
 from memfail.fleet.classes import OUTCOME_NAMES, TOUCHES, FailureClass
 from memfail.fleet.oracle import OutcomeOracle
 from memfail.fleet.params import FleetError, LoadedFleet, with_assignments
@@ -194,6 +195,8 @@ class FleetResult:
     n_classes: int
     rates: list[Rate]
     assign: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    guests: dict[str, float] = field(default_factory=dict)
 
     def rate(self, policy: str, outcome: str) -> Rate:
         for r in self.rates:
@@ -213,6 +216,8 @@ class FleetResult:
             "vms_per_host": self.vms_per_host,
             "vm_hours_per_host_year": self.vms_per_host * HOURS_PER_YEAR,
             "p_any_fault": self.p_any_fault,
+            "calibration": self.calibration,
+            "guests": self.guests,
             "faults_per_host_year": self.faults_per_host_year.to_dict(),
             "consumed_before_scrub": self.consumed_before_scrub.to_dict(),
             "first_touch": {k: v.to_dict() for k, v in self.first_touch.items()},
@@ -271,6 +276,8 @@ def estimate(fleet: LoadedFleet, t: Tallies, oracle: OutcomeOracle, seed: int,
                    for m in memories},
         n_classes=len(t.classes),
         rates=rates,
+        calibration=calibration(p, p_bar),
+        guests=p.vms.behaviour_shares(),
     )
 
 

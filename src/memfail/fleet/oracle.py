@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -185,6 +185,23 @@ CHECKPOINT = "checkpoint"
 """A runner-only step (not a model action): the failing VM's state, the guest memory it lost
 and who was told are read here, before the VM is destroyed and its memory handed on."""
 
+GUEST_MARK = "guest_mark"
+"""A runner-only step just before the guest's behaviour plays (``guest_run``): the host's
+stall time and repeated consumptions are read here, so the rounds the model plays can be
+scaled to the guest's effort."""
+
+MODEL_ROUNDS = 8
+"""Rounds of a careless, hostile or confidential guest the model plays (the library
+scenarios' effort); a longer effort is scaled from them (``outcome_for``)."""
+
+STALL_BOUND_US = 1_000_000
+"""M10: whole-host stalls beyond this are the host down (the model's default
+``mce_config stall_bound_us``, ``CostModel.stall_bound_us``)."""
+
+HOSTILE_VCPUS = 2
+"""vCPUs of a hostile guest in the model: it loads the line from every vCPU each round (the
+rendezvous is shared, M3, so the stall per round does not depend on the count)."""
+
 VMM = "qemu"
 NEXT_VMM = "qemu-next"
 HEAP = "heap"
@@ -216,7 +233,10 @@ class ModelScenario:
       (``folio_bytes`` in the model, ``real_folio_bytes`` on the host);
     * ``early_owner``: the memory belongs to a VMM with a PR_MCE_KILL_EARLY thread;
     * ``cited``: outcome fields fixed by a cited rule because the model has no action for the
-      first touch (see ``citation``); empty for every class the model runs end to end.
+      first touch (see ``citation``); empty for every class the model runs end to end;
+    * ``effort`` / ``model_rounds``: a careless, hostile or confidential guest plays
+      ``effort`` rounds; the model plays ``model_rounds`` of them (``guest_mark`` before) and
+      ``outcome_for`` scales the rest (0: a cooperative guest, nothing to scale).
     """
 
     steps: tuple[Step, ...]
@@ -230,6 +250,8 @@ class ModelScenario:
     early_owner: bool = False
     cited: tuple[tuple[str, float], ...] = ()
     citation: str = ""
+    effort: int = 0
+    model_rounds: int = 0
 
     @property
     def host_bytes(self) -> int:
@@ -408,9 +430,28 @@ def outcome_for(cls: FailureClass, sc: ModelScenario, metrics: Mapping[str, Any]
       ``owner_told_unconsumed`` finds owners from the final state, so it misses a VMM whose
       hugetlbfs page memory_failure already unmapped). A VMM killed instead of told counts
       as missed;
+    * ``host_stall_seconds`` / ``host_stalled``: the model's whole-host stall time
+      (``host_stall_us``) and whether it passed the M10 bound without a panic. A careless,
+      hostile or confidential guest plays ``model_rounds`` rounds in the model; when it played
+      them all (nothing stopped it), the stall time and the repeated consumptions of those
+      rounds (between ``guest_mark`` and the checkpoint) are scaled to its ``effort``: every
+      round after the first costs the same (one broadcast rendezvous, M3), so the scaling is
+      exact while the policy leaves the page mapped, and nothing is scaled when it did not;
     * ``cited`` fields of the scenario override the model (documented per class).
     """
     data = dict(zip(Outcome.names(), outcome_from_metrics(metrics).as_tuple(), strict=True))
+    stall_us = float(metrics.get("host_stall_us", 0) or 0)
+    if sc.model_rounds and metrics.get("guest_rounds") == sc.model_rounds \
+            and sc.effort > sc.model_rounds:
+        more = sc.effort / sc.model_rounds - 1.0
+        stall_us += more * float(metrics.get("checkpoint_host_stall_us", 0)
+                                 - metrics.get("mark_host_stall_us", 0))
+        data["repeated_consumption"] += more * float(
+            metrics.get("checkpoint_repeated_consumptions", 0)
+            - metrics.get("mark_repeated_consumptions", 0))
+    data["host_stall_seconds"] = stall_us / 1e6
+    data["host_stalled"] = float(not metrics.get("host_panic") and (
+        bool(metrics.get("host_stalled")) or stall_us > STALL_BOUND_US))
     lost = metrics.get("guest_bytes_lost")
     if sc.model_vm_bytes <= 0:
         data["guest_gib_lost"] = 0.0
@@ -463,10 +504,14 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
                                     "folios the fleet scenario needs")
     free_pfns: dict[tuple[str, int, int], int] = {}
     checkpoint: dict[str, Any] | None = None
+    mark: dict[str, Any] = {}
     for i, step in enumerate(sc.steps):
         ((key, args),) = step.items()
         if key == CHECKPOINT:
             checkpoint = _snapshot(host)
+            continue
+        if key == GUEST_MARK:
+            mark = {f"mark_{k}": v for k, v in _stalls(host).items()}
             continue
         args = _resolve_free(host, args, free_pfns)
         if key == "mmap" and _has_region(host, args):
@@ -482,12 +527,15 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
                 f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']}); "
                 "pass --oracle TABLE.yaml") from None
         try:
-            host.apply(action)
+            result = host.apply(action)
         except ModelInputError as e:
             raise OracleUnavailable(
                 f"the model rejected fleet scenario step {i} ({key}) under {policy}: "
                 f"{e}; pass --oracle TABLE.yaml") from None
+        if key == "guest_run" and isinstance(result.ret, dict):
+            mark["guest_rounds"] = int(result.ret.get("rounds", 0))
     out = dict(host.outcomes())
+    out.update(mark)
     if checkpoint is not None:
         states = {**out.get("vm_states", {}), **checkpoint.pop("vm_states")}
         out.update(checkpoint)
@@ -517,11 +565,18 @@ def _told(host: Any) -> int:
                e.outcome == "queued" and e.si_code == "BUS_MCEERR_AO")
 
 
+def _stalls(host: Any) -> dict[str, Any]:
+    """What a guest's rounds add to: whole-host stall time and repeated consumptions."""
+    o = host.outcomes()
+    return {k: o.get(k, 0) for k in ("host_stall_us", "repeated_consumptions")}
+
+
 def _snapshot(host: Any) -> dict[str, Any]:
     o = host.outcomes()
     snap = {k: o[k] for k in _AT_CHECKPOINT if k in o}
     snap["vm_states"] = dict(o.get("vm_states", {}))
     snap["vmm_told_unconsumed"] = _told(host)
+    snap.update({f"checkpoint_{k}": v for k, v in _stalls(host).items()})
     return snap
 
 
@@ -569,7 +624,7 @@ def _ram(vm: str) -> str:
 
 
 def _vm_steps(vm: str, vmm: str, cls_vm_type: str, size: int, backing: str,
-              shared: bool) -> list[Step]:
+              shared: bool, behaviour: str = "cooperative", rounds: int = 0) -> list[Step]:
     """A VM whose guest memory is one guest_memfd of ``size`` bytes bound by one memslot at
     gpa 0, with the VMM mapping that backs shared memory (userspace_addr). Shared memory is
     the in-place (MMAP, INIT_SHARED) guest_memfd mapped by the VMM; private memory has an
@@ -577,8 +632,12 @@ def _vm_steps(vm: str, vmm: str, cls_vm_type: str, size: int, backing: str,
     fd = f"gmem-{vm}"
     ram = _ram(vm)
     vt = "snp" if cls_vm_type == "confidential" else "default"
+    create: dict[str, Any] = {"vm": vm, "vmm": vmm, "vcpus": 1, "type": vt}
+    if behaviour != "cooperative":  # the guest as an actor (docs/mce.md)
+        create.update(behaviour=behaviour, effort=rounds,
+                      vcpus=HOSTILE_VCPUS if behaviour == "hostile" else 1)
     steps: list[Step] = [
-        {"vm_create": {"vm": vm, "vmm": vmm, "vcpus": 1, "type": vt}},
+        {"vm_create": create},
         {"gmem_create": {"vm": vm, "fd": fd, "size": size, "backing": backing,
                          "flags": ["mmap", "init_shared"] if shared else []}},
     ]
@@ -672,6 +731,8 @@ def model_scenario(cls: FailureClass) -> ModelScenario:
     5. the owner uses the memory again: the first toucher once more, a guest read of the first
        page and of a healthy page of the same huge folio (repeated consumption, and what the
        rest of the huge page costs); ``checkpoint``;
+    5a. a careless, hostile or confidential guest (``behaviour``) then plays its behaviour on
+       the first page (``guest_run``, ``MODEL_ROUNDS`` rounds standing for ``effort``);
     6. the VM is destroyed and QEMU exits (its mappings go, the guest_memfd inode is released,
        C4); a new VM allocates the same HugeTLB folios and reads the failed pages (is poison
        handed out again?).
@@ -681,12 +742,18 @@ def model_scenario(cls: FailureClass) -> ModelScenario:
     memory is a slab page.
     """
     if cls.memory in ("gmem_private", "gmem_shared"):
-        return _gmem_scenario(cls)
-    if cls.memory == "vmm":
-        return _vmm_scenario(cls)
-    if cls.memory == "hugetlb_free":
-        return _free_scenario(cls)
-    return _kernel_scenario(cls)
+        sc = _gmem_scenario(cls)
+    elif cls.behaviour != "cooperative":
+        raise ImpossibleClass(f"a {cls.behaviour} guest acts on its own guest memory only")
+    elif cls.memory == "vmm":
+        sc = _vmm_scenario(cls)
+    elif cls.memory == "hugetlb_free":
+        sc = _free_scenario(cls)
+    else:
+        sc = _kernel_scenario(cls)
+    # every CPU of the host joins a broadcast machine check (M3): the host's size
+    config: Step = {"mce_config": {"cpus": cls.host_cpus}}
+    return replace(sc, steps=(config, *sc.steps))
 
 
 def build_scenario(cls: FailureClass) -> list[Step]:
@@ -696,6 +763,12 @@ def build_scenario(cls: FailureClass) -> list[Step]:
 
 def _gmem_scenario(cls: FailureClass) -> ModelScenario:
     shared = cls.memory == "gmem_shared"
+    if cls.behaviour == "confidential" and cls.vm_type != "confidential":
+        raise ImpossibleClass("only a confidential (SNP/TDX) VM behaves `confidential`")
+    acting = cls.behaviour != "cooperative"
+    if acting and cls.effort < 1:
+        raise ImpossibleClass(f"a {cls.behaviour} guest needs an effort of at least 1 round")
+    rounds = min(cls.effort, MODEL_ROUNDS) if acting else 0
     backing = cls.page_size
     real_folio = PAGE_BYTES[backing]
     real = max(1, (cls.vm_gib << 30) // real_folio)
@@ -712,7 +785,8 @@ def _gmem_scenario(cls: FailureClass) -> ModelScenario:
     if backing != "4K":
         hugepages = ((backing, nfolios + used),)  # room for a new VM if every hit is lost
     steps: list[Step] = [*_vmm_steps(VMM),
-                         *_vm_steps("vm0", VMM, cls.vm_type, vm_bytes, backing, shared)]
+                         *_vm_steps("vm0", VMM, cls.vm_type, vm_bytes, backing, shared,
+                                    cls.behaviour, rounds)]
     writes = sorted({i * folio for i in range(nfolios)} | set(pages))
     steps += [{"guest_access": {"vm": "vm0", "gpa": g, "op": "write"}} for g in writes]
     if shared:  # the VMM has the shared pages mapped (device emulation, virtio rings)
@@ -731,13 +805,16 @@ def _gmem_scenario(cls: FailureClass) -> ModelScenario:
         healthy = offsets[0] - offsets[0] % folio + folio // 4
         if healthy not in pages:
             steps.append({"guest_access": {"vm": "vm0", "gpa": healthy, "op": "read"}})
+    if acting:  # the guest behaves as it does on the page it met (docs/mce.md)
+        steps += [{GUEST_MARK: {}}, {"guest_run": {"vm": "vm0", "gpa": offsets[0]}}]
     steps.append({CHECKPOINT: {}})
     steps += [{"vm_destroy": {"vm": "vm0"}}, {"exit": {"proc": VMM}}]
     if backing != "4K":
         steps += _reuse_steps(cls.vm_type, vm_bytes, folio, backing, pages)
     return ModelScenario(tuple(steps), hugepages, orders=orders, model_vm_bytes=vm_bytes,
                          folio_bytes=folio, real_folio_bytes=real_folio, vm_gib=cls.vm_gib,
-                         early_owner=True)
+                         early_owner=True, effort=cls.effort if acting else 0,
+                         model_rounds=rounds)
 
 
 def _reuse_steps(vm_type: str, vm_bytes: int, folio: int, backing: str,

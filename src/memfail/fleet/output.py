@@ -70,7 +70,23 @@ def summary_lines(res: FleetResult) -> list[str]:
         f"hosts with >= 1 per year: {res.p_any_fault:.2%}",
         f"consumed before the patrol scrub: {c.estimate:.1%} [{c.low:.1%}, {c.high:.1%}] "
         f"(first touch: {touch})",
+        *([calibration_line(res)] if res.calibration else []),
+        *([guests_line(res)] if res.guests else []),
     ]
+
+
+def calibration_line(res: FleetResult) -> str:
+    """One line: the fleet's P(>= 1 UE per host-year) against the cited field study."""
+    c = res.calibration
+    return (f"calibration: P(>= 1 uncorrectable error per host-year) {c['p_host_ue_per_year']:.2%}"
+            f" (exact {c['p_host_ue_per_year_exact']:.2%}) against {c['cited']:.1%} cited "
+            f"(Schroeder 2009); mean rate {c['mean_rate_per_host_year']:g} per host-year, "
+            f"{c['rate_matching_cited']:.4g} would match (docs/fleet.md \"Calibration\")")
+
+
+def guests_line(res: FleetResult) -> str:
+    """One line: the guest behaviours of the VM mix."""
+    return "guests: " + ", ".join(f"{k} {v:.2%}" for k, v in res.guests.items())
 
 
 def print_result(res: FleetResult, console: Console, unit: str = "per_million_vm_hours") -> None:

@@ -56,6 +56,8 @@ class Fleet(_Strict):
 
     hosts: int = Field(gt=0)
     host_memory_gib: float = Field(gt=0)
+    host_cpus: int = Field(default=64, gt=0, le=8192)
+    """Online CPUs of a host: each one is held by a broadcast machine check (M3, M9)."""
 
 
 class Dram(_Strict):
@@ -161,15 +163,46 @@ class VmSize(_Strict):
     _s = field_validator("share")(_share)
 
 
+class GuestEffort(_Strict):
+    """Rounds each non-cooperative guest behaviour plays after it met poison (docs/mce.md)."""
+
+    careless: int = Field(ge=1, le=10**9)
+    hostile: int = Field(ge=1, le=10**9)
+    confidential: int = Field(ge=1, le=10**9)
+
+
+GUEST_SHARES = ("careless_share", "hostile_share")
+"""Shares of the VMs that are not confidential (a confidential guest sees no vMCE, so it
+neither ignores one nor takes the page offline: it behaves ``confidential``)."""
+
+
 class Vms(_Strict):
-    """The VM mix: sizes, confidential share, HugeTLB page size, lifetime."""
+    """The VM mix: sizes, guest behaviours (a share of confidential VMs; among the others, the
+    shares of careless and hostile guests, cooperative being the rest), HugeTLB page size,
+    lifetime."""
 
     sizes: list[VmSize]
     confidential_share: float
+    careless_share: float = 0.0
+    hostile_share: float = 0.0
+    guest_effort: GuestEffort = GuestEffort(careless=10, hostile=10_000, confidential=10_000)
     page_size: dict[Literal["4K", "2M", "1G"], float]
     mean_lifetime_hours: float = Field(gt=0)
 
-    _c = field_validator("confidential_share")(_share)
+    _c = field_validator("confidential_share", *GUEST_SHARES)(_share)
+
+    @property
+    def cooperative_share(self) -> float:
+        """Of the VMs that are not confidential, those that take a poisoned page offline after
+        a vMCE: the rest."""
+        return max(0.0, 1.0 - math.fsum(getattr(self, s) for s in GUEST_SHARES))
+
+    def behaviour_shares(self) -> dict[str, float]:
+        """Share of all VMs per guest behaviour (sums to 1)."""
+        rest = 1.0 - self.confidential_share
+        return {"cooperative": rest * self.cooperative_share,
+                "careless": rest * self.careless_share, "hostile": rest * self.hostile_share,
+                "confidential": self.confidential_share}
 
     @field_validator("sizes")
     @classmethod
@@ -461,6 +494,13 @@ def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
     from memfail.model.policy.registry import policy_names
 
     out: list[tuple[tuple[Any, ...], str]] = []
+    guests = [getattr(p.vms, s) for s in GUEST_SHARES]
+    if math.fsum(guests) > 1.0 + 1e-9:
+        last = max(i for i, g in enumerate(guests) if g > 0)
+        out.append((("vms", GUEST_SHARES[last]),
+                    "the shares of careless and hostile guests (of the VMs that are not "
+                    f"confidential) sum to {math.fsum(guests):.6g}; they must sum to at most 1 "
+                    "(cooperative guests are the rest)"))
     known = policy_names()
     for i, pol in enumerate(p.policies):
         if pol not in known:

@@ -13,11 +13,12 @@ from itertools import product
 import numpy as np
 from scipy.optimize import brentq
 
-from memfail.fleet.classes import PAGE_BYTES, TOUCHES, FailureClass
+from memfail.fleet.classes import BEHAVIOURS, PAGE_BYTES, TOUCHES, FailureClass
 from memfail.fleet.params import MEMORY_KINDS, FleetParams
 
 HOURS_PER_YEAR = 8766.0
 N_TOUCH = len(TOUCHES)  # guest_read, vmm_read, kernel_checked, kernel_unchecked, scrub
+N_BEH = len(BEHAVIOURS)  # cooperative, careless, hostile, confidential
 CHUNK = 1 << 18  # host-years sampled at once (bounds memory)
 ROULETTE = 8.0  # later faults of a host-year are sampled with probability min(1, 8 E[count])
 TILT_SHARE = 0.5  # share of lognormal frailty draws taken from the shifted component
@@ -95,13 +96,17 @@ class SamplerSpec:
     cell_cum2: np.ndarray
     cell_folio: np.ndarray  # folio bytes / host bytes (0: no second-fault branch)
     mode_table: tuple[np.ndarray, np.ndarray]
+    cell_beh: np.ndarray | None = None  # (cells, N_BEH): share of each guest behaviour
+    effort: tuple[int, ...] = (0, 0, 0, 0)  # rounds per behaviour (cooperative: 0)
+    host_cpus: int = 64
 
     @property
     def n_classes(self) -> int:
-        return len(self.locations) * len(self.modes) * N_TOUCH * 2
+        return len(self.locations) * len(self.modes) * N_TOUCH * 2 * N_BEH
 
     def decode(self, index: int) -> FailureClass:
         """The failure class of a tally column."""
+        index, beh = divmod(index, N_BEH)
         index, second = divmod(index, 2)
         index, touch = divmod(index, N_TOUCH)
         loc_i, mode_i = divmod(index, len(self.modes))
@@ -110,7 +115,8 @@ class SamplerSpec:
             memory=loc.memory, vm_type=loc.vm_type, vm_gib=loc.vm_gib,  # type: ignore[arg-type]
             page_size=loc.page_size, pages_hit=mode.pages_hit,  # type: ignore[arg-type]
             same_folio=mode.same_folio, second_fault=bool(second),
-            first_touch=TOUCHES[touch], permanent=mode.permanent)
+            first_touch=TOUCHES[touch], permanent=mode.permanent,
+            behaviour=BEHAVIOURS[beh], effort=self.effort[beh], host_cpus=self.host_cpus)
 
 
 def _mode_cells(p: FleetParams) -> tuple[list[ModeCell], list[float]]:
@@ -198,6 +204,22 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
     add(Location("kernel", "none", 0, "4K"), shares["kernel"],
         [(b.rate_per_hour, b.share) for b in heat["kernel"]], (0.0, 0.0, chk, unchk), 3)
 
+    # Guest behaviours (a deterministic split, no random draw: a share of 0 leaves every
+    # sampled number as it was). Confidential VMs behave `confidential`; the other VMs
+    # split into careless, hostile and cooperative (the rest) by their shares.
+    # Memory no guest reads (VMM, free pool, kernel) stays `cooperative`.
+    v = p.vms
+    split = [v.cooperative_share, v.careless_share, v.hostile_share, 0.0]
+    beh = np.zeros((len(cells), N_BEH))
+    for i, c in enumerate(cells):
+        loc = locations[c[0]]
+        if loc.memory not in ("gmem_private", "gmem_shared"):
+            beh[i, 0] = 1.0
+        elif loc.vm_type == "confidential":
+            beh[i, 3] = 1.0
+        else:
+            beh[i] = split
+    e = v.guest_effort
     rates = np.array([c[2] for c in cells], dtype=float)
     total = rates.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -228,6 +250,9 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
         cell_cum2=cum[:, 2].astype(np.float32),
         cell_folio=np.array([c[3] for c in cells], dtype=float),
         mode_table=_alias(np.array(mode_w)),
+        cell_beh=beh,
+        effort=(0, e.careless, e.hostile, e.confidential),
+        host_cpus=p.fleet.host_cpus,
     )
 
 
@@ -305,11 +330,17 @@ def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -
         who = (x > spec.cell_cum0[cell]).astype(np.intp) + (x > spec.cell_cum1[cell]) \
             + (x > spec.cell_cum2[cell])
         touch = np.where(consumed, who, N_TOUCH - 1)
-        base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2
+        base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2 * N_BEH
         folio = spec.cell_folio[cell]
         q = -np.expm1(-mu_f * folio * spec.window_years)
-        tally += np.bincount(base, weights=w * (1.0 - q), minlength=k)
         split = folio > 0
-        if split.any():
-            tally += np.bincount(base[split] + 1, weights=(w * q)[split], minlength=k)
+        share = spec.cell_beh[cell] if spec.cell_beh is not None else None
+        for b in range(N_BEH):
+            wb = w if share is None else w * share[:, b]
+            if share is not None and not wb.any():
+                continue
+            tally += np.bincount(base + b, weights=wb * (1.0 - q), minlength=k)
+            if split.any():
+                tally += np.bincount(base[split] + N_BEH + b, weights=(wb * q)[split],
+                                     minlength=k)
     return BatchTally(host_years, sum_p, tally)

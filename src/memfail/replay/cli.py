@@ -148,6 +148,9 @@ def replay(
     if show and do_replay:
         print(f"memfail replay: replayed {len(outcomes)} incident(s)", file=sys.stderr)
     proj = project(read, shape, pols, profile or "linux-6.18") if do_project else None
+    from .panics import panics
+
+    mce_panics = panics(read.events, pols)
     if as_json:
         doc: dict[str, Any] = {
             "schema": JSON_SCHEMA, "events_schema": SCHEMA,
@@ -159,15 +162,38 @@ def replay(
                                               "verdict": o.verdict}
                                  for o in outcomes for e in o.incident.events},
             "projection": proj,
+            "panics": mce_panics,
         }
         print(json.dumps(doc, indent=1))
         return 0
-    _text(read, outcomes, proj, events)
+    _text(read, outcomes, proj, events, mce_panics)
     return 0
 
 
+def _panics_text(found: list[dict[str, Any]]) -> None:
+    """Each machine-check panic (or machine-check message) with its rule, and per policy
+    whether the policy changes it (docs/replay.md "Machine-check panics")."""
+    print("\nmachine-check panics (the rule of the model; does the policy change it?):")
+    for p in found:
+        r = p["rule"]
+        print(f"  #{p['seq']} {p['where']}: {p['message']}")
+        if r is None:
+            print("      no rule of the model names this message")
+            continue
+        kind = "panic" if r["panic"] else "not a panic"
+        print(f"      {r['rule']}: {r['function']} ({r['file']}), {kind}: {r['meaning']}")
+        verdict = {"none": "no", "exposure": "no (its chance: yes)", "yes": "yes"}[r["policy"]]
+        print(f"      policy changes it: {verdict}: {r['why']}")
+        per = p["per_policy"]
+        if len(set(per.values())) == 1:
+            print(f"      every policy: {next(iter(per.values()))}")
+        else:
+            for pol, v in per.items():
+                print(f"      {pol}: {v}")
+
+
 def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
-          show_events: bool) -> None:
+          show_events: bool, found: list[dict[str, Any]] | None = None) -> None:
     from collections import Counter
 
     kinds = Counter(e.kind for e in read.events)
@@ -226,6 +252,8 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
                     print(f"      model line: {line}")
             for c in o.caveats:
                 print(f"      note: {c}")
+    if found:
+        _panics_text(found)
     if proj is not None:
         sh = proj["shape"]
         vm_gib = "/".join(str(x) for x in sh["vm_gib"])

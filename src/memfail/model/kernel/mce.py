@@ -13,14 +13,21 @@ derived):
 
 * M1  do_machine_check(): grade, rendezvous or not, panic or queue task work.
 * M2  broadcast vs local: Intel reads MCG_STATUS.LMCES (LMCE needs mca_cfg.lmce_disabled clear
-      and firmware opt-in); AMD machine checks are always local ("MCEs are always local on
-      AMD").
+      and firmware opt-in: intel.c lmce_supported() checks MCG_LMCE_P and
+      FEAT_CTL_LMCE_ENABLED); AMD machine checks are always local ("MCEs are always local on
+      AMD"). That only SRAR errors are signalled locally is the CPU's choice (Intel SDM): the
+      kernel reads LMCES and has no code of its own for it (derived).
 * M3  mce_start / mce_end: every online CPU calls in; a CPU that does not arrive within
       mca_cfg.monarch_timeout (USEC_PER_SEC on Intel family 6 model >= 0xe) makes
       mce_timed_out() call mce_panic("Timeout: Not all CPUs entered broadcast exception
       handler").
 * M4  MCIP: a machine check on a CPU whose MCG_STATUS.MCIP is still set shuts the processor
-      down (Intel SDM; derived, not kernel code): the platform resets.
+      down (Intel SDM; derived: no kernel code runs). The kernel's side, read in core.c and
+      severity.c: do_machine_check() clears MCG_STATUS (mce_wrmsrl(MSR_IA32_MCG_STATUS, 0))
+      only at its end, so the window is the whole handler; a handler entered with MCIP clear
+      grades "MCIP not set in MCA handler" (PANIC). KVM applies the same rule to a guest:
+      kvm_vcpu_ioctl_x86_set_mce() turns an uncorrected vMCE injected while the guest's
+      MCG_STATUS.MCIP is set (or CR4.MCE clear) into KVM_REQ_TRIPLE_FAULT (x86.c, read).
 * M5  mce_severity_intel: the contexts IN_USER (guest mode counts as user: KVM fakes cs = 3),
       IN_KERNEL_RECOV (an exception-table fixup that is machine-check safe, or a copy from
       user), IN_KERNEL (no fixup: "Data load in unrecoverable area of kernel", PANIC);
