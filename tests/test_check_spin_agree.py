@@ -6,7 +6,7 @@ round.
   ``init`` that carries out exactly those labels, run by SPIN's simulator).
 * Seeded SPIN random simulations (``spin -n<seed>``), replayed on the Python model.
 
-Across the presets and six knob combinations no preset has. A disagreement fails naming the
+Across the presets and ten knob combinations no preset has. A disagreement fails naming the
 first step whose observations differ. More walks: ``python bench/bench_check_engines.py
 --agree 1000``.
 """
@@ -19,14 +19,21 @@ import pytest
 
 from memfail.check.config import load_config
 from memfail.check.model_system import ModelSystem
-from memfail.check.spin import AGREE_CONFIG, AGREE_TWO_CONFIG
+from memfail.check.spin import (
+    AGREE_CONFIG,
+    AGREE_CONVERT_CONFIG,
+    AGREE_KERNEL_CONFIG,
+    AGREE_TWO_CONFIG,
+)
 from memfail.check.spin.agree import (
     agree_simulation,
     agree_walk,
     compare,
     replay_promela,
+    replay_python,
     walk_python,
 )
+from memfail.check.spin.observe import layout
 from memfail.check.spin.promela import render
 
 # Knob combinations no preset has (policy specs as a scenario writes them).
@@ -42,8 +49,20 @@ CUSTOM: dict[str, dict[str, Any]] = {
                        "unconsumed": "notify-vmm", "honor_early": True, "fault_check": True},
     # the leader (a LATE main thread in agree-two.yaml) is told, not the EARLY vCPU thread
     "future-leader": {"base": "future", "name": "future-leader", "honor_early": False},
+    # consumed / unconsumed kill-vm and unusable crossed with a table that marks nothing on
+    # truncate, and with subpage unmapping (an unusable file refuses faults before allocating)
+    "minimum-kill-unusable": {"base": "minimum", "name": "minimum-kill-unusable",
+                              "consumed": "kill-vm", "unconsumed": "unusable"},
+    "future-unusable-kill": {"base": "future", "name": "future-unusable-kill",
+                             "consumed": "unusable", "unconsumed": "kill-vm",
+                             "unmap_stage2": "none"},
+    # the SIGBUS to current without an address (QEMU exits) and without MCE payload (QEMU
+    # dies of it), for guest loads and the VMM's vCPU threads
+    "minimum-addr-none": {"base": "minimum", "name": "minimum-addr-none", "sigbus_addr": "none"},
+    "future-plain": {"base": "future", "name": "future-plain", "sigbus_addr": "plain"},
 }
-POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "future",
+POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable",
+                       "future",
                        *CUSTOM.values()]
 WALKS, STEPS, SIMULATIONS = 6, 10, 3
 
@@ -52,6 +71,12 @@ def _system(policy: Any, config: Any = AGREE_TWO_CONFIG) -> ModelSystem:
     s = ModelSystem(load_config(config), policy)
     s.initial()
     return s
+
+
+def _label(rendered: Any, kind: str, **kw: Any) -> int:
+    """The index of the first label of ``kind`` with the parameters ``kw``."""
+    return next(i for i, lab in enumerate(rendered.labels) if lab[0] == kind and
+                all(dict(lab[1]).get(a) == b for a, b in kw.items()))
 
 
 def _id(p: Any) -> str:
@@ -76,6 +101,82 @@ def test_spin_simulations_replay_on_python(policy: Any) -> None:
         assert diff is None, f"{_id(policy)}, spin -n{seed}: {diff}"
 
 
+# Kernel users (model/kernel/kaccess.py): each reach, check and copy of the inventory.
+KERNEL_POLICIES: list[Any] = ["mainline", "minimum", "unmap", "kill-vm", "future",
+                              CUSTOM["minimum-marks"], CUSTOM["future-folio"]]
+
+
+@pytest.mark.parametrize("policy", KERNEL_POLICIES, ids=_id)
+def test_kernel_users_agree(policy: Any) -> None:
+    system = _system(policy, AGREE_KERNEL_CONFIG)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
+def test_kernel_read_of_a_table_only_record_panics_in_both() -> None:
+    """kcore skips PG_hwpoison pages only: under `minimum` (a table record, the VMM's entry
+    left present) its read of a reported error panics the host in both engines; under
+    `future` (PG_hwpoison, a hwpoison entry) it is skipped (R47)."""
+    for policy, panics in (("minimum", 1), ("future", 0)):
+        system = _system(policy, AGREE_KERNEL_CONFIG)
+        rendered = render(system)
+
+        # the VMM maps the page first (kcore reaches guest memory through its entry)
+        seq = [_label(rendered, "vmm_access", vm="vm0", page=2),
+               _label(rendered, "hw_error", vm="vm0", page=2, detect="scrub"),
+               _label(rendered, "kernel_access", vm="vm0", page=2, user="kcore")]
+        a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+        assert compare(system, rendered, a, b, ("python", "promela")) is None
+        at = layout(system).index("panic")
+        assert a.observations[-1][at] == b.observations[-1][at] == panics
+
+
+# Conversion (split and merge of a folio holding errors), crossed with the knobs it meets.
+CONVERT_POLICIES: list[Any] = [
+    "mainline", "minimum", "unmap", "unusable", "future",
+    {"base": "future", "name": "future-drops", "propagate_on_split": False},
+    {"base": "unmap", "name": "unmap-folio-flag", "record": "folio", "propagate_on_split": True,
+     "check_granularity": "subpage"},
+    {"base": "future", "name": "future-folio-zap", "check_granularity": "folio",
+     "unmap_stage2": "folio", "unmap_host": "none"},
+]
+
+
+@pytest.mark.parametrize("policy", CONVERT_POLICIES, ids=_id)
+def test_conversions_agree(policy: Any) -> None:
+    system = _system(policy, AGREE_CONVERT_CONFIG)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS + 4, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_merge_keeps_the_record_only_with_propagate_on_split(propagate: bool) -> None:
+    """A detected error on a shared (4K) page, then the whole folio converted to private: the
+    merge keeps the raw page's PG_hwpoison on the HugeTLB folio with propagate_on_split and
+    drops it without (mainline keeps no table, so the record is lost); a conversion back to
+    shared splits it again. Both engines say the same after each step."""
+    policy = {"base": "mainline", "name": f"mainline-{propagate}",
+              "propagate_on_split": propagate}
+    system = _system(policy, AGREE_CONVERT_CONFIG)
+    rendered = render(system)
+    seq = [_label(rendered, "hw_error", vm="vm0", page=2, detect="scrub"),
+           _label(rendered, "convert", vm="vm0", page=0, pages=4, to="private"),
+           _label(rendered, "convert", vm="vm0", page=0, pages=4, to="shared")]
+    a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+    assert compare(system, rendered, a, b, ("python", "promela")) is None
+    rec, priv = layout(system).index("vm0[2].rec"), layout(system).index("vm0[2].priv")
+    assert [o[rec] for o in b.observations] == [0, 1, int(propagate), int(propagate)]
+    assert [o[priv] for o in b.observations] == [0, 0, 1, 0]
+
+
 def test_walks_on_the_verdict_configuration() -> None:
     for policy in ("minimum", "future"):
         system = _system(policy, AGREE_CONFIG)
@@ -92,8 +193,6 @@ def test_a_different_policy_is_caught_at_its_first_differing_step() -> None:
     k = next(i for i, lab in enumerate(other.labels)
              if lab[0] == "hw_error" and dict(lab[1])["detect"] == "scrub"
              and dict(lab[1])["vm"] == "vm0" and dict(lab[1])["page"] == 0)
-    from memfail.check.spin.agree import replay_python
-
     a = replay_python(py, other, [k])
     b = replay_promela(py, other, [k])
     diff = compare(py, other, a, b, ("python", "promela"))

@@ -5,3 +5,6 @@ from pathlib import Path
 # Configurations the engines are checked to agree on (tests/test_check_spin*.py).
 AGREE_CONFIG = Path(__file__).with_name("agree.yaml")
 AGREE_TWO_CONFIG = Path(__file__).with_name("agree-two.yaml")
+AGREE_KERNEL_CONFIG = Path(__file__).with_name("agree-kernel.yaml")
+AGREE_CONVERT_CONFIG = Path(__file__).with_name("agree-convert.yaml")
+AGREE_SPLIT_CONFIG = Path(__file__).with_name("agree-split.yaml")

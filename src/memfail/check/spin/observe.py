@@ -17,7 +17,7 @@ from typing import Any
 from memfail.check.properties import PROPERTIES, poison_records
 
 # The order of the observed fields of one page and one VM, shared with the Promela printer.
-PAGE_FIELDS = ("held", "err", "det", "rec", "pte", "spte", "cons", "goff", "gpk")
+PAGE_FIELDS = ("held", "err", "det", "rec", "pte", "spte", "cons", "goff", "gpk", "priv")
 VM_FIELDS = ("state", "alive")
 VM_STATES = ("running", "paused", "killed")
 
@@ -54,8 +54,9 @@ def observe(system: Any, state: Any) -> tuple[int, ...]:
                 spte = int(spte_lookup(kvm_vm, page, orders) is not None)
             goff = int(kvm_vm is not None and page in kvm_vm.guest_offlined)
             gpk = int(kvm_vm is not None and page in kvm_vm.guest_pending_kill)
+            priv = int(kvm_vm is not None and page in kvm_vm.private)
             out += [int(held), int(pfn in host.phys.hw_errors), int(pfn in mon.detected),
-                    int(pfn in recs), pte, spte, consumed.get(pfn, 0), goff, gpk]
+                    int(pfn in recs), pte, spte, consumed.get(pfn, 0), goff, gpk, priv]
         state_name = kvm_vm.state if kvm_vm is not None else "running"
         out += [VM_STATES.index(state_name) if state_name in VM_STATES else 3,
                 int(proc is not None and proc.alive)]

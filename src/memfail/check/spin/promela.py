@@ -3,22 +3,24 @@
 The model (docs/check.md, "The SPIN engine") keeps, per page of guest memory: whether its frame
 still backs the VM (``held``, per VM: one HugeTLB folio holds all of a VM's pages), the hardware
 error (``err``), whether memory_failure() was called on it (``det``), whether the kernel still
-records it (``rec``; ``tab`` for the policy's table), the VMM's host PTE (0 none, 1 present,
-2 hwpoison entry), the stage-2 SPTE, how often the poison was consumed (``cons``, capped at 2)
-and the guest's view (``goff``: offlined by the guest after a vMCE, ``gpk``: its user will be
-killed on access); per VM the KVM state, whether the VMM lives and whether the guest_memfd was
-made unusable; the panic flag and the monitor bits of the properties.
+records it (``rec``; ``tab`` for the policy's table, ``hwp`` for PG_hwpoison), shared or private
+(``priv``), the VMM's host PTE (0 none, 1 present, 2 hwpoison entry), the 4K stage-2 SPTE, how
+often the poison was consumed (``cons``, capped at 2) and the guest's view (``goff``: offlined by
+the guest after a vMCE, ``gpk``: its user will be killed on access); per VM the KVM state,
+whether the VMM lives, whether the guest_memfd was made unusable, whether its folio is merged
+(one HugeTLB folio, all pages private) with a huge SPTE (``hs``), and whether a failure touched
+it (``affected``, the monitor's); the panic flag and the monitor bits of the properties.
 
-It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), allocation of new
-folios after a punch hole or release (a freed VM's accesses then find no memory), SIGBUS
-queueing per thread beyond "told", vmm_access host faults, conversion, realloc and the escape
-hatch (refused, ``Unsupported``).
+It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), machine-check
+delivery (guest behaviours, ``vcpu_mce``, ``task_work``), SIGBUS queueing per thread beyond
+"told", the hugetlbfs backing and the escape hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
 configuration's alphabet (``ModelSystem.entries``: the event table of check/events.py with
-its ``limit``s and the ``bounds.errors`` cap), and one assertion expression per property of
-check/properties.py (``PROP_EXPR``; every property must have one).
+its ``limit``s and the ``bounds.errors`` cap), one assertion expression per property of
+check/properties.py (``PROP_EXPR``; every property must have one), and each kernel user's
+reach, check and copy from the inventory (model/kernel/kaccess.py, ``kernel_user``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
-SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "punch_hole", "close",
-             "release", "realloc")
+SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
+             "convert", "punch_hole", "close", "release", "realloc")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -100,11 +102,11 @@ def check_supported(system: Any) -> None:
         raise Unsupported(f"policy {system.policy!r}: the SPIN engine models guest_memfd "
                           "backing only (backing: hugetlbfs is not modelled)")
     if policy is not None and policy.handles != "none" and (
-            policy.consumed in ("kernel", "kill-vm", "unusable") or
-            policy.unconsumed in ("kernel", "kill-vm", "unusable")):
+            policy.consumed == "kernel" or policy.unconsumed == "kernel"):
         raise Unsupported(f"policy {policy.name!r}: consumed/unconsumed "
                           f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN "
-                          "engine (it models sigbus-current, sigbus-vmm, defer, notify-vmm)")
+                          "engine (it models sigbus-current, sigbus-vmm, kill-vm, unusable, "
+                          "defer, notify-vmm)")
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M" or "mmap" not in g.flags or \
@@ -126,13 +128,10 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
-        if label[0] == "vmm_access" and p.get("write"):
-            raise Unsupported("vmm_access with write: true is not modelled by the SPIN engine")
-        if label[0] == "vmm_access" and p.get("thread") is not None:
-            proc = next(x for x in cfg.processes if x.name == vm_of(cfg, p["vm"]).vmm)
-            if p["thread"] != proc.threads[0]:
-                raise Unsupported("vmm_access is modelled for the VMM's main thread (the "
-                                  "first of its threads) only")
+        if label[0] == "vmm_access" and p.get("thread") is not None and \
+                _vmm_thread(cfg, p) is None:
+            raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
+                              "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only")
         if label[0] == "punch_hole" and p["vm"] != cfg.vms[0].name:
             raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
                               f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
@@ -143,6 +142,17 @@ def check_supported(system: Any) -> None:
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
                               "SIGBUS handler (QEMU)")
+
+
+def _vmm_thread(cfg: Any, p: dict[str, Any]) -> str | None:
+    """'main' for the VMM's first thread (or no thread given), 'vcpu' for a thread
+    do_vm_create() makes a vCPU (vcpu0 .. vcpu<vcpus-1>), None otherwise."""
+    vm = vm_of(cfg, p["vm"])
+    proc = next(x for x in cfg.processes if x.name == vm.vmm)
+    t = p.get("thread")
+    if t is None or t == proc.threads[0]:
+        return "main"
+    return "vcpu" if t in {f"vcpu{i}" for i in range(vm.vcpus)} else None
 
 
 def render(system: Any) -> Rendered:
@@ -175,11 +185,16 @@ def render(system: Any) -> Rendered:
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
-        "bit closed[NV];",
+        "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
         "byte nspare;",
         "#define pdet det",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
         + ")",
+        "#define FRAME_TAB(v) (" + " || ".join(f"tab[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
+        "#define ALL_PRIV(v) (" + " && ".join(f"priv[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
+        "#define SPTE(v, p) (spte[p] || hs[v])",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
@@ -206,7 +221,8 @@ def render(system: Any) -> Rendered:
             p = vi * npg + pg
             for f in PAGE_FIELDS:
                 fmt.append("%d")
-                args.append(f"(bk[{vi}] == OWN)" if f == "held" else f"{f}[{p}]")
+                args.append(f"(bk[{vi}] == OWN)" if f == "held" else
+                            f"SPTE({vi}, {p})" if f == "spte" else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
     fmt.append("%d")
@@ -304,7 +320,19 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "fault":  # a guest store (events.py: guest_access, op write)
         return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
     if kind == "vmm_access":
-        return f"ev_vmm({v}, {v * npg + p['page']})"
+        how = "ev_vmm_vcpu" if _vmm_thread(cfg, p) == "vcpu" else "ev_vmm"
+        return f"{how}({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
+    if kind == "kernel_access":
+        hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
+        return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
+               f"{rcv}, {gm})"
+    if kind == "convert":
+        pages = range(p["page"], min(npg, p["page"] + p["pages"]))
+        to = int(p["to"] == "private")
+        # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host._dead_actor)
+        return f"if :: alive[{v}] -> " + \
+            "; ".join(f"convert_page({v}, {v * npg + q}, {to})" for q in pages) + \
+            f"; convert_folio({v}, {to}) :: else -> skip fi"
     if kind == "punch_hole":
         return f"ev_punch({v})"
     if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
@@ -317,6 +345,53 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     raise Unsupported(kind)
 
 
+def system_args(label: Any) -> dict[str, Any]:
+    """The arguments of the model's kernel_access action for a kernel_access label (the
+    event's expansion, check/events.py: the user, and the overrides it passes on)."""
+    p = dict(label[1])
+    user = p.get("user")
+    checks, mc_safe = p.get("checks_hwpoison"), p.get("mc_safe")
+    if user is None:  # as check/events.py _kernel_access picks it
+        checks = True if checks is None else checks
+        mc_safe = False if mc_safe is None else mc_safe
+        user = "kcore" if checks else "kworker"
+    return {"user": user, "checks_hwpoison": checks, "mc_safe": mc_safe}
+
+
+# Promela codes of a kernel user's check (KernelUser.check) and of how its copy ends.
+CHECK_CODE = {"none": 0, "flag": 1, "raw-flag": 2, "entry": 3}
+RECOVERY_PANIC, RECOVERY_REPORT, RECOVERY_SILENT = 0, 1, 2
+
+
+def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A kernel user of the inventory (model/kernel/kaccess.py KERNEL_USERS) as the Promela
+    model's ``ev_kacc`` takes it: (reaches the page through the VMM's page tables, its check,
+    how a machine check in its copy ends, whether it reaches guest_memfd folios), with the
+    overrides do_kernel_access() applies (model/kvm/kvm.py): ``checks_hwpoison: false`` drops
+    the check (an hva user's uaccess still stops at a hwpoison entry), ``true`` adds the flag
+    check, ``mc_safe`` overrides the profile's release (R3, R47)."""
+    from memfail.model.kernel.kaccess import KERNEL_USER_BY_NAME, profile_release
+
+    u = KERNEL_USER_BY_NAME[args["user"]]
+    mc_safe = u.mc_safe(profile_release(cfg.profile)) if args["mc_safe"] is None \
+        else bool(args["mc_safe"])
+    check = u.check
+    if args["checks_hwpoison"] is False:
+        check = "none"
+    elif args["checks_hwpoison"] and check == "none":
+        check = "flag"
+    recovery = u.recovery
+    if mc_safe and recovery == "none":
+        recovery = "copy_mc_queue"
+    if not mc_safe:
+        rcv = RECOVERY_PANIC
+    elif recovery in ("copyin", "copy_mc_queue"):
+        rcv = RECOVERY_REPORT   # memory_failure(pfn, 0): kill_me_never or the queue
+    else:
+        rcv = RECOVERY_SILENT   # copy_mc: the copy stops, nothing reported
+    return int(u.reach == "hva"), CHECK_CODE[check], rcv, int(not u.gmem.startswith("no"))
+
+
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
 # (src/memfail/model/kvm/gmem.py, kvm.py, vmm/qemu.py).
 SEMANTICS = r"""
@@ -325,7 +400,18 @@ byte mq; byte mr; bit ao;
 #define OWN 1
 #define SPARE 2
 /* zap stage 2 of a whole VM (zap_gfn_range over everything) */
-inline zap_vm(v) { FOREACH(spte[Q] = 0) }
+inline zap_vm(v) { FOREACH(spte[Q] = 0); hs[v] = 0 }
+/* zap_gfn_range() over one page: its 4K SPTE and a huge SPTE over the folio (it overlaps) */
+inline zap_page(v, p) { spte[p] = 0; hs[v] = 0 }
+/* install_spte(): at the folio's level when the VM's folio is one HugeTLB folio (all of it
+   private: the huge entry replaces a 4K one at its head), else at 4K */
+inline map_spte(v, p) {
+  if
+  :: SPTE(v, p) -> skip
+  :: !SPTE(v, p) && merged[v] && bk[v] != 0 -> hs[v] = 1; spte[(v) * NPG] = 0
+  :: else -> spte[p] = 1
+  fi
+}
 /* rec: poison_records() - the table, PG_hwpoison / raw list / isolation, a marked free folio */
 inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HWP(v))) }
 /* _free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
@@ -334,7 +420,7 @@ inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HW
 inline free_folio(v, release) {
   if
   :: bk[v] == OWN ->
-     if :: propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi;
+     if :: !merged[v] && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi;
      if
      :: mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE) ->
           FOREACH(hwp[Q] = hwp[Q] || tab[Q])
@@ -350,7 +436,7 @@ inline free_folio(v, release) {
   :: bk[v] == SPARE -> nspare++
   :: else -> skip
   fi;
-  bk[v] = 0; zap_vm(v);
+  bk[v] = 0; merged[v] = 0; zap_vm(v);
   /* truncation unmaps present PTEs; a hwpoison entry stays until munmap or exit */
   if :: release -> FOREACH(pte[Q] = 0) :: else -> FOREACH(pte[Q] = (pte[Q] == 2 -> 2 : 0)) fi
 }
@@ -359,9 +445,9 @@ inline free_folio(v, release) {
 inline realloc(v) {
   if
   :: fst[v] == 1 ->
-     fst[v] = 0; bk[v] = OWN;
+     fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
      FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
   fi
 }
@@ -371,6 +457,7 @@ inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
+  if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
   mr = det[p];
   det[p] = 1;
   if
@@ -382,7 +469,8 @@ inline mf(v, p, ar, ao_probe, early) {
        tab[p] = 1;
        if :: record == K_RECORD_FOLIO -> hwp[p] = 1 :: else -> skip fi;
        if
-       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE || unmap_stage2 == K_UNMAP_STAGE2_FOLIO -> spte[p] = 0
+       :: unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE || (unmap_stage2 == K_UNMAP_STAGE2_FOLIO && !merged[v]) -> zap_page(v, p)
+       :: unmap_stage2 == K_UNMAP_STAGE2_FOLIO && merged[v] -> zap_vm(v)
        :: unmap_stage2 == K_UNMAP_STAGE2_VM -> zap_vm(v)
        :: else -> skip
        fi;
@@ -393,6 +481,20 @@ inline mf(v, p, ar, ao_probe, early) {
        if
        :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_vm(v)
        :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
+       :: else -> skip
+       fi;
+       /* consumed (AR, current alive): _kill_bound_vms() or _make_unusable(); SIGBUS to
+          current (sigbus-*) is QEMU's vMCE, injected by consume() */
+       if
+       :: ar && alive[v] && consumed == K_CONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: ar && alive[v] && consumed == K_CONSUMED_UNUSABLE && !unusable[v] ->
+            unusable[v] = 1; zap_vm(v)
+       :: else -> skip
+       fi;
+       /* unconsumed (AO): _kill_bound_vms() or _make_unusable() now; nobody is told */
+       if
+       :: !ar && unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: !ar && unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
        /* _notify_vmm(): the first EARLY thread (honor_early) or the leader gets AO; QEMU
@@ -410,20 +512,33 @@ inline mf(v, p, ar, ao_probe, early) {
             if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
        fi
   :: bk[v] == OWN && !CLAIMED && hwp[p] -> skip   /* already poisoned (-EHWPOISON) */
-  :: bk[v] == OWN && !CLAIMED && !hwp[p] ->
+  :: bk[v] == OWN && !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) ->
+       hwp[p] = 1   /* a new raw page of a poisoned HugeTLB folio: -EHWPOISON */
+  :: bk[v] == OWN && !CLAIMED && !hwp[p] && !(merged[v] && FRAME_HWP(v)) ->
        hwp[p] = 1;
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi
 }
 inline ev_hw_error(v, p, scrub, early) {
-  err[p] = 1;
+  err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
   if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
 inline ev_scrub(v, p, early) {
   if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
 }
-/* the fault check (_failed_in): shared folios are 4K, so folio and subpage agree */
-inline failed_in(v, p) { mr = (bk[v] == OWN && (tab[p] || hwp[p])) }
+/* the fault check (_failed_in): a split folio's pages are 4K folios, so folio and subpage
+   agree; a merged one is one HugeTLB folio: its flag (FRAME_HWP) refuses all of it at folio
+   granularity, its raw list only the page at subpage; a table record the same */
+inline failed_in(v, p) {
+  if
+  :: bk[v] != OWN -> mr = 0
+  :: bk[v] == OWN && !merged[v] -> mr = (tab[p] || hwp[p])
+  :: bk[v] == OWN && merged[v] && !CLAIMED -> mr = FRAME_HWP(v)
+  :: bk[v] == OWN && merged[v] && CLAIMED && check_granularity == K_CHECK_GRANULARITY_FOLIO ->
+       mr = (FRAME_HWP(v) || FRAME_TAB(v))
+  :: else -> mr = (hwp[p] || tab[p])
+  fi
+}
 /* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load; a
    store (wr) does not consume the poison */
 inline ev_vcpu(v, p, wr) {
@@ -435,20 +550,20 @@ inline ev_vcpu(v, p, wr) {
      :: !gpk[p] && goff[p] -> skip
      :: else ->
         if
-        :: !spte[p] && bk[v] == 0 -> realloc(v)
+        :: !SPTE(v, p) && bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
         :: else -> skip
         fi;
         if
-        :: !spte[p] && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
-        :: !spte[p] && bk[v] != 0 && unusable[v] -> vst[v] = 1
-        :: !spte[p] && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
+        :: !SPTE(v, p) && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
+        :: !SPTE(v, p) && bk[v] != 0 && unusable[v] -> vst[v] = 1
+        :: !SPTE(v, p) && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
              failed_in(v, p);
              if
              :: mr -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
-             :: else -> spte[p] = 1; if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
+             :: else -> map_spte(v, p); if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
              fi
         :: else ->
-           spte[p] = 1;
+           map_spte(v, p);
            if
            :: bk[v] == OWN && err[p] && !wr -> consume(v, p)
            :: else -> skip
@@ -459,6 +574,11 @@ inline ev_vcpu(v, p, wr) {
 }
 /* a guest-mode machine check (R45): kill_me_maybe() or the policy's AR path */
 inline consume(v, p) {
+  affected[v] = 1;
+  if
+  :: !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) -> hwp[p] = 1   /* joins the folio's raw list */
+  :: else -> skip
+  fi;
   if
   :: !CLAIMED && hwp[p] && pte[p] == 1 ->
        /* already poisoned: kill_accessing_process() finds the VMM's mapping, SIGBUS AR with
@@ -472,35 +592,160 @@ inline consume(v, p) {
        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
        mf(v, p, 1, 0, 0);
        if
-       :: alive[v] && vst[v] == 0 && consumed != K_CONSUMED_KILL_VM -> guest_mce(p, 0)
+       :: alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
+          consumed == K_CONSUMED_SIGBUS_VMM) ->
+            /* si_addr (sigbus_addr): the HVA gives QEMU's vMCE; NULL exits QEMU (exit(1),
+               Q4); a SIGBUS without MCE payload is re-raised (Q2) */
+            if
+            :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
+            :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
+            :: else -> sigbus_kill(v)
+            fi
+       /* no vMCE (unusable): KVM re-enters, the fault fails on the unusable file, paused */
+       :: alive[v] && vst[v] == 0 && !(consumed == K_CONSUMED_SIGBUS_CURRENT ||
+          consumed == K_CONSUMED_SIGBUS_VMM) && unusable[v] -> vst[v] = 1
        :: else -> skip
        fi
   fi
 }
-/* the VMM's main thread reads guest memory through its mapping: a missing PTE is faulted in
+/* a SIGBUS the VMM's main thread does not survive: the monitor counts a signal to the VMM of
+   a VM no failure touched as sent to the wrong process, and its death as an unaffected VM
+   going down (properties.py Monitor.fold: every SIGBUS si_code counts) */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+/* the VMM's main thread reads (or, wr, writes) guest memory through its mapping: a missing PTE is faulted in
    (kvm_gmem_fault_user: unusable, allocation, the policy's table check); a hwpoison entry, a
    refused fault or a consumed error gives it SIGBUS, which QEMU's main thread does not
    survive (kvm_on_sigbus aborts on AR, a non-MCE SIGBUS is re-raised) */
-inline ev_vmm(v, p) {
+inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> kill_vm(v)
-  :: pte[p] == 0 && unusable[v] -> kill_vm(v)
+  :: pte[p] == 2 -> sigbus_kill(v)
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* kvm_gmem_fault_user: SIGBUS */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> kill_vm(v)
-     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> kill_vm(v)
+     :: bk[v] == 0 -> sigbus_kill(v)
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sigbus_kill(v)
      :: else ->
         pte[p] = 1;
         if
-        :: bk[v] == OWN && err[p] ->
+        :: bk[v] == OWN && err[p] && !wr ->   /* a store does not consume the error */
+           affected[v] = 1;
            cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
            if
            :: CLAIMED -> mf(v, p, 1, 0, 0)
            :: else -> det[p] = 1; hwp[p] = 1
            fi;
-           if :: alive[v] -> kill_vm(v) :: else -> skip fi
+           if :: alive[v] -> sigbus_kill(v) :: else -> skip fi
+        :: else -> skip
+        fi
+     fi
+  fi
+}
+/* do_kernel_access() (model/kvm/kvm.py) for one user of the inventory: the page is reached
+   through the VMM's page tables (hva: a hwpoison entry stops the uaccess, a missing page is
+   faulted in as the VMM's own access would) or by pfn behind the VMM's entry (kq: 1 the VM's
+   own frame, 2 a spare one, which holds no error); its check skips it (flag: PG_hwpoison of
+   the page or of its HugeTLB folio; raw-flag: that struct page's, the folio's on its head:
+   in use, the shared pages are 4K folios with their own flag; a marked free frame (fst 2) is
+   one HugeTLB folio, flagged on its head);
+   a machine check in the copy panics (no fixup, R47), calls memory_failure(pfn, 0) (copyin,
+   copy_mc_queue: R3) or ends the copy silently (copy_mc) */
+byte kq;
+inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
+  kq = 0;
+  if
+  :: hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unusable[v] && !priv[p] ->
+     if :: bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     if
+     :: bk[v] == 0 -> skip
+     :: bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
+     :: else -> pte[p] = 1; kq = (bk[v] == OWN -> 1 : 2)
+     fi
+  :: !hva && priv[p] -> kq = (bk[v] == OWN -> 1 : (bk[v] == SPARE -> 2 : 0))  /* the file's folio */
+  :: !hva && !priv[p] && pte[p] == 2 -> kq = 1
+  :: !hva && !priv[p] && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: else -> skip
+  fi;
+  if :: !gm && (kq == 2 || (kq == 1 && bk[v] == OWN)) -> kq = 0 :: else -> skip fi;
+  if
+  :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v))) -> kq = 0
+  :: kq == 1 && chk == 2 && (bk[v] == OWN && merged[v]) && head && FRAME_HWP(v) -> kq = 0
+  :: kq == 1 && chk == 2 && !(bk[v] == OWN && merged[v]) &&
+     ((fst[v] != 2 && hwp[p]) || (fst[v] == 2 && head)) -> kq = 0
+  :: else -> skip
+  fi;
+  if
+  :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi;
+     if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi
+  :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0, 0)
+  :: else -> skip
+  fi;
+  kq = 0
+}
+/* do_set_attributes() (model/kvm/kvm.py): zap the range's SPTEs, set the attribute;
+   gmem_convert() (model/kvm/gmem.py): a page made private loses its present host PTE (a
+   hwpoison entry stays) */
+inline convert_page(v, p, topriv) {
+  zap_page(v, p); priv[p] = topriv;
+  if :: topriv -> pte[p] = (pte[p] == 2 -> 2 : 0) :: else -> skip fi
+}
+/* ... then the folio: gmem_merge() once every page is private, gmem_split() of a merged
+   folio when a page becomes shared (R87). PG_hwpoison moves between the raw pages and the
+   folio (flag and raw list) only with propagate_on_split; without it the split drops the
+   folio's and the merge the raw pages' (the record is lost). A spare frame holds no error */
+inline convert_folio(v, topriv) {
+  if
+  :: topriv && bk[v] != 0 && !merged[v] && ALL_PRIV(v) -> merged[v] = 1;
+     if :: bk[v] == OWN && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi
+  :: !topriv && bk[v] != 0 && merged[v] -> merged[v] = 0;
+     if :: bk[v] == OWN && propagate_on_split == K_PROPAGATE_ON_SPLIT_FALSE -> FOREACH(hwp[Q] = 0) :: else -> skip fi
+  :: else -> skip
+  fi
+}
+/* a vCPU thread of the VMM loads or stores through the mapping: it takes SIGBUS
+   asynchronously (kvm_init_cpu_signals), so an MCE SIGBUS with a guest address becomes a vMCE
+   QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
+   plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
+   pending */
+inline ev_vmm_vcpu(v, p, wr) {
+  if
+  :: !alive[v] || vst[v] == 3 -> skip
+  :: pte[p] == 2 -> guest_mce(p, 0)            /* the hwpoison entry: AR with its address */
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sigbus_kill(v)   /* BUS_ADRERR */
+  :: else ->
+     if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
+     if
+     :: bk[v] == 0 -> sigbus_kill(v)
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
+          guest_mce(p, 0)                      /* VM_FAULT_HWPOISON: AR */
+     :: else ->
+        pte[p] = 1;
+        if
+        :: bk[v] == OWN && err[p] && !wr ->
+           affected[v] = 1;
+           cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+           if
+           :: CLAIMED ->
+              mf(v, p, 1, 0, 0);
+              if
+              :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
+                 if
+                 :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
+                 :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
+                 :: else -> sigbus_kill(v)                            /* plain: re-raised */
+                 fi
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> guest_mce(p, 0)
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
+              :: else -> skip
+              fi
+           :: !CLAIMED && hwp[p] -> det[p] = 1; guest_mce(p, 0)   /* kill_accessing_process */
+           :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
+           fi
         :: else -> skip
         fi
      fi
