@@ -36,6 +36,33 @@ def test_standard_config_loads() -> None:
                                               "release", "realloc", "convert", "kernel_access"}
 
 
+def test_standard_config_holds_what_docs_check_md_lists() -> None:
+    """docs/check.md, The standard configuration: several VMs, two errors in one huge folio,
+    conversion both ways over the whole huge page, punch hole and release, the guest
+    behaviours, concurrent vCPU consumption and kernel users from the inventory."""
+    from memfail.model.policy.registry import policy_names
+
+    cfg = standard_config()
+    assert set(cfg.policies) == set(policy_names())
+    assert len(cfg.vms) >= 3
+    assert {v.behaviour for v in cfg.vms} >= {"careless", "hostile", "confidential"}
+    assert cfg.bounds.errors == 2
+
+    def labels(event: str) -> list[dict[str, object]]:
+        return [dict(lab[1]) for e in cfg.events if e.event == event
+                for lab in labels_of(e.event, e.params)]
+
+    errors = labels("hw_error")
+    assert len({p["page"] for p in errors if p["vm"] == "vm0"}) == 2  # one huge folio
+    converts = labels("convert")
+    assert {c["to"] for c in converts} == {"private", "shared"}
+    assert all(c["pages"] == 1 << cfg.geometry.pmd_order for c in converts)
+    assert labels("punch_hole") and labels("release")
+    assert {k["user"] for k in labels("kernel_access")} >= {"kcore", "vmcore", "vhost"}
+    assert len({m["vcpu"] for m in labels("vcpu_mce")}) == 2
+    assert len({p["vm"] for e in ("hw_error", "vcpu_access") for p in labels(e)}) == 3
+
+
 def test_list_parameters_vary_in_order() -> None:
     cfg = load_config_text(BASE + "  - {event: hw_error, vm: vm0, page: [0, 1], "
                            "detect: [latent, scrub]}\n")

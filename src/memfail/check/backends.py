@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -105,6 +105,13 @@ class Backend:
         for i, chunk in enumerate(chunks):
             yield i, expand_chunk(system, chunk, opt, full)
 
+    def map_calls(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
+                  ) -> Iterator[tuple[int, Any]]:
+        """(index, ``fn(*args)``) for each ``args`` of ``calls``, in the order they finish;
+        ``fn`` is a module-level function (it travels by name to workers)."""
+        for i, args in enumerate(calls):
+            yield i, fn(*args)
+
     def close(self) -> None:
         pass
 
@@ -160,6 +167,24 @@ class ProcessBackend(Backend):
             for f in futures:
                 f.cancel()
 
+    def map_calls(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
+                  ) -> Iterator[tuple[int, Any]]:
+        n = len(self._pools)  # calls spread round-robin: results are keyed by index anyway
+        futures: list[Future[Any]] = [self._pools[i % n].submit(fn, *args)
+                                      for i, args in enumerate(calls)]
+        index = {id(f): i for i, f in enumerate(futures)}
+        try:
+            for f in as_completed(futures):
+                try:
+                    res = f.result()
+                except BrokenProcessPool as e:
+                    raise WorkerError("a worker process died (killed, or out of memory); "
+                                      "rerun with fewer --workers") from e
+                yield index[id(f)], res
+        finally:
+            for f in futures:
+                f.cancel()
+
     def close(self) -> None:
         for pool in self._pools:
             pool.shutdown(cancel_futures=True)
@@ -195,6 +220,19 @@ class DaskBackend(Backend):
         _, blob_future, key, _ = self._scattered
         futures = [self._client.submit(remote_expand, key, blob_future, c, opt, full, pure=False)
                    for c in chunks]
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for f in dask_completed(futures):
+                yield index[f.key], f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def map_calls(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
+                  ) -> Iterator[tuple[int, Any]]:
+        from distributed import as_completed as dask_completed
+
+        futures = [self._client.submit(fn, *args, pure=False) for args in calls]
         index = {f.key: i for i, f in enumerate(futures)}
         try:
             for f in dask_completed(futures):

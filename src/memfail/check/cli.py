@@ -61,6 +61,51 @@ def write_counterexample(out: Path, system: System, verdict: Any) -> Path:
     return path
 
 
+def hooks_absent(policy: Any) -> dict[str, str]:
+    """The policy hooks (model_system.POLICY_HOOKS) a policy cannot fire, whatever the
+    configuration, each with why, from its knobs (src/memfail/model/kvm/gmem.py: which
+    paths emit a ``PolicyEvent`` under which hook). Coverage lists them apart from the hooks
+    it has that never fired."""
+    from memfail.model.policy.registry import make_policy
+
+    pol = make_policy(policy)
+    if pol.backing == "hugetlbfs":
+        why = ("no guest_memfd: guest memory is a hugetlbfs memfd (backing: hugetlbfs), "
+               "handled by the kernel's HugeTLB path")
+        return dict.fromkeys(("memory_failure", "error_folio", "split", "merge", "punch",
+                              "release"), why)
+    out: dict[str, str] = {}
+    if pol.handles == "none":
+        out["memory_failure"] = ("handles: none: memory_failure() runs the kernel's own path "
+                                 "(kvm_gmem_error_folio, or the HugeTLB path for a HugeTLB "
+                                 "folio), never the policy's")
+    if pol.vm_on_error != "unusable":
+        out["error_folio"] = (f"vm_on_error: {pol.vm_on_error}: kvm_gmem_error_folio makes "
+                              "the guest_memfd unusable only with vm_on_error: unusable "
+                              "(consumed/unconsumed: unusable report under memory_failure)")
+    table_only = pol.handles != "none" and pol.record == "table"
+    if table_only:
+        why = ("record: table: a failure is kept in the table, never as PG_hwpoison on a "
+               "HugeTLB folio or its raw pages while the folio lives, so a conversion never "
+               "{} a folio holding one")
+        out["split"] = why.format("splits")
+        out["merge"] = why.format("merges")
+    kills = pol.vm_on_error == "kill" or (pol.consumed == "kill-vm" and
+                                          pol.unconsumed == "kill-vm")
+    if table_only and not pol.mark_on_truncate:
+        out["punch"] = ("mark_on_truncate: false with record: table: punch hole frees "
+                        "failed pages without PG_hwpoison (C4: HWpoison only at inode "
+                        "release)")
+    elif kills and pol.handles == "all":
+        out["punch"] = ("every failure it is told of kills the VM, and the VMM's exit "
+                        "releases the guest_memfd: no punch hole follows a recorded failure "
+                        "(release marks it)")
+    if table_only and not (pol.mark_on_truncate or pol.mark_on_release):
+        out["release"] = ("mark_on_release and mark_on_truncate: false with record: table: "
+                          "inode release frees failed pages without PG_hwpoison")
+    return out
+
+
 class OptionError(InputError):
     """A command-line option of ``memfail check`` that cannot work: ``--OPTION: message``."""
 
@@ -170,10 +215,22 @@ def check(
     engine: Annotated[str, typer.Option(
         help="python (default), spin (SPIN, exhaustive) or spin-bitstate (SPIN, bitstate); "
              "see docs/check.md, The SPIN engine.")] = "python",
+    swarm: Annotated[int | None, typer.Option(
+        "--swarm", metavar="N", min=1,
+        help="Swarm search instead of exhaustive exploration: N seeded random walks per "
+             "policy, up to --walk-depth steps, each violation shrunk to a short scenario "
+             "(see docs/check.md, Swarm).")] = None,
+    walk_depth: Annotated[int | None, typer.Option(
+        help="With --swarm: steps per walk (default 40).", min=1)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="With --swarm: the seed of the walks (default 0); the same seed gives the same "
+             "walks and report whatever --workers.", min=0)] = None,
 ) -> None:
     """Explore every interleaving of the configured events under each policy.
 
     Example: memfail check --policy minimum --property contained --out cex/
+
+    Swarm: memfail check --swarm 200 --walk-depth 40 --seed 1 --workers 2 --out cex/
 
     Exit status: 0 no selected property fails, 1 one does, 2 bad input or usage (one
     `memfail: error:` line, before any work), 3 internal error.
@@ -181,7 +238,7 @@ def check(
     try:
         _check(config, policy, prop, workers, scheduler, out, as_json, max_depth, max_states,
                max_seconds, max_memory, checkpoint, checkpoint_every, resume, symmetry, por,
-               races, engine)
+               races, engine, swarm, walk_depth, seed)
     except InputError as e:
         typer.echo(f"memfail: error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -192,8 +249,24 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
            max_depth: int | None, max_states: int | None, max_seconds: float | None,
            max_memory: float | None, checkpoint: Path | None, checkpoint_every: float,
            resume: Path | None, symmetry: bool, por: bool, races: bool,
-           engine: str = "python") -> None:
+           engine: str = "python", swarm: int | None = None, walk_depth: int | None = None,
+           seed: int | None = None) -> None:
     stored: dict[str, Any] | None = None
+    if swarm is None:
+        for swarm_only, flag in ((walk_depth, "--walk-depth"), (seed, "--seed")):
+            if swarm_only is not None:
+                raise OptionError(flag, "only with --swarm N (a swarm search); the exhaustive "
+                                  "check's depth is --max-depth")
+    else:
+        not_with: dict[str, object] = {
+            "--checkpoint": checkpoint, "--resume": resume, "--max-depth": max_depth,
+            "--max-states": max_states, "--max-seconds": max_seconds,
+            "--max-memory": max_memory, "--symmetry": symmetry or None, "--por": por or None,
+            "--engine": None if engine == "python" else engine}
+        for flag, used in not_with.items():
+            if used is not None:
+                raise OptionError(flag, "not with --swarm (walks are bounded by --walk-depth "
+                                  "and --swarm N; the Python engine runs them)")
     if checkpoint is not None and resume is not None:
         raise OptionError("--checkpoint", "give either --checkpoint DIR (a new check) or "
                           "--resume DIR (continue one), not both")
@@ -252,7 +325,14 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     options = Options(tuple(props), symmetry or cfg.symmetry, por, checkpoint_dir=ckpt,
                       checkpoint_every=checkpoint_every, resume=resume is not None)
     err = Console(stderr=True)
+    if swarm is not None:
+        from memfail.check.swarm import SwarmOptions
+
+        sopt = SwarmOptions(swarm, walk_depth or 40, seed or 0, tuple(props))
+        _swarm(cfg, config, policies, sopt, workers, scheduler, out, as_json, races, err)
+        return
     results: list[tuple[str, Result, dict[str, str]]] = []
+    absent: dict[str, dict[str, str]] = {}
     where = str(config) if config is not None else "standard configuration"
     try:
         backend: Backend = make_backend(workers, scheduler)
@@ -283,17 +363,107 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
             except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
                 raise OptionError("--engine", f"policy {pol!r}: {e}") from None
             files: dict[str, str] = {}
+            if _is_model(system) and engine == "python":  # SPIN reports no hooks
+                absent[pol] = hooks_absent(pol)
             if out is not None:
                 for name, v in result.verdicts.items():
                     if v.status == FAIL:
                         files[name] = str(write_counterexample(out, system, v))
             results.append((pol, result, files))
     if as_json:
-        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races), indent=2))
+        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
+                              indent=2))
     else:
-        _print_table(wide_console(), results, props)
+        _print_table(wide_console(), results, props, absent)
     if any(r.failed() for _, r, _ in results):
         raise typer.Exit(1)
+
+
+def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any, workers: int,
+           scheduler: str | None, out: Path | None, as_json: bool, races: bool,
+           err: Console) -> None:
+    """``--swarm N``: seeded random walks per policy (memfail.check.swarm), their violations
+    shrunk and written with ``--out``; the ``memfail.swarm/1`` JSON or a table."""
+    from memfail.check.swarm import SwarmProgress, SwarmResult, swarm, swarm_json
+
+    where = str(config) if config is not None else "standard configuration"
+    try:
+        backend: Backend = make_backend(workers, scheduler)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise OptionError("--scheduler" if scheduler else "--workers",
+                          f"cannot start workers: {e}") from None
+    results: list[tuple[str, SwarmResult, dict[str, str]]] = []
+    absent: dict[str, dict[str, str]] = {}
+    with backend:
+        for pol in policies:
+            try:
+                system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
+            except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
+                raise OptionError(where, f"policy {pol!r}: {e}") from None
+            bar = None if as_json or not err.is_terminal else RichProgress(console=err,
+                                                                             transient=True)
+            try:
+                if bar is None:
+                    result = swarm(system, backend, opt)
+                else:
+                    with bar:
+                        task = bar.add_task(f"{pol}: walks", total=opt.walks)
+
+                        def show(p: SwarmProgress, bar: RichProgress = bar,
+                                 task: Any = task, pol: str = pol) -> None:
+                            rate = p.walks_done / p.elapsed if p.elapsed else 0.0
+                            bar.update(task, completed=p.walks_done, description=(
+                                f"{pol}: {p.phase}, {p.walks_done}/{p.walks} walks, "
+                                f"{p.violations} properties violated, {rate:,.1f} walks/s"))
+
+                        result = swarm(system, backend, opt, show)
+            except WorkerError as e:
+                raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
+            except (KeyError, ValueError, NotImplementedError) as e:
+                raise OptionError(where, f"policy {pol!r}: {e}") from None
+            files: dict[str, str] = {}
+            if _is_model(system):
+                absent[pol] = hooks_absent(pol)
+            if out is not None:
+                for name, v in result.verdicts().items():
+                    if v.status == FAIL:
+                        files[name] = str(write_counterexample(out, system, v))
+            results.append((pol, result, files))
+    if as_json:
+        typer.echo(json.dumps(swarm_json(cfg.name, config, opt, results, workers, scheduler,
+                                         races, absent), indent=2))
+    else:
+        _print_swarm(wide_console(), results, list(opt.properties), opt, absent)
+    if any(r.failed() for _, r, _ in results):
+        raise typer.Exit(1)
+
+
+def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]],
+                 props: list[str], opt: Any, absent: dict[str, dict[str, str]]) -> None:
+    table = Table(title=f"memfail check --swarm {opt.walks} (walk depth {opt.walk_depth}, "
+                  f"seed {opt.seed}): policy x property")
+    table.add_column("policy")
+    for p in props:
+        table.add_column(p)
+    table.add_column("walks")
+    for pol, r, _ in results:
+        cells = []
+        for v in r.verdicts().values():
+            colour = "red" if v.status == FAIL else "yellow"
+            cells.append(f"[{colour}]{v.short()}[/{colour}]")
+        table.add_row(pol, *cells, f"{r.walks:,}")
+    console.print(table)
+    for pol, r, files in results:
+        never = ", ".join(r.kinds_never) or "none"
+        console.print(f"{pol}: {r.walks:,} walks, {r.steps:,} steps (longest {r.longest}, "
+                      f"{r.ended_early} ended early), {r.walks_per_second:,.1f} walks/s, "
+                      f"{r.steps_per_second:,.0f} steps/s; events never fired: {never}")
+        _print_hooks(console, r.hooks_never, absent.get(pol, {}))
+        for name, f in r.found.items():
+            where = f" -> {files[name]}" if name in files else ""
+            console.print(f"  {name}: FAIL in {f.walks} of {r.walks} walks (first: walk "
+                          f"{f.first_walk}, step {f.found_at}); shrunk to {len(f.labels)} "
+                          f"steps: {f.message}{where}")
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool) -> Result:
@@ -321,8 +491,23 @@ def _run(system: System, backend: Backend, bounds: Bounds, options: Options, err
         return explore(system, backend, bounds, options, show)
 
 
+def _is_model(system: System) -> bool:
+    from memfail.check.model_system import ModelSystem
+
+    return isinstance(system, ModelSystem)
+
+
+def _print_hooks(console: Console, never: list[str], absent: dict[str, str]) -> None:
+    """The hooks a policy has that never fired, then those it does not have, with why."""
+    missing = [h for h in never if h not in absent]
+    if missing:
+        console.print(f"  policy hooks never fired: {', '.join(missing)}")
+    for hook, why in absent.items():
+        console.print(f"  policy hook {hook} cannot fire under this policy: {why}")
+
+
 def _print_table(console: Console, results: list[tuple[str, Result, dict[str, str]]],
-                 props: list[str]) -> None:
+                 props: list[str], absent: dict[str, dict[str, str]] | None = None) -> None:
     table = Table(title="memfail check: policy x property")
     table.add_column("policy")
     for p in props:
@@ -343,18 +528,31 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
                       f"{'complete' if r.complete else 'stopped: ' + str(r.stop_reason)}; "
                       f"fingerprint collision probability <= {r.collision_probability:.1e}; "
                       f"events never fired: {never}")
-        if r.coverage.hooks_never:
-            console.print(f"  policy hooks never fired: {', '.join(r.coverage.hooks_never)}")
+        _print_hooks(console, r.coverage.hooks_never, (absent or {}).get(pol, {}))
         for name, v in r.verdicts.items():
             if v.status == FAIL:
                 where = f" -> {files[name]}" if name in files else ""
                 console.print(f"  {name}: FAIL at depth {v.depth}: {v.message}{where}")
 
 
+def coverage_json(events_fired: list[str], events_never: list[str], hooks_fired: list[str],
+                  hooks_never: list[str], absent: dict[str, str] | None) -> dict[str, Any]:
+    """The ``coverage`` object: with a model policy, ``hooks_missing`` (hooks the policy has
+    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why)."""
+    out: dict[str, Any] = {"events_fired": events_fired, "events_never": events_never,
+                           "hooks_fired": hooks_fired, "hooks_never": hooks_never}
+    if absent is not None:
+        out["hooks_missing"] = [h for h in hooks_never if h not in absent]
+        out["hooks_absent"] = absent
+    return out
+
+
 def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result, dict[str, str]]],
-            workers: int, scheduler: str | None, races: bool = False) -> dict[str, Any]:
+            workers: int, scheduler: str | None, races: bool = False,
+            absent: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The ``memfail.check/1`` document (docs/check.md)."""
     docs = {p.name: p for p in PROPERTIES}
+    absent = absent or {}
     return {
         "schema": JSON_SCHEMA,
         "config": cfg.name,
@@ -374,10 +572,9 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
             "states_per_s": round(r.states_per_second, 1),
             "collision_probability": r.collision_probability,
             "reductions": {"symmetry": r.symmetry, "por": r.por},
-            "coverage": {"events_fired": r.coverage.kinds_fired,
-                         "events_never": r.coverage.kinds_never,
-                         "hooks_fired": r.coverage.hooks_fired,
-                         "hooks_never": r.coverage.hooks_never},
+            "coverage": coverage_json(r.coverage.kinds_fired, r.coverage.kinds_never,
+                                      r.coverage.hooks_fired, r.coverage.hooks_never,
+                                      absent.get(pol)),
             "verdicts": {name: {
                 "status": v.status,
                 "depth": v.depth,

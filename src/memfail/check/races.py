@@ -133,6 +133,9 @@ ATOMIC_NEEDS: dict[str, frozenset[Lock]] = {
     "punch_hole": frozenset({INV_X}), "close": frozenset({INV_X, FOLIO, HUGETLB_LOCK, MMU}),
     "release": frozenset({INV_X, FOLIO, HUGETLB_LOCK, MMU}), "realloc": frozenset({INV_X, HUGETLB_LOCK}),
     "action": frozenset(),
+    # guest behaviours and the machine-check window (docs/mce.md): accesses, like vcpu_access;
+    # a step of theirs that calls memory_failure() waits like any consumption (model_system)
+    "guest_run": frozenset(), "vcpu_mce": frozenset(), "task_work": frozenset(),
 }
 
 
