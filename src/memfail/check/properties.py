@@ -120,8 +120,15 @@ class Monitor:
                     ao_calls.append(e)
                 detected.add(e.pfn)
             elif isinstance(e, PoisonConsumed):
-                if e.mode in ("guest", "user"):  # machine-check-safe kernel copies are
-                    consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)  # contained
+                # machine-check-safe kernel copies are contained. A consumption while an
+                # earlier one of the same poison waits for its memory_failure() (the task
+                # work queued by queue_task_work(), M5-M8: another vCPU loading the line
+                # before the first one's task work ran) is one no policy can prevent, as no
+                # policy code has run yet: only a consumption after memory_failure() was
+                # called on the page counts as consumed again
+                window = e.pfn not in detected and consumed.get(e.pfn, 0) >= 1
+                if e.mode in ("guest", "user") and not window:
+                    consumed[e.pfn] = min(2, consumed.get(e.pfn, 0) + 1)
                 # the consumer's VM is affected even when the frame was free when the error
                 # appeared and was handed to this VM afterwards
                 hit = e.vm or ctx.vm_of_proc(e.by.split(":", 1)[0])
@@ -285,7 +292,9 @@ PROPERTIES: tuple[PropertyDef, ...] = (
                 "C4: HWpoison only at inode release, so HugeTLB's free path can isolate raw "
                 "pages", _no_reuse),
     PropertyDef("contained",
-                "After a consumed failure, the same poison is never consumed again.",
+                "After a consumed failure, the same poison is never consumed again once "
+                "memory_failure() has run on it (loads by other CPUs before the first "
+                "consumption's task work runs are the hardware's window, not counted).",
                 "C2 vs C7: 'unmap on error is non-negotiable' (Dan); C5 no fault check",
                 _contained),
     PropertyDef("sigbus-owner-only",
