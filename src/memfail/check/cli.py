@@ -25,6 +25,8 @@ from memfail.inputs import InputError, did_you_mean
 from memfail.report.console import wide_console
 
 JSON_SCHEMA = "memfail.check/1"
+SPIN_STANDARD = Path(__file__).parent / "spin" / "standard.yaml"
+SPIN_STANDARD_NAME = "src/memfail/check/spin/standard.yaml"
 
 
 def make_system(config: CheckConfig, policy: str, races: bool = False) -> System:
@@ -286,6 +288,16 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         symmetry, por = bool(stored["symmetry"]), bool(stored["por"])
         races = bool(stored["races"])
         # Bounds (--max-*) are budgets of this run, not of the check: give them again.
+    if config is None and engine != "python" and stored is None:
+        # the SPIN engine does not render the standard configuration's guest behaviours:
+        # its own default is that configuration without them (said on stderr, and in the
+        # table's configuration name)
+        config = SPIN_STANDARD
+        Console(stderr=True).print(
+            f"--engine {engine}: the standard configuration's guest behaviours (careless, "
+            "hostile, confidential), vcpu_mce and task_work are not rendered in Promela; "
+            f"checking {SPIN_STANDARD_NAME}, the standard configuration without them "
+            "(docs/check.md, The SPIN engine)", highlight=False, soft_wrap=True)
     cfg = load_config(config) if config is not None else standard_config()
     if stored is not None and _config_digest(config) != stored["config_sha256"]:
         raise OptionError("--resume", f"the configuration {config or 'standard'} changed "

@@ -69,7 +69,7 @@ def grouping_scenarios(base: str, quick: bool, names: list[str] | None, handles_
 
 def search(
     config: Annotated[Path | None, typer.Option(
-        "--config", help="Check configuration (YAML); the shipped standard one if omitted.")
+        "--config", help="Check configuration (YAML); if omitted, the search's own src/memfail/search/config.yaml (two VMs, one error, the events the call discussed).")
     ] = None,
     depth: Annotated[int | None, typer.Option(
         help=f"Check depth (default {DEFAULT_DEPTH}; {QUICK_DEPTH} with --quick).", min=1)
@@ -122,7 +122,7 @@ def search(
 
     The default search varies 9 design knobs (the readings of the call's words and handles,
     vm_on_error, backing keep the minimum preset's values: 5,040 combinations), checks the
-    standard configuration to depth 3 and samples 12,800 fleet host-years: about 430 s of CPU,
+    search's configuration (src/memfail/search/config.yaml) to depth 3 and samples 12,800 fleet host-years: about 430 s of CPU,
     so about 4 minutes on 2 idle workers, 200 MB. Deeper: --depth 4 or 5, --vary KNOB,
     --answer-checks, --every-knob (docs/search.md).
 

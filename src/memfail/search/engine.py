@@ -24,6 +24,7 @@ import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from memfail.check.explorer import FAIL, Bounds, Options, explore
@@ -63,13 +64,16 @@ def _scenario(name: str) -> Any:
     return sc
 
 
+DEFAULT_CONFIG = str(Path(__file__).with_name("config.yaml"))
+
+
 def _config(file: str | None) -> Any:
     key = file or ""
     cfg = _CONFIGS.get(key)
     if cfg is None:
-        from memfail.check.config import load_config, standard_config
+        from memfail.check.config import load_config
 
-        cfg = _CONFIGS[key] = load_config(file) if file else standard_config()
+        cfg = _CONFIGS[key] = load_config(file or DEFAULT_CONFIG)
     return cfg
 
 

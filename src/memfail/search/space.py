@@ -74,7 +74,7 @@ NOT_VARIED: dict[str, str] = {
     "backing": "hugetlbfs is the baseline without guest_memfd, not a guest_memfd policy; it "
                "is compared as a preset",
     "handles": "the call's scope is HugeTLB-backed guest_memfd ('hugetlb'); 'all' also "
-               "takes 4K folios, which the standard configuration does not have",
+               "takes 4K folios, which the search's configuration does not have",
     "vm_on_error": "kill/unusable on every failure is what consumed and unconsumed kill-vm / "
                    "unusable do together (Sean's and James's readings); the search varies "
                    "those two",
