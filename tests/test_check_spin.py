@@ -116,3 +116,20 @@ def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture
     assert "--races" in capsys.readouterr().err
     assert main(["check", str(AGREE_CONFIG), "--engine", "nusmv"]) == 2
     assert "unknown engine 'nusmv'" in capsys.readouterr().err
+
+
+def test_without_a_file_spin_checks_its_own_default_and_says_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`memfail check --engine spin` with no file does not stop on the standard
+    configuration's guest behaviours: it checks src/memfail/check/spin/standard.yaml, names it
+    on stderr, and completes (every verdict PASS or FAIL) for the policy asked."""
+    rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json"])
+    out, err = capsys.readouterr()
+    assert "src/memfail/check/spin/standard.yaml" in err
+    doc = json.loads(out)
+    (res,) = doc["results"]
+    statuses = {v["status"] for v in res["verdicts"].values()}
+    assert statuses <= {"PASS", "FAIL"} and res["complete"]
+    assert res["verdicts"]["early-told"]["status"] == "FAIL"  # kill-vm ignores EARLY (C6)
+    assert res["verdicts"]["contained"]["status"] == "PASS"
+    assert rc == 1
