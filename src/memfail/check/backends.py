@@ -122,6 +122,23 @@ class Backend:
         self.close()
 
 
+def _completed(futures: list[Future[Any]], hint: str) -> Iterator[tuple[int, Any]]:
+    """(index, result) of local futures as they complete; a dead worker process is a
+    WorkerError with ``hint``; what is left is cancelled when the caller stops early."""
+    index = {id(f): i for i, f in enumerate(futures)}
+    try:
+        for f in as_completed(futures):
+            try:
+                res = f.result()
+            except BrokenProcessPool as e:
+                raise WorkerError(f"a worker process died (killed, or out of memory); {hint}"
+                                  ) from e
+            yield index[id(f)], res
+    finally:
+        for f in futures:
+            f.cancel()
+
+
 class ProcessBackend(Backend):
     """Local worker processes (spawned, so no state leaks in from the parent), one pool of one
     process each: a chunk's home picks its worker, so the states of one part (one host, for
@@ -153,37 +170,14 @@ class ProcessBackend(Backend):
         futures: list[Future[ChunkResult]] = [
             self._pools[(homes[i] if homes is not None else i) % n].submit(
                 remote_expand, key, blob, c, opt, full) for i, c in enumerate(chunks)]
-        index = {id(f): i for i, f in enumerate(futures)}
-        try:
-            for f in as_completed(futures):
-                try:
-                    res = f.result()
-                except BrokenProcessPool as e:
-                    raise WorkerError("a worker process died (killed, or out of memory); "
-                                       "rerun with fewer --workers or a --max-memory bound"
-                                       ) from e
-                yield index[id(f)], res
-        finally:
-            for f in futures:
-                f.cancel()
+        yield from _completed(futures, "rerun with fewer --workers or a --max-memory bound")
 
     def map_calls(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
                   ) -> Iterator[tuple[int, Any]]:
         n = len(self._pools)  # calls spread round-robin: results are keyed by index anyway
         futures: list[Future[Any]] = [self._pools[i % n].submit(fn, *args)
                                       for i, args in enumerate(calls)]
-        index = {id(f): i for i, f in enumerate(futures)}
-        try:
-            for f in as_completed(futures):
-                try:
-                    res = f.result()
-                except BrokenProcessPool as e:
-                    raise WorkerError("a worker process died (killed, or out of memory); "
-                                      "rerun with fewer --workers") from e
-                yield index[id(f)], res
-        finally:
-            for f in futures:
-                f.cancel()
+        yield from _completed(futures, "rerun with fewer --workers")
 
     def close(self) -> None:
         for pool in self._pools:

@@ -346,17 +346,10 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     results: list[tuple[str, Result, dict[str, str]]] = []
     absent: dict[str, dict[str, str]] = {}
     where = str(config) if config is not None else "standard configuration"
-    try:
-        backend: Backend = make_backend(workers, scheduler)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise OptionError("--scheduler" if scheduler else "--workers",
-                          f"cannot start workers: {e}") from None
+    backend = _backend(workers, scheduler)
     with backend:
         for pol in policies:
-            try:
-                system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
-            except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
-                raise OptionError(where, f"policy {pol!r}: {e}") from None
+            system = _system_for(cfg, pol, races, where)
             if options.symmetry and getattr(system, "canonical", None) is None:
                 raise OptionError(
                     "--symmetry", "symmetry reduction is not available for the memfail model "
@@ -391,6 +384,24 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         raise typer.Exit(1)
 
 
+def _backend(workers: int, scheduler: str | None) -> Backend:
+    """Local worker processes or the Dask scheduler; one that cannot start is a usage error."""
+    try:
+        return make_backend(workers, scheduler)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise OptionError("--scheduler" if scheduler else "--workers",
+                          f"cannot start workers: {e}") from None
+
+
+def _system_for(cfg: CheckConfig, pol: str, races: bool, where: str) -> System:
+    """The checked system of policy ``pol`` (lock-granular with ``races``); a policy the
+    configuration cannot build is a usage error naming ``where``."""
+    try:
+        return make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
+    except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise OptionError(where, f"policy {pol!r}: {e}") from None
+
+
 def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any, workers: int,
            scheduler: str | None, out: Path | None, as_json: bool, races: bool,
            err: Console) -> None:
@@ -399,19 +410,12 @@ def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any,
     from memfail.check.swarm import SwarmProgress, SwarmResult, swarm, swarm_json
 
     where = str(config) if config is not None else "standard configuration"
-    try:
-        backend: Backend = make_backend(workers, scheduler)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise OptionError("--scheduler" if scheduler else "--workers",
-                          f"cannot start workers: {e}") from None
+    backend = _backend(workers, scheduler)
     results: list[tuple[str, SwarmResult, dict[str, str]]] = []
     absent: dict[str, dict[str, str]] = {}
     with backend:
         for pol in policies:
-            try:
-                system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
-            except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
-                raise OptionError(where, f"policy {pol!r}: {e}") from None
+            system = _system_for(cfg, pol, races, where)
             bar = None if as_json or not err.is_terminal else RichProgress(console=err,
                                                                              transient=True)
             try:
