@@ -146,6 +146,39 @@ def test_snapshots_copy_the_host_and_key_its_fingerprint() -> None:
     assert host_encoding(s.host) == host_encoding(back.host)  # stepping left s alone
 
 
+def test_fast_encoding_equals_the_plain_definition_on_every_explored_host() -> None:
+    """The encoder behind fingerprints (inline scalars, cached references) gives the same
+    bytes as the plain definition of the encoding for every host a search meets, with
+    --races, across policies; and the two differ where the hosts differ."""
+    from memfail.check import model_system as ms
+    from memfail.check.encode import host_encoding, plain_encoding
+
+    cfg = standard_config()
+    hosts: list[Any] = []
+    seen = ms.host_encoding
+
+    def keep(host: Any) -> bytes:
+        hosts.append(ms.freeze(host))
+        return seen(host)
+
+    ms.host_encoding = keep
+    try:
+        for policy in cfg.policies[:2]:
+            with make_backend(1) as backend:
+                explore(built(ModelSystem(cfg, policy, races=True)), backend,
+                        Bounds(max_depth=2), Options(stop_when_all_fail=False))
+    finally:
+        ms.host_encoding = seen
+    assert len(hosts) > 20
+    encodings = set()
+    for blob in hosts:
+        h = ms.thaw(blob)
+        fast = host_encoding(h)
+        assert fast == plain_encoding(h)
+        encodings.add(fast)
+    assert len(encodings) > 10
+
+
 PRIVATE_READ = """\
 policies: [minimum, future]
 geometry: {pmd_order: 2, pud_order: 3}
