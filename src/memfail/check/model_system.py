@@ -340,6 +340,7 @@ class ModelSystem:
             host.trace.events = []
             _normalise_mmu_seq(host, [])
             self._primer = Primer.of(host)
+            self._primer.adopt(host)
             self._initial = ModelState(host, (0,) * len(self.config.events), 0, Monitor(),
                                        primer=self._primer)
         return self._initial
