@@ -146,6 +146,75 @@ def test_snapshots_copy_the_host_and_key_its_fingerprint() -> None:
     assert host_encoding(s.host) == host_encoding(back.host)  # stepping left s alone
 
 
+def test_primed_snapshots_round_trip_and_share_strings_however_they_were_made() -> None:
+    """A snapshot made with the system's primer thaws (in this process or, the primer
+    unpickled, in another) to an equal host, is smaller than a plain one, and is the same
+    whether a field holds the thawed string or the model's own (interned) constant; an
+    unknown primer is named."""
+    import pickle
+    import sys as builtins_sys
+
+    from memfail.check.encode import host_encoding
+    from memfail.check.freeze import Primer, freeze, plain_freeze, thaw
+
+    cfg = standard_config()
+    sys = built(ModelSystem(cfg, cfg.policies[0]))
+    s = sys.initial()
+    primer = s.primer
+    assert primer is not None
+    host = s.host
+    blob = freeze(host, primer)
+    assert len(blob) < len(plain_freeze(host))
+    copy = thaw(blob)
+    assert host_encoding(copy) == host_encoding(host)
+    again = pickle.loads(pickle.dumps(primer))
+    assert again.tag == primer.tag and Primer.of(host).tag == primer.tag
+    assert host_encoding(again.thaw(blob)) == host_encoding(host)
+    other = Primer(primer.raw)  # as another process unpickles it: its own static objects
+    assert other is not primer and other.tag == primer.tag
+    assert host_encoding(other.thaw(blob)) == host_encoding(host)
+    assert copy.config is primer.objects[0]  # every copy shares the primer's static objects
+    before = freeze(copy, primer)
+    folio = next(iter(copy.phys.folios.values()))
+    folio.kind = builtins_sys.intern("".join(list(folio.kind)))  # as a model constant is
+    assert freeze(copy, primer) == before
+    with pytest.raises(RuntimeError, match="primer"):
+        thaw(b"\x00" + bytes(7) + blob[8:])
+
+
+def test_fast_encoding_equals_the_plain_definition_on_every_explored_host() -> None:
+    """The encoder behind fingerprints (inline scalars, cached references) gives the same
+    bytes as the plain definition of the encoding for every host a search meets, with
+    --races, across policies; and the two differ where the hosts differ."""
+    from memfail.check import model_system as ms
+    from memfail.check.encode import host_encoding, plain_encoding
+
+    cfg = standard_config()
+    hosts: list[Any] = []
+    seen = ms.host_encoding
+
+    def keep(host: Any) -> bytes:
+        hosts.append(ms.freeze(host))
+        return seen(host)
+
+    ms.host_encoding = keep
+    try:
+        for policy in cfg.policies[:2]:
+            with make_backend(1) as backend:
+                explore(built(ModelSystem(cfg, policy, races=True)), backend,
+                        Bounds(max_depth=2), Options(stop_when_all_fail=False))
+    finally:
+        ms.host_encoding = seen
+    assert len(hosts) > 20
+    encodings = set()
+    for blob in hosts:
+        h = ms.thaw(blob)
+        fast = host_encoding(h)
+        assert fast == plain_encoding(h)
+        encodings.add(fast)
+    assert len(encodings) > 10
+
+
 PRIVATE_READ = """\
 policies: [minimum, future]
 geometry: {pmd_order: 2, pud_order: 3}

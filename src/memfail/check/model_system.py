@@ -25,7 +25,7 @@ from memfail.check.events import (
     mem_fd,
     thaw_params,
 )
-from memfail.check.freeze import blob_key, clone_host, freeze, thaw
+from memfail.check.freeze import Primer, blob_key, clone_host, freeze, thaw
 from memfail.check.properties import PROPERTIES, Context, Monitor, PropertyDef
 from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
@@ -51,13 +51,14 @@ class ModelState:
     form a state travels in between processes, where the Host is rebuilt on first use."""
 
     __slots__ = ("_host", "_key", "blob", "copied", "counts", "errors", "events", "hfp",
-                 "inflight", "monitor")
+                 "inflight", "monitor", "primer")
 
     def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
                  events: tuple[Event, ...] = (),
                  inflight: tuple[tuple[Any, str, tuple[Any, ...], tuple[Any, ...]], ...] = (),
-                 blob: bytes | None = None) -> None:
+                 blob: bytes | None = None, primer: Primer | None = None) -> None:
         self._host = host
+        self.primer = primer  # the snapshot's primer (``freeze.Primer``), if any
         self.counts = counts      # how often each capped alphabet entry fired along the path
         self.errors = errors      # hardware errors injected along the path
         self.monitor = monitor
@@ -80,7 +81,7 @@ class ModelState:
     def frozen(self) -> bytes:
         """The host's snapshot (made on first use; the host must not change afterwards)."""
         if self.blob is None:
-            self.blob = freeze(self._host)
+            self.blob = freeze(self._host, self.primer)
         return self.blob
 
     def key(self) -> bytes | None:
@@ -251,6 +252,7 @@ class ModelSystem:
         selected = config.properties
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
         self._initial: ModelState | None = None
+        self._primer: Primer | None = None
         self._fp_cache: dict[bytes, int] = {}
         self._specs_of: dict[Label, list[StepSpec]] = {}
         self._actions_of: dict[Label, list[Any]] = {}
@@ -337,7 +339,10 @@ class ModelSystem:
             self.pfn_of = self._frames(host)
             host.trace.events = []
             _normalise_mmu_seq(host, [])
-            self._initial = ModelState(host, (0,) * len(self.config.events), 0, Monitor())
+            self._primer = Primer.of(host)
+            self._primer.adopt(host)
+            self._initial = ModelState(host, (0,) * len(self.config.events), 0, Monitor(),
+                                       primer=self._primer)
         return self._initial
 
     def _specs(self, label: Label) -> list[StepSpec]:
@@ -421,7 +426,7 @@ class ModelSystem:
             return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
         return self._finish(s, label, eff[0], eff[1],
                             ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
-                                       eff[0].after))
+                                       eff[0].after, primer=self._primer))
 
     def successors(self, s: ModelState, labels: Sequence[Any]) -> Iterator[ModelState]:
         """``step(s, label)`` for each label, working on one Host in place: a step that leaves
@@ -480,11 +485,11 @@ class ModelSystem:
                     # string less: compare a copy's snapshot with the copy's own first one
                     base = blob
                     if copied:
-                        base = thaw_base = freeze(host)
+                        base = thaw_base = freeze(host, self._primer)
                 else:
                     host = thaw(blob)
                     if not thaw_base:
-                        thaw_base = freeze(host)
+                        thaw_base = freeze(host, self._primer)
                     base = thaw_base
             eff = self._effect(s, label, host, pre_holding, frames)
             made: ModelState | None = None
@@ -493,7 +498,7 @@ class ModelSystem:
                 hit = (SKIP, blob, (), s.inflight, None, frozenset())
             else:
                 made = ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
-                                  eff[0].after)
+                                  eff[0].after, primer=self._primer)
                 snap = made.frozen()
                 if snap == base:  # unchanged: the next label works on the same Host
                     hit = (SAME, base, *eff[0].parts(), eff[1])
