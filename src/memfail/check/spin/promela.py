@@ -199,6 +199,10 @@ def render(system: Any) -> Rendered:
         "#define VT(v, i) ((v) * MAXVC + (i))",
         "#define CLAIMED (handles != K_HANDLES_NONE)",
     ]
+    # _hva_for(): the memslot's userspace_addr, set when the guest_memfd is mmapped
+    lines.append("#define HASHVA(v) (" + " || ".join(
+        f"((v) == {i} && {int('mmap' in _gmem_of(cfg, vm.name).flags)})"
+        for i, vm in enumerate(cfg.vms)) + ")")
     lines.append("#define GIGN(v) (" + " || ".join(
         f"((v) == {i} && {int(_ignores_vmce(vm))})" for i, vm in enumerate(cfg.vms)) + ")")
     lines.append("#define VM_EARLY(v) (" + " || ".join(
@@ -567,7 +571,7 @@ inline mf(v, p, ar, ao_probe, early) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
           (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-            guest_mce(v, p, 1);
+            if :: HASHVA(v) -> guest_mce(v, p, 1) :: else -> skip fi;   /* si_addr 0: ignored */
             if
             :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
                !LEADER_EARLY(v) -> m_untold = 1
@@ -748,8 +752,9 @@ inline kmm(v, p) {
             /* si_addr (sigbus_addr): the HVA gives QEMU's vMCE; NULL exits QEMU (exit(1),
                Q4); a SIGBUS without MCE payload is re-raised (Q2) */
             if
-            :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(v, p, 0)
-            :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
+            :: sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) -> guest_mce(v, p, 0)
+            :: (sigbus_addr == K_SIGBUS_ADDR_HVA && !HASHVA(v)) ||
+               sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
             :: else -> sigbus_kill(v)
             fi
        :: else -> skip
