@@ -95,18 +95,25 @@ def knob_defines(policy: Any) -> list[str]:
     return out
 
 
+def policy_refusal(spec: Any) -> str | None:
+    """Why the Promela model does not render policy ``spec`` (None: it does)."""
+    policy = make_policy(spec)
+    if policy.backing != "gmem":
+        return (f"policy {policy.name!r}: the SPIN engine models guest_memfd backing only "
+                f"(backing: {policy.backing} is not modelled)")
+    if policy.handles != "none" and (policy.consumed == "kernel" or
+                                     policy.unconsumed == "kernel"):
+        return (f"policy {policy.name!r}: consumed/unconsumed "
+                f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN engine "
+                "(it models sigbus-current, sigbus-vmm, kill-vm, unusable, defer, notify-vmm)")
+    return None
+
+
 def check_supported(system: Any) -> None:
     cfg = system.config
-    policy = make_policy(system.policy) if system.policy else None
-    if policy is not None and policy.backing != "gmem":
-        raise Unsupported(f"policy {system.policy!r}: the SPIN engine models guest_memfd "
-                          "backing only (backing: hugetlbfs is not modelled)")
-    if policy is not None and policy.handles != "none" and (
-            policy.consumed == "kernel" or policy.unconsumed == "kernel"):
-        raise Unsupported(f"policy {policy.name!r}: consumed/unconsumed "
-                          f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN "
-                          "engine (it models sigbus-current, sigbus-vmm, kill-vm, unusable, "
-                          "defer, notify-vmm)")
+    why = policy_refusal(system.policy) if system.policy else None
+    if why is not None:
+        raise Unsupported(why)
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M":
@@ -215,9 +222,9 @@ def render(system: Any) -> Rendered:
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
         "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
         "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
-        "byte tp; bit fo; bit ag; bit gr; byte rc; byte rn; byte ph; byte vi;",
+        "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi;",
         "#define RESET_SCRATCH mq = 0; mr = 0; ao = 0; tp = 0; fo = 0; ag = 0; gr = 0; rc = 0; "
-        "rn = 0; ph = 0; vi = 0",
+        "rn = 0; ph = 0; vi = 0; ko = 0",
         "#define pdet det",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
         + ")",
@@ -653,37 +660,36 @@ inline tw_run(v, i) {
   :: else -> skip
   fi
 }
-/* one try of guest_access(): the SPTE or faultin(), then the load; a consumed error's task
-   work runs before the vCPU enters again (ag: no vMCE stopped it, so the guest re-executes
-   the load) */
-inline attempt(v, p, wr, i) {
-  ag = 0; fo = 0;
-  if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
-  if
-  :: !fo && bk[v] == OWN && err[p] && !wr ->
-       mc(v, p, i); tw_run(v, i);
-       ag = (alive[v] && vst[v] == 0 && !goff[p] && !panic)
-  :: else -> skip
-  fi
-}
 /* do_guest_access() (KVM_RUN): the guest's own view first (an offlined page, a user killed on
-   access), the vCPU's pending task work (R45), then up to three tries */
+   access), the vCPU's pending task work (R45), then up to three tries of the SPTE or
+   faultin() and the load; a consumed error's task work runs before the vCPU enters again, and
+   unless a vMCE stopped it (or the VM stopped) the guest re-executes the load. Written as one
+   loop so that the task work and the fault path are expanded once (SPIN bounds the size of a
+   d_step): round 0 is the pending task work, rounds 1-3 the tries */
 inline ev_vcpu(v, p, wr, i) {
   if
   :: vst[v] != 0 || !alive[v] -> skip
   :: gpk[p] -> gpk[p] = 0
   :: !gpk[p] && goff[p] -> skip
   :: else ->
-     tw_run(v, i);
-     if
-     :: vst[v] == 0 && alive[v] && !panic ->
-          rn = 0; ag = 1;
-          do
-          :: ag && rn < 3 -> rn++; attempt(v, p, wr, i)
-          :: else -> break
-          od
-     :: else -> skip
-     fi
+     rn = 0; ag = 1;
+     do
+     :: ag && rn <= 3 ->
+        if
+        :: rn == 0 -> fo = 1
+        :: else ->
+           fo = 0;
+           if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
+           if
+           :: !fo && bk[v] == OWN && err[p] && !wr -> mc(v, p, i); fo = 1
+           :: else -> fo = 0
+           fi
+        fi;
+        if :: fo -> tw_run(v, i) :: else -> skip fi;
+        ag = fo && alive[v] && vst[v] == 0 && !panic && (rn == 0 || !goff[p]);
+        rn++
+     :: else -> break
+     od
   fi
 }
 /* vcpu_mce: a vCPU takes the machine check through its SPTE now (do_machine_check_action);
@@ -731,33 +737,37 @@ inline guest_run(v, p, lo, hi, rounds, stop) {
    path (mainline) or the policy's AR path, and the SIGBUS to the vCPU thread, which QEMU
    turns into a vMCE. A frame that no longer backs the VM is memory_failure()'s alone */
 inline kmm(v, p) {
+  ko = (bk[v] == OWN);
   if
-  :: bk[v] != OWN -> mf(v, p, 1, 0, 0)
-  :: bk[v] == OWN && !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) ->
-       hwp[p] = 1; det[p] = 1;   /* joins the folio's raw list: -EHWPOISON */
-       if :: pte[p] == 1 -> guest_mce(v, p, 0) :: else -> skip fi
-  :: bk[v] == OWN && !CLAIMED && hwp[p] && pte[p] == 1 ->
-       /* already poisoned: kill_accessing_process() finds the VMM's mapping, SIGBUS AR with
-          its address, QEMU injects a vMCE */
-       det[p] = 1; guest_mce(v, p, 0)
-  :: bk[v] == OWN && !CLAIMED && hwp[p] && pte[p] != 1 ->
-       det[p] = 1                 /* no address to report: no signal */
-  :: bk[v] == OWN && !CLAIMED && !hwp[p] && !(merged[v] && FRAME_HWP(v)) ->
-       det[p] = 1; pdet[p] = 1; hwp[p] = 1; kill_vm(v)
-  :: bk[v] == OWN && CLAIMED ->
+  :: !ko || CLAIMED ->
        mf(v, p, 1, 0, 0);
        if
-       :: alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
+       :: ko && CLAIMED && alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
           consumed == K_CONSUMED_SIGBUS_VMM) ->
-            /* si_addr (sigbus_addr): the HVA gives QEMU's vMCE; NULL exits QEMU (exit(1),
-               Q4); a SIGBUS without MCE payload is re-raised (Q2) */
+            /* si_addr (sigbus_addr): the HVA (when the memslot has one) gives QEMU's vMCE;
+               NULL exits QEMU (exit(1), Q4); a SIGBUS without MCE payload is re-raised (Q2),
+               fatal (sigbus_kill) */
             if
             :: sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) -> guest_mce(v, p, 0)
-            :: (sigbus_addr == K_SIGBUS_ADDR_HVA && !HASHVA(v)) ||
-               sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
-            :: else -> sigbus_kill(v)
+            :: else ->
+               if
+               :: sigbus_addr == K_SIGBUS_ADDR_PLAIN && !affected[v] -> m_wrong = 1; m_down = 1
+               :: else -> skip
+               fi;
+               kill_vm(v)
             fi
        :: else -> skip
+       fi
+  :: else ->
+       /* the HugeTLB path: a new raw page of a poisoned folio joins its raw list
+          (-EHWPOISON); an already poisoned page: kill_accessing_process() finds the VMM's
+          mapping and sends SIGBUS AR with its address (QEMU's vMCE), or no mapping and no
+          signal; a first failure of the in-use folio kills the VM */
+       det[p] = 1;
+       if
+       :: hwp[p] || (merged[v] && FRAME_HWP(v)) ->
+            hwp[p] = 1; if :: pte[p] == 1 -> guest_mce(v, p, 0) :: else -> skip fi
+       :: else -> pdet[p] = 1; hwp[p] = 1; kill_vm(v)
        fi
   fi
 }
