@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from memfail.check.config import load_config
+from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
-from memfail.check.config import STANDARD
 from memfail.check.spin import (
     AGREE_CONFIG,
     AGREE_CONVERT_CONFIG,
@@ -252,10 +251,10 @@ def test_a_second_machine_check_before_the_task_work_panics_in_both() -> None:
     starts again. Both engines panic at the same step and violate no-host-panic and
     host-survives."""
     errors = [("hw_error", {"vm": "vm1", "page": 0}), ("hw_error", {"vm": "vm1", "page": 1})]
-    other = errors + [("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 0}),
-                      ("vcpu_mce", {"vm": "vm1", "page": 1, "vcpu": 0})]
+    other = [*errors, ("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 0}),
+             ("vcpu_mce", {"vm": "vm1", "page": 1, "vcpu": 0})]
     same = errors[:1] + [("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 1})] * 11
-    drained = same[:-1] + [("task_work", {"vm": "vm1", "vcpu": 1})] + same[-1:]
+    drained = [*same[:-1], ("task_work", {"vm": "vm1", "vcpu": 1}), *same[-1:]]
     want = ("panic", "violated.no-host-panic", "violated.host-survives")
     assert _outcome("future", other, *want) == [(1, 1)] * 3
     assert _outcome("future", same, *want) == [(1, 1)] * 3

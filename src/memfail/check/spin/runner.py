@@ -108,7 +108,8 @@ def _run(cmd: list[str], cwd: Path, timeout: float | None = None) -> str:
     return p.stdout + p.stderr
 
 
-def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = "-O1") -> None:
+def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = "-O1",
+                extra: tuple[str, ...] = (), dfs: bool = False) -> None:
     spin, cc = tools()
     (workdir / "model.pml").write_text(text)
     for f in workdir.glob("model.pml*.trail"):
@@ -118,7 +119,8 @@ def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = 
     # Exhaustive: breadth-first (shortest trails), each state vector stored whole. COLLAPSE
     # compression was measured slower here (1.06 s against 0.65 s CPU for 143k states of
     # bench/check_engines.yaml): the vector is ~130 bytes and the memory it saves is small.
-    flags += ["-DBITSTATE"] if bitstate else ["-DBFS"]
+    flags += ["-DBITSTATE"] if bitstate else [] if dfs else ["-DBFS"]
+    flags += list(extra)   # bench/bench_check_engines.py --variants: compression, reduction
     _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
 
 
