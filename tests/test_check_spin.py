@@ -105,7 +105,7 @@ def test_event_outside_the_promela_model_is_refused(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _write(tmp_path, "")
     text = cfg.read_text().replace(
-        "events:\n", "events:\n  - {event: punch_hole, vm: vm1, page: 0, pages: 4}\n")
+        "events:\n", "events:\n  - {event: punch_hole, vm: vm1, page: 0, pages: 2}\n")
     cfg.write_text(text)
     rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,11 +142,12 @@ def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture
 
 
 def test_without_a_file_spin_checks_the_standard_configuration(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`memfail check --engine spin` with no file checks the standard configuration (three
     VMs, careless / hostile / confidential guests, vcpu_mce and task_work) and completes:
-    every verdict PASS or FAIL."""
-    rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json"])
+    every verdict PASS or FAIL, and every counterexample replays with `memfail run`."""
+    rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json",
+               "--out", str(tmp_path)])
     out, _err = capsys.readouterr()
     doc = json.loads(out)
     assert doc["config"] == "standard"
@@ -156,3 +157,8 @@ def test_without_a_file_spin_checks_the_standard_configuration(
     assert res["verdicts"]["early-told"]["status"] == "FAIL"  # kill-vm ignores EARLY (C6)
     assert {"guest_run", "vcpu_mce", "task_work"} <= set(res["coverage"]["events_fired"])
     assert rc == 1
+    files = [v["file"] for v in res["verdicts"].values() if v["status"] == "FAIL"]
+    assert files
+    for f in files:
+        code = main(["run", f])
+        assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"
