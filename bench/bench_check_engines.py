@@ -75,7 +75,7 @@ def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O
     with tempfile.TemporaryDirectory(prefix="memfail-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        compile_pan(work, text, 0, bitstate, opt=opt, extra=extra, dfs=dfs)
+        compile_pan(work, text, bitstate, opt=opt, extra=extra, dfs=dfs)
         compiled = time.perf_counter() - t0
         c0 = _child_cpu()
         st = run_pan(work, bitstate)

@@ -61,7 +61,7 @@ PROP_EXPR: dict[str, str] = {
 
 # C kept outside the state vector: which labels fired, printed when pan exits.
 MF_FIRED_C = r"""c_decl {
-  unsigned char mf_fired[NLABELS]; int mf_reg;
+  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check;
   static void mf_dump(void) { int i; printf("MF_FIRED");
     for (i = 0; i < NLABELS; i++) if (mf_fired[i]) printf(" %d", i);
     printf("\n"); }
@@ -248,8 +248,11 @@ def render(system: Any) -> Rendered:
     props = [p.name for p in PROPERTIES]
     for k, name in enumerate(props):
         lines.append(f"#define prop_{k} ({PROP_EXPR[name]})  /* {name} */")
-    lines.append("#ifndef CHECK\n#define CHECK 0\n#endif")
-    viol = " || ".join(f"((((CHECK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
+    # the properties the search checks: pan reads them from MF_CHECK when it starts (into
+    # ``chk``, constant along the search), so one compiled pan serves every search of a
+    # policy; a simulation (spin -t) is given them as -DCHECK
+    lines.append("short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
+    viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
     lines.append(f"#define VIOLATED ({viol})")
     lines.append(_foreach(SEMANTICS, npg))
     # observation printer, in observe.layout order
@@ -293,7 +296,8 @@ def render(system: Any) -> Rendered:
     lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
     lines.append("active proctype checker() {\n"
                  "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-                 "atexit(mf_dump); } } };\n  do")
+                 "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
+                 "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
     for k, guard, count in guards:
         lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
                      f"{count}step_{k}(); RESET_SCRATCH; "
