@@ -14,8 +14,8 @@ the CPU time its search took (this process's for the Python engine, the pan chil
 SPIN), so a machine shared with other work moves the figures less than wall-clock time would;
 the wall-clock time and pan's compile time are printed apart. The ratio is what matters.
 ``--standard`` runs SPIN on the standard configuration (`memfail check` without a file) for
-every preset it renders, and prints each search's size and rate: there the search is small and
-compiling pan and replaying trails dominate the run.
+every preset it renders, and prints each search's size and rate; ``--variants`` compares pan's
+compile-time choices (BFS or DFS, COLLAPSE, HC4, -O1 or -O2) on one configuration.
 """
 
 from __future__ import annotations
