@@ -9,11 +9,14 @@ often the poison was consumed (``cons``, capped at 2) and the guest's view (``go
 the guest after a vMCE, ``gpk``: its user will be killed on access); per VM the KVM state,
 whether the VMM lives, whether the guest_memfd was made unusable, whether its folio is merged
 (one HugeTLB folio, all pages private) with a huge SPTE (``hs``), and whether a failure touched
-it (``affected``, the monitor's); the panic flag and the monitor bits of the properties.
+it (``affected``, the monitor's); per vCPU thread its machine-check count (``mcc``) and the page
+of its queued task work (``twp``: M7, M8); per VM, fixed, whether the guest acts on a vMCE
+(``GIGN``: careless, hostile and confidential guests do not) and whether the VMM maps its
+guest_memfd (``HASHVA``); the panic flag and the monitor bits of the properties.
 
-It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), machine-check
-delivery (guest behaviours, ``vcpu_mce``, ``task_work``), SIGBUS queueing per thread beyond
-"told", the hugetlbfs backing and the escape hatch (refused, ``Unsupported``).
+It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), the host's
+machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing,
+TDX, set-up steps and the escape hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
