@@ -4,6 +4,8 @@
     python bench/bench_check_engines.py --seconds 60 --policy minimum
     python bench/bench_check_engines.py --standard      # also the standard configuration
     python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
+    python bench/bench_check_engines.py --config standard --seconds 60   # the standard config
+    python bench/bench_check_engines.py --config standard --variants     # pan's options
 
 States per second per core: the Python engine on one worker (breadth-first over the model,
 bounded by --seconds), SPIN's pan (exhaustive: breadth-first storing every state whole, as
@@ -12,8 +14,8 @@ the CPU time its search took (this process's for the Python engine, the pan chil
 SPIN), so a machine shared with other work moves the figures less than wall-clock time would;
 the wall-clock time and pan's compile time are printed apart. The ratio is what matters.
 ``--standard`` runs SPIN on the standard configuration (`memfail check` without a file) for
-every preset it renders, and prints each search's size and rate: there the search is small and
-compiling pan and replaying trails dominate the run.
+every preset it renders, and prints each search's size and rate; ``--variants`` compares pan's
+compile-time choices (BFS or DFS, COLLAPSE, HC4, -O1 or -O2) on one configuration.
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ import time
 from pathlib import Path
 
 from memfail.check.backends import make_backend
-from memfail.check.config import load_config
+from memfail.check.config import STANDARD, load_config
 from memfail.check.explorer import Bounds, Options, explore
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import (
     AGREE_CONFIG,
     AGREE_CONVERT_CONFIG,
+    AGREE_GUEST_CONFIG,
     AGREE_KERNEL_CONFIG,
+    AGREE_MCE_CONFIG,
     AGREE_TWO_CONFIG,
 )
-from memfail.check.spin.promela import render
+from memfail.check.spin.promela import policy_refusal, render
 from memfail.check.spin.runner import compile_pan, run_pan
 
 CONFIG = Path(__file__).with_name("check_engines.yaml")
@@ -59,20 +63,19 @@ def python_rate(cfg_path: Path, policy: str, seconds: float) -> tuple[int, int, 
     return r.states, r.transitions, max(time.process_time() - c0, 1e-3), r.elapsed
 
 
-def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O2"
+def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O2",
+              extra: tuple[str, ...] = (), dfs: bool = False
               ) -> tuple[int, int, float, float, float | None, bool, float]:
     """States, transitions, CPU seconds of pan's search, compile seconds, hash factor,
     completeness and wall seconds of the search (``cfg_path`` None: the standard
     configuration)."""
-    from memfail.check.config import STANDARD
-
     system = ModelSystem(load_config(cfg_path or STANDARD), policy)
     system.initial()
     text = render(system).text
     with tempfile.TemporaryDirectory(prefix="memfail-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        compile_pan(work, text, 0, bitstate, opt=opt)
+        compile_pan(work, text, bitstate, opt=opt, extra=extra, dfs=dfs)
         compiled = time.perf_counter() - t0
         c0 = _child_cpu()
         st = run_pan(work, bitstate)
@@ -103,9 +106,35 @@ def bench(cfg_path: Path, policy: str, seconds: float) -> None:
           f"{'met' if max(ex, bit) >= TARGET_SPIN else 'NOT met'}")
 
 
+# pan's compile-time choices measured by --variants (memfail check --engine spin uses the first)
+VARIANTS: list[tuple[str, str, tuple[str, ...], bool]] = [
+    ("BFS -O1 (memfail check)", "-O1", (), False),
+    ("BFS -O2", "-O2", (), False),
+    ("BFS -O2 -DCOLLAPSE", "-O2", ("-DCOLLAPSE",), False),
+    ("BFS -O2 -DHC4", "-O2", ("-DHC4",), False),
+    ("DFS -O2", "-O2", (), True),
+    ("DFS -O2 -DCOLLAPSE", "-O2", ("-DCOLLAPSE",), True),
+    ("DFS -O2 -DHC4", "-O2", ("-DHC4",), True),
+]
+
+
+def variants(cfg_path: Path, policy: str) -> None:
+    """pan's exhaustive search of one configuration under each compile-time variant (every
+    one keeps -DSAFETY -DNOREDUCE -DNOFAIR: a safety check of one process, where partial
+    order reduction has nothing to reduce)."""
+    system = ModelSystem(load_config(cfg_path), policy)
+    system.initial()
+    print(f"pan variants on {cfg_path.name}, policy {policy}")
+    for name, opt, extra, dfs in VARIANTS:
+        es, et, ee, ec, _hf, complete, ew = spin_rate(cfg_path, policy, False, opt=opt,
+                                                      extra=extra, dfs=dfs)
+        print(f"  {name:26}: {es / ee:10,.0f} states/s {et / ee:12,.0f} transitions/s "
+              f"({es:,} states in {ee:.2f} s CPU, {ew:.2f} s wall, "
+              f"{'complete' if complete else 'INCOMPLETE'}; compile {ec:.1f} s)")
+
+
 def standard() -> None:
     """pan on the standard configuration, every preset the Promela model renders."""
-    from memfail.check.config import STANDARD
     from memfail.check.spin.promela import Unsupported, check_supported
 
     cfg = load_config(STANDARD)
@@ -128,9 +157,12 @@ def agree(n: int) -> int:
     from memfail.check.spin.agree import agree_simulation, agree_walk
 
     bad = 0
-    for cfg_path in (AGREE_CONFIG, AGREE_TWO_CONFIG, AGREE_KERNEL_CONFIG, AGREE_CONVERT_CONFIG):
+    for cfg_path in (AGREE_CONFIG, AGREE_TWO_CONFIG, AGREE_KERNEL_CONFIG, AGREE_CONVERT_CONFIG,
+                     AGREE_GUEST_CONFIG, AGREE_MCE_CONFIG, STANDARD):
         cfg = load_config(cfg_path)
         for policy in cfg.policies:
+            if policy_refusal(policy) is not None:
+                continue
             system = ModelSystem(cfg, policy)
             system.initial()
             rendered = render(system)
@@ -162,9 +194,17 @@ def main() -> int:
                          "instead of the speed figures")
     ap.add_argument("--standard", action="store_true",
                     help="also run SPIN on the standard configuration, every preset")
+    ap.add_argument("--variants", action="store_true",
+                    help="pan's compile-time variants (BFS/DFS, COLLAPSE, HC4, -O1/-O2) on "
+                         "--config instead of the speed figures")
     a = ap.parse_args()
+    if a.config == Path("standard"):
+        a.config = STANDARD
     if a.agree:
         return agree(a.agree)
+    if a.variants:
+        variants(a.config, a.policy)
+        return 0
     bench(a.config, a.policy, a.seconds)
     if a.standard:
         standard()

@@ -1,7 +1,8 @@
 """`memfail check --engine spin`: the SPIN engine's verdicts, JSON, counterexamples and refusals.
 
-The verdicts are compared with the Python engine's on src/memfail/check/spin/agree.yaml, small
-enough for both to complete: the same status per policy and property, and the same length of
+The verdicts are compared with the Python engine's on src/memfail/check/spin/agree.yaml,
+agree-split.yaml and agree-mce.yaml (guest behaviours, machine checks waiting for their task
+work, a confidential VM), small enough for both to complete: the same status per policy and property, and the same length of
 the shortest counterexample (both searches are breadth-first). Every SPIN trail is written as
 a scenario that `memfail run` replays with exit status 0.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from memfail.check.spin import AGREE_CONFIG, AGREE_SPLIT_CONFIG
+from memfail.check.spin import AGREE_CONFIG, AGREE_MCE_CONFIG, AGREE_SPLIT_CONFIG
 from memfail.cli import main
 
 POLICIES = ["mainline", "minimum", "unmap", "kill-vm", "unusable", "future"]
@@ -35,8 +36,9 @@ SPLIT_POLICIES = ["minimum", "unmap", "kill-vm", "unusable", "future"]
 
 
 @pytest.mark.parametrize("config,policies", [(AGREE_CONFIG, POLICIES),
-                                             (AGREE_SPLIT_CONFIG, SPLIT_POLICIES)],
-                         ids=["agree", "agree-split"])
+                                             (AGREE_SPLIT_CONFIG, SPLIT_POLICIES),
+                                             (AGREE_MCE_CONFIG, POLICIES)],
+                         ids=["agree", "agree-split", "agree-mce"])
 def test_spin_verdicts_equal_python_verdicts(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str],
                                              config: Path, policies: list[str]) -> None:
@@ -102,12 +104,33 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_event_outside_the_promela_model_is_refused(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _write(tmp_path, "")
-    text = cfg.read_text().replace("events:\n", "events:\n  - {event: vcpu_mce, vm: vm0, page: 0}\n")
+    text = cfg.read_text().replace(
+        "events:\n", "events:\n  - {event: punch_hole, vm: vm1, page: 0, pages: 2}\n")
     cfg.write_text(text)
     rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert len(err) == 1 and "'vcpu_mce'" in err[0] and "SPIN engine" in err[0]
+    assert len(err) == 1 and "punch_hole on vm1" in err[0] and "SPIN engine" in err[0]
+    # a policy asked for by name that the Promela model does not render
+    rc = main(["check", str(AGREE_CONFIG), "--engine", "spin", "--policy", "hugetlbfs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "'hugetlbfs'" in err[0] and "backing: hugetlbfs" in err[0]
+
+
+def test_policies_of_the_file_spin_does_not_render_are_named_and_skipped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --policy, the SPIN engine checks the configuration's policies it renders and
+    names the others on stderr."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(AGREE_CONFIG.read_text().replace(
+        "policies: [", "policies: [hugetlbfs, ", 1))
+    rc = main(["check", str(cfg), "--engine", "spin", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "not checking policy 'hugetlbfs'" in err
+    names = [r["policy"] for r in json.loads(out)["results"]]
+    assert "hugetlbfs" not in names and "unmap" in names
 
 
 def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,18 +141,24 @@ def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture
     assert "unknown engine 'nusmv'" in capsys.readouterr().err
 
 
-def test_without_a_file_spin_checks_its_own_default_and_says_so(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """`memfail check --engine spin` with no file does not stop on the standard
-    configuration's guest behaviours: it checks src/memfail/check/spin/standard.yaml, names it
-    on stderr, and completes (every verdict PASS or FAIL) for the policy asked."""
-    rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json"])
-    out, err = capsys.readouterr()
-    assert "src/memfail/check/spin/standard.yaml" in err
+def test_without_a_file_spin_checks_the_standard_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`memfail check --engine spin` with no file checks the standard configuration (three
+    VMs, careless / hostile / confidential guests, vcpu_mce and task_work) and completes:
+    every verdict PASS or FAIL, and every counterexample replays with `memfail run`."""
+    rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json",
+               "--out", str(tmp_path)])
+    out, _err = capsys.readouterr()
     doc = json.loads(out)
+    assert doc["config"] == "standard"
     (res,) = doc["results"]
     statuses = {v["status"] for v in res["verdicts"].values()}
     assert statuses <= {"PASS", "FAIL"} and res["complete"]
     assert res["verdicts"]["early-told"]["status"] == "FAIL"  # kill-vm ignores EARLY (C6)
-    assert res["verdicts"]["contained"]["status"] == "PASS"
+    assert {"guest_run", "vcpu_mce", "task_work"} <= set(res["coverage"]["events_fired"])
     assert rc == 1
+    files = [v["file"] for v in res["verdicts"].values() if v["status"] == "FAIL"]
+    assert files
+    for f in files:
+        code = main(["run", f])
+        assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from memfail.check.config import load_config
+from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import (
     AGREE_CONFIG,
     AGREE_CONVERT_CONFIG,
+    AGREE_GUEST_CONFIG,
     AGREE_KERNEL_CONFIG,
     AGREE_TWO_CONFIG,
 )
@@ -207,3 +208,86 @@ def test_walks_are_seeded() -> None:
     a = walk_python(system, rendered, 7, STEPS)
     b = walk_python(system, rendered, 7, STEPS)
     assert a.labels == b.labels and len(a.labels) == STEPS
+
+
+# Guest behaviours and machine-check delivery (vmm/guest.py, kernel/mce.py): careless, hostile
+# and confidential guests, vcpu_mce and task_work on two vCPUs and two pages, a punch hole
+# while a task work waits, crossed with the presets and the knobs that decide what the vCPU
+# thread's SIGBUS carries.
+GUEST_POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm",
+                             "unusable", "future", CUSTOM["minimum-addr-none"],
+                             CUSTOM["future-plain"], CUSTOM["future-unusable-kill"]]
+
+
+@pytest.mark.parametrize("policy", GUEST_POLICIES, ids=_id)
+def test_guest_behaviours_and_machine_check_delivery_agree(policy: Any) -> None:
+    system = _system(policy, AGREE_GUEST_CONFIG)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS + 4, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
+def _outcome(policy: Any, labels: list[tuple[str, dict[str, Any]]], *fields: str
+             ) -> list[tuple[int, int]]:
+    """Both engines' final value of each field after ``labels`` (checked equal at every
+    step first)."""
+    system = _system(policy, AGREE_GUEST_CONFIG)
+    rendered = render(system)
+    seq = [_label(rendered, kind, **kw) for kind, kw in labels]
+    a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+    assert compare(system, rendered, a, b, ("python", "promela")) is None
+    names = layout(system)
+    return [(a.observations[-1][names.index(f)], b.observations[-1][names.index(f)])
+            for f in fields]
+
+
+def test_a_second_machine_check_before_the_task_work_panics_in_both() -> None:
+    """queue_task_work() (M7): a vCPU thread that takes a machine check on another page before
+    its task work ran panics the host ("Consecutive machine checks to different user
+    pages"); on the same page it panics at the eleventh; once the task work ran, the count
+    starts again. Both engines panic at the same step and violate no-host-panic and
+    host-survives."""
+    errors = [("hw_error", {"vm": "vm1", "page": 0}), ("hw_error", {"vm": "vm1", "page": 1})]
+    other = [*errors, ("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 0}),
+             ("vcpu_mce", {"vm": "vm1", "page": 1, "vcpu": 0})]
+    same = errors[:1] + [("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 1})] * 11
+    drained = [*same[:-1], ("task_work", {"vm": "vm1", "vcpu": 1}), *same[-1:]]
+    want = ("panic", "violated.no-host-panic", "violated.host-survives")
+    assert _outcome("future", other, *want) == [(1, 1)] * 3
+    assert _outcome("future", same, *want) == [(1, 1)] * 3
+    assert _outcome("future", same[:-1], *want) == [(0, 0)] * 3
+    assert _outcome("future", drained, *want) == [(0, 0)] * 3
+
+
+def test_two_vcpus_consuming_before_the_task_work_count_once_in_both() -> None:
+    """A hostile guest's round: both vCPUs load the line before either task work runs (M7,
+    M8); the second consumption is the hardware's window, not counted by `contained`; the
+    second round, after memory_failure() ran, is (unless the first round stopped the VM)."""
+    seq = [("hw_error", {"vm": "vm1", "page": 0}), ("vcpu_mce", {"vm": "vm1", "page": 0,
+                                                                 "vcpu": 0}),
+           ("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 1})]
+    assert _outcome("minimum", seq, "vm1[0].cons", "violated.contained") == [(1, 1), (0, 0)]
+    run = [seq[0], ("guest_run", {"vm": "vm1", "page": 0})]
+    # minimum keeps the SPTE and sends the vCPU a vMCE the hostile guest ignores: again
+    assert _outcome("minimum", run, "vm1[0].cons", "violated.contained") == [(2, 2), (1, 1)]
+
+
+def test_a_confidential_guest_without_a_host_mapping_loses_its_vmm_in_both() -> None:
+    """An SNP guest whose guest_memfd has no host mapping: the policy's SIGBUS to the vCPU
+    carries no address (no memslot userspace_addr), so QEMU exits (exit(1)) under future; the
+    VM is killed in both engines."""
+    seq = [("hw_error", {"vm": "vm2", "page": 0, "detect": "latent"}),
+           ("vcpu_access", {"vm": "vm2", "page": 0})]
+    assert _outcome("future", seq, "vm2.state", "vm2.alive") == [(2, 2), (0, 0)]
+
+
+@pytest.mark.parametrize("policy", ["mainline", "minimum", "kill-vm", "future"])
+def test_walks_on_the_standard_configuration(policy: str) -> None:
+    system = _system(policy, STANDARD)
+    rendered = render(system)
+    for seed in range(3):
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"{policy}, walk seed {seed}: {diff}"

@@ -25,8 +25,6 @@ from memfail.inputs import InputError, did_you_mean
 from memfail.report.console import wide_console
 
 JSON_SCHEMA = "memfail.check/1"
-SPIN_STANDARD = Path(__file__).parent / "spin" / "standard.yaml"
-SPIN_STANDARD_NAME = "src/memfail/check/spin/standard.yaml"
 
 
 def make_system(config: CheckConfig, policy: str, races: bool = False) -> System:
@@ -288,16 +286,6 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         symmetry, por = bool(stored["symmetry"]), bool(stored["por"])
         races = bool(stored["races"])
         # Bounds (--max-*) are budgets of this run, not of the check: give them again.
-    if config is None and engine != "python" and stored is None:
-        # the SPIN engine does not render the standard configuration's guest behaviours:
-        # its own default is that configuration without them (said on stderr, and in the
-        # table's configuration name)
-        config = SPIN_STANDARD
-        Console(stderr=True).print(
-            f"--engine {engine}: the standard configuration's guest behaviours (careless, "
-            "hostile, confidential), vcpu_mce and task_work are not rendered in Promela; "
-            f"checking {SPIN_STANDARD_NAME}, the standard configuration without them "
-            "(docs/check.md, The SPIN engine)", highlight=False, soft_wrap=True)
     cfg = load_config(config) if config is not None else standard_config()
     if stored is not None and _config_digest(config) != stored["config_sha256"]:
         raise OptionError("--resume", f"the configuration {config or 'standard'} changed "
@@ -313,6 +301,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         raise OptionError("--engine", f"unknown engine {engine!r}; choose from python, spin, "
                           "spin-bitstate")
     policies = list(policy) if policy else list(cfg.policies)
+    if not policy and engine != "python":
+        policies = _spin_policies(policies)
     if policy:
         from memfail.model.policy.registry import make_policy, policy_names
 
@@ -480,6 +470,23 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
             console.print(f"  {name}: FAIL in {f.walks} of {r.walks} walks (first: walk "
                           f"{f.first_walk}, step {f.found_at}); shrunk to {len(f.labels)} "
                           f"steps: {f.message}{where}")
+
+
+def _spin_policies(policies: list[str]) -> list[str]:
+    """The configuration's policies the SPIN engine renders; the others are named on stderr
+    (a policy asked for with --policy that it does not render is a usage error)."""
+    from memfail.check.spin.promela import policy_refusal
+
+    keep = [p for p in policies if policy_refusal(p) is None]
+    for p in policies:
+        why = policy_refusal(p)
+        if why is not None:
+            Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
+                                       soft_wrap=True)
+    if not keep:
+        raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
+                          "policies; use --engine python")
+    return keep
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool) -> Result:

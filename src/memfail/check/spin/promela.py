@@ -9,11 +9,14 @@ often the poison was consumed (``cons``, capped at 2) and the guest's view (``go
 the guest after a vMCE, ``gpk``: its user will be killed on access); per VM the KVM state,
 whether the VMM lives, whether the guest_memfd was made unusable, whether its folio is merged
 (one HugeTLB folio, all pages private) with a huge SPTE (``hs``), and whether a failure touched
-it (``affected``, the monitor's); the panic flag and the monitor bits of the properties.
+it (``affected``, the monitor's); per vCPU thread its machine-check count (``mcc``) and the page
+of its queued task work (``twp``: M7, M8); per VM, fixed, whether the guest acts on a vMCE
+(``GIGN``: careless, hostile and confidential guests do not) and whether the VMM maps its
+guest_memfd (``HASHVA``); the panic flag and the monitor bits of the properties.
 
-It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), machine-check
-delivery (guest behaviours, ``vcpu_mce``, ``task_work``), SIGBUS queueing per thread beyond
-"told", the hugetlbfs backing and the escape hatch (refused, ``Unsupported``).
+It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), the host's
+machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing,
+TDX, set-up steps and the escape hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
@@ -36,7 +39,8 @@ from memfail.model.policy.registry import make_policy
 
 # Event kinds the Promela model carries out (the rest are refused).
 SUPPORTED = ("hw_error", "scrub", "vcpu_access", "fault", "vmm_access", "kernel_access",
-             "convert", "punch_hole", "close", "release", "realloc")
+             "convert", "punch_hole", "close", "release", "realloc", "guest_run", "vcpu_mce",
+             "task_work")
 
 # One Promela expression per property, over the model's globals (generated into `prop_k`).
 PROP_EXPR: dict[str, str] = {
@@ -48,20 +52,19 @@ PROP_EXPR: dict[str, str] = {
     "no-record-lost": "ANY_LOST",
     "hugetlb-counters": "m_counters",
     "unaffected-vms-run": "m_down",
-    # Machine-check delivery (model/kernel/mce.py) is not in the Promela model, and every way
-    # to take the host down through it is refused below (guest behaviours other than
-    # cooperative, guest_run, vcpu_mce, task_work, mce_config in setup). What remains is the
-    # stall sum: at the default cost model (64 CPUs, 183 us per consumption) it passes the
-    # 1 s bound only after more than 5,000 consumptions, which the Python engine never
-    # reaches at a checkable depth. So the property is never violated here, and the
-    # agreement tests compare it like the others.
-    "host-survives": "0",
+    # Machine-check delivery (model/kernel/mce.py): the panics of queue_task_work() (M7)
+    # are in the Promela model (``mc``); the broadcast rendezvous timeout (M3) and MCIP (M4)
+    # need mce_config in setup, refused. Not kept: the stall sum (M9), which at the default
+    # cost model (64 CPUs, 133 us per broadcast machine check) passes the 1 s bound only
+    # after more than 7,000 consumptions; the Python engine's fingerprint keeps only whether
+    # it passed, which no checkable depth reaches.
+    "host-survives": "m_hdown",
 }
 
 
 # C kept outside the state vector: which labels fired, printed when pan exits.
 MF_FIRED_C = r"""c_decl {
-  unsigned char mf_fired[NLABELS]; int mf_reg;
+  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check;
   static void mf_dump(void) { int i; printf("MF_FIRED");
     for (i = 0; i < NLABELS; i++) if (mf_fired[i]) printf(" %d", i);
     printf("\n"); }
@@ -95,32 +98,36 @@ def knob_defines(policy: Any) -> list[str]:
     return out
 
 
+def policy_refusal(spec: Any) -> str | None:
+    """Why the Promela model does not render policy ``spec`` (None: it does)."""
+    policy = make_policy(spec)
+    if policy.backing != "gmem":
+        return (f"policy {policy.name!r}: the SPIN engine models guest_memfd backing only "
+                f"(backing: {policy.backing} is not modelled)")
+    if policy.handles != "none" and (policy.consumed == "kernel" or
+                                     policy.unconsumed == "kernel"):
+        return (f"policy {policy.name!r}: consumed/unconsumed "
+                f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN engine "
+                "(it models sigbus-current, sigbus-vmm, kill-vm, unusable, defer, notify-vmm)")
+    return None
+
+
 def check_supported(system: Any) -> None:
     cfg = system.config
-    policy = make_policy(system.policy) if system.policy else None
-    if policy is not None and policy.backing != "gmem":
-        raise Unsupported(f"policy {system.policy!r}: the SPIN engine models guest_memfd "
-                          "backing only (backing: hugetlbfs is not modelled)")
-    if policy is not None and policy.handles != "none" and (
-            policy.consumed == "kernel" or policy.unconsumed == "kernel"):
-        raise Unsupported(f"policy {policy.name!r}: consumed/unconsumed "
-                          f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN "
-                          "engine (it models sigbus-current, sigbus-vmm, kill-vm, unusable, "
-                          "defer, notify-vmm)")
+    why = policy_refusal(system.policy) if system.policy else None
+    if why is not None:
+        raise Unsupported(why)
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
-        if g is None or g.backing != "2M" or "mmap" not in g.flags or \
-                "init_shared" not in g.flags:
+        if g is None or g.backing != "2M":
             raise Unsupported(f"vm {vm.name}: the SPIN engine models VMs on a guest_memfd "
-                              "with backing 2M and flags [mmap, init_shared]")
+                              "with backing 2M")
         if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge folio per VM "
                               "(guest_memfd size 2M)")
-        if vm.type not in ("default", "sw-protected"):
-            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine")
-        if vm.behaviour != "cooperative":
-            raise Unsupported(f"vm {vm.name}: behaviour {vm.behaviour} is not modelled by the "
-                              "SPIN engine (machine-check delivery is not in the Promela model)")
+        if vm.type not in ("default", "sw-protected", "snp"):
+            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine "
+                              "(its mirrored stage 2 is not in the Promela model)")
     if cfg.setup:
         raise Unsupported("setup steps are not modelled by the SPIN engine")
     for _i, label in system.entries:
@@ -128,6 +135,16 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
                               f"(it models {', '.join(SUPPORTED)})")
         p = dict(label[1])
+        if label[0] in ("vmm_access", "kernel_access", "convert") and \
+                "mmap" not in _gmem_of(cfg, p["vm"]).flags:
+            raise Unsupported(f"{label[0]} on {p['vm']}: the SPIN engine models it on a "
+                              "guest_memfd with flag mmap only")
+        if label[0] == "vmm_access" and _vmm_thread(cfg, p) == "vcpu" and any(
+                lab[0] == "vcpu_mce" and dict(lab[1])["vm"] == p["vm"]
+                for _j, lab in system.entries):
+            raise Unsupported(f"vmm_access by a vCPU thread of {p['vm']}, which also takes "
+                              "vcpu_mce: the SPIN engine keeps one machine-check count per "
+                              "vCPU for guest loads only")
         if label[0] == "vmm_access" and p.get("thread") is not None and \
                 _vmm_thread(cfg, p) is None:
             raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
@@ -142,6 +159,18 @@ def check_supported(system: Any) -> None:
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
                               "SIGBUS handler (QEMU)")
+
+
+def _gmem_of(cfg: Any, vm_name: str) -> Any:
+    vm = vm_of(cfg, vm_name)
+    return next(g for g in cfg.guest_memfd if g.name == vm.gmem)
+
+
+def _ignores_vmce(vm: Any) -> bool:
+    """No vMCE changes what the guest does: careless and hostile guests ignore it
+    (vmm/guest.py ignores_vmce), and QEMU cannot inject one into a confidential VM
+    (vmm/qemu.py kvm_arch_on_sigbus_vcpu, Q8)."""
+    return vm.behaviour in ("careless", "hostile") or vm.type in ("snp", "tdx")
 
 
 def _vmm_thread(cfg: Any, p: dict[str, Any]) -> str | None:
@@ -168,6 +197,7 @@ def render(system: Any) -> Rendered:
         proc = next(p for p in cfg.processes if p.name == v.vmm)
         leader_early[v.name] = proc.mce_kill.get(proc.threads[0]) == "early"
     labels = [label for _i, label in system.entries]
+    maxvc = max(vm.vcpus for vm in cfg.vms)
     lines = ["/* memfail check --engine spin: generated, do not edit */"]
     lines += knob_defines(policy)
     lines += [
@@ -175,8 +205,16 @@ def render(system: Any) -> Rendered:
         f"#define NPG {npg}",
         f"#define NP {len(vms) * npg}",
         f"#define MAXERR {cfg.bounds.errors}",
+        f"#define MAXVC {maxvc}",
+        "#define VT(v, i) ((v) * MAXVC + (i))",
         "#define CLAIMED (handles != K_HANDLES_NONE)",
     ]
+    # _hva_for(): the memslot's userspace_addr, set when the guest_memfd is mmapped
+    lines.append("#define HASHVA(v) (" + " || ".join(
+        f"((v) == {i} && {int('mmap' in _gmem_of(cfg, vm.name).flags)})"
+        for i, vm in enumerate(cfg.vms)) + ")")
+    lines.append("#define GIGN(v) (" + " || ".join(
+        f"((v) == {i} && {int(_ignores_vmce(vm))})" for i, vm in enumerate(cfg.vms)) + ")")
     lines.append("#define VM_EARLY(v) (" + " || ".join(
         f"((v) == {i} && {int(early[v])})" for i, v in enumerate(vms)) + ")")
     lines.append("#define LEADER_EARLY(v) (" + " || ".join(
@@ -186,7 +224,10 @@ def render(system: Any) -> Rendered:
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
         "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
-        "byte nspare;",
+        "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
+        "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi;",
+        "#define RESET_SCRATCH mq = 0; mr = 0; ao = 0; tp = 0; fo = 0; ag = 0; gr = 0; rc = 0; "
+        "rn = 0; ph = 0; vi = 0; ko = 0",
         "#define pdet det",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
         + ")",
@@ -196,7 +237,7 @@ def render(system: Any) -> Rendered:
         + ")",
         "#define SPTE(v, p) (spte[p] || hs[v])",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
-        "bit m_down;",
+        "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
     ]
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(len(vms) * npg)) or "0"
@@ -210,8 +251,11 @@ def render(system: Any) -> Rendered:
     props = [p.name for p in PROPERTIES]
     for k, name in enumerate(props):
         lines.append(f"#define prop_{k} ({PROP_EXPR[name]})  /* {name} */")
-    lines.append("#ifndef CHECK\n#define CHECK 0\n#endif")
-    viol = " || ".join(f"((((CHECK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
+    # the properties the search checks: pan reads them from MF_CHECK when it starts (into
+    # ``chk``, constant along the search), so one compiled pan serves every search of a
+    # policy; a simulation (spin -t) is given them as -DCHECK
+    lines.append("short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
+    viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
     lines.append(f"#define VIOLATED ({viol})")
     lines.append(_foreach(SEMANTICS, npg))
     # observation printer, in observe.layout order
@@ -238,7 +282,15 @@ def render(system: Any) -> Rendered:
                      + "; ".join(f"derive({vi})" for vi in range(len(vms))) + " }")
     guards = [(k, *_guard(system, label)) for k, label in enumerate(labels)]
     lines.append("inline init_state() {")
-    lines.append("  " + "; ".join(f"spte[{i}] = 1" for i in range(len(vms) * npg)) + ";")
+    # the set-up faults every page in: a shared VM's pages one 4K SPTE each (its folio split,
+    # R87), a private VM's one huge SPTE over its HugeTLB folio, all pages private
+    for vi, vm in enumerate(cfg.vms):
+        if "init_shared" in _gmem_of(cfg, vm.name).flags:
+            lines.append("  " + "; ".join(f"spte[{vi * npg + q}] = 1" for q in range(npg))
+                         + ";")
+        else:
+            lines.append("  " + "; ".join(f"priv[{vi * npg + q}] = 1" for q in range(npg))
+                         + f"; merged[{vi}] = 1; hs[{vi}] = 1;")
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
@@ -247,10 +299,11 @@ def render(system: Any) -> Rendered:
     lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
     lines.append("active proctype checker() {\n"
                  "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-                 "atexit(mf_dump); } } };\n  do")
+                 "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
+                 "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
     for k, guard, count in guards:
         lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
-                     f"{count}step_{k}(); mq = 0; mr = 0; ao = 0; "
+                     f"{count}step_{k}(); RESET_SCRATCH; "
                      f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
     lines.append("  od\n}")
     lines.append("#endif")
@@ -281,7 +334,7 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
             '  observe();']
     for k in seq:
         guard, count = _guard(system, rendered.labels[k])
-        body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); mq = 0; mr = 0; ao = 0 }}; "
+        body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); RESET_SCRATCH }}; "
                     f'printf("MF_STEP {k}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
@@ -316,9 +369,16 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "scrub":
         return f"ev_scrub({v}, {v * npg + p['page']}, {int(early[p['vm']])})"
     if kind == "vcpu_access":
-        return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))})"
+        return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))}, " \
+               f"{p.get('vcpu') or 0})"
     if kind == "fault":  # a guest store (events.py: guest_access, op write)
-        return f"ev_vcpu({v}, {v * npg + p['page']}, 1)"
+        return f"ev_vcpu({v}, {v * npg + p['page']}, 1, {p.get('vcpu') or 0})"
+    if kind == "guest_run":
+        return _guest_run(vm_of(cfg, p["vm"]), v, v * npg + p["page"], p)
+    if kind == "vcpu_mce":
+        return f"ev_vcpu_mce({v}, {v * npg + p['page']}, {p['vcpu']})"
+    if kind == "task_work":
+        return f"tw_run({v}, {p['vcpu']})"
     if kind == "vmm_access":
         how = "ev_vmm_vcpu" if _vmm_thread(cfg, p) == "vcpu" else "ev_vmm"
         return f"{how}({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
@@ -343,6 +403,24 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
+
+
+# do_guest_run()'s rounds when the event gives none (VM.effort, model/kvm/kvm.py)
+EFFORT = 10
+
+
+def _guest_run(vm: Any, v: int, q: int, p: dict[str, Any]) -> str:
+    """do_guest_run() (vmm/guest.py) unrolled: ``rounds`` rounds of guest_round() by the
+    vCPUs the behaviour uses (hostile: every vCPU, careless: vCPU 0, otherwise the event's),
+    each round first running the vCPUs' pending task work (R45), then their loads, each
+    machine check queued before any task work runs (M7), then each consumer's task work
+    (M8). A cooperative guest touches once; a confidential one re-executes while the load
+    takes a machine check; every guest stops once the page is offlined or the VM stops."""
+    vcpus = list(range(vm.vcpus)) if vm.behaviour == "hostile" else \
+        [0] if vm.behaviour == "careless" else [p.get("vcpu") or 0]
+    rounds = p.get("rounds") or EFFORT
+    stop = {"cooperative": 0, "confidential": 1}.get(vm.behaviour, 2)
+    return f"guest_run({v}, {q}, {vcpus[0]}, {vcpus[-1]}, {rounds}, {stop})"
 
 
 def system_args(label: Any) -> dict[str, Any]:
@@ -454,7 +532,12 @@ inline realloc(v) {
 /* kill_vm(): zap stage 2, VM killed, VMM SIGKILLed: its files go, the folio is freed */
 inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
-inline guest_mce(p, ao) { goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi }
+inline guest_mce(v, p, ao) {
+  if
+  :: GIGN(v) -> skip   /* careless / hostile guests ignore it; none reaches a confidential one */
+  :: else -> goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
+  fi
+}
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe, early) {
   if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
@@ -502,7 +585,7 @@ inline mf(v, p, ar, ao_probe, early) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
           (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-            guest_mce(p, 1);
+            if :: HASHVA(v) -> guest_mce(v, p, 1) :: else -> skip fi;   /* si_addr 0: ignored */
             if
             :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
                !LEADER_EARLY(v) -> m_untold = 1
@@ -539,72 +622,159 @@ inline failed_in(v, p) {
   :: else -> mr = (hwp[p] || tab[p])
   fi
 }
-/* guest_access() through KVM_RUN: SPTE or faultin() (kvm_gmem_get_pfn), then the load; a
-   store (wr) does not consume the poison */
-inline ev_vcpu(v, p, wr) {
+/* kvm_mmu_faultin_pfn() for a vCPU without an SPTE (kvm_gmem_get_pfn): allocation after a
+   punch hole, the unusable file, the policy's check (_failed_in); an error is QEMU's "kvm run
+   failed": the VM pauses (fo: the fault failed) */
+inline faultin(v, p) {
+  fo = 0;
   if
-  :: vst[v] != 0 || !alive[v] -> skip
-  :: else ->
-     if
-     :: gpk[p] -> gpk[p] = 0
-     :: !gpk[p] && goff[p] -> skip
-     :: else ->
-        if
-        :: !SPTE(v, p) && bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
-        :: else -> skip
-        fi;
-        if
-        :: !SPTE(v, p) && bk[v] == 0 -> vst[v] = 1   /* -ENOMEM: "kvm run failed", paused */
-        :: !SPTE(v, p) && bk[v] != 0 && unusable[v] -> vst[v] = 1
-        :: !SPTE(v, p) && bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
-             failed_in(v, p);
-             if
-             :: mr -> vst[v] = 1       /* -EHWPOISON: QEMU "kvm run failed", paused */
-             :: else -> map_spte(v, p); if :: bk[v] == OWN && err[p] && !wr -> consume(v, p) :: else -> skip fi
-             fi
-        :: else ->
-           map_spte(v, p);
-           if
-           :: bk[v] == OWN && err[p] && !wr -> consume(v, p)
-           :: else -> skip
-           fi
-        fi
-     fi
-  fi
-}
-/* a guest-mode machine check (R45): kill_me_maybe() or the policy's AR path */
-inline consume(v, p) {
-  affected[v] = 1;
-  if
-  :: !CLAIMED && !hwp[p] && merged[v] && FRAME_HWP(v) -> hwp[p] = 1   /* joins the folio's raw list */
+  :: bk[v] == 0 && !unusable[v] -> realloc(v)   /* unusable: -EHWPOISON first */
   :: else -> skip
   fi;
   if
-  :: !CLAIMED && hwp[p] && pte[p] == 1 ->
-       /* already poisoned: kill_accessing_process() finds the VMM's mapping, SIGBUS AR with
-          its address, QEMU injects a vMCE */
-       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; guest_mce(p, 0)
-  :: !CLAIMED && hwp[p] && pte[p] != 1 ->
-       cons[p] = 2; det[p] = 1                 /* no address to report: KVM re-enters, consumed again */
-  :: !CLAIMED && !hwp[p] ->
-       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2); det[p] = 1; pdet[p] = 1; hwp[p] = 1; kill_vm(v)
-  :: CLAIMED ->
-       cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+  :: bk[v] == 0 -> vst[v] = 1; fo = 1   /* -ENOMEM: "kvm run failed", paused */
+  :: bk[v] != 0 && unusable[v] -> vst[v] = 1; fo = 1
+  :: bk[v] != 0 && !unusable[v] && (fault_check == K_FAULT_CHECK_TRUE || !CLAIMED) ->
+       failed_in(v, p);
+       if
+       :: mr -> vst[v] = 1; fo = 1      /* -EHWPOISON: QEMU "kvm run failed", paused */
+       :: else -> map_spte(v, p)
+       fi
+  :: else -> map_spte(v, p)
+  fi
+}
+/* kvm_machine_check() (R45): the load consumes the poison (PoisonConsumed: the monitor
+   counts it unless an earlier consumption of the same poison still waits for its
+   memory_failure(), the hardware's window), do_machine_check() and queue_task_work() on the
+   vCPU thread (M7): mce_count, the first page; the eleventh, or one on another page before
+   the task work ran, panics the host */
+inline mc(v, p, i) {
+  affected[v] = 1;
+  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
+  mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
+  if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
+  if
+  :: mcc[VT(v, i)] > 10 || (mcc[VT(v, i)] > 1 && twp[VT(v, i)] != p + 1) ->
+       panic = 1; m_panic = 1; m_hdown = 1
+  :: else -> skip
+  fi
+}
+/* task_work_run() (M8): the vCPU thread's queued kill_me_maybe, then its signals */
+inline tw_run(v, i) {
+  if
+  :: twp[VT(v, i)] != 0 && !panic ->
+       tp = twp[VT(v, i)] - 1; twp[VT(v, i)] = 0; mcc[VT(v, i)] = 0; kmm(v, tp)
+  :: else -> skip
+  fi
+}
+/* do_guest_access() (KVM_RUN): the guest's own view first (an offlined page, a user killed on
+   access), the vCPU's pending task work (R45), then up to three tries of the SPTE or
+   faultin() and the load; a consumed error's task work runs before the vCPU enters again, and
+   unless a vMCE stopped it (or the VM stopped) the guest re-executes the load. Written as one
+   loop so that the task work and the fault path are expanded once (SPIN bounds the size of a
+   d_step): round 0 is the pending task work, rounds 1-3 the tries */
+inline ev_vcpu(v, p, wr, i) {
+  if
+  :: vst[v] != 0 || !alive[v] -> skip
+  :: gpk[p] -> gpk[p] = 0
+  :: !gpk[p] && goff[p] -> skip
+  :: else ->
+     rn = 0; ag = 1;
+     do
+     :: ag && rn <= 3 ->
+        if
+        :: rn == 0 -> fo = 1
+        :: else ->
+           fo = 0;
+           if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
+           if
+           :: !fo && bk[v] == OWN && err[p] && !wr -> mc(v, p, i); fo = 1
+           :: else -> fo = 0
+           fi
+        fi;
+        if :: fo -> tw_run(v, i) :: else -> skip fi;
+        ag = fo && alive[v] && vst[v] == 0 && !panic && (rn == 0 || !goff[p]);
+        rn++
+     :: else -> break
+     od
+  fi
+}
+/* vcpu_mce: a vCPU takes the machine check through its SPTE now (do_machine_check_action);
+   its task work waits */
+inline ev_vcpu_mce(v, p, i) {
+  if :: SPTE(v, p) && bk[v] == OWN && err[p] -> mc(v, p, i) :: else -> skip fi
+}
+/* do_guest_run() (vmm/guest.py): up to ``rounds`` rounds of guest_round() by vCPUs lo..hi,
+   each round first running the vCPUs' pending task work (R45), then their loads, every
+   machine check queued before any task work runs (M7), then each consumer's task work (M8).
+   stop: 0 a cooperative guest touches once; 1 a confidential one goes on while the load
+   takes a machine check; 2 careless / hostile ones go on. Every guest stops once the page is
+   offlined (or its user killed) or the VM stops */
+#define GRUN(v) (vst[v] == 0 && alive[v] && !panic)
+inline guest_run(v, p, lo, hi, rounds, stop) {
+  gr = 1; rn = 0;
+  do
+  :: gr && rn < rounds && GRUN(v) && !goff[p] && !gpk[p] ->
+       rn++; rc = 0; ph = 1; vi = lo;
+       do
+       :: vi > hi && ph < 3 -> ph++; vi = lo
+       :: vi > hi && ph == 3 -> break
+       :: vi <= hi && ph != 2 ->   /* one expansion of tw_run for phases 1 and 3 */
+            if
+            :: (ph == 1 && GRUN(v)) || (ph == 3 && (rc & (1 << vi))) -> tw_run(v, vi)
+            :: else -> skip
+            fi; vi++
+       :: vi <= hi && ph == 2 ->
+            if
+            :: GRUN(v) && !goff[p] -> fo = 0;
+                 if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
+                 if :: !fo && bk[v] == OWN && err[p] -> mc(v, p, vi); rc = rc | (1 << vi)
+                 :: else -> skip fi
+            :: else -> skip
+            fi; vi++
+       od;
+       if
+       :: stop == 0 || (stop == 1 && rc == 0) -> gr = 0
+       :: else -> skip
+       fi
+  :: else -> break
+  od
+}
+/* kill_me_maybe() (R46) for the page: memory_failure(pfn, MF_ACTION_REQUIRED), the HugeTLB
+   path (mainline) or the policy's AR path, and the SIGBUS to the vCPU thread, which QEMU
+   turns into a vMCE. A frame that no longer backs the VM is memory_failure()'s alone */
+inline kmm(v, p) {
+  ko = (bk[v] == OWN);
+  if
+  :: !ko || CLAIMED ->
        mf(v, p, 1, 0, 0);
        if
-       :: alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
+       :: ko && CLAIMED && alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
           consumed == K_CONSUMED_SIGBUS_VMM) ->
-            /* si_addr (sigbus_addr): the HVA gives QEMU's vMCE; NULL exits QEMU (exit(1),
-               Q4); a SIGBUS without MCE payload is re-raised (Q2) */
+            /* si_addr (sigbus_addr): the HVA (when the memslot has one) gives QEMU's vMCE;
+               NULL exits QEMU (exit(1), Q4); a SIGBUS without MCE payload is re-raised (Q2),
+               fatal (sigbus_kill) */
             if
-            :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
-            :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)
-            :: else -> sigbus_kill(v)
+            :: sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) -> guest_mce(v, p, 0)
+            :: else ->
+               if
+               :: sigbus_addr == K_SIGBUS_ADDR_PLAIN && !affected[v] -> m_wrong = 1; m_down = 1
+               :: else -> skip
+               fi;
+               kill_vm(v)
             fi
-       /* no vMCE (unusable): KVM re-enters, the fault fails on the unusable file, paused */
-       :: alive[v] && vst[v] == 0 && !(consumed == K_CONSUMED_SIGBUS_CURRENT ||
-          consumed == K_CONSUMED_SIGBUS_VMM) && unusable[v] -> vst[v] = 1
        :: else -> skip
+       fi
+  :: else ->
+       /* the HugeTLB path: a new raw page of a poisoned folio joins its raw list
+          (-EHWPOISON); an already poisoned page: kill_accessing_process() finds the VMM's
+          mapping and sends SIGBUS AR with its address (QEMU's vMCE), or no mapping and no
+          signal; a first failure of the in-use folio kills the VM */
+       det[p] = 1;
+       if
+       :: hwp[p] || (merged[v] && FRAME_HWP(v)) ->
+            hwp[p] = 1; if :: pte[p] == 1 -> guest_mce(v, p, 0) :: else -> skip fi
+       :: else -> pdet[p] = 1; hwp[p] = 1; kill_vm(v)
        fi
   fi
 }
@@ -720,14 +890,14 @@ inline convert_folio(v, topriv) {
 inline ev_vmm_vcpu(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> guest_mce(p, 0)            /* the hwpoison entry: AR with its address */
+  :: pte[p] == 2 -> guest_mce(v, p, 0)            /* the hwpoison entry: AR with its address */
   :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* BUS_ADRERR */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
      :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
-          guest_mce(p, 0)                      /* VM_FAULT_HWPOISON: AR */
+          guest_mce(v, p, 0)                      /* VM_FAULT_HWPOISON: AR */
      :: else ->
         pte[p] = 1;
         if
@@ -740,15 +910,15 @@ inline ev_vmm_vcpu(v, p, wr) {
               if
               :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
                  if
-                 :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(p, 0)
+                 :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(v, p, 0)
                  :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
                  :: else -> sigbus_kill(v)                            /* plain: re-raised */
                  fi
-              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> guest_mce(p, 0)
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> guest_mce(v, p, 0)
               :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
               :: else -> skip
               fi
-           :: !CLAIMED && hwp[p] -> det[p] = 1; guest_mce(p, 0)   /* kill_accessing_process */
+           :: !CLAIMED && hwp[p] -> det[p] = 1; guest_mce(v, p, 0)   /* kill_accessing_process */
            :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
            fi
         :: else -> skip

@@ -1,6 +1,7 @@
 """Run SPIN on a rendered model: ``spin -a``, ``gcc`` for ``pan``, the search, the trails.
 
-Per policy: one search for every selected property not yet decided (``-DCHECK=mask``: the
+Per policy: one pan, compiled once, and one search for every selected property not yet decided
+(``MF_CHECK=mask`` in its environment: the
 monitor asserts that none of them is violated). An assertion violation leaves a trail; its
 guided simulation (``spin -t``) prints the labels taken (``MF_STEP k``) and the observation
 after each (``MF_OBS ...``), so the properties violated at its end become FAIL with that path,
@@ -11,6 +12,7 @@ collision may have hidden a state; the estimate is printed).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -100,34 +102,40 @@ def parse_pan(out: str) -> PanStats:
     return st
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float | None = None) -> str:
+def _run(cmd: list[str], cwd: Path, timeout: float | None = None,
+         env: dict[str, str] | None = None) -> str:
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       check=False)
+                       check=False, env=None if env is None else {**os.environ, **env})
     if p.returncode != 0 and cmd[0].endswith(("spin", "gcc", "cc")) and "-t" not in cmd:
         raise RuntimeError(f"{' '.join(cmd[:2])} failed: {(p.stderr or p.stdout)[-800:]}")
     return p.stdout + p.stderr
 
 
-def compile_pan(workdir: Path, text: str, mask: int, bitstate: bool, opt: str = "-O1") -> None:
+def compile_pan(workdir: Path, text: str, bitstate: bool, opt: str = "-O1",
+                extra: tuple[str, ...] = (), dfs: bool = False) -> None:
+    """``spin -a`` and the C compiler: one pan per policy, whichever properties it checks
+    (``run_pan``'s mask)."""
     spin, cc = tools()
     (workdir / "model.pml").write_text(text)
-    for f in workdir.glob("model.pml*.trail"):
-        f.unlink()
-    _run([spin, f"-DCHECK={mask}", "-a", "model.pml"], workdir)
+    _run([spin, "-a", "model.pml"], workdir)
     flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE", "-DNOBOUNDCHECK", "-DXUSAFE"]
     # Exhaustive: breadth-first (shortest trails), each state vector stored whole. COLLAPSE
     # compression was measured slower here (1.06 s against 0.65 s CPU for 143k states of
     # bench/check_engines.yaml): the vector is ~130 bytes and the memory it saves is small.
-    flags += ["-DBITSTATE"] if bitstate else ["-DBFS"]
+    flags += ["-DBITSTATE"] if bitstate else [] if dfs else ["-DBFS"]
+    flags += list(extra)   # bench/bench_check_engines.py --variants: compression, reduction
     _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
 
 
-def run_pan(workdir: Path, bitstate: bool, memory_mb: int = 1024) -> PanStats:
+def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
+    """One search for the properties in ``mask`` (bit k: property k; 0 checks none)."""
+    for f in workdir.glob("model.pml*.trail"):
+        f.unlink()
     args = ["./pan", "-m1000000", "-E"]
     if bitstate:
         args.append(f"-w{BITSTATE_LOG2}")
     t0 = time.perf_counter()
-    out = _run(args, workdir)
+    out = _run(args, workdir, env={"MF_CHECK": str(mask)})
     st = parse_pan(out)
     st.elapsed = time.perf_counter() - t0
     return st
@@ -168,10 +176,10 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     with tempfile.TemporaryDirectory(prefix="memfail-spin-") as tmp:
         work = keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        compile_pan(work, rendered.text, bitstate)
         while todo:
             mask = sum(1 << index[p] for p in todo)
-            compile_pan(work, rendered.text, mask, bitstate)
-            st = run_pan(work, bitstate)
+            st = run_pan(work, bitstate, mask)
             runs.append(st)
             if not st.errors:
                 for p in sorted(todo):
