@@ -201,8 +201,15 @@ def check_doc(depth: int | None, cex_dir: Path, workers: int
 
 def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     """``memfail fleet --json`` (memfail.fleet/1) for the defaults, the calibration line and
-    the sensitivity of each rate to each assumed parameter (``ranges.RANGES``)."""
-    from memfail.fleet import cache, engine, output
+    the sensitivity of each rate to each assumed parameter (``ranges.RANGES``).
+
+    The fleet run and every sensitivity point (the centre and each range's two ends) are
+    sampled in one batch of shards over ``s.workers`` processes, then every model run any of
+    them needs that the cache lacks runs in one pool: no pool waits on the slowest task of a
+    small batch. Each point is the same computation as ``engine.run`` on its own fleet (same
+    seed, same plan: common random numbers), so its rates equal ``memfail fleet``'s."""
+    from memfail.fleet import cache, engine
+    from memfail.fleet import output as fleet_output
     from memfail.fleet.oracle import ModelOracle
     from memfail.fleet.params import load_fleet, with_assignments
     from memfail.report.html.ranges import all_ranges
@@ -210,36 +217,62 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     fleet = load_fleet(None)
     orc = ModelOracle(fleet.params.kernel_profile, cache_dir=cache.default_dir())
     pols = list(fleet.params.policies)
+    sens_pols = pols if not s.quick else ["minimum"]
+    ranges = all_ranges()
+    # (label, fleet, host-years, policies): the fleet run first, then the sensitivity points
+    points: list[tuple[str, Any, int, list[str]]] = [
+        ("run", fleet, s.fleet_host_years, pols), ("centre", fleet, s.sens_host_years,
+                                                   sens_pols)]
+    for rg in ranges:
+        for end, assign in (("low", rg.low), ("high", rg.high)):
+            points.append((f"{rg.name}|{end}", with_assignments(fleet, assign),
+                           s.sens_host_years, sens_pols))
     try:
-        with step(f"fleet: {s.fleet_host_years:,} host-years"):
-            res = engine.run(fleet, orc, s.fleet_host_years, s.seed, s.workers, None, pols)
-        run = output.run_document(res)
-        sens_pols = pols if not s.quick else ["minimum"]
-        rows = []
-        with step(f"fleet sensitivity: {len(all_ranges())} parameters x 2 ends"):
-            centre = engine.run(fleet, orc, s.sens_host_years, s.seed, s.workers, None,
-                                sens_pols)
-            for rg in all_ranges():
-                ends = {}
-                for end, assign in (("low", rg.low), ("high", rg.high)):
-                    f = with_assignments(fleet, assign)
-                    r = engine.run(f, orc, s.sens_host_years, s.seed, s.workers, None,
-                                   sens_pols)
-                    _save(orc)  # the model runs so far survive an interrupted report
-                    ends[end] = {p: {o: r.rate(p, o).per_million_vm_hours.estimate
-                                     for o in TORNADO_OUTCOMES} for p in sens_pols}
-                rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
-                             "low_assign": rg.low if len(rg.low) <= 2 else
-                             "every faults.modes.* split 0.5 permanent",
-                             "high_assign": rg.high if len(rg.high) <= 2 else
-                             "every faults.modes.* split 0.9 permanent", **ends})
+        with step(f"fleet: sample {s.fleet_host_years:,} host-years and {len(points) - 1} "
+                  f"sensitivity points x {s.sens_host_years:,} host-years"):
+            plans = [engine.Plan.for_host_years(hy) for _, _, hy, _ in points]
+            specs = [engine.compile_spec(f.params) for _, f, _, _ in points]
+            tasks: list[Any] = []
+            spans = []
+            for spec, plan in zip(specs, plans, strict=True):
+                new = engine.make_tasks(spec, plan, s.seed)
+                spans.append((len(tasks), len(tasks) + len(new)))
+                tasks.extend(new)
+            shards = engine.execute(tasks, s.workers, None, None)
+            tallies = [engine.Tallies.merge(spec, plan, shards[a:b])
+                       for spec, plan, (a, b) in zip(specs, plans, spans, strict=True)]
+        need: dict[tuple[str, ...], list[Any]] = {}
+        for (_, _, _, ps), t in zip(points, tallies, strict=True):
+            need.setdefault(tuple(ps), []).extend(t.classes)
+        n_cls = len({c for cs in need.values() for c in cs})
+        with step(f"fleet: model runs for {n_cls:,} failure classes (cached ones skipped)"):
+            for pset, classes in need.items():
+                orc.prefetch(list(pset), list(dict.fromkeys(classes)), s.workers)
+        with step("fleet: rates, intervals and sensitivity"):
+            res = {label: engine.estimate(f, t, orc, s.seed, ps, s.workers)
+                   for (label, f, _, ps), t in zip(points, tallies, strict=True)}
     finally:
         _save(orc)
+    run = fleet_output.run_document(res["run"])
+    centre = res["centre"]
+
+    def rates(r: Any) -> dict[str, dict[str, float]]:
+        return {p: {o: r.rate(p, o).per_million_vm_hours.estimate for o in TORNADO_OUTCOMES}
+                for p in sens_pols}
+
+    rows = []
+    for rg in ranges:
+        rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
+                     "low_assign": rg.low if len(rg.low) <= 2 else
+                     "every faults.modes.* split 0.5 permanent",
+                     "high_assign": rg.high if len(rg.high) <= 2 else
+                     "every faults.modes.* split 0.9 permanent",
+                     "low": rates(res[f"{rg.name}|low"]),
+                     "high": rates(res[f"{rg.name}|high"])})
     sens = {"host_years": centre.plan.host_years, "seed": s.seed, "policies": sens_pols,
             "outcomes": list(TORNADO_OUTCOMES), "unit": "per_million_vm_hours",
-            "centre": {p: {o: centre.rate(p, o).per_million_vm_hours.estimate
-                           for o in TORNADO_OUTCOMES} for p in sens_pols},
-            "rows": rows}
+            "centre": rates(centre), "rows": rows,
+            "model_runs": orc.model_runs, "classes": n_cls}
     return {"run": run, "calibration": calibration(run), "sensitivity": sens,
             "command": f"memfail fleet --host-years {s.fleet_host_years} --seed {s.seed} "
                        "--json"}
@@ -406,8 +439,8 @@ def load_search(path: Path) -> dict[str, Any]:
     return doc
 
 
-def run_search() -> dict[str, Any] | None:
-    """``memfail search --json`` in this process, when the command exists."""
+def run_search(workers: int = 1) -> dict[str, Any] | None:
+    """``memfail search --workers N --json`` in this process, when the command exists."""
     import importlib.util
 
     if importlib.util.find_spec("memfail.search") is None:
@@ -416,9 +449,9 @@ def run_search() -> dict[str, Any] | None:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["search", "--json"])
+        rc = main(["search", "--workers", str(workers), "--json"])
     if rc not in (0, 1):
-        return {"error": f"memfail search --json exited {rc}"}
+        return {"error": f"memfail search --workers {workers} --json exited {rc}"}
     try:
         doc: dict[str, Any] = json.loads(buf.getvalue())
     except ValueError:
@@ -469,6 +502,8 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
     from memfail.report.profiles import profiles_document
 
     started = time.monotonic()
+    stages: list[dict[str, Any]] = []
+    step = _timed(step, stages)
     presets = list(PRESETS)
     quick_pols = list(dict.fromkeys([s.baseline, "minimum"]))
     commands: list[str] = []
@@ -518,10 +553,24 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
         data["search_source"] = str(s.search_json)
     elif not s.quick:
         with step("search: minimal policies"):
-            found = run_search()
+            found = run_search(s.workers)
         if found is not None:
             data["search"] = found
-            data["search_source"] = "memfail search --json"
-            commands.append("memfail search --json")
+            data["search_source"] = f"memfail search --workers {s.workers} --json"
+            commands.append(data["search_source"])
     data["manifest"] = manifest(s, commands, started)
+    data["manifest"]["stages"] = stages
     return data
+
+
+def _timed(step: Step, stages: list[dict[str, Any]]) -> Step:
+    """``step`` that also records each stage's wall time (the manifest's ``stages``)."""
+
+    @contextlib.contextmanager
+    def timed(what: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        with step(what):
+            yield
+        stages.append({"stage": what, "seconds": round(time.monotonic() - t0, 1)})
+
+    return timed
