@@ -29,26 +29,26 @@ pytestmark = pytest.mark.xdist_group("report")  # one page for the module (pypro
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SEARCH = Path(__file__).with_name("test_report.py")  # the hand-made search document lives there
+SEARCH = Path(__file__).with_name("test_report.py")  # the small real search lives there
 
 
-def _search_doc() -> dict[str, Any]:
+def _unit() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_report_unit", SEARCH)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    doc: dict[str, Any] = mod.SEARCH
-    return doc
+    return mod
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``memfail report --quick`` run once, as a user runs it, in a fresh directory."""
+    """``memfail report --quick`` run once, as a user runs it, in a fresh directory, given a
+    real ``memfail search --json`` output (a small search: about two seconds)."""
     where = tmp_path_factory.mktemp("report")
-    search = where / "search.json"
-    search.write_text(json.dumps(_search_doc()))
+    search = _unit().real_search(where)
+    assert search.name == "search.json"
     old = Path.cwd()
     os.chdir(where)
     try:
@@ -61,7 +61,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                   flags=re.S)
     assert m is not None
     data = json.loads(m.group(1).replace("<\\/", "</"))
-    return {"dir": where, "path": where / "r.html", "html": html, "data": data}
+    return {"dir": where, "path": where / "r.html", "html": html, "data": data,
+            "search": json.loads(search.read_text())}
 
 
 def _json(args: list[str]) -> Any:
@@ -219,6 +220,48 @@ def test_page_in_chromium(report: dict[str, Any], browser: Any, tmp_path: Path, 
     out = os.environ.get("MEMFAIL_REPORT_SHOTS")
     if out and width == 1280 and not dark:
         _section_shots(browser, Path(out))
+
+
+def test_minimum_section_shows_the_search_it_was_given(report: dict[str, Any],
+                                                       browser: Any) -> None:
+    """"What does minimum support look like?", as the reader sees it, lists the minimal
+    policies and the answers of the ``memfail search --json`` document given with
+    ``--search-json``: same count, same costs, same knobs (those differing from the search's
+    base preset), the command's own answer sentences."""
+    from selenium.webdriver.common.by import By
+
+    from memfail.model.policy.registry import PRESETS
+    from memfail.search.report import words
+    from memfail.search.space import value_text
+
+    doc = report["search"]
+    assert doc["minimal"] and doc["answers"]
+    assert report["data"]["search"] == doc
+    base = PRESETS[doc["config"]["base"]].knobs()
+
+    def knobs(k: dict[str, Any]) -> set[str]:
+        return {f"{a}={value_text(b)}" for a, b in k.items() if base[a] != b} or {"(same)"}
+
+    _open(browser, report["path"], 1280, False)
+    sec = browser.find_element(By.ID, "minimum")
+    rows = sec.find_elements(By.CSS_SELECTOR, "table.search-minimal tbody tr")
+    assert len(rows) == len(doc["minimal"])
+    for row, m in zip(rows, doc["minimal"], strict=True):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        assert row.is_displayed() and cells[2] == f"{m['cost']:g}"
+        assert set(cells[1].split()) == knobs(m["knobs"])
+        assert cells[4] == m["closest_preset"]
+    rows = sec.find_elements(By.CSS_SELECTOR, "table.search-answers tbody tr")
+    assert len(rows) == len(doc["answers"])
+    for row, a in zip(rows, doc["answers"], strict=True):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        assert cells[0] == a["property_set"] and cells[3] == f"{a['cost']:g}"
+        assert set(cells[2].split()) == knobs(a["policy"])
+    said = [li.text for li in sec.find_elements(By.CSS_SELECTOR, "ul.search-words li")]
+    assert said == words(doc)
+    shown = [r.find_element(By.TAG_NAME, "th").text
+             for r in sec.find_elements(By.CSS_SELECTOR, "table.search-presets tbody tr")]
+    assert shown == [p["name"] for p in doc["presets"]]
 
 
 def _section_shots(drv: Any, out: Path) -> None:

@@ -272,6 +272,9 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     sens = {"host_years": centre.plan.host_years, "seed": s.seed, "policies": sens_pols,
             "outcomes": list(TORNADO_OUTCOMES), "unit": "per_million_vm_hours",
             "centre": rates(centre), "rows": rows,
+            "centre_interval": {p: {o: [centre.rate(p, o).per_million_vm_hours.low,
+                                        centre.rate(p, o).per_million_vm_hours.high]
+                                    for o in TORNADO_OUTCOMES} for p in sens_pols},
             "model_runs": orc.model_runs, "classes": n_cls}
     return {"run": run, "calibration": calibration(run), "sensitivity": sens,
             "command": f"memfail fleet --host-years {s.fleet_host_years} --seed {s.seed} "
