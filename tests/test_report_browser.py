@@ -106,6 +106,31 @@ def test_fleet_equals_memfail_fleet(report: dict[str, Any]) -> None:
     assert f"{want['p_any_fault']:.2%}" in report["html"]
 
 
+def _shlex(cmd: str) -> list[str]:
+    import shlex
+
+    return shlex.split(cmd)
+
+
+def test_sensitivity_equals_memfail_fleet_and_fleet_sweep(report: dict[str, Any]) -> None:
+    """The tornado's default and one parameter's two ends are the rates `memfail fleet` and
+    the `memfail fleet sweep` the manifest lists print (same seed, host-years, policies)."""
+    sens = report["data"]["fleet"]["sensitivity"]
+    unit = sens["unit"]
+
+    def rates(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
+        return {p: {r["outcome"]: r[unit]["estimate"] for r in doc["rates"]
+                    if r["policy"] == p and r["outcome"] in sens["outcomes"]}
+                for p in sens["policies"]}
+
+    assert sens["command"] in report["data"]["manifest"]["commands"]
+    assert rates(_json(_shlex(sens["command"])[1:])) == sens["centre"]
+    row = next(r for r in sens["rows"] if r["command"] and r["low"] != r["high"])
+    assert row["command"] in report["data"]["manifest"]["commands"]
+    sweep = _json(_shlex(row["command"])[1:])
+    assert [rates(p) for p in sweep["points"]] == [row["low"], row["high"]]
+
+
 def test_every_counterexample_replays(report: dict[str, Any]) -> None:
     cexs = report["data"]["manifest"]["commands"]
     replays = [c for c in cexs if c.startswith("memfail run ")]

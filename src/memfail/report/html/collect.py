@@ -210,12 +210,12 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     seed, same plan: common random numbers), so its rates equal ``memfail fleet``'s."""
     from memfail.fleet import cache, engine
     from memfail.fleet import output as fleet_output
-    from memfail.fleet.oracle import ModelOracle
     from memfail.fleet.params import load_fleet, with_assignments
+    from memfail.report.html.oracle import ReportOracle
     from memfail.report.html.ranges import all_ranges
 
     fleet = load_fleet(None)
-    orc = ModelOracle(fleet.params.kernel_profile, cache_dir=cache.default_dir())
+    orc = ReportOracle(fleet.params.kernel_profile, cache.default_dir())
     pols = list(fleet.params.policies)
     sens_pols = pols if not s.quick else ["minimum"]
     ranges = all_ranges()
@@ -260,9 +260,17 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
         return {p: {o: r.rate(p, o).per_million_vm_hours.estimate for o in TORNADO_OUTCOMES}
                 for p in sens_pols}
 
+    pol_opts = "".join(f" --policy {p}" for p in sens_pols)
     rows = []
     for rg in ranges:
-        rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
+        # one parameter: the `memfail fleet sweep` that computes both ends (same seed, plan)
+        cmd = (f"memfail fleet sweep --grid '{next(iter(rg.low))}=["
+               f"{json.dumps(next(iter(rg.low.values())))}, "
+               f"{json.dumps(next(iter(rg.high.values())))}]' --host-years "
+               f"{s.sens_host_years} --seed {s.seed}{pol_opts} --json"
+               if len(rg.low) == 1 and list(rg.low) == list(rg.high) else None)
+        rows.append({"name": rg.name, "default": rg.default, "why": rg.why, "command": cmd,
+                     "low_set": rg.low, "high_set": rg.high,
                      "low_assign": rg.low if len(rg.low) <= 2 else
                      "every faults.modes.* split 0.5 permanent",
                      "high_assign": rg.high if len(rg.high) <= 2 else
@@ -276,6 +284,8 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
                                         centre.rate(p, o).per_million_vm_hours.high]
                                     for o in TORNADO_OUTCOMES} for p in sens_pols},
             "model_runs": orc.model_runs, "classes": n_cls}
+    sens["command"] = (f"memfail fleet --host-years {s.sens_host_years} --seed {s.seed}"
+                       f"{pol_opts} --json")
     return {"run": run, "calibration": calibration(run), "sensitivity": sens,
             "command": f"memfail fleet --host-years {s.fleet_host_years} --seed {s.seed} "
                        "--json"}
@@ -526,6 +536,9 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
     commands += [c["replay"] for c in data["counterexamples"]]
     data["fleet"] = fleet_docs(s, step)
     commands.append(data["fleet"]["command"])
+    sens = data["fleet"]["sensitivity"]
+    commands.append(sens["command"])
+    commands += [r["command"] for r in sens["rows"] if r["command"]]
     kv_pols = presets if not s.quick else quick_pols
     with step("kernel versions: compare under every profile"):
         data["kernels"] = {"policies": kv_pols, "by_profile": kernel_versions(kv_pols,

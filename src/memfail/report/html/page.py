@@ -541,7 +541,10 @@ def section_sensitivity(s: dict[str, Any]) -> str:
     out = [f'<h3 id="sensitivity">Sensitivity to the assumed parameters</h3><p>Each assumed '
            "parameter moved over its plausible range, the others at their defaults "
            f"({s['host_years']:,} host-years per point, seed {s['seed']}, the same random "
-           "numbers at every point). A bar runs from the default's rate to the rate at the "
+           "numbers at every point: the default is "
+           + (_cmd(s["command"]) if s.get("command") else "the fleet at its defaults")
+           + ", each row's two ends one <code>memfail fleet sweep</code> listed in the "
+           "<a href=\"#manifest\">manifest</a>). A bar runs from the default's rate to the rate at the "
            "low end (light) and at the high end (dark) of the range; widest first. The grey "
            "band is the default's own 95 % interval at this sample size: a swing inside it "
            "is not told apart from sampling noise (the points share their random numbers, so "
