@@ -76,9 +76,89 @@ def _json(args: list[str]) -> Any:
 # ----------------------------------------------------------------------------- numbers
 
 
-def test_comparison_equals_memfail_compare(report: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def compare_json() -> dict[str, Any]:
+    doc: dict[str, Any] = _json(["compare", "--json", "--no-readings"])
+    return doc
+
+
+def test_minimum_section_equals_memfail_policies(report: dict[str, Any]) -> None:
+    want = _json(["policies", "--json"])["policies"]
+    got = report["data"]["policies"]
+    assert list(got) == list(want)
+    base = want[report["data"]["baseline"]]["knobs"]
+    for name, p in want.items():
+        assert got[name]["knobs"] == p["knobs"] and got[name]["unmerged"] == p["unmerged"]
+        row = re.search(rf'<span id="policy-{name}">.*?</tr>', report["html"], re.S)
+        assert row is not None, name
+        for k, v in p["knobs"].items():  # the knobs that differ from the baseline, shown
+            shown = f"<code>{k}={_text(v)}</code>"
+            assert (shown in row.group(0)) == (v != base[k]), (name, k)
+
+
+def _text(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def test_every_risk_verdict_links_to_evidence_of_that_risk(
+        report: dict[str, Any], compare_json: dict[str, Any]) -> None:
+    """Each comparison cell a risk verdict links to shows, in `memfail compare --json`, one
+    of the outcomes that risk is about; each counterexample it links to is of one of the
+    risk's properties and is in the page."""
+    from memfail.report.html.page import RISKS, anchor
+
+    cells = {anchor("cell", c["scenario"], c["policy"]): c for c in compare_json["cells"]}
+    html = report["html"]
+    linked = 0
+    for risk in RISKS:
+        row = re.search(rf'<span id="{risk["id"]}">.*?</tr>', html, re.S)
+        assert row is not None, risk["id"]
+        for target in re.findall(r'href="#([^"]+)"', row.group(0)):
+            linked += 1
+            if target.startswith("cell-"):
+                o = cells[target]["outcomes"]
+                assert any(o.get(k) for k in risk["keys"]), (risk["id"], target)
+            else:
+                assert target.startswith("cex-") and f'id="{target}"' in html
+                assert any(target.endswith("-" + p) for p in risk["props"]), target
+    assert linked
+
+
+def test_kernel_versions_equal_memfail_compare_under_each_profile(
+        report: dict[str, Any]) -> None:
+    """One profile's column (the first) against `memfail compare --profile P --json` run for
+    the same policies."""
+    k = report["data"]["kernels"]
+    prof = next(iter(k["by_profile"]))
+    cmd = next(c for c in report["data"]["manifest"]["commands"]
+               if c.startswith(f"memfail compare --profile {prof} "))
+    want = _json([*cmd.split()[1:], "--no-readings"])
+    assert k["by_profile"][prof]["verdicts"] == want["verdicts"]
+
+
+def test_fidelity_equals_memfail_replay_and_the_oracle_cases(report: dict[str, Any]) -> None:
+    d = report["data"]
+    tree = Path(__file__).resolve().parent
+    assert d["oracle"]["total"] == len(list((tree / "oracle").rglob("*.yaml")))
+    assert f"reproduces <b>{d['oracle']['reproduced']} of {d['oracle']['total']}</b>" in \
+        report["html"]
+    old = Path.cwd()
+    os.chdir(tree.parent)
+    try:
+        want = _json(d["replay"]["command"].split()[1:])
+    finally:
+        os.chdir(old)
+    counts: dict[str, int] = {}
+    for r in want["replay"]:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    assert d["replay"]["counts"] == counts
+    assert ", ".join(f"{n} {v}" for v, n in counts.items()) in report["html"]
+
+
+def test_comparison_equals_memfail_compare(report: dict[str, Any],
+                                          compare_json: dict[str, Any]) -> None:
     got = report["data"]["compare"]
-    want = _json(["compare", "--json", "--no-readings"])
+    want = compare_json
     assert got["verdicts"] == want["verdicts"]
     assert {(c["scenario"], c["policy"]): c["code"] for c in got["cells"]} == \
         {(c["scenario"], c["policy"]): c["code"] for c in want["cells"]}
@@ -308,6 +388,44 @@ def _section_shots(drv: Any, out: Path) -> None:
 
         with Image.open(shot) as im:
             im.convert("RGB").quantize(colors=64).save(shot, optimize=True)
+
+
+PRINT_HIDDEN = """
+const out = {hidden: [], wide: []};
+const w = document.documentElement.clientWidth;
+for (const el of document.querySelectorAll(
+        'section, h2, h3, table, svg.fig, figure, details > *, p, li')) {
+  const r = el.getBoundingClientRect();
+  const name = `${el.tagName}.${el.className.baseVal ?? el.className}#${el.id}: ` +
+               (el.textContent || '').slice(0, 50);
+  if (r.width === 0 || r.height === 0 ||
+      !el.checkVisibility({visibilityProperty: true, opacityProperty: true}))
+    out.hidden.push(name);
+  if (r.right > w + 1) out.wide.push(`${name} (right edge ${Math.round(r.right)} px)`);
+}
+return out;
+"""
+
+
+def test_nothing_is_hidden_or_cut_off_when_printed(report: dict[str, Any],
+                                                   browser: Any) -> None:
+    """With print media emulated at an A4 page's printable width (718 px: 8.27 in less the
+    default 0.4 in margins), every section, heading, table, figure, paragraph and list item
+    is visible (the folded <details> too: a reader cannot unfold paper) and none is wider than
+    the page (print has no sideways scroll)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 718, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print", "features": []})
+    try:
+        browser.get(report["path"].as_uri())
+        got = browser.execute_script(PRINT_HIDDEN)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+    assert not got["hidden"]
+    assert not got["wide"]
+    # the same check on screen does see the folded details: it can fail
+    _open(browser, report["path"], 1280, False)
+    assert browser.execute_script(PRINT_HIDDEN)["hidden"]
 
 
 def test_page_prints(report: dict[str, Any], browser: Any, tmp_path: Path) -> None:

@@ -769,9 +769,13 @@ header .meta{color:var(--muted);font-size:.92em}
 @media (max-width:700px){main{padding:10px}body{font-size:14px}
 .figs,.figs.wide{grid-template-columns:1fr}table{font-size:12px}}
 @media print{body{background:#fff;color:#000;font-size:10pt}main{max-width:none;padding:0}
-.scroll{overflow:visible}a{color:#000}h2{break-before:page}article.cex,figure,table{
+.scroll{overflow:visible}a{color:#000}h2{break-before:page}article.cex,figure{
 break-inside:avoid}details{display:block}details>*{display:block}
-thead th{position:static}}
+details::details-content{content-visibility:visible;display:contents}
+thead th{position:static}table,table.wide{width:100%;min-width:0;font-size:7pt}
+th,td{padding:1px 3px;overflow-wrap:anywhere}code{font-size:7pt}
+svg.fig,svg.lanes,svg.folio{max-width:100%;height:auto}
+.figs,.figs.wide{grid-template-columns:1fr}}
 """
 
 
