@@ -232,6 +232,19 @@ def test_manifest_names_version_seed_and_input_hashes(report: dict[str, Any]) ->
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in m["inputs"].values())
     assert "search.json" in m["inputs"]
     assert m["command"] == "memfail report --quick --out r.html --search-json search.json"
+    import hashlib
+
+    import memfail
+    from memfail.cli import _version
+
+    assert m["memfail_version"] == _version()
+    defaults = Path(memfail.__file__).parent / "fleet" / "defaults.yaml"
+    assert m["inputs"]["fleet/defaults.yaml"] == hashlib.sha256(defaults.read_bytes()).hexdigest()
+    assert m["inputs"]["search.json"] == hashlib.sha256(
+        (report["dir"] / "search.json").read_bytes()).hexdigest()
+    stages = {s["stage"]: s.get("process", "first") for s in m["stages"]}
+    assert stages["compare: every vm-* scenario x every policy"] == "first"
+    assert stages["check: standard configuration, depth 3"] == "second"  # --workers 2
 
 
 def test_page_is_self_contained(report: dict[str, Any]) -> None:
@@ -311,6 +324,10 @@ def test_page_in_chromium(report: dict[str, Any], browser: Any, tmp_path: Path, 
     # the page fits: no horizontal scroll of the body, only of its scroll boxes
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    calib = browser.find_element(By.CSS_SELECTOR, "#calibration + p.calib")
+    p = report["data"]["fleet"]["calibration"]["p_host_ue_per_year"]
+    assert calib.is_displayed() and f"= {p:.2%} against the cited 1.3%" in calib.text
+    assert calib.find_element(By.XPATH, "following-sibling::p").text  # its explanation
     bg = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
     assert (bg == "rgb(13, 17, 23)") == dark
     # no console error, no request leaving the file

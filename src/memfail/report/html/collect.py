@@ -507,8 +507,37 @@ def manifest(s: Settings, commands: list[str], started: float) -> dict[str, Any]
 # ----------------------------------------------------------------------------- all
 
 
+def single_process_stages(s: Settings, step: Step = _no_progress
+                          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The stages that use one core: the check (its own worker), the oracle cases, the RAS
+    log replay and conform (QEMU). ``collect`` runs them in a second process while the
+    comparison, the fleet, the kernel profiles and the search use the pool."""
+    stages: list[dict[str, Any]] = []
+    step = _timed(step, stages)
+    out: dict[str, Any] = {}
+    with step(f"check: standard configuration, depth {s.check_depth or 'of the config'}"):
+        out["check"], out["counterexamples"] = check_doc(s.check_depth, s.cex_dir, 1)
+    with step("model fidelity: oracle cases"):
+        out["oracle"] = oracle_doc()
+    with step("replay: the shipped RAS logs"):
+        out["replay"] = replay_doc()
+    if s.conform:
+        with step("conform: Debian 6.1 under QEMU (about 35 s)"):
+            out["conform"] = conform_doc()
+    else:
+        out["conform"] = {"ran": False, "why": "not run with --quick"}
+    return out, stages
+
+
 def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
-    """Every section's evidence, in one dictionary."""
+    """Every section's evidence, in one dictionary.
+
+    With ``s.workers`` > 1 the single-core stages (``single_process_stages``) run in a second
+    process, started first, while this one runs the stages that fill the worker pool; the
+    evidence is the same either way."""
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     from memfail.model.policy.base import KNOB_DOCS, READINGS, SERIES
     from memfail.model.policy.registry import PRESETS
     from memfail.report.kernel_users import kernel_users_document
@@ -516,66 +545,73 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
 
     started = time.monotonic()
     stages: list[dict[str, Any]] = []
-    step = _timed(step, stages)
+    timed = _timed(step, stages)
     presets = list(PRESETS)
     quick_pols = list(dict.fromkeys([s.baseline, "minimum"]))
-    commands: list[str] = []
     data: dict[str, Any] = {"schema": DATA_SCHEMA, "quick": s.quick, "baseline": s.baseline}
     data["policies"] = {n: {"summary": p.summary, "call_items": list(p.call_items),
                             "knobs": p.knobs(), "unmerged": p.unmerged()}
                         for n, p in PRESETS.items()}
     data["knob_docs"], data["readings"], data["series"] = KNOB_DOCS, READINGS, SERIES
-    with step("compare: every vm-* scenario x every policy"):
-        data["compare"] = compare_doc(presets, None, s.workers, readings=quick_pols
-                                      if s.quick else presets)
-    commands.append("memfail compare --json")
-    with step(f"check: standard configuration, depth {s.check_depth or 'of the config'}"):
-        data["check"], data["counterexamples"] = check_doc(s.check_depth, s.cex_dir, 1)
+    side: Future[tuple[dict[str, Any], list[dict[str, Any]]]] | None = None
+    pool = None
+    if s.workers > 1:  # spawn: the progress display's thread must not be forked
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        side = pool.submit(single_process_stages, s)
+    try:
+        with timed("compare: every vm-* scenario x every policy"):
+            data["compare"] = compare_doc(presets, None, s.workers, readings=quick_pols
+                                          if s.quick else presets)
+        data["fleet"] = fleet_docs(s, timed)
+        kv_pols = presets if not s.quick else quick_pols
+        with timed("kernel versions: compare under every profile"):
+            data["kernels"] = {"policies": kv_pols,
+                               "by_profile": kernel_versions(kv_pols, s.workers)}
+        data["kernel_users"] = kernel_users_document()
+        data["profiles"] = profiles_document()
+        if s.search_json is not None:
+            data["search"] = load_search(s.search_json)
+            data["search_source"] = str(s.search_json)
+        elif not s.quick:
+            with timed("search: minimal policies"):
+                found = run_search(s.workers)
+            if found is not None:
+                data["search"] = found
+                data["search_source"] = f"memfail search --workers {s.workers} --json"
+        if side is not None:
+            with step("check, oracle cases, RAS logs" + ", conform" * s.conform
+                      + ": waiting for the second process"):
+                got, side_stages = side.result()
+            stages += [{**st, "process": "second"} for st in side_stages]
+        else:
+            got, side_stages = single_process_stages(s, step)
+            stages += side_stages
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    data.update(got)
+    # every command behind a number, in the page's order
     depth = data["check"]["bounds"]["max_depth"]
-    commands.append(f"memfail check --max-depth {depth} --json --out {_rel(s.cex_dir)}")
-    commands += [c["replay"] for c in data["counterexamples"]]
-    data["fleet"] = fleet_docs(s, step)
-    commands.append(data["fleet"]["command"])
     sens = data["fleet"]["sensitivity"]
-    commands.append(sens["command"])
-    commands += [r["command"] for r in sens["rows"] if r["command"]]
-    kv_pols = presets if not s.quick else quick_pols
-    with step("kernel versions: compare under every profile"):
-        data["kernels"] = {"policies": kv_pols, "by_profile": kernel_versions(kv_pols,
-                                                                              s.workers)}
-    commands += [f"memfail compare --profile {p} --json" +
-                 "".join(f" --policy {x}" for x in kv_pols if s.quick)
-                 for p in data["kernels"]["by_profile"]]
-    data["kernel_users"] = kernel_users_document()
-    commands.append("memfail kernel-users --json")
-    data["profiles"] = profiles_document()
-    commands.append("memfail profiles --json")
-    with step("model fidelity: oracle cases"):
-        data["oracle"] = oracle_doc()
-    commands.append("pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py")
-    with step("replay: the shipped RAS logs"):
-        data["replay"] = replay_doc()
+    commands = ["memfail compare --json",
+                f"memfail check --max-depth {depth} --json --out {_rel(s.cex_dir)}",
+                *(c["replay"] for c in data["counterexamples"]),
+                data["fleet"]["command"], sens["command"],
+                *(r["command"] for r in sens["rows"] if r["command"]),
+                *(f"memfail compare --profile {p} --json"
+                  + "".join(f" --policy {x}" for x in kv_pols if s.quick)
+                  for p in data["kernels"]["by_profile"]),
+                "memfail kernel-users --json", "memfail profiles --json",
+                "pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py"]
     if data["replay"].get("ran"):
         commands.append(data["replay"]["command"])
-    if s.conform:
-        with step("conform: Debian 6.1 under QEMU (about 35 s)"):
-            data["conform"] = conform_doc()
-        if data["conform"].get("ran"):
-            commands.append(data["conform"]["command"])
-    else:
-        data["conform"] = {"ran": False, "why": "not run with --quick"}
-    if s.search_json is not None:
-        data["search"] = load_search(s.search_json)
-        data["search_source"] = str(s.search_json)
-    elif not s.quick:
-        with step("search: minimal policies"):
-            found = run_search(s.workers)
-        if found is not None:
-            data["search"] = found
-            data["search_source"] = f"memfail search --workers {s.workers} --json"
-            commands.append(data["search_source"])
+    if data["conform"].get("ran"):
+        commands.append(data["conform"]["command"])
+    if data.get("search_source", "").startswith("memfail search"):
+        commands.append(data["search_source"])
     data["manifest"] = manifest(s, commands, started)
     data["manifest"]["stages"] = stages
+    data["manifest"]["workers"] = s.workers
     return data
 
 

@@ -711,7 +711,13 @@ def section_manifest(d: dict[str, Any]) -> str:
             f"<code>{e(m['baseline'])}</code>; built in {e(m['seconds'])} s by "
             f"{_cmd(m['command'])}.</p><h3>Every command behind a number</h3>"
             f"<ol class=\"cmds\">{cmds}</ol>"
-            + _table(["input", "sha256"], rows, "inputs", "Input files"))
+            + _table(["input", "sha256"], rows, "inputs", "Input files")
+            + (_table(["stage", "wall seconds", "process"],
+                      [[e(st["stage"]), e(st["seconds"]),
+                        e("second (single-core stages)" if st.get("process") == "second"
+                          else "first")] for st in m["stages"]], "stages",
+                      f"Stages (workers {e(m.get('workers', '?'))}; the two processes run "
+                      "at the same time)") if m.get("stages") else ""))
 
 
 # ----------------------------------------------------------------------------- page
