@@ -600,7 +600,8 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
                 *(r["command"] for r in sens["rows"] if r["command"]),
                 *(f"memfail compare --profile {p} --json"
                   + "".join(f" --policy {x}" for x in kv_pols if s.quick)
-                  for p in data["kernels"]["by_profile"]),
+                  for p, got in data["kernels"]["by_profile"].items()
+                  if "error" not in got),  # a profile that refuses the scenarios: no command
                 "memfail kernel-users --json", "memfail profiles --json",
                 "pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py"]
     if data["replay"].get("ran"):
