@@ -96,7 +96,10 @@ def report(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fleet's random streams.")]
     = 0,
     workers: Annotated[int, typer.Option("--workers", "-j", min=1,
-                                         help="Local worker processes.")] = 2,
+                                         help="Local worker processes for compare, "
+                                              "fleet and search; with 2 or more, the "
+                                              "single-core stages (check, oracle cases, "
+                                              "conform) run beside them in one more.")] = 2,
 ) -> None:
     """Answer the call's questions in one self-contained HTML page (no network, inline SVG).
 
