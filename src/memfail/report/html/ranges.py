@@ -91,8 +91,8 @@ RANGES: tuple[Range, ...] = (
     Range("fault footprint cap (pages)",
           {"dram.footprint_cap_pages": 16}, {"dram.footprint_cap_pages": 128},
           "64", "assumption: a quarter to twice the default cap (not four times: the model's "
-                "run of a confidential guest's class grows with the cube of the pages hit, "
-                "0.5 s of CPU at 64 pages, 3.8 s at 128, over a minute at 256: with 256 the "
+                "run of a confidential guest's class grows steeply with the pages hit, "
+                "0.5 s of CPU at 64 pages, 3.8 s at 128, 14 s at 256: with 256 the "
                 "full report's model runs had not finished after 35 minutes on a cold "
                 "cache; `memfail fleet sweep --grid 'dram.footprint_cap_pages=[256]'` runs "
                 "it)"),
