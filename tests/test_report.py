@@ -14,26 +14,94 @@ from memfail.report.html import page, svg
 from memfail.report.html.collect import CITED_UE, calibration, load_search
 from memfail.report.html.ranges import all_ranges
 
+# A memfail.search/1 document in the command's shape (memfail.search.report.build), cut down
+# by hand so that every part the page renders has something in it, the Pareto front included.
+_MIN = {"handles": "hugetlb", "record": "table", "mark_on_release": True,
+        "mark_on_truncate": False, "isolate_on_free": True, "propagate_on_split": False,
+        "unmap_host": "none", "check_granularity": "folio", "consumed": "sigbus-current",
+        "sigbus_addr": "hva", "vm_on_error": "none", "mf_delayed_fix": True, "backing": "gmem",
+        "unmap_stage2": "none", "fault_check": False, "unconsumed": "defer",
+        "honor_early": False}
 SEARCH = {
     "schema": "memfail.search/1",
-    "config": "standard",
-    "properties": ["no-host-panic", "contained"],
-    "space": {"combinations": 1536, "excluded": 512, "groups": 40, "checked": 31,
-              "inferred": 9, "verified_sample": 3, "verified_agree": 3},
-    "minimal": [{"knobs": {"base": "minimum", "unmap_stage2": "subpage",
-                           "fault_check": True}, "cost": 3,
-                 "keeps": ["no-host-panic", "contained"], "closest_preset": "minimum",
+    "config": {"check_config": "standard", "depth": 3, "max_states": None,
+               "verdict": "a property is kept when no counterexample exists up to the depth",
+               "base": "minimum", "varied": ["unmap_stage2", "fault_check"],
+               "fixed": {}, "fleet": {"host_years": 6400, "seed": 0}},
+    "properties": [{"id": "no-host-panic", "doc": "...", "sets": ["no host panic"]},
+                   {"id": "contained", "doc": "...", "sets": ["contained after consumption"]}],
+    "space": {"raw": 1536, "combinations": 1024,
+              "excluded": {"early-without-ao-signal": {"count": 512, "reason": "no AO"}},
+              "groups": 40, "checked": 31, "inferred": 9, "verified_sample": 3,
+              "verified_agree": 3, "verified": []},
+    "minimal": [{"knobs": {**_MIN, "unmap_stage2": "subpage", "fault_check": True},
+                 "cost": 15.0, "keeps": ["no-host-panic", "contained"], "how": "checked",
+                 "closest_preset": "minimum",
                  "diff": {"unmap_stage2": "subpage", "fault_check": True}}],
-    "pareto": [{"knobs": {"base": "unmap"}, "cost": 5,
-                "fleet": {"vm_killed": 0.12, "host_panic": 0.0}}],
-    "presets": [{"name": "minimum", "minimal": False, "cheaper": None, "loses": "contained",
-                 "counterexample": "memfail run cex/minimum--contained.yaml"},
-                {"name": "unmap", "minimal": True, "cheaper": None, "loses": None,
-                 "counterexample": None}],
-    "answers": [{"property_set": ["no-host-panic"], "policy": {"base": "minimum",
-                                                                "fault_check": True},
-                 "cost": 1, "breaks": ["contained"]}],
+    "pareto": [{"name": "policy-1", "preset": None, "cost": 15.0,
+                "knobs": {**_MIN, "unmap_stage2": "subpage", "fault_check": True},
+                "fleet": {"vm_killed": {"per_host_year": 0.12, "low": 0.1, "high": 0.14}}}],
+    "presets": [{"name": "minimum", "cost": 12.0, "keeps": ["no-host-panic"],
+                 "minimal": False, "cheaper": None, "cheaper_cost": None,
+                 "loses": "contained", "loses_all": ["contained"],
+                 "counterexample": "memfail check --policy minimum --property contained "
+                                   "--max-depth 3 --out cex/"},
+                {"name": "unmap", "cost": 16.0, "keeps": ["no-host-panic", "contained"],
+                 "minimal": True, "cheaper": None, "cheaper_cost": None, "loses": None,
+                 "loses_all": [], "counterexample": None}],
+    "answers": [{"property_set": "no host panic", "properties": ["no-host-panic"],
+                 "policy": {**_MIN, "fault_check": True}, "cost": 13.0, "unknown_cheaper": 0,
+                 "breaks": [], "closest_preset": "minimum"}],
 }
+
+# One VM on one scaled HugeTLB page (tests/test_search.py's configuration): `memfail search`
+# on it with the options below takes about two seconds.
+TINY = """\
+name: tiny
+policies: [minimum]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 3}}
+processes:
+  - name: qemu0
+    threads: [main, vcpu0]
+    mce_kill: {main: early, vcpu0: late}
+    sigbus: handler
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: [latent, scrub]}
+  - {event: scrub, vm: vm0, page: 0}
+  - {event: vcpu_access, vm: vm0, page: 0}
+  - {event: kernel_access, vm: vm0, page: 0, user: [kcore]}
+  - {event: release, vm: vm0, limit: 1}
+bounds: {depth: 3, errors: 1}
+"""
+SMALL_SEARCH = ["--quick", "--depth", "3", "--fleet-host-years", "0",
+                "--group-scenario", "vm-hugetlb-consumed-2m", "--group-scenario",
+                "vm-release-2m", "--fix", "unmap_host=none", "--verify", "4"]
+
+
+def real_search(where: Path) -> Path:
+    """``memfail search --config tiny.yaml ... --json > search.json`` in ``where``."""
+    import contextlib
+    import io
+    import os
+
+    (where / "tiny.yaml").write_text(TINY)
+    buf = io.StringIO()
+    old = Path.cwd()
+    os.chdir(where)
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = main(["search", "--config", "tiny.yaml", *SMALL_SEARCH, "--json"])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    out = where / "search.json"
+    out.write_text(buf.getvalue())
+    return out
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -100,10 +168,56 @@ def test_search_section_renders_every_part_of_the_document(tmp_path: Path) -> No
     assert 'id="search"' in html
     for cls in ("search-minimal", "search-presets", "search-answers", "search-pareto"):
         assert f'{cls}"' in html  # the table's class
-    assert "<code>unmap_stage2=subpage</code>" in html and "<code>fault_check=true</code>" in html
-    assert "memfail run cex/minimum--contained.yaml" in html
-    assert "combinations 1536" in html and "verified_agree 3" in html
-    assert "vm_killed 0.12" in html
+    # a policy is written as the knobs that differ from the search's base preset
+    assert "<code>unmap_stage2=subpage</code> <code>fault_check=true</code>" in html
+    assert "<code>handles=" not in html
+    assert "memfail check --policy minimum --property contained --max-depth 3" in html
+    assert "raw 1536; combinations 1024" in html and "excluded 512 (early-without-ao" in html
+    assert "properties kept: no-host-panic, contained." in html
+    assert "vm_killed 0.12 [0.1, 0.14]" in html and "6,400 host-years" in html
+    assert "no host panic: the smallest policy found costs 13: minimum with fault_check=true" \
+        in html  # the command's own answer sentence
+
+
+def _rows(html: str, cls: str) -> list[str]:
+    """The text of each body row of the table of class ``cls``."""
+    import re
+
+    m = re.search(rf'<table class="[^"]*\b{cls}\b[^"]*">.*?<tbody>(.*?)</tbody>', html, re.S)
+    assert m is not None, cls
+    return [re.sub(r"<[^>]+>", " ", r) for r in re.findall(r"<tr>(.*?)</tr>", m.group(1))]
+
+
+def test_search_section_shows_the_minimal_policies_and_answers_of_a_real_search(
+        tmp_path: Path) -> None:
+    """``memfail search --json`` on a small configuration, given to the page: every minimal
+    policy and every answer of the document appears with its cost and its knobs."""
+    from memfail.model.policy.registry import PRESETS
+    from memfail.search.space import value_text
+
+    path = real_search(tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc["minimal"] and doc["answers"]  # the small search still finds answers
+    html = page.section_search(load_search(path), "search.json")
+    base = PRESETS[doc["config"]["base"]].knobs()
+
+    def differing(knobs: dict[str, Any]) -> list[str]:
+        return [f"{k}={value_text(v)}" for k, v in knobs.items() if base[k] != v]
+
+    rows = _rows(html, "search-minimal")
+    assert len(rows) == len(doc["minimal"])
+    for row, m in zip(rows, doc["minimal"], strict=True):
+        cells = row.split()
+        assert f"{m['cost']:g}" in cells and m["closest_preset"] in cells
+        assert sorted(c for c in cells if "=" in c) == sorted(
+            differing(m["knobs"]) + [f"{k}={value_text(v)}" for k, v in m["diff"].items()])
+    rows = _rows(html, "search-answers")
+    assert len(rows) == len(doc["answers"])
+    for row, a in zip(rows, doc["answers"], strict=True):
+        assert a["property_set"] in row and f" {a['cost']:g} " in row
+        assert sorted(c for c in row.split() if "=" in c) == sorted(differing(a["policy"]))
+    for p in doc["presets"]:
+        assert f"<th scope=\"row\">{p['name']}</th><td>{p['cost']:g}</td>" in html
 
 
 def test_without_search_the_section_says_how_to_get_one() -> None:
@@ -245,6 +359,11 @@ def test_tornado_puts_the_widest_swing_first() -> None:
     out = svg.tornado("minimum: vm killed", 1.0, [("small", 0.9, 1.1), ("big", 0.1, 5.0)],
                       "per M VM-h")
     assert out.index(">big<") < out.index(">small<")
+    assert 'class="band"' not in out
+    banded = svg.tornado("minimum: vm killed", 1.0, [("small", 0.9, 1.1)], "per M VM-h",
+                         (0.8, 1.3))
+    assert banded.count('class="band"') == 1
+    assert "the default's 95 % interval: 0.8 to 1.3 per M VM-h" in banded
 
 
 def test_fidelity_section_shows_conform_counts_and_cases() -> None:

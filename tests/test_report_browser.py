@@ -17,6 +17,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import redirect_stdout
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +30,26 @@ pytestmark = pytest.mark.xdist_group("report")  # one page for the module (pypro
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SEARCH = Path(__file__).with_name("test_report.py")  # the hand-made search document lives there
+SEARCH = Path(__file__).with_name("test_report.py")  # the small real search lives there
 
 
-def _search_doc() -> dict[str, Any]:
+def _unit() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_report_unit", SEARCH)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    doc: dict[str, Any] = mod.SEARCH
-    return doc
+    return mod
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``memfail report --quick`` run once, as a user runs it, in a fresh directory."""
+    """``memfail report --quick`` run once, as a user runs it, in a fresh directory, given a
+    real ``memfail search --json`` output (a small search: about two seconds)."""
     where = tmp_path_factory.mktemp("report")
-    search = where / "search.json"
-    search.write_text(json.dumps(_search_doc()))
+    search = _unit().real_search(where)
+    assert search.name == "search.json"
     old = Path.cwd()
     os.chdir(where)
     try:
@@ -61,7 +62,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                   flags=re.S)
     assert m is not None
     data = json.loads(m.group(1).replace("<\\/", "</"))
-    return {"dir": where, "path": where / "r.html", "html": html, "data": data}
+    return {"dir": where, "path": where / "r.html", "html": html, "data": data,
+            "search": json.loads(search.read_text())}
 
 
 def _json(args: list[str]) -> Any:
@@ -75,9 +77,92 @@ def _json(args: list[str]) -> Any:
 # ----------------------------------------------------------------------------- numbers
 
 
-def test_comparison_equals_memfail_compare(report: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def compare_json() -> dict[str, Any]:
+    doc: dict[str, Any] = _json(["compare", "--json", "--no-readings"])
+    return doc
+
+
+def test_minimum_section_equals_memfail_policies(report: dict[str, Any]) -> None:
+    want = _json(["policies", "--json"])["policies"]
+    got = report["data"]["policies"]
+    assert sorted(got) == sorted(want)
+    base = want[report["data"]["baseline"]]["knobs"]
+    for name, p in want.items():
+        assert got[name]["knobs"] == p["knobs"] and got[name]["unmerged"] == p["unmerged"]
+        row = re.search(rf'<span id="policy-{name}">.*?</tr>', report["html"], re.S)
+        assert row is not None, name
+        for k, v in p["knobs"].items():  # the knobs that differ from the baseline, shown
+            shown = f"<code>{k}={_text(v)}</code>"
+            assert (shown in row.group(0)) == (v != base[k]), (name, k)
+
+
+def _text(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def test_every_risk_verdict_links_to_evidence_of_that_risk(
+        report: dict[str, Any], compare_json: dict[str, Any]) -> None:
+    """Each comparison cell a risk verdict links to shows, in `memfail compare --json`, one
+    of the outcomes that risk is about; each counterexample it links to is of one of the
+    risk's properties and is in the page."""
+    from memfail.report.html.page import RISKS, anchor
+
+    cells = {anchor("cell", c["scenario"], c["policy"]): c for c in compare_json["cells"]}
+    html = report["html"]
+    linked = 0
+    for risk in RISKS:
+        row = re.search(rf'<span id="{risk["id"]}">.*?</tr>', html, re.S)
+        assert row is not None, risk["id"]
+        for target in re.findall(r'href="#([^"]+)"', row.group(0)):
+            linked += 1
+            if target.startswith("cell-"):
+                o = cells[target]["outcomes"]
+                assert any(o.get(k) for k in risk["keys"]), (risk["id"], target)
+            else:
+                assert target.startswith("cex-") and f'id="{target}"' in html
+                assert any(target.endswith("-" + p) for p in risk["props"]), target
+    assert linked
+
+
+def test_kernel_versions_equal_memfail_compare_under_each_profile(
+        report: dict[str, Any]) -> None:
+    """One profile's column (the first that runs the scenarios) against `memfail compare
+    --profile P --json` for the same policies; a profile that cannot run them says why."""
+    k = report["data"]["kernels"]
+    for got in k["by_profile"].values():
+        if "error" in got:  # e.g. linux-6.1: no guest_memfd (merged in v6.8)
+            assert f'<span class="note">{escape(got["error"])}</span>' in report["html"]
+    prof = next(p for p, got in k["by_profile"].items() if "error" not in got)
+    cmd = next(c for c in report["data"]["manifest"]["commands"]
+               if c.startswith(f"memfail compare --profile {prof} "))
+    want = _json([*cmd.split()[1:], "--no-readings"])
+    assert k["by_profile"][prof]["verdicts"] == want["verdicts"]
+
+
+def test_fidelity_equals_memfail_replay_and_the_oracle_cases(report: dict[str, Any]) -> None:
+    d = report["data"]
+    tree = Path(__file__).resolve().parent
+    assert d["oracle"]["total"] == len(list((tree / "oracle").rglob("*.yaml")))
+    assert f"reproduces <b>{d['oracle']['reproduced']} of {d['oracle']['total']}</b>" in \
+        report["html"]
+    old = Path.cwd()
+    os.chdir(tree.parent)
+    try:
+        want = _json(d["replay"]["command"].split()[1:])
+    finally:
+        os.chdir(old)
+    counts: dict[str, int] = {}
+    for r in want["replay"]:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    assert d["replay"]["counts"] == counts
+    assert ", ".join(f"{n} {v}" for v, n in counts.items()) in report["html"]
+
+
+def test_comparison_equals_memfail_compare(report: dict[str, Any],
+                                          compare_json: dict[str, Any]) -> None:
     got = report["data"]["compare"]
-    want = _json(["compare", "--json", "--no-readings"])
+    want = compare_json
     assert got["verdicts"] == want["verdicts"]
     assert {(c["scenario"], c["policy"]): c["code"] for c in got["cells"]} == \
         {(c["scenario"], c["policy"]): c["code"] for c in want["cells"]}
@@ -105,6 +190,31 @@ def test_fleet_equals_memfail_fleet(report: dict[str, Any]) -> None:
     assert f"{want['p_any_fault']:.2%}" in report["html"]
 
 
+def _shlex(cmd: str) -> list[str]:
+    import shlex
+
+    return shlex.split(cmd)
+
+
+def test_sensitivity_equals_memfail_fleet_and_fleet_sweep(report: dict[str, Any]) -> None:
+    """The tornado's default and one parameter's two ends are the rates `memfail fleet` and
+    the `memfail fleet sweep` the manifest lists print (same seed, host-years, policies)."""
+    sens = report["data"]["fleet"]["sensitivity"]
+    unit = sens["unit"]
+
+    def rates(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
+        return {p: {r["outcome"]: r[unit]["estimate"] for r in doc["rates"]
+                    if r["policy"] == p and r["outcome"] in sens["outcomes"]}
+                for p in sens["policies"]}
+
+    assert sens["command"] in report["data"]["manifest"]["commands"]
+    assert rates(_json(_shlex(sens["command"])[1:])) == sens["centre"]
+    row = next(r for r in sens["rows"] if r["command"] and r["low"] != r["high"])
+    assert row["command"] in report["data"]["manifest"]["commands"]
+    sweep = _json(_shlex(row["command"])[1:])
+    assert [rates(p) for p in sweep["points"]] == [row["low"], row["high"]]
+
+
 def test_every_counterexample_replays(report: dict[str, Any]) -> None:
     cexs = report["data"]["manifest"]["commands"]
     replays = [c for c in cexs if c.startswith("memfail run ")]
@@ -126,6 +236,19 @@ def test_manifest_names_version_seed_and_input_hashes(report: dict[str, Any]) ->
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in m["inputs"].values())
     assert "search.json" in m["inputs"]
     assert m["command"] == "memfail report --quick --out r.html --search-json search.json"
+    import hashlib
+
+    import memfail
+    from memfail.cli import _version
+
+    assert m["memfail_version"] == _version()
+    defaults = Path(memfail.__file__).parent / "fleet" / "defaults.yaml"
+    assert m["inputs"]["fleet/defaults.yaml"] == hashlib.sha256(defaults.read_bytes()).hexdigest()
+    assert m["inputs"]["search.json"] == hashlib.sha256(
+        (report["dir"] / "search.json").read_bytes()).hexdigest()
+    stages = {s["stage"]: s.get("process", "first") for s in m["stages"]}
+    assert stages["compare: every vm-* scenario x every policy"] == "first"
+    assert stages["check: standard configuration, depth 3"] == "second"  # --workers 2
 
 
 def test_page_is_self_contained(report: dict[str, Any]) -> None:
@@ -205,6 +328,10 @@ def test_page_in_chromium(report: dict[str, Any], browser: Any, tmp_path: Path, 
     # the page fits: no horizontal scroll of the body, only of its scroll boxes
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    calib = browser.find_element(By.CSS_SELECTOR, "#calibration + p.calib")
+    p = report["data"]["fleet"]["calibration"]["p_host_ue_per_year"]
+    assert calib.is_displayed() and f"= {p:.2%} against the cited 1.3%" in calib.text
+    assert calib.find_element(By.XPATH, "following-sibling::p").text  # its explanation
     bg = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
     assert (bg == "rgb(13, 17, 23)") == dark
     # no console error, no request leaving the file
@@ -219,6 +346,48 @@ def test_page_in_chromium(report: dict[str, Any], browser: Any, tmp_path: Path, 
     out = os.environ.get("MEMFAIL_REPORT_SHOTS")
     if out and width == 1280 and not dark:
         _section_shots(browser, Path(out))
+
+
+def test_minimum_section_shows_the_search_it_was_given(report: dict[str, Any],
+                                                       browser: Any) -> None:
+    """"What does minimum support look like?", as the reader sees it, lists the minimal
+    policies and the answers of the ``memfail search --json`` document given with
+    ``--search-json``: same count, same costs, same knobs (those differing from the search's
+    base preset), the command's own answer sentences."""
+    from selenium.webdriver.common.by import By
+
+    from memfail.model.policy.registry import PRESETS
+    from memfail.search.report import words
+    from memfail.search.space import value_text
+
+    doc = report["search"]
+    assert doc["minimal"] and doc["answers"]
+    assert report["data"]["search"] == doc
+    base = PRESETS[doc["config"]["base"]].knobs()
+
+    def knobs(k: dict[str, Any]) -> set[str]:
+        return {f"{a}={value_text(b)}" for a, b in k.items() if base[a] != b} or {"(same)"}
+
+    _open(browser, report["path"], 1280, False)
+    sec = browser.find_element(By.ID, "minimum")
+    rows = sec.find_elements(By.CSS_SELECTOR, "table.search-minimal tbody tr")
+    assert len(rows) == len(doc["minimal"])
+    for row, m in zip(rows, doc["minimal"], strict=True):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        assert row.is_displayed() and cells[2] == f"{m['cost']:g}"
+        assert set(cells[1].split()) == knobs(m["knobs"])
+        assert cells[4] == m["closest_preset"]
+    rows = sec.find_elements(By.CSS_SELECTOR, "table.search-answers tbody tr")
+    assert len(rows) == len(doc["answers"])
+    for row, a in zip(rows, doc["answers"], strict=True):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        assert cells[0] == a["property_set"] and cells[3] == f"{a['cost']:g}"
+        assert set(cells[2].split()) == knobs(a["policy"])
+    said = [li.text for li in sec.find_elements(By.CSS_SELECTOR, "ul.search-words li")]
+    assert said == words(doc)
+    shown = [r.find_element(By.TAG_NAME, "th").text
+             for r in sec.find_elements(By.CSS_SELECTOR, "table.search-presets tbody tr")]
+    assert shown == [p["name"] for p in doc["presets"]]
 
 
 def _section_shots(drv: Any, out: Path) -> None:
@@ -240,6 +409,44 @@ def _section_shots(drv: Any, out: Path) -> None:
 
         with Image.open(shot) as im:
             im.convert("RGB").quantize(colors=64).save(shot, optimize=True)
+
+
+PRINT_HIDDEN = """
+const out = {hidden: [], wide: []};
+const w = document.documentElement.clientWidth;
+for (const el of document.querySelectorAll(
+        'section, h2, h3, table, svg.fig, figure, details > *, p, li')) {
+  const r = el.getBoundingClientRect();
+  const name = `${el.tagName}.${el.className.baseVal ?? el.className}#${el.id}: ` +
+               (el.textContent || '').slice(0, 50);
+  if (r.width === 0 || r.height === 0 ||
+      !el.checkVisibility({visibilityProperty: true, opacityProperty: true}))
+    out.hidden.push(name);
+  if (r.right > w + 1) out.wide.push(`${name} (right edge ${Math.round(r.right)} px)`);
+}
+return out;
+"""
+
+
+def test_nothing_is_hidden_or_cut_off_when_printed(report: dict[str, Any],
+                                                   browser: Any) -> None:
+    """With print media emulated at an A4 page's printable width (718 px: 8.27 in less the
+    default 0.4 in margins), every section, heading, table, figure, paragraph and list item
+    is visible (the folded <details> too: a reader cannot unfold paper) and none is wider than
+    the page (print has no sideways scroll)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 718, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print", "features": []})
+    try:
+        browser.get(report["path"].as_uri())
+        got = browser.execute_script(PRINT_HIDDEN)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+    assert not got["hidden"]
+    assert not got["wide"]
+    # the same check on screen does see the folded details: it can fail
+    _open(browser, report["path"], 1280, False)
+    assert browser.execute_script(PRINT_HIDDEN)["hidden"]
 
 
 def test_page_prints(report: dict[str, Any], browser: Any, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -43,12 +44,23 @@ def _writable_file(path: Path) -> None:
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[object]:
     """A rich progress line on stderr (a terminal only) naming the run in progress."""
-    if not enabled or not sys.stderr.isatty():
+    if not enabled:
         @contextlib.contextmanager
         def quiet(_what: str) -> Iterator[None]:
             yield
 
         yield quiet
+        return
+    if not sys.stderr.isatty():  # a log: one line as each stage starts and ends
+        @contextlib.contextmanager
+        def line(what: str) -> Iterator[None]:
+            t0 = time.monotonic()
+            print(f"memfail report: {what} ...", file=sys.stderr, flush=True)
+            yield
+            print(f"memfail report: {what}: done in {time.monotonic() - t0:.1f} s",
+                  file=sys.stderr, flush=True)
+
+        yield line
         return
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -84,7 +96,10 @@ def report(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fleet's random streams.")]
     = 0,
     workers: Annotated[int, typer.Option("--workers", "-j", min=1,
-                                         help="Local worker processes.")] = 2,
+                                         help="Local worker processes for compare, "
+                                              "fleet and search; with 2 or more, the "
+                                              "single-core stages (check, oracle cases, "
+                                              "conform) run beside them in one more.")] = 2,
 ) -> None:
     """Answer the call's questions in one self-contained HTML page (no network, inline SVG).
 

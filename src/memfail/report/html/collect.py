@@ -201,45 +201,91 @@ def check_doc(depth: int | None, cex_dir: Path, workers: int
 
 def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     """``memfail fleet --json`` (memfail.fleet/1) for the defaults, the calibration line and
-    the sensitivity of each rate to each assumed parameter (``ranges.RANGES``)."""
-    from memfail.fleet import cache, engine, output
-    from memfail.fleet.oracle import ModelOracle
+    the sensitivity of each rate to each assumed parameter (``ranges.RANGES``).
+
+    The fleet run and every sensitivity point (the centre and each range's two ends) are
+    sampled in one batch of shards over ``s.workers`` processes, then every model run any of
+    them needs that the cache lacks runs in one pool: no pool waits on the slowest task of a
+    small batch. Each point is the same computation as ``engine.run`` on its own fleet (same
+    seed, same plan: common random numbers), so its rates equal ``memfail fleet``'s."""
+    from memfail.fleet import cache, engine
+    from memfail.fleet import output as fleet_output
     from memfail.fleet.params import load_fleet, with_assignments
+    from memfail.report.html.oracle import ReportOracle
     from memfail.report.html.ranges import all_ranges
 
     fleet = load_fleet(None)
-    orc = ModelOracle(fleet.params.kernel_profile, cache_dir=cache.default_dir())
+    orc = ReportOracle(fleet.params.kernel_profile, cache.default_dir())
     pols = list(fleet.params.policies)
+    sens_pols = pols if not s.quick else ["minimum"]
+    ranges = all_ranges()
+    # (label, fleet, host-years, policies): the fleet run first, then the sensitivity points
+    points: list[tuple[str, Any, int, list[str]]] = [
+        ("run", fleet, s.fleet_host_years, pols), ("centre", fleet, s.sens_host_years,
+                                                   sens_pols)]
+    for rg in ranges:
+        for end, assign in (("low", rg.low), ("high", rg.high)):
+            points.append((f"{rg.name}|{end}", with_assignments(fleet, assign),
+                           s.sens_host_years, sens_pols))
     try:
-        with step(f"fleet: {s.fleet_host_years:,} host-years"):
-            res = engine.run(fleet, orc, s.fleet_host_years, s.seed, s.workers, None, pols)
-        run = output.run_document(res)
-        sens_pols = pols if not s.quick else ["minimum"]
-        rows = []
-        with step(f"fleet sensitivity: {len(all_ranges())} parameters x 2 ends"):
-            centre = engine.run(fleet, orc, s.sens_host_years, s.seed, s.workers, None,
-                                sens_pols)
-            for rg in all_ranges():
-                ends = {}
-                for end, assign in (("low", rg.low), ("high", rg.high)):
-                    f = with_assignments(fleet, assign)
-                    r = engine.run(f, orc, s.sens_host_years, s.seed, s.workers, None,
-                                   sens_pols)
-                    _save(orc)  # the model runs so far survive an interrupted report
-                    ends[end] = {p: {o: r.rate(p, o).per_million_vm_hours.estimate
-                                     for o in TORNADO_OUTCOMES} for p in sens_pols}
-                rows.append({"name": rg.name, "default": rg.default, "why": rg.why,
-                             "low_assign": rg.low if len(rg.low) <= 2 else
-                             "every faults.modes.* split 0.5 permanent",
-                             "high_assign": rg.high if len(rg.high) <= 2 else
-                             "every faults.modes.* split 0.9 permanent", **ends})
+        with step(f"fleet: sample {s.fleet_host_years:,} host-years and {len(points) - 1} "
+                  f"sensitivity points x {s.sens_host_years:,} host-years"):
+            plans = [engine.Plan.for_host_years(hy) for _, _, hy, _ in points]
+            specs = [engine.compile_spec(f.params) for _, f, _, _ in points]
+            tasks: list[Any] = []
+            spans = []
+            for spec, plan in zip(specs, plans, strict=True):
+                new = engine.make_tasks(spec, plan, s.seed)
+                spans.append((len(tasks), len(tasks) + len(new)))
+                tasks.extend(new)
+            shards = engine.execute(tasks, s.workers, None, None)
+            tallies = [engine.Tallies.merge(spec, plan, shards[a:b])
+                       for spec, plan, (a, b) in zip(specs, plans, spans, strict=True)]
+        need: dict[tuple[str, ...], list[Any]] = {}
+        for (_, _, _, ps), t in zip(points, tallies, strict=True):
+            need.setdefault(tuple(ps), []).extend(t.classes)
+        n_cls = len({c for cs in need.values() for c in cs})
+        with step(f"fleet: model runs for {n_cls:,} failure classes (cached ones skipped)"):
+            for pset, classes in need.items():
+                orc.prefetch(list(pset), list(dict.fromkeys(classes)), s.workers)
+        with step("fleet: rates, intervals and sensitivity"):
+            res = {label: engine.estimate(f, t, orc, s.seed, ps, s.workers)
+                   for (label, f, _, ps), t in zip(points, tallies, strict=True)}
     finally:
         _save(orc)
+    run = fleet_output.run_document(res["run"])
+    centre = res["centre"]
+
+    def rates(r: Any) -> dict[str, dict[str, float]]:
+        return {p: {o: r.rate(p, o).per_million_vm_hours.estimate for o in TORNADO_OUTCOMES}
+                for p in sens_pols}
+
+    pol_opts = "".join(f" --policy {p}" for p in sens_pols)
+    rows = []
+    for rg in ranges:
+        # one parameter: the `memfail fleet sweep` that computes both ends (same seed, plan)
+        cmd = (f"memfail fleet sweep --grid '{next(iter(rg.low))}=["
+               f"{json.dumps(next(iter(rg.low.values())))}, "
+               f"{json.dumps(next(iter(rg.high.values())))}]' --host-years "
+               f"{s.sens_host_years} --seed {s.seed}{pol_opts} --json"
+               if len(rg.low) == 1 and list(rg.low) == list(rg.high) else None)
+        rows.append({"name": rg.name, "default": rg.default, "why": rg.why, "command": cmd,
+                     "low_set": rg.low, "high_set": rg.high,
+                     "low_assign": rg.low if len(rg.low) <= 2 else
+                     "every faults.modes.* split 0.5 permanent",
+                     "high_assign": rg.high if len(rg.high) <= 2 else
+                     "every faults.modes.* split 0.9 permanent",
+                     "low": rates(res[f"{rg.name}|low"]),
+                     "high": rates(res[f"{rg.name}|high"])})
     sens = {"host_years": centre.plan.host_years, "seed": s.seed, "policies": sens_pols,
             "outcomes": list(TORNADO_OUTCOMES), "unit": "per_million_vm_hours",
-            "centre": {p: {o: centre.rate(p, o).per_million_vm_hours.estimate
-                           for o in TORNADO_OUTCOMES} for p in sens_pols},
-            "rows": rows}
+            "centre": rates(centre), "rows": rows,
+            "centre_interval": {p: {o: [centre.rate(p, o).per_million_vm_hours.low,
+                                        centre.rate(p, o).per_million_vm_hours.high]
+                                    for o in TORNADO_OUTCOMES} for p in sens_pols},
+            "model_runs": orc.model_runs, "classes": n_cls}
+    sens["command"] = (f"memfail fleet --host-years {s.sens_host_years} --seed {s.seed}"
+                       f"{pol_opts} --json")
     return {"run": run, "calibration": calibration(run), "sensitivity": sens,
             "command": f"memfail fleet --host-years {s.fleet_host_years} --seed {s.seed} "
                        "--json"}
@@ -406,8 +452,8 @@ def load_search(path: Path) -> dict[str, Any]:
     return doc
 
 
-def run_search() -> dict[str, Any] | None:
-    """``memfail search --json`` in this process, when the command exists."""
+def run_search(workers: int = 1) -> dict[str, Any] | None:
+    """``memfail search --workers N --json`` in this process, when the command exists."""
     import importlib.util
 
     if importlib.util.find_spec("memfail.search") is None:
@@ -416,9 +462,9 @@ def run_search() -> dict[str, Any] | None:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["search", "--json"])
+        rc = main(["search", "--workers", str(workers), "--json"])
     if rc not in (0, 1):
-        return {"error": f"memfail search --json exited {rc}"}
+        return {"error": f"memfail search --workers {workers} --json exited {rc}"}
     try:
         doc: dict[str, Any] = json.loads(buf.getvalue())
     except ValueError:
@@ -461,67 +507,123 @@ def manifest(s: Settings, commands: list[str], started: float) -> dict[str, Any]
 # ----------------------------------------------------------------------------- all
 
 
+def single_process_stages(s: Settings, step: Step = _no_progress
+                          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The stages that use one core: the check (its own worker), the oracle cases, the RAS
+    log replay and conform (QEMU). ``collect`` runs them in a second process while the
+    comparison, the fleet, the kernel profiles and the search use the pool."""
+    stages: list[dict[str, Any]] = []
+    step = _timed(step, stages)
+    out: dict[str, Any] = {}
+    with step(f"check: standard configuration, depth {s.check_depth or 'of the config'}"):
+        out["check"], out["counterexamples"] = check_doc(s.check_depth, s.cex_dir, 1)
+    with step("model fidelity: oracle cases"):
+        out["oracle"] = oracle_doc()
+    with step("replay: the shipped RAS logs"):
+        out["replay"] = replay_doc()
+    if s.conform:
+        with step("conform: Debian 6.1 under QEMU (about 35 s)"):
+            out["conform"] = conform_doc()
+    else:
+        out["conform"] = {"ran": False, "why": "not run with --quick"}
+    return out, stages
+
+
 def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
-    """Every section's evidence, in one dictionary."""
+    """Every section's evidence, in one dictionary.
+
+    With ``s.workers`` > 1 the single-core stages (``single_process_stages``) run in a second
+    process, started first, while this one runs the stages that fill the worker pool; the
+    evidence is the same either way."""
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     from memfail.model.policy.base import KNOB_DOCS, READINGS, SERIES
     from memfail.model.policy.registry import PRESETS
     from memfail.report.kernel_users import kernel_users_document
     from memfail.report.profiles import profiles_document
 
     started = time.monotonic()
+    stages: list[dict[str, Any]] = []
+    timed = _timed(step, stages)
     presets = list(PRESETS)
     quick_pols = list(dict.fromkeys([s.baseline, "minimum"]))
-    commands: list[str] = []
     data: dict[str, Any] = {"schema": DATA_SCHEMA, "quick": s.quick, "baseline": s.baseline}
     data["policies"] = {n: {"summary": p.summary, "call_items": list(p.call_items),
                             "knobs": p.knobs(), "unmerged": p.unmerged()}
                         for n, p in PRESETS.items()}
     data["knob_docs"], data["readings"], data["series"] = KNOB_DOCS, READINGS, SERIES
-    with step("compare: every vm-* scenario x every policy"):
-        data["compare"] = compare_doc(presets, None, s.workers, readings=quick_pols
-                                      if s.quick else presets)
-    commands.append("memfail compare --json")
-    with step(f"check: standard configuration, depth {s.check_depth or 'of the config'}"):
-        data["check"], data["counterexamples"] = check_doc(s.check_depth, s.cex_dir, 1)
+    side: Future[tuple[dict[str, Any], list[dict[str, Any]]]] | None = None
+    pool = None
+    if s.workers > 1:  # spawn: the progress display's thread must not be forked
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        side = pool.submit(single_process_stages, s)
+    try:
+        with timed("compare: every vm-* scenario x every policy"):
+            data["compare"] = compare_doc(presets, None, s.workers, readings=quick_pols
+                                          if s.quick else presets)
+        data["fleet"] = fleet_docs(s, timed)
+        kv_pols = presets if not s.quick else quick_pols
+        with timed("kernel versions: compare under every profile"):
+            data["kernels"] = {"policies": kv_pols,
+                               "by_profile": kernel_versions(kv_pols, s.workers)}
+        data["kernel_users"] = kernel_users_document()
+        data["profiles"] = profiles_document()
+        if s.search_json is not None:
+            data["search"] = load_search(s.search_json)
+            data["search_source"] = str(s.search_json)
+        elif not s.quick:
+            with timed("search: minimal policies"):
+                found = run_search(s.workers)
+            if found is not None:
+                data["search"] = found
+                data["search_source"] = f"memfail search --workers {s.workers} --json"
+        if side is not None:
+            with step("check, oracle cases, RAS logs" + ", conform" * s.conform
+                      + ": waiting for the second process"):
+                got, side_stages = side.result()
+            stages += [{**st, "process": "second"} for st in side_stages]
+        else:
+            got, side_stages = single_process_stages(s, step)
+            stages += side_stages
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    data.update(got)
+    # every command behind a number, in the page's order
     depth = data["check"]["bounds"]["max_depth"]
-    commands.append(f"memfail check --max-depth {depth} --json --out {_rel(s.cex_dir)}")
-    commands += [c["replay"] for c in data["counterexamples"]]
-    data["fleet"] = fleet_docs(s, step)
-    commands.append(data["fleet"]["command"])
-    kv_pols = presets if not s.quick else quick_pols
-    with step("kernel versions: compare under every profile"):
-        data["kernels"] = {"policies": kv_pols, "by_profile": kernel_versions(kv_pols,
-                                                                              s.workers)}
-    commands += [f"memfail compare --profile {p} --json" +
-                 "".join(f" --policy {x}" for x in kv_pols if s.quick)
-                 for p in data["kernels"]["by_profile"]]
-    data["kernel_users"] = kernel_users_document()
-    commands.append("memfail kernel-users --json")
-    data["profiles"] = profiles_document()
-    commands.append("memfail profiles --json")
-    with step("model fidelity: oracle cases"):
-        data["oracle"] = oracle_doc()
-    commands.append("pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py")
-    with step("replay: the shipped RAS logs"):
-        data["replay"] = replay_doc()
+    sens = data["fleet"]["sensitivity"]
+    commands = ["memfail compare --json",
+                f"memfail check --max-depth {depth} --json --out {_rel(s.cex_dir)}",
+                *(c["replay"] for c in data["counterexamples"]),
+                data["fleet"]["command"], sens["command"],
+                *(r["command"] for r in sens["rows"] if r["command"]),
+                *(f"memfail compare --profile {p} --json"
+                  + "".join(f" --policy {x}" for x in kv_pols if s.quick)
+                  for p, got in data["kernels"]["by_profile"].items()
+                  if "error" not in got),  # a profile that refuses the scenarios: no command
+                "memfail kernel-users --json", "memfail profiles --json",
+                "pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py"]
     if data["replay"].get("ran"):
         commands.append(data["replay"]["command"])
-    if s.conform:
-        with step("conform: Debian 6.1 under QEMU (about 35 s)"):
-            data["conform"] = conform_doc()
-        if data["conform"].get("ran"):
-            commands.append(data["conform"]["command"])
-    else:
-        data["conform"] = {"ran": False, "why": "not run with --quick"}
-    if s.search_json is not None:
-        data["search"] = load_search(s.search_json)
-        data["search_source"] = str(s.search_json)
-    elif not s.quick:
-        with step("search: minimal policies"):
-            found = run_search()
-        if found is not None:
-            data["search"] = found
-            data["search_source"] = "memfail search --json"
-            commands.append("memfail search --json")
+    if data["conform"].get("ran"):
+        commands.append(data["conform"]["command"])
+    if data.get("search_source", "").startswith("memfail search"):
+        commands.append(data["search_source"])
     data["manifest"] = manifest(s, commands, started)
+    data["manifest"]["stages"] = stages
+    data["manifest"]["workers"] = s.workers
     return data
+
+
+def _timed(step: Step, stages: list[dict[str, Any]]) -> Step:
+    """``step`` that also records each stage's wall time (the manifest's ``stages``)."""
+
+    @contextlib.contextmanager
+    def timed(what: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        with step(what):
+            yield
+        stages.append({"stage": what, "seconds": round(time.monotonic() - t0, 1)})
+
+    return timed

@@ -128,7 +128,11 @@ def _v(v: Any) -> str:
 
 
 def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
-    """The minimal policies ``memfail search`` found (memfail.search/1), when given."""
+    """The minimal policies ``memfail search`` found (memfail.search/1), when given: the same
+    tables and answer as the command's own text output (memfail.search.report.render), each
+    policy written as its knobs that differ from a preset."""
+    from memfail.model.policy.registry import PRESETS
+
     h = '<h3 id="search">Minimal policies found by search</h3>'
     if not doc:
         return h + ("<p class=\"note\">No search results in this report: give "
@@ -137,43 +141,103 @@ def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
                     "exists.</p>")
     if "error" in doc:
         return h + f'<p class="note">{e(doc["error"])}</p>'
-    out = [h, f"<p>From {_cmd(source or 'memfail search --json')}; configuration "
-              f"<code>{e(doc.get('config'))}</code>; properties kept: "
-              f"{e(', '.join(map(str, _props(doc.get('properties')))))}.</p>"]
+    raw = doc.get("config")
+    cfg: dict[str, Any] = raw if isinstance(raw, dict) else {"check_config": raw}
+    base_name = str(cfg.get("base")) if cfg.get("base") in PRESETS else "minimum"
+    base = PRESETS[base_name].knobs()
+    props = [p.get("id") if isinstance(p, dict) else p for p in _props(doc.get("properties"))]
+    varied = cfg.get("varied") or []
+    out = [h, f"<p>From {_cmd(source or 'memfail search --json')}: check configuration "
+              f"<code>{e(cfg.get('check_config'))}</code>"
+              + (f" to depth {e(cfg['depth'])}" if cfg.get("depth") is not None else "")
+              + (f", knobs varied from the <code>{e(base_name)}</code> preset: "
+                 f"{e(', '.join(map(str, varied)))}" if varied else "")
+              + f"; properties kept: {e(', '.join(map(str, props)))}. "
+              + e(cfg.get("verdict", "")).capitalize() + ".</p>"]
     sp = doc.get("space") or {}
     if sp:
-        out.append("<p>Search space: " + ", ".join(f"{e(k)} {e(v)}" for k, v in sp.items())
-                   + ".</p>")
+        parts = [f"{e(k)} {e(v)}" for k, v in sp.items() if isinstance(v, int | float)
+                 and not isinstance(v, bool)]
+        exc = sp.get("excluded")
+        if isinstance(exc, dict):
+            parts += [f"excluded {e(x.get('count'))} ({e(n)}: {e(x.get('reason'))})"
+                      for n, x in exc.items() if isinstance(x, dict)]
+        out.append("<p class=\"search-space\">Search space: " + "; ".join(parts) + ".</p>")
 
-    def knobs(k: Any) -> str:
+    def knobs(k: Any, ref: dict[str, Any] | None = None) -> str:
         if isinstance(k, dict):
-            return " ".join(f"<code>{e(a)}={e(_v(b))}</code>" for a, b in k.items())
+            items = [(a, b) for a, b in k.items() if ref is None or ref.get(a, b) != b]
+            return " ".join(f"<code>{e(a)}={e(_v(b))}</code>" for a, b in items) or "(same)"
         return e(k if k is not None else "-")
 
-    rows = [[knobs(m.get("knobs")), e(m.get("cost")), e(", ".join(map(str, m.get("keeps") or []))),
-             e(m.get("closest_preset")), knobs(m.get("diff"))] for m in doc.get("minimal", [])]
-    out.append(_table(["knobs", "cost", "keeps", "closest preset", "differs from it in"],
-                      rows, "wide search-minimal", "Minimal policies"))
-    rows = [[e(p.get("name")), "yes" if p.get("minimal") else "no", knobs(p.get("cheaper")),
-             e(p.get("loses") or "-"),
+    def ref_of(name: Any) -> dict[str, Any] | None:
+        return PRESETS[name].knobs() if name in PRESETS else None
+
+    words = _search_words(doc)
+    if words:
+        out.append("<p>The answer, per property set of the call:</p><ul class=\"search-words\">"
+                   + "".join(f"<li>{e(w)}</li>" for w in words) + "</ul>")
+    rows = [[str(i), knobs(m.get("knobs"), base), e(_cost(m.get("cost"))),
+             e(", ".join(map(str, m.get("keeps") or []))), e(m.get("closest_preset")),
+             knobs(m.get("diff"))] for i, m in enumerate(doc.get("minimal", []), 1)]
+    out.append(_table(["#", f"knobs (vs {e(base_name)})", "cost", "keeps", "closest preset",
+                       "differs from it in"], rows, "wide search-minimal",
+                      "Minimal policies (keep every property; no other is cheaper on every "
+                      "knob)"))
+    rows = [[e(p.get("name")), e(_cost(p.get("cost"))), "yes" if p.get("minimal") else "no",
+             (knobs(p["cheaper"], ref_of(p.get("name")))
+              + (f" (cost {e(_cost(p['cheaper_cost']))})" if p.get("cheaper_cost") is not None
+                 else "")) if p.get("cheaper") else "-",
+             e(", ".join(p.get("loses_all") or ([p["loses"]] if p.get("loses") else []))
+               or "-"),
              _cmd(p["counterexample"]) if p.get("counterexample") else "-"]
             for p in doc.get("presets", [])]
-    out.append(_table(["preset", "minimal", "a cheaper policy that keeps as much",
-                       "property it loses", "counterexample"], rows, "search-presets",
+    out.append(_table(["preset", "cost", "minimal", "a cheaper policy that keeps as much",
+                       "properties it loses", "counterexample"], rows, "search-presets",
                       "The presets"))
-    rows = [[e(", ".join(map(str, _props(a.get("property_set"))))), knobs(a.get("policy")),
-             e(a.get("cost")), e(", ".join(map(str, a.get("breaks") or [])) or "-")]
+    rows = [[e(a.get("property_set") if isinstance(a.get("property_set"), str)
+               else ", ".join(map(str, _props(a.get("property_set"))))),
+             e(", ".join(map(str, a.get("properties") or []))),
+             knobs(a.get("policy"), base) if a.get("policy") is not None else "none found",
+             e(_cost(a.get("cost"))), e(", ".join(map(str, a.get("breaks") or [])) or "-")]
             for a in doc.get("answers", [])]
-    out.append(_table(["to keep", "the cheapest policy", "cost", "what it breaks"], rows,
-                      "search-answers", "Answers"))
+    out.append(_table(["to keep", "properties", f"the cheapest policy (vs {e(base_name)})",
+                       "cost", "the call's don'ts it breaks"], rows, "search-answers",
+                      "Answers"))
     par = doc.get("pareto") or []
     if par:
-        rows = [[knobs(p.get("knobs")), e(p.get("cost")),
-                 e(", ".join(f"{k} {v}" for k, v in (p.get("fleet") or {}).items()))]
-                for p in par]
-        out.append(_table(["knobs", "cost", "fleet"], rows, "search-pareto",
-                          "Pareto front (cost against fleet outcomes)"))
+        def fleet(f: Any) -> str:
+            if not isinstance(f, dict):
+                return "-"
+            return e(", ".join(
+                f"{k} {v['per_host_year']:.3g} [{v['low']:.3g}, {v['high']:.3g}]"
+                if isinstance(v, dict) else f"{k} {v}" for k, v in f.items()))
+
+        rows = [[e(p.get("name", "")) + ("" if p.get("preset") else
+                                         " " + knobs(p.get("knobs"), base)),
+                 e(_cost(p.get("cost"))), fleet(p.get("fleet"))] for p in par]
+        hy = (cfg.get("fleet") or {}).get("host_years")
+        out.append(_table(["policy", "cost", "fleet outcomes per host-year [95 % interval]"],
+                          rows, "search-pareto",
+                          "Pareto front (cost against fleet outcomes"
+                          + (f", {hy:,} host-years" if isinstance(hy, int) else "") + ")"))
     return "".join(out)
+
+
+def _cost(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v) if v is not None else "-"
+
+
+def _search_words(doc: dict[str, Any]) -> list[str]:
+    """The command's own answer sentences (memfail.search.report.words) when it applies."""
+    try:
+        from memfail.search.report import words
+    except ImportError:
+        return []
+    try:
+        return words(doc)
+    except (KeyError, TypeError, AttributeError):
+        return []
 
 
 def _props(p: Any) -> list[Any]:
@@ -477,8 +541,15 @@ def section_sensitivity(s: dict[str, Any]) -> str:
     out = [f'<h3 id="sensitivity">Sensitivity to the assumed parameters</h3><p>Each assumed '
            "parameter moved over its plausible range, the others at their defaults "
            f"({s['host_years']:,} host-years per point, seed {s['seed']}, the same random "
-           "numbers at every point). A bar runs from the default's rate to the rate at the "
-           "low end (light) and at the high end (dark) of the range; widest first.</p>"]
+           "numbers at every point: the default is "
+           + (_cmd(s["command"]) if s.get("command") else "the fleet at its defaults")
+           + ", each row's two ends one <code>memfail fleet sweep</code> listed in the "
+           "<a href=\"#manifest\">manifest</a>). A bar runs from the default's rate to the rate at the "
+           "low end (light) and at the high end (dark) of the range; widest first. The grey "
+           "band is the default's own 95 % interval at this sample size: a swing inside it "
+           "is not told apart from sampling noise (the points share their random numbers, so "
+           "their differences are less noisy than the band suggests, but no interval is "
+           "computed for a difference).</p>"]
     rows = [[e(r["name"]), e(r["default"]), e(_assign(r["low_assign"])),
              e(_assign(r["high_assign"])), e(r["why"])] for r in s["rows"]]
     out.append(_table(["parameter", "default", "low end", "high end", "why this range"], rows,
@@ -491,8 +562,9 @@ def section_sensitivity(s: dict[str, Any]) -> str:
                     for r in s["rows"]]
             if centre == 0 and all(a == 0 and b == 0 for _, a, b in bars):
                 continue
+            iv = (s.get("centre_interval") or {}).get(pol, {}).get(o)
             figs.append(svg.tornado(f"{pol}: {o.replace('_', ' ')}", centre, bars,
-                                    "per M VM-h"))
+                                    "per M VM-h", (float(iv[0]), float(iv[1])) if iv else None))
     if not figs:
         out.append("<p>No rate of these outcomes moved from zero anywhere in the ranges.</p>")
     out.append('<div class="figs wide">' + "".join(f"<figure>{x}</figure>" for x in figs)
@@ -639,7 +711,13 @@ def section_manifest(d: dict[str, Any]) -> str:
             f"<code>{e(m['baseline'])}</code>; built in {e(m['seconds'])} s by "
             f"{_cmd(m['command'])}.</p><h3>Every command behind a number</h3>"
             f"<ol class=\"cmds\">{cmds}</ol>"
-            + _table(["input", "sha256"], rows, "inputs", "Input files"))
+            + _table(["input", "sha256"], rows, "inputs", "Input files")
+            + (_table(["stage", "wall seconds", "process"],
+                      [[e(st["stage"]), e(st["seconds"]),
+                        e("second (single-core stages)" if st.get("process") == "second"
+                          else "first")] for st in m["stages"]], "stages",
+                      f"Stages (workers {e(m.get('workers', '?'))}; the two processes run "
+                      "at the same time)") if m.get("stages") else ""))
 
 
 # ----------------------------------------------------------------------------- page
@@ -683,7 +761,7 @@ svg text{fill:var(--fg);font-size:11px}svg .t{font-weight:600;font-size:12px}
 svg .ax,svg .val{fill:var(--muted);font-size:10px}svg .bar{fill:var(--bar)}
 svg .bar.base{fill:var(--base)}svg .whisk,svg .axis{stroke:var(--fg);stroke-width:1.2}
 svg .never{fill:none;stroke:var(--muted);stroke-width:1.5}svg .tlow{fill:var(--low)}
-svg .thigh{fill:var(--high)}svg .col{fill:none;stroke:var(--line)}
+svg .thigh{fill:var(--high)}svg .band{fill:var(--muted);fill-opacity:.22}svg .col{fill:none;stroke:var(--line)}
 svg .colfail{fill:none;stroke:var(--hazard);stroke-width:2.5}svg .lane{stroke:var(--line)}
 svg .lanename{font-weight:600;fill:var(--muted)}svg .step{font-weight:700}
 svg .ev{font-size:10.5px}svg .ev.bad{fill:var(--hazard);font-weight:600}
@@ -697,9 +775,13 @@ header .meta{color:var(--muted);font-size:.92em}
 @media (max-width:700px){main{padding:10px}body{font-size:14px}
 .figs,.figs.wide{grid-template-columns:1fr}table{font-size:12px}}
 @media print{body{background:#fff;color:#000;font-size:10pt}main{max-width:none;padding:0}
-.scroll{overflow:visible}a{color:#000}h2{break-before:page}article.cex,figure,table{
+.scroll{overflow:visible}a{color:#000}h2{break-before:page}article.cex,figure{
 break-inside:avoid}details{display:block}details>*{display:block}
-thead th{position:static}}
+details::details-content{content-visibility:visible;display:contents}
+thead th{position:static}table,table.wide{width:100%;min-width:0;font-size:7pt}
+th,td{padding:1px 3px;overflow-wrap:anywhere}code{font-size:7pt}
+svg.fig,svg.lanes,svg.folio{max-width:100%;height:auto}
+.figs,.figs.wide{grid-template-columns:1fr}}
 """
 
 

@@ -69,14 +69,17 @@ def interval_bars(title: str, rows: list[tuple[str, dict[str, Any]]], unit: str,
     return _svg(w, h, title, body)
 
 
-def tornado(title: str, centre: float, rows: list[tuple[str, float, float]], unit: str) -> str:
+def tornado(title: str, centre: float, rows: list[tuple[str, float, float]], unit: str,
+            band: tuple[float, float] | None = None) -> str:
     """Each parameter's swing of one rate: bars from the rate at the low end to the rate at
-    the high end of the parameter's range, widest first, around the default's rate."""
+    the high end of the parameter's range, widest first, around the default's rate; ``band``
+    (the default's 95 % interval) is shaded behind them: a swing inside it is within the
+    sampling noise of the points."""
     rows = sorted(rows, key=lambda r: -abs(r[2] - r[1]))
     left, right, bar_h, gap, top = 250, 20, 14, 6, 30
     w = 640
     h = top + len(rows) * (bar_h + gap) + 28
-    vals = [centre] + [v for _, a, b in rows for v in (a, b)]
+    vals = [centre] + [v for _, a, b in rows for v in (a, b)] + list(band or ())
     lo_v, hi_v = min(vals), max(vals)
     if hi_v == lo_v:
         hi_v = lo_v + (abs(lo_v) or 1.0)
@@ -87,6 +90,12 @@ def tornado(title: str, centre: float, rows: list[tuple[str, float, float]], uni
 
     body = [f'<text class="t" x="0" y="14">{_e(title)}</text>']
     cx = x(centre)
+    if band is not None:
+        b0, b1 = x(band[0]), x(band[1])
+        body.append(f'<rect class="band" x="{b0:.1f}" y="{top - 4}" '
+                    f'width="{max(1.0, b1 - b0):.1f}" height="{h - 22 - top + 4}"><title>the '
+                    f"default's 95 % interval: {_num(band[0])} to {_num(band[1])} "
+                    f"{_e(unit)}</title></rect>")
     for i, (name, a, b) in enumerate(rows):
         y = top + i * (bar_h + gap)
         body.append(f'<text class="lbl" x="{left - 6}" y="{y + bar_h - 3}" '
