@@ -244,22 +244,21 @@ def _outcome(policy: Any, labels: list[tuple[str, dict[str, Any]]], *fields: str
             for f in fields]
 
 
-def test_a_second_machine_check_before_the_task_work_panics_in_both() -> None:
-    """queue_task_work() (M7): a vCPU thread that takes a machine check on another page before
-    its task work ran panics the host ("Consecutive machine checks to different user
-    pages"); on the same page it panics at the eleventh; once the task work ran, the count
-    starts again. Both engines panic at the same step and violate no-host-panic and
-    host-survives."""
+def test_a_vcpu_runs_its_task_work_before_its_next_machine_check_in_both() -> None:
+    """A guest-mode machine check means the vCPU entered the guest, and KVM ran its queued
+    task work before the entry (M8, R45: xfer_to_guest_mode_handle_work): one vCPU never
+    stacks queue_task_work()'s count (M7), on another page or eleven times on one, so
+    neither engine panics; both agree at every step."""
     errors = [("hw_error", {"vm": "vm1", "page": 0}), ("hw_error", {"vm": "vm1", "page": 1})]
     other = [*errors, ("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 0}),
              ("vcpu_mce", {"vm": "vm1", "page": 1, "vcpu": 0})]
     same = errors[:1] + [("vcpu_mce", {"vm": "vm1", "page": 0, "vcpu": 1})] * 11
-    drained = [*same[:-1], ("task_work", {"vm": "vm1", "vcpu": 1}), *same[-1:]]
-    want = ("panic", "violated.no-host-panic", "violated.host-survives")
-    assert _outcome("future", other, *want) == [(1, 1)] * 3
-    assert _outcome("future", same, *want) == [(1, 1)] * 3
-    assert _outcome("future", same[:-1], *want) == [(0, 0)] * 3
-    assert _outcome("future", drained, *want) == [(0, 0)] * 3
+    want = ("panic", "violated.no-host-panic")
+    assert _outcome("future", other, *want) == [(0, 0)] * 2
+    assert _outcome("future", same, *want) == [(0, 0)] * 2
+    # the machine checks were taken (the VM stayed up under future), so the count was reset
+    # by each entry's task work rather than never reached
+    assert _outcome("future", other[:3], "vm1[0].cons")[0][0] >= 1
 
 
 def test_two_vcpus_consuming_before_the_task_work_count_once_in_both() -> None:

@@ -68,11 +68,13 @@ def test_hostile_guest_stalls_the_host_only_where_poison_stays_mapped(tmp_path: 
     assert r.host_outcomes is not None and r.host_outcomes["host_stalled"] is True
 
 
-def test_second_page_inside_the_task_work_window_is_found(tmp_path: Path) -> None:
-    # two errors are needed for "Consecutive machine checks to different user pages"
+def test_one_vcpu_cannot_take_two_pages_in_one_task_work_window(tmp_path: Path) -> None:
+    """"Consecutive machine checks to different user pages" needs a thread to consume a
+    second page before its task work runs. A vCPU runs its queued work before every guest
+    entry (M8), so the checker, given both pages and no task_work in between, finds no path
+    to that panic from guest-mode machine checks."""
     cfg = (CONFIG % ("cooperative", WINDOW)).replace("depth: 3, errors: 1", "depth: 4, errors: 2")
-    code, doc = _check(tmp_path, cfg.replace("policies: [minimum, unmap]", "policies: [unmap]"))
-    assert code == 1
+    _code, doc = _check(tmp_path, cfg.replace("policies: [minimum, unmap]", "policies: [unmap]"))
     v = _verdict(doc, "unmap")
-    assert v["status"] == "FAIL"
-    assert "Consecutive machine checks to different user pages" in json.dumps(v)
+    assert "Consecutive machine checks" not in json.dumps(v)
+    assert v["status"] in ("PASS", "PARTIAL"), v

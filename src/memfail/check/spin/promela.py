@@ -699,10 +699,16 @@ inline ev_vcpu(v, p, wr, i) {
      od
   fi
 }
-/* vcpu_mce: a vCPU takes the machine check through its SPTE now (do_machine_check_action);
-   its task work waits */
+/* vcpu_mce: a vCPU takes the machine check through its SPTE now (do_machine_check_action).
+   Being in guest mode, it entered the guest, and KVM ran its queued task work before the
+   entry (M8, R45: xfer_to_guest_mode_handle_work -> resume_user_mode_work); the new machine
+   check's task work waits */
 inline ev_vcpu_mce(v, p, i) {
-  if :: SPTE(v, p) && bk[v] == OWN && err[p] -> mc(v, p, i) :: else -> skip fi
+  tw_run(v, i);
+  if
+  :: vst[v] == 0 && alive[v] && !panic && SPTE(v, p) && bk[v] == OWN && err[p] -> mc(v, p, i)
+  :: else -> skip
+  fi
 }
 /* do_guest_run() (vmm/guest.py): up to ``rounds`` rounds of guest_round() by vCPUs lo..hi,
    each round first running the vCPUs' pending task work (R45), then their loads, every

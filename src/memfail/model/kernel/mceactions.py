@@ -35,8 +35,12 @@ class MachineCheckAction(Action):
     fixup; ``copyin`` for a copy from user) or kernel (no fixup: the host panics). The task
     work is NOT run: it waits for a ``task_work`` step (or the vCPU's next ``guest_access``,
     the thread's next load of poison), so several CPUs can consume the same poison in that
-    window (M7, M8). ``mcip``: the CPU is still in the handler of an earlier machine check
-    (M4). ``ripv``: MCG_STATUS.RIPV."""
+    window (M7, M8). A guest-mode or user-mode machine check first runs the thread's queued
+    work: to be in guest or user mode again the thread went through KVM's enter-guest work
+    or the exit to user mode, which run it (M8); only kernel-mode consumption
+    (``kernel-recov`` with ``copyin``) stacks up queue_task_work()'s count (M7).
+    ``mcip``: the CPU is still in the handler of an earlier machine check (M4).
+    ``ripv``: MCG_STATUS.RIPV."""
 
     key: ClassVar[str] = "machine_check"
     vm: str | None = None
