@@ -379,3 +379,40 @@ def test_fidelity_section_shows_conform_counts_and_cases() -> None:
     assert "41 agree, 3 not expressible" in html and "(115.0 s)" in html
     assert "<th scope=\"row\">doc-14-madvise-ar</th><td>agree</td><td>9</td>" in html
     assert "tests/oracle is not in this installation" in html
+
+
+def test_spin_verdicts_are_the_commands_own_and_drawn_beside_the_bounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full report's SPIN stage is `memfail check --engine spin --json`: the section shows
+    each policy's verdict (a FAIL with its depth), its states and whether the search
+    completed, the presets SPIN does not render with the reason, and the command. Run on a
+    small configuration both engines agree on, so the test stays cheap."""
+    from memfail.check import config as check_config
+    from memfail.check.spin import AGREE_CONFIG
+    from memfail.report.html.collect import check_spin_doc
+
+    small = check_config.load_config(AGREE_CONFIG)
+    small = small.model_copy(update={"policies": [*small.policies[:2], "hugetlbfs"]})
+    monkeypatch.setattr(check_config, "standard_config", lambda: small)
+    sp = check_spin_doc()
+    assert sp["ran"] and list(sp["skipped"]) == ["hugetlbfs"]
+    assert [r["policy"] for r in sp["results"]] == small.policies[:2]
+    html = page.section_bounds({"check": {**sp, "bounds": {"max_depth": 3, "max_states": None,
+                                                           "max_seconds": None}},
+                                "check_spin": sp})
+    spin = html[html.index("The SPIN engine"):]
+    assert "memfail check --engine spin --json" in spin
+    assert "backing: hugetlbfs is not modelled" in spin
+    for r in sp["results"]:
+        assert f"{r['states']:,}" in spin
+        for v in r["verdicts"].values():
+            shown = v["status"] + (f"({v['depth']})" if v["status"] == "FAIL" else "")
+            assert shown in spin
+    assert all(r["complete"] for r in sp["results"]) and "complete" in spin
+    # not run: the page says why instead of a table
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    gone = check_spin_doc()
+    assert gone == {"ran": False, "why": gone["why"]} and "spin" in gone["why"]
+    assert "not run: spin or a C compiler" in page.section_bounds(
+        {"check": {**sp, "bounds": {"max_depth": 3, "max_states": None, "max_seconds": None}},
+         "check_spin": gone})

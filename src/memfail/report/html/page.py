@@ -672,11 +672,11 @@ def section_bounds(d: dict[str, Any]) -> str:
     rows = []
     for r in chk["results"]:
         st = {s: sum(1 for v in r["verdicts"].values() if v["status"] == s)
-              for s in ("pass", "FAIL", "PARTIAL")}
+              for s in ("PASS", "FAIL", "PARTIAL")}
         rows.append([e(r["policy"]), f"{r['states']:,}", f"{r['transitions']:,}",
                      str(r["depth"]), "complete" if r["complete"] else
                      f"stopped: {e(r['stop_reason'])}",
-                     f"{st['pass']} pass, {st['FAIL']} fail, {st['PARTIAL']} partial",
+                     f"{st['PASS']} pass, {st['FAIL']} fail, {st['PARTIAL']} partial",
                      f"{r['collision_probability']:.1e}",
                      e(", ".join(r["coverage"]["events_never"]) or "none"),
                      e(", ".join(r["coverage"]["hooks_never"]) or "none")])
@@ -691,14 +691,47 @@ def section_bounds(d: dict[str, Any]) -> str:
                      "checkv wide", "Verdict per property and policy")
             + _table(["policy", "states", "transitions", "depth", "search", "verdicts",
                       "fingerprint collision ≤", "events never fired",
-                      "policy hooks never fired"], rows, "bounds wide", "Coverage"))
+                      "policy hooks never fired"], rows, "bounds wide", "Coverage")
+            + _spin_bounds(d.get("check_spin") or {"ran": False, "why": "not collected"}))
+
+
+def _spin_bounds(sp: dict[str, Any]) -> str:
+    """SPIN's exhaustive verdicts on the same configuration (``check_spin_doc``)."""
+    if not sp.get("ran"):
+        return (f'<p class="note">The SPIN engine (<code>memfail check --engine spin</code>): '
+                f"not run: {e(sp.get('why'))}.</p>")
+    res = sp["results"]
+
+    def cell(v: dict[str, Any]) -> str:
+        s = v["status"]
+        depth = f"({v['depth']})" if s == "FAIL" else ""
+        cls = "ok" if s == "PASS" else "c-hazard" if s == "FAIL" else "partial"
+        return f'<span class="{cls}">{e(s)}{e(depth)}</span>'
+
+    props = sorted({p for r in res for p in r["verdicts"]})
+    vrows = [[e(p), *(cell(r["verdicts"][p]) for r in res)] for p in props]
+    srows = [[e(r["policy"]), f"{r['states']:,}", f"{r['transitions']:,}", str(r["depth"]),
+              "complete" if r["complete"] else f"stopped: {e(r['stop_reason'])}"] for r in res]
+    skipped = "".join(f"<li>{e(w)}</li>" for w in sp.get("skipped", {}).values())
+    return ("<h3>The SPIN engine: the same configuration searched to the end</h3>"
+            f"<p>{_cmd(sp['command'])} searches every state of the standard configuration with "
+            "no depth bound (exhaustive, breadth-first: a FAIL's depth in parentheses is its "
+            "shortest path). A search that completes proves a PASS; every FAIL's trail was "
+            "replayed on the Python model, which must violate the same property. "
+            "docs/check.md says what the Promela model abstracts and how the two engines' "
+            "agreement is tested.</p>"
+            + _table(["property", *(e(r["policy"]) for r in res)], vrows, "checkv wide",
+                     "SPIN verdict per property and policy")
+            + _table(["policy", "states", "transitions", "depth", "search"], srows, "bounds",
+                     "SPIN searches")
+            + (f"<p>Not checked by SPIN:</p><ul>{skipped}</ul>" if skipped else ""))
 
 
 def _status(v: dict[str, Any], pol: str, prop: str) -> str:
     s = v["status"]
     if s == "FAIL":
         return f'<a class="c-hazard" href="#{anchor("cex", pol, prop)}">FAIL</a>'
-    return f'<span class="{"ok" if s == "pass" else "partial"}">{e(s)}</span>'
+    return f'<span class="{"ok" if s == "PASS" else "partial"}">{e(s)}</span>'
 
 
 def section_manifest(d: dict[str, Any]) -> str:
