@@ -13,6 +13,7 @@ first step whose observations differ. More walks: ``python bench/bench_check_eng
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,6 +103,18 @@ def test_spin_simulations_replay_on_python(policy: Any) -> None:
         assert diff is None, f"{_id(policy)}, spin -n{seed}: {diff}"
 
 
+def _walks_and_a_simulation_agree(policy: Any, config: Path, walk_steps: int) -> None:
+    """WALKS seeded Python walks of ``walk_steps`` replayed in Promela, and one SPIN
+    simulation replayed on the Python model, agree step by step on ``config``."""
+    system = _system(policy, config)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, walk_steps, rendered)
+        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
+    diff = agree_simulation(system, 1, STEPS, rendered)
+    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+
+
 # Kernel users (model/kernel/kaccess.py): each reach, check and copy of the inventory.
 KERNEL_POLICIES: list[Any] = ["mainline", "minimum", "unmap", "kill-vm", "future",
                               CUSTOM["minimum-marks"], CUSTOM["future-folio"]]
@@ -109,13 +122,7 @@ KERNEL_POLICIES: list[Any] = ["mainline", "minimum", "unmap", "kill-vm", "future
 
 @pytest.mark.parametrize("policy", KERNEL_POLICIES, ids=_id)
 def test_kernel_users_agree(policy: Any) -> None:
-    system = _system(policy, AGREE_KERNEL_CONFIG)
-    rendered = render(system)
-    for seed in range(WALKS):
-        diff = agree_walk(system, seed, STEPS, rendered)
-        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
-    diff = agree_simulation(system, 1, STEPS, rendered)
-    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+    _walks_and_a_simulation_agree(policy, AGREE_KERNEL_CONFIG, STEPS)
 
 
 def test_kernel_read_of_a_table_only_record_panics_in_both() -> None:
@@ -149,13 +156,7 @@ CONVERT_POLICIES: list[Any] = [
 
 @pytest.mark.parametrize("policy", CONVERT_POLICIES, ids=_id)
 def test_conversions_agree(policy: Any) -> None:
-    system = _system(policy, AGREE_CONVERT_CONFIG)
-    rendered = render(system)
-    for seed in range(WALKS):
-        diff = agree_walk(system, seed, STEPS + 4, rendered)
-        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
-    diff = agree_simulation(system, 1, STEPS, rendered)
-    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+    _walks_and_a_simulation_agree(policy, AGREE_CONVERT_CONFIG, STEPS + 4)
 
 
 @pytest.mark.parametrize("propagate", [True, False])
@@ -221,13 +222,7 @@ GUEST_POLICIES: list[Any] = ["mainline", "mf-delayed-fix", "minimum", "unmap", "
 
 @pytest.mark.parametrize("policy", GUEST_POLICIES, ids=_id)
 def test_guest_behaviours_and_machine_check_delivery_agree(policy: Any) -> None:
-    system = _system(policy, AGREE_GUEST_CONFIG)
-    rendered = render(system)
-    for seed in range(WALKS):
-        diff = agree_walk(system, seed, STEPS + 4, rendered)
-        assert diff is None, f"{_id(policy)}, walk seed {seed}: {diff}"
-    diff = agree_simulation(system, 1, STEPS, rendered)
-    assert diff is None, f"{_id(policy)}, spin -n1: {diff}"
+    _walks_and_a_simulation_agree(policy, AGREE_GUEST_CONFIG, STEPS + 4)
 
 
 def _outcome(policy: Any, labels: list[tuple[str, dict[str, Any]]], *fields: str

@@ -13,6 +13,7 @@ from memfail.cli import main
 from memfail.report.html import page, svg
 from memfail.report.html.collect import CITED_UE, calibration, load_search
 from memfail.report.html.ranges import all_ranges
+from test_search import SMALL, TINY
 
 # A memfail.search/1 document in the command's shape (memfail.search.report.build), cut down
 # by hand so that every part the page renders has something in it, the Pareto front included.
@@ -54,37 +55,9 @@ SEARCH = {
                  "breaks": [], "closest_preset": "minimum"}],
 }
 
-# One VM on one scaled HugeTLB page (tests/test_search.py's configuration): `memfail search`
-# on it with the options below takes about two seconds.
-TINY = """\
-name: tiny
-policies: [minimum]
-geometry: {pmd_order: 2, pud_order: 3}
-host: {memory: 8G, hugepages: {2M: 3}}
-processes:
-  - name: qemu0
-    threads: [main, vcpu0]
-    mce_kill: {main: early, vcpu0: late}
-    sigbus: handler
-guest_memfd:
-  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
-vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
-events:
-  - {event: hw_error, vm: vm0, page: 0, detect: [latent, scrub]}
-  - {event: scrub, vm: vm0, page: 0}
-  - {event: vcpu_access, vm: vm0, page: 0}
-  - {event: kernel_access, vm: vm0, page: 0, user: [kcore]}
-  - {event: release, vm: vm0, limit: 1}
-bounds: {depth: 3, errors: 1}
-"""
-SMALL_SEARCH = ["--quick", "--depth", "3", "--fleet-host-years", "0",
-                "--group-scenario", "vm-hugetlb-consumed-2m", "--group-scenario",
-                "vm-release-2m", "--fix", "unmap_host=none", "--verify", "4"]
-
-
 def real_search(where: Path) -> Path:
-    """``memfail search --config tiny.yaml ... --json > search.json`` in ``where``."""
+    """``memfail search --config tiny.yaml ... --json > search.json`` in ``where``: the
+    one-VM configuration and small options of tests/test_search.py (about two seconds)."""
     import contextlib
     import io
     import os
@@ -95,7 +68,7 @@ def real_search(where: Path) -> Path:
     os.chdir(where)
     try:
         with contextlib.redirect_stdout(buf):
-            rc = main(["search", "--config", "tiny.yaml", *SMALL_SEARCH, "--json"])
+            rc = main(["search", "--config", "tiny.yaml", *SMALL, "--json"])
     finally:
         os.chdir(old)
     assert rc == 0
@@ -413,6 +386,6 @@ def test_spin_verdicts_are_the_commands_own_and_drawn_beside_the_bounds(
     monkeypatch.setattr("shutil.which", lambda _name: None)
     gone = check_spin_doc()
     assert gone == {"ran": False, "why": gone["why"]} and "spin" in gone["why"]
-    assert "not run: spin or a C compiler" in page.section_bounds(
+    assert "not run: the SPIN engine needs `spin` and a C compiler" in page.section_bounds(
         {"check": {**sp, "bounds": {"max_depth": 3, "max_states": None, "max_seconds": None}},
          "check_spin": gone})

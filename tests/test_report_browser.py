@@ -25,22 +25,12 @@ import pytest
 
 from memfail.cli import main
 from memfail.report.html.page import SECTIONS
+from test_report import real_search
 
 pytestmark = pytest.mark.xdist_group("report")  # one page for the module (pyproject: loadgroup)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SEARCH = Path(__file__).with_name("test_report.py")  # the small real search lives there
-
-
-def _unit() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_report_unit", SEARCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``memfail report --quick`` run once, as a user runs it, in a fresh directory, given a
     real ``memfail search --json`` output (a small search: about two seconds)."""
     where = tmp_path_factory.mktemp("report")
-    search = _unit().real_search(where)
+    search = real_search(where)
     assert search.name == "search.json"
     old = Path.cwd()
     os.chdir(where)
