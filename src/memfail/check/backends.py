@@ -205,38 +205,36 @@ class DaskBackend(Backend):
     def run_indexed(self, system: System, chunks: list[Chunk], opt: ExpandOptions,
                     full: bool = False, homes: Sequence[int] | None = None
                     ) -> Iterator[tuple[int, ChunkResult]]:
-        from distributed import as_completed as dask_completed
-
         if self._scattered is None or self._scattered[0] != id(system):
             key, blob = system_blob(system)
             fut = self._client.scatter(blob, broadcast=True, hash=False)
             self._scattered = (id(system), fut, key, blob)
         _, blob_future, key, _ = self._scattered
-        futures = [self._client.submit(remote_expand, key, blob_future, c, opt, full, pure=False)
-                   for c in chunks]
-        index = {f.key: i for i, f in enumerate(futures)}
-        try:
-            for f in dask_completed(futures):
-                yield index[f.key], f.result()
-        finally:
-            for f in futures:
-                f.cancel()
+        yield from _dask_completed(
+            [self._client.submit(remote_expand, key, blob_future, c, opt, full, pure=False)
+             for c in chunks])
 
     def map_calls(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
                   ) -> Iterator[tuple[int, Any]]:
-        from distributed import as_completed as dask_completed
-
-        futures = [self._client.submit(fn, *args, pure=False) for args in calls]
-        index = {f.key: i for i, f in enumerate(futures)}
-        try:
-            for f in dask_completed(futures):
-                yield index[f.key], f.result()
-        finally:
-            for f in futures:
-                f.cancel()
+        yield from _dask_completed([self._client.submit(fn, *args, pure=False)
+                                    for args in calls])
 
     def close(self) -> None:
         self._client.close()
+
+
+def _dask_completed(futures: list[Any]) -> Iterator[tuple[int, Any]]:
+    """(index, result) of Dask ``futures`` as they complete; the rest are cancelled when the
+    caller stops early (the Dask twin of ``_completed``)."""
+    from distributed import as_completed as dask_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    try:
+        for f in dask_completed(futures):
+            yield index[f.key], f.result()
+    finally:
+        for f in futures:
+            f.cancel()
 
 
 def make_backend(workers: int = 1, scheduler: str | None = None) -> Backend:
