@@ -319,13 +319,11 @@ def _known_bad(host: Host) -> list[int]:
                   | set(host.ext.get("gmem_table", {})))
 
 
-def _failed_pfns(host: Host, folio: Any, bad: list[int] | None = None) -> list[int]:
+def _failed_pfns(folio: Any, bad: list[int]) -> list[int]:
     """Pages of ``folio`` known to have failed: PG_hwpoison, the raw list, the policy's table,
-    or a detected hardware error. ``bad``: ``_known_bad(host)``, when the caller asks for many
-    folios of one host (a split 1 GiB folio is 262,144 of them)."""
+    or a detected hardware error. ``bad`` is ``_known_bad(host)``, gathered once for all the
+    folios asked about (a split 1 GiB folio is 262,144 of them)."""
     lo, hi = folio.pfn, folio.pfn + folio.nr_pages
-    if bad is None:
-        bad = _known_bad(host)
     out = bad[bisect_left(bad, lo):bisect_left(bad, hi)]
     if folio.raw_hwp:
         out = sorted(set(out).union(p for p in folio.raw_hwp if lo <= p < hi))
@@ -360,7 +358,7 @@ def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:
             if f.pfn in seen:
                 continue
             seen.add(f.pfn)
-            failed = _failed_pfns(host, f, bad)
+            failed = _failed_pfns(f, bad)
             if not failed:
                 continue
             lo_idx = f.index

@@ -306,6 +306,19 @@ def task_work_run(host: Host, t: Thread) -> int | None:
     return kill_me_maybe(host, t, pfn, ripv=ripv)
 
 
+def run_entry_work(host: Host, t: Thread) -> bool:
+    """The work a thread does on its way into guest mode (KVM's enter-guest work: vcpu_run ->
+    xfer_to_guest_mode_handle_work -> resume_user_mode_work, kernel/entry/kvm.c) or back to
+    user mode (exit_to_user_mode_loop): its queued machine-check task work runs, then its
+    signals are delivered (M8, R45). Returns whether anything was queued: the caller then
+    looks at what the work did to the thread, its VM or its VMM."""
+    if not task_work_pending(host, t):
+        return False
+    task_work_run(host, t)
+    host.deliver_signals()
+    return True
+
+
 def kvm_machine_check(host: Host, vm_name: str, vcpu: int, t: Thread, pfn: int,
                       vmm_pid: int) -> str:
     """kvm_machine_check() (R45): a machine check taken in guest mode exits to KVM
@@ -363,15 +376,11 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         if a.gpa is None:
             raise ModelInputError("machine_check with vm needs gpa", "gpa")
         gfn = parse_size(a.gpa, host.geometry.page_size) >> host.geometry.page_shift
-        if task_work_pending(host, t):
-            # to be in guest mode the vCPU entered it, and KVM runs the queued work before
-            # every entry (M8, R45: vcpu_run -> xfer_to_guest_mode_handle_work ->
-            # resume_user_mode_work -> task_work_run, kernel/entry/kvm.c): a second guest-mode
-            # machine check on one vCPU never finds the first one's task work still queued
-            task_work_run(host, t)
-            host.deliver_signals()
-            if vm.state != "running" or not vm.vmm.alive:
-                return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
+        # to be in guest mode the vCPU entered it, and KVM runs the queued work before every
+        # entry: a second guest-mode machine check on one vCPU never finds the first one's
+        # task work still queued
+        if run_entry_work(host, t) and (vm.state != "running" or not vm.vmm.alive):
+            return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
         pfn = guest_pfn(host, vm, gfn)
         if pfn is None or pfn not in host.phys.hw_errors:
             return ActionResult("no-poison")
@@ -387,14 +396,11 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         return ActionResult("no-poison")  # only a load through a present PTE can consume
     pfn = hit[1]
     ctx = {"user": IN_USER, "kernel-recov": IN_KERNEL_RECOV, "kernel": IN_KERNEL}[a.context]
-    if ctx == IN_USER and task_work_pending(host, t):
-        # a user-mode load: the thread returned to user mode since its last machine check,
-        # and exit_to_user_mode_loop ran the queued work on the way (M8); only kernel-mode
-        # consumption (a copy from user retried, IN_KERNEL_RECOV) stacks up mce_count (M7)
-        task_work_run(host, t)
-        host.deliver_signals()
-        if not (t.alive and t.proc.alive):
-            return ActionResult("dead")
+    # a user-mode load: the thread returned to user mode since its last machine check, and
+    # ran the queued work on the way; only kernel-mode consumption (a copy from user
+    # retried, IN_KERNEL_RECOV) stacks up mce_count (M7)
+    if ctx == IN_USER and run_entry_work(host, t) and not (t.alive and t.proc.alive):
+        return ActionResult("dead")
     mode = "user" if ctx == IN_USER else "kernel"
     host.emit(PoisonConsumed(host.trace.step, pfn, f"{t.proc.comm}:{t.name}", mode,
                              t.proc.pid))

@@ -355,7 +355,7 @@ def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
 @handles(GuestAccess)
 def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     """One guest load/store on a vCPU, through KVM_RUN (R45, R67, R68, R77, R79)."""
-    from ..kernel.mce import kvm_machine_check, task_work_pending, task_work_run
+    from ..kernel.mce import kvm_machine_check, run_entry_work, task_work_run
 
     vm = get_vm(host, a.vm)
     geo = host.geometry
@@ -377,12 +377,9 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     if a.page == "kernel":
         vm.guest_kernel_pages.add(gfn)
     t = vm.vcpus[a.vcpu]
-    if task_work_pending(host, t):
-        # KVM's enter-guest work runs the machine-check task work first (R45, M8)
-        task_work_run(host, t)
-        host.deliver_signals()
-        if vm.state != "running" or not vm.vmm.alive:
-            return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
+    # KVM's enter-guest work runs the machine-check task work first (R45, M8)
+    if run_entry_work(host, t) and (vm.state != "running" or not vm.vmm.alive):
+        return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
     orders = tuple(sorted({0, geo.pmd_order, geo.pud_order}))
     for _attempt in range(3):
         hit = spte_lookup(vm, gfn, orders)

@@ -60,7 +60,7 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int
     """One moment of guest execution: every vCPU in ``vcpus`` enters the guest (after its
     pending task work, R45) and loads ``gfn``; the machine checks of this moment share one
     broadcast (M3); then each vCPU thread's task work runs (M8). Counts what happened."""
-    from ..kernel.mce import kvm_machine_check, mce_state, task_work_pending, task_work_run
+    from ..kernel.mce import kvm_machine_check, mce_state, run_entry_work, task_work_run
     from ..kvm.kvm import faultin
 
     st = mce_state(host)
@@ -69,12 +69,8 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int
     for i in vcpus:
         if vm.state != "running" or not vm.vmm.alive:
             break
-        t = vm.vcpus[i]
-        if task_work_pending(host, t):
-            task_work_run(host, t)
-            host.deliver_signals()
-            if vm.state != "running" or not vm.vmm.alive:
-                break
+        if run_entry_work(host, vm.vcpus[i]) and (vm.state != "running" or not vm.vmm.alive):
+            break
     st.round_cpus = set()
     try:
         for i in vcpus:
