@@ -475,14 +475,12 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
 def _spin_policies(policies: list[str]) -> list[str]:
     """The configuration's policies the SPIN engine renders; the others are named on stderr
     (a policy asked for with --policy that it does not render is a usage error)."""
-    from memfail.check.spin.promela import policy_refusal
+    from memfail.check.spin.promela import split_rendered
 
-    keep = [p for p in policies if policy_refusal(p) is None]
-    for p in policies:
-        why = policy_refusal(p)
-        if why is not None:
-            Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
-                                       soft_wrap=True)
+    keep, refused = split_rendered(policies)
+    for why in refused.values():
+        Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
+                                   soft_wrap=True)
     if not keep:
         raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
                           "policies; use --engine python")

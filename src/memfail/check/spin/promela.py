@@ -98,6 +98,20 @@ def knob_defines(policy: Any) -> list[str]:
     return out
 
 
+def split_rendered(specs: list[Any]) -> tuple[list[Any], dict[str, str]]:
+    """The policies of ``specs`` the Promela model renders, and the others by name with the
+    reason (``policy_refusal``)."""
+    keep: list[Any] = []
+    refused: dict[str, str] = {}
+    for spec in specs:
+        why = policy_refusal(spec)
+        if why is None:
+            keep.append(spec)
+        else:
+            refused[make_policy(spec).name] = why
+    return keep, refused
+
+
 def policy_refusal(spec: Any) -> str | None:
     """Why the Promela model does not render policy ``spec`` (None: it does)."""
     policy = make_policy(spec)

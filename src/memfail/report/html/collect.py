@@ -203,27 +203,23 @@ def check_spin_doc() -> dict[str, Any]:
     trail is confirmed on the Python model (memfail.check.spin.engine). A run-time failure
     (no spin or C compiler, the engines disagreeing, pan failing) is reported in the page,
     not raised."""
-    import shutil
-
+    from memfail.check import config as check_config
     from memfail.check.cli import make_system, to_json
-    from memfail.check.config import standard_config
     from memfail.check.properties import PROPERTY_NAMES
     from memfail.check.spin.engine import spin_result
-    from memfail.check.spin.promela import policy_refusal
+    from memfail.check.spin.promela import split_rendered
+    from memfail.check.spin.runner import SpinMissing, tools
 
-    if shutil.which("spin") is None or not (shutil.which("gcc") or shutil.which("cc")):
-        return {"ran": False, "why": "spin or a C compiler is not installed "
-                                     "(scripts/setup-system.sh installs both)"}
-    cfg = standard_config()
-    props = list(cfg.properties or PROPERTY_NAMES)
-    results: list[tuple[str, Any, dict[str, str]]] = []
-    skipped: dict[str, str] = {}
     try:
-        for pol in cfg.policies:
-            why = policy_refusal(pol)
-            if why is not None:
-                skipped[pol] = why
-                continue
+        tools()
+    except SpinMissing as exc:
+        return {"ran": False, "why": str(exc)}
+    cfg = check_config.standard_config()
+    props = list(cfg.properties or PROPERTY_NAMES)
+    keep, skipped = split_rendered(list(cfg.policies))
+    results: list[tuple[str, Any, dict[str, str]]] = []
+    try:
+        for pol in keep:
             results.append((pol, spin_result(make_system(cfg, pol), props), {}))
     except Exception as exc:  # a result to report: the page says what went wrong
         return {"ran": False, "why": f"{type(exc).__name__}: {exc}"}
