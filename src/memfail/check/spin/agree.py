@@ -23,6 +23,7 @@ from typing import Any
 from memfail.check.spin.observe import layout, observe
 from memfail.check.spin.promela import Rendered, render, replay_text
 from memfail.check.spin.runner import _run, parse_sim, tools
+from memfail.check.spin.stages import RacesRendered, render_races, replay_races_text
 
 
 @dataclass
@@ -65,7 +66,9 @@ def replay_promela(system: Any, rendered: Rendered, seq: list[int]) -> Walk:
     spin, _ = tools()
     with tempfile.TemporaryDirectory(prefix="memfail-spin-") as tmp:
         work = Path(tmp)
-        (work / "replay.pml").write_text(replay_text(rendered, system, seq))
+        text = replay_races_text(rendered, seq) if isinstance(rendered, RacesRendered) \
+            else replay_text(rendered, system, seq)
+        (work / "replay.pml").write_text(text)
         out = _run([spin, "-T", "replay.pml"], work)
     steps, obs = parse_sim(out)
     blocked = next((int(line.split()[1]) for line in out.splitlines()
@@ -116,10 +119,15 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
     return None
 
 
+def _render(system: Any) -> Rendered:
+    """The Promela model of ``system``: with the stages when it checks races."""
+    return render_races(system) if getattr(system, "races", False) else render(system)
+
+
 def agree_walk(system: Any, seed: int, steps: int, rendered: Rendered | None = None
                ) -> str | None:
     """A seeded Python walk replayed in Promela: the first difference, or None."""
-    rendered = rendered or render(system)
+    rendered = rendered or _render(system)
     a = walk_python(system, rendered, seed, steps)
     b = replay_promela(system, rendered, a.labels)
     return compare(system, rendered, a, b, ("python", "promela"))
@@ -128,7 +136,7 @@ def agree_walk(system: Any, seed: int, steps: int, rendered: Rendered | None = N
 def agree_simulation(system: Any, seed: int, steps: int, rendered: Rendered | None = None
                      ) -> str | None:
     """A seeded SPIN simulation replayed on the Python model: the first difference, or None."""
-    rendered = rendered or render(system)
+    rendered = rendered or _render(system)
     a = simulate_spin(system, rendered, seed, steps)
     b = replay_python(system, rendered, a.labels)
     return compare(system, rendered, a, b, ("promela", "python"))
