@@ -233,7 +233,7 @@ inline MF_UNMAP(v, p) {
   :: unmap_stage2 == K_UNMAP_STAGE2_VM -> zap_vm(v)
   :: else -> skip
   fi;
-  if :: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2 :: else -> skip fi
+  if :: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2; MMU_NOTIFY(v, p) :: else -> skip fi
 }
 /* races.mf_notify: _apply_vm_on_error, notify-vmm (the unconsumed failure's AO) or defer */
 inline MF_NOTIFY(v, p) {
@@ -256,7 +256,7 @@ inline MF_NOTIFY(v, p) {
 /* kvm_gmem_get_pfn(): allocation after a punch hole, the unusable file, the fault check;
    fo: it fails */
 inline GET_PFN(v, p) {
-  if :: bk[v] == 0 && !unusable[v] -> realloc(v) :: else -> skip fi;
+  if :: bk[v] == 0 && !unusable[v] && !unb[v] -> realloc(v) :: else -> skip fi;
   if
   :: bk[v] == 0 || unusable[v] || unb[v] -> fo = 1
   :: else ->
@@ -277,14 +277,26 @@ inline HLOOKUP(v, p) {
 }
 /* the release's actions: munmap (the VMM's PTEs go), close (kvm_gmem_release: unbind,
    eviction), vm_destroy */
-inline REL_MUNMAP(v) { FOREACH(pte[Q] = 0); unm[v] = 1 }
-inline REL_CLOSE(v) { free_folio(v, 1); unb[v] = 1; closed[v] = 1 }
+inline REL_MUNMAP(v) {
+  /* zap_entry() of each present PTE: the MMU notifier (R78) zaps its gfn */
+  FOREACH(if :: pte[Q] == 1 -> MMU_NOTIFY(v, Q) :: else -> skip fi; pte[Q] = 0); unm[v] = 1;
+  if :: closed[v] -> free_folio(v, 1); unb[v] = 1 :: else -> skip fi   /* the last holder */
+}
+inline REL_CLOSE(v) {
+  if :: !closed[v] -> free_folio(v, 1); unb[v] = 1; closed[v] = 1 :: else -> skip fi
+}
 inline REL_DESTROY(v) { vst[v] = 3 }
 """
 
 
-# The atomic model's tests, with the states between a release's stages (--races only).
+# The atomic model's tests, with the states between a release's stages, and the MMU notifier
+# of a host unmap, which bumps mmu_invalidate_seq (--races only).
 RELEASE_PATCHES = (
+    (":: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2\n",
+     ":: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2; MMU_NOTIFY(v, p)\n"),
+    ("inline ev_close(v) { closed[v] = 1 }",
+     "inline ev_close(v) { if :: alive[v] && !closed[v] && unm[v] -> free_folio(v, 1); "
+     "unb[v] = 1 :: else -> skip fi; closed[v] = 1 }"),
     ("!alive[v] || vst[v] == 3 -> skip", "!alive[v] || vst[v] == 3 || unm[v] -> skip"),
     ("hva && pte[p] == 0 && alive[v] && vst[v] != 3 &&",
      "hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unm[v] &&"),
@@ -331,13 +343,19 @@ def render_races(system: Any) -> RacesRendered:
     head = re.sub(r"^(inline zap_(?:vm\(v\)|page\(v, p\)) \{.*) \}$", r"\1; INVAL(v) }",
                   head, flags=re.M)
     faults = [op for op in ops if op.first == "fault.get_pfn"]
-    inval = " ".join(f"if :: (v) == {op.v} && st_{op.k} == {CODE['fault.map']} -> "
-                     f"sx_{op.k} = 1 :: else -> skip fi;" for op in faults) or "skip;"
+    # a zap only marks its VM (zq, hidden); the faults in flight at fault.map are marked
+    # stale once per transition (SPIN bounds the length of a d_step)
+    nvm = len(system.config.vms)
+    stale = " ".join(f"if :: zq[{op.v}] && st_{op.k} == {CODE['fault.map']} -> "
+                     f"sx_{op.k} = 1 :: else -> skip fi;" for op in faults)
+    stale += " " + "; ".join(f"zq[{vi}] = 0" for vi in range(nvm))
     decl = ["/* --races: ops in flight (stages.py) */",
             "bit pdet[NP]; bit unm[NV]; bit unb[NV]; bit mfc;",
             *(f"byte st_{op.k};" for op in ops),
             *(f"bit sx_{op.k};" for op in faults),
-            f"#define INVAL(v) {inval.rstrip(';')}"]
+            "byte zq[NV];",
+            "#define INVAL(v) zq[v] = 1",
+            "#define MMU_NOTIFY(v, p) if :: HASHVA(v) -> zap_page(v, p) :: else -> skip fi"]
     lines = head.split("\n")
     at = next(i for i, line in enumerate(lines) if line.startswith("bit panic;"))
     lines[at:at] = decl
@@ -346,14 +364,25 @@ def render_races(system: Any) -> RacesRendered:
     from memfail.check.spin.promela import _foreach
     head += _foreach(STAGE_INLINES, npg)
     saved = _decls(head)
-    head += "\n".join(f"hidden byte sv_{n}[{c}];" for n, c in saved) + "\n"
+    # not hidden (pan's breadth-first search refuses hidden variables): zero between steps
+    head += "\n".join(f"byte sv_{n}[{c}];" for n, c in saved) + "\n"
     # scalars declared as plain variables are indexed only when they are arrays
     arrays = {n for n, _c in saved if re.search(rf"\b(?:bit|byte|short)\s+{n}\[", head)}
-    save = "; ".join(f"sv_{n}[{i}] = {n}{f'[{i}]' if n in arrays else ''}"
-                     for n, c in saved for i in range(c))
-    restore = "; ".join(f"{n}{f'[{i}]' if n in arrays else ''} = sv_{n}[{i}]"
-                        for n, c in saved for i in range(c))
-    head += f"inline mf_save() {{ {save} }}\ninline mf_restore() {{ {restore} }}\n"
+    def copy(dst: str, src: str) -> str:
+        """Straight-line assignments: SPIN bounds the jumps in a d_step (MAXDSTEP), not its
+        statements."""
+        out = []
+        for n, c in saved:
+            for i in range(c):
+                d = f"sv_{n}[{i}]" if dst == "sv" else f"{n}[{i}]" if n in arrays else n
+                s_ = "0" if src == "0" else f"sv_{n}[{i}]" if src == "sv" else \
+                    f"{n}[{i}]" if n in arrays else n
+                out.append(f"{d} = {s_}")
+        return "; ".join(out)
+
+    save, restore, zero = copy("sv", "var"), copy("var", "sv"), copy("sv", "0")
+    head += (f"inline mf_zero() {{ {zero} }}\n"
+             f"inline mf_save() {{ {save} }}\ninline mf_restore() {{ {restore}; mf_zero() }}\n")
     derive = "; ".join(f"derive({vi})" for vi in range(len(system.config.vms)))
 
     trans: list[tuple[str, str]] = []   # (guard, body) per transition index
@@ -388,6 +417,7 @@ def render_races(system: Any) -> RacesRendered:
     for K, (g, body) in enumerate(trans):
         me = origin_of[K]
         clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""
+        clear = f"{stale}; {clear}"
         waits = _waits_expr(ops, me)
         if notify[K] or waits == "0":
             out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ mfc = 0; {body}; {clear}"
@@ -395,7 +425,8 @@ def render_races(system: Any) -> RacesRendered:
         else:
             out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ mfc = 0; "
                        f"if :: {waits} -> mf_save() :: else -> skip fi; {body}; {clear}"
-                       f"{derive}; if :: mfc && {waits} -> mf_restore() :: else -> skip fi; "
+                       f"{derive}; if :: mfc && {waits} -> mf_restore() :: !mfc && {waits} -> mf_zero() "
+                       f":: else -> skip fi; "
                        f"RESET_SCRATCH; mfc = 0 }}")
     from memfail.check.spin.promela import MF_FIRED_C
     out.append("#ifndef REPLAY")
