@@ -51,7 +51,7 @@ assert set(NEXT) == set(races.STAGES), "stages.NEXT must list every stage of rac
 CODE = {name: i + 1 for i, name in enumerate(races.STAGES)}
 
 # Scratch variables of the atomic model (reset after every step) and the engine's own.
-SCRATCH = {"mq", "mr", "ao", "tp", "fo", "ag", "gr", "ko", "rc", "rn", "ph", "vi", "kq", "mfc",
+SCRATCH = {"wh", "mq", "mr", "ao", "tp", "fo", "ag", "gr", "ko", "rc", "rn", "ph", "vi", "kq", "mfc",
            "chk"}
 
 
@@ -173,20 +173,20 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
                 f"det[{q}] = 1; " + goto(None))
     if stage == "fault.get_pfn":  # races.fault_get_pfn
         return (f"if :: !(({op.split})) -> fo = 1 :: else -> GET_PFN({v}, {q}) fi; "
-                f"if :: fo -> {step}; {goto(None)} "
+                f"if :: fo -> wh = 1; {goto(None)} "
                 f":: else -> sx_{k} = 0; {goto('fault.map')} fi")
     if stage == "fault.map":  # races.fault_map
         return (f"if :: vst[{v}] != 0 || !alive[{v}] || unb[{v}] -> {goto(None)} "
                 f":: else -> if :: sx_{k} -> {goto('fault.get_pfn')} "
                 f":: else -> map_spte({v}, {q}); {goto('fault.access')} fi fi")
     if stage in ("fault.access", "hostfault.access"):
-        return f"{step}; {goto(None)}"
+        return f"wh = 1; {goto(None)}"
     if stage == "hostfault.lookup":  # races.host_fault_lookup
         return (f"if :: !HT({v}, {q}) -> fo = 1 :: else -> HLOOKUP({v}, {q}) fi; "
-                f"if :: fo -> {step}; {goto(None)} :: else -> {goto('hostfault.map')} fi")
+                f"if :: fo -> wh = 1; {goto(None)} :: else -> {goto('hostfault.map')} fi")
     if stage == "hostfault.map":  # races.host_fault_map
         return (f"if :: !HT({v}, {q}) -> {goto('hostfault.access')} "
-                f":: HT({v}, {q}) && (bk[{v}] == 0 || hwp[{q}]) -> {step}; {goto(None)} "
+                f":: HT({v}, {q}) && (bk[{v}] == 0 || hwp[{q}]) -> wh = 1; {goto(None)} "
                 f":: else -> pte[{q}] = 1; {goto('hostfault.access')} fi")
     if stage == "punch.zap":  # kvm_gmem_punch_hole: _zap_bindings
         return (f"if :: PT({v}) -> zap_vm({v}); {goto('punch.free')} "
@@ -298,6 +298,7 @@ RELEASE_PATCHES = (
      "inline ev_close(v) { if :: alive[v] && !closed[v] && unm[v] -> free_folio(v, 1); "
      "unb[v] = 1 :: else -> skip fi; closed[v] = 1 }"),
     ("!alive[v] || vst[v] == 3 -> skip", "!alive[v] || vst[v] == 3 || unm[v] -> skip"),
+    (":: vst[v] != 0 || !alive[v] -> skip", ":: vst[v] != 0 || !alive[v] || unb[v] -> skip"),
     ("hva && pte[p] == 0 && alive[v] && vst[v] != 3 &&",
      "hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unm[v] &&"),
     (":: bk[v] == 0 && !unusable[v] -> realloc(v)",
@@ -350,7 +351,7 @@ def render_races(system: Any) -> RacesRendered:
                      f"sx_{op.k} = 1 :: else -> skip fi;" for op in faults)
     stale += " " + "; ".join(f"zq[{vi}] = 0" for vi in range(nvm))
     decl = ["/* --races: ops in flight (stages.py) */",
-            "bit pdet[NP]; bit unm[NV]; bit unb[NV]; bit mfc;",
+            "bit pdet[NP]; bit unm[NV]; bit unb[NV]; bit mfc; bit wh;",
             *(f"byte st_{op.k};" for op in ops),
             *(f"bit sx_{op.k};" for op in faults),
             "byte zq[NV];",
@@ -401,7 +402,7 @@ def render_races(system: Any) -> RacesRendered:
                  f"!{_lock_expr(ops, atomic_needs, k)}))")
             body = (f"if :: ({op.split}) -> "
                     f"{_stage_body(system, op, op.first, f'step_{k}()')} "
-                    f":: else -> step_{k}() fi")
+                    f":: else -> wh = 1 fi")
         trans.append((g, f"{count}{body}"))
     conts: list[Any] = []
     for op in ops:
@@ -412,6 +413,12 @@ def render_races(system: Any) -> RacesRendered:
             conts.append(races.continuation(op.label, s))
     origin_of = [k for k in range(len(labels))] + \
         [op.k for op in ops for _s in op.waits]
+    # the whole access a stage ends in (run_stage's _apply) runs once, at the end: SPIN
+    # bounds the jumps in a d_step, and ev_vcpu alone has many
+    for K, k in enumerate(origin_of):
+        if k in by_k:
+            g, body = trans[K]
+            trans[K] = (g, f"wh = 0; {body}; if :: wh -> step_{k}() :: else -> skip fi; wh = 0")
     notify = [False] * len(labels) + [s == "mf.notify" for op in ops for s in op.waits]
     out = [head]
     for K, (g, body) in enumerate(trans):
