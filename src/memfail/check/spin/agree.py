@@ -102,10 +102,12 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
         args = ", ".join(f"{k}={v}" for k, v in lab[1] if v is not None)
         return f"{lab[0]}({args})"
 
-    for side, w in zip(names, (a, b), strict=True):
-        if w.blocked is not None:
-            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     n = min(len(a.observations), len(b.observations))
+    first = next((i for i in range(n) if a.observations[i] != b.observations[i]), n)
+    for side, w in zip(names, (a, b), strict=True):
+        # a label one engine could not take, unless the observations differed before it
+        if w.blocked is not None and w.blocked + 1 <= first:
+            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     for i in range(n):
         if a.observations[i] != b.observations[i]:
             diffs = [f"{f}: {names[0]} {x}, {names[1]} {y}"
@@ -114,6 +116,9 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
             where = "the initial state" if i == 0 else f"step {i} ({label(i - 1)})"
             path = " / ".join(label(j) for j in range(i))
             return f"{where} after [{path}]: " + "; ".join(diffs)
+    for side, w in zip(names, (a, b), strict=True):
+        if w.blocked is not None:
+            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     if len(a.observations) != len(b.observations):
         return f"{names[0]} took {len(a.labels)} steps, {names[1]} {len(b.labels)}"
     return None
