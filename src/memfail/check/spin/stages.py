@@ -186,7 +186,8 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
                 f"if :: fo -> wh = 1; {goto(None)} :: else -> {goto('hostfault.map')} fi")
     if stage == "hostfault.map":  # races.host_fault_map
         return (f"if :: !HT({v}, {q}) -> {goto('hostfault.access')} "
-                f":: HT({v}, {q}) && (bk[{v}] == 0 || hwp[{q}]) -> wh = 1; {goto(None)} "
+                f":: HT({v}, {q}) && (bk[{v}] == 0 || (bk[{v}] == OWN && hwp[{q}])) -> "
+                f"wh = 1; {goto(None)} "
                 f":: else -> pte[{q}] = 1; {goto('hostfault.access')} fi")
     if stage == "punch.zap":  # kvm_gmem_punch_hole: _zap_bindings
         return (f"if :: PT({v}) -> zap_vm({v}); {goto('punch.free')} "
