@@ -27,8 +27,10 @@ from memfail.check.spin.agree import (
     agree_walk,
     compare,
     replay_promela,
+    replay_python,
     walk_python,
 )
+from memfail.check.spin.observe import layout
 from memfail.check.spin.stages import CODE, RacesRendered, render_races
 from memfail.cli import main
 
@@ -146,8 +148,6 @@ def _straddling(system: ModelSystem, rendered: RacesRendered) -> list[int]:
 
 
 def _python_walk(system: ModelSystem, rendered: RacesRendered, seq: list[int]) -> Any:
-    from memfail.check.spin.agree import replay_python
-
     return replay_python(system, rendered, seq)
 
 
@@ -160,8 +160,7 @@ def test_straddling_fault_is_retried_in_both_engines_and_a_wrong_model_is_caught
     pm = replay_promela(system, rendered, seq)
     assert compare(system, rendered, py, pm, ("python", "promela")) is None
     # the fault was not mapped: no SPTE on vm0's page 0 after the retried get_pfn
-    spte = [i for i, f in enumerate(__import__("memfail.check.spin.observe", fromlist=["x"])
-                                    .layout(system)) if f == "vm0[0].spte"][0]
+    spte = layout(system).index("vm0[0].spte")
     assert pm.observations[-1][spte] == 0
     # a Promela model that forgets mmu_invalidate_seq maps the poisoned page at fault.map
     wrong = RacesRendered(rendered.text.replace(f"&& st_{seq[2]} == {CODE['fault.map']} -> "
