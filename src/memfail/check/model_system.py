@@ -38,7 +38,7 @@ from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, Policy
 # as src/memfail/model/kvm/gmem.py emits them: the policy's memory_failure() path
 # (policy_memory_failure), kvm_gmem_error_folio (a guest_memfd made unusable), a HugeTLB folio
 # split or merged by conversion, and the folios freed by punch hole or inode release
-# (_free_range with why="punch"/"release"). Coverage reports those no explored step fired.
+# (free_range with why="punch"/"release"). Coverage reports those no explored step fired.
 POLICY_HOOKS: tuple[str, ...] = ("memory_failure", "error_folio", "split", "merge", "punch",
                                  "release")
 

@@ -18,7 +18,7 @@ from .mem import ANON, HUGETLB, KERNEL, Folio
 from .mm import HWPOISON, PRESENT
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Process, Thread
 
 # enum mf_flags (R0.3)
