@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import parse_action
 from memfail.model.errors import KernelPanic, ModelInputError, TargetGone, errno_name
-from memfail.model.kernel.memory_failure import MF_DELAYED, MF_RECOVERED, action_result
+from memfail.model.kernel.memory_failure import (
+    MF_DELAYED,
+    MF_RECOVERED,
+    action_result,
+    policy_claimed_folio,
+)
 from memfail.model.kernel.mm import PRESENT, PTE
 from memfail.model.kernel.mmops import FaultError, page_poisoned
 from memfail.model.kvm import gmem
@@ -174,21 +179,6 @@ def _run(host: HostState, fn: Callable[[], None]) -> None:
         pass
     except TargetGone:
         pass
-
-
-def _claimed_gmem_folio(host: HostState, pfn: int) -> Any:
-    """The guest_memfd folio at ``pfn`` if memory_failure() hands it to the policy (the same
-    test as memfail.model.kernel.memory_failure._memory_failure), else None."""
-    if not host.sysctl["vm.memory_failure_recovery"] or not host.phys.valid(pfn):
-        return None
-    folio = host.phys.folio_of(pfn)
-    if folio is None or folio.mapping is None or folio.mapping.kind != "gmem":
-        return None
-    if host.policy is None or not host.policy.claims(folio.mapping.huge_order > 0):
-        return None
-    if host.ext.get("gmem_memory_failure") is None:
-        return None
-    return folio
 
 
 def mf_record(host: HostState, pfn: int, hw_error: bool) -> None:
@@ -411,7 +401,7 @@ def first_stage(specs: list[StepSpec], kind: str, host: HostState) -> tuple[str,
             return None
         if key == "scrub" and pfn not in host.phys.hw_errors:
             return None
-        if _claimed_gmem_folio(host, pfn) is None:
+        if policy_claimed_folio(host, pfn) is None:
             return None
         return "mf.record", (pfn, int(key == "hw_error"))
     if key == "guest_access" and kind in ("vcpu_access", "fault"):
