@@ -115,6 +115,8 @@ def split_rendered(specs: list[Any]) -> tuple[list[Any], dict[str, str]]:
 def policy_refusal(spec: Any) -> str | None:
     """Why the Promela model does not render policy ``spec`` (None: it does)."""
     policy = make_policy(spec)
+    if policy.backing == "hugetlbfs":
+        return None  # the kernel's HugeTLB path: check/spin/hugetlbfs.py renders it
     if policy.backing != "gmem":
         return (f"policy {policy.name!r}: the SPIN engine models guest_memfd backing only "
                 f"(backing: {policy.backing} is not modelled)")
@@ -127,6 +129,11 @@ def policy_refusal(spec: Any) -> str | None:
 
 
 def check_supported(system: Any) -> None:
+    if _hugetlbfs_backing(system):
+        from memfail.check.spin import hugetlbfs
+
+        hugetlbfs.check_supported(system)
+        return
     cfg = system.config
     why = policy_refusal(system.policy) if system.policy else None
     if why is not None:
@@ -175,6 +182,12 @@ def check_supported(system: Any) -> None:
                               "SIGBUS handler (QEMU)")
 
 
+def _hugetlbfs_backing(system: Any) -> bool:
+    """Whether the system's policy backs guest memory by a hugetlbfs memfd (S10/S11): the
+    kernel's HugeTLB path, rendered by check/spin/hugetlbfs.py."""
+    return bool(system.policy) and make_policy(system.policy).backing == "hugetlbfs"
+
+
 def _gmem_of(cfg: Any, vm_name: str) -> Any:
     vm = vm_of(cfg, vm_name)
     return next(g for g in cfg.guest_memfd if g.name == vm.gmem)
@@ -200,6 +213,10 @@ def _vmm_thread(cfg: Any, p: dict[str, Any]) -> str | None:
 
 def render(system: Any) -> Rendered:
     """The Promela text of ``system`` (a ModelSystem, whose alphabet it uses)."""
+    if _hugetlbfs_backing(system):
+        from memfail.check.spin import hugetlbfs
+
+        return hugetlbfs.render(system)
     check_supported(system)
     cfg = system.config
     policy = make_policy(system.policy) if system.policy else make_policy("mainline")
