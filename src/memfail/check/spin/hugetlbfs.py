@@ -508,9 +508,11 @@ inline ev_punch(v) {
   :: else -> skip
   fi
 }
-/* fallocate(ALLOCATE) through the VMM's fd: a punched VM gets a huge page again, unmapped */
+/* fallocate(ALLOCATE) through the VMM's fd: the model's do_fallocate()
+   (model/kernel/fileops.py) allocates for shmem only and returns 0 on hugetlbfs without
+   allocating (hugetlbfs_fallocate() would add an unmapped huge page): nothing changes */
 inline ev_realloc(v) {
-  if :: alive[v] && vst[v] != 3 && bk[v] == 0 -> alloc(v) :: else -> skip fi
+  skip
 }
 /* munmap of the memslot's mapping, close, vm_destroy: gmem_create's mapping still holds the
    file, so the folio stays in use (no longer the VM's memory); vm_destroy also after the
