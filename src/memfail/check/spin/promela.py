@@ -183,9 +183,10 @@ def check_supported(system: Any) -> None:
 
 
 def _hugetlbfs_backing(system: Any) -> bool:
-    """Whether the system's policy backs guest memory by a hugetlbfs memfd (S10/S11): the
-    kernel's HugeTLB path, rendered by check/spin/hugetlbfs.py."""
-    return bool(system.policy) and make_policy(system.policy).backing == "hugetlbfs"
+    """Whether the system's policy backs guest memory by a hugetlbfs memfd (S10/S11) and is
+    rendered (``policy_refusal``): the kernel's HugeTLB path, by check/spin/hugetlbfs.py."""
+    return bool(system.policy) and make_policy(system.policy).backing == "hugetlbfs" and \
+        policy_refusal(system.policy) is None
 
 
 def _gmem_of(cfg: Any, vm_name: str) -> Any:
