@@ -361,10 +361,8 @@ def test_spin_verdicts_are_the_commands_own_and_drawn_beside_the_bounds(
     completed, the presets SPIN does not render with the reason, and the command. Run on a
     small configuration both engines agree on, so the test stays cheap."""
     from memfail.check import config as check_config
-    from memfail.check.spin import AGREE_CONFIG
+    from memfail.check.spin import AGREE_CONFIG, promela
     from memfail.report.html.collect import check_spin_doc
-
-    from memfail.check.spin import promela
 
     small = check_config.load_config(AGREE_CONFIG)
     small = small.model_copy(update={"policies": [*small.policies[:2], "hugetlbfs"]})
