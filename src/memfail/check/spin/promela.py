@@ -15,8 +15,9 @@ of its queued task work (``twp``: M7, M8); per VM, fixed, whether the guest acts
 guest_memfd (``HASHVA``); the panic flag and the monitor bits of the properties.
 
 It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), the host's
-machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing,
-TDX, set-up steps and the escape hatch (refused, ``Unsupported``).
+machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing
+(rendered by a model of its own, check/spin/hugetlbfs.py), TDX, set-up steps and the escape
+hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
