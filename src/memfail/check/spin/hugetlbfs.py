@@ -11,8 +11,9 @@ the policy has no knob that changes these paths.
 Per page it keeps what promela.py keeps (``err``, ``det``, ``hwp``: PG_hwpoison or the raw
 list, never cleared: a freed poisoned folio is dissolved with its raw pages marked, ``cons``,
 ``goff``, ``gpk``, ``priv``); per VM one huge PTE of the memslot's mapping (``pte``: 0 none, 1
-present, 2 hwpoison entry; observed at page 0, where a HugeTLB mapping keeps it), one huge SPTE
-(``hs``: hva_to_pfn maps the HugeTLB page at its size), the frame backing it (``bk``: the VM's
+present, 2 hwpoison entry; observed at page 0, where a HugeTLB mapping keeps it), a huge SPTE
+(``hs``: hva_to_pfn maps the HugeTLB page at its size) or, while the range holds private and
+shared pages, 4K ones (``spte``), the frame backing it (``bk``: the VM's
 own, a spare HugeTLB page, none), the own frame's state when freed (``fst``: 1 free, 3
 dissolved), the KVM state and whether the VMM lives.
 
@@ -123,8 +124,8 @@ def render(system: Any) -> Rendered:
         "#define GIGN(v) " + _or(cfg, _ignores_vmce),
         "#define VM_EARLY(v) " + _or(cfg, lambda vm: early[vm.name]),
         "bit err[NP]; bit det[NP]; bit hwp[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
-        "bit priv[NP]; byte pte[NV]; bit hs[NV]; byte vst[NV]; bit alive[NV]; byte bk[NV];",
-        "byte fst[NV]; bit affected[NV];",
+        "bit priv[NP]; bit spte[NP]; byte pte[NV]; bit hs[NV]; byte vst[NV]; bit alive[NV];",
+        "byte bk[NV]; byte fst[NV]; bit affected[NV];",
         "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
         "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi; byte kq;",
         "bit mr;",
@@ -133,6 +134,9 @@ def render(system: Any) -> Rendered:
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
         + ")",
         "#define HELD(v) (bk[v] == OWN && vst[v] != 3)",
+        "#define UNIFORM(v) ((" + " && ".join(f"priv[(v) * NPG + {i}]" for i in range(npg))
+        + ") || (" + " && ".join(f"!priv[(v) * NPG + {i}]" for i in range(npg)) + "))",
+        "#define SPTE(v, p) (spte[p] || hs[v])",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
@@ -161,7 +165,7 @@ def render(system: Any) -> Rendered:
                 fmt.append("%d")
                 args.append(f"HELD({vi})" if f == "held" else
                             f"hwp[{p}]" if f == "rec" else
-                            f"hs[{vi}]" if f == "spte" else
+                            f"SPTE({vi}, {p})" if f == "spte" else
                             (f"pte[{vi}]" if pg == 0 and mapped else "0") if f == "pte" else
                             f"{f}[{p}]")
         fmt += ["%d", "%d"]
@@ -228,7 +232,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
         return f"if :: alive[{v}] -> hs[{v}] = 0; " + \
-            "; ".join(f"priv[{v * npg + x}] = {to}" for x in pages) + " :: else -> skip fi"
+            "; ".join(f"spte[{v * npg + x}] = 0; priv[{v * npg + x}] = {to}" for x in pages) + \
+            " :: else -> skip fi"
     if kind == "punch_hole":
         return f"ev_punch({v})"
     if kind == "realloc":
@@ -245,6 +250,17 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
 SEMANTICS = r"""
 #define OWN 1
 #define SPARE 2
+/* zap stage 2 of the whole VM (the MMU notifier over the huge page, kvm_mmu_zap_all) */
+inline zap_vm(v) { FOREACH(spte[Q] = 0); hs[v] = 0 }
+/* install the SPTE: at the HugeTLB page's size (replacing 4K ones under it), or at 4K when
+   the huge range holds both private and shared pages (KVM disallows the huge mapping of a
+   range with mixed attributes) */
+inline map_spte(v, p) {
+  if
+  :: UNIFORM(v) -> FOREACH(spte[Q] = 0); hs[v] = 1
+  :: else -> spte[p] = 1
+  fi
+}
 /* free_huge_folio() of the VM's folio: a poisoned one is dissolved (its raw pages keep
    PG_hwpoison), a clean one goes back to the pool; a spare goes back to the pool */
 inline free_folio(v) {
@@ -268,7 +284,7 @@ inline alloc(v) {
 /* the VMM exits (QEMU exit(1), or a fatal SIGBUS): exit_mmap, the memfd's last reference
    goes, remove_inode_hugepages frees the folio; KVM's stage 2 goes with the VM */
 inline kill_vm(v) {
-  hs[v] = 0; pte[v] = 0; vst[v] = 2; alive[v] = 0; free_folio(v)
+  zap_vm(v); pte[v] = 0; vst[v] = 2; alive[v] = 0; free_folio(v)
 }
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
 inline guest_mce(v, p, ao) {
@@ -309,7 +325,7 @@ inline mf_ao(v, p, probe) {
      hwp[p] = 1;
      if
      :: pte[v] == 1 && alive[v] ->
-          pte[v] = 2; hs[v] = 0;
+          pte[v] = 2; zap_vm(v);
           if :: VM_EARLY(v) && !ALIAS(v) -> guest_mce(v, p, 1) :: else -> skip fi
      :: else ->
           if :: probe && !mr && VM_EARLY(v) && HELD(v) -> m_untold = 1 :: else -> skip fi
@@ -330,7 +346,7 @@ inline kmm(v, p) {
   :: else ->
      hwp[p] = 1;
      if :: pte[v] == 1 -> pte[v] = 2 :: else -> skip fi;
-     hs[v] = 0;
+     zap_vm(v);
      ar_first(v, p)
   fi
 }
@@ -357,7 +373,7 @@ inline faultin(v, p) {
   :: pte[v] == 2 -> guest_mce(v, p, 0); fo = 1
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
-     if :: pte[v] == 1 -> hs[v] = 1 :: else -> vst[v] = 1; fo = 1 fi
+     if :: pte[v] == 1 -> map_spte(v, p) :: else -> vst[v] = 1; fo = 1 fi
   fi
 }
 /* kvm_machine_check() (R45) and queue_task_work() (M7), as promela.py's mc() */
@@ -395,7 +411,7 @@ inline ev_vcpu(v, p, i) {
         :: rn == 0 -> fo = 1
         :: else ->
            fo = 0;
-           if :: !hs[v] -> faultin(v, p) :: else -> skip fi;
+           if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
            if
            :: !fo && bk[v] == OWN && err[p] -> mc(v, p, i); fo = 1
            :: else -> skip
@@ -412,7 +428,7 @@ inline ev_vcpu(v, p, i) {
 inline ev_vcpu_mce(v, p, i) {
   tw_run(v, i);
   if
-  :: vst[v] == 0 && alive[v] && !panic && hs[v] && bk[v] == OWN && err[p] -> mc(v, p, i)
+  :: vst[v] == 0 && alive[v] && !panic && SPTE(v, p) && bk[v] == OWN && err[p] -> mc(v, p, i)
   :: else -> skip
   fi
 }
@@ -434,7 +450,7 @@ inline guest_run(v, p, lo, hi, rounds, stop) {
        :: vi <= hi && ph == 2 ->
             if
             :: GRUN(v) && !goff[p] -> fo = 0;
-                 if :: !hs[v] -> faultin(v, p) :: else -> skip fi;
+                 if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
                  if :: !fo && bk[v] == OWN && err[p] -> mc(v, p, vi); rc = rc | (1 << vi)
                  :: else -> skip fi
             :: else -> skip
@@ -465,7 +481,7 @@ inline ev_vmm(v, p, wr) {
         det[p] = 1;
         if
         :: FRAME_HWP(v) -> hwp[p] = 1
-        :: else -> hwp[p] = 1; pte[v] = 2; hs[v] = 0
+        :: else -> hwp[p] = 1; pte[v] = 2; zap_vm(v)
         fi;
         sigbus_kill(v)
      :: else -> skip
@@ -504,7 +520,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv) {
    every mapping (hwpoison entries too), the MMU notifier zaps stage 2, the folio is freed */
 inline ev_punch(v) {
   if
-  :: alive[v] && vst[v] != 3 -> pte[v] = 0; hs[v] = 0; free_folio(v)
+  :: alive[v] && vst[v] != 3 -> pte[v] = 0; zap_vm(v); free_folio(v)
   :: else -> skip
   fi
 }
@@ -518,6 +534,6 @@ inline ev_realloc(v) {
    file, so the folio stays in use (no longer the VM's memory); vm_destroy also after the
    VMM died */
 inline ev_release(v) {
-  pte[v] = 0; hs[v] = 0; vst[v] = 3
+  pte[v] = 0; zap_vm(v); vst[v] = 3
 }
 """
