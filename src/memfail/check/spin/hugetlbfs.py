@@ -60,6 +60,9 @@ SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel
 def check_supported(system: Any) -> None:
     """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
     cfg = system.config
+    if getattr(system, "races", False):
+        raise Unsupported("--races is not modelled by the SPIN engine for backing hugetlbfs "
+                          "(each event is one atomic step)")
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M":
