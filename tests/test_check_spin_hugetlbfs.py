@@ -133,6 +133,32 @@ def test_walks_with_three_guests_and_two_errors() -> None:
         assert diff is None, f"spin -n{seed}: {diff}"
 
 
+def test_walks_with_no_spare_huge_page(tmp_path: Path) -> None:
+    """agree-hugetlbfs.yaml with no spare huge page: after a punch hole of a poisoned folio
+    (dissolved) a fault finds none to allocate; the vCPU's KVM_RUN fails with -EFAULT (the
+    VM runs on) and the VMM's own load dies of BUS_ADRERR, which no property counts."""
+    cfg = tmp_path / "c.yaml"
+    text = AGREE_HUGETLBFS_CONFIG.read_text()
+    assert "hugepages: {2M: 3}" in text
+    cfg.write_text(text.replace("hugepages: {2M: 3}", "hugepages: {2M: 2}"))
+    system = _system(cfg)
+    rendered = render(system)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"walk seed {seed}: {diff}"
+    seq = [_label(rendered, "punch_hole", vm="vm0"),
+           _label(rendered, "hw_error", vm="vm0", page=0, detect="scrub"),
+           _label(rendered, "vcpu_access", vm="vm0", page=1),
+           _label(rendered, "vmm_access", vm="vm0", page=0)]
+    a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+    assert compare(system, rendered, a, b, ("python", "promela")) is None
+    names = layout(system)
+    state, alive = names.index("vm0.state"), names.index("vm0.alive")
+    bad = [names.index("violated.sigbus-owner-only"), names.index("violated.unaffected-vms-run")]
+    assert [(o[state], o[alive]) for o in b.observations[-2:]] == [(0, 1), (2, 0)]
+    assert [b.observations[-1][i] for i in bad] == [0, 0]
+
+
 def test_a_walk_paired_with_the_wrong_model_is_caught() -> None:
     """The comparison can fail. The Promela model of mainline (guest_memfd) differs from the
     hugetlbfs baseline before any step (vm2's memory is private there, the VMM maps none of

@@ -368,15 +368,17 @@ inline hfault(v) {
 }
 /* kvm_mmu_faultin_pfn() -> hva_to_pfn() for a vCPU without an SPTE: a hwpoison entry is
    KVM_PFN_ERR_HWPOISON, kvm_send_hwpoison_signal(): SIGBUS AR at the memslot's address, QEMU's
-   vMCE (fo: the fault failed); a missing page is faulted in (hugetlb_fault); the HugeTLB page
-   is mapped in stage 2 at its size */
+   vMCE (fo: the fault failed); a missing page is faulted in (hugetlb_fault); none to allocate
+   fails the fault: KVM_RUN -EFAULT with a memory-fault exit, which QEMU takes for a conversion
+   request (qemu_kvm_run_failed: the VM runs on); the HugeTLB page is mapped in stage 2 at its
+   size */
 inline faultin(v, p) {
   fo = 0;
   if
   :: pte[v] == 2 -> guest_mce(v, p, 0); fo = 1
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
-     if :: pte[v] == 1 -> map_spte(v, p) :: else -> vst[v] = 1; fo = 1 fi
+     if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
   fi
 }
 /* kvm_machine_check() (R45) and queue_task_work() (M7), as promela.py's mc() */
@@ -477,7 +479,7 @@ inline ev_vmm(v, p, wr) {
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if
-     :: pte[v] == 0 -> sigbus_kill(v)   /* VM_FAULT_OOM */
+     :: pte[v] == 0 -> kill_vm(v)   /* no huge page: VM_FAULT_SIGBUS, BUS_ADRERR (not counted) */
      :: pte[v] == 1 && bk[v] == OWN && err[p] && !wr ->
         affected[v] = 1;
         cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
