@@ -22,7 +22,10 @@ gmem_create's own mapping (``<fd>-ram``, made first, never faulted) and the set-
 ``<vm>.ram``, the memslot's (check/model_system.py setup_steps). kill_procs() and
 kill_me_maybe() address the SIGBUS at the first mapping, which QEMU does not find in guest RAM
 (``ALIAS``): an action-required one exits QEMU (exit(1), Q4), an action-optional one is
-ignored. A VM without ``mmap`` has the one mapping, the memslot's: QEMU injects the vMCE.
+ignored. A VM without ``mmap`` has the one mapping, the memslot's: QEMU injects the vMCE
+(S10; an SNP guest gets none, Q8). Also kept as the Python model has them: fallocate(ALLOCATE)
+allocates nothing on hugetlbfs (``realloc``), and ``convert`` sets the private attribute on
+any VM type (KVM refuses it for a default VM), which changes only the stage-2 mapping size.
 
 Generated from the same definitions as promela.py: the event alphabet (``ModelSystem.entries``
 with each event's ``limit`` and the error bound), the properties (``PROP_EXPR``) and each
