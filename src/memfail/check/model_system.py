@@ -38,7 +38,7 @@ from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, Policy
 # as src/memfail/model/kvm/gmem.py emits them: the policy's memory_failure() path
 # (policy_memory_failure), kvm_gmem_error_folio (a guest_memfd made unusable), a HugeTLB folio
 # split or merged by conversion, and the folios freed by punch hole or inode release
-# (_free_range with why="punch"/"release"). Coverage reports those no explored step fired.
+# (free_range with why="punch"/"release"). Coverage reports those no explored step fired.
 POLICY_HOOKS: tuple[str, ...] = ("memory_failure", "error_folio", "split", "merge", "punch",
                                  "release")
 
@@ -251,6 +251,7 @@ class ModelSystem:
         self._entry_of = {label: i for i, label in reversed(self.entries)}
         selected = config.properties
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
+        self._properties: tuple[Property, ...] | None = None
         self._initial: ModelState | None = None
         self._primer: Primer | None = None
         self._fp_cache: dict[bytes, int] = {}
@@ -648,6 +649,7 @@ class ModelSystem:
                      "_folds", "_monitors"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
+        state["_properties"] = None  # bound to this object
         return state
 
     def affinity(self, s: ModelState) -> int:
@@ -660,8 +662,13 @@ class ModelSystem:
         return s.compact()
 
     def properties(self) -> Sequence[Property]:
-        return [Property(p.name, p.doc, p.concern, functools.partial(self._check, p))
-                for p in self._props]
+        """The selected properties, built once per process (the search asks for them once
+        per new state)."""
+        if self._properties is None:
+            self._properties = tuple(
+                Property(p.name, p.doc, p.concern, functools.partial(self._check, p))
+                for p in self._props)
+        return self._properties
 
     def _check(self, pd: PropertyDef, s: ModelState) -> str | None:
         """``pd.check(host, monitor)``; a check that reads the host is remembered per

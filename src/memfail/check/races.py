@@ -32,11 +32,23 @@ from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import parse_action
 from memfail.model.errors import KernelPanic, ModelInputError, TargetGone, errno_name
-from memfail.model.host import HANDLERS
+from memfail.model.kernel.memory_failure import (
+    MF_DELAYED,
+    MF_RECOVERED,
+    action_result,
+    policy_claimed_folio,
+)
+from memfail.model.kernel.mm import PRESENT, PTE
+from memfail.model.kernel.mmops import FaultError, page_poisoned
+from memfail.model.kvm import gmem
+from memfail.model.kvm.kvm import get_vm, install_spte, kvm_state, spte_lookup, zap_gfn_range
 from memfail.model.trace import MemoryFailureCall
+from memfail.model.units import parse_size
 
 if TYPE_CHECKING:
     from memfail.check.events import Label, StepSpec
+    from memfail.model.host import Host
+    from memfail.model.state import HostState
 
 Lock = tuple[str, bool]  # (name, exclusive)
 Ctx = tuple[Any, ...]    # plain data carried between stages (part of the state)
@@ -150,39 +162,14 @@ def stage_carries(stage: str) -> frozenset[Lock]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _gmem() -> Any:
-    from memfail.model.kvm import gmem
-
-    return gmem
-
-
-def _apply(host: Any, spec: StepSpec) -> None:
+def _apply(host: Host, spec: StepSpec) -> None:
     """One whole model action inside a stage (the access a fault or a host fault ends in,
-    a step of the release): what ``Host.apply`` does, without its ActionDone event and
-    without moving ``host.trace.step``, so that a stage is one step whether the checker or
-    a scenario's ``stage`` action runs it (memfail.check.stage_action). Nothing happens on a
-    panicked host or when the acting process (or the VM's VMM) is gone (Host.apply's ESRCH);
-    a panic ends the action, a vanished target ends it as Host.apply logs it, and input the
-    model refuses in this state (a closed fd, ...) makes it a no-op; pending signals are
-    delivered at its end."""
-    if host.panicked:
-        return
-    action = parse_action(spec[0], spec[1])
-    handler = HANDLERS.get(type(action))
-    if handler is None or host._dead_actor(action) is not None:
-        return
-    try:
-        handler(host, action)
-        host.deliver_signals()
-    except KernelPanic:
-        pass
-    except TargetGone as e:
-        host.log(f"memfail: {action.key}: {e}", level="debug")
-    except ModelInputError:
-        pass
+    a step of the release): ``Host.apply_in_step``, so that a stage is one step whether the
+    checker or a scenario's ``stage`` action runs it (memfail.check.stage_action)."""
+    host.apply_in_step(parse_action(spec[0], spec[1]))
 
 
-def _run(host: Any, fn: Callable[[], None]) -> None:
+def _run(host: HostState, fn: Callable[[], None]) -> None:
     """A stage's model calls, with what Host.apply does around a handler: a panic ends the
     host, a vanished target ends the step, pending signals are delivered."""
     try:
@@ -194,42 +181,25 @@ def _run(host: Any, fn: Callable[[], None]) -> None:
         pass
 
 
-def _claimed_gmem_folio(host: Any, pfn: int) -> Any:
-    """The guest_memfd folio at ``pfn`` if memory_failure() hands it to the policy (the same
-    test as memfail.model.kernel.memory_failure._memory_failure), else None."""
-    if not host.sysctl["vm.memory_failure_recovery"] or not host.phys.valid(pfn):
-        return None
-    folio = host.phys.folio_of(pfn)
-    if folio is None or folio.mapping is None or folio.mapping.kind != "gmem":
-        return None
-    if host.policy is None or not host.policy.claims(folio.mapping.huge_order > 0):
-        return None
-    if host.ext.get("gmem_memory_failure") is None:
-        return None
-    return folio
-
-
-def mf_record(host: Any, pfn: int, hw_error: bool) -> None:
+def mf_record(host: HostState, pfn: int, hw_error: bool) -> None:
     """Stage mf.record: the head of policy_memory_failure() (memfail.model.kvm.gmem), for an
     unconsumed (AO) failure: the record and action_result, nothing unmapped or signalled."""
-    from memfail.model.kernel.memory_failure import MF_DELAYED, MF_RECOVERED, action_result
-
-    g = _gmem()
     if hw_error:
         host.phys.hw_errors.add(pfn)
     host.mf.hw_memory_failure = True
     host.phys.detected.add(pfn)
     folio = host.phys.folio_of(pfn)
-    pol = g.policy(host)
-    first = g.record_failure(host, folio, pfn, consumed=False)
+    assert folio is not None  # first_stage found it claimed
+    pol = gmem.policy(host)
+    first = gmem.record_failure(host, folio, pfn, consumed=False)
     if first:
-        action_result(host, pfn, g.MSG_GMEM,
+        action_result(host, pfn, gmem.MSG_GMEM,
                       MF_DELAYED if pol.unconsumed != "kernel" else MF_RECOVERED)
     else:
         host.log(f"Memory failure: {pfn:#x}: guest_memfd page already recorded")
 
 
-def _gmem_folio_now(host: Any, pfn: int) -> Any:
+def _gmem_folio_now(host: HostState, pfn: int) -> Any:
     """The guest_memfd folio holding ``pfn`` now (None if it was truncated meanwhile: the
     kernel then finds folio->mapping gone and skips the rest)."""
     folio = host.phys.folio_of(pfn)
@@ -238,40 +208,36 @@ def _gmem_folio_now(host: Any, pfn: int) -> Any:
     return folio
 
 
-def mf_unmap(host: Any, pfn: int) -> None:
-    """Stage mf.unmap: policy_memory_failure()'s _apply_unmap_stage2 and _unmap_host."""
-    g = _gmem()
+def mf_unmap(host: HostState, pfn: int) -> None:
+    """Stage mf.unmap: policy_memory_failure()'s apply_unmap_stage2 and unmap_host."""
     folio = _gmem_folio_now(host, pfn)
     if folio is None:
         return
-    pol = g.policy(host)
-    g._apply_unmap_stage2(host, folio.mapping, folio, pfn, pol.unmap_stage2, "memory_failure")
+    pol = gmem.policy(host)
+    gmem.apply_unmap_stage2(host, folio.mapping, folio, pfn, pol.unmap_stage2, "memory_failure")
     if pol.unmap_host != "none":
-        g._unmap_host(host, folio.mapping, folio, pfn, pol.unmap_host)
+        gmem.unmap_host(host, folio.mapping, folio, pfn, pol.unmap_host)
 
 
-def mf_notify(host: Any, pfn: int, via: str) -> None:
+def mf_notify(host: HostState, pfn: int, via: str) -> None:
     """Stage mf.notify: the tail of policy_memory_failure() for an AO failure
-    (_apply_vm_on_error, notify-vmm / defer), then memory_failure()'s trace event."""
-    g = _gmem()
+    (apply_vm_on_error, notify-vmm / defer), then memory_failure()'s trace event."""
     folio = _gmem_folio_now(host, pfn)
     if folio is not None:
-        pol = g.policy(host)
+        pol = gmem.policy(host)
         inode = folio.mapping
-        g._apply_vm_on_error(host, inode, pfn)
+        gmem.apply_vm_on_error(host, inode, pfn)
         if pol.unconsumed == "notify-vmm":
-            for vm, _lead in g._vmm_threads(inode):
-                g._notify_vmm(host, vm, inode, folio, pfn)
+            for vm, _lead in gmem.vmm_threads(inode):
+                gmem.notify_vmm(host, vm, inode, folio, pfn)
         elif pol.unconsumed == "defer":
-            g._event(host, "memory_failure", "unconsumed failure deferred", pfn)
+            gmem.policy_event(host, "memory_failure", "unconsumed failure deferred", pfn)
     host.emit(MemoryFailureCall(host.trace.step, pfn, (), 0, errno_name(0), via))
 
 
-def fault_target(host: Any, vm_name: str, gfn: int) -> tuple[Any, Any] | None:
+def fault_target(host: HostState, vm_name: str, gfn: int) -> tuple[Any, Any] | None:
     """(vm, slot) when a vCPU access to ``gfn`` takes the guest_memfd stage-2 fault path
     (no SPTE, a guest_memfd slot used for this gfn), else None."""
-    from memfail.model.kvm.kvm import kvm_state, spte_lookup
-
     vm = kvm_state(host).get(vm_name)
     if vm is None or vm.state != "running" or not vm.vmm.alive or gfn in vm.guest_offlined \
             or gfn in getattr(vm, "guest_pending_kill", ()):
@@ -285,7 +251,7 @@ def fault_target(host: Any, vm_name: str, gfn: int) -> tuple[Any, Any] | None:
     return vm, slot
 
 
-def fault_get_pfn(host: Any, vm_name: str, gfn: int) -> Ctx | None:
+def fault_get_pfn(host: HostState, vm_name: str, gfn: int) -> Ctx | None:
     """Stage fault.get_pfn: (mmu_seq snapshot, pfn, order, head pfn), or None when
     kvm_gmem_get_pfn fails (the caller then runs the whole access: the error exit)."""
     got = fault_target(host, vm_name, gfn)
@@ -293,17 +259,15 @@ def fault_get_pfn(host: Any, vm_name: str, gfn: int) -> Ctx | None:
         return None
     vm, slot = got
     seq = vm.mmu_seq
-    r = _gmem().kvm_gmem_get_pfn(host, vm, slot, gfn)
+    r = gmem.kvm_gmem_get_pfn(host, vm, slot, gfn)
     if isinstance(r, int):
         return None
     return (seq, *r)
 
 
-def fault_map(host: Any, vm_name: str, gfn: int, ctx: Ctx) -> str:
+def fault_map(host: HostState, vm_name: str, gfn: int, ctx: Ctx) -> str:
     """Stage fault.map: 'retry' when the fault is stale, 'gone' when the VM or its slot is,
     else installs the SPTE as memfail.model.kvm.kvm.faultin does and says 'mapped'."""
-    from memfail.model.kvm.kvm import install_spte, kvm_state
-
     seq, pfn, order, head_pfn = ctx
     vm = kvm_state(host).get(vm_name)
     if vm is None or vm.state != "running" or not vm.vmm.alive:
@@ -317,13 +281,13 @@ def fault_map(host: Any, vm_name: str, gfn: int, ctx: Ctx) -> str:
     return "mapped"
 
 
-def host_fault_target(host: Any, proc_name: str, addr: Any) -> tuple[Any, Any, int] | None:
+def host_fault_target(host: HostState, proc_name: str, addr: Any) -> tuple[Any, Any, int] | None:
     """(vma, inode, index) when a VMM access at ``addr`` faults on a guest_memfd mapping."""
     proc = host.processes.get(proc_name)
     if proc is None or not proc.alive or proc.mm is None:
         return None
     try:
-        a = host._resolve(proc, addr)
+        a = host.resolve_in(proc, addr)
     except (ModelInputError, TargetGone, KeyError, ValueError):
         return None
     vma = proc.mm.find_vma(a)
@@ -334,40 +298,35 @@ def host_fault_target(host: Any, proc_name: str, addr: Any) -> tuple[Any, Any, i
     return vma, vma.inode, vma.index_of(a, host.geometry.page_shift)
 
 
-def host_fault_lookup(host: Any, proc_name: str, addr: Any) -> bool:
+def host_fault_lookup(host: HostState, proc_name: str, addr: Any) -> bool:
     """Stage hostfault.lookup: kvm_gmem_fault_user_mapping succeeds (else the caller runs
     the whole access, which takes the same error)."""
-    from memfail.model.kernel.mmops import FaultError
-
     got = host_fault_target(host, proc_name, addr)
     if got is None:
         return False
     _vma, inode, index = got
-    return not isinstance(_gmem().kvm_gmem_fault_user(host, inode, index), FaultError)
+    return not isinstance(gmem.kvm_gmem_fault_user(host, inode, index), FaultError)
 
 
-def host_fault_map(host: Any, proc_name: str, addr: Any, write: bool) -> bool:
+def host_fault_map(host: HostState, proc_name: str, addr: Any, write: bool) -> bool:
     """Stage hostfault.map: the tail of memfail.model.kernel.mmops.fault_in for a guest_memfd
     folio (PG_hwpoison check, PTE). False when the check refuses it (the whole access then
     runs and takes the hwpoison path)."""
-    from memfail.model.kernel.mm import PRESENT, PTE
-    from memfail.model.kernel.mmops import _page_poisoned
-
     got = host_fault_target(host, proc_name, addr)
     if got is None:
         return True  # mapped meanwhile (or gone): the access goes its own way
     vma, inode, index = got
     folio = inode.lookup(index)
-    if folio is None or _page_poisoned(host, folio, index):
+    if folio is None or page_poisoned(host, folio, index):
         return False
     proc = host.processes[proc_name]
-    key = host._resolve(proc, addr) & ~(host.geometry.page_size - 1)
+    key = host.resolve_in(proc, addr) & ~(host.geometry.page_size - 1)
     host.set_pte(vma, key, PTE(PRESENT, folio.pfn, 0, write, vma.writable and vma.shared),
                  folio)
     return True
 
 
-def punch_target(host: Any, proc_name: str, fd: str, off: int, length: int) -> Any:
+def punch_target(host: HostState, proc_name: str, fd: str, off: int, length: int) -> Any:
     """The guest_memfd inode when the punch hole would go ahead (kvm_gmem_fallocate's checks
     pass), else None (the whole fallocate runs and fails)."""
     proc = host.processes.get(proc_name)
@@ -382,10 +341,8 @@ def punch_target(host: Any, proc_name: str, fd: str, off: int, length: int) -> A
     return inode
 
 
-def convert_begin(host: Any, vm_name: str, g0: int, g1: int, private: bool) -> None:
+def convert_begin(host: HostState, vm_name: str, g0: int, g1: int, private: bool) -> None:
     """Stage convert.attributes: the head of do_set_attributes (zap, PRIVATE attribute)."""
-    from memfail.model.kvm.kvm import get_vm, zap_gfn_range
-
     vm = get_vm(host, vm_name)
     zap_gfn_range(host, vm, g0, g1, "attributes changed")
     if private:
@@ -394,15 +351,13 @@ def convert_begin(host: Any, vm_name: str, g0: int, g1: int, private: bool) -> N
         vm.private.difference_update(range(g0, g1))
 
 
-def convert_end(host: Any, vm_name: str, g0: int, g1: int, private: bool) -> None:
+def convert_end(host: HostState, vm_name: str, g0: int, g1: int, private: bool) -> None:
     """Stage convert.folios: the tail of do_set_attributes (gmem_convert per slot)."""
-    from memfail.model.kvm.kvm import get_vm
-
     vm = get_vm(host, vm_name)
     for s in vm.slots:
         lo, hi = max(g0, s.base_gfn), min(g1, s.base_gfn + s.npages)
         if lo < hi and s.gmem is not None:
-            _gmem().gmem_convert(host, s.gmem, lo - s.base_gfn + s.gmem_pgoff,
+            gmem.gmem_convert(host, s.gmem, lo - s.base_gfn + s.gmem_pgoff,
                                  hi - s.base_gfn + s.gmem_pgoff, private)
 
 
@@ -429,14 +384,12 @@ def origin(label: Label) -> Label:
     return label[1][0][1] if is_continuation(label) else label
 
 
-def _gfn(host: Any, args: dict[str, Any]) -> int:
-    from memfail.model.units import parse_size
-
+def _gfn(host: HostState, args: dict[str, Any]) -> int:
     geo = host.geometry
     return int(parse_size(args["gpa"], geo.page_size) >> geo.page_shift)
 
 
-def first_stage(specs: list[StepSpec], kind: str, host: Any) -> tuple[str, Ctx] | None:
+def first_stage(specs: list[StepSpec], kind: str, host: HostState) -> tuple[str, Ctx] | None:
     """The first stage of the event whose model actions are ``specs`` in this state, or None
     when it runs as one step (not split, or about to fail on a check before any lock)."""
     if not specs:
@@ -448,7 +401,7 @@ def first_stage(specs: list[StepSpec], kind: str, host: Any) -> tuple[str, Ctx] 
             return None
         if key == "scrub" and pfn not in host.phys.hw_errors:
             return None
-        if _claimed_gmem_folio(host, pfn) is None:
+        if policy_claimed_folio(host, pfn) is None:
             return None
         return "mf.record", (pfn, int(key == "hw_error"))
     if key == "guest_access" and kind in ("vcpu_access", "fault"):
@@ -464,8 +417,6 @@ def first_stage(specs: list[StepSpec], kind: str, host: Any) -> tuple[str, Ctx] 
             return None
         return "punch.zap", ()
     if key == "set_attributes" and kind == "convert":
-        from memfail.model.kvm.kvm import kvm_state
-
         vm = kvm_state(host).get(args["vm"])
         if vm is None or not vm.vmm.alive:
             return None
@@ -475,11 +426,10 @@ def first_stage(specs: list[StepSpec], kind: str, host: Any) -> tuple[str, Ctx] 
     return None
 
 
-def run_stage(specs: list[StepSpec], host: Any, stage: str, ctx: Ctx) -> tuple[str | None, Ctx]:
+def run_stage(specs: list[StepSpec], host: Host, stage: str, ctx: Ctx) -> tuple[str | None, Ctx]:
     """Carry out one stage on ``host`` (mutated); the next stage and its context, or None
     when the event is over."""
     key, args = specs[0]
-    g = _gmem()
     whole = (None, ())
     if stage == "mf.record":
         _run(host, lambda: mf_record(host, ctx[0], bool(ctx[1])))
@@ -520,13 +470,11 @@ def run_stage(specs: list[StepSpec], host: Any, stage: str, ctx: Ctx) -> tuple[s
         start = args["offset"] >> geo.page_shift
         end = start + (args["len"] >> geo.page_shift)
         if stage == "punch.zap":
-            _run(host, lambda: g._zap_bindings(host, inode, start, end, "punch hole"))
+            _run(host, lambda: gmem.zap_bindings(host, inode, start, end, "punch hole"))
             return "punch.free", ()
-        _run(host, lambda: g._free_range(host, inode, start, end, "punch"))
+        _run(host, lambda: gmem.free_range(host, inode, start, end, "punch"))
         return whole
     if stage in ("convert.attributes", "convert.folios"):
-        from memfail.model.units import parse_size
-
         g0 = _gfn(host, args)
         g1 = g0 + (parse_size(args["size"], host.geometry.page_size) >> host.geometry.page_shift)
         fn = convert_begin if stage == "convert.attributes" else convert_end

@@ -21,12 +21,13 @@ from pydantic import Field, ValidationError, field_validator
 from memfail.check import races
 from memfail.model.actions import ACTION_TYPES, Action, parse_action, register_actions
 from memfail.model.errors import ModelInputError
-from memfail.model.host import ActionResult, handles
+from memfail.model.handlers import ActionResult, handles
+from memfail.model.host import Host
 from memfail.model.trace import MemoryFailureCall
 from memfail.model.units import parse_size
 
 if TYPE_CHECKING:
-    from memfail.model.host import Host
+    from memfail.model.state import HostState
 
 StageEvent = Literal["hw_error", "scrub", "vcpu_access", "vmm_access", "fault", "punch_hole",
                      "convert", "release"]
@@ -126,7 +127,7 @@ def _clash(need: frozenset[races.Lock], held: frozenset[races.Lock]) -> races.Lo
 
 
 @handles(StageAction)
-def do_stage(host: Host, a: StageAction) -> ActionResult:
+def do_stage(host: HostState, a: StageAction) -> ActionResult:
     """Run stage ``a.name`` of op ``a.op`` as ModelSystem.step does with --races: the op
     must be at that stage (``races.first_stage`` for an op not in flight), the stage's locks
     (``races.stage_needs``) must not conflict with those the other ops in flight carry, and
@@ -171,6 +172,7 @@ def do_stage(host: Host, a: StageAction) -> ActionResult:
                 f"{op!r} holds it{mode} until its stage {entry[2]} runs", "name")
     first_event = len(host.trace.events)
     table.pop(a.op, None)
+    assert isinstance(host, Host)  # the dispatcher's Host runs a stage's whole actions
     nxt, nctx = races.run_stage(specs, host, a.name, ctx)
     if a.name != "mf.notify" and \
             any(isinstance(e, MemoryFailureCall) for e in host.trace.events[first_event:]):

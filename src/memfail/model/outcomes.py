@@ -22,7 +22,7 @@ from .trace import (
 )
 
 if TYPE_CHECKING:
-    from .host import Host
+    from .state import HostState as Host
 
 OUTCOME_DOCS: dict[str, str] = {
     "host_panic": "the host kernel panicked",

@@ -15,8 +15,9 @@ of its queued task work (``twp``: M7, M8); per VM, fixed, whether the guest acts
 guest_memfd (``HASHVA``); the panic flag and the monitor bits of the properties.
 
 It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), the host's
-machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing,
-TDX, set-up steps and the escape hatch (refused, ``Unsupported``).
+machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing
+(rendered by a model of its own, check/spin/hugetlbfs.py), TDX, set-up steps and the escape
+hatch (refused, ``Unsupported``).
 
 What is generated and not written by hand: the policy's knobs (``#define`` per knob from
 ``GmemPolicy.knobs()`` and ``knob_values``), one Promela transition per label of the
@@ -98,13 +99,16 @@ def knob_defines(policy: Any) -> list[str]:
     return out
 
 
-def split_rendered(specs: list[Any]) -> tuple[list[Any], dict[str, str]]:
+def split_rendered(specs: list[Any], races: bool = False) -> tuple[list[Any], dict[str, str]]:
     """The policies of ``specs`` the Promela model renders, and the others by name with the
-    reason (``policy_refusal``)."""
+    reason (``policy_refusal``; with ``races``, the hugetlbfs model renders no stages)."""
     keep: list[Any] = []
     refused: dict[str, str] = {}
     for spec in specs:
         why = policy_refusal(spec)
+        if why is None and races and make_policy(spec).backing == "hugetlbfs":
+            why = (f"policy {make_policy(spec).name!r}: --races is not modelled by the SPIN "
+                   "engine for backing hugetlbfs (each event is one atomic step)")
         if why is None:
             keep.append(spec)
         else:
@@ -115,6 +119,8 @@ def split_rendered(specs: list[Any]) -> tuple[list[Any], dict[str, str]]:
 def policy_refusal(spec: Any) -> str | None:
     """Why the Promela model does not render policy ``spec`` (None: it does)."""
     policy = make_policy(spec)
+    if policy.backing == "hugetlbfs":
+        return None  # the kernel's HugeTLB path: check/spin/hugetlbfs.py renders it
     if policy.backing != "gmem":
         return (f"policy {policy.name!r}: the SPIN engine models guest_memfd backing only "
                 f"(backing: {policy.backing} is not modelled)")
@@ -127,6 +133,11 @@ def policy_refusal(spec: Any) -> str | None:
 
 
 def check_supported(system: Any) -> None:
+    if _hugetlbfs_backing(system):
+        from memfail.check.spin import hugetlbfs
+
+        hugetlbfs.check_supported(system)
+        return
     cfg = system.config
     why = policy_refusal(system.policy) if system.policy else None
     if why is not None:
@@ -175,6 +186,13 @@ def check_supported(system: Any) -> None:
                               "SIGBUS handler (QEMU)")
 
 
+def _hugetlbfs_backing(system: Any) -> bool:
+    """Whether the system's policy backs guest memory by a hugetlbfs memfd (S10/S11) and is
+    rendered (``policy_refusal``): the kernel's HugeTLB path, by check/spin/hugetlbfs.py."""
+    return bool(system.policy) and make_policy(system.policy).backing == "hugetlbfs" and \
+        policy_refusal(system.policy) is None
+
+
 def _gmem_of(cfg: Any, vm_name: str) -> Any:
     vm = vm_of(cfg, vm_name)
     return next(g for g in cfg.guest_memfd if g.name == vm.gmem)
@@ -200,6 +218,10 @@ def _vmm_thread(cfg: Any, p: dict[str, Any]) -> str | None:
 
 def render(system: Any) -> Rendered:
     """The Promela text of ``system`` (a ModelSystem, whose alphabet it uses)."""
+    if _hugetlbfs_backing(system):
+        from memfail.check.spin import hugetlbfs
+
+        return hugetlbfs.render(system)
     check_supported(system)
     cfg = system.config
     policy = make_policy(system.policy) if system.policy else make_policy("mainline")

@@ -31,7 +31,7 @@ from ..actions import (
     Write,
 )
 from ..errors import EBADF, EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import PoisonConsumed
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, RAMFS, SHMEM, Inode
@@ -39,7 +39,7 @@ from .mem import HUGETLB, Folio
 from .mm import HWPOISON
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Process, Thread
 
 FS_KIND = {"tmpfs": SHMEM, "hugetlbfs": HUGETLBFS, "ext2": EXT2, "ramfs": RAMFS}
@@ -253,7 +253,7 @@ def _buffer_fault(host: Host, proc: Process, t: Thread, buf: int | str | None,
         return 0
     from .inject import consume_kernel
 
-    addr = host._resolve(proc, buf, "buf")
+    addr = host.resolve_in(proc, buf, "buf")
     assert proc.mm is not None
     vma = proc.mm.find_vma(addr)
     if vma is None:

@@ -16,7 +16,7 @@ from ..trace import HugetlbPool
 from .mem import HUGETLB, Folio
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
 
 
 @dataclass(eq=False)

@@ -39,7 +39,8 @@ from ..errors import (
     ModelInputError,
     TargetGone,
 )
-from ..host import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN, ActionResult, handles
+from ..handlers import ActionResult, handles
+from ..state import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN
 from ..trace import Observation, PoisonConsumed
 from ..units import parse_size
 from .fs import GMEM, RAMFS
@@ -55,7 +56,7 @@ from .memory_failure import (
 from .mm import HWPOISON, PRESENT, PTE, SWAP
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Process, Thread
 
 
@@ -75,7 +76,7 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
     if a.addr is not None:
         assert a.proc is not None
         proc = host.proc(a.proc)
-        addr = host._resolve(proc, a.addr)
+        addr = host.resolve_in(proc, a.addr)
         assert proc.mm is not None
         vma = proc.mm.find_vma(addr)
         k = vma and proc.mm.entry_key(vma, addr, geo.page_shift)
@@ -346,7 +347,7 @@ def do_split_huge_pages(host: Host, a: SplitHugePages) -> ActionResult:
         proc = host.proc(a.proc)
         assert proc.mm is not None
         if a.addr is not None:
-            start = host._resolve(proc, a.addr)
+            start = host.resolve_in(proc, a.addr)
             vma = proc.mm.find_vma(start)
             end = start + parse_size(a.len, geo.page_size) if a.len is not None else \
                 (vma.end if vma is not None else start)
@@ -719,7 +720,7 @@ def do_kpageflags(host: Host, a: Kpageflags) -> ActionResult:
 def do_pagemap(host: Host, a: Pagemap) -> ActionResult:
     """/proc/PID/pagemap: present+pfn, or swapped for a (non-hugetlb) hwpoison entry."""
     proc = host.proc(a.proc)
-    addr = host._resolve(proc, a.addr)
+    addr = host.resolve_in(proc, a.addr)
     geo = host.geometry
     out: dict[str, Any] = {"present": False, "swapped": False, "pfn": None,
                            "hwpoison_entry": False}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import EFAULT, EHWPOISON, EIO
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import PoisonConsumed
 from ..units import parse_size
 from .kactions import HwpoisonFilter, MfQueue, UserCopy
@@ -21,7 +21,7 @@ from .memory_failure import MF_SOFT_OFFLINE, memory_failure
 from .mm import HWPOISON
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
 
 MEMORY_FAILURE_FIFO_SIZE = 1 << 4  # MEMORY_FAILURE_FIFO_ORDER 4
 
@@ -34,7 +34,7 @@ def do_user_copy(host: Host, a: UserCopy) -> ActionResult:
 
     proc = host.proc(a.proc)
     host.thread(proc, a.thread)
-    addr = host._resolve(proc, a.addr)
+    addr = host.resolve_in(proc, a.addr)
     length = parse_size(a.len, host.geometry.page_size)
     if a.via == "gup":
         pfn, folio = gup(host, proc, addr)

@@ -55,13 +55,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import EBUSY, EINVAL, ModelInputError, errno_name
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from .ksmactions import KsmMerge
 from .mem import ANON
 from .mm import PRESENT, PTE
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .mem import Folio
     from .memory_failure import ToKill
     from .mm import MM, VMA
@@ -182,7 +182,7 @@ def _page(host: Host, proc_name: str, addr_spec: int | str) -> tuple[MM, VMA, in
     proc = host.proc(proc_name, "pages")
     if not proc.alive or proc.mm is None:
         raise _Refused("ESRCH")
-    addr = host._resolve(proc, addr_spec, "pages")
+    addr = host.resolve_in(proc, addr_spec, "pages")
     mm = proc.mm
     vma = mm.find_vma(addr)
     if vma is None or not vma.anonymous or vma.shared or vma.huge_order or vma.locked:

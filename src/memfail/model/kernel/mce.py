@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import KernelPanic, ModelInputError
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import HostStall, MachineCheck, Panic, PoisonConsumed
 from .mceactions import MachineCheckAction, MceConfig, TaskWork
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Thread
 
 # severity.c contexts and grades (enum context, MCE_*_SEVERITY)
@@ -391,7 +391,7 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         raise ModelInputError("machine_check with proc needs addr", "addr")
     from .mm import PRESENT
 
-    hit = host.walk(t.proc.mm, host._resolve(t.proc, a.addr))
+    hit = host.walk(t.proc.mm, host.resolve_in(t.proc, a.addr))
     if hit is None or hit[0].kind != PRESENT or hit[1] not in host.phys.hw_errors:
         return ActionResult("no-poison")  # only a load through a present PTE can consume
     pfn = hit[1]

@@ -18,7 +18,7 @@ from .mem import ANON, HUGETLB, KERNEL, Folio
 from .mm import HWPOISON, PRESENT
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Process, Thread
 
 # enum mf_flags (R0.3)
@@ -623,6 +623,25 @@ def memory_failure(host: Host, pfn: int, flags: int, current: Thread | None,
     return ret
 
 
+def policy_claims(host: Host, folio: Folio) -> bool:
+    """Whether memory_failure() hands ``folio`` to the guest_memfd policy instead of the
+    kernel's own paths: a guest_memfd folio of the kind the policy ``handles`` (C1)."""
+    return folio.mapping is not None and folio.mapping.kind == "gmem" \
+        and host.policy is not None and host.policy.claims(folio.mapping.huge_order > 0)
+
+
+def policy_claimed_folio(host: Host, pfn: int) -> Folio | None:
+    """The folio at ``pfn`` if memory_failure(pfn) would hand it to the guest_memfd policy
+    (recovery enabled, a valid pfn, ``policy_claims``), else None."""
+    if not host.sysctl["vm.memory_failure_recovery"] or not host.phys.valid(pfn):
+        return None
+    folio = host.phys.folio_of(pfn)
+    if folio is None or host.ext.get("gmem_memory_failure") is None or \
+            not policy_claims(host, folio):
+        return None
+    return folio
+
+
 def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) -> int:
     p = host.profile
     if not host.sysctl["vm.memory_failure_recovery"]:
@@ -637,9 +656,7 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
 
     # guest_memfd folios the policy claims (the call's proposal and its alternatives)
     hook = host.ext.get("gmem_memory_failure")
-    if folio is not None and hook is not None and folio.mapping is not None \
-            and folio.mapping.kind == "gmem" and host.policy is not None \
-            and host.policy.claims(folio.mapping.huge_order > 0):
+    if folio is not None and hook is not None and policy_claims(host, folio):
         return int(hook(host, pfn, flags, folio, current))
 
     # R17: HugeTLB goes first

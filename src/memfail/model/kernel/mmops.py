@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 
 from ..actions import Madvise, MemRead, MemWrite, Mlock, Mmap, Munlock, Munmap
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM, ModelInputError
-from ..host import ZERO_PFN, ActionResult, handles
+from ..handlers import ActionResult, handles
+from ..state import ZERO_PFN
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, SHMEM, Inode
 from .mem import ANON, FILE, HUGETLB, Folio
 from .mm import HWPOISON, PRESENT, PTE, SWAP, VMA
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .task import Process, Thread
 
 BUS_ADRERR = 2
@@ -125,7 +126,7 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
 @handles(Munmap)
 def do_munmap(host: Host, a: Munmap) -> ActionResult:
     proc = host.proc(a.proc)
-    start = host._resolve(proc, a.addr)
+    start = host.resolve_in(proc, a.addr)
     assert proc.mm is not None
     vma = proc.mm.find_vma(start)
     if vma is None:
@@ -212,7 +213,7 @@ def fault_in(host: Host, proc: Process, vma: VMA, addr: int,
         folio = find_or_create_cache_folio(host, inode, index)
         if folio is None:
             return FaultError("sigbus")
-    if _page_poisoned(host, folio, index):
+    if page_poisoned(host, folio, index):
         # __do_fault (R41): unmap it everywhere, try to evict; the MF reference keeps it
         if folio.refs["mf"] or folio.refcount > folio.refs["pagecache"] + folio.refs["map"]:
             host.try_to_unmap(folio, hwpoison=False, pfn=folio.pfn)
@@ -235,7 +236,7 @@ def _isize(inode: Inode, vma: VMA) -> int:
     return inode.size
 
 
-def _page_poisoned(host: Host, folio: Folio, index: int) -> bool:
+def page_poisoned(host: Host, folio: Folio, index: int) -> bool:
     if folio.kind == HUGETLB:
         return "hwpoison" in folio.flags
     return folio.pfn + (index - folio.index) in host.phys.hwpoison
@@ -467,7 +468,7 @@ def _access_range(host: Host, a: MemRead | MemWrite, write: bool) -> ActionResul
     page covered, in address order, stopping at the first that does not complete."""
     proc = host.proc(a.proc)
     t = host.thread(proc, a.thread)
-    addr = host._resolve(proc, a.addr)
+    addr = host.resolve_in(proc, a.addr)
     geo = host.geometry
     assert proc.mm is not None
     vma = proc.mm.find_vma(addr)
@@ -533,7 +534,7 @@ def gup(host: Host, proc: Process, addr: int, write: bool = False,
 def do_madvise(host: Host, a: Madvise) -> ActionResult:
     proc = host.proc(a.proc)
     t = host.thread(proc, a.thread)
-    start = host._resolve(proc, a.addr)
+    start = host.resolve_in(proc, a.addr)
     length = parse_size(a.len, host.geometry.page_size)
     if a.advice in ("hwpoison", "soft_offline"):
         from .inject import madvise_inject_error
@@ -585,7 +586,7 @@ def do_mlock(host: Host, a: Mlock) -> ActionResult:
     through __mlock_posix_error_return() (-EFAULT becomes -ENOMEM)."""
     proc = host.proc(a.proc)
     geo = host.geometry
-    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    start = host.resolve_in(proc, a.addr) & ~(geo.page_size - 1)
     end = start + ((parse_size(a.len, geo.page_size) + geo.page_size - 1)
                    & ~(geo.page_size - 1))
     vmas = _vmas_in(host, proc, start, end)
@@ -613,7 +614,7 @@ def do_munlock(host: Host, a: Munlock) -> ActionResult:
     """munlock(): clear VM_LOCKED and munlock_folio() every mapped page of the range."""
     proc = host.proc(a.proc)
     geo = host.geometry
-    start = host._resolve(proc, a.addr) & ~(geo.page_size - 1)
+    start = host.resolve_in(proc, a.addr) & ~(geo.page_size - 1)
     end = start + max(parse_size(a.len, geo.page_size), 1)
     vmas = _vmas_in(host, proc, start, end)
     if vmas is None:

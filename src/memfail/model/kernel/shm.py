@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from ..actions import Mmap, Shmat, ShmctlRmid, Shmget
 from ..errors import EEXIST, EINVAL, ENOMEM
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..units import parse_size
 from .fs import HUGETLBFS, SHMEM, Inode
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
 
 
 def _segments(host: Host) -> dict[str, Inode]:

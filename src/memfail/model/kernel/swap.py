@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import EFAULT, EINVAL, ENOMEM
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import PteChange
 from ..units import parse_size
 from .kactions import Swapout
@@ -31,7 +31,7 @@ from .mem import ANON, Folio
 from .mm import PRESENT, PTE, SWAP
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
     from .mm import MM, VMA
 
 
@@ -142,7 +142,7 @@ def do_swapout(host: Host, a: Swapout) -> ActionResult:
     """Reclaim the private anonymous pages of a range to swap, up to ``stage``."""
     proc = host.proc(a.proc)
     geo = host.geometry
-    start = host._resolve(proc, a.addr)
+    start = host.resolve_in(proc, a.addr)
     length = parse_size(a.len, geo.page_size)
     assert proc.mm is not None
     done = 0

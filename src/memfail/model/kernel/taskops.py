@@ -18,14 +18,14 @@ from ..actions import (
     Spawn,
 )
 from ..errors import EINVAL
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import SI_CODE_NAMES, Observation
 from .ksm import anon_vma_fork
 from .mm import MM, PTE, VMA
 from .task import Thread
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
 
 
 @handles(Spawn)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..kernel.fs import GMEM, HUGETLBFS, SHMEM, Inode, OpenFile
 from ..kernel.mem import FILE, HUGETLB, Folio
 from ..kernel.memory_failure import (
@@ -29,9 +29,9 @@ from .actions import GmemCreate
 from .kvm import VM, Slot, get_vm, kvm_state, set_vm_state, zap_gfn_range
 
 if TYPE_CHECKING:
-    from ..host import Host
     from ..kernel.task import Thread
     from ..policy.base import GmemPolicy
+    from ..state import HostState as Host
 
 MSG_GMEM = "guest_memfd page"  # page type of the hypothetical policy path (CALL, not mainline)
 
@@ -50,7 +50,7 @@ def table(host: Host) -> dict[int, dict[str, object]]:
     return t
 
 
-def _event(host: Host, hook: str, what: str, pfn: int | None = None) -> None:
+def policy_event(host: Host, hook: str, what: str, pfn: int | None = None) -> None:
     host.emit(PolicyEvent(host.trace.step, policy(host).name, hook, what, pfn))
 
 
@@ -201,9 +201,9 @@ def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
     if poisoned:
         if pol.propagate_on_split:
             host.phys.hwpoison.update(poisoned)
-            _event(host, "split", f"PG_hwpoison moved to {len(poisoned)} raw page(s)")
+            policy_event(host, "split", f"PG_hwpoison moved to {len(poisoned)} raw page(s)")
         else:
-            _event(host, "split", "folio PG_hwpoison dropped by the split (record lost)")
+            policy_event(host, "split", "folio PG_hwpoison dropped by the split (record lost)")
     if folio.refs["mf"]:
         first = inode.pages[folio.index + ((poisoned[0] - folio.pfn) if poisoned else 0)]
         first.get("mf", folio.refs["mf"])
@@ -238,9 +238,9 @@ def gmem_merge(host: Host, inode: Inode, head: int, hook: str = "merge") -> None
         if pol.propagate_on_split:
             folio.flags.add("hwpoison")
             folio.raw_hwp.extend(poisoned)
-            _event(host, hook, f"{len(poisoned)} raw poisoned page(s) kept on the folio")
+            policy_event(host, hook, f"{len(poisoned)} raw poisoned page(s) kept on the folio")
         else:
-            _event(host, hook, "raw PG_hwpoison dropped by the merge (record lost)")
+            policy_event(host, hook, "raw PG_hwpoison dropped by the merge (record lost)")
 
 
 def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) -> None:
@@ -410,11 +410,11 @@ def kvm_gmem_fallocate(host: Host, inode: Inode, mode: str, off: int, length: in
 
 def gmem_punch(host: Host, inode: Inode, start: int, n: int) -> None:
     """kvm_gmem_punch_hole(): zap stage 2 in every bound VM, then truncate (R71)."""
-    _zap_bindings(host, inode, start, start + n, "punch hole")
-    _free_range(host, inode, start, start + n, "punch")
+    zap_bindings(host, inode, start, start + n, "punch hole")
+    free_range(host, inode, start, start + n, "punch")
 
 
-def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> None:
+def free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> None:
     pol = policy(host)
     mark = pol.mark_on_truncate or (why == "release" and pol.mark_on_release)
     for head in list(inode.extra.get("split", set())):
@@ -441,7 +441,7 @@ def _free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> Non
                     f.raw_hwp.extend(p for p in recs if p not in f.raw_hwp)
                 else:
                     host.phys.hwpoison.update(recs)
-                _event(host, why, f"PG_hwpoison set on {len(recs)} failed page(s) before "
+                policy_event(host, why, f"PG_hwpoison set on {len(recs)} failed page(s) before "
                        "freeing", recs[0])
     marked = [f for idx, f in inode.pages.items() if start <= idx < end
               and f.kind == HUGETLB and f.order and "hwpoison" in f.flags] \
@@ -458,7 +458,7 @@ def _isolate_freed(host: Host, folio: Folio) -> None:
         return  # still referenced (e.g. the memory_failure reference): not freed
     raws = list(folio.raw_hwp)
     if host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0:
-        _event(host, "release", "dissolve failed: the folio stays on the free list (R55)",
+        policy_event(host, "release", "dissolve failed: the folio stays on the free list (R55)",
                raws[0] if raws else None)
         return
     for pfn in raws:
@@ -466,7 +466,7 @@ def _isolate_freed(host: Host, folio: Folio) -> None:
             host.page_isolated(pfn, "guest_memfd free path")
 
 
-def _zap_bindings(host: Host, inode: Inode, start: int, end: int, why: str,
+def zap_bindings(host: Host, inode: Inode, start: int, end: int, why: str,
                   private_only: bool | None = None) -> None:
     for vm, slot, _of in inode.extra.get("bindings", []):
         lo = max(start, slot.gmem_pgoff)
@@ -494,7 +494,7 @@ def kvm_gmem_release(host: Host, proc: object, of: OpenFile) -> None:
 def kvm_gmem_evict_inode(host: Host, inode: Inode) -> None:
     """Inode eviction: the whole page cache is truncated (R72); the policy may first turn
     its table records into PG_hwpoison (C4)."""
-    _free_range(host, inode, 0, 1 << 62, "release")
+    free_range(host, inode, 0, 1 << 62, "release")
 
 
 # --------------------------------------------------------------------------- memory failure
@@ -507,12 +507,12 @@ def kvm_gmem_error_folio(host: Host, folio: Folio) -> int:
     assert inode is not None
     pol = policy(host)
     how = pol.unmap_stage2 if pol.handles == "all" or pol.vm_on_error != "none" else "folio"
-    _apply_unmap_stage2(host, inode, folio, folio.pfn, how, "error_folio")
-    _apply_vm_on_error(host, inode, folio.pfn)
+    apply_unmap_stage2(host, inode, folio, folio.pfn, how, "error_folio")
+    apply_vm_on_error(host, inode, folio.pfn)
     return MF_DELAYED
 
 
-def _apply_unmap_stage2(host: Host, inode: Inode, folio: Folio, pfn: int, how: str,
+def apply_unmap_stage2(host: Host, inode: Inode, folio: Folio, pfn: int, how: str,
                         why: str) -> None:
     if how == "none":
         return
@@ -522,10 +522,10 @@ def _apply_unmap_stage2(host: Host, inode: Inode, folio: Folio, pfn: int, how: s
         return
     if how == "subpage":
         idx = folio.index + (pfn - folio.pfn)
-        _zap_bindings(host, inode, idx, idx + 1, why)
+        zap_bindings(host, inode, idx, idx + 1, why)
         return
     end = folio.index + folio.nr_pages
-    _zap_bindings(host, inode, folio.index, end, why, _invalidate_filter(inode, folio.index, end))
+    zap_bindings(host, inode, folio.index, end, why, _invalidate_filter(inode, folio.index, end))
 
 
 def _invalidate_filter(inode: Inode, start: int, end: int) -> bool | None:
@@ -546,7 +546,7 @@ def _invalidate_filter(inode: Inode, start: int, end: int) -> bool | None:
     return None
 
 
-def _apply_vm_on_error(host: Host, inode: Inode, pfn: int) -> None:
+def apply_vm_on_error(host: Host, inode: Inode, pfn: int) -> None:
     from ..vmm.qemu import kill_vm
 
     pol = policy(host)
@@ -555,12 +555,12 @@ def _apply_vm_on_error(host: Host, inode: Inode, pfn: int) -> None:
             kill_vm(host, vm, "policy: kill the guest on memory failure")
     elif pol.vm_on_error == "unusable" and not inode.extra.get("unusable"):
         inode.extra["unusable"] = True
-        _event(host, "error_folio", "guest_memfd made unusable", pfn)
+        policy_event(host, "error_folio", "guest_memfd made unusable", pfn)
         for vm in inode.extra.get("vms", []):
             zap_gfn_range(host, vm, 0, 1 << 52, "guest_memfd unusable")
 
 
-def _vmm_threads(inode: Inode) -> list[tuple[VM, Thread]]:
+def vmm_threads(inode: Inode) -> list[tuple[VM, Thread]]:
     out = []
     for vm in inode.extra.get("vms", []):
         out.append((vm, vm.vmm.leader))
@@ -608,9 +608,9 @@ def record_failure(host: Host, folio: Folio, pfn: int, consumed: bool) -> bool:
                 folio.raw_hwp.append(pfn)
         else:
             host.phys.hwpoison.add(pfn)
-        _event(host, "memory_failure", "PG_hwpoison set on the guest_memfd folio", pfn)
+        policy_event(host, "memory_failure", "PG_hwpoison set on the guest_memfd folio", pfn)
     if pol.record == "table":
-        _event(host, "memory_failure", "recorded in the global failure table", pfn)
+        policy_event(host, "memory_failure", "recorded in the global failure table", pfn)
     return first
 
 
@@ -628,10 +628,10 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
                       else MF_RECOVERED)
     else:
         host.log(f"Memory failure: {pfn:#x}: guest_memfd page already recorded")
-    _apply_unmap_stage2(host, inode, folio, pfn, pol.unmap_stage2, "memory_failure")
+    apply_unmap_stage2(host, inode, folio, pfn, pol.unmap_stage2, "memory_failure")
     if pol.unmap_host != "none":
-        _unmap_host(host, inode, folio, pfn, pol.unmap_host)
-    _apply_vm_on_error(host, inode, pfn)
+        unmap_host(host, inode, folio, pfn, pol.unmap_host)
+    apply_vm_on_error(host, inode, pfn)
     cvm = _current_vm(host, current)
     if ar and current is not None and current.alive:
         if pol.consumed == "kill-vm":
@@ -643,18 +643,18 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
         else:
             _sigbus_current(host, current, inode, folio, pfn, cvm)
         if pol.consumed == "sigbus-vmm":
-            for vm, _lead in _vmm_threads(inode):
+            for vm, _lead in vmm_threads(inode):
                 if vm.vmm is current.proc:
                     continue
-                _notify_vmm(host, vm, inode, folio, pfn)
+                notify_vmm(host, vm, inode, folio, pfn)
         return -EHWPOISON
     if ar:
         return -EHWPOISON
     if pol.unconsumed == "notify-vmm":
-        for vm, _lead in _vmm_threads(inode):
-            _notify_vmm(host, vm, inode, folio, pfn)
+        for vm, _lead in vmm_threads(inode):
+            notify_vmm(host, vm, inode, folio, pfn)
     elif pol.unconsumed == "defer":
-        _event(host, "memory_failure", "unconsumed failure deferred", pfn)
+        policy_event(host, "memory_failure", "unconsumed failure deferred", pfn)
     elif pol.unconsumed == "kill-vm":
         _kill_bound_vms(host, inode, "policy: kill the guest on memory failure")
     elif pol.unconsumed == "unusable":
@@ -678,7 +678,7 @@ def _make_unusable(host: Host, inode: Inode, pfn: int) -> None:
     if inode.extra.get("unusable"):
         return
     inode.extra["unusable"] = True
-    _event(host, "memory_failure", "guest_memfd made unusable", pfn)
+    policy_event(host, "memory_failure", "guest_memfd made unusable", pfn)
     for vm in inode.extra.get("vms", []):
         zap_gfn_range(host, vm, 0, 1 << 52, "guest_memfd unusable")
 
@@ -709,7 +709,7 @@ def _kernel_unconsumed(host: Host, folio: Folio, pfn: int) -> None:
     process that maps the page. Without honor_early (C6: "even if PR_MCE_KILL_EARLY is set,
     the requesting thread will not be notified") nobody is."""
     if not policy(host).honor_early:
-        _event(host, "memory_failure", "PR_MCE_KILL_EARLY not honoured (C6): nobody told", pfn)
+        policy_event(host, "memory_failure", "PR_MCE_KILL_EARLY not honoured (C6): nobody told", pfn)
         return
     mm_ids = {mm_id for mm_id, _ in folio.rmap}
     for proc in list(host.processes.values()):
@@ -734,7 +734,7 @@ def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn
     addr = None
     if pol.sigbus_addr == "hva":
         addr = _hva_for(host, inode, folio, pfn, vm)
-        _event(host, "memory_failure",
+        policy_event(host, "memory_failure",
                "si_addr looked up: guest_memfd binding -> memslot userspace_addr"
                if addr is not None else
                "si_addr lookup found no memslot userspace_addr or host mapping: NULL", pfn)
@@ -742,7 +742,7 @@ def _sigbus_current(host: Host, current: Thread, inode: Inode, folio: Folio, pfn
                           "gmem policy", pfn)
 
 
-def _notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> None:
+def notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> None:
     """C8: tell the owning VMM of an unconsumed failure (PR_MCE_KILL_EARLY honoured)."""
     pol = policy(host)
     t = find_early_kill_thread(host, vm.vmm) if pol.honor_early else vm.vmm.leader
@@ -754,7 +754,7 @@ def _notify_vmm(host: Host, vm: VM, inode: Inode, folio: Folio, pfn: int) -> Non
     host.send_sig_mceerr(t, BUS_MCEERR_AO, addr, host.geometry.page_shift, "kvm request", pfn)
 
 
-def _unmap_host(host: Host, inode: Inode, folio: Folio, pfn: int, how: str) -> None:
+def unmap_host(host: Host, inode: Inode, folio: Folio, pfn: int, how: str) -> None:
     """Replace host mappings of the failed subpage (or whole folio) by hwpoison entries."""
     targets = [pfn] if how == "subpage" or folio.order == 0 else \
         list(range(folio.pfn, folio.pfn + folio.nr_pages))

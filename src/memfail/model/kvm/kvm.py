@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EFAULT, EHWPOISON, EINTR, ESRCH, ModelInputError, errno_name
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..kernel.fs import Inode
 from ..kernel.mm import MM, PRESENT
 from ..kernel.task import Process, Thread
@@ -20,7 +20,7 @@ from ..units import parse_size
 from .actions import GuestAccess, KernelAccess, Memslot, SetAttributes, VmCreate, VmDestroy, VmReset
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..state import HostState as Host
 
 KVM_EXIT_MEMORY_FAULT = "KVM_EXIT_MEMORY_FAULT"
 KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
@@ -479,7 +479,7 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
         if a.proc is None or a.addr is None:
             raise ModelInputError("kernel_access needs vm+gpa or proc+addr", "vm")
         proc = host.proc(a.proc)
-        addr = host._resolve(proc, a.addr)
+        addr = host.resolve_in(proc, a.addr)
     hit = host.walk(proc.mm, addr)
     if reach == "pfn":
         return hit[1] if hit is not None else None  # the page itself, mapped or not

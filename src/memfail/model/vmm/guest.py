@@ -23,13 +23,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ModelInputError
-from ..host import ActionResult, handles
+from ..handlers import ActionResult, handles
 from ..trace import GuestEvent
 from .guestactions import GuestRun
 
 if TYPE_CHECKING:
-    from ..host import Host
     from ..kvm.kvm import VM
+    from ..state import HostState as Host
 
 BEHAVIOURS = ("cooperative", "careless", "hostile", "confidential")
 

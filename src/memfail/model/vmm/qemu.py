@@ -16,8 +16,8 @@ from ..kernel.task import Process, SigInfo, Thread
 from ..trace import BUS_MCEERR_AO, BUS_MCEERR_AR, SIGBUS, GuestEvent, MceInjected
 
 if TYPE_CHECKING:
-    from ..host import Host
     from ..kvm.kvm import VM
+    from ..state import HostState as Host
 
 SIGKILL = 9
 

@@ -1,0 +1,547 @@
+"""The Promela model of the ``hugetlbfs`` backing (policy backing ``hugetlbfs``, S10/S11).
+
+Under that policy there is no guest_memfd: gmem_create makes a hugetlbfs memfd the VMM maps
+(model/kvm/gmem.py do_gmem_create), the memslot takes the VMM's mapping as its HVA
+(model/kvm/kvm.py do_memslot), and a failure takes the kernel's own HugeTLB path
+(memory_failure() -> try_memory_failure_hugetlb(): PG_hwpoison on the folio and the raw
+page on its raw list, hwpoison_user_mappings() -> try_to_unmap(): a hwpoison entry in the VMM's
+huge PTE, the MMU notifier zapping stage 2, kill_procs() for EARLY threads). It is knob-free:
+the policy has no knob that changes these paths.
+
+Per page it keeps what promela.py keeps (``err``, ``det``, ``hwp``: PG_hwpoison or the raw
+list, never cleared: a freed poisoned folio is dissolved with its raw pages marked, ``cons``,
+``goff``, ``gpk``, ``priv``); per VM one huge PTE of the memslot's mapping (``pte``: 0 none, 1
+present, 2 hwpoison entry; observed at page 0, where a HugeTLB mapping keeps it), a huge SPTE
+(``hs``: hva_to_pfn maps the HugeTLB page at its size) or, while the range holds private and
+shared pages, 4K ones (``spte``), the frame backing it (``bk``: the VM's
+own, a spare HugeTLB page, none), the own frame's state when freed (``fst``: 1 free, 3
+dissolved), the KVM state and whether the VMM lives.
+
+A VM whose guest_memfd has flag ``mmap`` is mapped twice by its VMM under this policy:
+gmem_create's own mapping (``<fd>-ram``, made first, never faulted) and the set-up's
+``<vm>.ram``, the memslot's (check/model_system.py setup_steps). kill_procs() and
+kill_me_maybe() address the SIGBUS at the first mapping, which QEMU does not find in guest RAM
+(``ALIAS``): an action-required one exits QEMU (exit(1), Q4), an action-optional one is
+ignored. A VM without ``mmap`` has the one mapping, the memslot's: QEMU injects the vMCE
+(S10; an SNP guest gets none, Q8). Also kept as the Python model has them: fallocate(ALLOCATE)
+allocates nothing on hugetlbfs (``realloc``), and ``convert`` sets the private attribute on
+any VM type (KVM refuses it for a default VM), which changes only the stage-2 mapping size.
+
+Generated from the same definitions as promela.py: the event alphabet (``ModelSystem.entries``
+with each event's ``limit`` and the error bound), the properties (``PROP_EXPR``) and each
+kernel user's reach, check and copy (``kernel_user``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memfail.check.events import vm_of
+from memfail.check.properties import PROPERTIES
+from memfail.check.spin.observe import PAGE_FIELDS, pages_of
+from memfail.check.spin.promela import (
+    EFFORT,
+    MF_FIRED_C,
+    PROP_EXPR,
+    Rendered,
+    Unsupported,
+    _foreach,
+    _gmem_of,
+    _guard,
+    _ignores_vmce,
+    _vmm_thread,
+    kernel_user,
+    system_args,
+)
+
+# Event kinds the hugetlbfs model carries out (the rest are refused).
+SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel_access",
+                       "convert", "punch_hole", "release", "realloc", "guest_run", "vcpu_mce",
+                       "task_work")
+
+
+def check_supported(system: Any) -> None:
+    """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
+    cfg = system.config
+    if getattr(system, "races", False):
+        raise Unsupported("--races is not modelled by the SPIN engine for backing hugetlbfs "
+                          "(each event is one atomic step)")
+    for vm in cfg.vms:
+        g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
+        if g is None or g.backing != "2M":
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models hugetlbfs VMs made from a "
+                              "guest_memfd entry with backing 2M (one HugeTLB page)")
+        if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge page per VM "
+                              "(size 2M)")
+        if vm.type not in ("default", "sw-protected", "snp"):
+            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine")
+    if cfg.setup:
+        raise Unsupported("setup steps are not modelled by the SPIN engine")
+    for _i, label in system.entries:
+        kind = label[0]
+        if kind not in SUPPORTED_HUGETLBFS:
+            raise Unsupported(f"event {kind!r} is not modelled by the SPIN engine for backing "
+                              f"hugetlbfs (it models {', '.join(SUPPORTED_HUGETLBFS)})")
+        p = dict(label[1])
+        mapped = "mmap" in _gmem_of(cfg, p["vm"]).flags
+        if kind in ("vmm_access", "release") and not mapped:
+            raise Unsupported(f"{kind} on {p['vm']}: the SPIN engine models it for backing "
+                              "hugetlbfs on a VM whose guest_memfd entry has flag mmap only")
+        if kind == "vmm_access" and _vmm_thread(cfg, p) != "main":
+            raise Unsupported("vmm_access is modelled for backing hugetlbfs by the VMM's main "
+                              "thread only")
+        if kind == "punch_hole" and p["vm"] != cfg.vms[0].name:
+            raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
+                              f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
+        if kind == "punch_hole" and (p["page"] != 0 or p["pages"] != pages_of(system, p["vm"])):
+            raise Unsupported("punch_hole must cover the VM's whole memory in the SPIN engine")
+        if kind == "vcpu_access" and p.get("write"):
+            raise Unsupported("vcpu_access with write is not modelled for backing hugetlbfs")
+    for proc in cfg.processes:
+        if proc.sigbus != "handler":
+            raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
+                              "SIGBUS handler (QEMU)")
+
+
+def _or(cfg: Any, value: Any) -> str:
+    return "(" + " || ".join(f"((v) == {i} && {int(bool(value(vm)))})"
+                             for i, vm in enumerate(cfg.vms)) + ")"
+
+
+def render(system: Any) -> Rendered:
+    """The Promela text of ``system`` (a ModelSystem whose policy has backing hugetlbfs)."""
+    check_supported(system)
+    cfg = system.config
+    vms = [v.name for v in cfg.vms]
+    npg = 1 << cfg.geometry.pmd_order
+    early = {v.name: bool(system.ctx.early.get(v.vmm)) for v in cfg.vms}
+    labels = [label for _i, label in system.entries]
+    maxvc = max(vm.vcpus for vm in cfg.vms)
+    lines = ["/* memfail check --engine spin, backing hugetlbfs: generated, do not edit */"]
+    lines += [
+        f"#define NV {len(vms)}",
+        f"#define NPG {npg}",
+        f"#define NP {len(vms) * npg}",
+        f"#define MAXERR {cfg.bounds.errors}",
+        f"#define MAXVC {maxvc}",
+        "#define VT(v, i) ((v) * MAXVC + (i))",
+        "#define ALIAS(v) " + _or(cfg, lambda vm: "mmap" in _gmem_of(cfg, vm.name).flags),
+        "#define GIGN(v) " + _or(cfg, _ignores_vmce),
+        "#define VM_EARLY(v) " + _or(cfg, lambda vm: early[vm.name]),
+        "bit err[NP]; bit det[NP]; bit hwp[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
+        "bit priv[NP]; bit spte[NP]; byte pte[NV]; bit hs[NV]; byte vst[NV]; bit alive[NV];",
+        "byte bk[NV]; byte fst[NV]; bit affected[NV];",
+        "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
+        "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi; byte kq;",
+        "bit mr;",
+        "#define RESET_SCRATCH mr = 0; tp = 0; fo = 0; ag = 0; gr = 0; rc = 0; rn = 0; "
+        "ph = 0; vi = 0; ko = 0; kq = 0",
+        "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
+        + ")",
+        "#define HELD(v) (bk[v] == OWN && vst[v] != 3)",
+        "#define UNIFORM(v) ((" + " && ".join(f"priv[(v) * NPG + {i}]" for i in range(npg))
+        + ") || (" + " && ".join(f"!priv[(v) * NPG + {i}]" for i in range(npg)) + "))",
+        "#define SPTE(v, p) (spte[p] || hs[v])",
+        "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
+        "bit m_down; bit m_hdown;",
+        f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
+    ]
+    np_ = len(vms) * npg
+    any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(np_)) or "0"
+    any_lost = " || ".join(f"(det[{p}] && err[{p}] && !hwp[{p}])" for p in range(np_)) or "0"
+    lines += [f"#define ANY_CONS2 ({any_cons})", f"#define ANY_LOST ({any_lost})"]
+    missing = [p.name for p in PROPERTIES if p.name not in PROP_EXPR]
+    if missing:
+        raise Unsupported(f"no Promela rendering of {', '.join(missing)}")
+    props = [p.name for p in PROPERTIES]
+    for k, name in enumerate(props):
+        lines.append(f"#define prop_{k} ({PROP_EXPR[name]})  /* {name} */")
+    lines.append("short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
+    viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
+    lines.append(f"#define VIOLATED ({viol})")
+    lines.append(_foreach(SEMANTICS, npg))
+    # observation printer, in observe.layout order
+    fmt, args = [], []
+    for vi, vm in enumerate(cfg.vms):
+        mapped = "mmap" in _gmem_of(cfg, vm.name).flags
+        for pg in range(npg):
+            p = vi * npg + pg
+            for f in PAGE_FIELDS:
+                fmt.append("%d")
+                args.append(f"HELD({vi})" if f == "held" else
+                            f"hwp[{p}]" if f == "rec" else
+                            f"SPTE({vi}, {p})" if f == "spte" else
+                            (f"pte[{vi}]" if pg == 0 and mapped else "0") if f == "pte" else
+                            f"{f}[{p}]")
+        fmt += ["%d", "%d"]
+        args += [f"vst[{vi}]", f"alive[{vi}]"]
+    fmt.append("%d")
+    args.append("panic")
+    for k in range(len(props)):
+        fmt.append("%d")
+        args.append(f"prop_{k}")
+    lines.append(f'inline observe() {{ printf("MF_OBS {" ".join(fmt)}\\n", '
+                 f'{", ".join(args)}) }}')
+    for k, label in enumerate(labels):
+        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)} }}")
+    guards = [(k, *_guard(system, label)) for k, label in enumerate(labels)]
+    lines.append("inline init_state() {")
+    # the set-up: the VMM's mapping faulted in by the guest's stores, one huge SPTE per VM
+    lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN; pte[{i}] = 1; hs[{i}] = 1"
+                                  for i in range(len(vms)))
+                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
+    lines.append("}")
+    lines.append("#ifndef REPLAY")
+    lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
+    lines.append("active proctype checker() {\n"
+                 "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
+                 "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
+                 "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
+    for k, guard, count in guards:
+        lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
+                     f"{count}step_{k}(); RESET_SCRATCH; "
+                     f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
+    lines.append("  od\n}")
+    lines.append("#endif")
+    return Rendered("\n".join(lines) + "\n", labels, props)
+
+
+def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]) -> str:
+    p = dict(label[1])
+    kind = label[0]
+    v = vms.index(p["vm"])
+    q = v * npg + p.get("page", 0)
+    if kind == "hw_error":
+        return f"ev_hw_error({v}, {q}, {int(p['detect'] != 'latent')})"
+    if kind == "scrub":
+        return f"ev_scrub({v}, {q})"
+    if kind == "vcpu_access":
+        return f"ev_vcpu({v}, {q}, {p.get('vcpu') or 0})"
+    if kind == "guest_run":
+        vm = vm_of(cfg, p["vm"])
+        vcpus = list(range(vm.vcpus)) if vm.behaviour == "hostile" else \
+            [0] if vm.behaviour == "careless" else [p.get("vcpu") or 0]
+        rounds = p.get("rounds") or EFFORT
+        stop = {"cooperative": 0, "confidential": 1}.get(vm.behaviour, 2)
+        return f"guest_run({v}, {q}, {vcpus[0]}, {vcpus[-1]}, {rounds}, {stop})"
+    if kind == "vcpu_mce":
+        return f"ev_vcpu_mce({v}, {q}, {p['vcpu']})"
+    if kind == "task_work":
+        return f"tw_run({v}, {p['vcpu']})"
+    if kind == "vmm_access":
+        return f"ev_vmm({v}, {q}, {int(bool(p.get('write')))})"
+    if kind == "kernel_access":
+        hva, chk, rcv, _gm = kernel_user(cfg, system_args(label))
+        return f"ev_kacc({v}, {q}, {int(p['page'] == 0)}, {hva}, {chk}, {rcv})"
+    if kind == "convert":
+        pages = range(p["page"], min(npg, p["page"] + p["pages"]))
+        to = int(p["to"] == "private")
+        return f"if :: alive[{v}] -> hs[{v}] = 0; " + \
+            "; ".join(f"spte[{v * npg + x}] = 0; priv[{v * npg + x}] = {to}" for x in pages) + \
+            " :: else -> skip fi"
+    if kind == "punch_hole":
+        return f"ev_punch({v})"
+    if kind == "realloc":
+        aligned = p["page"] % npg == 0 and p["pages"] % npg == 0
+        return f"ev_realloc({v})" if aligned else "skip"
+    if kind == "release":
+        return f"ev_release({v})"
+    raise Unsupported(kind)
+
+
+# The paths of the kernel's HugeTLB memory-failure handling for a hugetlbfs-backed VM.
+# Function names are the kernel's (mm/memory-failure.c, mm/hugetlb.c, fs/hugetlbfs/inode.c,
+# virt/kvm/kvm_main.c) and the model's (src/memfail/model/kernel/, kvm/, vmm/qemu.py).
+SEMANTICS = r"""
+#define OWN 1
+#define SPARE 2
+/* zap stage 2 of the whole VM (the MMU notifier over the huge page, kvm_mmu_zap_all) */
+inline zap_vm(v) { FOREACH(spte[Q] = 0); hs[v] = 0 }
+/* install the SPTE: at the HugeTLB page's size (replacing 4K ones under it), or at 4K when
+   the huge range holds both private and shared pages (KVM disallows the huge mapping of a
+   range with mixed attributes) */
+inline map_spte(v, p) {
+  if
+  :: UNIFORM(v) -> FOREACH(spte[Q] = 0); hs[v] = 1
+  :: else -> spte[p] = 1
+  fi
+}
+/* free_huge_folio() of the VM's folio: a poisoned one is dissolved (its raw pages keep
+   PG_hwpoison), a clean one goes back to the pool; a spare goes back to the pool */
+inline free_folio(v) {
+  if
+  :: bk[v] == OWN && FRAME_HWP(v) -> fst[v] = 3
+  :: bk[v] == OWN && !FRAME_HWP(v) -> fst[v] = 1
+  :: bk[v] == SPARE -> nspare++
+  :: else -> skip
+  fi;
+  bk[v] = 0
+}
+/* alloc_hugetlb_folio() (hugetlb_no_page, hugetlbfs_fallocate): dequeue_hugetlb_folio, the
+   lowest pfn first (the VM's own frame, then the spares); a dissolved frame is gone */
+inline alloc(v) {
+  if
+  :: fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: else -> skip
+  fi
+}
+/* the VMM exits (QEMU exit(1), or a fatal SIGBUS): exit_mmap, the memfd's last reference
+   goes, remove_inode_hugepages frees the folio; KVM's stage 2 goes with the VM */
+inline kill_vm(v) {
+  zap_vm(v); pte[v] = 0; vst[v] = 2; alive[v] = 0; free_folio(v)
+}
+/* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
+inline guest_mce(v, p, ao) {
+  if
+  :: GIGN(v) -> skip
+  :: else -> goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
+  fi
+}
+/* a memory-failure SIGBUS the VMM's main thread does not survive (kvm_on_sigbus: AR aborts) */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+/* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the first
+   mapping of the file, gmem_create's when the VMM maps the file twice (ALIAS: QEMU finds no
+   guest RAM there and exits, "Hardware memory error for memory used by QEMU itself"), else
+   the memslot's (QEMU injects a vMCE: kvm_arch_on_sigbus_vcpu) */
+inline ar_first(v, p) {
+  if
+  :: !alive[v] -> skip
+  :: ALIAS(v) -> kill_vm(v)
+  :: else -> guest_mce(v, p, 0)
+  fi
+}
+/* memory_failure(pfn, 0) (scrub, GHES, a machine-check-safe kernel copy): the HugeTLB path.
+   A frame no longer in use is a free (or dissolved) huge page: marked, dissolved. In use: a
+   new raw page of a poisoned folio joins its raw list (-EHWPOISON, nobody told); a first
+   failure sets PG_hwpoison, hwpoison_user_mappings() collects the VMM's EARLY thread while the
+   folio is mapped, try_to_unmap() leaves a hwpoison entry, the MMU notifier zaps stage 2 and
+   kill_procs() sends BUS_MCEERR_AO (at gmem_create's mapping: QEMU ignores it; else a vMCE) */
+inline mf_ao(v, p, probe) {
+  if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
+  mr = det[p]; det[p] = 1;
+  if
+  :: bk[v] != OWN -> hwp[p] = 1; if :: fst[v] == 1 -> fst[v] = 3 :: else -> skip fi
+  :: bk[v] == OWN && FRAME_HWP(v) -> hwp[p] = 1
+  :: else ->
+     hwp[p] = 1;
+     if
+     :: pte[v] == 1 && alive[v] ->
+          pte[v] = 2; zap_vm(v);
+          if :: VM_EARLY(v) && !ALIAS(v) -> guest_mce(v, p, 1) :: else -> skip fi
+     :: else ->
+          if :: probe && !mr && VM_EARLY(v) && HELD(v) -> m_untold = 1 :: else -> skip fi
+     fi
+  fi
+}
+/* kill_me_maybe() (R46): memory_failure(pfn, MF_ACTION_REQUIRED). An already poisoned folio
+   (-EHWPOISON): kill_accessing_process() finds the hwpoison entry in current's page tables
+   and sends AR at the memslot's address (QEMU's vMCE); a first failure unmaps and signals
+   current at the first mapping (ar_first) */
+inline kmm(v, p) {
+  ko = (bk[v] == OWN);
+  if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
+  det[p] = 1;
+  if
+  :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> fst[v] = 3 :: else -> skip fi
+  :: ko && FRAME_HWP(v) -> hwp[p] = 1; if :: pte[v] == 2 && alive[v] -> guest_mce(v, p, 0) :: else -> skip fi
+  :: else ->
+     hwp[p] = 1;
+     if :: pte[v] == 1 -> pte[v] = 2 :: else -> skip fi;
+     zap_vm(v);
+     ar_first(v, p)
+  fi
+}
+inline ev_hw_error(v, p, scrub) {
+  err[p] = 1; if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
+  if :: scrub -> mf_ao(v, p, 1) :: else -> skip fi
+}
+inline ev_scrub(v, p) {
+  if :: err[p] -> mf_ao(v, p, 1) :: else -> skip fi
+}
+/* hugetlb_fault() through the VMM's mapping: no page -> hugetlb_no_page allocates (none:
+   VM_FAULT_OOM) */
+inline hfault(v) {
+  if :: bk[v] == 0 -> alloc(v) :: else -> skip fi;
+  if :: bk[v] != 0 -> pte[v] = 1 :: else -> skip fi
+}
+/* kvm_mmu_faultin_pfn() -> hva_to_pfn() for a vCPU without an SPTE: a hwpoison entry is
+   KVM_PFN_ERR_HWPOISON, kvm_send_hwpoison_signal(): SIGBUS AR at the memslot's address, QEMU's
+   vMCE (fo: the fault failed); a missing page is faulted in (hugetlb_fault); none to allocate
+   fails the fault: KVM_RUN -EFAULT with a memory-fault exit, which QEMU takes for a conversion
+   request (qemu_kvm_run_failed: the VM runs on); the HugeTLB page is mapped in stage 2 at its
+   size */
+inline faultin(v, p) {
+  fo = 0;
+  if
+  :: pte[v] == 2 -> guest_mce(v, p, 0); fo = 1
+  :: else ->
+     if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
+     if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
+  fi
+}
+/* kvm_machine_check() (R45) and queue_task_work() (M7), as promela.py's mc() */
+inline mc(v, p, i) {
+  affected[v] = 1;
+  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
+  mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
+  if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
+  if
+  :: mcc[VT(v, i)] > 10 || (mcc[VT(v, i)] > 1 && twp[VT(v, i)] != p + 1) ->
+       panic = 1; m_panic = 1; m_hdown = 1
+  :: else -> skip
+  fi
+}
+/* task_work_run() (M8): the vCPU thread's queued kill_me_maybe */
+inline tw_run(v, i) {
+  if
+  :: twp[VT(v, i)] != 0 && !panic ->
+       tp = twp[VT(v, i)] - 1; twp[VT(v, i)] = 0; mcc[VT(v, i)] = 0; kmm(v, tp)
+  :: else -> skip
+  fi
+}
+/* do_guest_access() (KVM_RUN), as promela.py's ev_vcpu: round 0 the pending task work, rounds
+   1-3 the tries of the SPTE or faultin() and the load */
+inline ev_vcpu(v, p, i) {
+  if
+  :: vst[v] != 0 || !alive[v] -> skip
+  :: gpk[p] -> gpk[p] = 0
+  :: !gpk[p] && goff[p] -> skip
+  :: else ->
+     rn = 0; ag = 1;
+     do
+     :: ag && rn <= 3 ->
+        if
+        :: rn == 0 -> fo = 1
+        :: else ->
+           fo = 0;
+           if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
+           if
+           :: !fo && bk[v] == OWN && err[p] -> mc(v, p, i); fo = 1
+           :: else -> skip
+           fi
+        fi;
+        if :: fo -> tw_run(v, i) :: else -> skip fi;
+        ag = fo && alive[v] && vst[v] == 0 && !panic && (rn == 0 || !goff[p]);
+        rn++
+     :: else -> break
+     od
+  fi
+}
+/* vcpu_mce: a vCPU takes the machine check through its SPTE now, after its queued task work */
+inline ev_vcpu_mce(v, p, i) {
+  tw_run(v, i);
+  if
+  :: vst[v] == 0 && alive[v] && !panic && SPTE(v, p) && bk[v] == OWN && err[p] -> mc(v, p, i)
+  :: else -> skip
+  fi
+}
+/* do_guest_run() (vmm/guest.py), as promela.py's guest_run */
+#define GRUN(v) (vst[v] == 0 && alive[v] && !panic)
+inline guest_run(v, p, lo, hi, rounds, stop) {
+  gr = 1; rn = 0;
+  do
+  :: gr && rn < rounds && GRUN(v) && !goff[p] && !gpk[p] ->
+       rn++; rc = 0; ph = 1; vi = lo;
+       do
+       :: vi > hi && ph < 3 -> ph++; vi = lo
+       :: vi > hi && ph == 3 -> break
+       :: vi <= hi && ph != 2 ->
+            if
+            :: (ph == 1 && GRUN(v)) || (ph == 3 && (rc & (1 << vi))) -> tw_run(v, vi)
+            :: else -> skip
+            fi; vi++
+       :: vi <= hi && ph == 2 ->
+            if
+            :: GRUN(v) && !goff[p] -> fo = 0;
+                 if :: !SPTE(v, p) -> faultin(v, p) :: else -> skip fi;
+                 if :: !fo && bk[v] == OWN && err[p] -> mc(v, p, vi); rc = rc | (1 << vi)
+                 :: else -> skip fi
+            :: else -> skip
+            fi; vi++
+       od;
+       if
+       :: stop == 0 || (stop == 1 && rc == 0) -> gr = 0
+       :: else -> skip
+       fi
+  :: else -> break
+  od
+}
+/* the VMM's main thread loads (or stores) through the memslot's mapping: a hwpoison entry is
+   SIGBUS AR (x86 do_sigbus, R40) QEMU's main thread does not survive; a missing page is
+   faulted in (hugetlb_fault); a consumed error is kill_me_maybe() with current the main
+   thread, whose SIGBUS it does not survive either */
+inline ev_vmm(v, p, wr) {
+  if
+  :: !alive[v] || vst[v] == 3 -> skip
+  :: pte[v] == 2 -> sigbus_kill(v)
+  :: else ->
+     if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
+     if
+     :: pte[v] == 0 -> kill_vm(v)   /* no huge page: VM_FAULT_SIGBUS, BUS_ADRERR (not counted) */
+     :: pte[v] == 1 && bk[v] == OWN && err[p] && !wr ->
+        affected[v] = 1;
+        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+        det[p] = 1;
+        if
+        :: FRAME_HWP(v) -> hwp[p] = 1
+        :: else -> hwp[p] = 1; pte[v] = 2; zap_vm(v)
+        fi;
+        sigbus_kill(v)
+     :: else -> skip
+     fi
+  fi
+}
+/* do_kernel_access() for one user of the inventory: hva users go through the memslot's
+   mapping (a hwpoison entry stops the uaccess, a missing page is faulted in), pfn users read
+   the page behind its PTE (none: not reached); kq 1 the VM's own frame, 2 another (no error).
+   chk 1 (flag): PG_hwpoison of the page or its folio; 2 (raw-flag): the struct page's own,
+   set on the head of an in-use poisoned folio. A machine check in the copy panics (R47) or
+   calls memory_failure(pfn, 0) (copyin, R3) */
+inline ev_kacc(v, p, head, hva, chk, rcv) {
+  kq = 0;
+  if
+  :: !alive[v] || vst[v] == 3 -> skip
+  :: hva && pte[v] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: hva && pte[v] == 0 -> hfault(v); if :: pte[v] == 1 -> kq = (bk[v] == OWN -> 1 : 2) :: else -> skip fi
+  :: !hva && pte[v] != 0 -> kq = (bk[v] == OWN -> 1 : 2)
+  :: else -> skip
+  fi;
+  if
+  :: kq == 1 && chk == 1 && FRAME_HWP(v) -> kq = 0
+  :: kq == 1 && chk == 2 && head && FRAME_HWP(v) -> kq = 0
+  :: else -> skip
+  fi;
+  if
+  :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi;
+     affected[v] = 1
+  :: kq == 1 && err[p] && rcv == 1 -> mf_ao(v, p, 0)
+  :: else -> skip
+  fi;
+  kq = 0
+}
+/* hugetlbfs_punch_hole() through the VMM's fd: hugetlb_vmdelete_list() unmaps the range from
+   every mapping (hwpoison entries too), the MMU notifier zaps stage 2, the folio is freed */
+inline ev_punch(v) {
+  if
+  :: alive[v] && vst[v] != 3 -> pte[v] = 0; zap_vm(v); free_folio(v)
+  :: else -> skip
+  fi
+}
+/* fallocate(ALLOCATE) through the VMM's fd: the model's do_fallocate()
+   (model/kernel/fileops.py) allocates for shmem only and returns 0 on hugetlbfs without
+   allocating (hugetlbfs_fallocate() would add an unmapped huge page): nothing changes */
+inline ev_realloc(v) {
+  skip
+}
+/* munmap of the memslot's mapping, close, vm_destroy: gmem_create's mapping still holds the
+   file, so the folio stays in use (no longer the VM's memory); vm_destroy also after the
+   VMM died */
+inline ev_release(v) {
+  pte[v] = 0; zap_vm(v); vst[v] = 3
+}
+"""
