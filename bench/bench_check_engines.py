@@ -6,6 +6,7 @@
     python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
     python bench/bench_check_engines.py --config standard --seconds 60   # the standard config
     python bench/bench_check_engines.py --config standard --variants     # pan's options
+    python bench/bench_check_engines.py --races --seconds 60  # both engines with --races
 
 States per second per core: the Python engine on one worker (breadth-first over the model,
 bounded by --seconds), SPIN's pan (exhaustive: breadth-first storing every state whole, as
@@ -16,6 +17,9 @@ the wall-clock time and pan's compile time are printed apart. The ratio is what 
 ``--standard`` runs SPIN on the standard configuration (`memfail check` without a file) for
 every preset it renders, and prints each search's size and rate; ``--variants`` compares pan's
 compile-time choices (BFS or DFS, COLLAPSE, HC4, -O1 or -O2) on one configuration.
+``--races`` benches both engines lock-granular (`memfail check --races`: the stages of
+check/races.py, in Promela by check/spin/stages.py) on the same configuration, for the figures
+and for ``--standard`` and ``--variants``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from memfail.check.spin import (
 )
 from memfail.check.spin.promela import policy_refusal, render
 from memfail.check.spin.runner import compile_pan, run_pan
+from memfail.check.spin.stages import render_races
 
 CONFIG = Path(__file__).with_name("check_engines.yaml")
 TARGET_SPIN = 500_000
@@ -51,10 +56,11 @@ def _child_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def python_rate(cfg_path: Path, policy: str, seconds: float) -> tuple[int, int, float, float]:
+def python_rate(cfg_path: Path, policy: str, seconds: float, races: bool = False
+                ) -> tuple[int, int, float, float]:
     """States, transitions, CPU seconds and wall seconds of a one-worker search (in this
     process)."""
-    system = ModelSystem(load_config(cfg_path), policy)
+    system = ModelSystem(load_config(cfg_path), policy, races)
     system.initial()
     c0 = time.process_time()
     with make_backend(1) as backend:
@@ -64,14 +70,14 @@ def python_rate(cfg_path: Path, policy: str, seconds: float) -> tuple[int, int, 
 
 
 def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O2",
-              extra: tuple[str, ...] = (), dfs: bool = False
+              extra: tuple[str, ...] = (), dfs: bool = False, races: bool = False
               ) -> tuple[int, int, float, float, float | None, bool, float]:
     """States, transitions, CPU seconds of pan's search, compile seconds, hash factor,
     completeness and wall seconds of the search (``cfg_path`` None: the standard
     configuration)."""
-    system = ModelSystem(load_config(cfg_path or STANDARD), policy)
+    system = ModelSystem(load_config(cfg_path or STANDARD), policy, races)
     system.initial()
-    text = render(system).text
+    text = render_races(system).text if races else render(system).text
     with tempfile.TemporaryDirectory(prefix="memfail-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -84,18 +90,18 @@ def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O
             st.elapsed)
 
 
-def bench(cfg_path: Path, policy: str, seconds: float) -> None:
-    print(f"engines on {cfg_path.name}, policy {policy}")
-    ps, pt, pe, pw = python_rate(cfg_path, policy, seconds)
+def bench(cfg_path: Path, policy: str, seconds: float, races: bool = False) -> None:
+    print(f"engines on {cfg_path.name}, policy {policy}{', --races' if races else ''}")
+    ps, pt, pe, pw = python_rate(cfg_path, policy, seconds, races)
     py = ps / pe
     print(f"  {'python (1 worker)':31}: {py:12,.0f} states/s  {pt / pe:12,.0f} transitions/s"
           f"  ({ps:,} states in {pe:.1f} s CPU, {pw:.1f} s wall)")
-    es, et, ee, ec, _hf, complete, ew = spin_rate(cfg_path, policy, False)
+    es, et, ee, ec, _hf, complete, ew = spin_rate(cfg_path, policy, False, races=races)
     ex = es / ee
     print(f"  {'spin exhaustive (BFS)':31}: {ex:12,.0f} states/s  {et / ee:12,.0f} "
           f"transitions/s  ({es:,} states in {ee:.2f} s CPU, {ew:.2f} s wall, "
           f"{'complete' if complete else 'INCOMPLETE'}; compile {ec:.1f} s)")
-    bs, bt, be, bc, hf, _, bw = spin_rate(cfg_path, policy, True)
+    bs, bt, be, bc, hf, _, bw = spin_rate(cfg_path, policy, True, races=races)
     bit = bs / be
     print(f"  {'spin bitstate (DFS, -w28)':31}: {bit:12,.0f} states/s  {bt / be:12,.0f} "
           f"transitions/s  ({bs:,} states in {be:.2f} s CPU, {bw:.2f} s wall; hash factor "
@@ -118,36 +124,38 @@ VARIANTS: list[tuple[str, str, tuple[str, ...], bool]] = [
 ]
 
 
-def variants(cfg_path: Path, policy: str) -> None:
+def variants(cfg_path: Path, policy: str, races: bool = False) -> None:
     """pan's exhaustive search of one configuration under each compile-time variant (every
     one keeps -DSAFETY -DNOREDUCE -DNOFAIR: a safety check of one process, where partial
     order reduction has nothing to reduce)."""
-    system = ModelSystem(load_config(cfg_path), policy)
+    system = ModelSystem(load_config(cfg_path), policy, races)
     system.initial()
-    print(f"pan variants on {cfg_path.name}, policy {policy}")
+    print(f"pan variants on {cfg_path.name}, policy {policy}{', --races' if races else ''}")
     for name, opt, extra, dfs in VARIANTS:
         es, et, ee, ec, _hf, complete, ew = spin_rate(cfg_path, policy, False, opt=opt,
-                                                      extra=extra, dfs=dfs)
+                                                      extra=extra, dfs=dfs, races=races)
         print(f"  {name:26}: {es / ee:10,.0f} states/s {et / ee:12,.0f} transitions/s "
               f"({es:,} states in {ee:.2f} s CPU, {ew:.2f} s wall, "
               f"{'complete' if complete else 'INCOMPLETE'}; compile {ec:.1f} s)")
 
 
-def standard() -> None:
+def standard(races: bool = False) -> None:
     """pan on the standard configuration, every preset the Promela model renders."""
     from memfail.check.spin.promela import Unsupported, check_supported
 
     cfg = load_config(STANDARD)
-    print("spin exhaustive on the standard configuration (pan's search only)")
+    print("spin exhaustive on the standard configuration (pan's search only)"
+          + (", --races" if races else ""))
     for policy in cfg.policies:
-        system = ModelSystem(cfg, policy)
+        system = ModelSystem(cfg, policy, races)
         system.initial()
         try:
             check_supported(system)
         except Unsupported as e:
             print(f"  {policy:10}: not rendered ({e})")
             continue
-        es, et, ee, ec, _hf, complete, _w = spin_rate(None, policy, False, opt="-O1")
+        es, et, ee, ec, _hf, complete, _w = spin_rate(None, policy, False, opt="-O1",
+                                                      races=races)
         print(f"  {policy:10}: {es:9,} states {et:11,} transitions, {ee:.3f} s CPU "
               f"({es / ee:10,.0f} states/s), {'complete' if complete else 'INCOMPLETE'}; "
               f"compile {ec:.1f} s")
@@ -197,17 +205,20 @@ def main() -> int:
     ap.add_argument("--variants", action="store_true",
                     help="pan's compile-time variants (BFS/DFS, COLLAPSE, HC4, -O1/-O2) on "
                          "--config instead of the speed figures")
+    ap.add_argument("--races", action="store_true",
+                    help="both engines lock-granular (memfail check --races) on the same "
+                         "configuration")
     a = ap.parse_args()
     if a.config == Path("standard"):
         a.config = STANDARD
     if a.agree:
         return agree(a.agree)
     if a.variants:
-        variants(a.config, a.policy)
+        variants(a.config, a.policy, a.races)
         return 0
-    bench(a.config, a.policy, a.seconds)
+    bench(a.config, a.policy, a.seconds, a.races)
     if a.standard:
-        standard()
+        standard(a.races)
     return 0
 
 

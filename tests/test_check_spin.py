@@ -155,10 +155,8 @@ def test_policies_of_the_file_spin_does_not_render_are_named_and_skipped(
     assert "hugetlbfs" not in names and "unmap" in names
 
 
-def test_races_and_unknown_engine_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(AGREE_CONFIG), "--engine", "spin", "--races",
-                 "--policy", "minimum"]) == 2
-    assert "--races" in capsys.readouterr().err
+def test_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # --races with --engine spin: tests/test_check_spin_races.py
     assert main(["check", str(AGREE_CONFIG), "--engine", "nusmv"]) == 2
     assert "unknown engine 'nusmv'" in capsys.readouterr().err
 

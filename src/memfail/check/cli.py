@@ -302,7 +302,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                           "spin-bitstate")
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
-        policies = _spin_policies(policies)
+        policies = _spin_policies(policies, races)
     if policy:
         from memfail.model.policy.registry import make_policy, policy_names
 
@@ -472,12 +472,13 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
                           f"steps: {f.message}{where}")
 
 
-def _spin_policies(policies: list[str]) -> list[str]:
-    """The configuration's policies the SPIN engine renders; the others are named on stderr
-    (a policy asked for with --policy that it does not render is a usage error)."""
+def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
+    """The configuration's policies the SPIN engine renders (with ``races``, lock-granular);
+    the others are named on stderr (a policy asked for with --policy that it does not render
+    is a usage error)."""
     from memfail.check.spin.promela import split_rendered
 
-    keep, refused = split_rendered(policies)
+    keep, refused = split_rendered(policies, races)
     for why in refused.values():
         Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
                                    soft_wrap=True)
@@ -488,12 +489,10 @@ def _spin_policies(policies: list[str]) -> list[str]:
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool) -> Result:
-    """One policy by the SPIN engine (memfail.check.spin)."""
+    """One policy by the SPIN engine (memfail.check.spin); with ``races`` the system is
+    lock-granular and the Promela model renders its stages (spin/stages.py)."""
     from memfail.check.spin.engine import spin_result
 
-    if races:
-        raise OptionError("--engine", "--races is not modelled by the SPIN engine; use "
-                          "--engine python")
     return spin_result(system, props, bitstate=engine == "spin-bitstate")
 
 

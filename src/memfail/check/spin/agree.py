@@ -23,6 +23,7 @@ from typing import Any
 from memfail.check.spin.observe import layout, observe
 from memfail.check.spin.promela import Rendered, render, replay_text
 from memfail.check.spin.runner import _run, parse_sim, tools
+from memfail.check.spin.stages import RacesRendered, render_races, replay_races_text
 
 
 @dataclass
@@ -65,7 +66,9 @@ def replay_promela(system: Any, rendered: Rendered, seq: list[int]) -> Walk:
     spin, _ = tools()
     with tempfile.TemporaryDirectory(prefix="memfail-spin-") as tmp:
         work = Path(tmp)
-        (work / "replay.pml").write_text(replay_text(rendered, system, seq))
+        text = replay_races_text(rendered, seq) if isinstance(rendered, RacesRendered) \
+            else replay_text(rendered, system, seq)
+        (work / "replay.pml").write_text(text)
         out = _run([spin, "-T", "replay.pml"], work)
     steps, obs = parse_sim(out)
     blocked = next((int(line.split()[1]) for line in out.splitlines()
@@ -99,10 +102,12 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
         args = ", ".join(f"{k}={v}" for k, v in lab[1] if v is not None)
         return f"{lab[0]}({args})"
 
-    for side, w in zip(names, (a, b), strict=True):
-        if w.blocked is not None:
-            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     n = min(len(a.observations), len(b.observations))
+    first = next((i for i in range(n) if a.observations[i] != b.observations[i]), n)
+    for side, w in zip(names, (a, b), strict=True):
+        # a label one engine could not take, unless the observations differed before it
+        if w.blocked is not None and w.blocked + 1 <= first:
+            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     for i in range(n):
         if a.observations[i] != b.observations[i]:
             diffs = [f"{f}: {names[0]} {x}, {names[1]} {y}"
@@ -111,15 +116,23 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
             where = "the initial state" if i == 0 else f"step {i} ({label(i - 1)})"
             path = " / ".join(label(j) for j in range(i))
             return f"{where} after [{path}]: " + "; ".join(diffs)
+    for side, w in zip(names, (a, b), strict=True):
+        if w.blocked is not None:
+            return f"step {w.blocked + 1} ({label(w.blocked)}): not enabled in {side}"
     if len(a.observations) != len(b.observations):
         return f"{names[0]} took {len(a.labels)} steps, {names[1]} {len(b.labels)}"
     return None
 
 
+def _render(system: Any) -> Rendered:
+    """The Promela model of ``system``: with the stages when it checks races."""
+    return render_races(system) if getattr(system, "races", False) else render(system)
+
+
 def agree_walk(system: Any, seed: int, steps: int, rendered: Rendered | None = None
                ) -> str | None:
     """A seeded Python walk replayed in Promela: the first difference, or None."""
-    rendered = rendered or render(system)
+    rendered = rendered or _render(system)
     a = walk_python(system, rendered, seed, steps)
     b = replay_promela(system, rendered, a.labels)
     return compare(system, rendered, a, b, ("python", "promela"))
@@ -128,7 +141,7 @@ def agree_walk(system: Any, seed: int, steps: int, rendered: Rendered | None = N
 def agree_simulation(system: Any, seed: int, steps: int, rendered: Rendered | None = None
                      ) -> str | None:
     """A seeded SPIN simulation replayed on the Python model: the first difference, or None."""
-    rendered = rendered or render(system)
+    rendered = rendered or _render(system)
     a = simulate_spin(system, rendered, seed, steps)
     b = replay_python(system, rendered, a.labels)
     return compare(system, rendered, a, b, ("promela", "python"))

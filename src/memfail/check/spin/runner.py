@@ -24,6 +24,7 @@ from typing import Any
 
 from memfail.check.explorer import FAIL, PARTIAL, PASS, Coverage, Result, Verdict
 from memfail.check.spin.promela import Rendered, render
+from memfail.check.spin.stages import render_races
 
 
 class SpinMissing(RuntimeError):
@@ -160,14 +161,18 @@ def parse_sim(out: str) -> tuple[list[int], list[tuple[int, ...]]]:
 
 
 def label_kind(label: Any) -> str:
-    return str(label[0])
+    """The event kind of a label (a --races continuation label's origin's)."""
+    from memfail.check.races import origin
+
+    return str(origin(label)[0])
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
                  keep: Path | None = None) -> SpinRun:
     """The verdict of every property in ``props`` for one ModelSystem, by SPIN."""
     system.initial()
-    rendered: Rendered = render(system)
+    rendered: Rendered = render_races(system) if getattr(system, "races", False) \
+        else render(system)
     index = {name: k for k, name in enumerate(rendered.props)}
     todo = set(props)
     verdicts: dict[str, Verdict] = {}

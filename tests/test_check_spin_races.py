@@ -1,0 +1,186 @@
+"""`memfail check --engine spin --races`: the lock-granular stages (check/races.py) rendered in
+Promela (check/spin/stages.py), checked against the Python engine's --races.
+
+* The verdicts per policy and property are the same as the Python engine's on the races
+  configuration of tests/test_check_races.py (both engines complete there), and every SPIN
+  trail, written by --out, replays with `memfail run` (exit 0).
+* Seeded Python --races walks (continuation labels included) are accepted step by step by the
+  Promela model with the same observation; SPIN random simulations replay on the Python model.
+* The straddling fault (a stage-2 fault whose snapshot predates memory_failure()'s zap) is
+  retried in both engines; a Promela model that forgets the staleness is caught, naming the
+  step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memfail.check import races
+from memfail.check.config import load_config_text
+from memfail.check.model_system import ModelSystem
+from memfail.check.spin.agree import (
+    agree_simulation,
+    agree_walk,
+    compare,
+    replay_promela,
+    replay_python,
+    walk_python,
+)
+from memfail.check.spin.observe import layout
+from memfail.check.spin.stages import CODE, RacesRendered, render_races
+from memfail.cli import main
+
+CFG = """\
+policies: [mainline, minimum, unmap, kill-vm, unusable, future]
+geometry: {pmd_order: 2, pud_order: 3}
+host: {memory: 8G, hugepages: {2M: 2}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: convert, vm: vm0, page: 0, to: private, limit: 1}
+  - {event: vcpu_access, vm: vm0, page: 0}
+  - {event: hw_error, vm: vm0, page: 0, detect: scrub}
+bounds: {depth: 40, errors: 1}
+"""
+
+# A second configuration: an error found by scrub or consumed, the VMM's own access (a host
+# fault), punch hole and release in flight with the rest.
+CFG_HOST = """\
+policies: [mainline, unmap, future]
+geometry: {pmd_order: 1, pud_order: 2}
+host: {memory: 8G, hugepages: {2M: 2}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+guest_memfd:
+  - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: gmem0}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: [latent, scrub]}
+  - {event: vcpu_access, vm: vm0, page: 0}
+  - {event: vmm_access, vm: vm0, page: 0}
+  - {event: punch_hole, vm: vm0, page: 0, pages: 2, limit: 1}
+  - {event: release, vm: vm0, limit: 1}
+bounds: {depth: 40, errors: 1}
+"""
+
+WALKS, STEPS = 8, 20
+
+
+def _system(policy: str, text: str = CFG) -> ModelSystem:
+    s = ModelSystem(load_config_text(text), policy, races=True)
+    s.initial()
+    return s
+
+
+def test_races_verdicts_equal_python_and_trails_replay(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "races.yaml"
+    cfg.write_text(CFG)
+    rc_py = main(["check", str(cfg), "--races", "--json"])
+    py = json.loads(capsys.readouterr().out)
+    rc_spin = main(["check", str(cfg), "--races", "--engine", "spin", "--json",
+                    "--out", str(tmp_path / "cex")])
+    spin = json.loads(capsys.readouterr().out)
+    assert rc_py == rc_spin == 1
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert a["policy"] == b["policy"] and a["complete"] and b["complete"]
+        for name, va in a["verdicts"].items():
+            vb = b["verdicts"][name]
+            assert (va["status"], va["depth"]) == (vb["status"], vb["depth"]), \
+                f"{a['policy']} {name}: python {va['status']}({va['depth']}), " \
+                f"spin {vb['status']}({vb['depth']})"
+            if va["status"] == "FAIL":
+                assert vb["message"] == va["message"]
+    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL"]
+    assert files and None not in files
+    for f in files:
+        code = main(["run", f])
+        assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"
+    # at least one trail goes through a stage (a `stage` step of the scenario)
+    assert any("stage" in Path(f).read_text() for f in files)
+
+
+@pytest.mark.parametrize("text,policy", [(CFG, "unmap"), (CFG, "mainline"),
+                                         (CFG_HOST, "mainline"), (CFG_HOST, "unmap"),
+                                         (CFG_HOST, "future")],
+                         ids=["races-unmap", "races-mainline", "host-mainline", "host-unmap",
+                              "host-future"])
+def test_python_races_walks_and_spin_simulations_agree(text: str, policy: str) -> None:
+    system = _system(policy, text)
+    rendered = render_races(system)
+    took_stage = False
+    for seed in range(WALKS):
+        walk = walk_python(system, rendered, seed, STEPS)
+        took_stage |= any(k >= rendered.nbase for k in walk.labels)
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"{policy}, walk seed {seed}: {diff}"
+    assert took_stage, "the walks never took a continuation label"
+    for seed in (1, 2):
+        diff = agree_simulation(system, seed, STEPS, rendered)
+        assert diff is None, f"{policy}, spin -n{seed}: {diff}"
+
+
+def _straddling(system: ModelSystem, rendered: RacesRendered) -> list[int]:
+    """convert, its folios, a fault's get_pfn, memory_failure()'s record and unmap, then the
+    fault's map (stale: retried) and its get_pfn again (refused by the fault check)."""
+    index = {lab: k for k, lab in enumerate(rendered.labels)}
+
+    def cont(kind: str, stage: str) -> int:
+        return next(k for lab, k in index.items() if races.is_continuation(lab) and
+                    races.origin(lab)[0] == kind and lab[1][1][1] == stage)
+
+    def fresh(kind: str) -> int:
+        return next(k for lab, k in index.items() if lab[0] == kind)
+
+    return [fresh("convert"), cont("convert", "convert.folios"), fresh("vcpu_access"),
+            fresh("hw_error"), cont("hw_error", "mf.unmap"), cont("vcpu_access", "fault.map"),
+            cont("vcpu_access", "fault.get_pfn")]
+
+
+def _python_walk(system: ModelSystem, rendered: RacesRendered, seq: list[int]) -> Any:
+    return replay_python(system, rendered, seq)
+
+
+def test_straddling_fault_is_retried_in_both_engines_and_a_wrong_model_is_caught() -> None:
+    system = _system("unmap")
+    rendered = render_races(system)
+    seq = _straddling(system, rendered)
+    py = _python_walk(system, rendered, seq)
+    assert py.blocked is None
+    pm = replay_promela(system, rendered, seq)
+    assert compare(system, rendered, py, pm, ("python", "promela")) is None
+    # the fault was not mapped: no SPTE on vm0's page 0 after the retried get_pfn
+    spte = layout(system).index("vm0[0].spte")
+    assert pm.observations[-1][spte] == 0
+    # a Promela model that forgets mmu_invalidate_seq maps the poisoned page at fault.map
+    wrong = RacesRendered(rendered.text.replace(f"&& st_{seq[2]} == {CODE['fault.map']} -> "
+                                                f"sx_{seq[2]} = 1", "&& 0 -> skip"),
+                          rendered.labels, rendered.props, nbase=rendered.nbase)
+    assert wrong.text != rendered.text
+    bad = replay_promela(system, wrong, seq)
+    diff = compare(system, rendered, py, bad, ("python", "promela"))
+    assert diff is not None and "fault.map" in diff and "vm0[0].spte" in diff, diff
+
+
+def test_locks_and_mf_waits_are_guards_in_promela() -> None:
+    """A stage whose lock another op in flight holds is not enabled in either engine: after
+    mf.record (mf_mutex carried) a second memory_failure() cannot start."""
+    system = _system("unmap")
+    rendered = render_races(system)
+    index = {lab: k for k, lab in enumerate(rendered.labels)}
+    hw = next(k for lab, k in index.items() if lab[0] == "hw_error")
+    s = system.step(system.initial(), rendered.labels[hw])
+    assert s.inflight and s.inflight[0][1] == "mf.unmap"
+    assert rendered.labels[hw] not in system.enabled(s)
+    pm = replay_promela(system, rendered, [hw, hw])
+    assert pm.blocked == 1
