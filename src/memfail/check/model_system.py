@@ -32,7 +32,13 @@ from memfail.model.actions import parse_action
 from memfail.model.errors import ModelInputError
 from memfail.model.host import HANDLERS
 from memfail.model.kernel.fs import GMEM
-from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, PolicyEvent
+from memfail.model.trace import (
+    Event,
+    MemoryFailureCall,
+    MemoryFailureEvent,
+    PoisonConsumed,
+    PolicyEvent,
+)
 
 # The guest_memfd policy hooks that report acting with a ``PolicyEvent`` (its ``hook`` field),
 # as src/memfail/model/kvm/gmem.py emits them: the policy's memory_failure() path
@@ -729,8 +735,14 @@ class ModelSystem:
 
 
 def _failed_pfns(events: tuple[Any, ...]) -> set[int]:
-    """The pfns memory_failure() handled or a CPU consumed in a step's events."""
-    return {e.pfn for e in events if isinstance(e, MemoryFailureCall | PoisonConsumed)}
+    """The pfns memory_failure() handled or recorded, or a CPU consumed, in a step's events.
+    action_result() (its MemoryFailureEvent) counts too: with ``--races`` memory_failure()
+    records a failure in its ``mf.record`` stage and returns (MemoryFailureCall) only in
+    ``mf.notify``, and the VM whose frame holds it is affected from the record on (a VMM
+    refused its own page in between was told of its own memory's failure, not of another
+    VM's). Without ``--races`` both come in the same step."""
+    return {e.pfn for e in events
+            if isinstance(e, MemoryFailureCall | PoisonConsumed | MemoryFailureEvent)}
 
 
 def _vms_holding(host: Any, pfns: set[int]) -> frozenset[str]:

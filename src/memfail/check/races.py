@@ -221,17 +221,13 @@ def mf_unmap(host: HostState, pfn: int) -> None:
 
 def mf_notify(host: HostState, pfn: int, via: str) -> None:
     """Stage mf.notify: the tail of policy_memory_failure() for an AO failure
-    (apply_vm_on_error, notify-vmm / defer), then memory_failure()'s trace event."""
+    (apply_vm_on_error, then gmem.unconsumed_action: notify-vmm, defer, kill-vm, unusable or
+    the kernel's handling), then memory_failure()'s trace event."""
     folio = _gmem_folio_now(host, pfn)
     if folio is not None:
-        pol = gmem.policy(host)
         inode = folio.mapping
         gmem.apply_vm_on_error(host, inode, pfn)
-        if pol.unconsumed == "notify-vmm":
-            for vm, _lead in gmem.vmm_threads(inode):
-                gmem.notify_vmm(host, vm, inode, folio, pfn)
-        elif pol.unconsumed == "defer":
-            gmem.policy_event(host, "memory_failure", "unconsumed failure deferred", pfn)
+        gmem.unconsumed_action(host, inode, folio, pfn)
     host.emit(MemoryFailureCall(host.trace.step, pfn, (), 0, errno_name(0), via))
 
 

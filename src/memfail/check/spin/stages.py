@@ -160,8 +160,11 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
     aff = f"if :: bk[{v}] == OWN -> affected[{v}] = 1 :: else -> skip fi; " \
         if kind == "hw_error" else ""
     if stage == "mf.record":  # races.mf_record
+        # action_result() traces the failure here: the VM its frame backs is affected from
+        # now on (model_system._failed_pfns), whoever found it
+        rec = aff or f"if :: bk[{v}] == OWN -> affected[{v}] = 1 :: else -> skip fi; "
         hw = f"err[{q}] = 1; " if kind == "hw_error" else ""
-        return (aff + hw + f"pdet[{q}] = 1; tab[{q}] = 1; "
+        return (rec + hw + f"pdet[{q}] = 1; tab[{q}] = 1; "
                 f"if :: record == K_RECORD_FOLIO -> hwp[{q}] = 1 :: else -> skip fi; "
                 + goto("mf.unmap"))
     if stage == "mf.unmap":  # races.mf_unmap: of the folio found now
@@ -236,11 +239,17 @@ inline MF_UNMAP(v, p) {
   fi;
   if :: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2; MMU_NOTIFY(v, p) :: else -> skip fi
 }
-/* races.mf_notify: _apply_vm_on_error, notify-vmm (the unconsumed failure's AO) or defer */
+/* races.mf_notify: apply_vm_on_error, then gmem.unconsumed_action (kill-vm, unusable,
+   notify-vmm: the unconsumed failure's AO, or defer) */
 inline MF_NOTIFY(v, p) {
   if
   :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_vm(v)
   :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
+  :: else -> skip
+  fi;
+  if
+  :: unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+  :: unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
   :: else -> skip
   fi;
   if

@@ -650,6 +650,16 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
         return -EHWPOISON
     if ar:
         return -EHWPOISON
+    unconsumed_action(host, inode, folio, pfn)
+    return 0
+
+
+def unconsumed_action(host: Host, inode: Inode, folio: Folio, pfn: int) -> None:
+    """The policy's ``unconsumed`` action for an AO failure (the tail of
+    policy_memory_failure(), also the ``mf.notify`` stage of ``check --races``): tell the
+    VMM (notify-vmm), defer, kill the bound VMs, make the guest_memfd unusable, or the
+    kernel's own handling."""
+    pol = policy(host)
     if pol.unconsumed == "notify-vmm":
         for vm, _lead in vmm_threads(inode):
             notify_vmm(host, vm, inode, folio, pfn)
@@ -661,7 +671,6 @@ def policy_memory_failure(host: Host, pfn: int, flags: int, folio: Folio,
         _make_unusable(host, inode, pfn)
     else:
         _kernel_unconsumed(host, folio, pfn)
-    return 0
 
 
 def _kill_bound_vms(host: Host, inode: Inode, why: str) -> None:
