@@ -146,8 +146,13 @@ ATOMIC_NEEDS: dict[str, frozenset[Lock]] = {
     "release": frozenset({INV_X, FOLIO, HUGETLB_LOCK, MMU}), "realloc": frozenset({INV_X, HUGETLB_LOCK}),
     "action": frozenset(),
     # guest behaviours and the machine-check window (docs/mce.md): accesses, like vcpu_access;
-    # a step of theirs that calls memory_failure() waits like any consumption (model_system)
-    "guest_run": frozenset(), "vcpu_mce": frozenset(), "task_work": frozenset(),
+    # a step of theirs that calls memory_failure() waits like any consumption (model_system).
+    # A guest's rounds re-fault after every exit (guest_round -> faultin -> kvm_gmem_get_pfn,
+    # which takes the invalidate lock shared), so guest_run needs it as a stage-2 fault does:
+    # it cannot fault a page in between punch.zap and punch.free (or the two conversion
+    # stages) of another event. vcpu_mce (a machine check through the SPTE) and task_work
+    # (kill_me_maybe) fault nothing in.
+    "guest_run": frozenset({INV_S}), "vcpu_mce": frozenset(), "task_work": frozenset(),
 }
 
 
