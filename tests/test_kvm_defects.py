@@ -172,7 +172,7 @@ processes:
 guest_memfd:
   - {name: gmem0, size: %s, backing: %s, flags: [mmap, init_shared]}
 vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: sw-protected}
 events:
   - {event: hw_error, vm: vm0, page: 0, detect: scrub}
   - {event: convert, vm: vm0, page: 0, to: shared}
@@ -218,3 +218,39 @@ steps:
 """)
     hooks = [e.hook for e in r.trace.of(PolicyEvent) if e.step >= r.steps[-1].trace_step]
     assert hooks and "merge" not in hooks
+
+
+# ------------------------------------------------------------ PRIVATE on a VM without private memory
+
+
+ATTRIBUTES = """\
+name: attributes-%s
+profile: next
+policy: mainline
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], sigbus: handler}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, type: %s, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap, init_shared], backing: 2M}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: true}
+  - guest_access: {vm: vm0, gpa: 0}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: false}
+"""
+
+
+def test_private_attribute_is_refused_on_a_default_vm() -> None:
+    """kvm_vm_ioctl_set_mem_attributes() returns -EINVAL for PRIVATE unless
+    kvm_arch_has_private_mem() (sw-protected, SNP, TDX): on a default VM the ioctl fails and
+    stage 2 keeps its mapping; a sw-protected VM converts (zap). Shared is allowed on both."""
+    for vm_type, ret, zapped in (("default", -1, False), ("sw-protected", 0, True)):
+        r = _run(ATTRIBUTES % (vm_type, vm_type))
+        to_private, _access, to_shared = r.steps[-3:]
+        errnos = [getattr(e, "errno", None) for e in to_private.events if e.kind == "action"]
+        assert to_private.ret == ret, vm_type
+        if ret:
+            assert errnos == ["EINVAL"], errnos
+        assert any(e.kind == "stage2_zap" for e in to_private.events) == zapped, vm_type
+        assert to_shared.ret == 0, vm_type

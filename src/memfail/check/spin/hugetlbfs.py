@@ -237,6 +237,10 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
+        if to and vm_of(cfg, p["vm"]).type == "default":
+            # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
+            # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
+            return "skip"
         return f"if :: alive[{v}] -> hs[{v}] = 0; " + \
             "; ".join(f"spte[{v * npg + x}] = 0; priv[{v * npg + x}] = {to}" for x in pages) + \
             " :: else -> skip fi"
