@@ -254,3 +254,44 @@ def test_private_attribute_is_refused_on_a_default_vm() -> None:
             assert errnos == ["EINVAL"], errnos
         assert any(e.kind == "stage2_zap" for e in to_private.events) == zapped, vm_type
         assert to_shared.ret == 0, vm_type
+
+
+# ------------------------------------------------------------ hugetlbfs: QEMU maps its RAM once
+
+
+HUGETLBFS_OWN_MAPPING = """\
+name: hugetlbfs-own-mapping
+profile: next
+policy: hugetlbfs
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], sigbus: handler, mce_kill: {main: early, vcpu0: late}}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap], backing: 2M}
+  - mmap: {proc: qemu0, name: vm0.ram, size: 16K, fd: gmem0, shared: true}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0, hva: vm0.ram}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+"""
+
+
+def test_hugetlbfs_vmm_mapping_the_memfd_itself_gets_the_vmce() -> None:
+    """Under backing hugetlbfs gmem_create maps the memfd for the VMM; a VMM that maps it
+    itself and registers that mapping keeps one mapping (QEMU maps its RAM once), so
+    kill_me_maybe()'s BUS_MCEERR_AR carries a guest RAM address and QEMU injects the vMCE
+    (S10) instead of exiting on an address outside guest RAM."""
+    r = _run(HUGETLBFS_OWN_MAPPING + "  - hw_error: {vm: vm0, gpa: 0}\n"
+             "  - guest_access: {vm: vm0, gpa: 0}\n")
+    consumed = r.steps[-1]
+    assert consumed.ret == "mce-injected"
+    assert "GUEST addr 0x0 of type BUS_MCEERR_AR injected" in _log(r)
+    assert "used by QEMU itself" not in _log(r)
+    assert r.processes["qemu0"]["state"] == "running"
+
+
+def test_hugetlbfs_release_of_the_vmm_own_mapping_frees_the_folio() -> None:
+    """munmap of the VMM's one mapping, close, vm_destroy: nothing holds the memfd, its
+    inode is evicted and the huge page returns to the pool (no stand-in mapping keeps it)."""
+    r = _run(HUGETLBFS_OWN_MAPPING + "  - munmap: {proc: qemu0, addr: vm0.ram}\n"
+             "  - close: {proc: qemu0, fd: gmem0}\n  - vm_destroy: {vm: vm0}\n")
+    assert r.meminfo_after["free_hugepages_2M"] == 2

@@ -243,6 +243,16 @@ def do_memslot(host: Host, a: Memslot) -> ActionResult:
             own = vm.vmm.regions.get(hva_name) if hva_name is not None else None
             if own is None or own.inode is not of.inode:
                 hva_name = alt  # the scenario's hva is other memory (e.g. an anon alias)
+            elif hva_name != alt and alt in vm.vmm.regions:
+                # The VMM maps the memfd itself and registers that mapping: QEMU maps its
+                # RAM once, so gmem_create's stand-in goes. Kept, it would be a second VMA
+                # of the file: collect_procs_file() (mm/memory-failure.c) adds a kill entry
+                # per VMA and the first SIGBUS would carry the stand-in's address, which
+                # QEMU does not find in guest RAM (it exits instead of injecting, S10).
+                from ..actions import Munmap
+                from ..kernel.mmops import do_munmap
+
+                do_munmap(host, Munmap(proc=vm.vmm.comm, addr=alt))
             gmem_fd = None
     if hva_name is not None:
         region = vm.vmm.regions.get(hva_name)
