@@ -216,6 +216,18 @@ def test_a_consumed_error_is_a_vmce_whether_or_not_the_vmm_maps_the_memfd_itself
         [(0, 0), (1, 1), (1, 1), (0, 0)]
 
 
+def test_a_refilled_hole_nobody_maps_tells_no_early_thread_in_both() -> None:
+    """punch_hole frees vm0's folio, fallocate(ALLOCATE) refills the hole from the pool
+    (hugetlbfs_fallocate: in the page cache, mapped by nobody); a scrubbed error there is
+    marked but no EARLY thread is told, as nobody maps the page (early-told), in both."""
+    seq = [("punch_hole", {"vm": "vm0"}), ("realloc", {"vm": "vm0"})]
+    assert _outcome(seq, "vm0[0].held", "vm0[0].pte", config=AGREE_HUGETLBFS_CONFIG) == \
+        [(1, 1), (0, 0)]
+    seq.append(("hw_error", {"vm": "vm0", "page": 0, "detect": "scrub"}))
+    assert _outcome(seq, "vm0[0].rec", "violated.early-told",
+                    config=AGREE_HUGETLBFS_CONFIG) == [(1, 1), (1, 1)]
+
+
 def test_an_ao_error_leaves_a_hwpoison_entry_and_a_second_raw_page_joins_silently() -> None:
     """Patrol scrub on vm0 page 0: PG_hwpoison, a hwpoison entry in the VMM's huge PTE, stage
     2 zapped; on page 1 of the same folio: the raw list only (-EHWPOISON)."""

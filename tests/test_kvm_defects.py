@@ -295,3 +295,33 @@ def test_hugetlbfs_release_of_the_vmm_own_mapping_frees_the_folio() -> None:
     r = _run(HUGETLBFS_OWN_MAPPING + "  - munmap: {proc: qemu0, addr: vm0.ram}\n"
              "  - close: {proc: qemu0, fd: gmem0}\n  - vm_destroy: {vm: vm0}\n")
     assert r.meminfo_after["free_hugepages_2M"] == 2
+
+
+# ------------------------------------------------------------ hugetlbfs fallocate(ALLOCATE)
+
+
+HUGETLBFS_FALLOCATE = """\
+name: hugetlbfs-fallocate
+profile: next
+policy: mainline
+host: {memory: 8G, hugepages: {2M: %d}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main], sigbus: handler}
+steps:
+  - memfd_create: {proc: qemu0, name: ram, size: 32K, hugetlb: true, huge: 2M}
+  - fallocate: {proc: qemu0, fd: ram, mode: allocate, offset: 4K, len: 4K}
+  - fallocate: {proc: qemu0, fd: ram, mode: allocate, offset: 0, len: 32K}
+"""
+
+
+def test_hugetlbfs_fallocate_allocates_huge_pages_into_the_page_cache() -> None:
+    """hugetlbfs_fallocate(): the range is rounded out to whole huge pages, each missing one is
+    allocated from the pool into the page cache (a page already there is kept); with none free
+    the call fails with ENOSPC."""
+    r = _run(HUGETLBFS_FALLOCATE % 2)
+    assert [s.ret for s in r.steps[-2:]] == [0, 0]
+    assert r.meminfo_after["free_hugepages_2M"] == 0
+    r = _run(HUGETLBFS_FALLOCATE % 1)
+    first, second = r.steps[-2:]
+    assert first.ret == 0 and second.ret == -1
+    assert [e.errno for e in second.events if e.kind == "action"] == ["ENOSPC"]

@@ -245,9 +245,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
             " :: else -> skip fi"
     if kind == "punch_hole":
         return f"ev_punch({v})"
-    if kind == "realloc":
-        aligned = p["page"] % npg == 0 and p["pages"] % npg == 0
-        return f"ev_realloc({v})" if aligned else "skip"
+    if kind == "realloc":  # the range is rounded out to the huge page (hugetlbfs_fallocate)
+        return f"ev_realloc({v})"
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
@@ -364,10 +363,12 @@ inline ev_scrub(v, p) {
   if :: err[p] -> mf_ao(v, p, 1) :: else -> skip fi
 }
 /* hugetlb_fault() through the VMM's mapping: no page -> hugetlb_no_page allocates (none:
-   VM_FAULT_OOM) */
+   VM_FAULT_OOM); a poisoned folio in the page cache (CACHED_HWP: hugetlbfs_fallocate() put it
+   there and nobody mapped it when it failed) is VM_FAULT_HWPOISON_LARGE, nothing mapped */
+#define CACHED_HWP(v) (bk[v] == OWN && FRAME_HWP(v))
 inline hfault(v) {
   if :: bk[v] == 0 -> alloc(v) :: else -> skip fi;
-  if :: bk[v] != 0 -> pte[v] = 1 :: else -> skip fi
+  if :: bk[v] != 0 && !CACHED_HWP(v) -> pte[v] = 1 :: else -> skip fi
 }
 /* kvm_mmu_faultin_pfn() -> hva_to_pfn() for a vCPU without an SPTE: a hwpoison entry is
    KVM_PFN_ERR_HWPOISON, kvm_send_hwpoison_signal(): SIGBUS AR at the memslot's address, QEMU's
@@ -378,7 +379,7 @@ inline hfault(v) {
 inline faultin(v, p) {
   fo = 0;
   if
-  :: pte[v] == 2 -> guest_mce(v, p, 0); fo = 1
+  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
@@ -478,7 +479,7 @@ inline guest_run(v, p, lo, hi, rounds, stop) {
 inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[v] == 2 -> sigbus_kill(v)
+  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> sigbus_kill(v)
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if
@@ -532,11 +533,15 @@ inline ev_punch(v) {
   :: else -> skip
   fi
 }
-/* fallocate(ALLOCATE) through the VMM's fd: the model's do_fallocate()
-   (model/kernel/fileops.py) allocates for shmem only and returns 0 on hugetlbfs without
-   allocating (hugetlbfs_fallocate() would add an unmapped huge page): nothing changes */
+/* fallocate(ALLOCATE) through the VMM's fd: hugetlbfs_fallocate() rounds the range out to
+   the huge page; a page already in the page cache (poisoned or not) is kept, else a huge folio
+   is allocated from the pool into the page cache, unmapped (alloc_hugetlb_folio: none free is
+   -ENOSPC, nothing changes). Through a VMM that has exited or closed the fd: nothing */
 inline ev_realloc(v) {
-  skip
+  if
+  :: alive[v] && vst[v] != 3 && bk[v] == 0 -> alloc(v)
+  :: else -> skip
+  fi
 }
 /* munmap of the memslot's mapping (the VMM's only one), close, vm_destroy: nothing holds the
    memfd any more, its inode is evicted (hugetlbfs_evict_inode -> remove_inode_hugepages) and
