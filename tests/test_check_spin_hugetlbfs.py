@@ -228,6 +228,21 @@ def test_a_refilled_hole_nobody_maps_tells_no_early_thread_in_both() -> None:
                     config=AGREE_HUGETLBFS_CONFIG) == [(1, 1), (1, 1)]
 
 
+def test_a_default_vm_converting_to_private_changes_nothing_in_both(tmp_path: Path) -> None:
+    """agree-hugetlbfs.yaml with vm0 a default VM: KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails
+    with -EINVAL (kvm_supported_mem_attributes()), so the page stays shared and the huge SPTE
+    stays; the sw-protected vm0 of the shipped file makes it private (4K SPTEs)."""
+    text = AGREE_HUGETLBFS_CONFIG.read_text()
+    assert ", type: sw-protected}" in text
+    path = tmp_path / "default.yaml"
+    path.write_text(text.replace(", type: sw-protected}", "}"))
+    seq = [("vcpu_access", {"vm": "vm0", "page": 1}),
+           ("convert", {"vm": "vm0", "page": 0, "pages": 1, "to": "private"})]
+    assert _outcome(seq, "vm0[0].priv", "vm0[1].spte", config=path) == [(0, 0), (1, 1)]
+    assert _outcome(seq, "vm0[0].priv", "vm0[1].spte", config=AGREE_HUGETLBFS_CONFIG) == \
+        [(1, 1), (0, 0)]
+
+
 def test_an_ao_error_leaves_a_hwpoison_entry_and_a_second_raw_page_joins_silently() -> None:
     """Patrol scrub on vm0 page 0: PG_hwpoison, a hwpoison entry in the VMM's huge PTE, stage
     2 zapped; on page 1 of the same folio: the raw list only (-EHWPOISON)."""
