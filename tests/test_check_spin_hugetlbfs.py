@@ -15,7 +15,6 @@ src/memfail/check/spin/hugetlbfs.py).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -220,7 +219,8 @@ def test_a_refilled_hole_nobody_maps_tells_no_early_thread_in_both() -> None:
     """punch_hole frees vm0's folio, fallocate(ALLOCATE) refills the hole from the pool
     (hugetlbfs_fallocate: in the page cache, mapped by nobody); a scrubbed error there is
     marked but no EARLY thread is told, as nobody maps the page (early-told), in both."""
-    seq = [("punch_hole", {"vm": "vm0"}), ("realloc", {"vm": "vm0"})]
+    seq: list[tuple[str, dict[str, Any]]] = [("punch_hole", {"vm": "vm0"}),
+                                             ("realloc", {"vm": "vm0"})]
     assert _outcome(seq, "vm0[0].held", "vm0[0].pte", config=AGREE_HUGETLBFS_CONFIG) == \
         [(1, 1), (0, 0)]
     seq.append(("hw_error", {"vm": "vm0", "page": 0, "detect": "scrub"}))
