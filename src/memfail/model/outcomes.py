@@ -152,12 +152,6 @@ def _owners_now(host: Host, pfn: int) -> set[int]:
             if s.hva is not None and folio is not None and any(
                     mm_id == (vm.vmm.mm.id if vm.vmm.mm else -1) for mm_id, _ in folio.rmap):
                 out.add(vm.vmm.pid)
-            # a folio in the page cache of the file the memslot's mapping maps, mapped by
-            # nobody yet (hugetlbfs_fallocate() into a punched hole): guest memory all the same
-            vma = vm.vmm.mm.find_vma(s.hva) if s.hva is not None and vm.vmm.mm else None
-            if vma is not None and vma.inode is not None and folio is not None \
-                    and folio.mapping is vma.inode:
-                out.add(vm.vmm.pid)
         for spfn, order in vm.spte.values():
             if spfn <= pfn < spfn + (1 << order):
                 out.add(vm.vmm.pid)
