@@ -226,7 +226,7 @@ guest_memfd:
   - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
   - {name: gmem1, size: 2M, backing: 2M, flags: [mmap, init_shared]}
 vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: sw-protected}
   - {name: vm1, vmm: qemu1, gmem: gmem1}
 events:
   - {event: hw_error, vm: vm1, page: 0, detect: latent}

@@ -20,7 +20,7 @@ processes:
 guest_memfd:
   - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
 vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: sw-protected}
 events:
   - {event: convert, vm: vm0, page: 0, to: private, limit: 1}
   - {event: vcpu_access, vm: vm0, page: 0}
@@ -144,7 +144,7 @@ host: {{memory: 8G, hugepages: {{2M: 2}}, geometry: {{pmd_order: 2, pud_order: 3
 processes:
   - {{name: qemu0, threads: [main, vcpu0], sigbus: handler, mce_kill: {{main: early, vcpu0: late}}}}
 steps:
-  - vm_create: {{vm: vm0, vmm: qemu0}}
+  - vm_create: {{vm: vm0, vmm: qemu0, type: sw-protected}}
   - gmem_create: {{vm: vm0, fd: gmem0, size: 16K, flags: [mmap, init_shared], backing: 2M}}
   - mmap: {{proc: qemu0, name: vm0.ram, size: 16K, fd: gmem0, shared: true}}
   - memslot: {{vm: vm0, gpa: 0, size: 16K, gmem: gmem0, hva: vm0.ram}}

@@ -285,3 +285,23 @@ def test_walks_on_the_standard_configuration(policy: str) -> None:
     for seed in range(3):
         diff = agree_walk(system, seed, STEPS, rendered)
         assert diff is None, f"{policy}, walk seed {seed}: {diff}"
+
+
+def test_a_default_vm_converting_to_private_changes_nothing_in_both(tmp_path: Path) -> None:
+    """agree-convert.yaml with vm0 a default VM: KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails with
+    -EINVAL (kvm_supported_mem_attributes()), so the page stays shared in both engines, where
+    the sw-protected vm0 of the shipped file makes it private; walks agree too."""
+    text = AGREE_CONVERT_CONFIG.read_text()
+    assert "type: sw-protected" in text
+    path = tmp_path / "agree-convert-default.yaml"
+    path.write_text(text.replace(", type: sw-protected", ""))
+    for config, private in ((AGREE_CONVERT_CONFIG, 1), (path, 0)):
+        system = _system("future", config)
+        rendered = render(system)
+        seq = [_label(rendered, "hw_error", vm="vm0", page=2, detect="scrub"),
+               _label(rendered, "convert", vm="vm0", page=0, pages=4, to="private")]
+        a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+        assert compare(system, rendered, a, b, ("python", "promela")) is None
+        at = layout(system).index("vm0[2].priv")
+        assert a.observations[-1][at] == b.observations[-1][at] == private, config
+    _walks_and_a_simulation_agree("future", path, STEPS + 4)

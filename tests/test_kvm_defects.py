@@ -172,7 +172,7 @@ processes:
 guest_memfd:
   - {name: gmem0, size: %s, backing: %s, flags: [mmap, init_shared]}
 vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: sw-protected}
 events:
   - {event: hw_error, vm: vm0, page: 0, detect: scrub}
   - {event: convert, vm: vm0, page: 0, to: shared}
@@ -218,3 +218,110 @@ steps:
 """)
     hooks = [e.hook for e in r.trace.of(PolicyEvent) if e.step >= r.steps[-1].trace_step]
     assert hooks and "merge" not in hooks
+
+
+# ------------------------------------------------------------ PRIVATE on a VM without private memory
+
+
+ATTRIBUTES = """\
+name: attributes-%s
+profile: next
+policy: mainline
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], sigbus: handler}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, type: %s, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap, init_shared], backing: 2M}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: true}
+  - guest_access: {vm: vm0, gpa: 0}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: false}
+"""
+
+
+def test_private_attribute_is_refused_on_a_default_vm() -> None:
+    """kvm_vm_ioctl_set_mem_attributes() returns -EINVAL for PRIVATE unless
+    kvm_arch_has_private_mem() (sw-protected, SNP, TDX): on a default VM the ioctl fails and
+    stage 2 keeps its mapping; a sw-protected VM converts (zap). Shared is allowed on both."""
+    for vm_type, ret, zapped in (("default", -1, False), ("sw-protected", 0, True)):
+        r = _run(ATTRIBUTES % (vm_type, vm_type))
+        to_private, _access, to_shared = r.steps[-3:]
+        errnos = [getattr(e, "errno", None) for e in to_private.events if e.kind == "action"]
+        assert to_private.ret == ret, vm_type
+        if ret:
+            assert errnos == ["EINVAL"], errnos
+        assert any(e.kind == "stage2_zap" for e in to_private.events) == zapped, vm_type
+        assert to_shared.ret == 0, vm_type
+
+
+# ------------------------------------------------------------ hugetlbfs: QEMU maps its RAM once
+
+
+HUGETLBFS_OWN_MAPPING = """\
+name: hugetlbfs-own-mapping
+profile: next
+policy: hugetlbfs
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], sigbus: handler, mce_kill: {main: early, vcpu0: late}}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap], backing: 2M}
+  - mmap: {proc: qemu0, name: vm0.ram, size: 16K, fd: gmem0, shared: true}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0, hva: vm0.ram}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+"""
+
+
+def test_hugetlbfs_vmm_mapping_the_memfd_itself_gets_the_vmce() -> None:
+    """Under backing hugetlbfs gmem_create maps the memfd for the VMM; a VMM that maps it
+    itself and registers that mapping keeps one mapping (QEMU maps its RAM once), so
+    kill_me_maybe()'s BUS_MCEERR_AR carries a guest RAM address and QEMU injects the vMCE
+    (S10) instead of exiting on an address outside guest RAM."""
+    r = _run(HUGETLBFS_OWN_MAPPING + "  - hw_error: {vm: vm0, gpa: 0}\n"
+             "  - guest_access: {vm: vm0, gpa: 0}\n")
+    consumed = r.steps[-1]
+    assert consumed.ret == "mce-injected"
+    assert "GUEST addr 0x0 of type BUS_MCEERR_AR injected" in _log(r)
+    assert "used by QEMU itself" not in _log(r)
+    assert r.processes["qemu0"]["state"] == "running"
+
+
+def test_hugetlbfs_release_of_the_vmm_own_mapping_frees_the_folio() -> None:
+    """munmap of the VMM's one mapping, close, vm_destroy: nothing holds the memfd, its
+    inode is evicted and the huge page returns to the pool (no stand-in mapping keeps it)."""
+    r = _run(HUGETLBFS_OWN_MAPPING + "  - munmap: {proc: qemu0, addr: vm0.ram}\n"
+             "  - close: {proc: qemu0, fd: gmem0}\n  - vm_destroy: {vm: vm0}\n")
+    assert r.meminfo_after["free_hugepages_2M"] == 2
+
+
+# ------------------------------------------------------------ hugetlbfs fallocate(ALLOCATE)
+
+
+HUGETLBFS_FALLOCATE = """\
+name: hugetlbfs-fallocate
+profile: next
+policy: mainline
+host: {memory: 8G, hugepages: {2M: %d}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main], sigbus: handler}
+steps:
+  - memfd_create: {proc: qemu0, name: ram, size: 32K, hugetlb: true, huge: 2M}
+  - fallocate: {proc: qemu0, fd: ram, mode: allocate, offset: 4K, len: 4K}
+  - fallocate: {proc: qemu0, fd: ram, mode: allocate, offset: 0, len: 32K}
+"""
+
+
+def test_hugetlbfs_fallocate_allocates_huge_pages_into_the_page_cache() -> None:
+    """hugetlbfs_fallocate(): the range is rounded out to whole huge pages, each missing one is
+    allocated from the pool into the page cache (a page already there is kept); with none free
+    the call fails with ENOSPC."""
+    r = _run(HUGETLBFS_FALLOCATE % 2)
+    assert [s.ret for s in r.steps[-2:]] == [0, 0]
+    assert r.meminfo_after["free_hugepages_2M"] == 0
+    r = _run(HUGETLBFS_FALLOCATE % 1)
+    first, second = r.steps[-2:]
+    assert first.ret == 0 and second.ret == -1
+    assert [e.errno for e in second.events if e.kind == "action"] == ["ENOSPC"]

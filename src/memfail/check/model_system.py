@@ -577,6 +577,9 @@ class ModelSystem:
         holding = _vms_holding(host, pfns)
         if pfns:
             holding |= pre_holding(pfns)  # owners before the step too
+            # and any VM whose guest-memory file holds the frame, mapped or not (a hugetlbfs
+            # page fallocate() put in a punched hole that nobody has faulted in yet)
+            holding |= frozenset(v for (v, _page), f in self._frames(host).items() if f in pfns)
         return Effect(events, tuple(sorted(inflight, key=repr)), vm), holding
 
     def _finish(self, s: ModelState, label: Any, eff: Effect, holding: frozenset[str],

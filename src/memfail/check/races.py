@@ -421,6 +421,8 @@ def first_stage(specs: list[StepSpec], kind: str, host: HostState) -> tuple[str,
         vm = kvm_state(host).get(args["vm"])
         if vm is None or not vm.vmm.alive:
             return None
+        if args.get("private") and vm.type == "default":
+            return None  # -EINVAL at once (do_set_attributes): nothing to interleave
         return "convert.attributes", ()
     if kind == "release" and all(k in RELEASE_STAGES for k, _ in specs) and len(specs) > 1:
         return RELEASE_STAGES[key], (0,)

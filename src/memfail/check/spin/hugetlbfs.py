@@ -17,15 +17,15 @@ shared pages, 4K ones (``spte``), the frame backing it (``bk``: the VM's
 own, a spare HugeTLB page, none), the own frame's state when freed (``fst``: 1 free, 3
 dissolved), the KVM state and whether the VMM lives.
 
-A VM whose guest_memfd has flag ``mmap`` is mapped twice by its VMM under this policy:
-gmem_create's own mapping (``<fd>-ram``, made first, never faulted) and the set-up's
-``<vm>.ram``, the memslot's (check/model_system.py setup_steps). kill_procs() and
-kill_me_maybe() address the SIGBUS at the first mapping, which QEMU does not find in guest RAM
-(``ALIAS``): an action-required one exits QEMU (exit(1), Q4), an action-optional one is
-ignored. A VM without ``mmap`` has the one mapping, the memslot's: QEMU injects the vMCE
-(S10; an SNP guest gets none, Q8). Also kept as the Python model has them: fallocate(ALLOCATE)
-allocates nothing on hugetlbfs (``realloc``), and ``convert`` sets the private attribute on
-any VM type (KVM refuses it for a default VM), which changes only the stage-2 mapping size.
+The VMM maps the memfd once, as QEMU maps its RAM: gmem_create's stand-in mapping when the
+guest_memfd entry has no ``mmap``, the set-up's ``<vm>.ram`` when it has (the memslot
+registers it and the stand-in goes, model/kvm/kvm.py do_memslot). kill_procs() and
+kill_me_maybe() address the SIGBUS at that mapping, inside guest RAM: QEMU injects the vMCE
+(S10; an SNP guest gets none, Q8). ``release`` unmaps it, closes the fd and destroys the VM:
+nothing holds the memfd any more, so the folio is freed. ``convert`` to private on a
+``default`` VM fails (-EINVAL, kvm_supported_mem_attributes()); on the other types it
+changes only the stage-2 mapping size. fallocate(ALLOCATE) (``realloc``) allocates the huge
+folio from the pool into the page cache when the VM's page is not there (hugetlbfs_fallocate).
 
 Generated from the same definitions as promela.py: the event alphabet (``ModelSystem.entries``
 with each event's ``limit`` and the error bound), the properties (``PROP_EXPR``) and each
@@ -126,7 +126,6 @@ def render(system: Any) -> Rendered:
         f"#define MAXERR {cfg.bounds.errors}",
         f"#define MAXVC {maxvc}",
         "#define VT(v, i) ((v) * MAXVC + (i))",
-        "#define ALIAS(v) " + _or(cfg, lambda vm: "mmap" in _gmem_of(cfg, vm.name).flags),
         "#define GIGN(v) " + _or(cfg, _ignores_vmce),
         "#define VM_EARLY(v) " + _or(cfg, lambda vm: early[vm.name]),
         "bit err[NP]; bit det[NP]; bit hwp[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
@@ -237,14 +236,17 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
+        if to and vm_of(cfg, p["vm"]).type == "default":
+            # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
+            # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
+            return "skip"
         return f"if :: alive[{v}] -> hs[{v}] = 0; " + \
             "; ".join(f"spte[{v * npg + x}] = 0; priv[{v * npg + x}] = {to}" for x in pages) + \
             " :: else -> skip fi"
     if kind == "punch_hole":
         return f"ev_punch({v})"
-    if kind == "realloc":
-        aligned = p["page"] % npg == 0 and p["pages"] % npg == 0
-        return f"ev_realloc({v})" if aligned else "skip"
+    if kind == "realloc":  # the range is rounded out to the huge page (hugetlbfs_fallocate)
+        return f"ev_realloc({v})"
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
@@ -304,14 +306,11 @@ inline sigbus_kill(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
   kill_vm(v)
 }
-/* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the first
-   mapping of the file, gmem_create's when the VMM maps the file twice (ALIAS: QEMU finds no
-   guest RAM there and exits, "Hardware memory error for memory used by QEMU itself"), else
-   the memslot's (QEMU injects a vMCE: kvm_arch_on_sigbus_vcpu) */
+/* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the
+   VMM's one mapping of the file, the memslot's (QEMU injects a vMCE: kvm_arch_on_sigbus_vcpu) */
 inline ar_first(v, p) {
   if
   :: !alive[v] -> skip
-  :: ALIAS(v) -> kill_vm(v)
   :: else -> guest_mce(v, p, 0)
   fi
 }
@@ -320,7 +319,7 @@ inline ar_first(v, p) {
    new raw page of a poisoned folio joins its raw list (-EHWPOISON, nobody told); a first
    failure sets PG_hwpoison, hwpoison_user_mappings() collects the VMM's EARLY thread while the
    folio is mapped, try_to_unmap() leaves a hwpoison entry, the MMU notifier zaps stage 2 and
-   kill_procs() sends BUS_MCEERR_AO (at gmem_create's mapping: QEMU ignores it; else a vMCE) */
+   kill_procs() sends BUS_MCEERR_AO to the EARLY thread (QEMU's vMCE) */
 inline mf_ao(v, p, probe) {
   if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
   mr = det[p]; det[p] = 1;
@@ -332,7 +331,7 @@ inline mf_ao(v, p, probe) {
      if
      :: pte[v] == 1 && alive[v] ->
           pte[v] = 2; zap_vm(v);
-          if :: VM_EARLY(v) && !ALIAS(v) -> guest_mce(v, p, 1) :: else -> skip fi
+          if :: VM_EARLY(v) -> guest_mce(v, p, 1) :: else -> skip fi
      :: else ->
           if :: probe && !mr && VM_EARLY(v) && HELD(v) -> m_untold = 1 :: else -> skip fi
      fi
@@ -364,10 +363,12 @@ inline ev_scrub(v, p) {
   if :: err[p] -> mf_ao(v, p, 1) :: else -> skip fi
 }
 /* hugetlb_fault() through the VMM's mapping: no page -> hugetlb_no_page allocates (none:
-   VM_FAULT_OOM) */
+   VM_FAULT_OOM); a poisoned folio in the page cache (CACHED_HWP: hugetlbfs_fallocate() put it
+   there and nobody mapped it when it failed) is VM_FAULT_HWPOISON_LARGE, nothing mapped */
+#define CACHED_HWP(v) (bk[v] == OWN && FRAME_HWP(v))
 inline hfault(v) {
   if :: bk[v] == 0 -> alloc(v) :: else -> skip fi;
-  if :: bk[v] != 0 -> pte[v] = 1 :: else -> skip fi
+  if :: bk[v] != 0 && !CACHED_HWP(v) -> pte[v] = 1 :: else -> skip fi
 }
 /* kvm_mmu_faultin_pfn() -> hva_to_pfn() for a vCPU without an SPTE: a hwpoison entry is
    KVM_PFN_ERR_HWPOISON, kvm_send_hwpoison_signal(): SIGBUS AR at the memslot's address, QEMU's
@@ -378,7 +379,7 @@ inline hfault(v) {
 inline faultin(v, p) {
   fo = 0;
   if
-  :: pte[v] == 2 -> guest_mce(v, p, 0); fo = 1
+  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
@@ -478,7 +479,7 @@ inline guest_run(v, p, lo, hi, rounds, stop) {
 inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[v] == 2 -> sigbus_kill(v)
+  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> sigbus_kill(v)
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if
@@ -532,16 +533,20 @@ inline ev_punch(v) {
   :: else -> skip
   fi
 }
-/* fallocate(ALLOCATE) through the VMM's fd: the model's do_fallocate()
-   (model/kernel/fileops.py) allocates for shmem only and returns 0 on hugetlbfs without
-   allocating (hugetlbfs_fallocate() would add an unmapped huge page): nothing changes */
+/* fallocate(ALLOCATE) through the VMM's fd: hugetlbfs_fallocate() rounds the range out to
+   the huge page; a page already in the page cache (poisoned or not) is kept, else a huge folio
+   is allocated from the pool into the page cache, unmapped (alloc_hugetlb_folio: none free is
+   -ENOSPC, nothing changes). Through a VMM that has exited or closed the fd: nothing */
 inline ev_realloc(v) {
-  skip
+  if
+  :: alive[v] && vst[v] != 3 && bk[v] == 0 -> alloc(v)
+  :: else -> skip
+  fi
 }
-/* munmap of the memslot's mapping, close, vm_destroy: gmem_create's mapping still holds the
-   file, so the folio stays in use (no longer the VM's memory); vm_destroy also after the
-   VMM died */
+/* munmap of the memslot's mapping (the VMM's only one), close, vm_destroy: nothing holds the
+   memfd any more, its inode is evicted (hugetlbfs_evict_inode -> remove_inode_hugepages) and
+   the folio freed (free_folio); vm_destroy also after the VMM died */
 inline ev_release(v) {
-  pte[v] = 0; zap_vm(v); vst[v] = 3
+  pte[v] = 0; zap_vm(v); vst[v] = 3; free_folio(v)
 }
 """

@@ -425,6 +425,10 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
+        if to and vm_of(cfg, p["vm"]).type == "default":
+            # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
+            # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
+            return "skip"
         # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host._dead_actor)
         return f"if :: alive[{v}] -> " + \
             "; ".join(f"convert_page({v}, {v * npg + q}, {to})" for q in pages) + \

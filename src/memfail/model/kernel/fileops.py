@@ -213,6 +213,8 @@ def do_ftruncate(host: Host, a: Ftruncate) -> ActionResult:
 
 @handles(Fallocate)
 def do_fallocate(host: Host, a: Fallocate) -> ActionResult:
+    """fallocate(): guest_memfd through its hook; hugetlbfs punch_hole (hugetlbfs_punch_hole)
+    and allocate (hugetlbfs_fallocate, fs/hugetlbfs/inode.c); shmem allocate."""
     proc = host.proc(a.proc)
     inode = host.fd(proc, a.fd).inode
     geo = host.geometry
@@ -236,6 +238,31 @@ def do_fallocate(host: Host, a: Fallocate) -> ActionResult:
         return ActionResult(0)
     from .mmops import find_or_create_cache_folio
 
+    if inode.kind == HUGETLBFS:
+        # hugetlbfs_fallocate() (fs/hugetlbfs/inode.c, R54): the range rounded out to whole
+        # huge pages; an index already in the page cache (poisoned or not) is skipped, any
+        # other gets a cleared huge folio from the pool (alloc_hugetlb_folio(), the file's
+        # reservation first) added to the page cache (hugetlb_add_to_page_cache()); none free
+        # stops it with -ENOSPC, the folios added so far staying.
+        from ..errors import ENOSPC
+
+        h = host.hugetlb.hstate(inode.huge_order)
+        resv: set[int] = inode.extra.get("resv_idx", set())
+        step = 1 << inode.huge_order
+        for i in range(off // unit, (off + length + unit - 1) // unit):
+            index = i * step
+            if inode.lookup(index) is not None:
+                continue
+            folio = host.hugetlb.dequeue(h, owner=proc.comm, use_reserve=index in resv)
+            if folio is None:
+                return ActionResult.err(-ENOSPC)
+            resv.discard(index)
+            folio.flags |= {"hugetlb_migratable", "dirty"}
+            host.phys.clear_data(folio.pfn, folio.nr_pages)
+            folio.mapping, folio.index = inode, index
+            inode.pages[index] = folio
+            folio.get("pagecache", folio.nr_pages)
+        inode.size = max(inode.size, off + length)
     if inode.kind == SHMEM:
         for idx in range(off >> geo.page_shift, (off + length + geo.page_size - 1)
                          >> geo.page_shift):

@@ -74,7 +74,9 @@ class Memslot(Action):
 class SetAttributes(Action):
     """KVM_SET_MEMORY_ATTRIBUTES / in-place conversion: make [gpa, gpa+size) private or
     shared. With HugeTLB-backed guest_memfd, converting part of a huge folio to shared splits
-    it to 4K folios, and converting all of it back to private merges it (R76, R87)."""
+    it to 4K folios, and converting all of it back to private merges it (R76, R87). Only a VM
+    that can have private memory (``type`` sw-protected, snp or tdx) takes ``private: true``:
+    on a ``default`` VM the ioctl fails with EINVAL and nothing changes."""
 
     key: ClassVar[str] = "set_attributes"
     vm: str

@@ -243,6 +243,16 @@ def do_memslot(host: Host, a: Memslot) -> ActionResult:
             own = vm.vmm.regions.get(hva_name) if hva_name is not None else None
             if own is None or own.inode is not of.inode:
                 hva_name = alt  # the scenario's hva is other memory (e.g. an anon alias)
+            elif hva_name != alt and alt in vm.vmm.regions:
+                # The VMM maps the memfd itself and registers that mapping: QEMU maps its
+                # RAM once, so gmem_create's stand-in goes. Kept, it would be a second VMA
+                # of the file: collect_procs_file() (mm/memory-failure.c) adds a kill entry
+                # per VMA and the first SIGBUS would carry the stand-in's address, which
+                # QEMU does not find in guest RAM (it exits instead of injecting, S10).
+                from ..actions import Munmap
+                from ..kernel.mmops import do_munmap
+
+                do_munmap(host, Munmap(proc=vm.vmm.comm, addr=alt))
             gmem_fd = None
     if hva_name is not None:
         region = vm.vmm.regions.get(hva_name)
@@ -264,9 +274,19 @@ def do_memslot(host: Host, a: Memslot) -> ActionResult:
 
 @handles(SetAttributes)
 def do_set_attributes(host: Host, a: SetAttributes) -> ActionResult:
+    """KVM_SET_MEMORY_ATTRIBUTES (R76): kvm_vm_ioctl_set_mem_attributes() (virt/kvm/kvm_main.c)
+    returns -EINVAL for an attribute outside kvm_supported_mem_attributes(), which has PRIVATE
+    only when kvm_arch_has_private_mem() (x86: kvm->arch.has_private_mem, set for
+    KVM_X86_SW_PROTECTED_VM in kvm_arch_init_vm(), SNP in svm_vm_init(), TDX in tdx_vm_init()).
+    So a ``default`` VM cannot make memory private: nothing changes. Setting no attribute
+    (shared) is allowed on every VM. Then kvm_vm_set_mem_attributes() zaps the range and
+    records the attribute; with guest_memfd the folios follow (gmem_convert, R87)."""
+    from ..errors import EINVAL
     from .gmem import gmem_convert
 
     vm = get_vm(host, a.vm)
+    if a.private and vm.type == "default":
+        return ActionResult.err(-EINVAL)
     geo = host.geometry
     g0 = parse_size(a.gpa, geo.page_size) >> geo.page_shift
     g1 = g0 + (parse_size(a.size, geo.page_size) >> geo.page_shift)
