@@ -119,7 +119,7 @@ CONSTRAINTS: tuple[Constraint, ...] = (
     Constraint("release-inside-truncate", "mark_on_release",
                lambda k: bool(k["mark_on_truncate"]),
                "mark_on_truncate marks on every free, inode release included "
-               "(_free_range: truncate or release and mark_on_release)"),
+               "(free_range: truncate or release and mark_on_release)"),
     Constraint("isolate-without-mark", "isolate_on_free",
                lambda k: not k["mark_on_release"] and not k["mark_on_truncate"],
                "isolate_on_free acts on folios the policy marked when freeing; nothing marks"),
@@ -303,7 +303,7 @@ MONOTONE: dict[str, dict[str, tuple[Any, ...]]] = {
 _SIGNALS_ONLY = ("honor_early", "sigbus_addr")
 INDEPENDENT: dict[str, tuple[str, ...]] = {
     # whether the EARLY thread is told is decided when the unconsumed failure is detected, by
-    # what memory_failure does for it (unconsumed: kill_procs, _notify_vmm) and which thread it
+    # what memory_failure does for it (unconsumed: kill_procs, notify_vmm) and which thread it
     # picks (honor_early, find_early_kill_thread); recording, unmapping, the fault check and
     # the consumed action come after or on other paths
     "early-told": ("record", "mark_on_release", "mark_on_truncate", "isolate_on_free",

@@ -429,7 +429,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
             # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
             # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
             return "skip"
-        # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host._dead_actor)
+        # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host.actor_gone)
         return f"if :: alive[{v}] -> " + \
             "; ".join(f"convert_page({v}, {v * npg + q}, {to})" for q in pages) + \
             f"; convert_folio({v}, {to}) :: else -> skip fi"
@@ -532,7 +532,7 @@ inline map_spte(v, p) {
 }
 /* rec: poison_records() - the table, PG_hwpoison / raw list / isolation, a marked free folio */
 inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HWP(v))) }
-/* _free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
+/* free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
    table records (mark_on_truncate, or mark_on_release at release), free to the pool; a marked
    folio is dissolved with isolate_on_free (S15), else stays on the free list, skipped (R55) */
 inline free_folio(v, release) {
@@ -620,7 +620,7 @@ inline mf(v, p, ar, ao_probe, early) {
        :: !ar && unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
-       /* _notify_vmm(): the first EARLY thread (honor_early) or the leader gets AO; QEMU
+       /* notify_vmm(): the first EARLY thread (honor_early) or the leader gets AO; QEMU
           injects a vMCE; the property wants an EARLY thread told */
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
