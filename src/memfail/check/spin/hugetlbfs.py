@@ -573,7 +573,7 @@ def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
     convert.folios). Nothing else is split: the policy claims no folio (no guest_memfd), so
     memory_failure(), stage-2 faults, host faults and punch hole run as one step."""
     from memfail.check import races
-    from memfail.check.spin.stages import Op, _chain, NEXT
+    from memfail.check.spin.stages import NEXT, Op, _chain
 
     cfg = system.config
     vms = [v.name for v in cfg.vms]

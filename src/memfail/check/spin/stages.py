@@ -340,7 +340,7 @@ def render_races(system: Any) -> RacesRendered:
     from memfail.check.spin.promela import _hugetlbfs_backing
     if _hugetlbfs_backing(system):
         from memfail.check.spin import hugetlbfs
-        return hugetlbfs.render_races(system)  # type: ignore[no-any-return]
+        return hugetlbfs.render_races(system)
     base = render(system)
     labels = list(base.labels)
     ops = _ops(system, labels)
