@@ -27,6 +27,9 @@ nothing holds the memfd any more, so the folio is freed. ``convert`` to private 
 changes only the stage-2 mapping size. fallocate(ALLOCATE) (``realloc``) allocates the huge
 folio from the pool into the page cache when the VM's page is not there (hugetlbfs_fallocate).
 
+With ``--races`` (``render_races``) ``release`` and ``convert`` run in the stages of
+memfail.check.races, the only events ``races.first_stage`` splits under this backing.
+
 Generated from the same definitions as promela.py: the event alphabet (``ModelSystem.entries``
 with each event's ``limit`` and the error bound), the properties (``PROP_EXPR``) and each
 kernel user's reach, check and copy (``kernel_user``).
