@@ -10,6 +10,9 @@ src/memfail/check/spin/hugetlbfs.py).
   standard configuration's hugetlbfs preset); a walk paired with the wrong model is caught.
 * `memfail check --engine spin` checks the standard configuration's hugetlbfs preset to the
   end, and refuses what the hugetlbfs model does not carry out.
+* With --races (release and convert in stages) both engines give the same verdicts and
+  counterexample lengths on agree-hugetlbfs.yaml, and seeded Python --races walks replay step
+  by step in Promela.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from memfail.check.spin.agree import (
     compare,
     replay_promela,
     replay_python,
+    walk_python,
 )
 from memfail.check.spin.observe import layout
 from memfail.check.spin.promela import render
+from memfail.check.spin.stages import RacesRendered, render_races
 from memfail.cli import main
 
 WALKS, STEPS = 20, 12
@@ -274,3 +279,96 @@ def test_an_event_outside_the_hugetlbfs_model_is_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "'close'" in err[0] and "backing hugetlbfs" in err[0]
+
+
+# --------------------------------------------------------------------------- --races
+
+
+def _races_system(config: Path = AGREE_HUGETLBFS_CONFIG) -> ModelSystem:
+    s = ModelSystem(load_config(config), "hugetlbfs", races=True)
+    s.initial()
+    return s
+
+
+def test_races_verdicts_and_counterexample_lengths_equal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--races: release and convert in stages in both engines, the same verdicts and
+    counterexample lengths, and every SPIN counterexample (its stage steps included) replays."""
+    cfg = str(AGREE_HUGETLBFS_CONFIG)
+    rc_py, py = _check(capsys, cfg, "--races")
+    rc_spin, spin = _check(capsys, cfg, "--races", "--engine", "spin", "--out", str(tmp_path))
+    assert rc_py == rc_spin
+    (a,), (b,) = py["results"], spin["results"]
+    assert a["policy"] == b["policy"] == "hugetlbfs"
+    assert a["complete"] and b["complete"], "both engines explore everything"
+    assert sorted(a["coverage"]["events_fired"]) == sorted(b["coverage"]["events_fired"])
+    for name, va in a["verdicts"].items():
+        vb = b["verdicts"][name]
+        assert (va["status"], va["depth"]) == (vb["status"], vb["depth"]), name
+    # an error found while the release is in flight, after its munmap: memory_failure()
+    # finds the folio unmapped and tells the EARLY thread nothing (R22 step 1)
+    assert b["verdicts"]["early-told"]["status"] == "FAIL"
+    cex = Path(b["verdicts"]["early-told"]["file"]).read_text()
+    assert "release.munmap" in cex
+    assert not _replays(capsys, spin)
+
+
+def test_races_python_walks_are_accepted_by_promela() -> None:
+    """Seeded Python --races walks, continuation labels included, step by step in Promela
+    (agree-hugetlbfs.yaml and the standard configuration's hugetlbfs preset)."""
+    for config in (AGREE_HUGETLBFS_CONFIG, STANDARD):
+        system = _races_system(config)
+        rendered = render_races(system)
+        assert isinstance(rendered, RacesRendered)
+        stages = set()
+        for seed in range(WALKS):
+            walk = walk_python(system, rendered, seed, 2 * STEPS)
+            stages |= {rendered.labels[k][1][1][1] for k in walk.labels if k >= rendered.nbase}
+            diff = compare(system, rendered, walk, replay_promela(system, rendered, walk.labels),
+                           ("python", "promela"))
+            assert diff is None, f"{config.name} walk seed {seed}: {diff}"
+        assert "convert.folios" in stages, config.name
+        diff = agree_simulation(system, 1, 2 * STEPS, rendered)
+        assert diff is None, f"{config.name} spin -n1: {diff}"
+
+
+def test_races_a_vcpu_fault_after_the_release_munmap_fails_in_both() -> None:
+    """Between release.munmap and release.close the memslot's HVA has no VMA: hva_to_pfn
+    fails (-EFAULT), nothing is faulted in again, the huge page stays unmapped."""
+    system = _races_system()
+    rendered = render_races(system)
+    munmap = _label(rendered, "release", vm="vm0")
+    access = _label(rendered, "vcpu_access", vm="vm0", page=0)
+    walk = replay_python(system, rendered, [munmap, access])
+    assert walk.blocked is None
+    assert compare(system, rendered, walk, replay_promela(system, rendered, walk.labels),
+                   ("python", "promela")) is None
+    fields = layout(system)
+    last = dict(zip(fields, walk.observations[-1], strict=True))
+    assert (last["vm0[0].pte"], last["vm0[0].spte"], last["vm0[0].held"]) == (0, 0, 1)
+
+
+def test_races_a_release_in_stages_with_an_error_and_a_refill_in_between() -> None:
+    """release.munmap, an error found by scrub (the folio is unmapped: nobody told),
+    fallocate(ALLOCATE) while the fd is open (the folio is still in the page cache: nothing),
+    release.close (the memfd's last reference frees the folio), a punch hole through the closed
+    fd (nothing),
+    release.destroy: the same observation after every step in both engines."""
+    from memfail.check import races
+
+    system = _races_system()
+    rendered = render_races(system)
+    release = rendered.labels[_label(rendered, "release", vm="vm0")]
+    seq = [_label(rendered, "release", vm="vm0"),
+           _label(rendered, "hw_error", vm="vm0", page=0, detect="scrub"),
+           _label(rendered, "realloc", vm="vm0"),
+           rendered.labels.index(races.continuation(release, "release.close")),
+           _label(rendered, "punch_hole", vm="vm0"),
+           rendered.labels.index(races.continuation(release, "release.destroy"))]
+    walk = replay_python(system, rendered, seq)
+    assert walk.blocked is None
+    assert compare(system, rendered, walk, replay_promela(system, rendered, seq),
+                   ("python", "promela")) is None
+    obs = [dict(zip(layout(system), o, strict=True)) for o in walk.observations]
+    assert obs[2]["violated.early-told"] == 1
+    assert [o["vm0[0].held"] for o in obs] == [1, 1, 1, 1, 0, 0, 0]

@@ -27,6 +27,9 @@ nothing holds the memfd any more, so the folio is freed. ``convert`` to private 
 changes only the stage-2 mapping size. fallocate(ALLOCATE) (``realloc``) allocates the huge
 folio from the pool into the page cache when the VM's page is not there (hugetlbfs_fallocate).
 
+With ``--races`` (``render_races``) ``release`` and ``convert`` run in the stages of
+memfail.check.races, the only events ``races.first_stage`` splits under this backing.
+
 Generated from the same definitions as promela.py: the event alphabet (``ModelSystem.entries``
 with each event's ``limit`` and the error bound), the properties (``PROP_EXPR``) and each
 kernel user's reach, check and copy (``kernel_user``).
@@ -63,9 +66,6 @@ SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel
 def check_supported(system: Any) -> None:
     """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
     cfg = system.config
-    if getattr(system, "races", False):
-        raise Unsupported("--races is not modelled by the SPIN engine for backing hugetlbfs "
-                          "(each event is one atomic step)")
     for vm in cfg.vms:
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M":
@@ -550,3 +550,149 @@ inline ev_release(v) {
   pte[v] = 0; zap_vm(v); vst[v] = 3; free_folio(v)
 }
 """
+
+
+# --------------------------------------------------------------------------- --races
+
+# The atomic model's tests, with the states between a release's stages (--races only): after
+# release.munmap the VMM's mapping is gone (``unm``: a vCPU's stage-2 fault finds no VMA,
+# hva_to_pfn fails, -EFAULT; the VMM and kernel users reach nothing through it), after
+# release.close the fd is closed (``clo``: fallocate through it does nothing).
+RACES_PATCHES = (
+    (":: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1",
+     ":: !unm[v] && (pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v))) -> "
+     "guest_mce(v, p, 0); fo = 1"),
+    ("if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;\n     if :: pte[v] == 1 -> map_spte",
+     "if :: pte[v] == 0 && !unm[v] -> hfault(v) :: else -> skip fi;\n"
+     "     if :: pte[v] == 1 -> map_spte"),
+    (":: !alive[v] || vst[v] == 3 -> skip", ":: !alive[v] || vst[v] == 3 || unm[v] -> skip"),
+    (":: alive[v] && vst[v] != 3", ":: alive[v] && vst[v] != 3 && !clo[v]"),
+)
+
+
+def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
+    """The labels ``races.first_stage`` splits under backing hugetlbfs: ``release`` (the
+    munmap, close and vm_destroy actions, one per stage) and ``convert`` (convert.attributes,
+    convert.folios). Nothing else is split: the policy claims no folio (no guest_memfd), so
+    memory_failure(), stage-2 faults, host faults and punch hole run as one step."""
+    from memfail.check import races
+    from memfail.check.spin.stages import NEXT, Op, _chain
+
+    cfg = system.config
+    vms = [v.name for v in cfg.vms]
+    npg = 1 << cfg.geometry.pmd_order
+    ops = []
+    for k, label in enumerate(labels):
+        kind, p = label[0], dict(label[1])
+        v = vms.index(p["vm"])
+        if kind == "convert":
+            if p["to"] == "private" and vm_of(cfg, p["vm"]).type == "default":
+                continue  # -EINVAL at once (do_set_attributes): never split
+            first, split = "convert.attributes", f"alive[{v}]"
+        elif kind == "release":
+            specs = system._specs(label)
+            if len(specs) < 2 or not all(key in races.RELEASE_STAGES for key, _ in specs):
+                continue
+            first, split = races.RELEASE_STAGES[specs[0][0]], "1"
+        else:
+            continue
+        chain = _chain(first)
+        waits = [s for s in chain if any(s in NEXT[t] for t in chain)]
+        ops.append(Op(k, label, v, v * npg, first, split, waits))
+    return ops
+
+
+def _race_body(system: Any, op: Any, stage: str, vms: list[str], npg: int,
+               early: dict[str, bool]) -> str:
+    """What ``races.run_stage`` does for ``stage`` of ``op`` under backing hugetlbfs."""
+    from memfail.check import races
+    from memfail.check.spin.stages import CODE
+
+    v, st = op.v, f"st_{op.k}"
+
+    def goto(nxt: str | None) -> str:
+        return f"{st} = {CODE[nxt] if nxt else 0}"
+
+    if stage == "convert.attributes":  # convert_begin: zap_gfn_range, the PRIVATE attribute
+        return f"{_call(system.config, op.label, vms, npg, early)}; {goto('convert.folios')}"
+    if stage == "convert.folios":  # convert_end: gmem_convert of no guest_memfd slot
+        return goto(None)
+    keys = [key for key, _ in system._specs(op.label)]
+    name = {s: key for key, s in races.RELEASE_STAGES.items()}[stage]
+    i = keys.index(name)
+    nxt = races.RELEASE_STAGES[keys[i + 1]] if i + 1 < len(keys) else None
+    act = {
+        # do_munmap: unmap_vma, the MMU notifier zaps stage 2; the fd still holds the memfd
+        "munmap": f"if :: alive[{v}] -> pte[{v}] = 0; zap_vm({v}); unm[{v}] = 1 "
+                  ":: else -> skip fi",
+        # close: the memfd's last reference, hugetlbfs_evict_inode -> remove_inode_hugepages
+        "close": f"if :: alive[{v}] -> clo[{v}] = 1; free_folio({v}) :: else -> skip fi",
+        # do_vm_destroy: stage 2 dropped, the VM destroyed
+        "vm_destroy": f"zap_vm({v}); vst[{v}] = 3",
+    }[name]
+    return f"{act}; {goto(nxt)}"
+
+
+def render_races(system: Any) -> Any:
+    """``memfail check --engine spin --races`` for backing hugetlbfs: the atomic model of
+    ``render`` with release and convert split into the stages of ``races.STAGES``, lock
+    guards from ``races.STAGES``/``races.ATOMIC_NEEDS`` (stages.py's machinery) and
+    continuation labels after the alphabet, so a trail's steps are ``stage`` steps."""
+    from memfail.check import races
+    from memfail.check.spin.stages import CODE, RacesRendered, _lock_expr, _waits_expr
+
+    base = render(system)
+    cfg = system.config
+    labels = list(base.labels)
+    vms = [v.name for v in cfg.vms]
+    npg = 1 << cfg.geometry.pmd_order
+    early = {v.name: bool(system.ctx.early.get(v.vmm)) for v in cfg.vms}
+    ops = _race_ops(system, labels)
+    # no op in flight holds mf_mutex or the folio lock: memory_failure() never waits here
+    assert all(_waits_expr(ops, op.k) == "0" for op in ops)
+    head = base.text[:base.text.index("#ifndef REPLAY")]
+    for old, new in RACES_PATCHES:
+        assert old in head, f"the atomic hugetlbfs model changed: {old!r}"
+        head = head.replace(old, new)
+    decl = ["/* --races: ops in flight (hugetlbfs.py render_races) */",
+            "bit unm[NV]; bit clo[NV];", *(f"byte st_{op.k};" for op in ops)]
+    lines = head.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("bit panic;"))
+    lines[at:at] = decl
+    out = ["\n".join(lines)]
+    by_k = {op.k: op for op in ops}
+    trans: list[tuple[str, str, int]] = []
+    for k, label in enumerate(labels):
+        guard, count = _guard(system, label)
+        op = by_k.get(k)
+        atomic = races.ATOMIC_NEEDS[label[0]]
+        if op is None:
+            trans.append((f"{guard} && !{_lock_expr(ops, atomic, k)}", f"{count}step_{k}()", k))
+            continue
+        first = races.STAGES[op.first].needs
+        g = (f"{guard} && st_{k} == 0 && ((({op.split}) && !{_lock_expr(ops, first, k)}) || "
+             f"(!({op.split}) && !{_lock_expr(ops, atomic, k)}))")
+        body = (f"{count}if :: ({op.split}) -> "
+                f"{_race_body(system, op, op.first, vms, npg, early)} :: else -> step_{k}() fi")
+        trans.append((g, body, k))
+    conts: list[Any] = []
+    for op in ops:
+        for s in op.waits:
+            g = f"!panic && st_{op.k} == {CODE[s]} && !{_lock_expr(ops, races.STAGES[s].needs, op.k)}"
+            trans.append((g, _race_body(system, op, s, vms, npg, early), op.k))
+            conts.append(races.continuation(op.label, s))
+    for K, (g, body, me) in enumerate(trans):
+        clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""
+        out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ {body}; {clear}RESET_SCRATCH }}")
+    out.append("#ifndef REPLAY")
+    out.append(MF_FIRED_C.replace("NLABELS", str(len(trans))))
+    out.append("active proctype checker() {\n"
+               "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
+               "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
+               "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
+    for K in range(len(trans)):
+        out.append(f"  :: d_step {{ G_{K} -> c_code {{ mf_fired[{K}] = 1; }}; tr_{K}(); "
+                   f'printf("MF_STEP {K}\\n"); observe(); assert(!VIOLATED) }}')
+    out.append("  od\n}")
+    out.append("#endif")
+    return RacesRendered("\n".join(out) + "\n", labels + conts, base.props, nbase=len(labels))

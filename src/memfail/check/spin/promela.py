@@ -101,14 +101,11 @@ def knob_defines(policy: Any) -> list[str]:
 
 def split_rendered(specs: list[Any], races: bool = False) -> tuple[list[Any], dict[str, str]]:
     """The policies of ``specs`` the Promela model renders, and the others by name with the
-    reason (``policy_refusal``; with ``races``, the hugetlbfs model renders no stages)."""
+    reason (``policy_refusal``)."""
     keep: list[Any] = []
     refused: dict[str, str] = {}
     for spec in specs:
         why = policy_refusal(spec)
-        if why is None and races and make_policy(spec).backing == "hugetlbfs":
-            why = (f"policy {make_policy(spec).name!r}: --races is not modelled by the SPIN "
-                   "engine for backing hugetlbfs (each event is one atomic step)")
         if why is None:
             keep.append(spec)
         else:

@@ -337,6 +337,10 @@ def _decls(head: str) -> list[tuple[str, int]]:
 
 def render_races(system: Any) -> RacesRendered:
     """The Promela model of ``system`` (a ModelSystem with ``races``) with the stages."""
+    from memfail.check.spin.promela import _hugetlbfs_backing
+    if _hugetlbfs_backing(system):
+        from memfail.check.spin import hugetlbfs
+        return hugetlbfs.render_races(system)
     base = render(system)
     labels = list(base.labels)
     ops = _ops(system, labels)
