@@ -43,7 +43,7 @@ processes:
 guest_memfd:
   - {name: gmem0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
 vms:
-  - {name: vm0, vmm: qemu0, gmem: gmem0}
+  - {name: vm0, vmm: qemu0, gmem: gmem0, type: sw-protected}   # a VM with private memory
 events:
   - {event: convert, vm: vm0, page: 0, to: private, limit: 1}
   - {event: vcpu_access, vm: vm0, page: 0}
