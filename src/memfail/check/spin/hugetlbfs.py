@@ -44,7 +44,6 @@ from memfail.check.properties import PROPERTIES
 from memfail.check.spin.observe import PAGE_FIELDS, pages_of
 from memfail.check.spin.promela import (
     EFFORT,
-    MF_FIRED_C,
     PROP_EXPR,
     Rendered,
     Unsupported,
@@ -53,6 +52,7 @@ from memfail.check.spin.promela import (
     _guard,
     _ignores_vmce,
     _vmm_thread,
+    checker_proctype,
     kernel_user,
     system_args,
 )
@@ -191,18 +191,8 @@ def render(system: Any) -> Rendered:
                                   for i in range(len(vms)))
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
-    lines.append("#ifndef REPLAY")
-    lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
-    lines.append("active proctype checker() {\n"
-                 "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-                 "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
-                 "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
-    for k, guard, count in guards:
-        lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
-                     f"{count}step_{k}(); RESET_SCRATCH; "
-                     f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
-    lines.append("  od\n}")
-    lines.append("#endif")
+    lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
+                               for k, guard, count in guards])
     return Rendered("\n".join(lines) + "\n", labels, props)
 
 
@@ -684,15 +674,5 @@ def render_races(system: Any) -> Any:
     for K, (g, body, me) in enumerate(trans):
         clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""
         out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ {body}; {clear}RESET_SCRATCH }}")
-    out.append("#ifndef REPLAY")
-    out.append(MF_FIRED_C.replace("NLABELS", str(len(trans))))
-    out.append("active proctype checker() {\n"
-               "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-               "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
-               "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
-    for K in range(len(trans)):
-        out.append(f"  :: d_step {{ G_{K} -> c_code {{ mf_fired[{K}] = 1; }}; tr_{K}(); "
-                   f'printf("MF_STEP {K}\\n"); observe(); assert(!VIOLATED) }}')
-    out.append("  od\n}")
-    out.append("#endif")
+    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
     return RacesRendered("\n".join(out) + "\n", labels + conts, base.props, nbase=len(labels))

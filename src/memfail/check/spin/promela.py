@@ -72,6 +72,25 @@ MF_FIRED_C = r"""c_decl {
 }"""
 
 
+def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
+    """The verifier's process (left out of a replay, which has its own ``init``): the set-up,
+    then one ``d_step`` per transition ``(guard, body)`` numbered in order, which marks the
+    transition fired (``MF_FIRED_C``, for the coverage: C outside the state vector, printed
+    at pan's exit), runs the body, prints its number and the observation and asserts the
+    checked properties. One writing for every Promela model (promela.py, stages.py,
+    hugetlbfs.py)."""
+    out = ["#ifndef REPLAY", MF_FIRED_C.replace("NLABELS", str(max(1, len(steps)))),
+           "active proctype checker() {\n"
+           "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
+           "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
+           "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do"]
+    for k, (guard, body) in enumerate(steps):
+        out.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
+                   f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
+    out += ["  od\n}", "#endif"]
+    return out
+
+
 class Unsupported(ValueError):
     """The configuration uses something the Promela model does not carry out."""
 
@@ -327,19 +346,8 @@ def render(system: Any) -> Rendered:
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
-    lines.append("#ifndef REPLAY")
-    # which labels fired, for the coverage: C outside the state vector, printed at pan's exit
-    lines.append(MF_FIRED_C.replace("NLABELS", str(max(1, len(labels)))))
-    lines.append("active proctype checker() {\n"
-                 "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-                 "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
-                 "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
-    for k, guard, count in guards:
-        lines.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; "
-                     f"{count}step_{k}(); RESET_SCRATCH; "
-                     f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
-    lines.append("  od\n}")
-    lines.append("#endif")
+    lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
+                               for k, guard, count in guards])
     text = "\n".join(lines) + "\n"
     return Rendered(text, labels, props)
 

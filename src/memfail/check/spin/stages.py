@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check import races
-from memfail.check.spin.promela import Rendered, _gmem_of, _guard, render
+from memfail.check.spin.promela import Rendered, _gmem_of, _guard, checker_proctype, render
 
 # run_stage()'s transitions: the stages that can follow each stage.
 NEXT: dict[str, tuple[str, ...]] = {
@@ -449,18 +449,7 @@ def render_races(system: Any) -> RacesRendered:
                        f"{derive}; if :: mfc && {waits} -> mf_restore() :: !mfc && {waits} -> mf_zero() "
                        f":: else -> skip fi; "
                        f"RESET_SCRATCH; mfc = 0 }}")
-    from memfail.check.spin.promela import MF_FIRED_C
-    out.append("#ifndef REPLAY")
-    out.append(MF_FIRED_C.replace("NLABELS", str(len(trans))))
-    out.append("active proctype checker() {\n"
-               "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
-               "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
-               "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do")
-    for K in range(len(trans)):
-        out.append(f"  :: d_step {{ G_{K} -> c_code {{ mf_fired[{K}] = 1; }}; tr_{K}(); "
-                   f'printf("MF_STEP {K}\\n"); observe(); assert(!VIOLATED) }}')
-    out.append("  od\n}")
-    out.append("#endif")
+    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
     text = "\n".join(out) + "\n"
     return RacesRendered(text, labels + conts, base.props, nbase=len(labels))
 
