@@ -44,6 +44,7 @@ from memfail.check.properties import PROPERTIES
 from memfail.check.spin.observe import PAGE_FIELDS, pages_of
 from memfail.check.spin.promela import (
     EFFORT,
+    MCE_INLINES,
     PROP_EXPR,
     Rendered,
     Unsupported,
@@ -375,27 +376,7 @@ inline faultin(v, p) {
      if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
   fi
 }
-/* kvm_machine_check() (R45) and queue_task_work() (M7), as promela.py's mc() */
-inline mc(v, p, i) {
-  affected[v] = 1;
-  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
-  mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
-  if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
-  if
-  :: mcc[VT(v, i)] > 10 || (mcc[VT(v, i)] > 1 && twp[VT(v, i)] != p + 1) ->
-       panic = 1; m_panic = 1; m_hdown = 1
-  :: else -> skip
-  fi
-}
-/* task_work_run() (M8): the vCPU thread's queued kill_me_maybe */
-inline tw_run(v, i) {
-  if
-  :: twp[VT(v, i)] != 0 && !panic ->
-       tp = twp[VT(v, i)] - 1; twp[VT(v, i)] = 0; mcc[VT(v, i)] = 0; kmm(v, tp)
-  :: else -> skip
-  fi
-}
-/* do_guest_access() (KVM_RUN), as promela.py's ev_vcpu: round 0 the pending task work, rounds
+""" + MCE_INLINES + r"""/* do_guest_access() (KVM_RUN), as promela.py's ev_vcpu: round 0 the pending task work, rounds
    1-3 the tries of the SPTE or faultin() and the load */
 inline ev_vcpu(v, p, i) {
   if

@@ -517,6 +517,34 @@ def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int]:
 
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
 # (src/memfail/model/kvm/gmem.py, kvm.py, vmm/qemu.py).
+# The machine-check window (docs/mce.md), the same in the guest_memfd and hugetlbfs models:
+# ``mc`` and ``tw_run`` call the model's own ``kmm`` (kill_me_maybe).
+MCE_INLINES = r"""/* kvm_machine_check() (R45): the load consumes the poison (PoisonConsumed: the monitor
+   counts it unless an earlier consumption of the same poison still waits for its
+   memory_failure(), the hardware's window), do_machine_check() and queue_task_work() on the
+   vCPU thread (M7): mce_count, the first page; the eleventh, or one on another page before
+   the task work ran, panics the host */
+inline mc(v, p, i) {
+  affected[v] = 1;
+  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
+  mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
+  if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
+  if
+  :: mcc[VT(v, i)] > 10 || (mcc[VT(v, i)] > 1 && twp[VT(v, i)] != p + 1) ->
+       panic = 1; m_panic = 1; m_hdown = 1
+  :: else -> skip
+  fi
+}
+/* task_work_run() (M8): the vCPU thread's queued kill_me_maybe, then its signals */
+inline tw_run(v, i) {
+  if
+  :: twp[VT(v, i)] != 0 && !panic ->
+       tp = twp[VT(v, i)] - 1; twp[VT(v, i)] = 0; mcc[VT(v, i)] = 0; kmm(v, tp)
+  :: else -> skip
+  fi
+}
+"""
+
 SEMANTICS = r"""
 byte mq; byte mr; bit ao;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
@@ -688,31 +716,7 @@ inline faultin(v, p) {
   :: else -> map_spte(v, p)
   fi
 }
-/* kvm_machine_check() (R45): the load consumes the poison (PoisonConsumed: the monitor
-   counts it unless an earlier consumption of the same poison still waits for its
-   memory_failure(), the hardware's window), do_machine_check() and queue_task_work() on the
-   vCPU thread (M7): mce_count, the first page; the eleventh, or one on another page before
-   the task work ran, panics the host */
-inline mc(v, p, i) {
-  affected[v] = 1;
-  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
-  mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
-  if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
-  if
-  :: mcc[VT(v, i)] > 10 || (mcc[VT(v, i)] > 1 && twp[VT(v, i)] != p + 1) ->
-       panic = 1; m_panic = 1; m_hdown = 1
-  :: else -> skip
-  fi
-}
-/* task_work_run() (M8): the vCPU thread's queued kill_me_maybe, then its signals */
-inline tw_run(v, i) {
-  if
-  :: twp[VT(v, i)] != 0 && !panic ->
-       tp = twp[VT(v, i)] - 1; twp[VT(v, i)] = 0; mcc[VT(v, i)] = 0; kmm(v, tp)
-  :: else -> skip
-  fi
-}
-/* do_guest_access() (KVM_RUN): the guest's own view first (an offlined page, a user killed on
+""" + MCE_INLINES + r"""/* do_guest_access() (KVM_RUN): the guest's own view first (an offlined page, a user killed on
    access), the vCPU's pending task work (R45), then up to three tries of the SPTE or
    faultin() and the load; a consumed error's task work runs before the vCPU enters again, and
    unless a vMCE stopped it (or the VM stopped) the guest re-executes the load. Written as one
