@@ -43,7 +43,6 @@ from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
 from memfail.check.spin.observe import PAGE_FIELDS, pages_of
 from memfail.check.spin.promela import (
-    EFFORT,
     MCE_INLINES,
     PROP_EXPR,
     Rendered,
@@ -51,6 +50,7 @@ from memfail.check.spin.promela import (
     _foreach,
     _gmem_of,
     _guard,
+    _guest_run,
     _ignores_vmce,
     _vmm_thread,
     checker_proctype,
@@ -209,12 +209,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {q}, {p.get('vcpu') or 0})"
     if kind == "guest_run":
-        vm = vm_of(cfg, p["vm"])
-        vcpus = list(range(vm.vcpus)) if vm.behaviour == "hostile" else \
-            [0] if vm.behaviour == "careless" else [p.get("vcpu") or 0]
-        rounds = p.get("rounds") or EFFORT
-        stop = {"cooperative": 0, "confidential": 1}.get(vm.behaviour, 2)
-        return f"guest_run({v}, {q}, {vcpus[0]}, {vcpus[-1]}, {rounds}, {stop})"
+        return _guest_run(vm_of(cfg, p["vm"]), v, q, p)
     if kind == "vcpu_mce":
         return f"ev_vcpu_mce({v}, {q}, {p['vcpu']})"
     if kind == "task_work":
