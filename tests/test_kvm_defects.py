@@ -325,3 +325,41 @@ def test_hugetlbfs_fallocate_allocates_huge_pages_into_the_page_cache() -> None:
     first, second = r.steps[-2:]
     assert first.ret == 0 and second.ret == -1
     assert [e.errno for e in second.events if e.kind == "action"] == ["ENOSPC"]
+
+
+# ------------------------------------------------------------ a poisoned 4K piece of a split folio
+
+SPLIT_PIECE = """\
+name: split-piece
+profile: next
+policy: %s
+host: {memory: 8G, hugepages: {2M: 2}, geometry: {pmd_order: 2, pud_order: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu0}
+  - gmem_create: {vm: vm0, fd: gmem0, size: 16K, flags: [mmap, init_shared], backing: 2M}
+  - mmap: {proc: qemu0, name: vm0.ram, size: 16K, fd: gmem0, shared: true}
+  - memslot: {vm: vm0, gpa: 0, size: 16K, gmem: gmem0, hva: vm0.ram}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - hw_error: {vm: vm0, gpa: 0, detect: scrub}
+  - mem_read: {proc: qemu0, thread: main, addr: vm0.ram}
+"""
+
+
+def test_vmm_fault_on_a_poisoned_piece_of_a_split_folio_is_refused() -> None:
+    """A shared (split, R87) guest_memfd HugeTLB folio: the error on its first 4K piece sets
+    that page's PG_hwpoison; the VMM's first access through its mapping then faults, and
+    __do_fault's PageHWPoison check (R41) refuses the page: SIGBUS BUS_MCEERR_AR, which QEMU's
+    main thread does not survive. The piece is neither evicted (and replaced by a fresh huge
+    page) nor mapped and consumed."""
+    for policy in ("mainline", "mf-delayed-fix"):
+        r = _run(SPLIT_PIECE % policy)
+        read = r.steps[-1]
+        assert read.ret == "sigbus", policy
+        sig = [e.to_dict() for e in read.events if e.kind == "signal"]
+        assert [(s["si_code"], s["addr_rel"], s["sender"]) for s in sig] == \
+            [("BUS_MCEERR_AR", "vm0.ram+0x0", "fault")], policy
+        # refused at the fault: the poisoned page is never mapped, so nothing consumes it
+        assert not [e for e in read.events if e.kind in ("poison_consumed", "memory_failure")]
+        assert r.processes["qemu0"] == {"state": "killed", "code": None, "signal": 7}, policy

@@ -846,7 +846,8 @@ inline adrerr_kill(v) {
   kill_vm(v)
 }
 /* the VMM's main thread reads (or, wr, writes) guest memory through its mapping: a missing PTE is faulted in
-   (kvm_gmem_fault_user: unusable, allocation, the policy's table check); a hwpoison entry, a
+   (kvm_gmem_fault_user: unusable, allocation, the policy's table check; then
+   __do_fault's PG_hwpoison check, R41: a poisoned 4K piece is not evicted, VM_FAULT_HWPOISON); a hwpoison entry, a
    refused fault or a consumed error gives it SIGBUS, which QEMU's main thread does not
    survive (kvm_on_sigbus aborts on AR, a non-MCE SIGBUS is re-raised) */
 inline ev_vmm(v, p, wr) {
@@ -859,6 +860,7 @@ inline ev_vmm(v, p, wr) {
      if
      :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sigbus_kill(v)
+     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> sigbus_kill(v)   /* __do_fault: VM_FAULT_HWPOISON */
      :: else ->
         pte[p] = 1;
         if
@@ -894,6 +896,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
      if
      :: bk[v] == 0 -> skip
      :: bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> skip
+     :: bk[v] == OWN && hwp[p] -> skip      /* __do_fault: VM_FAULT_HWPOISON, the uaccess fails */
      :: else -> pte[p] = 1; kq = (bk[v] == OWN -> 1 : 2)
      fi
   :: !hva && priv[p] -> kq = (bk[v] == OWN -> 1 : (bk[v] == SPARE -> 2 : 0))  /* the file's folio */
@@ -953,6 +956,7 @@ inline ev_vmm_vcpu(v, p, wr) {
      :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
           guest_mce(v, p, 0)                      /* VM_FAULT_HWPOISON: AR */
+     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> guest_mce(v, p, 0)   /* __do_fault's check */
      :: else ->
         pte[p] = 1;
         if

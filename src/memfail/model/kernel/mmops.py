@@ -214,8 +214,12 @@ def fault_in(host: Host, proc: Process, vma: VMA, addr: int,
         if folio is None:
             return FaultError("sigbus")
     if page_poisoned(host, folio, index):
-        # __do_fault (R41): unmap it everywhere, try to evict; the MF reference keeps it
-        if folio.refs["mf"] or folio.refcount > folio.refs["pagecache"] + folio.refs["map"]:
+        # __do_fault (R41): unmap it everywhere, try to evict; the MF reference keeps it.
+        # A 4K piece of a split guest_memfd HugeTLB folio is never evicted on its own: it
+        # is part of a huge page that only guest_memfd's merge or truncation hands back to
+        # the pool (R87), so mapping_evict_folio() fails and the fault is VM_FAULT_HWPOISON.
+        if "gmem_sub" in folio.flags or folio.refs["mf"] or \
+                folio.refcount > folio.refs["pagecache"] + folio.refs["map"]:
             host.try_to_unmap(folio, hwpoison=False, pfn=folio.pfn)
             return FaultError("hwpoison", geo.page_shift)
         host.delete_from_page_cache(folio)
@@ -237,8 +241,14 @@ def _isize(inode: Inode, vma: VMA) -> int:
 
 
 def page_poisoned(host: Host, folio: Folio, index: int) -> bool:
-    if folio.kind == HUGETLB:
+    """``PageHWPoison(vmf->page)`` as __do_fault() tests it after ->fault (R41). A huge
+    HugeTLB folio answers with its folio-wide flag (hugetlb keeps PG_hwpoison on the head,
+    R54); any other page with its own flag, which for the 4K pieces of a split guest_memfd
+    HugeTLB folio (gmem_split, R87) is the raw page's flag the split moved there."""
+    if folio.kind == HUGETLB and folio.order:
         return "hwpoison" in folio.flags
+    if "hwpoison" in folio.flags:
+        return True
     return folio.pfn + (index - folio.index) in host.phys.hwpoison
 
 
