@@ -182,3 +182,43 @@ def test_without_a_file_spin_checks_the_standard_configuration(
     for f in files:
         code = main(["run", f])
         assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"
+
+
+# ------------------------------------------------------------ one pan per configuration
+
+
+def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela of two policies differs only in the knob values, which pan reads at start
+    (runtime_knobs): one compile serves both, and the knobs still decide the verdicts (a
+    knob that changed nothing would give both policies the same ones)."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+    from memfail.check.spin.promela import render
+
+    texts, knobs = [], []
+    for pol in ("mainline", "future"):
+        s = ModelSystem(load_config(AGREE_CONFIG), pol)
+        s.initial()
+        text, k = runner.runtime_knobs(render(s).text)
+        texts.append(text)
+        knobs.append(k)
+    assert texts[0] == texts[1] and knobs[0] != knobs[1]
+    cache = runner._PanCache()
+    monkeypatch.setattr(runner, "PAN_CACHE", cache)
+    built: list[Path] = []
+    get = cache.get
+    monkeypatch.setattr(cache, "get", lambda text, flags: built.append(get(text, flags))
+                        or built[-1])
+    rc, spin = _check(capsys, "--engine", "spin", "--workers", "2",
+                      *_policy_args(["mainline", "future"]))
+    assert rc == 1 and len(built) == 2 and built[0] == built[1]
+    assert len([d for d in cache._root.iterdir() if (d / "pan").exists()]) == 1  # type: ignore[union-attr]
+    rc_py, py = _check(capsys, *_policy_args(["mainline", "future"]))
+    assert rc_py == 1
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
+            {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+    statuses = [{v["status"] for v in r["verdicts"].values()} for r in spin["results"]]
+    assert "FAIL" in statuses[0] and statuses[1] == {"PASS"}

@@ -130,6 +130,29 @@ def test_python_races_walks_and_spin_simulations_agree(text: str, policy: str) -
         assert diff is None, f"{policy}, spin -n{seed}: {diff}"
 
 
+@pytest.mark.parametrize("policy", ["mainline", "mf-delayed-fix"])
+@pytest.mark.parametrize("config,seed", [("guest", 2), ("two", 4)])
+def test_races_walks_through_a_vmm_fault_on_a_poisoned_split_piece_agree(
+        config: str, seed: int, policy: str) -> None:
+    """Walks that once disagreed at ``hostfault.map``: the VMM faults on a 4K piece of a
+    split guest_memfd HugeTLB folio whose raw page is PG_hwpoison (memory_failure() ignored
+    it: no reference kept). __do_fault's check refuses the page in both engines
+    (VM_FAULT_HWPOISON, R41): the Python model used to read the folio's flag (never set on
+    a piece), map the page and consume it, then to evict the piece and allocate a new huge
+    page; the Promela model did not check at all."""
+    from memfail.check.config import load_config
+    from memfail.check.spin import AGREE_GUEST_CONFIG, AGREE_TWO_CONFIG
+
+    path = {"guest": AGREE_GUEST_CONFIG, "two": AGREE_TWO_CONFIG}[config]
+    system = ModelSystem(load_config(path), policy, races=True)
+    system.initial()
+    rendered = render_races(system)
+    walk = walk_python(system, rendered, seed, STEPS)
+    assert any(rendered.labels[k][0] == "~step" and
+               dict(rendered.labels[k][1])["stage"] == "hostfault.map" for k in walk.labels)
+    assert agree_walk(system, seed, STEPS, rendered) is None
+
+
 def _straddling(system: ModelSystem, rendered: RacesRendered) -> list[int]:
     """convert, its folios, a fault's get_pfn, memory_failure()'s record and unmap, then the
     fault's map (stale: retried) and its get_pfn again (refused by the fault check)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -187,7 +188,9 @@ def check(
         "--policy", help="Check only this policy (repeatable).")] = None,
     prop: Annotated[list[str] | None, typer.Option(
         "--property", help="Check only this property (repeatable).")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes.", min=1)] = 1,
+    workers: Annotated[int, typer.Option(
+        help="Local worker processes; with --engine spin, the number of policies checked at "
+             "once (one pan each).", min=1)] = 1,
     scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address (tcp://HOST:PORT) instead of local processes.")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -336,8 +339,13 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     results: list[tuple[str, Result, dict[str, str]]] = []
     absent: dict[str, dict[str, str]] = {}
     where = str(config) if config is not None else "standard configuration"
-    backend = _backend(workers, scheduler)
+    # the SPIN engine: pan is one process per policy, so --workers N runs N policies at once
+    backend = _backend(workers, scheduler) if engine == "python" else Backend()
+    pool = ThreadPoolExecutor(max_workers=workers) \
+        if engine != "python" and workers > 1 and len(policies) > 1 else None
+    pending: dict[str, Future[Result]] = {}
     with backend:
+        systems: dict[str, System] = {}
         for pol in policies:
             system = _system_for(cfg, pol, races, where)
             if options.symmetry and getattr(system, "canonical", None) is None:
@@ -346,9 +354,17 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     "(it would have to rename VMs together with their frames, pids and "
                     "mappings inside a Host); drop --symmetry and `symmetry: true` "
                     "(docs/check.md, Reductions)")
+            systems[pol] = system
+            if pool is not None:
+                pending[pol] = pool.submit(_spin, system, props, engine, races)
+        for pol in policies:
+            system = systems[pol]
             try:
-                result = _run(system, backend, bounds, options, err, pol, as_json) \
-                    if engine == "python" else _spin(system, props, engine, races)
+                if pol in pending:
+                    result = pending[pol].result()
+                else:
+                    result = _run(system, backend, bounds, options, err, pol, as_json) \
+                        if engine == "python" else _spin(system, props, engine, races)
             except InputError:
                 raise
             except (KeyError, ValueError, NotImplementedError) as e:
@@ -365,6 +381,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     if v.status == FAIL:
                         files[name] = str(write_counterexample(out, system, v))
             results.append((pol, result, files))
+    if pool is not None:
+        pool.shutdown(cancel_futures=True)
     if as_json:
         typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
                               indent=2))

@@ -12,11 +12,15 @@ collision may have hidden a state; the estimate is printed).
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,20 +116,104 @@ def _run(cmd: list[str], cwd: Path, timeout: float | None = None,
     return p.stdout + p.stderr
 
 
+# ``#define name N`` for a knob (knob_defines): its constants K_NAME_... come first.
+_KNOB = re.compile(r"^#define ([a-z][a-z0-9_]*) (\d+)$", re.M)
+_INIT = "d_step { init_state();"
+KNOBS_FILE = "knobs.json"
+
+
+def runtime_knobs(text: str) -> tuple[str, dict[str, int]]:
+    """The model with its knobs read at run time, and their values.
+
+    The Promela of one configuration differs between policies only in the knob ``#define``
+    lines, so each knob becomes a global ``byte`` the checker sets before ``init_state()``:
+    ``pan`` from ``MF_K_<knob>`` in its environment (``c_code``, which only pan runs), a
+    simulation (``spin -t``) from ``-DKV_<knob>=<value>``. One pan then serves every policy
+    of the configuration; the knobs are constant along a search, so they add bytes to the
+    state vector but no state."""
+    knobs = {m.group(1): int(m.group(2)) for m in _KNOB.finditer(text)
+             if f"#define K_{m.group(1).upper()}_" in text}
+    if not knobs or _INIT not in text:
+        return text, {}
+
+    def decl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in knobs:
+            return m.group(0)
+        return f"#ifndef KV_{name}\n#define KV_{name} 0\n#endif\nbyte {name};"
+
+    text = _KNOB.sub(decl, text)
+    env = " ".join(f'if ((e = getenv("MF_K_{n}"))) now.{n} = atoi(e);' for n in knobs)
+    sets = " ".join(f"{n} = KV_{n};" for n in knobs)
+    text = text.replace(_INIT, f"d_step {{ {sets} c_code {{ char *e; {env} }}; init_state();", 1)
+    return text, knobs
+
+
+class _PanCache:
+    """pan binaries of this process, one per model text and compiler flags, so the policies
+    of one configuration (and a run's repeated searches) compile once. Removed at exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, threading.Lock] = {}
+        self._root: Path | None = None
+
+    def get(self, text: str, flags: list[str]) -> Path:
+        spin, cc = tools()
+        key = hashlib.sha256("\0".join([text, *flags, spin, cc]).encode()).hexdigest()[:24]
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="memfail-pan-"))
+                atexit.register(shutil.rmtree, self._root, True)
+            lock = self._keys.setdefault(key, threading.Lock())
+            where = self._root / key
+        with lock:
+            pan = where / "pan"
+            if not pan.exists():
+                build = Path(tempfile.mkdtemp(prefix="build-", dir=self._root))
+                (build / "model.pml").write_text(text)
+                _run([spin, "-a", "model.pml"], build)
+                _quiet_observation(build / "pan.m")
+                _run([cc, *flags, "-w", "-o", "pan", "pan.c"], build)
+                build.rename(where)
+            return pan
+
+
+PAN_CACHE = _PanCache()
+
+
+def _quiet_observation(panm: Path) -> None:
+    """pan evaluates the arguments of every ``printf`` although a search prints nothing
+    (pan's Printf); the observation (``MF_OBS``, some 140 of them) is for ``spin -t`` only,
+    which reads the Promela, not pan.c: the search skips it."""
+    text = panm.read_text()
+    panm.write_text(text.replace('Printf("MF_OBS ', 'if (0) Printf("MF_OBS '))
+
+
 def compile_pan(workdir: Path, text: str, bitstate: bool, opt: str = "-O1",
                 extra: tuple[str, ...] = (), dfs: bool = False) -> None:
-    """``spin -a`` and the C compiler: one pan per policy, whichever properties it checks
-    (``run_pan``'s mask)."""
-    spin, cc = tools()
-    (workdir / "model.pml").write_text(text)
-    _run([spin, "-a", "model.pml"], workdir)
+    """``spin -a`` and the C compiler: one pan per model text (``runtime_knobs``: every policy
+    of a configuration shares it) and flags, whichever properties it checks (``run_pan``'s
+    mask). ``workdir`` gets the model, the knob values and a link to the pan."""
+    text, knobs = runtime_knobs(text)
     flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE", "-DNOBOUNDCHECK", "-DXUSAFE"]
     # Exhaustive: breadth-first (shortest trails), each state vector stored whole. COLLAPSE
     # compression was measured slower here (1.06 s against 0.65 s CPU for 143k states of
-    # bench/check_engines.yaml): the vector is ~130 bytes and the memory it saves is small.
+    # bench/check_engines.yaml), and saves no memory on the breadth-first queue.
     flags += ["-DBITSTATE"] if bitstate else [] if dfs else ["-DBFS"]
     flags += list(extra)   # bench/bench_check_engines.py --variants: compression, reduction
-    _run([cc, *flags, "-w", "-o", "pan", "pan.c"], workdir)
+    pan = PAN_CACHE.get(text, flags)
+    (workdir / "model.pml").write_text(text)
+    (workdir / KNOBS_FILE).write_text(json.dumps(knobs))
+    link = workdir / "pan"
+    if link.exists() or link.is_symlink():
+        link.unlink()
+    link.symlink_to(pan)
+
+
+def _knobs(workdir: Path) -> dict[str, int]:
+    f = workdir / KNOBS_FILE
+    return json.loads(f.read_text()) if f.exists() else {}
 
 
 def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
@@ -135,8 +223,9 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
     args = ["./pan", "-m1000000", "-E"]
     if bitstate:
         args.append(f"-w{BITSTATE_LOG2}")
+    env = {"MF_CHECK": str(mask), **{f"MF_K_{n}": str(v) for n, v in _knobs(workdir).items()}}
     t0 = time.perf_counter()
-    out = _run(args, workdir, env={"MF_CHECK": str(mask)})
+    out = _run(args, workdir, env=env)
     st = parse_pan(out)
     st.elapsed = time.perf_counter() - t0
     return st
@@ -145,7 +234,8 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
 def guided(workdir: Path, mask: int) -> tuple[list[int], list[tuple[int, ...]]]:
     """The labels of the trail and the observation after each step (initial one first)."""
     spin, _ = tools()
-    out = _run([spin, f"-DCHECK={mask}", "-t", "-T", "model.pml"], workdir)
+    kv = [f"-DKV_{n}={v}" for n, v in _knobs(workdir).items()]
+    out = _run([spin, f"-DCHECK={mask}", *kv, "-t", "-T", "model.pml"], workdir)
     return parse_sim(out)
 
 

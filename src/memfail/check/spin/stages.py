@@ -379,20 +379,39 @@ def render_races(system: Any) -> RacesRendered:
     from memfail.check.spin.promela import _foreach
     head += _foreach(STAGE_INLINES, npg)
     saved = _decls(head)
-    # not hidden (pan's breadth-first search refuses hidden variables): zero between steps
-    head += "\n".join(f"byte sv_{n}[{c}];" for n, c in saved) + "\n"
     # scalars declared as plain variables are indexed only when they are arrays
     arrays = {n for n, _c in saved if re.search(rf"\b(?:bit|byte|short)\s+{n}\[", head)}
+    bit_decls = re.sub(r"/\*.*?\*/", "", head, flags=re.S)
+    bits = {d.strip().split("[")[0].strip() for m in re.finditer(r"\bbit\s+([^;]*);", bit_decls)
+            for d in m.group(1).split(",")} & {n for n, _c in saved}
+    # not hidden (pan's breadth-first search refuses hidden variables), so zero between
+    # steps and as small as it can be: the bits 31 to an int, the bytes as bytes
+    packed = [(n, i) for n, c in saved if n in bits for i in range(c)]
+    words = [packed[w:w + 31] for w in range(0, len(packed), 31)]
+    plain = [(n, c) for n, c in saved if n not in bits]
+    head += "\n".join(f"byte sv_{n}[{c}];" for n, c in plain) + "\n"
+    head += "".join(f"int sv_bits{w};\n" for w in range(len(words)))
+
+    def var(n: str, i: int) -> str:
+        return f"{n}[{i}]" if n in arrays else n
+
     def copy(dst: str, src: str) -> str:
         """Straight-line assignments: SPIN bounds the jumps in a d_step (MAXDSTEP), not its
         statements."""
         out = []
-        for n, c in saved:
+        for n, c in plain:
             for i in range(c):
-                d = f"sv_{n}[{i}]" if dst == "sv" else f"{n}[{i}]" if n in arrays else n
-                s_ = "0" if src == "0" else f"sv_{n}[{i}]" if src == "sv" else \
-                    f"{n}[{i}]" if n in arrays else n
+                d = f"sv_{n}[{i}]" if dst == "sv" else var(n, i)
+                s_ = "0" if src == "0" else f"sv_{n}[{i}]" if src == "sv" else var(n, i)
                 out.append(f"{d} = {s_}")
+        for w, word in enumerate(words):
+            if src == "0":
+                out.append(f"sv_bits{w} = 0")
+            elif dst == "sv":
+                out.append(f"sv_bits{w} = " + " | ".join(
+                    f"({var(n, i)} << {b})" for b, (n, i) in enumerate(word)))
+            else:
+                out += [f"{var(n, i)} = (sv_bits{w} >> {b}) & 1" for b, (n, i) in enumerate(word)]
         return "; ".join(out)
 
     save, restore, zero = copy("sv", "var"), copy("var", "sv"), copy("sv", "0")
