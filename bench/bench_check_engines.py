@@ -4,6 +4,7 @@
     python bench/bench_check_engines.py --seconds 60 --policy minimum
     python bench/bench_check_engines.py --standard      # also the standard configuration
     python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
+    python bench/bench_check_engines.py --races --agree 50   # the same, lock-granular
     python bench/bench_check_engines.py --config standard --seconds 60   # the standard config
     python bench/bench_check_engines.py --config standard --variants     # pan's options
     python bench/bench_check_engines.py --races --seconds 60  # both engines with --races
@@ -161,8 +162,14 @@ def standard(races: bool = False) -> None:
               f"compile {ec:.1f} s")
 
 
-def agree(n: int) -> int:
+def agree(n: int, races: bool = False) -> int:
+    """n seeded Python walks replayed in Promela and n/4+1 SPIN simulations replayed on the
+    Python model, per configuration and policy; with ``races`` lock-granular (20 steps, the
+    stages in Promela), else atomic (12 steps)."""
     from memfail.check.spin.agree import agree_simulation, agree_walk
+    from memfail.check.spin.stages import render_races
+
+    steps = 20 if races else 12
 
     bad = 0
     for cfg_path in (AGREE_CONFIG, AGREE_TWO_CONFIG, AGREE_KERNEL_CONFIG, AGREE_CONVERT_CONFIG,
@@ -171,17 +178,17 @@ def agree(n: int) -> int:
         for policy in cfg.policies:
             if policy_refusal(policy) is not None:
                 continue
-            system = ModelSystem(cfg, policy)
+            system = ModelSystem(cfg, policy, races)
             system.initial()
-            rendered = render(system)
+            rendered = render_races(system) if races else render(system)
             t0 = time.perf_counter()
             for seed in range(n):
-                d = agree_walk(system, seed, 12, rendered)
+                d = agree_walk(system, seed, steps, rendered)
                 if d:
                     bad += 1
                     print(f"DISAGREE {cfg_path.name} {policy} walk {seed}: {d}")
             for seed in range(1, n // 4 + 2):
-                d = agree_simulation(system, seed, 12, rendered)
+                d = agree_simulation(system, seed, steps, rendered)
                 if d:
                     bad += 1
                     print(f"DISAGREE {cfg_path.name} {policy} spin -n{seed}: {d}")
@@ -212,7 +219,7 @@ def main() -> int:
     if a.config == Path("standard"):
         a.config = STANDARD
     if a.agree:
-        return agree(a.agree)
+        return agree(a.agree, a.races)
     if a.variants:
         variants(a.config, a.policy, a.races)
         return 0

@@ -153,6 +153,28 @@ def test_races_walks_through_a_vmm_fault_on_a_poisoned_split_piece_agree(
     assert agree_walk(system, seed, STEPS, rendered) is None
 
 
+PRESETS = ["mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable", "future"]
+
+
+@pytest.mark.parametrize("policy", PRESETS)
+@pytest.mark.parametrize("config", ["guest", "two"])
+def test_races_walks_agree_on_the_guest_and_two_vm_configurations(config: str,
+                                                                   policy: str) -> None:
+    """Every preset, --races, on agree-guest.yaml (careless, hostile and confidential guests,
+    machine checks waiting for their task work) and agree-two.yaml (two VMs): a seeded
+    Python walk replayed step for step in Promela (a seed per preset; `python
+    bench/bench_check_engines.py --races --agree N` runs more)."""
+    from memfail.check.config import load_config
+    from memfail.check.spin import AGREE_GUEST_CONFIG, AGREE_TWO_CONFIG
+
+    path = {"guest": AGREE_GUEST_CONFIG, "two": AGREE_TWO_CONFIG}[config]
+    system = ModelSystem(load_config(path), policy, races=True)
+    system.initial()
+    seed = 10 + PRESETS.index(policy)
+    diff = agree_walk(system, seed, STEPS, render_races(system))
+    assert diff is None, f"{policy}, walk seed {seed}: {diff}"
+
+
 def _straddling(system: ModelSystem, rendered: RacesRendered) -> list[int]:
     """convert, its folios, a fault's get_pfn, memory_failure()'s record and unmap, then the
     fault's map (stale: retried) and its get_pfn again (refused by the fault check)."""
