@@ -229,3 +229,34 @@ def test_locks_and_mf_waits_are_guards_in_promela() -> None:
     assert rendered.labels[hw] not in system.enabled(s)
     pm = replay_promela(system, rendered, [hw, hw])
     assert pm.blocked == 1
+
+
+def test_a_kernel_user_faulting_through_the_vmm_mapping_waits_for_a_conversion() -> None:
+    """A conversion in flight (between convert.attributes and convert.folios) holds the
+    invalidate lock exclusive. vhost reaches guest memory through the VMM's page tables: with
+    no PTE there its GUP faults the page in through kvm_gmem_fault_user_mapping, which takes
+    the lock shared, so it waits (races.atomic_needs); vmcore reads the frame by pfn and does
+    not. Both engines agree, step for step."""
+    from memfail.check.config import load_config
+    from memfail.check.spin import AGREE_CONVERT_CONFIG
+
+    system = ModelSystem(load_config(AGREE_CONVERT_CONFIG), "mainline", races=True)
+    s = system.initial()
+    rendered = render_races(system)
+    convert = next(lab for lab in rendered.labels if lab[0] == "convert" and
+                   dict(lab[1]) == {"vm": "vm0", "page": 0, "pages": 1, "to": "private"})
+
+    def kacc(user: str) -> Any:
+        return next(lab for lab in rendered.labels if lab[0] == "kernel_access" and
+                    dict(lab[1])["user"] == user and dict(lab[1])["page"] == 0)
+
+    assert kacc("vhost") in system.enabled(s)
+    s = system.step(s, convert)   # convert.attributes: page 0 private, its PTE gone
+    enabled = system.enabled(s)
+    assert kacc("vhost") not in enabled and kacc("vmcore") in enabled
+    index = {lab: k for k, lab in enumerate(rendered.labels)}
+    seq = [index[convert], index[kacc("vmcore")]]
+    assert compare(system, rendered, replay_python(system, rendered, seq),
+                   replay_promela(system, rendered, seq), ("python", "promela")) is None
+    blocked = replay_promela(system, rendered, [index[convert], index[kacc("vhost")]])
+    assert blocked.blocked == 1, "Promela lets vhost fault in during the conversion"

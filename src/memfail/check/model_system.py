@@ -390,7 +390,7 @@ class ModelSystem:
                 for _, label in self.entries:
                     first = races.first_stage(self._specs(label), label[0], host)
                     needs[label] = races.stage_needs(first[0]) if first \
-                        else races.ATOMIC_NEEDS[label[0]]
+                        else races.atomic_needs(self._specs(label), label[0], host)
             got = (bool(host.panicked), needs)
             if key is not None:
                 if len(self._views) >= MEMO_SIZE:

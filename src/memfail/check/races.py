@@ -299,6 +299,38 @@ def host_fault_target(host: HostState, proc_name: str, addr: Any) -> tuple[Any, 
     return vma, vma.inode, vma.index_of(a, host.geometry.page_shift)
 
 
+def kernel_access_faults(host: HostState, args: dict[str, Any]) -> bool:
+    """Does this kernel_access fault a guest_memfd page in? A user that reaches guest memory
+    through the VMM's page tables (reach ``hva``: vhost, a uaccess or GUP) where the VMM has
+    no entry faults the page in as the VMM's own access would (kvm/kvm.py _kernel_target:
+    gup), through kvm_gmem_fault_user_mapping, which takes the invalidate lock shared, as the
+    ``hostfault.lookup`` stage does."""
+    from memfail.model.kernel.kaccess import KERNEL_USER_BY_NAME
+
+    u = KERNEL_USER_BY_NAME.get(args.get("user") or "")
+    vm = kvm_state(host).get(args.get("vm") or "")
+    if u is None or u.reach != "hva" or vm is None or args.get("gpa") is None:
+        return False
+    geo = host.geometry
+    gfn = parse_size(args["gpa"], geo.page_size) >> geo.page_shift
+    slot = vm.slot_of(gfn)
+    if slot is None or slot.hva is None:
+        return False
+    addr = slot.hva + ((gfn - slot.base_gfn) << 12)
+    return host_fault_target(host, vm.vmm.comm, addr) is not None
+
+
+def atomic_needs(specs: list[StepSpec], kind: str, host: HostState) -> frozenset[Lock]:
+    """The locks an event that runs as one step needs in this state: ``ATOMIC_NEEDS``, and
+    the invalidate lock shared for a kernel_access that faults a guest_memfd page in (so it
+    waits for a conversion, punch hole or release that holds it exclusive)."""
+    needs = ATOMIC_NEEDS[kind]
+    if kind == "kernel_access" and specs and specs[0][0] == "kernel_access" and \
+            kernel_access_faults(host, specs[0][1]):
+        needs = needs | {INV_S}
+    return needs
+
+
 def host_fault_lookup(host: HostState, proc_name: str, addr: Any) -> bool:
     """Stage hostfault.lookup: kvm_gmem_fault_user_mapping succeeds (else the caller runs
     the whole access, which takes the same error)."""
@@ -362,7 +394,7 @@ def convert_end(host: HostState, vm_name: str, g0: int, g1: int, private: bool) 
                                  hi - s.base_gfn + s.gmem_pgoff, private)
 
 
-__all__ = ["ATOMIC_NEEDS", "STAGES", "Label", "conflicts"]
+__all__ = ["ATOMIC_NEEDS", "STAGES", "Label", "atomic_needs", "conflicts"]
 
 
 # --------------------------------------------------------------------------- the driver

@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check import races
-from memfail.check.spin.promela import Rendered, _gmem_of, _guard, checker_proctype, render
+from memfail.check.spin.promela import (
+    Rendered,
+    _gmem_of,
+    _guard,
+    checker_proctype,
+    kernel_user,
+    render,
+    system_args,
+)
 
 # run_stage()'s transitions: the stages that can follow each stage.
 NEXT: dict[str, tuple[str, ...]] = {
@@ -427,6 +435,13 @@ def render_races(system: Any) -> RacesRendered:
         atomic_needs = races.ATOMIC_NEEDS[label[0]]
         if op is None:
             g = f"{guard} && !{_lock_expr(ops, atomic_needs, k)}"
+            if label[0] == "kernel_access" and \
+                    kernel_user(system.config, system_args(label))[0]:
+                # races.atomic_needs: an hva user faults the page in (HT) under INV_S
+                p = dict(label[1])
+                v = [vm.name for vm in system.config.vms].index(p["vm"])
+                q = v * npg + int(p.get("page") or 0)
+                g += f" && !(HT({v}, {q}) && {_lock_expr(ops, frozenset({races.INV_S}), k)})"
             body = f"step_{k}()"
         else:
             first_needs = races.STAGES[op.first].needs
