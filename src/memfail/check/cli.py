@@ -235,6 +235,9 @@ def check(
 
     Swarm: memfail check --swarm 200 --walk-depth 40 --seed 1 --workers 2 --out cex/
 
+    SPIN, every state, lock-granular, two policies at a time:
+    memfail check --engine spin --races --workers 2 --out cex/
+
     Exit status: 0 no selected property fails, 1 one does, 2 bad input or usage (one
     `memfail: error:` line, before any work), 3 internal error.
     """
@@ -355,8 +358,9 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     "mappings inside a Host); drop --symmetry and `symmetry: true` "
                     "(docs/check.md, Reductions)")
             systems[pol] = system
-            if pool is not None:
-                pending[pol] = pool.submit(_spin, system, props, engine, races)
+        if pool is not None:  # every policy renders: only now start the searches
+            pending = {pol: pool.submit(_spin, systems[pol], props, engine, races)
+                       for pol in policies}
         for pol in policies:
             system = systems[pol]
             try:
@@ -373,6 +377,10 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                 raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
             except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
                 raise OptionError("--engine", f"policy {pol!r}: {e}") from None
+            finally:
+                if pool is not None and not (pol in pending and pending[pol].done()
+                                             and pending[pol].exception() is None):
+                    pool.shutdown(wait=False, cancel_futures=True)  # no new pan after an error
             files: dict[str, str] = {}
             if _is_model(system) and engine == "python":  # SPIN reports no hooks
                 absent[pol] = hooks_absent(pol)
