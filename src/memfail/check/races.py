@@ -111,14 +111,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
        "under mmu_lock: the fault is stale if mmu_invalidate_seq moved (an invalidation ran "
        "since the snapshot) and KVM retries from fault.get_pfn; else the SPTE is installed"),
     _s("fault.access", set(), set(),
-       "the vCPU re-enters the guest and the load/store runs through the new SPTE"),
+       "the vCPU re-enters the guest and the load/store runs through the new SPTE (zapped "
+       "meanwhile: the fault starts over at fault.get_pfn)"),
     _s("hostfault.lookup", {INV_S, FOLIO}, {FOLIO},
        "a host fault on the VMM's guest_memfd mapping: kvm_gmem_fault_user_mapping (lookup, "
        "the policy's table check); the folio comes back locked"),
     _s("hostfault.map", {FOLIO}, set(),
        "__do_fault's PG_hwpoison check and finish_fault's PTE, still under the folio lock, "
        "which is then dropped"),
-    _s("hostfault.access", set(), set(), "the VMM thread's load/store through the new PTE"),
+    _s("hostfault.access", set(), set(), "the VMM thread's load/store through the new PTE "
+       "(zapped meanwhile: the fault starts over at hostfault.lookup)"),
     _s("punch.zap", {INV_X, MMU}, {INV_X},
        "kvm_gmem_punch_hole: the invalidate lock is taken and stage 2 zapped in every bound VM"),
     _s("punch.free", {INV_X, FOLIO, HUGETLB_LOCK}, set(),
@@ -484,7 +486,19 @@ def run_stage(specs: list[StepSpec], host: Host, stage: str, ctx: Ctx) -> tuple[
     if stage == "fault.map":
         res = fault_map(host, args["vm"], _gfn(host, args), ctx)
         return {"retry": ("fault.get_pfn", ()), "gone": whole}.get(res, ("fault.access", ()))
-    if stage in ("fault.access", "hostfault.access"):
+    if stage == "fault.access":
+        # The SPTE installed at fault.map is gone again (a punch hole, conversion or the
+        # policy zapped it since): the load takes a new EPT violation and the fault starts
+        # over, under the invalidate lock shared, so it waits for whoever zapped it instead
+        # of faulting the page in under that event's exclusive lock.
+        if fault_target(host, args["vm"], _gfn(host, args)) is not None:
+            return "fault.get_pfn", ()
+        _apply(host, specs[0])
+        return whole
+    if stage == "hostfault.access":
+        # the same for the VMM's PTE (zapped by unmap_mapping_range since hostfault.map)
+        if host_fault_target(host, args["proc"], args["addr"]) is not None:
+            return "hostfault.lookup", ()
         _apply(host, specs[0])
         return whole
     if stage == "hostfault.lookup":

@@ -46,9 +46,9 @@ from memfail.check.spin.promela import (
 NEXT: dict[str, tuple[str, ...]] = {
     "mf.record": ("mf.unmap",), "mf.unmap": ("mf.notify",), "mf.notify": (),
     "fault.get_pfn": ("fault.map",), "fault.map": ("fault.get_pfn", "fault.access"),
-    "fault.access": (),
+    "fault.access": ("fault.get_pfn",),
     "hostfault.lookup": ("hostfault.map",), "hostfault.map": ("hostfault.access",),
-    "hostfault.access": (),
+    "hostfault.access": ("hostfault.lookup",),
     "punch.zap": ("punch.free",), "punch.free": (),
     "convert.attributes": ("convert.folios",), "convert.folios": (),
     "release.munmap": ("release.close",), "release.close": ("release.destroy",),
@@ -190,8 +190,12 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
         return (f"if :: vst[{v}] != 0 || !alive[{v}] || unb[{v}] -> {goto(None)} "
                 f":: else -> if :: sx_{k} -> {goto('fault.get_pfn')} "
                 f":: else -> map_spte({v}, {q}); {goto('fault.access')} fi fi")
-    if stage in ("fault.access", "hostfault.access"):
-        return f"wh = 1; {goto(None)}"
+    if stage == "fault.access":  # races.run_stage: zapped since fault.map, fault again
+        return (f"if :: ({op.split}) -> {goto('fault.get_pfn')} "
+                f":: else -> wh = 1; {goto(None)} fi")
+    if stage == "hostfault.access":
+        return (f"if :: HT({v}, {q}) -> {goto('hostfault.lookup')} "
+                f":: else -> wh = 1; {goto(None)} fi")
     if stage == "hostfault.lookup":  # races.host_fault_lookup
         return (f"if :: !HT({v}, {q}) -> fo = 1 :: else -> HLOOKUP({v}, {q}) fi; "
                 f"if :: fo -> wh = 1; {goto(None)} :: else -> {goto('hostfault.map')} fi")
