@@ -45,7 +45,7 @@ from memfail.check.spin import (
     AGREE_TWO_CONFIG,
 )
 from memfail.check.spin.promela import policy_refusal, render
-from memfail.check.spin.runner import compile_pan, run_pan
+from memfail.check.spin.runner import EXTRA, OPT, compile_pan, run_pan
 from memfail.check.spin.stages import render_races
 
 CONFIG = Path(__file__).with_name("check_engines.yaml")
@@ -70,8 +70,8 @@ def python_rate(cfg_path: Path, policy: str, seconds: float, races: bool = False
     return r.states, r.transitions, max(time.process_time() - c0, 1e-3), r.elapsed
 
 
-def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = "-O2",
-              extra: tuple[str, ...] = (), dfs: bool = False, races: bool = False
+def spin_rate(cfg_path: Path | None, policy: str, bitstate: bool, opt: str = OPT,
+              extra: tuple[str, ...] = EXTRA, dfs: bool = False, races: bool = False
               ) -> tuple[int, int, float, float, float | None, bool, float]:
     """States, transitions, CPU seconds of pan's search, compile seconds, hash factor,
     completeness and wall seconds of the search (``cfg_path`` None: the standard
@@ -115,8 +115,9 @@ def bench(cfg_path: Path, policy: str, seconds: float, races: bool = False) -> N
 
 # pan's compile-time choices measured by --variants (memfail check --engine spin uses the first)
 VARIANTS: list[tuple[str, str, tuple[str, ...], bool]] = [
-    ("BFS -O1 (memfail check)", "-O1", (), False),
+    ("BFS -O1", "-O1", (), False),
     ("BFS -O2", "-O2", (), False),
+    ("BFS -O2 -DNOCOMP (memfail check)", "-O2", ("-DNOCOMP",), False),
     ("BFS -O2 -DCOLLAPSE", "-O2", ("-DCOLLAPSE",), False),
     ("BFS -O2 -DHC4", "-O2", ("-DHC4",), False),
     ("DFS -O2", "-O2", (), True),
@@ -155,7 +156,7 @@ def standard(races: bool = False) -> None:
         except Unsupported as e:
             print(f"  {policy:10}: not rendered ({e})")
             continue
-        es, et, ee, ec, _hf, complete, _w = spin_rate(None, policy, False, opt="-O1",
+        es, et, ee, ec, _hf, complete, _w = spin_rate(None, policy, False, opt=OPT,
                                                       races=races)
         print(f"  {policy:10}: {es:9,} states {et:11,} transitions, {ee:.3f} s CPU "
               f"({es / ee:10,.0f} states/s), {'complete' if complete else 'INCOMPLETE'}; "
