@@ -222,3 +222,25 @@ def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
             {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
     statuses = [{v["status"] for v in r["verdicts"].values()} for r in spin["results"]]
     assert "FAIL" in statuses[0] and statuses[1] == {"PASS"}
+
+
+def test_spin_says_when_its_frames_cannot_move_between_vms(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A frame one VM frees never goes to another VM in the Promela model (the Python
+    allocator can hand it out after a punch hole): SPIN says so on stderr whenever a
+    configuration has two VMs and a punch hole or realloc, and not otherwise."""
+    from memfail.check.config import STANDARD, load_config, load_config_text
+    from memfail.check.spin.promela import frame_reuse_note
+
+    assert frame_reuse_note(load_config(STANDARD)) is not None
+    one_vm = load_config_text(
+        "policies: [future]\nhost: {memory: 8G, hugepages: {2M: 2}}\n"
+        "processes:\n  - {name: q, threads: [main, vcpu0], sigbus: handler}\n"
+        "guest_memfd:\n  - {name: g, size: 2M, backing: 2M, flags: [mmap, init_shared]}\n"
+        "vms:\n  - {name: vm0, vmm: q, gmem: g}\n"
+        "events:\n  - {event: hw_error, vm: vm0, page: 0}\n"
+        "  - {event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}\n")
+    assert frame_reuse_note(one_vm) is None
+    rc = main(["check", "--engine", "spin", "--policy", "future", "--json"])
+    assert rc == 0
+    assert "never handed to another VM" in capsys.readouterr().err

@@ -309,6 +309,12 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
         policies = _spin_policies(policies, races)
+    if engine != "python":
+        from memfail.check.spin.promela import frame_reuse_note
+
+        note = frame_reuse_note(cfg)
+        if note:
+            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
     if policy:
         from memfail.model.policy.registry import make_policy, policy_names
 

@@ -118,6 +118,22 @@ def knob_defines(policy: Any) -> list[str]:
     return out
 
 
+def frame_reuse_note(cfg: Any) -> str | None:
+    """What the SPIN engine says on stderr when its frame model can hide a violation: each VM
+    owns its HugeTLB frame and takes spares, and a frame one VM frees (its release or close,
+    its VMM's death) is never handed to another VM, which the Python model's allocator
+    (lowest address first) does once a VM allocates after a punch hole or ``realloc``. A
+    poisoned frame freed unmarked that way is ``no-poison-reuse`` (and ``hugetlb-counters``)
+    under the Python engine only. None when no VM allocates after a free, or one VM."""
+    if len(cfg.vms) < 2 or not any(e.event in ("punch_hole", "realloc") for e in cfg.events):
+        return None
+    return ("--engine spin: a frame one VM frees (release, close, its VMM's death) is never "
+            "handed to another VM in the Promela model, as the Python model's allocator can "
+            "after a punch hole or realloc; a poisoned frame reused that way fails "
+            "no-poison-reuse or hugetlb-counters under --engine python only (docs/check.md, "
+            "What the Promela model keeps and drops)")
+
+
 def split_rendered(specs: list[Any], races: bool = False) -> tuple[list[Any], dict[str, str]]:
     """The policies of ``specs`` the Promela model renders, and the others by name with the
     reason (``policy_refusal``)."""
