@@ -209,8 +209,12 @@ def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
     monkeypatch.setattr(runner, "PAN_CACHE", cache)
     built: list[Path] = []
     get = cache.get
-    monkeypatch.setattr(cache, "get", lambda text, flags: built.append(get(text, flags))
-                        or built[-1])
+
+    def counting_get(text: str, flags: list[str]) -> Path:
+        built.append(get(text, flags))
+        return built[-1]
+
+    monkeypatch.setattr(cache, "get", counting_get)
     rc, spin = _check(capsys, "--engine", "spin", "--workers", "2",
                       *_policy_args(["mainline", "future"]))
     assert rc == 1 and len(built) == 2 and built[0] == built[1]
