@@ -309,12 +309,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
         policies = _spin_policies(policies, races)
-    if engine != "python":
-        from memfail.check.spin.promela import frame_reuse_note
 
-        note = frame_reuse_note(cfg)
-        if note:
-            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
     if policy:
         from memfail.model.policy.registry import make_policy, policy_names
 
@@ -397,6 +392,12 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
             results.append((pol, result, files))
     if pool is not None:
         pool.shutdown(cancel_futures=True)
+    if engine != "python":  # after the searches, so bad input stays one error line
+        from memfail.check.spin.promela import frame_reuse_note
+
+        note = frame_reuse_note(cfg)
+        if note:
+            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
                               indent=2))
