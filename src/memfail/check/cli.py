@@ -362,36 +362,34 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         if pool is not None:  # every policy renders: only now start the searches
             pending = {pol: pool.submit(_spin, systems[pol], props, engine, races)
                        for pol in policies}
-        for pol in policies:
-            system = systems[pol]
-            try:
-                if pol in pending:
-                    result = pending[pol].result()
-                else:
-                    result = _run(system, backend, bounds, options, err, pol, as_json) \
-                        if engine == "python" else _spin(system, props, engine, races)
-            except InputError:
-                raise
-            except (KeyError, ValueError, NotImplementedError) as e:
-                raise OptionError(where, f"policy {pol!r}: {e}") from None
-            except WorkerError as e:
-                raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
-            except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
-                raise OptionError("--engine", f"policy {pol!r}: {e}") from None
-            finally:
-                if pool is not None and not (pol in pending and pending[pol].done()
-                                             and pending[pol].exception() is None):
-                    pool.shutdown(wait=False, cancel_futures=True)  # no new pan after an error
-            files: dict[str, str] = {}
-            if _is_model(system) and engine == "python":  # SPIN reports no hooks
-                absent[pol] = hooks_absent(pol)
-            if out is not None:
-                for name, v in result.verdicts.items():
-                    if v.status == FAIL:
-                        files[name] = str(write_counterexample(out, system, v))
-            results.append((pol, result, files))
-    if pool is not None:
-        pool.shutdown(cancel_futures=True)
+        try:
+            for pol in policies:
+                system = systems[pol]
+                try:
+                    if pol in pending:
+                        result = pending[pol].result()
+                    else:
+                        result = _run(system, backend, bounds, options, err, pol, as_json) \
+                            if engine == "python" else _spin(system, props, engine, races)
+                except InputError:
+                    raise
+                except (KeyError, ValueError, NotImplementedError) as e:
+                    raise OptionError(where, f"policy {pol!r}: {e}") from None
+                except WorkerError as e:
+                    raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
+                except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
+                    raise OptionError("--engine", f"policy {pol!r}: {e}") from None
+                files: dict[str, str] = {}
+                if _is_model(system) and engine == "python":  # SPIN reports no hooks
+                    absent[pol] = hooks_absent(pol)
+                if out is not None:
+                    for name, v in result.verdicts.items():
+                        if v.status == FAIL:
+                            files[name] = str(write_counterexample(out, system, v))
+                results.append((pol, result, files))
+        finally:  # an error stops the searches not started yet
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
     if engine != "python":  # after the searches, so bad input stays one error line
         from memfail.check.spin.promela import frame_reuse_note
 
