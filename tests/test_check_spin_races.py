@@ -130,6 +130,17 @@ def test_python_races_walks_and_spin_simulations_agree(text: str, policy: str) -
         assert diff is None, f"{policy}, spin -n{seed}: {diff}"
 
 
+def _agree_system(config: str, policy: str) -> ModelSystem:
+    """The lock-granular system of agree-guest.yaml ("guest") or agree-two.yaml ("two")."""
+    from memfail.check.config import load_config
+    from memfail.check.spin import AGREE_GUEST_CONFIG, AGREE_TWO_CONFIG
+
+    path = {"guest": AGREE_GUEST_CONFIG, "two": AGREE_TWO_CONFIG}[config]
+    system = ModelSystem(load_config(path), policy, races=True)
+    system.initial()
+    return system
+
+
 @pytest.mark.parametrize("policy", ["mainline", "mf-delayed-fix"])
 @pytest.mark.parametrize("config,seed", [("guest", 2), ("two", 4)])
 def test_races_walks_through_a_vmm_fault_on_a_poisoned_split_piece_agree(
@@ -140,12 +151,7 @@ def test_races_walks_through_a_vmm_fault_on_a_poisoned_split_piece_agree(
     (VM_FAULT_HWPOISON, R41): the Python model used to read the folio's flag (never set on
     a piece), map the page and consume it, then to evict the piece and allocate a new huge
     page; the Promela model did not check at all."""
-    from memfail.check.config import load_config
-    from memfail.check.spin import AGREE_GUEST_CONFIG, AGREE_TWO_CONFIG
-
-    path = {"guest": AGREE_GUEST_CONFIG, "two": AGREE_TWO_CONFIG}[config]
-    system = ModelSystem(load_config(path), policy, races=True)
-    system.initial()
+    system = _agree_system(config, policy)
     rendered = render_races(system)
     walk = walk_python(system, rendered, seed, STEPS)
     assert any(rendered.labels[k][0] == "~step" and
@@ -164,12 +170,7 @@ def test_races_walks_agree_on_the_guest_and_two_vm_configurations(config: str,
     machine checks waiting for their task work) and agree-two.yaml (two VMs): a seeded
     Python walk replayed step for step in Promela (a seed per preset; `python
     bench/bench_check_engines.py --races --agree N` runs more)."""
-    from memfail.check.config import load_config
-    from memfail.check.spin import AGREE_GUEST_CONFIG, AGREE_TWO_CONFIG
-
-    path = {"guest": AGREE_GUEST_CONFIG, "two": AGREE_TWO_CONFIG}[config]
-    system = ModelSystem(load_config(path), policy, races=True)
-    system.initial()
+    system = _agree_system(config, policy)
     seed = 10 + PRESETS.index(policy)
     diff = agree_walk(system, seed, STEPS, render_races(system))
     assert diff is None, f"{policy}, walk seed {seed}: {diff}"
