@@ -10,6 +10,7 @@ a scenario that `memfail run` replays with exit status 0.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,44 @@ def test_spin_says_when_its_frames_cannot_move_between_vms(
     rc = main(["check", "--engine", "spin", "--policy", "future", "--json"])
     assert rc == 0
     assert "never handed to another VM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bitstate", [False, True], ids=["exhaustive", "bitstate"])
+def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitstate: bool) -> None:
+    """pan, patched to skip a step that leaves the state as it was (runner._skip_stutter),
+    stores the same states, reports the same matches, transitions and depth, and leaves the
+    same trail as the unpatched pan, breadth first and depth first (bitstate); and it did skip
+    steps, which parse_pan adds back (a patch that skipped nothing would pass the rest)."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+    from memfail.check.spin.stages import render_races
+
+    s = ModelSystem(load_config(AGREE_CONFIG), "mainline", races=True)
+    s.initial()
+    rendered = render_races(s)
+    masks = [0, 1 << rendered.props.index("no-host-panic")]  # none; one failing at depth 6
+    runs: dict[bool, list[tuple[object, ...]]] = {}
+    skipped = []
+    for patched in (True, False):
+        if not patched:
+            monkeypatch.setattr(runner, "_skip_stutter", lambda panc: None)
+        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        work = tmp_path / str(patched)
+        work.mkdir()
+        runner.compile_pan(work, rendered.text, bitstate)
+        runs[patched] = []
+        for mask in masks:
+            st = runner.run_pan(work, bitstate, mask)
+            trail = [f.read_text() for f in work.glob("model.pml*.trail")]
+            runs[patched].append((st.states, st.matched, st.transitions, st.depth, st.errors,
+                                  st.complete, trail))
+            m = re.search(r"(?m)^MF_STUTTER (\d+)$", st.output)
+            skipped.append(int(m.group(1)) if m else None)
+    assert runs[True] == runs[False]
+    assert runs[True][0][4] == 0 and runs[True][1][4] == 1 and runs[True][1][6]
+    states = runs[True][0][0]
+    assert isinstance(states, int) and skipped[0] and skipped[0] > states, \
+        "most steps change nothing"
+    assert skipped[2:] == [None, None], "the unpatched pan prints no count"
