@@ -229,26 +229,88 @@ def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
     assert "FAIL" in statuses[0] and statuses[1] == {"PASS"}
 
 
-def test_spin_says_when_its_frames_cannot_move_between_vms(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """A frame one VM frees never goes to another VM in the Promela model (the Python
-    allocator can hand it out after a punch hole): SPIN says so on stderr whenever a
-    configuration has two VMs and a punch hole or realloc, and not otherwise."""
-    from memfail.check.config import STANDARD, load_config, load_config_text
-    from memfail.check.spin.promela import frame_reuse_note
+# Two VMs; VM a's frame is poisoned and VM b's freed, then VM a punches its memory and faults
+# it back: dequeue_hugetlb_folio hands it VM b's frame (the lowest free one without
+# PG_hwpoison), which the Promela model does not follow.
+TWO_VMS_ONE_FRAME = """\
+name: two-vms-one-frame
+policies: [mainline, kill-vm]
+host: {memory: 8G, hugepages: {2M: 3}}
+processes:
+  - {name: qa, threads: [main, vcpu0, vcpu1], mce_kill: {main: early, vcpu0: late, vcpu1: late}, sigbus: handler}
+  - {name: qb, threads: [main, vcpu0], sigbus: handler}
+guest_memfd:
+  - {name: ga, size: 2M, backing: 2M}
+  - {name: gb, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: a, type: sw-protected, vmm: qa, gmem: ga, vcpus: 2, behaviour: hostile}
+  - {name: b, type: snp, vmm: qb, gmem: gb, behaviour: confidential}
+events:
+  - {event: hw_error, vm: a, page: [0, 2], detect: latent}
+  - {event: vcpu_mce, vm: a, page: 0, vcpu: [0, 1]}
+  - {event: task_work, vm: a, vcpu: [0, 1]}
+  - {event: guest_run, vm: a, page: 0, rounds: 2}
+  - {event: hw_error, vm: b, page: 1, detect: scrub}
+  - {event: vmm_access, vm: b, page: 1}
+  - {event: guest_run, vm: b, page: 1, rounds: 2}
+  - {event: punch_hole, vm: a, page: 0, pages: 4, limit: 1}
+  - {event: realloc, vm: a, page: 0, pages: 4, limit: 1}
+bounds: {depth: 40, errors: 2}
+"""
 
-    assert frame_reuse_note(load_config(STANDARD)) is not None
-    one_vm = load_config_text(
-        "policies: [future]\nhost: {memory: 8G, hugepages: {2M: 2}}\n"
-        "processes:\n  - {name: q, threads: [main, vcpu0], sigbus: handler}\n"
-        "guest_memfd:\n  - {name: g, size: 2M, backing: 2M, flags: [mmap, init_shared]}\n"
-        "vms:\n  - {name: vm0, vmm: q, gmem: g}\n"
-        "events:\n  - {event: hw_error, vm: vm0, page: 0}\n"
-        "  - {event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}\n")
-    assert frame_reuse_note(one_vm) is None
-    rc = main(["check", "--engine", "spin", "--policy", "future", "--json"])
-    assert rc == 0
-    assert "never handed to another VM" in capsys.readouterr().err
+
+def test_a_vm_given_another_vms_freed_frame_ends_the_spin_search_there(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela model gives no VM another VM's freed frame (promela.foreign_frame): where
+    the Python allocator would, the path ends, and SPIN does not say PASS for what it could
+    not follow (PARTIAL, frame-reuse) while its FAILs found before stand. Under mainline the
+    Python engine finds no-poison-reuse FAIL past that point, where SPIN used to say PASS;
+    kill-vm never reaches it and SPIN completes, equal to the Python engine."""
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(TWO_VMS_ONE_FRAME)
+    rc_spin, spin = _check(capsys, "--engine", "spin", config=cfg)
+    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
+    assert rc_spin == rc_py == 1
+    by = {r["policy"]: r for r in spin["results"]}
+    py_by = {r["policy"]: r for r in py["results"]}
+    main_spin, main_py = by["mainline"]["verdicts"], py_by["mainline"]["verdicts"]
+    assert not by["mainline"]["complete"]
+    assert main_py["no-poison-reuse"]["status"] == "FAIL"
+    assert main_spin["no-poison-reuse"]["status"] == "PARTIAL"
+    assert main_spin["no-poison-reuse"]["reason"] == "frame-reuse"
+    for name, v in main_spin.items():
+        assert v["status"] != "PASS", name
+        if v["status"] == "FAIL":
+            assert (main_py[name]["status"], main_py[name]["depth"]) == ("FAIL", v["depth"])
+    assert by["kill-vm"]["complete"]
+    assert {n: v["status"] for n, v in by["kill-vm"]["verdicts"].items()} == \
+        {n: v["status"] for n, v in py_by["kill-vm"]["verdicts"].items()}
+
+
+def test_engines_agree_on_a_walk_up_to_the_frame_the_promela_model_does_not_follow(
+        tmp_path: Path) -> None:
+    """A Python walk whose VM gets another VM's freed frame: the Promela replay ends at that
+    step (MF_CUT), and the walks are compared up to the step before it."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin.agree import compare, replay_promela, replay_python
+    from memfail.check.spin.promela import render
+
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(TWO_VMS_ONE_FRAME)
+    system = ModelSystem(load_config(cfg), "mainline")
+    system.initial()
+    rendered = render(system)
+    names = [f"{lab[0]}:{dict(lab[1]).get('vm')}" for lab in rendered.labels]
+    path = ["hw_error:a", "vcpu_mce:a", "hw_error:b", "vmm_access:b", "punch_hole:a",
+            "guest_run:a"]
+    # the first label of each kind the path names
+    seq = [next(k for k, n in enumerate(names) if n == want) for want in path]
+    walk = replay_python(system, rendered, seq)
+    assert walk.blocked is None
+    promela = replay_promela(system, rendered, seq)
+    assert promela.cut == len(seq) - 1, "the VM's allocation after the punch hole"
+    assert compare(system, rendered, walk, promela, ("python", "promela")) is None
 
 
 @pytest.mark.parametrize("bitstate", [False, True], ids=["exhaustive", "bitstate"])

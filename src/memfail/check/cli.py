@@ -390,12 +390,6 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         finally:  # an error stops the searches not started yet
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-    if engine != "python":  # after the searches, so bad input stays one error line
-        from memfail.check.spin.promela import frame_reuse_note
-
-        note = frame_reuse_note(cfg)
-        if note:
-            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
                               indent=2))

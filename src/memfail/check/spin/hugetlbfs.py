@@ -54,6 +54,7 @@ from memfail.check.spin.promela import (
     _ignores_vmce,
     _vmm_thread,
     checker_proctype,
+    foreign_frame,
     kernel_user,
     system_args,
 )
@@ -146,6 +147,7 @@ def render(system: Any) -> Rendered:
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
+        *foreign_frame(len(vms)),
     ]
     np_ = len(vms) * npg
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(np_)) or "0"
@@ -193,7 +195,7 @@ def render(system: Any) -> Rendered:
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
-                               for k, guard, count in guards])
+                               for k, guard, count in guards], cut=True)
     return Rendered("\n".join(lines) + "\n", labels, props)
 
 
@@ -270,8 +272,9 @@ inline free_folio(v) {
    lowest pfn first (the VM's own frame, then the spares); a dissolved frame is gone */
 inline alloc(v) {
   if
-  :: fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: FOREIGN(v) -> TAKE_FOREIGN   /* another VM's freed frame: not followed (foreign_frame) */
+  :: !FOREIGN(v) && fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
+  :: !FOREIGN(v) && fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
   :: else -> skip
   fi
 }
@@ -650,5 +653,5 @@ def render_races(system: Any) -> Any:
     for K, (g, body, me) in enumerate(trans):
         clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""
         out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ {body}; {clear}RESET_SCRATCH }}")
-    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
+    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))], cut=True)
     return RacesRendered("\n".join(out) + "\n", labels + conts, base.props, nbase=len(labels))

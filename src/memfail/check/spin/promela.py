@@ -63,30 +63,55 @@ PROP_EXPR: dict[str, str] = {
 }
 
 
-# C kept outside the state vector: which labels fired, printed when pan exits.
+# C kept outside the state vector: which labels fired, and whether a step reached a state
+# the model does not follow (``foreign_frame``), printed when pan exits.
 MF_FIRED_C = r"""c_decl {
-  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check;
+  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check; unsigned char mf_cut;
   static void mf_dump(void) { int i; printf("MF_FIRED");
     for (i = 0; i < NLABELS; i++) if (mf_fired[i]) printf(" %d", i);
-    printf("\n"); }
+    printf("\n"); if (mf_cut) printf("MF_CUT\n"); }
 }"""
+CUT = "MF_CUT"
 
 
-def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
+def foreign_frame(nv: int) -> list[str]:
+    """Where the Promela model stops following the host: a VM allocating (after a punch hole,
+    ``realloc``) while a frame another VM freed is free and clean (``fst`` 1).
+
+    The Promela model keeps one frame per VM (its own, a spare or none) and never hands the
+    frame one VM freed to another, but dequeue_hugetlb_folio() takes the lowest free pfn
+    without PG_hwpoison (R55), and the VMs' frames lie below the spares in the order of the
+    VMs: VM ``v`` gets VM ``u``'s frame when ``u`` is below ``v``, or when ``v``'s own frame is
+    not free and clean. ``FOREIGN(v)`` is that condition; the allocation sets ``xf`` instead
+    of allocating, and ``checker_proctype(cut=True)`` ends the path there (no step is enabled,
+    no property is asserted) and records it (``MF_CUT``). A search that reached it can decide
+    FAIL only for what it found before; it does not say PASS (runner.check_policy:
+    PARTIAL(frame-reuse))."""
+    cond = " || ".join(f"((v) != {u} && fst[{u}] == 1 && ({u} < (v) || fst[v] != 1))"
+                       for u in range(nv)) if nv > 1 else "0"
+    return ["bit xf;", f"#define FOREIGN(v) ({cond})",
+            "#define TAKE_FOREIGN xf = 1; c_code { mf_cut = 1; }"]
+
+
+def checker_proctype(steps: list[tuple[str, str]], cut: bool = False) -> list[str]:
     """The verifier's process (left out of a replay, which has its own ``init``): the set-up,
     then one ``d_step`` per transition ``(guard, body)`` numbered in order, which marks the
     transition fired (``MF_FIRED_C``, for the coverage: C outside the state vector, printed
     at pan's exit), runs the body, prints its number and the observation and asserts the
-    checked properties. One writing for every Promela model (promela.py, stages.py,
-    hugetlbfs.py)."""
+    checked properties. With ``cut`` (``foreign_frame``), no transition is enabled once
+    ``xf`` is set, and that state asserts nothing (a simulation prints ``MF_CUT``). One
+    writing for every Promela model (promela.py, stages.py, hugetlbfs.py)."""
     out = ["#ifndef REPLAY", MF_FIRED_C.replace("NLABELS", str(max(1, len(steps)))),
            "active proctype checker() {\n"
            "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
            "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
            "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do"]
+    stop = "!xf && " if cut else ""
+    check = (f'if :: xf -> printf("{CUT}\\n") :: else -> assert(!VIOLATED) fi' if cut
+             else "assert(!VIOLATED)")
     for k, (guard, body) in enumerate(steps):
-        out.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
-                   f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
+        out.append(f"  :: d_step {{ {stop}{guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
+                   f'printf("MF_STEP {k}\\n"); observe(); {check} }}')
     out += ["  od\n}", "#endif"]
     return out
 
@@ -116,22 +141,6 @@ def knob_defines(policy: Any) -> list[str]:
             out.append(f"#define K_{_ident(name)}_{_ident(v)} {i}")
         out.append(f"#define {name} {values.index(value)}")
     return out
-
-
-def frame_reuse_note(cfg: Any) -> str | None:
-    """What the SPIN engine says on stderr when its frame model can hide a violation: each VM
-    owns its HugeTLB frame and takes spares, and a frame one VM frees (its release or close,
-    its VMM's death) is never handed to another VM, which the Python model's allocator
-    (lowest address first) does once a VM allocates after a punch hole or ``realloc``. A
-    poisoned frame freed unmarked that way is ``no-poison-reuse`` (and ``hugetlb-counters``)
-    under the Python engine only. None when no VM allocates after a free, or one VM."""
-    if len(cfg.vms) < 2 or not any(e.event in ("punch_hole", "realloc") for e in cfg.events):
-        return None
-    return ("--engine spin: a frame one VM frees (release, close, its VMM's death) is never "
-            "handed to another VM in the Promela model, as the Python model's allocator can "
-            "after a punch hole or realloc; a poisoned frame reused that way fails "
-            "no-poison-reuse or hugetlb-counters under --engine python only (docs/check.md, "
-            "What the Promela model keeps and drops)")
 
 
 def split_rendered(specs: list[Any], races: bool = False) -> tuple[list[Any], dict[str, str]]:
@@ -307,6 +316,7 @@ def render(system: Any) -> Rendered:
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
+        *foreign_frame(len(vms)),
     ]
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(len(vms) * npg)) or "0"
     any_lost = " || ".join(f"(det[{p}] && err[{p}] && !rec[{p}])"
@@ -363,7 +373,7 @@ def render(system: Any) -> Rendered:
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
-                               for k, guard, count in guards])
+                               for k, guard, count in guards], cut=True)
     text = "\n".join(lines) + "\n"
     return Rendered(text, labels, props)
 
@@ -392,7 +402,8 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
     for k in seq:
         guard, count = _guard(system, rendered.labels[k])
         body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); RESET_SCRATCH }}; "
-                    f'printf("MF_STEP {k}\\n"); observe()')
+                    f'printf("MF_STEP {k}\\n"); observe(); '
+                    f'if :: xf -> printf("{CUT}\\n"); goto done :: else -> skip fi')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
     return "\n".join(body) + "\n"
@@ -611,10 +622,11 @@ inline free_folio(v, release) {
    own frame, then the spares), skipping PG_hwpoison folios; check_handed_out() */
 inline realloc(v) {
   if
-  :: fst[v] == 1 ->
+  :: FOREIGN(v) -> TAKE_FOREIGN   /* another VM's freed frame: not followed (foreign_frame) */
+  :: !FOREIGN(v) && fst[v] == 1 ->
      fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
      FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
+  :: !FOREIGN(v) && fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
   fi
 }

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from memfail.check.explorer import FAIL, PARTIAL, PASS, Coverage, Result, Verdict
-from memfail.check.spin.promela import Rendered, render
+from memfail.check.spin.promela import CUT, Rendered, render
 from memfail.check.spin.stages import render_races
 
 
@@ -45,6 +45,7 @@ class PanStats:
     vector: int = 0
     hash_factor: float | None = None
     complete: bool = True
+    cut: bool = False
     elapsed: float = 0.0
     output: str = ""
 
@@ -102,6 +103,8 @@ def parse_pan(out: str) -> PanStats:
     st.depth = num(r"depth reached (\d+)")
     st.errors = num(r"errors: (\d+)")
     st.vector = num(r"State-vector (\d+) byte")
+    # a path reached a VM's allocation of another VM's freed frame (promela.foreign_frame)
+    st.cut = re.search(rf"(?m)^{CUT}$", out) is not None
     m = re.search(r"hash factor: ([\d.e+]+)", out)
     st.hash_factor = float(m.group(1)) if m else None
     # pan says "search was not completed" or warns of a truncated search when it stops early
@@ -348,6 +351,13 @@ def label_kind(label: Any) -> str:
     return str(origin(label)[0])
 
 
+def _stop(st: PanStats, bitstate: bool) -> str:
+    """Why a search that found no (more) violation does not say PASS: a bitstate search, a
+    path the Promela model does not follow (another VM's freed frame, promela.foreign_frame),
+    or a search pan did not finish."""
+    return "bitstate" if bitstate else "frame-reuse" if st.cut else "depth"
+
+
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
                  keep: Path | None = None) -> SpinRun:
     """The verdict of every property in ``props`` for one ModelSystem, by SPIN."""
@@ -369,8 +379,9 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
             runs.append(st)
             if not st.errors:
                 for p in sorted(todo):
-                    verdicts[p] = Verdict(p, PASS) if (st.complete and not bitstate) else \
-                        Verdict(p, PARTIAL, reason="bitstate" if bitstate else "depth")
+                    verdicts[p] = Verdict(p, PASS) if (st.complete and not bitstate and
+                                                       not st.cut) else \
+                        Verdict(p, PARTIAL, reason=_stop(st, bitstate))
                 break
             seq, obs = guided(work, mask)
             final = obs[-1] if obs else ()
@@ -404,9 +415,10 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
-                    complete=last.complete and not bitstate and not last.errors,
-                    stop_reason=None if (last.complete and not bitstate) else
-                    ("bitstate" if bitstate else "depth"),
+                    complete=last.complete and not bitstate and not last.errors and
+                    not last.cut,
+                    stop_reason=None if (last.complete and not bitstate and not last.cut) else
+                    _stop(last, bitstate),
                     elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)
     result.bitstate = bitstate
