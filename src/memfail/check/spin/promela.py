@@ -215,9 +215,6 @@ def check_supported(system: Any) -> None:
                 _vmm_thread(cfg, p) is None:
             raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
                               "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only")
-        if label[0] == "punch_hole" and p["vm"] != cfg.vms[0].name:
-            raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
-                              f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
         if label[0] == "punch_hole" and (p["page"] != 0 or
                                          p["pages"] != pages_of(system, p["vm"])):
             raise Unsupported("punch_hole must cover the VM's whole memory in the SPIN engine")
