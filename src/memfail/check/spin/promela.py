@@ -79,10 +79,13 @@ def foreign_frame(nv: int) -> list[str]:
     ``realloc``) while a frame another VM freed is free and clean (``fst`` 1).
 
     The Promela model keeps one frame per VM (its own, a spare or none) and never hands the
-    frame one VM freed to another, but dequeue_hugetlb_folio() takes the lowest free pfn
-    without PG_hwpoison (R55), and the VMs' frames lie below the spares in the order of the
-    VMs: VM ``v`` gets VM ``u``'s frame when ``u`` is below ``v``, or when ``v``'s own frame is
-    not free and clean. ``FOREIGN(v)`` is that condition; the allocation sets ``xf`` instead
+    frame one VM freed to another, but the Python model's allocator (model/kernel/hugetlb.py,
+    dequeue) takes the lowest free pfn without PG_hwpoison (R55), and the VMs' frames lie
+    below the spares in the order of the VMs: VM ``v`` gets VM ``u``'s frame when ``u`` is
+    below ``v``, or when ``v``'s own frame is not free and clean. (The kernel's free list is
+    LIFO: enqueue_hugetlb_folio() list_move()s a freed folio to the head and
+    dequeue_hugetlb_folio_node_exact() takes the first without PG_hwpoison; both models take
+    the lowest pfn instead.) ``FOREIGN(v)`` is that condition; the allocation sets ``xf`` instead
     of allocating, and ``checker_proctype(cut=True)`` ends the path there (no step is enabled,
     no property is asserted) and records it (``MF_CUT``). A search that reached it can decide
     FAIL only for what it found before; it does not say PASS (runner.check_policy:
