@@ -311,7 +311,6 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
         policies = _spin_policies(policies, races)
-
     if policy:
         from memfail.model.policy.registry import make_policy, policy_names
 

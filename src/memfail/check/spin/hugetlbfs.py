@@ -195,7 +195,7 @@ def render(system: Any) -> Rendered:
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
-                               for k, guard, count in guards], cut=True)
+                               for k, guard, count in guards])
     return Rendered("\n".join(lines) + "\n", labels, props)
 
 
@@ -653,5 +653,5 @@ def render_races(system: Any) -> Any:
     for K, (g, body, me) in enumerate(trans):
         clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""
         out.append(f"#define G_{K} ({g})\ninline tr_{K}() {{ {body}; {clear}RESET_SCRATCH }}")
-    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))], cut=True)
+    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
     return RacesRendered("\n".join(out) + "\n", labels + conts, base.props, nbase=len(labels))

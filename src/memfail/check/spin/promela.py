@@ -72,6 +72,8 @@ MF_FIRED_C = r"""c_decl {
     printf("\n"); if (mf_cut) printf("MF_CUT\n"); }
 }"""
 CUT = "MF_CUT"
+# a replay (replay_text, stages.replay_races_text) stops after the step that set ``xf``
+REPLAY_CUT = f'if :: xf -> printf("{CUT}\\n"); goto done :: else -> skip fi'
 
 
 def foreign_frame(nv: int) -> list[str]:
@@ -86,7 +88,7 @@ def foreign_frame(nv: int) -> list[str]:
     LIFO: enqueue_hugetlb_folio() list_move()s a freed folio to the head and
     dequeue_hugetlb_folio_node_exact() takes the first without PG_hwpoison; both models take
     the lowest pfn instead.) ``FOREIGN(v)`` is that condition; the allocation sets ``xf`` instead
-    of allocating, and ``checker_proctype(cut=True)`` ends the path there (no step is enabled,
+    of allocating, and ``checker_proctype`` ends the path there (no step is enabled,
     no property is asserted) and records it (``MF_CUT``). A search that reached it can decide
     FAIL only for what it found before; it does not say PASS (runner.check_policy:
     PARTIAL(frame-reuse))."""
@@ -96,25 +98,23 @@ def foreign_frame(nv: int) -> list[str]:
             "#define TAKE_FOREIGN xf = 1; c_code { mf_cut = 1; }"]
 
 
-def checker_proctype(steps: list[tuple[str, str]], cut: bool = False) -> list[str]:
+def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
     """The verifier's process (left out of a replay, which has its own ``init``): the set-up,
     then one ``d_step`` per transition ``(guard, body)`` numbered in order, which marks the
     transition fired (``MF_FIRED_C``, for the coverage: C outside the state vector, printed
     at pan's exit), runs the body, prints its number and the observation and asserts the
-    checked properties. With ``cut`` (``foreign_frame``), no transition is enabled once
-    ``xf`` is set, and that state asserts nothing (a simulation prints ``MF_CUT``). One
-    writing for every Promela model (promela.py, stages.py, hugetlbfs.py)."""
+    checked properties. Once ``xf`` is set (``foreign_frame``) no transition is enabled, and
+    that state asserts nothing (a simulation prints ``MF_CUT``). One writing for every
+    Promela model (promela.py, stages.py, hugetlbfs.py), each of which declares ``xf``."""
     out = ["#ifndef REPLAY", MF_FIRED_C.replace("NLABELS", str(max(1, len(steps)))),
            "active proctype checker() {\n"
            "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
            "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
            "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do"]
-    stop = "!xf && " if cut else ""
-    check = (f'if :: xf -> printf("{CUT}\\n") :: else -> assert(!VIOLATED) fi' if cut
-             else "assert(!VIOLATED)")
     for k, (guard, body) in enumerate(steps):
-        out.append(f"  :: d_step {{ {stop}{guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
-                   f'printf("MF_STEP {k}\\n"); observe(); {check} }}')
+        out.append(f"  :: d_step {{ !xf && {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
+                   f'printf("MF_STEP {k}\\n"); observe(); '
+                   f'if :: xf -> printf("{CUT}\\n") :: else -> assert(!VIOLATED) fi }}')
     out += ["  od\n}", "#endif"]
     return out
 
@@ -373,7 +373,7 @@ def render(system: Any) -> Rendered:
                  + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
-                               for k, guard, count in guards], cut=True)
+                               for k, guard, count in guards])
     text = "\n".join(lines) + "\n"
     return Rendered(text, labels, props)
 
@@ -402,8 +402,7 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
     for k in seq:
         guard, count = _guard(system, rendered.labels[k])
         body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); RESET_SCRATCH }}; "
-                    f'printf("MF_STEP {k}\\n"); observe(); '
-                    f'if :: xf -> printf("{CUT}\\n"); goto done :: else -> skip fi')
+                    f'printf("MF_STEP {k}\\n"); observe(); {REPLAY_CUT}')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
     return "\n".join(body) + "\n"

@@ -369,11 +369,13 @@ def label_kind(label: Any) -> str:
     return str(origin(label)[0])
 
 
-def _stop(st: PanStats, bitstate: bool) -> str:
+def _stop(st: PanStats, bitstate: bool) -> str | None:
     """Why a search that found no (more) violation does not say PASS: a bitstate search, a
     path the Promela model does not follow (another VM's freed frame, promela.foreign_frame),
-    or a search pan did not finish."""
-    return "bitstate" if bitstate else "frame-reuse" if st.cut else "depth"
+    or a search pan did not finish; None when it may."""
+    if bitstate:
+        return "bitstate"
+    return "frame-reuse" if st.cut else None if st.complete else "depth"
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
@@ -396,10 +398,10 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
             st = run_pan(work, bitstate, mask)
             runs.append(st)
             if not st.errors:
+                stop = _stop(st, bitstate)
                 for p in sorted(todo):
-                    verdicts[p] = Verdict(p, PASS) if (st.complete and not bitstate and
-                                                       not st.cut) else \
-                        Verdict(p, PARTIAL, reason=_stop(st, bitstate))
+                    verdicts[p] = Verdict(p, PASS) if stop is None else \
+                        Verdict(p, PARTIAL, reason=stop)
                 break
             seq, obs = guided(work, mask)
             final = obs[-1] if obs else ()
@@ -433,10 +435,8 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
-                    complete=last.complete and not bitstate and not last.errors and
-                    not last.cut,
-                    stop_reason=None if (last.complete and not bitstate and not last.cut) else
-                    _stop(last, bitstate),
+                    complete=_stop(last, bitstate) is None and not last.errors,
+                    stop_reason=_stop(last, bitstate),
                     elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)
     result.bitstate = bitstate

@@ -33,7 +33,7 @@ from typing import Any
 
 from memfail.check import races
 from memfail.check.spin.promela import (
-    CUT,
+    REPLAY_CUT,
     Rendered,
     _gmem_of,
     _guard,
@@ -488,7 +488,7 @@ def render_races(system: Any) -> RacesRendered:
                        f"{derive}; if :: mfc && {waits} -> mf_restore() :: !mfc && {waits} -> mf_zero() "
                        f":: else -> skip fi; "
                        f"RESET_SCRATCH; mfc = 0 }}")
-    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))], cut=True)
+    out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
     text = "\n".join(out) + "\n"
     return RacesRendered(text, labels + conts, base.props, nbase=len(labels))
 
@@ -499,8 +499,7 @@ def replay_races_text(rendered: Rendered, seq: list[int]) -> str:
             "  observe();"]
     for K in seq:
         body.append(f"  if :: G_{K} -> d_step {{ tr_{K}() }}; "
-                    f'printf("MF_STEP {K}\\n"); observe(); '
-                    f'if :: xf -> printf("{CUT}\\n"); goto done :: else -> skip fi')
+                    f'printf("MF_STEP {K}\\n"); observe(); {REPLAY_CUT}')
         body.append(f'     :: else -> printf("MF_BLOCKED {K}\\n"); goto done fi;')
     body += ["done: skip", "}"]
     return "\n".join(body) + "\n"
