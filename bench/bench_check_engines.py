@@ -134,10 +134,11 @@ def variants(cfg_path: Path, policy: str, races: bool = False) -> None:
     system = ModelSystem(load_config(cfg_path), policy, races)
     system.initial()
     print(f"pan variants on {cfg_path.name}, policy {policy}{', --races' if races else ''}")
+    width = max(len(v[0]) for v in VARIANTS)
     for name, opt, extra, dfs in VARIANTS:
         es, et, ee, ec, _hf, complete, ew = spin_rate(cfg_path, policy, False, opt=opt,
                                                       extra=extra, dfs=dfs, races=races)
-        print(f"  {name:26}: {es / ee:10,.0f} states/s {et / ee:12,.0f} transitions/s "
+        print(f"  {name:{width}}: {es / ee:10,.0f} states/s {et / ee:12,.0f} transitions/s "
               f"({es:,} states in {ee:.2f} s CPU, {ew:.2f} s wall, "
               f"{'complete' if complete else 'INCOMPLETE'}; compile {ec:.1f} s)")
 
