@@ -216,10 +216,8 @@ def check(
              "atomic steps between kernel locks and interleave them (see docs/check.md).")
     ] = False,
     engine: Annotated[str, typer.Option(
-        help="python (default), spin (SPIN, exhaustive) or spin-bitstate (SPIN, bitstate). "
-             "SPIN says PARTIAL(frame-reuse), never PASS, when a VM would get a frame another "
-             "VM freed, which its model does not follow; see docs/check.md, The SPIN "
-             "engine.")] = "python",
+        help="python (default), spin (SPIN, exhaustive) or spin-bitstate (SPIN, bitstate); "
+             "see docs/check.md, The SPIN engine.")] = "python",
     swarm: Annotated[int | None, typer.Option(
         "--swarm", metavar="N", min=1,
         help="Swarm search instead of exhaustive exploration: N seeded random walks per "

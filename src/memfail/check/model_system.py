@@ -571,7 +571,14 @@ class ModelSystem:
         params = thaw_params(origin)
         vm = params.get("vm")
         pfn = self.pfn_of.get((vm, params.get("page")))
-        if pfn is not None and pfn not in frames.values():
+        if origin[0] in ("hw_error", "scrub") and pfn is not None and \
+                frames.get((vm, params.get("page"))) != pfn:
+            # an error names a frame by its first owner; the frame no longer holds that VM's
+            # memory (released, punched): the step is about the VM whose memory it holds now
+            # (a refault or fallocate took the frame another VM freed: memory_failure()
+            # reaches that VM's VMM), or about none
+            vm = next((v for (v, _pg), f in frames.items() if f == pfn), None)
+        elif pfn is not None and pfn not in frames.values():
             vm = None  # the frame no longer holds this VM's memory (released, punched)
         pfns = _failed_pfns(events)
         holding = _vms_holding(host, pfns)

@@ -9,9 +9,7 @@
   -u<steps>``), and ``replay_python`` of its labels on the Python model.
 
 ``compare`` names the first step whose observations differ (or where one engine could not
-take a label the other took). A Promela walk ends where a VM would get another VM's freed
-frame (``MF_CUT``, promela.foreign_frame), which the Promela model does not follow: the walks
-are compared up to the step before.
+take a label the other took).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from memfail.check.spin.observe import layout, observe
-from memfail.check.spin.promela import CUT, Rendered, render, replay_text
+from memfail.check.spin.promela import Rendered, render, replay_text
 from memfail.check.spin.runner import _run, parse_sim, tools
 from memfail.check.spin.stages import RacesRendered, render_races, replay_races_text
 
@@ -33,7 +31,6 @@ class Walk:
     labels: list[int]                     # indices into Rendered.labels
     observations: list[tuple[int, ...]]   # initial state first, then after each step
     blocked: int | None = None            # a label the engine could not take (index in labels)
-    cut: int | None = None                # the step (index in labels) the Promela model ends at
 
 
 def walk_python(system: Any, rendered: Rendered, seed: int, steps: int) -> Walk:
@@ -76,13 +73,7 @@ def replay_promela(system: Any, rendered: Rendered, seq: list[int]) -> Walk:
     steps, obs = parse_sim(out)
     blocked = next((int(line.split()[1]) for line in out.splitlines()
                     if line.strip().startswith("MF_BLOCKED")), None)
-    return Walk(steps, obs, blocked=len(steps) if blocked is not None else None,
-                cut=_cut(out, steps))
-
-
-def _cut(out: str, steps: list[int]) -> int | None:
-    """The index of the step after which the simulation printed MF_CUT (its last)."""
-    return len(steps) - 1 if any(line.strip() == CUT for line in out.splitlines()) else None
+    return Walk(steps, obs, blocked=len(steps) if blocked is not None else None)
 
 
 def simulate_spin(system: Any, rendered: Rendered, seed: int, steps: int) -> Walk:
@@ -96,18 +87,14 @@ def simulate_spin(system: Any, rendered: Rendered, seed: int, steps: int) -> Wal
     got, obs = parse_sim(out)
     # the checker observes after each step only: add the initial observation from a replay
     first = replay_promela(system, rendered, [])
-    return Walk(got, first.observations[:1] + obs, cut=_cut(out, got))
+    return Walk(got, first.observations[:1] + obs)
 
 
 def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str, str]
             ) -> str | None:
     """None when both walks took the same labels with the same observation after each;
-    otherwise the first difference, in words. Both are compared up to the step before a cut
-    (``Walk.cut``), the step where the Promela model stops following the host."""
+    otherwise the first difference, in words."""
     fields = layout(system)
-    cuts = [w.cut for w in (a, b) if w.cut is not None]
-    if cuts:
-        a, b = (_before(w, min(cuts)) for w in (a, b))
 
     def label(n: int) -> str:
         lab = rendered.labels[a.labels[n]] if n < len(a.labels) else \
@@ -135,14 +122,6 @@ def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str,
     if len(a.observations) != len(b.observations):
         return f"{names[0]} took {len(a.labels)} steps, {names[1]} {len(b.labels)}"
     return None
-
-
-def _before(w: Walk, n: int) -> Walk:
-    """The walk's first ``n`` steps."""
-    if len(w.labels) <= n:
-        return w
-    return Walk(w.labels[:n], w.observations[:n + 1],
-                blocked=w.blocked if w.blocked is not None and w.blocked < n else None)
 
 
 def _render(system: Any) -> Rendered:

@@ -54,15 +54,20 @@ from memfail.check.spin.promela import (
     _ignores_vmce,
     _vmm_thread,
     checker_proctype,
-    foreign_frame,
+    frame_slots,
+    init_slots,
     kernel_user,
     system_args,
 )
 
+# The per-page arrays of the physical frame (promela.frame_slots): the hardware error,
+# memory_failure()'s record of it, PG_hwpoison and the consumption count.
+PHYSICAL_HUGETLBFS = ("err", "det", "hwp", "cons")
+
 # Event kinds the hugetlbfs model carries out (the rest are refused).
 SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel_access",
-                       "convert", "punch_hole", "release", "realloc", "guest_run", "vcpu_mce",
-                       "task_work")
+                       "convert", "punch_hole", "close", "release", "realloc", "guest_run",
+                       "vcpu_mce", "task_work")
 
 
 def check_supported(system: Any) -> None:
@@ -87,15 +92,12 @@ def check_supported(system: Any) -> None:
                               f"hugetlbfs (it models {', '.join(SUPPORTED_HUGETLBFS)})")
         p = dict(label[1])
         mapped = "mmap" in _gmem_of(cfg, p["vm"]).flags
-        if kind in ("vmm_access", "release") and not mapped:
+        if kind in ("vmm_access", "close", "release") and not mapped:
             raise Unsupported(f"{kind} on {p['vm']}: the SPIN engine models it for backing "
                               "hugetlbfs on a VM whose guest_memfd entry has flag mmap only")
         if kind == "vmm_access" and _vmm_thread(cfg, p) != "main":
             raise Unsupported("vmm_access is modelled for backing hugetlbfs by the VMM's main "
                               "thread only")
-        if kind == "punch_hole" and p["vm"] != cfg.vms[0].name:
-            raise Unsupported(f"punch_hole on {p['vm']}: the SPIN engine models punch hole on "
-                              f"the first VM ({cfg.vms[0].name}) only (docs/check.md)")
         if kind == "punch_hole" and (p["page"] != 0 or p["pages"] != pages_of(system, p["vm"])):
             raise Unsupported("punch_hole must cover the VM's whole memory in the SPIN engine")
         if kind == "vcpu_access" and p.get("write"):
@@ -133,6 +135,9 @@ def render(system: Any) -> Rendered:
         "bit err[NP]; bit det[NP]; bit hwp[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "bit priv[NP]; bit spte[NP]; byte pte[NV]; bit hs[NV]; byte vst[NV]; bit alive[NV];",
         "byte bk[NV]; byte fst[NV]; bit affected[NV];",
+        # the VMM closed its fd (close, release.close) / unmapped the memfd (release.munmap,
+        # --races only): the mapping or the fd, whichever goes last, frees the folio
+        "bit clo[NV]; bit unm[NV];",
         "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
         "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi; byte kq;",
         "bit mr;",
@@ -147,7 +152,7 @@ def render(system: Any) -> Rendered:
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
-        *foreign_frame(len(vms)),
+        *frame_slots(len(vms), npg, PHYSICAL_HUGETLBFS),
     ]
     np_ = len(vms) * npg
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(np_)) or "0"
@@ -169,13 +174,15 @@ def render(system: Any) -> Rendered:
         mapped = "mmap" in _gmem_of(cfg, vm.name).flags
         for pg in range(npg):
             p = vi * npg + pg
+            # the frame's fields by its first owner (promela.frame_slots), the VM's by the VM
+            fp = f"sl[{vi}] * NPG + {pg}"
             for f in PAGE_FIELDS:
                 fmt.append("%d")
-                args.append(f"HELD({vi})" if f == "held" else
-                            f"hwp[{p}]" if f == "rec" else
+                args.append(f"(HELD({vi}) && rk[{vi}] == {vi})" if f == "held" else
+                            f"hwp[{fp}]" if f == "rec" else
                             f"SPTE({vi}, {p})" if f == "spte" else
                             (f"pte[{vi}]" if pg == 0 and mapped else "0") if f == "pte" else
-                            f"{f}[{p}]")
+                            f"{f}[{fp}]" if f in PHYSICAL_HUGETLBFS else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
     fmt.append("%d")
@@ -192,7 +199,8 @@ def render(system: Any) -> Rendered:
     # the set-up: the VMM's mapping faulted in by the guest's stores, one huge SPTE per VM
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN; pte[{i}] = 1; hs[{i}] = 1"
                                   for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
+                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}; "
+                 + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
                                for k, guard, count in guards])
@@ -204,10 +212,12 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     kind = label[0]
     v = vms.index(p["vm"])
     q = v * npg + p.get("page", 0)
+    # an error names a frame by its first owner: the slot it is in now (promela.frame_slots)
+    fs, fq = f"sl[{v}]", f"(sl[{v}] * NPG + {p.get('page', 0)})"
     if kind == "hw_error":
-        return f"ev_hw_error({v}, {q}, {int(p['detect'] != 'latent')})"
+        return f"ev_hw_error({fs}, {fq}, {int(p['detect'] != 'latent')})"
     if kind == "scrub":
-        return f"ev_scrub({v}, {q})"
+        return f"ev_scrub({fs}, {fq})"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {q}, {p.get('vcpu') or 0})"
     if kind == "guest_run":
@@ -235,6 +245,8 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
         return f"ev_punch({v})"
     if kind == "realloc":  # the range is rounded out to the huge page (hugetlbfs_fallocate)
         return f"ev_realloc({v})"
+    if kind == "close":
+        return f"ev_close({v})"
     if kind == "release":
         return f"ev_release({v})"
     raise Unsupported(kind)
@@ -269,12 +281,13 @@ inline free_folio(v) {
   bk[v] = 0
 }
 /* alloc_hugetlb_folio() (hugetlb_no_page, hugetlbfs_fallocate): dequeue_hugetlb_folio, the
-   lowest pfn first (the VM's own frame, then the spares); a dissolved frame is gone */
+   lowest pfn first (the VMs' frames, then the spares: take_lowest, promela.frame_slots); a
+   dissolved frame is gone */
 inline alloc(v) {
+  take_lowest(v);
   if
-  :: FOREIGN(v) -> TAKE_FOREIGN   /* another VM's freed frame: not followed (foreign_frame) */
-  :: !FOREIGN(v) && fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
-  :: !FOREIGN(v) && fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
   :: else -> skip
   fi
 }
@@ -494,11 +507,11 @@ inline ev_kacc(v, p, head, hva, chk, rcv) {
   fi;
   kq = 0
 }
-/* hugetlbfs_punch_hole() through the VMM's fd: hugetlb_vmdelete_list() unmaps the range from
+/* hugetlbfs_punch_hole() through the VMM's fd (none once it is closed): hugetlb_vmdelete_list() unmaps the range from
    every mapping (hwpoison entries too), the MMU notifier zaps stage 2, the folio is freed */
 inline ev_punch(v) {
   if
-  :: alive[v] && vst[v] != 3 -> pte[v] = 0; zap_vm(v); free_folio(v)
+  :: alive[v] && vst[v] != 3 && !clo[v] -> pte[v] = 0; zap_vm(v); free_folio(v)
   :: else -> skip
   fi
 }
@@ -508,7 +521,7 @@ inline ev_punch(v) {
    -ENOSPC, nothing changes). Through a VMM that has exited or closed the fd: nothing */
 inline ev_realloc(v) {
   if
-  :: alive[v] && vst[v] != 3 && bk[v] == 0 -> alloc(v)
+  :: alive[v] && vst[v] != 3 && !clo[v] && bk[v] == 0 -> alloc(v)
   :: else -> skip
   fi
 }
@@ -518,6 +531,17 @@ inline ev_realloc(v) {
 inline ev_release(v) {
   pte[v] = 0; zap_vm(v); vst[v] = 3; free_folio(v)
 }
+/* close() of the VMM's memfd fd (the close event): the VMM's mapping (its vm_file) still holds
+   the file, so nothing is freed and the VM runs on; where the mapping is gone already
+   (release.munmap ran, --races) this was the last reference: hugetlbfs_evict_inode ->
+   remove_inode_hugepages frees the folio. fallocate() through the fd (punch hole, realloc)
+   does nothing after it. A VMM that died or a VM released has no fd to close */
+inline ev_close(v) {
+  if
+  :: alive[v] && vst[v] != 3 && !clo[v] -> clo[v] = 1; if :: unm[v] -> free_folio(v) :: else -> skip fi
+  :: else -> skip
+  fi
+}
 """
 
 
@@ -526,7 +550,8 @@ inline ev_release(v) {
 # The atomic model's tests, with the states between a release's stages (--races only): after
 # release.munmap the VMM's mapping is gone (``unm``: a vCPU's stage-2 fault finds no VMA,
 # hva_to_pfn fails, -EFAULT; the VMM and kernel users reach nothing through it), after
-# release.close the fd is closed (``clo``: fallocate through it does nothing).
+# release.close the fd is closed (``clo``, which the atomic model has for the close event:
+# fallocate through it does nothing).
 RACES_PATCHES = (
     (":: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1",
      ":: !unm[v] && (pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v))) -> "
@@ -535,7 +560,6 @@ RACES_PATCHES = (
      "if :: pte[v] == 0 && !unm[v] -> hfault(v) :: else -> skip fi;\n"
      "     if :: pte[v] == 1 -> map_spte"),
     (":: !alive[v] || vst[v] == 3 -> skip", ":: !alive[v] || vst[v] == 3 || unm[v] -> skip"),
-    (":: alive[v] && vst[v] != 3", ":: alive[v] && vst[v] != 3 && !clo[v]"),
 )
 
 
@@ -592,8 +616,9 @@ def _race_body(system: Any, op: Any, stage: str, vms: list[str], npg: int,
     nxt = races.RELEASE_STAGES[keys[i + 1]] if i + 1 < len(keys) else None
     act = {
         # do_munmap: unmap_vma, the MMU notifier zaps stage 2; the fd still holds the memfd
-        "munmap": f"if :: alive[{v}] -> pte[{v}] = 0; zap_vm({v}); unm[{v}] = 1 "
-                  ":: else -> skip fi",
+        # (after a close event the mapping was the memfd's last reference: the folio is freed)
+        "munmap": f"if :: alive[{v}] -> pte[{v}] = 0; zap_vm({v}); unm[{v}] = 1; "
+                  f"if :: clo[{v}] -> free_folio({v}) :: else -> skip fi :: else -> skip fi",
         # close: the memfd's last reference, hugetlbfs_evict_inode -> remove_inode_hugepages
         "close": f"if :: alive[{v}] -> clo[{v}] = 1; free_folio({v}) :: else -> skip fi",
         # do_vm_destroy: stage 2 dropped, the VM destroyed
@@ -624,7 +649,7 @@ def render_races(system: Any) -> Any:
         assert old in head, f"the atomic hugetlbfs model changed: {old!r}"
         head = head.replace(old, new)
     decl = ["/* --races: ops in flight (hugetlbfs.py render_races) */",
-            "bit unm[NV]; bit clo[NV];", *(f"byte st_{op.k};" for op in ops)]
+            *(f"byte st_{op.k};" for op in ops)]
     lines = head.split("\n")
     at = next(i for i, line in enumerate(lines) if line.startswith("bit panic;"))
     lines[at:at] = decl

@@ -14,6 +14,9 @@ of its queued task work (``twp``: M7, M8); per VM, fixed, whether the guest acts
 (``GIGN``: careless, hostile and confidential guests do not) and whether the VMM maps its
 guest_memfd (``HASHVA``); the panic flag and the monitor bits of the properties.
 
+Frames move between VMs (a VM refaulting into the frame another freed): per VM slot, the
+frame's state and rank (``frame_slots``).
+
 It drops: data values, frames other than the VMs' own (HugeTLB pool, buddy), the host's
 machine-check stall sum (M9), SIGBUS queueing per thread beyond "told", the hugetlbfs backing
 (rendered by a model of its own, check/spin/hugetlbfs.py), TDX, set-up steps and the escape
@@ -63,39 +66,71 @@ PROP_EXPR: dict[str, str] = {
 }
 
 
-# C kept outside the state vector: which labels fired, and whether a step reached a state
-# the model does not follow (``foreign_frame``), printed when pan exits.
+# The per-page arrays that belong to the physical frame, not to the VM (frame_slots): the
+# hardware error, memory_failure()'s record of it, the kernel's records (PG_hwpoison, the
+# policy's table, derived ``rec``) and the consumption count; --races adds ``pdet``.
+PHYSICAL = ("err", "det", "rec", "tab", "hwp", "cons")
+
+
+# C kept outside the state vector: which labels fired, printed when pan exits.
 MF_FIRED_C = r"""c_decl {
-  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check; unsigned char mf_cut;
+  unsigned char mf_fired[NLABELS]; int mf_reg; short mf_check;
   static void mf_dump(void) { int i; printf("MF_FIRED");
     for (i = 0; i < NLABELS; i++) if (mf_fired[i]) printf(" %d", i);
-    printf("\n"); if (mf_cut) printf("MF_CUT\n"); }
+    printf("\n"); }
 }"""
-CUT = "MF_CUT"
-# a replay (replay_text, stages.replay_races_text) stops after the step that set ``xf``
-REPLAY_CUT = f'if :: xf -> printf("{CUT}\\n"); goto done :: else -> skip fi'
 
 
-def foreign_frame(nv: int) -> list[str]:
-    """Where the Promela model stops following the host: a VM allocating (after a punch hole,
-    ``realloc``) while a frame another VM freed is free and clean (``fst`` 1).
+def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
+    """Frame identity: which physical frame backs each VM, so that a VM reallocating after a
+    punch hole (or a fault after a release of its folio) takes the frame the host's allocator
+    hands out, another VM's freed frame included.
 
-    The Promela model keeps one frame per VM (its own, a spare or none) and never hands the
-    frame one VM freed to another, but the Python model's allocator (model/kernel/hugetlb.py,
-    dequeue) takes the lowest free pfn without PG_hwpoison (R55), and the VMs' frames lie
-    below the spares in the order of the VMs: VM ``v`` gets VM ``u``'s frame when ``u`` is
-    below ``v``, or when ``v``'s own frame is not free and clean. (The kernel's free list is
-    LIFO: enqueue_hugetlb_folio() list_move()s a freed folio to the head and
-    dequeue_hugetlb_folio_node_exact() takes the first without PG_hwpoison; both models take
-    the lowest pfn instead.) ``FOREIGN(v)`` is that condition; the allocation sets ``xf`` instead
-    of allocating, and ``checker_proctype`` ends the path there (no step is enabled,
-    no property is asserted) and records it (``MF_CUT``). A search that reached it can decide
-    FAIL only for what it found before; it does not say PASS (runner.check_policy:
-    PARTIAL(frame-reuse))."""
-    cond = " || ".join(f"((v) != {u} && fst[{u}] == 1 && ({u} < (v) || fst[v] != 1))"
-                       for u in range(nv)) if nv > 1 else "0"
-    return ["bit xf;", f"#define FOREIGN(v) ({cond})",
-            "#define TAKE_FOREIGN xf = 1; c_code { mf_cut = 1; }"]
+    The model keeps one *slot* per VM: slot ``v``'s per-page arrays hold two kinds of state.
+    The VM's own (its PTEs, SPTEs, attributes, the guest's view: ``pte``, ``spte``, ``priv``,
+    ``goff``, ``gpk``) stay with the VM. The frame's (the hardware error and the kernel's
+    records of it: ``physical``, and ``fst``, whether the frame is free, free and poisoned, or
+    dissolved) belong to whichever frame is in the slot: ``rk[v]`` is that frame's rank (the
+    VMs' frames are pfn-ordered in VM order, below the spares; rank ``u`` is VM ``u``'s frame
+    at the start) and ``sl[u]`` the slot of the frame of rank ``u``. ``bk[v] == OWN`` says VM
+    ``v`` holds the frame in its slot. An error event names a frame by its first owner (the
+    label's VM and page: ``pfn_of``), so it reaches slot ``sl[u]``, whoever holds that frame
+    now; the observation reports frames the same way (observe.py).
+
+    The allocation (``take_lowest``, before ``realloc``/``alloc`` take the frame in slot
+    ``v``) follows dequeue_hugetlb_folio_node_exact() as the Python model has it
+    (model/kernel/hugetlb.py: the lowest pfn first, PG_hwpoison folios skipped, R55): the
+    free, unmarked frame (``fst`` 1) of the lowest rank is swapped into slot ``v`` (the VM's
+    own frame when it is that one, no swap), its physical state and rank with it; none free:
+    a spare. The kernel's free list is LIFO (enqueue_hugetlb_folio() list_move()s a freed
+    folio to the head); both models take the lowest pfn (docs/check.md)."""
+    swaps = []
+    for name in physical:
+        for i in range(npg):
+            x, y = f"{name}[(a) * NPG + {i}]", f"{name}[(b) * NPG + {i}]"
+            swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
+    for name in ("fst", "rk"):
+        x, y = f"{name}[a]", f"{name}[b]"
+        swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
+    swaps.append("sl[rk[a]] = a; sl[rk[b]] = b")
+    # slot s holds the free, unmarked frame of the lowest rank; few jumps (SPIN bounds them
+    # in a d_step), so the slot found goes through ``fs`` (scratch, 0 between steps)
+    branches = [f"  :: (v) != {s} && fst[{s}] == 1"
+                + "".join(f" && (fst[{x}] != 1 || rk[{x}] > rk[{s}])" for x in range(nv) if x != s)
+                + f" -> fs = {s + 1}" for s in range(nv)]
+    return ["byte rk[NV]; byte sl[NV]; byte fs;",
+            "/* two slots exchange their frames (a != b): XOR swaps */",
+            "inline swap_frames(a, b) { " + "; ".join(swaps) + " }",
+            "/* the free, unmarked frame of the lowest rank into slot v (frame_slots); none, or\n"
+            "   v's own: nothing moves */",
+            "inline take_lowest(v) {\n  if\n" + "\n".join(branches)
+            + "\n  :: else -> skip\n  fi;\n"
+            "  if :: fs != 0 -> swap_frames(fs - 1, v); fs = 0 :: else -> skip fi\n}"]
+
+
+def init_slots(nv: int) -> str:
+    """``init_state``'s part of ``frame_slots``: every VM's frame in its own slot."""
+    return "; ".join(f"rk[{i}] = {i}; sl[{i}] = {i}" for i in range(nv))
 
 
 def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
@@ -103,18 +138,16 @@ def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
     then one ``d_step`` per transition ``(guard, body)`` numbered in order, which marks the
     transition fired (``MF_FIRED_C``, for the coverage: C outside the state vector, printed
     at pan's exit), runs the body, prints its number and the observation and asserts the
-    checked properties. Once ``xf`` is set (``foreign_frame``) no transition is enabled, and
-    that state asserts nothing (a simulation prints ``MF_CUT``). One writing for every
-    Promela model (promela.py, stages.py, hugetlbfs.py), each of which declares ``xf``."""
+    checked properties. One writing for every Promela model (promela.py, stages.py,
+    hugetlbfs.py)."""
     out = ["#ifndef REPLAY", MF_FIRED_C.replace("NLABELS", str(max(1, len(steps)))),
            "active proctype checker() {\n"
            "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
            "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
            "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do"]
     for k, (guard, body) in enumerate(steps):
-        out.append(f"  :: d_step {{ !xf && {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
-                   f'printf("MF_STEP {k}\\n"); observe(); '
-                   f'if :: xf -> printf("{CUT}\\n") :: else -> assert(!VIOLATED) fi }}')
+        out.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
+                   f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
     out += ["  od\n}", "#endif"]
     return out
 
@@ -316,7 +349,7 @@ def render(system: Any) -> Rendered:
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
-        *foreign_frame(len(vms)),
+        *frame_slots(len(vms), npg, PHYSICAL),
     ]
     any_cons = " || ".join(f"cons[{p}] >= 2" for p in range(len(vms) * npg)) or "0"
     any_lost = " || ".join(f"(det[{p}] && err[{p}] && !rec[{p}])"
@@ -341,10 +374,13 @@ def render(system: Any) -> Rendered:
     for vi in range(len(vms)):
         for pg in range(npg):
             p = vi * npg + pg
+            # the frame's fields by its first owner (frame_slots), the VM's by the VM
+            fp = f"sl[{vi}] * NPG + {pg}"
             for f in PAGE_FIELDS:
                 fmt.append("%d")
-                args.append(f"(bk[{vi}] == OWN)" if f == "held" else
-                            f"SPTE({vi}, {p})" if f == "spte" else f"{f}[{p}]")
+                args.append(f"(bk[{vi}] == OWN && rk[{vi}] == {vi})" if f == "held" else
+                            f"SPTE({vi}, {p})" if f == "spte" else
+                            f"{f}[{fp}]" if f in PHYSICAL else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
     fmt.append("%d")
@@ -370,7 +406,8 @@ def render(system: Any) -> Rendered:
             lines.append("  " + "; ".join(f"priv[{vi * npg + q}] = 1" for q in range(npg))
                          + f"; merged[{vi}] = 1; hs[{vi}] = 1;")
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}")
+                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}; "
+                 + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
                                for k, guard, count in guards])
@@ -402,7 +439,7 @@ def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
     for k in seq:
         guard, count = _guard(system, rendered.labels[k])
         body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); RESET_SCRATCH }}; "
-                    f'printf("MF_STEP {k}\\n"); observe(); {REPLAY_CUT}')
+                    f'printf("MF_STEP {k}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
     body += ["done: skip", "}"]
     return "\n".join(body) + "\n"
@@ -430,11 +467,11 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]
     p = dict(label[1])
     kind = label[0]
     v = vms.index(p["vm"]) if "vm" in p else 0
-    if kind == "hw_error":
-        return f"ev_hw_error({v}, {v * npg + p['page']}, {int(p['detect'] != 'latent')}, " \
-               f"{int(early[p['vm']])})"
+    if kind == "hw_error":  # the frame the label names, in whichever slot (frame_slots)
+        return f"ev_hw_error(sl[{v}], (sl[{v}] * NPG + {p['page']}), " \
+               f"{int(p['detect'] != 'latent')}, VM_EARLY(sl[{v}]))"
     if kind == "scrub":
-        return f"ev_scrub({v}, {v * npg + p['page']}, {int(early[p['vm']])})"
+        return f"ev_scrub(sl[{v}], (sl[{v}] * NPG + {p['page']}), VM_EARLY(sl[{v}]))"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))}, " \
                f"{p.get('vcpu') or 0})"
@@ -617,15 +654,16 @@ inline free_folio(v, release) {
   /* truncation unmaps present PTEs; a hwpoison entry stays until munmap or exit */
   if :: release -> FOREACH(pte[Q] = 0) :: else -> FOREACH(pte[Q] = (pte[Q] == 2 -> 2 : 0)) fi
 }
-/* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (lowest pfn first: the VM's
-   own frame, then the spares), skipping PG_hwpoison folios; check_handed_out() */
+/* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (lowest pfn first: the VMs'
+   frames, then the spares; take_lowest, frame_slots), skipping PG_hwpoison folios;
+   check_handed_out() */
 inline realloc(v) {
+  take_lowest(v);
   if
-  :: FOREIGN(v) -> TAKE_FOREIGN   /* another VM's freed frame: not followed (foreign_frame) */
-  :: !FOREIGN(v) && fst[v] == 1 ->
+  :: fst[v] == 1 ->
      fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
      FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
-  :: !FOREIGN(v) && fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
+  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
   fi
 }

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from memfail.check.explorer import FAIL, PARTIAL, PASS, Coverage, Result, Verdict
-from memfail.check.spin.promela import CUT, Rendered, render
+from memfail.check.spin.promela import Rendered, render
 from memfail.check.spin.stages import render_races
 
 
@@ -45,7 +45,6 @@ class PanStats:
     vector: int = 0
     hash_factor: float | None = None
     complete: bool = True
-    cut: bool = False
     elapsed: float = 0.0
     output: str = ""
 
@@ -103,8 +102,6 @@ def parse_pan(out: str) -> PanStats:
     st.depth = num(r"depth reached (\d+)")
     st.errors = num(r"errors: (\d+)")
     st.vector = num(r"State-vector (\d+) byte")
-    # a path reached a VM's allocation of another VM's freed frame (promela.foreign_frame)
-    st.cut = re.search(rf"(?m)^{CUT}$", out) is not None
     m = re.search(r"hash factor: ([\d.e+]+)", out)
     st.hash_factor = float(m.group(1)) if m else None
     # pan says "search was not completed" or warns of a truncated search when it stops early
@@ -370,12 +367,11 @@ def label_kind(label: Any) -> str:
 
 
 def _stop(st: PanStats, bitstate: bool) -> str | None:
-    """Why a search that found no (more) violation does not say PASS: a bitstate search, a
-    path the Promela model does not follow (another VM's freed frame, promela.foreign_frame),
-    or a search pan did not finish; None when it may."""
+    """Why a search that found no (more) violation does not say PASS: a bitstate search or a
+    search pan did not finish; None when it may."""
     if bitstate:
         return "bitstate"
-    return "frame-reuse" if st.cut else None if st.complete else "depth"
+    return None if st.complete else "depth"
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,

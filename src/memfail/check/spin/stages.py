@@ -33,7 +33,6 @@ from typing import Any
 
 from memfail.check import races
 from memfail.check.spin.promela import (
-    REPLAY_CUT,
     Rendered,
     _gmem_of,
     _guard,
@@ -61,7 +60,7 @@ CODE = {name: i + 1 for i, name in enumerate(races.STAGES)}
 
 # Scratch variables of the atomic model (reset after every step) and the engine's own.
 SCRATCH = {"wh", "mq", "mr", "ao", "tp", "fo", "ag", "gr", "ko", "rc", "rn", "ph", "vi", "kq", "mfc",
-           "chk"}
+           "chk", "fs"}
 
 
 def held_at(stage: str) -> frozenset[races.Lock]:
@@ -77,8 +76,8 @@ class Op:
     """A label of the alphabet that ``races.first_stage`` can split."""
     k: int                      # label index
     label: Any
-    v: int                      # VM index
-    p: int                      # page index (global)
+    v: int | str                # VM index (an error's: the slot of its frame, frame_slots)
+    p: int | str                # page index (global)
     first: str                  # its first stage
     split: str                  # Promela condition: first_stage splits it in this state
     waits: list[str] = field(default_factory=list)  # stages it can be in flight at
@@ -101,8 +100,11 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
     ops = []
     for k, label in enumerate(labels):
         kind, p = label[0], dict(label[1])
-        v = vms.index(p["vm"]) if "vm" in p else 0
-        q = v * npg + int(p.get("page") or 0)
+        v: int | str = vms.index(p["vm"]) if "vm" in p else 0
+        q: int | str = int(v) * npg + int(p.get("page") or 0)
+        if kind in ("hw_error", "scrub"):
+            # an error names a frame by its first owner: the slot it is in now (frame_slots)
+            v, q = f"sl[{v}]", f"(sl[{v}] * NPG + {int(p.get('page') or 0)})"
         specs = system._specs(label)
         first, split = None, "0"
         if kind == "hw_error" and p.get("detect") == "scrub":
@@ -214,12 +216,14 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
     if stage == "convert.attributes":  # races.convert_begin
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
-        return ("; ".join(f"zap_page({v}, {v * npg + x}); priv[{v * npg + x}] = {to}"
+        base = int(v) * npg
+        return ("; ".join(f"zap_page({v}, {base + x}); priv[{base + x}] = {to}"
                           for x in pages) + "; " + goto("convert.folios"))
     if stage == "convert.folios":  # races.convert_end: gmem_convert
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
-        drop = "; ".join(f"pte[{v * npg + x}] = (pte[{v * npg + x}] == 2 -> 2 : 0)"
+        base = int(v) * npg
+        drop = "; ".join(f"pte[{base + x}] = (pte[{base + x}] == 2 -> 2 : 0)"
                          for x in pages)
         return (f"{drop + '; ' if to else ''}convert_folio({v}, {to}); " + goto(None))
     if stage.startswith("release."):
@@ -361,6 +365,14 @@ def render_races(system: Any) -> RacesRendered:
     # the kernel's record of memory_failure() calls (host.phys.detected) apart from the
     # monitor's (det): mf.record sets it before mf.notify's trace event
     head = head.replace("#define pdet det\n", "")
+    # pdet is the frame's too (frame_slots): a swap moves it with the others
+    old_swap = "inline swap_frames(a, b) { "
+    assert old_swap in head, "the atomic model has no swap_frames"
+    head = head.replace(old_swap, old_swap + "; ".join(
+        f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
+        f"pdet[(b) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
+        f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]"
+        for i in range(1 << system.config.geometry.pmd_order)) + "; ")
     head = re.sub(r"(?<!\w)det\[(\w+)\] = 1", r"det[\1] = 1; pdet[\1] = 1; mfc = 1", head)
     # between a release's stages: the VMM's mapping is gone after its munmap (unm), the
     # guest_memfd unbound after its close (unb: kvm_gmem_get_pfn fails, nothing allocated)
@@ -499,7 +511,7 @@ def replay_races_text(rendered: Rendered, seq: list[int]) -> str:
             "  observe();"]
     for K in seq:
         body.append(f"  if :: G_{K} -> d_step {{ tr_{K}() }}; "
-                    f'printf("MF_STEP {K}\\n"); observe(); {REPLAY_CUT}')
+                    f'printf("MF_STEP {K}\\n"); observe()')
         body.append(f'     :: else -> printf("MF_BLOCKED {K}\\n"); goto done fi;')
     body += ["done: skip", "}"]
     return "\n".join(body) + "\n"
