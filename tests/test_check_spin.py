@@ -31,6 +31,18 @@ def _policy_args(policies: list[str] = POLICIES) -> list[str]:
     return [x for p in policies for x in ("--policy", p)]
 
 
+def _verdicts(result: dict) -> dict[str, tuple[str, int | None]]:
+    """A policy's verdicts in the JSON: property -> (status, depth)."""
+    return {n: (v["status"], v["depth"]) for n, v in result["verdicts"].items()}
+
+
+def _both_complete_and_equal(py: dict, spin: dict) -> None:
+    """Both engines checked the same policies to the end with the same verdicts and depths."""
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert a["policy"] == b["policy"] and a["complete"] and b["complete"]
+        assert _verdicts(a) == _verdicts(b), a["policy"]
+
+
 # agree-split.yaml adds a conversion of the whole folio to private and back (merge, split);
 # mainline's Python search does not complete on it within its depth bound
 SPLIT_POLICIES = ["minimum", "unmap", "kill-vm", "unusable", "future"]
@@ -223,8 +235,7 @@ def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
     rc_py, py = _check(capsys, *_policy_args(["mainline", "future"]))
     assert rc_py == 1
     for a, b in zip(py["results"], spin["results"], strict=True):
-        assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
-            {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+        assert _verdicts(a) == _verdicts(b), a["policy"]
     statuses = [{v["status"] for v in r["verdicts"].values()} for r in spin["results"]]
     assert "FAIL" in statuses[0] and statuses[1] == {"PASS"}
 
@@ -271,10 +282,7 @@ def test_a_vm_given_another_vms_freed_frame_is_followed_by_spin(
     rc_spin, spin = _check(capsys, "--engine", "spin", config=cfg)
     rc_py, py = _check(capsys, "--workers", "2", config=cfg)
     assert rc_spin == rc_py == 1
-    for a, b in zip(py["results"], spin["results"], strict=True):
-        assert a["policy"] == b["policy"] and a["complete"] and b["complete"]
-        assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
-            {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+    _both_complete_and_equal(py, spin)
     assert spin["results"][0]["verdicts"]["no-poison-reuse"]["status"] == "FAIL"
 
 
@@ -387,7 +395,4 @@ def test_a_punch_hole_on_the_second_vm_agrees(
     rc_spin, spin = _check(capsys, "--engine", "spin", config=cfg)
     rc_py, py = _check(capsys, "--workers", "2", config=cfg)
     assert rc_spin == rc_py == 1
-    for a, b in zip(py["results"], spin["results"], strict=True):
-        assert a["policy"] == b["policy"] and a["complete"] and b["complete"]
-        assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
-            {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+    _both_complete_and_equal(py, spin)

@@ -54,6 +54,7 @@ from memfail.check.spin.promela import (
     _ignores_vmce,
     _vmm_thread,
     checker_proctype,
+    first_frame,
     frame_slots,
     init_slots,
     kernel_user,
@@ -175,7 +176,7 @@ def render(system: Any) -> Rendered:
         for pg in range(npg):
             p = vi * npg + pg
             # the frame's fields by its first owner (promela.frame_slots), the VM's by the VM
-            fp = f"sl[{vi}] * NPG + {pg}"
+            fp = first_frame(vi, pg)[1]
             for f in PAGE_FIELDS:
                 fmt.append("%d")
                 args.append(f"(HELD({vi}) && rk[{vi}] == {vi})" if f == "held" else
@@ -193,7 +194,7 @@ def render(system: Any) -> Rendered:
     lines.append(f'inline observe() {{ printf("MF_OBS {" ".join(fmt)}\\n", '
                  f'{", ".join(args)}) }}')
     for k, label in enumerate(labels):
-        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)} }}")
+        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg)} }}")
     guards = [(k, *_guard(system, label)) for k, label in enumerate(labels)]
     lines.append("inline init_state() {")
     # the set-up: the VMM's mapping faulted in by the guest's stores, one huge SPTE per VM
@@ -207,17 +208,16 @@ def render(system: Any) -> Rendered:
     return Rendered("\n".join(lines) + "\n", labels, props)
 
 
-def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]) -> str:
+def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     p = dict(label[1])
     kind = label[0]
     v = vms.index(p["vm"])
     q = v * npg + p.get("page", 0)
-    # an error names a frame by its first owner: the slot it is in now (promela.frame_slots)
-    fs, fq = f"sl[{v}]", f"(sl[{v}] * NPG + {p.get('page', 0)})"
-    if kind == "hw_error":
-        return f"ev_hw_error({fs}, {fq}, {int(p['detect'] != 'latent')})"
-    if kind == "scrub":
-        return f"ev_scrub({fs}, {fq})"
+    if kind in ("hw_error", "scrub"):  # the frame the label names, in whichever slot
+        slot, fq = first_frame(v, p["page"])
+        if kind == "scrub":
+            return f"ev_scrub({slot}, {fq})"
+        return f"ev_hw_error({slot}, {fq}, {int(p['detect'] != 'latent')})"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {q}, {p.get('vcpu') or 0})"
     if kind == "guest_run":
@@ -595,8 +595,7 @@ def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
     return ops
 
 
-def _race_body(system: Any, op: Any, stage: str, vms: list[str], npg: int,
-               early: dict[str, bool]) -> str:
+def _race_body(system: Any, op: Any, stage: str, vms: list[str], npg: int) -> str:
     """What ``races.run_stage`` does for ``stage`` of ``op`` under backing hugetlbfs."""
     from memfail.check import races
     from memfail.check.spin.stages import CODE
@@ -607,7 +606,7 @@ def _race_body(system: Any, op: Any, stage: str, vms: list[str], npg: int,
         return f"{st} = {CODE[nxt] if nxt else 0}"
 
     if stage == "convert.attributes":  # convert_begin: zap_gfn_range, the PRIVATE attribute
-        return f"{_call(system.config, op.label, vms, npg, early)}; {goto('convert.folios')}"
+        return f"{_call(system.config, op.label, vms, npg)}; {goto('convert.folios')}"
     if stage == "convert.folios":  # convert_end: gmem_convert of no guest_memfd slot
         return goto(None)
     keys = [key for key, _ in system._specs(op.label)]
@@ -640,7 +639,6 @@ def render_races(system: Any) -> Any:
     labels = list(base.labels)
     vms = [v.name for v in cfg.vms]
     npg = 1 << cfg.geometry.pmd_order
-    early = {v.name: bool(system.ctx.early.get(v.vmm)) for v in cfg.vms}
     ops = _race_ops(system, labels)
     # no op in flight holds mf_mutex or the folio lock: memory_failure() never waits here
     assert all(_waits_expr(ops, op.k) == "0" for op in ops)
@@ -667,13 +665,13 @@ def render_races(system: Any) -> Any:
         g = (f"{guard} && st_{k} == 0 && ((({op.split}) && !{_lock_expr(ops, first, k)}) || "
              f"(!({op.split}) && !{_lock_expr(ops, atomic, k)}))")
         body = (f"{count}if :: ({op.split}) -> "
-                f"{_race_body(system, op, op.first, vms, npg, early)} :: else -> step_{k}() fi")
+                f"{_race_body(system, op, op.first, vms, npg)} :: else -> step_{k}() fi")
         trans.append((g, body, k))
     conts: list[Any] = []
     for op in ops:
         for s in op.waits:
             g = f"!panic && st_{op.k} == {CODE[s]} && !{_lock_expr(ops, races.STAGES[s].needs, op.k)}"
-            trans.append((g, _race_body(system, op, s, vms, npg, early), op.k))
+            trans.append((g, _race_body(system, op, s, vms, npg), op.k))
             conts.append(races.continuation(op.label, s))
     for K, (g, body, me) in enumerate(trans):
         clear = f"if :: panic -> st_{me} = 0 :: else -> skip fi; " if me in by_k else ""

@@ -128,6 +128,13 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
             "  if :: fs != 0 -> swap_frames(fs - 1, v); fs = 0 :: else -> skip fi\n}"]
 
 
+def first_frame(v: int, page: int) -> tuple[str, str]:
+    """Where the frame VM ``v`` had at the start is now (``frame_slots``): its slot and the
+    index of its page ``page`` in the per-page arrays. An error label (``hw_error``,
+    ``scrub``) names its frame so, and the observations report a frame's fields so."""
+    return f"sl[{v}]", f"(sl[{v}] * NPG + {page})"
+
+
 def init_slots(nv: int) -> str:
     """``init_state``'s part of ``frame_slots``: every VM's frame in its own slot."""
     return "; ".join(f"rk[{i}] = {i}; sl[{i}] = {i}" for i in range(nv))
@@ -375,7 +382,7 @@ def render(system: Any) -> Rendered:
         for pg in range(npg):
             p = vi * npg + pg
             # the frame's fields by its first owner (frame_slots), the VM's by the VM
-            fp = f"sl[{vi}] * NPG + {pg}"
+            fp = first_frame(vi, pg)[1]
             for f in PAGE_FIELDS:
                 fmt.append("%d")
                 args.append(f"(bk[{vi}] == OWN && rk[{vi}] == {vi})" if f == "held" else
@@ -392,7 +399,7 @@ def render(system: Any) -> Rendered:
                  f'{", ".join(args)}) }}')
     # one inline per label
     for k, label in enumerate(labels):
-        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg, early)}; "
+        lines.append(f"inline step_{k}() {{ {_call(cfg, label, vms, npg)}; "
                      + "; ".join(f"derive({vi})" for vi in range(len(vms))) + " }")
     guards = [(k, *_guard(system, label)) for k, label in enumerate(labels)]
     lines.append("inline init_state() {")
@@ -463,15 +470,15 @@ def _foreach(text: str, npg: int) -> str:
     return "".join(out)
 
 
-def _call(cfg: Any, label: Any, vms: list[str], npg: int, early: dict[str, bool]) -> str:
+def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     p = dict(label[1])
     kind = label[0]
     v = vms.index(p["vm"]) if "vm" in p else 0
-    if kind == "hw_error":  # the frame the label names, in whichever slot (frame_slots)
-        return f"ev_hw_error(sl[{v}], (sl[{v}] * NPG + {p['page']}), " \
-               f"{int(p['detect'] != 'latent')}, VM_EARLY(sl[{v}]))"
-    if kind == "scrub":
-        return f"ev_scrub(sl[{v}], (sl[{v}] * NPG + {p['page']}), VM_EARLY(sl[{v}]))"
+    if kind in ("hw_error", "scrub"):  # the frame the label names, in whichever slot
+        slot, q = first_frame(v, p["page"])
+        if kind == "scrub":
+            return f"ev_scrub({slot}, {q})"
+        return f"ev_hw_error({slot}, {q}, {int(p['detect'] != 'latent')})"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))}, " \
                f"{p.get('vcpu') or 0})"
@@ -677,7 +684,7 @@ inline guest_mce(v, p, ao) {
   fi
 }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
-inline mf(v, p, ar, ao_probe, early) {
+inline mf(v, p, ar, ao_probe) {
   if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
   mr = det[p];
   det[p] = 1;
@@ -740,12 +747,12 @@ inline mf(v, p, ar, ao_probe, early) {
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi
 }
-inline ev_hw_error(v, p, scrub, early) {
+inline ev_hw_error(v, p, scrub) {
   err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
-  if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
+  if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao) :: else -> skip fi
 }
-inline ev_scrub(v, p, early) {
-  if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao, early) :: else -> skip fi
+inline ev_scrub(v, p) {
+  if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao) :: else -> skip fi
 }
 /* the fault check (_failed_in): a split folio's pages are 4K folios, so folio and subpage
    agree; a merged one is one HugeTLB folio: its flag (FRAME_HWP) refuses all of it at folio
@@ -867,7 +874,7 @@ inline kmm(v, p) {
   ko = (bk[v] == OWN);
   if
   :: !ko || CLAIMED ->
-       mf(v, p, 1, 0, 0);
+       mf(v, p, 1, 0);
        if
        :: ko && CLAIMED && alive[v] && vst[v] == 0 && (consumed == K_CONSUMED_SIGBUS_CURRENT ||
           consumed == K_CONSUMED_SIGBUS_VMM) ->
@@ -933,7 +940,7 @@ inline ev_vmm(v, p, wr) {
            affected[v] = 1;
            cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
            if
-           :: CLAIMED -> mf(v, p, 1, 0, 0)
+           :: CLAIMED -> mf(v, p, 1, 0)
            :: else -> det[p] = 1; hwp[p] = 1
            fi;
            if :: alive[v] -> sigbus_kill(v) :: else -> skip fi
@@ -980,7 +987,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
   if
   :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi;
      if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi
-  :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0, 0)
+  :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0)
   :: else -> skip
   fi;
   kq = 0
@@ -1030,7 +1037,7 @@ inline ev_vmm_vcpu(v, p, wr) {
            cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
            if
            :: CLAIMED ->
-              mf(v, p, 1, 0, 0);
+              mf(v, p, 1, 0);
               if
               :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
                  if

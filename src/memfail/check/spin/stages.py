@@ -37,6 +37,7 @@ from memfail.check.spin.promela import (
     _gmem_of,
     _guard,
     checker_proctype,
+    first_frame,
     kernel_user,
     render,
     system_args,
@@ -100,11 +101,11 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
     ops = []
     for k, label in enumerate(labels):
         kind, p = label[0], dict(label[1])
-        v: int | str = vms.index(p["vm"]) if "vm" in p else 0
-        q: int | str = int(v) * npg + int(p.get("page") or 0)
-        if kind in ("hw_error", "scrub"):
-            # an error names a frame by its first owner: the slot it is in now (frame_slots)
-            v, q = f"sl[{v}]", f"(sl[{v}] * NPG + {int(p.get('page') or 0)})"
+        vm, page = vms.index(p["vm"]) if "vm" in p else 0, int(p.get("page") or 0)
+        v: int | str = vm
+        q: int | str = vm * npg + page
+        if kind in ("hw_error", "scrub"):  # the frame the label names, in whichever slot
+            v, q = first_frame(vm, page)
         specs = system._specs(label)
         first, split = None, "0"
         if kind == "hw_error" and p.get("detect") == "scrub":
