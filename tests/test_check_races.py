@@ -392,3 +392,27 @@ def test_random_interleavings_replay_to_the_checkers_state() -> None:
             assert res.processes == {"qemu0": dict(s.host.process_status("qemu0"))}, text
             assert (res.panicked is None) == (s.host.panicked is None), text
     assert len(seen) >= 14, sorted(seen)  # nearly every stage was replayed
+
+
+def test_a_punch_hole_that_fails_its_checks_does_not_wait_for_the_invalidate_lock() -> None:
+    """kvm_gmem_fallocate() refuses a range not aligned to the folio (-EINVAL, R71) before
+    kvm_gmem_punch_hole() takes filemap_invalidate_lock: with a conversion holding that lock
+    exclusive between its stages, such a punch hole runs (and frees nothing) while one of the
+    whole folio waits (races.fallocate_fails_early)."""
+    cfg = CFG.replace("  - {event: vcpu_access, vm: vm0, page: 0}\n", """\
+  - {event: punch_hole, vm: vm0, page: 1, pages: 2, limit: 1}
+  - {event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}
+""")
+    sysm = ModelSystem(load_config_text(cfg), "unmap", races=True)
+    s = sysm.initial()
+    punches = {dict(lab[1])["pages"]: lab for _i, lab in sysm.entries
+               if lab[0] == "punch_hole"}
+    assert set(punches) == {2, 4}
+    assert {punches[2], punches[4]} <= set(sysm.enabled(s)), "both run with no lock held"
+    s = sysm.step(s, pick(sysm, s, "convert"))
+    assert any(op[1] == "convert.folios" for op in s.inflight), "the conversion is in flight"
+    enabled = set(sysm.enabled(s))
+    assert punches[2] in enabled and punches[4] not in enabled
+    frames = sysm._frames(s.host)
+    t = sysm.step(s, punches[2])
+    assert sysm._frames(t.host) == frames and t.inflight == s.inflight

@@ -322,10 +322,32 @@ def kernel_access_faults(host: HostState, args: dict[str, Any]) -> bool:
     return host_fault_target(host, vm.vmm.comm, addr) is not None
 
 
+def fallocate_fails_early(host: HostState, args: dict[str, Any]) -> bool:
+    """fallocate() fails before it takes a lock: the fd is not open (fdget(): the VMM
+    exited or closed it), or a guest_memfd range kvm_gmem_fallocate() refuses with -EINVAL
+    (R71: not aligned to the file's folio size, or past its end), which it checks before
+    kvm_gmem_punch_hole() takes filemap_invalidate_lock and kvm_gmem_allocate() its shared
+    form (virt/kvm/guest_memfd.c)."""
+    proc = host.processes.get(args["proc"])
+    if proc is None or not proc.alive or args["fd"] not in proc.fds:
+        return True
+    inode = proc.fds[args["fd"]].inode
+    if inode.kind != "gmem":
+        return False
+    unit = 1 << (host.geometry.page_shift + inode.huge_order)
+    off, length = args["offset"], args["len"]
+    return bool(off % unit or length % unit or off + length > inode.size or length <= 0)
+
+
 def atomic_needs(specs: list[StepSpec], kind: str, host: HostState) -> frozenset[Lock]:
     """The locks an event that runs as one step needs in this state: ``ATOMIC_NEEDS``, and
     the invalidate lock shared for a kernel_access that faults a guest_memfd page in (so it
-    waits for a conversion, punch hole or release that holds it exclusive)."""
+    waits for a conversion, punch hole or release that holds it exclusive); none for a punch
+    hole or fallocate that fails before taking one (``fallocate_fails_early``), so it does
+    not wait for a conversion or release that holds the invalidate lock."""
+    if kind in ("punch_hole", "realloc") and specs and specs[0][0] == "fallocate" and \
+            fallocate_fails_early(host, specs[0][1]):
+        return frozenset()
     needs = ATOMIC_NEEDS[kind]
     if kind == "kernel_access" and specs and specs[0][0] == "kernel_access" and \
             kernel_access_faults(host, specs[0][1]):

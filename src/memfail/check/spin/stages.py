@@ -118,7 +118,8 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
             split = f"(FT({v}, {q}) && (priv[{q}] || {gonly}))"
         elif kind == "vmm_access":
             first, split = "hostfault.lookup", f"HT({v}, {q})"
-        elif kind == "punch_hole":
+        elif kind == "punch_hole" and p["page"] == 0 and p["pages"] == npg:
+            # races.punch_target: any other range fails kvm_gmem_fallocate's checks, one step
             first, split = "punch.zap", f"PT({v})"
         elif kind == "convert":
             first, split = "convert.attributes", f"(alive[{v}] && vst[{v}] != 3)"
@@ -451,8 +452,14 @@ def render_races(system: Any) -> RacesRendered:
         guard, count = _guard(system, label)
         op = by_k.get(k)
         atomic_needs = races.ATOMIC_NEEDS[label[0]]
+        free = "0"   # races.fallocate_fails_early: the step takes no lock
+        if label[0] in ("punch_hole", "realloc"):
+            p = dict(label[1])
+            if p["page"] % npg or p["pages"] % npg or p["page"] + p["pages"] > npg:
+                atomic_needs = frozenset()  # kvm_gmem_fallocate: -EINVAL, whatever the state
+            free = f"!PT({[vm.name for vm in system.config.vms].index(p['vm'])})"  # no fd
         if op is None:
-            g = f"{guard} && !{_lock_expr(ops, atomic_needs, k)}"
+            g = f"{guard} && ({free} || !{_lock_expr(ops, atomic_needs, k)})"
             if label[0] == "kernel_access" and \
                     kernel_user(system.config, system_args(label))[0]:
                 # races.atomic_needs: an hva user faults the page in (HT) under INV_S
@@ -465,7 +472,7 @@ def render_races(system: Any) -> RacesRendered:
             first_needs = races.STAGES[op.first].needs
             g = (f"{guard} && st_{k} == 0 && ((({op.split}) && "
                  f"!{_lock_expr(ops, first_needs, k)}) || (!({op.split}) && "
-                 f"!{_lock_expr(ops, atomic_needs, k)}))")
+                 f"({free} || !{_lock_expr(ops, atomic_needs, k)})))")
             body = (f"if :: ({op.split}) -> "
                     f"{_stage_body(system, op, op.first, f'step_{k}()')} "
                     f":: else -> wh = 1 fi")
