@@ -466,3 +466,89 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
         promela = replay_promela(system, rendered, seq)
         assert promela.blocked is None and promela.labels == seq
         assert compare(system, rendered, walk, promela, ("python", "promela")) is None
+
+
+def test_a_pan_out_of_memory_leaves_its_properties_partial(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pan stores every state it has seen; with ``bounds.memory_mb`` (or its share of the
+    memory available) as its address-space limit it stops with "out of memory", and what it
+    had not decided is PARTIAL(memory), never PASS (a pan the kernel's OOM killer ended used
+    to be read as a search that found nothing). The --races search of minimum on the standard
+    configuration needs gigabytes."""
+    from memfail.check.config import STANDARD
+
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(STANDARD.read_text().replace("bounds:\n", "bounds:\n  memory_mb: 300\n", 1))
+    rc, doc = _check(capsys, "--engine", "spin", "--races", "--policy", "minimum", config=cfg)
+    (r,) = doc["results"]
+    assert not r["complete"] and r["stop_reason"] == "memory"
+    undecided = [v for v in r["verdicts"].values() if v["status"] != "FAIL"]
+    assert undecided and {(v["status"], v["reason"]) for v in undecided} == \
+        {("PARTIAL", "memory")}
+    assert rc == (1 if len(undecided) < len(r["verdicts"]) else 0)
+
+
+def test_a_pan_ended_by_a_signal_did_not_finish(tmp_path: Path) -> None:
+    """A pan ended by a signal (the OOM killer's SIGKILL) has printed no report: the search
+    did not finish, whatever its (empty) output says."""
+    from memfail.check.spin import runner
+
+    pan = tmp_path / "pan"
+    pan.write_text("#!/bin/sh\nkill -9 $$\n")
+    pan.chmod(0o755)
+    st = runner.run_pan(tmp_path, False, 0, limit=1 << 30)
+    assert not st.complete and st.stopped == "killed" and "signal 9" in st.output
+    assert runner._stop(st, False) == "killed"
+    assert runner.parse_pan("").stopped == "killed", "no report: not a finished search"
+
+
+def test_a_pan_that_stopped_for_memory_beside_others_runs_again_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --workers N, pans run side by side and may exhaust the memory together: a search
+    that stopped for memory (out of memory, or killed by the OOM killer) runs once more when
+    no other pan runs (runner.PANS), and its verdicts are that search's; alone, it is not
+    run again."""
+    import threading
+
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+
+    calls: list[tuple[bool, int]] = []
+    other_done = threading.Event()
+
+    def fake_run_pan(work: Path, bitstate: bool, mask: int = 0,
+                     limit: int | None = None) -> runner.PanStats:
+        calls.append((runner.PANS._alone, runner.PANS._running))
+        if len(calls) == 1:
+            return runner.PanStats(states=10, complete=False, stopped="killed")
+        assert other_done.is_set(), "run alone: after the other pan ended"
+        return runner.PanStats(states=99, output="MF_FIRED\n")
+
+    monkeypatch.setattr(runner, "run_pan", fake_run_pan)
+    monkeypatch.setattr(runner, "compile_pan", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "PANS", runner._PanSlots())
+    system = ModelSystem(load_config(AGREE_CONFIG), "future")
+
+    inside = threading.Event()
+
+    def other_pan() -> None:  # another policy's pan, running while the first one is killed
+        with runner.PANS.shared():
+            inside.set()
+            while not calls:
+                threading.Event().wait(0.01)
+            threading.Event().wait(0.2)
+            other_done.set()
+
+    t = threading.Thread(target=other_pan)
+    t.start()
+    inside.wait()
+    run = runner.check_policy(system, ["early-told"], share=2)
+    t.join()
+    assert calls[0] == (False, 2) and calls[1] == (True, 0)
+    assert run.result.states == 99 and run.result.complete
+    assert run.result.verdicts["early-told"].status == "PASS"
+    calls.clear()
+    run = runner.check_policy(system, ["early-told"], share=1)
+    assert len(calls) == 1 and run.result.stop_reason == "killed"
+    assert run.result.verdicts["early-told"].reason == "killed"

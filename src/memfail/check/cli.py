@@ -359,7 +359,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     "(docs/check.md, Reductions)")
             systems[pol] = system
         if pool is not None:  # every policy renders: only now start the searches
-            pending = {pol: pool.submit(_spin, systems[pol], props, engine, races)
+            share = min(workers, len(policies))  # pans at once: each its share of memory
+            pending = {pol: pool.submit(_spin, systems[pol], props, engine, races, share)
                        for pol in policies}
         try:
             for pol in policies:
@@ -512,12 +513,14 @@ def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
     return keep
 
 
-def _spin(system: System, props: list[str], engine: str, races: bool) -> Result:
+def _spin(system: System, props: list[str], engine: str, races: bool, share: int = 1
+          ) -> Result:
     """One policy by the SPIN engine (memfail.check.spin); with ``races`` the system is
-    lock-granular and the Promela model renders its stages (spin/stages.py)."""
+    lock-granular and the Promela model renders its stages (spin/stages.py); ``share`` pans
+    run at once."""
     from memfail.check.spin.engine import spin_result
 
-    return spin_result(system, props, bitstate=engine == "spin-bitstate")
+    return spin_result(system, props, bitstate=engine == "spin-bitstate", share=share)
 
 
 def _run(system: System, backend: Backend, bounds: Bounds, options: Options, err: Console,
@@ -573,10 +576,21 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
                       f"fingerprint collision probability <= {r.collision_probability:.1e}; "
                       f"events never fired: {never}")
         _print_hooks(console, r.coverage.hooks_never, (absent or {}).get(pol, {}))
+        if r.stop_reason in STOP_HINTS:
+            console.print(f"  {STOP_HINTS[r.stop_reason]}")
         for name, v in r.verdicts.items():
             if v.status == FAIL:
                 where = f" -> {files[name]}" if name in files else ""
                 console.print(f"  {name}: FAIL at depth {v.depth}: {v.message}{where}")
+
+
+# What to do about a SPIN search that pan did not finish (runner.run_pan, pan_memory_limit)
+STOP_HINTS = {
+    "memory": "pan ran out of memory (the memory available, or bounds.memory_mb) "
+              "running alone: use --engine spin-bitstate, or a smaller configuration",
+    "killed": "pan was ended by a signal before it finished (the kernel's OOM killer, or "
+              "another process), running alone: its search decides nothing more",
+}
 
 
 def coverage_json(events_fired: list[str], events_never: list[str], hooks_fired: list[str],

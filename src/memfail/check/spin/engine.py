@@ -32,8 +32,11 @@ def confirm(system: Any, labels: list[Any], prop: str) -> str | None:
     return None
 
 
-def spin_result(system: Any, props: list[str], bitstate: bool = False) -> Result:
-    run = check_policy(system, props, bitstate=bitstate)
+def spin_result(system: Any, props: list[str], bitstate: bool = False, share: int = 1
+                ) -> Result:
+    """The policy's verdicts by SPIN, each FAIL confirmed on the Python model; ``share``: how
+    many pans run at once (each gets that share of the memory, runner.pan_memory_limit)."""
+    run = check_policy(system, props, bitstate=bitstate, share=share)
     result = run.result
     for name, v in result.verdicts.items():
         if v.status != FAIL:

@@ -13,6 +13,7 @@ collision may have hidden a state; the estimate is printed).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class PanStats:
     vector: int = 0
     hash_factor: float | None = None
     complete: bool = True
+    stopped: str | None = None   # why pan did not finish: "memory", "killed" (see run_pan)
     elapsed: float = 0.0
     output: str = ""
 
@@ -107,6 +110,10 @@ def parse_pan(out: str) -> PanStats:
     # pan says "search was not completed" or warns of a truncated search when it stops early
     st.complete = "not completed" not in out and "Search not completed" not in out and \
         "max search depth too small" not in out
+    if "pan: out of memory" in out:
+        st.complete, st.stopped = False, "memory"
+    elif "states, stored" not in out:  # pan ended without its report
+        st.complete, st.stopped = False, "killed"
     return st
 
 
@@ -325,8 +332,84 @@ def _knobs(workdir: Path) -> dict[str, int]:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
-def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
-    """One search for the properties in ``mask`` (bit k: property k; 0 checks none)."""
+_AVAILABLE: list[int] = []  # MemAvailable when the first pan started, once per process
+
+
+def available_memory() -> int:
+    """Bytes of memory available (``MemAvailable`` of /proc/meminfo) when this process first
+    asked; 0 where it cannot be read."""
+    if not _AVAILABLE:
+        got = 0
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    got = int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            got = 0
+        _AVAILABLE.append(got)
+    return _AVAILABLE[0]
+
+
+def pan_memory_limit(memory_mb: float | None = None) -> int | None:
+    """The address space one pan may take (bytes; None: no limit): ``memory_mb`` when the
+    configuration's ``bounds`` give it, else the memory available when the first search
+    started. pan stores every state it has seen: over the limit its malloc() fails and it
+    stops with "out of memory" and its report (PARTIAL(memory)), where it would otherwise
+    grow until the kernel's OOM killer ended it without one. (At 90 % of it, the
+    --races search of minimum on a configuration of two VMs with conversions stopped at 51
+    of its 55 million states, 22.8 GB of a machine's 24.)"""
+    if memory_mb is not None:
+        return int(memory_mb * 2**20)
+    return available_memory() or None
+
+
+class _PanSlots:
+    """The pans running in this process (``--workers N`` runs N policies at once), and a
+    search run again alone: it waits until no other pan runs, and none starts meanwhile."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._running = 0
+        self._waiting_alone = 0
+        self._alone = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._waiting_alone and not self._alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._running -= 1
+                self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cv:
+            self._waiting_alone += 1
+            self._cv.wait_for(lambda: not self._running and not self._alone)
+            self._waiting_alone -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._alone = False
+                self._cv.notify_all()
+
+
+PANS = _PanSlots()
+
+
+def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = None
+            ) -> PanStats:
+    """One search for the properties in ``mask`` (bit k: property k; 0 checks none), in at
+    most ``limit`` bytes of address space (RLIMIT_AS, set on the pan process as it starts).
+    A pan that ends by a signal or without its report did not finish (``PanStats.stopped``)."""
+    import resource
+
     for f in workdir.glob("model.pml*.trail"):
         f.unlink()
     args = ["./pan", "-m1000000", "-E"]
@@ -334,8 +417,23 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0) -> PanStats:
         args.append(f"-w{BITSTATE_LOG2}")
     env = {"MF_CHECK": str(mask), **{f"MF_K_{n}": str(v) for n, v in _knobs(workdir).items()}}
     t0 = time.perf_counter()
-    out = _run(args, workdir, env=env)
-    st = parse_pan(out)
+    # Popen, then prlimit on its pid: preexec_fn is unsafe in a threaded parent (--workers)
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **env})
+    if limit is not None:
+        # it may have ended already (ProcessLookupError), or the hard limit be lower (then
+        # pan runs within that one)
+        with contextlib.suppress(OSError, ValueError):
+            resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, limit))
+    # pans side by side may still exhaust the memory: the OOM killer then ends a pan (it is
+    # reported: "killed", and run again alone), not this process or another one
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
+    out, err = proc.communicate()
+    st = parse_pan(out + err)
+    if proc.returncode < 0:
+        st.complete, st.stopped = False, "killed"
+        st.output += f"\npan: killed by signal {-proc.returncode}\n"
     st.elapsed = time.perf_counter() - t0
     return st
 
@@ -369,15 +467,20 @@ def label_kind(label: Any) -> str:
 def _stop(st: PanStats, bitstate: bool) -> str | None:
     """Why a search that found no (more) violation does not say PASS: a bitstate search or a
     search pan did not finish; None when it may."""
+    if st.stopped is not None:
+        return st.stopped
     if bitstate:
         return "bitstate"
     return None if st.complete else "depth"
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
-                 keep: Path | None = None) -> SpinRun:
-    """The verdict of every property in ``props`` for one ModelSystem, by SPIN."""
+                 keep: Path | None = None, share: int = 1) -> SpinRun:
+    """The verdict of every property in ``props`` for one ModelSystem, by SPIN. ``share``
+    pans run at once: a search that stopped for memory beside others (out of memory, or
+    killed) runs again alone."""
     system.initial()
+    limit = pan_memory_limit(system.config.bounds.memory_mb)
     rendered: Rendered = render_races(system) if getattr(system, "races", False) \
         else render(system)
     index = {name: k for k, name in enumerate(rendered.props)}
@@ -391,7 +494,12 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
         compile_pan(work, rendered.text, bitstate)
         while todo:
             mask = sum(1 << index[p] for p in todo)
-            st = run_pan(work, bitstate, mask)
+            with PANS.shared():
+                st = run_pan(work, bitstate, mask, limit)
+            if st.stopped is not None and share > 1:
+                # out of memory or killed beside other pans: once more, alone
+                with PANS.alone():
+                    st = run_pan(work, bitstate, mask, limit)
             runs.append(st)
             if not st.errors:
                 stop = _stop(st, bitstate)
