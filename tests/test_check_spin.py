@@ -423,6 +423,7 @@ events:
   - {event: punch_hole, vm: b, page: 2, pages: 2, limit: 1}
   - {event: vcpu_access, vm: b, page: 0}
   - {event: realloc, vm: b, page: 0, pages: 4, limit: 1}
+  - {event: realloc, vm: b, page: 0, pages: 8, limit: 1}
 bounds: {errors: 1, depth: 30}
 """
 
@@ -431,11 +432,13 @@ bounds: {errors: 1, depth: 30}
 def test_a_punch_hole_of_part_of_a_folio_agrees(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], races: bool) -> None:
     """A punch hole of part of a VM's folio frees nothing in the Python model (guest_memfd:
-    -EINVAL; hugetlbfs: no whole huge page in the range) and in the Promela one; both engines
+    -EINVAL; hugetlbfs: no whole huge page in the range) and in the Promela one, nor does an
+    allocation past the end of a guest_memfd allocate anything; both engines
     complete with the same verdicts and depths for every preset, with and without --races,
     and a walk through the partial punches is accepted step for step."""
     from memfail.check.config import load_config
     from memfail.check.model_system import ModelSystem
+    from memfail.check.races import continuation
     from memfail.check.spin.agree import compare, replay_promela, replay_python
     from memfail.check.spin.promela import render
     from memfail.check.spin.stages import render_races
@@ -451,11 +454,17 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
         system = ModelSystem(load_config(cfg), policy, races)
         state = system.initial()
         rendered = render_races(system) if races else render(system)
-        names = [(lab[0], dict(lab[1]).get("vm"), dict(lab[1]).get("page"))
-                 for lab in rendered.labels]
-        path = [("hw_error", "a", 1), ("punch_hole", "a", 1), ("punch_hole", "b", 2),
-                ("vcpu_access", "a", 1), ("vcpu_access", "b", 0)]
+        names = [(lab[0], dict(lab[1]).get("vm"), dict(lab[1]).get("page"),
+                  dict(lab[1]).get("pages")) for lab in rendered.labels]
+        # then the whole punch hole, and an allocation past the file's end (-EINVAL: the
+        # punched VM stays without memory)
+        path = [("hw_error", "a", 1, None), ("punch_hole", "a", 1, 2),
+                ("punch_hole", "b", 2, 2), ("punch_hole", "b", 0, 4), ("realloc", "b", 0, 8),
+                ("vcpu_access", "a", 1, None), ("vcpu_access", "b", 0, None)]
         seq = [names.index(want) for want in path]
+        free = continuation(rendered.labels[seq[3]], "punch.free")
+        if free in rendered.labels:  # --races on guest_memfd: the whole punch hole goes on
+            seq.insert(4, rendered.labels.index(free))
         before = system._frames(state.host)
         for k in seq[:3]:
             state = system.step(state, rendered.labels[k])

@@ -359,7 +359,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     "(docs/check.md, Reductions)")
             systems[pol] = system
         if pool is not None:  # every policy renders: only now start the searches
-            share = min(workers, len(policies))  # pans at once: each its share of memory
+            share = min(workers, len(policies))  # pans at once (runner.check_policy)
             pending = {pol: pool.submit(_spin, systems[pol], props, engine, races, share)
                        for pol in policies}
         try:

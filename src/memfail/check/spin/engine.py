@@ -35,7 +35,8 @@ def confirm(system: Any, labels: list[Any], prop: str) -> str | None:
 def spin_result(system: Any, props: list[str], bitstate: bool = False, share: int = 1
                 ) -> Result:
     """The policy's verdicts by SPIN, each FAIL confirmed on the Python model; ``share``: how
-    many pans run at once (each gets that share of the memory, runner.pan_memory_limit)."""
+    many pans run at once (runner.check_policy: one that stopped for memory beside others
+    runs again alone)."""
     run = check_policy(system, props, bitstate=bitstate, share=share)
     result = run.result
     for name, v in result.verdicts.items():

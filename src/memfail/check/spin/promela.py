@@ -467,6 +467,15 @@ def _foreach(text: str, npg: int) -> str:
     return "".join(out)
 
 
+def gmem_range_ok(p: dict[str, Any], npg: int) -> bool:
+    """kvm_gmem_fallocate() accepts the range of a punch_hole or realloc label on a VM of one
+    huge folio of ``npg`` pages: aligned to the folio, within the file, not empty (R71; any
+    other range fails with -EINVAL before a lock is taken, races.fallocate_fails_early). On
+    such a VM the only range it accepts is the whole folio."""
+    page, pages = p["page"], p["pages"]
+    return page % npg == 0 and pages % npg == 0 and pages > 0 and page + pages <= npg
+
+
 def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     p = dict(label[1])
     kind = label[0]
@@ -505,13 +514,10 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
         return f"if :: alive[{v}] -> " + \
             "; ".join(f"convert_page({v}, {v * npg + q}, {to})" for q in pages) + \
             f"; convert_folio({v}, {to}) :: else -> skip fi"
-    if kind == "punch_hole":  # kvm_gmem_fallocate(): a range other than the whole huge
-        # folio (not aligned to it, or past the file's end) fails with -EINVAL (R71)
-        whole = p["page"] == 0 and p["pages"] == npg
-        return f"ev_punch({v})" if whole else "skip"
-    if kind == "realloc":  # a range not aligned to the huge page fails (-EINVAL)
-        aligned = p["page"] % npg == 0 and p["pages"] % npg == 0
-        return f"ev_realloc({v})" if aligned else "skip"
+    if kind == "punch_hole":
+        return f"ev_punch({v})" if gmem_range_ok(p, npg) else "skip"
+    if kind == "realloc":
+        return f"ev_realloc({v})" if gmem_range_ok(p, npg) else "skip"
     if kind == "close":
         return f"ev_close({v})"
     if kind == "release":

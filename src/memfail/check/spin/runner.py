@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -332,22 +334,17 @@ def _knobs(workdir: Path) -> dict[str, int]:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
-_AVAILABLE: list[int] = []  # MemAvailable when the first pan started, once per process
-
-
+@functools.cache
 def available_memory() -> int:
     """Bytes of memory available (``MemAvailable`` of /proc/meminfo) when this process first
     asked; 0 where it cannot be read."""
-    if not _AVAILABLE:
-        got = 0
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    got = int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            got = 0
-        _AVAILABLE.append(got)
-    return _AVAILABLE[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def pan_memory_limit(memory_mb: float | None = None) -> int | None:
@@ -408,8 +405,6 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = No
     """One search for the properties in ``mask`` (bit k: property k; 0 checks none), in at
     most ``limit`` bytes of address space (RLIMIT_AS, set on the pan process as it starts).
     A pan that ends by a signal or without its report did not finish (``PanStats.stopped``)."""
-    import resource
-
     for f in workdir.glob("model.pml*.trail"):
         f.unlink()
     args = ["./pan", "-m1000000", "-E"]

@@ -38,6 +38,7 @@ from memfail.check.spin.promela import (
     _guard,
     checker_proctype,
     first_frame,
+    gmem_range_ok,
     kernel_user,
     render,
     system_args,
@@ -118,7 +119,7 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
             split = f"(FT({v}, {q}) && (priv[{q}] || {gonly}))"
         elif kind == "vmm_access":
             first, split = "hostfault.lookup", f"HT({v}, {q})"
-        elif kind == "punch_hole" and p["page"] == 0 and p["pages"] == npg:
+        elif kind == "punch_hole" and gmem_range_ok(p, npg):
             # races.punch_target: any other range fails kvm_gmem_fallocate's checks, one step
             first, split = "punch.zap", f"PT({v})"
         elif kind == "convert":
@@ -403,6 +404,7 @@ def render_races(system: Any) -> RacesRendered:
     lines[at:at] = decl
     head = "\n".join(lines)
     npg = 1 << system.config.geometry.pmd_order
+    vms = [vm.name for vm in system.config.vms]
     from memfail.check.spin.promela import _foreach
     head += _foreach(STAGE_INLINES, npg)
     saved = _decls(head)
@@ -455,16 +457,16 @@ def render_races(system: Any) -> RacesRendered:
         free = "0"   # races.fallocate_fails_early: the step takes no lock
         if label[0] in ("punch_hole", "realloc"):
             p = dict(label[1])
-            if p["page"] % npg or p["pages"] % npg or p["page"] + p["pages"] > npg:
+            if not gmem_range_ok(p, npg):
                 atomic_needs = frozenset()  # kvm_gmem_fallocate: -EINVAL, whatever the state
-            free = f"!PT({[vm.name for vm in system.config.vms].index(p['vm'])})"  # no fd
+            free = f"!PT({vms.index(p['vm'])})"  # the VMM's fd is not open
         if op is None:
             g = f"{guard} && ({free} || !{_lock_expr(ops, atomic_needs, k)})"
             if label[0] == "kernel_access" and \
                     kernel_user(system.config, system_args(label))[0]:
                 # races.atomic_needs: an hva user faults the page in (HT) under INV_S
                 p = dict(label[1])
-                v = [vm.name for vm in system.config.vms].index(p["vm"])
+                v = vms.index(p["vm"])
                 q = v * npg + int(p.get("page") or 0)
                 g += f" && !(HT({v}, {q}) && {_lock_expr(ops, frozenset({races.INV_S}), k)})"
             body = f"step_{k}()"
