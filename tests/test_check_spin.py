@@ -358,6 +358,40 @@ def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
     assert skipped[2:] == [None, None], "the unpatched pan prints no count"
 
 
+def test_a_hash_table_zeroed_lazily_keeps_every_figure_of_the_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pan with its hash table taken from calloc() (runner._lazy_zero: zero pages faulted in
+    as states hash into them, no memset of the whole table) stores the same states, matches,
+    transitions and depth and leaves the same trail as pan zeroing it with memset."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+    from memfail.check.spin.stages import render_races
+
+    s = ModelSystem(load_config(AGREE_CONFIG), "mainline", races=True)
+    s.initial()
+    rendered = render_races(s)
+    mask = 1 << rendered.props.index("no-host-panic")
+    runs: dict[bool, list[tuple[object, ...]]] = {}
+    for patched in (True, False):
+        if not patched:
+            monkeypatch.setattr(runner, "_lazy_zero", lambda panc: None)
+        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        work = tmp_path / str(patched)
+        work.mkdir()
+        runner.compile_pan(work, rendered.text, False)
+        panc = (work / "pan").resolve().parent / "pan.c"
+        assert ("? calloc(1, n) : malloc(n)" in panc.read_text()) == patched
+        runs[patched] = []
+        for m in (0, mask):
+            st = runner.run_pan(work, False, m)
+            trail = [f.read_text() for f in work.glob("model.pml*.trail")]
+            runs[patched].append((st.states, st.matched, st.transitions, st.depth, st.errors,
+                                  st.complete, trail))
+    assert runs[True] == runs[False]
+    assert runs[True][0][0] > 1000 and runs[True][1][4] == 1 and runs[True][1][6]
+
+
 PUNCH_SECOND_VM = """\
 name: punch-second-vm
 policies: [mainline, minimum, unmap, kill-vm, unusable, future]

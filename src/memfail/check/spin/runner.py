@@ -188,6 +188,7 @@ class _PanCache:
                 _quiet_observation(build / "pan.m")
                 _skip_stutter(build / "pan.c")
                 _murmur(build / "pan.c")
+                _lazy_zero(build / "pan.c")
                 _run([cc, *flags, "-w", "-o", "pan", "pan.c"], build)
                 build.rename(where)
             return pan
@@ -296,6 +297,34 @@ def _murmur(panc: Path) -> None:
                            "hash patch does not apply")
     panc.write_text(text.replace(_SFH, "{\n#if defined(MURMUR) && (WS==8)\n\t\thasher = "
                                  "m_hash;\n#else\n\t\thasher = d_sfh;\n#endif"))
+
+
+_MALLOC = "\ttmp = (char *) malloc(n);\n\tif (!tmp)\n"
+_EMALLOC_ZERO = "\tleft -= (long) n;\n\tmemset(tmp, 0, n);\n\treturn tmp;"
+# a request emalloc() hands a block of its own (over CHUNK, 100 * VECTORSZ, so never carved
+# from a leftover) and large enough for malloc() to map it afresh
+_LAZY = "(n > 100*VECTORSZ && n >= (1 << 20))"
+
+
+def _lazy_zero(panc: Path) -> None:
+    """pan's emalloc() zeroes every block it hands out with memset(); the hash table
+    (2^-w slots: 128 MB at the default -w24) is one block, so every search wrote all of it
+    before its first state: 0.08 s of system time, most of a small search (the standard
+    configuration's atomic search of future: 12,351 states in 0.03 s of user time). The
+    patch takes such a block from calloc(), whose freshly mapped pages are zero already, and
+    skips the memset: a page of the table is faulted in when a state first hashes into it.
+    Same search (the table is zero either way); 0.11 -> 0.07 s of CPU and 138 -> 48 MB
+    resident for that search, and no change for a large one, which touches every page."""
+    text = panc.read_text()
+    for anchor in (_MALLOC, _EMALLOC_ZERO):
+        if text.count(anchor) != 1:
+            raise RuntimeError(f"pan.c of this spin version has no single {anchor.strip()!r}:"
+                               " the zeroing patch does not apply")
+    text = text.replace(_MALLOC, f"\ttmp = (char *) ({_LAZY} ? calloc(1, n) : malloc(n));"
+                        "\n\tif (!tmp)\n")
+    text = text.replace(_EMALLOC_ZERO, "\tleft -= (long) n;\n"
+                        f"\tif (!{_LAZY}) memset(tmp, 0, n);\n\treturn tmp;")
+    panc.write_text(text)
 
 
 # The C compiler's optimisation and pan's options beyond the search's own: -O2 and NOCOMP
