@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -317,13 +318,13 @@ def test_engines_agree_on_a_walk_where_a_vm_takes_another_vms_freed_frame(
     assert compare(system, rendered, walk, promela, ("python", "promela")) is None
 
 
-@pytest.mark.parametrize("bitstate", [False, True], ids=["exhaustive", "bitstate"])
-def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitstate: bool) -> None:
-    """pan, patched to skip a step that leaves the state as it was (runner._skip_stutter),
-    stores the same states, reports the same matches, transitions and depth, and leaves the
-    same trail as the unpatched pan, breadth first and depth first (bitstate); and it did skip
-    steps, which parse_pan adds back (a patch that skipped nothing would pass the rest)."""
+def _searches_with_and_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
+                               bitstate: bool) -> tuple[dict[bool, list[tuple[Any, ...]]],
+                                                        list[str]]:
+    """AGREE_CONFIG's --races model of mainline searched with pan patched as the runner
+    patches it and with the runner's ``patch`` left out: per pan, for no property and for
+    one failing at depth 6, the states, matches, transitions, depth, errors, completeness
+    and trail; and each search's output."""
     from memfail.check.config import load_config
     from memfail.check.model_system import ModelSystem
     from memfail.check.spin import runner
@@ -332,12 +333,12 @@ def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
     s = ModelSystem(load_config(AGREE_CONFIG), "mainline", races=True)
     s.initial()
     rendered = render_races(s)
-    masks = [0, 1 << rendered.props.index("no-host-panic")]  # none; one failing at depth 6
-    runs: dict[bool, list[tuple[object, ...]]] = {}
-    skipped = []
+    masks = [0, 1 << rendered.props.index("no-host-panic")]
+    runs: dict[bool, list[tuple[Any, ...]]] = {}
+    outputs = []
     for patched in (True, False):
         if not patched:
-            monkeypatch.setattr(runner, "_skip_stutter", lambda panc: None)
+            monkeypatch.setattr(runner, patch, lambda panc: None)
         monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
         work = tmp_path / str(patched)
         work.mkdir()
@@ -348,9 +349,25 @@ def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
             trail = [f.read_text() for f in work.glob("model.pml*.trail")]
             runs[patched].append((st.states, st.matched, st.transitions, st.depth, st.errors,
                                   st.complete, trail))
-            m = re.search(r"(?m)^MF_STUTTER (\d+)$", st.output)
-            skipped.append(int(m.group(1)) if m else None)
-    assert runs[True] == runs[False]
+            outputs.append(st.output)
+        runs[patched].append(((work / "pan").resolve().parent / "pan.c",))
+    return runs, outputs
+
+
+@pytest.mark.parametrize("bitstate", [False, True], ids=["exhaustive", "bitstate"])
+def test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitstate: bool) -> None:
+    """pan, patched to skip a step that leaves the state as it was (runner._skip_stutter),
+    stores the same states, reports the same matches, transitions and depth, and leaves the
+    same trail as the unpatched pan, breadth first and depth first (bitstate); and it did skip
+    steps, which parse_pan adds back (a patch that skipped nothing would pass the rest)."""
+    runs, outputs = _searches_with_and_without(tmp_path, monkeypatch, "_skip_stutter",
+                                               bitstate)
+    skipped = []
+    for out in outputs:
+        m = re.search(r"(?m)^MF_STUTTER (\d+)$", out)
+        skipped.append(int(m.group(1)) if m else None)
+    assert runs[True][:2] == runs[False][:2]
     assert runs[True][0][4] == 0 and runs[True][1][4] == 1 and runs[True][1][6]
     states = runs[True][0][0]
     assert isinstance(states, int) and skipped[0] and skipped[0] > states, \
@@ -363,32 +380,11 @@ def test_a_hash_table_zeroed_lazily_keeps_every_figure_of_the_search(
     """pan with its hash table taken from calloc() (runner._lazy_zero: zero pages faulted in
     as states hash into them, no memset of the whole table) stores the same states, matches,
     transitions and depth and leaves the same trail as pan zeroing it with memset."""
-    from memfail.check.config import load_config
-    from memfail.check.model_system import ModelSystem
-    from memfail.check.spin import runner
-    from memfail.check.spin.stages import render_races
-
-    s = ModelSystem(load_config(AGREE_CONFIG), "mainline", races=True)
-    s.initial()
-    rendered = render_races(s)
-    mask = 1 << rendered.props.index("no-host-panic")
-    runs: dict[bool, list[tuple[object, ...]]] = {}
+    runs, _ = _searches_with_and_without(tmp_path, monkeypatch, "_lazy_zero", False)
     for patched in (True, False):
-        if not patched:
-            monkeypatch.setattr(runner, "_lazy_zero", lambda panc: None)
-        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
-        work = tmp_path / str(patched)
-        work.mkdir()
-        runner.compile_pan(work, rendered.text, False)
-        panc = (work / "pan").resolve().parent / "pan.c"
+        panc = runs[patched][2][0]
         assert ("? calloc(1, n) : malloc(n)" in panc.read_text()) == patched
-        runs[patched] = []
-        for m in (0, mask):
-            st = runner.run_pan(work, False, m)
-            trail = [f.read_text() for f in work.glob("model.pml*.trail")]
-            runs[patched].append((st.states, st.matched, st.transitions, st.depth, st.errors,
-                                  st.complete, trail))
-    assert runs[True] == runs[False]
+    assert runs[True][:2] == runs[False][:2]
     assert runs[True][0][0] > 1000 and runs[True][1][4] == 1 and runs[True][1][6]
 
 
