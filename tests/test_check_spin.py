@@ -241,6 +241,19 @@ def test_the_policies_of_a_configuration_share_one_pan_and_keep_their_verdicts(
     assert "FAIL" in statuses[0] and statuses[1] == {"PASS"}
 
 
+def _replays_alike(system: Any, rendered: Any, seq: list[int]) -> None:
+    """The labels ``seq`` replayed on the Python model and on the Promela one: both take
+    every step, with the same observation after each (agree.compare names the first
+    difference)."""
+    from memfail.check.spin.agree import compare, replay_promela, replay_python
+
+    walk = replay_python(system, rendered, seq)
+    assert walk.blocked is None
+    promela = replay_promela(system, rendered, seq)
+    assert promela.blocked is None and promela.labels == seq
+    assert compare(system, rendered, walk, promela, ("python", "promela")) is None
+
+
 # Two VMs; VM a's frame is poisoned and VM b's freed, then VM a punches its memory and faults
 # it back: dequeue_hugetlb_folio hands it VM b's frame (the lowest free one without
 # PG_hwpoison), which the Promela model follows by moving the frame into VM a's slot
@@ -294,7 +307,6 @@ def test_engines_agree_on_a_walk_where_a_vm_takes_another_vms_freed_frame(
     observation after each, the frames' fields reported by their first owner."""
     from memfail.check.config import load_config
     from memfail.check.model_system import ModelSystem
-    from memfail.check.spin.agree import compare, replay_promela, replay_python
     from memfail.check.spin.promela import render
 
     cfg = tmp_path / "two.yaml"
@@ -311,11 +323,87 @@ def test_engines_agree_on_a_walk_where_a_vm_takes_another_vms_freed_frame(
         state = system.step(state, rendered.labels[k])
     frames = system._frames(state.host)
     assert frames[("a", 0)] == system.pfn_of[("b", 0)], "VM a runs on VM b's frame"
-    walk = replay_python(system, rendered, seq)
-    assert walk.blocked is None
-    promela = replay_promela(system, rendered, seq)
-    assert promela.blocked is None and promela.labels == seq
-    assert compare(system, rendered, walk, promela, ("python", "promela")) is None
+    _replays_alike(system, rendered, seq)
+
+
+# Two VMs that punch their memory and allocate it again: the HugeTLB free list is last in,
+# first out (enqueue_hugetlb_folio() puts a freed folio at its head, R55), so the VM that
+# allocates next takes the frame, or the spare, freed last (promela.frame_slots).
+FREED_LAST = """\
+name: freed-last
+policies: [mainline, future, hugetlbfs]
+host: {memory: 8G, hugepages: {2M: 4}}
+processes:
+  - {name: qa, threads: [main, vcpu0], sigbus: handler}
+  - {name: qb, threads: [main, vcpu0], sigbus: handler}
+guest_memfd:
+  - {name: ga, size: 2M, backing: 2M}
+  - {name: gb, size: 2M, backing: 2M}
+vms:
+  - {name: a, vmm: qa, gmem: ga}
+  - {name: b, vmm: qb, gmem: gb}
+events:
+  - {event: hw_error, vm: a, page: 0, detect: scrub}
+  - {event: punch_hole, vm: a, page: 0, pages: 4, limit: 2}
+  - {event: punch_hole, vm: b, page: 0, pages: 4, limit: 1}
+  - {event: realloc, vm: a, page: 0, pages: 4, limit: 1}
+  - {event: realloc, vm: b, page: 0, pages: 4, limit: 1}
+  - {event: vcpu_access, vm: [a, b], page: 0}
+bounds: {depth: 40, errors: 1}
+"""
+
+
+@pytest.mark.parametrize("path, holds", [
+    # b's frame, freed after a's: a takes it, not its own (the lowest)
+    (["punch_hole:a", "punch_hole:b", "realloc:a", "realloc:b", "vcpu_access:a"],
+     {"a": "b", "b": "a"}),
+    # a's frame is poisoned (skipped): a takes a spare, frees it above b's frame, and b
+    # takes that spare, not its own frame
+    (["hw_error:a", "punch_hole:a", "realloc:a", "punch_hole:b", "punch_hole:a",
+      "realloc:b", "vcpu_access:b"], {"b": None}),
+], ids=["frame", "spare"])
+@pytest.mark.parametrize("policy", ["mainline", "hugetlbfs"])
+def test_the_free_list_hands_out_the_frame_freed_last(
+        tmp_path: Path, path: list[str], holds: dict[str, str | None], policy: str) -> None:
+    """dequeue_hugetlb_folio_node_exact() takes the folio freed last (R55): in the Python
+    model the VM that allocates after two frees holds the frame (or spare) freed second, and
+    the Promela replay of the walk takes every step with the same observation after each,
+    on guest_memfd (promela.py) and on hugetlbfs (hugetlbfs.py)."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin.promela import render
+
+    cfg = tmp_path / "freed-last.yaml"
+    cfg.write_text(FREED_LAST)
+    system = ModelSystem(load_config(cfg), policy)
+    state = system.initial()
+    rendered = render(system)
+    names = [f"{lab[0]}:{dict(lab[1]).get('vm')}" for lab in rendered.labels]
+    seq = [names.index(want) for want in path]
+    for k in seq:
+        state = system.step(state, rendered.labels[k])
+    frames = system._frames(state.host)
+    for vm, first in holds.items():
+        want = system.pfn_of[(first, 0)] if first is not None else None
+        got = frames.get((vm, 0))
+        if want is None:  # a spare: neither VM's first frame
+            assert got is not None and got not in {system.pfn_of[("a", 0)],
+                                                    system.pfn_of[("b", 0)]}
+        else:
+            assert got == want, f"VM {vm} runs on VM {first}'s frame"
+    _replays_alike(system, rendered, seq)
+
+
+def test_both_engines_search_the_free_list_alike(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FREED_LAST searched whole by both engines: complete, same verdicts at the same
+    depths."""
+    cfg = tmp_path / "freed-last.yaml"
+    cfg.write_text(FREED_LAST)
+    rc_spin, spin = _check(capsys, "--engine", "spin", config=cfg)
+    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
+    assert rc_spin == rc_py
+    _both_complete_and_equal(py, spin)
 
 
 def _searches_with_and_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
@@ -469,7 +557,6 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
     from memfail.check.config import load_config
     from memfail.check.model_system import ModelSystem
     from memfail.check.races import continuation
-    from memfail.check.spin.agree import compare, replay_promela, replay_python
     from memfail.check.spin.promela import render
     from memfail.check.spin.stages import render_races
 
@@ -500,11 +587,7 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
             state = system.step(state, rendered.labels[k])
         assert system._frames(state.host) == before, "a partial punch hole frees nothing"
         assert state.counts != system.initial().counts, "and counts against its limit"
-        walk = replay_python(system, rendered, seq)
-        assert walk.blocked is None
-        promela = replay_promela(system, rendered, seq)
-        assert promela.blocked is None and promela.labels == seq
-        assert compare(system, rendered, walk, promela, ("python", "promela")) is None
+        _replays_alike(system, rendered, seq)
 
 
 def test_a_pan_out_of_memory_leaves_its_properties_partial(

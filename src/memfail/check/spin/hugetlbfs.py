@@ -274,22 +274,23 @@ inline map_spte(v, p) {
 inline free_folio(v) {
   if
   :: bk[v] == OWN && FRAME_HWP(v) -> fst[v] = 3
-  :: bk[v] == OWN && !FRAME_HWP(v) -> fst[v] = 1
-  :: bk[v] == SPARE -> nspare++
+  :: bk[v] == OWN && !FRAME_HWP(v) -> fst[v] = 1; frame_free(v)
+  :: bk[v] == SPARE -> spare_free()
   :: else -> skip
   fi;
   bk[v] = 0
 }
 /* alloc_hugetlb_folio() (hugetlb_no_page, hugetlbfs_fallocate): dequeue_hugetlb_folio, the
-   lowest pfn first (the VMs' frames, then the spares: take_lowest, promela.frame_slots); a
-   dissolved frame is gone */
+   free list's head, the folio freed last (take_head, promela.frame_slots); a dissolved frame
+   is gone */
 inline alloc(v) {
-  take_lowest(v);
+  take_head(v);
   if
-  :: fst[v] == 1 -> fst[v] = 0; bk[v] = OWN
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE
+  :: fs == 1 -> fst[v] = 0; bk[v] = OWN
+  :: fs == 2 -> nspare--; bk[v] = SPARE
   :: else -> skip
-  fi
+  fi;
+  fs = 0
 }
 /* the VMM exits (QEMU exit(1), or a fatal SIGBUS): exit_mmap, the memfd's last reference
    goes, remove_inode_hugepages frees the folio; KVM's stage 2 goes with the VM */
@@ -326,7 +327,7 @@ inline mf_ao(v, p, probe) {
   if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
   mr = det[p]; det[p] = 1;
   if
-  :: bk[v] != OWN -> hwp[p] = 1; if :: fst[v] == 1 -> fst[v] = 3 :: else -> skip fi
+  :: bk[v] != OWN -> hwp[p] = 1; if :: fst[v] == 1 -> frame_unlist(v); fst[v] = 3 :: else -> skip fi
   :: bk[v] == OWN && FRAME_HWP(v) -> hwp[p] = 1
   :: else ->
      hwp[p] = 1;
@@ -348,7 +349,7 @@ inline kmm(v, p) {
   if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
   det[p] = 1;
   if
-  :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> fst[v] = 3 :: else -> skip fi
+  :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> frame_unlist(v); fst[v] = 3 :: else -> skip fi
   :: ko && FRAME_HWP(v) -> hwp[p] = 1; if :: pte[v] == 2 && alive[v] -> guest_mce(v, p, 0) :: else -> skip fi
   :: else ->
      hwp[p] = 1;

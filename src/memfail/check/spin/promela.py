@@ -97,35 +97,65 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
     label's VM and page: ``pfn_of``), so it reaches slot ``sl[u]``, whoever holds that frame
     now; the observation reports frames the same way (observe.py).
 
-    The allocation (``take_lowest``, before ``realloc``/``alloc`` take the frame in slot
-    ``v``) follows dequeue_hugetlb_folio_node_exact() as the Python model has it
-    (model/kernel/hugetlb.py: the lowest pfn first, PG_hwpoison folios skipped, R55): the
-    free, unmarked frame (``fst`` 1) of the lowest rank is swapped into slot ``v`` (the VM's
-    own frame when it is that one, no swap), its physical state and rank with it; none free:
-    a spare. The kernel's free list is LIFO (enqueue_hugetlb_folio() list_move()s a freed
-    folio to the head); both models take the lowest pfn (docs/check.md)."""
+    The free list (``hugepage_freelists``) is last in, first out: enqueue_hugetlb_folio()
+    list_move()s a freed folio to its head and dequeue_hugetlb_folio_node_exact() takes the
+    first one without PG_hwpoison (R55; the Python model's HugeTLB.enqueue/dequeue). Of what
+    is on it, the allocation can take the VMs' free, unmarked frames (``fst`` 1; a marked one
+    is skipped wherever it is) and the spares, clean and alike: ``lq[s]`` is the position of
+    slot ``s``'s frame among the listed frames (1 nearest the head; 0 not listed) and
+    ``gq[i]`` the number of spares freed above the frame at position ``i + 1`` (since that
+    frame; the other free spares lie below every listed frame, where the pool started).
+    ``frame_free(s)`` and ``spare_free()`` put a frame or a spare at the head,
+    ``frame_unlist(s)`` takes a frame off (allocated, or dissolved by memory_failure()), and
+    ``take_head(v)`` is the allocation (before ``realloc``/``alloc`` take what it found): a
+    spare above every listed frame, else the listed frame at the head, swapped into slot
+    ``v`` (the VM's own frame when it is that one, no swap) with its physical state and
+    rank, else a spare from below; ``fs`` says which (1: the frame now in slot ``v``, 2: a
+    spare; scratch, 0 between steps)."""
     swaps = []
     for name in physical:
         for i in range(npg):
             x, y = f"{name}[(a) * NPG + {i}]", f"{name}[(b) * NPG + {i}]"
             swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
-    for name in ("fst", "rk"):
+    for name in ("fst", "rk", "lq"):
         x, y = f"{name}[a]", f"{name}[b]"
         swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
     swaps.append("sl[rk[a]] = a; sl[rk[b]] = b")
-    # slot s holds the free, unmarked frame of the lowest rank; few jumps (SPIN bounds them
-    # in a d_step), so the slot found goes through ``fs`` (scratch, 0 between steps)
-    branches = [f"  :: (v) != {s} && fst[{s}] == 1"
-                + "".join(f" && (fst[{x}] != 1 || rk[{x}] > rk[{s}])" for x in range(nv) if x != s)
-                + f" -> fs = {s + 1}" for s in range(nv)]
-    return ["byte rk[NV]; byte sl[NV]; byte fs;",
+    # conditional expressions, not ``if``s: SPIN bounds the jumps of a d_step
+    listed = " || ".join(f"lq[{x}] != 0" for x in range(nv))
+    push = [*(f"lq[{x}] = (lq[{x}] != 0 -> lq[{x}] + 1 : 0)" for x in range(nv)),
+            *(f"gq[{i}] = gq[{i - 1}]" for i in range(nv - 1, 0, -1)),
+            "gq[0] = 0; lq[s] = 1"]
+    # the frame at position fj leaves: the frames below move up, and the spares above it join
+    # those above the next one, or, when it was the last, those below every listed frame
+    last = "!(" + " || ".join(f"lq[{x}] == fj" for x in range(nv)) + ")"
+    gaps = []
+    for i in range(nv):
+        below = f"gq[{i + 1}]" if i + 1 < nv else "0"
+        gaps.append(f"gq[{i}] = (fj == 0 || {i} < fj - 1 -> gq[{i}] : "
+                    f"({i} == fj - 1 -> ({last} -> 0 : gq[{i}] + {below}) : {below}))")
+    unlist = ["fj = lq[s]; lq[s] = 0",
+              *(f"lq[{x}] = (lq[{x}] > fj -> lq[{x}] - 1 : lq[{x}])" for x in range(nv)),
+              *gaps, "fj = 0"]
+    head = "fj = " + "".join(f"(lq[{s}] == 1 -> {s + 1} : " for s in range(nv)) + "0" + \
+        ")" * nv
+    return ["byte rk[NV]; byte sl[NV]; byte lq[NV]; byte gq[NV]; byte fs; byte fj;",
             "/* two slots exchange their frames (a != b): XOR swaps */",
             "inline swap_frames(a, b) { " + "; ".join(swaps) + " }",
-            "/* the free, unmarked frame of the lowest rank into slot v (frame_slots); none, or\n"
-            "   v's own: nothing moves */",
-            "inline take_lowest(v) {\n  if\n" + "\n".join(branches)
-            + "\n  :: else -> skip\n  fi;\n"
-            "  if :: fs != 0 -> swap_frames(fs - 1, v); fs = 0 :: else -> skip fi\n}"]
+            "/* slot s's frame, free and unmarked now, goes to the head of the free list */",
+            "inline frame_free(s) { " + "; ".join(push) + " }",
+            "/* a spare goes to the head of the free list */",
+            f"inline spare_free() {{ nspare++; gq[0] = gq[0] + ({listed} -> 1 : 0) }}",
+            "/* slot s's frame leaves the free list (taken, or dissolved) */",
+            "inline frame_unlist(s) {\n  " + ";\n  ".join(unlist) + "\n}",
+            "/* dequeue_hugetlb_folio_node_exact(): what the free list's head gives slot v (fs 1:\n"
+            "   the frame now in slot v, 2: a spare, 0: nothing); frame_slots */",
+            "inline take_head(v) {\n  " + head + ";\n  if\n"
+            "  :: gq[0] > 0 -> gq[0]--; fs = 2\n"
+            "  :: gq[0] == 0 && fj != 0 -> fs = 1;\n"
+            "     if :: fj - 1 != (v) -> swap_frames(fj - 1, v) :: else -> skip fi;\n"
+            "     frame_unlist(v)\n"
+            "  :: else -> fs = (nspare > 0 -> 2 : 0)\n  fi;\n  fj = 0\n}"]
 
 
 def first_frame(v: int, page: int) -> tuple[str, str]:
@@ -657,27 +687,28 @@ inline free_folio(v, release) {
         (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE)) -> fst[v] = 3
      :: FRAME_HWP(v) && !(isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
         (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE))) -> fst[v] = 2
-     :: else -> fst[v] = 1
+     :: else -> fst[v] = 1; frame_free(v)
      fi
-  :: bk[v] == SPARE -> nspare++
+  :: bk[v] == SPARE -> spare_free()
   :: else -> skip
   fi;
   bk[v] = 0; merged[v] = 0; zap_vm(v);
   /* truncation unmaps present PTEs; a hwpoison entry stays until munmap or exit */
   if :: release -> FOREACH(pte[Q] = 0) :: else -> FOREACH(pte[Q] = (pte[Q] == 2 -> 2 : 0)) fi
 }
-/* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (lowest pfn first: the VMs'
-   frames, then the spares; take_lowest, frame_slots), skipping PG_hwpoison folios;
+/* kvm_gmem_get_folio() after a punch hole: dequeue_hugetlb_folio (the free list's head, the
+   folio freed last, skipping PG_hwpoison folios: take_head, frame_slots);
    check_handed_out() */
 inline realloc(v) {
-  take_lowest(v);
+  take_head(v);
   if
-  :: fst[v] == 1 ->
+  :: fs == 1 ->
      fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
      FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
-  :: fst[v] != 1 && nspare > 0 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
+  :: fs == 2 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
-  fi
+  fi;
+  fs = 0
 }
 /* kill_vm(): zap stage 2, VM killed, VMM SIGKILLed: its files go, the folio is freed */
 inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
@@ -697,7 +728,9 @@ inline mf(v, p, ar, ao_probe) {
   :: bk[v] != OWN && (hwp[p] || fst[v] == 2) -> skip   /* already poisoned (-EHWPOISON) */
   :: bk[v] != OWN && !hwp[p] && fst[v] != 2 ->
      /* a free huge page (memory_failure's free-hugetlb path): marked and dissolved */
-     hwp[p] = 1; if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
+     hwp[p] = 1;
+     if :: fst[v] == 1 -> frame_unlist(v) :: else -> skip fi;
+     if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
   :: bk[v] == OWN && CLAIMED ->
        tab[p] = 1;
        if :: record == K_RECORD_FOLIO -> hwp[p] = 1 :: else -> skip fi;

@@ -75,11 +75,13 @@ class HugeTLB:
 
     def set_max_huge_pages(self, h: HState, count: int) -> int:
         """Write vm.nr_hugepages (or the per-size sysfs file): grow or shrink the pool."""
+        fresh = 0
         while h.nr_huge_pages - h.surplus_huge_pages < count:
             folio = self.alloc_fresh(h)
             if folio is None:
                 break
-            self.enqueue(h, folio)
+            self.enqueue(h, folio, at=fresh)  # ahead of the free folios, lowest pfn first
+            fresh += 1
         while h.nr_huge_pages - h.surplus_huge_pages > count:
             victim = next((f for f in h.free_list if h.available() > 0), None)
             if victim is None:
@@ -91,18 +93,25 @@ class HugeTLB:
         return h.nr_huge_pages
 
     # ------------------------------------------------------------------ free list
-    def enqueue(self, h: HState, folio: Folio) -> None:
-        """enqueue_hugetlb_folio(): put on the free list, mark hugetlb_freed."""
+    def enqueue(self, h: HState, folio: Folio, at: int = 0) -> None:
+        """enqueue_hugetlb_folio(): put on the free list, mark hugetlb_freed.
+
+        The list is last in, first out: enqueue_hugetlb_folio() list_move()s the folio to the
+        head of ``hugepage_freelists[nid]`` and dequeue_hugetlb_folio_node_exact() takes the
+        first folio without PG_hwpoison (R55), so the folio freed last is handed out first
+        (mm/hugetlb.c). ``at`` > 0 puts it that far from the head: the folios one write of
+        vm.nr_hugepages adds (``set_max_huge_pages``) go ahead of the free ones, as in the
+        kernel, but among themselves lowest pfn first, where the kernel's order is the one the
+        buddy allocator gave them (nothing fixes it), so the pool starts in pfn order."""
         folio.flags.add("hugetlb_freed")
         folio.flags.discard("hugetlb_migratable")
         folio.mapping = None
-        h.free_list.append(folio)
-        h.free_list.sort(key=lambda f: f.pfn)
+        h.free_list.insert(at, folio)
         h.free_huge_pages += 1
 
     def dequeue(self, h: HState, owner: str, use_reserve: bool) -> Folio | None:
-        """dequeue_hugetlb_folio_node_exact(): the first free folio without PG_hwpoison (R55);
-        falls back to a surplus page within the overcommit limit."""
+        """dequeue_hugetlb_folio_node_exact(): the first free folio without PG_hwpoison (R55),
+        the one freed last (``enqueue``); falls back to a surplus page within the overcommit limit."""
         for folio in h.free_list:
             if "hwpoison" in folio.flags:
                 continue
