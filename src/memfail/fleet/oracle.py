@@ -820,13 +820,18 @@ def _gmem_scenario(cls: FailureClass) -> ModelScenario:
 def _reuse_steps(vm_type: str, vm_bytes: int, folio: int, backing: str,
                  pages: list[int]) -> list[Step]:
     """A new VM (new QEMU) allocates ``vm_bytes`` of guest_memfd from the HugeTLB pool, which
-    hands out the lowest free folios first (the ones just released), writes every folio and
-    reads the pages that failed."""
+    hands out the folios just released first, writes every folio and reads the pages that
+    failed wherever they are now. The free list is last in, first out (R55): the folio the
+    old VM's release freed last is the new VM's first, so a failed page is at the same offset
+    in some folio of the new VM, not at its old address: every folio is read at each offset
+    that failed."""
     steps = [*_vmm_steps(NEXT_VMM),
              *_vm_steps("vm1", NEXT_VMM, vm_type, vm_bytes, backing, False)]
+    nfolios = vm_bytes // folio
     steps += [{"guest_access": {"vm": "vm1", "gpa": i * folio, "op": "write"}}
-              for i in range(vm_bytes // folio)]
-    steps += [{"guest_access": {"vm": "vm1", "gpa": g, "op": "read"}} for g in pages]
+              for i in range(nfolios)]
+    reads = sorted({i * folio + g % folio for i in range(nfolios) for g in pages})
+    steps += [{"guest_access": {"vm": "vm1", "gpa": g, "op": "read"}} for g in reads]
     return steps
 
 
