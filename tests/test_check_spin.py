@@ -544,6 +544,9 @@ events:
   - {event: realloc, vm: b, page: 0, pages: 8, limit: 1}
 bounds: {errors: 1, depth: 30}
 """
+# past the end of a hugetlbfs file, hugetlbfs_fallocate() grows it by a huge page, which the
+# SPIN engine refuses (one huge page per VM): the hugetlbfs preset runs without it
+PAST_END = "  - {event: realloc, vm: b, page: 0, pages: 8, limit: 1}\n"
 
 
 @pytest.mark.parametrize("races", [False, True], ids=["atomic", "races"])
@@ -560,23 +563,26 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
     from memfail.check.spin.promela import render
     from memfail.check.spin.stages import render_races
 
-    cfg = tmp_path / "partial.yaml"
-    cfg.write_text(PARTIAL_PUNCHES)
+    gmem, hfs = tmp_path / "partial.yaml", tmp_path / "partial-hugetlbfs.yaml"
+    gmem.write_text(PARTIAL_PUNCHES.replace(", hugetlbfs]", "]", 1))
+    hfs.write_text(PARTIAL_PUNCHES.replace("[minimum, kill-vm, future, hugetlbfs]",
+                                           "[hugetlbfs]", 1).replace(PAST_END, ""))
     extra = ("--races",) if races else ()
-    rc_spin, spin = _check(capsys, "--engine", "spin", *extra, config=cfg)
-    rc_py, py = _check(capsys, "--workers", "2", *extra, config=cfg)
-    assert rc_spin == rc_py == 1
-    _both_complete_and_equal(py, spin)
-    for policy in ("future", "hugetlbfs"):
+    for cfg in (gmem, hfs):
+        rc_spin, spin = _check(capsys, "--engine", "spin", *extra, config=cfg)
+        rc_py, py = _check(capsys, "--workers", "2", *extra, config=cfg)
+        assert rc_spin == rc_py and rc_py in (0, 1)
+        _both_complete_and_equal(py, spin)
+    for policy, cfg, pages in (("future", gmem, 8), ("hugetlbfs", hfs, 4)):
         system = ModelSystem(load_config(cfg), policy, races)
         state = system.initial()
         rendered = render_races(system) if races else render(system)
         names = [(lab[0], dict(lab[1]).get("vm"), dict(lab[1]).get("page"),
                   dict(lab[1]).get("pages")) for lab in rendered.labels]
-        # then the whole punch hole, and an allocation past the file's end (-EINVAL: the
-        # punched VM stays without memory)
+        # then the whole punch hole, and an allocation: on guest_memfd past the file's end
+        # (-EINVAL: the punched VM stays without memory)
         path = [("hw_error", "a", 1, None), ("punch_hole", "a", 1, 2),
-                ("punch_hole", "b", 2, 2), ("punch_hole", "b", 0, 4), ("realloc", "b", 0, 8),
+                ("punch_hole", "b", 2, 2), ("punch_hole", "b", 0, 4), ("realloc", "b", 0, pages),
                 ("vcpu_access", "a", 1, None), ("vcpu_access", "b", 0, None)]
         seq = [names.index(want) for want in path]
         free = continuation(rendered.labels[seq[3]], "punch.free")

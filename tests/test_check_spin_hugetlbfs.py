@@ -270,15 +270,21 @@ def test_spin_checks_the_standard_hugetlbfs_preset_to_the_end(
     assert not _replays(capsys, doc)
 
 
+@pytest.mark.parametrize("event, says", [
+    ("{event: fault, vm: vm0, page: 0}", ["'fault'", "backing hugetlbfs"]),
+    # the file would grow by a huge page (the Python model allocates it from the pool)
+    ("{event: realloc, vm: vm0, page: 0, pages: 4}", ["realloc on vm0", "past the VM's huge "
+                                                      "page", "page + pages <= 2"]),
+], ids=["fault", "realloc-past-end"])
 def test_an_event_outside_the_hugetlbfs_model_is_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], event: str, says: list[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(AGREE_HUGETLBFS_CONFIG.read_text().replace(
-        "events:\n", "events:\n  - {event: fault, vm: vm0, page: 0}\n", 1))
+        "events:\n", f"events:\n  - {event}\n", 1))
     rc = main(["check", str(cfg), "--engine", "spin"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert len(err) == 1 and "'fault'" in err[0] and "backing hugetlbfs" in err[0]
+    assert len(err) == 1 and all(s in err[0] for s in says), err
 
 
 # Two VMs on hugetlbfs memfds: VM b's error, VM b's and VM a's punch holes and refaults (a VM

@@ -101,6 +101,14 @@ def check_supported(system: Any) -> None:
                               "thread only")
         if kind == "vcpu_access" and p.get("write"):
             raise Unsupported("vcpu_access with write is not modelled for backing hugetlbfs")
+        npg = 1 << cfg.geometry.pmd_order
+        if kind == "realloc" and p["page"] + p["pages"] > npg:
+            # hugetlbfs_fallocate() rounds the range out and grows the file: a huge page more
+            # from the pool for each one past the VM's (the Python model takes them)
+            raise Unsupported(f"realloc on {p['vm']} at page {p['page']}, {p['pages']} pages: "
+                              "past the VM's huge page, which hugetlbfs_fallocate() would "
+                              "add to the file; the SPIN engine models one huge page per VM "
+                              f"for backing hugetlbfs (page + pages <= {npg})")
     for proc in cfg.processes:
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
