@@ -287,6 +287,28 @@ def test_an_event_outside_the_hugetlbfs_model_is_refused(
     assert len(err) == 1 and all(s in err[0] for s in says), err
 
 
+def test_the_pool_drift_of_a_realloc_past_the_end_is_what_the_refusal_avoids(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendered anyway, a realloc past the VM's huge page gives a walk the step-by-step
+    comparison rejects at that step: hugetlbfs_fallocate() added the file's second huge page
+    from the pool in the Python model, and the Promela model has none to add (``pool.free``)."""
+    from memfail.check.spin import hugetlbfs
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(AGREE_HUGETLBFS_CONFIG.read_text().replace(
+        "events:\n", "events:\n  - {event: realloc, vm: vm1, page: 0, pages: 4}\n", 1))
+    monkeypatch.setattr(hugetlbfs, "check_supported", lambda system: None)
+    system = _system(cfg)
+    rendered = render(system)
+    seq = [_label(rendered, "release", vm="vm0"), _label(rendered, "realloc", vm="vm1")]
+    walk = replay_python(system, rendered, seq)
+    promela = replay_promela(system, rendered, seq)
+    assert walk.blocked is None and promela.blocked is None
+    got = compare(system, rendered, walk, promela, ("python", "promela"))
+    assert got is not None and got.startswith("step 2 (realloc(vm=vm1") and \
+        "pool.free: python 1, promela 2" in got, got
+
+
 # Two VMs on hugetlbfs memfds: VM b's error, VM b's and VM a's punch holes and refaults (a VM
 # refaults into the frame the other freed: promela.frame_slots), VM a's VMM closing its fd
 # (the mapping keeps the memfd: nothing freed; punch hole and fallocate through the fd do

@@ -192,8 +192,8 @@ def render(system: Any) -> Rendered:
                             f"{f}[{fp}]" if f in PHYSICAL_HUGETLBFS else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
-    fmt.append("%d")
-    args.append("panic")
+    fmt += ["%d", "%d"]
+    args += ["panic", "FREE_POOL"]
     for k in range(len(props)):
         fmt.append("%d")
         args.append(f"prop_{k}")

@@ -7,7 +7,9 @@ per VM page, whether its frame still backs the VM, has a hardware error, was rep
 memory_failure(), is recorded (``poison_records``), is mapped in the VMM's page table and in
 stage 2, how often its poison was consumed and whether the guest offlined the page after a
 vMCE (and will kill its user on the next access); per VM, the KVM state and whether its VMM
-lives; the panic flag; and which properties are violated.
+lives; the panic flag; the free huge pages of the 2M pool (free_huge_pages: the spares and the
+VMs' frames on the free list, marked ones included; FREE_POOL in Promela); and which
+properties are violated.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def observe(system: Any, state: Any) -> tuple[int, ...]:
         out += [VM_STATES.index(state_name) if state_name in VM_STATES else 3,
                 int(proc is not None and proc.alive)]
     out.append(int(bool(host.panicked)))
+    out.append(host.hugetlb.hstate(host.geometry.pmd_order).free_huge_pages)
     for p in PROPERTIES:
         out.append(int(p.check(host, mon) is not None))
     return tuple(out)
@@ -77,6 +80,6 @@ def layout(system: Any) -> list[str]:
         for page in range(pages_of(system, vm.name)):
             names += [f"{vm.name}[{page}].{f}" for f in PAGE_FIELDS]
         names += [f"{vm.name}.{f}" for f in VM_FIELDS]
-    names.append("panic")
+    names += ["panic", "pool.free"]
     names += [f"violated.{p.name}" for p in PROPERTIES]
     return names

@@ -139,7 +139,11 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
               *gaps, "fj = 0"]
     head = "fj = " + "".join(f"(lq[{s}] == 1 -> {s + 1} : " for s in range(nv)) + "0" + \
         ")" * nv
+    free = " + ".join(["nspare", *(f"(fst[{s}] == 1 || fst[{s}] == 2)" for s in range(nv))])
     return ["byte rk[NV]; byte sl[NV]; byte lq[NV]; byte gq[NV]; byte fs; byte fj;",
+            "/* free_huge_pages: the free spares and the frames on the free list (fst 1 and 2:\n"
+            "   unmarked and marked; 3 is dissolved) */",
+            f"#define FREE_POOL ({free})",
             "/* two slots exchange their frames (a != b): XOR swaps */",
             "inline swap_frames(a, b) { " + "; ".join(swaps) + " }",
             "/* slot s's frame, free and unmarked now, goes to the head of the free list */",
@@ -417,8 +421,8 @@ def render(system: Any) -> Rendered:
                             f"{f}[{fp}]" if f in PHYSICAL else f"{f}[{p}]")
         fmt += ["%d", "%d"]
         args += [f"vst[{vi}]", f"alive[{vi}]"]
-    fmt.append("%d")
-    args.append("panic")
+    fmt += ["%d", "%d"]
+    args += ["panic", "FREE_POOL"]
     for k in range(len(props)):
         fmt.append("%d")
         args.append(f"prop_{k}")
