@@ -40,6 +40,8 @@ from memfail.check.spin import (
     AGREE_CONFIG,
     AGREE_CONVERT_CONFIG,
     AGREE_GUEST_CONFIG,
+    AGREE_HUGETLBFS_CONFIG,
+    AGREE_HUGETLBFS_GUESTS_CONFIG,
     AGREE_KERNEL_CONFIG,
     AGREE_MCE_CONFIG,
     AGREE_TWO_CONFIG,
@@ -176,7 +178,8 @@ def agree(n: int, races: bool = False) -> int:
 
     bad = 0
     for cfg_path in (AGREE_CONFIG, AGREE_TWO_CONFIG, AGREE_KERNEL_CONFIG, AGREE_CONVERT_CONFIG,
-                     AGREE_GUEST_CONFIG, AGREE_MCE_CONFIG, STANDARD):
+                     AGREE_GUEST_CONFIG, AGREE_MCE_CONFIG, AGREE_HUGETLBFS_CONFIG,
+                     AGREE_HUGETLBFS_GUESTS_CONFIG, STANDARD):
         cfg = load_config(cfg_path)
         for policy in cfg.policies:
             if policy_refusal(policy) is not None:
