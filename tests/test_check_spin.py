@@ -362,26 +362,42 @@ bounds: {depth: 40, errors: 1}
     (["hw_error:a", "punch_hole:a", "realloc:a", "punch_hole:b", "punch_hole:a",
       "realloc:b", "vcpu_access:b"], {"b": None}),
 ], ids=["frame", "spare"])
-@pytest.mark.parametrize("policy", ["mainline", "hugetlbfs"])
+@pytest.mark.parametrize("policy, races", [("mainline", False), ("hugetlbfs", False),
+                                           ("mainline", True), ("hugetlbfs", True)],
+                         ids=["gmem", "hugetlbfs", "gmem-races", "hugetlbfs-races"])
 def test_the_free_list_hands_out_the_frame_freed_last(
-        tmp_path: Path, path: list[str], holds: dict[str, str | None], policy: str) -> None:
+        tmp_path: Path, path: list[str], holds: dict[str, str | None], policy: str,
+        races: bool) -> None:
     """dequeue_hugetlb_folio_node_exact() takes the folio freed last (R55): in the Python
     model the VM that allocates after two frees holds the frame (or spare) freed second, and
     the Promela replay of the walk takes every step with the same observation after each,
-    on guest_memfd (promela.py) and on hugetlbfs (hugetlbfs.py)."""
+    on guest_memfd (promela.py) and on hugetlbfs (hugetlbfs.py), atomic and lock-granular
+    (--races: each event's stages run to its end before the next event starts)."""
+    from memfail.check import races as r
     from memfail.check.config import load_config
     from memfail.check.model_system import ModelSystem
     from memfail.check.spin.promela import render
+    from memfail.check.spin.stages import render_races
 
     cfg = tmp_path / "freed-last.yaml"
     cfg.write_text(FREED_LAST)
-    system = ModelSystem(load_config(cfg), policy)
+    system = ModelSystem(load_config(cfg), policy, races)
     state = system.initial()
-    rendered = render(system)
+    rendered = render_races(system) if races else render(system)
     names = [f"{lab[0]}:{dict(lab[1]).get('vm')}" for lab in rendered.labels]
-    seq = [names.index(want) for want in path]
-    for k in seq:
-        state = system.step(state, rendered.labels[k])
+    seq = []
+    for step in path:
+        k = names.index(step)
+        while True:
+            seq.append(k)
+            state = system.step(state, rendered.labels[k])
+            more = [lab for lab in system.enabled(state) if r.is_continuation(lab)
+                    and r.origin(lab) == r.origin(rendered.labels[k])]
+            if not more:
+                break
+            k = rendered.labels.index(more[0])
+    # --races runs some of these events in stages on guest_memfd; on hugetlbfs, each whole
+    assert (len(seq) > len(path)) == (races and policy == "mainline")
     frames = system._frames(state.host)
     for vm, first in holds.items():
         want = system.pfn_of[(first, 0)] if first is not None else None
