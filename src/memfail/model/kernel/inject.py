@@ -123,7 +123,10 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
             first = (host.phys._bump + block - 1) & ~(block - 1)
             return first + block * (1 + len(host.phys.isolated))
         h = host.hugetlb.hstate(geo.huge_order(a.free))
-        cands = [f for f in h.free_list if "hwpoison" not in f.flags] or h.free_list
+        # the lowest-addressed free folio, as `memfail conform` finds one on a real kernel
+        # (/proc/kpageflags, in pfn order); the free list itself is last in, first out (R55)
+        free = sorted(h.free_list, key=lambda f: f.pfn)
+        cands = [f for f in free if "hwpoison" not in f.flags] or free
         if not cands:
             raise TargetGone(f"the {a.free} HugeTLB pool has no free folio", "free", "ENOENT")
         if not 0 <= a.index < cands[0].nr_pages:
