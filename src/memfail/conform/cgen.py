@@ -500,17 +500,20 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
         if a.name not in SYSCTLS:
             raise NotExpressible(f"sysctl {a.name} is not translated")
         path = "/proc/sys/" + a.name.replace(".", "/")
-        _in_ctl(g, i, key, f"\t  ret = mf_write_str({c_str(path)}, \"{a.value}\\n\") < 0 ? -1 : 0;"
-                " err = ret ? errno : 0;")
+        if a.name == "vm.nr_hugepages":  # on top of the pages earlier cases left in use
+            _in_ctl(g, i, key, f"\t  ret = mf_write_pool({c_str(path)}, {int(a.value)}) < 0 ? "
+                    "-1 : 0; err = ret ? errno : 0;")
+        else:
+            _in_ctl(g, i, key, f"\t  ret = mf_write_str({c_str(path)}, \"{a.value}\\n\") < 0 ? "
+                    "-1 : 0; err = ret ? errno : 0;")
     elif key == "hugepages":
         if a.size != "2M":
             raise NotExpressible("1 GiB HugeTLB pages are not available in the guest")
         d = "/sys/kernel/mm/hugepages/hugepages-2048kB/"
         oc = f" mf_write_str({c_str(d + 'nr_overcommit_hugepages')}, \"{a.overcommit}\\n\");" \
             if a.overcommit is not None else ""
-        _in_ctl(g, i, key, f"\t {oc} ret = mf_write_str({c_str(d + 'nr_hugepages')}, "
-                f"\"{a.count}\\n\") < 0 ? -1 : mf_read_long({c_str(d + 'nr_hugepages')}); "
-                "err = ret < 0 ? errno : 0;")
+        _in_ctl(g, i, key, f"\t {oc} ret = mf_write_pool({c_str(d + 'nr_hugepages')}, "
+                f"{int(a.count)}); err = ret < 0 ? errno : 0;")
     else:
         raise NotExpressible(f"action {key!r} is not translated")
 

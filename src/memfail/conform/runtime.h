@@ -838,6 +838,9 @@ static long mf_create(const char *path, long size)
 
 /* Give the case `n` free 2 MiB pages: pages in use by nobody alive are surplus after the reset
  * between cases, and writing nr_hugepages would turn them into part of the new pool. */
+/* huge pages earlier cases of the boot left in use (poisoned folios are never freed, R30) */
+static long mf_pool_used;
+
 static void mf_set_pool(long n)
 {
 	const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB/";
@@ -846,9 +849,22 @@ static void mf_set_pool(long n)
 	long total = mf_read_long(path);
 	snprintf(path, sizeof(path), "%sfree_hugepages", d);
 	long used = total - mf_read_long(path);
+	mf_pool_used = used > 0 ? used : 0;
 	snprintf(path, sizeof(path), "%snr_hugepages", d);
-	snprintf(val, sizeof(val), "%ld\n", (used > 0 ? used : 0) + n);
+	snprintf(val, sizeof(val), "%ld\n", mf_pool_used + n);
 	mf_write_str(path, val);
+}
+
+/* A write of the pool's size by a step (the hugepages action, sysctl vm.nr_hugepages): the
+ * case's count on top of what earlier cases left in use, and the size read back without
+ * them, so that a case sees the pool its scenario describes. */
+static long mf_write_pool(const char *path, long n)
+{
+	char val[32];
+	snprintf(val, sizeof(val), "%ld\n", mf_pool_used + n);
+	if (mf_write_str(path, val) < 0)
+		return -1;
+	return mf_read_long(path) - mf_pool_used;
 }
 
 /* A hardware error found by patrol scrub: ask the host to inject a software-recoverable
