@@ -841,23 +841,9 @@ static long mf_create(const char *path, long size)
 /* huge pages earlier cases of the boot left in use (poisoned folios are never freed, R30) */
 static long mf_pool_used;
 
-static void mf_set_pool(long n)
-{
-	const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB/";
-	char path[128], val[32];
-	snprintf(path, sizeof(path), "%snr_hugepages", d);
-	long total = mf_read_long(path);
-	snprintf(path, sizeof(path), "%sfree_hugepages", d);
-	long used = total - mf_read_long(path);
-	mf_pool_used = used > 0 ? used : 0;
-	snprintf(path, sizeof(path), "%snr_hugepages", d);
-	snprintf(val, sizeof(val), "%ld\n", mf_pool_used + n);
-	mf_write_str(path, val);
-}
-
-/* A write of the pool's size by a step (the hugepages action, sysctl vm.nr_hugepages): the
- * case's count on top of what earlier cases left in use, and the size read back without
- * them, so that a case sees the pool its scenario describes. */
+/* A write of the pool's size (the case's start, the hugepages action, sysctl
+ * vm.nr_hugepages): the case's count on top of what earlier cases left in use, and the size
+ * read back without them, so that a case sees the pool its scenario describes. */
 static long mf_write_pool(const char *path, long n)
 {
 	char val[32];
@@ -865,6 +851,18 @@ static long mf_write_pool(const char *path, long n)
 	if (mf_write_str(path, val) < 0)
 		return -1;
 	return mf_read_long(path) - mf_pool_used;
+}
+
+static void mf_set_pool(long n)
+{
+	const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB/";
+	char total_path[128], free_path[128];
+	snprintf(total_path, sizeof(total_path), "%snr_hugepages", d);
+	snprintf(free_path, sizeof(free_path), "%sfree_hugepages", d);
+	long total = mf_read_long(total_path);
+	long used = total - mf_read_long(free_path);
+	mf_pool_used = used > 0 ? used : 0;
+	mf_write_pool(total_path, n);
 }
 
 /* A hardware error found by patrol scrub: ask the host to inject a software-recoverable

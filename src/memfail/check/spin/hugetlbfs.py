@@ -86,6 +86,7 @@ def check_supported(system: Any) -> None:
             raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine")
     if cfg.setup:
         raise Unsupported("setup steps are not modelled by the SPIN engine")
+    npg = 1 << cfg.geometry.pmd_order
     for _i, label in system.entries:
         kind = label[0]
         if kind not in SUPPORTED_HUGETLBFS:
@@ -101,7 +102,6 @@ def check_supported(system: Any) -> None:
                               "thread only")
         if kind == "vcpu_access" and p.get("write"):
             raise Unsupported("vcpu_access with write is not modelled for backing hugetlbfs")
-        npg = 1 << cfg.geometry.pmd_order
         if kind == "realloc" and p["page"] + p["pages"] > npg:
             # hugetlbfs_fallocate() rounds the range out and grows the file: a huge page more
             # from the pool for each one past the VM's (the Python model takes them)
@@ -335,7 +335,7 @@ inline mf_ao(v, p, probe) {
   if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
   mr = det[p]; det[p] = 1;
   if
-  :: bk[v] != OWN -> hwp[p] = 1; if :: fst[v] == 1 -> frame_unlist(v); fst[v] = 3 :: else -> skip fi
+  :: bk[v] != OWN -> hwp[p] = 1; if :: fst[v] == 1 -> dissolve_free(v) :: else -> skip fi
   :: bk[v] == OWN && FRAME_HWP(v) -> hwp[p] = 1
   :: else ->
      hwp[p] = 1;
@@ -357,7 +357,7 @@ inline kmm(v, p) {
   if :: HELD(v) -> affected[v] = 1 :: else -> skip fi;
   det[p] = 1;
   if
-  :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> frame_unlist(v); fst[v] = 3 :: else -> skip fi
+  :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> dissolve_free(v) :: else -> skip fi
   :: ko && FRAME_HWP(v) -> hwp[p] = 1; if :: pte[v] == 2 && alive[v] -> guest_mce(v, p, 0) :: else -> skip fi
   :: else ->
      hwp[p] = 1;

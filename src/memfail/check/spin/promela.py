@@ -106,7 +106,8 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
     ``gq[i]`` the number of spares freed above the frame at position ``i + 1`` (since that
     frame; the other free spares lie below every listed frame, where the pool started).
     ``frame_free(s)`` and ``spare_free()`` put a frame or a spare at the head,
-    ``frame_unlist(s)`` takes a frame off (allocated, or dissolved by memory_failure()), and
+    ``frame_unlist(s)`` takes a frame off (allocated; nothing for a frame not listed),
+    ``dissolve_free(s)`` dissolves a free frame (memory_failure()'s free-hugetlb path), and
     ``take_head(v)`` is the allocation (before ``realloc``/``alloc`` take what it found): a
     spare above every listed frame, else the listed frame at the head, swapped into slot
     ``v`` (the VM's own frame when it is that one, no swap) with its physical state and
@@ -135,7 +136,8 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
         gaps.append(f"gq[{i}] = (fj == 0 || {i} < fj - 1 -> gq[{i}] : "
                     f"({i} == fj - 1 -> ({last} -> 0 : gq[{i}] + {below}) : {below}))")
     unlist = ["fj = lq[s]; lq[s] = 0",
-              *(f"lq[{x}] = (lq[{x}] > fj -> lq[{x}] - 1 : lq[{x}])" for x in range(nv)),
+              *(f"lq[{x}] = (fj != 0 && lq[{x}] > fj -> lq[{x}] - 1 : lq[{x}])"
+                for x in range(nv)),
               *gaps, "fj = 0"]
     head = "fj = " + "".join(f"(lq[{s}] == 1 -> {s + 1} : " for s in range(nv)) + "0" + \
         ")" * nv
@@ -152,6 +154,8 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
             f"inline spare_free() {{ nspare++; gq[0] = gq[0] + ({listed} -> 1 : 0) }}",
             "/* slot s's frame leaves the free list (taken, or dissolved) */",
             "inline frame_unlist(s) {\n  " + ";\n  ".join(unlist) + "\n}",
+            "/* slot s's free frame is dissolved: off the free list if it is on it */",
+            "inline dissolve_free(s) { frame_unlist(s); fst[s] = 3 }",
             "/* dequeue_hugetlb_folio_node_exact(): what the free list's head gives slot v (fs 1:\n"
             "   the frame now in slot v, 2: a spare, 0: nothing); frame_slots */",
             "inline take_head(v) {\n  " + head + ";\n  if\n"
@@ -732,9 +736,7 @@ inline mf(v, p, ar, ao_probe) {
   :: bk[v] != OWN && (hwp[p] || fst[v] == 2) -> skip   /* already poisoned (-EHWPOISON) */
   :: bk[v] != OWN && !hwp[p] && fst[v] != 2 ->
      /* a free huge page (memory_failure's free-hugetlb path): marked and dissolved */
-     hwp[p] = 1;
-     if :: fst[v] == 1 -> frame_unlist(v) :: else -> skip fi;
-     if :: fst[v] != 0 -> fst[v] = 3 :: else -> skip fi
+     hwp[p] = 1; if :: fst[v] != 0 -> dissolve_free(v) :: else -> skip fi
   :: bk[v] == OWN && CLAIMED ->
        tab[p] = 1;
        if :: record == K_RECORD_FOLIO -> hwp[p] = 1 :: else -> skip fi;
