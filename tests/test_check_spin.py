@@ -492,6 +492,111 @@ def test_a_hash_table_zeroed_lazily_keeps_every_figure_of_the_search(
     assert runs[True][0][0] > 1000 and runs[True][1][4] == 1 and runs[True][1][6]
 
 
+def _unhidden_with_zero_checks(text: str) -> str:
+    """``text`` with its hidden scratch variables in the state vector again (all but the
+    property mask ``chk``, which pan's c_code sets in the first step) and an assertion, at
+    the end of every step, that each of them is zero."""
+    defines = dict(re.findall(r"(?m)^#define (\w+) (\d+)\s*$", text))
+    zero = []
+    for name, size in re.findall(r"\bhidden\s+(?:byte|short|int)\s+(\w+)(?:\[([^\]]+)\])?",
+                                 text):
+        if name == "chk":
+            continue
+        count = eval(re.sub(r"[A-Za-z_]\w*", lambda m: defines[m.group(0)], size),
+                     {"__builtins__": {}}) if size else 0
+        zero += [f"{name}[{i}] == 0" for i in range(count)] if size else [f"{name} == 0"]
+    assert len(zero) > 10, "the model declares its scratch variables hidden"
+    text = re.sub(r"\bhidden\s+(?=(?:byte|int)\s+(?!chk\b))", "", text)
+    steps = text.count("assert(!VIOLATED) }")
+    assert steps > 5
+    text = text.replace("assert(!VIOLATED) }", "assert(!VIOLATED); assert(SCRATCH_ZERO) }")
+    at = text.index("active proctype checker")
+    return text[:at] + "#define SCRATCH_ZERO (" + " && ".join(zero) + ")\n" + text[at:]
+
+
+@pytest.mark.parametrize("config, policy, races", [
+    ("standard", "kill-vm", False), ("agree", "mainline", True),
+    ("agree", "future", True), ("hugetlbfs", "hugetlbfs", True),
+    ("hugetlbfs", "hugetlbfs", False)])
+def test_hidden_variables_are_zero_after_every_step(tmp_path: Path, config: str, policy: str,
+                                                     races: bool) -> None:
+    """The scratch variables the models declare ``hidden`` (outside the state vector, which
+    pan's breadth-first search allows only as runner._allow_hidden patches it) are zero after
+    every step: put back into the state vector, with an assertion after each step that they
+    are zero, the search finds no violation and stores the same states, matches and
+    transitions to the same depth as the search with them hidden. So no state differs in
+    them, and hiding them loses nothing."""
+    from memfail.check.config import load_config, standard_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import AGREE_HUGETLBFS_CONFIG, runner
+    from memfail.check.spin.promela import render
+    from memfail.check.spin.stages import render_races
+
+    cfg = {"standard": standard_config, "agree": lambda: load_config(AGREE_CONFIG),
+           "hugetlbfs": lambda: load_config(AGREE_HUGETLBFS_CONFIG)}[config]()
+    s = ModelSystem(cfg, policy, races=races)
+    s.initial()
+    text = (render_races(s) if races else render(s)).text
+    figures: list[tuple[int, ...]] = []
+    for variant in (text, _unhidden_with_zero_checks(text)):
+        work = tmp_path / str(len(figures))
+        work.mkdir()
+        runner.compile_pan(work, variant, False)
+        st = runner.run_pan(work, False, 0)
+        assert st.complete and st.errors == 0, st.output[-2000:]
+        figures.append((st.states, st.matched, st.transitions, st.depth))
+    vector = re.findall(r"State-vector (\d+) byte", st.output)
+    assert figures[0] == figures[1] and figures[0][0] > 1000
+    assert vector, st.output[-2000:]
+
+
+@pytest.mark.parametrize("config, policy, races", [
+    ("standard", "kill-vm", False), ("agree", "mainline", True), ("split", "future", True),
+    ("hugetlbfs", "hugetlbfs", True)])
+def test_packed_bit_arrays_keep_every_figure_and_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, policy: str,
+        races: bool) -> None:
+    """pan of the model with its bit arrays packed into unsigned fields (pack.pack_bits, as
+    runner.compile_pan builds it) stores the same states, matches and transitions to the same
+    depth as pan of the model as rendered, for no property and for all of them (the search
+    stops at the first violation), and leaves the same trail, in a smaller state vector."""
+    from memfail.check.config import load_config, standard_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import AGREE_HUGETLBFS_CONFIG, runner
+    from memfail.check.spin.pack import packable
+    from memfail.check.spin.promela import render
+    from memfail.check.spin.stages import render_races
+
+    cfg = {"standard": standard_config, "agree": lambda: load_config(AGREE_CONFIG),
+           "split": lambda: load_config(AGREE_SPLIT_CONFIG),
+           "hugetlbfs": lambda: load_config(AGREE_HUGETLBFS_CONFIG)}[config]()
+    s = ModelSystem(cfg, policy, races=races)
+    s.initial()
+    rendered = render_races(s) if races else render(s)
+    assert len(packable(rendered.text)) >= 8
+    runs: dict[bool, list[tuple[Any, ...]]] = {}
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(runner, "pack_bits", lambda text: text)
+        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        work = tmp_path / str(packed)
+        work.mkdir()
+        runner.compile_pan(work, rendered.text, False)
+        assert ("unsigned err :" in (work / "model.pml").read_text()) == packed
+        runs[packed] = []
+        for mask in (0, (1 << len(rendered.props)) - 1):
+            st = runner.run_pan(work, False, mask)
+            labels = runner.guided(work, mask) if st.errors else None
+            runs[packed].append((st.states, st.matched, st.transitions, st.depth, st.errors,
+                                 st.complete, labels))
+        vector = re.search(r"State-vector (\d+) byte", st.output)
+        assert vector, st.output[-2000:]
+        runs[packed].append((int(vector.group(1)),))
+    assert runs[True][:2] == runs[False][:2]
+    assert runs[True][0][0] > 1000 and runs[True][0][5]
+    assert runs[True][2][0] < 0.8 * runs[False][2][0], "the vector is smaller"
+
+
 PUNCH_SECOND_VM = """\
 name: punch-second-vm
 policies: [mainline, minimum, unmap, kill-vm, unusable, future]

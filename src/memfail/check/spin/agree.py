@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from memfail.check.spin.observe import layout, observe
+from memfail.check.spin.pack import pack_bits
 from memfail.check.spin.promela import Rendered, render, replay_text
 from memfail.check.spin.runner import _run, parse_sim, tools
 from memfail.check.spin.stages import RacesRendered, render_races, replay_races_text
@@ -68,7 +69,7 @@ def replay_promela(system: Any, rendered: Rendered, seq: list[int]) -> Walk:
         work = Path(tmp)
         text = replay_races_text(rendered, seq) if isinstance(rendered, RacesRendered) \
             else replay_text(rendered, system, seq)
-        (work / "replay.pml").write_text(text)
+        (work / "replay.pml").write_text(pack_bits(text))  # as pan runs it
         out = _run([spin, "-T", "replay.pml"], work)
     steps, obs = parse_sim(out)
     blocked = next((int(line.split()[1]) for line in out.splitlines()
@@ -81,7 +82,7 @@ def simulate_spin(system: Any, rendered: Rendered, seed: int, steps: int) -> Wal
     spin, _ = tools()
     with tempfile.TemporaryDirectory(prefix="memfail-spin-") as tmp:
         work = Path(tmp)
-        (work / "model.pml").write_text(rendered.text)
+        (work / "model.pml").write_text(pack_bits(rendered.text))  # as pan runs it
         # each label is one d_step; -u bounds the statements, init_state and a step are one each
         out = _run([spin, f"-n{seed}", f"-u{steps + 1}", "-T", "model.pml"], work)
     got, obs = parse_sim(out)

@@ -146,8 +146,9 @@ def render(system: Any) -> Rendered:
         # --races only): the mapping or the fd, whichever goes last, frees the folio
         "bit clo[NV]; bit unm[NV];",
         "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
-        "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi; byte kq;",
-        "bit mr;",
+        "hidden byte tp; hidden byte fo; hidden byte ag; hidden byte gr; hidden byte ko;",
+        "hidden byte rc; hidden byte rn; hidden byte ph; hidden byte vi; hidden byte kq;",
+        "hidden byte mr;",
         "#define RESET_SCRATCH mr = 0; tp = 0; fo = 0; ag = 0; gr = 0; rc = 0; rn = 0; "
         "ph = 0; vi = 0; ko = 0; kq = 0",
         "#define FRAME_HWP(v) (" + " || ".join(f"hwp[(v) * NPG + {i}]" for i in range(npg))
@@ -171,7 +172,7 @@ def render(system: Any) -> Rendered:
     props = [p.name for p in PROPERTIES]
     for k, name in enumerate(props):
         lines.append(f"#define prop_{k} ({PROP_EXPR[name]})  /* {name} */")
-    lines.append("short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
+    lines.append("hidden short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
     viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
     lines.append(f"#define VIOLATED ({viol})")
     lines.append(_foreach(SEMANTICS, npg))

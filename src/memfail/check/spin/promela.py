@@ -142,7 +142,7 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
     head = "fj = " + "".join(f"(lq[{s}] == 1 -> {s + 1} : " for s in range(nv)) + "0" + \
         ")" * nv
     free = " + ".join(["nspare", *(f"(fst[{s}] == 1 || fst[{s}] == 2)" for s in range(nv))])
-    return ["byte rk[NV]; byte sl[NV]; byte lq[NV]; byte gq[NV]; byte fs; byte fj;",
+    return ["byte rk[NV]; byte sl[NV]; byte lq[NV]; byte gq[NV]; hidden byte fs; hidden byte fj;",
             "/* free_huge_pages: the free spares and the frames on the free list (fst 1 and 2:\n"
             "   unmarked and marked; 3 is dissolved) */",
             f"#define FREE_POOL ({free})",
@@ -189,7 +189,7 @@ def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
            "active proctype checker() {\n"
            "  d_step { init_state(); c_code { if (!mf_reg) { mf_reg = 1; "
            "atexit(mf_dump); mf_check = getenv(\"MF_CHECK\") ? "
-           "atoi(getenv(\"MF_CHECK\")) : 0; } now.chk = mf_check; } };\n  do"]
+           "atoi(getenv(\"MF_CHECK\")) : 0; } chk = mf_check; } };\n  do"]
     for k, (guard, body) in enumerate(steps):
         out.append(f"  :: d_step {{ {guard} -> c_code {{ mf_fired[{k}] = 1; }}; {body}; "
                    f'printf("MF_STEP {k}\\n"); observe(); assert(!VIOLATED) }}')
@@ -377,7 +377,8 @@ def render(system: Any) -> Rendered:
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
         "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
         "byte nspare; byte twp[NV * MAXVC]; byte mcc[NV * MAXVC];",
-        "byte tp; bit fo; bit ag; bit gr; bit ko; byte rc; byte rn; byte ph; byte vi;",
+        "hidden byte tp; hidden byte fo; hidden byte ag; hidden byte gr; hidden byte ko;",
+        "hidden byte rc; hidden byte rn; hidden byte ph; hidden byte vi;",
         "#define RESET_SCRATCH mq = 0; mr = 0; ao = 0; tp = 0; fo = 0; ag = 0; gr = 0; rc = 0; "
         "rn = 0; ph = 0; vi = 0; ko = 0",
         "#define pdet det",
@@ -407,7 +408,7 @@ def render(system: Any) -> Rendered:
     # the properties the search checks: pan reads them from MF_CHECK when it starts (into
     # ``chk``, constant along the search), so one compiled pan serves every search of a
     # policy; a simulation (spin -t) is given them as -DCHECK
-    lines.append("short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
+    lines.append("hidden short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
     viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
     lines.append(f"#define VIOLATED ({viol})")
     lines.append(_foreach(SEMANTICS, npg))
@@ -659,7 +660,7 @@ inline tw_run(v, i) {
 """
 
 SEMANTICS = r"""
-byte mq; byte mr; bit ao;
+hidden byte mq; hidden byte mr; hidden byte ao;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -1002,7 +1003,7 @@ inline ev_vmm(v, p, wr) {
    one HugeTLB folio, flagged on its head);
    a machine check in the copy panics (no fixup, R47), calls memory_failure(pfn, 0) (copyin,
    copy_mc_queue: R3) or ends the copy silently (copy_mc) */
-byte kq;
+hidden byte kq;
 inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
   kq = 0;
   if

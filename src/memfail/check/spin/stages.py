@@ -60,7 +60,8 @@ assert set(NEXT) == set(races.STAGES), "stages.NEXT must list every stage of rac
 
 CODE = {name: i + 1 for i, name in enumerate(races.STAGES)}
 
-# Scratch variables of the atomic model (reset after every step) and the engine's own.
+# Scratch variables of the atomic model (reset after every step) and the engine's own, all
+# declared ``hidden`` (``_decls`` skips hidden declarations anyway).
 SCRATCH = {"wh", "mq", "mr", "ao", "tp", "fo", "ag", "gr", "ko", "rc", "rn", "ph", "vi", "kq", "mfc",
            "chk", "fs"}
 
@@ -386,17 +387,17 @@ def render_races(system: Any) -> RacesRendered:
     head = re.sub(r"^(inline zap_(?:vm\(v\)|page\(v, p\)) \{.*) \}$", r"\1; INVAL(v) }",
                   head, flags=re.M)
     faults = [op for op in ops if op.first == "fault.get_pfn"]
-    # a zap only marks its VM (zq, hidden); the faults in flight at fault.map are marked
+    # a zap only marks its VM (zq, a hidden scratch variable); the faults in flight at fault.map are marked
     # stale once per transition (SPIN bounds the length of a d_step)
     nvm = len(system.config.vms)
     stale = " ".join(f"if :: zq[{op.v}] && st_{op.k} == {CODE['fault.map']} -> "
                      f"sx_{op.k} = 1 :: else -> skip fi;" for op in faults)
     stale += " " + "; ".join(f"zq[{vi}] = 0" for vi in range(nvm))
     decl = ["/* --races: ops in flight (stages.py) */",
-            "bit pdet[NP]; bit unm[NV]; bit unb[NV]; bit mfc; bit wh;",
+            "bit pdet[NP]; bit unm[NV]; bit unb[NV]; hidden byte mfc; hidden byte wh;",
             *(f"byte st_{op.k};" for op in ops),
             *(f"bit sx_{op.k};" for op in faults),
-            "byte zq[NV];",
+            "hidden byte zq[NV];",
             "#define INVAL(v) zq[v] = 1",
             "#define MMU_NOTIFY(v, p) if :: HASHVA(v) -> zap_page(v, p) :: else -> skip fi"]
     lines = head.split("\n")
@@ -413,13 +414,13 @@ def render_races(system: Any) -> RacesRendered:
     bit_decls = re.sub(r"/\*.*?\*/", "", head, flags=re.S)
     bits = {d.strip().split("[")[0].strip() for m in re.finditer(r"\bbit\s+([^;]*);", bit_decls)
             for d in m.group(1).split(",")} & {n for n, _c in saved}
-    # not hidden (pan's breadth-first search refuses hidden variables), so zero between
-    # steps and as small as it can be: the bits 31 to an int, the bytes as bytes
+    # hidden (outside the state vector: runner._allow_hidden) and, like every hidden
+    # variable, zero between steps (mf_zero); the bits 31 to an int, the bytes as bytes
     packed = [(n, i) for n, c in saved if n in bits for i in range(c)]
     words = [packed[w:w + 31] for w in range(0, len(packed), 31)]
     plain = [(n, c) for n, c in saved if n not in bits]
-    head += "\n".join(f"byte sv_{n}[{c}];" for n, c in plain) + "\n"
-    head += "".join(f"int sv_bits{w};\n" for w in range(len(words)))
+    head += "\n".join(f"hidden byte sv_{n}[{c}];" for n, c in plain) + "\n"
+    head += "".join(f"hidden int sv_bits{w};\n" for w in range(len(words)))
 
     def var(n: str, i: int) -> str:
         return f"{n}[{i}]" if n in arrays else n
