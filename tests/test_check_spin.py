@@ -559,7 +559,9 @@ def test_packed_bit_arrays_keep_every_figure_and_trail(
     """pan of the model with its bit arrays packed into unsigned fields (pack.pack_bits, as
     runner.compile_pan builds it) stores the same states, matches and transitions to the same
     depth as pan of the model as rendered, for no property and for all of them (the search
-    stops at the first violation), and leaves the same trail, in a smaller state vector."""
+    stops at the first violation), and leaves the same trail, in a smaller state vector; pan's
+    replay of each trail (``pan -r``, runner.guided) prints the labels and observations spin's
+    guided simulation of it does (``spin -t``)."""
     from memfail.check.config import load_config, standard_config
     from memfail.check.model_system import ModelSystem
     from memfail.check.spin import AGREE_HUGETLBFS_CONFIG, runner
@@ -587,6 +589,8 @@ def test_packed_bit_arrays_keep_every_figure_and_trail(
         for mask in (0, (1 << len(rendered.props)) - 1):
             st = runner.run_pan(work, False, mask)
             labels = runner.guided(work, mask) if st.errors else None
+            if labels is not None:  # pan's replay of its trail is spin's guided simulation's
+                assert labels[0] and labels == runner.guided_spin(work, mask)
             runs[packed].append((st.states, st.matched, st.transitions, st.depth, st.errors,
                                  st.complete, labels))
         vector = re.search(r"State-vector (\d+) byte", st.output)

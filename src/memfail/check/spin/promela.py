@@ -407,7 +407,7 @@ def render(system: Any) -> Rendered:
         lines.append(f"#define prop_{k} ({PROP_EXPR[name]})  /* {name} */")
     # the properties the search checks: pan reads them from MF_CHECK when it starts (into
     # ``chk``, constant along the search), so one compiled pan serves every search of a
-    # policy; a simulation (spin -t) is given them as -DCHECK
+    # policy; a simulation (spin -T) is given them as -DCHECK
     lines.append("hidden short chk;\n#ifdef CHECK\n#define CHK CHECK\n#else\n#define CHK chk\n#endif")
     viol = " || ".join(f"((((CHK >> {k}) & 1) == 1) && prop_{k})" for k in range(len(props)))
     lines.append(f"#define VIOLATED ({viol})")
