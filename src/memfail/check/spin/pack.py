@@ -12,9 +12,10 @@ than ``LIMIT`` elements (a configuration with many pages) and one that ``c_code`
 counted). ``#define ALIAS NAME`` of a packed array (``pdet`` is ``det`` in the atomic model)
 is rewritten with it.
 
-Measured on the standard configuration's --races search of kill-vm: vector 244 -> 124
-bytes, the same 8,304,229 states, 50,695,394 transitions and trail depth, 41.2 -> 35.5 s of
-CPU and 3.1 -> 1.9 GB resident. ``runner.compile_pan`` packs what pan verifies and
+Measured on the standard configuration's --races search of kill-vm (its scratch variables
+already hidden: runner._allow_hidden): vector 244 -> 124 bytes, the same 8,304,229 states,
+50,695,394 transitions and trail depth, about 41 -> 36-40 s of CPU and 3.1 -> 1.9 GB
+resident. ``runner.compile_pan`` packs what pan verifies and
 ``agree`` packs what its simulations run, so the agreement walks check the packed text
 against the Python model; tests/test_check_spin.py checks that the packed and the unpacked
 text give pan the same figures and trails. The model as rendered (``promela.render``,
@@ -29,23 +30,12 @@ import re
 LIMIT = 30  # bits of one ``unsigned`` (below the sign bit of pan's int arithmetic)
 
 _TERM = re.compile(r";|\}|::|->|\n|\bfi\b|\bod\b")
+_ASSIGN = re.compile(r"\s*=(?!=)\s*")
+_STEP = re.compile(r"\s*(\+\+|--)")
 
 
 class PackError(ValueError):
     """A use of a packed bit array the rewrite cannot express."""
-
-
-def _skip(text: str, i: int) -> int:
-    """The index past a comment or string literal starting at ``i`` (``i`` if none)."""
-    if text.startswith("/*", i):
-        end = text.find("*/", i + 2)
-        return len(text) if end < 0 else end + 2
-    if text[i] == '"':
-        j = i + 1
-        while j < len(text) and text[j] != '"':
-            j += 2 if text[j] == "\\" else 1
-        return j + 1
-    return i
 
 
 def _closing(text: str, i: int) -> int:
@@ -108,41 +98,37 @@ def pack_bits(text: str) -> str:
     if not names:
         return text
     alt = "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
-    use = re.compile(rf"(?<![\w.])({alt})\[")
+    # a comment, a string literal (both kept as they are) or a use of a packed array
+    token = re.compile(rf'/\*.*?\*/|"(?:\\.|[^"\\])*"|(?<![\w.])({alt})\[', re.S)
     decl = re.compile(rf"\bbit\s+({alt})\[[^\]]+\]\s*;")
     text = decl.sub(lambda m: f"unsigned {m.group(1)} : {names[m.group(1)]};", text)
 
     def rewrite(s: str) -> str:
         out: list[str] = []
         pos = 0
-        i = 0
-        while i < len(s):
-            j = _skip(s, i)
-            if j != i:
-                i = j
-                continue
-            m = use.match(s, i) if (s[i].isalpha() or s[i] == "_") else None
-            if m is None or (i > 0 and (s[i - 1].isalnum() or s[i - 1] in "_.")):
-                i += 1
-                continue
+        at = 0
+        while (m := token.search(s, at)) is not None:
             name = m.group(1)
+            if name is None:  # a comment or a string
+                at = m.end()
+                continue
             end = _closing(s, m.end() - 1)
             idx = rewrite(s[m.end():end - 1])
-            out.append(s[pos:i])
-            a = re.match(r"\s*=(?!=)\s*", s[end:])
+            out.append(s[pos:m.start()])
+            a = _ASSIGN.match(s, end)
             if a:
-                r0 = end + a.end()
+                r0 = a.end()
                 r1 = _rhs_end(s, r0)
                 raw = s[r0:r1]
                 rhs = rewrite(raw.rstrip())
                 out.append(f"{name} = ({name} & ~(1 << ({idx}))) | ((({rhs}) != 0) << ({idx}))"
                            + raw[len(raw.rstrip()):])
-                pos = i = r1
+                pos = at = r1
             else:
-                if re.match(r"\s*(\+\+|--)", s[end:]):
+                if _STEP.match(s, end):
                     raise PackError(f"{name}[...] is incremented: a packed bit is only set")
                 out.append(f"(({name} >> ({idx})) & 1)")
-                pos = i = end
+                pos = at = end
         out.append(s[pos:])
         return "".join(out)
 
