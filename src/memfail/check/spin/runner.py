@@ -389,6 +389,12 @@ def _knobs(workdir: Path) -> dict[str, int]:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
+def _pan_env(workdir: Path, mask: int) -> dict[str, str]:
+    """pan's environment for a search or a trail's replay: the properties it checks and the
+    policy's knobs."""
+    return {"MF_CHECK": str(mask), **{f"MF_K_{n}": str(v) for n, v in _knobs(workdir).items()}}
+
+
 @functools.cache
 def available_memory() -> int:
     """Bytes of memory available (``MemAvailable`` of /proc/meminfo) when this process first
@@ -465,7 +471,7 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = No
     args = ["./pan", "-m1000000", "-E"]
     if bitstate:
         args.append(f"-w{BITSTATE_LOG2}")
-    env = {"MF_CHECK": str(mask), **{f"MF_K_{n}": str(v) for n, v in _knobs(workdir).items()}}
+    env = _pan_env(workdir, mask)
     t0 = time.perf_counter()
     # Popen, then prlimit on its pid: preexec_fn is unsafe in a threaded parent (--workers)
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -497,9 +503,8 @@ def guided(workdir: Path, mask: int) -> tuple[list[int], list[tuple[int, ...]]]:
     model: 0.004 s for a trail of 3 steps against 8.0 s for ``spin -t``, which parses and
     interprets the whole model (about 150 s of CPU over the 21 trails of a --races run of
     every preset), with the same lines (tests/test_check_spin.py compares them)."""
-    env = {"MF_CHECK": str(mask), **{f"MF_K_{n}": str(v) for n, v in _knobs(workdir).items()}}
-    trails = list(workdir.glob("model.pml*.trail"))
-    if not trails:
+    env = _pan_env(workdir, mask)
+    if not any(workdir.glob("model.pml*.trail")):
         raise RuntimeError(f"pan left no trail to replay in {workdir}")
     p = subprocess.run(["./pan", "-r"], cwd=workdir, capture_output=True, text=True,
                        check=False, env={**os.environ, **env})
