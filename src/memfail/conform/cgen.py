@@ -500,12 +500,10 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
         if a.name not in SYSCTLS:
             raise NotExpressible(f"sysctl {a.name} is not translated")
         path = "/proc/sys/" + a.name.replace(".", "/")
-        if a.name == "vm.nr_hugepages":  # on top of the pages earlier cases left in use
-            _in_ctl(g, i, key, f"\t  ret = mf_write_pool({c_str(path)}, {int(a.value)}) < 0 ? "
-                    "-1 : 0; err = ret ? errno : 0;")
-        else:
-            _in_ctl(g, i, key, f"\t  ret = mf_write_str({c_str(path)}, \"{a.value}\\n\") < 0 ? "
-                    "-1 : 0; err = ret ? errno : 0;")
+        # the pool's size goes on top of the pages earlier cases left in use
+        write = f"mf_write_pool({c_str(path)}, {int(a.value)})" if a.name == "vm.nr_hugepages" \
+            else f"mf_write_str({c_str(path)}, \"{a.value}\\n\")"
+        _in_ctl(g, i, key, f"\t  ret = {write} < 0 ? -1 : 0; err = ret ? errno : 0;")
     elif key == "hugepages":
         if a.size != "2M":
             raise NotExpressible("1 GiB HugeTLB pages are not available in the guest")
