@@ -492,18 +492,87 @@ def test_a_hash_table_zeroed_lazily_keeps_every_figure_of_the_search(
     assert runs[True][0][0] > 1000 and runs[True][1][4] == 1 and runs[True][1][6]
 
 
+def test_huge_pages_env_adds_the_tunable_and_keeps_the_users() -> None:
+    """runner.huge_pages_env asks glibc for transparent huge pages, after any tunables the
+    user set, and leaves a user's own choice of ``glibc.malloc.hugetlb`` alone."""
+    from memfail.check.spin.runner import HUGE_PAGES, huge_pages_env
+
+    assert huge_pages_env({}) == {"GLIBC_TUNABLES": HUGE_PAGES}
+    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) == \
+        {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=1:{HUGE_PAGES}"}
+    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {}
+
+
+def test_a_search_on_huge_pages_keeps_every_figure_and_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_pan gives pan the huge-page tunable (runner.huge_pages_env), and pan stores the
+    same states, matches, transitions and depth and leaves the same trail with it as with
+    ``glibc.malloc.hugetlb=0`` (the user's setting, which the runner keeps)."""
+    import subprocess
+
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+    from memfail.check.spin.stages import render_races
+
+    s = ModelSystem(load_config(AGREE_CONFIG), "mainline", races=True)
+    s.initial()
+    rendered = render_races(s)
+    mask = 1 << rendered.props.index("no-host-panic")
+    runner.compile_pan(tmp_path, rendered.text, False, opt="-O0")  # figures, not speed
+    seen: list[str | None] = []
+    popen = subprocess.Popen
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw["env"].get("GLIBC_TUNABLES"))
+        return popen(*args, **kw)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", spy)
+    runs = []
+    for tunables in (None, "glibc.malloc.hugetlb=0"):
+        if tunables is None:
+            monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+        else:
+            monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+        st = runner.run_pan(tmp_path, False, mask)
+        trail = [f.read_text() for f in tmp_path.glob("model.pml*.trail")]
+        runs.append((st.states, st.matched, st.transitions, st.depth, st.errors, trail))
+    assert seen == [runner.HUGE_PAGES, "glibc.malloc.hugetlb=0"]
+    assert runs[0] == runs[1]
+    assert runs[0][4] == 1 and runs[0][5] and runs[0][0] > 100
+
+
+def test_array_sizes_are_read_from_the_models_numeric_defines() -> None:
+    """pack.array_size: the element count of a declaration's ``[size]`` from digits, ``+``,
+    ``*``, parentheses and ``#define NAME digits``; None for a name with no such #define or
+    anything else (it is never evaluated)."""
+    from memfail.check.spin.pack import array_size, numeric_defines
+
+    defines = numeric_defines("#define NP 12\n#define NV 3\n#define ALIAS err\n")
+    assert defines == {"NP": "12", "NV": "3"}
+    assert array_size("NP", defines) == 12
+    assert array_size("NV * 4 + 1", defines) == 13
+    assert array_size("(NV+1)*2", defines) == 8
+    assert array_size("NQ", defines) is None
+    assert array_size("ALIAS", defines) is None
+    assert array_size("__import__('os')", defines) is None
+    assert array_size("NP - 1", defines) is None
+
+
 def _unhidden_with_zero_checks(text: str) -> str:
     """``text`` with its hidden scratch variables in the state vector again (all but the
     property mask ``chk``, which pan's c_code sets in the first step) and an assertion, at
     the end of every step, that each of them is zero."""
-    defines = dict(re.findall(r"(?m)^#define (\w+) (\d+)\s*$", text))
+    from memfail.check.spin.pack import array_size, numeric_defines
+
+    defines = numeric_defines(text)
     zero = []
     for name, size in re.findall(r"\bhidden\s+(?:byte|short|int)\s+(\w+)(?:\[([^\]]+)\])?",
                                  text):
         if name == "chk":
             continue
-        count = eval(re.sub(r"[A-Za-z_]\w*", lambda m: defines[m.group(0)], size),
-                     {"__builtins__": {}}) if size else 0
+        count = array_size(size, defines) if size else 0
+        assert count is not None, f"{name}[{size}]"
         zero += [f"{name}[{i}] == 0" for i in range(count)] if size else [f"{name} == 0"]
     assert len(zero) > 10, "the model declares its scratch variables hidden"
     text = re.sub(r"\bhidden\s+(?=(?:byte|int)\s+(?!chk\b))", "", text)

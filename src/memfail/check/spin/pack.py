@@ -73,18 +73,32 @@ def _rhs_end(text: str, i: int) -> int:
     return j
 
 
+_SIZE = re.compile(r"[\d\s+*()]+")
+
+
+def numeric_defines(text: str) -> dict[str, str]:
+    """The ``#define NAME <digits>`` lines of a model text (name -> digits)."""
+    return dict(re.findall(r"(?m)^#define (\w+) (\d+)\s*$", text))
+
+
+def array_size(size: str, defines: dict[str, str]) -> int | None:
+    """The element count of an array declared ``[size]``: digits, ``+``, ``*`` and
+    parentheses over names that ``defines`` (``numeric_defines``) gives; None when it names
+    anything else."""
+    expr = re.sub(r"[A-Za-z_]\w*", lambda t: defines.get(t.group(0), "?"), size)
+    if not _SIZE.fullmatch(expr):
+        return None
+    return int(eval(expr, {"__builtins__": {}}))  # digits, + * and ( ) only (checked above)
+
+
 def packable(text: str) -> dict[str, int]:
     """The bit arrays of ``text`` that ``pack_bits`` packs (name -> elements), aliases
     included."""
-    defines = dict(re.findall(r"(?m)^#define (\w+) (\d+)\s*$", text))
+    defines = numeric_defines(text)
     names: dict[str, int] = {}
     for m in re.finditer(r"\bbit\s+(\w+)\[([^\]]+)\]\s*;", text):
-        expr = re.sub(r"[A-Za-z_]\w*", lambda t: defines.get(t.group(0), "None"), m.group(2))
-        try:
-            size = eval(expr, {"__builtins__": {}})  # digits, + and * of #defines only
-        except TypeError:
-            continue  # a size that is not a number here
-        if isinstance(size, int) and 0 < size <= LIMIT and f"now.{m.group(1)}" not in text:
+        size = array_size(m.group(2), defines)
+        if size is not None and 0 < size <= LIMIT and f"now.{m.group(1)}" not in text:
             names[m.group(1)] = size
     for alias, target in re.findall(r"(?m)^#define (\w+) (\w+)\s*$", text):
         if target in names:

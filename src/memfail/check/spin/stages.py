@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check import races
+from memfail.check.spin.pack import array_size, numeric_defines
 from memfail.check.spin.promela import (
     Rendered,
     _gmem_of,
@@ -59,12 +60,6 @@ NEXT: dict[str, tuple[str, ...]] = {
 assert set(NEXT) == set(races.STAGES), "stages.NEXT must list every stage of races.STAGES"
 
 CODE = {name: i + 1 for i, name in enumerate(races.STAGES)}
-
-# Scratch variables of the atomic model (reset after every step) and the engine's own, all
-# declared ``hidden`` (``_decls`` skips hidden declarations anyway).
-SCRATCH = {"wh", "mq", "mr", "ao", "tp", "fo", "ag", "gr", "ko", "rc", "rn", "ph", "vi", "kq", "mfc",
-           "chk", "fs"}
-
 
 def held_at(stage: str) -> frozenset[races.Lock]:
     """The locks an op waiting at ``stage`` holds: the carries of the stage it ran last
@@ -338,20 +333,21 @@ RELEASE_PATCHES = (
 
 
 def _decls(head: str) -> list[tuple[str, int]]:
-    """The model's global variables (name, elements) outside the scratch ones."""
-    defines = dict(re.findall(r"^#define (\w+) (\d+)\s*$", head, re.M))
+    """The model's global variables (name, elements): those in the state vector (a
+    ``hidden`` scratch variable's declaration starts with ``hidden`` and is not one)."""
+    defines = numeric_defines(head)
     out: list[tuple[str, int]] = []
     body = re.sub(r"/\*.*?\*/", "", head, flags=re.S)
     for m in re.finditer(r"^\s*(?:bit|byte|short)\s+[^;]*;(?:\s*(?:bit|byte|short)\s+[^;]*;)*",
                          body, re.M):
         for d in re.finditer(r"(?:bit|byte|short)\s+(\w+)(?:\[([^\]]+)\])?", m.group(0)):
             name, size = d.group(1), d.group(2)
-            if name in SCRATCH or any(n == name for n, _ in out):
+            if any(n == name for n, _ in out):
                 continue
-            n = 1
-            if size:
-                expr = re.sub(r"[A-Za-z_]\w*", lambda t: defines.get(t.group(0), "0"), size)
-                n = int(eval(expr, {"__builtins__": {}}))  # digits, + and * only
+            n = array_size(size, defines) if size else 1
+            if n is None:
+                raise ValueError(f"the size of {name}[{size}] is not a number of the "
+                                 "model's #defines")
             out.append((name, n))
     return out
 
