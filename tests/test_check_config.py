@@ -160,6 +160,44 @@ def test_event_and_setup_arguments_are_checked_when_loading(tail: str, expect: s
     assert expect in msg, msg
 
 
+def test_a_vcpu_thread_vm_create_adds_need_not_be_declared() -> None:
+    """vm_create gives the VMM a thread vcpuN per vCPU (kvm.do_vm_create; docs/scenario-format.md),
+    so an event may name vcpu0 of a VM with one vCPU without listing it under the process's
+    threads; vcpu1 of that VM does not exist, and the error lists the threads there are."""
+    text = BASE.replace("threads: [main, vcpu0]", "threads: [main]")
+    cfg = load_config_text(text + "  - {event: vmm_access, vm: vm0, page: 0, thread: vcpu0}\n",
+                           "c.yaml")
+    assert cfg.events[0].params["thread"] == "vcpu0"
+    msg = error_of(text + "  - {event: vmm_access, vm: vm0, page: 0, thread: vcpu1}\n")
+    assert "'vcpu1' is not a thread of qemu0 (threads: main, vcpu0)" in msg, msg
+
+
+def test_inline_policies_are_named_by_their_base_and_knobs() -> None:
+    """A policy of the file may be knobs on a preset, as a mapping or as the name memfail
+    gives it (``minimum{unmap_stage2=folio}``); knobs equal to the preset's leave the preset;
+    ``name:`` (which would not read back), an unknown knob or value and a policy listed twice
+    are errors naming the entry."""
+    tail = "  - {event: scrub, vm: vm0}\n"
+
+    def with_policies(*entries: str) -> str:
+        return BASE.replace("policies: [minimum]\n", "policies:\n" + "".join(
+            f"  - {e}\n" for e in entries)) + tail
+
+    cfg = load_config_text(with_policies("{base: minimum, unmap_stage2: folio}",
+                                         "kill-vm{unconsumed=defer}",
+                                         "{base: unmap, unmap_stage2: folio}"), "c.yaml")
+    assert cfg.policies == ["minimum{unmap_stage2=folio}", "kill-vm{unconsumed=defer}", "unmap"]
+    msg = error_of(with_policies("{base: minimum, name: mine, unmap_stage2: folio}"))
+    assert msg.startswith("c.yaml:2: policies[0]: policy 'mine': `name` is for scenarios"), msg
+    assert "(this one is minimum{unmap_stage2=folio})" in msg
+    assert "policy knob unmap_stage2: 'foo' is not one of" in \
+        error_of(with_policies("{base: minimum, unmap_stage2: foo}"))
+    assert "unknown policy knob 'unmap'" in error_of(with_policies("minimum{unmap=folio}"))
+    msg = error_of(with_policies("minimum", "{base: minimum, unmap_stage2: folio}",
+                                 "minimum{unmap_stage2=folio}"))
+    assert "c.yaml:4: policies[2]: minimum{unmap_stage2=folio} is policies[1] again" in msg
+
+
 def test_two_vms_cannot_share_one_guest_memfd() -> None:
     text = BASE.replace("vms:\n  - {name: vm0, vmm: qemu0}\n",
                         "guest_memfd:\n  - {name: g0}\nvms:\n  - {name: vm0, vmm: qemu0, gmem: g0}\n"

@@ -86,6 +86,37 @@ def test_spin_verdicts_equal_python_verdicts(tmp_path: Path,
     assert not failed, f"SPIN counterexamples that do not replay: {failed}"
 
 
+INLINE = ["{base: minimum, unmap_stage2: folio, unmap_host: folio}", "kill-vm{unconsumed=defer}"]
+
+
+def test_an_inline_policy_is_checked_by_both_engines_and_its_counterexamples_replay(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A policy given as knobs on a preset (``--policy '{base: minimum, ...}'`` or
+    ``kill-vm{unconsumed=defer}``, docs/policies.md) is named by its base and the knobs it
+    changes, gets the same verdicts from both engines, and differs from its base (its knobs
+    reach the model: kill-vm{unconsumed=defer} defers an unconsumed failure, so a kernel
+    read of it later panics the host, where kill-vm kills the VM at once); each
+    counterexample carries the knobs as a scenario ``policy:`` mapping and replays."""
+    args = [x for p in [*INLINE, "kill-vm"] for x in ("--policy", p)]
+    rc_py, py = _check(capsys, "--workers", "2", *args)
+    rc_spin, spin = _check(capsys, "--engine", "spin", *args, "--out", str(tmp_path / "cex"))
+    assert rc_py == rc_spin == 1
+    names = [r["policy"] for r in py["results"]]
+    assert names == ["minimum{unmap_stage2=folio,unmap_host=folio}",
+                     "kill-vm{unconsumed=defer}", "kill-vm"]
+    _both_complete_and_equal(py, spin)
+    verdicts = {r["policy"]: _verdicts(r) for r in py["results"]}
+    assert verdicts["kill-vm{unconsumed=defer}"]["no-host-panic"][0] == "FAIL"
+    assert verdicts["kill-vm"]["no-host-panic"][0] == "PASS"
+    files = [Path(v["file"]) for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL" and r["policy"] != "kill-vm"]
+    assert len(files) >= 3
+    for f in files:
+        assert re.search(r"(?m)^policy: \{\"base\": \"(minimum|kill-vm)\", \"", f.read_text())
+        assert main(["run", str(f)]) == 0, capsys.readouterr().out[-400:]
+        capsys.readouterr()
+
+
 def test_spin_json_has_the_python_engine_shape(capsys: pytest.CaptureFixture[str]) -> None:
     rc, doc = _check(capsys, "--engine", "spin", "--policy", "unmap")
     assert rc == 1
@@ -94,6 +125,10 @@ def test_spin_json_has_the_python_engine_shape(capsys: pytest.CaptureFixture[str
                       "elapsed_s", "states_per_s", "collision_probability", "coverage",
                       "verdicts"}
     assert r["states"] > 0 and r["transitions"] >= r["states"] - 1
+    assert r["engine"] == "spin"
+    # pan records the events that fired, not the policy hooks: those are null, not "none"
+    assert r["coverage"]["events_fired"] and r["coverage"]["hooks_never"] is None
+    assert r["coverage"]["hooks_fired"] is None and r["coverage"].get("hooks_missing") is None
     statuses = {n: v["status"] for n, v in r["verdicts"].items()}
     assert statuses["early-told"] == "FAIL" and statuses["contained"] == "PASS"
     assert r["verdicts"]["early-told"]["depth"] == 1
@@ -150,6 +185,51 @@ def test_a_policy_spin_does_not_render_asked_by_name_is_a_usage_error(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "'hugetlbfs'" in err[0] and "backing: hugetlbfs" in err[0]
+
+
+@pytest.mark.parametrize("option", ["--max-depth", "--max-states"])
+def test_a_depth_or_state_bound_for_spin_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], option: str) -> None:
+    """SPIN explores every reachable state: a depth or state bound it would not honour is
+    refused (exit 2, one line naming the option and what SPIN does take), not ignored."""
+    rc = main(["check", str(AGREE_CONFIG), "--engine", "spin", option, "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert option in err[0] and "--max-seconds and --max-memory" in err[0]
+
+
+def test_spin_takes_the_time_and_memory_bounds(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-seconds and --max-memory (or the configuration's bounds.seconds and
+    bounds.memory_mb) reach SPIN's searches (runner.check_policy)."""
+    from memfail.check.spin import engine
+
+    seen: list[tuple[float | None, float | None]] = []
+    real = engine.check_policy
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append((kw.get("memory_mb"), kw.get("seconds")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "check_policy", spy)
+    rc, _ = _check(capsys, "--engine", "spin", "--policy", "unmap", "--max-seconds", "600",
+                   "--max-memory", "4096")
+    assert rc == 1 and seen == [(4096.0, 600.0)]
+
+
+def test_a_search_over_its_time_stops_with_its_report(tmp_path: Path) -> None:
+    """pan over ``seconds`` gets SIGINT, prints its report (pan.c stopped(): "Interrupted")
+    and the search is stopped for time: PARTIAL(time), with the states it had stored."""
+    from memfail.check.spin import runner
+
+    big = ("byte a, b, c, d;\nactive proctype p() {\n  do\n  :: a = a + 1\n  :: b = b + 1\n"
+           "  :: c = c + 1\n  :: d = d + 1\n  od\n}\n")  # 2^32 states: minutes of search
+    runner.compile_pan(tmp_path, big, False, opt="-O0")
+    st = runner.run_pan(tmp_path, False, 0, seconds=1.0)
+    assert st.stopped == "time" and not st.complete, st.output[-1000:]
+    assert "Interrupted" in st.output and st.states > 1000
+    assert st.elapsed < 1.0 + runner.INTERRUPT_GRACE
+    assert runner._stop(st, False) == "time"
 
 
 def test_policies_of_the_file_spin_does_not_render_are_named_and_skipped(
@@ -839,7 +919,9 @@ def test_a_pan_that_stopped_for_memory_beside_others_runs_again_alone(
     other_done = threading.Event()
 
     def fake_run_pan(work: Path, bitstate: bool, mask: int = 0,
-                     limit: int | None = None) -> runner.PanStats:
+                     limit: int | None = None, seconds: float | None = None
+                     ) -> runner.PanStats:
+        assert seconds is None, "no time bound was given"
         calls.append((runner.PANS._alone, runner.PANS._running))
         if len(calls) == 1:
             return runner.PanStats(states=10, complete=False, stopped="killed")

@@ -185,7 +185,10 @@ def check(
     config: Annotated[Path | None, typer.Argument(
         help="Check configuration (YAML); the shipped standard configuration if omitted.")] = None,
     policy: Annotated[list[str] | None, typer.Option(
-        "--policy", help="Check only this policy (repeatable).")] = None,
+        "--policy", help="Check this policy instead of the configuration's (repeatable): a "
+        "preset, or knobs on one: '{base: minimum, unmap_stage2: folio}' or "
+        "'minimum{unmap_stage2=folio}' (docs/policies.md). It need not be one of the "
+        "configuration's.")] = None,
     prop: Annotated[list[str] | None, typer.Option(
         "--property", help="Check only this property (repeatable).")] = None,
     workers: Annotated[int, typer.Option(
@@ -196,10 +199,10 @@ def check(
     out: Annotated[Path | None, typer.Option(
         help="Write a counterexample scenario per policy and violated property here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the memfail.check/1 JSON.")] = False,
-    max_depth: Annotated[int | None, typer.Option(help="Depth bound (default: the config's).", min=0)] = None,
-    max_states: Annotated[int | None, typer.Option(help="Stop after this many states.", min=1)] = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.", min=0.001)] = None,
-    max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB).", min=1)] = None,
+    max_depth: Annotated[int | None, typer.Option(help="Depth bound (default: the config's; the Python engine's only: SPIN explores every state).", min=0)] = None,
+    max_states: Annotated[int | None, typer.Option(help="Stop after this many states (the Python engine only).", min=1)] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds (per policy; with SPIN, its searches after the compile).", min=0.001)] = None,
+    max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB; with SPIN, each pan's address space).", min=1)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint directory: the check's options and, every --checkpoint-every "
              "seconds (also inside a search level), its progress.")] = None,
@@ -306,18 +309,27 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     if engine not in ("python", "spin", "spin-bitstate"):
         raise OptionError("--engine", f"unknown engine {engine!r}; choose from python, spin, "
                           "spin-bitstate")
+    if engine != "python":
+        for option, bound in (("--max-depth", max_depth), ("--max-states", max_states)):
+            if bound is not None:
+                raise OptionError(option, "the SPIN engine explores every reachable state, "
+                                  "with no depth or state bound (docs/check.md, The SPIN "
+                                  "engine); drop it, or use --engine python (SPIN takes "
+                                  "--max-seconds and --max-memory)")
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
         policies = _spin_policies(policies, races)
     if policy:
-        from memfail.model.policy.registry import make_policy, policy_names
+        from memfail.model.policy.registry import policy_names, policy_text
 
+        named = []
         for pol in policies:
             try:
-                make_policy(pol)
+                named.append(policy_text(pol))
             except (ValueError, TypeError) as e:
-                raise OptionError("--policy", f"{e}{did_you_mean(pol, policy_names())}"
-                                  ) from None
+                hint = "" if "{" in pol else did_you_mean(pol, policy_names())
+                raise OptionError("--policy", f"{e}{hint}") from None
+        policies = list(dict.fromkeys(named))
     for path, option in ((out, "--out"), (checkpoint, "--checkpoint")):
         if path is not None:
             _writable_dir(path, option)
@@ -360,7 +372,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
             systems[pol] = system
         if pool is not None:  # every policy renders: only now start the searches
             share = min(workers, len(policies))  # pans at once (runner.check_policy)
-            pending = {pol: pool.submit(_spin, systems[pol], props, engine, races, share)
+            pending = {pol: pool.submit(_spin, systems[pol], props, engine, races, bounds,
+                                        share)
                        for pol in policies}
         try:
             for pol in policies:
@@ -370,7 +383,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                         result = pending[pol].result()
                     else:
                         result = _run(system, backend, bounds, options, err, pol, as_json) \
-                            if engine == "python" else _spin(system, props, engine, races)
+                            if engine == "python" else _spin(system, props, engine, races,
+                                                             bounds)
                 except InputError:
                     raise
                 except (KeyError, ValueError, NotImplementedError) as e:
@@ -513,14 +527,16 @@ def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
     return keep
 
 
-def _spin(system: System, props: list[str], engine: str, races: bool, share: int = 1
-          ) -> Result:
+def _spin(system: System, props: list[str], engine: str, races: bool, bounds: Bounds,
+          share: int = 1) -> Result:
     """One policy by the SPIN engine (memfail.check.spin); with ``races`` the system is
     lock-granular and the Promela model renders its stages (spin/stages.py); ``share`` pans
-    run at once."""
+    run at once. Of the bounds, SPIN takes the memory and the time (its search has no depth
+    or state bound: _check refuses --max-depth and --max-states)."""
     from memfail.check.spin.engine import spin_result
 
-    return spin_result(system, props, bitstate=engine == "spin-bitstate", share=share)
+    return spin_result(system, props, bitstate=engine == "spin-bitstate", share=share,
+                       memory_mb=bounds.max_memory_mb, seconds=bounds.max_seconds)
 
 
 def _run(system: System, backend: Backend, bounds: Bounds, options: Options, err: Console,
@@ -593,16 +609,25 @@ STOP_HINTS = {
 }
 
 
-def coverage_json(events_fired: list[str], events_never: list[str], hooks_fired: list[str],
-                  hooks_never: list[str], absent: dict[str, str] | None) -> dict[str, Any]:
+def coverage_json(events_fired: list[str], events_never: list[str],
+                  hooks_fired: list[str] | None, hooks_never: list[str] | None,
+                  absent: dict[str, str] | None) -> dict[str, Any]:
     """The ``coverage`` object: with a model policy, ``hooks_missing`` (hooks the policy has
-    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why)."""
+    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why). Hooks not
+    recorded (the SPIN engine's) are null, not empty lists."""
     out: dict[str, Any] = {"events_fired": events_fired, "events_never": events_never,
                            "hooks_fired": hooks_fired, "hooks_never": hooks_never}
     if absent is not None:
-        out["hooks_missing"] = [h for h in hooks_never if h not in absent]
+        out["hooks_missing"] = None if hooks_never is None else \
+            [h for h in hooks_never if h not in absent]
         out["hooks_absent"] = absent
     return out
+
+
+def _engine(r: Result) -> str:
+    """Which engine gave a result."""
+    bitstate = getattr(r, "bitstate", None)
+    return "python" if bitstate is None else "spin-bitstate" if bitstate else "spin"
 
 
 def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result, dict[str, str]]],
@@ -621,6 +646,7 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
         "failed": any(r.failed() for _, r, _ in results),
         "results": [{
             "policy": pol,
+            "engine": _engine(r),
             "complete": r.complete,
             "stop_reason": r.stop_reason,
             "states": r.states,
@@ -630,9 +656,10 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
             "states_per_s": round(r.states_per_second, 1),
             "collision_probability": r.collision_probability,
             "reductions": {"symmetry": r.symmetry, "por": r.por},
-            "coverage": coverage_json(r.coverage.kinds_fired, r.coverage.kinds_never,
-                                      r.coverage.hooks_fired, r.coverage.hooks_never,
-                                      absent.get(pol)),
+            "coverage": coverage_json(
+                r.coverage.kinds_fired, r.coverage.kinds_never,
+                r.coverage.hooks_fired if _engine(r) == "python" else None,
+                r.coverage.hooks_never if _engine(r) == "python" else None, absent.get(pol)),
             "verdicts": {name: {
                 "status": v.status,
                 "depth": v.depth,

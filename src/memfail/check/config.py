@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -134,6 +135,21 @@ class CheckConfig(Strict):
     profile: str = "next"
     policies: list[str] = Field(min_length=1)
     geometry: GeometrySpec = Field(default_factory=GeometrySpec)
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _inline_policies(cls, v: Any) -> Any:
+        """An inline policy (``{base: minimum, unmap_stage2: folio}``) as its YAML flow text,
+        which ``make_policy`` reads; ``_validate`` then names it ``minimum{unmap_stage2=folio}``
+        (``policy_text``)."""
+        if isinstance(v, list):
+            for i, x in enumerate(v):
+                if not isinstance(x, str | dict):
+                    raise ValueError(f"policies[{i}]: a policy is a preset name (minimum), knobs "
+                                     "on a preset ({base: minimum, unmap_stage2: folio}) or "
+                                     f"minimum{{unmap_stage2=folio}}, got {x!r}")
+            return [json.dumps(x) if isinstance(x, dict) else x for x in v]
+        return v
     host: HostSpec = Field(default_factory=HostSpec)
     processes: list[ProcessSpec] = Field(default_factory=list)
     guest_memfd: list[GmemSpec] = Field(default_factory=list)
@@ -233,7 +249,12 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
             if "memory" in v.model_fields_set:
                 out.append((("vms", i, "memory"), "a VM with gmem: takes its size from the "
                             "guest_memfd; remove memory: (it is for VMs without guest_memfd)"))
-    threads = {p.name: p.threads for p in cfg.processes}
+    threads = {p.name: list(p.threads) for p in cfg.processes}
+    from memfail.check.events import kvm_model
+    if kvm_model():  # vm_create gives the VMM a thread vcpuN per vCPU (kvm.do_vm_create)
+        for v in cfg.vms:
+            have = threads.setdefault(v.vmm, [])
+            have += [f"vcpu{j}" for j in range(v.vcpus) if f"vcpu{j}" not in have]
     vm_spec = {v.name: v for v in cfg.vms}
     spawned = {str(a.get("proc")) for step in cfg.setup for k, a in step.items()
                if k == "spawn" and isinstance(a, dict)}
@@ -333,7 +354,10 @@ def _validate(value: dict[str, Any], lines: dict[Loc, int], file: str) -> CheckC
         raise ConfigError(file, line, _fmt(loc) or None, msg) from None
     for loc, msg in _names(cfg) or _references(cfg) or _memory(cfg):
         raise ConfigError(file, _line(lines, loc), _fmt(loc), msg)
-    return cfg
+    from memfail.model.policy.registry import policy_text
+
+    # _names read each one; the configuration is frozen: a copy with the policies named
+    return cfg.model_copy(update={"policies": [policy_text(p) for p in cfg.policies]})
 
 
 def _short(v: Any) -> str:
@@ -346,14 +370,21 @@ def _names(cfg: CheckConfig) -> list[tuple[Loc, str]]:
     must be sizes."""
     from memfail.model.host import SYSCTL_DEFAULTS
     from memfail.model.kernel.profiles import PROFILES
-    from memfail.model.policy.registry import make_policy, policy_names
+    from memfail.model.policy.registry import policy_names, policy_text
 
     out: list[tuple[Loc, str]] = []
+    seen: dict[str, int] = {}
     for i, pol in enumerate(cfg.policies):
         try:
-            make_policy(pol)
+            text = policy_text(pol)
         except (ValueError, TypeError) as e:
-            out.append((("policies", i), f"{e}{did_you_mean(pol, policy_names())}"))
+            hint = "" if "{" in pol else did_you_mean(pol, policy_names())
+            out.append((("policies", i), f"{e}{hint}"))
+            continue
+        if text in seen:
+            out.append((("policies", i), f"{text} is policies[{seen[text]}] again; list each "
+                        "policy once"))
+        seen.setdefault(text, i)
     if cfg.profile not in PROFILES:
         out.append((("profile",), f"unknown kernel profile {cfg.profile!r}"
                     f"{did_you_mean(cfg.profile, PROFILES)}; valid: {', '.join(PROFILES)} "

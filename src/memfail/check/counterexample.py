@@ -142,7 +142,13 @@ def _step_expect(prop: str, events: tuple[Event, ...], sysm: ModelSystem) -> dic
     return {}
 
 
-def _final_expect(prop: str, first: ModelState, last: ModelState) -> dict[str, Any]:
+def _final_expect(prop: str, first: ModelState, last: ModelState,
+                  events: list[Event]) -> dict[str, Any]:
+    """The scenario's final expectations: a panic, the HugeTLB counters, and the outcomes
+    that differ from the state before the first step. The outcomes read the trace
+    (model/outcomes.py) and a checked state's Host keeps none (each step's events go to the
+    monitor): they are computed on a copy of the last Host given ``events``, every event of
+    the path's steps, as `memfail run` has them in its trace."""
     out: dict[str, Any] = {}
     if prop == "no-host-panic":
         out["panic"] = True
@@ -151,8 +157,10 @@ def _final_expect(prop: str, first: ModelState, last: ModelState) -> dict[str, A
                           if k.startswith("HugePages_")}
     outcomes = getattr(last.host, "outcomes", None)
     if outcomes is not None:
+        host = last.fresh_host()
+        host.trace.events = list(events)
         try:
-            before, after = first.host.outcomes(), outcomes()
+            before, after = first.host.outcomes(), host.outcomes()
         except ImportError:  # the outcomes module is not there yet
             return out
         changed = {k: v for k, v in after.items() if before.get(k) != v}
@@ -180,7 +188,9 @@ def scenario_text(system: ModelSystem, verdict: Verdict) -> tuple[str, str]:
         f"profile: {_flow(cfg.profile)}",
     ]
     if system.policy is not None:
-        lines.append(f"policy: {_flow(system.policy)}")
+        from memfail.model.policy.registry import policy_mapping
+
+        lines.append(f"policy: {_flow(policy_mapping(system.policy))}")
     host: dict[str, Any] = {"memory": cfg.host.memory}
     if cfg.host.hugepages:
         host["hugepages"] = dict(cfg.host.hugepages)
@@ -223,7 +233,8 @@ def scenario_text(system: ModelSystem, verdict: Verdict) -> tuple[str, str]:
                 if exp:
                     step["expect"] = exp
             lines.append(f"  - {key}: {_flow(args)}" if len(step) == 1 else f"  - {_flow(step)}")
-    final = _final_expect(verdict.prop, rep.states[0], rep.states[-1])
+    final = _final_expect(verdict.prop, rep.states[0], rep.states[-1],
+                          [e for st in rep.states[1:] for e in st.events])
     if final:
         lines.append(f"expect: {_flow(final)}")
     trace = [f"{title}: {verdict.message}"]

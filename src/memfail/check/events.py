@@ -347,7 +347,9 @@ EVENTS: dict[str, EventDef] = {e.name: e for e in (
     EventDef("close", "The VMM closes its guest-memory fd.", {"vm": VM}, _close),
     EventDef("release", "Every holder of the guest memory goes: the inode is released.",
              {"vm": VM}, _release),
-    EventDef("realloc", "Another VM allocates memory (from the HugeTLB pool).",
+    EventDef("realloc", "fallocate(ALLOCATE) on the VM's guest-memory fd over the pages: "
+             "a hole (punched) is filled again from the HugeTLB pool, perhaps with a frame "
+             "another VM freed.",
              {"vm": VM, "page": PAGE, "pages": Param(1)}, _realloc),
     EventDef("fault", "A stage-2 fault on a page of guest memory.",
              {"vm": VM, "page": PAGE}, _fault, needs=("kvm",)),

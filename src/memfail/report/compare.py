@@ -23,7 +23,7 @@ import typer
 
 from memfail.model.outcomes import ACCEPTED, CLASS_DOCS, COST, HAZARD, OUTCOME_DOCS
 from memfail.model.policy.base import KNOB_DOCS, READINGS, SERIES, GmemPolicy, knob_values
-from memfail.model.policy.registry import PRESETS, make_policy
+from memfail.model.policy.registry import PRESETS, knob_text, make_policy, policy_label
 from memfail.model.units import fmt_size
 from memfail.scenario.errors import ScenarioError
 
@@ -226,21 +226,9 @@ def _gib(n: int) -> str:
 # ----------------------------------------------------------------------------- policies
 
 
-def policy_label(pol: GmemPolicy, base: GmemPolicy) -> str:
-    """``minimum{sigbus_addr=none}``: a preset and the knobs that differ from it."""
-    diff = {k: v for k, v in pol.knobs().items() if base.knobs()[k] != v}
-    if not diff:
-        return base.name
-    return base.name + "{" + ",".join(f"{k}={_v(v)}" for k, v in diff.items()) + "}"
-
-
 def _with(name: str, k: str, v: Any) -> str:
     """``minimum{a=b}`` plus ``k=v``: ``minimum{a=b,k=v}``."""
-    return f"{name[:-1]},{k}={_v(v)}}}" if name.endswith("}") else f"{name}{{{k}={_v(v)}}}"
-
-
-def _v(v: Any) -> str:
-    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return f"{name[:-1]},{k}={knob_text(v)}}}" if name.endswith("}") else f"{name}{{{k}={knob_text(v)}}}"
 
 
 def parse_policy_arg(text: str) -> GmemPolicy:
@@ -331,7 +319,7 @@ def sensitivity(cells: list[Cell], pols: list[GmemPolicy], scens: list[str],
             if summarize(o) != b.summary():
                 changed.append(f"{s}: {code(b.outcomes)} -> {code(o)}")
         if changed:
-            out.setdefault(p.name, {})[f"{k}={_v(v)}"] = changed
+            out.setdefault(p.name, {})[f"{k}={knob_text(v)}"] = changed
     return out
 
 
@@ -435,7 +423,7 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
     if custom:
         out.append("")
         for p in custom:
-            out.extend(_wrap(f"{p}: " + ", ".join(f"{k}={_v(v)}" for k, v in
+            out.extend(_wrap(f"{p}: " + ", ".join(f"{k}={knob_text(v)}" for k, v in
                                                  labels[p].knobs().items()), width))
     if sens:
         out.append("")
@@ -590,7 +578,7 @@ def policies_text(width: int) -> str:
     lines = ["guest_memfd memory-failure policies", ""]
 
     def widths(heads: list[str]) -> list[int]:
-        return [max(len(h), *(len(_v(p.knobs()[k])) for k in knobs)) for h, p in
+        return [max(len(h), *(len(knob_text(p.knobs()[k])) for k in knobs)) for h, p in
                 zip(heads, pols, strict=True)]
 
     heads = [p.name for p in pols]
@@ -601,14 +589,14 @@ def policies_text(width: int) -> str:
         lines.append("  ".join([f"{'knob':<{namew}}"] + [f"{h:<{w}}" for h, w in
                                                          zip(heads, cols, strict=True)]).rstrip())
         for k in knobs:
-            lines.append("  ".join([f"{k:<{namew}}"] + [f"{_v(p.knobs()[k]):<{w}}" for p, w in
+            lines.append("  ".join([f"{k:<{namew}}"] + [f"{knob_text(p.knobs()[k]):<{w}}" for p, w in
                                                          zip(pols, cols, strict=True)]).rstrip())
         if heads != [p.name for p in pols]:
             lines.extend(_wrap("Columns: " + ", ".join(f"{h} = {p.name}" for h, p in
                                                        zip(heads, pols, strict=True)), width))
     else:
         for p in pols:
-            lines.extend(_wrap(f"{p.name}: " + ", ".join(f"{k}={_v(v)}" for k, v in
+            lines.extend(_wrap(f"{p.name}: " + ", ".join(f"{k}={knob_text(v)}" for k, v in
                                                          p.knobs().items()), width))
     lines.append("")
     for p in pols:
@@ -643,7 +631,7 @@ def policies_markdown() -> str:
              "|---|" + "---|" * len(pols)]
     for k in pols[0].knobs():
         lines.append(f"| `{k}`{' *' if k in READINGS else ''} | " +
-                     " | ".join(_v(p.knobs()[k]) for p in pols) + " |")
+                     " | ".join(knob_text(p.knobs()[k]) for p in pols) + " |")
     lines.append("| call items | " + " | ".join(", ".join(p.call_items) or "-" for p in pols)
                  + " |")
     lines.append("| unmerged | " + " | ".join(", ".join(p.unmerged()) or "-" for p in pols)

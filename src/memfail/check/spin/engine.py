@@ -32,12 +32,13 @@ def confirm(system: Any, labels: list[Any], prop: str) -> str | None:
     return None
 
 
-def spin_result(system: Any, props: list[str], bitstate: bool = False, share: int = 1
-                ) -> Result:
+def spin_result(system: Any, props: list[str], bitstate: bool = False, share: int = 1,
+                memory_mb: float | None = None, seconds: float | None = None) -> Result:
     """The policy's verdicts by SPIN, each FAIL confirmed on the Python model; ``share``: how
     many pans run at once (runner.check_policy: one that stopped for memory beside others
-    runs again alone)."""
-    run = check_policy(system, props, bitstate=bitstate, share=share)
+    runs again alone); ``memory_mb`` and ``seconds``: check_policy's bounds."""
+    run = check_policy(system, props, bitstate=bitstate, share=share, memory_mb=memory_mb,
+                       seconds=seconds)
     result = run.result
     for name, v in result.verdicts.items():
         if v.status != FAIL:

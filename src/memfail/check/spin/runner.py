@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -483,11 +484,18 @@ class _PanSlots:
 PANS = _PanSlots()
 
 
-def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = None
-            ) -> PanStats:
+# After SIGINT, how long pan may take to print its report before it is killed
+INTERRUPT_GRACE = 30.0
+
+
+def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = None,
+            seconds: float | None = None) -> PanStats:
     """One search for the properties in ``mask`` (bit k: property k; 0 checks none), in at
-    most ``limit`` bytes of address space (RLIMIT_AS, set on the pan process as it starts).
-    A pan that ends by a signal or without its report did not finish (``PanStats.stopped``)."""
+    most ``limit`` bytes of address space (RLIMIT_AS, set on the pan process as it starts)
+    and ``seconds`` of wall-clock time: then pan gets SIGINT, on which it stops and prints
+    its report (pan.c ``stopped()``: "Interrupted", then ``wrapup()``), and the search is
+    ``stopped`` "time". A pan that ends by a signal or without its report did not finish
+    (``PanStats.stopped``)."""
     for f in workdir.glob("model.pml*.trail"):
         f.unlink()
     args = ["./pan", "-m1000000", "-E"]
@@ -507,11 +515,24 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = No
     # reported: "killed", and run again alone), not this process or another one
     with contextlib.suppress(OSError):
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
-    out, err = proc.communicate()
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=INTERRUPT_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
     st = parse_pan(out + err)
     if proc.returncode < 0:
         st.complete, st.stopped = False, "killed"
         st.output += f"\npan: killed by signal {-proc.returncode}\n"
+    if timed_out and not st.errors:
+        # a violation pan found before the interrupt stands (its trail is written)
+        st.complete, st.stopped = False, "time"
     st.elapsed = time.perf_counter() - t0
     return st
 
@@ -574,12 +595,17 @@ def _stop(st: PanStats, bitstate: bool) -> str | None:
 
 
 def check_policy(system: Any, props: list[str], bitstate: bool = False,
-                 keep: Path | None = None, share: int = 1) -> SpinRun:
+                 keep: Path | None = None, share: int = 1, memory_mb: float | None = None,
+                 seconds: float | None = None) -> SpinRun:
     """The verdict of every property in ``props`` for one ModelSystem, by SPIN. ``share``
     pans run at once: a search that stopped for memory beside others (out of memory, or
-    killed) runs again alone."""
+    killed) runs again alone. ``memory_mb`` (default: the configuration's
+    ``bounds.memory_mb``) bounds each pan's address space; ``seconds`` the searches' time
+    together, from the end of the compile (the properties still undecided then are
+    PARTIAL(time))."""
     system.initial()
-    limit = pan_memory_limit(system.config.bounds.memory_mb)
+    limit = pan_memory_limit(memory_mb if memory_mb is not None
+                             else system.config.bounds.memory_mb)
     rendered: Rendered = render_races(system) if getattr(system, "races", False) \
         else render(system)
     index = {name: k for k, name in enumerate(rendered.props)}
@@ -591,14 +617,19 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
         work = keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         compile_pan(work, rendered.text, bitstate)
+        deadline = time.perf_counter() + seconds if seconds is not None else None
         while todo:
             mask = sum(1 << index[p] for p in todo)
+            left = max(deadline - time.perf_counter(), 0.001) if deadline is not None \
+                else None
             with PANS.shared():
-                st = run_pan(work, bitstate, mask, limit)
-            if st.stopped is not None and share > 1:
+                st = run_pan(work, bitstate, mask, limit, left)
+            if st.stopped in ("memory", "killed") and share > 1:
                 # out of memory or killed beside other pans: once more, alone
+                left = max(deadline - time.perf_counter(), 0.001) if deadline is not None \
+                    else None
                 with PANS.alone():
-                    st = run_pan(work, bitstate, mask, limit)
+                    st = run_pan(work, bitstate, mask, limit, left)
             runs.append(st)
             if not st.errors:
                 stop = _stop(st, bitstate)

@@ -3,9 +3,10 @@ alternative argued on the call, each a preset over the knobs of ``GmemPolicy``."
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from .base import GmemPolicy
+from .base import GmemPolicy, knob_values
 
 PRESETS: dict[str, GmemPolicy] = {}
 
@@ -92,19 +93,118 @@ def policy_names() -> list[str]:
     return list(PRESETS)
 
 
+def knob_text(v: Any) -> str:
+    """A knob value as a label writes it (``true``, ``null``, ``folio``)."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def policy_label(pol: GmemPolicy, base: GmemPolicy) -> str:
+    """``minimum{sigbus_addr=none}``: a preset and the knobs that differ from it (the preset's
+    own name when none does). ``make_policy`` reads it back."""
+    diff = {k: v for k, v in pol.knobs().items() if base.knobs()[k] != v}
+    if not diff:
+        return base.name
+    return base.name + "{" + ",".join(f"{k}={knob_text(v)}" for k, v in diff.items()) + "}"
+
+
+_LABEL = re.compile(r"([A-Za-z0-9_.+-]+)\{([^{}]*)\}")
+
+
+def _from_label(text: str) -> GmemPolicy | None:
+    """``base{knob=value,...}`` (``policy_label``), or None when ``text`` is not one."""
+    m = _LABEL.fullmatch(text)
+    if m is None:
+        return None
+    base = make_policy(m.group(1))
+    knobs: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in m.group(2).split(","))):
+        k, eq, raw = (x.strip() for x in item.partition("="))
+        if not eq:
+            raise ValueError(f"policy {text!r}: {item!r} is not knob=value")
+        if k not in base.knobs():
+            raise ValueError(f"policy {text!r}: unknown policy knob {k!r}; knobs: "
+                             f"{', '.join(sorted(base.knobs()))}")
+        allowed = knob_values(k) or ()
+        got = [a for a in allowed if knob_text(a) == raw.lower()]
+        if not got:
+            raise ValueError(f"policy {text!r}: policy knob {k}: {raw!r} is not one of "
+                             f"{', '.join(map(knob_text, allowed))}")
+        knobs[k] = got[0]
+    pol = base.with_knobs(**knobs)
+    return pol.with_knobs(name=policy_label(pol, base))
+
+
+def _from_mapping(spec: dict[Any, Any]) -> GmemPolicy:
+    d = dict(spec)
+    base = make_policy(d.pop("base", DEFAULT_POLICY))
+    name = d.pop("name", None)
+    pol = base.with_knobs(**d)
+    return pol.with_knobs(name=name or policy_label(pol, base))
+
+
 def make_policy(spec: Any) -> GmemPolicy:
-    """A preset name, a GmemPolicy, or a mapping ``{base: NAME, name: ..., knob: value}``."""
+    """A preset name, a GmemPolicy, a mapping ``{base: NAME, name: ..., knob: value}`` or
+    the same as text (``'{base: minimum, unmap_stage2: folio}'``, YAML flow), or a preset
+    with the knobs it changes, ``minimum{unmap_stage2=folio}`` (``policy_label``: how
+    ``memfail compare`` and ``memfail check`` name an inline policy). An inline policy
+    without ``name`` is named by ``policy_label``."""
     if isinstance(spec, GmemPolicy):
         return spec
     if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            from ruamel.yaml import YAML
+            from ruamel.yaml.error import YAMLError
+
+            try:
+                d = YAML(typ="safe").load(text)
+            except YAMLError as e:
+                raise ValueError(f"policy {text!r} is not a YAML mapping: "
+                                 f"{' '.join(str(e).split())}") from None
+            if not isinstance(d, dict):
+                raise ValueError(f"an inline policy is a mapping like '{{base: minimum, "
+                                 f"unmap_stage2: folio}}', got {text!r}")
+            return _from_mapping(d)
+        pol = _from_label(text)
+        if pol is not None:
+            return pol
         try:
-            return PRESETS[ALIASES.get(spec, spec)]
+            return PRESETS[ALIASES.get(text, text)]
         except KeyError:
             raise ValueError(f"unknown policy {spec!r}; valid policies: "
                              f"{', '.join(PRESETS)}") from None
     if isinstance(spec, dict):
-        d = dict(spec)
-        base = make_policy(d.pop("base", DEFAULT_POLICY))
-        name = d.pop("name", None)
-        return base.with_knobs(name=name, **d)
+        return _from_mapping(spec)
     raise ValueError(f"a policy is a preset name or a mapping with 'base', got {spec!r}")
+
+
+def policy_text(spec: Any) -> str:
+    """A policy spec as one line that ``make_policy`` reads back to the same policy: a preset's
+    name, else ``policy_label`` (``minimum{unmap_stage2=folio}``). A spec that names itself
+    (``name:``) is refused: its name would not read back."""
+    if isinstance(spec, str) and (spec in PRESETS or spec in ALIASES):
+        return spec
+    pol = make_policy(spec)
+    d: Any = spec
+    if isinstance(spec, str) and spec.strip().startswith("{"):
+        from ruamel.yaml import YAML
+
+        d = YAML(typ="safe").load(spec)  # make_policy read it: a mapping
+    if isinstance(d, dict) and d.get("name") is not None:
+        label = policy_label(pol, make_policy(d.get("base", DEFAULT_POLICY)))
+        raise ValueError(f"policy {d['name']!r}: `name` is for scenarios; here an inline "
+                         f"policy is named by its base and the knobs it changes: drop `name` "
+                         f"(this one is {label})")
+    return pol.name
+
+
+def policy_mapping(spec: Any) -> str | dict[str, Any]:
+    """A policy spec as a scenario writes it: a preset's name, else ``{base: PRESET, knob:
+    value, ...}`` with the knobs that differ from the base (``policy_label``'s)."""
+    text = policy_text(spec)
+    m = _LABEL.fullmatch(text)
+    if m is None:
+        return text
+    base, pol = make_policy(m.group(1)), make_policy(text)
+    return {"base": base.name,
+            **{k: v for k, v in pol.knobs().items() if base.knobs()[k] != v}}

@@ -679,6 +679,7 @@ def section_bounds(d: dict[str, Any]) -> str:
                      f"{st['PASS']} pass, {st['FAIL']} fail, {st['PARTIAL']} partial",
                      f"{r['collision_probability']:.1e}",
                      e(", ".join(r["coverage"]["events_never"]) or "none"),
+                     "not recorded" if r["coverage"]["hooks_never"] is None else
                      e(", ".join(r["coverage"]["hooks_never"]) or "none")])
     props = sorted({p for r in chk["results"] for p in r["verdicts"]})
     vrows = [[e(p), *(_status(r["verdicts"][p], r["policy"], p) for r in chk["results"])]
