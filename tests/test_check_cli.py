@@ -216,6 +216,46 @@ def test_resume_refuses_what_it_cannot_continue(toy: Path, tmp_path: Path) -> No
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_resume_refuses_a_flag_turned_off_and_takes_any_directory(
+        toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-races against a --races checkpoint is a difference, refused like any other (it
+    used to be taken for "not given"), and a checkpoint records the configuration's absolute
+    path, so --resume works from another directory."""
+    def make(config: CheckConfig, policy: str, races: bool = False) -> Any:
+        return PoisonToy(vms=2, errors=1, unmap=policy == "unmap", name=policy)
+
+    monkeypatch.setattr(cli, "make_system", make)  # the toy, --races or not
+    ck = tmp_path / "ck"
+    monkeypatch.chdir(toy.parent)
+    r = run(toy.name, "--policy", "unmap", "--races", "--max-states", "3", "--checkpoint",
+            str(ck))
+    assert r.exit_code in (0, 1), r.stderr
+    r = run("--no-races", "--resume", str(ck))
+    assert r.exit_code == 2
+    assert "--races is False here but True in the checkpoint" in r.stderr, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = run("--resume", str(ck), "--json")
+    assert r.exit_code in (0, 1), r.stderr
+    assert json.loads(r.stdout)["results"][0]["policy"] == "unmap", (r.stdout, r.stderr)
+
+
+def test_a_property_outside_the_configurations_list_is_refused(toy: Path) -> None:
+    toy.write_text(toy.read_text() + "properties: [contained]\n")
+    r = run(str(toy), "--property", "no-consumption")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "memfail: error: --property: 'no-consumption' is not one of " \
+        "the configuration's properties (contained); add it to `properties:` or drop --property"
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--resume"])
+def test_spin_keeps_no_checkpoint(toy: Path, tmp_path: Path, flag: str) -> None:
+    r = run(str(toy), "--engine", "spin", flag, str(tmp_path / "ck"))
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"memfail: error: {flag}: the SPIN engine keeps no checkpoint")
+
+
 @pytest.mark.parametrize(("args", "expect"), [
     (("--policy", "nope"), "--policy: unknown policy 'nope'"),
     (("--property", "nope"), "--property: unknown property 'nope'"),

@@ -138,6 +138,12 @@ def test_every_event_and_property_is_documented() -> None:
     ("  - {event: vcpu_access, vm: vm0, page: null}\n",
      "c.yaml:8: events[0]: event 'vcpu_access': page must be a whole number >= 0"),
     ("  - {event: vcpu_access, vm: vm0, page: 1.5}\n", "page must be a whole number"),
+    ("  - {event: guest_run, vm: vm0, page: 0, rounds: 0}\n",
+     "c.yaml:8: events[0]: event 'guest_run': rounds must be a whole number >= 1"),
+    ("  - {event: kernel_access, vm: vm0, page: 0, user: kcore, mc_safe: maybe}\n",
+     "mc_safe must be one of false, true, got 'maybe'"),
+    ("  - {event: scrub, vm: vm0}\nsetup:\n  - mmap: {proc: nobody, name: b, size: 4K}\n",
+     "c.yaml:10: setup[0].mmap.proc: 'nobody' is not a process (spawn it in an earlier step)"),
     ("  - {event: punch_hole, vm: vm0, pages: 0}\n", "pages must be a whole number >= 1"),
     ("  - {event: action, action: meminfo, args: 3}\n", "args must be a mapping"),
     ("  - {event: action, action: mem_reed, args: {proc: qemu0, addr: x}}\n",
@@ -196,6 +202,31 @@ def test_inline_policies_are_named_by_their_base_and_knobs() -> None:
     msg = error_of(with_policies("minimum", "{base: minimum, unmap_stage2: folio}",
                                  "minimum{unmap_stage2=folio}"))
     assert "c.yaml:4: policies[2]: minimum{unmap_stage2=folio} is policies[1] again" in msg
+
+
+def test_host_memory_is_in_the_range_a_scenario_takes() -> None:
+    """A host of under 64M would fail in the set-up (the error blamed --engine) and its
+    counterexamples would not load in `memfail run`: it is refused where it is written."""
+    text = BASE.replace("host: {hugepages: {2M: 1}}", "host: {memory: 4M, hugepages: {2M: 1}}")
+    msg = error_of(text + "  - {event: scrub, vm: vm0}\n")
+    assert msg == "c.yaml:2: host.memory: host memory 4M is out of range; give between 64M " \
+        "and 1P", msg
+
+
+def test_properties_are_a_non_empty_list_of_distinct_names() -> None:
+    tail = "  - {event: scrub, vm: vm0}\n"
+    msg = error_of(BASE + tail + "properties: []\n")
+    assert msg.startswith("c.yaml:9: properties: an empty list checks nothing"), msg
+    msg = error_of(BASE + tail + "properties: [contained, early-told, contained]\n")
+    assert msg == "c.yaml:9: properties[2]: contained is listed twice; list each property " \
+        "once", msg
+
+
+def test_a_confidential_guest_needs_snp_or_tdx() -> None:
+    text = BASE.replace("{name: vm0, vmm: qemu0}", "{name: vm0, vmm: qemu0, type: "
+                        "sw-protected, behaviour: confidential}")
+    assert error_of(text + "  - {event: scrub, vm: vm0}\n") == \
+        "c.yaml:6: vms[0]: behaviour confidential needs type snp or tdx, not sw-protected"
 
 
 def test_two_vms_cannot_share_one_guest_memfd() -> None:

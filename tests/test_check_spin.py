@@ -126,6 +126,8 @@ def test_spin_json_has_the_python_engine_shape(capsys: pytest.CaptureFixture[str
                       "verdicts"}
     assert r["states"] > 0 and r["transitions"] >= r["states"] - 1
     assert r["engine"] == "spin"
+    # the rate is the searches' own: elapsed_s also counts the compile and the replays
+    assert r["states_per_s"] > r["states"] / r["elapsed_s"]
     # pan records the events that fired, not the policy hooks: those are null, not "none"
     assert r["coverage"]["events_fired"] and r["coverage"]["hooks_never"] is None
     assert r["coverage"]["hooks_fired"] is None and r["coverage"].get("hooks_missing") is None

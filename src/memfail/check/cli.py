@@ -145,7 +145,8 @@ def _config_digest(config: Path | None) -> str:
 
 def _options_record(config: Path | None, policies: list[str], props: list[str],
                     symmetry: bool, por: bool, races: bool, bounds: Bounds) -> dict[str, Any]:
-    return {"config": str(config) if config is not None else None,
+    # the absolute path: --resume may be given from another directory
+    return {"config": str(config.resolve()) if config is not None else None,
             "config_sha256": _config_digest(config),
             "policy": policies, "property": props, "symmetry": symmetry, "por": por,
             "races": races, "max_depth": bounds.max_depth, "max_states": bounds.max_states,
@@ -212,12 +213,14 @@ def check(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the check whose --checkpoint directory this is, with the options "
              "stored there (an option given that differs is refused).")] = None,
-    symmetry: Annotated[bool, typer.Option(help="Symmetry reduction (see docs/check.md).")] = False,
-    por: Annotated[bool, typer.Option(help="Partial-order reduction (see docs/check.md).")] = False,
-    races: Annotated[bool, typer.Option(
+    symmetry: Annotated[bool | None, typer.Option(
+        help="Symmetry reduction (see docs/check.md).", show_default=False)] = None,
+    por: Annotated[bool | None, typer.Option(
+        help="Partial-order reduction (see docs/check.md).", show_default=False)] = None,
+    races: Annotated[bool | None, typer.Option(
         help="Split memory_failure, conversion, punch hole, release and faults into their "
-             "atomic steps between kernel locks and interleave them (see docs/check.md).")
-    ] = False,
+             "atomic steps between kernel locks and interleave them (see docs/check.md). "
+             "Off unless given.", show_default=False)] = None,
     engine: Annotated[str, typer.Option(
         help="python (default), spin (SPIN, exhaustive) or spin-bitstate (SPIN, bitstate); "
              "see docs/check.md, The SPIN engine.")] = "python",
@@ -257,10 +260,17 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
            workers: int, scheduler: str | None, out: Path | None, as_json: bool,
            max_depth: int | None, max_states: int | None, max_seconds: float | None,
            max_memory: float | None, checkpoint: Path | None, checkpoint_every: float,
-           resume: Path | None, symmetry: bool, por: bool, races: bool,
+           resume: Path | None, symmetry: bool | None, por: bool | None, races: bool | None,
            engine: str = "python", swarm: int | None = None, walk_depth: int | None = None,
            seed: int | None = None) -> None:
+    """``symmetry``, ``por`` and ``races``: None when not given (--resume then takes the
+    checkpoint's; a --no-races given against a --races checkpoint is refused)."""
     stored: dict[str, Any] | None = None
+    if engine != "python":
+        for path, flag in ((checkpoint, "--checkpoint"), (resume, "--resume")):
+            if path is not None:
+                raise OptionError(flag, "the SPIN engine keeps no checkpoint (pan searches "
+                                  "to its end in one run); drop it, or use --engine python")
     if swarm is None:
         for swarm_only, flag in ((walk_depth, "--walk-depth"), (seed, "--seed")):
             if swarm_only is not None:
@@ -281,9 +291,11 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                           "--resume DIR (continue one), not both")
     if resume is not None:
         stored = _stored_options(resume)
-        given = {"config": str(config) if config is not None else None, "policy": policy,
-                 "property": prop, "symmetry": symmetry or None, "por": por or None,
-                 "races": races or None}
+        if stored["config"] is not None:  # a checkpoint of an older memfail: a relative path
+            stored["config"] = str(Path(stored["config"]).resolve())
+        given = {"config": str(config.resolve()) if config is not None else None,
+                 "policy": policy,
+                 "property": prop, "symmetry": symmetry, "por": por, "races": races}
         for name, value in given.items():
             if value is not None and value != stored[name]:
                 raise OptionError("--resume", f"{_flag(name)} is {value!r} here but "
@@ -295,17 +307,23 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         symmetry, por = bool(stored["symmetry"]), bool(stored["por"])
         races = bool(stored["races"])
         # Bounds (--max-*) are budgets of this run, not of the check: give them again.
+    symmetry, por, races = bool(symmetry), bool(por), bool(races)
     cfg = load_config(config) if config is not None else standard_config()
     if stored is not None and _config_digest(config) != stored["config_sha256"]:
         raise OptionError("--resume", f"the configuration {config or 'standard'} changed "
                           f"since the checkpoint in {resume} was written; restore it, or "
                           "use another --checkpoint directory")
-    props = list(prop) if prop else (cfg.properties or list(PROPERTY_NAMES))
+    props = list(dict.fromkeys(prop)) if prop else (cfg.properties or list(PROPERTY_NAMES))
     unknown = [p for p in props if p not in PROPERTY_NAMES]
     if unknown:
         raise OptionError("--property", f"unknown property {unknown[0]!r}"
                           f"{did_you_mean(unknown[0], PROPERTY_NAMES)}; choose from "
                           f"{', '.join(PROPERTY_NAMES)}")
+    outside = [p for p in props if cfg.properties is not None and p not in cfg.properties]
+    if outside:
+        raise OptionError("--property", f"{outside[0]!r} is not one of the configuration's "
+                          f"properties ({', '.join(cfg.properties or [])}); add it to "
+                          "`properties:` or drop --property")
     if engine not in ("python", "spin", "spin-bitstate"):
         raise OptionError("--engine", f"unknown engine {engine!r}; choose from python, spin, "
                           "spin-bitstate")
@@ -388,11 +406,11 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                 except InputError:
                     raise
                 except (KeyError, ValueError, NotImplementedError) as e:
-                    raise OptionError(where, f"policy {pol!r}: {e}") from None
+                    raise OptionError(where, _about(pol, e)) from None
                 except WorkerError as e:
                     raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
                 except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
-                    raise OptionError("--engine", f"policy {pol!r}: {e}") from None
+                    raise OptionError("--engine", _about(pol, e)) from None
                 files: dict[str, str] = {}
                 if _is_model(system) and engine == "python":  # SPIN reports no hooks
                     absent[pol] = hooks_absent(pol)
@@ -422,13 +440,19 @@ def _backend(workers: int, scheduler: str | None) -> Backend:
                           f"cannot start workers: {e}") from None
 
 
+def _about(pol: str, e: BaseException) -> str:
+    """An error about policy ``pol``, named once."""
+    msg = str(e)
+    return msg if msg.startswith(f"policy {pol!r}") else f"policy {pol!r}: {msg}"
+
+
 def _system_for(cfg: CheckConfig, pol: str, races: bool, where: str) -> System:
     """The checked system of policy ``pol`` (lock-granular with ``races``); a policy the
     configuration cannot build is a usage error naming ``where``."""
     try:
         return make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
     except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
-        raise OptionError(where, f"policy {pol!r}: {e}") from None
+        raise OptionError(where, _about(pol, e)) from None
 
 
 def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any, workers: int,
@@ -465,7 +489,7 @@ def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any,
             except WorkerError as e:
                 raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
             except (KeyError, ValueError, NotImplementedError) as e:
-                raise OptionError(where, f"policy {pol!r}: {e}") from None
+                raise OptionError(where, _about(pol, e)) from None
             files: dict[str, str] = {}
             if _is_model(system):
                 absent[pol] = hooks_absent(pol)

@@ -47,6 +47,20 @@ class HostSpec(Strict):
     hugepages: dict[Literal["2M", "1G"], Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     sysctl: dict[str, int] = Field(default_factory=dict)
 
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str) -> int | str:
+        """The range a scenario takes (scenario/schema.py HostSpec), so that the set-up can
+        build the host and every counterexample loads in `memfail run`."""
+        from memfail.model.units import fmt_size
+        from memfail.scenario.schema import MAX_HOST_MEMORY
+
+        n = parse_size(v)
+        if n < (64 << 20) or n > MAX_HOST_MEMORY:
+            raise ValueError(f"host memory {fmt_size(n)} is out of range; give between 64M "
+                             "and 1P")
+        return v
+
 
 class ProcessSpec(Strict):
     name: str = Field(min_length=1)
@@ -88,6 +102,14 @@ class VmSpec(Strict):
     memory: int | str = "2M"
     # the guest as an actor (docs/mce.md): cooperative, careless, hostile, confidential
     behaviour: Literal["cooperative", "careless", "hostile", "confidential"] = "cooperative"
+
+    @model_validator(mode="after")
+    def _confidential(self) -> VmSpec:
+        """A confidential guest re-executes an access after a #VC/#VE: SNP and TDX only, as
+        vm_create refuses otherwise (kvm.do_vm_create)."""
+        if self.behaviour == "confidential" and self.type not in ("snp", "tdx"):
+            raise ValueError(f"behaviour confidential needs type snp or tdx, not {self.type}")
+        return self
 
 
 class EventSpec(Strict):
@@ -290,12 +312,26 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
             check_action(key, args if args is not None else {})
         except ValueError as err:
             out.append((("setup", i, key), str(err).removeprefix("event 'action': ")))
+            continue
+        proc = args.get("proc") if isinstance(args, dict) else None
+        made = {str(a.get("proc")) for st in cfg.setup[:i] for k, a in st.items()
+                if k == "spawn" and isinstance(a, dict)}
+        if key != "spawn" and isinstance(proc, str) and proc not in procs and proc not in made:
+            out.append((("setup", i, key, "proc"), f"{proc!r} is not a process (spawn it in an "
+                        f"earlier step); known: {', '.join(sorted(procs)) or 'none'}"))
     from memfail.check.properties import PROPERTY_NAMES
 
-    for i, name in enumerate(cfg.properties or []):
+    if cfg.properties is not None and not cfg.properties:
+        out.append((("properties",), "an empty list checks nothing: name the properties to "
+                    f"check ({', '.join(PROPERTY_NAMES)}), or leave properties: out for all"))
+    listed = cfg.properties or []
+    for i, name in enumerate(listed):
         if name not in PROPERTY_NAMES:
             out.append((("properties", i), f"unknown property {name!r}; choose from "
                         f"{', '.join(PROPERTY_NAMES)}"))
+        elif name in listed[:i]:
+            out.append((("properties", i), f"{name} is listed twice; list each property "
+                        "once"))
     for i, e in enumerate(cfg.events):
         vm = e.params.get("vm")
         for name in _each(vm):

@@ -99,15 +99,20 @@ class EventDef:
                 for x in values:
                     if x not in p.choices:
                         raise ValueError(f"event {self.name!r}: {k} must be one of "
-                                         f"{', '.join(map(str, p.choices))}, got {x!r}")
+                                         f"{', '.join(map(_yaml, p.choices))}, got {x!r}")
             for x in values:
                 _check_value(self.name, k, x)
         if self.name == "action":
             check_action(given.get("action"), given.get("args", {}))
 
 
+def _yaml(v: Any) -> str:
+    """A value as YAML writes it (``true``, not ``True``)."""
+    return str(v).lower() if isinstance(v, bool) else "null" if v is None else str(v)
+
+
 # Parameters that are whole numbers, with their least value.
-_INTS = {"page": 0, "pages": 1, "vcpu": 0}
+_INTS = {"page": 0, "pages": 1, "vcpu": 0, "rounds": 1}
 _STRS = ("vm", "thread", "action")
 
 

@@ -170,6 +170,11 @@ def _normalise_mmu_seq(host: Any, inflight: list[Any]) -> list[Any]:
     return out
 
 
+class SetupFailed(ValueError):
+    """The configuration's set-up (its processes, VMs, guest memory and ``setup:`` steps)
+    failed on the model: reported against the configuration file."""
+
+
 class _LazyHost:
     """A state's Host for a property check, rebuilt from the snapshot only if the check reads
     it (most properties read the monitor alone); says whether it was read."""
@@ -334,8 +339,8 @@ class ModelSystem:
         for key, args in setup_steps(c):
             res = host.apply(parse_action(key, args))
             if res.errno is not None:
-                raise RuntimeError(f"set-up step {key} {args} failed with {res.errno}; "
-                                   "check the configuration's host, vms and setup")
+                raise SetupFailed(f"set-up step {key} {args} failed with {res.errno}; "
+                                  "check the configuration's host, vms and setup")
         return host
 
     # ------------------------------------------------------------------ System

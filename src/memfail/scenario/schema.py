@@ -202,8 +202,14 @@ class HostSpec(Strict):
 
     @model_validator(mode="after")
     def _pool_fits(self) -> HostSpec:
+        """The pools fit in the host's memory, each huge page of its size in the geometry:
+        a scaled "1G" page is 2^pud_order pages of 4 KiB (the check's counterexamples have
+        64M hosts with a scaled 1G pool), a real one 1 GiB."""
         mem = parse_size(self.memory)
-        pool = sum(parse_size(size) * n for size, n in self.hugepages.items())
+        g = self.geometry
+        pool = sum((parse_size(size) if g is None else
+                    4096 << (g.pmd_order if size == "2M" else g.pud_order)) * n
+                   for size, n in self.hugepages.items())
         if pool > mem:
             raise ValueError(
                 f"hugepages need {fmt_size(pool)} but host memory is {fmt_size(mem)}; "

@@ -248,9 +248,12 @@ def policy_refusal(spec: Any) -> str | None:
                 f"(backing: {policy.backing} is not modelled)")
     if policy.handles != "none" and (policy.consumed == "kernel" or
                                      policy.unconsumed == "kernel"):
-        return (f"policy {policy.name!r}: consumed/unconsumed "
-                f"{policy.consumed}/{policy.unconsumed} is not modelled by the SPIN engine "
-                "(it models sigbus-current, sigbus-vmm, kill-vm, unusable, defer, notify-vmm)")
+        which = " and ".join(f"{k}: kernel" for k in ("consumed", "unconsumed")
+                             if getattr(policy, k) == "kernel")
+        return (f"policy {policy.name!r}: {which} (the kernel's own path for a folio the "
+                "policy handles) is not modelled by the SPIN engine, which models consumed: "
+                "sigbus-current, sigbus-vmm, kill-vm, unusable and unconsumed: defer, "
+                "notify-vmm, kill-vm, unusable")
     return None
 
 

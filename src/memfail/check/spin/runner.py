@@ -66,6 +66,13 @@ class SpinResult(Result):
     wrongly taken as visited, (1 - e^(-k n / m))^k for n states in m bits with k hashes."""
 
     bitstate: bool = False
+    search_seconds: float = 0.0  # pan's searches alone (``elapsed`` has the compile too)
+
+    @property
+    def states_per_second(self) -> float:
+        """States per second of pan's search (the largest search's states over the time of
+        all of them), not of the compile and the replays that ``elapsed`` also counts."""
+        return self.states / self.search_seconds if self.search_seconds > 0 else 0.0
 
     @property
     def collision_probability(self) -> float:
@@ -674,4 +681,5 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
                     elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)
     result.bitstate = bitstate
+    result.search_seconds = sum(r.elapsed for r in runs)
     return SpinRun(result, runs, rendered.text)
