@@ -256,6 +256,13 @@ def check(
         raise typer.Exit(2) from None
 
 
+_NO_CHECKPOINT = ("keeps no checkpoint (pan searches to its end in one run); drop it, or use "
+                  "--engine python")
+_NO_BOUND = ("explores every reachable state, with no depth or state bound (docs/check.md, "
+             "The SPIN engine); drop it, or use --engine python (SPIN takes --max-seconds "
+             "and --max-memory)")
+
+
 def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None,
            workers: int, scheduler: str | None, out: Path | None, as_json: bool,
            max_depth: int | None, max_states: int | None, max_seconds: float | None,
@@ -266,11 +273,13 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     """``symmetry``, ``por`` and ``races``: None when not given (--resume then takes the
     checkpoint's; a --no-races given against a --races checkpoint is refused)."""
     stored: dict[str, Any] | None = None
-    if engine != "python":
-        for path, flag in ((checkpoint, "--checkpoint"), (resume, "--resume")):
-            if path is not None:
-                raise OptionError(flag, "the SPIN engine keeps no checkpoint (pan searches "
-                                  "to its end in one run); drop it, or use --engine python")
+    if engine != "python":  # what the SPIN engine does not take
+        not_spin: dict[str, tuple[object, str]] = {
+            "--checkpoint": (checkpoint, _NO_CHECKPOINT), "--resume": (resume, _NO_CHECKPOINT),
+            "--max-depth": (max_depth, _NO_BOUND), "--max-states": (max_states, _NO_BOUND)}
+        for flag, (used, why) in not_spin.items():
+            if used is not None:
+                raise OptionError(flag, f"the SPIN engine {why}")
     if swarm is None:
         for swarm_only, flag in ((walk_depth, "--walk-depth"), (seed, "--seed")):
             if swarm_only is not None:
@@ -327,13 +336,6 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     if engine not in ("python", "spin", "spin-bitstate"):
         raise OptionError("--engine", f"unknown engine {engine!r}; choose from python, spin, "
                           "spin-bitstate")
-    if engine != "python":
-        for option, bound in (("--max-depth", max_depth), ("--max-states", max_states)):
-            if bound is not None:
-                raise OptionError(option, "the SPIN engine explores every reachable state, "
-                                  "with no depth or state bound (docs/check.md, The SPIN "
-                                  "engine); drop it, or use --engine python (SPIN takes "
-                                  "--max-seconds and --max-memory)")
     policies = list(policy) if policy else list(cfg.policies)
     if not policy and engine != "python":
         policies = _spin_policies(policies, races)

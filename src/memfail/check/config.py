@@ -50,16 +50,11 @@ class HostSpec(Strict):
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: int | str) -> int | str:
-        """The range a scenario takes (scenario/schema.py HostSpec), so that the set-up can
-        build the host and every counterexample loads in `memfail run`."""
-        from memfail.model.units import fmt_size
-        from memfail.scenario.schema import MAX_HOST_MEMORY
+        """The range a scenario takes (scenario/schema.py ``host_memory``), so that the set-up
+        can build the host and every counterexample loads in `memfail run`."""
+        from memfail.scenario.schema import host_memory
 
-        n = parse_size(v)
-        if n < (64 << 20) or n > MAX_HOST_MEMORY:
-            raise ValueError(f"host memory {fmt_size(n)} is out of range; give between 64M "
-                             "and 1P")
-        return v
+        return host_memory(v)
 
 
 class ProcessSpec(Strict):

@@ -155,9 +155,8 @@ def _final_expect(prop: str, first: ModelState, last: ModelState,
     if prop == "hugetlb-counters":
         out["meminfo"] = {k: v for k, v in last.host.meminfo().items()
                           if k.startswith("HugePages_")}
-    outcomes = getattr(last.host, "outcomes", None)
-    if outcomes is not None:
-        host = last.fresh_host()
+    host = last.fresh_host()
+    if getattr(host, "outcomes", None) is not None:
         host.trace.events = list(events)
         try:
             before, after = first.host.outcomes(), host.outcomes()

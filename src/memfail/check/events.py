@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import ACTION_TYPES
 from memfail.model.kernel.kaccess import MODELLED_USERS
+from memfail.model.policy.registry import knob_text
 
 if TYPE_CHECKING:
     from memfail.check.config import CheckConfig, VmSpec
@@ -99,16 +100,11 @@ class EventDef:
                 for x in values:
                     if x not in p.choices:
                         raise ValueError(f"event {self.name!r}: {k} must be one of "
-                                         f"{', '.join(map(_yaml, p.choices))}, got {x!r}")
+                                         f"{', '.join(map(knob_text, p.choices))}, got {x!r}")
             for x in values:
                 _check_value(self.name, k, x)
         if self.name == "action":
             check_action(given.get("action"), given.get("args", {}))
-
-
-def _yaml(v: Any) -> str:
-    """A value as YAML writes it (``true``, not ``True``)."""
-    return str(v).lower() if isinstance(v, bool) else "null" if v is None else str(v)
 
 
 # Parameters that are whole numbers, with their least value.

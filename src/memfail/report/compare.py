@@ -23,7 +23,7 @@ import typer
 
 from memfail.model.outcomes import ACCEPTED, CLASS_DOCS, COST, HAZARD, OUTCOME_DOCS
 from memfail.model.policy.base import KNOB_DOCS, READINGS, SERIES, GmemPolicy, knob_values
-from memfail.model.policy.registry import PRESETS, knob_text, make_policy, policy_label
+from memfail.model.policy.registry import PRESETS, knob_text, make_policy
 from memfail.model.units import fmt_size
 from memfail.scenario.errors import ScenarioError
 
@@ -233,34 +233,12 @@ def _with(name: str, k: str, v: Any) -> str:
 
 def parse_policy_arg(text: str) -> GmemPolicy:
     """A preset name, or an inline mapping in the scenario syntax
-    (``{base: minimum, sigbus_addr: none}``)."""
-    t = text.strip()
-    if not t.startswith("{"):
-        try:
-            return make_policy(t)
-        except ValueError as e:
-            raise ScenarioError("memfail compare", None, "--policy", str(e)) from None
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
+    (``{base: minimum, sigbus_addr: none}``, named by ``policy_label`` unless it names
+    itself), as ``make_policy`` reads them."""
     try:
-        spec = YAML(typ="safe").load(t)
-    except YAMLError as e:
-        raise ScenarioError("memfail compare", None, "--policy",
-                            f"not a preset name nor a YAML mapping: {' '.join(str(e).split())}"
-                            ) from None
-    if not isinstance(spec, dict):
-        raise ScenarioError("memfail compare", None, "--policy",
-                            f"an inline policy is a mapping like '{{base: minimum, "
-                            f"sigbus_addr: none}}', got {t!r}")
-    try:
-        pol = make_policy(spec)
+        return make_policy(text.strip())
     except (ValueError, TypeError) as e:
         raise ScenarioError("memfail compare", None, "--policy", str(e)) from None
-    if "name" not in spec:
-        base = make_policy(spec.get("base", "mainline"))
-        pol = pol.with_knobs(name=policy_label(pol, base))
-    return pol
 
 
 def vary(pols: list[GmemPolicy], knobs: list[str]) -> list[GmemPolicy]:

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from memfail.model import trace as _trace
-from memfail.model.units import fmt_size, parse_size
+from memfail.model.units import Geometry, fmt_size, parse_size
 
 from .errors import did_you_mean, one_of
 
@@ -172,6 +172,15 @@ class GeometrySpec(Strict):
         return self
 
 
+def host_memory(v: int | str) -> int | str:
+    """``v`` if it is a host memory size the model takes (64M to 1P), else ValueError; a
+    check configuration's host takes the same (check/config.py)."""
+    n = parse_size(v)
+    if n < (64 << 20) or n > MAX_HOST_MEMORY:
+        raise ValueError(f"host memory {fmt_size(n)} is out of range; give between 64M and 1P")
+    return v
+
+
 class HostSpec(Strict):
     """The machine: memory size, HugeTLB pools, HVO and sysctls at boot."""
 
@@ -186,10 +195,7 @@ class HostSpec(Strict):
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: int | str) -> int | str:
-        n = parse_size(v)
-        if n < (64 << 20) or n > MAX_HOST_MEMORY:
-            raise ValueError(f"host memory {fmt_size(n)} is out of range; give between 64M and 1P")
-        return v
+        return host_memory(v)
 
     @field_validator("sysctl")
     @classmethod
@@ -207,8 +213,9 @@ class HostSpec(Strict):
         64M hosts with a scaled 1G pool), a real one 1 GiB."""
         mem = parse_size(self.memory)
         g = self.geometry
-        pool = sum((parse_size(size) if g is None else
-                    4096 << (g.pmd_order if size == "2M" else g.pud_order)) * n
+        geo = Geometry.scaled(g.pmd_order, g.pud_order) if g is not None else None
+        pool = sum((parse_size(size) if geo is None else
+                    geo.page_size << geo.huge_order(size)) * n
                    for size, n in self.hugepages.items())
         if pool > mem:
             raise ValueError(

@@ -625,18 +625,19 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
         work.mkdir(parents=True, exist_ok=True)
         compile_pan(work, rendered.text, bitstate)
         deadline = time.perf_counter() + seconds if seconds is not None else None
+
+        def left() -> float | None:
+            """What is left of ``seconds`` for the next search (None: no bound)."""
+            return None if deadline is None else max(deadline - time.perf_counter(), 0.001)
+
         while todo:
             mask = sum(1 << index[p] for p in todo)
-            left = max(deadline - time.perf_counter(), 0.001) if deadline is not None \
-                else None
             with PANS.shared():
-                st = run_pan(work, bitstate, mask, limit, left)
+                st = run_pan(work, bitstate, mask, limit, left())
             if st.stopped in ("memory", "killed") and share > 1:
                 # out of memory or killed beside other pans: once more, alone
-                left = max(deadline - time.perf_counter(), 0.001) if deadline is not None \
-                    else None
                 with PANS.alone():
-                    st = run_pan(work, bitstate, mask, limit, left)
+                    st = run_pan(work, bitstate, mask, limit, left())
             runs.append(st)
             if not st.errors:
                 stop = _stop(st, bitstate)

@@ -142,29 +142,41 @@ def _from_mapping(spec: dict[Any, Any]) -> GmemPolicy:
     return pol.with_knobs(name=name or policy_label(pol, base))
 
 
+def _inline(text: str) -> dict[Any, Any]:
+    """An inline policy written as text, ``'{base: minimum, unmap_stage2: folio}'`` (YAML
+    flow), as its mapping."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        d = YAML(typ="safe").load(text)
+    except YAMLError as e:
+        raise ValueError(f"policy {text!r} is not a preset name nor a YAML mapping: "
+                         f"{' '.join(str(e).split())}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"an inline policy is a mapping like '{{base: minimum, "
+                         f"unmap_stage2: folio}}', got {text!r}")
+    return d
+
+
+def _spec(spec: Any) -> Any:
+    """``spec`` with an inline policy written as text read into its mapping."""
+    if isinstance(spec, str) and spec.strip().startswith("{"):
+        return _inline(spec.strip())
+    return spec
+
+
 def make_policy(spec: Any) -> GmemPolicy:
     """A preset name, a GmemPolicy, a mapping ``{base: NAME, name: ..., knob: value}`` or
     the same as text (``'{base: minimum, unmap_stage2: folio}'``, YAML flow), or a preset
     with the knobs it changes, ``minimum{unmap_stage2=folio}`` (``policy_label``: how
     ``memfail compare`` and ``memfail check`` name an inline policy). An inline policy
     without ``name`` is named by ``policy_label``."""
+    spec = _spec(spec)
     if isinstance(spec, GmemPolicy):
         return spec
     if isinstance(spec, str):
         text = spec.strip()
-        if text.startswith("{"):
-            from ruamel.yaml import YAML
-            from ruamel.yaml.error import YAMLError
-
-            try:
-                d = YAML(typ="safe").load(text)
-            except YAMLError as e:
-                raise ValueError(f"policy {text!r} is not a YAML mapping: "
-                                 f"{' '.join(str(e).split())}") from None
-            if not isinstance(d, dict):
-                raise ValueError(f"an inline policy is a mapping like '{{base: minimum, "
-                                 f"unmap_stage2: folio}}', got {text!r}")
-            return _from_mapping(d)
         pol = _from_label(text)
         if pol is not None:
             return pol
@@ -184,12 +196,8 @@ def policy_text(spec: Any) -> str:
     (``name:``) is refused: its name would not read back."""
     if isinstance(spec, str) and (spec in PRESETS or spec in ALIASES):
         return spec
-    pol = make_policy(spec)
-    d: Any = spec
-    if isinstance(spec, str) and spec.strip().startswith("{"):
-        from ruamel.yaml import YAML
-
-        d = YAML(typ="safe").load(spec)  # make_policy read it: a mapping
+    d = _spec(spec)
+    pol = make_policy(d)
     if isinstance(d, dict) and d.get("name") is not None:
         label = policy_label(pol, make_policy(d.get("base", DEFAULT_POLICY)))
         raise ValueError(f"policy {d['name']!r}: `name` is for scenarios; here an inline "
