@@ -66,7 +66,11 @@ def test_json_document(toy: Path) -> None:
     assert unmap["verdicts"]["contained"]["status"] == "PASS" and unmap["complete"]
     assert unmap["collision_probability"] < 1e-12
     assert set(unmap["coverage"]) == {"events_fired", "events_never", "hooks_fired",
-                                      "hooks_never"}
+                                      "hooks_never", "hooks_missing", "hooks_absent",
+                                      "entries_idle"}
+    # the toy system does not say which entries changed nothing, and has no policy hooks
+    assert unmap["coverage"]["entries_idle"] is None
+    assert unmap["coverage"]["hooks_missing"] is None and unmap["coverage"]["hooks_absent"] is None
 
 
 def test_workers_do_not_change_the_answer(toy: Path) -> None:
@@ -254,6 +258,32 @@ def test_spin_keeps_no_checkpoint(toy: Path, tmp_path: Path, flag: str) -> None:
     r = run(str(toy), "--engine", "spin", flag, str(tmp_path / "ck"))
     assert r.exit_code == 2
     assert r.stderr.startswith(f"memfail: error: {flag}: the SPIN engine keeps no checkpoint")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--engine", "spin", "--checkpoint-every", "5"),
+     "--checkpoint-every: the SPIN engine keeps no checkpoint"),
+    (("--engine", "spin", "--scheduler", "tcp://127.0.0.1:1"),
+     "--scheduler: the SPIN engine runs its pans on this machine"),
+    (("--engine", "spin", "--por"),
+     "--por: the SPIN engine has no partial-order reduction to ask for"),
+    (("--checkpoint-every", "5"), "--checkpoint-every: only with --checkpoint DIR or --resume"),
+    (("--policy", "minimum", "--policy", "minimum"), "--policy: minimum is given twice"),
+    (("--policy", "{base: minimum, unmap_stage2: folio}", "--policy",
+      "minimum{unmap_stage2=folio}"),
+     "--policy: minimum{unmap_stage2=folio} is given twice ('{base: minimum, unmap_stage2: "
+     "folio}' and 'minimum{unmap_stage2=folio}')"),
+    (("--policy", "{base: unmap, unmap_stage2: folio}", "--policy", "unmap"),
+     "--policy: unmap is given twice"),  # the knob's value is the preset's own
+    (("--swarm", "3", "--checkpoint-every", "5"), "--checkpoint-every: not with --swarm"),
+])
+def test_options_a_run_would_ignore_are_refused(toy: Path, args: tuple[str, ...],
+                                                expect: str) -> None:
+    """An option that would change nothing in this run is a usage error naming it, before
+    any work (exit 2), not silently ignored."""
+    r = run(str(toy), *args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"memfail: error: {expect}"), r.stderr
 
 
 @pytest.mark.parametrize(("args", "expect"), [

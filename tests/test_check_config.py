@@ -81,6 +81,15 @@ def test_list_parameters_vary_in_order() -> None:
     ("  - {event: scrub, vm: vm0}\nbogus: 1\n", "c.yaml:9: bogus: unknown field"),
     ("  - {event: scrub, vm: vm0}\nproperties: [contaned]\n",
      "c.yaml:9: properties[0]: unknown property 'contaned'"),
+    # no coercion: a YAML boolean or a quoted number is not a whole number, nor 1 a boolean
+    ("  - {event: scrub, vm: vm0}\nbounds: {depth: true}\n",
+     "c.yaml:9: bounds.depth: Input should be a valid integer, got True"),
+    ("  - {event: scrub, vm: vm0, limit: '2'}\n",
+     "c.yaml:8: events[0].limit: Input should be a valid integer, got '2'"),
+    ("  - {event: vmm_access, vm: vm0, page: 0, write: 1}\n",
+     "c.yaml:8: events[0]: event 'vmm_access': write must be one of false, true, got 1"),
+    ("  - {event: scrub, vm: vm0}\nbounds: [4, 1]\n",
+     "c.yaml:9: bounds: should be a mapping of its fields ({field: value, ...})"),
 ])
 def test_errors_name_file_line_and_field(tail: str, expect: str) -> None:
     assert error_of(BASE + tail).startswith(expect)
@@ -91,9 +100,16 @@ def test_errors_name_file_line_and_field(tail: str, expect: str) -> None:
      "c.yaml:8: events[0].page: page 4 is beyond vm0's guest memory: 4 pages of 4 KiB"),
     (BASE + "  - {event: punch_hole, vm: vm0, page: 2, pages: 4}\n",
      "c.yaml:8: events[0].page: page 2 + 4 pages is beyond vm0's guest memory"),
+    (BASE + "  - {event: realloc, vm: vm0, page: 4, pages: 4}\n",
+     "c.yaml:8: events[0].page: page 4 is beyond vm0's guest memory"),
     (BASE.replace("{2M: 1}", "{2M: 0}") + "  - {event: scrub, vm: vm0}\n",
      "c.yaml:6: vms[0].memory: the guest memory needs 1 2M HugeTLB page(s) but "
      "host.hugepages gives 0; set host: {hugepages: {2M: 1}}"),
+    # the pool a counterexample's scenario would refuse (scaled pages: 16K each here)
+    (BASE.replace("{hugepages: {2M: 1}}", "{memory: 64M, hugepages: {2M: 5000}}")
+     + "  - {event: scrub, vm: vm0}\n",
+     "c.yaml:2: host.hugepages: the HugeTLB pools take 80000K in the scaled geometry (a 2M "
+     "page is 16K, a 1G page 32K) but host.memory is 64M"),
 ])
 def test_guest_memory_the_set_up_cannot_build_is_refused(text: str, expect: str) -> None:
     """Pages past a VM's memory and pools too small for it are located input errors, not a

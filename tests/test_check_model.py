@@ -261,3 +261,134 @@ def test_a_vmm_reading_private_memory_is_not_a_memory_failure_victim(
     assert (v.status, v.depth) == (FAIL, 2)
     assert "BUS_ADRERR to qemu0" in (v.message or "")
     assert r.verdicts["unaffected-vms-run"].status == FAIL
+
+
+IDLE = """\
+policies: [minimum]
+host: {memory: 64M, hugepages: {2M: 2}}
+processes:
+  - {name: qemu0, threads: [main], sigbus: handler}
+vms:
+  - {name: vm0, vmm: qemu0, memory: 2M}
+events:
+  - {event: hw_error, vm: vm0, page: 0, detect: scrub}
+  - {event: vmm_access, vm: vm0, page: 0}
+  - {event: action, action: mem_read, args: {proc: qemu0, thread: main, addr: nosuch.ram}}
+  - {event: vmm_access, vm: vm0, page: 0, limit: 1}
+  - {event: action, action: mem_read, args: {proc: qemu0, thread: main, addr: vm0.ram}}
+bounds: {depth: 4, errors: 1}
+"""
+
+
+def test_entries_that_never_change_anything_are_reported(tmp_path: Path) -> None:
+    """Coverage names the alphabet entries no step of which changed the host or the monitor:
+    an `action` whose mapping does not exist (the model refuses it in every state: a no-op
+    step) is one; an entry that shares its label with another shares its steps; the report
+    is the same on 2 workers, after a resume from a checkpoint, and from a swarm."""
+    from memfail.check.backends import Backend
+    from memfail.check.swarm import SwarmOptions, swarm
+
+    cfg = load_config_text(IDLE)
+    sys = built(ModelSystem(cfg, "minimum"))
+    opts = Options(stop_when_all_fail=False)
+    r = explore(sys, bounds=Bounds(max_depth=4), options=opts)
+    assert r.coverage.kinds_never == []
+    assert r.coverage.entries_idle == [(2, "action")]
+    with make_backend(workers=2) as b:
+        two = explore(sys, b, Bounds(max_depth=4), opts)
+    assert two.coverage.entries_idle == [(2, "action")]
+    ck = Options(stop_when_all_fail=False, checkpoint_dir=tmp_path, checkpoint_every=0)
+    part = explore(sys, bounds=Bounds(max_depth=1), options=ck)
+    assert part.stop_reason == "depth"
+    assert part.coverage.entries_idle is not None
+    assert (2, "action") in part.coverage.entries_idle
+    resumed = explore(sys, bounds=Bounds(max_depth=4),
+                      options=Options(stop_when_all_fail=False, checkpoint_dir=tmp_path,
+                                      resume=True))
+    assert resumed.coverage.entries_idle == [(2, "action")]
+    sw = swarm(sys, Backend(), SwarmOptions(walks=20, walk_depth=6, seed=1))
+    assert sw.entries_idle == [(2, "action")]
+    with make_backend(workers=2) as b:
+        assert swarm(sys, b, SwarmOptions(walks=20, walk_depth=6, seed=1)).entries_idle == \
+            [(2, "action")]
+
+
+def test_an_entry_is_idle_when_its_steps_change_nothing_anywhere() -> None:
+    """A mem_read of the VMM's own healthy mapping changes nothing until the error; with the
+    errors bound at 0 it never does anything, and neither does a VMM access: both are idle,
+    while the step that does change the state (none here) would not be."""
+    cfg = load_config_text(IDLE.replace("errors: 1", "errors: 0"))
+    sys = built(ModelSystem(cfg, "minimum"))
+    r = explore(sys, bounds=Bounds(max_depth=4), options=Options(stop_when_all_fail=False))
+    assert r.coverage.kinds_never == ["hw_error"]
+    # hw_error never fired: reported as such, not again as idle
+    assert r.coverage.entries_idle == [(1, "vmm_access"), (2, "action"), (3, "vmm_access"),
+                                       (4, "action")]
+    # a search that stopped because every property failed says nothing of them (mainline
+    # drops the raw page's PG_hwpoison when the conversion merges the folio: depth 2)
+    cfg = load_config_text(MERGE_LOSES)
+    sys = built(ModelSystem(cfg, "mainline"))
+    first = explore(sys, bounds=Bounds(max_depth=4),
+                    options=Options(properties=("no-record-lost",)))
+    assert first.stop_reason == "all-failed" and first.coverage.entries_idle is None
+    full = explore(sys, bounds=Bounds(max_depth=4),
+                   options=Options(properties=("no-record-lost",), stop_when_all_fail=False))
+    assert full.coverage.entries_idle == []
+
+
+MERGE_LOSES = """\
+profile: next
+policies: [mainline]
+geometry: {pmd_order: 2}
+host: {memory: 64M, hugepages: {2M: 2}}
+processes:
+  - {name: q, threads: [main], sigbus: handler, mce_kill: {main: early}}
+guest_memfd:
+  - {name: g, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: v, type: sw-protected, vmm: q, vcpus: 1, gmem: g}
+events:
+  - {event: hw_error, vm: v, page: 3, detect: scrub, limit: 1}
+  - {event: convert, vm: v, page: 0, pages: 4, to: private, limit: 1}
+bounds: {depth: 4, errors: 1}
+"""
+
+
+def test_a_merge_that_drops_the_flag_says_whether_the_table_still_records_it() -> None:
+    """propagate_on_split false: the merge drops the raw page's PG_hwpoison. Under mainline
+    nothing else records the failure (record lost, no-record-lost fails); a policy that
+    handles the folio keeps it in its table (record=folio too), so the record is not lost,
+    and the policy event says so."""
+    from memfail.check.model_system import PolicyEvent
+
+    cfg = load_config_text(MERGE_LOSES)
+    for policy, lost in (("mainline", True), ("future{propagate_on_split=false}", False)):
+        sys = built(ModelSystem(cfg, policy))
+        s = sys.initial()
+        for label in list(sys.enabled(s))[:2]:  # hw_error, then convert to private
+            s = sys.step(s, label)
+        what = [e.what for e in s.events if isinstance(e, PolicyEvent) and e.hook == "merge"]
+        assert len(what) == 1
+        assert what[0].endswith("(record lost)") == lost, what
+        props = {p.name: p for p in sys.properties()}
+        assert (props["no-record-lost"].check(s) is not None) == lost
+
+
+def test_the_cli_names_the_entries_that_never_changed_anything(tmp_path: Path) -> None:
+    """`memfail check` prints them under the policy's line and gives them in the JSON."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from memfail.check import cli
+
+    app = typer.Typer()
+    app.command()(cli.check)
+    path = tmp_path / "idle.yaml"
+    path.write_text(IDLE)
+    r = CliRunner().invoke(app, [str(path)])
+    assert "events that never changed anything: events[2] (action)" in r.output, r.output
+    r = CliRunner().invoke(app, [str(path), "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["results"][0]["coverage"]["entries_idle"] == [{"entry": 2, "event": "action"}]

@@ -130,10 +130,26 @@ def test_spin_json_has_the_python_engine_shape(capsys: pytest.CaptureFixture[str
     assert r["states_per_s"] > r["states"] / r["elapsed_s"]
     # pan records the events that fired, not the policy hooks: those are null, not "none"
     assert r["coverage"]["events_fired"] and r["coverage"]["hooks_never"] is None
-    assert r["coverage"]["hooks_fired"] is None and r["coverage"].get("hooks_missing") is None
+    assert r["coverage"]["hooks_fired"] is None and r["coverage"]["hooks_missing"] is None
+    assert r["coverage"]["hooks_absent"] is None
+    assert r["coverage"]["entries_idle"] is None  # nor whether a step changed the state
     statuses = {n: v["status"] for n, v in r["verdicts"].items()}
     assert statuses["early-told"] == "FAIL" and statuses["contained"] == "PASS"
     assert r["verdicts"]["early-told"]["depth"] == 1
+
+
+def test_a_search_whose_every_property_failed_says_so(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """SPIN's stop reason when every selected property failed is the Python engine's
+    "all-failed", not a bound it never had."""
+    rc, doc = _check(capsys, "--engine", "spin", "--policy", "unmap", "--property",
+                     "early-told")
+    assert rc == 1
+    r = doc["results"][0]
+    assert r["verdicts"]["early-told"]["status"] == "FAIL"
+    assert r["stop_reason"] == "all-failed" and not r["complete"]
+    rc, py = _check(capsys, "--policy", "unmap", "--property", "early-told")
+    assert py["results"][0]["stop_reason"] == "all-failed"
 
 
 def test_bitstate_search_never_claims_pass(capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,8 @@ class Snapshot:
     level_cand: dict[int, Any] = field(default_factory=dict)
     level_reduced: list[tuple[int, int]] = field(default_factory=list)
     level_acc: dict[str, Any] = field(default_factory=dict)
+    # alphabet entries a step of changed something (None: not recorded, an older version)
+    entries: set[int] | None = field(default_factory=set)
 
 
 def checkpoint_path(directory: Path, identity: str) -> Path:

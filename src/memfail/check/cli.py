@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -207,9 +208,9 @@ def check(
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint directory: the check's options and, every --checkpoint-every "
              "seconds (also inside a search level), its progress.")] = None,
-    checkpoint_every: Annotated[float, typer.Option(
-        help="Seconds between checkpoints; a kill loses at most this much work.", min=0)
-    ] = 60.0,
+    checkpoint_every: Annotated[float | None, typer.Option(
+        help="Seconds between checkpoints (default 60; with --checkpoint or --resume); a kill "
+             "loses at most this much work.", min=0, show_default=False)] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the check whose --checkpoint directory this is, with the options "
              "stored there (an option given that differs is refused).")] = None,
@@ -266,7 +267,7 @@ _NO_BOUND = ("explores every reachable state, with no depth or state bound (docs
 def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None,
            workers: int, scheduler: str | None, out: Path | None, as_json: bool,
            max_depth: int | None, max_states: int | None, max_seconds: float | None,
-           max_memory: float | None, checkpoint: Path | None, checkpoint_every: float,
+           max_memory: float | None, checkpoint: Path | None, checkpoint_every: float | None,
            resume: Path | None, symmetry: bool | None, por: bool | None, races: bool | None,
            engine: str = "python", swarm: int | None = None, walk_depth: int | None = None,
            seed: int | None = None) -> None:
@@ -276,25 +277,35 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     if engine != "python":  # what the SPIN engine does not take
         not_spin: dict[str, tuple[object, str]] = {
             "--checkpoint": (checkpoint, _NO_CHECKPOINT), "--resume": (resume, _NO_CHECKPOINT),
-            "--max-depth": (max_depth, _NO_BOUND), "--max-states": (max_states, _NO_BOUND)}
+            "--checkpoint-every": (checkpoint_every, _NO_CHECKPOINT),
+            "--max-depth": (max_depth, _NO_BOUND), "--max-states": (max_states, _NO_BOUND),
+            "--scheduler": (scheduler, "runs its pans on this machine (one per policy, "
+                            "--workers at once); drop it, or use --engine python"),
+            "--por": (por or None, "has no partial-order reduction to ask for (pan searches "
+                      "one process: docs/check.md, Speed of the two engines); drop it")}
         for flag, (used, why) in not_spin.items():
             if used is not None:
                 raise OptionError(flag, f"the SPIN engine {why}")
     if swarm is None:
-        for swarm_only, flag in ((walk_depth, "--walk-depth"), (seed, "--seed")):
+        for swarm_only, flag, why in (
+                (walk_depth, "--walk-depth", "the exhaustive check's depth is --max-depth"),
+                (seed, "--seed", "the exhaustive check takes every path, with no seed")):
             if swarm_only is not None:
-                raise OptionError(flag, "only with --swarm N (a swarm search); the exhaustive "
-                                  "check's depth is --max-depth")
+                raise OptionError(flag, f"only with --swarm N (a swarm search); {why}")
     else:
         not_with: dict[str, object] = {
             "--checkpoint": checkpoint, "--resume": resume, "--max-depth": max_depth,
             "--max-states": max_states, "--max-seconds": max_seconds,
             "--max-memory": max_memory, "--symmetry": symmetry or None, "--por": por or None,
+            "--checkpoint-every": checkpoint_every,
             "--engine": None if engine == "python" else engine}
         for flag, used in not_with.items():
             if used is not None:
                 raise OptionError(flag, "not with --swarm (walks are bounded by --walk-depth "
                                   "and --swarm N; the Python engine runs them)")
+    if checkpoint_every is not None and checkpoint is None and resume is None:
+        raise OptionError("--checkpoint-every", "only with --checkpoint DIR or --resume DIR "
+                          "(it says how often the check's progress is written there)")
     if checkpoint is not None and resume is not None:
         raise OptionError("--checkpoint", "give either --checkpoint DIR (a new check) or "
                           "--resume DIR (continue one), not both")
@@ -342,14 +353,19 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     if policy:
         from memfail.model.policy.registry import policy_names, policy_text
 
-        named = []
+        named: list[str] = []
         for pol in policies:
             try:
-                named.append(policy_text(pol))
+                text = policy_text(pol)
             except (ValueError, TypeError) as e:
                 hint = "" if "{" in pol else did_you_mean(pol, policy_names())
                 raise OptionError("--policy", f"{e}{hint}") from None
-        policies = list(dict.fromkeys(named))
+            if text in named:  # as a configuration's policies: each once
+                raise OptionError("--policy", f"{text} is given twice "
+                                  f"({policies[named.index(text)]!r} and {pol!r}); give each "
+                                  "policy once")
+            named.append(text)
+        policies = named
     for path, option in ((out, "--out"), (checkpoint, "--checkpoint")):
         if path is not None:
             _writable_dir(path, option)
@@ -363,7 +379,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         record = _options_record(config, policies, props, symmetry, por, races, bounds)
         (checkpoint / OPTIONS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     options = Options(tuple(props), symmetry or cfg.symmetry, por, checkpoint_dir=ckpt,
-                      checkpoint_every=checkpoint_every, resume=resume is not None)
+                      checkpoint_every=60.0 if checkpoint_every is None else checkpoint_every,
+                      resume=resume is not None)
     err = Console(stderr=True)
     if swarm is not None:
         from memfail.check.swarm import SwarmOptions
@@ -384,11 +401,13 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         for pol in policies:
             system = _system_for(cfg, pol, races, where)
             if options.symmetry and getattr(system, "canonical", None) is None:
-                raise OptionError(
-                    "--symmetry", "symmetry reduction is not available for the memfail model "
-                    "(it would have to rename VMs together with their frames, pids and "
-                    "mappings inside a Host); drop --symmetry and `symmetry: true` "
-                    "(docs/check.md, Reductions)")
+                why = ("symmetry reduction is not available for the memfail model (it would "
+                       "have to rename VMs together with their frames, pids and mappings "
+                       "inside a Host); drop --symmetry and `symmetry: true` (docs/check.md, "
+                       "Reductions)")
+                if not symmetry and config is not None:  # the file's `symmetry: true`
+                    raise InputError(str(config), None, "symmetry", why)
+                raise OptionError("--symmetry", why)
             systems[pol] = system
         if pool is not None:  # every policy renders: only now start the searches
             share = min(workers, len(policies))  # pans at once (runner.check_policy)
@@ -509,6 +528,11 @@ def _swarm(cfg: CheckConfig, config: Path | None, policies: list[str], opt: Any,
         raise typer.Exit(1)
 
 
+def _say(console: Console, text: str) -> None:
+    """A line of the report: names and messages are text (a name like "q[/]" is no markup)."""
+    console.print(text, markup=False)
+
+
 def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]],
                  props: list[str], opt: Any, absent: dict[str, dict[str, str]]) -> None:
     table = Table(title=f"memfail check --swarm {opt.walks} (walk depth {opt.walk_depth}, "
@@ -522,17 +546,18 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
         for v in r.verdicts().values():
             colour = "red" if v.status == FAIL else "yellow"
             cells.append(f"[{colour}]{v.short()}[/{colour}]")
-        table.add_row(pol, *cells, f"{r.walks:,}")
+        table.add_row(escape(pol), *cells, f"{r.walks:,}")
     console.print(table)
     for pol, r, files in results:
         never = ", ".join(r.kinds_never) or "none"
-        console.print(f"{pol}: {r.walks:,} walks, {r.steps:,} steps (longest {r.longest}, "
+        _say(console, f"{pol}: {r.walks:,} walks, {r.steps:,} steps (longest {r.longest}, "
                       f"{r.ended_early} ended early), {r.walks_per_second:,.1f} walks/s, "
                       f"{r.steps_per_second:,.0f} steps/s; events never fired: {never}")
         _print_hooks(console, r.hooks_never, absent.get(pol, {}))
+        _print_idle(console, r.entries_idle)
         for name, f in r.found.items():
             where = f" -> {files[name]}" if name in files else ""
-            console.print(f"  {name}: FAIL in {f.walks} of {r.walks} walks (first: walk "
+            _say(console, f"  {name}: FAIL in {f.walks} of {r.walks} walks (first: walk "
                           f"{f.first_walk}, step {f.found_at}); shrunk to {len(f.labels)} "
                           f"steps: {f.message}{where}")
 
@@ -586,13 +611,20 @@ def _is_model(system: System) -> bool:
     return isinstance(system, ModelSystem)
 
 
+def _print_idle(console: Console, idle: list[tuple[int, str]] | None) -> None:
+    """The alphabet entries no step of which changed anything (Coverage.entries_idle)."""
+    if idle:
+        _say(console, "  events that never changed anything: "
+                      + ", ".join(f"events[{i}] ({event})" for i, event in idle))
+
+
 def _print_hooks(console: Console, never: list[str], absent: dict[str, str]) -> None:
     """The hooks a policy has that never fired, then those it does not have, with why."""
     missing = [h for h in never if h not in absent]
     if missing:
-        console.print(f"  policy hooks never fired: {', '.join(missing)}")
+        _say(console, f"  policy hooks never fired: {', '.join(missing)}")
     for hook, why in absent.items():
-        console.print(f"  policy hook {hook} cannot fire under this policy: {why}")
+        _say(console, f"  policy hook {hook} cannot fire under this policy: {why}")
 
 
 def _print_table(console: Console, results: list[tuple[str, Result, dict[str, str]]],
@@ -608,22 +640,23 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
             v = r.verdicts[p]
             colour = "green" if v.status == PASS else "red" if v.status == FAIL else "yellow"
             cells.append(f"[{colour}]{v.short()}[/{colour}]")
-        table.add_row(pol, *cells, f"{r.states:,}")
+        table.add_row(escape(pol), *cells, f"{r.states:,}")
     console.print(table)
     for pol, r, files in results:
         never = ", ".join(r.coverage.kinds_never) or "none"
-        console.print(f"{pol}: {r.states:,} states, {r.transitions:,} transitions, depth "
+        _say(console, f"{pol}: {r.states:,} states, {r.transitions:,} transitions, depth "
                       f"{r.depth}, {r.states_per_second:,.0f} states/s, "
                       f"{'complete' if r.complete else 'stopped: ' + str(r.stop_reason)}; "
                       f"fingerprint collision probability <= {r.collision_probability:.1e}; "
                       f"events never fired: {never}")
         _print_hooks(console, r.coverage.hooks_never, (absent or {}).get(pol, {}))
+        _print_idle(console, r.coverage.entries_idle)
         if r.stop_reason in STOP_HINTS:
-            console.print(f"  {STOP_HINTS[r.stop_reason]}")
+            _say(console, f"  {STOP_HINTS[r.stop_reason]}")
         for name, v in r.verdicts.items():
             if v.status == FAIL:
                 where = f" -> {files[name]}" if name in files else ""
-                console.print(f"  {name}: FAIL at depth {v.depth}: {v.message}{where}")
+                _say(console, f"  {name}: FAIL at depth {v.depth}: {v.message}{where}")
 
 
 # What to do about a SPIN search that pan did not finish (runner.run_pan, pan_memory_limit)
@@ -637,16 +670,20 @@ STOP_HINTS = {
 
 def coverage_json(events_fired: list[str], events_never: list[str],
                   hooks_fired: list[str] | None, hooks_never: list[str] | None,
-                  absent: dict[str, str] | None) -> dict[str, Any]:
+                  absent: dict[str, str] | None,
+                  entries_idle: list[tuple[int, str]] | None = None) -> dict[str, Any]:
     """The ``coverage`` object: with a model policy, ``hooks_missing`` (hooks the policy has
-    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why). Hooks not
-    recorded (the SPIN engine's) are null, not empty lists."""
+    that never fired) and ``hooks_absent`` (hooks it cannot fire: hook -> why);
+    ``entries_idle``, the alphabet entries no step of which changed anything. What is not
+    recorded (the SPIN engine's hooks and idle entries) is null, not an empty list."""
     out: dict[str, Any] = {"events_fired": events_fired, "events_never": events_never,
-                           "hooks_fired": hooks_fired, "hooks_never": hooks_never}
-    if absent is not None:
-        out["hooks_missing"] = None if hooks_never is None else \
-            [h for h in hooks_never if h not in absent]
-        out["hooks_absent"] = absent
+                           "hooks_fired": hooks_fired, "hooks_never": hooks_never,
+                           "entries_idle": None if entries_idle is None else
+                           [{"entry": i, "event": event} for i, event in entries_idle]}
+    # a system that is not the memfail model has no policy hooks to set apart: both null
+    out["hooks_missing"] = None if hooks_never is None or absent is None else \
+        [h for h in hooks_never if h not in absent]
+    out["hooks_absent"] = absent
     return out
 
 
@@ -685,7 +722,8 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
             "coverage": coverage_json(
                 r.coverage.kinds_fired, r.coverage.kinds_never,
                 r.coverage.hooks_fired if _engine(r) == "python" else None,
-                r.coverage.hooks_never if _engine(r) == "python" else None, absent.get(pol)),
+                r.coverage.hooks_never if _engine(r) == "python" else None, absent.get(pol),
+                r.coverage.entries_idle),
             "verdicts": {name: {
                 "status": v.status,
                 "depth": v.depth,

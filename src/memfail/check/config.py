@@ -26,7 +26,7 @@ class ConfigError(InputError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class GeometrySpec(Strict):
@@ -213,6 +213,17 @@ def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
         need[backing] = need.get(backing, 0) + -(-size // (4096 << order))
         where.setdefault(backing, ("guest_memfd", cfg.guest_memfd.index(g), "backing") if g
                          else ("vms", i, "memory"))
+    # the pools fit in the host's memory, each page of its size in the scaled geometry, as
+    # a counterexample's scenario checks (scenario/schema.py ``_pool_fits``)
+    pool = sum((4096 << (cfg.geometry.pmd_order if size_name == "2M"
+                         else cfg.geometry.pud_order)) * n
+               for size_name, n in cfg.host.hugepages.items())
+    if pool > parse_size(cfg.host.memory):
+        out.append((("host", "hugepages"),
+                    f"the HugeTLB pools take {pool >> 10}K in the scaled geometry (a 2M page "
+                    f"is {4 << cfg.geometry.pmd_order}K, a 1G page "
+                    f"{4 << cfg.geometry.pud_order}K) but host.memory is {cfg.host.memory}; "
+                    "lower the counts or raise host.memory"))
     for size_name, n in need.items():
         have = cfg.host.hugepages.get(size_name, 0)  # type: ignore[call-overload]
         if have < n:
@@ -223,6 +234,8 @@ def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
     for i, e in enumerate(cfg.events):
         vm = e.params.get("vm")
         page = e.params.get("page")
+        # realloc past the end is fallocate's to answer at run time (guest_memfd refuses it
+        # with EINVAL, a hugetlbfs file grows): only its first page must be the VM's
         extent = e.params.get("pages", 1) if e.event in ("convert", "punch_hole") else 1
         for name in _each(vm):
             if name not in pages or page is None:
@@ -380,6 +393,8 @@ def _validate(value: dict[str, Any], lines: dict[Loc, int], file: str) -> CheckC
             msg = "unknown field; remove it or check its spelling (see docs/check.md)"
         elif first["type"] == "missing":
             msg = "required field is missing"
+        elif first["type"] == "model_type":  # pydantic names the schema's class
+            msg = "should be a mapping of its fields ({field: value, ...})"
         elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
             msg = f"{msg}, got {_short(first['input'])}"
         raise ConfigError(file, line, _fmt(loc) or None, msg) from None

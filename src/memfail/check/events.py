@@ -98,7 +98,8 @@ class EventDef:
                                  "or a list of values")
             if p.choices is not None:
                 for x in values:
-                    if x not in p.choices:
+                    # 1 == True in Python: a choice matches by value and type alike
+                    if not any(x == c and type(x) is type(c) for c in p.choices):
                         raise ValueError(f"event {self.name!r}: {k} must be one of "
                                          f"{', '.join(map(knob_text, p.choices))}, got {x!r}")
             for x in values:

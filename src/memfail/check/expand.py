@@ -32,6 +32,7 @@ class ChunkResult:
     reduced: list[tuple[int, int]] = field(default_factory=list)  # (rank, ample successor fp)
     kinds: set[str] = field(default_factory=set)
     hooks: set[str] = field(default_factory=set)
+    entries: set[int] = field(default_factory=set)  # alphabet entries a step of changed something
     transitions: int = 0
 
 
@@ -82,6 +83,7 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
     transition but not returned: its parent is already known."""
     res = ChunkResult()
     coverage = getattr(system, "coverage", None)
+    effective = getattr(system, "effective", None)
     affinity = getattr(system, "affinity", None)
     compact = getattr(system, "compact", _keep)
     successors = getattr(system, "successors", None) or _successors(system)
@@ -98,6 +100,8 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
             res.kinds.add(label_kind(system, label))
             if coverage is not None:
                 res.hooks.update(coverage(t))
+            if effective is not None:
+                res.entries.update(effective(t))
             if chosen is not None:
                 res.reduced.append((rank, fp))
             if fp == pfp:

@@ -81,6 +81,9 @@ class Coverage:
     kinds_never: list[str]
     hooks_fired: list[str]
     hooks_never: list[str]
+    # alphabet entries (index in the configuration's events, event) no step of which changed
+    # anything (System ``effective``); None where not recorded
+    entries_idle: list[tuple[int, str]] | None = None
 
 
 @dataclass
@@ -185,6 +188,7 @@ class Explorer:
             self.found[name] = Violation(name, 0, msg, fp0)
         self.kinds: set[str] = set()
         self.hooks: set[str] = set()
+        self.entries: set[int] | None = set()
         self.transitions = 0
         self.elapsed_before = 0.0
         self._lvl = None
@@ -198,7 +202,8 @@ class Explorer:
         snap = checkpoint.Snapshot(
             self.identity, self.depth, [(fp, as_bytes(s)) for fp, s in self.frontier],
             self.parents, dict(self.found), set(self.kinds), set(self.hooks), self.transitions,
-            self.elapsed_before + time.monotonic() - self.t0)
+            self.elapsed_before + time.monotonic() - self.t0,
+            entries=None if self.entries is None else set(self.entries))
         if self._lvl is not None:
             snap.level_done = set(self._lvl.done)
             snap.level_cand = {fp: replace(succ, state=as_bytes(succ.state))
@@ -206,6 +211,7 @@ class Explorer:
             snap.level_reduced = list(self._lvl.reduced)
             snap.level_acc = {"kinds": set(self._lvl.acc["kinds"]),
                               "hooks": set(self._lvl.acc["hooks"]),
+                              "entries": _copy(self._lvl.acc["entries"]),
                               "transitions": self._lvl.acc["transitions"]}
         return snap
 
@@ -223,6 +229,7 @@ class Explorer:
         self.depth = snap.depth
         self.found = dict(snap.violations)
         self.kinds, self.hooks = set(snap.kinds), set(snap.hooks)
+        self.entries = _copy(getattr(snap, "entries", None))  # None: an older checkpoint
         self.transitions = snap.transitions
         self.elapsed_before = snap.elapsed
         self._lvl = None
@@ -233,6 +240,7 @@ class Explorer:
             self._lvl = Level(set(snap.level_done), cand, list(snap.level_reduced),
                               {"kinds": set(snap.level_acc.get("kinds", ())),
                                "hooks": set(snap.level_acc.get("hooks", ())),
+                               "entries": _copy(snap.level_acc.get("entries")),
                                "transitions": snap.level_acc.get("transitions", 0)})
 
     # ------------------------------------------------------------------ the loop
@@ -320,6 +328,8 @@ class Explorer:
             reduced.extend(res.reduced)
             acc["kinds"] |= res.kinds
             acc["hooks"] |= res.hooks
+            if acc["entries"] is not None:
+                acc["entries"] |= res.entries
             acc["transitions"] += res.transitions
             if done is not None:  # inside a level: what is expanded is saved on the interval
                 done.update(rank for rank, _, _ in chunks[i])
@@ -332,7 +342,8 @@ class Explorer:
     def _level(self) -> str | None:
         items = [(rank, fp, s) for rank, (fp, s) in enumerate(self.frontier)]
         if self._lvl is None:  # else: resumed inside this level
-            self._lvl = Level(set(), {}, [], {"kinds": set(), "hooks": set(), "transitions": 0})
+            self._lvl = Level(set(), {}, [], {"kinds": set(), "hooks": set(),
+                                              "entries": _copy(self.entries), "transitions": 0})
         lvl = self._lvl
         cand, reduced, acc = lvl.cand, lvl.reduced, lvl.acc
         todo = [it for it in items if it[0] not in lvl.done]
@@ -342,6 +353,7 @@ class Explorer:
         # A checkpoint from here to the end of the level holds the level as expanded so far.
         self._lvl = Level(lvl.done, dict(cand), list(reduced),
                           {"kinds": set(acc["kinds"]), "hooks": set(acc["hooks"]),
+                           "entries": _copy(acc["entries"]),
                            "transitions": acc["transitions"]})
         if reduced:
             # BFS cycle proviso (C3): a reduced state whose ample successor was already
@@ -355,6 +367,7 @@ class Explorer:
                     return over
         self.kinds |= acc["kinds"]
         self.hooks |= acc["hooks"]
+        self.entries = acc["entries"]
         self.transitions += acc["transitions"]
         new = sorted(cand.items(), key=lambda kv: kv[1].key)
         frontier_fps = [fp for fp, _ in self.frontier]
@@ -407,12 +420,32 @@ class Explorer:
                 verdicts[name] = Verdict(name, PARTIAL, reason=stop)
         kinds = list(optional_seq(self.system, "alphabet"))
         hooks = list(optional_seq(self.system, "hooks"))
-        cov = Coverage(sorted(self.kinds), [k for k in kinds if k not in self.kinds],
-                       sorted(self.hooks), [h for h in hooks if h not in self.hooks])
+        never = [k for k in kinds if k not in self.kinds]
+        # a search that stopped because every property failed says nothing of the entries
+        idle = None if stop == "all-failed" else idle_entries(self.system, self.entries, never)
+        cov = Coverage(sorted(self.kinds), never, sorted(self.hooks),
+                       [h for h in hooks if h not in self.hooks], idle)
         elapsed = self.elapsed_before + time.monotonic() - self.t0
         return Result(system_name(self.system), verdicts, len(self.parents), self.transitions,
                       self.depth, not self.frontier, stop, elapsed, cov, self.backend.workers,
                       self.opt.symmetry, self.opt.por)
+
+
+def _copy(entries: set[int] | None) -> set[int] | None:
+    return None if entries is None else set(entries)
+
+
+def idle_entries(system: System, effective: set[int] | None,
+                 never: Sequence[str] = ()) -> list[tuple[int, str]] | None:
+    """The alphabet entries (index, event) of ``system`` no step of which changed anything,
+    given the entries one did (``effective``); None when the system does not say
+    (``alphabet_entries``) or they were not recorded. Entries the system cannot carry out
+    (event "") and those of events that never fired (``never``) are left out: those are
+    reported as never fired."""
+    names = getattr(system, "alphabet_entries", None)
+    if names is None or effective is None:
+        return None
+    return [(i, e) for i, e in enumerate(names()) if e and e not in never and i not in effective]
 
 
 def concretise(system: System, labels: Sequence[Label], parents: dict[int, Any],

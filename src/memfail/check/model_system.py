@@ -56,8 +56,8 @@ class ModelState:
     once (for the fingerprint) and serves as the source of every successor's copy and as the
     form a state travels in between processes, where the Host is rebuilt on first use."""
 
-    __slots__ = ("_host", "_key", "blob", "copied", "counts", "errors", "events", "hfp",
-                 "inflight", "monitor", "primer")
+    __slots__ = ("_host", "_key", "blob", "copied", "counts", "effective", "errors", "events",
+                 "hfp", "inflight", "monitor", "primer")
 
     def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
                  events: tuple[Event, ...] = (),
@@ -75,6 +75,9 @@ class ModelState:
         self.hfp: int | None = None  # fingerprint of the host's canonical encoding, once known
         self._key: bytes | None = None
         self.copied = False  # the Host was rebuilt from the snapshot (not the one it was made of)
+        # the alphabet entries of the label whose step made this state, when that step
+        # changed the host or what the properties observe (the monitor); else () (``effective``)
+        self.effective: tuple[int, ...] = ()
 
     @property
     def host(self) -> Any:
@@ -260,6 +263,9 @@ class ModelSystem:
                 else:
                     self.unavailable.append(label)
         self._entry_of = {label: i for i, label in reversed(self.entries)}
+        self._entries_of: dict[Label, tuple[int, ...]] = {}  # a label may be in two entries
+        for i, label in self.entries:
+            self._entries_of[label] = (*self._entries_of.get(label, ()), i)
         selected = config.properties
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
         self._properties: tuple[Property, ...] | None = None
@@ -432,13 +438,16 @@ class ModelSystem:
     def step(self, s: ModelState, label: Any) -> ModelState:
         kvm_model()  # a worker process registers every handler before its first step
         before, host = s.host, s.fresh_host()
+        base = _snapshot(host, self._primer)  # the copy as it came (see ``successors``)
         eff = self._effect(s, label, host, lambda pfns: _vms_holding(before, pfns),
                            self._frames(before))
         if eff is None:
             return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
-        return self._finish(s, label, eff[0], eff[1],
-                            ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
-                                       eff[0].after, primer=self._primer))
+        after = _snapshot(host, self._primer)
+        t = ModelState(host, s.counts, s.errors, s.monitor, eff[0].events, eff[0].after,
+                       after, self._primer)
+        changed = base is None or after is None or after != base
+        return self._finish(s, label, eff[0], eff[1], t, changed=changed)
 
     def successors(self, s: ModelState, labels: Sequence[Any]) -> Iterator[ModelState]:
         """``step(s, label)`` for each label, working on one Host in place: a step that leaves
@@ -521,7 +530,7 @@ class ModelSystem:
             if mkey is not None:
                 self._remember(mkey, hit)
             if made is not None and eff is not None:
-                yield self._finish(s, label, eff[0], eff[1], made, mkey)
+                yield self._finish(s, label, eff[0], eff[1], made, mkey, changed=True)
             else:
                 yield self._from_memo(s, label, hit, mkey)
 
@@ -541,7 +550,7 @@ class ModelSystem:
             return ModelState(None, s.counts, s.errors, s.monitor, (), s.inflight, s.frozen())
         t = self._finish(s, label, Effect(events, after, vm), holding,
                          ModelState(None, s.counts, s.errors, s.monitor, events, after, snap),
-                         mkey)
+                         mkey, changed=kind == NEW)
         if kind == SAME:
             t.hfp = s.hfp  # its canonical encoding is the parent's
         return t
@@ -595,11 +604,13 @@ class ModelSystem:
         return Effect(events, tuple(sorted(inflight, key=repr)), vm), holding
 
     def _finish(self, s: ModelState, label: Any, eff: Effect, holding: frozenset[str],
-                t: ModelState, mkey: Any = None) -> ModelState:
+                t: ModelState, mkey: Any = None, changed: bool = True) -> ModelState:
         """The successor of ``s`` by ``label`` from the label's effect: ``t`` (its host part)
         with the monitor folded and the capped entry and the error counted. ``mkey`` names
         the effect (``successors``): the folded monitor is remembered per (monitor, effect),
-        and one Monitor object is kept per value, so its canonical bytes are made once."""
+        and one Monitor object is kept per value, so its canonical bytes are made once.
+        ``changed`` says the step changed the host: then, or when it changed the monitor,
+        ``t.effective`` names the label's alphabet entries (``effective``)."""
         origin = races.origin(label)
         event = EVENTS[origin[0]]
         fkey = (s.monitor, mkey) if mkey is not None else None
@@ -623,6 +634,8 @@ class ModelSystem:
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
         t.counts, t.errors, t.monitor = counts, errors, mon
+        if changed or mon != s.monitor:
+            t.effective = self._entries_of[origin]
         return t
 
     def _atomic(self, host: Any, label: Any) -> None:
@@ -717,6 +730,21 @@ class ModelSystem:
     def coverage(self, s: ModelState) -> list[str]:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
 
+    def effective(self, s: ModelState) -> tuple[int, ...]:
+        """The alphabet entries (their indices in the configuration's ``events``: every entry
+        that has the label) of the step that made ``s`` when that step changed the host or
+        the monitor, else none: a step that ran and left both as they were (a model action
+        refused in this state, ``realloc`` over allocated pages) is not effective, though it
+        may still count against its ``limit``."""
+        return s.effective
+
+    def alphabet_entries(self) -> Sequence[str]:
+        """The event of each alphabet entry, by its index in ``events``; an entry the model
+        cannot carry out (no label of it is available) is ``""``: its event is reported as
+        never fired instead."""
+        have = {i for i, _ in self.entries}
+        return [e.event if i in have else "" for i, e in enumerate(self.config.events)]
+
     def hooks(self) -> Sequence[str]:
         """Every policy hook the model reports as a ``PolicyEvent`` (``POLICY_HOOKS``)."""
         return list(POLICY_HOOKS)
@@ -747,6 +775,14 @@ class ModelSystem:
         if h.panicked:
             out["panic"] = str(h.panicked)
         return out
+
+
+def _snapshot(host: Any, primer: Primer | None) -> bytes | None:
+    """``freeze(host)``, or None for a host that cannot be pickled."""
+    try:
+        return freeze(host, primer)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
 
 
 def _failed_pfns(events: tuple[Any, ...]) -> set[int]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from memfail.check.backends import Backend
-from memfail.check.explorer import FAIL, PARTIAL, Verdict
+from memfail.check.explorer import FAIL, PARTIAL, Verdict, idle_entries
 from memfail.check.system import Label, Property, State, System, label_kind, optional_seq
 
 SHRINK_WALKS = 3
@@ -50,6 +50,7 @@ class Walk:
     found: dict[str, tuple[int, str]]
     kinds: set[str]
     hooks: set[str]
+    entries: set[int] = field(default_factory=set)  # alphabet entries a step changed something
 
 
 @dataclass
@@ -79,6 +80,7 @@ class SwarmResult:
     hooks_never: list[str]
     selected: tuple[str, ...]
     found: dict[str, Found] = field(default_factory=dict)
+    entries_idle: list[tuple[int, str]] | None = None  # explorer.idle_entries
 
     @property
     def walks_per_second(self) -> float:
@@ -126,6 +128,7 @@ def walk(system: System, seed: int, index: int, depth: int,
     rng = random.Random(walk_seed(seed, _name(system), index))
     props = _selected(system, names)
     coverage = getattr(system, "coverage", None)
+    effective = getattr(system, "effective", None)
     s = system.initial()
     out = Walk(index, [], {}, set(), set())
     for step in range(1, depth + 1):
@@ -138,6 +141,8 @@ def walk(system: System, seed: int, index: int, depth: int,
         out.kinds.add(label_kind(system, label))
         if coverage is not None:
             out.hooks.update(coverage(s))
+        if effective is not None:
+            out.entries.update(effective(s))
         for p in props:
             if p.name not in out.found:
                 msg = p.check(s)
@@ -308,7 +313,9 @@ def swarm(system: System, backend: Backend, opt: SwarmOptions,
         _name(system), len(walks), steps, max((len(w.labels) for w in walks), default=0),
         sum(1 for w in walks if len(w.labels) < opt.walk_depth), time.monotonic() - t0,
         sorted(kinds), [k for k in alphabet if k not in kinds], sorted(hooks),
-        [h for h in every_hook if h not in hooks], selected, found)
+        [h for h in every_hook if h not in hooks], selected, found,
+        idle_entries(system, set().union(*(w.entries for w in walks)),
+                     [k for k in alphabet if k not in kinds]))
 
 
 SWARM_SCHEMA = "memfail.swarm/1"
@@ -358,7 +365,7 @@ def swarm_json(config: str, file: object, opt: SwarmOptions,
             "walks_per_s": round(r.walks_per_second, 2),
             "steps_per_s": round(r.steps_per_second, 1),
             "coverage": coverage_json(r.kinds_fired, r.kinds_never, r.hooks_fired,
-                                      r.hooks_never, absent.get(pol)),
+                                      r.hooks_never, absent.get(pol), r.entries_idle),
             "verdicts": {name: verdict(r, name, files) for name in r.selected},
         } for pol, r, files in results],
     }

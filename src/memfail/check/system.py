@@ -50,6 +50,11 @@ class System(Protocol):
 #   hooks() -> Sequence[str]         every hook name, to report those never fired
 #   alphabet() -> Sequence[str]      every label kind, to report those never fired
 #   label_kind(label) -> str         the kind of a label (default: str of its first item)
+#   effective(s) -> Iterable[int]    the alphabet entries of the step that made s, when that
+#                                    step changed something (coverage: entries that never did)
+#   alphabet_entries() -> Sequence[str]
+#                                    the event of every alphabet entry, by index ("" for one
+#                                    the system cannot carry out), for ``effective``
 #   render(s) -> dict[str, str]      a flat view of s for diff-style counterexample traces
 #   successors(s, labels) -> Iterable[State]
 #                                    step(s, label) for each label in order, all at once (may

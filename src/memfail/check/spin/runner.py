@@ -674,11 +674,15 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
                             [k for k in kinds if k not in fired], [], [])
     else:
         coverage = Coverage([k for k in kinds if k in fired], [], [], [])
+    # the last search ended at a violation when every property failed: the search stopped
+    # because nothing was left to check (the Python engine's "all-failed"), not at a bound
+    stop = "all-failed" if last.errors and props and \
+        all(verdicts[p].status == FAIL for p in props) else _stop(last, bitstate)
     result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
                     complete=_stop(last, bitstate) is None and not last.errors,
-                    stop_reason=_stop(last, bitstate),
+                    stop_reason=stop,
                     elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)
     result.bitstate = bitstate

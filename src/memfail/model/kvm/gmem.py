@@ -203,10 +203,22 @@ def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
             host.phys.hwpoison.update(poisoned)
             policy_event(host, "split", f"PG_hwpoison moved to {len(poisoned)} raw page(s)")
         else:
-            policy_event(host, "split", "folio PG_hwpoison dropped by the split (record lost)")
+            policy_event(host, "split", "folio PG_hwpoison dropped by the split "
+                         + _left(host, poisoned))
     if folio.refs["mf"]:
         first = inode.pages[folio.index + ((poisoned[0] - folio.pfn) if poisoned else 0)]
         first.get("mf", folio.refs["mf"])
+
+
+def _left(host: Host, pfns: list[int]) -> str:
+    """What still records ``pfns`` once a split or merge dropped their PG_hwpoison: the
+    policy's table keeps a pfn it recorded (``record_failure`` fills it whatever ``record``
+    says), so the failure is not lost (``no-record-lost``, outcomes ``records_lost``), but
+    the kernel's users that trust PG_hwpoison no longer see it (``no-host-panic``)."""
+    t = table(host)
+    if all(p in t for p in pfns):
+        return "(the policy's table still records it; PG_hwpoison readers no longer see it)"
+    return "(record lost)"
 
 
 def gmem_merge(host: Host, inode: Inode, head: int, hook: str = "merge") -> None:
@@ -240,7 +252,7 @@ def gmem_merge(host: Host, inode: Inode, head: int, hook: str = "merge") -> None
             folio.raw_hwp.extend(poisoned)
             policy_event(host, hook, f"{len(poisoned)} raw poisoned page(s) kept on the folio")
         else:
-            policy_event(host, hook, "raw PG_hwpoison dropped by the merge (record lost)")
+            policy_event(host, hook, "raw PG_hwpoison dropped by the merge " + _left(host, poisoned))
 
 
 def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) -> None:

@@ -20,6 +20,11 @@ VmOnError = Literal["none", "kill", "unusable"]
 Scope = Literal["hugetlb", "all"]
 Backing = Literal["gmem", "hugetlbfs"]
 
+def knob_text(v: Any) -> str:
+    """A knob value as a label and YAML write it (``true``, ``null``, ``folio``)."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
 KNOB_DOCS: dict[str, str] = {
     "handles": "Which guest_memfd folios memory_failure() hands to the policy instead of the "
                "kernel's own path: 'none' (mainline: 4K folios go through the LRU path and "
@@ -37,8 +42,9 @@ KNOB_DOCS: dict[str, str] = {
                        "what free_has_hwpoisoned / R57, R88 do). Without it, free_huge_folio "
                        "keeps the marked folio on the free list, skipped by allocation (R55).",
     "propagate_on_split": "Move PG_hwpoison to the right sub-folio on split and back on merge "
-                          "(needs the locking C8 asks for); without it a folio-flag record is "
-                          "lost on conversion.",
+                          "(needs the locking C8 asks for); without it conversion drops the "
+                          "flag (the policy's table still records the failure; kernel users "
+                          "that trust PG_hwpoison no longer see it).",
     "unmap_stage2": "What is zapped from stage 2 (EPT/NPT) when the error is detected: 'none' "
                     "(C2), 'subpage' (C8 opt-in), 'folio' (mainline kvm_gmem_error_folio, Dan), "
                     "'vm' (Sean: everything of every bound VM).",
@@ -146,9 +152,13 @@ class GmemPolicy:
             if k not in valid:
                 raise ValueError(f"unknown policy knob {k!r}; knobs: {', '.join(sorted(valid))}")
             allowed = knob_values(k)
-            if allowed is not None and v not in allowed:
+            # by value and type: 1 == True, but 1 is not a knob's true
+            if allowed is not None and not any(v == a and type(v) is type(a) for a in allowed):
+                texts = [knob_text(a) for a in allowed]
+                hint = " (a quoted string: write it without quotes)" \
+                    if isinstance(v, str) and v.lower() in texts else ""
                 raise ValueError(f"policy knob {k}: {v!r} is not one of "
-                                 f"{', '.join(map(str, allowed))}")
+                                 f"{', '.join(texts)}{hint}")
         return replace(self, name=name or f"{self.name}+custom", **knobs)
 
     def unmerged(self) -> list[str]:

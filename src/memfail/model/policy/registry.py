@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import GmemPolicy, knob_values
+from .base import GmemPolicy, knob_text, knob_values
 
 PRESETS: dict[str, GmemPolicy] = {}
 
@@ -91,11 +91,6 @@ ALIASES = {"mainline-prefix": "mainline"}
 
 def policy_names() -> list[str]:
     return list(PRESETS)
-
-
-def knob_text(v: Any) -> str:
-    """A knob value as a label writes it (``true``, ``null``, ``folio``)."""
-    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def policy_label(pol: GmemPolicy, base: GmemPolicy) -> str:

@@ -666,6 +666,13 @@ def section_fidelity(d: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _idle(idle: list[dict[str, Any]] | None) -> str:
+    """A check result's ``coverage.entries_idle`` (None: not recorded)."""
+    if idle is None:
+        return "not recorded"
+    return e(", ".join(f"events[{x['entry']}] ({x['event']})" for x in idle)) or "none"
+
+
 def section_bounds(d: dict[str, Any]) -> str:
     chk = d["check"]
     b = chk["bounds"]
@@ -680,7 +687,8 @@ def section_bounds(d: dict[str, Any]) -> str:
                      f"{r['collision_probability']:.1e}",
                      e(", ".join(r["coverage"]["events_never"]) or "none"),
                      "not recorded" if r["coverage"]["hooks_never"] is None else
-                     e(", ".join(r["coverage"]["hooks_never"]) or "none")])
+                     e(", ".join(r["coverage"]["hooks_never"]) or "none"),
+                     _idle(r["coverage"].get("entries_idle"))])
     props = sorted({p for r in chk["results"] for p in r["verdicts"]})
     vrows = [[e(p), *(_status(r["verdicts"][p], r["policy"], p) for r in chk["results"])]
              for p in props]
@@ -692,7 +700,8 @@ def section_bounds(d: dict[str, Any]) -> str:
                      "checkv wide", "Verdict per property and policy")
             + _table(["policy", "states", "transitions", "depth", "search", "verdicts",
                       "fingerprint collision ≤", "events never fired",
-                      "policy hooks never fired"], rows, "bounds wide", "Coverage")
+                      "policy hooks never fired", "events that never changed anything"],
+                     rows, "bounds wide", "Coverage")
             + _spin_bounds(d.get("check_spin") or {"ran": False, "why": "not collected"}))
 
 
