@@ -313,6 +313,17 @@ def test_entries_that_never_change_anything_are_reported(tmp_path: Path) -> None
             [(2, "action")]
 
 
+def test_a_search_stopped_inside_a_level_reports_the_coverage_of_what_it_did() -> None:
+    """Stopped by time after the first chunk of a level (the budget is checked after each
+    chunk): the coverage includes that chunk's steps, not only the levels before it."""
+    sys = built(ModelSystem(load_config_text(IDLE), "minimum"))
+    r = explore(sys, bounds=Bounds(max_seconds=1e-9), options=Options(stop_when_all_fail=False))
+    assert r.stop_reason == "time" and r.depth == 0
+    assert "hw_error" in r.coverage.kinds_fired and r.coverage.kinds_never == []
+    idle = r.coverage.entries_idle
+    assert idle is not None and (2, "action") in idle and (0, "hw_error") not in idle
+
+
 def test_an_entry_is_idle_when_its_steps_change_nothing_anywhere() -> None:
     """A mem_read of the VMM's own healthy mapping changes nothing until the error; with the
     errors bound at 0 it never does anything, and neither does a VMM access: both are idle,

@@ -420,11 +420,16 @@ class Explorer:
                 verdicts[name] = Verdict(name, PARTIAL, reason=stop)
         kinds = list(optional_seq(self.system, "alphabet"))
         hooks = list(optional_seq(self.system, "hooks"))
-        never = [k for k in kinds if k not in self.kinds]
+        fired, hooked, entries = set(self.kinds), set(self.hooks), _copy(self.entries)
+        if self._lvl is not None:  # stopped inside a level (time, memory): what it did so far
+            fired |= self._lvl.acc["kinds"]
+            hooked |= self._lvl.acc["hooks"]
+            entries = _copy(self._lvl.acc["entries"])  # it started from self.entries
+        never = [k for k in kinds if k not in fired]
         # a search that stopped because every property failed says nothing of the entries
-        idle = None if stop == "all-failed" else idle_entries(self.system, self.entries, never)
-        cov = Coverage(sorted(self.kinds), never, sorted(self.hooks),
-                       [h for h in hooks if h not in self.hooks], idle)
+        idle = None if stop == "all-failed" else idle_entries(self.system, entries, never)
+        cov = Coverage(sorted(fired), never, sorted(hooked),
+                       [h for h in hooks if h not in hooked], idle)
         elapsed = self.elapsed_before + time.monotonic() - self.t0
         return Result(system_name(self.system), verdicts, len(self.parents), self.transitions,
                       self.depth, not self.frontier, stop, elapsed, cov, self.backend.workers,
