@@ -385,21 +385,18 @@ def test_a_merge_that_drops_the_flag_says_whether_the_table_still_records_it() -
         assert (props["no-record-lost"].check(s) is not None) == lost
 
 
-def test_the_cli_names_the_entries_that_never_changed_anything(tmp_path: Path) -> None:
+def test_the_cli_names_the_entries_that_never_changed_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`memfail check` prints them under the policy's line and gives them in the JSON."""
     import json
 
-    import typer
-    from typer.testing import CliRunner
+    from memfail.cli import main
 
-    from memfail.check import cli
-
-    app = typer.Typer()
-    app.command()(cli.check)
     path = tmp_path / "idle.yaml"
     path.write_text(IDLE)
-    r = CliRunner().invoke(app, [str(path)])
-    assert "events that never changed anything: events[2] (action)" in r.output, r.output
-    r = CliRunner().invoke(app, [str(path), "--json"])
-    doc = json.loads(r.stdout)
+    main(["check", str(path)])
+    out = capsys.readouterr().out
+    assert "events that never changed anything: events[2] (action)" in out, out
+    main(["check", str(path), "--json"])
+    doc = json.loads(capsys.readouterr().out)
     assert doc["results"][0]["coverage"]["entries_idle"] == [{"entry": 2, "event": "action"}]

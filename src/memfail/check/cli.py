@@ -201,10 +201,16 @@ def check(
     out: Annotated[Path | None, typer.Option(
         help="Write a counterexample scenario per policy and violated property here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the memfail.check/1 JSON.")] = False,
-    max_depth: Annotated[int | None, typer.Option(help="Depth bound (default: the config's; the Python engine's only: SPIN explores every state).", min=0)] = None,
-    max_states: Annotated[int | None, typer.Option(help="Stop after this many states (the Python engine only).", min=1)] = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds (per policy; with SPIN, its searches after the compile).", min=0.001)] = None,
-    max_memory: Annotated[float | None, typer.Option(help="Stop above this RSS (MiB; with SPIN, each pan's address space).", min=1)] = None,
+    max_depth: Annotated[int | None, typer.Option(
+        help="Depth bound (default: the config's; the Python engine's only: SPIN explores "
+             "every state).", min=0)] = None,
+    max_states: Annotated[int | None, typer.Option(
+        help="Stop after this many states (the Python engine only).", min=1)] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        help="Stop after this many seconds (per policy; with SPIN, its searches after the "
+             "compile).", min=0.001)] = None,
+    max_memory: Annotated[float | None, typer.Option(
+        help="Stop above this RSS (MiB; with SPIN, each pan's address space).", min=1)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint directory: the check's options and, every --checkpoint-every "
              "seconds (also inside a search level), its progress.")] = None,

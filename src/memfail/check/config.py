@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memfail.check.events import EVENTS, check_action, event_names
 from memfail.inputs import InputError, did_you_mean, fmt_loc, line_of, load_yaml
-from memfail.model.units import parse_size
+from memfail.model.units import Geometry, parse_size
 
 STANDARD = Path(__file__).with_name("standard.yaml")
 MAX_BYTES = 1 << 20
@@ -202,6 +202,7 @@ def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
     pages: dict[str, int] = {}
     need: dict[str, int] = {}
     where: dict[str, Loc] = {}
+    geo = Geometry.scaled(cfg.geometry.pmd_order, cfg.geometry.pud_order)
     for i, v in enumerate(cfg.vms):
         g = gmems.get(v.gmem) if v.gmem else None
         size = scaled_size(cfg, g.size if g else v.memory)
@@ -209,21 +210,18 @@ def _memory(cfg: CheckConfig) -> list[tuple[Loc, str]]:
         backing = g.backing if g else "2M"
         if backing == "4K":
             continue
-        order = cfg.geometry.pmd_order if backing == "2M" else cfg.geometry.pud_order
-        need[backing] = need.get(backing, 0) + -(-size // (4096 << order))
+        need[backing] = need.get(backing, 0) + -(-size // geo.huge_size(backing))
         where.setdefault(backing, ("guest_memfd", cfg.guest_memfd.index(g), "backing") if g
                          else ("vms", i, "memory"))
     # the pools fit in the host's memory, each page of its size in the scaled geometry, as
     # a counterexample's scenario checks (scenario/schema.py ``_pool_fits``)
-    pool = sum((4096 << (cfg.geometry.pmd_order if size_name == "2M"
-                         else cfg.geometry.pud_order)) * n
-               for size_name, n in cfg.host.hugepages.items())
+    pool = sum(geo.huge_size(size_name) * n for size_name, n in cfg.host.hugepages.items())
     if pool > parse_size(cfg.host.memory):
         out.append((("host", "hugepages"),
                     f"the HugeTLB pools take {pool >> 10}K in the scaled geometry (a 2M page "
-                    f"is {4 << cfg.geometry.pmd_order}K, a 1G page "
-                    f"{4 << cfg.geometry.pud_order}K) but host.memory is {cfg.host.memory}; "
-                    "lower the counts or raise host.memory"))
+                    f"is {geo.huge_size('2M') >> 10}K, a 1G page {geo.huge_size('1G') >> 10}K)"
+                    f" but host.memory is {cfg.host.memory}; lower the counts or raise "
+                    "host.memory"))
     for size_name, n in need.items():
         have = cfg.host.hugepages.get(size_name, 0)  # type: ignore[call-overload]
         if have < n:
@@ -310,6 +308,7 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
             if isinstance(proc, str) and proc not in procs and proc not in spawned:
                 out.append((("events", i, "args", "proc"), f"{proc!r} is not a process; "
                             f"known: {', '.join(sorted(procs)) or 'none'}"))
+    made: set[str] = set()  # processes the set-up steps so far spawned
     for i, step in enumerate(cfg.setup):
         if len(step) != 1:
             out.append((("setup", i), f"a set-up step is one action, e.g. `- mmap: {{...}}`; "
@@ -322,9 +321,9 @@ def _references(cfg: CheckConfig) -> list[tuple[Loc, str]]:
             out.append((("setup", i, key), str(err).removeprefix("event 'action': ")))
             continue
         proc = args.get("proc") if isinstance(args, dict) else None
-        made = {str(a.get("proc")) for st in cfg.setup[:i] for k, a in st.items()
-                if k == "spawn" and isinstance(a, dict)}
-        if key != "spawn" and isinstance(proc, str) and proc not in procs and proc not in made:
+        if key == "spawn":
+            made.add(str(proc))
+        elif isinstance(proc, str) and proc not in procs and proc not in made:
             out.append((("setup", i, key, "proc"), f"{proc!r} is not a process (spawn it in an "
                         f"earlier step); known: {', '.join(sorted(procs)) or 'none'}"))
     from memfail.check.properties import PROPERTY_NAMES

@@ -211,7 +211,7 @@ class Explorer:
             snap.level_reduced = list(self._lvl.reduced)
             snap.level_acc = {"kinds": set(self._lvl.acc["kinds"]),
                               "hooks": set(self._lvl.acc["hooks"]),
-                              "entries": _copy(self._lvl.acc["entries"]),
+                              "entries": set(self._lvl.acc["entries"]),
                               "transitions": self._lvl.acc["transitions"]}
         return snap
 
@@ -229,7 +229,8 @@ class Explorer:
         self.depth = snap.depth
         self.found = dict(snap.violations)
         self.kinds, self.hooks = set(snap.kinds), set(snap.hooks)
-        self.entries = _copy(getattr(snap, "entries", None))  # None: an older checkpoint
+        entries = getattr(snap, "entries", None)  # None: an older checkpoint
+        self.entries = None if entries is None else set(entries)
         self.transitions = snap.transitions
         self.elapsed_before = snap.elapsed
         self._lvl = None
@@ -240,7 +241,7 @@ class Explorer:
             self._lvl = Level(set(snap.level_done), cand, list(snap.level_reduced),
                               {"kinds": set(snap.level_acc.get("kinds", ())),
                                "hooks": set(snap.level_acc.get("hooks", ())),
-                               "entries": _copy(snap.level_acc.get("entries")),
+                               "entries": set(snap.level_acc.get("entries", ())),
                                "transitions": snap.level_acc.get("transitions", 0)})
 
     # ------------------------------------------------------------------ the loop
@@ -328,8 +329,7 @@ class Explorer:
             reduced.extend(res.reduced)
             acc["kinds"] |= res.kinds
             acc["hooks"] |= res.hooks
-            if acc["entries"] is not None:
-                acc["entries"] |= res.entries
+            acc["entries"] |= res.entries
             acc["transitions"] += res.transitions
             if done is not None:  # inside a level: what is expanded is saved on the interval
                 done.update(rank for rank, _, _ in chunks[i])
@@ -342,8 +342,8 @@ class Explorer:
     def _level(self) -> str | None:
         items = [(rank, fp, s) for rank, (fp, s) in enumerate(self.frontier)]
         if self._lvl is None:  # else: resumed inside this level
-            self._lvl = Level(set(), {}, [], {"kinds": set(), "hooks": set(),
-                                              "entries": _copy(self.entries), "transitions": 0})
+            self._lvl = Level(set(), {}, [], {"kinds": set(), "hooks": set(), "entries": set(),
+                                              "transitions": 0})
         lvl = self._lvl
         cand, reduced, acc = lvl.cand, lvl.reduced, lvl.acc
         todo = [it for it in items if it[0] not in lvl.done]
@@ -353,7 +353,7 @@ class Explorer:
         # A checkpoint from here to the end of the level holds the level as expanded so far.
         self._lvl = Level(lvl.done, dict(cand), list(reduced),
                           {"kinds": set(acc["kinds"]), "hooks": set(acc["hooks"]),
-                           "entries": _copy(acc["entries"]),
+                           "entries": set(acc["entries"]),
                            "transitions": acc["transitions"]})
         if reduced:
             # BFS cycle proviso (C3): a reduced state whose ample successor was already
@@ -367,7 +367,8 @@ class Explorer:
                     return over
         self.kinds |= acc["kinds"]
         self.hooks |= acc["hooks"]
-        self.entries = acc["entries"]
+        if self.entries is not None:  # None: not recorded (a checkpoint of an older version)
+            self.entries |= acc["entries"]
         self.transitions += acc["transitions"]
         new = sorted(cand.items(), key=lambda kv: kv[1].key)
         frontier_fps = [fp for fp, _ in self.frontier]
@@ -420,11 +421,12 @@ class Explorer:
                 verdicts[name] = Verdict(name, PARTIAL, reason=stop)
         kinds = list(optional_seq(self.system, "alphabet"))
         hooks = list(optional_seq(self.system, "hooks"))
-        fired, hooked, entries = set(self.kinds), set(self.hooks), _copy(self.entries)
+        fired, hooked, entries = set(self.kinds), set(self.hooks), self.entries
         if self._lvl is not None:  # stopped inside a level (time, memory): what it did so far
             fired |= self._lvl.acc["kinds"]
             hooked |= self._lvl.acc["hooks"]
-            entries = _copy(self._lvl.acc["entries"])  # it started from self.entries
+            if entries is not None:
+                entries = entries | self._lvl.acc["entries"]
         never = [k for k in kinds if k not in fired]
         # a search that stopped because every property failed says nothing of the entries
         idle = None if stop == "all-failed" else idle_entries(self.system, entries, never)
@@ -434,10 +436,6 @@ class Explorer:
         return Result(system_name(self.system), verdicts, len(self.parents), self.transitions,
                       self.depth, not self.frontier, stop, elapsed, cov, self.backend.workers,
                       self.opt.symmetry, self.opt.por)
-
-
-def _copy(entries: set[int] | None) -> set[int] | None:
-    return None if entries is None else set(entries)
 
 
 def idle_entries(system: System, effective: set[int] | None,

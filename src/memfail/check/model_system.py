@@ -49,6 +49,10 @@ POLICY_HOOKS: tuple[str, ...] = ("memory_failure", "error_folio", "split", "merg
                                  "release")
 
 
+# what pickling a Host that cannot be pickled raises (a snapshot is then not made)
+UNPICKLABLE = (pickle.PicklingError, TypeError, AttributeError)
+
+
 class ModelState:
     """One explored state. ``events`` (what the last step emitted) is not part of the state.
 
@@ -98,7 +102,7 @@ class ModelState:
         if self._key is None:
             try:
                 self._key = blob_key(self.frozen())
-            except (pickle.PicklingError, TypeError, AttributeError):
+            except UNPICKLABLE:
                 return None
         return self._key
 
@@ -120,7 +124,7 @@ class ModelState:
         """A new, independent copy of the host, from the snapshot."""
         try:
             return thaw(self.frozen())
-        except (pickle.PicklingError, TypeError, AttributeError):
+        except UNPICKLABLE:
             return clone_host(self.host)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -262,8 +266,8 @@ class ModelSystem:
                     self.entries.append((i, label))
                 else:
                     self.unavailable.append(label)
-        self._entry_of = {label: i for i, label in reversed(self.entries)}
-        self._entries_of: dict[Label, tuple[int, ...]] = {}  # a label may be in two entries
+        # the entries of each label (a label may be in two; the first counts its limit)
+        self._entries_of: dict[Label, tuple[int, ...]] = {}
         for i, label in self.entries:
             self._entries_of[label] = (*self._entries_of.get(label, ()), i)
         selected = config.properties
@@ -629,7 +633,7 @@ class ModelSystem:
                 self._folds[fkey] = mon
         counts, errors = s.counts, s.errors
         if not races.is_continuation(label):
-            i = self._entry_of[origin]
+            i = self._entries_of[origin][0]
             if self.config.events[i].limit is not None:  # only capped entries need counting
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
@@ -781,7 +785,7 @@ def _snapshot(host: Any, primer: Primer | None) -> bytes | None:
     """``freeze(host)``, or None for a host that cannot be pickled."""
     try:
         return freeze(host, primer)
-    except (pickle.PicklingError, TypeError, AttributeError):
+    except UNPICKLABLE:
         return None
 
 

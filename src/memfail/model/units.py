@@ -91,6 +91,10 @@ class Geometry:
             return self.pud_order
         raise ValueError(f"unknown huge page size {name!r}: use 2M or 1G")
 
+    def huge_size(self, name: str | int) -> int:
+        """Bytes of a huge page named ``"2M"``/``"1G"`` in this geometry."""
+        return self.page_size << self.huge_order(name)
+
     def huge_name(self, order: int) -> str:
         if order == self.pmd_order:
             return "2M"

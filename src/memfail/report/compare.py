@@ -228,7 +228,8 @@ def _gib(n: int) -> str:
 
 def _with(name: str, k: str, v: Any) -> str:
     """``minimum{a=b}`` plus ``k=v``: ``minimum{a=b,k=v}``."""
-    return f"{name[:-1]},{k}={knob_text(v)}}}" if name.endswith("}") else f"{name}{{{k}={knob_text(v)}}}"
+    item = f"{k}={knob_text(v)}"
+    return f"{name[:-1]},{item}}}" if name.endswith("}") else f"{name}{{{item}}}"
 
 
 def parse_policy_arg(text: str) -> GmemPolicy:
@@ -567,8 +568,9 @@ def policies_text(width: int) -> str:
         lines.append("  ".join([f"{'knob':<{namew}}"] + [f"{h:<{w}}" for h, w in
                                                          zip(heads, cols, strict=True)]).rstrip())
         for k in knobs:
-            lines.append("  ".join([f"{k:<{namew}}"] + [f"{knob_text(p.knobs()[k]):<{w}}" for p, w in
-                                                         zip(pols, cols, strict=True)]).rstrip())
+            lines.append("  ".join([f"{k:<{namew}}"] + [
+                f"{knob_text(p.knobs()[k]):<{w}}" for p, w in zip(pols, cols, strict=True)
+            ]).rstrip())
         if heads != [p.name for p in pols]:
             lines.extend(_wrap("Columns: " + ", ".join(f"{h} = {p.name}" for h, p in
                                                        zip(heads, pols, strict=True)), width))

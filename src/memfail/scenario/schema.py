@@ -214,8 +214,7 @@ class HostSpec(Strict):
         mem = parse_size(self.memory)
         g = self.geometry
         geo = Geometry.scaled(g.pmd_order, g.pud_order) if g is not None else None
-        pool = sum((parse_size(size) if geo is None else
-                    geo.page_size << geo.huge_order(size)) * n
+        pool = sum((parse_size(size) if geo is None else geo.huge_size(size)) * n
                    for size, n in self.hugepages.items())
         if pool > mem:
             raise ValueError(

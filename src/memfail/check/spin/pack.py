@@ -13,8 +13,8 @@ counted). ``#define ALIAS NAME`` of a packed array (``pdet`` is ``det`` in the a
 is rewritten with it.
 
 Measured on the standard configuration's --races search of kill-vm (before its realloc moved
-from vm2 to vm0; its scratch variables already hidden: runner._allow_hidden): vector 244 -> 124 bytes, the same 8,304,229 states,
-50,695,394 transitions and trail depth, about 41 -> 36-40 s of CPU and 3.1 -> 1.9 GB
+from vm2 to vm0; its scratch variables already hidden: runner._allow_hidden): vector 244 ->
+124 bytes, the same 8,304,229 states, 50,695,394 transitions and trail depth, about 41 -> 36-40 s of CPU and 3.1 -> 1.9 GB
 resident. ``runner.compile_pan`` packs what pan verifies and
 ``agree`` packs what its simulations run, so the agreement walks check the packed text
 against the Python model; tests/test_check_spin.py checks that the packed and the unpacked

@@ -348,8 +348,8 @@ def _allow_hidden(panh: Path) -> None:
     or a constant of the search (the policy's knobs and the property mask, set by the first
     step), so their values are the same in every state and a state brings back nothing of
     them. The patch drops the refusal. On the standard configuration's --races search of
-    kill-vm (as it was before its realloc moved from vm2 to vm0) the vector went from 396 to 244 bytes (124 with pack.py's packing): the same
-    8,304,229 states and 50,695,394 transitions, in 41.2 instead of 49.0 s of CPU (one run
+    kill-vm (as it was before its realloc moved from vm2 to vm0) the vector went from 396 to
+    244 bytes (124 with pack.py's packing): the same 8,304,229 states and 50,695,394 transitions, in 41.2 instead of 49.0 s of CPU (one run
     each) and 3.1 instead of 4.6 GB; the tests check the same figures with the variables in
     the vector, and that each is zero after every step there (tests/test_check_spin.py)."""
     text = panh.read_text()
@@ -363,8 +363,8 @@ def _allow_hidden(panh: Path) -> None:
 # The C compiler's optimisation and pan's options beyond the search's own: -O2 and NOCOMP
 # (pan stores and hashes the state vector as it is, without masking out its padding first)
 # made the standard configuration's --races search of kill-vm (before its realloc moved from
-# vm2 to vm0) 29 % faster per CPU second than -O1 with masking (8,304,229 states: 77.8 -> 55.1 s), in about the same memory
-# (4.2 GB -> 4.4 GB resident), for some 8 s more compiling; MURMUR (_murmur) 10 % more.
+# vm2 to vm0) 29 % faster per CPU second than -O1 with masking (8,304,229 states: 77.8 ->
+# 55.1 s), in about the same memory (4.2 GB -> 4.4 GB resident), for some 8 s more compiling; MURMUR (_murmur) 10 % more.
 OPT = "-O2"
 EXTRA: tuple[str, ...] = ("-DNOCOMP", "-DMURMUR")
 
@@ -414,8 +414,8 @@ def huge_pages_env(environ: Mapping[str, str]) -> dict[str, str]:
     pan's time goes to finding each successor in its hash table: a read of the table's slot
     and one of the stored vector, at random places in gigabytes, each missing the TLB as well
     as the caches with 4 KB pages. On the standard configuration's ``--races`` search of
-    kill-vm (8,304,229 states, 1.9 GB, before its realloc moved from vm2 to vm0): 34.2 -> 28.6 s of user time, 1.4 -> 4.3 s of system
-    time (the kernel zeroes and compacts 2 MB pages), 35.5 -> 32.9 s of CPU in all (two runs
+    kill-vm (8,304,229 states, 1.9 GB, before its realloc moved from vm2 to vm0): 34.2 ->
+    28.6 s of user time, 1.4 -> 4.3 s of system time (the kernel zeroes and compacts 2 MB pages), 35.5 -> 32.9 s of CPU in all (two runs
     each; the same states, transitions and trails: the tunable changes where memory comes
     from, not what pan does with it). A ``GLIBC_TUNABLES`` already set is kept, and one that
     sets ``glibc.malloc.hugetlb`` itself is left as it is."""
@@ -674,14 +674,15 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
                             [k for k in kinds if k not in fired], [], [])
     else:
         coverage = Coverage([k for k in kinds if k in fired], [], [], [])
+    bound = _stop(last, bitstate)
     # the last search ended at a violation when every property failed: the search stopped
     # because nothing was left to check (the Python engine's "all-failed"), not at a bound
     stop = "all-failed" if last.errors and props and \
-        all(verdicts[p].status == FAIL for p in props) else _stop(last, bitstate)
+        all(verdicts[p].status == FAIL for p in props) else bound
     result = SpinResult(system=system.name, verdicts={p: verdicts[p] for p in props},
                     states=states, transitions=transitions,
                     depth=max((r.depth for r in runs), default=0),
-                    complete=_stop(last, bitstate) is None and not last.errors,
+                    complete=bound is None and not last.errors,
                     stop_reason=stop,
                     elapsed=elapsed, coverage=coverage, workers=1,
                     symmetry=False, por=False)

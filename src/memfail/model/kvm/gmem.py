@@ -252,7 +252,8 @@ def gmem_merge(host: Host, inode: Inode, head: int, hook: str = "merge") -> None
             folio.raw_hwp.extend(poisoned)
             policy_event(host, hook, f"{len(poisoned)} raw poisoned page(s) kept on the folio")
         else:
-            policy_event(host, hook, "raw PG_hwpoison dropped by the merge " + _left(host, poisoned))
+            policy_event(host, hook, "raw PG_hwpoison dropped by the merge "
+                         + _left(host, poisoned))
 
 
 def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) -> None:

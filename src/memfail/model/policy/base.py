@@ -20,6 +20,7 @@ VmOnError = Literal["none", "kill", "unusable"]
 Scope = Literal["hugetlb", "all"]
 Backing = Literal["gmem", "hugetlbfs"]
 
+
 def knob_text(v: Any) -> str:
     """A knob value as a label and YAML write it (``true``, ``null``, ``folio``)."""
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
