@@ -633,7 +633,7 @@ class ModelSystem:
                 self._folds[fkey] = mon
         counts, errors = s.counts, s.errors
         if not races.is_continuation(label):
-            i = self._entries_of[origin][0]
+            i = self.entry_of(origin)
             if self.config.events[i].limit is not None:  # only capped entries need counting
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
@@ -733,6 +733,11 @@ class ModelSystem:
 
     def coverage(self, s: ModelState) -> list[str]:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
+
+    def entry_of(self, label: Label) -> int:
+        """The alphabet entry (index in ``events``) whose ``limit`` counts ``label``'s steps:
+        the first that has it."""
+        return self._entries_of[label][0]
 
     def effective(self, s: ModelState) -> tuple[int, ...]:
         """The alphabet entries (their indices in the configuration's ``events``: every entry

@@ -464,7 +464,7 @@ def render(system: Any) -> Rendered:
 def _guard(system: Any, label: Any) -> tuple[str, str]:
     """A label's enabling condition (no panic, its event's limit, the error bound) and the
     counters its step bumps."""
-    i = system._entry_of[label]
+    i = system.entry_of(label)
     spec = system.config.events[i]
     g = ["!panic"]
     if spec.limit is not None:
