@@ -174,15 +174,37 @@ def test_event_outside_the_promela_model_is_refused(tmp_path: Path,
     text = cfg.read_text().replace(
         "events:\n", "events:\n  - {event: action, action: munmap, args: {proc: qemu0, addr: vm0.ram}, limit: 1}\n")
     cfg.write_text(text)
+    line = text.splitlines().index("events:") + 2  # the event's own line
     rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "event 'action' is not modelled by the SPIN engine" in err[0]
+    # the file, the line and the field at fault, as for any mistake in the file
+    assert err[0].startswith(f"memfail: error: {cfg}:{line}: events[0].event: ")
+    assert "`--engine python` checks it" in err[0]
     # and so does the hugetlbfs baseline's model (check/spin/hugetlbfs.py)
     rc = main(["check", str(cfg), "--engine", "spin", "--policy", "hugetlbfs"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "'action'" in err[0] and "SPIN engine" in err[0]
+    assert err[0].startswith(f"memfail: error: {cfg}:{line}: events[0].event: ")
+
+
+def test_spin_refusal_comes_before_any_search(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A configuration the Promela model refuses for one of its policies is refused before
+    the first policy's search runs (nothing on stdout), at the field at fault."""
+    cfg = _write(tmp_path, "")
+    text = cfg.read_text() + "setup:\n  - {mmap: {proc: qemu0, name: extra, size: 4K}}\n"
+    cfg.write_text(text)
+    line = text.splitlines().index("setup:") + 2
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "mainline",
+               "--policy", "minimum"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.strip() == (f"memfail: error: {cfg}:{line}: setup[0]: setup steps are not "
+                           "modelled by the SPIN engine (policy 'mainline'; `--engine python` "
+                           "checks it)")
 
 
 def _refuse_hugetlbfs(monkeypatch: pytest.MonkeyPatch) -> None:

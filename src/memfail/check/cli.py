@@ -23,7 +23,7 @@ from memfail.check.config import STANDARD, CheckConfig, load_config, standard_co
 from memfail.check.explorer import FAIL, PASS, Bounds, Options, Progress, Result, explore
 from memfail.check.properties import PROPERTIES, PROPERTY_NAMES
 from memfail.check.system import System
-from memfail.inputs import InputError, did_you_mean
+from memfail.inputs import InputError, did_you_mean, fmt_loc
 from memfail.report.console import wide_console
 
 JSON_SCHEMA = "memfail.check/1"
@@ -414,6 +414,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                 if not symmetry and config is not None:  # the file's `symmetry: true`
                     raise InputError(str(config), None, "symmetry", why)
                 raise OptionError("--symmetry", why)
+            if engine != "python":
+                _spin_supported(cfg, pol, system, where)
             systems[pol] = system
         if pool is not None:  # every policy renders: only now start the searches
             share = min(workers, len(policies))  # pans at once (runner.check_policy)
@@ -582,6 +584,25 @@ def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
         raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
                           "policies; use --engine python")
     return keep
+
+
+def _spin_supported(cfg: CheckConfig, pol: str, system: System, where: str) -> None:
+    """Refuse, before any search starts, a configuration the Promela model does not carry
+    out for policy ``pol``: the file, line and field at fault when the configuration was
+    read from a file (``Unsupported.loc``), else the configuration and the reason."""
+    from memfail.check.spin.promela import Unsupported, check_supported
+
+    try:
+        system.initial()  # the set-up gives the pages of each VM (a failure: a usage error)
+        check_supported(system)
+    except Unsupported as e:
+        file, line = cfg.where(e.loc)
+        msg = f"{e} (policy {pol!r}; `--engine python` checks it)"
+        if file is not None and e.loc:
+            raise InputError(file, line, fmt_loc(e.loc), msg) from None
+        raise OptionError(where, _about(pol, e) + " (`--engine python` checks it)") from None
+    except ValueError as e:  # SetupFailed, as the search would report it
+        raise OptionError(where, _about(pol, e)) from None
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool, bounds: Bounds,

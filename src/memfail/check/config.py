@@ -9,7 +9,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from memfail.check.events import EVENTS, check_action, event_names
 from memfail.inputs import InputError, did_you_mean, fmt_loc, line_of, load_yaml
@@ -176,7 +184,13 @@ class CheckConfig(Strict):
     bounds: BoundsSpec = Field(default_factory=BoundsSpec)
     properties: list[str] | None = None
     symmetry: bool = False
+    _file: str | None = PrivateAttr(default=None)   # the file it was read from
+    _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)   # field -> line in it
 
+    def where(self, loc: Loc) -> tuple[str | None, int | None]:
+        """The file this configuration was read from (None: built in code) and the line of
+        field ``loc`` in it (None when the file does not say)."""
+        return self._file, line_of(self._lines, loc) if self._file is not None else None
 
 
 def _each(v: Any) -> list[Any]:
@@ -402,7 +416,9 @@ def _validate(value: dict[str, Any], lines: dict[Loc, int], file: str) -> CheckC
     from memfail.model.policy.registry import policy_text
 
     # _names read each one; the configuration is frozen: a copy with the policies named
-    return cfg.model_copy(update={"policies": [policy_text(p) for p in cfg.policies]})
+    named = cfg.model_copy(update={"policies": [policy_text(p) for p in cfg.policies]})
+    named._file, named._lines = file, lines
+    return named
 
 
 def _short(v: Any) -> str:

@@ -56,6 +56,7 @@ from memfail.check.spin.promela import (
     checker_proctype,
     first_frame,
     frame_slots,
+    gmem_loc,
     init_slots,
     kernel_user,
     system_args,
@@ -74,45 +75,50 @@ SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel
 def check_supported(system: Any) -> None:
     """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
     cfg = system.config
-    for vm in cfg.vms:
+    for k, vm in enumerate(cfg.vms):
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M":
             raise Unsupported(f"vm {vm.name}: the SPIN engine models hugetlbfs VMs made from a "
-                              "guest_memfd entry with backing 2M (one HugeTLB page)")
+                              "guest_memfd entry with backing 2M (one HugeTLB page)",
+                              gmem_loc(cfg, vm, "backing", k))
         if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge page per VM "
-                              "(size 2M)")
+                              "(size 2M)", gmem_loc(cfg, vm, "size", k))
         if vm.type not in ("default", "sw-protected", "snp"):
-            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine")
+            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine",
+                              ("vms", k, "type"))
     if cfg.setup:
-        raise Unsupported("setup steps are not modelled by the SPIN engine")
+        raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
     npg = 1 << cfg.geometry.pmd_order
-    for _i, label in system.entries:
+    for i, label in system.entries:
+        at = ("events", i)
         kind = label[0]
         if kind not in SUPPORTED_HUGETLBFS:
             raise Unsupported(f"event {kind!r} is not modelled by the SPIN engine for backing "
-                              f"hugetlbfs (it models {', '.join(SUPPORTED_HUGETLBFS)})")
+                              f"hugetlbfs (it models {', '.join(SUPPORTED_HUGETLBFS)})",
+                              (*at, "event"))
         p = dict(label[1])
         mapped = "mmap" in _gmem_of(cfg, p["vm"]).flags
         if kind in ("vmm_access", "close", "release") and not mapped:
             raise Unsupported(f"{kind} on {p['vm']}: the SPIN engine models it for backing "
-                              "hugetlbfs on a VM whose guest_memfd entry has flag mmap only")
+                              "hugetlbfs on a VM whose guest_memfd entry has flag mmap only", at)
         if kind == "vmm_access" and _vmm_thread(cfg, p) != "main":
             raise Unsupported("vmm_access is modelled for backing hugetlbfs by the VMM's main "
-                              "thread only")
+                              "thread only", (*at, "thread"))
         if kind == "vcpu_access" and p.get("write"):
-            raise Unsupported("vcpu_access with write is not modelled for backing hugetlbfs")
+            raise Unsupported("vcpu_access with write is not modelled for backing hugetlbfs",
+                              (*at, "write"))
         if kind == "realloc" and p["page"] + p["pages"] > npg:
             # hugetlbfs_fallocate() rounds the range out and grows the file: a huge page more
             # from the pool for each one past the VM's (the Python model takes them)
             raise Unsupported(f"realloc on {p['vm']} at page {p['page']}, {p['pages']} pages: "
                               "past the VM's huge page, which hugetlbfs_fallocate() would "
                               "add to the file; the SPIN engine models one huge page per VM "
-                              f"for backing hugetlbfs (page + pages <= {npg})")
-    for proc in cfg.processes:
+                              f"for backing hugetlbfs (page + pages <= {npg})", (*at, "pages"))
+    for k, proc in enumerate(cfg.processes):
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
-                              "SIGBUS handler (QEMU)")
+                              "SIGBUS handler (QEMU)", ("processes", k, "sigbus"))
 
 
 def _or(cfg: Any, value: Any) -> str:

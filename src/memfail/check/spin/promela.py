@@ -198,7 +198,13 @@ def checker_proctype(steps: list[tuple[str, str]]) -> list[str]:
 
 
 class Unsupported(ValueError):
-    """The configuration uses something the Promela model does not carry out."""
+    """The configuration uses something the Promela model does not carry out; ``loc`` is
+    where in the configuration (``("events", 3)``: its fourth event), () when no one field
+    is at fault (the policy)."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 @dataclass
@@ -267,42 +273,54 @@ def check_supported(system: Any) -> None:
     why = policy_refusal(system.policy) if system.policy else None
     if why is not None:
         raise Unsupported(why)
-    for vm in cfg.vms:
+    for k, vm in enumerate(cfg.vms):
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
         if g is None or g.backing != "2M":
             raise Unsupported(f"vm {vm.name}: the SPIN engine models VMs on a guest_memfd "
-                              "with backing 2M")
+                              "with backing 2M", gmem_loc(cfg, vm, "backing", k))
         if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge folio per VM "
-                              "(guest_memfd size 2M)")
+                              "(guest_memfd size 2M)", gmem_loc(cfg, vm, "size", k))
         if vm.type not in ("default", "sw-protected", "snp"):
             raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine "
-                              "(its mirrored stage 2 is not in the Promela model)")
+                              "(its mirrored stage 2 is not in the Promela model)",
+                              ("vms", k, "type"))
     if cfg.setup:
-        raise Unsupported("setup steps are not modelled by the SPIN engine")
-    for _i, label in system.entries:
+        raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
+    for i, label in system.entries:
+        at = ("events", i)
         if label[0] not in SUPPORTED:
             raise Unsupported(f"event {label[0]!r} is not modelled by the SPIN engine "
-                              f"(it models {', '.join(SUPPORTED)})")
+                              f"(it models {', '.join(SUPPORTED)})", (*at, "event"))
         p = dict(label[1])
         if label[0] in ("vmm_access", "kernel_access", "convert") and \
                 "mmap" not in _gmem_of(cfg, p["vm"]).flags:
             raise Unsupported(f"{label[0]} on {p['vm']}: the SPIN engine models it on a "
-                              "guest_memfd with flag mmap only")
+                              "guest_memfd with flag mmap only", at)
         if label[0] == "vmm_access" and _vmm_thread(cfg, p) == "vcpu" and any(
                 lab[0] == "vcpu_mce" and dict(lab[1])["vm"] == p["vm"]
                 for _j, lab in system.entries):
             raise Unsupported(f"vmm_access by a vCPU thread of {p['vm']}, which also takes "
                               "vcpu_mce: the SPIN engine keeps one machine-check count per "
-                              "vCPU for guest loads only")
+                              "vCPU for guest loads only", at)
         if label[0] == "vmm_access" and p.get("thread") is not None and \
                 _vmm_thread(cfg, p) is None:
             raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
-                              "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only")
-    for proc in cfg.processes:
+                              "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only",
+                              (*at, "thread"))
+    for k, proc in enumerate(cfg.processes):
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
-                              "SIGBUS handler (QEMU)")
+                              "SIGBUS handler (QEMU)", ("processes", k, "sigbus"))
+
+
+def gmem_loc(cfg: Any, vm: Any, field: str, k: int) -> tuple[str | int, ...]:
+    """Where the ``field`` of VM number ``k``'s guest_memfd entry is written (the VM's own
+    ``gmem`` when it names none)."""
+    for j, g in enumerate(cfg.guest_memfd):
+        if g.name == vm.gmem:
+            return ("guest_memfd", j, field)
+    return ("vms", k, "gmem")
 
 
 def _hugetlbfs_backing(system: Any) -> bool:
