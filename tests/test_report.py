@@ -193,6 +193,31 @@ def test_search_section_shows_the_minimal_policies_and_answers_of_a_real_search(
         assert f"<th scope=\"row\">{p['name']}</th><td>{p['cost']:g}</td>" in html
 
 
+def test_search_section_names_both_configurations_and_where_verdicts_differ() -> None:
+    """The search checks its own configuration, the page's check section the standard one:
+    the section names both and every preset property whose verdict differs (here unmap keeps
+    contained in the search and fails it in the check; minimum loses it in both)."""
+    check = {"config": "standard", "file": None, "results": [
+        {"policy": "minimum", "depth": 5,
+         "verdicts": {"contained": {"status": "FAIL", "depth": 2},
+                      "no-host-panic": {"status": "PASS", "depth": 5}}},
+        {"policy": "unmap", "depth": 5,
+         "verdicts": {"contained": {"status": "FAIL", "depth": 4},
+                      "no-host-panic": {"status": "PARTIAL", "depth": 5}}}]}
+    doc = {**SEARCH, "config": {**SEARCH["config"],
+                                "check_config": "src/memfail/search/config.yaml"}}
+    html = page.section_search(doc, "s.json", check)
+    assert "The search checked <code>src/memfail/search/config.yaml</code> to depth 3" in html
+    assert "the check section checked <code>the standard configuration</code>" in html
+    assert "<code>unmap</code> contained: kept by the search, FAIL in the check at depth 4" \
+        in html
+    assert "<code>minimum</code> contained" not in html   # lost in both: no difference
+    assert "no-host-panic" not in html.split("search-vs-check")[1].split("</p>")[0]
+    agree = {"config": "standard", "file": None, "results": [
+        {"policy": "unmap", "depth": 5, "verdicts": {"contained": {"status": "PASS"}}}]}
+    assert "Their verdicts on the presets agree." in page.section_search(doc, "s.json", agree)
+
+
 def test_without_search_the_section_says_how_to_get_one() -> None:
     html = page.section_search(None, None)
     assert "--search-json FILE" in html and "memfail search" in html

@@ -189,6 +189,8 @@ def test_presets_not_minimal_name_a_cheaper_policy_or_a_lost_property(
         assert p["loses"] or p["cheaper"]
         if p["loses"]:
             assert f"--policy {p['name']} --property {p['loses']}" in p["counterexample"]
+            # on the configuration searched, not `memfail check`'s own standard one
+            assert p["counterexample"].startswith(f"memfail check {tiny} --policy")
             got = verdicts(tiny, {"base": p["name"]})
             assert got[p["loses"]] == FAIL
 
@@ -282,3 +284,52 @@ def test_value_text_round_trips() -> None:
             from memfail.search.space import parse_value
 
             assert parse_value(knob, value_text(v)) == v
+
+
+def test_default_configuration_is_named_as_searched() -> None:
+    """Without --config the search checks src/memfail/search/config.yaml: the JSON and the
+    counterexample commands name that file, never "standard" (the check's own default)."""
+    from memfail.search.engine import DEFAULT_CONFIG, config_shown
+
+    shown = config_shown(None)
+    assert Path(shown).resolve() == Path(DEFAULT_CONFIG).resolve()
+    assert config_shown("my.yaml") == "my.yaml"
+
+
+def test_a_wrong_grouped_verdict_is_rechecked_and_walked_again(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verification that finds a grouped verdict wrong makes every member of that trace
+    group be checked on its own, and the walk run again: the wrong verdict does not reach
+    the answer. Forced here by giving every combination one trace signature (one group)."""
+    from memfail.search import engine
+
+    monkeypatch.setattr(engine, "signature_task", lambda args: "one")
+    r = run("search", "--config", str(tiny), *SMALL[:-1], "16", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    sp = d["space"]
+    assert sp["rewalks"], "one group for every combination: the sample must disagree"
+    assert all(rw["checks"] > 0 for rw in sp["rewalks"])
+    # a wrong group verdict also feeds wrong inferences: either may be sampled first
+    assert any(x["how"] == "group" for rw in sp["rewalks"] for x in rw["distrusted"])
+    assert sp["unresolved"] == 0
+    assert sp["grouped"] == 0     # the one group is distrusted: each member checked
+    for c in d["combinations"]:
+        if c["how"] == "checked":
+            got = verdicts(tiny, full(d, c["knobs"]))
+            assert sorted(p for p, s in got.items() if s == FAIL) == sorted(c["failed"])
+
+
+def test_released_kernels_cost_nothing() -> None:
+    """A cost is machinery beyond released kernels: mainline and the hugetlbfs baseline cost
+    0 (their other knobs describe what those kernels do), mf-delayed-fix its one fix, and a
+    knob that applies is still counted in full."""
+    from memfail.model.policy.registry import PRESETS
+    from memfail.search.space import load_costs
+
+    c = load_costs()
+    assert c.total(PRESETS["mainline"].knobs()) == 0
+    assert c.total(PRESETS["hugetlbfs"].knobs()) == 0
+    assert c.total(PRESETS["mf-delayed-fix"].knobs()) == c.cost("mf_delayed_fix", True) > 0
+    minimum = PRESETS["minimum"].knobs()
+    assert c.total(minimum) == sum(c.cost(k, v) for k, v in minimum.items())

@@ -67,6 +67,20 @@ def _scenario(name: str) -> Any:
 DEFAULT_CONFIG = str(Path(__file__).with_name("config.yaml"))
 
 
+def config_shown(file: str | None) -> str:
+    """The check configuration a search checks, as a path to give ``memfail check``: ``file``
+    as the user gave it, else the search's own (DEFAULT_CONFIG), relative to the working
+    directory when it is below it. Never the check's standard configuration, which a
+    search does not use unless given it."""
+    if file:
+        return file
+    path = Path(DEFAULT_CONFIG)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _config(file: str | None) -> Any:
     key = file or ""
     cfg = _CONFIGS.get(key)
@@ -242,7 +256,8 @@ def _vec(costs: Any, knobs: Mapping[str, Any]) -> tuple[float, ...]:
     key = (id(costs), tuple(knobs[k] for k in names))
     got = _VEC.get(key)
     if got is None:
-        got = _VEC[key] = tuple(costs.cost(k, knobs[k]) for k in names)
+        vec = costs.vector(knobs)
+        got = _VEC[key] = tuple(vec[k] for k in names)
     return got
 
 
@@ -269,6 +284,12 @@ class Search:
         self.checks = 0
         self.signatures = 0
         self.knobs_of = {space.key(k): k for k in self.combos}
+        # what a verification proved wrong (``distrust``): trace groups whose members are
+        # checked one by one from then on, and (property, failing combination) pairs no
+        # combination is inferred from any more
+        self.distrusted: set[str] = set()
+        self.no_infer: set[tuple[str, tuple[Any, ...]]] = set()
+        self.disagreed: list[Record] = []
 
     # -------------------------------------------------------------- cached work
     def _signatures(self, combos: list[Knobs]) -> None:
@@ -327,7 +348,8 @@ class Search:
                 inf = None
                 for p in props:
                     for f in fails.get(bucket(p, k), []):
-                        if weaker_or_equal(p, k, f):
+                        if weaker_or_equal(p, k, f) and \
+                                (p, self.space.key(f)) not in self.no_infer:
                             inf = (p, f)
                             break
                     if inf:
@@ -343,6 +365,8 @@ class Search:
                 for k in batch:
                     key = self.space.key(k)
                     rep = self.group_rep.get(self.sig.get(key, ""))
+                    if self.sig.get(key) in self.distrusted:
+                        rep = None
                     if key in self.verdicts:
                         record_verdicts(k, "checked", self.verdicts[key], key)
                     elif rep is not None and rep in self.verdicts:
@@ -357,6 +381,8 @@ class Search:
                 h = self.sig[self.space.key(k)]
                 if h not in self.group_rep:
                     self.group_rep[h] = self.space.key(k)
+                    reps.append(k)
+                elif h in self.distrusted:  # a verification found the group wrong
                     reps.append(k)
             self.verdicts_of([(self.space.key(k), policy_spec(k)) for k in reps])
             for k in batch:
@@ -383,14 +409,41 @@ class Search:
         self.verdicts_of([(self.space.key(r.knobs), policy_spec(r.knobs)) for _, r in sample])
         out = []
         agree = 0
+        self.disagreed = []
         for sr, r in sample:
             v = self.verdicts[self.space.key(r.knobs)]
             failed = [p for p in sr.props if v[p][0] == FAIL]
             ok = r.prop in failed if r.how == "inferred" else failed == r.failed
             agree += ok
+            if not ok:
+                self.disagreed.append(r)
             out.append({"knobs": r.knobs, "how": r.how, "claimed_failed": r.failed,
                         "checked_failed": failed, "agree": ok})
         return out, agree
+
+    def distrust(self) -> list[dict[str, Any]]:
+        """Act on the last verification's disagreements: a grouped combination whose own
+        check disagreed with its group's proves the trace signature does not decide the
+        verdicts there, so every member of that group is checked on its own from now on; an
+        inferred one proves the monotonicity assumption wrong from that failing combination
+        for that property, so nothing is inferred from it for it any more. Returns what was
+        distrusted (the JSON's ``space.rewalks``); the caller walks again."""
+        out: list[dict[str, Any]] = []
+        for r in self.disagreed:
+            key = self.space.key(r.knobs)
+            if r.how == "group":
+                sig = self.sig.get(key)
+                if sig is not None and sig not in self.distrusted:
+                    self.distrusted.add(sig)
+                    members = sum(1 for k, h in self.sig.items() if h == sig)
+                    out.append({"knobs": r.knobs, "how": "group", "by": r.by,
+                                "members": members})
+            elif r.how == "inferred" and r.prop is not None and r.by is not None and \
+                    (r.prop, r.by) not in self.no_infer:
+                self.no_infer.add((r.prop, r.by))
+                out.append({"knobs": r.knobs, "how": "inferred", "by": r.by,
+                            "property": r.prop})
+        return out
 
 
 def preset_verdicts(search: Search) -> dict[str, Verdicts]:
@@ -400,7 +453,8 @@ def preset_verdicts(search: Search) -> dict[str, Verdicts]:
 
 
 def cost_vector(space: Space, knobs: Mapping[str, Any]) -> dict[str, float]:
-    return {k: space.costs.cost(k, knobs[k]) for k in all_knobs()}
+    vec = space.costs.vector(knobs)
+    return {k: vec[k] for k in all_knobs()}
 
 
 def knob_index(knobs: Mapping[str, Any]) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from memfail.search.engine import (
     Search,
     SetResult,
     Settings,
+    config_shown,
     dominates,
     fleet_task,
     preset_verdicts,
@@ -33,6 +34,8 @@ from memfail.search.space import (
 )
 
 SCHEMA = "memfail.search/1"
+REWALKS = 3
+"""Walks again after a verification found a grouped or inferred verdict wrong (``build``)."""
 FLEET_OUTCOMES = ("vm_killed", "vm_paused", "guest_gib_lost", "host_panic")
 
 
@@ -41,8 +44,9 @@ def plain(knobs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _counterexample(settings: Settings, name: str, prop: str) -> str:
-    cfg = f" {settings.config_file}" if settings.config_file else ""
-    return (f"memfail check{cfg} --policy {name} --property {prop} "
+    # the configuration the search checked: without it, `memfail check` would check its own
+    # standard configuration, whose verdicts may differ
+    return (f"memfail check {config_shown(settings.config_file)} --policy {name} --property {prop} "
             f"--max-depth {settings.depth} --out cex/")
 
 
@@ -99,15 +103,33 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
           left_out: list[str] | None = None, answer_checks: bool = False) -> dict[str, Any]:
     """Run the search and return the ``memfail.search/1`` document."""
     search = Search(space, settings, ex, progress)
-    main = search.run_set(settings.properties, "search")
-    sets: dict[str, SetResult] = {}
-    for name, props in PROPERTY_SETS.items():
-        chosen = tuple(p for p in props if p in settings.properties)
-        if not chosen:
-            continue
-        sets[name] = search.run_set(chosen, name, new_work=answer_checks)
+
+    def walk() -> tuple[SetResult, dict[str, SetResult]]:
+        main = search.run_set(settings.properties, "search")
+        sets: dict[str, SetResult] = {}
+        for name, props in PROPERTY_SETS.items():
+            chosen = tuple(p for p in props if p in settings.properties)
+            if chosen:
+                sets[name] = search.run_set(chosen, name, new_work=answer_checks)
+        return main, sets
+
+    main, sets = walk()
     pv = preset_verdicts(search)
     verified, agree = search.verify([main, *sets.values()])
+    # A sampled verdict the heuristics got wrong: distrust what gave it and walk again (the
+    # checks done so far are kept), then verify a new sample, at most REWALKS times.
+    rewalks: list[dict[str, Any]] = []
+    unresolved = len(verified) - agree  # disagreements in the last sample
+    while unresolved and len(rewalks) < REWALKS:
+        distrusted = search.distrust()
+        if not distrusted:
+            break
+        checks = search.checks
+        main, sets = walk()
+        rewalks.append({"disagreed": unresolved, "distrusted": distrusted,
+                        "checks": search.checks - checks})
+        more, ok = search.verify([main, *sets.values()])
+        verified, agree, unresolved = verified + more, agree + ok, len(more) - ok
     costs = space.costs
     default = settings.properties
 
@@ -194,7 +216,7 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
     doc = {
         "schema": SCHEMA,
         "config": {
-            "check_config": settings.config_file or "standard",
+            "check_config": config_shown(settings.config_file),
             "depth": settings.depth,
             "max_states": settings.max_states,
             "verdict": "a property is kept when no counterexample exists up to the depth",
@@ -228,6 +250,8 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
             "verified_sample": len(verified),
             "verified_agree": agree,
             "verified": verified,
+            "rewalks": rewalks,
+            "unresolved": unresolved,
         },
         "minimal": [{
             "knobs": plain(r.knobs), "cost": r.cost,
@@ -284,6 +308,12 @@ def words(doc: Mapping[str, Any]) -> list[str]:
         out.append(f"{a['property_set']}: the smallest policy found costs {a['cost']:g}: "
                    f"minimum with {short(a['policy'], base)}. Of the call's don'ts it breaks "
                    f"{what}.{caveat}")
+    bad = doc.get("space", {}).get("unresolved")
+    if bad:
+        out.append(f"Caution: {bad} of the last verification sample's grouped or inferred "
+                   "verdicts still disagree with their own checks after "
+                   f"{len(doc['space'].get('rewalks') or [])} walks more; the answers above "
+                   "may rest on a wrong verdict (docs/search.md, How the search works).")
     return out
 
 
@@ -291,7 +321,7 @@ def render(doc: Mapping[str, Any], console: Any) -> None:
     from rich.table import Table
 
     cfg, sp = doc["config"], doc["space"]
-    console.print(f"memfail search: {cfg['check_config']} configuration, depth {cfg['depth']}, "
+    console.print(f"memfail search: check configuration {cfg['check_config']}, depth {cfg['depth']}, "
                   f"base {cfg['base']}, properties {', '.join(p['id'] for p in doc['properties'])}")
     console.print(f"space: {sp['raw']:,} combinations of {len(cfg['varied'])} knobs "
                   f"({', '.join(cfg['varied'])}); {sp['combinations']:,} admissible")
@@ -303,6 +333,17 @@ def render(doc: Mapping[str, Any], console: Any) -> None:
                   f"{sp['signatures_run']:,} trace signatures in all")
     console.print(f"  verified a seeded sample of {sp['verified_sample']} inferred or grouped "
                   f"combinations: {sp['verified_agree']} agree")
+    for i, rw in enumerate(sp.get("rewalks") or [], 1):
+        what = "; ".join(
+            f"trace group of {d['members']} combinations now checked one by one"
+            if d["how"] == "group" else
+            f"no more inferring {d['property']} from one failing combination"
+            for d in rw["distrusted"])
+        console.print(f"  walk {i + 1}: {rw['disagreed']} sampled verdicts disagreed with "
+                      f"their own checks: {what}; {rw['checks']:,} checks more")
+    if sp.get("unresolved"):
+        console.print(f"  [bold red]caution[/]: {sp['unresolved']} verdicts of the last "
+                      "sample still disagree: the answer may rest on a wrong verdict")
     base = PRESETS[cfg["base"]].knobs()
     t = Table(title="Minimal policies (keep every property; no other is cheaper on every knob)")
     for col in ("#", f"knobs (vs {cfg['base']})", "cost", "closest preset", "differs by"):

@@ -139,6 +139,12 @@ FAMILIES: tuple[tuple[str, Callable[[Mapping[str, Any]], bool], str, str], ...] 
 )
 
 
+# The knobs that apply in each family (the others cost nothing there: CostTable.vector).
+APPLIES: dict[str, frozenset[str]] = {
+    "hugetlbfs-backing": frozenset({"backing"}),
+    "kernel-path": frozenset({"handles", "mf_delayed_fix", "backing"}),
+}
+
 # --------------------------------------------------------------------------- costs
 
 
@@ -156,8 +162,19 @@ class CostTable:
     def reason(self, knob: str, value: Any) -> str:
         return self.entries[knob][value_text(value)][1]
 
+    def vector(self, knobs: Mapping[str, Any]) -> dict[str, float]:
+        """Each knob's cost in this combination: a knob that does not apply (``APPLIES``:
+        in the hugetlbfs and kernel-path families, which are released kernels' own paths)
+        costs nothing, whatever its value, so that ``mainline`` costs 0, as the table's
+        definition says ("beyond released kernels"), and not the sum of the values its
+        knobs hold to describe what released kernels do."""
+        only = next((keep for name, keep in APPLIES.items()
+                     if any(f[0] == name and f[1](knobs) for f in FAMILIES)), None)
+        return {k: self.cost(k, v) if only is None or k in only else 0.0
+                for k, v in knobs.items()}
+
     def total(self, knobs: Mapping[str, Any]) -> float:
-        return float(sum(self.cost(k, v) for k, v in knobs.items()))
+        return float(sum(self.vector(knobs).values()))
 
     def rows(self) -> list[tuple[str, str, float, str]]:
         return [(k, v, c, r) for k, vals in self.entries.items() for v, (c, r) in vals.items()]

@@ -119,7 +119,7 @@ def section_minimum(d: dict[str, Any]) -> str:
           for k, doc in d["knob_docs"].items()]
     out.append("<details><summary>Every knob (* a reading of the call's words)</summary>"
                + _table(["knob", "meaning"], kn) + "</details>")
-    out.append(section_search(d.get("search"), d.get("search_source")))
+    out.append(section_search(d.get("search"), d.get("search_source"), d.get("check")))
     return "".join(out)
 
 
@@ -127,10 +127,13 @@ def _v(v: Any) -> str:
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
+def section_search(doc: dict[str, Any] | None, source: str | None,
+                   check: dict[str, Any] | None = None) -> str:
     """The minimal policies ``memfail search`` found (memfail.search/1), when given: the same
     tables and answer as the command's own text output (memfail.search.report.render), each
-    policy written as its knobs that differ from a preset."""
+    policy written as its knobs that differ from a preset. With ``check`` (the page's
+    memfail.check/1 document), the presets whose verdicts differ between the two, each with
+    the configuration and depth it comes from (``search_vs_check``)."""
     from memfail.model.policy.registry import PRESETS
 
     h = '<h3 id="search">Minimal policies found by search</h3>'
@@ -154,6 +157,7 @@ def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
                  f"{e(', '.join(map(str, varied)))}" if varied else "")
               + f"; properties kept: {e(', '.join(map(str, props)))}. "
               + e(cfg.get("verdict", "")).capitalize() + ".</p>"]
+    out.append(search_vs_check(doc, check))
     sp = doc.get("space") or {}
     if sp:
         parts = [f"{e(k)} {e(v)}" for k, v in sp.items() if isinstance(v, int | float)
@@ -222,6 +226,48 @@ def section_search(doc: dict[str, Any] | None, source: str | None) -> str:
                           "Pareto front (cost against fleet outcomes"
                           + (f", {hy:,} host-years" if isinstance(hy, int) else "") + ")"))
     return "".join(out)
+
+
+def search_vs_check(doc: dict[str, Any], check: dict[str, Any] | None) -> str:
+    """A note naming the configurations of the search and of the check section and, preset
+    by preset, every property whose verdict differs between them (kept by the search and
+    FAIL in the check, or the reverse): a search keeps a property when its check finds no
+    counterexample to its depth on its own configuration, which is not the check section's
+    unless ``memfail search --config`` gave it, so the two tables may disagree, and the page
+    says where rather than showing both without a word."""
+    if not check or not isinstance(check.get("results"), list):
+        return ""
+    raw = doc.get("config")
+    cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    scfg, sdepth = cfg.get("check_config"), cfg.get("depth")
+    cfile = check.get("file") or f"the {check.get('config', 'standard')} configuration"
+    cdepth = ((check.get("results") or [{}])[0]).get("depth")
+    props = [p.get("id") if isinstance(p, dict) else p for p in _props(doc.get("properties"))]
+    verdicts = {r.get("policy"): r.get("verdicts") or {} for r in check["results"]
+                if isinstance(r, dict)}
+    diffs = []
+    for p in doc.get("presets") or []:
+        name, keeps = p.get("name"), set(p.get("keeps") or [])
+        for prop in props:
+            v = (verdicts.get(name) or {}).get(prop)
+            if not isinstance(v, dict):
+                continue
+            failed = v.get("status") == "FAIL"
+            if (prop in keeps) == failed:
+                diffs.append(f"<code>{e(name)}</code> {e(prop)}: "
+                             + ("kept by the search, FAIL in the check"
+                                + (f" at depth {e(v.get('depth'))}" if v.get("depth") else "")
+                                if failed else "lost in the search, not FAIL in the check"))
+    head = (f"The search checked <code>{e(scfg)}</code>"
+            + (f" to depth {e(sdepth)}" if sdepth is not None else "")
+            + f"; the check section checked <code>{e(cfile)}</code>"
+            + (f" (explored to depth {e(cdepth)})" if cdepth is not None else "") + ". ")
+    if not diffs:
+        return f'<p class="note search-vs-check">{head}Their verdicts on the presets agree.</p>'
+    return (f'<p class="note search-vs-check">{head}A verdict is &ldquo;no counterexample to '
+            "that depth on that configuration&rdquo;, so they can differ; they differ on: "
+            + "; ".join(diffs) + ". The check's counterexamples are in its section; the "
+            "search's verdicts say nothing about events its configuration does not have.</p>")
 
 
 def _cost(v: Any) -> str:
