@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Size = int | str
 Addr = int | str
 
+# One byte value: the model keeps one byte per page (docs/scenario-format.md, "Memory").
+Byte = Annotated[int, Field(ge=0, le=255)]
+
 
 class Action(BaseModel):
     """Base class: frozen, unknown fields rejected."""
@@ -288,7 +291,7 @@ class FileIO(Action):
     offset: Size | None = None
     len: Size = 4096
     buf: Addr | None = None
-    value: int | None = None
+    value: Byte | None = None
 
 
 class Read(FileIO):
@@ -458,7 +461,7 @@ class MemWrite(Action):
     proc: str
     thread: str | None = None
     addr: Addr
-    value: int = 1
+    value: Byte = 1
     len: Size = 1
     whole: bool = False
 

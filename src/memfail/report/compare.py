@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from memfail.inputs import did_you_mean
 from memfail.model.outcomes import ACCEPTED, CLASS_DOCS, COST, HAZARD, OUTCOME_DOCS
 from memfail.model.policy.base import KNOB_DOCS, READINGS, SERIES, GmemPolicy, knob_values
 from memfail.model.policy.registry import PRESETS, knob_text, make_policy
@@ -239,7 +240,7 @@ def parse_policy_arg(text: str) -> GmemPolicy:
     try:
         return make_policy(text.strip())
     except (ValueError, TypeError) as e:
-        raise ScenarioError("memfail compare", None, "--policy", str(e)) from None
+        raise ScenarioError("--policy", None, None, str(e)) from None
 
 
 def vary(pols: list[GmemPolicy], knobs: list[str]) -> list[GmemPolicy]:
@@ -247,7 +248,7 @@ def vary(pols: list[GmemPolicy], knobs: list[str]) -> list[GmemPolicy]:
     for k in knobs:
         values = knob_values(k)
         if values is None or k not in GmemPolicy("x").knobs():
-            raise ScenarioError("memfail compare", None, "--vary",
+            raise ScenarioError("--vary", None, None,
                                 f"unknown policy knob {k!r}; knobs: "
                                 f"{', '.join(GmemPolicy('x').knobs())}")
         out: list[GmemPolicy] = []
@@ -483,7 +484,7 @@ def compare(
         from memfail.model.kernel.profiles import PROFILES
 
         if profile not in PROFILES:
-            raise ScenarioError("memfail compare", None, "--profile",
+            raise ScenarioError("--profile", None, None,
                                 f"unknown kernel profile {profile!r}; valid profiles: "
                                 f"{', '.join(PROFILES)}")
     from memfail.scenario.loader import library
@@ -492,9 +493,11 @@ def compare(
     scens = scenario or compare_scenarios()
     for s in scens:
         if s not in known and not s.endswith((".yaml", ".yml")):
-            raise ScenarioError("memfail compare", None, "--scenario",
-                                f"unknown scenario {s!r}; valid scenarios: "
-                                f"{', '.join(compare_scenarios())}")
+            raise ScenarioError("--scenario", None, None,
+                                f"unknown scenario {s!r}{did_you_mean(s, known)}: a name "
+                                "`memfail scenarios` lists (the comparison's default is "
+                                f"the vm-* ones: {', '.join(compare_scenarios())}) or a "
+                                "scenario file (.yaml)")
     cells = run_compare(scens, list(labels.values()), profile, workers)
     vs = verdicts(cells, pols)
     sens = sensitivity(cells, list(labels.values()), scens, profile, workers) \

@@ -33,10 +33,10 @@ def kernel_users_document(profile: str | None = None, user: str | None = None
                           ) -> dict[str, Any]:
     """Every entry of the inventory as JSON; ``mc_safe`` is for ``profile`` (newest if None)."""
     if profile is not None and profile not in PROFILES:
-        raise ScenarioError("--profile", None, "profile",
+        raise ScenarioError("--profile", None, None,
                             f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     if user is not None and user not in KERNEL_USER_BY_NAME:
-        raise ScenarioError("--user", None, "user",
+        raise ScenarioError("--user", None, None,
                             f"unknown kernel user {user!r}; known: "
                             f"{', '.join(KERNEL_USER_BY_NAME)}")
     release = profile_release(profile) if profile else None

@@ -51,8 +51,22 @@ def _md(text: str) -> str:
     return text.replace("``", "`")
 
 
-def _type_name(name: str, ann: Any) -> str:
+def _bounds(meta: Any) -> str:
+    """`` (0..255)`` from the ge/le constraints of a field's metadata, "" without them."""
+    lo = hi = None
+    for m in meta:
+        for c in [m, *getattr(m, "metadata", [])]:
+            lo = getattr(c, "ge", lo) if getattr(c, "ge", None) is not None else lo
+            hi = getattr(c, "le", hi) if getattr(c, "le", None) is not None else hi
+    if lo is None and hi is None:
+        return ""
+    return f" ({'' if lo is None else lo}..{'' if hi is None else hi})"
+
+
+def _type_name(name: str, ann: Any, meta: Any = ()) -> str:
     origin, args = get_origin(ann), get_args(ann)
+    if origin is typing.Annotated:
+        return _type_name(name, args[0], ann.__metadata__)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if set(inner) == {int, str}:
@@ -63,7 +77,7 @@ def _type_name(name: str, ann: Any) -> str:
         return ", ".join(f"`{a}`" for a in args)
     if origin is list:
         return f"list of {_type_name(name, args[0])}"
-    return getattr(ann, "__name__", str(ann))
+    return getattr(ann, "__name__", str(ann)) + _bounds(meta)
 
 
 def _default(f: FieldInfo) -> str:
@@ -87,12 +101,13 @@ def _action_section(cls: type[Action]) -> list[str]:
     target = issubclass(cls, TargetMixin)
     rows = []
     if target:
-        rows.append("| *target* | one of `pfn`; `proc` + `addr`; `file` + `offset`; `free` "
-                    "(+ `index`); `kernel`: see [Targets](#targets) | **required** |")
+        rows.append("| *target* | one of `pfn`; `phys`; `proc` + `addr`; `file` + `offset`; "
+                    "`free` (+ `index`); `kernel`; `vm` + `gpa`: see [Targets](#targets) | "
+                    "**required** |")
     for name, f in cls.model_fields.items():
         if target and name in TargetMixin.model_fields:
             continue
-        rows.append(f"| `{name}` | {_type_name(name, f.annotation)} | {_default(f)} |")
+        rows.append(f"| `{name}` | {_type_name(name, f.annotation, f.metadata)} | {_default(f)} |")
     if rows:
         out += ["| field | type | default |", "| --- | --- | --- |", *rows, ""]
     else:
