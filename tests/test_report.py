@@ -115,6 +115,20 @@ def test_search_json_of_another_schema_is_refused_before_any_work(
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize("key", ["presets", "answers", "space", "config"])
+def test_search_json_missing_a_part_is_refused(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path, key: str) -> None:
+    """A document without one of the parts the page shows is not a search's output: refused,
+    naming the part, instead of a section that silently lacks it."""
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({k: v for k, v in SEARCH.items() if k != key}))
+    rc, _, err = run(capsys, "report", "--quick", "--out", str(tmp_path / "r.html"),
+                     "--search-json", str(f))
+    assert rc == 2
+    assert err.startswith(f"memfail: error: {f}:1: {key}: missing")
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_search_json_that_is_not_json_names_the_line(capsys: pytest.CaptureFixture[str],
                                                      tmp_path: Path) -> None:
     f = tmp_path / "s.json"

@@ -479,9 +479,16 @@ def load_search(path: Path) -> dict[str, Any]:
     if doc.get("schema") != SEARCH_SCHEMA:
         raise InputError(str(path), 1, "schema",
                          f"expected {SEARCH_SCHEMA!r}, got {doc.get('schema')!r}")
-    for key in ("minimal", "pareto", "presets", "answers"):
-        if not isinstance(doc.get(key, []), list):
-            raise InputError(str(path), 1, key, "expected a list")
+    # every part the page shows: a document missing one would give a section without it
+    for key, kind in (("config", dict), ("properties", list), ("space", dict),
+                      ("minimal", list), ("pareto", list), ("presets", list),
+                      ("answers", list)):
+        if key not in doc:
+            raise InputError(str(path), 1, key, "missing: not a whole `memfail search --json` "
+                             "document")
+        if not isinstance(doc[key], kind):
+            raise InputError(str(path), 1, key,
+                             f"expected {'a list' if kind is list else 'an object'}")
     return doc
 
 
