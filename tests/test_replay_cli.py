@@ -243,7 +243,189 @@ def test_cli_unreadable_database_is_bad_input(tmp_path: Path,
     db = tmp_path / "x.db"
     db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
     rc, _, err = run([str(db)], capsys)
-    assert rc == 2 and err.startswith(f"memfail: error: {db}: error: ")
+    assert rc == 2 and err.startswith(f"memfail: error: {db}: ")
+    assert "error: error" not in err and f"{db}: error:" not in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- user reports
+
+SRAR = HERE / "debian-6.1-srar.dmesg"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--vms", "0"], "--vms: expected at least 1 VM, got 0"),
+    (["--vms", "-3"], "--vms: expected at least 1 VM, got -3"),
+    (["--vm-size", "1T"], "--vm-size: no VM of 1024 GiB fits in 508 GiB"),
+    (["--vms", "20"], "--vms: 20 VMs of 32 GiB do not fit in 508 GiB"),
+    (["--host-memory", "4G"], "--host-memory: expected more than 4 GiB"),
+    (["--vm-size", "32"], "--vm-size: expected a whole number of GiB"),
+    (["--host-memory", "lots"], "--host-memory: expected a size such as"),
+    (["--kernel", "banana"], "--kernel: cannot read kernel version 'banana'"),
+    (["--kernel", "6"], "--kernel: cannot read kernel version '6'"),
+    (["--format", "bogus"], "--format: unknown format 'bogus' (choose from auto, kernel-log"),
+])
+def test_bad_option_values_are_exit_2_naming_the_option(
+        args: list[str], msg: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import memfail.replay.read as read_mod
+
+    def no_reading(*a: object, **k: object) -> None:
+        raise AssertionError("an input was read before the options were checked")
+    monkeypatch.setattr(read_mod, "read_one", no_reading)
+    rc, out, err = run([str(SRAR), *args], capsys)
+    assert rc == 2 and out == ""
+    assert err == f"memfail: error: {err.split('memfail: error: ', 1)[1]}"
+    assert err.startswith(f"memfail: error: {msg}") and err.count("\n") == 1
+
+
+def test_no_shape_without_a_vm_is_accepted() -> None:
+    from memfail.replay.project import ShapeError
+
+    for shape in (HostShape(vms=0), HostShape(vms=-3), HostShape(vm_gib=1024)):
+        with pytest.raises(ShapeError):
+            shape.validate()
+    assert HostShape(vms=1).nvms == 1
+
+
+def test_a_consumed_error_placed_in_the_free_pool_is_dissolved_not_a_panic(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the SRAR of the log (a process consumed pfn 0x2b47d6, 10.8 GiB) lands after the only
+    # VM (4-8 GiB): a free HugeTLB folio nobody maps, found by the scrub and dissolved (R50)
+    shape = HostShape(vms=1, vm_gib=4)
+    errs, _ = hardware_errors(read_inputs([str(SRAR)]))
+    ((cls, _),) = classes(errs, shape)
+    assert cls.memory == "hugetlb_free" and cls.first_touch == "scrub"
+    rc, out, _ = run([str(SRAR), "--no-replay", "--json", "--vms", "1", "--vm-size", "4G"],
+                     capsys)
+    totals = json.loads(out)["projection"]["totals"]
+    assert rc == 0 and len(totals) >= 8
+    for pol, tot in totals.items():
+        assert tot["host_panic"] == tot["vm_killed"] == tot["vm_paused"] == 0, pol
+    # a fatal machine check stays an unchecked kernel read (R47)
+    fatal = [replace_fatal(e) for e in errs]
+    ((cls, _),) = classes(fatal, shape)
+    assert cls.first_touch == "kernel_unchecked"
+
+
+def replace_fatal(err: object) -> object:
+    import dataclasses
+
+    return dataclasses.replace(err, fatal=True)  # type: ignore[type-var]
+
+
+def test_a_valid_kernel_option_is_not_followed_by_a_note_to_give_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run([str(HERE / "ftrace.txt"), "--kernel", "6.12.9", "--no-project"], capsys)
+    assert rc == 0 and "Linux 6.12.9" in out and "give --kernel" not in out
+    assert "reproduces under linux-6.12" in out
+    from memfail.replay.replay import pick_profile
+
+    profile, notes, _ = pick_profile("banana")
+    assert profile == "linux-6.18" and notes == [
+        "kernel version 'banana' not understood: replayed under linux-6.18 (give --profile)"]
+
+
+AO_SIGBUS = ("[    0.000000] Linux version 6.12.9 (builder@host) (gcc (GCC) 13.2.0, GNU ld 2.41) "
+             "#1 SMP PREEMPT_DYNAMIC\n"
+             "[  100.000010] Memory failure: 0x123456: Sending SIGBUS to app:1234 due to "
+             "hardware memory corruption\n"
+             "[  100.000020] Memory failure: 0x123456: recovery action for {type}: Recovered\n")
+
+
+@pytest.mark.parametrize("page_type", ["huge page", "dirty LRU page"])
+def test_ao_sigbus_sets_up_an_early_kill_owner(tmp_path: Path, page_type: str) -> None:
+    log = tmp_path / "my.dmesg"
+    log.write_text(AO_SIGBUS.format(type=page_type))
+    (o,) = replay_all(read_inputs([str(log)]))
+    assert o.verdict == "reproduces", o.reason
+    assert o.missing_lines == []
+    assert any("Sending SIGBUS to app:" in x for x in o.model_lines)
+    assert o.scenario is not None and "early" in o.scenario and "mce_kill" in o.scenario
+    assert any("early-kill" in c and "R12" in c for c in o.caveats)
+    # without the SIGBUS line the process stays late-kill: no signal, no early-kill set-up
+    log.write_text("".join(ln + "\n" for ln in AO_SIGBUS.format(type=page_type).splitlines()
+                           if "SIGBUS" not in ln))
+    (o,) = replay_all(read_inputs([str(log)]))
+    assert o.verdict == "reproduces" and o.scenario is not None
+    assert "mce_kill" not in o.scenario
+    assert not any("Sending SIGBUS" in x for x in o.model_lines)
+
+
+@pytest.mark.parametrize("page_type", ["clean LRU page", "clean swapcache page",
+                                       "free huge page", "kernel slab page"])
+def test_ao_sigbus_the_set_up_cannot_have_is_cannot_express(tmp_path: Path,
+                                                            page_type: str) -> None:
+    log = tmp_path / "my.dmesg"
+    log.write_text(AO_SIGBUS.format(type=page_type))
+    (o,) = replay_all(read_inputs([str(log)]))
+    assert o.verdict == "cannot-express"
+    assert o.reason.startswith("page owner: the log signals app:1234")
+
+
+def test_ar_sigbus_needs_no_early_kill() -> None:
+    (o,) = replay_all(read_inputs([str(SRAR)]))
+    assert o.verdict == "reproduces" and o.scenario is not None
+    assert "mce_kill" not in o.scenario
+
+
+@pytest.mark.parametrize("content,warning", [
+    (b"", "empty input"),
+    (b"hello world\n", "no RAS record in its 1 line(s)"),
+])
+def test_a_log_without_ras_records_is_read_exit_0(tmp_path: Path, content: bytes,
+                                                  warning: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "x.log"
+    f.write_bytes(content)
+    rc, out, err = run([str(f), "--json"], capsys)
+    doc = json.loads(out)
+    assert rc == 0 and err == ""
+    assert doc["sources"][0]["events"] == 0 and doc["replay"] == []
+    assert [p["reason"] for p in doc["problems"]] == [warning]
+    assert doc["problems"][0]["severity"] == "warning"
+
+
+def test_nothing_readable_at_all_is_exit_2_one_short_line(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    import random
+
+    rnd = random.Random(5)
+    for seed in range(20):   # random bytes, with or without a NUL among them
+        rnd.seed(seed)
+        b = tmp_path / "bin.log"
+        b.write_bytes(bytes(rnd.randrange(256) for _ in range(300)))
+        rc, out, err = run([str(b)], capsys)
+        assert rc == 2 and out == ""
+        assert err == (f"memfail: error: {b}: a binary file, neither text nor a rasdaemon "
+                       "database\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run([str(empty)], capsys)
+    assert rc == 2 and err.startswith(f"memfail: error: {empty}: no file to read")
+    # one readable input among unreadable ones: the run is a result
+    (tmp_path / "ok.log").write_text("hello world\n")
+    rc, out, _ = run([str(b), str(tmp_path / "ok.log"), "--no-project"], capsys)
+    assert rc == 0 and "a binary file" in out
+
+
+def test_problem_excerpt_is_short_and_says_error_once(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from memfail.replay.events import Problem
+
+    p = Problem(source="f", line=1, reason="binary data (NUL bytes) in a text line",
+                text="\x01\x02" * 150)
+    short = p.render(severity=False, excerpt=40)
+    assert short.startswith("f:1: binary data (NUL bytes) in a text line: '\\x01\\x02")
+    assert short.endswith("...'") and len(short) < 100 and "error" not in short
+    assert p.render().startswith("f:1: error: binary data") and len(p.render()) < 150
+    log = tmp_path / "nul.log"
+    log.write_bytes(b"Memory failure: 0x1\x00" + b"x" * 300 + b"\n")
+    rc, out, _ = run([str(log), "--no-project"], capsys)
+    line = next(ln for ln in out.splitlines() if "NUL bytes" in ln)
+    excerpt = line.split(" in a text line: ", 1)[1]
+    assert rc == 0 and len(excerpt) <= 80 + 5 and excerpt.endswith("...'")
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,8 +1,10 @@
 """`memfail replay`: read RAS logs, replay each failed page on the model, project the errors
 onto a guest_memfd host under every policy.
 
-Exit status: 0 done (differences and unreadable lines are results, listed), 2 bad input (a
-missing file, an unknown option value, or inputs of which nothing could be read).
+Exit status: 0 when at least one input was read (differences, unreadable lines and logs
+without any RAS record are results, listed); 2 for bad input, one ``memfail: error:`` line (a
+bad option value, named, before any input is read; a missing file or a directory without
+files; or not one input readable at all). docs/replay.md, "Output".
 """
 
 from __future__ import annotations
@@ -94,11 +96,17 @@ def replay(
         raise _fail("give at least one LOG (a file, a rasdaemon database or a directory); "
                     "see memfail replay --help")
     from memfail.model.policy.registry import policy_names
-    from memfail.model.units import parse_size
 
-    from .project import HostShape, project
+    from .project import HostShape, ShapeError, project
     from .replay import replay_all
 
+    # every option is checked before any input is read (docs/replay.md, "Exit status")
+    if fmt not in FORMATS:
+        raise _fail(f"--format: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if kernel is not None and not kernel_version_ok(kernel):
+        raise _fail(f"--kernel: cannot read kernel version {kernel!r}; give the release as "
+                    "'uname -r' prints it (MAJOR.MINOR[.PATCH][-SUFFIX]), e.g. 6.12.9 or "
+                    "6.1.0-18-amd64")
     known = policy_names()
     pols = list(policy or known)
     for p in pols:
@@ -114,18 +122,15 @@ def replay(
         raise _fail(f"--backing: expected 4K, 2M or 1G, got {backing!r}")
     if guest not in ("default", "confidential"):
         raise _fail(f"--guest: expected default or confidential, got {guest!r}")
-    try:
-        mem_gib = parse_size(host_memory) // (1 << 30)
-        sizes = tuple(parse_size(x.strip()) // (1 << 30) for x in vm_size.split(","))
-    except ValueError as e:
-        raise _fail(f"--host-memory/--vm-size: {e}") from None
+    mem_gib = _gib("--host-memory", host_memory)
+    sizes = tuple(_gib("--vm-size", x.strip()) for x in vm_size.split(","))
     shape = HostShape(memory_gib=mem_gib, vm_gib=sizes[0], vms=vms,
                       backing=backing, guest=guest, shared=shared,  # type: ignore[arg-type]
                       vm_list=sizes if len(sizes) > 1 else None)
     try:
         shape.validate()
-    except ValueError as e:
-        raise _fail(f"--host-memory/--vm-size/--vms: {e}") from None
+    except ShapeError as e:
+        raise _fail(f"{e.option}: {e}") from None
     show = sys.stderr.isatty() if progress is None else progress
 
     def tick(name: str, i: int, n: int) -> None:
@@ -140,10 +145,9 @@ def replay(
         read = read_inputs(logs, fmt, kernel, progress=tick, line_progress=lines)
     except ReplayInputError as e:
         raise _fail(str(e)) from None
-    if not read.events and any(p.severity == "error" for p in read.problems) and \
-            all(s.events == 0 and s.ignored == 0 for s in read.sources):
-        first = next(p for p in read.problems if p.severity == "error")
-        raise _fail(first.render())
+    unread = unreadable(read)
+    if unread is not None:  # not one input could be read at all: bad input
+        raise _fail(unread)
     outcomes = replay_all(read, profile, kernel) if do_replay else []
     if show and do_replay:
         print(f"memfail replay: replayed {len(outcomes)} incident(s)", file=sys.stderr)
@@ -168,6 +172,47 @@ def replay(
         return 0
     _text(read, outcomes, proj, events, mce_panics)
     return 0
+
+
+def _gib(option: str, text: str) -> int:
+    """A size option in whole GiB (exit 2 naming the option otherwise)."""
+    from memfail.model.units import parse_size
+
+    try:
+        n = parse_size(text)
+    except ValueError as e:
+        raise _fail(f"{option}: {e}") from None
+    if n % (1 << 30):
+        raise _fail(f"{option}: expected a whole number of GiB such as 32G, got {text!r}")
+    return n // (1 << 30)
+
+
+def kernel_version_ok(version: str) -> bool:
+    """Whether ``version`` reads as a kernel release (``6.12.9``, ``6.1.0-18-amd64``)."""
+    import re
+
+    from .pagetypes import version_key
+
+    return bool(re.fullmatch(r"\d+\.\d+(\.\d+)?([-+~_.][\w.+~-]*)?", version)) and \
+        version_key(version) is not None
+
+
+def unreadable(read: ReadResult) -> str | None:
+    """The ``memfail: error:`` text when not one input could be read at all (every input is
+    missing its content: a binary file, a corrupt archive or database); None when at least
+    one input was read, even if it held no RAS record (an empty log is a result: exit 0)."""
+    if not read.sources:
+        return None
+    failed = []
+    for s in read.sources:
+        errs = [p for p in read.problems if p.source == s.source and p.severity == "error"
+                and p.line is None and p.row is None and p.table is None]
+        if not errs or s.events or s.lines or s.rows or s.ignored:
+            return None
+        failed.append(errs[0])
+    first = failed[0]
+    more = f" (and {len(failed) - 1} more input(s) unreadable)" if len(failed) > 1 else ""
+    return f"{first.render(severity=False)}{more}"
 
 
 def _panics_text(found: list[dict[str, Any]]) -> None:
@@ -200,15 +245,17 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
     ign = sum(s.ignored for s in read.sources)
     dup = sum(s.duplicates for s in read.sources)
     errs = sum(1 for p in read.problems if p.severity == "error")
-    print(f"memfail replay: {len(read.sources)} input(s), {len(read.events)} event(s) ("
-          + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f"), {errs} unreadable "
+    per_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"memfail replay: {len(read.sources)} input(s), {len(read.events)} event(s)"
+          + (f" ({per_kind})" if per_kind else "") + f", {errs} unreadable "
           f"record(s), {ign} non-RAS line(s) ignored, {dup} duplicate(s) dropped")
     print("\ninputs:")
     for s in read.sources:
         kv = f"Linux {s.kernel_version}" if s.kernel_version else "kernel version unknown"
+        db = bool(s.rows) or "rasdaemon-db" in s.formats
         print(f"  {s.source}: {', '.join(s.formats) or 'nothing recognised'}; {kv}"
               f"{'; ' + s.arch if s.arch else ''}{'; host ' + s.host if s.host else ''}; "
-              f"{s.lines or s.rows} {'lines' if s.lines else 'rows'}, {s.events} events, "
+              f"{s.rows if db else s.lines} {'rows' if db else 'lines'}, {s.events} events, "
               f"{s.ignored} ignored")
     if read.problems:
         print("\nproblems:")

@@ -91,6 +91,20 @@ class RasEvent(BaseModel):
         return f"{self.source}:{self.line}"
 
 
+def _excerpt(text: str, limit: int) -> str:
+    """``text`` escaped as Python would (control and binary bytes as ``\\xNN``), cut to about
+    ``limit`` characters of the escaped form."""
+    out: list[str] = []
+    n = 0
+    for ch in text:
+        piece = "\\'" if ch == "'" else repr(ch)[1:-1]
+        if n + len(piece) > limit:
+            return "".join(out) + "..."
+        out.append(piece)
+        n += len(piece)
+    return "".join(out)
+
+
 class Problem(BaseModel):
     """An input that could not be read, or was read only in part."""
 
@@ -104,11 +118,14 @@ class Problem(BaseModel):
     reason: str
     text: str = ""
 
-    def render(self) -> str:
+    def render(self, severity: bool = True, excerpt: int = 80) -> str:
+        """``SOURCE[:LINE]: [SEVERITY: ]REASON[: 'EXCERPT']``, the excerpt of the line cut to
+        ``excerpt`` characters (``...`` marks the cut; ``text`` keeps the line)."""
         at = f"{self.source}:{self.line}" if self.line is not None else \
             f"{self.source}: table {self.table}" + (f" row {self.row}" if self.row is not None
                                                    else "") if self.table else self.source
-        return f"{at}: {self.severity}: {self.reason}" + (f": {self.text!r}" if self.text else "")
+        return f"{at}: " + (f"{self.severity}: " if severity else "") + self.reason + \
+            (f": '{_excerpt(self.text, excerpt)}'" if self.text else "")
 
 
 class SourceSummary(BaseModel):

@@ -25,6 +25,14 @@ BURST_SECONDS = 1.0   # errors in one folio this close together are one fault
 MAX_PAGES = 8         # pages hit per class (the model's cost grows with it)
 
 
+class ShapeError(ValueError):
+    """A host shape that cannot be projected onto; ``option`` is the option at fault."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 @dataclass(frozen=True)
 class HostShape:
     """The guest_memfd host the errors are projected onto. ``vm_list`` gives VM sizes in GiB
@@ -57,13 +65,26 @@ class HostShape:
         return len(self.layout())
 
     def validate(self) -> None:
-        if self.memory_gib <= RESERVED_GIB:
-            raise ValueError(f"host memory must be more than {RESERVED_GIB} GiB")
+        """Raise ``ShapeError`` (naming the option at fault) for a host that has no VM: a
+        guest_memfd host without guest memory has nothing to project onto, and a projection
+        onto it would count VM outcomes without VMs."""
+        room = self.memory_gib - RESERVED_GIB
+        if room < 1:
+            raise ShapeError("--host-memory", f"expected more than {RESERVED_GIB} GiB (the "
+                             f"host kernel and the VMM take the first {RESERVED_GIB} GiB), "
+                             f"got {self.memory_gib} GiB")
         if min(self.vm_list or (self.vm_gib,)) < 1:
-            raise ValueError("VM size must be at least 1 GiB")
+            raise ShapeError("--vm-size", "VM size must be at least 1 GiB")
+        if self.vms is not None and self.vms < 1:
+            raise ShapeError("--vms", f"expected at least 1 VM, got {self.vms}: the errors "
+                             "are projected onto a guest_memfd host, which needs a VM")
+        if self.nvms == 0:
+            raise ShapeError("--vm-size", f"no VM of {self._sizes()} GiB fits in {room} GiB "
+                             f"of guest memory ({self.memory_gib} GiB host memory less "
+                             f"{RESERVED_GIB} GiB for the host kernel and the VMM)")
         if self.vms is not None and self.vms > self.nvms:
-            raise ValueError(f"{self.vms} VMs of {self._sizes()} GiB do not fit in "
-                             f"{self.memory_gib - RESERVED_GIB} GiB of guest memory")
+            raise ShapeError("--vms", f"{self.vms} VMs of {self._sizes()} GiB do not fit in "
+                             f"{room} GiB of guest memory (at most {self.nvms})")
 
     def _sizes(self) -> str:
         return "/".join(str(x) for x in (self.vm_list or (self.vm_gib,)))
@@ -209,6 +230,13 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             touch = "guest_read" if head.consumed else "scrub"
         elif kind == "vmm":
             touch = "vmm_read" if head.consumed else "scrub"
+        elif kind == "hugetlb_free":
+            # nobody maps a free HugeTLB folio, so the log's consumer (a process, a guest) has
+            # no counterpart on the projected host: the scrub meets the error and
+            # memory_failure() dissolves the folio and takes the raw page off the buddy lists
+            # (R50, dissolve_free_hugetlb_folio, R59: MF_MSG_FREE_HUGE, Recovered). Only a
+            # fatal machine check (the kernel consumed it, kept above) stays a kernel read.
+            touch = "kernel_unchecked" if head.fatal else "scrub"
         else:
             touch = "kernel_unchecked" if head.consumed or head.fatal else "scrub"
         cls = FailureClass(

@@ -64,6 +64,9 @@ def expand(paths: list[str]) -> list[Path]:
             raise ReplayInputError(f"{p}: no such file or directory")
         if len(out) > MAX_FILES:
             raise ReplayInputError(f"{p}: more than {MAX_FILES} files")
+    if not out:   # only empty directories: nothing to read at all
+        raise ReplayInputError(f"{paths[0]}: no file to read in this directory (hidden files "
+                               "are skipped)")
     return out
 
 
@@ -98,7 +101,7 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
                            "reason": "a binary systemd journal file; export it first: "
                                      f"journalctl -k --file {source} > kern.txt"})
         return f
-    if data[:4096].count(b"\x00") >= 8:
+    if _binary(data[:4096]):
         f = Found()
         f.problems.append({"source": source, "severity": "error", "text": "",
                            "reason": "a binary file, neither text nor a rasdaemon database"})
@@ -109,7 +112,22 @@ def read_one(path: Path, fmt: str = "auto", kernel: str | None = None,
     if not data.strip():
         found.problems.append({"source": source, "reason": "empty input", "severity": "warning",
                                "text": ""})
+    elif not found.events and not any(p["severity"] == "error" for p in found.problems):
+        found.problems.append({"source": source, "severity": "warning", "text": "",
+                               "reason": f"no RAS record in its {found.lines} line(s)"})
     return found
+
+
+CONTROL = frozenset(range(32)) - frozenset(b"\t\n\r\f\x1b\x08") | {0x7F}
+
+
+def _binary(head: bytes) -> bool:
+    """A binary file, not a log: NUL bytes, or more control bytes than text has (a log's
+    only control bytes are tabs, form feeds and terminal escapes)."""
+    if head.count(b"\x00") >= 8:
+        return True
+    ctrl = sum(1 for b in head if b in CONTROL)
+    return len(head) >= 32 and ctrl * 20 > len(head)   # more than 5 %
 
 
 def _unpack(data: bytes) -> tuple[str, bytes | str] | None:

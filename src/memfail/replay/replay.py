@@ -141,6 +141,9 @@ def pick_profile(version: str | None) -> tuple[str | None, list[str], str | None
     """(profile, caveats, reason it cannot be replayed). The newest preset not newer than
     the log's kernel; switches that the exact version would set differently are caveats."""
     key = version_key(version)
+    if key is None and version:
+        return "linux-6.18", [f"kernel version {version!r} not understood: replayed under "
+                              "linux-6.18 (give --profile)"], None
     if key is None:
         return "linux-6.18", ["no 'Linux version' line: replayed under linux-6.18 (give "
                               "--kernel or --profile)"], None
@@ -173,7 +176,8 @@ _APP = [{"name": "app", "sigbus": "handler"}]
 _USER = {"proc": "app", "addr": "m"}
 Recipe = dict[str, Any]
 RECIPES: dict[str, Recipe] = {
-    "dirty LRU page": {"processes": _APP, "target": _USER, "user": True, "steps": [
+    "dirty LRU page": {"processes": _APP, "target": _USER, "user": True, "ao_signal": True,
+                       "steps": [
         {"mmap": {"proc": "app", "name": "m", "size": "4K"}},
         {"mem_write": {"proc": "app", "addr": "m"}}]},
     "clean LRU page": {"processes": _APP, "target": _USER, "user": True, "steps": [
@@ -183,7 +187,8 @@ RECIPES: dict[str, Recipe] = {
         {"fsync": {"proc": "app", "fd": "f"}},
         {"mmap": {"proc": "app", "name": "m", "size": "4K", "fd": "f", "shared": True}},
         {"mem_read": {"proc": "app", "addr": "m"}}]},
-    "dirty mlocked LRU page": {"processes": _APP, "target": _USER, "user": True, "steps": [
+    "dirty mlocked LRU page": {"processes": _APP, "target": _USER, "user": True,
+                               "ao_signal": True, "steps": [
         {"mmap": {"proc": "app", "name": "m", "size": "4K", "locked": True}},
         {"mem_write": {"proc": "app", "addr": "m"}}]},
     "clean swapcache page": {"processes": _APP, "target": _USER, "user": True, "ao_only": True,
@@ -197,7 +202,7 @@ RECIPES: dict[str, Recipe] = {
         {"mem_write": {"proc": "app", "addr": "m", "value": 7}},
         {"swapout": {"proc": "app", "addr": "m", "stage": "cache"}}]},
     "huge page": {"host": {"hugepages": {"2M": 2}}, "processes": _APP, "target": _USER,
-                  "user": True, "steps": [
+                  "user": True, "ao_signal": True, "steps": [
         {"mmap": {"proc": "app", "name": "m", "size": "2M", "hugetlb": "2M"}},
         {"mem_write": {"proc": "app", "addr": "m"}}]},
     "free huge page": {"host": {"hugepages": {"2M": 1}}, "target": {"free": "2M"},
@@ -277,6 +282,25 @@ def build_scenario(inc: Incident, profile: str) -> tuple[dict[str, Any] | None, 
                       "kernel consumption without fixup panics, R47)")
     if mode == "madvise" and not recipe.get("user"):
         return None, 0, f"madvise(MADV_HWPOISON) cannot reach a {first}"
+    processes = [dict(p) for p in recipe.get("processes", [])]
+    signalled = [e for e in inc.events if e.kind == "mf_message" and
+                 e.detail.get("action") in ("sigbus", "kill")]
+    if signalled and mode in ("scrub", "ghes"):
+        # action optional: kill_procs() signals only the processes collect_procs() gathered,
+        # and without MF_ACTION_REQUIRED task_early_kill() gathers only early-kill threads
+        # (R12, R13): the logged SIGBUS says an early-kill process mapped the page
+        who = f"{signalled[0].detail.get('comm')}:{signalled[0].detail.get('pid')}"
+        if not processes:
+            return None, 0, (f"page owner: the log signals {who} for a {first}, which no "
+                             "process maps")
+        if not recipe.get("ao_signal"):
+            return None, 0, (
+                f"page owner: the log signals {who} for an action-optional failure of a "
+                f"{first}; the kernel signals an early-kill process only for a page it "
+                "maps that is dirty or cannot be unmapped (hwpoison_user_mappings, R12), "
+                f"and the model's {first} is not one: how the log's page was mapped is not "
+                "in the log")
+        processes[0]["mce_kill"] = {"main": "early"}
     steps = [dict(s) for s in recipe["steps"]]
     target = dict(recipe["target"])
     errs: list[dict[str, Any]] = []
@@ -293,7 +317,7 @@ def build_scenario(inc: Incident, profile: str) -> tuple[dict[str, Any] | None, 
                                       "scrub"}})
     sc = {"name": f"replay-{inc.key.replace(' ', '-')}",
           "description": f"replay of {inc.key} from {inc.source}", "profile": profile,
-          "host": recipe.get("host", {}), "processes": recipe.get("processes", []),
+          "host": recipe.get("host", {}), "processes": processes,
           "steps": [*steps, *errs]}
     return {k: v for k, v in sc.items() if v != {} and v != []}, len(steps), ""
 
@@ -344,6 +368,14 @@ def replay_incident(inc: Incident, version: str | None, arch: str | None,
     if sc is None:
         out.reason = why
         return out
+    early = next((e for e in inc.events if e.kind == "mf_message" and
+                  e.detail.get("action") in ("sigbus", "kill")), None)
+    if early is not None and any(p.get("mce_kill") for p in sc.get("processes", [])):
+        out.caveats.append(
+            f"the log signals {early.detail.get('comm')}:{early.detail.get('pid')} for an "
+            "action-optional failure, which only an early-kill process gets (R12, "
+            "task_early_kill): the set-up gives the process PR_MCE_KILL_EARLY (the log cannot "
+            "tell it from vm.memory_failure_early_kill=1)")
     return _run_and_compare(sc, mark, out)
 
 
