@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from memfail.cli import app
 from memfail.fleet import engine
+from memfail.fleet.calibration import frailty_tail
 from memfail.fleet.classes import FailureClass, Outcome
 from memfail.fleet.oracle import ModelOracle, TableOracle, build_scenario
 from memfail.fleet.params import (
@@ -29,7 +30,7 @@ from memfail.fleet.params import (
     parse_assignment,
     with_assignments,
 )
-from memfail.fleet.sampler import _alias
+from memfail.fleet.sampler import _frailty, _race, _weights, compile_spec
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "fleet.md"
 
@@ -46,6 +47,15 @@ def simple(rate: float = 0.5, extra: str = "") -> LoadedFleet:
 
 
 # --------------------------------------------------------------------------- parameters
+
+
+def test_show_defaults_json_gives_values_as_the_file_has_them() -> None:
+    r = CliRunner().invoke(app, ["fleet", "--show-defaults", "--json"])
+    assert r.exit_code == 0, r.output
+    values = {x["path"]: x["value"] for x in json.loads(r.output)["parameters"]}
+    assert values["fleet.hosts"] == 10000 and isinstance(values["fleet.hosts"], int)
+    assert values["faults.ue_rate_per_host_year"] == pytest.approx(0.0254)
+    assert values["vms.page_size"] == {"4K": 0.0, "2M": 0.5, "1G": 0.5}
 
 
 def test_every_default_has_a_citation() -> None:
@@ -225,12 +235,18 @@ def test_coverage_of_intervals_over_repeated_seeds() -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=40).filter(
     lambda w: sum(w) > 1e-6))
-def test_alias_table_reproduces_the_probabilities(weights: list[float]) -> None:
-    prob, alias = _alias(np.array(weights))
-    n = len(weights)
-    implied = prob / n
-    np.add.at(implied, alias, (1 - prob) / n)
-    assert np.allclose(implied, np.array(weights) / sum(weights), atol=1e-12)
+def test_exponential_race_reproduces_the_probabilities(weights: list[float]) -> None:
+    """The sampler draws every category by an exponential race: each category wins with its
+    share of the weight (a zero weight never), in the one-table and the per-draw form."""
+    w = _weights(weights, len(weights) + 2)  # padded like the per-memory-kind tables
+    e = np.random.default_rng(1).standard_exponential((len(w), 100_000))
+    idx = _race(e, w)
+    freq = np.bincount(idx, minlength=len(w)) / e.shape[1]
+    want = np.array(weights) / sum(weights)
+    assert np.allclose(freq[: len(weights)], want, atol=0.006)
+    assert not freq[len(weights):].any()
+    assert not freq[: len(weights)][want == 0].any()
+    assert (_race(e[:, :500], np.tile(w, (500, 1))) == idx[:500]).all()
 
 
 # --------------------------------------------------------------------------- oracles
@@ -320,6 +336,65 @@ def test_fleet_from_the_docs_runs_and_plots(tmp_path: Path) -> None:
                     plots / "fleet-sweep-scrub_period_hours-host_panic.svg"])
 
 
+def test_the_docs_pareto_fleet_says_its_intervals_are_not_valid(tmp_path: Path) -> None:
+    """The user's report: the docs' fleet (Pareto frailty, mean/median 55) printed a fault
+    rate interval 14x below the mean rate of its own calibration line. The frailty's mean is
+    1, but its shape 1.009 has infinite variance: the output must say the intervals are not
+    valid, why, and give the analytic mean beside the Monte Carlo one."""
+    fleet, table = _doc_files(tmp_path)
+    args = ["fleet", str(fleet), "--oracle", str(table), "--host-years", "5000",
+            "--workers", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "interval NOT valid: infinite-variance frailty; the mean is 0.0254" in text
+    assert "warning: the Pareto frailty (mean/median 55, shape 1.009) has infinite " \
+        "variance (shape <= 2)" in text
+    r = CliRunner().invoke(app, [*args, "--json"])
+    fr = json.loads(r.output)["frailty"]
+    assert fr["distribution"] == "pareto" and fr["shape"] == pytest.approx(1.00923, abs=1e-5)
+    assert fr["variance_finite"] is False and fr["intervals_valid"] is False
+    assert fr["mean_faults_per_host_year_exact"] == 0.0254
+    assert 0.9 < fr["mean_share_beyond_sample"] < 0.95  # 5120 ** (-(a - 1) / a)
+    assert "not valid" in fr["warning"]
+    r = CliRunner().invoke(app, ["fleet", "sweep", str(fleet), "--oracle", str(table),
+                                 "--grid", "scrub.period_hours=[3,48]", "--host-years",
+                                 "640", "--outcome", "host_panic"])
+    assert r.exit_code == 0, r.output
+    assert " ".join(r.output.split()).count("warning: the Pareto frailty") == 1
+
+
+@pytest.mark.parametrize(("distribution", "mean_over_median", "valid"), [
+    ("lognormal", 55.0, True), ("none", 1.0, True), ("pareto", 55.0, False),
+    ("pareto", 3.0, False), ("pareto", 1.4, True)])
+def test_frailty_tail_validity(distribution: str, mean_over_median: float,
+                               valid: bool) -> None:
+    fleet = with_assignments(load_fleet(None), {"frailty.distribution": distribution,
+                                                "frailty.mean_over_median": mean_over_median})
+    fr = frailty_tail(fleet.params, 10_000)
+    assert fr["intervals_valid"] is valid and fr["variance_finite"] is valid
+    assert (fr["warning"] is None) is valid
+    if distribution == "pareto":
+        assert (fr["shape"] > 2) is valid
+
+
+def test_pareto_frailty_has_mean_one() -> None:
+    """The sampled Pareto frailty is F = (a-1)/a x U^(-1/a): Pareto type I with scale
+    (a-1)/a, mean exactly 1 (not numpy's Lomax ``pareto(a)``, mean 1/(a-1)). With a shape > 2
+    (finite variance) its sample mean converges to 1."""
+    for mom in (55.0, 1.3):
+        spec = compile_spec(with_assignments(load_fleet(None), {
+            "frailty.distribution": "pareto", "frailty.mean_over_median": mom}).params)
+        a = spec.frailty_shape
+        f, lr = _frailty(spec, np.random.default_rng(0), 1)
+        assert lr is None
+        scale = (a - 1) / a
+        assert scale * a / (a - 1) == pytest.approx(1.0)  # the Pareto I mean
+        assert scale * 2 ** (1 / a) * mom == pytest.approx(1.0)  # median x ratio = mean
+    f, _ = _frailty(spec, np.random.default_rng(0), 2_000_000)
+    assert spec.frailty_shape > 2 and f.mean() == pytest.approx(1.0, abs=0.01)
+
+
 def test_sweep_json_and_table_output(tmp_path: Path) -> None:
     _, table = _doc_files(tmp_path)
     r = CliRunner().invoke(app, ["fleet", "sweep", "--oracle", str(table), "--grid",
@@ -351,5 +426,5 @@ def test_show_defaults_lists_citations() -> None:
     r = CliRunner().invoke(app, ["fleet", "--show-defaults", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)["parameters"]
-    assert {"path": "scrub.period_hours", "value": "24.0"}.items() <= rows[
+    assert {"path": "scrub.period_hours", "value": 24.0}.items() <= rows[
         [x["path"] for x in rows].index("scrub.period_hours")].items()

@@ -137,6 +137,12 @@ def test_kernel_consumption_is_the_cited_r47_panic(oracle: ModelOracle) -> None:
         assert "R47" in sc.citation
         for pol in ("minimum", "future"):
             assert oracle.outcome(pol, cls).host_panic == 1
+    # a panic ends the host-year's story for that failure: the free folio the kernel read is
+    # not handed to a VM afterwards, so no VM is killed or paused by it as well
+    free = fc("hugetlb_free", "none", 0, "2M", first_touch="kernel_unchecked")
+    for pol in POLICIES:
+        out = oracle.outcome(pol, free)
+        assert (out.host_panic, out.vm_killed, out.vm_paused) == (1, 0, 0), pol
     scrubbed = fc("kernel", "none", 0, "4K", first_touch="scrub")
     assert model_scenario(scrubbed).cited == ()
     assert oracle.outcome("minimum", scrubbed).host_panic == 0  # slab AO: ignored (-EBUSY)
@@ -231,3 +237,18 @@ def test_fleet_runs_the_model_with_the_defaults() -> None:
                                     "--policy", "minimum", "--policy", "kill-vm"])
     assert r.exit_code == 0, r.output
     assert "kill-vm" in r.output and "vm killed" in r.output
+
+
+def test_fleet_takes_an_inline_policy_as_every_command_does() -> None:
+    """docs/policies.md: an inline policy's name is a policy everywhere a policy is taken.
+    The two spellings of one policy are one column; a name that is no policy is refused."""
+    r = CliRunner().invoke(app, ["fleet", "--host-years", "64", "--workers", "1", "--json",
+                                 "--policy", "minimum{unmap_stage2=folio}",
+                                 "--policy", "{base: minimum, unmap_stage2: folio}"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["policies"] == ["minimum{unmap_stage2=folio}"]
+    r = CliRunner().invoke(app, ["fleet", "--host-years", "64", "--policy", "minimu"])
+    assert r.exit_code == 2
+    assert "--policy: unknown policy 'minimu'" in r.output and "did you mean 'minimum'" \
+        in r.output

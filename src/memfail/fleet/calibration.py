@@ -71,3 +71,45 @@ def calibration(params: FleetParams, p_sampled: float) -> dict[str, Any]:
             "cited": CITED_P_HOST_UE, "cited_source": CITED_SOURCE,
             "mean_rate_per_host_year": rate, "rate_matching_cited": fit,
             "explanation": why}
+
+
+def frailty_tail(params: FleetParams, host_years: int,
+                 faults_sampled: float | None = None) -> dict[str, Any]:
+    """The ``frailty`` object of ``memfail.fleet/1``: whether the frailty's tail lets the
+    Monte Carlo intervals hold.
+
+    A Pareto frailty of shape ``a`` (F = (a-1)/a x U^(-1/a), mean 1) has infinite variance
+    for a <= 2: the batch means then have no standard error, so the Garwood intervals built
+    from their spread are not valid, and for a near 1 the sample mean is carried by hosts
+    rarer than any sample holds. The share of the mean rate from frailties above the largest
+    one a sample of N host-years typically holds (P(F > m) = 1/N) is N^(-(a-1)/a); the Monte
+    Carlo rates are short by about that share. The lognormal frailty (all moments finite,
+    sampled with a defensive tilt) and no frailty keep the intervals valid.
+    """
+    fr = params.frailty
+    rate = params.faults.ue_rate_per_host_year
+    out: dict[str, Any] = {"distribution": fr.distribution,
+                           "mean_over_median": fr.mean_over_median, "shape": None,
+                           "variance_finite": True, "intervals_valid": True,
+                           "mean_faults_per_host_year_exact": rate,
+                           "faults_per_host_year_sampled": faults_sampled,
+                           "mean_share_beyond_sample": 0.0, "warning": None}
+    if fr.distribution == "lognormal" and fr.mean_over_median > 1.0:
+        out["shape"] = math.sqrt(2.0 * math.log(fr.mean_over_median))
+    if fr.distribution != "pareto" or fr.mean_over_median <= 1.0:
+        return out
+    a = pareto_shape(fr.mean_over_median)
+    beyond = float(host_years) ** (-(a - 1.0) / a)
+    out.update(shape=a, mean_share_beyond_sample=beyond)
+    if a > 2.0:
+        return out
+    sampled = "" if faults_sampled is None else f" (Monte Carlo {faults_sampled:.3g})"
+    out.update(variance_finite=False, intervals_valid=False, warning=(
+        f"the Pareto frailty (mean/median {fr.mean_over_median:g}, shape {a:.4g}) has "
+        f"infinite variance (shape <= 2), so the 95 % intervals of every rate and share are "
+        f"not valid; {beyond:.0%} of its mean rate comes from hosts rarer than 1 in "
+        f"{host_years:,} host-years (the sample), so the Monte Carlo rates fall short of the "
+        f"mean by about that much. The mean fault rate is {rate:g} per host-year"
+        f"{sampled}. Use a lognormal frailty, or a Pareto mean/median below 1.414 "
+        f"(shape > 2), for valid intervals (docs/fleet.md \"Heavy tails\")."))
+    return out

@@ -89,20 +89,34 @@ def _save(orc: OutcomeOracle) -> None:
 
 
 def _policies(fleet: LoadedFleet, chosen: list[str] | None) -> list[str]:
-    pols = list(chosen or fleet.params.policies)
-    return pols
+    """The policies of the run, each as ``policy_text`` names it (an inline policy by its
+    preset and the knobs it changes), so that one policy written two ways is one column."""
+    from memfail.model.policy.registry import policy_text
+
+    out: list[str] = []
+    for pol in chosen or fleet.params.policies:
+        name = policy_text(pol)
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def _check_policies(chosen: list[str] | None) -> None:
+    """Each --policy is a preset or knobs on one (``minimum{unmap_stage2=folio}``,
+    ``{base: minimum, unmap_stage2: folio}``: docs/policies.md), as everywhere a policy is
+    taken; the model oracle runs it like a preset."""
     if not chosen:
         return
-    from memfail.model.policy.registry import policy_names
+    from memfail.model.policy.registry import policy_names, policy_text
 
     known = policy_names()
     for pol in chosen:
-        if pol not in known:
-            raise FleetInputError(f"--policy: unknown policy {pol!r}"
-                                  f"{did_you_mean(pol, known)}; valid: {', '.join(known)}")
+        try:
+            policy_text(pol)
+        except (ValueError, TypeError) as e:
+            hint = did_you_mean(pol, known)
+            raise FleetInputError(f"--policy: {e}{hint}" if hint else f"--policy: {e}") \
+                from None
 
 
 def _workers(n: int | None) -> int:
@@ -182,7 +196,8 @@ def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[int], 
 
 def _show_defaults(as_json: bool) -> None:
     if as_json:
-        rows = [{"path": p, "value": v, "citation": c} for p, v, c in defaults_table()]
+        rows = [{"path": p, "value": v, "citation": c}
+                for p, v, c in defaults_table(plain_values=True)]
         print(json.dumps({"schema": "memfail.fleet-defaults/1", "parameters": rows}, indent=2))
         return
     t = Table(title="memfail fleet: default parameters and their sources", title_justify="left")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from memfail.fleet.calibration import calibration
+from memfail.fleet.calibration import calibration, frailty_tail
 from memfail.fleet.classes import OUTCOME_NAMES, TOUCHES, FailureClass
 from memfail.fleet.oracle import OutcomeOracle
 from memfail.fleet.params import FleetError, LoadedFleet, with_assignments
@@ -197,6 +197,7 @@ class FleetResult:
     assign: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     guests: dict[str, float] = field(default_factory=dict)
+    frailty: dict[str, Any] = field(default_factory=dict)
 
     def rate(self, policy: str, outcome: str) -> Rate:
         for r in self.rates:
@@ -217,6 +218,7 @@ class FleetResult:
             "vm_hours_per_host_year": self.vms_per_host * HOURS_PER_YEAR,
             "p_any_fault": self.p_any_fault,
             "calibration": self.calibration,
+            "frailty": self.frailty,
             "guests": self.guests,
             "faults_per_host_year": self.faults_per_host_year.to_dict(),
             "consumed_before_scrub": self.consumed_before_scrub.to_dict(),
@@ -264,10 +266,11 @@ def estimate(fleet: LoadedFleet, t: Tallies, oracle: OutcomeOracle, seed: int,
         return share_interval(part, faults)
 
     memories = sorted({c.memory for c in t.classes})
+    fault_rate = rate_interval(faults, sizes, p_bar)
     return FleetResult(
         seed=seed, plan=t.plan, source=fleet.source, policies=pols, hosts=p.fleet.hosts,
         vms_per_host=p.vms_per_host,
-        faults_per_host_year=rate_interval(faults, sizes, p_bar),
+        faults_per_host_year=fault_rate,
         p_any_fault=p_bar,
         consumed_before_scrub=share(lambda c: c.consumed),
         first_touch={tch: share(lambda c, tch=tch: c.first_touch == tch)  # type: ignore[misc]
@@ -278,6 +281,7 @@ def estimate(fleet: LoadedFleet, t: Tallies, oracle: OutcomeOracle, seed: int,
         rates=rates,
         calibration=calibration(p, p_bar),
         guests=p.vms.behaviour_shares(),
+        frailty=frailty_tail(p, t.plan.host_years, fault_rate.estimate),
     )
 
 

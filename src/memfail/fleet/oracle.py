@@ -894,6 +894,11 @@ def _free_scenario(cls: FailureClass) -> ModelScenario:
         # (the error is latent) and without machine-check recovery
         cited, citation = (("host_panic", 1.0),), R47_PANIC
         steps += [{"scrub": target(k, i)} for k, i in hits[1:]]
+        # the host is down: nothing after the panic hands the folio to a VM, so the reuse
+        # steps (a VM killed or paused by the poisoned folio) would count the failure twice
+        steps.append({CHECKPOINT: {}})
+        return ModelScenario(tuple(steps), hugepages, orders=orders, cited=cited,
+                             citation=citation)
     steps.append({CHECKPOINT: {}})
     pages = [k * folio + i * 4096 for k, i in hits]
     steps += _reuse_steps("default", vm_folios * folio, folio, size, pages)

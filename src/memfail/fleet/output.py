@@ -66,12 +66,13 @@ def summary_lines(res: FleetResult) -> list[str]:
     return [
         f"fleet: {res.source}; {res.hosts:,} hosts, {res.vms_per_host:.1f} VMs per host; "
         f"{res.n_classes} failure classes seen",
-        f"uncorrectable faults per host-year: {fmt_interval(res.faults_per_host_year)}; "
-        f"hosts with >= 1 per year: {res.p_any_fault:.2%}",
+        f"uncorrectable faults per host-year: {fmt_interval(res.faults_per_host_year)}"
+        f"{_not_valid(res)}; hosts with >= 1 per year: {res.p_any_fault:.2%}",
         f"consumed before the patrol scrub: {c.estimate:.1%} [{c.low:.1%}, {c.high:.1%}] "
         f"(first touch: {touch})",
         *([calibration_line(res)] if res.calibration else []),
         *([guests_line(res)] if res.guests else []),
+        *frailty_lines(res),
     ]
 
 
@@ -82,6 +83,20 @@ def calibration_line(res: FleetResult) -> str:
             f" (exact {c['p_host_ue_per_year_exact']:.2%}) against {c['cited']:.1%} cited "
             f"(Schroeder 2009); mean rate {c['mean_rate_per_host_year']:g} per host-year, "
             f"{c['rate_matching_cited']:.4g} would match (docs/fleet.md \"Calibration\")")
+
+
+def _not_valid(res: FleetResult) -> str:
+    fr = res.frailty
+    if not fr or fr.get("intervals_valid", True):
+        return ""
+    return (f" (interval NOT valid: infinite-variance frailty; the mean is "
+            f"{_num(fr['mean_faults_per_host_year_exact'])})")
+
+
+def frailty_lines(res: FleetResult) -> list[str]:
+    """A warning when the frailty's tail makes the intervals invalid (docs/fleet.md)."""
+    fr = res.frailty
+    return [f"warning: {fr['warning']}"] if fr and fr.get("warning") else []
 
 
 def guests_line(res: FleetResult) -> str:
@@ -110,6 +125,8 @@ def print_sweep(results: Sequence[FleetResult], console: Console, outcome: str,
         t.add_row(*(str(r.assign[a]) for a in axes), f"{r.consumed_before_scrub.estimate:.1%}",
                   *(fmt_interval(_pick(r.rate(p, outcome), unit), "\n") for p in r.policies))
     console.print(t)
+    for line in dict.fromkeys(w for r in results for w in frailty_lines(r)):
+        console.print(line, highlight=False)
 
 
 def run_document(res: FleetResult) -> dict[str, Any]:

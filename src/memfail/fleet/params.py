@@ -491,7 +491,7 @@ def _loc_line(loc: tuple[Any, ...], walk: _Walk) -> tuple[str, int | None]:
 def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
     """What the schema cannot see field by field: names the model must know, and a fleet
     whose VMs fit on its hosts."""
-    from memfail.model.policy.registry import policy_names
+    from memfail.model.policy.registry import policy_names, policy_text
 
     out: list[tuple[tuple[Any, ...], str]] = []
     guests = [getattr(p.vms, s) for s in GUEST_SHARES]
@@ -503,9 +503,10 @@ def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
                     "(cooperative guests are the rest)"))
     known = policy_names()
     for i, pol in enumerate(p.policies):
-        if pol not in known:
-            out.append((("policies", i), f"unknown policy {pol!r}{_near(pol, known)}; valid: "
-                        f"{', '.join(known)}"))
+        try:
+            policy_text(pol)  # a preset or knobs on one, as everywhere a policy is taken
+        except (ValueError, TypeError) as e:
+            out.append((("policies", i), f"{e}{_near(pol, known)}"))
     shares = p.composition.shares
     guest = (shares.get("gmem_private", 0.0) + shares.get("gmem_shared", 0.0))
     guest_gib = guest * p.fleet.host_memory_gib
@@ -627,13 +628,16 @@ def with_assignments(loaded: LoadedFleet, assign: dict[str, Any]) -> LoadedFleet
     return LoadedFleet(params, cits, loaded.source, plain)
 
 
-def defaults_table() -> list[tuple[str, str, str]]:
-    """(dotted path, value, citation) for every default, in file order."""
+def defaults_table(plain_values: bool = False) -> list[tuple[str, Any, str]]:
+    """(dotted path, value, citation) for every default, in file order: the value as text
+    for the table, or with ``plain_values`` as the file has it (a number, a list, a mapping:
+    what ``--show-defaults --json`` prints)."""
     schema, plain, cits = _defaults()
-    rows = []
+    rows: list[tuple[str, Any, str]] = []
     for p in schema:
         v = _get_path(plain, p)
-        rows.append((p, _compact(v), cits.get(p, "choice (no citation needed)")))
+        rows.append((p, v if plain_values else _compact(v),
+                     cits.get(p, "choice (no citation needed)")))
     return rows
 
 

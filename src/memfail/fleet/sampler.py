@@ -7,8 +7,8 @@ the rare second fault in the same huge folio; see docs/fleet.md "Method".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 from scipy.optimize import brentq
@@ -22,32 +22,6 @@ N_BEH = len(BEHAVIOURS)  # cooperative, careless, hostile, confidential
 CHUNK = 1 << 18  # host-years sampled at once (bounds memory)
 ROULETTE = 8.0  # later faults of a host-year are sampled with probability min(1, 8 E[count])
 TILT_SHARE = 0.5  # share of lognormal frailty draws taken from the shifted component
-
-
-def _alias(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walker/Vose alias table: draw index i with probability probs[i] from one uniform."""
-    p = np.asarray(probs, dtype=float)
-    p = p / p.sum()
-    n = len(p)
-    scaled = p * n
-    prob = np.ones(n)
-    alias = np.arange(n)
-    small = [i for i in range(n) if scaled[i] < 1.0]
-    large = [i for i in range(n) if scaled[i] >= 1.0]
-    while small and large:
-        s, g = small.pop(), large.pop()
-        prob[s] = scaled[s]
-        alias[s] = g
-        scaled[g] = scaled[g] + scaled[s] - 1.0
-        (small if scaled[g] < 1.0 else large).append(g)
-    return prob, alias
-
-
-def _draw(u: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    prob, alias = table
-    x = u * len(prob)
-    i = np.minimum(x.astype(np.intp), len(prob) - 1)
-    return np.where(x - i < prob[i], i, alias[i])
 
 
 def pareto_shape(mean_over_median: float) -> float:
@@ -89,13 +63,18 @@ class SamplerSpec:
     locations: tuple[Location, ...]
     modes: tuple[ModeCell, ...]
     cell_loc: np.ndarray  # cell -> location index
-    cell_table: tuple[np.ndarray, np.ndarray]  # alias table over (location, heat) cells
     cell_rate: np.ndarray  # total read rate per hour of a page in the cell
     cell_cum0: np.ndarray  # cumulative accessor shares: guest | vmm | kernel checked | rest
     cell_cum1: np.ndarray
     cell_cum2: np.ndarray
     cell_folio: np.ndarray  # folio bytes / host bytes (0: no second-fault branch)
-    mode_table: tuple[np.ndarray, np.ndarray]
+    mode_w: np.ndarray  # weight of each of ``modes`` (its FIT)
+    confidential_share: float  # a VM is confidential when its uniform is below this
+    mem_w: np.ndarray  # (memory kinds,) weights: the composition
+    size_w: np.ndarray  # (memory kinds, sizes): VM size given the memory kind
+    page_w: np.ndarray  # (memory kinds, 3): page size (4K, 2M, 1G) given the memory kind
+    heat_w: np.ndarray  # (memory kinds, heat bins): heat bin given the memory kind
+    cell_lut: np.ndarray  # (memory, confidential, size, page, heat) -> cell (-1: none)
     cell_beh: np.ndarray | None = None  # (cells, N_BEH): share of each guest behaviour
     effort: tuple[int, ...] = (0, 0, 0, 0)  # rounds per behaviour (cooperative: 0)
     host_cpus: int = 64
@@ -133,27 +112,61 @@ def _mode_cells(p: FleetParams) -> tuple[list[ModeCell], list[float]]:
     for name, rate in p.faults.modes.items():
         pages, same = footprint[name]
         for permanent, fit in ((True, rate.permanent_fit), (False, rate.transient_fit)):
-            if fit > 0:
-                cells.append(ModeCell(name, permanent, pages, same))
-                weights.append(fit)
+            # a FIT of 0 stays a category (weight 0), so the mode draws keep their streams
+            cells.append(ModeCell(name, permanent, pages, same))
+            weights.append(fit)
     return cells, weights
 
 
+def _weights(weights: list[float] | np.ndarray, width: int) -> np.ndarray:
+    """Category weights padded with zeros to ``width`` (a table for ``_race``)."""
+    out = np.zeros(width)
+    out[: len(weights)] = weights
+    return out
+
+
+def _race(e: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Draw a category per column of ``e`` by an exponential race: argmin_k e[k] / w[k].
+
+    ``e`` is (K, m) standard exponentials, one per category and draw; ``w`` the K weights, or
+    one row of K weights per draw (m, K). Category k wins with probability w[k] / sum(w), and a
+    zero weight never wins. Each category has its own clock, so a change of one weight moves
+    only draws into or out of that category: every other category keeps exactly the draws it
+    had (common random numbers across a sweep), unlike an alias table or an inverse CDF,
+    which move draws between categories whose shares did not change.
+    """
+    ww = w.T if w.ndim == 2 else w[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        score = np.where(ww > 0, e / ww, np.inf)
+    return np.argmin(score, axis=0)
+
+
+PAGES = ("4K", "2M", "1G")
+MEM_INDEX = {m: i for i, m in enumerate(MEMORY_KINDS)}
+
+
 def compile_spec(p: FleetParams) -> SamplerSpec:
-    """Turn validated parameters into the sampler's tables."""
-    shares = {k: p.composition.shares.get(k, 0.0) for k in MEMORY_KINDS}  # type: ignore[call-overload]
+    """Turn validated parameters into the sampler's tables.
+
+    A fault's location is drawn factor by factor, each from its own random stream: memory kind
+    (weights ``mem_w``: the composition), confidential or not (``u < confidential_share``),
+    VM size, page size and heat bin (weights given the memory kind). ``cell_lut`` maps the
+    factors to a (location, heat) cell. A factor a memory kind does not have has one category.
+    """
+    shares = [p.composition.shares.get(k, 0.0) for k in MEMORY_KINDS]  # type: ignore[call-overload]
     conf = p.vms.confidential_share
-    vm_types = [("default", 1.0 - conf), ("confidential", conf)]
+    vm_types = ("default", "confidential")
     by_count = [(s.gib, s.share) for s in p.vms.sizes]
     mem_total = sum(g * s for g, s in by_count)
     by_memory = [(g, g * s / mem_total) for g, s in by_count]
-    pages: list[tuple[str, float]] = [(k, v) for k, v in p.vms.page_size.items() if v > 0]
-    huge = [(k, v) for k, v in pages if k != "4K"]
-    huge_total = sum(v for _, v in huge)
-    free_pages: list[tuple[str, float]] = \
-        [(k, v / huge_total) for k, v in huge] if huge_total > 0 else [("2M", 1.0)]
-    heat = {"guest": p.heat.guest, "vmm": p.heat.vmm, "kernel": p.heat.kernel}
+    vm_pages = [p.vms.page_size.get(k, 0.0) for k in PAGES]  # type: ignore[call-overload]
+    huge_total = vm_pages[1] + vm_pages[2]
+    free_pages = [0.0, vm_pages[1], vm_pages[2]] if huge_total > 0 else [0.0, 1.0, 0.0]
+    heat = {"gmem_private": p.heat.guest, "gmem_shared": p.heat.guest, "hugetlb_free": None,
+            "vmm": p.heat.vmm, "kernel": p.heat.kernel}
     host_bytes = p.fleet.host_memory_gib * (1 << 30)
+    n_size = len(by_count)
+    n_heat = max(1, *(len(b) for b in heat.values() if b is not None))
 
     def kernel_rates(memory: str, vm_type: str) -> tuple[float, float]:
         checked = unchecked = 0.0
@@ -165,44 +178,80 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
                     unchecked += u.rate_per_hour
         return checked, unchecked
 
+    mem_w = _weights(shares, len(shares))
+    size_w = np.zeros((len(MEMORY_KINDS), n_size))
+    page_w = np.zeros((len(MEMORY_KINDS), len(PAGES)))
+    heat_w = np.zeros((len(MEMORY_KINDS), n_heat))
+    lut = np.full((len(MEMORY_KINDS), 2, n_size, len(PAGES), n_heat), -1, dtype=np.intp)
     locations: list[Location] = []
-    cells: list[tuple[int, float, tuple[float, float, float, float], float]] = []
+    loc_index: dict[Location, int] = {}
+    cells: list[tuple[int, tuple[float, float, float, float], float]] = []
 
-    def add(loc: Location, prob: float, heat_bins: list[tuple[float, float]],
-            rates: tuple[float, float, float, float] | None, own: int | None) -> None:
-        """own: which accessor reads at the heat rate (0 guest, 1 vmm, 3 kernel)."""
-        if prob <= 0:
-            return
-        locations.append(loc)
-        li = len(locations) - 1
+    def add(key: tuple[int, ...], loc: Location, rates: tuple[float, float, float, float],
+            own: int | None, heat_rate: float) -> int:
+        """One (location, heat) cell. own: who reads at the heat rate (0 guest, 1 vmm, 3
+        kernel)."""
+        if loc not in loc_index:
+            loc_index[loc] = len(locations)
+            locations.append(loc)
         folio = 0.0
         if loc.memory in ("gmem_private", "gmem_shared") and loc.page_size != "4K":
             folio = PAGE_BYTES[loc.page_size] / host_bytes
-        for rate, share in heat_bins:
-            r = list(rates or (0.0, 0.0, 0.0, 0.0))
-            if own is not None:
-                r[own] += rate
-            cells.append((li, prob * share, (r[0], r[1], r[2], r[3]), folio))
+        r = list(rates)
+        if own is not None:
+            r[own] += heat_rate
+        cells.append((loc_index[loc], (r[0], r[1], r[2], r[3]), folio))
+        lut[key] = len(cells) - 1
+        return len(cells) - 1
 
-    guest_bins = [(b.rate_per_hour, b.share) for b in heat["guest"]]
-    for memory in ("gmem_private", "gmem_shared"):
-        for (vt, vs), (gib, gs), (ps, pp) in product(vm_types, by_memory, pages):
-            chk, unchk = kernel_rates(memory, vt)
+    for memory in MEMORY_KINDS:
+        mi = MEM_INDEX[memory]
+        if shares[mi] <= 0:
+            continue
+        bins = heat[memory]
+        heat_w[mi] = _weights([b.share for b in bins] if bins is not None else [1.0], n_heat)
+        size_w[mi, 0] = 1.0  # one size unless the memory belongs to a VM (below)
+        hot = [(hi, b.rate_per_hour) for hi, b in enumerate(bins or []) if b.share > 0] \
+            or [(0, 0.0)]
+        if memory in ("gmem_private", "gmem_shared"):
+            size_w[mi] = _weights([w for _, w in by_memory], n_size)
+            page_w[mi] = _weights(vm_pages, len(PAGES))
             vmm = p.access.vmm_shared_read_per_hour if memory == "gmem_shared" else 0.0
-            add(Location(memory, vt, gib, ps), shares[memory] * vs * gs * pp, guest_bins,
-                (0.0, vmm, chk, unchk), 0)
-    chk, unchk = kernel_rates("hugetlb_free", "none")
-    for ps, pp in free_pages:
-        add(Location("hugetlb_free", "none", 0, ps), shares["hugetlb_free"] * pp,
-            [(0.0, 1.0)], (0.0, 0.0, chk, unchk), None)
-    vmm_bins = [(b.rate_per_hour, b.share) for b in heat["vmm"]]
-    for (vt, vs), (gib, gs) in product(vm_types, by_count):
-        chk, unchk = kernel_rates("vmm", vt)
-        add(Location("vmm", vt, gib, "4K"), shares["vmm"] * vs * gs, vmm_bins,
-            (0.0, 0.0, chk, unchk), 1)
-    chk, unchk = kernel_rates("kernel", "none")
-    add(Location("kernel", "none", 0, "4K"), shares["kernel"],
-        [(b.rate_per_hour, b.share) for b in heat["kernel"]], (0.0, 0.0, chk, unchk), 3)
+            for vi, vt in enumerate(vm_types):
+                chk, unchk = kernel_rates(memory, vt)
+                for si, (gib, w) in enumerate(by_memory):
+                    for pi, ps in enumerate(PAGES):
+                        if w <= 0 or vm_pages[pi] <= 0:
+                            continue
+                        for hi, rate in hot:
+                            add((mi, vi, si, pi, hi), Location(memory, vt, gib, ps),
+                                (0.0, vmm, chk, unchk), 0, rate)
+        elif memory == "hugetlb_free":
+            page_w[mi] = _weights(free_pages, len(PAGES))
+            chk, unchk = kernel_rates(memory, "none")
+            for pi, ps in enumerate(PAGES):
+                if free_pages[pi] > 0:
+                    ci = add((mi, 0, 0, pi, 0), Location(memory, "none", 0, ps),
+                             (0.0, 0.0, chk, unchk), None, 0.0)
+                    lut[mi, 1, 0, pi, 0] = ci
+        elif memory == "vmm":
+            size_w[mi] = _weights([w for _, w in by_count], n_size)
+            page_w[mi] = _weights([1.0], len(PAGES))
+            for vi, vt in enumerate(vm_types):
+                chk, unchk = kernel_rates(memory, vt)
+                for si, (gib, w) in enumerate(by_count):
+                    if w <= 0:
+                        continue
+                    for hi, rate in hot:
+                        add((mi, vi, si, 0, hi), Location(memory, vt, gib, "4K"),
+                            (0.0, 0.0, chk, unchk), 1, rate)
+        else:  # kernel
+            page_w[mi] = _weights([1.0], len(PAGES))
+            chk, unchk = kernel_rates(memory, "none")
+            for hi, rate in hot:
+                ci = add((mi, 0, 0, 0, hi), Location(memory, "none", 0, "4K"),
+                         (0.0, 0.0, chk, unchk), 3, rate)
+                lut[mi, 1, 0, 0, hi] = ci
 
     # Guest behaviours (a deterministic split, no random draw: a share of 0 leaves every
     # sampled number as it was). Confidential VMs behave `confidential`; the other VMs
@@ -220,7 +269,7 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
         else:
             beh[i] = split
     e = v.guest_effort
-    rates = np.array([c[2] for c in cells], dtype=float)
+    rates = np.array([c[1] for c in cells], dtype=float).reshape(len(cells), 4)
     total = rates.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(total[:, None] > 0, rates / total[:, None], 0.25)
@@ -243,13 +292,18 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
         locations=tuple(locations),
         modes=tuple(modes),
         cell_loc=np.array([c[0] for c in cells], dtype=np.intp),
-        cell_table=_alias(np.array([c[1] for c in cells])),
         cell_rate=total,
-        cell_cum0=cum[:, 0].astype(np.float32),
-        cell_cum1=cum[:, 1].astype(np.float32),
-        cell_cum2=cum[:, 2].astype(np.float32),
-        cell_folio=np.array([c[3] for c in cells], dtype=float),
-        mode_table=_alias(np.array(mode_w)),
+        cell_cum0=cum[:, 0],
+        cell_cum1=cum[:, 1],
+        cell_cum2=cum[:, 2],
+        cell_folio=np.array([c[2] for c in cells], dtype=float),
+        mode_w=np.array(mode_w, dtype=float),
+        confidential_share=conf,
+        mem_w=mem_w,
+        size_w=size_w,
+        page_w=page_w,
+        heat_w=heat_w,
+        cell_lut=lut,
         cell_beh=beh,
         effort=(0, e.careless, e.hostile, e.confidential),
         host_cpus=p.fleet.host_cpus,
@@ -287,6 +341,50 @@ class BatchTally:
     tally: np.ndarray  # (n_classes,) expected failures per class, summed over the batch
 
 
+FAULT_STREAMS = 7  # memory, confidential, size, page, heat, mode, first-touch race
+N_STREAMS = 3 + 2 * FAULT_STREAMS  # frailty, first arrival, roulette; first and later fault
+
+
+def streams(rng: np.random.Generator) -> list[np.random.Generator]:
+    """One generator per random component, spawned from ``rng``'s seed sequence.
+
+    Every component draws a number of variates fixed by the number of host-years (and the
+    number of its categories), whatever the parameters, so a grid point that changes one
+    parameter leaves the draws of every other component as they were (common random numbers).
+    """
+    return rng.spawn(N_STREAMS)
+
+
+def _faults(spec: SamplerSpec, g: Sequence[np.random.Generator],
+            n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cell, mode and first touch of one fault for each of ``n`` host-years.
+
+    Each factor (memory kind, confidential or not, VM size, page size, heat bin, mode, and the
+    race of readers against the scrub) draws from its own stream ``g[i]``; categories are
+    drawn by an exponential race (``_race``) and the VM is confidential when its uniform is
+    below ``confidential_share``. So a change of one share moves only the faults it has to.
+    """
+    mem = _race(g[0].standard_exponential((len(spec.mem_w), n)), spec.mem_w)
+    conf = (g[1].random(n) < spec.confidential_share).astype(np.intp)
+    size = _race(g[2].standard_exponential((spec.size_w.shape[1], n)), spec.size_w[mem])
+    page = _race(g[3].standard_exponential((spec.page_w.shape[1], n)), spec.page_w[mem])
+    heat = _race(g[4].standard_exponential((spec.heat_w.shape[1], n)), spec.heat_w[mem])
+    cell = spec.cell_lut[mem, conf, size, page, heat]
+    if (cell < 0).any():  # pragma: no cover - a zero weight never wins the race
+        raise AssertionError("a fault landed in a location of zero probability")
+    mode = _race(g[5].standard_exponential((len(spec.mode_w), n)), spec.mode_w)
+    u = g[6].random((3, n))
+    with np.errstate(divide="ignore"):
+        # hours until the first read (inf: never read); 1 - u lies in (0, 1]
+        access = -np.log(1.0 - u[0]) / spec.cell_rate[cell]
+    consumed = access < u[1] * spec.scrub_hours
+    x = u[2]
+    who = (x > spec.cell_cum0[cell]).astype(np.intp) + (x > spec.cell_cum1[cell]) \
+        + (x > spec.cell_cum2[cell])
+    touch = np.where(consumed, who, N_TOUCH - 1)
+    return cell, mode, touch
+
+
 def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -> BatchTally:
     """Sample ``host_years`` host-years, each conditioned on at least one fault.
 
@@ -295,14 +393,21 @@ def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -
     fault-free host-years (conditional Monte Carlo). Each fault's location, mode and first
     touch are sampled; the rare second fault in the same huge folio is split off
     deterministically with its exact probability q instead of being sampled.
+
+    Each random component draws from its own stream (``streams``) a number of variates fixed
+    by ``host_years`` alone; the later fault's class is drawn for every host-year and kept
+    for those the roulette keeps. So every grid point of a sweep sees the same draws.
     """
     k = spec.n_classes
     tally = np.zeros(k)
     sum_p = 0.0
     n_modes = len(spec.modes)
+    g = streams(rng)
+    g_frail, g_arrive, g_roulette = g[:3]
+    g_first, g_later = g[3:3 + FAULT_STREAMS], g[3 + FAULT_STREAMS:]
     for start in range(0, host_years, CHUNK):
         n = min(CHUNK, host_years - start)
-        frail, lr = _frailty(spec, rng, n)
+        frail, lr = _frailty(spec, g_frail, n)
         mu = spec.ue_rate * frail
         p = -np.expm1(-mu)
         w = p if lr is None else p * lr
@@ -311,25 +416,17 @@ def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -
         # Poisson(e) with e = mu (1 - t1), and their classes are i.i.d. given mu. One sampled
         # class weighted by e stands for all of them (same expectation), and it is kept
         # only with probability r = min(1, ROULETTE e), weighted 1/r (Russian roulette).
-        t1 = -np.log1p(-rng.random(n) * p) / mu
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1 = np.where(mu > 0, -np.log1p(-g_arrive.random(n) * p) / mu, 1.0)
         e = mu * (1.0 - t1)
         r = np.minimum(1.0, ROULETTE * e)
-        kept = np.flatnonzero(rng.random(n) < r)
+        kept = np.flatnonzero(g_roulette.random(n) < r)
+        first = _faults(spec, g_first, n)
+        later = _faults(spec, g_later, n)
+        cell, mode, touch = (np.concatenate((a, b[kept])) for a, b in zip(first, later,
+                                                                           strict=True))
         mu_f = np.concatenate((mu, mu[kept]))
         w = np.concatenate((w, w[kept] * e[kept] / r[kept]))
-        m = len(w)
-        u = rng.random((2, m))
-        v = rng.random((3, m), dtype=np.float32)
-        cell = _draw(u[0], spec.cell_table)
-        mode = _draw(u[1], spec.mode_table)
-        with np.errstate(divide="ignore"):
-            # hours until the first read (inf: never read); 1 - v lies in (0, 1]
-            access = -np.log(1.0 - v[0]) / spec.cell_rate[cell]
-        consumed = access < v[1] * spec.scrub_hours
-        x = v[2]
-        who = (x > spec.cell_cum0[cell]).astype(np.intp) + (x > spec.cell_cum1[cell]) \
-            + (x > spec.cell_cum2[cell])
-        touch = np.where(consumed, who, N_TOUCH - 1)
         base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2 * N_BEH
         folio = spec.cell_folio[cell]
         q = -np.expm1(-mu_f * folio * spec.window_years)
