@@ -145,10 +145,10 @@ def _perturbations(base: LoadedFleet) -> list[tuple[str, Any, Any]]:
                  "frailty.mean_over_median", "scrub.period_hours", "vms.mean_lifetime_hours",
                  "access.vmm_shared_read_per_hour", "faults.modes.single_bit.permanent_fit",
                  "faults.modes.multi_rank.transient_fit"):
-        v = p
+        v: Any = p
         for part in path.split("."):
             v = v[part]
-        out.append((path, v, v * (1 + eps)))
+        out.append((path, v, float(v) * (1 + eps)))
     for path in ("vms.confidential_share", "vms.careless_share", "vms.hostile_share"):
         out.append((path, 0.0, eps))
         out.append((path, 0.25, 0.25 + eps))

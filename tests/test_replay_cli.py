@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,10 +308,10 @@ def test_a_consumed_error_placed_in_the_free_pool_is_dissolved_not_a_panic(
     assert cls.first_touch == "kernel_unchecked"
 
 
-def replace_fatal(err: object) -> object:
+def replace_fatal(err: Any) -> Any:
     import dataclasses
 
-    return dataclasses.replace(err, fatal=True)  # type: ignore[type-var]
+    return dataclasses.replace(err, fatal=True)
 
 
 def test_a_valid_kernel_option_is_not_followed_by_a_note_to_give_it(

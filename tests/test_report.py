@@ -23,7 +23,7 @@ _MIN = {"handles": "hugetlb", "record": "table", "mark_on_release": True,
         "sigbus_addr": "hva", "vm_on_error": "none", "mf_delayed_fix": True, "backing": "gmem",
         "unmap_stage2": "none", "fault_check": False, "unconsumed": "defer",
         "honor_early": False}
-SEARCH = {
+SEARCH: dict[str, Any] = {
     "schema": "memfail.search/1",
     "config": {"check_config": "standard", "depth": 3, "max_states": None,
                "verdict": "a property is kept when no counterexample exists up to the depth",
