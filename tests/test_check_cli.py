@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from check_cfgs import MCE_THEN_VMM, one_vm
 from memfail.check import cli
 from memfail.check.config import CheckConfig
 from memfail.check.toys import PoisonToy
@@ -302,3 +303,39 @@ def test_options_checked_before_any_work(toy: Path, tmp_path: Path, args: tuple[
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("memfail: error: " + expect.replace("{file}", str(f)))
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+CFG_ONE_VM = one_vm("[future]", MCE_THEN_VMM)
+
+
+def test_a_profile_that_lacks_what_the_configuration_uses_is_refused_at_its_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memfail.cli import main
+
+    cfg = tmp_path / "prof.yaml"
+    cfg.write_text(CFG_ONE_VM.replace("geometry:", "profile: linux-6.6\ngeometry:"))
+    rc = main(["check", str(cfg)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    line = cfg.read_text().splitlines().index("profile: linux-6.6") + 1
+    assert err.startswith(f"memfail: error: {cfg}:{line}: profile: policy 'future': "
+                          "guest_memfd "), err
+    assert "use a profile of v6.8 or later" in err
+
+
+def test_a_search_stopped_by_its_memory_bound_counts_its_steps_and_says_what_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Python engine's memory bound (not pan's advice), and the steps the coverage
+    counts are in `transitions`."""
+    from memfail.cli import main
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text(CFG_ONE_VM)
+    main(["check", str(cfg), "--max-memory", "1", "--json"])
+    r = json.loads(capsys.readouterr().out)["results"][0]
+    assert r["stop_reason"] == "memory" and not r["complete"]
+    assert r["coverage"]["events_fired"] and r["transitions"] > 0
+    main(["check", str(cfg), "--max-memory", "1"])
+    out = capsys.readouterr().out
+    assert "pan ran out" not in out and "its memory bound" in out
+    assert "events not fired before the search stopped" in out

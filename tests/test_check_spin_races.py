@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from check_cfgs import one_vm
 from memfail.check import races
 from memfail.check.config import load_config_text
 from memfail.check.model_system import ModelSystem
@@ -341,3 +342,78 @@ def test_engines_agree_on_the_punch_fault_configuration(
             {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
     future = next(r for r in py["results"] if r["policy"] == "future")
     assert {v["status"] for v in future["verdicts"].values()} == {"PASS"}
+
+
+CFG_PUNCH_IN_MF = one_vm(
+    "[{base: minimum, vm_on_error: kill}, kill-vm]",
+    ["{event: hw_error, vm: vm0, page: 2, detect: scrub}",
+     "{event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}",
+     "{event: vmm_access, vm: vm0, page: 2, limit: 1}"],
+    "{depth: 20, errors: 1}", name="punch-inside-memory-failure")
+
+
+def _cont(op: Any, stage: str) -> Any:
+    """The continuation label of the event in flight ``op`` at ``stage``."""
+    return (races.CONT, (("op", op), ("stage", stage)))
+
+
+def test_a_folio_punched_during_memory_failure_is_freed_when_it_returns() -> None:
+    """memory_failure() holds a reference on the folio from get_hwpoison_page() until it
+    returns (R19; a claiming policy drops it then): a punch hole between mf.record and mf.notify takes the folio out of the
+    page cache but cannot free it to the pool; mf.notify's put frees it. It used to go to
+    the pool at punch.free, and the VMM's fault took it back while memory_failure() was
+    still running (a no-poison-reuse FAIL kill-vm does not have)."""
+    system = _system("minimum{vm_on_error=kill}", CFG_PUNCH_IN_MF)
+    rendered = render_races(system)
+    index = {lab: k for k, lab in enumerate(rendered.labels)}
+    err = next(lab for lab in rendered.labels if lab[0] == "hw_error")
+    punch = next(lab for lab in rendered.labels if lab[0] == "punch_hole")
+
+    def free(s: Any) -> int:
+        return s.host.hugetlb.hstate(s.host.geometry.pmd_order).free_huge_pages
+
+    cont = _cont
+    seq = [err, punch, cont(punch, "punch.free")]
+    s = system.initial()
+    for lab in seq:
+        s = system.step(s, lab)
+    assert free(s) == 0, "freed to the pool while memory_failure() holds it"
+    for stage in ("mf.unmap", "mf.notify"):
+        s = system.step(s, cont(err, stage))
+    assert free(s) == 1, "memory_failure()'s put did not free the truncated folio"
+    labels = [*seq, cont(err, "mf.unmap"), cont(err, "mf.notify")]
+    ks = [index[lab] for lab in labels]
+    assert compare(system, rendered, replay_python(system, rendered, ks),
+                   replay_promela(system, rendered, ks), ("python", "promela")) is None
+    # kill-vm marks on truncation and isolates on free: the deferred free isolates it then
+    system = _system("kill-vm", CFG_PUNCH_IN_MF)
+    rendered = render_races(system)
+    index = {lab: k for k, lab in enumerate(rendered.labels)}
+    s = system.initial()
+    for lab in labels:
+        s = system.step(s, lab)
+    pfn = system.pfn_of[("vm0", 2)]
+    assert free(s) == 0 and pfn in s.host.phys.isolated
+    ks = [index[lab] for lab in labels]
+    assert compare(system, rendered, replay_python(system, rendered, ks),
+                   replay_promela(system, rendered, ks), ("python", "promela")) is None
+
+
+def test_engines_agree_on_a_punch_inside_memory_failure(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both engines, both policies: kill-vm keeps no-poison-reuse (its memory_failure()
+    kills the VM before the folio is freed); minimum with vm_on_error: kill does not: a
+    memory_failure() that finds its folio truncated skips the kill (folio->mapping gone),
+    and the freed folio, unmarked (mark_on_truncate: false), is faulted in again."""
+    cfg = tmp_path / "punch.yaml"
+    cfg.write_text(CFG_PUNCH_IN_MF)
+    main(["check", str(cfg), "--races", "--json"])
+    py = json.loads(capsys.readouterr().out)
+    main(["check", str(cfg), "--races", "--engine", "spin", "--json"])
+    spin = json.loads(capsys.readouterr().out)
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert a["complete"] and b["complete"]
+        assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
+            {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+    status = {r["policy"]: r["verdicts"]["no-poison-reuse"]["status"] for r in py["results"]}
+    assert status == {"minimum{vm_on_error=kill}": "FAIL", "kill-vm": "PASS"}

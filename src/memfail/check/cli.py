@@ -22,6 +22,7 @@ from memfail.check.backends import Backend, WorkerError, make_backend
 from memfail.check.config import STANDARD, CheckConfig, load_config, standard_config
 from memfail.check.explorer import FAIL, PASS, Bounds, Options, Progress, Result, explore
 from memfail.check.properties import PROPERTIES, PROPERTY_NAMES
+from memfail.check.spin import EngineDisagreement
 from memfail.check.system import System
 from memfail.inputs import InputError, did_you_mean, fmt_loc
 from memfail.report.console import wide_console
@@ -438,7 +439,9 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     raise OptionError(where, _about(pol, e)) from None
                 except WorkerError as e:
                     raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
-                except RuntimeError as e:  # the SPIN engine: no spin or gcc, engines disagree
+                except EngineDisagreement:
+                    raise   # a bug in memfail (exit 3), with the trail
+                except RuntimeError as e:  # the SPIN engine: no spin or gcc
                     raise OptionError("--engine", _about(pol, e)) from None
                 files: dict[str, str] = {}
                 if _is_model(system) and engine == "python":  # SPIN reports no hooks
@@ -478,8 +481,19 @@ def _about(pol: str, e: BaseException) -> str:
 def _system_for(cfg: CheckConfig, pol: str, races: bool, where: str) -> System:
     """The checked system of policy ``pol`` (lock-granular with ``races``); a policy the
     configuration cannot build is a usage error naming ``where``."""
+    from memfail.model.errors import ProfileMissing
+
     try:
-        return make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
+        system = make_system(cfg, pol, races=True) if races else make_system(cfg, pol)
+        initial = getattr(system, "initial", None)
+        if initial is not None:  # the set-up, before any search: its errors are input errors
+            initial()
+        return system
+    except ProfileMissing as e:  # the configuration's kernel profile lacks what it uses
+        file, line = cfg.where(("profile",))
+        if file is None:
+            raise OptionError(where, _about(pol, e)) from None
+        raise InputError(file, line, "profile", _about(pol, e)) from None
     except (KeyError, ValueError, RuntimeError, NotImplementedError) as e:
         raise OptionError(where, _about(pol, e)) from None
 
@@ -567,7 +581,7 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
             where = f" -> {files[name]}" if name in files else ""
             _say(console, f"  {name}: FAIL in {f.walks} of {r.walks} walks (first: walk "
                           f"{f.first_walk}, step {f.found_at}); shrunk to {len(f.labels)} "
-                          f"steps: {f.message}{where}")
+                          f"step{'' if len(f.labels) == 1 else 's'}: {f.message}{where}")
 
 
 def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
@@ -675,11 +689,13 @@ def _print_table(console: Console, results: list[tuple[str, Result, dict[str, st
                       f"{r.depth}, {r.states_per_second:,.0f} states/s, "
                       f"{'complete' if r.complete else 'stopped: ' + str(r.stop_reason)}; "
                       f"fingerprint collision probability <= {r.collision_probability:.1e}; "
-                      f"events never fired: {never}")
+                      + (f"events never fired: {never}" if r.complete else
+                         f"events not fired before the search stopped: {never}"))
         _print_hooks(console, r.coverage.hooks_never, (absent or {}).get(pol, {}))
         _print_idle(console, r.coverage.entries_idle)
-        if r.stop_reason in STOP_HINTS:
-            _say(console, f"  {STOP_HINTS[r.stop_reason]}")
+        hint = stop_hint(r)
+        if hint is not None:
+            _say(console, f"  {hint}")
         for name, v in r.verdicts.items():
             if v.status == FAIL:
                 where = f" -> {files[name]}" if name in files else ""
@@ -693,6 +709,28 @@ STOP_HINTS = {
     "killed": "pan was ended by a signal before it finished (the kernel's OOM killer, or "
               "another process), running alone: its search decides nothing more",
 }
+PAN_START_MB = {"spin": 135, "spin-bitstate": 90}
+"""About what a pan takes before its first state, under the address-space limit
+runner.run_pan sets (measured: exhaustive, its 2^24-slot hash table and stacks, 134 MiB;
+bitstate, its 2^28-bit array and stacks, between 80 and 90 MiB)."""
+
+
+def stop_hint(r: Result) -> str | None:
+    """What to do about a search that stopped at its memory bound or was killed: the
+    engine's own advice (the Python engine's memory bound is not pan's)."""
+    if r.stop_reason not in STOP_HINTS:
+        return None
+    if _engine(r) == "python":
+        if r.stop_reason != "memory":
+            return None
+        return ("the search reached its memory bound (--max-memory, bounds.memory_mb) and "
+                "stopped: raise it, lower the depth, or use --engine spin")
+    if r.stop_reason in ("memory", "killed") and r.states == 0:
+        kind = "an exhaustive" if _engine(r) == "spin" else "a bitstate"
+        return (f"pan stored no state: it could not start within the memory limit "
+                f"(--max-memory, bounds.memory_mb; {kind} pan needs about "
+                f"{PAN_START_MB[_engine(r)]} MiB before its first state): raise it")
+    return STOP_HINTS[r.stop_reason]
 
 
 def coverage_json(events_fired: list[str], events_never: list[str],

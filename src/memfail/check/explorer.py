@@ -422,7 +422,9 @@ class Explorer:
         kinds = list(optional_seq(self.system, "alphabet"))
         hooks = list(optional_seq(self.system, "hooks"))
         fired, hooked, entries = set(self.kinds), set(self.hooks), self.entries
+        transitions = self.transitions
         if self._lvl is not None:  # stopped inside a level (time, memory): what it did so far
+            transitions += self._lvl.acc["transitions"]   # the steps the coverage counts
             fired |= self._lvl.acc["kinds"]
             hooked |= self._lvl.acc["hooks"]
             if entries is not None:
@@ -433,7 +435,7 @@ class Explorer:
         cov = Coverage(sorted(fired), never, sorted(hooked),
                        [h for h in hooks if h not in hooked], idle)
         elapsed = self.elapsed_before + time.monotonic() - self.t0
-        return Result(system_name(self.system), verdicts, len(self.parents), self.transitions,
+        return Result(system_name(self.system), verdicts, len(self.parents), transitions,
                       self.depth, not self.frontier, stop, elapsed, cov, self.backend.workers,
                       self.opt.symmetry, self.opt.por)
 

@@ -199,6 +199,9 @@ def mf_record(host: HostState, pfn: int, hw_error: bool) -> None:
     assert folio is not None  # first_stage found it claimed
     pol = gmem.policy(host)
     first = gmem.record_failure(host, folio, pfn, consumed=False)
+    # get_hwpoison_page()'s reference, held until mf.notify (memory_failure() returns)
+    inode = folio.mapping
+    gmem.mf_pin(host, pfn, inode.huge_order if inode is not None else folio.order)
     if first:
         action_result(host, pfn, gmem.MSG_GMEM,
                       MF_DELAYED if pol.unconsumed != "kernel" else MF_RECOVERED)
@@ -235,6 +238,7 @@ def mf_notify(host: HostState, pfn: int, via: str) -> None:
         inode = folio.mapping
         gmem.apply_vm_on_error(host, inode, pfn)
         gmem.unconsumed_action(host, inode, folio, pfn)
+    gmem.mf_unpin(host, pfn)   # put_page(): a folio truncated meanwhile is freed now
     host.emit(MemoryFailureCall(host.trace.step, pfn, (), 0, errno_name(0), via))
 
 

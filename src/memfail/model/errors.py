@@ -31,6 +31,11 @@ class ModelInputError(ValueError):
         self.field = field
 
 
+class ProfileMissing(ModelInputError):
+    """The kernel profile lacks a feature the input uses (``refuse_missing``): the profile
+    is what to change, so a configuration's error points at its ``profile``."""
+
+
 class TargetGone(ModelInputError):
     """What an action refers to existed but is gone because of what happened earlier in the
     run (the VM was killed, its memory released, the fd closed): the action fails with

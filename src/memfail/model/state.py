@@ -582,8 +582,14 @@ class HostState:
         self.maybe_free(folio)
 
     def maybe_free(self, folio: Folio) -> None:
-        """The folio's refcount may have reached 0: free it (hugetlb to its pool, R55)."""
+        """The folio's refcount may have reached 0: free it (hugetlb to its pool, R55). A
+        HugeTLB folio of a frame a memory_failure() in flight holds (``mf_pinned``: the
+        reference get_hwpoison_page() took, dropped when it returns) is not freed yet:
+        ``mf_unpin`` frees it then."""
         if folio.refcount > 0 or folio.pfn not in self.phys.folios:
+            return
+        if folio.kind == HUGETLB and any(lo <= folio.pfn < hi
+                                         for lo, hi in self.ext.get("mf_pinned", ())):
             return
         if folio.kind == HUGETLB and "hugetlb" in folio.flags:
             if "hugetlb_freed" not in folio.flags:

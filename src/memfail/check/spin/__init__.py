@@ -2,6 +2,12 @@
 
 from pathlib import Path
 
+
+class EngineDisagreement(RuntimeError):
+    """A SPIN trail the Python model does not confirm: a bug in one of the two models (the
+    message names the trail, step by step, and where the Python model parted from it)."""
+
+
 # Configurations the engines are checked to agree on (tests/test_check_spin*.py).
 AGREE_CONFIG = Path(__file__).with_name("agree.yaml")
 AGREE_TWO_CONFIG = Path(__file__).with_name("agree-two.yaml")

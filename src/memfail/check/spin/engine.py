@@ -14,22 +14,34 @@ from typing import Any
 
 from memfail.check.explorer import FAIL, Result
 from memfail.check.properties import property_def
+from memfail.check.spin import EngineDisagreement
 from memfail.check.spin.runner import check_policy
 
 
 def confirm(system: Any, labels: list[Any], prop: str) -> str | None:
     """The Python model's message for ``prop`` at the end of ``labels`` (None: it holds, or
     a label was not enabled)."""
+    return _confirm(system, labels, prop)[0]
+
+
+def _confirm(system: Any, labels: list[Any], prop: str) -> tuple[str | None, str]:
+    """``confirm``'s message, and the trail as the Python model ran it: each step described
+    (with its ``--races`` stage), and the step it refused if it refused one."""
+    from memfail.check.counterexample import describe_step, stage_of
+
     s = system.initial()
     pd = property_def(prop)
-    for lab in labels:
+    done: list[str] = []
+    for i, lab in enumerate(labels, 1):
+        text = describe_step(lab, stage_of(system, lab, s.host))
         if lab not in system.enabled(s):
-            return None
+            return None, "; ".join([*done, f"step {i} {text}: not enabled in the Python model"])
         s = system.step(s, lab)
+        done.append(f"{i} {text}")
         msg = pd.check(s.host, s.monitor)
         if msg is not None:
-            return msg
-    return None
+            return msg, "; ".join(done)
+    return None, "; ".join(done) + f"; after step {len(labels)} {prop} holds in the Python model"
 
 
 def spin_result(system: Any, props: list[str], bitstate: bool = False, share: int = 1,
@@ -43,9 +55,11 @@ def spin_result(system: Any, props: list[str], bitstate: bool = False, share: in
     for name, v in result.verdicts.items():
         if v.status != FAIL:
             continue
-        msg = confirm(system, list(v.labels), name)
+        msg, trail = _confirm(system, list(v.labels), name)
         if msg is None:
-            raise RuntimeError(f"the SPIN trail for {name} ({len(v.labels)} steps) does not "
-                               "violate it on the Python model: the engines disagree")
+            raise EngineDisagreement(
+                f"policy {system.policy!r}: the SPIN trail for {name} ({len(v.labels)} steps: "
+                f"{trail}) does not violate it on the Python model: the engines disagree, a "
+                "bug in memfail; `memfail check --engine python` checks this configuration")
         v.message = msg
     return result

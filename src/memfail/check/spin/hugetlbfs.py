@@ -484,7 +484,7 @@ inline ev_vmm(v, p, wr) {
      :: pte[v] == 0 -> kill_vm(v)   /* no huge page: VM_FAULT_SIGBUS, BUS_ADRERR (not counted) */
      :: pte[v] == 1 && bk[v] == OWN && err[p] && !wr ->
         affected[v] = 1;
-        cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+        consume(p);   /* the monitor's window, as for a vCPU's load (MCE_INLINES) */
         det[p] = 1;
         if
         :: FRAME_HWP(v) -> hwp[p] = 1

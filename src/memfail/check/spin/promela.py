@@ -118,7 +118,7 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
         for i in range(npg):
             x, y = f"{name}[(a) * NPG + {i}]", f"{name}[(b) * NPG + {i}]"
             swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
-    for name in ("fst", "rk", "lq"):
+    for name in ("fst", "rk", "lq", "pin"):
         x, y = f"{name}[a]", f"{name}[b]"
         swaps.append(f"{x} = {x} ^ {y}; {y} = {x} ^ {y}; {x} = {x} ^ {y}")
     swaps.append("sl[rk[a]] = a; sl[rk[b]] = b")
@@ -143,6 +143,10 @@ def frame_slots(nv: int, npg: int, physical: tuple[str, ...]) -> list[str]:
         ")" * nv
     free = " + ".join(["nspare", *(f"(fst[{s}] == 1 || fst[{s}] == 2)" for s in range(nv))])
     return ["byte rk[NV]; byte sl[NV]; byte lq[NV]; byte gq[NV]; hidden byte fs; hidden byte fj;",
+            "/* pin[s]: a memory_failure() in flight holds slot s's frame (get_hwpoison_page's\n"
+            "   reference, --races: mf.record to mf.notify); fst 4 / 5: truncated meanwhile,\n"
+            "   freed when it returns (by punch hole / by release: mf_unpin) */",
+            "bit pin[NV];",
             "/* free_huge_pages: the free spares and the frames on the free list (fst 1 and 2:\n"
             "   unmarked and marked; 3 is dissolved) */",
             f"#define FREE_POOL ({free})",
@@ -659,9 +663,14 @@ MCE_INLINES = r"""/* kvm_machine_check() (R45): the load consumes the poison (Po
    memory_failure(), the hardware's window), do_machine_check() and queue_task_work() on the
    vCPU thread (M7): mce_count, the first page; the eleventh, or one on another page before
    the task work ran, panics the host */
+inline consume(p) {
+  /* PoisonConsumed by a guest or user load, as the monitor counts it (properties.py): not
+     while an earlier consumption of the same poison waits for its memory_failure() */
+  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi
+}
 inline mc(v, p, i) {
   affected[v] = 1;
-  if :: det[p] || cons[p] == 0 -> cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2) :: else -> skip fi;
+  consume(p);
   mcc[VT(v, i)] = (mcc[VT(v, i)] < 11 -> mcc[VT(v, i)] + 1 : 11);
   if :: mcc[VT(v, i)] == 1 -> twp[VT(v, i)] = p + 1 :: else -> skip fi;
   if
@@ -703,6 +712,28 @@ inline derive(v) { FOREACH(rec[Q] = tab[Q] || hwp[Q] || (fst[v] == 2 && FRAME_HW
 /* free_range(): merge the split folio (PG_hwpoison kept only with propagate_on_split), mark
    table records (mark_on_truncate, or mark_on_release at release), free to the pool; a marked
    folio is dissolved with isolate_on_free (S15), else stays on the free list, skipped (R55) */
+/* free_huge_folio() of slot v's frame, truncated (the policy's marking done): a marked
+   frame is isolated (isolate_on_free: dissolved, fst 3) or stays marked on the free list
+   (fst 2, skipped by the allocation), an unmarked one goes to the free list's head */
+inline frame_release(v, release) {
+  if
+  :: FRAME_HWP(v) && isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
+     (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE)) -> fst[v] = 3
+  :: FRAME_HWP(v) && !(isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
+     (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE))) -> fst[v] = 2
+  :: else -> fst[v] = 1; frame_free(v)
+  fi
+}
+/* memory_failure() returns and drops its reference (gmem.mf_unpin): a frame truncated
+   meanwhile is freed now */
+inline mf_unpin(v) {
+  if
+  :: fst[v] == 4 -> frame_release(v, 0)
+  :: fst[v] == 5 -> frame_release(v, 1)
+  :: else -> skip
+  fi;
+  pin[v] = 0
+}
 inline free_folio(v, release) {
   if
   :: bk[v] == OWN ->
@@ -713,11 +744,8 @@ inline free_folio(v, release) {
      :: else -> skip
      fi;
      if
-     :: FRAME_HWP(v) && isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
-        (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE)) -> fst[v] = 3
-     :: FRAME_HWP(v) && !(isolate_on_free == K_ISOLATE_ON_FREE_TRUE &&
-        (mark_on_truncate == K_MARK_ON_TRUNCATE_TRUE || (release && mark_on_release == K_MARK_ON_RELEASE_TRUE))) -> fst[v] = 2
-     :: else -> fst[v] = 1; frame_free(v)
+     :: pin[v] -> fst[v] = 4 + release   /* memory_failure() holds it: freed by mf_unpin */
+     :: else -> frame_release(v, release)
      fi
   :: bk[v] == SPARE -> spare_free()
   :: else -> skip
@@ -1004,7 +1032,7 @@ inline ev_vmm(v, p, wr) {
         if
         :: bk[v] == OWN && err[p] && !wr ->   /* a store does not consume the error */
            affected[v] = 1;
-           cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+           consume(p);   /* the VMM's load: the same window as a vCPU's */
            if
            :: CLAIMED -> mf(v, p, 1, 0)
            :: else -> det[p] = 1; hwp[p] = 1
@@ -1100,7 +1128,7 @@ inline ev_vmm_vcpu(v, p, wr) {
         if
         :: bk[v] == OWN && err[p] && !wr ->
            affected[v] = 1;
-           cons[p] = (cons[p] < 2 -> cons[p] + 1 : 2);
+           consume(p);   /* the VMM's load: the same window as a vCPU's */
            if
            :: CLAIMED ->
               mf(v, p, 1, 0);

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -510,14 +509,16 @@ def run_pan(workdir: Path, bitstate: bool, mask: int = 0, limit: int | None = No
         args.append(f"-w{BITSTATE_LOG2}")
     env = {**_pan_env(workdir, mask), **huge_pages_env(os.environ)}
     t0 = time.perf_counter()
-    # Popen, then prlimit on its pid: preexec_fn is unsafe in a threaded parent (--workers)
+    if limit is not None:
+        # The limit is set before pan runs: a shell sets it and execs pan (the same pid).
+        # preexec_fn is unsafe in a threaded parent (--workers), and prlimit on the pid after
+        # Popen raced with pan's first allocation, its hash table: a pan that allocated it
+        # first ran past the limit (a search under 60 MiB completed, under 100 MiB not).
+        # A hard limit lower than ``limit`` stays: ulimit fails, pan runs within that one.
+        args = ["/bin/sh", "-c", f"ulimit -v {max(1, limit // 1024)} 2>/dev/null; "
+                'exec "$0" "$@"', *args]
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **env})
-    if limit is not None:
-        # it may have ended already (ProcessLookupError), or the hard limit be lower (then
-        # pan runs within that one)
-        with contextlib.suppress(OSError, ValueError):
-            resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, limit))
     # pans side by side may still exhaust the memory: the OOM killer then ends a pan (it is
     # reported: "killed", and run again alone), not this process or another one
     with contextlib.suppress(OSError):
@@ -663,17 +664,17 @@ def check_policy(system: Any, props: list[str], bitstate: bool = False,
     last = runs[-1] if runs else PanStats()
     states = max((r.states for r in runs), default=0)
     transitions = max((r.transitions for r in runs), default=0)
-    # the labels that fired (MF_FIRED, printed when pan exits): complete only when the last
-    # search ran to its end; after a violation, the kinds on the trails
+    # the labels that fired (MF_FIRED, printed when pan exits, at a violation or a bound
+    # too) and the kinds on the trails: what fired before the last search stopped, every
+    # label when it ran to its end; the others did not fire before it stopped (the text
+    # says so for a search that did not complete, as the Python engine's)
     kinds = list(dict.fromkeys(label_kind(lab) for lab in rendered.labels))
     fired = {label_kind(lab) for v in verdicts.values() for lab in v.labels}
     m = re.search(r"^MF_FIRED(.*)$", last.output, re.M)
-    if m and not last.errors:
+    if m:
         fired |= {label_kind(rendered.labels[int(k)]) for k in m.group(1).split()}
-        coverage = Coverage([k for k in kinds if k in fired],
-                            [k for k in kinds if k not in fired], [], [])
-    else:
-        coverage = Coverage([k for k in kinds if k in fired], [], [], [])
+    coverage = Coverage([k for k in kinds if k in fired],
+                        [k for k in kinds if k not in fired], [], [])
     bound = _stop(last, bitstate)
     # the last search ended at a violation when every property failed: the search stopped
     # because nothing was left to check (the Python engine's "all-failed"), not at a bound

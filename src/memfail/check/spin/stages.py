@@ -174,16 +174,17 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
         # now on (model_system._failed_pfns), whoever found it
         rec = aff or f"if :: bk[{v}] == OWN -> affected[{v}] = 1 :: else -> skip fi; "
         hw = f"err[{q}] = 1; " if kind == "hw_error" else ""
+        # get_hwpoison_page()'s reference on the frame, until mf.notify (gmem.mf_pin)
         return (rec + hw + f"pdet[{q}] = 1; tab[{q}] = 1; "
                 f"if :: record == K_RECORD_FOLIO -> hwp[{q}] = 1 :: else -> skip fi; "
-                + goto("mf.unmap"))
+                f"pin[{v}] = 1; " + goto("mf.unmap"))
     if stage == "mf.unmap":  # races.mf_unmap: of the folio found now
         return (aff + f"if :: bk[{v}] == OWN -> MF_UNMAP({v}, {q}) :: else -> skip fi; "
                 + goto("mf.notify"))
     if stage == "mf.notify":  # races.mf_notify, then memory_failure()'s trace event
         return (aff + f"ao = (bk[{v}] == OWN); mr = det[{q}]; "
                 f"if :: ao -> affected[{v}] = 1; MF_NOTIFY({v}, {q}) :: else -> skip fi; "
-                f"det[{q}] = 1; " + goto(None))
+                f"mf_unpin({v}); det[{q}] = 1; " + goto(None))
     if stage == "fault.get_pfn":  # races.fault_get_pfn
         return (f"if :: !(({op.split})) -> fo = 1 :: else -> GET_PFN({v}, {q}) fi; "
                 f"if :: fo -> wh = 1; {goto(None)} "

@@ -261,13 +261,13 @@ def refuse_missing(profile: KernelProfile, feature: str, field: str | None = Non
     ``what`` names the interface)."""
     if getattr(profile, feature, True):
         return
-    from ..errors import ModelInputError
+    from ..errors import ProfileMissing
 
     f = next((x for x in FEATURES if x.name == feature), None)
     if f is not None:
-        raise ModelInputError(f"{f.what} is not in {profile.name}: it was merged in v{f.since} "
+        raise ProfileMissing(f"{f.what} is not in {profile.name}: it was merged in v{f.since} "
                               f"(commit {f.commit} '{f.title}'); use a profile of v{f.since} "
                               "or later", field)
     s = next(x for x in SWITCHES if x.name == feature)
-    raise ModelInputError(f"{what or s.name} is not in {profile.name}: it came with v{s.since} "
+    raise ProfileMissing(f"{what or s.name} is not in {profile.name}: it came with v{s.since} "
                           f"({s.change}); use a profile of v{s.since} or later", field)

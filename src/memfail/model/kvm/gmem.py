@@ -461,7 +461,41 @@ def free_range(host: Host, inode: Inode, start: int, end: int, why: str) -> None
         if mark and pol.isolate_on_free else []
     host.truncate_range(inode, start, end, even_cows=False)
     for f in marked:
+        if "hugetlb_freed" not in f.flags:  # a memory_failure() in flight holds it
+            f.flags.add("isolate_when_freed")
         _isolate_freed(host, f)
+
+
+def mf_pin(host: Host, pfn: int, order: int) -> None:
+    """memory_failure() takes a reference on the folio as it starts (get_hwpoison_page(),
+    R19); mainline keeps it for good (the MF reference, R30), a policy that claims the folio
+    drops it when it returns (it must be freeable to be marked at release, C4). While it
+    runs (``--races``: from mf.record to mf.notify) a truncation takes the folio out of the
+    page cache but cannot free it to the pool. The pin is on the frame (the huge page of
+    ``order`` holding ``pfn``), whatever splits or merges it meanwhile."""
+    lo = pfn >> order << order
+    pins = host.ext.setdefault("mf_pinned", set())
+    pins.add((lo, lo + (1 << order)))
+
+
+def mf_unpin(host: Host, pfn: int) -> None:
+    """memory_failure() returns and drops its reference: a folio of the frame truncated
+    meanwhile is freed now, by the free path it would have taken (the marking was done at
+    truncation; the isolation of a marked folio, ``isolate_on_free``, happens as it is
+    freed)."""
+    pins = host.ext.get("mf_pinned", set())
+    held = [r for r in pins if r[0] <= pfn < r[1]]
+    for r in held:
+        pins.discard(r)
+    if not pins:
+        host.ext.pop("mf_pinned", None)
+    for lo, hi in held:
+        for f in [f for p, f in sorted(host.phys.folios.items()) if lo <= p < hi]:
+            if f.mapping is None and f.kind == HUGETLB:
+                host.maybe_free(f)
+                if "isolate_when_freed" in f.flags:
+                    f.flags.discard("isolate_when_freed")
+                    _isolate_freed(host, f)
 
 
 def _isolate_freed(host: Host, folio: Folio) -> None:
