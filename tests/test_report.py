@@ -222,7 +222,8 @@ def test_search_section_names_both_configurations_and_where_verdicts_differ() ->
                                 "check_config": "src/memfail/search/config.yaml"}}
     html = page.section_search(doc, "s.json", check)
     assert "The search checked <code>src/memfail/search/config.yaml</code> to depth 3" in html
-    assert "the check section checked <code>the standard configuration</code>" in html
+    assert "the check section checked the standard configuration " \
+        "(<code>src/memfail/check/standard.yaml</code>)" in html
     assert "<code>unmap</code> contained: kept by the search, FAIL in the check at depth 4" \
         in html
     assert "<code>minimum</code> contained" not in html   # lost in both: no difference

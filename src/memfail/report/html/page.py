@@ -240,7 +240,10 @@ def search_vs_check(doc: dict[str, Any], check: dict[str, Any] | None) -> str:
     raw = doc.get("config")
     cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
     scfg, sdepth = cfg.get("check_config"), cfg.get("depth")
-    cfile = check.get("file") or f"the {check.get('config', 'standard')} configuration"
+    cfile = check.get("file")
+    where = f"<code>{e(cfile)}</code>" if cfile else (
+        f"the {e(check.get('config', 'standard'))} configuration "
+        "(<code>src/memfail/check/standard.yaml</code>)")
     cdepth = ((check.get("results") or [{}])[0]).get("depth")
     props = [p.get("id") if isinstance(p, dict) else p for p in _props(doc.get("properties"))]
     verdicts = {r.get("policy"): r.get("verdicts") or {} for r in check["results"]
@@ -260,7 +263,7 @@ def search_vs_check(doc: dict[str, Any], check: dict[str, Any] | None) -> str:
                                 if failed else "lost in the search, not FAIL in the check"))
     head = (f"The search checked <code>{e(scfg)}</code>"
             + (f" to depth {e(sdepth)}" if sdepth is not None else "")
-            + f"; the check section checked <code>{e(cfile)}</code>"
+            + f"; the check section checked {where}"
             + (f" (explored to depth {e(cdepth)})" if cdepth is not None else "") + ". ")
     if not diffs:
         return f'<p class="note search-vs-check">{head}Their verdicts on the presets agree.</p>'
