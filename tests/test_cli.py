@@ -397,3 +397,17 @@ def test_wrong_or_silent_scheduler_is_one_line_within_the_timeout(
     assert len(lines) == 1 and lines[0].startswith("memfail: error: --scheduler: "), r.stderr
     assert ("no Dask handshake" if behaviour == "silent" else "not a Dask handshake") \
         in lines[0]
+
+
+def test_a_note_of_memfail_is_not_shown_as_a_kernel_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Why a step failed (a mapping that went away) is memfail's note, under the step,
+    without a dmesg timestamp that would make it look like the kernel's."""
+    path = write(tmp_path, "processes: [{name: app}]\nsteps:\n"
+                 "  - mmap: {proc: app, name: buf, size: 8K}\n"
+                 "  - munmap: {proc: app, addr: buf}\n"
+                 "  - mem_write: {proc: app, addr: buf, value: 3}\n")
+    rc, out, _ = run_cli(capsys, "run", path)
+    assert rc == 0
+    assert "  note: mem_write: process 'app' has no mapping 'buf' now" in out
+    assert "] memfail: " not in out

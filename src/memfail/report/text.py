@@ -88,9 +88,12 @@ def render_record(rec: ActionRecord, out: list[str]) -> None:
     out.append(header(rec))
     if rec.note:
         out.append(f"  # {rec.note}")
-    logs = [e for e in rec.events if isinstance(e, KernelLog)]
+    logs = [e for e in rec.events if isinstance(e, KernelLog) and not _own_note(e)]
     for i, e in enumerate(logs):
         out.append(f"[{rec.trace_step:5d}.{i:06d}] {e.text}")
+    for e in rec.events:  # the model's own notes are not kernel lines: no dmesg timestamp
+        if isinstance(e, KernelLog) and _own_note(e):
+            out.append(f"  note: {e.text.removeprefix('memfail: ')}")
     for ev in rec.events:
         if isinstance(ev, SignalSent):
             out.append("  " + fmt_signal(ev))
@@ -101,6 +104,12 @@ def render_record(rec: ActionRecord, out: list[str]) -> None:
                 out.append("  " + line)
     for f in rec.failures:
         out.append(f"  FAILED {f}")
+
+
+def _own_note(e: KernelLog) -> bool:
+    """A line memfail writes about a step it could not carry out (Host.apply: a target that
+    went away), not one the kernel prints (expect.py leaves it out of dmesg checks too)."""
+    return e.level == "debug" and e.text.startswith("memfail: ")
 
 
 def render_summary(r: RunResult, out: list[str]) -> None:
