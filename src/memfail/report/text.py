@@ -91,9 +91,9 @@ def render_record(rec: ActionRecord, out: list[str]) -> None:
     logs = [e for e in rec.events if isinstance(e, KernelLog) and not _own_note(e)]
     for i, e in enumerate(logs):
         out.append(f"[{rec.trace_step:5d}.{i:06d}] {e.text}")
-    for e in rec.events:  # the model's own notes are not kernel lines: no dmesg timestamp
-        if isinstance(e, KernelLog) and _own_note(e):
-            out.append(f"  note: {e.text.removeprefix('memfail: ')}")
+    for ev in rec.events:  # the model's own notes are not kernel lines: no dmesg timestamp
+        if isinstance(ev, KernelLog) and _own_note(ev):
+            out.append(f"  note: {ev.text.removeprefix('memfail: ')}")
     for ev in rec.events:
         if isinstance(ev, SignalSent):
             out.append("  " + fmt_signal(ev))
