@@ -607,16 +607,13 @@ def _spin_supported(cfg: CheckConfig, pol: str, system: System, where: str) -> N
     from memfail.check.spin.promela import Unsupported, check_supported
 
     try:
-        system.initial()  # the set-up gives the pages of each VM (a failure: a usage error)
-        check_supported(system)
+        check_supported(system)  # after _system_for's set-up, which gives each VM's pages
     except Unsupported as e:
         file, line = cfg.where(e.loc)
         msg = f"{e} (policy {pol!r}; `--engine python` checks it)"
         if file is not None and e.loc:
             raise InputError(file, line, fmt_loc(e.loc), msg) from None
         raise OptionError(where, _about(pol, e) + " (`--engine python` checks it)") from None
-    except ValueError as e:  # SetupFailed, as the search would report it
-        raise OptionError(where, _about(pol, e)) from None
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool, bounds: Bounds,
@@ -725,7 +722,7 @@ def stop_hint(r: Result) -> str | None:
             return None
         return ("the search reached its memory bound (--max-memory, bounds.memory_mb) and "
                 "stopped: raise it, lower the depth, or use --engine spin")
-    if r.stop_reason in ("memory", "killed") and r.states == 0:
+    if r.states == 0:
         kind = "an exhaustive" if _engine(r) == "spin" else "a bitstate"
         return (f"pan stored no state: it could not start within the memory limit "
                 f"(--max-memory, bounds.memory_mb; {kind} pan needs about "

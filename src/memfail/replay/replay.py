@@ -260,6 +260,14 @@ def _norm(line: str) -> str | None:
     return s.strip()
 
 
+def _signalled(inc: Incident) -> str | None:
+    """``COMM:PID`` of the first process the incident's log says memory_failure() signalled
+    ("Sending SIGBUS to", "Killing"), None when it signalled none."""
+    e = next((e for e in inc.events if e.kind == "mf_message" and
+              e.detail.get("action") in ("sigbus", "kill")), None)
+    return None if e is None else f"{e.detail.get('comm')}:{e.detail.get('pid')}"
+
+
 def build_scenario(inc: Incident, profile: str) -> tuple[dict[str, Any] | None, int, str]:
     """(scenario, index of its first error step, reason): scenario None when the model
     cannot express the incident."""
@@ -283,13 +291,11 @@ def build_scenario(inc: Incident, profile: str) -> tuple[dict[str, Any] | None, 
     if mode == "madvise" and not recipe.get("user"):
         return None, 0, f"madvise(MADV_HWPOISON) cannot reach a {first}"
     processes = [dict(p) for p in recipe.get("processes", [])]
-    signalled = [e for e in inc.events if e.kind == "mf_message" and
-                 e.detail.get("action") in ("sigbus", "kill")]
-    if signalled and mode in ("scrub", "ghes"):
+    who = _signalled(inc)
+    if who is not None and mode in ("scrub", "ghes"):
         # action optional: kill_procs() signals only the processes collect_procs() gathered,
         # and without MF_ACTION_REQUIRED task_early_kill() gathers only early-kill threads
         # (R12, R13): the logged SIGBUS says an early-kill process mapped the page
-        who = f"{signalled[0].detail.get('comm')}:{signalled[0].detail.get('pid')}"
         if not processes:
             return None, 0, (f"page owner: the log signals {who} for a {first}, which no "
                              "process maps")
@@ -368,12 +374,10 @@ def replay_incident(inc: Incident, version: str | None, arch: str | None,
     if sc is None:
         out.reason = why
         return out
-    early = next((e for e in inc.events if e.kind == "mf_message" and
-                  e.detail.get("action") in ("sigbus", "kill")), None)
-    if early is not None and any(p.get("mce_kill") for p in sc.get("processes", [])):
+    who = _signalled(inc)
+    if who is not None and any(p.get("mce_kill") for p in sc.get("processes", [])):
         out.caveats.append(
-            f"the log signals {early.detail.get('comm')}:{early.detail.get('pid')} for an "
-            "action-optional failure, which only an early-kill process gets (R12, "
+            f"the log signals {who} for an action-optional failure, which only an early-kill process gets (R12, "
             "task_early_kill): the set-up gives the process PR_MCE_KILL_EARLY (the log cannot "
             "tell it from vm.memory_failure_early_kill=1)")
     return _run_and_compare(sc, mark, out)

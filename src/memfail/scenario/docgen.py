@@ -56,8 +56,10 @@ def _bounds(meta: Any) -> str:
     lo = hi = None
     for m in meta:
         for c in [m, *getattr(m, "metadata", [])]:
-            lo = getattr(c, "ge", lo) if getattr(c, "ge", None) is not None else lo
-            hi = getattr(c, "le", hi) if getattr(c, "le", None) is not None else hi
+            if getattr(c, "ge", None) is not None:
+                lo = c.ge
+            if getattr(c, "le", None) is not None:
+                hi = c.le
     if lo is None and hi is None:
         return ""
     return f" ({'' if lo is None else lo}..{'' if hi is None else hi})"

@@ -41,7 +41,7 @@ from typing import Any
 
 from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
-from memfail.check.spin.observe import PAGE_FIELDS, pages_of
+from memfail.check.spin.observe import PAGE_FIELDS
 from memfail.check.spin.promela import (
     MCE_INLINES,
     PROP_EXPR,
@@ -56,9 +56,10 @@ from memfail.check.spin.promela import (
     checker_proctype,
     first_frame,
     frame_slots,
-    gmem_loc,
     init_slots,
     kernel_user,
+    refuse_layout,
+    refuse_vmms,
     system_args,
 )
 
@@ -75,20 +76,8 @@ SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel
 def check_supported(system: Any) -> None:
     """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
     cfg = system.config
-    for k, vm in enumerate(cfg.vms):
-        g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
-        if g is None or g.backing != "2M":
-            raise Unsupported(f"vm {vm.name}: the SPIN engine models hugetlbfs VMs made from a "
-                              "guest_memfd entry with backing 2M (one HugeTLB page)",
-                              gmem_loc(cfg, vm, "backing", k))
-        if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
-            raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge page per VM "
-                              "(size 2M)", gmem_loc(cfg, vm, "size", k))
-        if vm.type not in ("default", "sw-protected", "snp"):
-            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine",
-                              ("vms", k, "type"))
-    if cfg.setup:
-        raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
+    refuse_layout(system, "hugetlbfs VMs made from a guest_memfd entry with backing 2M (one "
+                  "HugeTLB page)", "one huge page per VM (size 2M)")
     npg = 1 << cfg.geometry.pmd_order
     for i, label in system.entries:
         at = ("events", i)
@@ -115,10 +104,7 @@ def check_supported(system: Any) -> None:
                               "past the VM's huge page, which hugetlbfs_fallocate() would "
                               "add to the file; the SPIN engine models one huge page per VM "
                               f"for backing hugetlbfs (page + pages <= {npg})", (*at, "pages"))
-    for k, proc in enumerate(cfg.processes):
-        if proc.sigbus != "handler":
-            raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
-                              "SIGBUS handler (QEMU)", ("processes", k, "sigbus"))
+    refuse_vmms(cfg)
 
 
 def _or(cfg: Any, value: Any) -> str:

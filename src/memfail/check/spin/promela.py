@@ -277,20 +277,9 @@ def check_supported(system: Any) -> None:
     why = policy_refusal(system.policy) if system.policy else None
     if why is not None:
         raise Unsupported(why)
-    for k, vm in enumerate(cfg.vms):
-        g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
-        if g is None or g.backing != "2M":
-            raise Unsupported(f"vm {vm.name}: the SPIN engine models VMs on a guest_memfd "
-                              "with backing 2M", gmem_loc(cfg, vm, "backing", k))
-        if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
-            raise Unsupported(f"vm {vm.name}: the SPIN engine models one huge folio per VM "
-                              "(guest_memfd size 2M)", gmem_loc(cfg, vm, "size", k))
-        if vm.type not in ("default", "sw-protected", "snp"):
-            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN engine "
-                              "(its mirrored stage 2 is not in the Promela model)",
-                              ("vms", k, "type"))
-    if cfg.setup:
-        raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
+    refuse_layout(system, "VMs on a guest_memfd with backing 2M",
+                  "one huge folio per VM (guest_memfd size 2M)",
+                  " (its mirrored stage 2 is not in the Promela model)")
     for i, label in system.entries:
         at = ("events", i)
         if label[0] not in SUPPORTED:
@@ -312,6 +301,31 @@ def check_supported(system: Any) -> None:
             raise Unsupported("vmm_access is modelled for the VMM's main thread (the first of "
                               "its threads) and its vCPU threads (vcpu0, vcpu1, ...) only",
                               (*at, "thread"))
+    refuse_vmms(cfg)
+
+
+def refuse_layout(system: Any, backing: str, size: str, type_why: str = "") -> None:
+    """What both Promela models (this one and hugetlbfs.py) refuse of the VMs and the
+    set-up: a VM's memory other than one 2M page (``backing`` and ``size`` say what the
+    model takes), a VM type other than default, sw-protected and snp, and ``setup`` steps."""
+    cfg = system.config
+    for k, vm in enumerate(cfg.vms):
+        g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
+        if g is None or g.backing != "2M":
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models {backing}",
+                              gmem_loc(cfg, vm, "backing", k))
+        if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models {size}",
+                              gmem_loc(cfg, vm, "size", k))
+        if vm.type not in ("default", "sw-protected", "snp"):
+            raise Unsupported(f"vm {vm.name}: type {vm.type} is not modelled by the SPIN "
+                              f"engine{type_why}", ("vms", k, "type"))
+    if cfg.setup:
+        raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
+
+
+def refuse_vmms(cfg: Any) -> None:
+    """Both Promela models' VMM is QEMU: a process without a SIGBUS handler is refused."""
     for k, proc in enumerate(cfg.processes):
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
