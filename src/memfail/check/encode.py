@@ -28,6 +28,11 @@ KEYS: dict[str, Callable[[Any], Any]] = {
 }
 # Host attributes that are not state: the trace (folded into the Monitor), static config.
 SKIP = frozenset({"trace", "config", "geometry", "profile"})
+# Attributes of other classes that only an observation reads and no property or enabled
+# event depends on: PhysMem.pcp (which free frames sit on a per-CPU list, so that
+# /proc/kpageflags shows no BUDDY for them). Left out so that two states differing only
+# there are one state, as before they were recorded.
+TRANSIENT: dict[str, frozenset[str]] = {"PhysMem": frozenset({"pcp"})}
 
 
 _FROZEN: dict[Any, str] = {}  # encodings of frozen dataclass values (policies), by value
@@ -138,6 +143,7 @@ class _PlainEncoder:
         if attrs is None:
             slots = getattr(type(v), "__slots__", ())
             attrs = {s: getattr(v, s) for s in slots if hasattr(v, s)}
+        skip = skip or TRANSIENT.get(cls, skip)
         enc = self.enc
         if skip:
             out = cls + "(" + ",".join([f"{k}={enc(x)}" for k, x in attrs.items()
@@ -239,6 +245,7 @@ class _Encoder(_PlainEncoder):
         attrs = getattr(v, "__dict__", None)
         if attrs is None:
             return super().fields(v, cls, skip)
+        skip = skip or TRANSIENT.get(cls, skip)
         self.path.add(id(v))
         enc = self.enc
         out = []

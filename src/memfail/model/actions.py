@@ -95,7 +95,9 @@ class Sysctl(Action):
     """Set a sysctl: ``vm.memory_failure_early_kill`` (R9), ``vm.memory_failure_recovery`` (R8),
     ``vm.enable_soft_offline`` (R11; the file exists since 6.11, so on older profiles the write
     fails with ENOENT), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
-    ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0."""
+    ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0; a value the sysctl's proc
+    handler refuses (anything but 0 or 1 for the four switches, a negative HugeTLB count)
+    fails with EINVAL and leaves the old value, as writing it to /proc/sys does."""
 
     key: ClassVar[str] = "sysctl"
     name: str
@@ -157,7 +159,9 @@ class Exit(Action):
 
 class Prctl(Action):
     """prctl(PR_MCE_KILL) on one thread (R10): ``op: set`` with ``policy: early|late|default``,
-    ``op: clear``, or ``op: get`` (returns 0 late, 1 early, 2 default)."""
+    ``op: clear``, or ``op: get`` (returns 0 late, 1 early, 2 default). ``policy`` is the
+    call's third argument (LATE 0, EARLY 1, DEFAULT 2): ``clear`` and ``get`` require it to
+    be 0, so ``early`` or ``default`` with them fails with EINVAL, as the kernel does."""
 
     key: ClassVar[str] = "prctl"
     proc: str

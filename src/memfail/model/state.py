@@ -53,6 +53,33 @@ SYSCTL_DEFAULTS = {
     "vm.nr_overcommit_hugepages": 0,
     "vm.panic_on_unrecoverable_memory_failure": 0,
 }
+# The values each sysctl's handler accepts (inclusive; None: no upper bound). The four
+# switches use proc_dointvec_minmax with extra1 = SYSCTL_ZERO, extra2 = SYSCTL_ONE
+# (mm/memory-failure.c memory_failure_table; R8, R9, R11, R86), so any other value fails
+# with EINVAL and leaves the old one; the two HugeTLB counts go through
+# proc_doulongvec_minmax (hugetlb_sysctl_handler), which refuses a negative number.
+SYSCTL_RANGES: dict[str, tuple[int, int | None]] = {
+    "vm.memory_failure_recovery": (0, 1),
+    "vm.memory_failure_early_kill": (0, 1),
+    "vm.enable_soft_offline": (0, 1),
+    "vm.panic_on_unrecoverable_memory_failure": (0, 1),
+    "vm.nr_hugepages": (0, None),
+    "vm.nr_overcommit_hugepages": (0, None),
+}
+
+
+def sysctl_in_range(name: str, value: int) -> bool:
+    """Whether the sysctl's proc handler accepts ``value`` (``SYSCTL_RANGES``)."""
+    lo, hi = SYSCTL_RANGES.get(name, (0, None))
+    return value >= lo and (hi is None or value <= hi)
+
+
+def sysctl_range_text(name: str) -> str:
+    lo, hi = SYSCTL_RANGES.get(name, (0, None))
+    return f"the kernel accepts {lo} or {hi}" if hi == lo + 1 else \
+        f"the kernel accepts {lo}..{hi}" if hi is not None else f"the kernel accepts >= {lo}"
+
+
 # Sysctls that only some kernels have: name -> the KernelProfile switch that brings the file.
 PROFILE_SYSCTLS = {"vm.enable_soft_offline": "sysctl_enable_soft_offline"}
 
@@ -95,6 +122,8 @@ class HostState:
                     f"unknown sysctl {k!r}; known: {', '.join(SYSCTL_DEFAULTS)}", "sysctl")
             if k in PROFILE_SYSCTLS:
                 refuse_missing(self.profile, PROFILE_SYSCTLS[k], "sysctl", what=k)
+            if not sysctl_in_range(k, int(v)):
+                raise ModelInputError(f"{k} = {v}: {sysctl_range_text(k)}", "sysctl")
             self.sysctl[k] = int(v)
         geo = self.geometry
         self.hugetlb = HugeTLB(self, {"2M": geo.pmd_order, "1G": geo.pud_order}, cfg.hvo)

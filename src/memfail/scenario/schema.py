@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from memfail.model import trace as _trace
+from memfail.model.state import sysctl_in_range, sysctl_range_text
 from memfail.model.units import Geometry, fmt_size, parse_size
 
 from .errors import did_you_mean, one_of
@@ -204,6 +205,9 @@ class HostSpec(Strict):
             if name not in KNOWN_SYSCTLS:
                 raise ValueError(f"unknown sysctl {name!r}{did_you_mean(name, KNOWN_SYSCTLS)}; "
                                  f"known: {one_of(KNOWN_SYSCTLS)}")
+            if not sysctl_in_range(name, v[name]):
+                raise ValueError(f"{name} = {v[name]}: {sysctl_range_text(name)} (a write of "
+                                 "any other value fails with EINVAL)")
         return v
 
     @model_validator(mode="after")

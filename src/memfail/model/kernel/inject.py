@@ -30,6 +30,7 @@ from ..actions import (
 from ..errors import (
     EBUSY,
     EHWPOISON,
+    EINVAL,
     EIO,
     ENOENT,
     ENOMEM,
@@ -40,7 +41,7 @@ from ..errors import (
     TargetGone,
 )
 from ..handlers import ActionResult, handles
-from ..state import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN
+from ..state import PROFILE_SYSCTLS, RESERVED_PFN, ZERO_PFN, sysctl_in_range
 from ..trace import Observation, PoisonConsumed
 from ..units import parse_size
 from .fs import GMEM, RAMFS
@@ -376,6 +377,18 @@ def do_split_huge_pages(host: Host, a: SplitHugePages) -> ActionResult:
 # --------------------------------------------------------------------------- soft offline
 
 
+def _so_log(host: Host, text: str, before: str | None = None) -> None:
+    """A pr_info() of the soft offline code. Since 6.11 (Jiaqi Yan, 'refactor log format in
+    soft offline code', with the ``sysctl_enable_soft_offline`` switch) pr_fmt adds
+    "Soft offline: "; before, the lines carried their own "soft offline: " (``before``
+    where a line read otherwise) and no "Memory failure: " prefix (memory-failure.c undefines
+    pr_fmt above unpoison_memory)."""
+    if host.profile.sysctl_enable_soft_offline:
+        host.log(f"Soft offline: {text}", level="info")
+    else:
+        host.log(before if before is not None else f"soft offline: {text}", level="info")
+
+
 def soft_offline_page(host: Host, pfn: int) -> int:
     """soft_offline_page() (R81, R11, R61, DOC-05, DOC-07, DOC-08): migrate an in-use page to
     a new frame (or invalidate a clean unmapped page-cache page) and mark the old frame
@@ -386,7 +399,7 @@ def soft_offline_page(host: Host, pfn: int) -> int:
     with a pr_info_once; an already poisoned page -> 0 ("%#lx: page already poisoned");
     a page get_any_page cannot handle (slab, page table, reserved, the zero page) ->
     "unhandlable page." and -EIO; a failed migration -> "soft offline: ... migration failed"
-    and -EBUSY. Lines after the pr_fmt override carry no "Memory failure: " prefix.
+    and -EBUSY. The lines' prefix depends on the kernel (``_so_log``).
     HardwareCorrupted grows by one base page (page_handle_poison), also for HugeTLB, whose
     source folio is dissolved so the pool shrinks by one (KS-11).
     """
@@ -397,12 +410,14 @@ def soft_offline_page(host: Host, pfn: int) -> int:
     if not host.sysctl["vm.enable_soft_offline"]:
         if not host.mf.soft_offline_disabled_logged:
             host.mf.soft_offline_disabled_logged = True
-            host.log("disabled by /proc/sys/vm/enable_soft_offline", level="info")
+            host.log("Soft offline: disabled by /proc/sys/vm/enable_soft_offline",
+                     level="info")
         return -EOPNOTSUPP
     folio = host.phys.folio_of(pfn)
     if pfn in host.phys.hwpoison or (folio is not None and folio.kind == HUGETLB
                                      and "hwpoison" in folio.flags):
-        host.log(f"{pfn:#x}: page already poisoned", level="info")
+        _so_log(host, f"{pfn:#x}: page already poisoned",
+                f"soft_offline_page: {pfn:#x} page already poisoned")
         return 0
     if folio is None:
         # soft_offline_free_page -> page_handle_poison(page, true, false)
@@ -420,7 +435,7 @@ def soft_offline_page(host: Host, pfn: int) -> int:
     if folio.order:
         split = host.split_thp(folio)
         if split is None:
-            host.log(f"soft offline: {pfn:#x}: thp split failed", level="info")
+            _so_log(host, f"{pfn:#x}: thp split failed")
             return -EBUSY
         folio = host.phys.folio_of(pfn) or split
     mapping = folio.mapping
@@ -428,13 +443,12 @@ def soft_offline_page(host: Host, pfn: int) -> int:
             and "dirty" not in folio.flags and not folio.mapped and not mapping.unevictable
             and folio.refcount - folio.refs["pagecache"] <= 0):
         # mapping_evict_folio(): a clean, unmapped page-cache page is simply dropped
-        host.log(f"soft_offline: {pfn:#x}: invalidated", level="info")
+        _so_log(host, f"{pfn:#x}: invalidated", f"soft_offline: {pfn:#x}: invalidated")
         host.delete_from_page_cache(folio)
         _poison_offlined(host, pfn)
         return 0
     if not _migratable(folio):
-        host.log(f"soft offline: {pfn:#x}: page migration failed 1, type "
-                 f"{pfn_flags(folio)}", level="info")
+        _so_log(host, f"{pfn:#x}: page migration failed 1, type {pfn_flags(folio)}")
         return -EBUSY
     new = host.alloc_folio(0, folio.kind, owner=folio.owner)
     if new is None:
@@ -442,7 +456,13 @@ def soft_offline_page(host: Host, pfn: int) -> int:
     new.flags = set(folio.flags) - {"hwpoison"}
     host.phys.data[new.pfn] = host.phys.data.get(folio.pfn, 0)
     _migrate(host, folio, new)
-    host.phys.drop_folio(folio, to_buddy=False)
+    # page_handle_poison(page, false, true): the put_page() of the migrated source does not
+    # free it (free_pages_prepare() keeps a PG_hwpoison order-0 page off the pcp and buddy
+    # lists, with its flags and its anon mapping pointer), and page_ref_inc() holds it: a
+    # folio with one reference, outside every LRU and the page cache. /proc/kpageflags
+    # shows ANON|SWAPBACKED|HWPOISON for an anonymous one (KS-02, measured on Debian's 6.1),
+    # and unpoison_memory() frees it (R80).
+    folio.flags -= {"dirty", "uptodate", "active", "referenced", "mlocked", "unevictable"}
     _poison_offlined(host, folio.pfn)
     return 0
 
@@ -509,17 +529,15 @@ def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
         _poison_offlined(host, pfn)
         return 0
     if "hugetlb_migratable" not in folio.flags:
-        host.log(f"soft offline: {pfn:#x}: hugepage isolation failed, page count "
-                 f"{folio.refcount}, type {pfn_flags(folio)}", level="info")
+        _so_log(host, f"{pfn:#x}: hugepage isolation failed, page count "
+                f"{folio.refcount}, type {pfn_flags(folio)}")
         return -EBUSY
     if folio.mapping is not None and not _migratable(folio):
-        host.log(f"soft offline: {pfn:#x}: hugepage migration failed 1, type "
-                 f"{pfn_flags(folio)}", level="info")
+        _so_log(host, f"{pfn:#x}: hugepage migration failed 1, type {pfn_flags(folio)}")
         return -EBUSY
     new = host.hugetlb.dequeue(h, owner=folio.owner, use_reserve=False)
     if new is None:
-        host.log(f"soft offline: {pfn:#x}: hugepage migration failed -12, type "
-                 f"{pfn_flags(folio)}", level="info")
+        _so_log(host, f"{pfn:#x}: hugepage migration failed -12, type {pfn_flags(folio)}")
         return -ENOMEM
     new.flags |= folio.flags & {"anon", "dirty", "hugetlb_migratable"}
     if "surplus" in new.flags:
@@ -653,6 +671,8 @@ def do_sysctl(host: Host, a: Sysctl) -> ActionResult:
     switch = PROFILE_SYSCTLS.get(a.name)
     if switch is not None and not getattr(host.profile, switch):
         return ActionResult.err(-ENOENT)  # no such file under /proc/sys on this kernel
+    if not sysctl_in_range(a.name, a.value):
+        return ActionResult.err(-EINVAL)  # proc_do*vec_minmax: the old value stays
     if a.name == "vm.nr_hugepages":
         h = host.hugetlb.hstate(host.geometry.pmd_order)
         host.hugetlb.set_max_huge_pages(h, a.value)

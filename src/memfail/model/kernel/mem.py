@@ -97,6 +97,13 @@ class PhysMem:
             self.FIRST_PFN = max(0x2001, total_pages // 8)
         self._bump = self.FIRST_PFN
         self._free: dict[int, list[int]] = {}  # order -> sorted heads of free blocks
+        # Heads of freed blocks that sit on a per-CPU list, not (yet) in the buddy lists:
+        # free_unref_page() keeps a block of a pcp_allowed_order() (up to
+        # PAGE_ALLOC_COSTLY_ORDER, 3, and the THP order) on the freeing CPU's list, where
+        # PageBuddy is not set, so /proc/kpageflags shows no BUDDY for it until
+        # drain_all_pages() (shake_page() of memory_failure(), page_handle_poison() of soft
+        # offline) moves it to the buddy lists. The allocator takes it like any free block.
+        self.pcp: set[int] = set()
 
     # ------------------------------------------------------------------ lookup
     def valid(self, pfn: int) -> bool:
@@ -125,13 +132,24 @@ class PhysMem:
 
     MAX_PAGE_ORDER = 10  # x86-64: the largest buddy block is 4 MiB (MAX_ORDER 11 in 6.1)
 
+    PAGE_ALLOC_COSTLY_ORDER = 3
+
+    def pcp_allowed_order(self, order: int, thp_order: int | None = None) -> bool:
+        """mm/page_alloc.c pcp_allowed_order(): orders up to PAGE_ALLOC_COSTLY_ORDER and the
+        THP (pageblock) order go through the per-CPU lists."""
+        return order <= self.PAGE_ALLOC_COSTLY_ORDER or order == thp_order
+
+    def drain_all_pages(self) -> None:
+        """drain_all_pages(): every per-CPU list goes back to the buddy lists."""
+        self.pcp.clear()
+
     def is_buddy_head(self, pfn: int) -> bool:
         """PageBuddy(): set only on the first page of a free buddy block (the flag lives in
         the head's page_type; the other pages of the block are plain free pages), so
         /proc/kpageflags shows BUDDY on that page alone. Memory the model never handed out
         (above the bump pointer) is in MAX_PAGE_ORDER blocks, cut where allocation stopped."""
         blk = self.free_block_of(pfn)
-        if blk is None or self.folio_of(pfn) is not None:
+        if blk is None or self.folio_of(pfn) is not None or blk[0] in self.pcp:
             return False
         head, order = blk
         if pfn >= self._bump and order == 0 and pfn not in self._free.get(0, []):
@@ -161,11 +179,13 @@ class PhysMem:
             for i, head in enumerate(heads):
                 if self._block_ok(head, o):
                     del heads[i]
+                    self.pcp.discard(head)
                     self._split_free(head, o, order)
                     return head
             # every block of this order holds poison: break them up, keep healthy parts
             for head in list(heads):
                 heads.remove(head)
+                self.pcp.discard(head)
                 self._release_healthy(head, o)
         size = 1 << order
         head = (self._bump + size - 1) & ~(size - 1)
@@ -200,17 +220,25 @@ class PhysMem:
     def _add_free(self, head: int, order: int) -> None:
         bisect.insort(self._free.setdefault(order, []), head)
 
-    def free_block(self, head: int, order: int) -> None:
+    def free_block(self, head: int, order: int, pcp: bool = False) -> None:
         """Return a block to the buddy allocator. Freeing a high-order block does not look at
-        each subpage (R57): poisoned raw pages inside it stay until someone takes them off."""
+        each subpage (R57): poisoned raw pages inside it stay until someone takes them off.
+        ``pcp``: the block was freed by free_unref_page() in an order the per-CPU lists take
+        (``pcp_allowed_order``), so it waits there (``self.pcp``) instead of getting PageBuddy;
+        put_page_back_buddy() and __free_pages_ok() free straight to buddy."""
         for pfn in range(head, head + (1 << order)) if order <= 9 else ():
             self.data.pop(pfn, None)
         self._add_free(head, order)
+        if pcp:
+            self.pcp.add(head)
 
     def take_page_off_buddy(self, pfn: int) -> bool:
-        """Remove one raw page from the free lists for good (MAGIC_HWPOISON, R19, R50)."""
+        """Remove one raw page from the free lists for good (MAGIC_HWPOISON, R19, R50). Its
+        callers drain the per-CPU lists first (shake_page(), __page_handle_poison()), so a
+        page on one is found in the buddy lists."""
+        self.drain_all_pages()
         blk = self.free_block_of(pfn)
-        if blk is None or self.folio_of(pfn) is not None:
+        if blk is None or self.folio_of(pfn) is not None or blk[0] in self.pcp:
             return False
         head, order = blk
         if pfn >= self._bump and head == pfn and order == 0 and pfn not in self._free.get(0, []):
@@ -260,7 +288,7 @@ class PhysMem:
         """The folio's last reference went away: free its frames."""
         self.folios.pop(folio.pfn, None)
         if to_buddy:
-            self.free_block(folio.pfn, folio.order)
+            self.free_block(folio.pfn, folio.order, pcp=self.pcp_allowed_order(folio.order))
 
     def canonical(self) -> tuple[Any, ...]:
         return (

@@ -132,7 +132,11 @@ SWITCHES: tuple[Switch, ...] = (
         "v6.11)",
         "6.11",
         "/proc/sys/vm/enable_soft_offline exists (writing 0 makes soft offline fail with "
-        "EOPNOTSUPP); before, there is no such file and soft offline is always allowed.",
+        "EOPNOTSUPP); before, there is no such file and soft offline is always allowed. The "
+        "series' first patch ('refactor log format in soft offline code') gives every soft "
+        "offline line the pr_fmt prefix 'Soft offline: 0x<pfn>: '; before, they read "
+        "'soft offline: 0x<pfn>: ...' and 'soft_offline_page: 0x<pfn> page already "
+        "poisoned'.",
     ),
     Switch(
         "tracepoint_memory_failure_group", "oracle §2.2",

@@ -126,9 +126,13 @@ def do_prctl(host: Host, a: Prctl) -> ActionResult:
 
     PR_MCE_KILL_CLEAR requires arg3 == 0 (kernel/sys.c: ``if (arg3 != 0) return -EINVAL``);
     PR_MCE_KILL_LATE is 0, so ``clear`` with ``policy: late`` is accepted, as Debian's 6.1
-    shows; ``early`` (1) and ``default`` (2) are -EINVAL."""
+    shows; ``early`` (1) and ``default`` (2) are -EINVAL. PR_MCE_KILL_GET takes no argument
+    (``if (arg2 | arg3 | arg4 | arg5) return -EINVAL``): a ``policy`` other than ``late`` (0)
+    given with ``get`` is -EINVAL too (DOC-03)."""
     t = host.thread(host.proc(a.proc), a.thread)
     if a.op == "get":
+        if a.policy not in (None, "late"):
+            return ActionResult.err(-EINVAL)
         return ActionResult(t.policy())
     if a.op == "clear":
         if a.policy not in (None, "late"):
