@@ -480,3 +480,18 @@ def test_old_mcelog_banner(tmp_path: Path) -> None:
     assert e.mce and (e.mce.cpu, e.mce.bank, e.mce.addr, e.mce.severity) == (1, 8, 0x7F3C1000,
                                                                              "SRAO")
     assert e.line == 1 and errors(res) == []
+
+
+def test_no_restart_ip_panics_in_kernel_mode_only() -> None:
+    # severity.c: "Neither restart nor error IP" (RIPV and EIPV clear) and "In kernel and no
+    # restart IP" are the PANIC rows; a user-mode data load without RIPV is AR (R44, R46)
+    bits = decode_status(0xBD80000000100134, 0)
+    assert severity(bits, 0x6, cs=0x33) == "SRAR"      # EIPV|MCIP, user mode
+    assert severity(bits, 0x6, cs=0x10) == "panic"     # kernel mode
+    assert severity(bits, 0x6) == "panic"              # no CS: error_context() assumes kernel
+    assert severity(bits, 0x4, cs=0x33) == "panic"     # neither RIPV nor EIPV
+    assert severity(bits, 0x5, cs=0x33) == "SRAR"
+    res = read_inputs([str(HERE / "mce-user-no-ripv.dmesg")])
+    (mc,) = [e for e in res.events if e.kind == "machine_check"]
+    assert mc.mce is not None and mc.mce.cs == 0x33
+    assert (mc.mce.severity, mc.error_class) == ("SRAR", "uncorrected-ar")

@@ -538,3 +538,112 @@ def test_rendezvous_timeout_is_the_same_panic_but_its_exposure_differs(
 def test_a_log_without_panics_has_no_panic_section(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run([str(HERE / "debian-6.1-srar.dmesg"), "--no-project"], capsys)
     assert rc == 0 and "machine-check panics" not in out
+
+
+# --------------------------------------------------------------------------- projection: the log's own ends
+
+POLS = ["mainline", "minimum", "kill-vm"]
+
+
+def test_a_logged_fatal_machine_check_is_a_host_panic_under_every_policy() -> None:
+    # PCC on a memory address: graded PANIC in #MC context (M5, R47), before any policy code
+    res = read_inputs([str(HERE / "mce-pcc-memory.dmesg")])
+    proj = project(res, HostShape(), POLS)
+    (row,) = proj["classes"]
+    assert row["host_panic"].startswith("M5: Processor context corrupt")
+    for pol in POLS:
+        assert row["outcomes"][pol] == {"host_panic": 1.0}, pol
+        tot = proj["totals"][pol]
+        assert tot["host_panic"] == 1 and tot["vm_killed"] == tot["guest_gib_lost"] == 0, pol
+
+
+def test_a_logged_rendezvous_or_task_work_panic_is_a_host_panic_under_every_policy() -> None:
+    # the panics section says "the same panic" under every policy (M3 exposure, M7 none)
+    for name in ("mce-rendezvous-timeout.dmesg", "mce-consecutive.dmesg"):
+        proj = project(read_inputs([str(HERE / name)]), HostShape(), ["mainline", "minimum"])
+        assert {p: t["host_panic"] for p, t in proj["totals"].items()} == \
+            {"mainline": 1, "minimum": 1}, name
+    # a kernel load without fixup (R47) is a kernel read whose outcome the policy decides
+    errs, _ = hardware_errors(read_inputs([str(HERE / "mce-kernel-no-fixup.dmesg")]))
+    ((cls, _),) = classes(errs, HostShape())
+    assert cls.first_touch == "kernel_unchecked" and errs[0].panic is None
+
+
+def test_a_panic_long_after_an_error_or_from_an_unknown_source_is_not_that_errors(
+        tmp_path: Path) -> None:
+    log = tmp_path / "later.dmesg"
+    log.write_text(
+        "[ 10.0] Memory failure: 0x2b47d6: recovery action for dirty LRU page: Recovered\n"
+        "[ 9000.0] Kernel panic - not syncing: Timeout: Not all CPUs entered broadcast "
+        "exception handler\n"
+        "[ 9001.0] Kernel panic - not syncing: Fatal machine check from unknown source\n")
+    errs, _ = hardware_errors(read_inputs([str(log)]))
+    assert [e.panic for e in errs] == [None]
+
+
+def test_confidential_guest_costs_what_the_fleet_costs_it() -> None:
+    from memfail.fleet import FailureClass, load_fleet
+
+    res = read_inputs([str(SRAR)])
+    shape = HostShape(guest="confidential")
+    errs, _ = hardware_errors(res)
+    ((cls, _),) = classes(errs, shape)
+    effort = load_fleet().params.vms.guest_effort.confidential
+    # the fleet's sampler: a confidential VM's guest_memfd cells behave `confidential`
+    assert (cls.behaviour, cls.effort) == ("confidential", effort)
+    fleet = FailureClass("gmem_private", "confidential", 32, "2M", 1, False, False,
+                         "guest_read", True, "confidential", effort)
+    want = ModelOracle("linux-6.18").outcome("minimum", fleet)
+    got = project(res, shape, ["minimum"])["totals"]["minimum"]
+    assert got == pytest.approx(dict(zip(Outcome.names(), want.as_tuple(), strict=True)))
+    assert got["host_stalled"] == 1 and got["host_stall_seconds"] > 1.0
+
+
+def test_text_table_has_every_json_outcome_with_the_same_figures(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from memfail.replay.cli import COLUMNS, _num
+
+    args = [str(HERE / "two-errors-one-vm.dmesg"), "--no-replay", "--guest", "confidential",
+            "--policy", "mainline", "--policy", "minimum"]
+    rc, out, _ = run(args, capsys)
+    rc2, js, _ = run([*args, "--json"], capsys)
+    totals = json.loads(js)["projection"]["totals"]
+    assert rc == rc2 == 0 and sorted(k for k, _ in COLUMNS) == sorted(Outcome.names())
+    head = next(x for x in out.splitlines() if x.strip().startswith("policy"))
+    assert "stalled" in head and "stall s" in head
+    for pol, tot in totals.items():
+        line = next(x for x in out.splitlines() if x.startswith(f"  {pol} "))
+        assert line.split()[1:] == [_num(tot[k]) for k, _ in COLUMNS], pol
+
+
+def test_yearless_syslog_times_keep_errors_minutes_apart_as_second_faults() -> None:
+    errs, _ = hardware_errors(read_inputs([str(HERE / "syslog-yearless.log")]))
+    assert {e.clock for e in errs} == {"syslog"}
+    got = {tuple(g.pfn for g in group): cls
+           for cls, group in classes(errs, HostShape(backing="2M"))}
+    # 09:36:22, 09:40:00, 09:41:00 in one folio: one page, then second faults
+    first = got[(0x5A0001, 0x5A0002, 0x5A0003)]
+    assert first.pages_hit == 1 and first.second_fault
+    # Dec 31 23:59:59 and Jan 1 00:00:00 are one second apart: one fault of two pages
+    ny = got[(0x7A0001, 0x7A0002)]
+    assert ny.pages_hit == 2 and ny.same_folio and not ny.second_fault
+
+
+def test_errors_in_a_vm_already_gone_cost_it_nothing_more() -> None:
+    res = read_inputs([str(HERE / "two-errors-one-vm.dmesg")])
+    shape = HostShape()
+    assert {shape.place(e.pfn << 12)[:2] for e in hardware_errors(res)[0]} == \
+        {("gmem_private", 0)}
+    proj = project(res, shape, ["mainline", "unusable", "minimum"])
+    first, second = proj["classes"]
+    assert first["outcomes"]["mainline"]["vm_killed"] == 1
+    # mainline killed VM 0, unusable lost all of it: the later error is free-pool memory
+    assert set(second["vm_gone"]) == {"mainline", "unusable"}
+    assert second["vm_gone"]["mainline"]["class"].startswith("hugetlb_free/")
+    for pol in ("mainline", "unusable"):
+        tot = proj["totals"][pol]
+        assert tot["guest_gib_lost"] == 32 and tot["repeated_consumption"] == 0, pol
+        assert tot["vm_killed"] + tot["vm_paused"] == 1, pol
+    # minimum keeps the VM: the later error costs it as before
+    assert "minimum" in second["outcomes"] and proj["totals"]["minimum"]["guest_gib_lost"] > \
+        first["outcomes"]["minimum"]["guest_gib_lost"]

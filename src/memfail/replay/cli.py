@@ -315,13 +315,21 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
               f"corrected history: {lo['corrected_records']} record(s) on "
               f"{lo['corrected_pages']} page(s); {proj['uc_with_ce_history']} uncorrected "
               "page(s) had corrected errors first")
-        cols = [("host_panic", "panic"), ("vm_killed", "killed"), ("vm_paused", "paused"),
-                ("guest_gib_lost", "GiB lost"), ("poison_reused", "reused"),
-                ("repeated_consumption", "re-consumed"), ("failure_record_lost", "rec lost"),
-                ("wrong_process_signal", "wrong sig"), ("early_kill_missed", "early missed")]
-        print("  " + f"{'policy':<16}" + "".join(f"{h:>13}" for _, h in cols))
+        print("  " + f"{'policy':<16}" + "".join(f"{h:>13}" for _, h in COLUMNS))
         for pol, tot in proj["totals"].items():
-            print("  " + f"{pol:<16}" + "".join(f"{_num(tot[k]):>13}" for k, _ in cols))
+            print("  " + f"{pol:<16}" + "".join(f"{_num(tot[k]):>13}" for k, _ in COLUMNS))
+        for row in proj["classes"]:
+            pfns = ", ".join(row["pfns"][:3]) + (" ..." if len(row["pfns"]) > 3 else "")
+            if row.get("host_panic"):
+                print(f"  {row['host']} {pfns}: the host panicked on it ({row['host_panic']}):"
+                      " a host panic under every policy, before any policy code runs (R47)")
+            gone = row.get("vm_gone") or {}
+            for by in sorted({g["by"] for g in gone.values()}):
+                pols = [p for p, g in gone.items() if g["by"] == by]
+                g = gone[pols[0]]
+                print(f"  {row['host']} {pfns}: VM {g['vm']} already gone under "
+                      f"{', '.join(pols)} (error {by} killed it or lost all its memory): "
+                      f"costed as free HugeTLB pool memory ({g['class']})")
         if proj["hosts"] > 1:
             print("  per host (errors; VMs killed + paused under each policy; --json for all "
                   "figures):")
@@ -331,6 +339,16 @@ def _text(read: ReadResult, outcomes: list[Any], proj: dict[str, Any] | None,
                 print(f"    {host}: {figs['errors']}; {cells}")
         for c in proj["cannot_project"]:
             print(f"  cannot project {c['class']} under {c['policy']}: {c['reason']}")
+
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("host_panic", "panic"), ("host_stalled", "stalled"), ("host_stall_seconds", "stall s"),
+    ("vm_killed", "killed"), ("vm_paused", "paused"), ("guest_gib_lost", "GiB lost"),
+    ("poison_reused", "reused"), ("repeated_consumption", "re-consumed"),
+    ("failure_record_lost", "rec lost"), ("wrong_process_signal", "wrong sig"),
+    ("early_kill_missed", "early missed"))
+"""The projection table's columns: every outcome of ``memfail.fleet.Outcome``, in the names
+``--json`` uses (``projection.totals``)."""
 
 
 def _num(v: float) -> str:

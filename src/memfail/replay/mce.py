@@ -104,14 +104,39 @@ def is_memory_error(bits: StatusBits) -> bool:
         or (c & 0xFFF0) == 0x00C0
 
 
-def severity(bits: StatusBits, mcgstatus: int | None = None) -> str:
+MCG_STATUS_RIPV = 1 << 0   # restart IP valid (arch/x86/include/asm/mce.h)
+MCG_STATUS_EIPV = 1 << 1   # error IP valid
+MCG_STATUS_MCIP = 1 << 2   # machine check in progress
+
+
+def user_mode(cs: int | None) -> bool | None:
+    """error_context() in severity.c: a machine check whose saved CS has RPL 3 was taken in
+    user mode (a KVM guest counts, R45: kvm_machine_check() passes a fake frame with CS 3);
+    None when the record does not carry CS."""
+    return None if cs is None else (cs & 3) == 3
+
+
+def severity(bits: StatusBits, mcgstatus: int | None = None, cs: int | None = None) -> str:
     """The grade severity.c gives this record, named as the kernel names it:
     ``corrected``, ``deferred``, ``UCNA``, ``SRAO``, ``SRAR``, ``panic`` or ``invalid``.
 
     For SRAR/SRAO the MCACOD of the error tells which (mce_severity_intel: a data load or
     instruction fetch with AR is SRAR; a scrub or L3 writeback without AR is SRAO); an
     uncorrected error with PCC, or an overflowed uncorrected error that is not recoverable,
-    is ``panic``. ``mcgstatus`` RIPV clear with AR also panics (no restart IP).
+    is ``panic``.
+
+    MCG_STATUS of an action-required error, in the order of the severities[] table of
+    mce_severity_intel (first match wins; M5, R47):
+
+    * RIPV and EIPV both clear: "Neither restart nor error IP", PANIC in any context;
+    * RIPV clear in kernel mode (``cs`` RPL 0, or no ``cs`` in the record: error_context()
+      assumes IN_KERNEL when it has no usable CS): "In kernel and no restart IP", PANIC;
+    * RIPV clear in user mode (``cs`` RPL 3): no PANIC row matches; the data load grades
+      "Action required: data load error in a user process" (AR). do_machine_check() then
+      queues task work for the thread instead of panicking (R44, R46): kill_me_maybe with
+      MF_MUST_KILL (``!p->mce_ripv``) for a usable address since the 2023 patch "x86/mce:
+      Check that memory address is usable for recovery", kill_me_now (``kill_current_task``)
+      in kernels before it. The process is killed, the host goes on: ``SRAR``.
     """
     if not bits.val:
         return "invalid"
@@ -124,9 +149,9 @@ def severity(bits: StatusBits, mcgstatus: int | None = None) -> str:
     if bits.amd:
         # AMD has no S/AR bits: an uncorrected error raised as #MC (MCG_STATUS.MCIP) was
         # consumed; one found by polling or deferred was not (mce_severity_amd)
-        if bits.deferred or (bits.poison and not (mcgstatus or 0) & 4):
+        if bits.deferred or (bits.poison and not (mcgstatus or 0) & MCG_STATUS_MCIP):
             return "deferred"
-        return "SRAR" if (mcgstatus or 0) & 4 else "UCNA"
+        return "SRAR" if (mcgstatus or 0) & MCG_STATUS_MCIP else "UCNA"
     if not bits.s:
         if bits.poison or bits.deferred:
             return "deferred"
@@ -136,8 +161,11 @@ def severity(bits: StatusBits, mcgstatus: int | None = None) -> str:
     if not bits.en:
         return "UCNA"
     if bits.ar:
-        if mcgstatus is not None and not (mcgstatus & 1):  # MCG_STATUS_RIPV
-            return "panic"
+        if mcgstatus is not None and not mcgstatus & MCG_STATUS_RIPV:
+            if not mcgstatus & MCG_STATUS_EIPV:
+                return "panic"          # Neither restart nor error IP
+            if not user_mode(cs):
+                return "panic"          # In kernel and no restart IP
         return "SRAR"
     return "SRAO"
 

@@ -9,8 +9,11 @@ injections are not hardware errors and are left out; corrected errors are histor
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from memfail.fleet import FailureClass, ModelOracle, Outcome
@@ -131,17 +134,59 @@ class HwError:
     repeats: int = 0
     ce_before: int = 0
     events: list[int] = field(default_factory=list)
+    clock: str | None = None
+    """The clock of ``time``, the one its host's errors share most (``CLOCKS``)."""
+    times: dict[str, float] = field(default_factory=dict)
+    """Its first record's time on every clock it has: ``uptime`` (dmesg, trace), ``epoch``
+    (a timestamp with a year, or the machine check's TIME) and ``syslog`` (a syslog timestamp
+    without a year, counted from 1 January of a nominal year, a new year when the dates of a
+    file go backwards)."""
+    panic: str | None = None
+    """The host panicked on this error whatever the policy: the rule and the message (the
+    machine check graded PANIC, M5/R47, or the log's panic of a rule the policy does not
+    change, docs/replay.md "Machine-check panics")."""
+    kernel_read: bool = False
+    """The log's panic says the kernel loaded the poison without a fixup (R47: "Data load in
+    unrecoverable area of kernel"): the first touch is a kernel read, whatever the grade."""
 
 
 def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
-    """The distinct uncorrected errors per (host, page), and what was left out."""
+    """The distinct uncorrected errors per (host, page), and what was left out.
+
+    A panic of the log (``Machine check: REASON``, ``Kernel panic - not syncing: ...``) is the
+    end of the error logged just before it in the same file: the first one that names a
+    panic rule (docs/replay.md "Machine-check panics") decides. A rule the policy does not
+    change (``none``: a grade of PANIC decided in #MC context, M5, R47; the R44 panics of
+    queue_task_work) or changes only the chance of (``exposure``: the rendezvous timeouts,
+    M3) makes the error a host panic under every policy (``panic``); a rule the policy does
+    change (``yes``: a kernel load without fixup, R47) makes it a kernel read (``fatal``).
+    """
+    from .panics import rule_for
+
     by_page: dict[tuple[str, int], HwError] = {}
     injected: set[tuple[str, int]] = set()
     ces: dict[tuple[str, int], list[RasEvent]] = defaultdict(list)
     noaddr = 0
     qemu = 0
+    clock = _SyslogClock()
+    # per file: the error a panic would end, and when its record was logged
+    last: dict[str, tuple[HwError, dict[str, float]] | None] = {}
     for e in read.events:
         host = e.host or e.source
+        if e.kind == "panic":
+            rule = rule_for(e.message or "")
+            prev = last.get(e.source)
+            if prev is None or rule is None or not rule.panic or "unknown source" in \
+                    rule.message or not _soon(prev[1], _when(e, clock)):
+                continue   # no error of this file just before it, or none of its own
+            ended = prev[0]
+            if rule.policy in ("none", "exposure"):
+                if ended.panic is None or ended.panic.startswith((GRADED, FATAL_REPORT)):
+                    ended.panic = f"{rule.rule}: {e.message}"   # the log's own reason
+            else:          # a kernel load without fixup (R47): the policy decides
+                ended.fatal = ended.kernel_read = True
+            last[e.source] = None   # one panic per error: the lines after it follow from it
+            continue
         if e.kind == "injection" and e.pfn is not None:
             injected.add((host, e.pfn))
             continue
@@ -153,7 +198,7 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
         if e.kind == "qemu" and e.detail.get("code"):
             qemu += 1
             continue
-        if not uc or e.kind in ("qemu", "panic", "kernel_bug"):
+        if not uc or e.kind in ("qemu", "kernel_bug"):
             continue
         if e.kind == "machine_check" and e.mce is not None and not e.mce.memory and \
                 not e.mce.bits.addrv:
@@ -162,19 +207,23 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             noaddr += 1
             continue
         k = (host, e.pfn)
+        when = _when(e, clock)
         err = by_page.get(k)
         if err is None:
-            err = by_page[k] = HwError(host, e.pfn, _when(e), False, False, e.uptime, e.epoch)
+            err = by_page[k] = HwError(host, e.pfn, None, False, False, e.uptime, e.epoch)
         elif e.kind == "memory_failure" and err.events and \
                 any(read.events[i].kind == "memory_failure" for i in err.events):
             err.repeats += 1
         err.events.append(e.seq)
         err.consumed |= e.kind == "consumed" or e.error_class == "uncorrected-ar"
-        err.fatal |= e.error_class == "fatal"
-        if err.time is None:
-            err.time = _when(e)
+        if e.error_class == "fatal":   # graded PANIC in #MC context (M5, R47)
+            err.fatal = True
+            err.panic = err.panic or _graded(e)
+        for c, t in when.items():
+            err.times.setdefault(c, t)
         err.uptime = err.uptime if err.uptime is not None else e.uptime
         err.epoch = err.epoch if err.epoch is not None else e.epoch
+        last[e.source] = (err, when)
     errs = []
     skipped = 0
     for k, err in by_page.items():
@@ -183,11 +232,30 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             continue
         err.ce_before = sum(1 for c in ces.get(k, []) if _before(c, err))
         errs.append(err)
+    _pick_clocks(errs)
     errs.sort(key=lambda x: (x.host, x.time if x.time is not None else float("inf"), x.pfn))
     left = {"software_injections": skipped, "uncorrected_without_address": noaddr,
             "qemu_guest_reports": qemu,
             "corrected_pages": len(ces), "corrected_records": sum(len(v) for v in ces.values())}
     return errs, left
+
+
+GRADED = "M5: severity.c grades it PANIC"
+FATAL_REPORT = "R47: the error is reported fatal"
+
+
+def _graded(e: RasEvent) -> str:
+    """Why the record ``e`` ended the host: its machine check graded PANIC
+    (mce_severity_intel/_amd, M5, M6), or a firmware / EDAC / powerpc report of a fatal error
+    (a fatal GHES error panics in ghes_proc -> __ghes_panic, R47)."""
+    m = e.mce
+    if m is None:
+        via = e.detail.get("via") if isinstance(e.detail, dict) else None
+        return f"{FATAL_REPORT}{f' ({via})' if via else ''}"
+    why = "Processor context corrupt" if m.bits.pcc else \
+        "no restart IP (MCG_STATUS.RIPV clear) in kernel mode" if m.bits.ar else \
+        "uncorrected, not recoverable"
+    return f"{GRADED}: {why}"
 
 
 def _before(ce: RasEvent, err: HwError) -> bool:
@@ -200,10 +268,80 @@ def _before(ce: RasEvent, err: HwError) -> bool:
     return True
 
 
-def _when(e: RasEvent) -> float | None:
+_SYSLOG_TIME = re.compile(r"^(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<h>\d\d):(?P<m>\d\d):"
+                          r"(?P<s>\d\d(?:\.\d+)?)$")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_HALF_YEAR = 183 * 86400.0
+
+
+class _SyslogClock:
+    """Seconds of syslog timestamps without a year (``Nov 26 09:36:22``, RFC 3164), per file:
+    counted from 1 January of a nominal leap year, plus a year each time the dates of a file
+    go back by more than half a year (a log that runs over New Year). Only differences
+    matter: they place errors of one file in time (one fault or a second fault)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}   # file -> (last seconds, offset)
+
+    def seconds(self, source: str, text: str | None) -> float | None:
+        m = _SYSLOG_TIME.match((text or "").strip())
+        if m is None or m.group("mon") not in _MONTHS:
+            return None
+        try:
+            d = datetime(2000, _MONTHS.index(m.group("mon")) + 1, int(m.group("day")))
+        except ValueError:
+            return None
+        t = (d - datetime(2000, 1, 1)).total_seconds() + int(m.group("h")) * 3600 + \
+            int(m.group("m")) * 60 + float(m.group("s"))
+        prev, offset = self._last.get(source, (t, 0.0))
+        if t + offset < prev - _HALF_YEAR:
+            offset += 366 * 86400.0
+        self._last[source] = (t + offset, offset)
+        return t + offset
+
+
+CLOCKS = ("uptime", "epoch", "syslog")
+"""The clocks of a record's time, preferred in this order: a dmesg's machine check has its
+TIME (epoch) but its memory_failure() lines only their uptime."""
+
+
+def _pick_clocks(errs: list[HwError]) -> None:
+    """Give each error the time of the clock most errors of its host have (the first of
+    ``CLOCKS`` on a tie), so the host's errors are ordered and compared on one clock."""
+    for host in {e.host for e in errs}:
+        mine = [e for e in errs if e.host == host]
+        best = max(CLOCKS, key=lambda c: (sum(c in e.times for e in mine), -CLOCKS.index(c)))
+        for e in mine:
+            e.clock = best if best in e.times else next((c for c in CLOCKS if c in e.times),
+                                                        None)
+            e.time = e.times.get(e.clock) if e.clock else None
+
+
+PANIC_SECONDS = 10.0
+"""A machine-check panic follows its record in the same #MC (within mca_cfg.monarch_timeout,
+1 s, of the rendezvous): a panic logged later than this after the last error of its file,
+on a clock both have, is not that error's."""
+
+
+def _soon(err_at: dict[str, float], panic_at: dict[str, float]) -> bool:
+    """Whether a panic logged at ``panic_at`` can be the end of an error logged at
+    ``err_at`` (on the first clock both have; True when they share none)."""
+    c = next((c for c in CLOCKS if c in err_at and c in panic_at), None)
+    return c is None or 0 <= panic_at[c] - err_at[c] <= PANIC_SECONDS
+
+
+def _when(e: RasEvent, clock: _SyslogClock | None = None) -> dict[str, float]:
+    """The event's time on every clock it has (``CLOCKS``): its uptime, its epoch (a
+    timestamp with a year, or the machine check's TIME), its yearless syslog time."""
+    out = {}
+    if e.uptime is not None:
+        out["uptime"] = e.uptime
     if e.epoch is not None:
-        return e.epoch
-    return e.uptime
+        out["epoch"] = e.epoch
+    t = clock.seconds(e.source, e.time) if clock is not None else None
+    if t is not None:
+        out["syslog"] = t
+    return out
 
 
 def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, list[HwError]]]:
@@ -218,12 +356,10 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
         groups[(kind, vm, off // unit)].append(err)
     out = []
     for (kind, vm, _), group in groups.items():
-        first_t = group[0].time
-        burst = [g for g in group if first_t is None or g.time is None
-                 or g.time - first_t <= BURST_SECONDS]
-        later = len(group) > len(burst)
         head = group[0]
-        if head.fatal and not head.consumed:
+        burst = [g for g in group if not _later(head, g)]
+        later = len(group) > len(burst)
+        if head.kernel_read or (head.fatal and not head.consumed):
             # the log's own consumer was the kernel (a fatal machine check): keep it
             touch = "kernel_unchecked"
         elif kind.startswith("gmem"):
@@ -239,6 +375,11 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             touch = "kernel_unchecked" if head.fatal else "scrub"
         else:
             touch = "kernel_unchecked" if head.consumed or head.fatal else "scrub"
+        # a confidential guest sees no vMCE, so it re-executes the load (behaviour
+        # `confidential`, docs/mce.md) for the fleet's rounds, as memfail fleet samples it
+        # (sampler: a confidential VM's guest_memfd cells are all `confidential`); a default
+        # guest is the fleet's cooperative one (the log does not say what the guest did)
+        acting = kind.startswith("gmem") and shape.guest == "confidential"
         cls = FailureClass(
             memory=kind,  # type: ignore[arg-type]
             vm_type=("confidential" if shape.guest == "confidential" else "default")
@@ -248,14 +389,48 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
             page_size=shape.backing if kind != "kernel" and kind != "vmm" else "4K",
             pages_hit=min(MAX_PAGES, len(burst)), same_folio=len(burst) > 1,
             second_fault=later, first_touch=touch,  # type: ignore[arg-type]
-            permanent=True)
+            permanent=True, behaviour="confidential" if acting else "cooperative",
+            effort=confidential_effort() if acting else 0)
         out.append((cls, group))
     return out
 
 
+def _later(head: HwError, err: HwError) -> bool:
+    """Whether ``err`` came more than ``BURST_SECONDS`` after ``head`` (a second fault in the
+    folio, not the same one): on the clock both have; errors without a common clock (no time,
+    or different clocks) are taken as one fault."""
+    if err is head or head.time is None or err.time is None or head.clock != err.clock:
+        return False
+    return err.time - head.time > BURST_SECONDS
+
+
+@lru_cache(maxsize=1)
+def confidential_effort() -> int:
+    """Rounds a confidential guest plays after it met poison: the fleet's default
+    ``vms.guest_effort.confidential`` (src/memfail/fleet/defaults.yaml), so a class costs in
+    replay what it costs in memfail fleet."""
+    from memfail.fleet import load_fleet
+
+    return int(load_fleet().params.vms.guest_effort.confidential)
+
+
 def project(read: ReadResult, shape: HostShape, policies: list[str],
             profile: str = "linux-6.18") -> dict[str, Any]:
-    """Per policy: what the input's hardware errors would have cost on ``shape``."""
+    """Per policy: what the input's hardware errors would have cost on ``shape``.
+
+    Each class is costed by the fleet's oracle, with two exceptions that follow the log:
+
+    * an error the host panicked on whatever the policy (``HwError.panic``: graded PANIC in
+      #MC context, M5, R47, or a logged panic of a rule no policy changes) is a host panic
+      under every policy, and nothing else: the panic comes before any guest_memfd policy
+      code runs, so the model is not asked;
+    * once a VM is gone under a policy (killed, ``vm_killed``, or all its guest memory lost,
+      ``guest_gib_lost``), a later class in its memory costs that VM nothing more: its
+      guest_memfd is released (C4) and the folios are back in the HugeTLB pool, so the class
+      is costed as free-pool memory met by the scrub (memory_failure() dissolves the folio,
+      R50, R59). Guest memory lost in one VM never adds up past its size. A host panic ends
+      every VM of the host (they start again after it).
+    """
     shape.validate()
     errs, left = hardware_errors(read)
     oracle = ModelOracle(profile)
@@ -267,18 +442,35 @@ def project(read: ReadResult, shape: HostShape, policies: list[str],
     for host in hosts:
         mine = [e for e in errs if e.host == host]
         host_tot = {p: Outcome() for p in policies}
+        vms: dict[str, dict[int, _VmState]] = {p: defaultdict(_VmState) for p in policies}
         for cls, group in classes(mine, shape):
             row: dict[str, Any] = {"host": host, "pfns": [f"{g.pfn:#x}" for g in group],
                                    "class": cls.key(), "ce_before": sum(g.ce_before
                                                                         for g in group),
                                    "outcomes": {}}
+            _, vm, _ = shape.place(group[0].pfn << 12)
+            panic = next((g.panic for g in group if g.panic), None)
+            if panic is not None:
+                row["host_panic"] = panic
             for pol in policies:
+                state = vms[pol][vm] if vm is not None and cls.memory.startswith("gmem") \
+                    else None
+                run = cls
+                if panic is None and state is not None and state.gone:
+                    run = _freed(cls)
+                    row.setdefault("vm_gone", {})[pol] = {
+                        "vm": vm, "by": state.gone_by, "class": run.key()}
                 try:
-                    out = oracle.outcome(pol, cls)
+                    out = Outcome(host_panic=1.0) if panic is not None else \
+                        oracle.outcome(pol, run)
                 except FleetError as e:
-                    cannot.append({"host": host, "class": cls.key(), "policy": pol,
+                    cannot.append({"host": host, "class": run.key(), "policy": pol,
                                    "reason": str(e)})
                     continue
+                if state is not None and run is cls:
+                    out = state.charge(out, shape.vm_size(vm), row["pfns"][0])
+                if out.host_panic:
+                    vms[pol].clear()
                 row["outcomes"][pol] = _nonzero(out)
                 host_tot[pol] = _add(host_tot[pol], out)
                 totals[pol] = _add(totals[pol], out)
@@ -293,6 +485,39 @@ def project(read: ReadResult, shape: HostShape, policies: list[str],
         "per_host": per_host, "classes": rows, "cannot_project": cannot,
         "model_runs": oracle.model_runs,
     }
+
+
+@dataclass
+class _VmState:
+    """One projected VM under one policy: guest memory lost so far, and whether it is gone."""
+
+    lost_gib: float = 0.0
+    killed: bool = False
+    gone_by: str | None = None
+
+    @property
+    def gone(self) -> bool:
+        return self.gone_by is not None
+
+    def charge(self, out: Outcome, vm_gib: int, pfn: str) -> Outcome:
+        """``out`` with its guest memory loss capped at what the VM still has; record a kill
+        or a loss of the whole VM (the VM is gone from then on)."""
+        room = max(0.0, vm_gib - self.lost_gib)
+        if out.guest_gib_lost > room:
+            out = replace(out, guest_gib_lost=room)
+        self.lost_gib += out.guest_gib_lost
+        if out.vm_killed or self.lost_gib >= vm_gib:
+            self.gone_by = pfn
+        return out
+
+
+def _freed(cls: FailureClass) -> FailureClass:
+    """The class of an error in the memory of a VM already gone: free HugeTLB pool memory
+    (the VM's guest_memfd released its folios, C4), met by the scrub, or by the kernel when
+    the log's machine check says the kernel read it (R47); no guest acts on it."""
+    return replace(cls, memory="hugetlb_free", vm_type="none", vm_gib=0,
+                   first_touch="kernel_unchecked" if cls.first_touch == "kernel_unchecked"
+                   else "scrub", behaviour="cooperative", effort=0)
 
 
 def _add(a: Outcome, b: Outcome) -> Outcome:

@@ -168,7 +168,7 @@ def parse_int(text: str) -> int:
 def mce_record(status: int, **kw: Any) -> MceRecord:
     """Build an ``MceRecord`` with status bits, severity and memory-ness decoded."""
     bits = decode_status(status, kw.get("cpuvendor"))
-    sev = severity(bits, kw.get("mcgstatus"))
+    sev = severity(bits, kw.get("mcgstatus"), kw.get("cs"))
     return MceRecord(status=status & ((1 << 64) - 1), bits=bits, severity=sev,
                      memory=is_memory_error(bits), **kw)
 
