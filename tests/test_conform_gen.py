@@ -203,3 +203,19 @@ def test_equal_reasons_are_grouped_in_the_table() -> None:
     assert _grouped(["host.hvo: x", "step 0 (vm_create): KVM", "step 3 (memslot): KVM",
                      "step 5 (swapout): no swap"]) == \
         ["host.hvo: x", "steps 0, 3: KVM", "step 5: no swap"]
+
+
+def test_whole_reads_and_writes_to_the_end_of_the_mapping() -> None:
+    """``whole: true`` is the rest of the mapping in the program too, not one byte."""
+    prog = generate(load_scenario_text("""
+processes: [{name: app, sigbus: handler}]
+steps:
+  - mmap: {proc: app, name: t, size: 16K}
+  - mem_write: {proc: app, addr: t+4K, whole: true, value: 5}
+  - mem_read: {proc: app, addr: t, whole: true}
+"""))
+    assert prog.expressible, prog.reasons
+    assert "mf_mem_write((volatile unsigned char *)(mf_map_addr[0] + 0x1000), " \
+           "mf_map_size[0] - 0x1000, 5, ret);" in prog.source
+    assert "mf_mem_read((volatile unsigned char *)(mf_map_addr[0] + 0x0), " \
+           "mf_map_size[0] - 0x0, ret);" in prog.source

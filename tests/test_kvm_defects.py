@@ -363,3 +363,44 @@ def test_vmm_fault_on_a_poisoned_piece_of_a_split_folio_is_refused() -> None:
         # refused at the fault: the poisoned page is never mapped, so nothing consumes it
         assert not [e for e in read.events if e.kind in ("poison_consumed", "memory_failure")]
         assert r.processes["qemu0"] == {"state": "killed", "code": None, "signal": 7}, policy
+
+
+def test_reset_gives_anonymous_guest_ram_back_healthy() -> None:
+    """Q6: kvm_unpoison_all -> qemu_ram_remap() discards (MADV_DONTNEED, R40) or remaps
+    fresh anonymous memory over each recorded page, so after the reset the guest and QEMU
+    read zeroes there instead of the hwpoison entry."""
+    r = _run(QEMU + """
+steps:
+  - vm_create: {vm: vm0, vmm: qemu, vcpus: 1}
+  - mmap: {proc: qemu, name: ram, size: 2M}
+  - memslot: {vm: vm0, gpa: 4G, size: 2M, hva: ram}
+  - guest_access: {vm: vm0, gpa: 4G, op: write, value: 7}
+  - hw_error: {vm: vm0, gpa: 4G}
+  - guest_access: {vm: vm0, gpa: 4G}
+    expect: {ret: mce-injected}
+  - vm_reset: {vm: vm0}
+  - guest_access: {vm: vm0, gpa: 4G}
+    expect: {ret: 0}
+  - mem_read: {proc: qemu, addr: ram}
+    expect: {ret: 0}
+expect:
+  exit: {qemu: running}
+""")
+    assert r.ok, "\n".join(str(f) for f in r.failures)
+
+
+def test_an_ao_error_is_not_injected_into_an_amd_guest() -> None:
+    """KV-03: QEMU records the page but injects no vMCE for BUS_MCEERR_AO on AMD."""
+    r = _run(QEMU + """
+steps:
+  - mce_config: {vendor: amd}
+  - vm_create: {vm: vm0, vmm: qemu, vcpus: 1}
+  - mmap: {proc: qemu, name: ram, size: 2M}
+  - memslot: {vm: vm0, gpa: 4G, size: 2M, hva: ram}
+  - guest_access: {vm: vm0, gpa: 4G, op: write, value: 7}
+  - hw_error: {vm: vm0, gpa: 4G, detect: scrub}
+    expect:
+      log: ["/GUEST addr 0x100000000 of type BUS_MCEERR_AO ignored on AMD guest/"]
+      no_log: ["injected"]
+""")
+    assert r.ok, "\n".join(str(f) for f in r.failures)

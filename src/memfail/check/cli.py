@@ -413,7 +413,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                        "inside a Host); drop --symmetry and `symmetry: true` (docs/check.md, "
                        "Reductions)")
                 if not symmetry and config is not None:  # the file's `symmetry: true`
-                    raise InputError(str(config), None, "symmetry", why)
+                    file, line = cfg.where(("symmetry",))
+                    raise InputError(file or str(config), line, "symmetry", why)
                 raise OptionError("--symmetry", why)
             if engine != "python":
                 _spin_supported(cfg, pol, system, where)

@@ -78,6 +78,14 @@ class ProcessSpec(Strict):
                 raise ValueError(f"mce_kill names thread {t!r}, not one of {self.threads}")
         return self
 
+    def early_threads(self, early_kill: int = 0) -> tuple[str, ...]:
+        """The threads task_early_kill() counts as EARLY, in thread-list order (R12): those
+        with PR_MCE_KILL_EARLY, and, when vm.memory_failure_early_kill is 1, those that chose
+        no per-thread policy (``default`` or not listed: PF_MCE_PROCESS clear, R9)."""
+        return tuple(t for t in self.threads
+                     if self.mce_kill.get(t, "default") == "early"
+                     or (early_kill == 1 and self.mce_kill.get(t, "default") == "default"))
+
 
 class GmemSpec(Strict):
     """A guest_memfd inode: size, backing (4K pages or HugeTLB 2M/1G) and flags."""
@@ -432,6 +440,7 @@ def _names(cfg: CheckConfig) -> list[tuple[Loc, str]]:
     from memfail.model.host import SYSCTL_DEFAULTS
     from memfail.model.kernel.profiles import PROFILES
     from memfail.model.policy.registry import policy_names, policy_text
+    from memfail.model.state import sysctl_in_range, sysctl_range_text
 
     out: list[tuple[Loc, str]] = []
     seen: dict[str, int] = {}
@@ -450,10 +459,13 @@ def _names(cfg: CheckConfig) -> list[tuple[Loc, str]]:
         out.append((("profile",), f"unknown kernel profile {cfg.profile!r}"
                     f"{did_you_mean(cfg.profile, PROFILES)}; valid: {', '.join(PROFILES)} "
                     "(`memfail profiles` lists them)"))
-    for k in cfg.host.sysctl:
+    for k, v in cfg.host.sysctl.items():
         if k not in SYSCTL_DEFAULTS:
             out.append((("host", "sysctl", k), f"unknown sysctl {k!r}"
                         f"{did_you_mean(k, SYSCTL_DEFAULTS)}; known: {', '.join(SYSCTL_DEFAULTS)}"))
+        elif not sysctl_in_range(k, v):
+            out.append((("host", "sysctl", k), f"{k} = {v}: {sysctl_range_text(k)} (a write "
+                        "of any other value fails with EINVAL)"))
     try:
         if parse_size(cfg.host.memory) <= 0:
             out.append((("host", "memory"), f"{cfg.host.memory!r} is not a positive size"))

@@ -255,7 +255,8 @@ class ModelSystem:
         self.name = policy or "no-policy"
         self.ctx = Context(
             vmm_of={v.name: v.vmm for v in config.vms},
-            early={p.name: tuple(t for t, k in p.mce_kill.items() if k == "early")
+            early={p.name: p.early_threads(
+                config.host.sysctl.get("vm.memory_failure_early_kill", 0))
                    for p in config.processes})
         self.pfn_of: dict[tuple[Any, Any], int] = {}
         self.entries: list[tuple[int, Label]] = []

@@ -451,9 +451,10 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
     elif key in ("mem_read", "mem_write"):
         m, off = g.addr(a.proc, a.addr)
         ptr = f"(volatile unsigned char *)(mf_map_addr[{m}] + {off:#x})"
-        n = parse_size(a.len)
-        body = f"\t\tmf_mem_read({ptr}, {n}, ret);" if key == "mem_read" else \
-            f"\t\tmf_mem_write({ptr}, {n}, {a.value & 0xFF}, ret);"
+        # whole: from addr to the end of the mapping, as the model's action reads it
+        length = f"mf_map_size[{m}] - {off:#x}" if a.whole else str(parse_size(a.len))
+        body = f"\t\tmf_mem_read({ptr}, {length}, ret);" if key == "mem_read" else \
+            f"\t\tmf_mem_write({ptr}, {length}, {a.value & 0xFF}, ret);"
         _in_proc(g, i, key, a.proc, a.thread, body)
     elif key == "madvise":
         m, off = g.addr(a.proc, a.addr)

@@ -175,7 +175,10 @@ class Sigaction(Action):
     siginfo and siglongjmps out of the faulting access), ``exit`` (an SA_SIGINFO handler that
     records the siginfo and calls ``_exit(exit_code)``: the process ends with that code, not
     by the signal), ``default`` (terminate + core) or ``ignore`` (SIG_IGN; a forced AR signal
-    still kills, R35)."""
+    still kills, R35). A process that is a VM's ``vmm`` (``vm_create``) runs QEMU: its SIGBUS
+    handler is QEMU's (kvm_on_sigbus / kvm_on_sigbus_vcpu, KV-01..05), whatever ``sigbus``
+    says, and its main thread aborts on an AR; to model another program that uses KVM (a
+    selftest), run it in a ``fork`` of the VMM and give the child its own ``sigaction``."""
 
     key: ClassVar[str] = "sigaction"
     proc: str
@@ -437,7 +440,8 @@ class Munmap(Action):
 class MemRead(Action):
     """A user-mode load by ``thread`` from ``addr``: faults the page in if needed, consumes a
     latent hardware error (machine check → AR, R1/R44/R46), or hits a hwpoison entry (SIGBUS
-    AR, R40/R41/R54). Returns the byte value read at ``addr``, or ``sigbus``.
+    AR, R40/R41/R54). Returns the byte value read at ``addr``, ``sigbus``, or ``sigsegv``
+    when the range runs past the end of the mapping (no VMA there: SIGSEGV SEGV_MAPERR).
 
     ``len`` bytes are read, touching every page they cover in address order (``addr``, then
     the first byte of each following page); ``whole: true`` reads from ``addr`` to the end of

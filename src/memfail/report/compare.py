@@ -59,9 +59,22 @@ class Cell:
     policy: str
     outcomes: dict[str, Any]
     applies: bool = True
+    unavailable: str | None = None  # why the scenario cannot run on the chosen profile
 
     def summary(self) -> str:
+        if self.unavailable:
+            return "not on this kernel"
         return summarize(self.outcomes) if self.applies else "n/a"
+
+    def code(self) -> str:
+        if self.unavailable:
+            return UNAVAILABLE
+        return code(self.outcomes) if self.applies else "-"
+
+
+UNAVAILABLE = "n/a"
+"""The cell code of a scenario that uses what the chosen kernel profile lacks (a feature
+merged later): not run, left out of every total, like a policy that does not apply."""
 
 
 # What went wrong, worst first: (outcome key, code, cell words, verdict words). Cells, legend
@@ -125,13 +138,48 @@ def _load(scen: str) -> Any:
     return load_scenario(path, display)
 
 
+def missing_feature(e: BaseException, profile: str | None) -> str | None:
+    """Why a scenario run under ``--profile`` failed, when the reason is that the profile
+    lacks a feature the scenario uses (ProfileMissing: merged in a later kernel); None for any
+    other error, which stays an error."""
+    from memfail.model.errors import ProfileMissing
+
+    if profile is None:
+        return None
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ProfileMissing):
+            return str(e)
+        seen = seen.__cause__ or seen.__context__
+    # the scenario layer re-raises it as a ScenarioError (refuse_missing's words)
+    if isinstance(e, ScenarioError) and f"is not in {profile}:" in str(e) \
+            and "use a profile of v" in str(e):
+        return str(e)
+    return None
+
+
 def _run_one(args: tuple[str, Any, str | None]) -> tuple[str, str, dict[str, Any]]:
+    """One cell's outcomes; ``{"unavailable": why}`` when the scenario uses a feature the
+    forced profile lacks."""
     from memfail.scenario.runner import run_scenario
 
     scen, pol, profile = args
-    r = run_scenario(_load(scen), profile_override=profile, policy_override=pol)
+    name = pol.name if isinstance(pol, GmemPolicy) else str(pol)
+    try:
+        r = run_scenario(_load(scen), profile_override=profile, policy_override=pol)
+    except ScenarioError as e:
+        why = missing_feature(e, profile)
+        if why is None:
+            raise
+        return scen, name, {"unavailable": why}
     assert r.host_outcomes is not None
-    return scen, pol.name if isinstance(pol, GmemPolicy) else str(pol), r.host_outcomes
+    return scen, name, r.host_outcomes
+
+
+def make_cell(scen: str, pol: GmemPolicy, o: dict[str, Any]) -> Cell:
+    if "unavailable" in o and len(o) == 1:
+        return Cell(scen, pol.name, {}, False, str(o["unavailable"]))
+    return Cell(scen, pol.name, o, applies(scen, pol))
 
 
 def scenario_backings(scen: str) -> set[str]:
@@ -143,14 +191,24 @@ def scenario_backings(scen: str) -> set[str]:
     return out or {"hugetlbfs"}
 
 
+def _confidential(scen: str) -> bool:
+    """Whether the scenario creates an SNP or TDX VM."""
+    return any(type(s.action).__name__ == "VmCreate" and getattr(s.action, "type", "")
+               in ("snp", "tdx") for s in _load(scen).steps)
+
+
 def applies(scen: str, pol: GmemPolicy) -> bool:
     """Does ``pol`` have anything to act on in ``scen``? A guest_memfd policy acts on a
     scenario with a guest_memfd whose folios it claims (the kernel-path policies, handles
-    'none', on any guest_memfd); the hugetlbfs baseline acts on HugeTLB-backed guest memory.
-    Cells where it does not are shown as '-' and left out of every total."""
+    'none', on any guest_memfd); the hugetlbfs baseline acts on HugeTLB-backed guest memory
+    of a VM that can have it (not an SNP or TDX guest). Cells where it does not are shown as
+    '-' and left out of every total."""
     b = scenario_backings(scen)
     if pol.backing == "hugetlbfs":
-        return bool(b & {"2M", "1G", "hugetlbfs"})
+        # an SNP or TDX guest's private memory can only come from guest_memfd (a private
+        # fault goes to kvm_gmem_get_pfn(), kvm_mmu_faultin_pfn_private; R75): there is no
+        # hugetlbfs-backed confidential VM to compare with
+        return bool(b & {"2M", "1G", "hugetlbfs"}) and not _confidential(scen)
     gm = b - {"hugetlbfs"}
     if not gm:
         return False
@@ -176,7 +234,7 @@ def run_compare(scenarios: list[str], policies: list[Any], profile: str | None =
     else:
         results = [_run_one(j) for j in jobs]
     by_name = {p.name: p for p in pols}
-    return [Cell(s, p, o, applies(s, by_name[p])) for s, p, o in results]
+    return [make_cell(s, by_name[p], o) for s, p, o in results]
 
 
 def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]]:
@@ -195,6 +253,7 @@ def verdicts(cells: list[Cell], policies: list[str]) -> dict[str, dict[str, Any]
         v["guest_bytes_lost"] = sum(int(c.outcomes.get("guest_bytes_lost", 0)) for c in mine)
         v["scenarios"] = len(mine)
         v["not_applicable"] = sum(1 for c in cells if c.policy == p and not c.applies)
+        v["unavailable"] = sum(1 for c in cells if c.policy == p and c.unavailable)
         v["ok"] = sum(1 for c in mine if not any(
             c.outcomes.get(k) and c.outcomes.get("classes", {}).get(k) != ACCEPTED
             for k in VERDICT_KEYS))
@@ -209,7 +268,9 @@ def verdict_line(p: str, v: dict[str, Any]) -> str:
     policy, so a scenario that lost only memory still counts among those without hazard, kill
     or pause."""
     words = {k: w for k, _, _, w in FINDINGS}
-    bits = [f"{v['scenarios']} scenarios, {v['ok']} without hazard, kill or pause"]
+    bits = [f"{v['scenarios']} scenarios, {v['ok']} without hazard, kill or pause"
+            + (f" ({v['unavailable']} more not run: they use what the kernel profile lacks)"
+               if v.get("unavailable") else "")]
     for cls, label in ((HAZARD, "hazards"), (COST, "costs"), (ACCEPTED, "accepted")):
         got = v["by_class"][cls]
         items = [f"{words[k]} in {got[k]}" for k in VERDICT_KEYS if k in got]
@@ -294,7 +355,7 @@ def sensitivity(cells: list[Cell], pols: list[GmemPolicy], scens: list[str],
         for s in scens:
             b = base.get((s, p.name))
             o = got.get((s, var.name))
-            if b is None or o is None or not b.applies:
+            if b is None or o is None or not b.applies or "unavailable" in o:
                 continue
             if summarize(o) != b.summary():
                 changed.append(f"{s}: {code(b.outcomes)} -> {code(o)}")
@@ -324,6 +385,15 @@ def _wrap(text: str, width: int, indent: str = "  ") -> list[str]:
                          break_long_words=False, break_on_hyphens=False) or [""]
 
 
+def cell_json(c: Cell) -> dict[str, Any]:
+    """A cell of the memfail.compare/2 document (``unavailable``: why it was not run)."""
+    d = {"scenario": c.scenario, "policy": c.policy, "applies": c.applies,
+         "summary": c.summary(), "code": c.code(), "outcomes": c.outcomes}
+    if c.unavailable:
+        d["unavailable"] = c.unavailable
+    return d
+
+
 def render_text(cells: list[Cell], pols: list[str], scens: list[str],
                 vs: dict[str, dict[str, Any]], sens: dict[str, dict[str, list[str]]],
                 labels: dict[str, GmemPolicy], width: int) -> str:
@@ -349,11 +419,10 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
 
     def word(s: str, p: str) -> str:
         c = by[(s, p)]
-        return c.summary() if c.applies else "-"
+        return c.summary() if c.applies else c.code()
 
     def short(s: str, p: str) -> str:
-        c = by[(s, p)]
-        return code(c.outcomes) if c.applies else "-"
+        return by[(s, p)].code()
 
     shorts = {p: SHORT.get(p, f"p{i + 1}") for i, p in enumerate(pols)}
     words_mode = False
@@ -380,7 +449,8 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
                              f"{c} {w}" for _, c, _, w in FINDINGS) +
                          "; V vMCE injected into the guest; 4K/2M/1G guest memory lost "
                          "(a killed VM loses all of it); ok nothing went wrong; - the policy "
-                         "does not apply to the scenario.", width))
+                         "does not apply to the scenario; n/a the scenario uses what the "
+                         "kernel profile lacks (not run).", width))
     else:
         out.extend(_wrap("Words: HOST PANIC the host crashed; HOST STALLED broadcast "
                          "machine checks held every host CPU longer than the bound "
@@ -396,9 +466,11 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
                          "failure; vMCE a machine check was injected into the guest; lost "
                          "SIZE guest memory the guest can no longer use; (accepted) a "
                          "limitation the policy accepts by design; ok nothing went wrong; "
-                         "- the policy does not apply to the scenario.", width))
+                         "- the policy does not apply to the scenario; n/a the scenario uses "
+                         "what the kernel profile lacks (not run).", width))
     out.extend(_wrap("Classes: " + "; ".join(f"{k}: {d}" for k, d in CLASS_DOCS.items()),
                      width))
+    out.extend(unavailable_lines(cells, width))
     custom = [p for p in pols if p not in PRESETS]
     if custom:
         out.append("")
@@ -433,13 +505,29 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
     return "\n".join(out)
 
 
+def unavailable_lines(cells: list[Cell], width: int) -> list[str]:
+    """One line per scenario not run because the profile lacks what it uses, with why."""
+    why: dict[str, str] = {}
+    for c in cells:
+        if c.unavailable:
+            why.setdefault(c.scenario, c.unavailable)
+    if not why:
+        return []
+    out = ["", *_wrap(f"Not run on this kernel profile (n/a, {len(why)} scenario"
+                      f"{'s' if len(why) > 1 else ''}; left out of every total):", width)]
+    for s, w in why.items():
+        out.extend(_wrap(f"  {s}: {w}", width, "    "))
+    return out
+
+
 def render_markdown(cells: list[Cell], pols: list[str], scens: list[str],
                     vs: dict[str, dict[str, Any]]) -> str:
     by = {(c.scenario, c.policy): c for c in cells}
     lines = ["| scenario | " + " | ".join(pols) + " |", "|---|" + "---|" * len(pols)]
     for s in scens:
         lines.append(f"| {s} | " + " | ".join(
-            by[(s, p)].summary() if by[(s, p)].applies else "-" for p in pols) + " |")
+            by[(s, p)].summary() if by[(s, p)].applies else by[(s, p)].code()
+            for p in pols) + " |")
     lines.append("")
     for p in pols:
         lines.append(f"- **{verdict_line(p, vs[p])}**")
@@ -507,9 +595,7 @@ def compare(
                "policy_knobs": {p: labels[p].knobs() for p in pols},
                "unmerged": {p: labels[p].unmerged() for p in pols},
                "scenarios": scens,
-               "cells": [{"scenario": c.scenario, "policy": c.policy, "applies": c.applies,
-                          "summary": c.summary(), "code": code(c.outcomes) if c.applies
-                          else "-", "outcomes": c.outcomes} for c in cells],
+               "cells": [cell_json(c) for c in cells],
                "verdicts": vs, "readings_that_change_cells": sens,
                "outcome_docs": OUTCOME_DOCS, "class_docs": CLASS_DOCS, "series": SERIES}
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))

@@ -386,7 +386,7 @@ def render(system: Any) -> Rendered:
     leader_early = {}
     for v in cfg.vms:
         proc = next(p for p in cfg.processes if p.name == v.vmm)
-        leader_early[v.name] = proc.mce_kill.get(proc.threads[0]) == "early"
+        leader_early[v.name] = proc.threads[0] in system.ctx.early.get(v.vmm, ())
     labels = [label for _i, label in system.entries]
     maxvc = max(vm.vcpus for vm in cfg.vms)
     lines = ["/* memfail check --engine spin: generated, do not edit */"]
@@ -713,11 +713,13 @@ inline zap_vm(v) { FOREACH(spte[Q] = 0); hs[v] = 0 }
 /* zap_gfn_range() over one page: its 4K SPTE and a huge SPTE over the folio (it overlaps) */
 inline zap_page(v, p) { spte[p] = 0; hs[v] = 0 }
 /* install_spte(): at the folio's level when the VM's folio is one HugeTLB folio (all of it
-   private: the huge entry replaces a 4K one at its head), else at 4K */
+   private: the huge entry replaces a 4K one at its head), else at 4K; a policy that zaps
+   only the failed subpage maps a claimed folio holding a failure at 4K (kvm_gmem_get_pfn) */
+#define SUBPAGE_CAP(v) (unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE && CLAIMED && (FRAME_HWP(v) || FRAME_TAB(v)))
 inline map_spte(v, p) {
   if
   :: SPTE(v, p) -> skip
-  :: !SPTE(v, p) && merged[v] && bk[v] != 0 -> hs[v] = 1; spte[(v) * NPG] = 0
+  :: !SPTE(v, p) && merged[v] && bk[v] != 0 && !SUBPAGE_CAP(v) -> hs[v] = 1; spte[(v) * NPG] = 0
   :: else -> spte[p] = 1
   fi
 }
@@ -1059,7 +1061,8 @@ inline ev_vmm(v, p, wr) {
 }
 /* do_kernel_access() (model/kvm/kvm.py) for one user of the inventory: the page is reached
    through the VMM's page tables (hva: a hwpoison entry stops the uaccess, a missing page is
-   faulted in as the VMM's own access would) or by pfn behind the VMM's entry (kq: 1 the VM's
+   faulted in as the VMM's own access would) or by pfn: the guest_memfd folio, mapped by
+   the VMM or not (kq: 1 the VM's
    own frame, 2 a spare one, which holds no error); its check skips it (flag: PG_hwpoison of
    the page or of its HugeTLB folio; raw-flag: that struct page's, the folio's on its head:
    in use, the shared pages are 4K folios with their own flag; a marked free frame (fst 2) is
@@ -1080,6 +1083,9 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
      :: else -> pte[p] = 1; kq = (bk[v] == OWN -> 1 : 2)
      fi
   :: !hva && priv[p] -> kq = (bk[v] == OWN -> 1 : (bk[v] == SPARE -> 2 : 0))  /* the file's folio */
+  :: !hva && !priv[p] && pte[p] == 0 -> kq = (bk[v] == OWN -> 1 : (bk[v] == SPARE -> 2 : 0))
+     /* shared memory of an mmap-able guest_memfd is the same folio: a physical reader
+        reaches it whether or not the VMM maps it (kvm.py _hva_maps_gmem) */
   :: !hva && !priv[p] && pte[p] == 2 -> kq = 1
   :: !hva && !priv[p] && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
   :: else -> skip

@@ -365,9 +365,25 @@ def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int
     if folio is None:
         return -ENOMEM
     pfn = folio.pfn + (index - folio.index)
-    if (policy(host).fault_check or not _claimed(host, folio)) and _failed_in(host, folio, pfn):
+    pol = policy(host)
+    if (pol.fault_check or not _claimed(host, folio)) and _failed_in(host, folio, pfn):
         return -EHWPOISON
+    if folio.order and pol.unmap_stage2 == "subpage" and _claimed(host, folio) and \
+            _holds_failure(host, folio):
+        # unmapping only the failed subpage holds only if no later fault maps the folio
+        # whole again: a policy that zaps one page caps max_order at 4K for a folio that
+        # holds a failure (as KVM already maps a folio of mixed attributes at 4K), so a
+        # fault on a healthy neighbour does not bring the failed page back into stage 2
+        return pfn, 0, pfn
     return pfn, folio.order, folio.pfn
+
+
+def _holds_failure(host: Host, folio: Folio) -> bool:
+    """Whether any page of the folio has a failure the kernel knows of: in the policy's
+    table, PG_hwpoison on a raw page, or the folio's raw list."""
+    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
+    return "hwpoison" in folio.flags or bool(folio.raw_hwp) or \
+        any(lo <= p < hi for p in host.phys.hwpoison) or any(lo <= p < hi for p in table(host))
 
 
 def kvm_gmem_fault_user(host: Host, inode: Inode, index: int) -> Folio | FaultError:

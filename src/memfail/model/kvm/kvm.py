@@ -486,7 +486,11 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
         slot = vm.slot_of(gfn)
         if slot is None:
             return "entry" if reach == "hva" else None
-        if reach == "pfn" and slot.gmem is not None and (gfn in vm.private or slot.hva is None):
+        if reach == "pfn" and slot.gmem is not None and (
+                gfn in vm.private or slot.hva is None or _hva_maps_gmem(vm, slot, gfn)):
+            # a physical-address reader (kdump, /proc/kcore, hibernation, ...) reads the
+            # guest_memfd folio whether or not the VMM's page tables map it: shared memory
+            # of an mmap-able guest_memfd is the same folio (kernel-users.md, reach: pfn)
             f = slot.gmem.lookup(gfn - slot.base_gfn + slot.gmem_pgoff)
             if f is None:
                 return None
@@ -512,6 +516,14 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
             folio.put("gup")
         return pfn if pfn >= 0 else "entry"
     return hit[1] if hit[0].kind == PRESENT else "entry"
+
+
+def _hva_maps_gmem(vm: Any, slot: Any, gfn: int) -> bool:
+    """Whether the memslot's userspace address of ``gfn`` is a mapping of the slot's own
+    guest_memfd (GUEST_MEMFD_FLAG_MMAP: shared memory lives in the guest_memfd folios)
+    rather than separate memory (anonymous or another file) for the shared half."""
+    vma = vm.vmm.mm.find_vma(slot.hva + ((gfn - slot.base_gfn) << 12))
+    return vma is not None and vma.inode is slot.gmem
 
 
 @handles(VmDestroy)
@@ -541,12 +553,22 @@ def do_vm_reset(host: Host, a: VmReset) -> ActionResult:
         if s.gmem is not None and s.hva is None:
             gmem_punch(host, s.gmem, gfn - s.base_gfn + s.gmem_pgoff, 1)
         elif s.hva is not None:
-            region = vm.vmm.mm.find_vma(s.hva) if vm.vmm.mm is not None else None
+            hva = s.hva + ((gfn - s.base_gfn) << 12)
+            region = vm.vmm.mm.find_vma(hva) if vm.vmm.mm is not None else None
             if region is not None and region.inode is not None:
-                idx = region.index_of(s.hva + ((gfn - s.base_gfn) << 12))
+                idx = region.index_of(hva)
                 unit = 1 << region.inode.huge_order
                 start = idx & ~(unit - 1)
                 host.truncate_range(region.inode, start, start + unit, even_cows=True)
+            elif region is not None:
+                # anonymous RAM: qemu_ram_remap() discards the page (ram_block_discard_range:
+                # MADV_DONTNEED, which drops the hwpoison entry, R40) or maps fresh anonymous
+                # memory over it (mmap MAP_FIXED|MAP_ANONYMOUS); either way the next touch
+                # faults in a zeroed page
+                unit = 1 << (region.huge_order + host.geometry.page_shift)
+                start = hva & ~(unit - 1)
+                host.unmap_vma(region, max(start, region.start), min(start + unit, region.end),
+                               keep_vma=True)
     vm.qemu_poison.clear()
     vm.guest_offlined.clear()
     vm.guest_pending_kill.clear()

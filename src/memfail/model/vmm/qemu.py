@@ -103,7 +103,13 @@ def _hva_to_gpa(vm: VM, addr: int | None) -> int | None:
 def kvm_arch_on_sigbus_vcpu(host: Host, vm: VM, cpu: int, code: int,
                             addr: int | None) -> None:
     """Q4: guest RAM and MCG_SER_P → record the page and inject a vMCE at 4 KiB granularity
-    (Q5); otherwise AO is ignored and AR is fatal (exit(1))."""
+    (Q5); otherwise AO is ignored and AR is fatal (exit(1)). On an AMD guest (the model's
+    guest CPU is the host's, ``-cpu host``: the host's ``mce_config`` vendor) an AO is
+    recorded but not injected (QEMU's 'i386: Fix MCE support for AMD hosts':
+    ``if (!IS_AMD_CPU(env) || code != BUS_MCEERR_AO) kvm_mce_inject(...)``, logged
+    "... of type BUS_MCEERR_AO ignored on AMD guest", KV-03)."""
+    from ..kernel.mce import mce_state
+
     kind = "BUS_MCEERR_AR" if code == BUS_MCEERR_AR else "BUS_MCEERR_AO"
     gpa = _hva_to_gpa(vm, addr)
     if gpa is not None and vm.mcg_ser_p:
@@ -112,6 +118,10 @@ def kvm_arch_on_sigbus_vcpu(host: Host, vm: VM, cpu: int, code: int,
         if vm.confidential:
             host.log(f"qemu: cannot inject MCE into confidential guest {vm.name} "
                      f"(GUEST addr {gpa:#x})", level="info")
+            return
+        if code == BUS_MCEERR_AO and mce_state(host).vendor == "amd":
+            host.log(f"qemu: Guest MCE Memory Error at QEMU addr {addr:#x} and GUEST addr "
+                     f"{gpa:#x} of type {kind} ignored on AMD guest", level="info")
             return
         host.emit(MceInjected(host.trace.step, vm.name, gpa, kind))
         host.log(f"qemu: Guest MCE Memory Error at QEMU addr {addr:#x} and GUEST addr {gpa:#x} "
