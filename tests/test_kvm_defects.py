@@ -404,3 +404,46 @@ steps:
       no_log: ["injected"]
 """)
     assert r.ok, "\n".join(str(f) for f in r.failures)
+
+
+def test_a_hugetlb_guest_memfd_reserves_its_pages_when_created() -> None:
+    """kvm_gmem_hugetlb_setup(): hugepage_new_subpool(h, hpages, hpages) reserves every huge
+    page of the file at creation (HugePages_Rsvd), and fails with ENOMEM when the pool
+    cannot; the steps that needed it then fail at run time, not as bad input."""
+    r = _run(QEMU + """
+host: {hugepages: {2M: 3}}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: g0, size: 4M, backing: 2M}
+    expect: {ret: 0}
+  - meminfo: {}
+    expect: {ret: {HugePages_Rsvd: 2, HugePages_Free: 3}}
+  - gmem_create: {vm: vm0, fd: g1, size: 4M, backing: 2M}
+    expect: {errno: ENOMEM}
+  - mmap: {proc: qemu, name: shared, size: 4M}
+  - memslot: {vm: vm0, gpa: 4G, size: 4M, gmem: g1, hva: shared}
+    expect: {errno: EBADF}
+  - hw_error: {vm: vm0, gpa: 4G}
+    expect: {errno: EFAULT}
+  - memslot: {vm: vm0, gpa: 8G, size: 4M, gmem: g0, hva: shared}
+    expect: {ret: 0}
+  - guest_access: {vm: vm0, gpa: 8G, op: write}
+    expect: {ret: 0}
+  - meminfo: {}
+    expect: {ret: {HugePages_Rsvd: 1, HugePages_Free: 2}}
+""")
+    assert r.ok, "\n".join(str(f) for f in r.failures)
+
+
+def test_policies_say_the_huge_cells_need_the_hugetlb_series() -> None:
+    """mainline's own code is released, but its 2M/1G cells run HugeTLB-backed guest_memfd,
+    which exists only in the unmerged 1G series: `memfail policies` says so."""
+    from memfail.report.compare import policies_text
+
+    text = " ".join(policies_text(200).split())
+    assert "mainline: " in text
+    mainline = text.split("mainline: What", 1)[1].split("mf-delayed-fix:", 1)[0]
+    assert "its 2M/1G cells run on HugeTLB-backed guest_memfd, which only gmem-hugetlb " \
+           "(unmerged) has" in mainline
+    hugetlbfs = text.split("hugetlbfs: ")[-1]
+    assert "gmem-hugetlb (unmerged) has" not in hugetlbfs.split("Unmerged series")[0]

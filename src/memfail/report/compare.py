@@ -630,7 +630,9 @@ def policies(json_out: Annotated[bool, typer.Option("--json", help="JSON output.
         print(json.dumps({"policies": {n: {"summary": p.summary, "call_items":
                                            list(p.call_items), "knobs": p.knobs(),
                                            "unmerged": p.unmerged(),
-                                           "merged": not p.unmerged()}
+                                           "merged": not p.unmerged(),
+                                           "huge_cells_need": [] if p.backing == "hugetlbfs"
+                                           else ["gmem-hugetlb"]}
                                        for n, p in PRESETS.items()},
                           "knob_docs": KNOB_DOCS, "readings": READINGS, "series": SERIES},
                          indent=2, sort_keys=True))
@@ -670,9 +672,12 @@ def policies_text(width: int) -> str:
     lines.append("")
     for p in pols:
         un = p.unmerged()
+        relies = f"{', '.join(un)} (unmerged)" if un else "released kernels only"
+        if p.backing != "hugetlbfs" and "gmem-hugetlb" not in un:
+            relies += ("; its 2M/1G cells run on HugeTLB-backed guest_memfd, which only "
+                       "gmem-hugetlb (unmerged) has")
         lines.extend(_wrap(f"{p.name}: {p.summary} Call items: {', '.join(p.call_items) or '-'}"
-                           f". Relies on: {', '.join(un) if un else 'released kernels only'}"
-                           f"{' (unmerged)' if un else ''}.", width))
+                           f". Relies on: {relies}.", width))
     lines.append("")
     lines.append("Unmerged series:")
     for k, d in SERIES.items():

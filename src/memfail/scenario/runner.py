@@ -213,11 +213,13 @@ _FD_CREATORS = {"open": ("fd", "path"), "memfd_create": ("fd", "name"), "gmem_cr
 
 
 def declared_names(sc: Scenario) -> dict[str, set[str]]:
-    """Names some part of the file creates: processes, threads, mappings and fds. A name
+    """Names some part of the file creates: processes, threads, mappings, fds, and the VMs
+    given a memslot. A name
     missing at run time that is in here vanished at run time (its creating step failed, its
     process died): the step that uses it fails with ESRCH, ENOENT or EBADF and the run goes
     on. A name in no creating step is a mistake in the file (exit status 2)."""
-    out: dict[str, set[str]] = {"proc": set(), "thread": set(), "mapping": set(), "fd": set()}
+    out: dict[str, set[str]] = {"proc": set(), "thread": set(), "mapping": set(), "fd": set(),
+                                "memslot": set()}
     for p in sc.processes:
         out["proc"].add(p.name)
         out["thread"].update(p.threads)
@@ -232,6 +234,8 @@ def declared_names(sc: Scenario) -> dict[str, set[str]]:
             out["thread"].add(a.new)  # type: ignore[attr-defined]
         elif step.key in ("mmap", "shmat"):
             out["mapping"].add(a.name)  # type: ignore[attr-defined]
+        elif step.key == "memslot":
+            out["memslot"].add(a.vm)  # type: ignore[attr-defined]
         for fld in _FD_CREATORS.get(step.key, ()):
             value = getattr(a, fld, None)
             if value is not None:

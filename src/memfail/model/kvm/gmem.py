@@ -88,11 +88,21 @@ def do_gmem_create(host: Host, a: GmemCreate) -> ActionResult:
             return r
         inode.extra["hugetlbfs_region"] = region
         return ActionResult(0)
-    inode = host.new_inode(GMEM, f"kvm-gmem:{a.vm}:{a.fd}", size, order)
-    inode.nlink = 0
     flags = set(a.flags)
     if "init_shared" in flags and "mmap" not in flags:
         return ActionResult.err(-EINVAL)
+    if order:
+        # kvm_gmem_hugetlb_setup() (the HugeTLB series, R87): hugepage_new_subpool(h,
+        # hpages, hpages) with min_hpages = the file's huge pages, so hugetlb_acct_memory()
+        # reserves all of them now and creation fails with ENOMEM when the pool cannot
+        h = host.hugetlb.hstate(order)
+        hpages = size >> (geo.page_shift + order)
+        if not host.hugetlb.reserve(h, hpages):
+            return ActionResult.err(-ENOMEM)
+    inode = host.new_inode(GMEM, f"kvm-gmem:{a.vm}:{a.fd}", size, order)
+    inode.nlink = 0
+    if order:
+        inode.extra["resv_held"] = hpages  # the subpool's reservations not yet used
     # the file belongs to the VM it was created for (gmem_file->kvm in __kvm_gmem_create)
     inode.extra.update(flags=flags, vms=[vm], kvm=vm.name, shared=set(), split=set())
     if "init_shared" in flags:
@@ -157,9 +167,16 @@ def kvm_gmem_get_folio(host: Host, inode: Inode, index: int) -> Folio | None:
         folio.get("pagecache")
         return folio
     h = host.hugetlb.hstate(order)
-    folio = host.hugetlb.dequeue(h, owner=inode.name, use_reserve=False)
+    # a page of the file's subpool reservation while it has one (hugepage_subpool_get_pages
+    # returns 0: the global reservation is used), else any free page. The model does not
+    # give the reservation back when a hole punch frees a folio (the subpool's minimum
+    # would keep it): a refill after a punch takes any free page
+    held = inode.extra.get("resv_held", 0)
+    folio = host.hugetlb.dequeue(h, owner=inode.name, use_reserve=held > 0)
     if folio is None:
         return None
+    if held:
+        inode.extra["resv_held"] = held - 1
     head = index & ~((1 << order) - 1)
     folio.mapping, folio.index = inode, head
     folio.flags.add("uptodate")
@@ -296,6 +313,11 @@ def gpa_to_pfn(host: Host, vm_name: str, gpa: int | str) -> int:
     gfn = parse_size(gpa, host.geometry.page_size) >> host.geometry.page_shift
     slot = vm.slot_of(gfn)
     if slot is None:
+        if host.declared("memslot", vm_name):
+            # the file gives the VM memslots, but none covers this address now: the step
+            # that would have (or the guest_memfd it binds) failed at run time
+            raise TargetGone(f"no memslot of VM {vm_name!r} covers gpa {gpa} (a memslot step "
+                             "of the file failed or has not run)", "gpa", "EFAULT")
         raise ModelInputError(f"no memslot of VM {vm_name!r} covers gpa {gpa}", "gpa")
     if slot.gmem is not None and (gfn in vm.private or slot.hva is None or slot.gmem_only):
         idx = gfn - slot.base_gfn + slot.gmem_pgoff
@@ -556,8 +578,12 @@ def kvm_gmem_release(host: Host, proc: object, of: OpenFile) -> None:
 
 def kvm_gmem_evict_inode(host: Host, inode: Inode) -> None:
     """Inode eviction: the whole page cache is truncated (R72); the policy may first turn
-    its table records into PG_hwpoison (C4)."""
+    its table records into PG_hwpoison (C4). The subpool goes with it
+    (hugepage_put_subpool): the reservations the file never used are released."""
     free_range(host, inode, 0, 1 << 62, "release")
+    held = inode.extra.pop("resv_held", 0)
+    if held and inode.huge_order:
+        host.hugetlb.unreserve(host.hugetlb.hstate(inode.huge_order), held)
 
 
 # --------------------------------------------------------------------------- memory failure
