@@ -57,7 +57,7 @@ SEARCH: dict[str, Any] = {
 
 def real_search(where: Path) -> Path:
     """``memfail search --config tiny.yaml ... --json > search.json`` in ``where``: the
-    one-VM configuration and small options of tests/test_search.py (about two seconds)."""
+    one-VM configuration and small options of tests/test_search.py (about six seconds)."""
     import contextlib
     import io
     import os
@@ -162,8 +162,8 @@ def test_search_section_renders_every_part_of_the_document(tmp_path: Path) -> No
     assert "raw 1536; combinations 1024" in html and "excluded 512 (early-without-ao" in html
     assert "properties kept: no-host-panic, contained." in html
     assert "vm_killed 0.12 [0.1, 0.14]" in html and "6,400 host-years" in html
-    assert "no host panic: the smallest policy found costs 13: minimum with fault_check=true" \
-        in html  # the command's own answer sentence
+    assert "no host panic: the smallest policy found on the check configuration costs 13: " \
+        "minimum with fault_check=true" in html  # the command's own answer sentence
 
 
 def _rows(html: str, cls: str) -> list[str]:
@@ -434,3 +434,182 @@ def test_spin_verdicts_are_the_commands_own_and_drawn_beside_the_bounds(
     assert "not run: the SPIN engine needs `spin` and a C compiler" in page.section_bounds(
         {"check": {**sp, "bounds": {"max_depth": 3, "max_states": None, "max_seconds": None}},
          "check_spin": gone})
+
+
+# ----------------------------------------------------------------------------- kernel versions
+
+
+def test_compare_shows_a_scenario_the_profile_lacks_as_not_run(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`memfail compare --profile linux-6.12` used to exit 2 on the first scenario that uses
+    guest_memfd mmap (merged in v6.18): now that cell is n/a, with why, and left out of the
+    totals, while the other scenarios run."""
+    rc, out, err = run(capsys, "compare", "--profile", "linux-6.12", "--no-readings",
+                       "--policy", "mainline", "--scenario", "vm-shared-host-clean",
+                       "--scenario", "vm-hugetlb-reconsume-2m", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    by = {c["scenario"]: c for c in doc["cells"]}
+    gone = by["vm-shared-host-clean"]
+    assert gone["code"] == "n/a" and not gone["applies"]
+    assert "is not in linux-6.12" in gone["unavailable"] and "v6.18" in gone["unavailable"]
+    assert by["vm-hugetlb-reconsume-2m"]["code"] == "K"   # R39/R82 before v6.18
+    v = doc["verdicts"]["mainline"]
+    assert v["scenarios"] == 1 and v["unavailable"] == 1
+    rc, out, _ = run(capsys, "compare", "--profile", "linux-6.12", "--no-readings",
+                     "--policy", "mainline", "--scenario", "vm-shared-host-clean")
+    assert rc == 0 and "Not run on this kernel profile" in out and "v6.18" in out
+    # without --profile each scenario runs on its own kernel: nothing is n/a
+    rc, out, _ = run(capsys, "compare", "--no-readings", "--policy", "mainline",
+                     "--scenario", "vm-shared-host-clean", "--json")
+    assert rc == 0 and "unavailable" not in json.loads(out)["cells"][0]
+
+
+def _profile(codes: dict[str, str], unavailable: dict[str, str] | None = None,
+             ok: int = 1) -> dict[str, Any]:
+    return {"command": "memfail compare --profile P --no-readings --json",
+            "verdicts": {"mainline": {"ok": ok, "scenarios": len(codes),
+                                      "unavailable": len(unavailable or {}),
+                                      "by_class": {"hazard": {}}}},
+            "codes": codes, "unavailable": unavailable or {}}
+
+
+def test_cells_that_did_not_run_never_count_as_no_change() -> None:
+    why = "guest_memfd is not in linux-6.1: it was merged in v6.8 (...)"
+    by = {"linux-6.1": _profile({}, {"vm-a": why, "vm-b": why}, ok=0),
+          "linux-6.6": _profile({}, {"vm-a": why, "vm-b": why}, ok=0),
+          "linux-6.12": _profile({"vm-a|mainline": "K"}, {"vm-b": "mmap is not in 6.12"}),
+          "linux-6.18": _profile({"vm-a|mainline": "R 2M", "vm-b|mainline": "ok"}),
+          "next": {"error": "ScenarioError: broken", "command": "memfail compare ..."}}
+    html = page.section_kernels({"kernels": {"policies": ["mainline"], "by_profile": by},
+                                 "profiles": {"switches": []}})
+    assert "0 cells change" not in html and "0 of 0" not in html
+    assert "<b>linux-6.1 → linux-6.6</b>: not compared: no cell ran on both" in html
+    assert ("<b>linux-6.12 → linux-6.18</b>: 1 of 1 cells that ran on both change: "
+            "vm-a under mainline: K → R 2M; 1 cells ran on only one of them") in html
+    assert "<b>linux-6.18 → next</b>: not compared: ScenarioError: broken" in html
+    assert "not run: all 2 scenarios use what linux-6.1 lacks" in html
+    assert "<code>vm-b</code> not on linux-6.1, linux-6.6, linux-6.12" in html
+
+
+def test_every_profile_column_has_the_command_that_gives_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from memfail.report.html.collect import kernel_versions, profile_changes
+
+    kv = kernel_versions(["mainline"], 1)
+    for prof, got in kv.items():
+        assert got["command"] == (f"memfail compare --profile {prof} --no-readings --json "
+                                  "--policy mainline")
+        assert "error" not in got, got.get("error")
+    rc, out, _ = run(capsys, *kv["linux-6.12"]["command"].split()[1:])
+    assert rc == 0
+    assert json.loads(out)["verdicts"]["mainline"] == kv["linux-6.12"]["verdicts"]["mainline"]
+    ch = profile_changes(kv["linux-6.12"], kv["linux-6.18"])["changed"]
+    assert "vm-hugetlb-ao-then-ar-2m under mainline: K → R 2M" in ch
+    assert "vm-hugetlb-reconsume-2m under mainline: K → R 2M" in ch
+
+
+# ----------------------------------------------------------------------------- readings
+
+
+def test_the_banner_shows_the_reading_each_preset_takes() -> None:
+    """A reading equal to the baseline's (sigbus_addr=hva) is still a reading: its value is
+    shown for every preset, not dropped as 'no difference'."""
+    from memfail.model.policy.base import READINGS
+    from memfail.model.policy.registry import PRESETS
+
+    d = {"policies": {n: {"knobs": p.knobs()} for n, p in PRESETS.items()},
+         "readings": READINGS, "compare": {"readings_that_change_cells": None,
+                                           "policies": list(PRESETS)}}
+    html = page.section_readings(d)
+    rows = _rows(html, "readings-taken")
+    assert len(rows) == len(READINGS)
+    for row, k in zip(rows, READINGS, strict=True):
+        cells = row.split()
+        assert cells[0] == k
+        assert cells[1:] == [str(page._v(p.knobs()[k])) for p in PRESETS.values()]
+    assert any(r.split()[:3] == ["sigbus_addr", "hva", "hva"] for r in rows)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def test_every_drawn_sensitivity_row_has_a_command_and_inert_inputs_are_not_drawn() -> None:
+    """The permanent share cannot move a rate (the fleet model gives a transient fault the
+    permanent one's outcome): it is listed with why, not drawn as a measured zero swing, and
+    every drawn row is one `memfail fleet sweep` axis."""
+    from memfail.report.html.ranges import inert_ranges
+
+    for r in all_ranges():
+        assert len(r.low) == 1 and list(r.low) == list(r.high), r.name
+    names = [r.name for r in all_ranges()]
+    inert = inert_ranges()
+    assert [r.name for r, _ in inert] == ["permanent share of faults"]
+    assert "permanent share of faults" not in names
+    assert "same model outcome" in inert[0][1]
+    fleet_md = (Path(__file__).parents[1] / "docs" / "fleet.md").read_text()
+    assert "Permanent and transient faults give the same model outcome" in fleet_md
+    s = {"host_years": 500, "seed": 0, "command": "memfail fleet --json", "policies": [],
+         "outcomes": [], "rows": [], "centre": {},
+         "not_drawn": [{"name": inert[0][0].name, "default": "0.71", "why": "§2.7",
+                        "low_assign": "every faults.modes.* split 0.5 permanent",
+                        "high_assign": "every faults.modes.* split 0.9 permanent",
+                        "not_drawn": inert[0][1]}]}
+    html = page.section_sensitivity(s)
+    assert "Not drawn: the fleet model gives a transient fault" in html
+
+
+def test_the_fidelity_count_is_a_memfail_commands_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import glob
+
+    from memfail.report.html.collect import oracle_doc, repo_file
+
+    o = oracle_doc()
+    assert o["command"] == "memfail run --quiet tests/oracle/*/*.yaml"
+    root = repo_file("tests/oracle")
+    assert root is not None
+    rc, out, _ = run(capsys, "run", "--quiet", *sorted(glob.glob(str(root / "*" / "*.yaml"))))
+    failed = o["total"] - o["reproduced"]
+    assert rc == (1 if failed else 0)
+    assert out.rstrip().splitlines()[-1] == \
+        f"{o['total']} scenarios: {o['reproduced']} ok, {failed} failed"
+    html = page.section_fidelity({"oracle": o, "conform": {"ran": False, "why": "-"}})
+    assert "memfail run --quiet tests/oracle/*/*.yaml" in html
+
+
+def test_the_page_says_which_fleet_outcomes_a_cited_rule_fixes() -> None:
+    f = {"command": "memfail fleet --json",
+         "run": {"policies": ["minimum"], "outcomes": ["host_panic"], "host_years": 2000,
+                 "seed": 0, "hosts": 10, "vms_per_host": 9.8, "failure_classes": 965,
+                 "rates": [{"policy": "minimum", "outcome": "host_panic",
+                            "per_million_vm_hours": {"estimate": 0.1, "low": 0.05,
+                                                     "high": 0.2}}]},
+         "calibration": {"p_host_ue_per_year": 0.013, "cited": 0.013, "explanation": "x"},
+         "sensitivity": {"host_years": 500, "seed": 0, "policies": [], "outcomes": [],
+                         "rows": [], "centre": {}}}
+    html = page.section_fleet({"fleet": f, "baseline": "minimum"})
+    assert "every outcome computed by the model" not in html
+    assert "fixed by a cited rule (R47" in html
+    doc = (Path(__file__).parents[1] / "docs" / "report.md").read_text()
+    assert "Every number comes from the model" not in doc
+    assert "R47" in doc
+
+
+def test_the_search_section_shows_what_compare_finds_of_each_answer() -> None:
+    ce = {"policy": "minimum{fault_check=true}", "properties": ["no-host-panic"],
+          "outcomes": ["host_panic"], "scenarios": 34, "check_only": True,
+          "findings": {}, "command": "memfail compare --no-readings --policy x",
+          "vs": [{"preset": "unmap", "kept_broken": ["host_panic"],
+                  "beyond": {"host_panic": {"code": "P", "class": "hazard",
+                                            "scenarios": ["vm-kernel-user-dump"]}}}]}
+    doc = {**SEARCH, "minimal": [],
+           "answers": [{**SEARCH["answers"][0], "compare": ce}],
+           "compare": {"ran": True, "scenarios": 34}}
+    html = page.section_search(doc, "s.json")
+    row = _rows(html, "search-answers")[0]
+    assert "Minimal on the check configuration only" in row
+    assert "P in 1 (vm-kernel-user-dump) where unmap does not" in row
+    assert "Minimal policies: none found." in html
+    bare = page.section_search(SEARCH, "s.json")
+    assert "has no <code>compare</code> part" in bare

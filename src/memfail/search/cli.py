@@ -93,6 +93,10 @@ def search(
     group_scenario: Annotated[list[str] | None, typer.Option(
         "--group-scenario", help="Library scenario used to group combinations (repeatable; "
                                  "default: every vm-* scenario but the heavy ones).")] = None,
+    compare_scenario: Annotated[list[str] | None, typer.Option(
+        "--compare-scenario", help="Comparison scenario each answered policy is run through "
+                                   "beside the presets (repeatable; default: every vm-* "
+                                   "scenario, as memfail compare).")] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes.", min=1)] = 1,
     scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address (tcp://HOST:PORT) instead of local processes.")] = None,
@@ -122,16 +126,21 @@ def search(
 
     The default search varies 9 design knobs (the readings of the call's words and handles,
     vm_on_error, backing keep the minimum preset's values: 5,040 combinations), checks the
-    search's configuration (src/memfail/search/config.yaml) to depth 3 and samples 12,800 fleet host-years: about 430 s of CPU,
-    so about 4 minutes on 2 idle workers, 200 MB. Deeper: --depth 4 or 5, --vary KNOB,
-    --answer-checks, --every-knob (docs/search.md).
+    search's configuration (src/memfail/search/config.yaml) to depth 3, samples 12,800 fleet
+    host-years and runs every answered policy through compare's vm-* scenarios: about 450 s
+    of CPU, so about 8 minutes with the default one worker, about 4 minutes with --workers 2
+    on 2 idle cores; 200 MB. Deeper: --depth 4 or 5, --vary KNOB, --answer-checks,
+    --every-knob (docs/search.md).
+
+    A verdict is "no counterexample to the depth on the check configuration" (one error):
+    each answer also says what compare's scenarios find of it beside the presets.
 
     Example: memfail search --workers 2 --plot pareto.svg
     """
     try:
         _search(config, depth, max_states, prop, base, vary, fix, every_knob, costs,
                 group_scenario, workers, scheduler, seed, verify, fleet_host_years,
-                pareto_max, quick, as_json, plot, answer_checks)
+                pareto_max, quick, as_json, plot, answer_checks, compare_scenario)
     except InputError as e:
         typer.echo(f"memfail: error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -142,7 +151,8 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
             every_knob: bool, costs_file: Path | None, group_scenario: list[str] | None,
             workers: int, scheduler: str | None, seed: int, verify: int,
             fleet_host_years: int | None, pareto_max: int, quick: bool, as_json: bool,
-            plot_file: Path | None, answer_checks: bool = False) -> None:
+            plot_file: Path | None, answer_checks: bool = False,
+            compare_scenario: list[str] | None = None) -> None:
     from memfail.check.backends import WorkerError
     from memfail.check.config import load_config
     from memfail.check.properties import PROPERTY_NAMES
@@ -200,6 +210,16 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
     if 0 < years < 6400:
         raise OptionError("--fleet-host-years", f"give 0 (no fleet) or at least 6400, got "
                           f"{years}")
+    if compare_scenario:
+        from memfail.report.compare import compare_scenarios
+        from memfail.scenario.loader import library
+
+        lib = library()
+        for n in compare_scenario:
+            if n not in lib:
+                raise OptionError("--compare-scenario", f"unknown scenario {n!r}"
+                                  f"{did_you_mean(n, lib)}; memfail compare's are "
+                                  f"{', '.join(compare_scenarios())}")
     scen, left_out = grouping_scenarios(base, quick, group_scenario,
                                         "handles" in space.varied)
     settings = Settings(str(config) if config is not None else None, d, max_states, props,
@@ -232,7 +252,9 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
 
         try:
             doc = build(space, settings, ex, fleet_years=years, pareto_max=pareto_max,
-                        progress=progress, left_out=left_out, answer_checks=answer_checks)
+                        progress=progress, left_out=left_out, answer_checks=answer_checks,
+                        compare_scenarios=list(compare_scenario) if compare_scenario
+                        else None)
         except WorkerError as e:
             raise OptionError("--scheduler" if scheduler else "--workers", str(e)) from None
     elapsed = time.monotonic() - t0

@@ -9,6 +9,8 @@ from typing import Any
 from memfail.check.explorer import FAIL
 from memfail.check.properties import PROPERTIES
 from memfail.model.policy.registry import PRESETS
+from memfail.search.crosscheck import annotate, family
+from memfail.search.crosscheck import sentence as compare_sentence
 from memfail.search.engine import (
     Executor,
     Record,
@@ -100,7 +102,8 @@ def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
 
 def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
           pareto_max: int, progress: Callable[[str, int, int], None] | None = None,
-          left_out: list[str] | None = None, answer_checks: bool = False) -> dict[str, Any]:
+          left_out: list[str] | None = None, answer_checks: bool = False,
+          compare_scenarios: list[str] | None = None) -> dict[str, Any]:
     """Run the search and return the ``memfail.search/1`` document."""
     search = Search(space, settings, ex, progress)
 
@@ -149,6 +152,12 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
     for r in main.records.values():
         if r.how == "group" and r.by is not None:
             safe_known.append((r.cost, r.knobs, keeps(search.verdicts[r.by])))
+    # the presets are known combinations too (each checked above), named when cheaper
+    preset_of: dict[int, str] = {}
+    for name, pol in PRESETS.items():
+        k = pol.knobs()
+        preset_of[id(k)] = name
+        safe_known.append((costs.total(k), k, keeps(pv[name])))
     safe_known.sort(key=lambda x: (x[0], search.space.key(x[1])))
     presets: list[dict[str, Any]] = []
     for name, pol in PRESETS.items():
@@ -157,12 +166,16 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
         kept = keeps(v)
         cost = costs.total(knobs)
         lost = [p for p in default if p not in kept]
-        cheaper = next((k for c, k, kk in safe_known if c < cost and set(kept) <= set(kk)),
-                       None)
+        # minimal within its family: a guest_memfd preset is not made dearer than the
+        # hugetlbfs baseline, which is another backing (no private memory), nor the reverse
+        fam = family(knobs)
+        cheaper = next((k for c, k, kk in safe_known if c < cost and set(kept) <= set(kk)
+                        and family(k) == fam), None)
         is_min = not lost and cheaper is None
         presets.append({
-            "name": name, "cost": cost, "keeps": kept, "minimal": is_min,
+            "name": name, "cost": cost, "keeps": kept, "minimal": is_min, "family": fam,
             "cheaper": plain(cheaper) if cheaper is not None else None,
+            "cheaper_preset": preset_of.get(id(cheaper)) if cheaper is not None else None,
             "cheaper_cost": costs.total(cheaper) if cheaper is not None else None,
             "loses": lost[0] if lost else None,
             "loses_all": lost,
@@ -265,6 +278,13 @@ def build(space: Space, settings: Settings, ex: Executor, *, fleet_years: int,
         "answers": answers,
         "combinations": [_combination(space, search, main.records[k]) for k in main.order],
     }
+    # what the check configuration cannot see: every answered policy through compare's
+    # scenarios beside the presets it is compared with (memfail.search.crosscheck)
+    if progress:
+        progress("compare", 0, 1)
+    annotate(doc, ex, compare_scenarios)
+    if progress:
+        progress("compare", 1, 1)
     return doc
 
 
@@ -294,7 +314,8 @@ def _reason(name: str) -> str:
 
 def words(doc: Mapping[str, Any]) -> list[str]:
     """The answer of item 4: per property set, the smallest policy and the don'ts it breaks."""
-    base = PRESETS["minimum"].knobs()
+    base_name = str((doc.get("config") or {}).get("base") or "minimum")
+    base = PRESETS[base_name if base_name in PRESETS else "minimum"].knobs()
     out = []
     for a in doc["answers"]:
         if a["policy"] is None:
@@ -305,9 +326,11 @@ def words(doc: Mapping[str, Any]) -> list[str]:
         what = "; ".join(f"{c} ({DONTS[c][0]})" for c in br) if br else "none of them"
         caveat = (f" ({a['unknown_cheaper']:,} cheaper combinations have no verdict for this "
                   "set yet: --answer-checks checks them)") if a.get("unknown_cheaper") else ""
-        out.append(f"{a['property_set']}: the smallest policy found costs {a['cost']:g}: "
-                   f"minimum with {short(a['policy'], base)}. Of the call's don'ts it breaks "
-                   f"{what}.{caveat}")
+        cmp_ = compare_sentence(a.get("compare"))
+        out.append(f"{a['property_set']}: the smallest policy found on the check "
+                   f"configuration costs {a['cost']:g}: "
+                   f"{base_name} with {short(a['policy'], base)}. Of the call's don'ts it breaks "
+                   f"{what}.{caveat}" + (f" {cmp_}" if cmp_ else ""))
     bad = doc.get("space", {}).get("unresolved")
     if bad:
         out.append(f"Caution: {bad} of the last verification sample's grouped or inferred "
@@ -345,22 +368,25 @@ def render(doc: Mapping[str, Any], console: Any) -> None:
         console.print(f"  [bold red]caution[/]: {sp['unresolved']} verdicts of the last "
                       "sample still disagree: the answer may rest on a wrong verdict")
     base = PRESETS[cfg["base"]].knobs()
-    t = Table(title="Minimal policies (keep every property; no other is cheaper on every knob)")
-    for col in ("#", f"knobs (vs {cfg['base']})", "cost", "closest preset", "differs by"):
-        t.add_column(col)
-    for i, m in enumerate(doc["minimal"], 1):
-        t.add_row(str(i), short(m["knobs"], base), f"{m['cost']:g}", m["closest_preset"],
-                  short(m["diff"]))
-    console.print(t)
-    t = Table(title="Presets")
+    if doc["minimal"]:
+        t = Table(title="Minimal policies (keep every property on the check configuration; "
+                        "no other is cheaper on every knob)")
+        for col in ("#", f"knobs (vs {cfg['base']})", "cost", "closest preset", "differs by",
+                    "compare finds"):
+            t.add_column(col)
+        for i, m in enumerate(doc["minimal"], 1):
+            t.add_row(str(i), short(m["knobs"], base), f"{m['cost']:g}", m["closest_preset"],
+                      short(m["diff"]), compare_sentence(m.get("compare")) or "-")
+        console.print(t)
+    else:
+        console.print(none_minimal(doc))
+    t = Table(title="Presets (minimal within their family: guest_memfd or hugetlbfs backing)")
     for col in ("preset", "cost", "minimal", "cheaper policy keeping the same", "loses",
                 "counterexample"):
         t.add_column(col)
     for p in doc["presets"]:
         t.add_row(p["name"], f"{p['cost']:g}", "yes" if p["minimal"] else "no",
-                  (f"{short(p['cheaper'], PRESETS[p['name']].knobs())} (cost "
-                   f"{p['cheaper_cost']:g})") if p["cheaper"] else "-",
-                  p["loses"] or "-", p["counterexample"] or "-")
+                  cheaper_text(p), p["loses"] or "-", p["counterexample"] or "-")
     console.print(t)
     if doc["pareto"]:
         fl = cfg["fleet"]
@@ -378,6 +404,27 @@ def render(doc: Mapping[str, Any], console: Any) -> None:
     console.print("The answer:")
     for line in words(doc):
         console.print("  " + line)
+
+
+def none_minimal(doc: Mapping[str, Any]) -> str:
+    """The sentence that stands for an empty table of minimal policies."""
+    cfg = doc["config"]
+    props = ", ".join(p["id"] if isinstance(p, dict) else str(p) for p in doc["properties"])
+    return (f"Minimal policies: none found. No combination of the varied knobs "
+            f"({', '.join(cfg['varied'])}; the others at {cfg['base']}'s values) keeps every "
+            f"property ({props}) to depth {cfg['depth']} on the check configuration; the "
+            "presets below say which keep them.")
+
+
+def cheaper_text(p: Mapping[str, Any]) -> str:
+    """A preset's cheaper policy (as its knobs that differ, or the preset it is), its cost
+    and what compare finds of it beside the preset."""
+    if not p.get("cheaper"):
+        return "-"
+    what = p.get("cheaper_preset") or short(p["cheaper"], PRESETS[p["name"]].knobs())
+    text = f"{what} (cost {p['cheaper_cost']:g})"
+    cmp_ = compare_sentence(p.get("cheaper_compare"), "cheaper")
+    return text + (f". {cmp_}" if cmp_ else "")
 
 
 def plot(doc: Mapping[str, Any], path: Path) -> None:

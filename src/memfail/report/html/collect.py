@@ -97,7 +97,7 @@ def compare_doc(policies: list[str], profile: str | None, workers: int,
     from memfail.model.policy.registry import make_policy
     from memfail.report.compare import (
         COMPARE_SCHEMA,
-        code,
+        cell_json,
         compare_scenarios,
         run_compare,
         sensitivity,
@@ -114,37 +114,61 @@ def compare_doc(policies: list[str], profile: str | None, workers: int,
             "policy_knobs": {p.name: p.knobs() for p in pols},
             "unmerged": {p.name: p.unmerged() for p in pols},
             "scenarios": scens,
-            "cells": [{"scenario": c.scenario, "policy": c.policy, "applies": c.applies,
-                       "summary": c.summary(), "code": code(c.outcomes) if c.applies else "-",
-                       "outcomes": c.outcomes} for c in cells],
+            "cells": [cell_json(c) for c in cells],
             "verdicts": vs, "readings_that_change_cells": sens,
             "readings_computed_for": readings,
             "outcome_docs": OUTCOME_DOCS, "class_docs": CLASS_DOCS, "series": SERIES}
 
 
+def profile_command(profile: str, policies: list[str], every_preset: bool) -> str:
+    """The ``memfail compare`` that prints one profile's column (verdicts and cells)."""
+    return (f"memfail compare --profile {profile} --no-readings --json"
+            + ("" if every_preset else "".join(f" --policy {p}" for p in policies)))
+
+
 def kernel_versions(policies: list[str], workers: int) -> dict[str, Any]:
     """Per kernel profile, each policy's verdict counts over the vm-* scenarios (what
-    ``memfail compare --profile P --json`` gives in ``verdicts``)."""
+    ``memfail compare --profile P --no-readings --json`` gives in ``verdicts``), the code of
+    every cell that ran, and the scenarios that could not run on it, with why (a feature the
+    profile lacks: compare's ``n/a`` cells)."""
     from memfail.model.kernel.profiles import PROFILES
+    from memfail.model.policy.registry import PRESETS
     from memfail.report.compare import compare_scenarios, run_compare, verdicts
 
+    every = list(policies) == list(PRESETS)
     out: dict[str, Any] = {}
     for prof in PROFILES:
+        cmd = profile_command(prof, policies, every)
         try:
             cells = run_compare(compare_scenarios(), list(policies), prof, workers)
-        except Exception as e:  # a scenario this profile cannot run: a result, not a crash
-            out[prof] = {"error": f"{type(e).__name__}: {e}"}
+        except Exception as e:  # an error compare stops on: a result, not a crash
+            out[prof] = {"error": f"{type(e).__name__}: {e}", "command": cmd}
             continue
-        out[prof] = {"verdicts": verdicts(cells, policies),
-                     "codes": {f"{c.scenario}|{c.policy}": (c.outcomes and c.applies and
-                                                            _code(c)) or "-" for c in cells}}
+        unavailable: dict[str, str] = {}
+        for c in cells:
+            if c.unavailable:
+                unavailable.setdefault(c.scenario, c.unavailable)
+        out[prof] = {"verdicts": verdicts(cells, policies), "command": cmd,
+                     # only cells that ran and to which the policy applies
+                     "codes": {f"{c.scenario}|{c.policy}": c.code() for c in cells
+                               if c.applies},
+                     "unavailable": unavailable}
     return out
 
 
-def _code(c: Any) -> str:
-    from memfail.report.compare import code
-
-    return code(c.outcomes)
+def profile_changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The cells that change from profile ``a`` to ``b``, counted only over the cells that
+    ran on both; how many could not be compared, and why."""
+    if "error" in a or "error" in b:
+        bad = a if "error" in a else b
+        return {"compared": 0, "changed": [], "not_compared": None, "why": bad["error"]}
+    ca, cb = a.get("codes", {}), b.get("codes", {})
+    both = [k for k in ca if k in cb]
+    changed = [f"{k.replace('|', ' under ')}: {ca[k]} → {cb[k]}" for k in both
+               if ca[k] != cb[k]]
+    gone = sorted(set(a.get("unavailable", {})) | set(b.get("unavailable", {})))
+    return {"compared": len(both), "changed": changed,
+            "not_compared": len(set(ca) ^ set(cb)), "unavailable": gone}
 
 
 # ----------------------------------------------------------------------------- check
@@ -232,6 +256,19 @@ def check_spin_doc() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- fleet
 
 
+def _range_row(rg: Any, not_drawn: str | None = None) -> dict[str, Any]:
+    """A range as the page's table shows it (``not_drawn``: why it has no chart row)."""
+    row = {"name": rg.name, "default": rg.default, "why": rg.why,
+           "low_set": rg.low, "high_set": rg.high,
+           "low_assign": rg.low if len(rg.low) <= 2 else
+           "every faults.modes.* split 0.5 permanent",
+           "high_assign": rg.high if len(rg.high) <= 2 else
+           "every faults.modes.* split 0.9 permanent"}
+    if not_drawn is not None:
+        row["not_drawn"] = not_drawn
+    return row
+
+
 def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     """``memfail fleet --json`` (memfail.fleet/1) for the defaults, the calibration line and
     the sensitivity of each rate to each assumed parameter (``ranges.RANGES``).
@@ -245,7 +282,7 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     from memfail.fleet import output as fleet_output
     from memfail.fleet.params import load_fleet, with_assignments
     from memfail.report.html.oracle import ReportOracle
-    from memfail.report.html.ranges import all_ranges
+    from memfail.report.html.ranges import all_ranges, inert_ranges
 
     fleet = load_fleet(None)
     orc = ReportOracle(fleet.params.kernel_profile, cache.default_dir())
@@ -295,6 +332,7 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
 
     pol_opts = "".join(f" --policy {p}" for p in sens_pols)
     rows = []
+    not_drawn = [_range_row(rg, why) for rg, why in inert_ranges()]
     for rg in ranges:
         # one parameter: the `memfail fleet sweep` that computes both ends (same seed, plan)
         cmd = (f"memfail fleet sweep --grid '{next(iter(rg.low))}=["
@@ -302,17 +340,15 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
                f"{json.dumps(next(iter(rg.high.values())))}]' --host-years "
                f"{s.sens_host_years} --seed {s.seed}{pol_opts} --json"
                if len(rg.low) == 1 and list(rg.low) == list(rg.high) else None)
-        rows.append({"name": rg.name, "default": rg.default, "why": rg.why, "command": cmd,
-                     "low_set": rg.low, "high_set": rg.high,
-                     "low_assign": rg.low if len(rg.low) <= 2 else
-                     "every faults.modes.* split 0.5 permanent",
-                     "high_assign": rg.high if len(rg.high) <= 2 else
-                     "every faults.modes.* split 0.9 permanent",
+        if cmd is None:  # a number the page shows must have a command that gives it
+            not_drawn.append(_range_row(rg, "no single `memfail fleet sweep` axis moves it"))
+            continue
+        rows.append({**_range_row(rg), "command": cmd,
                      "low": rates(res[f"{rg.name}|low"]),
                      "high": rates(res[f"{rg.name}|high"])})
     sens = {"host_years": centre.plan.host_years, "seed": s.seed, "policies": sens_pols,
             "outcomes": list(TORNADO_OUTCOMES), "unit": "per_million_vm_hours",
-            "centre": rates(centre), "rows": rows,
+            "centre": rates(centre), "rows": rows, "not_drawn": not_drawn,
             "centre_interval": {p: {o: [centre.rate(p, o).per_million_vm_hours.low,
                                         centre.rate(p, o).per_million_vm_hours.high]
                                     for o in TORNADO_OUTCOMES} for p in sens_pols},
@@ -373,6 +409,11 @@ def repo_file(rel: str) -> Path | None:
     return None
 
 
+ORACLE_COMMAND = "memfail run --quiet tests/oracle/*/*.yaml"
+"""Every oracle case under its pinned profile and policy; its last line is the count the page
+shows ('N scenarios: R ok, F failed')."""
+
+
 def oracle_doc() -> dict[str, Any]:
     """Every oracle scenario under tests/oracle run under its pinned profile (and policy), as
     tests/test_kernel_oracle.py and test_gmem_oracle.py run them."""
@@ -383,7 +424,7 @@ def oracle_doc() -> dict[str, Any]:
     if root is None:
         return {"available": False, "why": "tests/oracle is not in this installation"}
     cases: list[dict[str, Any]] = []
-    for path in sorted(root.rglob("*.yaml")):
+    for path in sorted(root.glob("*/*.yaml")):  # ORACLE_COMMAND's files
         rel = path.relative_to(root)
         try:
             r = run_scenario(load_scenario(path, str(rel)))
@@ -397,7 +438,8 @@ def oracle_doc() -> dict[str, Any]:
         g["cases"] += 1
         g["reproduced"] += int(c["ok"])
     return {"available": True, "root": "tests/oracle", "cases": cases, "groups": groups,
-            "reproduced": sum(int(c["ok"]) for c in cases), "total": len(cases)}
+            "reproduced": sum(int(c["ok"]) for c in cases), "total": len(cases),
+            "command": ORACLE_COMMAND}
 
 
 def conform_doc() -> dict[str, Any]:
@@ -490,6 +532,32 @@ def load_search(path: Path) -> dict[str, Any]:
             raise InputError(str(path), 1, key,
                              f"expected {'a list' if kind is list else 'an object'}")
     return doc
+
+
+def search_compare_commands(doc: dict[str, Any] | None) -> list[str]:
+    """The ``memfail compare`` behind each answered policy's findings in the search part."""
+    if not isinstance(doc, dict):
+        return []
+    out: list[str] = []
+    for part, key in (("answers", "compare"), ("minimal", "compare"),
+                      ("presets", "cheaper_compare")):
+        for x in doc.get(part) or []:
+            cmd = (x.get(key) or {}).get("command") if isinstance(x, dict) else None
+            if isinstance(cmd, str) and cmd not in out:
+                out.append(cmd)
+    return out
+
+
+def cross_check(doc: dict[str, Any], workers: int) -> None:
+    """Run a search document's answered policies through compare's scenarios, as ``memfail
+    search`` does (memfail.search.crosscheck), for a document that lacks it."""
+    from memfail.search.crosscheck import annotate
+    from memfail.search.engine import Executor
+
+    with Executor(workers) as ex:
+        annotate(doc, ex)
+    if doc.get("compare", {}).get("ran"):
+        doc["compare"]["computed_by"] = "memfail report, the document lacking it"
 
 
 def run_search(workers: int = 1) -> dict[str, Any] | None:
@@ -617,6 +685,9 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
         if s.search_json is not None:
             data["search"] = load_search(s.search_json)
             data["search_source"] = str(s.search_json)
+            if "compare" not in data["search"]:  # a document of a search without it
+                with timed("search: the answered policies through compare's scenarios"):
+                    cross_check(data["search"], s.workers)
         elif not s.quick:
             with timed("search: minimal policies"):
                 found = run_search(s.workers)
@@ -643,12 +714,9 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
                 *(c["replay"] for c in data["counterexamples"]),
                 data["fleet"]["command"], sens["command"],
                 *(r["command"] for r in sens["rows"] if r["command"]),
-                *(f"memfail compare --profile {p} --json"
-                  + "".join(f" --policy {x}" for x in kv_pols if s.quick)
-                  for p, got in data["kernels"]["by_profile"].items()
-                  if "error" not in got),  # a profile that refuses the scenarios: no command
+                *(got["command"] for got in data["kernels"]["by_profile"].values()),
                 "memfail kernel-users --json", "memfail profiles --json",
-                "pytest tests/test_kernel_oracle.py tests/test_gmem_oracle.py"]
+                data["oracle"].get("command", ORACLE_COMMAND)]
     if data.get("check_spin", {}).get("ran"):
         commands.append(data["check_spin"]["command"])
     if data["replay"].get("ran"):
@@ -657,6 +725,7 @@ def collect(s: Settings, step: Step = _no_progress) -> dict[str, Any]:
         commands.append(data["conform"]["command"])
     if data.get("search_source", "").startswith("memfail search"):
         commands.append(data["search_source"])
+    commands += search_compare_commands(data.get("search"))
     data["manifest"] = manifest(s, commands, started)
     data["manifest"]["stages"] = stages
     data["manifest"]["workers"] = s.workers

@@ -181,33 +181,60 @@ def section_search(doc: dict[str, Any] | None, source: str | None,
     if words:
         out.append("<p>The answer, per property set of the call:</p><ul class=\"search-words\">"
                    + "".join(f"<li>{e(w)}</li>" for w in words) + "</ul>")
+    cmp_ = _compare_words
     rows = [[str(i), knobs(m.get("knobs"), base), e(_cost(m.get("cost"))),
              e(", ".join(map(str, m.get("keeps") or []))), e(m.get("closest_preset")),
-             knobs(m.get("diff"))] for i, m in enumerate(doc.get("minimal", []), 1)]
-    out.append(_table(["#", f"knobs (vs {e(base_name)})", "cost", "keeps", "closest preset",
-                       "differs from it in"], rows, "wide search-minimal",
-                      "Minimal policies (keep every property; no other is cheaper on every "
-                      "knob)"))
+             knobs(m.get("diff")), e(cmp_(m.get("compare")))]
+            for i, m in enumerate(doc.get("minimal", []), 1)]
+    if rows:
+        out.append(_table(["#", f"knobs (vs {e(base_name)})", "cost", "keeps",
+                           "closest preset", "differs from it in", "compare's scenarios"],
+                          rows, "wide search-minimal",
+                          "Minimal policies (keep every property on the check configuration; "
+                          "no other is cheaper on every knob)"))
+    else:
+        out.append(f'<p class="search-minimal">{e(_none_minimal(doc))}</p>')
+    if not doc.get("compare"):
+        out.append('<p class="note">This search document has no <code>compare</code> part: '
+                   "its answers are verdicts on the check configuration only, not run through "
+                   "the comparison scenarios.</p>")
+    elif doc["compare"].get("ran"):
+        c = doc["compare"]
+        out.append(f'<p class="note">Every answered policy was also run through the '
+                   f"{e(c.get('scenarios'))} comparison scenarios (every built-in "
+                   "<code>vm-*</code> scenario, each under its own kernel profile) beside the "
+                   "presets it is compared with: the presets of its family that keep the same "
+                   "properties on the check configuration. Where compare finds one of those "
+                   "properties broken in a scenario where such a preset keeps it, the answer "
+                   "is minimal on the check configuration only"
+                   + (f" (computed by {e(c['computed_by'])})" if c.get("computed_by") else "")
+                   + ".</p>")
     rows = [[e(p.get("name")), e(_cost(p.get("cost"))), "yes" if p.get("minimal") else "no",
-             (knobs(p["cheaper"], ref_of(p.get("name")))
+             ((e(p["cheaper_preset"]) if p.get("cheaper_preset")
+               else knobs(p["cheaper"], ref_of(p.get("name"))))
               + (f" (cost {e(_cost(p['cheaper_cost']))})" if p.get("cheaper_cost") is not None
-                 else "")) if p.get("cheaper") else "-",
+                 else "")
+              + (f"<br>{e(cmp_(p.get('cheaper_compare'), 'cheaper'))}"
+                 if p.get("cheaper_compare") else "")) if p.get("cheaper") else "-",
              e(", ".join(p.get("loses_all") or ([p["loses"]] if p.get("loses") else []))
                or "-"),
              _cmd(p["counterexample"]) if p.get("counterexample") else "-"]
             for p in doc.get("presets", [])]
     out.append(_table(["preset", "cost", "minimal", "a cheaper policy that keeps as much",
                        "properties it loses", "counterexample"], rows, "search-presets",
-                      "The presets"))
+                      "The presets (minimal within their family: a guest_memfd preset among "
+                      "guest_memfd policies, the hugetlbfs baseline among hugetlbfs ones)"))
     rows = [[e(a.get("property_set") if isinstance(a.get("property_set"), str)
                else ", ".join(map(str, _props(a.get("property_set"))))),
              e(", ".join(map(str, a.get("properties") or []))),
              knobs(a.get("policy"), base) if a.get("policy") is not None else "none found",
-             e(_cost(a.get("cost"))), e(", ".join(map(str, a.get("breaks") or [])) or "-")]
+             e(_cost(a.get("cost"))), e(", ".join(map(str, a.get("breaks") or [])) or "-"),
+             e(cmp_(a.get("compare")) or "-")]
             for a in doc.get("answers", [])]
     out.append(_table(["to keep", "properties", f"the cheapest policy (vs {e(base_name)})",
-                       "cost", "the call's don'ts it breaks"], rows, "search-answers",
-                      "Answers"))
+                       "cost", "the call's don'ts it breaks", "compare's scenarios"], rows,
+                      "wide search-answers",
+                      "Answers (cheapest on the check configuration)"))
     par = doc.get("pareto") or []
     if par:
         def fleet(f: Any) -> str:
@@ -287,6 +314,30 @@ def _search_words(doc: dict[str, Any]) -> list[str]:
         return words(doc)
     except (KeyError, TypeError, AttributeError):
         return []
+
+
+def _compare_words(ce: Any, what: str = "answer") -> str:
+    """What compare's scenarios find of an answered policy (memfail.search.crosscheck)."""
+    if not isinstance(ce, dict):
+        return ""
+    try:
+        from memfail.search.crosscheck import sentence
+    except ImportError:
+        return ""
+    try:
+        return sentence(ce, what)
+    except (KeyError, TypeError, AttributeError):
+        return ""
+
+
+def _none_minimal(doc: dict[str, Any]) -> str:
+    try:
+        from memfail.search.report import none_minimal
+
+        return none_minimal(doc)
+    except (ImportError, KeyError, TypeError):
+        return ("Minimal policies: none found (no combination keeps every property on the "
+                "check configuration).")
 
 
 def _props(p: Any) -> list[Any]:
@@ -514,7 +565,19 @@ def section_readings(d: dict[str, Any]) -> str:
                      "report runs every preset under every other reading).</p>")
     return (f'<aside class="banner" id="readings"><h3>Readings every verdict depends on</h3>'
             f"<p>Where the call's words allow more than one reading, each preset takes one "
-            f"(docs/policies.md):</p><ul>{items}</ul>{body}</aside>")
+            f"(docs/policies.md):</p><ul>{items}</ul>{readings_taken(d)}{body}</aside>")
+
+
+def readings_taken(d: dict[str, Any]) -> str:
+    """The value of every reading knob each preset takes (``memfail policies --json``),
+    the baseline's included: a reading equal to the baseline's is still a reading."""
+    pols = d["policies"]
+    names = list(pols)
+    rows = [[f"<code>{e(k)}</code>",
+             *(f'<code class="reading">{e(_v(pols[n]["knobs"].get(k)))}</code>'
+               for n in names)] for k in d["readings"]]
+    return _table(["reading", *map(e, names)], rows, "readings-taken wide",
+                  "The reading each preset takes (memfail policies --json)")
 
 
 def section_timelines(d: dict[str, Any]) -> str:
@@ -556,8 +619,12 @@ def section_fleet(d: dict[str, Any]) -> str:
     cal = f["calibration"]
     out = [f"<p>{_cmd(f['command'])}: {run['host_years']:,} host-years sampled (each "
            f"conditioned on at least one fault), seed {run['seed']}, {run['hosts']:,} hosts of "
-           f"{run['vms_per_host']:.1f} VMs; every outcome computed by the model for each of "
-           f"{run['failure_classes']} failure classes. Rates per million VM-hours with 95 % "
+           f"{run['vms_per_host']:.1f} VMs; the outcome of each of the "
+           f"{run['failure_classes']} failure classes is computed by the model, except where "
+           "the model has no action for the access: kernel memory read by the kernel itself "
+           "and a free HugeTLB folio read by a kernel user (/proc/kcore, a dump) take a host "
+           "panic fixed by a cited rule (R47; docs/fleet.md, The model oracle). "
+           "Rates per million VM-hours with 95 % "
            "intervals; 0 (&lt; x): never seen, x the rule-of-three upper bound.</p>",
            _table(["policy", *(e(o.replace("_", " ")) for o in run["outcomes"])], rows,
                   "fleet wide", "Rates per million VM-hours (95 % intervals)")]
@@ -601,6 +668,10 @@ def section_sensitivity(s: dict[str, Any]) -> str:
            "computed for a difference).</p>"]
     rows = [[e(r["name"]), e(r["default"]), e(_assign(r["low_assign"])),
              e(_assign(r["high_assign"])), e(r["why"])] for r in s["rows"]]
+    rows += [[e(r["name"]), e(r["default"]), e(_assign(r["low_assign"])),
+              e(_assign(r["high_assign"])),
+              e(r["why"]) + f'<br><span class="note">Not drawn: {e(r["not_drawn"])}.</span>']
+             for r in s.get("not_drawn") or []]
     out.append(_table(["parameter", "default", "low end", "high end", "why this range"], rows,
                       "ranges wide", "Plausible ranges (src/memfail/report/html/ranges.py)"))
     figs = []
@@ -628,6 +699,8 @@ def _assign(a: Any) -> str:
 
 
 def section_kernels(d: dict[str, Any]) -> str:
+    from memfail.report.html.collect import profile_changes
+
     k = d["kernels"]
     pols = k["policies"]
     profs = list(k["by_profile"])
@@ -638,29 +711,66 @@ def section_kernels(d: dict[str, Any]) -> str:
         for prof in profs:
             got = k["by_profile"][prof]
             if "error" in got:
-                row.append(f'<span class="note">{e(got["error"])}</span>')
+                row.append(f'<span class="note">could not run: {e(got["error"])}</span>')
+                prev = None
                 continue
             v = got["verdicts"][p]
+            un = v.get("unavailable") or 0
+            if un and not v["scenarios"]:
+                row.append(f'<span class="note">not run: all {un} scenarios use what '
+                           f"{e(prof)} lacks</span>")
+                prev = None
+                continue
             haz = sum(v["by_class"]["hazard"].values())
             txt = f"{v['ok']}/{v['scenarios']} ok; {haz} hazard findings"
             changed = prev is not None and prev != txt
-            row.append(f'<span class="{"changed" if changed else ""}">{e(txt)}</span>')
+            row.append(f'<span class="{"changed" if changed else ""}">{e(txt)}</span>'
+                       + (f' <span class="note">({un} not run)</span>' if un else ""))
             prev = txt
         rows.append(row)
     out = ["<p>Each policy's comparison verdict under every kernel profile "
-           "(<code>memfail compare --profile P --json</code>); a changed cell is marked. "
-           "What changes between two kernels: <code>memfail profiles --diff A B</code>.</p>",
+           "(the command of each column is in the <a href=\"#manifest\">manifest</a>: "
+           "<code>memfail compare --profile P --no-readings --json</code>); a changed cell is "
+           "marked. A scenario that uses what a profile lacks (a feature merged in a later "
+           "kernel) is not run on it (compare's <code>n/a</code>) and is left out of that "
+           "column's totals and of every count of changes. What changes between two kernels: "
+           "<code>memfail profiles --diff A B</code>.</p>",
            _table(["policy", *map(e, profs)], rows, "kernels wide",
                   "Scenarios without hazard, kill or pause; hazard findings")]
-    # which cells change from one profile to the next
+    why: dict[str, list[str]] = {}
+    for prof in profs:
+        for scen in k["by_profile"][prof].get("unavailable") or {}:
+            why.setdefault(scen, []).append(prof)
+    if why:
+        first = {scen: k["by_profile"][ps[0]]["unavailable"][scen]
+                 for scen, ps in why.items()}
+        out.append("<details><summary>Scenarios not run on some profiles "
+                   f"({len(why)})</summary><ul>"
+                   + "".join(f"<li><code>{e(scen)}</code> not on {e(', '.join(ps))}: "
+                             f"{e(first[scen])}</li>" for scen, ps in why.items())
+                   + "</ul></details>")
+    # which cells change from one profile to the next, over the cells that ran on both
     diffs = []
     for a, b in itertools.pairwise(profs):
-        ca, cb = k["by_profile"][a].get("codes", {}), k["by_profile"][b].get("codes", {})
-        ch = [f"{key.replace('|', ' under ')}: {ca[key]} → {cb[key]}" for key in ca
-              if key in cb and ca[key] != cb[key]]
-        diffs.append(f"<li><b>{e(a)} → {e(b)}</b>: {len(ch)} cells change" +
-                     (": " + e("; ".join(ch[:8])) + (" …" if len(ch) > 8 else "") if ch else "")
-                     + "</li>")
+        pc = profile_changes(k["by_profile"][a], k["by_profile"][b])
+        if pc.get("why"):
+            diffs.append(f"<li><b>{e(a)} → {e(b)}</b>: not compared: {e(pc['why'])}</li>")
+            continue
+        ch = pc["changed"]
+        if not pc["compared"]:
+            diffs.append(f"<li><b>{e(a)} → {e(b)}</b>: not compared: no cell ran on both "
+                         f"({pc['not_compared']} ran on one of them only)</li>")
+            continue
+        tail = ""
+        if pc["not_compared"]:
+            tail = (f"; {pc['not_compared']} cells ran on only one of them and are not "
+                    f"counted ({e(', '.join(pc['unavailable']))} "
+                    f"{'uses' if len(pc['unavailable']) == 1 else 'use'} what the older "
+                    "kernel lacks)")
+        diffs.append(f"<li><b>{e(a)} → {e(b)}</b>: {len(ch)} of {pc['compared']} cells "
+                     "that ran on both change"
+                     + (": " + e("; ".join(ch[:8])) + (" …" if len(ch) > 8 else "") if ch
+                        else "") + tail + "</li>")
     out.append(f"<ul>{''.join(diffs)}</ul>")
     sw = d["profiles"]["switches"]
     rows = [[f"<code>{e(s['name'])}</code>", e(s["since"]), e(s["rules"]), e(s["effect"])]
@@ -676,7 +786,9 @@ def section_fidelity(d: dict[str, Any]) -> str:
     if o.get("available"):
         rows = [[e(g), str(v["cases"]), str(v["reproduced"])] for g, v in o["groups"].items()]
         out.append(f"<p>The model reproduces <b>{o['reproduced']} of {o['total']}</b> oracle "
-                   f"cases under <code>{e(o['root'])}</code>: public cases from mce-test, LTP, "
+                   f"cases under <code>{e(o['root'])}</code> "
+                   f"({_cmd(o.get('command') or 'memfail run --quiet tests/oracle/*/*.yaml')}"
+                   "; its last line gives the count): public cases from mce-test, LTP, "
                    "kselftests, guest_memfd selftests and documented behaviour, each pinned to "
                    "its kernel profile, every expectation checked.</p>"
                    + _table(["profile", "cases", "reproduced"], rows, "oracle"))
@@ -905,7 +1017,9 @@ def render(d: dict[str, Any]) -> str:
             f"guest_memfd call; {'a --quick draft' if d['quick'] else 'full runs'}; seed "
             f"{e(m['seed'])}; baseline <code>{e(d['baseline'])}</code>. Every number comes "
             "from a memfail command listed in the <a href=\"#manifest\">reproduction "
-            f"manifest</a>.</p>{summary}<nav class=\"toc\" aria-label=\"sections\"><ol>{toc}"
+            "manifest</a>; the outcomes are the model's, except the fleet's failure classes "
+            "the model has no action for, whose host panic is fixed by a cited rule (R47, "
+            f"<a href=\"#fleet\">fleet</a>).</p>{summary}<nav class=\"toc\" aria-label=\"sections\"><ol>{toc}"
             f"</ol></nav></header>{secs}"
             f"<script type=\"application/json\" id=\"memfail-data\">{data}</script>"
             "</main></body></html>\n")

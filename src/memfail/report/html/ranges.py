@@ -104,5 +104,18 @@ def permanent_range() -> Range:
                  "0.5-0.9'")
 
 
+PERMANENT_INERT = ("the fleet model gives a transient fault the outcome of a permanent one "
+                   "(docs/fleet.md, The model oracle and Limits: 'Permanent and transient "
+                   "faults give the same model outcome'), and the range keeps each mode's "
+                   "total rate, so no end of it can move any rate: it is not sampled or drawn")
+
+
 def all_ranges() -> list[Range]:
-    return [incidence_range(), *RANGES, permanent_range()]
+    """The ranges the sensitivity view samples and draws: those that can move a rate."""
+    return [incidence_range(), *RANGES]
+
+
+def inert_ranges() -> list[tuple[Range, str]]:
+    """Assumed parameters with a plausible range that the fleet model cannot move, each with
+    why: listed in the page, never drawn as a measured swing of zero."""
+    return [(permanent_range(), PERMANENT_INERT)]
