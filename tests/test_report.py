@@ -613,3 +613,15 @@ def test_the_search_section_shows_what_compare_finds_of_each_answer() -> None:
     assert "Minimal policies: none found." in html
     bare = page.section_search(SEARCH, "s.json")
     assert "has no <code>compare</code> part" in bare
+
+
+def test_the_current_limitation_says_its_not_found_is_by_construction() -> None:
+    """C3 cannot be found by a measurement: MF_ACTION_REQUIRED comes only from the
+    consumer's own task work, so the row says so instead of a bare 'not found'."""
+    cells = [_cell("vm-a", "minimum"), _cell("vm-a", "mainline")]
+    d = _data(cells, {})
+    d["check"]["bounds"] = {"max_depth": 4}
+    html = page.section_risk(d, page.risk_verdicts(d))
+    row = html.split('id="risk-current"', 1)[1].split("</tr>", 1)[0]
+    assert "Not found by construction, not by measurement" in row
+    assert "kill_me_maybe" in row and "EARLY thread not told" in row

@@ -32,7 +32,14 @@ RISKS: tuple[dict[str, Any], ...] = (
     {"id": "risk-current", "title": "Limitation: SIGBUS-ing current for consumed failure",
      "words": "current may not always be the VM",
      "keys": ("wrong_process_signals",), "props": ("sigbus-owner-only",), "scenarios": None,
-     "codes": "W"},
+     "codes": "W",
+     "note": "Not found by construction, not by measurement: memory_failure() gets "
+             "MF_ACTION_REQUIRED only from the consuming thread's own task work "
+             "(kill_me_maybe, M7), so current is the consumer (a vCPU, a VMM thread, a "
+             "process sharing the mapping); a kernel thread's machine-check-safe read "
+             "(kworker, vhost) reaches memory_failure() through memory_failure_queue() "
+             "without it and is an unconsumed failure. What SIGBUS-ing current leaves out, "
+             "the other processes mapping the page, shows as E (EARLY thread not told)."},
     {"id": "risk-early", "title": "Limitation: No handling for PR_MCE_KILL_EARLY",
      "words": "Even if PR_MCE_KILL_EARLY is set, the requesting thread will not be notified",
      "keys": ("early_not_told",), "props": ("early-told",), "scenarios": None, "codes": "E"},
@@ -437,8 +444,9 @@ def section_risk(d: dict[str, Any], rv: dict[str, dict[str, dict[str, Any]]]) ->
            "<i>Depends on</i> lists the readings of the call's words that flip it.</p>"]
     rows = []
     for risk in RISKS:
+        note = f'<div class="mech">{e(risk["note"])}</div>' if risk.get("note") else ""
         cells = [f'<span id="{risk["id"]}">{e(risk["title"])}</span>'
-                 f'<div class="words">“{e(risk["words"])}”</div>']
+                 f'<div class="words">“{e(risk["words"])}”</div>{note}']
         for pol in pols:
             v = rv[risk["id"]][pol]
             links = " ".join(f'<a href="{e(h)}">{e(t)}</a>' for h, t in v["links"])
