@@ -364,7 +364,10 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
             arg = MCE_KILL[a.policy] if a.policy else "0"
             body = f"\t\t*ret = prctl(PR_MCE_KILL, PR_MCE_KILL_CLEAR, {arg}, 0, 0);"
         else:
-            body = "\t\t*ret = prctl(PR_MCE_KILL_GET, 0, 0, 0, 0);"
+            # likewise for get: PR_MCE_KILL_GET takes no argument, so a policy other than
+            # late (0) makes the call fail with EINVAL
+            arg = MCE_KILL[a.policy] if a.policy else "0"
+            body = f"\t\t*ret = prctl(PR_MCE_KILL_GET, 0, {arg}, 0, 0);"
         _in_proc(g, i, key, a.proc, a.thread, body)
     elif key == "sigaction":
         _in_proc(g, i, key, a.proc, None, f"\t\t*ret = mf_set_sigbus({c_str(a.sigbus)});")
