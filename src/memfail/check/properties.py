@@ -302,7 +302,8 @@ PROPERTIES: tuple[PropertyDef, ...] = (
                 "C3: SIGBUS to current, 'current may not always be the VM'", _owner_only),
     PropertyDef("early-told",
                 "An EARLY thread of the owning VMM is told (BUS_MCEERR_AO) of an unconsumed "
-                "failure when it is detected.",
+                "failure when it is detected (EARLY: PR_MCE_KILL_EARLY, or no per-thread "
+                "policy with vm.memory_failure_early_kill = 1).",
                 "C6: no PR_MCE_KILL_EARLY; C8 future work", _early_told),
     PropertyDef("no-record-lost",
                 "Every detected failure stays recorded (PG_hwpoison, raw list, isolation or the "
