@@ -5,11 +5,33 @@ written there (regenerate with ``python -m memfail.fleet.hostdown docs/policies.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from memfail.fleet.hostdown import fleet_of_section, render, run_cells, section
+import pytest
+
+from memfail.fleet.hostdown import (
+    _num,
+    fleet_block,
+    fleet_document,
+    fleet_of_section,
+    fleet_rates,
+    fleet_table,
+    render,
+    run_cells,
+    section,
+)
 from memfail.fleet.params import POLICY_PRESETS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "policies.md"
+FLEET_DOC = DOC.with_name("fleet.md")
+STALE = ("stale: run python -m memfail.fleet.hostdown docs/policies.md docs/fleet.md (the "
+         "fleet figures are the run of `memfail fleet --host-years 20000 --seed 0 --workers 1 "
+         "--json`)")
+
+
+@pytest.fixture(scope="module")
+def fleet_doc() -> dict[str, Any]:
+    return fleet_document()
 
 
 def test_host_down_section_is_generated_from_the_model() -> None:
@@ -24,3 +46,15 @@ def test_host_down_section_is_generated_from_the_model() -> None:
         "docs/policies.md is stale: run python -m memfail.fleet.hostdown docs/policies.md")
     # what the section claims of the fleet: minimum stalls hosts, unmap does not
     assert fleet["minimum"][0] > 0 and fleet["unmap"] == (0.0, fleet["unmap"][1])
+
+
+def test_the_fleet_figures_of_both_docs_are_the_command_they_cite(fleet_doc: dict[str, Any]) -> None:
+    """The figures docs/policies.md and docs/fleet.md attribute to `memfail fleet --host-years
+    20000 --seed 0 --workers 1 --json` are what that command prints today, to the digits
+    written (3 significant figures): a drift of 0.00454 -> 0.00458 fails here."""
+    written = fleet_of_section(DOC.read_text())
+    run = fleet_rates(fleet_doc)
+    assert {p: (_num(a), _num(b)) for p, (a, b) in written.items()} == \
+        {p: (_num(a), _num(b)) for p, (a, b) in run.items()}, "docs/policies.md is " + STALE
+    assert fleet_block(FLEET_DOC.read_text()) == fleet_table(fleet_doc), \
+        "docs/fleet.md is " + STALE

@@ -51,13 +51,18 @@ def calibration(params: FleetParams, p_sampled: float) -> dict[str, Any]:
     host-year) (``p_sampled``, the sampler's estimate) against the cited incidence, and why
     they differ, in numbers."""
     fr = params.frailty
-    rate = params.faults.ue_rate_per_host_year
+    rate = params.fault_rate
     exact = p_any_ue(rate, fr.distribution, fr.mean_over_median)
     homog = -math.expm1(-rate)
     fit = rate_for_incidence(CITED_P_HOST_UE, fr.distribution, fr.mean_over_median)
     tail = (f"{fr.distribution} frailty, mean/median {fr.mean_over_median:g}"
             if fr.distribution != "none" else "no frailty")
-    why = (f"faults.ue_rate_per_host_year {rate:g} is the fleet's mean rate; with {tail}, "
+    f = params.faults
+    scaled = "" if abs(rate - f.ue_rate_per_host_year) <= 1e-12 * rate else (
+        f" (faults.ue_rate_per_host_year {f.ue_rate_per_host_year:g} of a host of "
+        f"{f.reference_chips:g} DRAM chips, x {params.dram_chips:g} / {f.reference_chips:g} "
+        f"chips of this host)")
+    why = (f"{rate:g} per host-year is the fleet's mean rate{scaled}; with {tail}, "
            f"P(>= 1 per host-year) = E[1 - exp(-rate x F)] = {exact:.3%} (sampled "
            f"{p_sampled:.3%}), against 1 - exp(-rate) = {homog:.3%} for identical hosts. "
            f"The study counts machines with >= 1 uncorrectable error, an incidence; under "
@@ -70,6 +75,7 @@ def calibration(params: FleetParams, p_sampled: float) -> dict[str, Any]:
     return {"p_host_ue_per_year": p_sampled, "p_host_ue_per_year_exact": exact,
             "cited": CITED_P_HOST_UE, "cited_source": CITED_SOURCE,
             "mean_rate_per_host_year": rate, "rate_matching_cited": fit,
+            "dram_chips": params.dram_chips, "reference_chips": params.faults.reference_chips,
             "explanation": why}
 
 
@@ -87,7 +93,7 @@ def frailty_tail(params: FleetParams, host_years: int,
     sampled with a defensive tilt) and no frailty keep the intervals valid.
     """
     fr = params.frailty
-    rate = params.faults.ue_rate_per_host_year
+    rate = params.fault_rate
     out: dict[str, Any] = {"distribution": fr.distribution,
                            "mean_over_median": fr.mean_over_median, "shape": None,
                            "variance_finite": True, "intervals_valid": True,

@@ -45,7 +45,12 @@ class FailureClass:
       vMCE reaches it); ``cooperative`` for memory no guest owns or reads (VMM, free pool,
       kernel);
     * ``effort``: rounds of that behaviour the guest plays before it stops (0: cooperative);
-    * ``host_cpus``: online host CPUs, each held by a broadcast machine check (M3, M9).
+    * ``host_cpus``: online host CPUs, each held by a broadcast machine check (M3, M9);
+    * ``kernel_reread``: after the first touch, a host kernel user that checks PG_hwpoison
+      (a live dump through /proc/kcore, kdump, hibernation) reads the failed page while the
+      memory is still the VM's (docs/kernel-users.md): it skips a page marked PG_hwpoison
+      and consumes the poison of one that is not (R47: a host panic), so it is what costs a
+      policy that keeps failures out of PG_hwpoison (C1).
     """
 
     memory: MemoryKind
@@ -60,6 +65,7 @@ class FailureClass:
     behaviour: Behaviour = "cooperative"
     effort: int = 0
     host_cpus: int = MODEL_CPUS
+    kernel_reread: bool = False
 
     @property
     def consumed(self) -> bool:
@@ -79,6 +85,8 @@ class FailureClass:
             parts.append(f"{self.behaviour}x{self.effort}")
         if self.host_cpus != MODEL_CPUS:
             parts.append(f"{self.host_cpus}cpus")
+        if self.kernel_reread:
+            parts.append("kernel_reread")
         return "/".join(parts)
 
 

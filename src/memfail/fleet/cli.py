@@ -28,6 +28,7 @@ from memfail.fleet.params import (
     LoadedFleet,
     defaults_table,
     load_fleet,
+    model_profile_problem,
     parse_assignment,
     with_assignments,
 )
@@ -75,6 +76,9 @@ def _oracle(table: Path | None, fleet: LoadedFleet, cache_dir: Path | None = Non
             ) -> OutcomeOracle:
     if table is not None:
         return TableOracle.from_yaml(table)
+    problem = model_profile_problem(fleet)
+    if problem is not None:
+        raise FleetInputError(problem)
     from memfail.fleet import cache
 
     where = cache_dir if cache_dir is not None else cache.default_dir()

@@ -2,7 +2,8 @@
 
 Per preset: what the built-in guest-behaviour scenarios do to the host (machine checks,
 broadcast stalls, what stops the guest), the counterexample command, and the fleet's
-host-stall rate. ``python -m memfail.fleet.hostdown docs/policies.md`` rewrites the section.
+host-stall rate. ``python -m memfail.fleet.hostdown docs/policies.md docs/fleet.md`` rewrites the section and
+docs/fleet.md's table of the defaults from one fleet run.
 """
 
 from __future__ import annotations
@@ -178,16 +179,7 @@ def generate(with_fleet: bool = True) -> str:
     from memfail.fleet.params import POLICY_PRESETS
 
     presets = list(POLICY_PRESETS)
-    doc = None
-    if with_fleet:
-        from memfail.cli import main as cli
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            rc = cli(list(FLEET_ARGS))
-        if rc:
-            raise RuntimeError(f"memfail {' '.join(FLEET_ARGS)} exited {rc}")
-        doc = json.loads(buf.getvalue())
+    doc = fleet_document() if with_fleet else None
     return render(presets, run_cells(presets), fleet_rates(doc))
 
 
@@ -206,12 +198,72 @@ def fleet_of_section(text: str) -> dict[str, tuple[float, float]]:
     return out
 
 
+FLEET_BEGIN = "<!-- BEGIN FLEET20K -->\n"
+FLEET_END = "<!-- END FLEET20K -->"
+FLEET_COLUMNS = ("host_panic", "host_stalled", "host_stall_seconds", "repeated_consumption",
+                 "vm_killed", "vm_paused", "guest_gib_lost", "poison_reused",
+                 "early_kill_missed")
+"""The columns of docs/fleet.md's table of the defaults (``fleet_table``)."""
+
+
+def _iv(d: dict[str, Any]) -> str:
+    if d["method"] == "rule-of-three":
+        return f"0 (< {d['high']:.2g})"
+    return f"{d['estimate']:.3g} [{d['low']:.3g}, {d['high']:.3g}]"
+
+
+def fleet_table(doc: dict[str, Any]) -> str:
+    """docs/fleet.md's table of the cited defaults, from the ``FLEET_ARGS`` run document:
+    per million VM-hours, each rate with its 95 % interval."""
+    cmd = "memfail " + " ".join(FLEET_ARGS)
+    cal = doc["calibration"]
+    lines = [f"`{cmd}`: faults per host-year {_iv(doc['faults_per_host_year'])}, "
+             f"P(>= 1 per host-year) {cal['p_host_ue_per_year']:.3%}, "
+             f"{doc['failure_classes']} failure classes. Per million VM-hours, with 95 % "
+             "intervals:", "",
+             "| policy | " + " | ".join(f"`{c}`" for c in FLEET_COLUMNS) + " |",
+             "| --- |" + " --- |" * len(FLEET_COLUMNS)]
+    cells = {(r["policy"], r["outcome"]): r["per_million_vm_hours"] for r in doc["rates"]}
+    for pol in doc["policies"]:
+        lines.append(f"| `{pol}` | " + " | ".join(_iv(cells[(pol, c)]) for c in FLEET_COLUMNS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fleet_block(text: str) -> str:
+    """The generated table of ``text`` (docs/fleet.md)."""
+    start = text.index(FLEET_BEGIN) + len(FLEET_BEGIN)
+    return text[start:text.index(FLEET_END)]
+
+
+def fleet_document() -> dict[str, Any]:
+    """The ``FLEET_ARGS`` run document (the run both generated tables come from)."""
+    from memfail.cli import main as cli
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(list(FLEET_ARGS))
+    if rc:
+        raise RuntimeError(f"memfail {' '.join(FLEET_ARGS)} exited {rc}")
+    doc: dict[str, Any] = json.loads(buf.getvalue())
+    return doc
+
+
 def main(argv: list[str]) -> int:
+    """Rewrite the generated parts of docs/policies.md and docs/fleet.md from one run."""
     path = Path(argv[0] if argv else "docs/policies.md")
+    fleet_md = Path(argv[1] if len(argv) > 1 else path.with_name("fleet.md"))
+    from memfail.fleet.params import POLICY_PRESETS
+
+    doc = fleet_document()
+    presets = list(POLICY_PRESETS)
+    new = render(presets, run_cells(presets), fleet_rates(doc))
     text = path.read_text()
-    new = generate()
     start = text.index(BEGIN) + len(BEGIN)
     path.write_text(text[:start] + new + text[text.index(END):])
+    text = fleet_md.read_text()
+    start = text.index(FLEET_BEGIN) + len(FLEET_BEGIN)
+    fleet_md.write_text(text[:start] + fleet_table(doc) + text[text.index(FLEET_END):])
     return 0
 
 

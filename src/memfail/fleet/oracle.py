@@ -503,6 +503,7 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
             raise OracleUnavailable(f"the model host has {got} of the {n} {size} HugeTLB "
                                     "folios the fleet scenario needs")
     free_pfns: dict[tuple[str, int, int], int] = {}
+    hit_pfns: dict[tuple[str, str, str], int] = {}
     checkpoint: dict[str, Any] | None = None
     mark: dict[str, Any] = {}
     for i, step in enumerate(sc.steps):
@@ -514,6 +515,7 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
             mark = {f"mark_{k}": v for k, v in _stalls(host).items()}
             continue
         args = _resolve_free(host, args, free_pfns)
+        args = _scrub_physical(key, args, hit_pfns)
         if key == "mmap" and _has_region(host, args):
             continue  # the hugetlbfs baseline's gmem_create mapped guest memory already
         try:
@@ -526,6 +528,8 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
                 f"the model's {key!r} action rejects the fleet scenario's arguments "
                 f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']}); "
                 "pass --oracle TABLE.yaml") from None
+        if key == "hw_error":
+            _remember_pfn(host, action, args, hit_pfns)
         try:
             result = host.apply(action)
         except ModelInputError as e:
@@ -545,6 +549,40 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
     else:
         out["vmm_told_unconsumed"] = _told(host)
     return out
+
+
+def _where(args: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """A guest page (``vm`` + ``gpa``) or a VMM page (``proc`` + ``addr``) of a step."""
+    if "vm" in args and "gpa" in args:
+        return ("vm", str(args["vm"]), str(args["gpa"]))
+    if "proc" in args and "addr" in args:
+        return ("proc", str(args["proc"]), str(args["addr"]))
+    return None
+
+
+def _remember_pfn(host: Any, action: Any, args: Mapping[str, Any],
+                  seen: dict[tuple[str, str, str], int]) -> None:
+    """The host page behind a faulty guest or VMM page, when the fault appears."""
+    from memfail.model.kernel.inject import resolve_target
+
+    where = _where(args)
+    if where is not None:
+        with contextlib.suppress(Exception):  # a bad target is the model's to report
+            seen[where] = int(resolve_target(host, action))
+
+
+def _scrub_physical(key: str, args: dict[str, Any],
+                    seen: Mapping[tuple[str, str, str], int]) -> dict[str, Any]:
+    """A ``scrub`` of a page that held a fault goes to the host page it had then.
+
+    The patrol scrub walks physical memory (dram-field-data §2.6): it finds a latent error
+    whether or not the VM still exists. Addressed by guest address, a scrub after the VM's
+    VMM died (a VMM read that killed QEMU, a kill-vm policy) would find no page, leave the
+    error latent, and the next VM would consume every such page: one broadcast machine check
+    each (64 for a bank fault), charged to the policies that kill the VMM."""
+    where = _where(args) if key == "scrub" else None
+    pfn = seen.get(where) if where is not None else None
+    return args if pfn is None else {"pfn": pfn}
 
 
 def _run_job(job: tuple[str, str, ModelScenario]) -> Mapping[str, Any]:
@@ -745,6 +783,8 @@ def model_scenario(cls: FailureClass) -> ModelScenario:
         sc = _gmem_scenario(cls)
     elif cls.behaviour != "cooperative":
         raise ImpossibleClass(f"a {cls.behaviour} guest acts on its own guest memory only")
+    elif cls.kernel_reread:
+        raise ImpossibleClass("the later kernel read is sampled for guest memory only")
     elif cls.memory == "vmm":
         sc = _vmm_scenario(cls)
     elif cls.memory == "hugetlb_free":
@@ -797,6 +837,9 @@ def _gmem_scenario(cls: FailureClass) -> ModelScenario:
         steps.append({"hw_error": {"vm": "vm0", "gpa": second, "detect": "latent"}})
         steps += _gmem_touch(cls.first_touch, shared, second)
     steps += [{"scrub": {"vm": "vm0", "gpa": g}} for g in offsets[1:]]
+    if cls.kernel_reread:  # a dump (/proc/kcore) reads the failed page (kernel-users.md)
+        steps.append({"kernel_access": {"user": KERNEL_USER["kernel_checked"], "vm": "vm0",
+                                        "gpa": offsets[0]}})
     # aftermath: the owner uses the memory again
     if cls.first_touch not in ("scrub", "guest_read"):
         steps += _gmem_touch(cls.first_touch, shared, offsets[0])

@@ -23,6 +23,13 @@ MODE_NAMES = ("single_bit", "single_word", "single_column", "single_row", "singl
               "multi_bank", "multi_rank")
 POLICY_PRESETS = ("mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable",
                   "future", "hugetlbfs")
+RETIRED = {
+    "dram.ranks_per_host": "no longer a parameter: a host's ranks follow from its memory, "
+                           "fleet.host_memory_gib x 8 / (dram.chip_gbit x "
+                           "dram.data_chips_per_rank), and its fault rate from its chips; set "
+                           "fleet.host_memory_gib (and dram.chip_gbit) instead",
+}
+"""Former fields, and what to write instead."""
 UNCITED = ("kernel_profile", "policies")
 """Top-level fields that are choices, not measurements: they need no citation."""
 
@@ -61,9 +68,12 @@ class Fleet(_Strict):
 
 
 class Dram(_Strict):
-    """DIMM/chip organisation, used for the page footprint of each fault mode."""
+    """DIMM/chip organisation: how many DRAM chips a host's memory takes (which sets its fault
+    rate, dram-field-data §2.2: FIT is per device) and the page footprint of each fault mode.
+    The ranks of a host follow from its memory: ``host_memory_gib x 8 / (chip_gbit x
+    data_chips_per_rank)``."""
 
-    ranks_per_host: int = Field(gt=0)
+    chip_gbit: float = Field(gt=0)
     chips_per_rank: int = Field(gt=0)
     data_chips_per_rank: int = Field(gt=0)
     row_bytes_per_chip: int = Field(gt=0)
@@ -87,6 +97,9 @@ class Faults(_Strict):
     """Uncorrectable-fault arrival: the machine-level rate and its split by fault mode."""
 
     ue_rate_per_host_year: float = Field(gt=0)
+    reference_chips: float = Field(default=576.0, gt=0)
+    """DRAM chips of the host ``ue_rate_per_host_year`` is the rate of; a host with more or
+    fewer chips has a proportionally higher or lower rate (``FleetParams.fault_rate``)."""
     modes: dict[str, ModeRate]
 
     @field_validator("modes")
@@ -281,6 +294,30 @@ class FleetParams(_Strict):
         return v
 
     @property
+    def dram_ranks(self) -> float:
+        """Ranks of a host: its memory over the data a rank holds (data chips x density)."""
+        d = self.dram
+        return self.fleet.host_memory_gib * 8.0 / (d.chip_gbit * d.data_chips_per_rank)
+
+    @property
+    def dram_chips(self) -> float:
+        """DRAM chips of a host, check chips included (ranks x ``chips_per_rank``)."""
+        return self.dram_ranks * self.dram.chips_per_rank
+
+    @property
+    def fault_rate(self) -> float:
+        """The host's mean uncorrectable-fault rate per host-year.
+
+        ``ue_rate_per_host_year`` is the rate of a host with ``reference_chips`` DRAM chips;
+        the rate scales with the host's chips (dram-field-data §2.2: the Jaguar FIT is per
+        device, so a rank's faults are 18 x 66.1 FIT, 0.0104 per rank-year, and a host's are
+        that times its ranks; §2.1: scale the machine-level rate by memory size, not as a
+        constant per GB). So more memory of the same chips raises the rate per host-year in
+        proportion (the rates per VM-hour stay), and denser chips lower it.
+        """
+        return self.faults.ue_rate_per_host_year * self.dram_chips / self.faults.reference_chips
+
+    @property
     def vms_per_host(self) -> float:
         """Average number of VMs a host runs (guest memory over the mean VM size)."""
         shares = self.composition.shares
@@ -305,6 +342,8 @@ class LoadedFleet:
     citations: dict[str, str]
     source: str
     plain: dict[str, Any] = field(repr=False)
+    lines: dict[str, int | None] = field(default_factory=dict, repr=False)
+    """The line of each field the file set (dotted path -> line)."""
 
 
 def _err(file: str, line: int | None, path: str, msg: str) -> FleetInputError:
@@ -416,6 +455,8 @@ def _walk(user: Any, schema: dict[str, Any], file: str,
                 w.lines[path] = line_of(lines, w.locs[path])
             elif path in groups:
                 visit(v, path + ".", kloc)
+            elif path in RETIRED:
+                raise _err(file, line, path, RETIRED[path])
             else:
                 here = sorted({p[len(prefix):].split(".")[0] for p in schema
                                if p.startswith(prefix)})
@@ -438,17 +479,26 @@ def _kind(v: Any) -> str:
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path; a number names an item of a list (``access.kernel_users.2.rate``)."""
     parts = path.split(".")
-    node = tree
+    node: Any = tree
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
 
 
 def _get_path(tree: dict[str, Any], path: str) -> Any:
     node: Any = tree
     for p in path.split("."):
-        node = node[p]
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise KeyError(p)
+            node = node[int(p)]
+        else:
+            node = node[p]
     return node
 
 
@@ -488,16 +538,21 @@ def _loc_line(loc: tuple[Any, ...], walk: _Walk) -> tuple[str, int | None]:
     return name, None
 
 
-def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
+Where = tuple[tuple[Any, ...], ...]
+"""The fields an error may be blamed on, in order of preference: the first one the file (or
+the grid point) set is named, else the first."""
+
+
+def _coherence(p: FleetParams) -> list[tuple[Where, str]]:
     """What the schema cannot see field by field: names the model must know, and a fleet
     whose VMs fit on its hosts."""
     from memfail.model.policy.registry import policy_names, policy_text
 
-    out: list[tuple[tuple[Any, ...], str]] = []
+    out: list[tuple[Where, str]] = []
     guests = [getattr(p.vms, s) for s in GUEST_SHARES]
     if math.fsum(guests) > 1.0 + 1e-9:
         last = max(i for i, g in enumerate(guests) if g > 0)
-        out.append((("vms", GUEST_SHARES[last]),
+        out.append(((("vms", GUEST_SHARES[last]),),
                     "the shares of careless and hostile guests (of the VMs that are not "
                     f"confidential) sum to {math.fsum(guests):.6g}; they must sum to at most 1 "
                     "(cooperative guests are the rest)"))
@@ -506,18 +561,47 @@ def _coherence(p: FleetParams) -> list[tuple[tuple[Any, ...], str]]:
         try:
             policy_text(pol)  # a preset or knobs on one, as everywhere a policy is taken
         except (ValueError, TypeError) as e:
-            out.append((("policies", i), f"{e}{_near(pol, known)}"))
+            out.append(((("policies", i),), f"{e}{_near(pol, known)}"))
     shares = p.composition.shares
     guest = (shares.get("gmem_private", 0.0) + shares.get("gmem_shared", 0.0))
     guest_gib = guest * p.fleet.host_memory_gib
     for i, size in enumerate(p.vms.sizes):
         # No guest memory at all is legal (host-level rates; --unit vm is refused then).
         if guest > 0 and size.share > 0 and size.gib > guest_gib:
-            out.append((("vms", "sizes", i, "gib"),
-                        f"a {size.gib} GiB VM does not fit in the {guest_gib:g} GiB of guest "
-                        f"memory a host has (fleet.host_memory_gib x the gmem_private + "
-                        f"gmem_shared shares of composition)"))
+            out.append(((("vms", "sizes", i, "gib"), ("fleet", "host_memory_gib"),
+                         ("composition", "shares")),
+                        f"a {size.gib} GiB VM (vms.sizes) does not fit in the {guest_gib:g} GiB "
+                        f"of guest memory a host has (fleet.host_memory_gib "
+                        f"{p.fleet.host_memory_gib:g} x the gmem_private + gmem_shared shares "
+                        f"of composition, {guest:g})"))
     return out
+
+
+GMEM_FEATURES = ("gmem", "gmem_mmap", "gmem_init_shared")
+"""Kernel features the model oracle's scenarios use: every VM's memory is a guest_memfd, and
+shared guest memory is an in-place (mmap, INIT_SHARED) one (docs/fleet.md)."""
+
+
+def model_profile_problem(loaded: LoadedFleet) -> str | None:
+    """``FILE:LINE: kernel_profile: message`` when the model oracle cannot run the fleet's
+    scenarios on its kernel profile (a kernel without guest_memfd), else None."""
+    from memfail.model.errors import ProfileMissing
+    from memfail.model.kernel.profiles import get_profile, refuse_missing
+
+    p = loaded.params
+    profile = get_profile(p.kernel_profile)
+    need = GMEM_FEATURES if p.composition.shares.get("gmem_shared", 0.0) > 0 else ("gmem",)
+    for feature in need:
+        try:
+            refuse_missing(profile, feature)
+        except ProfileMissing as e:
+            why = str(e).split("; use a profile")[0]
+            msg = (f"the model oracle runs every failure class as a guest_memfd VM, and {why}; "
+                   "set kernel_profile to linux-6.18 (or next), or pass --oracle TABLE.yaml "
+                   "to take the outcomes from a table")
+            return str(_err(loaded.source, loaded.lines.get("kernel_profile"),
+                            "kernel_profile", msg))
+    return None
 
 
 def _near(word: str, choices: list[str]) -> str:
@@ -528,10 +612,18 @@ def _near(word: str, choices: list[str]) -> str:
 def validate_plain(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams:
     """Validate a merged plain tree; the first error becomes one ``FleetInputError`` line."""
     params = _validate_fields(plain, walk, file)
-    for loc, msg in _coherence(params):
-        name, line = _loc_line(loc, walk)
+    for where, msg in _coherence(params):
+        set_here = [loc for loc in where if _set_by(loc, walk)]
+        name, line = _loc_line((set_here or list(where))[0], walk)
         raise _err(file, line, name, msg)
     return params
+
+
+def _set_by(loc: tuple[Any, ...], walk: _Walk) -> bool:
+    """Whether the file (or grid point) set the field at ``loc`` or a field inside it."""
+    path = ".".join(str(x) for x in loc)
+    return any(p == path or p.startswith(path + ".") or path.startswith(p + ".")
+               for p in walk.locs)
 
 
 def _validate_fields(plain: dict[str, Any], walk: _Walk, file: str) -> FleetParams:
@@ -578,7 +670,7 @@ def load_fleet(path: str | Path | None = None, *, text: str | None = None) -> Lo
                            f"write {p.rsplit('.', 1)[-1]}: {{value: ..., citation: \"source\"}}")
         else:
             cits[p] = cit
-    return LoadedFleet(params, cits, file, plain)
+    return LoadedFleet(params, cits, file, plain, dict(walk.lines))
 
 
 def parse_assignment(text: str) -> tuple[str, list[Any]]:
@@ -612,6 +704,8 @@ def with_assignments(loaded: LoadedFleet, assign: dict[str, Any]) -> LoadedFleet
     cits = dict(loaded.citations)
     for path, value in assign.items():
         owner = next((p for p in schema if path == p or path.startswith(p + ".")), None)
+        if owner is None and path in RETIRED:
+            raise FleetInputError(f"--grid: {path}: {RETIRED[path]}")
         if owner is None:
             near = difflib.get_close_matches(path, list(schema), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -619,13 +713,17 @@ def with_assignments(loaded: LoadedFleet, assign: dict[str, Any]) -> LoadedFleet
         try:
             _get_path(plain, path)
         except (KeyError, TypeError):
-            if path != owner and not isinstance(_get_path(plain, path.rsplit(".", 1)[0]), dict):
+            try:
+                parent = _get_path(plain, path.rsplit(".", 1)[0])
+            except (KeyError, TypeError):
+                parent = None
+            if path != owner and not isinstance(parent, dict):
                 raise FleetInputError(f"--grid: {path}: no such field inside {owner}") from None
         _set_path(plain, path, value)
         cits[owner] = "sweep"
-    w = _Walk()
+    w = _Walk(locs={path: tuple(path.split(".")) for path in assign})
     params = validate_plain(plain, w, "--grid")
-    return LoadedFleet(params, cits, loaded.source, plain)
+    return LoadedFleet(params, cits, loaded.source, plain, loaded.lines)
 
 
 def defaults_table(plain_values: bool = False) -> list[tuple[str, Any, str]]:

@@ -76,15 +76,17 @@ class SamplerSpec:
     heat_w: np.ndarray  # (memory kinds, heat bins): heat bin given the memory kind
     cell_lut: np.ndarray  # (memory, confidential, size, page, heat) -> cell (-1: none)
     cell_beh: np.ndarray | None = None  # (cells, N_BEH): share of each guest behaviour
+    cell_reread: np.ndarray | None = None  # P(a checking kernel user reads the page later)
     effort: tuple[int, ...] = (0, 0, 0, 0)  # rounds per behaviour (cooperative: 0)
     host_cpus: int = 64
 
     @property
     def n_classes(self) -> int:
-        return len(self.locations) * len(self.modes) * N_TOUCH * 2 * N_BEH
+        return len(self.locations) * len(self.modes) * N_TOUCH * 2 * N_BEH * 2
 
     def decode(self, index: int) -> FailureClass:
         """The failure class of a tally column."""
+        index, reread = divmod(index, 2)
         index, beh = divmod(index, N_BEH)
         index, second = divmod(index, 2)
         index, touch = divmod(index, N_TOUCH)
@@ -95,7 +97,8 @@ class SamplerSpec:
             page_size=loc.page_size, pages_hit=mode.pages_hit,  # type: ignore[arg-type]
             same_folio=mode.same_folio, second_fault=bool(second),
             first_touch=TOUCHES[touch], permanent=mode.permanent,
-            behaviour=BEHAVIOURS[beh], effort=self.effort[beh], host_cpus=self.host_cpus)
+            behaviour=BEHAVIOURS[beh], effort=self.effort[beh], host_cpus=self.host_cpus,
+            kernel_reread=bool(reread))
 
 
 def _mode_cells(p: FleetParams) -> tuple[list[ModeCell], list[float]]:
@@ -268,6 +271,18 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
             beh[i, 3] = 1.0
         else:
             beh[i] = split
+    # A kernel user that checks PG_hwpoison reads the failed page later, while the memory is
+    # still the VM's: at the checking users' rate r over the VM's remaining life, which is
+    # exponential with the mean lifetime L (memoryless), so P(>= 1 read) = E[1 - exp(-r T)]
+    # = r L / (1 + r L). Guest memory only (the policies differ on guest_memfd folios); a
+    # deterministic split like the behaviours', so it draws no random number.
+    life = v.mean_lifetime_hours
+    reread = np.zeros(len(cells))
+    for i, c in enumerate(cells):
+        loc = locations[c[0]]
+        if loc.memory in ("gmem_private", "gmem_shared"):
+            chk = kernel_rates(loc.memory, loc.vm_type)[0]
+            reread[i] = chk * life / (1.0 + chk * life)
     e = v.guest_effort
     rates = np.array([c[1] for c in cells], dtype=float).reshape(len(cells), 4)
     total = rates.sum(axis=1)
@@ -284,7 +299,7 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
             raise ValueError("a Pareto frailty needs mean_over_median > 1")
         shape = pareto_shape(fr.mean_over_median)
     return SamplerSpec(
-        ue_rate=p.faults.ue_rate_per_host_year,
+        ue_rate=p.fault_rate,
         frailty=fr.distribution if shape > 0 else "none",
         frailty_shape=shape,
         scrub_hours=p.scrub.period_hours,
@@ -305,6 +320,7 @@ def compile_spec(p: FleetParams) -> SamplerSpec:
         heat_w=heat_w,
         cell_lut=lut,
         cell_beh=beh,
+        cell_reread=reread,
         effort=(0, e.careless, e.hostile, e.confidential),
         host_cpus=p.fleet.host_cpus,
     )
@@ -427,17 +443,26 @@ def sample_batch(spec: SamplerSpec, rng: np.random.Generator, host_years: int) -
                                                                            strict=True))
         mu_f = np.concatenate((mu, mu[kept]))
         w = np.concatenate((w, w[kept] * e[kept] / r[kept]))
-        base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2 * N_BEH
+        base = ((spec.cell_loc[cell] * n_modes + mode) * N_TOUCH + touch) * 2 * N_BEH * 2
         folio = spec.cell_folio[cell]
         q = -np.expm1(-mu_f * folio * spec.window_years)
         split = folio > 0
         share = spec.cell_beh[cell] if spec.cell_beh is not None else None
+        # a later read by a checking kernel user (not when one was the first toucher: the
+        # aftermath repeats the first touch already)
+        rr = spec.cell_reread[cell] if spec.cell_reread is not None else np.zeros(len(cell))
+        rr = np.where(touch == TOUCHES.index("kernel_checked"), 0.0, rr)
         for b in range(N_BEH):
             wb = w if share is None else w * share[:, b]
             if share is not None and not wb.any():
                 continue
-            tally += np.bincount(base + b, weights=wb * (1.0 - q), minlength=k)
-            if split.any():
-                tally += np.bincount(base[split] + N_BEH + b, weights=(wb * q)[split],
-                                     minlength=k)
+            for again in (0, 1):
+                if again and not rr.any():
+                    continue
+                wr = rr if again else 1.0 - rr
+                col = base + 2 * b + again
+                tally += np.bincount(col, weights=wb * wr * (1.0 - q), minlength=k)
+                if split.any():
+                    tally += np.bincount(col[split] + 2 * N_BEH, weights=(wb * wr * q)[split],
+                                         minlength=k)
     return BatchTally(host_years, sum_p, tally)
