@@ -97,7 +97,8 @@ RANGES: tuple[Range, ...] = (
 def permanent_range() -> Range:
     """The share of faults that are permanent, 0.5 to 0.9 in every mode (§2.7: 'Permanent
     fraction 0.71, range to sweep 0.5-0.9'). The modes' FIT totals only set the mix of fault
-    modes (the rate is faults.ue_rate_per_host_year), so the mix moves, not their sum."""
+    modes (the rate is faults.ue_rate_per_host_year, the reference host's, scaled by each
+    host's DRAM chips), so the mix moves, not their sum."""
     return Range("permanent share of faults", _permanent(0.5), _permanent(0.9),
                  f"{_default_permanent():.2f}",
                  "§2.7: 'Permanent fraction 0.71 (Jaguar table; Feng Shui), range to sweep "
