@@ -143,3 +143,22 @@ def test_errors_name_the_line_and_field_at_fault(tmp_path: Path) -> None:
     err = " ".join(r.output.split())
     assert "old-kernel.yaml:2: kernel_profile: the model oracle runs every failure class as a " \
         "guest_memfd VM" in err and "pass --oracle TABLE.yaml" in err and "step" not in err
+
+
+def test_the_hugetlbfs_baseline_has_no_confidential_vms() -> None:
+    """An SNP or TDX guest's private memory can only come from guest_memfd (R75): under the
+    hugetlbfs baseline the fleet's confidential VMs run as ordinary VMs, so a guest read
+    of a failed page gets a vMCE there, and the output says so."""
+    from dataclasses import replace
+
+    from memfail.fleet.output import notes
+
+    cls = replace(_cls("gmem_private", "2M", 1, "guest_read"), vm_type="confidential")
+    sc = model_scenario(cls)
+    base = _model_runner("linux-6.18", "hugetlbfs", sc)
+    coco = _model_runner("linux-6.18", "minimum", sc)
+    assert base["vmce_injected"] >= 1 and coco["vmce_injected"] == 0
+    res = _run({}, 64)
+    assert notes(res) == []  # no hugetlbfs column, nothing to say
+    res = engine.run(load_fleet(), PANIC_ON_REREAD, 64, seed=0, policies=["hugetlbfs"])
+    assert notes(res) and "confidential VMs as ordinary VMs" in notes(res)[0]

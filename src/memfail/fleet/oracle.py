@@ -504,6 +504,7 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
                                     "folios the fleet scenario needs")
     free_pfns: dict[tuple[str, int, int], int] = {}
     hit_pfns: dict[tuple[str, str, str], int] = {}
+    no_coco = _without_coco(policy)
     checkpoint: dict[str, Any] | None = None
     mark: dict[str, Any] = {}
     for i, step in enumerate(sc.steps):
@@ -516,6 +517,8 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
             continue
         args = _resolve_free(host, args, free_pfns)
         args = _scrub_physical(key, args, hit_pfns)
+        if no_coco and key == "vm_create" and args.get("type") in ("snp", "tdx"):
+            args = _as_ordinary_vm(args)
         if key == "mmap" and _has_region(host, args):
             continue  # the hugetlbfs baseline's gmem_create mapped guest memory already
         try:
@@ -548,6 +551,28 @@ def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, 
         out["vms_paused"] = sum(1 for s in states.values() if s == "paused")
     else:
         out["vmm_told_unconsumed"] = _told(host)
+    return out
+
+
+def _without_coco(policy: str) -> bool:
+    """Whether the policy's guest memory cannot back a confidential VM: the hugetlbfs
+    baseline (an SNP or TDX guest's private memory comes from guest_memfd only, a private
+    fault goes to kvm_gmem_get_pfn(); R75), so its fleet has no confidential VMs."""
+    from memfail.model.policy import make_policy
+
+    try:
+        return make_policy(policy).backing == "hugetlbfs"
+    except (KeyError, ValueError):
+        return False
+
+
+def _as_ordinary_vm(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The VM the hugetlbfs baseline runs in place of a confidential one: an ordinary VM of
+    the same size whose guest takes a vMCE as a cooperative guest does."""
+    out = {k: v for k, v in args.items() if k not in ("behaviour", "effort")}
+    out["type"] = "default"
+    if args.get("behaviour") not in (None, "confidential"):
+        out["behaviour"], out["effort"] = args["behaviour"], args.get("effort", 0)
     return out
 
 

@@ -72,8 +72,22 @@ def summary_lines(res: FleetResult) -> list[str]:
         f"(first touch: {touch})",
         *([calibration_line(res)] if res.calibration else []),
         *([guests_line(res)] if res.guests else []),
+        *(f"note: {n}" for n in notes(res)),
         *frailty_lines(res),
     ]
+
+
+def notes(res: FleetResult) -> list[str]:
+    """What a reader must know to read a column: the hugetlbfs baseline has no confidential
+    VMs (an SNP or TDX guest's private memory comes from guest_memfd only, R75), so the
+    fleet's confidential share runs as ordinary VMs in that column."""
+    out = []
+    conf = (res.guests or {}).get("confidential", 0.0)
+    if "hugetlbfs" in res.policies and conf > 0:
+        out.append(f"hugetlbfs runs the {conf:.2%} confidential VMs as ordinary VMs (a vMCE "
+                   "reaches them): SNP and TDX private memory can only come from guest_memfd "
+                   "(R75), so the baseline is a fleet without confidential computing")
+    return out
 
 
 def calibration_line(res: FleetResult) -> str:
@@ -132,7 +146,7 @@ def print_sweep(results: Sequence[FleetResult], console: Console, outcome: str,
 def run_document(res: FleetResult) -> dict[str, Any]:
     """The ``memfail.fleet/1`` document of a single run."""
     return {"schema": SCHEMA, "kind": "run", "outcomes": list(OUTCOME_NAMES),
-            "units": dict(OUTCOME_UNITS), **res.to_dict()}
+            "units": dict(OUTCOME_UNITS), **res.to_dict(), "notes": notes(res)}
 
 
 def sweep_document(results: Sequence[FleetResult], axes: dict[str, list[Any]]) -> dict[str, Any]:
