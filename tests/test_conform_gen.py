@@ -219,3 +219,37 @@ steps:
            "mf_map_size[0] - 0x1000, 5, ret);" in prog.source
     assert "mf_mem_read((volatile unsigned char *)(mf_map_addr[0] + 0x0), " \
            "mf_map_size[0] - 0x0, ret);" in prog.source
+
+
+def test_a_signal_an_exit_handler_printed_belongs_to_the_step_its_process_ended_in() -> None:
+    """An AO may reach an `exit` handler while another process runs the step: the handler
+    prints it with step -1 and the controller's exit record of that process gives the step."""
+    from memfail.conform.compare import parse_lines
+
+    run = parse_lines([
+        '{"t":"sig","i":-1,"proc":"kid","thread":"main","code":5,"addr":"m+0x0","lsb":12}',
+        '{"t":"step","i":5,"ret":0}',
+        '{"t":"exit","i":5,"proc":"kid","code":42}'])
+    assert run.signals == {5: [{"t": "sig", "i": 5, "proc": "kid", "thread": "main",
+                                "code": 5, "addr": "m+0x0", "lsb": 12}]}
+    assert run.exits[5][0]["code"] == 42
+
+
+def test_the_table_prints_exit_differences() -> None:
+    """An `exits` difference is a list of records with ``code`` and no address: the table
+    prints it as JSON instead of failing on it as if it were signals."""
+    from memfail.conform.cli import _fmt
+
+    assert _fmt([{"proc": "app", "code": 1}]) == '[{"proc": "app", "code": 1}]'
+
+
+def test_a_memfd_file_target_without_proc_says_to_name_the_process() -> None:
+    prog = generate(load_scenario_text("""
+processes: [{name: app, sigbus: handler}]
+steps:
+  - memfd_create: {proc: app, name: mf, size: 8K}
+  - corrupt_pfn: {file: mf, offset: 0}
+"""))
+    assert not prog.expressible
+    assert any("is an fd name (a memfd has no path): give proc as well" in r
+               for r in prog.reasons), prog.reasons

@@ -164,6 +164,9 @@ class _Gen:
             if a.proc is not None and a.file in self.fds:
                 p = self.proc(a.proc).index
                 return f"mf_fd_pfn({p}, {self.fds[a.file]}, {off:#x})"
+            if a.file in self.fds:
+                raise NotExpressible(f"file {a.file!r} is an fd name (a memfd has no path): "
+                                     "give proc as well, the process that holds the fd")
             raise NotExpressible(f"file {a.file!r} is not created by this scenario")
         if a.free is not None:
             if a.free == "buddy":
@@ -212,7 +215,8 @@ def generate(sc: Scenario, profile: str = "linux-6.1") -> Program:
             setup.append(f"\tmf_run({case}, {idx}, {t});")
         if p.sigbus != "default":
             case = 10000 + len(g.cases)
-            g.cases.append(f"\tcase {case}: *ret = mf_set_sigbus({c_str(p.sigbus)}); break;")
+            g.cases.append(f"\tcase {case}: *ret = mf_set_sigbus({c_str(p.sigbus)}, "
+                           f"{p.exit_code}); break;")
             setup.append(f"\tmf_run({case}, {idx}, 0);")
     for step in sc.steps:
         try:
@@ -370,7 +374,8 @@ def _step(g: _Gen, i: int, key: str, a: Any) -> None:
             body = f"\t\t*ret = prctl(PR_MCE_KILL_GET, 0, {arg}, 0, 0);"
         _in_proc(g, i, key, a.proc, a.thread, body)
     elif key == "sigaction":
-        _in_proc(g, i, key, a.proc, None, f"\t\t*ret = mf_set_sigbus({c_str(a.sigbus)});")
+        _in_proc(g, i, key, a.proc, None,
+                 f"\t\t*ret = mf_set_sigbus({c_str(a.sigbus)}, {a.exit_code});")
     elif key == "sigprocmask":
         how = "SIG_BLOCK" if a.block else "SIG_UNBLOCK"
         _in_proc(g, i, key, a.proc, a.thread,

@@ -202,10 +202,12 @@ def _unique(name: str, seen: dict[str, Scenario]) -> str:
 
 
 def _fmt(v: object) -> str:
-    if isinstance(v, list) and v and all(isinstance(x, dict) and "code" in x for x in v):
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "code" in x
+                                         and "addr" in x for x in v):
         # signals: CODE ADDR lsb N (proc/thread), the way the model's trace prints them
         return "[" + ", ".join(f"{str(x['code']).removeprefix('BUS_MCEERR_')} {x['addr']} "
-                               f"lsb {x['lsb']} ({x['proc']}/{x['thread']})" for x in v) + "]"
+                               f"lsb {x.get('lsb')} ({x.get('proc')}/{x.get('thread')})"
+                               for x in v) + "]"
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) <= 90 else s[:87] + "..."
 

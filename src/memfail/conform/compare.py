@@ -129,6 +129,7 @@ class KernelRun:
 def parse_lines(lines: list[str]) -> KernelRun:
     """Read a case's ``@mf`` JSON lines; a line that is not JSON is skipped (console noise)."""
     run = KernelRun()
+    pending: dict[str, list[dict[str, Any]]] = {}  # signals an `exit` handler printed
     for line in lines:
         try:
             rec = json.loads(line)
@@ -137,10 +138,16 @@ def parse_lines(lines: list[str]) -> KernelRun:
         t, i = rec.get("t"), rec.get("i", -1)
         if t == "step":
             run.steps[i] = rec
+        elif t == "sig" and i == -1:
+            # printed by a process's `exit` handler just before _exit(): it belongs to the
+            # step in which the controller sees that process end
+            pending.setdefault(rec.get("proc", ""), []).append(rec)
         elif t == "sig":
             run.signals.setdefault(i, []).append(rec)
         elif t == "exit":
             run.exits.setdefault(i, []).append(rec)
+            for sig in pending.pop(rec.get("proc", ""), []):
+                run.signals.setdefault(i, []).append({**sig, "i": i})
         elif t == "log":
             run.logs.setdefault(i, []).append(rec["msg"])
         elif t == "meminfo":

@@ -77,6 +77,7 @@ static __thread sigjmp_buf mf_jb;
 struct mf_sig { pid_t tid; int code; uintptr_t addr; int lsb; };
 static struct mf_sig mf_sigs[MF_MAXSIG];
 static volatile int mf_nsig, mf_sig_printed;
+static volatile int mf_exit_code = -1;      /* >= 0: the SIGBUS handler calls _exit(code) */
 
 /* ------------------------------------------------------------------ output */
 static void mf_out(const char *fmt, ...)
@@ -130,6 +131,8 @@ static const char *mf_errname(int e)
 }
 
 /* ------------------------------------------------------------------ SIGBUS */
+static void mf_flush_signals(int step);
+
 static void mf_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	(void)sig; (void)uc;
@@ -140,19 +143,29 @@ static void mf_sigbus(int sig, siginfo_t *si, void *uc)
 		mf_sigs[n].addr = (uintptr_t)si->si_addr;
 		mf_sigs[n].lsb = si->si_addr_lsb;
 	}
+	if (mf_exit_code >= 0) {
+		/* the scenario's `exit` disposition: report the siginfo, then _exit(code). The
+		 * signal may come while another process runs the step (an AO), so it is printed
+		 * with step -1: the controller's exit record of this process gives the step */
+		mf_flush_signals(-1);
+		_exit(mf_exit_code);
+	}
 	if (mf_in_access) {
 		mf_in_access = 0;
 		siglongjmp(mf_jb, 1);
 	}
 }
 
-static int mf_set_sigbus(const char *how)
+static int mf_set_sigbus(const char *how, int exit_code)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
-	if (!strcmp(how, "handler")) {
+	mf_exit_code = -1;
+	if (!strcmp(how, "handler") || !strcmp(how, "exit")) {
 		sa.sa_sigaction = mf_sigbus;
 		sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+		if (!strcmp(how, "exit"))
+			mf_exit_code = exit_code;
 	} else {
 		sa.sa_handler = !strcmp(how, "ignore") ? SIG_IGN : SIG_DFL;
 	}
@@ -631,6 +644,21 @@ static long mf_zero_pfn(void)
 }
 
 /* The pfn of a page-cache page of `path` at `off`, when it is cached (mincore), else -1. */
+/* The pfn of the page cached at a file offset, found by mapping it and reading pagemap.
+ * A poisoned page-cache page cannot be faulted in (__do_fault: VM_FAULT_HWPOISON, SIGBUS):
+ * the read is guarded, and the page's pfn is then the one this controller last saw at that
+ * offset (the page stays in the page cache, as the model's target does). */
+#define MF_FILE_SEEN 64
+static struct { char path[128]; off_t base; long pfn; } mf_file_seen[MF_FILE_SEEN];
+static int mf_nfile_seen;
+static sigjmp_buf mf_file_jb;
+
+static void mf_file_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(mf_file_jb, 1);
+}
+
 static long mf_file_pfn(const char *path, off_t off)
 {
 	int fd = open(path, O_RDONLY);
@@ -639,20 +667,45 @@ static long mf_file_pfn(const char *path, off_t off)
 		return -1;
 	off_t base = off & ~(off_t)(MF_PAGE - 1);
 	volatile char *p = mmap(NULL, MF_PAGE, PROT_READ, MAP_SHARED, fd, base);
+	int resident = 0;
 	if (p != MAP_FAILED) {
 		unsigned char vec = 0;
 		if (!mincore((void *)p, MF_PAGE, &vec) && (vec & 1)) {
 			uint64_t e = 0;
-			(void)p[0];
-			int pm = open("/proc/self/pagemap", O_RDONLY);
-			if (pm >= 0 && pread(pm, &e, 8, (off_t)((uintptr_t)p / MF_PAGE) * 8) == 8)
-				pfn = mf_entry_pfn(e);
-			if (pm >= 0)
-				close(pm);
+			struct sigaction sa, old;
+			resident = 1;
+			memset(&sa, 0, sizeof(sa));
+			sa.sa_handler = mf_file_sigbus;
+			sigaction(SIGBUS, &sa, &old);
+			if (!sigsetjmp(mf_file_jb, 1)) {
+				(void)p[0];
+				int pm = open("/proc/self/pagemap", O_RDONLY);
+				if (pm >= 0 && pread(pm, &e, 8,
+						     (off_t)((uintptr_t)p / MF_PAGE) * 8) == 8)
+					pfn = mf_entry_pfn(e);
+				if (pm >= 0)
+					close(pm);
+			}
+			sigaction(SIGBUS, &old, NULL);
 		}
 		munmap((void *)p, MF_PAGE);
 	}
 	close(fd);
+	int k;
+	for (k = 0; k < mf_nfile_seen; k++)
+		if (mf_file_seen[k].base == base && !strcmp(mf_file_seen[k].path, path))
+			break;
+	if (pfn > 0) {
+		if (k == mf_nfile_seen && mf_nfile_seen < MF_FILE_SEEN)
+			mf_nfile_seen++;
+		if (k < MF_FILE_SEEN) {
+			snprintf(mf_file_seen[k].path, sizeof(mf_file_seen[k].path), "%s", path);
+			mf_file_seen[k].base = base;
+			mf_file_seen[k].pfn = pfn;
+		}
+	} else if (resident && k < mf_nfile_seen) {
+		pfn = mf_file_seen[k].pfn;  /* cached but not mappable: poisoned */
+	}
 	return pfn;
 }
 
