@@ -3,7 +3,8 @@ fallocate (punch hole), read/pread/write/pwrite and fsync.
 
 Poisoned page-cache pages make read()/write() fail with EIO (R43); hugetlbfs read() stops at
 the first poisoned raw page on kernels with partial reads (KS-09/10); a user buffer in poisoned
-memory makes the kernel's copy fail (R3): -EFAULT, no signal.
+memory makes the kernel's copy stop at the poisoned buffer page (R3, R41): the bytes copied
+before it, or -EFAULT when it is the first, no signal.
 """
 
 from __future__ import annotations
@@ -36,11 +37,10 @@ from ..trace import PoisonConsumed
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, RAMFS, SHMEM, Inode
 from .mem import HUGETLB, Folio
-from .mm import HWPOISON
 
 if TYPE_CHECKING:
     from ..state import HostState as Host
-    from .task import Process, Thread
+    from .task import Process
 
 FS_KIND = {"tmpfs": SHMEM, "hugetlbfs": HUGETLBFS, "ext2": EXT2, "ramfs": RAMFS}
 
@@ -271,31 +271,16 @@ def do_fallocate(host: Host, a: Fallocate) -> ActionResult:
     return ActionResult(0)
 
 
-def _buffer_fault(host: Host, proc: Process, t: Thread, buf: int | str | None,
-                  kernel_reads: bool) -> int:
-    """A user buffer the kernel copies from (write) or to (read): a hwpoison entry makes the
-    copy fault (-EFAULT, no signal); a latent error consumed by copy_from_user is a machine
-    check with fixup: -EFAULT, then memory_failure(pfn, 0) via kill_me_never (R3)."""
+def _buffer_copy(host: Host, proc: Process, buf: int | None, at: int, length: int,
+                 kernel_reads: bool) -> int:
+    """How many of ``length`` bytes at ``buf + at`` the kernel's copy to (read) or from
+    (write) the user buffer gets through before it faults (``kaccess.uaccess_span``, R3, R41):
+    all of them for the default scratch buffer (``buf`` None)."""
     if buf is None:
-        return 0
-    from .inject import consume_kernel
+        return length
+    from .kaccess import uaccess_span
 
-    addr = host.resolve_in(proc, buf, "buf")
-    assert proc.mm is not None
-    vma = proc.mm.find_vma(addr)
-    if vma is None:
-        return -EFAULT
-    k = proc.mm.entry_key(vma, addr, host.geometry.page_shift)
-    if k is None:
-        return 0
-    pte = proc.mm.ptes[k[0]]
-    if pte.kind == HWPOISON:
-        return -EFAULT
-    pfn = pte.pfn + ((addr - k[0]) >> host.geometry.page_shift)
-    if kernel_reads and pfn in host.phys.hw_errors:
-        consume_kernel(host, pfn, by=f"copy_from_user in {proc.comm}")
-        return -EFAULT
-    return 0
+    return uaccess_span(host, proc, buf + at, length, kernel_reads)
 
 
 def _cache_page_refused(host: Host, inode: Inode, folio: Folio, pfn: int) -> bool:
@@ -320,8 +305,27 @@ def _cache_page_refused(host: Host, inode: Inode, folio: Folio, pfn: int) -> boo
 
 
 def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
+    """read()/pread()/write()/pwrite() of ``len`` bytes, one page-cache page at a time.
+
+    The copy to or from the user buffer stops at the first buffer page that faults
+    (``_buffer_copy``: a hwpoison entry, a PG_hwpoison page-cache page the fault finds, a
+    consumed latent error; R3, R41), and the call returns the bytes copied before it, or
+    -EFAULT when none were:
+
+    * read: filemap_read() (ext2, ramfs), shmem_file_read_iter() and hugetlbfs_read_iter()
+      look the file page up first (R43: -EIO for a refused page), then copy_folio_to_iter()
+      / copy_page_to_iter(); a short copy ends the loop with -EFAULT, and the call returns
+      `already_read ? already_read : error` (shmem: `retval ?: error`), counting the bytes of
+      the short copy;
+    * write: generic_perform_write() (ext2, ramfs, shmem) first calls
+      fault_in_iov_iter_readable() on the chunk: when nothing of it faults in, `status =
+      -EFAULT; break;`, otherwise ->write_begin() (shmem_write_begin(): -EIO for a
+      PG_hwpoison page) and copy_page_from_iter_atomic(); a short copy is retried with
+      `bytes = copied`, so exactly the bytes before the faulting buffer page are written and
+      the next chunk's fault-in stops the loop; it returns `written ? written : status`.
+    """
     proc = host.proc(a.proc)
-    t = host.thread(proc, a.thread)
+    host.thread(proc, a.thread)
     of = host.fd(proc, a.fd)
     inode = of.inode
     geo = host.geometry
@@ -330,18 +334,23 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
     length = parse_size(a.len, geo.page_size)
     if inode.kind == GMEM or (write and inode.kind == HUGETLBFS):
         return ActionResult.err(-EINVAL)
-    err = _buffer_fault(host, proc, t, a.buf, kernel_reads=write)
-    if err:
-        return ActionResult.err(err)
+    buf = host.resolve_in(proc, a.buf, "buf") if a.buf is not None else None
     done = 0
     pos = off
     end = off + length
     data: list[int] = []
+    fault = False  # the copy stopped at a buffer page, not at a file page
     if not write:
         end = min(end, inode.size)
     while pos < end:
         index = pos >> geo.page_shift
         chunk = min(end, (index + 1) << geo.page_shift) - pos
+        if write:
+            # fault_in_iov_iter_readable() before ->write_begin()
+            copied = _buffer_copy(host, proc, buf, done, chunk, kernel_reads=True)
+            if not copied:
+                fault = True
+                break
         folio = inode.lookup(index)
         if folio is None and not write and inode.kind == EXT2 and index in inode.disk:
             from .mmops import find_or_create_cache_folio
@@ -370,19 +379,25 @@ def _io(host: Host, a: FileIO, write: bool, positional: bool) -> ActionResult:
                 host.emit(PoisonConsumed(host.trace.step, pfn, f"read() copyout in "
                                          f"{proc.comm}", "kernel", proc.pid))
                 host.panic("Data load in unrecoverable area of kernel")
-            if write:
-                host.phys.data[pfn] = 1 if a.value is None else a.value
-                folio.flags.add("dirty")
         if not write:
-            data.append(host.phys.data.get(pfn, 0) if folio is not None else 0)
-        done += chunk
-        pos += chunk
+            # copy_folio_to_iter() / copy_page_to_iter() into the user buffer
+            copied = _buffer_copy(host, proc, buf, done, chunk, kernel_reads=False)
+            if copied:
+                data.append(host.phys.data.get(pfn, 0) if folio is not None else 0)
+        if write and folio is not None:
+            host.phys.data[pfn] = 1 if a.value is None else a.value
+            folio.flags.add("dirty")
+        done += copied
+        pos += copied
+        if copied < chunk:
+            fault = True
+            break
     if write and done:
         inode.size = max(inode.size, off + done)  # generic_perform_write() extends i_size
     if not positional:
         of.pos = off + done
     if done == 0 and pos < end:
-        return ActionResult.err(-EIO)
+        return ActionResult.err(-EFAULT if fault else -EIO)
     return ActionResult(done, data=None if write else data)
 
 

@@ -18,18 +18,83 @@ from ..trace import PoisonConsumed
 from ..units import parse_size
 from .kactions import HwpoisonFilter, MfQueue, UserCopy
 from .memory_failure import MF_SOFT_OFFLINE, memory_failure
-from .mm import HWPOISON
 
 if TYPE_CHECKING:
     from ..state import HostState as Host
+    from .task import Process
 
 MEMORY_FAILURE_FIFO_SIZE = 1 << 4  # MEMORY_FAILURE_FIFO_ORDER 4
 
 
+def uaccess_page(host: Host, proc: Process, addr: int, kernel_reads: bool,
+                 mc_safe: bool = True) -> int:
+    """One page of a kernel-mode access to user memory (copy_from_user() when
+    ``kernel_reads``, copy_to_user() otherwise): 0 when the page can be copied, -EFAULT when
+    the copy stops there (R3, R40, R41, R54).
+
+    The access faults like a user access of the same kind, through handle_mm_fault()
+    (``mmops.fault_in``): a page not yet mapped is faulted in (a write fault for
+    copy_to_user()), a hwpoison entry returns VM_FAULT_HWPOISON[_LARGE], and so does a page
+    the fault handler finds PG_hwpoison: __do_fault() tests PageHWPoison(vmf->page) after
+    shmem_fault()/filemap_fault() (R41; the page is unmapped and kept when it cannot be
+    evicted) and hugetlb_no_page() tests the cached HugeTLB folio (R54). The fault happened in
+    kernel mode, so x86 do_sigbus() / bad_area_nosemaphore() go to kernelmode_fixup_or_oops():
+    the exception fixup ends the copy there, with no signal and no "MCE: Killing" line. A
+    missing VMA, a store to a read-only one, or a fault past EOF (SIGBUS) ends it the same way.
+
+    A present page with a latent hardware error is consumed only by a load: copy_from_user()
+    takes a machine check that error_context() grades MCE_IN_KERNEL_COPYIN when ``mc_safe``
+    (the copy stops, then kill_me_never -> memory_failure(pfn, 0), R3), or IN_KERNEL without
+    an MCE-safe fixup: the host panics (R47). A store by copy_to_user() consumes nothing."""
+    from .inject import consume_kernel
+    from .mmops import FaultError, fault_in
+
+    assert proc.mm is not None
+    vma = proc.mm.find_vma(addr)
+    if vma is None or (not kernel_reads and not vma.writable):
+        return -EFAULT
+    r = fault_in(host, proc, vma, addr, write=not kernel_reads)
+    if isinstance(r, FaultError):
+        return -EFAULT
+    key, pte = r
+    pfn = pte.pfn + ((addr - key) >> host.geometry.page_shift)
+    if not kernel_reads or pfn not in host.phys.hw_errors:
+        return 0
+    if not mc_safe:
+        # error_context(): no MCE-safe fixup for this instruction -> IN_KERNEL -> panic
+        host.emit(PoisonConsumed(host.trace.step, pfn, f"kernel access for {proc.comm}",
+                                 "kernel", proc.pid))
+        host.panic("Data load in unrecoverable area of kernel")
+    consume_kernel(host, pfn, by=f"copy_from_user in {proc.comm}")
+    return -EFAULT
+
+
+def uaccess_span(host: Host, proc: Process, addr: int, length: int, kernel_reads: bool,
+                 mc_safe: bool = True) -> int:
+    """raw_copy_{from,to}_user() of ``length`` bytes at ``addr``: the pages are accessed in
+    address order (``uaccess_page``) and the copy stops at the first one that faults, so the
+    result is the number of bytes before that page (a short copy: ``length`` minus what
+    copy_*_user() reports not copied). 0 when the first page faults."""
+    page = host.geometry.page_size
+    at, end = addr, addr + length
+    while at < end:
+        if uaccess_page(host, proc, at, kernel_reads, mc_safe):
+            return at - addr
+        at = (at & ~(page - 1)) + page
+    return length
+
+
 @handles(UserCopy)
 def do_user_copy(host: Host, a: UserCopy) -> ActionResult:
-    """A system call's kernel-mode access to user memory (R3, R42, R47)."""
-    from .inject import consume_kernel
+    """A system call's kernel-mode access to user memory (R3, R42, R47).
+
+    ``via: copy`` is pipe_write() (fs/pipe.c) of ``len`` bytes from ``addr``: each pipe
+    buffer page is filled by copy_page_from_iter(page, 0, PAGE_SIZE, from), and a page that
+    copies short (``uaccess_span``: a hwpoison entry, a PG_hwpoison page-cache page met by the
+    fault, a consumed latent error) ends the write: `if (unlikely(copied < PAGE_SIZE &&
+    iov_iter_count(from))) { if (!ret) ret = -EFAULT; break; }`. The bytes of the short page
+    are not counted, so the result is the whole pipe pages copied before it, or -EFAULT when
+    that is none (the first page faults)."""
     from .mmops import gup
 
     proc = host.proc(a.proc)
@@ -43,26 +108,12 @@ def do_user_copy(host: Host, a: UserCopy) -> ActionResult:
         if folio is not None:
             folio.put("gup")
         return ActionResult(0)
-    assert proc.mm is not None
-    vma = proc.mm.find_vma(addr)
-    if vma is None:
-        return ActionResult.err(-EFAULT)
-    k = proc.mm.entry_key(vma, addr, host.geometry.page_shift)
-    if k is not None and proc.mm.ptes[k[0]].kind == HWPOISON:
-        return ActionResult.err(-EFAULT)  # the uaccess faults: no machine check, no signal
-    if k is None:
-        return ActionResult(length)  # faulted in on demand; nothing poisoned to read
-    pte = proc.mm.ptes[k[0]]
-    pfn = pte.pfn + ((addr - k[0]) >> host.geometry.page_shift)
-    if pfn not in host.phys.hw_errors:
-        return ActionResult(length)
-    if not a.mc_safe:
-        # error_context(): no MCE-safe fixup for this instruction -> IN_KERNEL -> panic
-        host.emit(PoisonConsumed(host.trace.step, pfn, f"kernel access for {proc.comm}",
-                                 "kernel", proc.pid))
-        host.panic("Data load in unrecoverable area of kernel")
-    consume_kernel(host, pfn, by=f"copy_from_user in {proc.comm}")
-    return ActionResult.err(-EFAULT)
+    done = uaccess_span(host, proc, addr, length, kernel_reads=True, mc_safe=a.mc_safe)
+    if done < length:
+        done -= done % host.geometry.page_size  # pipe_write() drops the short page's bytes
+        if not done:
+            return ActionResult.err(-EFAULT)
+    return ActionResult(done)
 
 
 def memory_failure_queue(host: Host, pfn: int, flags: int) -> bool:
