@@ -303,7 +303,8 @@ class FileIO(Action):
 
 class Read(FileIO):
     """read(fd) at the file position (after an lseek to ``offset`` when it is given).
-    Returns the byte count, or -1 with errno (EIO for a poisoned page-cache page, R43)."""
+    Returns the byte count, or -1 with errno (EIO for a poisoned page-cache page, R43;
+    EFAULT, or a short count, for a user buffer with a poisoned page: the copy stops there)."""
 
     key: ClassVar[str] = "read"
 

@@ -13,16 +13,19 @@ class UserCopy(Action):
     """The kernel touches ``len`` bytes of ``proc``'s memory at ``addr`` on behalf of a system
     call (R3, R42, R47):
 
-    * ``via: copy`` — a copy from user memory (``copy_from_user`` in write(), a pipe write,
-      a futex word): a hwpoison entry makes it fault, -1 ``EFAULT``, no signal. A latent
-      hardware error is a machine check in kernel mode: with ``mc_safe: true`` (exception
-      fixup, MCE_IN_KERNEL_COPYIN) the copy fails with ``EFAULT`` and kill_me_never reports
-      memory_failure(pfn, 0) (only early-kill processes are signalled); with
-      ``mc_safe: false`` (a plain kernel load without fixup) the host panics.
+    * ``via: copy`` — a pipe write (pipe_write(): ``copy_from_user`` from user memory, page
+      by page): the copy stops at the first page that faults — a hwpoison entry, or a
+      PG_hwpoison page-cache page the fault finds in a mapping that has not mapped it yet
+      (__do_fault, R41) — and returns the whole pages copied before it, or -1 ``EFAULT``
+      when it is the first; no signal. A latent hardware error is a machine check in kernel
+      mode: with ``mc_safe: true`` (exception fixup, MCE_IN_KERNEL_COPYIN) the copy stops
+      there the same way and kill_me_never reports memory_failure(pfn, 0) (only early-kill
+      processes are signalled); with ``mc_safe: false`` (a plain kernel load without
+      fixup) the host panics.
     * ``via: gup`` — get_user_pages() of the page: -1 ``EHWPOISON`` for a hwpoison entry or
       a poisoned page-cache page, otherwise 0.
 
-    Returns the byte count (copy) or 0 (gup)."""
+    Returns the byte count (copy: possibly short) or 0 (gup)."""
 
     key: ClassVar[str] = "user_copy"
     proc: str
