@@ -97,6 +97,14 @@ def resolve_target(host: Host, a: TargetMixin) -> int:
                     f"the page at {a.proc}:{a.addr} is swapped out and not in the swap cache "
                     "(pagemap shows it swapped)", "addr", "ENOENT")
             return cached.pfn
+        if pte.kind == HWPOISON and vma is not None and vma.huge_order:
+            # the address is looked up as /proc/PID/pagemap shows it (do_pagemap):
+            # pagemap_hugetlb_range() reports a pfn only for a present huge pte and does not
+            # parse a hugetlb hwpoison entry (no PM_SWAP, no frame; unchanged through the 6.18
+            # source), so a page unmapped by memory_failure() (R51) has no pfn there
+            raise TargetGone(
+                f"the HugeTLB page at {a.proc}:{a.addr} was unmapped as poisoned (pagemap "
+                "shows it not present)", "addr", "ENOENT")
         return pte.pfn + ((addr - k[0]) >> geo.page_shift)
     if a.file is not None:
         inode = host.files.get(a.file)
@@ -517,9 +525,18 @@ def _migrate(host: Host, old: Folio, new: Folio) -> None:
 
 def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
     """Soft offline of a HugeTLB folio (DOC-08, KS-11, MT-24..27, R61): a free folio is
-    dissolved; an in-use one is migrated whole to a free (or temporary/surplus) huge page,
-    then the source is freed and dissolved, so the persistent pool shrinks by one. Poison is
-    never migrated; only the raw page asked for is marked."""
+    dissolved; an in-use one is migrated whole, then the source is freed and dissolved, so
+    the persistent pool shrinks by one. Poison is never migrated; only the raw page asked
+    for is marked.
+
+    The target is alloc_migration_target() -> alloc_hugetlb_folio_nodemask(): a free folio
+    while one is not promised to a reservation, else alloc_migrate_hugetlb_folio(), a fresh
+    temporary folio not bound by vm.nr_overcommit_hugepages (none of a gigantic size, which
+    fails with -ENOMEM). move_hugetlb_state() hands the temporary state to the old folio, so
+    the target stays as an ordinary pool page and the old folio leaves the pool when freed
+    (free_huge_folio(): HPageTemporary -> remove_hugetlb_folio + update_and_free);
+    page_handle_poison() then finds the raw page in buddy (dissolve_free_hugetlb_folio()
+    returns 0 for a folio no longer hugetlb), takes it off and poisons it."""
     h = host.hugetlb.hstate(folio.order)
     if "hugetlb_freed" in folio.flags:
         if host.hugetlb.dissolve_free_hugetlb_folio(folio) != 0:
@@ -535,15 +552,15 @@ def _soft_offline_hugetlb(host: Host, folio: Folio, pfn: int) -> int:
     if folio.mapping is not None and not _migratable(folio):
         _so_log(host, f"{pfn:#x}: hugepage migration failed 1, type {pfn_flags(folio)}")
         return -EBUSY
-    new = host.hugetlb.dequeue(h, owner=folio.owner, use_reserve=False)
+    new = host.hugetlb.alloc_migration_target(h, owner=folio.owner)
     if new is None:
         _so_log(host, f"{pfn:#x}: hugepage migration failed -12, type {pfn_flags(folio)}")
         return -ENOMEM
     new.flags |= folio.flags & {"anon", "dirty", "hugetlb_migratable"}
-    if "surplus" in new.flags:
-        # move_hugetlb_state(): the surplus/temporary state goes to the old folio
-        new.flags.discard("surplus")
-        folio.flags.add("surplus")
+    if "temporary" in new.flags:
+        # move_hugetlb_state(): the temporary state goes to the old folio
+        new.flags.discard("temporary")
+        folio.flags.add("temporary")
     # migrate_folio() -> folio_copy(): every subpage's data moves to the new huge page
     host.phys.copy_data(folio.pfn, new.pfn, folio.nr_pages)
     _migrate(host, folio, new)
