@@ -145,3 +145,29 @@ steps:
   - soft_offline_page: {{pfn: 0x100000}}
 """)
     assert any(line == getattr(e, "text", None) for e in result.trace.events), line
+
+
+@pytest.mark.parametrize("profile,result", [("linux-6.1", "Ignored"),
+                                            ("linux-6.18", "Failed")])
+def test_the_huge_zero_page_cannot_be_split_and_the_kernel_decides_what_that_is(
+        profile: str, result: str) -> None:
+    """The huge zero page (a read fault in a THP range) cannot be split: before 6.11
+    'unsplit thp: Ignored' (EBUSY), since 'send SIGBUS in the event of thp split fail'
+    'unsplit thp: Failed'. Measured on Debian's 6.1 (tests/conform/cases/thp-huge-zero-page)."""
+    _run(f"""
+name: hzp
+profile: {profile}
+processes: [{{name: app, sigbus: handler}}]
+steps:
+  - mmap: {{proc: app, name: m, size: 2M, thp: true}}
+  - mem_read: {{proc: app, addr: m}}
+  - kpageflags: {{proc: app, addr: m+4K}}
+    expect: {{ret: [COMPOUND_TAIL, THP, ZERO_PAGE]}}
+  - madvise: {{proc: app, addr: m+4K, advice: hwpoison}}
+    expect: {{log: ["Called split_huge_page for huge zero page",
+                    "recovery action for unsplit thp: {result}"]}}
+  - mem_write: {{proc: app, addr: m+4K, value: 3}}
+    expect: {{ret: 0}}
+  - kpageflags: {{proc: app, addr: m+4K}}
+    expect: {{ret: {{contains: ANON}}}}
+""")

@@ -718,6 +718,15 @@ def _memory_failure(host: Host, pfn: int, flags: int, current: Thread | None) ->
         folio.flags.add("has_hwpoisoned")
         split = host.split_thp(folio)
         if split is None:
+            if "huge_zero" in folio.flags:
+                # split_huge_page_to_list(): is_huge_zero_page() -> -EBUSY
+                host.log("Called split_huge_page for huge zero page", level="warn")
+            if not p.unmap_failure_sigbus:
+                # before Jane Chu's 6.11 series: try_to_split_thp_page() < 0 ->
+                # action_result(MF_MSG_UNSPLIT_THP, MF_IGNORED), -EBUSY, nobody signalled
+                return action_result(host, pfn, MSG_UNSPLIT_THP, MF_IGNORED)
+            # "mm/memory-failure: send SIGBUS in the event of thp split fail" (6.11):
+            # kill_procs_now(), action_result(MF_MSG_UNSPLIT_THP, MF_FAILED), -EHWPOISON
             tokill = collect_procs(host, folio, pfn, bool(flags & MF_ACTION_REQUIRED), current)
             kill_procs(host, tokill, True, pfn, flags, current)
             action_result(host, pfn, MSG_UNSPLIT_THP, MF_FAILED)

@@ -18,7 +18,7 @@ from ..handlers import ActionResult, handles
 from ..state import ZERO_PFN
 from ..units import parse_size
 from .fs import EXT2, GMEM, HUGETLBFS, SHMEM, Inode
-from .mem import ANON, FILE, HUGETLB, Folio
+from .mem import ANON, FILE, HUGETLB, KERNEL, Folio
 from .mm import HWPOISON, PRESENT, PTE, SWAP, VMA
 
 if TYPE_CHECKING:
@@ -171,12 +171,18 @@ def fault_in(host: Host, proc: Process, vma: VMA, addr: int,
             return key, pte
         if not vma.writable:
             return FaultError("sigsegv")
+        if pte.special and pte.order:
+            return _huge_zero_wp(host, vma, key, pte, addr)
         return do_wp_page(host, vma, key, pte)
     if vma.anonymous:
         if vma.huge_order:
             return hugetlb_no_page(host, vma, addr, write, None)
         if vma.thp and write:
             r = do_huge_anonymous(host, vma, addr)
+            if r is not None:
+                return r
+        if vma.thp and not write:
+            r = do_huge_zero(host, vma, addr)
             if r is not None:
                 return r
         if not write:
@@ -337,6 +343,55 @@ def do_wp_page(host: Host, vma: VMA, key: int, pte: PTE) -> tuple[int, PTE] | Fa
     npte = PTE(PRESENT, folio.pfn, order, True, True)
     host.set_pte(vma, key, npte, folio)
     return key, npte
+
+
+def huge_zero_folio(host: Host) -> Folio | None:
+    """mm_get_huge_zero_page(): the huge zero page, allocated (zeroed, PMD order) on first
+    use and kept (the model never shrinks it). Not PageReserved: /proc/kpageflags shows
+    COMPOUND_HEAD or COMPOUND_TAIL, THP and ZERO_PAGE; nothing can split it."""
+    pfn = host.ext.get("huge_zero_pfn")
+    if pfn is not None:
+        return host.phys.folio_of(pfn)
+    folio = host.alloc_folio(host.geometry.pmd_order, KERNEL, owner="huge_zero_page")
+    if folio is None:
+        return None
+    folio.flags |= {"zero_page", "huge_zero", "head", "thp"}
+    folio.get("kernel")
+    host.ext["huge_zero_pfn"] = folio.pfn
+    return folio
+
+
+def do_huge_zero(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:
+    """do_huge_pmd_anonymous_page() on a read fault: the huge zero page mapped read-only by
+    one PMD when the aligned range lies in the VMA (transparent_hugepage/use_zero_page is 1
+    by default); else the 4K zero page (the caller)."""
+    geo = host.geometry
+    size = 1 << (geo.page_shift + geo.pmd_order)
+    key = addr & ~(size - 1)
+    if key < vma.start or key + size > vma.end:
+        return None
+    if any(key <= k < key + size for k in vma.mm.ptes):
+        return None
+    hz = huge_zero_folio(host)
+    if hz is None:
+        return None
+    pte = PTE(PRESENT, hz.pfn, geo.pmd_order, False, False, special=True)
+    vma.mm.ptes[key] = pte
+    return key, pte
+
+
+def _huge_zero_wp(host: Host, vma: VMA, key: int, pte: PTE,
+                  addr: int) -> tuple[int, PTE] | FaultError:
+    """do_huge_pmd_wp_page() on the huge zero PMD: __split_huge_pmd() maps the 4K zero page
+    in each PTE of the range (__split_huge_zero_page_pmd) and the fault falls back to the
+    PTE level, where do_wp_page() gives the written page a private 4K copy."""
+    geo = host.geometry
+    del vma.mm.ptes[key]
+    for i in range(1 << pte.order):
+        vma.mm.ptes[key + (i << geo.page_shift)] = PTE(PRESENT, ZERO_PFN, 0, False, False,
+                                                       special=True)
+    k4 = addr & ~(geo.page_size - 1)
+    return do_wp_page(host, vma, k4, vma.mm.ptes[k4])
 
 
 def do_huge_anonymous(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:

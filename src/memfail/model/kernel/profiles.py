@@ -74,7 +74,10 @@ SWITCHES: tuple[Switch, ...] = (
         "unmap_failure_sigbus", "R35, DOC-14",
         "Jane Chu, 'Enhance soft hwpoison handling and injection' v3",
         "6.11",
-        "A process whose mapping could not be unmapped gets SIGBUS instead of SIGKILL.",
+        "A process whose mapping could not be unmapped gets SIGBUS instead of SIGKILL; a THP "
+        "that cannot be split ('send SIGBUS in the event of thp split fail') is 'unsplit thp: "
+        "Failed' with the mappers signalled and -EHWPOISON, where it was 'unsplit thp: "
+        "Ignored', -EBUSY, nobody signalled.",
     ),
     Switch(
         "kill_accessing_process_returns_zero", "R39, R82, DOC-15",
