@@ -253,3 +253,53 @@ steps:
     assert not prog.expressible
     assert any("is an fd name (a memfd has no path): give proc as well" in r
                for r in prog.reasons), prog.reasons
+
+
+def test_a_load_of_an_error_a_machine_check_left_in_place_is_not_expressible() -> None:
+    """QEMU's mce command raises the machine check but leaves the RAM readable: a later
+    load the model sees consuming the error cannot happen in the guest."""
+    prog = generate(load_scenario_text("""
+profile: linux-6.1
+processes: [{name: a, sigbus: handler}]
+steps:
+  - mmap: {proc: a, name: m, size: 4K, prot: r}
+  - mem_read: {proc: a, addr: m}
+  - hw_error: {kernel: zero_page, detect: scrub}
+  - mem_read: {proc: a, addr: m}
+"""))
+    assert not prog.expressible
+    assert prog.reasons[0].startswith("step 3 (mem_read): the model's CPU loads the hardware "
+                                      "error at pfn 0x2000")
+
+
+def test_a_case_poisoning_the_zero_page_says_so_and_a_store_to_a_failed_mmap_is_guarded(
+        ) -> None:
+    prog = generate(load_scenario_text("""
+profile: linux-6.1
+host: {hugepages: {2M: 1}}
+processes: [{name: a, sigbus: handler}]
+steps:
+  - mmap: {proc: a, name: z, size: 8K}
+  - madvise: {proc: a, addr: z, len: 8K, advice: hwpoison}
+  - mmap: {proc: a, name: h, size: 4M, hugetlb: 2M}
+  - mem_write: {proc: a, addr: h, value: 1}
+"""))
+    assert prog.expressible, prog.reasons
+    assert prog.poisons_kernel_page == frozenset({"the zero page"})
+    assert "if (!mf_map_addr[1]) { *ret = -1; errno = ENOENT; } else {" in prog.source
+
+
+def test_a_machine_checks_return_value_is_not_compared() -> None:
+    """memory_failure()'s value after a machine check reaches nobody in the guest."""
+    from memfail.conform.compare import _model_facts
+    from memfail.scenario.runner import run_scenario
+
+    res = run_scenario(load_scenario_text("""
+profile: linux-6.1
+processes: [{name: a, sigbus: handler}]
+steps:
+  - hw_error: {kernel: slab, detect: scrub}
+"""))
+    assert res.steps[0].ret == -16
+    facts = _model_facts(res)
+    assert facts[0]["ret"] == 0 and facts[0]["errno"] is None

@@ -57,6 +57,9 @@ class Program:
     reasons: list[str] = field(default_factory=list)
     steps: int = 0
     panics: bool = False  # may panic the guest: run it last, alone of its kind
+    # the shared kernel pages it poisons (the zero page, the huge zero page, a reserved
+    # page), which stay poisoned for the rest of the boot: alone of its kind in a boot
+    poisons_kernel_page: frozenset[str] = frozenset()
 
     @property
     def expressible(self) -> bool:
@@ -97,6 +100,10 @@ class _Gen:
     main: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     model_pfns: list[dict[int, int]] = field(default_factory=list)
+    # steps at which the model's CPU loads an error a machine check left in place (step,
+    # pfn), and whether the model poisons a shared kernel page (the zero page, a reserved one)
+    consumed: list[tuple[int, int]] = field(default_factory=list)
+    poisons_kernel_page: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ names
     def proc(self, name: str) -> _Proc:
@@ -225,11 +232,19 @@ def generate(sc: Scenario, profile: str = "linux-6.1") -> Program:
             g.reasons.append(f"step {step.index} ({step.key}): {e}")
         except (KeyError, ValueError) as e:
             g.reasons.append(f"step {step.index} ({step.key}): not translated: {e}")
+    for i, pfn in g.consumed[:1]:
+        # hw_error (detect: scrub) is QEMU's `mce` command: a machine check, with the RAM
+        # left readable. A later load of the page finds good data in the guest, where the
+        # model (and real hardware) consumes the error.
+        g.reasons.append(f"step {i} ({sc.steps[i].key}): the model's CPU loads the hardware "
+                         f"error at pfn {pfn:#x} that a machine check left in place; QEMU's "
+                         "injection leaves the memory readable, so the guest cannot show it")
     if g.reasons:
         prog.reasons = g.reasons
         return prog
     prog.source = _assemble(g, setup)
     prog.panics = _may_panic(sc)
+    prog.poisons_kernel_page = g.poisons_kernel_page
     return prog
 
 
@@ -273,10 +288,27 @@ def _run_model(g: _Gen, profile: str) -> None:
         host = make_host(sc, profile, sc.policy)
         for action, _line in setup_actions(sc):
             host.apply(action)
+        from memfail.model.kernel.mem import KERNEL
+        from memfail.model.trace import PoisonConsumed
+
         for step in sc.steps:
+            first = len(host.trace.events)
             with contextlib.suppress(ModelInputError):
                 host.apply(step.action)
             g.model_pfns.append(_model_pfns(g, host))
+            g.consumed += [(step.index, e.pfn) for e in host.trace.events[first:]
+                           if isinstance(e, PoisonConsumed)]
+        kinds = set()
+        for pfn in host.phys.hwpoison:
+            f = host.phys.folio_of(pfn)
+            if f is not None and f.kind == KERNEL:
+                if "huge_zero" in f.flags:
+                    kinds.add("the huge zero page")
+                elif "zero_page" in f.flags:
+                    kinds.add("the zero page")
+                elif "reserved" in f.flags:
+                    kinds.add("a reserved kernel page")
+        g.poisons_kernel_page = frozenset(kinds)
     except Exception:  # the comparison run reports model errors; here only pfns are learnt
         return
 
@@ -311,6 +343,13 @@ def _in_proc(g: _Gen, i: int, key: str, proc: str, thread: str | None, body: str
     """A step performed by ``proc``'s ``thread``; ``body`` sets *ret (and errno)."""
     p = g.proc(proc).index
     t = g.thread(proc, thread)
+    used = sorted(set(re.findall(r"mf_map_addr\[(\d+)\]", body)))
+    if used and key not in ("mmap", "shmat"):
+        # a mapping whose mmap failed at run time: the model fails the step with ENOENT
+        # (the name vanished); the program must not touch address 0 instead
+        missing = " || ".join(f"!mf_map_addr[{m}]" for m in used)
+        body = (f"\t\tif ({missing}) {{ *ret = -1; errno = ENOENT; }} else {{\n{body}\n"
+                "\t\t}")
     _case(g, i, body + "\n\t\tif (*ret == -1) *err = errno;")
     g.main.append(f"\t/* step {i}: {key} */\n\t{{ struct mf_ack a = mf_run({i}, {p}, {t});"
                   f" mf_print_result({i}, a.ret, a.err, {kind});{after} mf_step_done({i}); }}")

@@ -92,6 +92,7 @@ def conform(
     workdir = keep or Path(tempfile.mkdtemp(prefix="memfail-conform-"))
     sources: dict[str, str] = {}
     panicking: list[str] = []
+    kernel_poisoners: dict[str, frozenset[str]] = {}
     for sc in loaded:
         key = _unique(sc.name, by_name)
         by_name[key] = sc
@@ -101,6 +102,17 @@ def conform(
                 prog.reasons.append(f"may panic the guest, as {panicking[0]} does; one such "
                                     "case per boot: run it on its own")
             panicking.append(key)
+        if prog.expressible and prog.poisons_kernel_page:
+            # any other case may read the zero page (every unpopulated anonymous page):
+            # one such case per boot, whatever shared page it poisons
+            if kernel_poisoners:
+                first, kinds = next(iter(kernel_poisoners.items()))
+                prog.reasons.append(f"poisons {', '.join(sorted(prog.poisons_kernel_page))}, "
+                                    f"which stays poisoned for the rest of the boot, as "
+                                    f"{first} poisons {', '.join(sorted(kinds))}; one such "
+                                    "case per boot: run it on its own")
+            else:
+                kernel_poisoners[key] = prog.poisons_kernel_page
         if prog.expressible:
             sources[key] = prog.source
         else:
@@ -110,10 +122,12 @@ def conform(
                                            sources.items()), strict=True))
     # A machine check sets hw_memory_failure for the rest of the boot, after which unpoison
     # is refused ("Disabled after HW memory failure"): run those cases last, and among them
-    # first the ones that unpoison.
-    def order(key: str) -> tuple[bool, bool, bool]:
+    # first the ones that unpoison. A case that poisons the zero page (an MADV_HWPOISON over
+    # an unpopulated page) goes after every other, so that none finds it already poisoned.
+    def order(key: str) -> tuple[bool, bool, bool, bool]:
         keys = {st.key for st in by_name[key].steps}
-        return key in panicking, "hw_error" in keys, "unpoison_pfn" not in keys
+        return (key in panicking, key in kernel_poisoners, "hw_error" in keys,
+                "unpoison_pfn" not in keys)
 
     built = dict(sorted(built.items(), key=lambda kv: order(kv[0])))
     for key, done in built.items():

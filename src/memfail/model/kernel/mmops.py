@@ -114,12 +114,17 @@ def do_mmap(host: Host, a: Mmap) -> ActionResult:
         inode.i_mmap.append(vma)
     proc.regions[a.name] = vma
     if a.populate or a.locked:
+        # MAP_POPULATE / MAP_LOCKED fault the range in inside mmap() (mm_populate), before
+        # the MADV_HUGEPAGE that ``thp`` stands for can set VM_HUGEPAGE (THP "madvise" mode,
+        # Debian's default): the populated pages are 4K ones (measured on Debian's 6.1)
+        vma.thp = False
         write = vma.writable and not vma.shared
         step = 1 << (geo.page_shift + huge_order)
         for addr in range(vma.start, vma.end, step):
             r = fault_in(host, proc, vma, addr, write)
             if isinstance(r, FaultError):
                 break
+        vma.thp = a.thp
     return ActionResult(start)
 
 
@@ -407,6 +412,10 @@ def do_huge_anonymous(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None
     if folio is None:
         return None
     folio.flags |= {"lru", "anon", "swapbacked", "uptodate", "head", "thp"}
+    if vma.locked:
+        # a THP faulted into a VM_LOCKED VMA is mlocked (lru_cache_add_inactive_or_unevictable
+        # -> mlock_new_page); __split_huge_page_tail() copies PG_mlocked and PG_unevictable
+        folio.flags |= {"mlocked", "unevictable"}
     pte = PTE(PRESENT, folio.pfn, geo.pmd_order, True, True)
     host.set_pte(vma, key, pte, folio)
     return key, pte
