@@ -89,7 +89,10 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
          CorruptPfn(proc="app", addr="a"), CorruptPfn(pfn=0x100000)],
         lambda h: h.meminfo()["HardwareCorrupted"], {}),
     "hugetlb_update_hwpoison_codes": (
-        [*HUGE_FILE, CorruptPfn(proc="app", addr="m"), CorruptPfn(proc="app", addr="m+8K")],
+        # the second raw page by pfn (the pool's one 2M folio starts at 0x100000): after the
+        # first error the mapping is a HugeTLB hwpoison entry, through which pagemap (and so
+        # a proc+addr target) finds no frame
+        [*HUGE_FILE, CorruptPfn(proc="app", addr="m"), CorruptPfn(pfn=0x100002)],
         mf_types, {"hugepages": {"2M": 1}}),
     "hugetlb_exact_si_addr": (
         [*HUGE_FILE, CorruptPfn(proc="app", addr="m")], lambda h: second_ar(h, 2),
