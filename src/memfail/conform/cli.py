@@ -123,10 +123,11 @@ def conform(
     # A machine check sets hw_memory_failure for the rest of the boot, after which unpoison
     # is refused ("Disabled after HW memory failure"): run those cases last, and among them
     # first the ones that unpoison. A case that poisons the zero page (an MADV_HWPOISON over
-    # an unpopulated page) goes after every other, so that none finds it already poisoned.
+    # an unpopulated page) goes after the others of its group (before any machine check, so
+    # that it can still unpoison), so that none finds it already poisoned.
     def order(key: str) -> tuple[bool, bool, bool, bool]:
         keys = {st.key for st in by_name[key].steps}
-        return (key in panicking, key in kernel_poisoners, "hw_error" in keys,
+        return (key in panicking, "hw_error" in keys, key in kernel_poisoners,
                 "unpoison_pfn" not in keys)
 
     built = dict(sorted(built.items(), key=lambda kv: order(kv[0])))
