@@ -9,7 +9,6 @@ from typing import Any, Literal
 import pytest
 
 from memfail.model.actions import (
-    Action,
     CorruptPfn,
     Create,
     DropCaches,
@@ -48,20 +47,11 @@ from memfail.model.actions import (
 from memfail.model.host import ActionResult, Host, HostConfig
 from memfail.model.kernel.profiles import PROFILES
 from memfail.model.trace import ProcessExit, SignalSent
+from model_helpers import do, new_host
 
 
 def host(profile: str = "linux-6.18", **cfg: Any) -> Host:
-    h = Host(HostConfig(profile=profile, **cfg))
-    h.apply(Spawn(proc="app"))
-    h.apply(Sigaction(proc="app", sigbus="handler"))
-    return h
-
-
-def do(h: Host, *actions: Action) -> ActionResult:
-    res = ActionResult(None)
-    for a in actions:
-        res = h.apply(a)
-    return res
+    return new_host(profile, "app", **cfg)
 
 
 def sigs(h: Host) -> list[tuple[str, str, str | None, int | None]]:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from memfail.model.actions import (
-    Action,
     CorruptPfn,
     Create,
     Hugepages,
@@ -22,27 +21,16 @@ from memfail.model.actions import (
     Munmap,
     Open,
     Pagemap,
-    Sigaction,
     SoftOfflinePage,
-    Spawn,
     Sysctl,
 )
-from memfail.model.host import ActionResult, Host, HostConfig
+from memfail.model.host import ActionResult, Host
 from memfail.model.trace import MemoryFailureEvent, SignalSent
+from model_helpers import do, new_host
 
 
 def host(profile: str = "linux-6.1", **cfg: Any) -> Host:
-    h = Host(HostConfig(profile=profile, **cfg))
-    h.apply(Spawn(proc="a"))
-    h.apply(Sigaction(proc="a", sigbus="handler"))
-    return h
-
-
-def do(h: Host, *actions: Action) -> ActionResult:
-    res = ActionResult(None)
-    for a in actions:
-        res = h.apply(a)
-    return res
+    return new_host(profile, "a", **cfg)
 
 
 def pool(h: Host) -> tuple[int, int, int, int]:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from memfail.model.actions import (
-    Action,
     CorruptPfn,
     Create,
     HwError,
@@ -27,29 +26,18 @@ from memfail.model.actions import (
     Pread,
     Pwrite,
     Read,
-    Sigaction,
-    Spawn,
     Write,
 )
-from memfail.model.host import ActionResult, Host, HostConfig
+from memfail.model.host import ActionResult, Host
 from memfail.model.kernel.kactions import UserCopy
 from memfail.model.trace import MemoryFailureEvent, SignalSent
+from model_helpers import do, new_host
 
 PROFILES = ["linux-6.1", "linux-6.18"]
 
 
 def host(profile: str = "linux-6.1", **cfg: Any) -> Host:
-    h = Host(HostConfig(profile=profile, **cfg))
-    h.apply(Spawn(proc="app"))
-    h.apply(Sigaction(proc="app", sigbus="handler"))
-    return h
-
-
-def do(h: Host, *actions: Action) -> ActionResult:
-    res = ActionResult(None)
-    for a in actions:
-        res = h.apply(a)
-    return res
+    return new_host(profile, "app", **cfg)
 
 
 def rv(r: ActionResult) -> tuple[Any, str | None]:

@@ -366,16 +366,25 @@ def huge_zero_folio(host: Host) -> Folio | None:
     return folio
 
 
+def _empty_pmd_range(host: Host, vma: VMA, addr: int) -> int | None:
+    """The start of the PMD-aligned range around ``addr`` when it lies in the VMA
+    (thp_vma_suitable_order) and nothing is mapped in it yet (pmd_none); else None."""
+    size = 1 << (host.geometry.page_shift + host.geometry.pmd_order)
+    key = addr & ~(size - 1)
+    if key < vma.start or key + size > vma.end:
+        return None
+    if any(key <= k < key + size for k in vma.mm.ptes):
+        return None
+    return key
+
+
 def do_huge_zero(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:
     """do_huge_pmd_anonymous_page() on a read fault: the huge zero page mapped read-only by
     one PMD when the aligned range lies in the VMA (transparent_hugepage/use_zero_page is 1
     by default); else the 4K zero page (the caller)."""
     geo = host.geometry
-    size = 1 << (geo.page_shift + geo.pmd_order)
-    key = addr & ~(size - 1)
-    if key < vma.start or key + size > vma.end:
-        return None
-    if any(key <= k < key + size for k in vma.mm.ptes):
+    key = _empty_pmd_range(host, vma, addr)
+    if key is None:
         return None
     hz = huge_zero_folio(host)
     if hz is None:
@@ -402,11 +411,8 @@ def _huge_zero_wp(host: Host, vma: VMA, key: int, pte: PTE,
 def do_huge_anonymous(host: Host, vma: VMA, addr: int) -> tuple[int, PTE] | None:
     """A THP write fault: a PMD-sized anonymous folio when the aligned range fits."""
     geo = host.geometry
-    size = 1 << (geo.page_shift + geo.pmd_order)
-    key = addr & ~(size - 1)
-    if key < vma.start or key + size > vma.end:
-        return None
-    if any(key <= k < key + size for k in vma.mm.ptes):
+    key = _empty_pmd_range(host, vma, addr)
+    if key is None:
         return None
     folio = host.alloc_folio(geo.pmd_order, ANON, owner="thp")
     if folio is None:

@@ -8,6 +8,7 @@ alternative changes behaviour asks the host's ``GmemPolicy`` (model/policy).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM
@@ -352,13 +353,8 @@ def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
     """Does the fault check refuse ``pfn`` of ``folio``? Folios the policy does not claim
     get mainline's check: the folio's PG_hwpoison (R67)."""
     pol = policy(host)
-    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
-
-    def any_in(pfns: object) -> bool:  # the failure sets are small; the folio may be 1 GiB
-        return any(lo <= p < hi for p in pfns)  # type: ignore[attr-defined]
-
     if not _claimed(host, folio):
-        return "hwpoison" in folio.flags or any_in(host.phys.hwpoison)
+        return "hwpoison" in folio.flags or _any_in(folio, host.phys.hwpoison)
     if "hwpoison" in folio.flags:  # the head flag: the whole folio (R67)
         if pol.check_granularity == "folio" or folio.order == 0:
             return True
@@ -367,12 +363,12 @@ def _failed_in(host: Host, folio: Folio, pfn: int) -> bool:
     if pol.check_granularity == "subpage":
         if pfn in host.phys.hwpoison:
             return True
-    elif any_in(host.phys.hwpoison):
+    elif _any_in(folio, host.phys.hwpoison):
         return True
     t = table(host)
     if not (pol.record == "table" or t):
         return False
-    return pfn in t if pol.check_granularity == "subpage" else any_in(t)
+    return pfn in t if pol.check_granularity == "subpage" else _any_in(folio, t)
 
 
 def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int, int] | int:
@@ -403,9 +399,15 @@ def kvm_gmem_get_pfn(host: Host, vm: VM, slot: Slot, gfn: int) -> tuple[int, int
 def _holds_failure(host: Host, folio: Folio) -> bool:
     """Whether any page of the folio has a failure the kernel knows of: in the policy's
     table, PG_hwpoison on a raw page, or the folio's raw list."""
-    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
     return "hwpoison" in folio.flags or bool(folio.raw_hwp) or \
-        any(lo <= p < hi for p in host.phys.hwpoison) or any(lo <= p < hi for p in table(host))
+        _any_in(folio, host.phys.hwpoison) or _any_in(folio, table(host))
+
+
+def _any_in(folio: Folio, pfns: Iterable[int]) -> bool:
+    """Whether any of ``pfns`` is a page of ``folio`` (the failure sets are small; the folio
+    may be 1 GiB, so the set is walked, not the folio)."""
+    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
+    return any(lo <= p < hi for p in pfns)
 
 
 def kvm_gmem_fault_user(host: Host, inode: Inode, index: int) -> Folio | FaultError:
