@@ -142,20 +142,11 @@ def missing_feature(e: BaseException, profile: str | None) -> str | None:
     """Why a scenario run under ``--profile`` failed, when the reason is that the profile
     lacks a feature the scenario uses (ProfileMissing: merged in a later kernel); None for any
     other error, which stays an error."""
-    from memfail.model.errors import ProfileMissing
+    from memfail.scenario.errors import FeatureMissing
 
-    if profile is None:
+    if profile is None or not isinstance(e, FeatureMissing):
         return None
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, ProfileMissing):
-            return str(e)
-        seen = seen.__cause__ or seen.__context__
-    # the scenario layer re-raises it as a ScenarioError (refuse_missing's words)
-    if isinstance(e, ScenarioError) and f"is not in {profile}:" in str(e) \
-            and "use a profile of v" in str(e):
-        return str(e)
-    return None
+    return str(e)
 
 
 def _run_one(args: tuple[str, Any, str | None]) -> tuple[str, str, dict[str, Any]]:

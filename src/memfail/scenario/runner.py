@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memfail.model.actions import Action, Prctl, Sigaction, Spawn
-from memfail.model.errors import ModelInputError
+from memfail.model.errors import ModelInputError, ProfileMissing
 from memfail.model.kernel.profiles import DEFAULT_PROFILE, get_profile
 from memfail.model.trace import Event, Trace
 from memfail.model.units import parse_size
 
-from .errors import ScenarioError
+from .errors import FeatureMissing, ScenarioError
 from .expect import Checker, Failure, check_final, check_step
 from .loader import Scenario, Step
 
@@ -102,7 +102,7 @@ def make_host(sc: Scenario, profile: str, policy: str | dict[str, Any] | None) -
         return Host(cfg)
     except ValueError as e:  # ModelInputError included: an unknown policy, a bad pool size
         fld = "policy" if policy is not None and "polic" in str(e) else "host"
-        raise ScenarioError(sc.file, sc.line_of(fld), fld, str(e)) from None
+        raise _input_error(e)(sc.file, sc.line_of(fld), fld, str(e)) from None
 
 
 def run_scenario(sc: Scenario, profile_override: str | None = None,
@@ -191,6 +191,12 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
     )
 
 
+def _input_error(e: BaseException) -> type[ScenarioError]:
+    """The scenario error a model error becomes: FeatureMissing for a feature the kernel
+    profile lacks (ProfileMissing), else ScenarioError."""
+    return FeatureMissing if isinstance(e, ProfileMissing) else ScenarioError
+
+
 def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = None,
            where: str = "") -> None:
     first = len(host.trace.events)
@@ -202,8 +208,8 @@ def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = N
         if step is not None:
             loc: tuple[str | int, ...] = ("steps", step.index, step.key) + ((fld,) if fld else ())
             path = f"steps[{step.index}].{step.key}" + (f".{fld}" if fld else "")
-            raise ScenarioError(sc.file, sc.line_of(*loc), path, str(e)) from None
-        raise ScenarioError(sc.file, rec.line, where, str(e)) from None
+            raise _input_error(e)(sc.file, sc.line_of(*loc), path, str(e)) from None
+        raise _input_error(e)(sc.file, rec.line, where, str(e)) from None
     rec.ret, rec.errno, rec.data = res.ret, res.errno, res.data
     rec.events = list(host.trace.events[first:])
 
