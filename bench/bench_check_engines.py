@@ -45,6 +45,7 @@ from memfail.check.spin import (
     AGREE_KERNEL_CONFIG,
     AGREE_MCE_CONFIG,
     AGREE_TWO_CONFIG,
+    runner,
 )
 from memfail.check.spin.promela import policy_refusal, render
 from memfail.check.spin.runner import EXTRA, OPT, compile_pan, run_pan
@@ -205,6 +206,9 @@ def agree(n: int, races: bool = False) -> int:
 
 
 def main() -> int:
+    # every compile timed here is a real one: the pans of this process, none from the disk
+    # cache `memfail check --engine spin` keeps (runner._PanCache)
+    runner.PAN_CACHE = runner._PanCache()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=CONFIG)
     ap.add_argument("--policy", default="future")

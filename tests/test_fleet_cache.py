@@ -53,3 +53,56 @@ def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.delenv("MEMFAIL_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_dir() == tmp_path / "xdg" / "memfail"
+
+
+def test_policies_whose_names_differ_late_or_in_odd_characters_keep_their_own_files(
+        tmp_path: Path) -> None:
+    """Inline policies are named by their knobs (``mainline{handles_hugetlb=false, ...}``):
+    two that differ only past the hundredth character, or only in a character a file name
+    cannot hold, must not share a file (each would read the other's runs)."""
+    head = "mainline{" + ", ".join(f"knob{i}=value" for i in range(12))
+    names = [head + ", last=a}", head + ", last=b}", "x{a=b}", "x_a_b_", "minimum"]
+    c = RunCache(tmp_path)
+    for i, n in enumerate(names):
+        c.put("p", n, "k", {"host_panic": i})
+    c.save()
+    again = RunCache(tmp_path)
+    assert [again.get("p", n, "k") for n in names] == [{"host_panic": i}
+                                                      for i in range(len(names))]
+    files = {p.name for p in (tmp_path / "fleet-model").rglob("*.json")}
+    assert len(files) == len(names) and "minimum.json" in files
+    assert all(len(f) <= 120 for f in files)
+
+
+def test_a_search_reads_the_fleet_runs_a_first_search_left(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``memfail search`` runs its candidates through the fleet's model oracle with the
+    on-disk cache, under the name ``memfail fleet --policy`` gives the same knobs: a second
+    search (or a fleet run of that policy) runs no model."""
+    from memfail.fleet import oracle
+    from memfail.model.policy.registry import PRESETS, policy_text
+    from memfail.search.engine import fleet_task
+    from memfail.search.space import policy_spec
+
+    runs: list[str] = []
+    real = oracle._model_runner
+
+    def counting(profile: str, policy: str, sc: object) -> object:
+        runs.append(policy)
+        return real(profile, policy, sc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(oracle, "_model_runner", counting)
+    monkeypatch.setenv("MEMFAIL_CACHE_DIR", str(tmp_path))
+    spec = policy_spec({**PRESETS["minimum"].knobs(), "unmap_host": "none"})
+    text = policy_text({k: v for k, v in spec.items() if k != "name"})
+    first = fleet_task(("linux-6.18", spec, [CLS, SCRUB]))
+    assert runs and set(runs) == {text}
+    runs.clear()
+    assert fleet_task(("linux-6.18", spec, [CLS, SCRUB])) == first
+    assert runs == []
+    # the same knobs under `memfail fleet --policy TEXT` read the same runs
+    fleet = ModelOracle("linux-6.18", cache_dir=tmp_path)
+    assert [fleet.outcome(text, c) for c in (CLS, SCRUB)] == first and runs == []
+    monkeypatch.setenv("MEMFAIL_CACHE_DIR", "off")
+    assert fleet_task(("linux-6.18", spec, [CLS, SCRUB])) == first
+    assert runs, "MEMFAIL_CACHE_DIR=off runs the model"

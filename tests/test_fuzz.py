@@ -28,7 +28,6 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("MEMFAIL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     return tmp_path_factory.mktemp("fuzz")
 
 

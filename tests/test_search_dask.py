@@ -1,5 +1,11 @@
 """`memfail search` on a Dask cluster (a scheduler and two worker processes on 127.0.0.1) gives
-the JSON of the local run."""
+the JSON of the local run.
+
+The fleet part's model runs are in the run cache (the test run's own, tests/conftest.py) once
+the local run made them: on the cluster, each worker's fleet task reads them (the cluster's
+worker processes inherit ``MEMFAIL_CACHE_DIR``), which is also what a second search on a
+cluster does. The model runs on the cluster's workers in the check part here (signatures,
+checks and verification); the fleet's sampling on a cluster is tests/test_fleet_dask.py's."""
 
 from __future__ import annotations
 

@@ -54,7 +54,15 @@ def model_version() -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "_"
+    """A file name for ``name``: the name itself when it is short and plain (a preset, a
+    profile), else its plain characters cut to 80 and a hash of the whole name, so that two
+    policies never share a file (inline policies such as ``mainline{handles_hugetlb=false,
+    ...}`` differ only past their first hundred characters, or only in a character a file
+    name cannot hold)."""
+    plain = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if plain == name and 0 < len(name) <= 100 and not name.startswith("."):
+        return name
+    return f"{plain[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 class RunCache:

@@ -127,12 +127,30 @@ def check_task(args: tuple[str | None, Any, tuple[str, ...], int, int | None]) -
 
 
 def fleet_task(args: tuple[str, Any, list[Any]]) -> list[Any]:
-    """The fleet outcome of each failure class under one policy (the fleet's model oracle)."""
-    from memfail.fleet.oracle import ModelOracle, _model_runner
+    """The fleet outcome of each failure class under one policy (the fleet's model oracle).
+
+    The model runs are kept in the fleet's on-disk cache (``memfail.fleet.cache``:
+    ``$MEMFAIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/memfail``, else ``~/.cache/memfail``, as the
+    worker running the task sees it; ``off``: none) under the policy's one-line text
+    (``policy_text``, the name ``memfail fleet --policy`` gives it too), so a search run again,
+    or a knob combination ``memfail fleet`` already ran, reads them instead of running the
+    model again (a run is a pure function of the model's source, the profile, the policy and
+    the scenario: the cache is keyed by all four)."""
+    from memfail.fleet import cache
+    from memfail.fleet.oracle import ModelOracle
+    from memfail.model.policy.registry import policy_text
 
     profile, spec, classes = args
-    orc = ModelOracle(profile, runner=lambda prof, _pol, sc: _model_runner(prof, spec, sc))
-    return [orc.outcome("search", c) for c in classes]
+    # a search's combination names itself "search" for its events; the cache names it by
+    # its base and knobs, as `memfail fleet` does
+    text = policy_text(spec if isinstance(spec, str) else
+                       {k: v for k, v in spec.items() if k != "name"})
+    where = cache.default_dir()
+    orc = ModelOracle(profile, cache_dir=None if str(where) == cache.DISABLE else where)
+    try:
+        return [orc.outcome(text, c) for c in classes]
+    finally:
+        orc.save()
 
 
 # --------------------------------------------------------------------------- executors

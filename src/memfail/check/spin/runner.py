@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -169,41 +170,134 @@ def runtime_knobs(text: str) -> tuple[str, dict[str, int]]:
     return text, knobs
 
 
-class _PanCache:
-    """pan binaries of this process, one per model text and compiler flags, so the policies
-    of one configuration (and a run's repeated searches) compile once. Removed at exit."""
+@functools.cache
+def _toolchain(spin: str, cc: str) -> str:
+    """What a compiled pan depends on besides the model's text and the compiler's flags:
+    the versions of spin and of the C compiler, and this module's source (its patches to
+    pan.c and pan.h)."""
+    parts = [Path(__file__).read_text()]
+    for cmd in ([spin, "-V"], [cc, "--version"]):
+        try:
+            parts.append(subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                                        check=False).stdout)
+        except (OSError, subprocess.SubprocessError):
+            parts.append("?")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
-    def __init__(self) -> None:
+
+class _PanCache:
+    """pan binaries, one per model text and compiler flags, so the policies of one
+    configuration (and a run's repeated searches) compile once.
+
+    With ``disk`` (the module's ``PAN_CACHE``) they are kept in the cache directory the
+    fleet's model runs use (``memfail.fleet.cache``: ``$MEMFAIL_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/memfail``, else ``~/.cache/memfail``; ``off``: none), under
+    ``spin-pan/<key>``, the key a hash of the model's text, the flags, the paths and versions
+    of spin and the C compiler and this module's source: a later ``memfail check --engine
+    spin`` of the same configuration skips the compile (the standard configuration's
+    ``--races`` model takes about a minute of gcc). A process compiling a pan holds a lock
+    on its key, so concurrent runs compile it once. Without ``disk``, or where the directory
+    cannot be written, the pans live in a directory of this process, removed at exit."""
+
+    def __init__(self, disk: bool = False) -> None:
         self._lock = threading.Lock()
         self._keys: dict[str, threading.Lock] = {}
         self._root: Path | None = None
+        self._disk = disk
+
+    def _kept(self) -> Path | None:
+        """The on-disk directory of pans, or None (no disk cache, or not writable)."""
+        if not self._disk:
+            return None
+        from memfail.fleet import cache
+
+        where = cache.default_dir()
+        if str(where) == cache.DISABLE:
+            return None
+        root = where / "spin-pan"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return root if os.access(root, os.W_OK) else None
 
     def get(self, text: str, flags: list[str]) -> Path:
         spin, cc = tools()
-        key = hashlib.sha256("\0".join([text, *flags, spin, cc]).encode()).hexdigest()[:24]
+        key = hashlib.sha256("\0".join([text, *flags, spin, cc, _toolchain(spin, cc)])
+                             .encode()).hexdigest()[:24]
+        kept = self._kept()
         with self._lock:
-            if self._root is None:
+            if kept is None and self._root is None:
                 self._root = Path(tempfile.mkdtemp(prefix="memfail-pan-"))
                 atexit.register(shutil.rmtree, self._root, True)
+            root = kept if kept is not None else self._root
+            assert root is not None
             lock = self._keys.setdefault(key, threading.Lock())
-            where = self._root / key
-        with lock:
+            where = root / key
+        with lock, _locked(root / f".{key}.lock" if kept is not None else None):
             pan = where / "pan"
             if not pan.exists():
-                build = Path(tempfile.mkdtemp(prefix="build-", dir=self._root))
-                (build / "model.pml").write_text(text)
-                _run([spin, "-a", "model.pml"], build)
-                _quiet_observation(build / "pan.m")
-                _skip_stutter(build / "pan.c")
-                _murmur(build / "pan.c")
-                _lazy_zero(build / "pan.c")
-                _allow_hidden(build / "pan.h")
-                _run([cc, *flags, "-w", "-o", "pan", "pan.c"], build)
-                build.rename(where)
+                build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+                try:
+                    (build / "model.pml").write_text(text)
+                    _run([spin, "-a", "model.pml"], build)
+                    _quiet_observation(build / "pan.m")
+                    _skip_stutter(build / "pan.c")
+                    _murmur(build / "pan.c")
+                    _lazy_zero(build / "pan.c")
+                    _allow_hidden(build / "pan.h")
+                    _run([cc, *flags, "-w", "-o", "pan", "pan.c"], build)
+                    if kept is not None:  # the pan and its model; not the C (10 MB)
+                        for f in build.glob("pan.?"):
+                            f.unlink()
+                    if where.exists():  # a half-kept entry (its pan missing): replaced
+                        shutil.rmtree(where, ignore_errors=True)
+                    build.rename(where)
+                finally:
+                    if build.exists():
+                        shutil.rmtree(build, ignore_errors=True)
+                if kept is not None:
+                    _prune(kept, KEEP_PANS)
+            elif kept is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(where)  # recently used: kept longest (_prune)
             return pan
 
 
-PAN_CACHE = _PanCache()
+KEEP_PANS = 64
+"""Compiled pans kept on disk (about 1.2 MB each), the least recently used removed first."""
+
+
+def _prune(root: Path, keep: int) -> None:
+    entries = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if len(entries) <= keep:
+        return
+    def used(d: Path) -> float:
+        try:
+            return d.stat().st_mtime
+        except OSError:
+            return 0.0
+    for d in sorted(entries, key=used)[:len(entries) - keep]:
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (root / f".{d.name}.lock").unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created), held across processes; nothing for None."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+PAN_CACHE = _PanCache(disk=True)
 
 
 # Where _skip_stutter() patches pan.c: its declarations after pan.h; in the breadth-first
