@@ -35,3 +35,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
         if os.environ.get(ENV) == path:
             del os.environ[ENV]
+

@@ -911,14 +911,20 @@ def test_a_punch_hole_of_part_of_a_folio_agrees(
 
 
 def test_a_pan_out_of_memory_leaves_its_properties_partial(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """pan stores every state it has seen; with ``bounds.memory_mb`` (or its share of the
     memory available) as its address-space limit it stops with "out of memory", and what it
     had not decided is PARTIAL(memory), never PASS (a pan the kernel's OOM killer ended used
     to be read as a search that found nothing). The --races search of minimum on the standard
-    configuration needs gigabytes."""
+    configuration needs gigabytes. pan is compiled -O0 here (figures, not speed: gcc -O2
+    takes over a minute on this model)."""
     from memfail.check.config import STANDARD
+    from memfail.check.spin import runner
 
+    compile_pan = runner.compile_pan
+    monkeypatch.setattr(runner, "compile_pan",
+                        lambda *a, **k: compile_pan(*a, **{**k, "opt": "-O0"}))
     cfg = tmp_path / "small.yaml"
     cfg.write_text(STANDARD.read_text().replace("bounds:\n", "bounds:\n  memory_mb: 300\n", 1))
     rc, doc = _check(capsys, "--engine", "spin", "--races", "--policy", "minimum", config=cfg)

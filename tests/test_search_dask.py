@@ -23,7 +23,7 @@ def test_dask_cluster_gives_the_local_json(tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     args = ["search", "--config", str(cfg), *SMALL, "--fleet-host-years", "6400",
-            "--pareto-max", "2", "--json"]
+            "--pareto-max", "1", "--json"]
     local = run(*args)
     assert local.exit_code == 0, local.output
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
