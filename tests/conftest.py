@@ -35,4 +35,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
         if os.environ.get(ENV) == path:
             del os.environ[ENV]
-

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memfail.fleet.cache import RunCache, default_dir, model_version
+from memfail.fleet.cache import RunCache, cache_dir, default_dir, model_version
 from memfail.fleet.classes import FailureClass
 from memfail.fleet.oracle import ModelOracle
 
@@ -53,6 +53,13 @@ def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.delenv("MEMFAIL_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_dir() == tmp_path / "xdg" / "memfail"
+    # every user of the cache (fleet, search, report, spin's pans) asks cache_dir(): "off",
+    # from --cache-dir or the environment, is no cache, never a directory named "off"
+    assert cache_dir() == tmp_path / "xdg" / "memfail"
+    assert cache_dir(tmp_path / "b") == tmp_path / "b"
+    assert cache_dir(Path("off")) is None
+    monkeypatch.setenv("MEMFAIL_CACHE_DIR", "off")
+    assert cache_dir() is None and cache_dir(tmp_path / "b") == tmp_path / "b"
 
 
 def test_policies_whose_names_differ_late_or_in_odd_characters_keep_their_own_files(

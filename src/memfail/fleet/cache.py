@@ -39,6 +39,13 @@ def default_dir() -> Path:
     return base / "memfail"
 
 
+def cache_dir(given: Path | None = None) -> Path | None:
+    """The cache directory: ``given`` (``--cache-dir``) if any, else ``default_dir()``; None
+    when that is ``off`` (no cache)."""
+    where = given if given is not None else default_dir()
+    return None if str(where) == DISABLE else where
+
+
 @functools.cache
 def model_version() -> str:
     """A hash of the model's source and of the fleet oracle that builds the runs."""

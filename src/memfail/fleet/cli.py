@@ -81,9 +81,7 @@ def _oracle(table: Path | None, fleet: LoadedFleet, cache_dir: Path | None = Non
         raise FleetInputError(problem)
     from memfail.fleet import cache
 
-    where = cache_dir if cache_dir is not None else cache.default_dir()
-    off = str(where) == cache.DISABLE
-    return ModelOracle(fleet.params.kernel_profile, cache_dir=None if off else where)
+    return ModelOracle(fleet.params.kernel_profile, cache_dir=cache.cache_dir(cache_dir))
 
 
 def _save(orc: OutcomeOracle) -> None:

@@ -145,8 +145,7 @@ def fleet_task(args: tuple[str, Any, list[Any]]) -> list[Any]:
     # its base and knobs, as `memfail fleet` does
     text = policy_text(spec if isinstance(spec, str) else
                        {k: v for k, v in spec.items() if k != "name"})
-    where = cache.default_dir()
-    orc = ModelOracle(profile, cache_dir=None if str(where) == cache.DISABLE else where)
+    orc = ModelOracle(profile, cache_dir=cache.cache_dir())
     try:
         return [orc.outcome(text, c) for c in classes]
     finally:

@@ -211,8 +211,8 @@ class _PanCache:
             return None
         from memfail.fleet import cache
 
-        where = cache.default_dir()
-        if str(where) == cache.DISABLE:
+        where = cache.cache_dir()
+        if where is None:
             return None
         root = where / "spin-pan"
         try:

@@ -285,7 +285,7 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     from memfail.report.html.ranges import all_ranges, inert_ranges
 
     fleet = load_fleet(None)
-    orc = ReportOracle(fleet.params.kernel_profile, cache.default_dir())
+    orc = ReportOracle(fleet.params.kernel_profile, cache.cache_dir())
     pols = list(fleet.params.policies)
     sens_pols = pols if not s.quick else ["minimum"]
     ranges = all_ranges()
