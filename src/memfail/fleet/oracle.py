@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from memfail.fleet.classes import PAGE_BYTES, FailureClass, Outcome
 from memfail.fleet.params import FleetError, FleetInputError
 from memfail.inputs import InputError, Loc, fmt_loc, line_of, load_yaml
+from memfail.model.garbage import young_garbage_only
 
 ORACLE_SCHEMA = "memfail.fleet-oracle/1"
 
@@ -477,6 +478,17 @@ def outcome_for(cls: FailureClass, sc: ModelScenario, metrics: Mapping[str, Any]
 
 
 def _model_runner(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, Any]:
+    """``_model_run`` with the cyclic garbage collector held off until the run is over
+    (``young_garbage_only``): a run's Host is a graph of cycles (folio <-> inode, process <->
+    thread, ...) that refcounting never frees, and the collections its allocations set off
+    (the 256 folios of each HugeTLB guest_memfd split among them) moved it, still alive, into
+    the older generations, whose full collections then went over everything the fleet keeps:
+    half of a cold ``memfail fleet`` run's CPU time (bench/bench_fleet.py)."""
+    with young_garbage_only():
+        return _model_run(profile, policy, sc)
+
+
+def _model_run(profile: str, policy: str, sc: ModelScenario) -> Mapping[str, Any]:
     """Execute ``sc`` on a fresh model host under ``policy`` and return its outcomes.
 
     Metrics that concern the failing VM (its state, guest memory lost, who was told) are
@@ -628,10 +640,16 @@ def _told(host: Any) -> int:
                e.outcome == "queued" and e.si_code == "BUS_MCEERR_AO")
 
 
+_STALLS = ("host_stall_us", "repeated_consumptions")
+
+
 def _stalls(host: Any) -> dict[str, Any]:
-    """What a guest's rounds add to: whole-host stall time and repeated consumptions."""
-    o = host.outcomes()
-    return {k: o.get(k, 0) for k in ("host_stall_us", "repeated_consumptions")}
+    """What a guest's rounds add to: whole-host stall time and repeated consumptions
+    (``stall_outcomes``: those two of the host's outcomes, without computing the rest)."""
+    from memfail.model.outcomes import stall_outcomes
+
+    o = stall_outcomes(host)
+    return {k: o.get(k, 0) for k in _STALLS}
 
 
 def _snapshot(host: Any) -> dict[str, Any]:
@@ -639,7 +657,7 @@ def _snapshot(host: Any) -> dict[str, Any]:
     snap = {k: o[k] for k in _AT_CHECKPOINT if k in o}
     snap["vm_states"] = dict(o.get("vm_states", {}))
     snap["vmm_told_unconsumed"] = _told(host)
-    snap.update({f"checkpoint_{k}": v for k, v in _stalls(host).items()})
+    snap.update({f"checkpoint_{k}": o.get(k, 0) for k in _STALLS})
     return snap
 
 

@@ -135,6 +135,20 @@ def mce_outcomes(host: Host) -> dict[str, Any]:
 _BASE_CLASS["host_stalled"] = HAZARD  # the host held in broadcast machine checks (M10)
 
 
+def stall_outcomes(host: Host) -> dict[str, Any]:
+    """``host_stall_us`` and ``repeated_consumptions`` alone, as ``compute_outcomes`` gives
+    them, without the rest (what a guest's rounds add to, asked for in the middle of a
+    fleet model run)."""
+    consumed = Counter(e.pfn for e in host.trace.of(PoisonConsumed))
+    return {"host_stall_us": mce_outcomes(host)["host_stall_us"],
+            "repeated_consumptions": _repeated(consumed)}
+
+
+def _repeated(consumed: Counter[int]) -> int:
+    """Consumptions of a pfn after its first."""
+    return sum(n - 1 for n in consumed.values())
+
+
 def _owners(host: Host, pfn: int) -> set[int]:
     """pids of the VMMs whose guest memory contained ``pfn`` when a failure of it was handled
     or consumed, or contains it now."""
@@ -245,7 +259,7 @@ def compute_outcomes(host: Host) -> dict[str, Any]:
         "vmce_injected": len(tr.of(MceInjected)),
         "early_not_told": _early_not_told(host, sigs),
         "consumptions": sum(consumed.values()),
-        "repeated_consumptions": sum(n - 1 for n in consumed.values()),
+        "repeated_consumptions": _repeated(consumed),
         "poison_handed_out": len(tr.of(PoisonHandedOut)),
         "records_lost": len(records_lost(host)),
         "guest_pages_lost": pages,
@@ -319,6 +333,16 @@ def _known_bad(host: Host) -> list[int]:
                   | set(host.ext.get("gmem_table", {})))
 
 
+def _may_have_failed(folio: Any, bad: list[int]) -> bool:
+    """False when ``_failed_pfns(folio, bad)`` is surely empty (no raw list, no pfn of
+    ``bad`` inside the folio), found without building it: a split HugeTLB guest_memfd folio
+    is hundreds of 4K folios, asked about at every outcome of a fleet model run."""
+    if folio.raw_hwp:
+        return True
+    i = bisect_left(bad, folio.pfn)
+    return i < len(bad) and bad[i] < folio.pfn + (1 << folio.order)
+
+
 def _failed_pfns(folio: Any, bad: list[int]) -> list[int]:
     """Pages of ``folio`` known to have failed: PG_hwpoison, the raw list, the policy's table,
     or a detected hardware error. ``bad`` is ``_known_bad(host)``, gathered once for all the
@@ -355,6 +379,8 @@ def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:
         seen: set[int] = set()
         bad = _known_bad(host)
         for f in list(inode.pages.values()):
+            if not _may_have_failed(f, bad):
+                continue  # most folios: ``_failed_pfns`` would be empty
             if f.pfn in seen:
                 continue
             seen.add(f.pfn)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import EFAULT, EHWPOISON, EINVAL, ENODEV, ENOMEM
 from ..handlers import ActionResult, handles
 from ..kernel.fs import GMEM, HUGETLBFS, SHMEM, Inode, OpenFile
-from ..kernel.mem import FILE, HUGETLB, Folio
+from ..kernel.mem import FILE, HUGETLB, Folio, base_pages
 from ..kernel.memory_failure import (
     MF_ACTION_REQUIRED,
     MF_DELAYED,
@@ -199,6 +199,12 @@ def _range_mixed(inode: Inode, head: int, n: int) -> bool:
     return any((i in shared) for i in range(head, head + n))
 
 
+# A split's 4K folios: flags and references as Folio(flags={"uptodate", "gmem_sub"}) with
+# get("pagecache") and the "mf" holder present at 0 gave them (base_pages).
+_SUB_FLAGS = frozenset({"uptodate", "gmem_sub"})
+_SUB_REFS = (("pagecache", 1), ("mf", 0))
+
+
 def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
     """Split a HugeTLB-backed folio to 4K folios (a part became shared, R87). Poison kept
     on the folio (flag + raw list) survives only if the policy propagates it."""
@@ -208,13 +214,11 @@ def gmem_split(host: Host, inode: Inode, folio: Folio) -> None:
     inode.extra["split"].add(folio.index)
     inode.extra.setdefault("split_meta", {})[folio.index] = (folio.pfn, folio.order)
     poisoned = list(folio.raw_hwp) if "hwpoison" in folio.flags else []
-    for i in range(folio.nr_pages):
-        f = Folio(pfn=folio.pfn + i, order=0, kind=HUGETLB, flags={"uptodate", "gmem_sub"},
-                  mapping=inode, index=folio.index + i, owner=folio.owner)
-        f.get("pagecache")
-        f.refs["mf"] += 0
-        inode.pages[f.index] = f
-        host.phys.folios[f.pfn] = f
+    pages, folios = inode.pages, host.phys.folios
+    for f in base_pages(folio.pfn, folio.index, folio.nr_pages, HUGETLB, _SUB_FLAGS, inode,
+                        folio.owner, _SUB_REFS):
+        pages[f.index] = f
+        folios[f.pfn] = f
     host.phys.orders.add(0)
     if poisoned:
         if pol.propagate_on_split:

@@ -1,0 +1,198 @@
+"""The short cuts a model run takes for speed give what the long way gives.
+
+* ``base_pages``: the 4K folios of a HugeTLB guest_memfd split, built without the dataclass
+  __init__, are the folios ``Folio(...)`` builds, field for field, in the same order, with the
+  same pickle.
+* ``young_garbage_only``: a run's reference cycles are freed when the block ends, the collector
+  is back on, and a block inside another (or under a collector already off) changes nothing.
+* ``stall_outcomes``: the two figures a fleet run asks for in the middle of a run are those
+  ``compute_outcomes`` gives.
+* ``_may_have_failed``: ``guest_pages_lost`` skips only folios none of whose pages failed.
+
+The fleet's figures themselves stay byte-identical (``memfail fleet --json`` of every policy
+before and after; tests/test_fleet*.py hold the figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import pickle
+import weakref
+from typing import Any
+
+import pytest
+
+from memfail.check.encode import plain_encoding
+from memfail.model import outcomes
+from memfail.model.garbage import young_garbage_only
+from memfail.model.kernel.mem import HUGETLB, Folio, base_pages
+from memfail.model.kvm import gmem
+from memfail.scenario.errors import ScenarioError
+from memfail.scenario.loader import library, load_scenario
+from memfail.scenario.runner import run_scenario
+
+
+class _Mapping:
+    """Stands in for an inode (shared by every folio, as the split's inode is)."""
+
+    ino = 7
+
+
+def _slow(n: int, mapping: Any) -> list[Folio]:
+    out = []
+    for i in range(n):
+        f = Folio(pfn=0x200 + i, order=0, kind=HUGETLB, flags={"uptodate", "gmem_sub"},
+                  mapping=mapping, index=16 + i, owner="vm0.gmem")
+        f.get("pagecache")
+        f.refs["mf"] += 0
+        out.append(f)
+    return out
+
+
+def test_base_pages_are_the_folios_the_dataclass_builds() -> None:
+    m = _Mapping()
+    slow = _slow(4, m)
+    fast = base_pages(0x200, 16, 4, HUGETLB, gmem._SUB_FLAGS, m,  # type: ignore[arg-type]
+                      "vm0.gmem", gmem._SUB_REFS)
+    names = [f.name for f in dataclasses.fields(Folio)]
+    for a, b in zip(slow, fast, strict=True):
+        assert type(b) is Folio and type(b.refs) is type(a.refs)
+        assert list(vars(b)) == list(vars(a)) == names  # a new field must be added to both
+        assert vars(b) == vars(a)
+        assert list(b.refs.items()) == list(a.refs.items()) == [("pagecache", 1), ("mf", 0)]
+        assert b.flags is not fast[0].flags or b is fast[0]  # each its own set
+    assert pickle.dumps(fast) == pickle.dumps(slow)
+
+
+def test_a_split_gives_the_folios_the_dataclass_builds_in_a_run() -> None:
+    """A conversion to shared splits the HugeTLB folio (R87): the host's 4K folios encode as
+    those the dataclass path makes (the checker's canonical encoding of every field)."""
+    text = """
+name: split
+profile: next
+policy: future
+host: {memory: 8G, hugepages: {2M: 4}}
+processes:
+  - {name: qemu, threads: [main, vcpu0], sigbus: handler}
+steps:
+  - vm_create: {vm: vm0, vmm: qemu, type: tdx, vcpus: 1}
+  - gmem_create: {vm: vm0, fd: gmem, size: 2M, flags: [mmap], backing: 2M}
+  - mmap: {proc: qemu, name: ram, size: 2M, fd: gmem, shared: true}
+  - memslot: {vm: vm0, gpa: 0, size: 2M, gmem: gmem, hva: ram}
+  - guest_access: {vm: vm0, gpa: 0, op: write}
+  - set_attributes: {vm: vm0, gpa: 0, size: 4K, private: false}
+"""
+    from memfail.scenario.loader import load_scenario_text
+
+    hosts: list[Any] = []
+    real = outcomes.compute_outcomes
+
+    def keep(host: Any) -> dict[str, Any]:
+        hosts.append(host)
+        return real(host)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(outcomes, "compute_outcomes", keep)
+    try:
+        r = run_scenario(load_scenario_text(text))
+    finally:
+        mp.undo()
+    assert r.host_outcomes is not None and hosts
+    host = hosts[-1]
+    subs = sorted((f for f in host.phys.folios.values() if "gmem_sub" in f.flags),
+                  key=lambda f: f.pfn)
+    assert len(subs) == 512
+    inode = subs[0].mapping
+    again = _slow(512, inode)
+    for f, g in zip(subs, again, strict=True):
+        g.pfn, g.index, g.owner = f.pfn, f.index, f.owner
+        g.refs = type(f.refs)(f.refs)  # the run may have taken references since
+        g.rmap, g.raw_hwp, g.flags = dict(f.rmap), list(f.raw_hwp), set(f.flags)
+        assert list(vars(f)) == list(vars(g))
+    assert plain_encoding(subs) == plain_encoding(again)
+
+
+def test_young_garbage_only_frees_the_cycles_made_inside() -> None:
+    class Node:
+        other: Any = None
+
+    assert gc.isenabled()
+    with young_garbage_only():
+        assert not gc.isenabled()
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle refcounting never frees
+        gone = weakref.ref(a)
+        del a, b
+        assert gone() is not None
+    assert gc.isenabled()
+    assert gone() is None
+
+
+def test_young_garbage_only_nested_or_under_a_collector_already_off() -> None:
+    with young_garbage_only():
+        with young_garbage_only():
+            pass
+        assert not gc.isenabled()  # the inner block did not turn it back on
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with young_garbage_only():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+
+
+def _library_hosts(policies: tuple[str, ...]) -> list[Any]:
+    """The host at the end of every library scenario under each of ``policies``."""
+    hosts: list[Any] = []
+    real = outcomes.compute_outcomes
+
+    def keep(host: Any) -> dict[str, Any]:
+        hosts.append(host)
+        return real(host)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(outcomes, "compute_outcomes", keep)
+    try:
+        for path in library().values():
+            sc = load_scenario(path)
+            for pol in policies:
+                try:
+                    run_scenario(sc, policy_override=pol)
+                except ScenarioError:  # a feature the scenario's profile lacks: no host
+                    continue
+    finally:
+        mp.undo()
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def hosts() -> list[Any]:
+    return _library_hosts(("mainline", "minimum", "future"))
+
+
+def test_stall_outcomes_are_those_compute_outcomes_gives(hosts: list[Any]) -> None:
+    seen = {"host_stall_us": False, "repeated_consumptions": False}
+    for host in hosts:
+        full = outcomes.compute_outcomes(host)
+        short = outcomes.stall_outcomes(host)
+        assert short == {k: full[k] for k in short}
+        for k in seen:
+            seen[k] |= bool(short[k])
+    assert all(seen.values()), seen  # the library has runs where both are not zero
+
+
+def test_guest_pages_lost_skips_only_folios_with_nothing_failed(hosts: list[Any]) -> None:
+    skipped = kept = 0
+    for host in hosts:
+        bad = outcomes._known_bad(host)
+        for inode in host.inodes:
+            for f in inode.pages.values():
+                if outcomes._may_have_failed(f, bad):
+                    kept += 1
+                else:
+                    assert outcomes._failed_pfns(f, bad) == []
+                    skipped += 1
+    assert skipped and kept
