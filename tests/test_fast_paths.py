@@ -19,6 +19,8 @@ import dataclasses
 import gc
 import pickle
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -48,6 +50,21 @@ def _slow(n: int, mapping: Any) -> list[Folio]:
         f.refs["mf"] += 0
         out.append(f)
     return out
+
+
+@contextmanager
+def _hosts_kept() -> Iterator[list[Any]]:
+    """Every host whose outcomes are computed inside the block (a run's host at its end)."""
+    hosts: list[Any] = []
+    real = outcomes.compute_outcomes
+
+    def keep(host: Any) -> dict[str, Any]:
+        hosts.append(host)
+        return real(host)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(outcomes, "compute_outcomes", keep)
+        yield hosts
 
 
 def test_base_pages_are_the_folios_the_dataclass_builds() -> None:
@@ -85,19 +102,8 @@ steps:
 """
     from memfail.scenario.loader import load_scenario_text
 
-    hosts: list[Any] = []
-    real = outcomes.compute_outcomes
-
-    def keep(host: Any) -> dict[str, Any]:
-        hosts.append(host)
-        return real(host)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(outcomes, "compute_outcomes", keep)
-    try:
+    with _hosts_kept() as hosts:
         r = run_scenario(load_scenario_text(text))
-    finally:
-        mp.undo()
     assert r.host_outcomes is not None and hosts
     host = hosts[-1]
     subs = sorted((f for f in host.phys.folios.values() if "gmem_sub" in f.flags),
@@ -146,16 +152,7 @@ def test_young_garbage_only_nested_or_under_a_collector_already_off() -> None:
 
 def _library_hosts(policies: tuple[str, ...]) -> list[Any]:
     """The host at the end of every library scenario under each of ``policies``."""
-    hosts: list[Any] = []
-    real = outcomes.compute_outcomes
-
-    def keep(host: Any) -> dict[str, Any]:
-        hosts.append(host)
-        return real(host)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(outcomes, "compute_outcomes", keep)
-    try:
+    with _hosts_kept() as hosts:
         for path in library().values():
             sc = load_scenario(path)
             for pol in policies:
@@ -163,8 +160,6 @@ def _library_hosts(policies: tuple[str, ...]) -> list[Any]:
                     run_scenario(sc, policy_override=pol)
                 except ScenarioError:  # a feature the scenario's profile lacks: no host
                     continue
-    finally:
-        mp.undo()
     return hosts
 
 
