@@ -648,8 +648,7 @@ def _stalls(host: Any) -> dict[str, Any]:
     (``stall_outcomes``: those two of the host's outcomes, without computing the rest)."""
     from memfail.model.outcomes import stall_outcomes
 
-    o = stall_outcomes(host)
-    return {k: o.get(k, 0) for k in _STALLS}
+    return stall_outcomes(host)
 
 
 def _snapshot(host: Any) -> dict[str, Any]:

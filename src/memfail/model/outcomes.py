@@ -333,25 +333,19 @@ def _known_bad(host: Host) -> list[int]:
                   | set(host.ext.get("gmem_table", {})))
 
 
-def _may_have_failed(folio: Any, bad: list[int]) -> bool:
-    """False when ``_failed_pfns(folio, bad)`` is surely empty (no raw list, no pfn of
-    ``bad`` inside the folio), found without building it: a split HugeTLB guest_memfd folio
-    is hundreds of 4K folios, asked about at every outcome of a fleet model run."""
-    if folio.raw_hwp:
-        return True
-    i = bisect_left(bad, folio.pfn)
-    return i < len(bad) and bad[i] < folio.pfn + (1 << folio.order)
-
-
 def _failed_pfns(folio: Any, bad: list[int]) -> list[int]:
     """Pages of ``folio`` known to have failed: PG_hwpoison, the raw list, the policy's table,
     or a detected hardware error. ``bad`` is ``_known_bad(host)``, gathered once for all the
-    folios asked about (a split 1 GiB folio is 262,144 of them)."""
-    lo, hi = folio.pfn, folio.pfn + folio.nr_pages
-    out = bad[bisect_left(bad, lo):bisect_left(bad, hi)]
-    if folio.raw_hwp:
-        out = sorted(set(out).union(p for p in folio.raw_hwp if lo <= p < hi))
-    return out
+    folios asked about (a split 1 GiB folio is 262,144 of them); most have nothing in it,
+    found with one bisection, before any list is built."""
+    lo, hi = folio.pfn, folio.pfn + (1 << folio.order)
+    i = bisect_left(bad, lo)
+    if not folio.raw_hwp:
+        if i == len(bad) or bad[i] >= hi:
+            return []
+        return bad[i:bisect_left(bad, hi, i)]
+    out = bad[i:bisect_left(bad, hi, i)]
+    return sorted(set(out).union(p for p in folio.raw_hwp if lo <= p < hi))
 
 
 def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:
@@ -379,14 +373,10 @@ def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:
         seen: set[int] = set()
         bad = _known_bad(host)
         for f in list(inode.pages.values()):
-            if not _may_have_failed(f, bad):
-                continue  # most folios: ``_failed_pfns`` would be empty
-            if f.pfn in seen:
+            failed = _failed_pfns(f, bad)
+            if not failed or f.pfn in seen:
                 continue
             seen.add(f.pfn)
-            failed = _failed_pfns(f, bad)
-            if not failed:
-                continue
             lo_idx = f.index
             healthy = next((p for p in range(f.pfn, f.pfn + min(f.nr_pages, len(failed) + 1))
                             if p not in failed), None)

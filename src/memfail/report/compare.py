@@ -152,14 +152,12 @@ def missing_feature(e: BaseException, profile: str | None) -> str | None:
 def _run_one(args: tuple[str, Any, str | None]) -> tuple[str, str, dict[str, Any]]:
     """One cell's outcomes; ``{"unavailable": why}`` when the scenario uses a feature the
     forced profile lacks."""
-    from memfail.model.garbage import young_garbage_only
     from memfail.scenario.runner import run_scenario
 
     scen, pol, profile = args
     name = pol.name if isinstance(pol, GmemPolicy) else str(pol)
     try:
-        with young_garbage_only():  # memfail.model.garbage: the run's Host freed at once
-            r = run_scenario(_load(scen), profile_override=profile, policy_override=pol)
+        r = run_scenario(_load(scen), profile_override=profile, policy_override=pol)
     except ScenarioError as e:
         why = missing_feature(e, profile)
         if why is None:
