@@ -680,10 +680,76 @@ def test_array_sizes_are_read_from_the_models_numeric_defines() -> None:
     assert array_size("NP - 1", defines) is None
 
 
+def test_word_ops_rewrite_a_folios_unrolled_bits_and_nothing_else() -> None:
+    """pack.word_ops: the unrolled per-page reads and assignments of one folio's bits of a
+    packed array become one operation on the word (an OR or AND chain, a constant for every
+    page, ``X[k] = Y[k] || Z[k] || R``); a chain of the wrong length or order, an assignment
+    whose rest names the array it writes (its value would change as the pages are written),
+    and an array that is not packed stay as they are."""
+    from memfail.check.spin.pack import pack_bits
+
+    head = "#define NPG 3\nbit x[6]; bit y[6]; bit z[6]; byte b[6];\n"
+
+    def packed(body: str) -> str:
+        return pack_bits(head + body).split("\n", 2)[2]
+
+    m = "(7 << ((v) * NPG))"
+    assert packed("#define ANY(v) (x[(v) * NPG + 0] || x[(v) * NPG + 1] || x[(v) * NPG + 2])"
+                  ) == f"#define ANY(v) ((x & {m}) != 0)"
+    assert packed("#define ALL(v) (x[(v) * NPG + 0] && x[(v) * NPG + 1] && x[(v) * NPG + 2])"
+                  ) == f"#define ALL(v) ((x & {m}) == {m})"
+    assert packed("inline z(v) { x[(v) * NPG + 0] = 0; x[(v) * NPG + 1] = 0; "
+                  "x[(v) * NPG + 2] = 0 }") == f"inline z(v) {{ x = x & ~{m} }}"
+    assert packed("inline o(v) { x[(v) * NPG + 0] = 1; x[(v) * NPG + 1] = 1; "
+                  "x[(v) * NPG + 2] = 1 }") == f"inline o(v) {{ x = x | {m} }}"
+    assert packed("inline d(v) { " + "; ".join(
+        f"x[(v) * NPG + {k}] = y[(v) * NPG + {k}] || z[(v) * NPG + {k}] || (b[v] == 2)"
+        for k in range(3)) + " }") == \
+        f"inline d(v) {{ x = (x & ~{m}) | ((y | z) & {m}) | (((b[v] == 2)) -> {m} : 0) }}"
+    # X[k] = X[k] || Y[k]: bit k reads only bit k
+    assert packed("inline s(v) { " + "; ".join(
+        f"x[(v) * NPG + {k}] = x[(v) * NPG + {k}] || y[(v) * NPG + {k}]" for k in range(3))
+        + " }") == f"inline s(v) {{ x = (x & ~{m}) | ((x | y) & {m}) }}"
+    kept = [
+        "#define TWO(v) (x[(v) * NPG + 0] || x[(v) * NPG + 1])",
+        "#define ODD(v) (x[(v) * NPG + 0] || x[(v) * NPG + 2] || x[(v) * NPG + 1])",
+        "inline r(v) { " + "; ".join(f"x[(v) * NPG + {k}] = y[(v) * NPG + {k}] || "
+                                     "x[(v) * NPG + 0]" for k in range(3)) + " }",
+        "inline mix(v) { x[(v) * NPG + 0] = 0; x[(v) * NPG + 1] = 1; x[(v) * NPG + 2] = 0 }",
+    ]
+    for body in kept:
+        out = packed(body)
+        assert "(7 <<" not in out and "NPG + 1))" in out, out   # still bit by bit
+    assert packed("#define B(v) (b[(v) * NPG + 0] || b[(v) * NPG + 1] || b[(v) * NPG + 2])"
+                  ) == "#define B(v) (b[(v) * NPG + 0] || b[(v) * NPG + 1] || b[(v) * NPG + 2])"
+
+
+def test_event_counters_only_for_limited_events() -> None:
+    """promela.limited_events: ``ev_cnt`` has an element per event with a ``limit`` (the
+    standard configuration's three), not a byte per event that stays 0 in every state."""
+    from memfail.check.config import standard_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin.promela import limited_events
+    from memfail.check.spin.stages import render_races
+
+    cfg = standard_config()
+    limited = limited_events(cfg)
+    assert limited and len(limited) < len(cfg.events)
+    assert all(cfg.events[i].limit is not None for i in limited)
+    s = ModelSystem(cfg, "kill-vm", races=True)
+    s.initial()
+    text = render_races(s).text
+    assert f"byte ev_cnt[{len(limited)}];" in text
+    used = {int(i) for i in re.findall(r"ev_cnt\[(\d+)\] <", text)}
+    assert used == set(range(len(limited)))
+
+
 def _unhidden_with_zero_checks(text: str) -> str:
     """``text`` with its hidden scratch variables in the state vector again (all but the
-    property mask ``chk``, which pan's c_code sets in the first step) and an assertion, at
-    the end of every step, that each of them is zero."""
+    property mask ``chk``, which pan's c_code sets in the first step, and ``mf_c``, which
+    pan's c_code sets in a step that has to wait for memory_failure(): both C variables
+    only while hidden) and an assertion, at the end of every step, that each of them but
+    ``chk`` is zero."""
     from memfail.check.spin.pack import array_size, numeric_defines
 
     defines = numeric_defines(text)
@@ -696,7 +762,7 @@ def _unhidden_with_zero_checks(text: str) -> str:
         assert count is not None, f"{name}[{size}]"
         zero += [f"{name}[{i}] == 0" for i in range(count)] if size else [f"{name} == 0"]
     assert len(zero) > 10, "the model declares its scratch variables hidden"
-    text = re.sub(r"\bhidden\s+(?=(?:byte|int)\s+(?!chk\b))", "", text)
+    text = re.sub(r"\bhidden\s+(?=(?:byte|int)\s+(?!(?:chk|mf_c)\b))", "", text)
     steps = text.count("assert(!VIOLATED) }")
     assert steps > 5
     text = text.replace("assert(!VIOLATED) }", "assert(!VIOLATED); assert(SCRATCH_ZERO) }")

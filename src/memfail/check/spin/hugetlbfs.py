@@ -58,6 +58,7 @@ from memfail.check.spin.promela import (
     frame_slots,
     init_slots,
     kernel_user,
+    limited_events,
     refuse_layout,
     refuse_vmms,
     system_args,
@@ -151,7 +152,7 @@ def render(system: Any) -> Rendered:
         "#define SPTE(v, p) (spte[p] || hs[v])",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
-        f"byte ev_cnt[{max(1, len(cfg.events))}]; byte nerr;",
+        f"byte ev_cnt[{max(1, len(limited_events(cfg)))}]; byte nerr;",
         *frame_slots(len(vms), npg, PHYSICAL_HUGETLBFS),
     ]
     np_ = len(vms) * npg

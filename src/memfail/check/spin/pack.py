@@ -10,7 +10,8 @@ state vector), every read ``err[i]`` becomes ``((err >> (i)) & 1)`` and every as
 than ``LIMIT`` elements (a configuration with many pages) and one that ``c_code`` names
 (``now.NAME``) stay as they are; an increment of an element is refused (a flag is set, not
 counted). ``#define ALIAS NAME`` of a packed array (``pdet`` is ``det`` in the atomic model)
-is rewritten with it.
+is rewritten with it. Then ``word_ops`` turns the unrolled per-page operations on one folio's
+bits (``FRAME_HWP``, ``derive``, ``zap_vm``) into one operation on the word each.
 
 Measured on the standard configuration's --races search of kill-vm (before its realloc moved
 from vm2 to vm0; its scratch variables already hidden: runner._allow_hidden): vector 244 ->
@@ -146,4 +147,128 @@ def pack_bits(text: str) -> str:
         out.append(s[pos:])
         return "".join(out)
 
-    return rewrite(text)
+    return word_ops(rewrite(text), names)
+
+
+def _bit(name: str, base: str, k: int) -> str:
+    """The packed read of bit ``base + k`` of ``name``, as ``pack_bits`` writes it."""
+    return f"(({name} >> ({base} + {k})) & 1)"
+
+
+def _set(name: str, base: str, k: int, rhs: str) -> str:
+    """The packed assignment of bit ``base + k`` of ``name``, as ``pack_bits`` writes it."""
+    return f"{name} = ({name} & ~(1 << ({base} + {k}))) | ((({rhs}) != 0) << ({base} + {k}))"
+
+
+# a folio's pages, unrolled (promela._foreach, FRAME_HWP): bit ``(v) * NPG + k`` of a packed
+# array, its first page's read or assignment
+_FIRST_READ = re.compile(r"\(\((\w+) >> \((\(\w+\) \* NPG) \+ 0\)\) & 1\)")
+_FIRST_SET = re.compile(r"(\w+) = \(\1 & ~\(1 << \((\(\w+\) \* NPG) \+ 0\)\)\) \| "
+                        r"\(\(\(")
+
+
+def word_ops(text: str, names: dict[str, int]) -> str:
+    """The unrolled per-page operations on one folio's bits of a packed array, each as one
+    operation on the word (``text`` packed, ``names`` the packed arrays; ``NPG``, the pages
+    of a folio, a ``#define`` of it). With ``M`` the folio's mask ``((2^NPG - 1) << ((v) *
+    NPG))``:
+
+    * ``(X[b+0] || ... || X[b+NPG-1])`` (FRAME_HWP) -> ``((X & M) != 0)``, and the same
+      with ``&&`` (ALL_PRIV) -> ``((X & M) == M)``;
+    * ``X[b+k] = 0`` (or ``1``) for every page (zap_vm) -> ``X = X & ~M`` (``X | M``);
+    * ``X[b+k] = Y[b+k] || Z[b+k] || R`` for every page, with ``R`` the same expression at
+      every page and not naming ``X`` (derive) -> ``X = (X & ~M) | ((Y | Z) & M) | ((R) -> M :
+      0)``: bit k of the new ``X`` reads only bit k of ``Y`` and ``Z``, so the page order of
+      the unrolled assignments does not matter, not even when ``Y`` is ``X``.
+
+    Each is the same value on every state, so pan stores the same states (tests/
+    test_check_spin.py compares pan of the packed and of the unpacked model, figures and
+    trails); the bit-by-bit form is a read-modify-write of a bit field per page, the word form
+    one. pan's steps on the standard configuration's --races search of kill-vm: with the
+    steps' duplicate ``derive`` gone as well (stages.render_races), 21.0 -> 17.9 s of
+    CPU for its bitstate search (bench/bench_check_engines.py)."""
+    npg_s = numeric_defines(text).get("NPG")
+    if npg_s is None or not names:
+        return text
+    npg = int(npg_s)
+    mask = (1 << npg) - 1
+
+    def m_of(base: str) -> str:
+        return f"({mask} << ({base}))"
+
+    out: list[str] = []
+    at = 0
+    reads = [(m.start(), "r", m) for m in _FIRST_READ.finditer(text)]
+    sets = [(m.start(), "s", m) for m in _FIRST_SET.finditer(text)]
+    for start, kind, m in sorted(reads + sets, key=lambda x: x[0]):
+        if start < at:
+            continue
+        name, base = m.group(1), m.group(2)
+        if name not in names:
+            continue
+        if kind == "r":
+            # an OR or AND chain over the folio's pages, in parentheses
+            for op, test in (("||", "!= 0"), ("&&", f"== {m_of(base)}")):
+                chain = f" {op} ".join(_bit(name, base, k) for k in range(npg))
+                if npg > 1 and start > 0 and text.startswith(chain + ")", start) and \
+                        text[start - 1] == "(":
+                    out.append(text[at:start - 1])
+                    out.append(f"(({name} & {m_of(base)}) {test})")
+                    at = start + len(chain) + 1
+                    break
+            continue
+        # assignments to every page of the folio, "; "-separated
+        new = _folio_assign(text, start, name, base, npg, m_of(base))
+        if new is not None:
+            stmt, end = new
+            out.append(text[at:start])
+            out.append(stmt)
+            at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _folio_assign(text: str, start: int, name: str, base: str, npg: int,
+                  m: str) -> tuple[str, int] | None:
+    """The word form of the unrolled assignments to every page of a folio at ``start``, and
+    where they end (``word_ops``); None when they are not of a form it rewrites."""
+    rhs: list[str] = []
+    at = start
+    for k in range(npg):
+        head = f"{name} = ({name} & ~(1 << ({base} + {k}))) | ((("
+        tail = f") != 0) << ({base} + {k}))"
+        if not text.startswith(head, at):
+            return None
+        end = text.find(tail, at + len(head))
+        if end < 0:
+            return None
+        rhs.append(text[at + len(head):end])
+        at = end + len(tail)
+        if k < npg - 1:
+            if not text.startswith("; ", at):
+                return None
+            at += 2
+    if all(r in ("0", "1") for r in rhs) and len(set(rhs)) == 1:
+        return (f"{name} = {name} & ~{m}" if rhs[0] == "0" else f"{name} = {name} | {m}"), at
+    # Y[b+k] || Z[b+k] || ... || R
+    terms = [r.split(" || ") for r in rhs]
+    if len({len(t) for t in terms}) != 1:
+        return None
+    words: list[str] = []
+    rest: list[str] = []
+    for j in range(len(terms[0])):
+        col = [t[j] for t in terms]
+        w = re.fullmatch(r"\(\((\w+) >> \(" + re.escape(base) + r" \+ 0\)\) & 1\)", col[0])
+        if w and all(col[k] == _bit(w.group(1), base, k) for k in range(npg)):
+            words.append(w.group(1))
+        elif len(set(col)) == 1 and not re.search(rf"\b{re.escape(name)}\b", col[0]) and \
+                f"{base} +" not in col[0]:
+            rest.append(col[0])
+        else:
+            return None
+    if not words:
+        return None
+    value = f"(({' | '.join(words)}) & {m})"
+    if rest:
+        value += f" | (({' || '.join(rest)}) -> {m} : 0)"
+    return f"{name} = ({name} & ~{m}) | {value}", at

@@ -379,10 +379,13 @@ def _skip_stutter(panc: Path) -> None:
 
 def _quiet_observation(panm: Path) -> None:
     """pan evaluates the arguments of every ``printf`` although a search prints nothing
-    (pan's Printf); the observation (``MF_OBS``, some 140 of them) is for the replay of a
-    trail only (``pan -r``: ``guided``): the search skips it."""
+    (pan's Printf); the observation (``MF_OBS``, some 140 of them) and the label of the step
+    (``MF_STEP``, a call of Printf on every step: 1 % of a bitstate search's time) are for the
+    replay of a trail only (``pan -r``: ``guided``): the search skips them."""
     text = panm.read_text()
-    panm.write_text(text.replace('Printf("MF_OBS ', 'if (readtrail) Printf("MF_OBS '))
+    for what in ("MF_OBS ", "MF_STEP "):
+        text = text.replace(f'Printf("{what}', f'if (readtrail) Printf("{what}')
+    panm.write_text(text)
 
 
 _SFH = "{\thasher = d_sfh;"
