@@ -805,6 +805,44 @@ def test_hidden_variables_are_zero_after_every_step(tmp_path: Path, config: str,
     assert vector, st.output[-2000:]
 
 
+@pytest.mark.parametrize("config, policy", [("agree", "mainline"), ("split", "future")])
+def test_pans_whole_vector_copy_is_the_variable_by_variable_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, policy: str) -> None:
+    """A --races step that has to wait for memory_failure() is undone from a copy of the
+    state: pan copies the vector whole in c_code (stages.MF_SV_SAVE, MF_SV_RESTORE), spin's
+    simulations variable by variable. With the c_code taken out, pan runs the Promela copy
+    too: the same states, matches, transitions, depth and trail, for no property and for all
+    of them."""
+    from memfail.check.config import load_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner, stages
+
+    path = {"agree": AGREE_CONFIG, "split": AGREE_SPLIT_CONFIG}[config]
+    s = ModelSystem(load_config(path), policy, races=True)
+    s.initial()
+    runs: dict[bool, list[tuple[Any, ...]]] = {}
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(stages, "MF_SV_SAVE", "skip")
+            monkeypatch.setattr(stages, "MF_SV_RESTORE", "skip")
+        rendered = stages.render_races(s)
+        text = rendered.text
+        assert text.count("-> mf_save()") > 3, "steps wait for memory_failure() here"
+        assert ("memcpy(mf_sv" in text) == whole
+        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        work = tmp_path / str(whole)
+        work.mkdir()
+        runner.compile_pan(work, text, False, opt="-O0")  # the figures, not the speed
+        runs[whole] = []
+        for mask in (0, (1 << len(rendered.props)) - 1):
+            st = runner.run_pan(work, False, mask)
+            labels = runner.guided(work, mask) if st.errors else None
+            runs[whole].append((st.states, st.matched, st.transitions, st.depth, st.errors,
+                                st.complete, labels))
+    assert runs[True] == runs[False]
+    assert runs[True][0][0] > 1000 and runs[True][0][5]
+
+
 @pytest.mark.parametrize("config, policy, races", [
     ("standard", "kill-vm", False), ("agree", "mainline", True), ("split", "future", True),
     ("hugetlbfs", "hugetlbfs", True)])
