@@ -112,8 +112,11 @@ def bench(cfg_path: Path, policy: str, seconds: float, races: bool = False) -> N
           f"{hf}; compile {bc:.1f} s)")
     if py:
         print(f"  ratio spin/python: exhaustive {ex / py:,.0f}x, bitstate {bit / py:,.0f}x")
+    # each search apart: `memfail check --engine spin` runs the exhaustive one,
+    # `--engine spin-bitstate` the bitstate one
     print(f"  SPIN target >= {TARGET_SPIN:,} states/s per core: "
-          f"{'met' if max(ex, bit) >= TARGET_SPIN else 'NOT met'}")
+          f"exhaustive {'met' if ex >= TARGET_SPIN else 'NOT met'}, "
+          f"bitstate {'met' if bit >= TARGET_SPIN else 'NOT met'}")
 
 
 # pan's compile-time choices measured by --variants (memfail check --engine spin uses the one so marked)
