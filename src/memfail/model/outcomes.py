@@ -340,12 +340,10 @@ def _failed_pfns(folio: Any, bad: list[int]) -> list[int]:
     found with one bisection, before any list is built."""
     lo, hi = folio.pfn, folio.pfn + (1 << folio.order)
     i = bisect_left(bad, lo)
-    if not folio.raw_hwp:
-        if i == len(bad) or bad[i] >= hi:
-            return []
-        return bad[i:bisect_left(bad, hi, i)]
-    out = bad[i:bisect_left(bad, hi, i)]
-    return sorted(set(out).union(p for p in folio.raw_hwp if lo <= p < hi))
+    out = bad[i:bisect_left(bad, hi, i)] if i < len(bad) and bad[i] < hi else []
+    if folio.raw_hwp:
+        out = sorted(set(out).union(p for p in folio.raw_hwp if lo <= p < hi))
+    return out
 
 
 def guest_pages_lost(host: Host, vm: Any, history: str | None = None) -> int:

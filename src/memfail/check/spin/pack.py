@@ -155,11 +155,6 @@ def _bit(name: str, base: str, k: int) -> str:
     return f"(({name} >> ({base} + {k})) & 1)"
 
 
-def _set(name: str, base: str, k: int, rhs: str) -> str:
-    """The packed assignment of bit ``base + k`` of ``name``, as ``pack_bits`` writes it."""
-    return f"{name} = ({name} & ~(1 << ({base} + {k}))) | ((({rhs}) != 0) << ({base} + {k}))"
-
-
 # a folio's pages, unrolled (promela._foreach, FRAME_HWP): bit ``(v) * NPG + k`` of a packed
 # array, its first page's read or assignment
 _FIRST_READ = re.compile(r"\(\((\w+) >> \((\(\w+\) \* NPG) \+ 0\)\) & 1\)")

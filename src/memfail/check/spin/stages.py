@@ -459,7 +459,7 @@ def render_races(system: Any) -> RacesRendered:
     # search 17.9 -> 13.5 s of CPU, its exhaustive one 33.4 -> 30.4 s (docs/check.md,
     # "Whole-word bit operations, one derive per step, whole-vector copies").
     head += ("hidden byte mf_c;\n" + MF_SV_C +
-             f"inline mf_zero() {{ if :: !mf_c -> {zero} :: else -> skip fi; mf_c = 0 }}\n"
+             f"inline mf_zero() {{ if :: !mf_c -> {zero} :: else -> skip fi }}\n"
              f"inline mf_save() {{ {MF_SV_SAVE}; "
              f"if :: !mf_c -> {save} :: else -> skip fi }}\n"
              f"inline mf_restore() {{ if :: mf_c -> {MF_SV_RESTORE} "
@@ -527,7 +527,7 @@ def render_races(system: Any) -> RacesRendered:
                        f"if :: {waits} -> mf_save() :: else -> skip fi; {body}; {clear}"
                        f"{derive}; if :: mfc && {waits} -> mf_restore() :: !mfc && {waits} -> mf_zero() "
                        f":: else -> skip fi; "
-                       f"RESET_SCRATCH; mfc = 0; mf_c = 0 }}")
+                       f"RESET_SCRATCH; mfc = 0; mf_c = 0 }}")   # mf_c: whichever way it ends
     out += checker_proctype([(f"G_{K}", f"tr_{K}()") for K in range(len(trans))])
     text = "\n".join(out) + "\n"
     return RacesRendered(text, labels + conts, base.props, nbase=len(labels))
