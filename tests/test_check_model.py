@@ -182,37 +182,40 @@ def test_primed_snapshots_round_trip_and_share_strings_however_they_were_made() 
         thaw(b"\x00" + bytes(7) + blob[8:])
 
 
-def test_fast_encoding_equals_the_plain_definition_on_every_explored_host() -> None:
-    """The encoder behind fingerprints (inline scalars, cached references) gives the same
-    bytes as the plain definition of the encoding for every host a search meets, with
-    --races, across policies; and the two differ where the hosts differ."""
+def test_fast_encoding_equals_the_plain_definition_on_every_explored_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoders behind fingerprints (inline scalars, cached references; and the row
+    cache that re-encodes only the rows whose content changed) give the same bytes as the
+    plain definition of the encoding for every host a search meets, with --races, across
+    policies; and the encodings differ where the hosts differ."""
     from memfail.check import model_system as ms
-    from memfail.check.encode import host_encoding, plain_encoding
+    from memfail.check.encode import RowCache, host_encoding, plain_encoding
 
     cfg = standard_config()
     hosts: list[Any] = []
-    seen = ms.host_encoding
+    seen = RowCache.encode
 
-    def keep(host: Any) -> bytes:
+    def keep(self: RowCache, host: Any) -> bytes:
         hosts.append(ms.freeze(host))
-        return seen(host)
+        return seen(self, host)
 
-    ms.host_encoding = keep
-    try:
-        for policy in cfg.policies[:2]:
-            with make_backend(1) as backend:
-                explore(built(ModelSystem(cfg, policy, races=True)), backend,
-                        Bounds(max_depth=2), Options(stop_when_all_fail=False))
-    finally:
-        ms.host_encoding = seen
+    monkeypatch.setattr(RowCache, "encode", keep)
+    for policy in cfg.policies[:2]:
+        with make_backend(1) as backend:
+            explore(built(ModelSystem(cfg, policy, races=True)), backend,
+                    Bounds(max_depth=2), Options(stop_when_all_fail=False))
+    monkeypatch.undo()
     assert len(hosts) > 20
     encodings = set()
+    rows = RowCache()
     for blob in hosts:
         h = ms.thaw(blob)
         fast = host_encoding(h)
         assert fast == plain_encoding(h)
+        assert rows.encode(h) == fast
         encodings.add(fast)
     assert len(encodings) > 10
+    assert rows.hits > 5 * rows.misses  # most rows came from the cache
 
 
 PRIVATE_READ = """\

@@ -6,6 +6,9 @@ referenced by key elsewhere, so the encoding depends on the state, not on how it
 
 from __future__ import annotations
 
+import copyreg
+import io
+import pickle
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from enum import Enum
 from types import FunctionType
 from typing import Any
 
+from memfail.check.freeze import _counter_reduce, _random_reduce
 from memfail.check.system import canonical_bytes
 
 # Class name -> natural key. Shared or cyclic objects must have one.
@@ -279,3 +283,149 @@ def plain_encoding(host: Any) -> bytes:
         value = own()
         return value if isinstance(value, bytes) else canonical_bytes(value)
     return _PlainEncoder(host).run()
+
+
+def _ref(*_key: Any) -> Any:  # pragma: no cover - content keys are never unpickled
+    raise AssertionError("a content key is not a snapshot")
+
+
+def _keyed_types() -> set[type]:
+    """Every class loaded now whose name is in ``KEYS`` (the encoder refers to its objects
+    by key), but a Random (the encoder encodes one by value)."""
+    out: set[type] = set()
+    stack: list[type] = [object]
+    while stack:
+        c = stack.pop()
+        subs: list[type] = type.__subclasses__(c)
+        for sub in subs:
+            if sub not in out:
+                stack.append(sub)
+                if sub.__name__ in KEYS and not issubclass(sub, random.Random):
+                    out.add(sub)
+    return out
+
+
+class RowCache:
+    """``host_encoding``, re-encoding only what changed since an earlier host.
+
+    The encoding is one row for the host (its attributes) and one per keyed object, and a
+    row depends on that object's fields alone: a keyed object it refers to is written as its
+    key. Each attribute of the host and each keyed object is pickled on its own with keyed
+    objects reduced to their keys (the pickle is its *content key*: equal content keys are
+    equal fields), and its text is taken from a cache by content key; only a value whose
+    content key is new is encoded. The keyed objects the pickler meets are the ones the row
+    refers to, which makes the table; on every miss that is checked against the encoder's
+    own references, so a class the encoder would key that the pickler did not (or a field
+    the encoder leaves out that refers to one) is learnt, the cache emptied and the host
+    encoded again (or, if that cannot make them agree, every host encoded in full). The
+    bytes are ``host_encoding``'s (tests compare them on every host a search meets).
+
+    One step of the model changes a few of a host's ~50 rows, so most are found in the
+    cache. Per process (a ``ModelSystem`` keeps one); at most ``limit`` entries."""
+
+    def __init__(self, limit: int = 1 << 17) -> None:
+        self.limit = limit
+        self._text: dict[tuple[Any, bytes], str] = {}
+        self._keyed: set[type] | None = None
+        self._full = False  # every host encoded in full (the cache cannot follow it)
+        self.hits = self.misses = 0
+
+    def encode(self, host: Any) -> bytes:
+        if self._full or getattr(host, "canonical", None) is not None or \
+                not hasattr(host, "__dict__"):
+            return host_encoding(host)
+        if self._keyed is None:
+            self._keyed = _keyed_types()
+        while True:
+            try:
+                return self._encode(host, self._keyed)
+            except _Relearn:  # a class more is keyed (at most len(KEYS) times)
+                self._text.clear()
+            except _Full:
+                self._full = True
+                return host_encoding(host)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                # a value the pickler refuses (a lambda...): the encoder alone decides;
+                # it raises what it raises (a cycle without a key) for the host
+                return host_encoding(host)
+
+    def _encode(self, host: Any, keyed: set[type]) -> bytes:
+        todo: list[Any] = []
+        seen: set[int] = set()
+        found: list[int] = []  # the keyed objects referred to in the value pickled last
+        keys = KEYS
+
+        def ref(o: Any) -> tuple[Any, ...]:
+            i = id(o)
+            found.append(i)
+            if i not in seen:
+                seen.add(i)
+                todo.append(o)
+            return _ref, (keys[type(o).__name__](o),)
+
+        def root(o: Any) -> Any:
+            return (_ref, ()) if o is host else o.__reduce_ex__(5)
+
+        table = {**copyreg.dispatch_table, Counter: _counter_reduce,
+                 random.Random: _random_reduce, type(host): root}
+        for t in keyed:
+            table[t] = ref
+        buf = io.BytesIO()
+        p = pickle.Pickler(buf, 5)
+        p.dispatch_table = table  # type: ignore[assignment]
+        cache = self._text
+
+        def content(v: Any) -> bytes:
+            found.clear()
+            buf.seek(0)
+            buf.truncate()
+            p.clear_memo()
+            p.dump(v)
+            return buf.getvalue()
+
+        def learn(e: _Encoder) -> None:
+            """After a miss: the encoder's references must be the pickler's."""
+            if e.seen != set(found):
+                new = {type(o) for o in e.todo} - keyed
+                if not new:  # the pickler met one the encoder leaves out
+                    raise _Full
+                keyed.update(new)
+                raise _Relearn
+
+        def cached(ckey: tuple[Any, bytes], make: Callable[..., str], *args: Any) -> str:
+            """The text of a content key; on a miss ``make(encoder, *args)``'s."""
+            got = cache.get(ckey)
+            if got is None:
+                self.misses += 1
+                e = _Encoder(host)
+                got = cache[ckey] = make(e, *args)
+                learn(e)
+            else:
+                self.hits += 1
+            return got
+
+        parts = [f"{k}={cached((k, content(x)), _Encoder.enc, x)}"
+                 for k, x in host.__dict__.items() if k not in SKIP]
+        top = type(host).__name__ + "(" + ",".join(parts) + ")"
+        rows: dict[str, list[str]] = {}
+        while todo:
+            o = todo.pop()
+            t = type(o)
+            cls = t.__name__
+            state = getattr(o, "__dict__", None)
+            if state is None:  # a slotted keyed object (none in the model): no content key
+                raise _Full
+            got = cached((t, content(state)), _Encoder.fields, o, cls)
+            rows.setdefault(f"{cls}{keys[cls](o)!r}", []).append(got)
+        if len(cache) > self.limit:
+            cache.clear()
+        lines = sorted(f"{k}={';'.join(sorted(v))}" for k, v in rows.items())
+        return ("\n".join([top, *lines])).encode()
+
+
+class _Relearn(Exception):
+    """A miss found a keyed class the pickler did not reduce: learn it, start again."""
+
+
+class _Full(Exception):
+    """The content keys cannot follow the encoder here: encode every host in full."""

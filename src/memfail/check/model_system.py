@@ -14,7 +14,7 @@ from typing import Any
 
 from memfail.check import races
 from memfail.check.config import CheckConfig, scaled_size
-from memfail.check.encode import host_encoding
+from memfail.check.encode import RowCache
 from memfail.check.events import (
     EVENTS,
     Label,
@@ -277,6 +277,7 @@ class ModelSystem:
         self._initial: ModelState | None = None
         self._primer: Primer | None = None
         self._fp_cache: dict[bytes, int] = {}
+        self._rows = RowCache()  # the canonical encoding, re-encoding what changed
         self._specs_of: dict[Label, list[StepSpec]] = {}
         self._actions_of: dict[Label, list[Any]] = {}
         self._views: dict[int | bytes, tuple[bool, dict[Label, frozenset[Any]]]] = {}
@@ -672,7 +673,7 @@ class ModelSystem:
             key = s.key()
             hfp = self._fp_cache.get(key) if key is not None else None
             if hfp is None:
-                hfp = fingerprint_bytes(host_encoding(s.host))
+                hfp = fingerprint_bytes(self._rows.encode(s.host))
                 if key is not None:
                     if len(self._fp_cache) >= FP_CACHE_SIZE:
                         self._fp_cache.clear()
@@ -688,6 +689,7 @@ class ModelSystem:
                      "_folds", "_monitors"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
+        state["_rows"] = RowCache()
         state["_properties"] = None  # bound to this object
         return state
 
