@@ -232,3 +232,38 @@ def test_check_refuses_an_unknown_kernel_user(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["check", str(path)])
     assert r.exit_code == 2
     assert f"{path}:14:" in r.output and "hibernate" in r.output
+
+
+# shared memory of an mmap-able guest_memfd, mapped by the VMM and then unmapped (a release's
+# munmap before its close; the file still holds the folio)
+SHARED_UNMAPPED = """\
+name: ku-shared-unmapped
+profile: linux-6.18
+policy: minimum
+host: {{hugepages: {{2M: 2}}}}
+processes:
+  - {{name: qemu, threads: [main], sigbus: handler}}
+steps:
+  - vm_create: {{vm: vm0, vmm: qemu, vcpus: 1, type: sw-protected}}
+  - gmem_create: {{vm: vm0, fd: gmem, size: 2M, backing: 2M, flags: [mmap, init_shared]}}
+  - mmap: {{proc: qemu, name: ram, size: 2M, fd: gmem, shared: true}}
+  - memslot: {{vm: vm0, gpa: 0, size: 2M, gmem: gmem, hva: ram}}
+  - guest_access: {{vm: vm0, gpa: 8K, op: write}}
+  - hw_error: {{vm: vm0, gpa: 8K, detect: scrub}}
+{unmap}  - kernel_access: {{user: kcore, vm: vm0, gpa: 8K}}
+"""
+
+
+@pytest.mark.parametrize("unmap", [False, True], ids=["mapped", "unmapped"])
+def test_a_physical_reader_reaches_shared_guest_memfd_memory_the_vmm_no_longer_maps(
+        unmap: bool) -> None:
+    """/proc/kcore reads by physical address (reach: pfn): the shared pages of an mmap-able
+    guest_memfd are its folios, in the file's page cache and the direct map, whether or not
+    the VMM still maps them. Under minimum the failure is only in the policy's table, so
+    kcore's PG_hwpoison check passes and the read panics, mapped or after the VMM's munmap
+    (a release under way; the file is still open). The model used to find no page behind an
+    unmapped memslot address (kvm.py _hva_maps_gmem), and the SPIN engine's --races walks
+    disagreed with it there."""
+    step = "  - munmap: {proc: qemu, addr: ram}\n" if unmap else ""
+    r = run_scenario(load_scenario_text(SHARED_UNMAPPED.format(unmap=step)))
+    assert r.panicked is not None, [s.ret for s in r.steps]

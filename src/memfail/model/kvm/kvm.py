@@ -523,7 +523,12 @@ def _hva_maps_gmem(vm: Any, slot: Any, gfn: int) -> bool:
     guest_memfd (GUEST_MEMFD_FLAG_MMAP: shared memory lives in the guest_memfd folios)
     rather than separate memory (anonymous or another file) for the shared half."""
     vma = vm.vmm.mm.find_vma(slot.hva + ((gfn - slot.base_gfn) << 12))
-    return vma is not None and vma.inode is slot.gmem
+    if vma is None:
+        # nothing mapped there now (the VMM's munmap, a release under way): the shared
+        # memory of an mmap-able guest_memfd is still its folio, in the file's page cache
+        # (and the direct map) until the file goes, so a physical reader still reaches it
+        return "mmap" in slot.gmem.extra.get("flags", ())
+    return vma.inode is slot.gmem
 
 
 @handles(VmDestroy)
