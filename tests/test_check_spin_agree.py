@@ -305,3 +305,37 @@ def test_a_default_vm_converting_to_private_changes_nothing_in_both(tmp_path: Pa
         at = layout(system).index("vm0[2].priv")
         assert a.observations[-1][at] == b.observations[-1][at] == private, config
     _walks_and_a_simulation_agree("future", path, STEPS + 4)
+
+
+def _one_g(path: Path, tmp_path: Path) -> Path:
+    """``path`` with every guest_memfd a 1G one (a scaled 1G page of 2^pud_order = 4 pages,
+    as the 2M pages of the shipped file are) and the pool's 2M pages made 1G."""
+    import yaml
+
+    d = yaml.safe_load(path.read_text())
+    d["geometry"] = {"pmd_order": 1, "pud_order": 2}
+    d["host"]["hugepages"] = {"1G": d["host"]["hugepages"]["2M"]}
+    d["host"]["memory"] = "16G"
+    for g in d["guest_memfd"]:
+        g["size"] = g["backing"] = "1G"
+    out = tmp_path / f"{path.stem}-1g.yaml"
+    out.write_text(yaml.safe_dump(d, sort_keys=False))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["mainline", "minimum", "future", CUSTOM["minimum-marks"]],
+                         ids=_id)
+def test_conversions_of_1g_folios_agree(policy: Any, tmp_path: Path) -> None:
+    """agree-convert.yaml on 1G guest_memfds: the Promela folio is the 1G page
+    (observe.frame_order) and the spares come from the 1G pool; walks and a simulation agree
+    step by step, atomic and with --races."""
+    from memfail.check.spin.stages import render_races
+
+    path = _one_g(AGREE_CONVERT_CONFIG, tmp_path)
+    _walks_and_a_simulation_agree(policy, path, STEPS + 4)
+    system = ModelSystem(load_config(path), policy, races=True)
+    system.initial()
+    rendered = render_races(system)
+    for seed in range(2):
+        diff = agree_walk(system, seed, 2 * STEPS, rendered)
+        assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"

@@ -327,19 +327,29 @@ def test_a_fault_whose_new_spte_was_zapped_starts_over_and_waits_for_the_punch_h
     assert early.blocked == len(seq), "Promela lets the fault start over under punch.zap"
 
 
-def test_engines_agree_on_the_punch_fault_configuration(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = tmp_path / "user.yaml"
-    cfg.write_text(CFG_PUNCH_FAULT)
+def _both_complete_and_equal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             text: str) -> tuple[int, dict[str, Any]]:
+    """`memfail check --races --json` of ``text`` by both engines: the same exit status,
+    both complete, the same verdicts and depths per policy. The exit status and the Python
+    engine's JSON."""
+    cfg = tmp_path / "races.yaml"
+    cfg.write_text(text)
     rc_py = main(["check", str(cfg), "--races", "--json"])
     py = json.loads(capsys.readouterr().out)
     rc_spin = main(["check", str(cfg), "--races", "--engine", "spin", "--json"])
     spin = json.loads(capsys.readouterr().out)
-    assert rc_py == rc_spin == 1
+    assert rc_py == rc_spin
     for a, b in zip(py["results"], spin["results"], strict=True):
         assert a["complete"] and b["complete"]
         assert {n: (v["status"], v["depth"]) for n, v in a["verdicts"].items()} == \
             {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
+    return rc_py, py
+
+
+def test_engines_agree_on_the_punch_fault_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, py = _both_complete_and_equal(tmp_path, capsys, CFG_PUNCH_FAULT)
+    assert rc == 1
     future = next(r for r in py["results"] if r["policy"] == "future")
     assert {v["status"] for v in future["verdicts"].values()} == {"PASS"}
 
@@ -417,3 +427,56 @@ def test_engines_agree_on_a_punch_inside_memory_failure(
             {n: (v["status"], v["depth"]) for n, v in b["verdicts"].items()}, a["policy"]
     status = {r["policy"]: r["verdicts"]["no-poison-reuse"]["status"] for r in py["results"]}
     assert status == {"minimum{vm_on_error=kill}": "FAIL", "kill-vm": "PASS"}
+
+
+# A default VM (no private memory): KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails with -EINVAL at
+# once, before any lock (races.first_stage: one atomic step that changes nothing).
+CFG_DEFAULT = """\
+policies: [mainline, mf-delayed-fix, future]
+geometry: {pmd_order: 1}
+host: {memory: 8G, hugepages: {2M: 1}}
+processes:
+  - {name: q0, threads: [main], sigbus: handler}
+guest_memfd:
+  - {name: g0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: v0, vmm: q0, gmem: g0}
+events:
+  - {event: hw_error, vm: v0, page: 0, detect: scrub}
+  - {event: convert, vm: v0, page: 0, pages: 2, to: [private, shared], limit: 1}
+  - {event: vcpu_access, vm: v0, page: 0}
+bounds: {depth: 20, errors: 1}
+"""
+
+
+def test_a_default_vm_converting_to_private_is_one_step_that_changes_nothing_in_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela stages once ran a default VM's conversion to private as
+    convert.attributes then convert.folios (made the pages private, merged the folio and
+    dropped its PG_hwpoison under mainline), so SPIN's no-record-lost trail did not replay on
+    the Python model (exit 3, EngineDisagreement). Now both engines take it as the one
+    atomic step that fails, with the same verdicts and agreeing walks."""
+    _both_complete_and_equal(tmp_path, capsys, CFG_DEFAULT)
+    system = _system("mainline", CFG_DEFAULT)
+    rendered = render_races(system)
+    assert not any(lab[0] == "~step" and dict(lab[1])["stage"].startswith("convert.")
+                   and dict(dict(lab[1])["op"][1]).get("to") == "private"
+                   for lab in rendered.labels)
+    for seed in range(WALKS):
+        diff = agree_walk(system, seed, STEPS, rendered)
+        assert diff is None, f"walk seed {seed}: {diff}"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_races_walks_with_a_physical_read_after_the_vmm_unmapped_agree(seed: int) -> None:
+    """agree-convert.yaml under minimum, --races: walks where vm0's release has unmapped the
+    VMM's mapping (release.munmap) and a physical reader (kcore, vmcore) then reads a shared
+    page whose failure is only in the policy's table. Both engines reach the guest_memfd
+    folio and panic (the Python model used to find no page there: kvm.py _hva_maps_gmem)."""
+    from memfail.check.config import load_config
+    from memfail.check.spin import AGREE_CONVERT_CONFIG
+
+    system = ModelSystem(load_config(AGREE_CONVERT_CONFIG), "minimum", races=True)
+    system.initial()
+    diff = agree_walk(system, seed, STEPS, render_races(system))
+    assert diff is None, f"walk seed {seed}: {diff}"

@@ -7,7 +7,7 @@ per VM page, whether its frame still backs the VM, has a hardware error, was rep
 memory_failure(), is recorded (``poison_records``), is mapped in the VMM's page table and in
 stage 2, how often its poison was consumed and whether the guest offlined the page after a
 vMCE (and will kill its user on the next access); per VM, the KVM state and whether its VMM
-lives; the panic flag; the free huge pages of the 2M pool (free_huge_pages: the spares and the
+lives; the panic flag; the free huge pages of the VMs' pool, 2M or 1G (free_huge_pages: the spares and the
 VMs' frames on the free list, marked ones included; FREE_POOL in Promela); and which
 properties are violated.
 """
@@ -63,10 +63,26 @@ def observe(system: Any, state: Any) -> tuple[int, ...]:
         out += [VM_STATES.index(state_name) if state_name in VM_STATES else 3,
                 int(proc is not None and proc.alive)]
     out.append(int(bool(host.panicked)))
-    out.append(host.hugetlb.hstate(host.geometry.pmd_order).free_huge_pages)
+    out.append(host.hugetlb.hstate(frame_order(system)).free_huge_pages)
     for p in PROPERTIES:
         out.append(int(p.check(host, mon) is not None))
     return tuple(out)
+
+
+def frame_order(system: Any) -> int:
+    """The order of the huge folio behind each VM, as both Promela models keep it (one per
+    VM, all of one size): ``pud_order`` when the VMs' guest_memfds are backed by 1G pages,
+    else ``pmd_order`` (2M guest_memfds, and the hugetlbfs baseline's 2M HugeTLB pages)."""
+    cfg = system.config
+    backing = {g.name: g.backing for g in cfg.guest_memfd}
+    if cfg.vms and all(backing.get(vm.gmem or "") == "1G" for vm in cfg.vms):
+        return int(cfg.geometry.pud_order)
+    return int(cfg.geometry.pmd_order)
+
+
+def frame_pool(system: Any) -> str:
+    """The HugeTLB pool (``host.hugepages`` key) the VMs' folios and the spares come from."""
+    return "1G" if frame_order(system) != system.config.geometry.pmd_order else "2M"
 
 
 def pages_of(system: Any, vm: str) -> int:

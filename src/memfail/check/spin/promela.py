@@ -37,7 +37,7 @@ from typing import Any
 
 from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
-from memfail.check.spin.observe import PAGE_FIELDS, pages_of
+from memfail.check.spin.observe import PAGE_FIELDS, frame_order, frame_pool, pages_of
 from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
@@ -277,9 +277,9 @@ def check_supported(system: Any) -> None:
     why = policy_refusal(system.policy) if system.policy else None
     if why is not None:
         raise Unsupported(why)
-    refuse_layout(system, "VMs on a guest_memfd with backing 2M",
-                  "one huge folio per VM (guest_memfd size 2M)",
-                  " (its mirrored stage 2 is not in the Promela model)")
+    refuse_layout(system, "VMs on a guest_memfd with backing 2M or 1G",
+                  "one huge folio per VM (guest_memfd size 2M with backing 2M, 1G with 1G)",
+                  " (its mirrored stage 2 is not in the Promela model)", ("2M", "1G"))
     for i, label in system.entries:
         at = ("events", i)
         if label[0] not in SUPPORTED:
@@ -304,17 +304,26 @@ def check_supported(system: Any) -> None:
     refuse_vmms(cfg)
 
 
-def refuse_layout(system: Any, backing: str, size: str, type_why: str = "") -> None:
+def refuse_layout(system: Any, backing: str, size: str, type_why: str = "",
+                  backings: tuple[str, ...] = ("2M",)) -> None:
     """What both Promela models (this one and hugetlbfs.py) refuse of the VMs and the
-    set-up: a VM's memory other than one 2M page (``backing`` and ``size`` say what the
-    model takes), a VM type other than default, sw-protected and snp, and ``setup`` steps."""
+    set-up: a VM's memory other than one huge page of one of ``backings``, the same for
+    every VM (``backing`` and ``size`` say what the model takes), a VM type other than
+    default, sw-protected and snp, and ``setup`` steps."""
     cfg = system.config
+    first: str | None = None
     for k, vm in enumerate(cfg.vms):
         g = next((g for g in cfg.guest_memfd if g.name == vm.gmem), None)
-        if g is None or g.backing != "2M":
+        if g is None or g.backing not in backings:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models {backing}",
                               gmem_loc(cfg, vm, "backing", k))
-        if pages_of(system, vm.name) != 1 << cfg.geometry.pmd_order:
+        if first is not None and g.backing != first:
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models the VMs' guest_memfds "
+                              f"on one backing (the first VM's is {first}, this one's "
+                              f"{g.backing})", gmem_loc(cfg, vm, "backing", k))
+        first = g.backing
+    for k, vm in enumerate(cfg.vms):
+        if pages_of(system, vm.name) != 1 << frame_order(system):
             raise Unsupported(f"vm {vm.name}: the SPIN engine models {size}",
                               gmem_loc(cfg, vm, "size", k))
         if vm.type not in ("default", "sw-protected", "snp"):
@@ -386,7 +395,7 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
     cfg = system.config
     policy = make_policy(system.policy) if system.policy else make_policy("mainline")
     vms = [v.name for v in cfg.vms]
-    npg = 1 << cfg.geometry.pmd_order
+    npg = 1 << frame_order(system)
     early = {v.name: bool(system.ctx.early.get(v.vmm)) for v in cfg.vms}
     leader_early = {}
     for v in cfg.vms:
@@ -493,7 +502,7 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
             lines.append("  " + "; ".join(f"priv[{vi * npg + q}] = 1" for q in range(npg))
                          + f"; merged[{vi}] = 1; hs[{vi}] = 1;")
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}; "
+                 + f"; nspare = {max(0, cfg.host.hugepages.get(frame_pool(system), 0) - len(vms))}; "
                  + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check import races
+from memfail.check.events import vm_of
+from memfail.check.spin.observe import frame_order
 from memfail.check.spin.pack import array_size, numeric_defines
 from memfail.check.spin.promela import (
     Rendered,
@@ -94,7 +96,7 @@ def _chain(first: str) -> list[str]:
 def _ops(system: Any, labels: list[Any]) -> list[Op]:
     cfg = system.config
     vms = [v.name for v in cfg.vms]
-    npg = 1 << cfg.geometry.pmd_order
+    npg = 1 << frame_order(system)
     ops = []
     for k, label in enumerate(labels):
         kind, p = label[0], dict(label[1])
@@ -118,7 +120,10 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
         elif kind == "punch_hole" and gmem_range_ok(p, npg):
             # races.punch_target: any other range fails kvm_gmem_fallocate's checks, one step
             first, split = "punch.zap", f"PT({v})"
-        elif kind == "convert":
+        elif kind == "convert" and not (p["to"] == "private" and
+                                        vm_of(cfg, p["vm"]).type == "default"):
+            # races.first_stage: a default VM's KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails with
+            # -EINVAL at once (do_set_attributes), one atomic step that changes nothing
             first, split = "convert.attributes", f"(alive[{v}] && vst[{v}] != 3)"
         elif kind == "release" and len(specs) > 1 and \
                 all(key in races.RELEASE_STAGES for key, _ in specs):
@@ -212,7 +217,7 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
                 f":: else -> {goto(None)} fi")
     if stage == "punch.free":  # _free_range
         return f"if :: PT({v}) -> free_folio({v}, 0) :: else -> skip fi; {goto(None)}"
-    npg = 1 << system.config.geometry.pmd_order
+    npg = 1 << frame_order(system)
     if stage == "convert.attributes":  # races.convert_begin
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
@@ -382,7 +387,7 @@ def render_races(system: Any) -> RacesRendered:
         f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
         f"pdet[(b) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
         f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]"
-        for i in range(1 << system.config.geometry.pmd_order)) + "; ")
+        for i in range(1 << frame_order(system))) + "; ")
     head = re.sub(r"(?<!\w)det\[(\w+)\] = 1", r"det[\1] = 1; pdet[\1] = 1; mfc = 1", head)
     # between a release's stages: the VMM's mapping is gone after its munmap (unm), the
     # guest_memfd unbound after its close (unb: kvm_gmem_get_pfn fails, nothing allocated)
@@ -410,7 +415,7 @@ def render_races(system: Any) -> RacesRendered:
     at = next(i for i, line in enumerate(lines) if line.startswith("bit panic;"))
     lines[at:at] = decl
     head = "\n".join(lines)
-    npg = 1 << system.config.geometry.pmd_order
+    npg = 1 << frame_order(system)
     vms = [vm.name for vm in system.config.vms]
     from memfail.check.spin.promela import _foreach
     head += _foreach(STAGE_INLINES, npg)
