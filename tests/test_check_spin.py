@@ -87,6 +87,81 @@ def test_spin_verdicts_equal_python_verdicts(tmp_path: Path,
     assert not failed, f"SPIN counterexamples that do not replay: {failed}"
 
 
+# Two VMs on 1G guest_memfds (a scaled 1G page of 2^pud_order = 4 pages): a conversion splits
+# vm0's 1G folio and merges it back, a punch hole frees it, vm1's release frees its own for
+# vm0's refill (the free list of the 1G pool).
+TWO_1G = """\
+name: two-1g
+description: two VMs on 1G guest_memfds (scaled to 4 pages); a conversion splits vm0's 1G folio, a punch hole frees it, vm1's release frees its own for vm0's refill
+policies: [mainline, minimum, unmap, kill-vm, future]
+geometry: {pmd_order: 1, pud_order: 2}
+host: {memory: 16G, hugepages: {1G: 3}}
+processes:
+  - {name: qemu0, threads: [main, vcpu0], mce_kill: {main: early, vcpu0: late}, sigbus: handler}
+  - {name: qemu1, threads: [main], sigbus: handler}
+guest_memfd:
+  - {name: g0, size: 1G, backing: 1G, flags: [mmap, init_shared]}
+  - {name: g1, size: 1G, backing: 1G, flags: [mmap]}
+vms:
+  - {name: vm0, vmm: qemu0, gmem: g0, type: sw-protected}
+  - {name: vm1, vmm: qemu1, gmem: g1, type: sw-protected}
+events:
+  - {event: hw_error, vm: vm0, page: 1, detect: [latent, scrub]}
+  - {event: hw_error, vm: vm1, page: 2, detect: scrub}
+  - {event: convert, vm: vm0, page: 0, pages: 2, to: [private, shared], limit: 2}
+  - {event: vcpu_access, vm: vm0, page: 1}
+  - {event: vmm_access, vm: vm0, page: 1}
+  - {event: punch_hole, vm: vm0, page: 0, pages: 4, limit: 1}
+  - {event: realloc, vm: vm0, page: 0, pages: 4, limit: 1}
+  - {event: release, vm: vm1, limit: 1}
+  - {event: vcpu_access, vm: vm1, page: 2}
+bounds: {depth: 12, errors: 1}
+"""
+
+
+def test_1g_guest_memfds_get_the_python_engines_verdicts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela model's folio is the VMs' huge page, 2M or 1G (observe.frame_order): on 1G
+    guest_memfds both engines complete with the same verdicts, depths and messages, and every
+    SPIN counterexample replays on the Python model."""
+    cfg = tmp_path / "two-1g.yaml"
+    cfg.write_text(TWO_1G)
+    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
+    rc_spin, spin = _check(capsys, "--engine", "spin", "--out", str(tmp_path / "cex"),
+                           config=cfg)
+    assert rc_py == rc_spin == 1
+    _both_complete_and_equal(py, spin)
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert {n: v["message"] for n, v in a["verdicts"].items()} == \
+            {n: v["message"] for n, v in b["verdicts"].items()}
+    verdicts = {r["policy"]: _verdicts(r) for r in py["results"]}
+    assert verdicts["mainline"]["no-poison-reuse"] == ("FAIL", 3)
+    assert all(v[0] == "PASS" for v in verdicts["future"].values())
+    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL"]
+    assert len(files) >= 10
+    for f in files:
+        assert main(["run", f]) == 0, capsys.readouterr().out[-400:]
+        capsys.readouterr()
+
+
+def test_vms_on_guest_memfds_of_two_backings_are_refused_for_spin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela model keeps one folio size for every VM: a 2M VM beside a 1G one is
+    refused at the second VM's guest_memfd backing (exit 2)."""
+    text = TWO_1G.replace("{name: g1, size: 1G, backing: 1G", "{name: g1, size: 2M, backing: 2M")
+    text = text.replace("hugepages: {1G: 3}", "hugepages: {1G: 2, 2M: 1}")
+    text = text.replace("vm: vm1, page: 2", "vm: vm1, page: 1")  # a 2M page is 2 pages here
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(text)
+    line = text.splitlines().index(next(x for x in text.splitlines() if "name: g1" in x)) + 1
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "future"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"memfail: error: {cfg}:{line}: guest_memfd[1].backing: ")
+    assert "on one backing (the first VM's is 1G, this one's 2M)" in err[0]
+
+
 INLINE = ["{base: minimum, unmap_stage2: folio, unmap_host: folio}", "kill-vm{unconsumed=defer}"]
 
 
@@ -286,8 +361,30 @@ def test_policies_of_the_file_spin_does_not_render_are_named_and_skipped(
     out, err = capsys.readouterr()
     assert rc == 1
     assert "not checking policy 'hugetlbfs'" in err
-    names = [r["policy"] for r in json.loads(out)["results"]]
+    doc = json.loads(out)
+    names = [r["policy"] for r in doc["results"]]
     assert "hugetlbfs" not in names and "unmap" in names
+    # the JSON says so too: a reader of it alone knows a policy of the file was not checked
+    assert doc["skipped"] == [{"policy": "hugetlbfs",
+                               "reason": "policy 'hugetlbfs': backing: hugetlbfs is not "
+                                         "modelled"}]
+    rc = main(["check", str(cfg), "--json"])  # the Python engine checks every one
+    assert rc == 1 and json.loads(capsys.readouterr().out)["skipped"] == []
+
+
+def test_a_file_none_of_whose_policies_spin_renders_is_one_error_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A claiming policy whose consumed is `kernel` alone in the file: exit 2, one line with
+    the reason (not a note and then an error)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(re.sub(r"(?m)^policies: \[.*\]$", 'policies: ["minimum{consumed=kernel}"]',
+                          AGREE_CONFIG.read_text(), count=1))
+    rc = main(["check", str(cfg), "--engine", "spin"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "renders none of the configuration's policies" in lines[0]
+    assert "consumed: kernel" in lines[0] and "use --engine python" in lines[0]
 
 
 def test_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

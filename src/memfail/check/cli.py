@@ -355,8 +355,9 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
         raise OptionError("--engine", f"unknown engine {engine!r}; choose from python, spin, "
                           "spin-bitstate")
     policies = list(policy) if policy else list(cfg.policies)
+    skipped: dict[str, str] = {}  # the file's policies the SPIN engine does not render
     if not policy and engine != "python":
-        policies = _spin_policies(policies, races)
+        policies, skipped = _spin_policies(policies, races)
     if policy:
         from memfail.model.policy.registry import policy_names, policy_text
 
@@ -456,7 +457,8 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
     if as_json:
-        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent),
+        typer.echo(json.dumps(to_json(cfg, config, results, workers, scheduler, races, absent,
+                                      skipped),
                               indent=2))
     else:
         _print_table(wide_console(), results, props, absent)
@@ -585,20 +587,23 @@ def _print_swarm(console: Console, results: list[tuple[str, Any, dict[str, str]]
                           f"step{'' if len(f.labels) == 1 else 's'}: {f.message}{where}")
 
 
-def _spin_policies(policies: list[str], races: bool = False) -> list[str]:
-    """The configuration's policies the SPIN engine renders (with ``races``, lock-granular);
-    the others are named on stderr (a policy asked for with --policy that it does not render
-    is a usage error)."""
+def _spin_policies(policies: list[str], races: bool = False
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The configuration's policies the SPIN engine renders (with ``races``, lock-granular),
+    and the others by name with the reason, which are named on stderr and in the JSON's
+    ``skipped`` (a policy asked for with --policy that it does not render is a usage error,
+    and so is a configuration none of whose policies it renders: one line with the
+    reasons)."""
     from memfail.check.spin.promela import split_rendered
 
     keep, refused = split_rendered(policies, races)
+    if not keep:
+        raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
+                          f"policies ({'; '.join(refused.values())}); use --engine python")
     for why in refused.values():
         Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
                                    soft_wrap=True)
-    if not keep:
-        raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
-                          "policies; use --engine python")
-    return keep
+    return keep, refused
 
 
 def _spin_supported(cfg: CheckConfig, pol: str, system: System, where: str) -> None:
@@ -758,8 +763,10 @@ def _engine(r: Result) -> str:
 
 def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result, dict[str, str]]],
             workers: int, scheduler: str | None, races: bool = False,
-            absent: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """The ``memfail.check/1`` document (docs/check.md)."""
+            absent: dict[str, dict[str, str]] | None = None,
+            skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``memfail.check/1`` document (docs/check.md). ``skipped``: the configuration's
+    policies the engine did not check, by name, with the reason."""
     docs = {p.name: p for p in PROPERTIES}
     absent = absent or {}
     return {
@@ -770,6 +777,7 @@ def to_json(cfg: CheckConfig, file: Path | None, results: list[tuple[str, Result
         "scheduler": scheduler,
         "races": races,
         "failed": any(r.failed() for _, r, _ in results),
+        "skipped": [{"policy": name, "reason": why} for name, why in (skipped or {}).items()],
         "results": [{
             "policy": pol,
             "engine": _engine(r),
