@@ -4,6 +4,7 @@
     python bench/bench_check.py --policy future --depth 6
     python bench/bench_check.py --no-engine --races --depth 4
     python bench/bench_check.py --no-engine --repeat 3   # best of 3 by CPU time
+    python bench/bench_check.py --no-engine --encoding   # + full vs row-cached encodings
 
 Prints figures for the engine alone (a toy system) and for the model on the standard
 configuration (its first policy unless --policy). Each is measured twice: by the wall clock,
@@ -116,6 +117,43 @@ def report(name: str, make: Callable[[], System], bounds: Bounds, target: int,
           f"total {time.perf_counter() - t0:.1f} s")
 
 
+def encodings(make: Callable[[], System], bounds: Bounds, repeat: int) -> None:
+    """The canonical encoding of every Host the search encodes (its fingerprints), timed
+    in full (``host_encoding``) and row by row from one ``RowCache`` across them, on one
+    core: what the row cache saves per Host not seen before."""
+    import memfail.check.encode as enc
+    from memfail.check.freeze import freeze, thaw
+
+    blobs: list[bytes] = []
+    real = enc.RowCache.encode
+
+    def keep(self: enc.RowCache, host: object) -> bytes:
+        blobs.append(freeze(host))
+        return real(self, host)
+
+    enc.RowCache.encode = keep  # type: ignore[method-assign]
+    try:
+        with make_backend(1) as backend:
+            explore(make(), backend, bounds, Options(stop_when_all_fail=False))
+    finally:
+        enc.RowCache.encode = real  # type: ignore[method-assign]
+    hosts = [thaw(b) for b in blobs]
+    full = rows = float("inf")
+    for _ in range(max(repeat, 2)):
+        t = time.process_time()
+        want = [enc.host_encoding(h) for h in hosts]
+        full = min(full, time.process_time() - t)
+        cache = enc.RowCache()
+        t = time.process_time()
+        got = [cache.encode(h) for h in hosts]
+        rows = min(rows, time.process_time() - t)
+    n = max(len(hosts), 1)
+    print(f"  encodings of the {len(hosts):,} Hosts the search encoded: "
+          f"{full / n * 1e6:,.0f} us each in full, {rows / n * 1e6:,.0f} us row-cached "
+          f"({cache.hits:,} rows from the cache, {cache.misses:,} encoded; "
+          f"identical bytes: {got == want})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", help="policy of the standard configuration (default: its first)")
@@ -125,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure each figure N times and keep the run with the least CPU "
                          "time (default 1)")
+    ap.add_argument("--encoding", action="store_true",
+                    help="also time the canonical encodings of the Hosts the model's search "
+                         "encodes, in full and row-cached")
     args = ap.parse_args(argv)
     print(f"memfail check benchmark (cpu count {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}"
@@ -149,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
            f"{', --races' if races else ''})",
            lambda: ModelSystem(cfg, policy, races), Bounds(max_depth=depth), TARGET_MODEL,
            lambda: ModelSystem(cfg, other, races), args.repeat)
+    if args.encoding:
+        encodings(lambda: ModelSystem(cfg, policy, races), Bounds(max_depth=depth), args.repeat)
     return 0
 
 
