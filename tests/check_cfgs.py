@@ -1,7 +1,10 @@
 """Small check configurations shared by the tests: one sw-protected VM on a "2M" guest_memfd
-(four base pages, mapped by its VMM and shared at the start) with a QEMU-like VMM."""
+(four base pages, mapped by its VMM and shared at the start) with a QEMU-like VMM; and a
+shipped configuration file made 1G (``one_g``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def one_vm(policies: str, events: list[str], bounds: str = "{depth: 6, errors: 1}",
@@ -20,3 +23,20 @@ def one_vm(policies: str, events: list[str], bounds: str = "{depth: 6, errors: 1
 MCE_THEN_VMM = ["{event: hw_error, vm: vm0, page: 1, detect: latent}",
                 "{event: vcpu_mce, vm: vm0, page: 1}",
                 "{event: vmm_access, vm: vm0, page: 1, limit: 1}"]
+
+
+def one_g(path: Path, tmp_path: Path) -> Path:
+    """The configuration file ``path`` with every guest_memfd a 1G one (a scaled 1G page of
+    2^pud_order = 4 pages, as the 2M pages of the shipped agreement files are) and the
+    pool's 2M pages made 1G, written in ``tmp_path``."""
+    import yaml
+
+    d = yaml.safe_load(path.read_text())
+    d["geometry"] = {"pmd_order": 1, "pud_order": 2}
+    d["host"]["hugepages"] = {"1G": d["host"]["hugepages"]["2M"]}
+    d["host"]["memory"] = "16G"
+    for g in d["guest_memfd"]:
+        g["size"] = g["backing"] = "1G"
+    out = tmp_path / f"{path.stem}-1g.yaml"
+    out.write_text(yaml.safe_dump(d, sort_keys=False))
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from check_cfgs import one_g
 from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import (
@@ -307,22 +308,6 @@ def test_a_default_vm_converting_to_private_changes_nothing_in_both(tmp_path: Pa
     _walks_and_a_simulation_agree("future", path, STEPS + 4)
 
 
-def _one_g(path: Path, tmp_path: Path) -> Path:
-    """``path`` with every guest_memfd a 1G one (a scaled 1G page of 2^pud_order = 4 pages,
-    as the 2M pages of the shipped file are) and the pool's 2M pages made 1G."""
-    import yaml
-
-    d = yaml.safe_load(path.read_text())
-    d["geometry"] = {"pmd_order": 1, "pud_order": 2}
-    d["host"]["hugepages"] = {"1G": d["host"]["hugepages"]["2M"]}
-    d["host"]["memory"] = "16G"
-    for g in d["guest_memfd"]:
-        g["size"] = g["backing"] = "1G"
-    out = tmp_path / f"{path.stem}-1g.yaml"
-    out.write_text(yaml.safe_dump(d, sort_keys=False))
-    return out
-
-
 @pytest.mark.parametrize("policy", ["mainline", "minimum", "future", CUSTOM["minimum-marks"]],
                          ids=_id)
 def test_conversions_of_1g_folios_agree(policy: Any, tmp_path: Path) -> None:
@@ -331,7 +316,7 @@ def test_conversions_of_1g_folios_agree(policy: Any, tmp_path: Path) -> None:
     step by step, atomic and with --races."""
     from memfail.check.spin.stages import render_races
 
-    path = _one_g(AGREE_CONVERT_CONFIG, tmp_path)
+    path = one_g(AGREE_CONVERT_CONFIG, tmp_path)
     _walks_and_a_simulation_agree(policy, path, STEPS + 4)
     system = ModelSystem(load_config(path), policy, races=True)
     system.initial()

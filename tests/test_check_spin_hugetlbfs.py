@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from check_cfgs import one_g
 from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import AGREE_HUGETLBFS_CONFIG, AGREE_HUGETLBFS_GUESTS_CONFIG
@@ -72,11 +73,16 @@ def _replays(capsys: pytest.CaptureFixture[str], doc: dict) -> list[tuple[str, i
     return failed
 
 
+@pytest.mark.parametrize("size", ["2M", "1G"])
 def test_verdicts_and_counterexample_lengths_equal(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = str(AGREE_HUGETLBFS_CONFIG)
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   size: str) -> None:
+    """agree-hugetlbfs.yaml, and the same on 1G HugeTLB pages (check_cfgs.one_g: the
+    Promela folio is the 1G page, observe.frame_order)."""
+    cfg = str(AGREE_HUGETLBFS_CONFIG if size == "2M" else one_g(AGREE_HUGETLBFS_CONFIG,
+                                                                 tmp_path))
     rc_py, py = _check(capsys, cfg)
-    rc_spin, spin = _check(capsys, cfg, "--engine", "spin", "--out", str(tmp_path))
+    rc_spin, spin = _check(capsys, cfg, "--engine", "spin", "--out", str(tmp_path / "cex"))
     assert rc_py == rc_spin == 1
     (a,), (b,) = py["results"], spin["results"]
     assert a["policy"] == b["policy"] == "hugetlbfs"
@@ -94,8 +100,10 @@ def test_verdicts_and_counterexample_lengths_equal(tmp_path: Path,
     assert not _replays(capsys, spin)
 
 
-def test_python_walks_are_accepted_by_promela() -> None:
-    system = _system()
+@pytest.mark.parametrize("size", ["2M", "1G"])
+def test_python_walks_are_accepted_by_promela(size: str, tmp_path: Path) -> None:
+    config = AGREE_HUGETLBFS_CONFIG if size == "2M" else one_g(AGREE_HUGETLBFS_CONFIG, tmp_path)
+    system = _system(config)
     rendered = render(system)
     for seed in range(WALKS):
         diff = agree_walk(system, seed, STEPS, rendered)

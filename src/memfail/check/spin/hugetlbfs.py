@@ -41,7 +41,7 @@ from typing import Any
 
 from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
-from memfail.check.spin.observe import PAGE_FIELDS
+from memfail.check.spin.observe import PAGE_FIELDS, frame_order, frame_pool
 from memfail.check.spin.promela import (
     MCE_INLINES,
     PROP_EXPR,
@@ -77,9 +77,10 @@ SUPPORTED_HUGETLBFS = ("hw_error", "scrub", "vcpu_access", "vmm_access", "kernel
 def check_supported(system: Any) -> None:
     """Refuse (``Unsupported``) what the hugetlbfs model does not carry out."""
     cfg = system.config
-    refuse_layout(system, "hugetlbfs VMs made from a guest_memfd entry with backing 2M (one "
-                  "HugeTLB page)", "one huge page per VM (size 2M)")
-    npg = 1 << cfg.geometry.pmd_order
+    refuse_layout(system, "hugetlbfs VMs made from a guest_memfd entry with backing 2M or 1G "
+                  "(one HugeTLB page)", "one huge page per VM (size 2M with backing 2M, 1G "
+                  "with 1G)", backings=("2M", "1G"))
+    npg = 1 << frame_order(system)
     for i, label in system.entries:
         at = ("events", i)
         kind = label[0]
@@ -118,7 +119,7 @@ def render(system: Any) -> Rendered:
     check_supported(system)
     cfg = system.config
     vms = [v.name for v in cfg.vms]
-    npg = 1 << cfg.geometry.pmd_order
+    npg = 1 << frame_order(system)
     early = {v.name: bool(system.ctx.early.get(v.vmm)) for v in cfg.vms}
     labels = [label for _i, label in system.entries]
     maxvc = max(vm.vcpus for vm in cfg.vms)
@@ -200,7 +201,7 @@ def render(system: Any) -> Rendered:
     # the set-up: the VMM's mapping faulted in by the guest's stores, one huge SPTE per VM
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN; pte[{i}] = 1; hs[{i}] = 1"
                                   for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get('2M', 0) - len(vms))}; "
+                 + f"; nspare = {max(0, cfg.host.hugepages.get(frame_pool(system), 0) - len(vms))}; "
                  + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
@@ -578,7 +579,7 @@ def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
 
     cfg = system.config
     vms = [v.name for v in cfg.vms]
-    npg = 1 << cfg.geometry.pmd_order
+    npg = 1 << frame_order(system)
     ops = []
     for k, label in enumerate(labels):
         kind, p = label[0], dict(label[1])
@@ -643,7 +644,7 @@ def render_races(system: Any) -> Any:
     cfg = system.config
     labels = list(base.labels)
     vms = [v.name for v in cfg.vms]
-    npg = 1 << cfg.geometry.pmd_order
+    npg = 1 << frame_order(system)
     ops = _race_ops(system, labels)
     # no op in flight holds mf_mutex or the folio lock: memory_failure() never waits here
     assert all(_waits_expr(ops, op.k) == "0" for op in ops)
