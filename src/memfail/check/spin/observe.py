@@ -7,9 +7,9 @@ per VM page, whether its frame still backs the VM, has a hardware error, was rep
 memory_failure(), is recorded (``poison_records``), is mapped in the VMM's page table and in
 stage 2, how often its poison was consumed and whether the guest offlined the page after a
 vMCE (and will kill its user on the next access); per VM, the KVM state and whether its VMM
-lives; the panic flag; the free huge pages of the VMs' pool, 2M or 1G (free_huge_pages: the spares and the
-VMs' frames on the free list, marked ones included; FREE_POOL in Promela); and which
-properties are violated.
+lives; the panic flag; the free huge pages of the VMs' pool, 2M or 1G (free_huge_pages: the
+spares and the VMs' frames on the free list, marked ones included; FREE_POOL in Promela); and
+which properties are violated.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def observe(system: Any, state: Any) -> tuple[int, ...]:
 
 def frame_order(system: Any) -> int:
     """The order of the huge folio behind each VM, as both Promela models keep it (one per
-    VM, all of one size): ``pud_order`` when the VMs' guest_memfds are backed by 1G pages,
-    else ``pmd_order`` (2M guest_memfds, and the hugetlbfs baseline's 2M HugeTLB pages)."""
+    VM, all of one size): ``pud_order`` when every VM's guest_memfd entry is backed by 1G
+    pages (a 1G guest_memfd folio, or under the hugetlbfs baseline a 1G HugeTLB page), else
+    ``pmd_order``. promela.refuse_layout refuses VMs of two sizes."""
     cfg = system.config
     backing = {g.name: g.backing for g in cfg.guest_memfd}
     if cfg.vms and all(backing.get(vm.gmem or "") == "1G" for vm in cfg.vms):
