@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from memfail.check.encode import RowCache, host_encoding, plain_encoding
 
 
@@ -97,11 +99,15 @@ def test_a_value_pickle_refuses_is_encoded_in_full() -> None:
     same(rows, Host())
 
 
-def test_the_cache_is_bounded() -> None:
-    rows = RowCache(limit=3)
+@pytest.mark.parametrize("bound", [{"limit": 3}, {"limit_bytes": 1000}])
+def test_the_cache_is_bounded(bound: dict[str, int]) -> None:
+    rows = RowCache(**bound)
     h = Host()
+    sizes = []
     for n in range(10):
         h.count = n
-        h.vms["a"].pages = [n]
+        h.vms["a"].pages = [n] * 50
         same(rows, h)
-        assert len(rows._text) <= 3 + 6  # emptied after a host that passed the limit
+        sizes.append(len(rows._text))
+        assert len(rows._text) <= 3 + 6  # emptied after a host that passed the bound
+    assert 0 in sizes

@@ -321,10 +321,13 @@ class RowCache:
     bytes are ``host_encoding``'s (tests compare them on every host a search meets).
 
     One step of the model changes a few of a host's ~50 rows, so most are found in the
-    cache. Per process (a ``ModelSystem`` keeps one); at most ``limit`` entries."""
+    cache. Per process (a ``ModelSystem`` keeps one); emptied when it passes ``limit``
+    entries or ``limit_bytes`` of content keys and texts."""
 
-    def __init__(self, limit: int = 1 << 17) -> None:
+    def __init__(self, limit: int = 1 << 17, limit_bytes: int = 64 << 20) -> None:
         self.limit = limit
+        self.limit_bytes = limit_bytes
+        self._bytes = 0
         self._text: dict[tuple[Any, bytes], str] = {}
         self._keyed: set[type] | None = None
         self._full = False  # every host encoded in full (the cache cannot follow it)
@@ -341,6 +344,7 @@ class RowCache:
                 return self._encode(host, self._keyed)
             except _Relearn:  # a class more is keyed (at most len(KEYS) times)
                 self._text.clear()
+                self._bytes = 0
             except _Full:
                 self._full = True
                 return host_encoding(host)
@@ -399,6 +403,7 @@ class RowCache:
                 self.misses += 1
                 e = _Encoder(host)
                 got = cache[ckey] = make(e, *args)
+                self._bytes += len(ckey[1]) + len(got)
                 learn(e)
             else:
                 self.hits += 1
@@ -417,8 +422,9 @@ class RowCache:
                 raise _Full
             got = cached((t, content(state)), _Encoder.fields, o, cls)
             rows.setdefault(f"{cls}{keys[cls](o)!r}", []).append(got)
-        if len(cache) > self.limit:
+        if len(cache) > self.limit or self._bytes > self.limit_bytes:
             cache.clear()
+            self._bytes = 0
         lines = sorted(f"{k}={';'.join(sorted(v))}" for k, v in rows.items())
         return ("\n".join([top, *lines])).encode()
 
