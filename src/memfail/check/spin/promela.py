@@ -739,7 +739,7 @@ inline zap_page(v, p) { spte[p] = 0; hs[v] = 0 }
 /* install_spte(): at the folio's level when the VM's folio is one HugeTLB folio (all of it
    private: the huge entry replaces a 4K one at its head), else at 4K; a policy that zaps
    only the failed subpage maps a claimed folio holding a failure at 4K (kvm_gmem_get_pfn) */
-#define SUBPAGE_CAP(v) (unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE && CLAIMED && (FRAME_HWP(v) || FRAME_TAB(v)))
+#define SUBPAGE_CAP(v) (unmap_stage2 == K_UNMAP_STAGE2_SUBPAGE && CLAIMED && bk[v] == OWN && (FRAME_HWP(v) || FRAME_TAB(v)))
 inline map_spte(v, p) {
   if
   :: SPTE(v, p) -> skip
