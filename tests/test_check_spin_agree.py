@@ -26,6 +26,7 @@ from memfail.check.spin import (
     AGREE_CONVERT_CONFIG,
     AGREE_GUEST_CONFIG,
     AGREE_KERNEL_CONFIG,
+    AGREE_SPLIT_CONFIG,
     AGREE_TWO_CONFIG,
 )
 from memfail.check.spin.agree import (
@@ -324,3 +325,26 @@ def test_conversions_of_1g_folios_agree(policy: Any, tmp_path: Path) -> None:
     for seed in range(2):
         diff = agree_walk(system, seed, 2 * STEPS, rendered)
         assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"
+
+
+def test_a_vm_refilled_from_a_spare_is_mapped_huge_under_a_subpage_policy() -> None:
+    """The standard configuration under future (unmap_stage2: subpage): vm0's frame is
+    poisoned, punched and dissolved, and the guest's next load refills the hole from a clean
+    spare. kvm_gmem_get_pfn caps the mapping at 4K only for a folio that holds a failure
+    (gmem.py), so the spare is mapped huge; the Promela cap read the failure bits of the
+    VM's own frame, which no longer backs it (SUBPAGE_CAP without bk[v] == OWN)."""
+    system = _system("future", STANDARD)
+    diff = agree_walk(system, 204, 20, render(system))
+    assert diff is None, diff
+
+
+def test_a_conversion_of_a_destroyed_vm_is_one_step_in_both_under_races() -> None:
+    """agree-split.yaml under mainline, --races: after vm0's release (vm_destroy), a
+    conversion is one step in both engines; the Python model used to split it
+    (races.first_stage), so its convert.folios continuation had no Promela counterpart."""
+    from memfail.check.spin.stages import render_races
+
+    system = ModelSystem(load_config(AGREE_SPLIT_CONFIG), "mainline", races=True)
+    system.initial()
+    diff = agree_walk(system, 201, 30, render_races(system))
+    assert diff is None, diff
