@@ -41,7 +41,7 @@ from typing import Any
 
 from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
-from memfail.check.spin.observe import PAGE_FIELDS, frame_order, frame_pool
+from memfail.check.spin.observe import PAGE_FIELDS, frame_order, spare_pages
 from memfail.check.spin.promela import (
     MCE_INLINES,
     PROP_EXPR,
@@ -54,6 +54,7 @@ from memfail.check.spin.promela import (
     _ignores_vmce,
     _vmm_thread,
     checker_proctype,
+    converts_at_once,
     first_frame,
     frame_slots,
     init_slots,
@@ -201,7 +202,7 @@ def render(system: Any) -> Rendered:
     # the set-up: the VMM's mapping faulted in by the guest's stores, one huge SPTE per VM
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN; pte[{i}] = 1; hs[{i}] = 1"
                                   for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get(frame_pool(system), 0) - len(vms))}; "
+                 + f"; nspare = {spare_pages(system)}; "
                  + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
@@ -235,9 +236,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
-        if to and vm_of(cfg, p["vm"]).type == "default":
-            # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
-            # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
+        if converts_at_once(cfg, p):
             return "skip"
         return f"if :: alive[{v}] -> hs[{v}] = 0; " + \
             "; ".join(f"spte[{v * npg + x}] = 0; priv[{v * npg + x}] = {to}" for x in pages) + \
@@ -585,8 +584,8 @@ def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
         kind, p = label[0], dict(label[1])
         v = vms.index(p["vm"])
         if kind == "convert":
-            if p["to"] == "private" and vm_of(cfg, p["vm"]).type == "default":
-                continue  # -EINVAL at once (do_set_attributes): never split
+            if converts_at_once(cfg, p):
+                continue
             first, split = "convert.attributes", f"alive[{v}]"
         elif kind == "release":
             specs = system._specs(label)

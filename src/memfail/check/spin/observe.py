@@ -81,9 +81,13 @@ def frame_order(system: Any) -> int:
     return int(cfg.geometry.pmd_order)
 
 
-def frame_pool(system: Any) -> str:
-    """The HugeTLB pool (``host.hugepages`` key) the VMs' folios and the spares come from."""
-    return "1G" if frame_order(system) != system.config.geometry.pmd_order else "2M"
+def spare_pages(system: Any) -> int:
+    """The pool's huge pages no VM starts on (both Promela models' ``nspare``): the free
+    pages of the VMs' pool (``host.hugepages``, 2M or 1G as ``frame_order``) beyond one per
+    VM."""
+    cfg = system.config
+    pool = "1G" if frame_order(system) != cfg.geometry.pmd_order else "2M"
+    return max(0, cfg.host.hugepages.get(pool, 0) - len(cfg.vms))
 
 
 def pages_of(system: Any, vm: str) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 from memfail.check.events import vm_of
 from memfail.check.properties import PROPERTIES
-from memfail.check.spin.observe import PAGE_FIELDS, frame_order, frame_pool, pages_of
+from memfail.check.spin.observe import PAGE_FIELDS, frame_order, pages_of, spare_pages
 from memfail.model.policy.base import knob_values
 from memfail.model.policy.registry import make_policy
 
@@ -265,6 +265,14 @@ def policy_refusal(spec: Any) -> str | None:
                 "sigbus-current, sigbus-vmm, kill-vm, unusable and unconsumed: defer, "
                 "notify-vmm, kill-vm, unusable")
     return None
+
+
+def converts_at_once(cfg: Any, p: dict[str, Any]) -> bool:
+    """Whether a ``convert`` label's conversion fails at once and changes nothing, in both
+    Promela models, atomic or with races (races.first_stage does not split it): a default
+    VM's KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails with -EINVAL before any lock
+    (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)."""
+    return bool(p["to"] == "private" and vm_of(cfg, p["vm"]).type == "default")
 
 
 def check_supported(system: Any) -> None:
@@ -502,7 +510,7 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
             lines.append("  " + "; ".join(f"priv[{vi * npg + q}] = 1" for q in range(npg))
                          + f"; merged[{vi}] = 1; hs[{vi}] = 1;")
     lines.append("  " + "; ".join(f"alive[{i}] = 1; bk[{i}] = OWN" for i in range(len(vms)))
-                 + f"; nspare = {max(0, cfg.host.hugepages.get(frame_pool(system), 0) - len(vms))}; "
+                 + f"; nspare = {spare_pages(system)}; "
                  + init_slots(len(vms)))
     lines.append("}")
     lines += checker_proctype([(guard, f"{count}step_{k}(); RESET_SCRATCH")
@@ -608,9 +616,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
-        if to and vm_of(cfg, p["vm"]).type == "default":
-            # KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on a VM without private memory fails with
-            # -EINVAL (kvm_supported_mem_attributes(), model/kvm/kvm.py do_set_attributes)
+        if converts_at_once(cfg, p):
             return "skip"
         # set_attributes of a VM whose VMM has exited fails (-ESRCH, Host.actor_gone)
         return f"if :: alive[{v}] -> " + \

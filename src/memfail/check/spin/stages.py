@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check import races
-from memfail.check.events import vm_of
 from memfail.check.spin.observe import frame_order
 from memfail.check.spin.pack import array_size, numeric_defines
 from memfail.check.spin.promela import (
@@ -40,6 +39,7 @@ from memfail.check.spin.promela import (
     _gmem_of,
     _guard,
     checker_proctype,
+    converts_at_once,
     first_frame,
     gmem_range_ok,
     kernel_user,
@@ -120,10 +120,7 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
         elif kind == "punch_hole" and gmem_range_ok(p, npg):
             # races.punch_target: any other range fails kvm_gmem_fallocate's checks, one step
             first, split = "punch.zap", f"PT({v})"
-        elif kind == "convert" and not (p["to"] == "private" and
-                                        vm_of(cfg, p["vm"]).type == "default"):
-            # races.first_stage: a default VM's KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) fails with
-            # -EINVAL at once (do_set_attributes), one atomic step that changes nothing
+        elif kind == "convert" and not converts_at_once(cfg, p):
             first, split = "convert.attributes", f"(alive[{v}] && vst[{v}] != 3)"
         elif kind == "release" and len(specs) > 1 and \
                 all(key in races.RELEASE_STAGES for key, _ in specs):
@@ -376,6 +373,7 @@ def render_races(system: Any) -> RacesRendered:
     base = render(system, step_derives=False)   # every transition derives after its steps
     labels = list(base.labels)
     ops = _ops(system, labels)
+    npg = 1 << frame_order(system)
     head = base.text[:base.text.index("#ifndef REPLAY")]
     # the kernel's record of memory_failure() calls (host.phys.detected) apart from the
     # monitor's (det): mf.record sets it before mf.notify's trace event
@@ -387,7 +385,7 @@ def render_races(system: Any) -> RacesRendered:
         f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
         f"pdet[(b) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]; "
         f"pdet[(a) * NPG + {i}] = pdet[(a) * NPG + {i}] ^ pdet[(b) * NPG + {i}]"
-        for i in range(1 << frame_order(system))) + "; ")
+        for i in range(npg)) + "; ")
     head = re.sub(r"(?<!\w)det\[(\w+)\] = 1", r"det[\1] = 1; pdet[\1] = 1; mfc = 1", head)
     # between a release's stages: the VMM's mapping is gone after its munmap (unm), the
     # guest_memfd unbound after its close (unb: kvm_gmem_get_pfn fails, nothing allocated)
@@ -415,7 +413,6 @@ def render_races(system: Any) -> RacesRendered:
     at = next(i for i, line in enumerate(lines) if line.startswith("bit panic;"))
     lines[at:at] = decl
     head = "\n".join(lines)
-    npg = 1 << frame_order(system)
     vms = [vm.name for vm in system.config.vms]
     from memfail.check.spin.promela import _foreach
     head += _foreach(STAGE_INLINES, npg)
