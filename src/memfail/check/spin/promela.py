@@ -330,8 +330,9 @@ def refuse_layout(system: Any, backing: str, size: str, type_why: str = "",
                               f"on one backing (the first VM's is {first}, this one's "
                               f"{g.backing})", gmem_loc(cfg, vm, "backing", k))
         first = g.backing
+    npg = 1 << frame_order(system)
     for k, vm in enumerate(cfg.vms):
-        if pages_of(system, vm.name) != 1 << frame_order(system):
+        if pages_of(system, vm.name) != npg:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models {size}",
                               gmem_loc(cfg, vm, "size", k))
         if vm.type not in ("default", "sw-protected", "snp"):
