@@ -162,6 +162,27 @@ def test_vms_on_guest_memfds_of_two_backings_are_refused_for_spin(
     assert "on one backing (the first VM's is 1G, this one's 2M)" in err[0]
 
 
+def test_a_vmm_running_two_vms_is_refused_for_spin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Promela VM's ``alive`` is its VMM's: a VMM that runs two VMs, whose death (a
+    BUS_ADRERR on a private page, a policy's kill) takes both down in the Python model, is
+    refused at the second VM's ``vmm`` (exit 2), where a walk of both engines differed
+    (vm1 still held its memory in Promela after the shared VMM was killed through vm0); the
+    Python engine checks it."""
+    text = TWO_1G.replace("{name: vm1, vmm: qemu1,", "{name: vm1, vmm: qemu0,")
+    cfg = tmp_path / "shared.yaml"
+    cfg.write_text(text)
+    line = text.splitlines().index(next(x for x in text.splitlines() if "name: vm1" in x)) + 1
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "minimum"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"memfail: error: {cfg}:{line}: vms[1].vmm: vm vm1: the SPIN "
+                             "engine models one VM per VMM (qemu0 also runs vm0)")
+    rc = main(["check", str(cfg), "--policy", "minimum", "--max-depth", "2"])
+    capsys.readouterr()
+    assert rc in (0, 1)
+
+
 INLINE = ["{base: minimum, unmap_stage2: folio, unmap_host: folio}", "kill-vm{unconsumed=defer}"]
 
 

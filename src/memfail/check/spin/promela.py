@@ -343,11 +343,20 @@ def refuse_layout(system: Any, backing: str, size: str, type_why: str = "",
 
 
 def refuse_vmms(cfg: Any) -> None:
-    """Both Promela models' VMM is QEMU: a process without a SIGBUS handler is refused."""
+    """Both Promela models' VMM is QEMU, one per VM: a process without a SIGBUS handler is
+    refused, and so is a VMM that runs two VMs (the Promela VM's ``alive`` is its VMM's: a
+    VMM that dies, by a signal or by a policy's kill, takes every VM it runs down with it in
+    the Python model, and only the one VM in Promela)."""
     for k, proc in enumerate(cfg.processes):
         if proc.sigbus != "handler":
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
                               "SIGBUS handler (QEMU)", ("processes", k, "sigbus"))
+    first: dict[str, str] = {}
+    for k, vm in enumerate(cfg.vms):
+        if vm.vmm in first:
+            raise Unsupported(f"vm {vm.name}: the SPIN engine models one VM per VMM "
+                              f"({vm.vmm} also runs {first[vm.vmm]})", ("vms", k, "vmm"))
+        first[vm.vmm] = vm.name
 
 
 def gmem_loc(cfg: Any, vm: Any, field: str, k: int) -> tuple[str | int, ...]:
