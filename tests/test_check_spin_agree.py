@@ -348,3 +348,60 @@ def test_a_conversion_of_a_destroyed_vm_is_one_step_in_both_under_races() -> Non
     system.initial()
     diff = agree_walk(system, 201, 30, render_races(system))
     assert diff is None, diff
+
+
+OVERLAP = """\
+name: overlap
+policies: [minimum, kill-vm]
+host: {hugepages: {2M: 3}}
+processes:
+  - {name: q0, threads: [main], sigbus: handler}
+  - {name: q1, threads: [main], sigbus: handler}
+guest_memfd:
+  - {name: g0, size: 2M, backing: 2M, flags: [mmap]}
+  - {name: g1, size: 2M, backing: 2M, flags: [mmap]}
+vms:
+  - {name: vm0, vmm: q0, gmem: g0, type: sw-protected}
+  - {name: vm1, vmm: q1, gmem: g1, type: sw-protected}
+events:
+  - {event: close, vm: [vm0, vm1], limit: 1}
+  - {event: hw_error, vm: vm0, page: 1, detect: scrub}
+  - {event: close, vm: vm1, limit: 1}
+  - {event: vcpu_access, vm: [vm0, vm1], page: 1}
+  - {event: punch_hole, vm: [vm0, vm1], page: 0, pages: 4}
+"""
+
+
+def test_a_step_listed_by_two_entries_counts_against_the_first_with_room(
+        tmp_path: Path) -> None:
+    """close(vm1) is in events[0] and events[2], each limit 1: it is one step (enabled once,
+    not once per entry), enabled while either entry is below its limit, and counted against
+    the first such entry. The Python model used to count it against events[0] only, so
+    events[2]'s limit was never reached (close(vm1) stayed enabled for ever), while the
+    Promela guard read events[0] alone: a walk differed at the second close."""
+    path = tmp_path / "overlap.yaml"
+    path.write_text(OVERLAP)
+    system = _system("minimum", path)
+    close = {v: ("close", (("vm", v),)) for v in ("vm0", "vm1")}
+
+    def closes(s: Any) -> list[Any]:
+        got = [lab for lab in system.enabled(s) if lab[0] == "close"]
+        assert len(got) == len(set(got))
+        return got
+
+    s0 = system.initial()
+    assert closes(s0) == [close["vm0"], close["vm1"]]
+    s1 = system.step(s0, close["vm0"])            # events[0] is used up
+    assert s1.counts[0] == 1 and closes(s1) == [close["vm1"]]
+    s2 = system.step(s1, close["vm1"])            # ... so events[2] counts it
+    assert s2.counts[:3] == (1, 0, 1) and closes(s2) == []
+    t1 = system.step(s0, close["vm1"])            # the first entry with room: events[0]
+    assert t1.counts[:3] == (1, 0, 0) and closes(t1) == [close["vm1"]]
+    t2 = system.step(t1, close["vm1"])
+    assert t2.counts[:3] == (1, 0, 1) and closes(t2) == []
+    rendered = render(system)
+    seq = [_label(rendered, "close", vm="vm1")] * 2
+    a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+    assert a.blocked is None and compare(system, rendered, a, b, ("python", "promela")) is None
+    for policy in ("minimum", "kill-vm"):
+        _walks_and_a_simulation_agree(policy, path, STEPS)

@@ -267,10 +267,18 @@ class ModelSystem:
                     self.entries.append((i, label))
                 else:
                     self.unavailable.append(label)
-        # the entries of each label (a label may be in two; the first counts its limit)
+        # the entries of each label (a label may be in two), and the limits that count its
+        # steps: none when an entry without a limit has it (``counted_entry``)
         self._entries_of: dict[Label, tuple[int, ...]] = {}
         for i, label in self.entries:
-            self._entries_of[label] = (*self._entries_of.get(label, ()), i)
+            if i not in self._entries_of.get(label, ()):
+                self._entries_of[label] = (*self._entries_of.get(label, ()), i)
+        self._caps: dict[Label, tuple[tuple[int, int], ...] | None] = {}
+        for label, idx in self._entries_of.items():
+            limits = [config.events[i].limit for i in idx]
+            self._caps[label] = None if None in limits else \
+                tuple((i, lim) for i, lim in zip(idx, limits, strict=True) if lim is not None)
+        self._labels = list(self._entries_of)  # each label once, in file order
         selected = config.properties
         self._props = [p for p in PROPERTIES if selected is None or p.name in selected]
         self._properties: tuple[Property, ...] | None = None
@@ -422,9 +430,9 @@ class ModelSystem:
         out = []
         busy = {op[0] for op in s.inflight}
         held = frozenset(lock for op in s.inflight for lock in op[3])
-        for i, label in self.entries:
-            spec = self.config.events[i]
-            if spec.limit is not None and s.counts[i] >= spec.limit:
+        for label in self._labels:
+            caps = self._caps[label]
+            if caps is not None and all(s.counts[i] >= lim for i, lim in caps):
                 continue
             if EVENTS[label[0]].error and s.errors >= self.config.bounds.errors:
                 continue
@@ -635,8 +643,8 @@ class ModelSystem:
                 self._folds[fkey] = mon
         counts, errors = s.counts, s.errors
         if not races.is_continuation(label):
-            i = self.entry_of(origin)
-            if self.config.events[i].limit is not None:  # only capped entries need counting
+            i = self.counted_entry(origin, counts)
+            if i is not None:  # only capped entries need counting
                 counts = (*counts[:i], counts[i] + 1, *counts[i + 1:])
             errors += int(event.error)
         t.counts, t.errors, t.monitor = counts, errors, mon
@@ -738,9 +746,25 @@ class ModelSystem:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
 
     def entry_of(self, label: Label) -> int:
-        """The alphabet entry (index in ``events``) whose ``limit`` counts ``label``'s steps:
-        the first that has it."""
+        """The first alphabet entry (index in ``events``) that has ``label``."""
         return self._entries_of[label][0]
+
+    def label_caps(self, label: Label) -> tuple[tuple[int, int], ...] | None:
+        """The (entry, limit) pairs whose limits count ``label``'s steps, in file order; None
+        when an entry without a limit has it (its steps are then never counted)."""
+        return self._caps[label]
+
+    def counted_entry(self, label: Label, counts: Sequence[int]) -> int | None:
+        """The entry a step of ``label`` counts against (docs/check.md, "A step listed by two
+        entries"): the first entry having it that is still below its limit; none when an
+        entry without a limit has it. The label is enabled while there is one."""
+        caps = self._caps[label]
+        if caps is None:
+            return None
+        for i, lim in caps:
+            if counts[i] < lim:
+                return i
+        raise ValueError(f"{label[0]}: every entry that has it is at its limit")
 
     def effective(self, s: ModelState) -> tuple[int, ...]:
         """The alphabet entries (their indices in the configuration's ``events``: every entry

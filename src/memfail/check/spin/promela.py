@@ -540,14 +540,21 @@ def limited_events(cfg: Any) -> list[int]:
 def _guard(system: Any, label: Any) -> tuple[str, str]:
     """A label's enabling condition (no panic, its event's limit, the error bound) and the
     counters its step bumps."""
-    i = system.entry_of(label)
-    spec = system.config.events[i]
+    caps = system.label_caps(label)
     g = ["!panic"]
     count = ""
-    if spec.limit is not None:
-        j = limited_events(system.config).index(i)
-        g.append(f"ev_cnt[{j}] < {spec.limit}")
-        count = f"ev_cnt[{j}]++; "
+    if caps is not None:
+        # ModelSystem.counted_entry: enabled while an entry having the label is below its
+        # limit; the step counts against the first such entry (file order)
+        limited = limited_events(system.config)
+        below = [f"ev_cnt[{limited.index(i)}] < {lim}" for i, lim in caps]
+        g.append(below[0] if len(below) == 1 else "(" + " || ".join(below) + ")")
+        if len(caps) == 1:
+            count = f"ev_cnt[{limited.index(caps[0][0])}]++; "
+        else:
+            arms = [f":: {' && '.join([*(f'!({b})' for b in below[:k]), below[k]])} -> "
+                    f"ev_cnt[{limited.index(i)}]++" for k, (i, _lim) in enumerate(caps)]
+            count = "if " + " ".join(arms) + " fi; "
     if label[0] == "hw_error":
         g.append("nerr < MAXERR")
         count += "nerr++; "
