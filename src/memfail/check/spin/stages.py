@@ -332,6 +332,13 @@ RELEASE_PATCHES = (
      "hva && pte[p] == 0 && alive[v] && vst[v] != 3 && !unm[v] &&"),
     (":: bk[v] == 0 && !unusable[v] -> realloc(v)",
      ":: bk[v] == 0 && !unusable[v] && !unb[v] -> realloc(v)"),
+    # a guest load of an unbound VM (guest_run between the release's close and its
+    # vm_destroy): kvm_gmem_get_pfn() finds no file, -EFAULT, a KVM_EXIT_MEMORY_FAULT that
+    # QEMU answers by converting the range and entering again: the load does not complete
+    # and the VM is not paused (model/kvm/kvm.py faultin, vmm/guest.py guest_round)
+    ('  :: bk[v] == 0 -> vst[v] = 1; fo = 1   /* -ENOMEM: "kvm run failed", paused */',
+     '  :: unb[v] -> fo = 1\n'
+     '  :: !unb[v] && bk[v] == 0 -> vst[v] = 1; fo = 1   /* -ENOMEM: "kvm run failed", paused */'),
 )
 
 
