@@ -178,8 +178,15 @@ def qemu_signal_init(main: Thread, vcpus: list[Thread]) -> None:
     (force_sig_mceerr -> force_sig_info_to_task: a blocked signal is unblocked and its action
     reset to SIG_DFL), so the process dies of SIGBUS. QEMU says so itself in
     accel/kvm/kvm-all.c kvm_on_sigbus(): "Action required MCE kills the process if SIGBUS is
-    blocked" (R35, Q2)."""
-    if main in vcpus:
+    blocked" (R35, Q2).
+
+    Only a VMM with a SIGBUS handler is QEMU (qemu_init_sigbus() installs sigbus_handler
+    before any of this): a VMM process without one (``sigbus: default`` or ``ignore``)
+    keeps SIGBUS unblocked in its main thread, so an AO it ignores is dropped
+    (sig_ignored(): only a blocked signal is never ignored) and one it does not handle
+    kills it when delivered. Blocked and read through a signalfd, a signal would be
+    dequeued by the read and never take its default action."""
+    if main in vcpus or main.proc.sigbus != "handler":
         return
     main.blocked = True
     main.signalfd = True
