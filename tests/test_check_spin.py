@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from check_cfgs import MCE_THEN_VMM, one_vm
+from check_cfgs import MCE_THEN_VMM, SIGBUS_DISPOSITIONS, one_vm
 from memfail.check.spin import AGREE_CONFIG, AGREE_MCE_CONFIG, AGREE_SPLIT_CONFIG
 from memfail.cli import main
 
@@ -181,6 +181,48 @@ def test_a_vmm_running_two_vms_is_refused_for_spin(
     rc = main(["check", str(cfg), "--policy", "minimum", "--max-depth", "2"])
     capsys.readouterr()
     assert rc in (0, 1)
+
+
+def test_vmms_without_a_sigbus_handler_get_the_python_engines_verdicts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """VMMs whose SIGBUS takes the default action or is ignored (not QEMU): both engines
+    complete with the same verdicts, depths and messages, and every SPIN counterexample
+    replays. The disposition reaches the verdicts: the same VMMs with QEMU's handler let
+    minimum's guests consume the failure again after the vMCE (contained FAILs), where a
+    VMM without one dies of the first forced SIGBUS (contained holds). The hugetlbfs
+    baseline's model still takes QEMU's handler only (refused at the process's sigbus)."""
+    cfg = tmp_path / "dispositions.yaml"
+    cfg.write_text(SIGBUS_DISPOSITIONS)
+    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
+    rc_spin, spin = _check(capsys, "--engine", "spin", "--out", str(tmp_path / "cex"),
+                           config=cfg)
+    assert rc_py == rc_spin == 1
+    _both_complete_and_equal(py, spin)
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert {n: v["message"] for n, v in a["verdicts"].items()} == \
+            {n: v["message"] for n, v in b["verdicts"].items()}, a["policy"]
+    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL"]
+    assert len(files) >= 5
+    for f in files:
+        assert main(["run", f]) == 0, capsys.readouterr().out[-400:]
+        capsys.readouterr()
+    handler = tmp_path / "handler.yaml"
+    handler.write_text(SIGBUS_DISPOSITIONS.replace("sigbus: default", "sigbus: handler")
+                       .replace("sigbus: ignore", "sigbus: handler"))
+    _, qemu = _check(capsys, "--workers", "2", "--policy", "minimum", config=handler)
+    status = {r["policy"]: _verdicts(r)["contained"][0] for r in py["results"]}
+    assert status["minimum"] == "PASS" and _verdicts(qemu["results"][0])["contained"][0] == "FAIL"
+    text = SIGBUS_DISPOSITIONS.replace("policies: [mainline,", "policies: [hugetlbfs, mainline,"
+                                       ).replace(", thread: vcpu0}", "}")
+    cfg.write_text(text)
+    line = text.splitlines().index(next(x for x in text.splitlines() if "name: qd" in x)) + 1
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "hugetlbfs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"memfail: error: {cfg}:{line}: processes[0].sigbus: process qd: "
+                             "the SPIN engine models VMMs with a SIGBUS handler (QEMU) for "
+                             "backing hugetlbfs")
 
 
 INLINE = ["{base: minimum, unmap_stage2: folio, unmap_host: folio}", "kill-vm{unconsumed=defer}"]

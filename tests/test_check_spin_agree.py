@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from check_cfgs import one_g
+from check_cfgs import SIGBUS_DISPOSITIONS, one_g
 from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import (
@@ -405,3 +405,51 @@ def test_a_step_listed_by_two_entries_counts_against_the_first_with_room(
     assert a.blocked is None and compare(system, rendered, a, b, ("python", "promela")) is None
     for policy in ("minimum", "kill-vm"):
         _walks_and_a_simulation_agree(policy, path, STEPS)
+
+
+NOTIFY = {"base": "minimum", "name": "minimum-notify-all", "handles": "all",
+          "unconsumed": "notify-vmm", "honor_early": True}
+
+
+@pytest.mark.parametrize("policy", ["minimum", "future", NOTIFY], ids=_id)
+def test_vmms_without_a_sigbus_handler_agree(policy: Any, tmp_path: Path) -> None:
+    """VMMs whose SIGBUS takes its default action or is ignored: walks and a simulation
+    agree step by step, atomic and with --races."""
+    from memfail.check.spin.stages import render_races
+
+    path = tmp_path / "dispositions.yaml"
+    path.write_text(SIGBUS_DISPOSITIONS)
+    _walks_and_a_simulation_agree(policy, path, STEPS + 4)
+    system = ModelSystem(load_config(path), policy, races=True)
+    system.initial()
+    rendered = render_races(system)
+    for seed in range(2):
+        diff = agree_walk(system, seed, 2 * STEPS, rendered)
+        assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"
+
+
+def test_an_unconsumed_failure_told_to_a_vmm_without_a_handler(tmp_path: Path) -> None:
+    """notify-vmm tells the EARLY main thread of an unconsumed failure with an AO SIGBUS
+    (send_sig_mceerr, not forced): a VMM that ignores SIGBUS drops it and runs on
+    (sig_ignored(): its main thread does not block SIGBUS, as QEMU's does), one that leaves
+    it at the default action dies of it; both engines say so. A consumed one (forced AR)
+    kills both."""
+    path = tmp_path / "dispositions.yaml"
+    path.write_text(SIGBUS_DISPOSITIONS)
+    system = _system(NOTIFY, path)
+    rendered = render(system)
+    at = layout(system)
+    for vm, alive in (("vmd", 0), ("vmi", 1)):
+        seq = [_label(rendered, "hw_error", vm=vm, page=1, detect="scrub")]
+        a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+        assert compare(system, rendered, a, b, ("python", "promela")) is None
+        assert a.observations[-1][at.index(f"{vm}.alive")] == alive, vm
+        seq = [_label(rendered, "hw_error", vm=vm, page=1, detect="latent"),
+               _label(rendered, "vmm_access", vm=vm, page=1)]
+        a, b = replay_python(system, rendered, seq), replay_promela(system, rendered, seq)
+        assert compare(system, rendered, a, b, ("python", "promela")) is None
+        assert a.observations[-1][at.index(f"{vm}.alive")] == 0, vm
+    s = system.step(system.initial(), ("hw_error", (("vm", "vmi"), ("page", 1),
+                                                     ("detect", "scrub"))))
+    told = [e for e in s.events if type(e).__name__ == "SignalSent"]
+    assert [(e.si_code, e.outcome) for e in told] == [("BUS_MCEERR_AO", "ignored")]

@@ -107,7 +107,7 @@ def check_supported(system: Any) -> None:
                               "past the VM's huge page, which hugetlbfs_fallocate() would "
                               "add to the file; the SPIN engine models one huge page per VM "
                               f"for backing hugetlbfs (page + pages <= {npg})", (*at, "pages"))
-    refuse_vmms(cfg)
+    refuse_vmms(cfg, ("handler",), " for backing hugetlbfs")
 
 
 def _or(cfg: Any, value: Any) -> str:

@@ -342,21 +342,38 @@ def refuse_layout(system: Any, backing: str, size: str, type_why: str = "",
         raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
 
 
-def refuse_vmms(cfg: Any) -> None:
-    """Both Promela models' VMM is QEMU, one per VM: a process without a SIGBUS handler is
-    refused, and so is a VMM that runs two VMs (the Promela VM's ``alive`` is its VMM's: a
-    VMM that dies, by a signal or by a policy's kill, takes every VM it runs down with it in
-    the Python model, and only the one VM in Promela)."""
+def refuse_vmms(cfg: Any, dispositions: tuple[str, ...] = ("handler", "default", "ignore"),
+                what: str = "") -> None:
+    """Both Promela models' VMM is QEMU, one per VM, with the SIGBUS ``dispositions`` the
+    model renders (``sigbus_defines``; the hugetlbfs model: the handler only), and a VMM
+    that runs two VMs is refused (the Promela VM's ``alive`` is its VMM's: a VMM that dies,
+    by a signal or by a policy's kill, takes every VM it runs down with it in the Python
+    model, and only the one VM in Promela)."""
     for k, proc in enumerate(cfg.processes):
-        if proc.sigbus != "handler":
+        if proc.sigbus not in dispositions:
             raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
-                              "SIGBUS handler (QEMU)", ("processes", k, "sigbus"))
+                              f"SIGBUS handler (QEMU){what}", ("processes", k, "sigbus"))
     first: dict[str, str] = {}
     for k, vm in enumerate(cfg.vms):
         if vm.vmm in first:
             raise Unsupported(f"vm {vm.name}: the SPIN engine models one VM per VMM "
                               f"({vm.vmm} also runs {first[vm.vmm]})", ("vms", k, "vmm"))
         first[vm.vmm] = vm.name
+
+
+# A VMM's SIGBUS disposition (config ``processes[].sigbus``), as VMM_SIG(v) gives it
+SIG_CODES = {"handler": 0, "default": 1, "ignore": 2}
+
+
+def sigbus_defines(cfg: Any) -> list[str]:
+    """VMM_SIG(v): the SIGBUS disposition of VM v's VMM (SIG_HANDLER: QEMU's handler;
+    SIG_DEFAULT: the default action, the process dies; SIG_IGNORE: SIG_IGN, which a forced
+    signal resets to the default, state.py force_sig_mceerr, R35)."""
+    procs = {p.name: p for p in cfg.processes}
+    return [*(f"#define SIG_{k.upper()} {c}" for k, c in SIG_CODES.items()),
+            "#define VMM_SIG(v) (" + " + ".join(
+                f"((v) == {i} -> {SIG_CODES[procs[vm.vmm].sigbus]} : 0)"
+                for i, vm in enumerate(cfg.vms)) + ")"]
 
 
 def gmem_loc(cfg: Any, vm: Any, field: str, k: int) -> tuple[str | int, ...]:
@@ -442,6 +459,7 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
         f"((v) == {i} && {int(early[v])})" for i, v in enumerate(vms)) + ")")
     lines.append("#define LEADER_EARLY(v) (" + " || ".join(
         f"((v) == {i} && {int(leader_early[v])})" for i, v in enumerate(vms)) + ")")
+    lines += sigbus_defines(cfg)
     lines += [
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
@@ -840,6 +858,31 @@ inline guest_mce(v, p, ao) {
   :: else -> goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
   fi
 }
+/* a memory-failure SIGBUS (BUS_MCEERR_AR/AO, or kill_me_maybe's plain one) the VMM's main
+   thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
+   as sent to the wrong process, and its death as an unaffected VM going down (properties.py
+   Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
+   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: adrerr_kill */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+/* a SIGBUS to VM v's VMM by its disposition (VMM_SIG, state.py _queue, deliver_signals):
+   QEMU's handler injects a vMCE (qemu.py kvm_on_sigbus; an AO without an address is
+   ignored); the default action kills the VMM; SIG_IGN drops an AO, which send_sig_mceerr
+   does not force, while a forced AR resets it to the default first (force_sig_mceerr,
+   R35), so the VMM dies */
+inline vmm_ao(v, p) {
+  if
+  :: VMM_SIG(v) == SIG_HANDLER && HASHVA(v) -> guest_mce(v, p, 1)
+  :: VMM_SIG(v) == SIG_HANDLER && !HASHVA(v) -> skip   /* si_addr 0: ignored */
+  :: VMM_SIG(v) == SIG_IGNORE -> skip
+  :: VMM_SIG(v) == SIG_DEFAULT -> sigbus_kill(v)
+  fi
+}
+inline vmm_ar(v, p) {
+  if :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, 0) :: else -> sigbus_kill(v) fi
+}
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe) {
   if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
@@ -887,7 +930,7 @@ inline mf(v, p, ar, ao_probe) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
           (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-            if :: HASHVA(v) -> guest_mce(v, p, 1) :: else -> skip fi;   /* si_addr 0: ignored */
+            vmm_ao(v, p);
             if
             :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
                !LEADER_EARLY(v) -> m_untold = 1
@@ -1039,7 +1082,9 @@ inline kmm(v, p) {
                NULL exits QEMU (exit(1), Q4); a SIGBUS without MCE payload is re-raised (Q2),
                fatal (sigbus_kill) */
             if
-            :: sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) -> guest_mce(v, p, 0)
+            :: VMM_SIG(v) != SIG_HANDLER -> sigbus_kill(v)   /* forced: the default action */
+            :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) ->
+                 guest_mce(v, p, 0)
             :: else ->
                if
                :: sigbus_addr == K_SIGBUS_ADDR_PLAIN && !affected[v] -> m_wrong = 1; m_down = 1
@@ -1057,19 +1102,10 @@ inline kmm(v, p) {
        det[p] = 1;
        if
        :: hwp[p] || (merged[v] && FRAME_HWP(v)) ->
-            hwp[p] = 1; if :: pte[p] == 1 -> guest_mce(v, p, 0) :: else -> skip fi
+            hwp[p] = 1; if :: pte[p] == 1 -> vmm_ar(v, p) :: else -> skip fi
        :: else -> pdet[p] = 1; hwp[p] = 1; kill_vm(v)
        fi
   fi
-}
-/* a memory-failure SIGBUS (BUS_MCEERR_AR/AO, or kill_me_maybe's plain one) the VMM's main
-   thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
-   as sent to the wrong process, and its death as an unaffected VM going down (properties.py
-   Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
-   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: adrerr_kill */
-inline sigbus_kill(v) {
-  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
-  kill_vm(v)
 }
 inline adrerr_kill(v) {
   kill_vm(v)
@@ -1181,15 +1217,15 @@ inline convert_folio(v, topriv) {
 inline ev_vmm_vcpu(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> guest_mce(v, p, 0)            /* the hwpoison entry: AR with its address */
+  :: pte[p] == 2 -> vmm_ar(v, p)            /* the hwpoison entry: AR with its address */
   :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* BUS_ADRERR */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
      :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
-          guest_mce(v, p, 0)                      /* VM_FAULT_HWPOISON: AR */
-     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> guest_mce(v, p, 0)   /* __do_fault's check */
+          vmm_ar(v, p)                      /* VM_FAULT_HWPOISON: AR */
+     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> vmm_ar(v, p)   /* __do_fault's check */
      :: else ->
         pte[p] = 1;
         if
@@ -1202,15 +1238,16 @@ inline ev_vmm_vcpu(v, p, wr) {
               if
               :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
                  if
-                 :: sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(v, p, 0)
-                 :: sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
-                 :: else -> sigbus_kill(v)                            /* plain: re-raised */
+                 :: VMM_SIG(v) != SIG_HANDLER -> sigbus_kill(v)   /* forced: the default action */
+                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(v, p, 0)
+                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
+                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_PLAIN -> sigbus_kill(v)   /* re-raised */
                  fi
-              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> guest_mce(v, p, 0)
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> vmm_ar(v, p)
               :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
               :: else -> skip
               fi
-           :: !CLAIMED && hwp[p] -> det[p] = 1; guest_mce(v, p, 0)   /* kill_accessing_process */
+           :: !CLAIMED && hwp[p] -> det[p] = 1; vmm_ar(v, p)   /* kill_accessing_process */
            :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
            fi
         :: else -> skip

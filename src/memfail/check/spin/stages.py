@@ -274,7 +274,7 @@ inline MF_NOTIFY(v, p) {
   if
   :: unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
      (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-       if :: HASHVA(v) -> guest_mce(v, p, 1) :: else -> skip fi;
+       vmm_ao(v, p);
        if
        :: !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE && !LEADER_EARLY(v) -> m_untold = 1
        :: else -> skip
