@@ -5,6 +5,7 @@
     python bench/bench_check_engines.py --standard      # also the standard configuration
     python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
     python bench/bench_check_engines.py --races --agree 50   # the same, lock-granular
+    python bench/bench_check_engines.py --random-configs 100 # walks on random configurations
     python bench/bench_check_engines.py --config standard --seconds 60   # the standard config
     python bench/bench_check_engines.py --config standard --variants     # pan's options
     python bench/bench_check_engines.py --races --seconds 60  # both engines with --races
@@ -208,6 +209,28 @@ def agree(n: int, races: bool = False) -> int:
     return 1 if bad else 0
 
 
+def random_configs(n: int, races: bool = False, first: int = 0) -> int:
+    """Agreement walks on n random configurations (check/spin/randcfg.py, seeds first ..
+    first+n-1): 4 walks of 12 steps (20 with ``races``) and a simulation per policy."""
+    from memfail.check.spin.randcfg import agree_config, random_config
+
+    bad = walked = refused = 0
+    t0 = time.perf_counter()
+    for seed in range(first, first + n):
+        _text, cfg = random_config(seed)
+        got = agree_config(cfg, 4, 20 if races else 12, races, seed)
+        walked += len(got.walked)
+        refused += len(got.refused)
+        for policy, which, diff in got.disagreements:
+            bad += 1
+            print(f"DISAGREE seed {seed} {policy} {which}: {diff}")
+        print(f"seed {seed}: {len(got.walked)} policies walked, {len(got.refused)} refused "
+              f"by the SPIN engine, {len(got.disagreements)} disagreements", flush=True)
+    print(f"{n} random configurations, {walked} policies walked ({refused} refused), "
+          f"{time.perf_counter() - t0:.0f} s; disagreements: {bad}")
+    return 1 if bad else 0
+
+
 def main() -> int:
     # every compile timed here is a real one: the pans of this process, none from the disk
     # cache `memfail check --engine spin` keeps (runner._PanCache)
@@ -220,6 +243,11 @@ def main() -> int:
     ap.add_argument("--agree", type=int, default=0, metavar="N",
                     help="run N seeded random walks per policy (and N/4 SPIN simulations) "
                          "instead of the speed figures")
+    ap.add_argument("--random-configs", type=int, default=0, metavar="N",
+                    help="agreement walks on N random configurations inside what the SPIN "
+                         "engine renders (check/spin/randcfg.py) instead of the speed figures")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="the first random configuration's seed (with --random-configs)")
     ap.add_argument("--standard", action="store_true",
                     help="also run SPIN on the standard configuration, every preset")
     ap.add_argument("--variants", action="store_true",
@@ -233,6 +261,8 @@ def main() -> int:
         a.config = STANDARD
     if a.agree:
         return agree(a.agree, a.races)
+    if a.random_configs:
+        return random_configs(a.random_configs, a.races, a.first_seed)
     if a.variants:
         variants(a.config, a.policy, a.races)
         return 0
