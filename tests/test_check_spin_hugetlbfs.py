@@ -145,6 +145,35 @@ def test_walks_with_three_guests_and_two_errors() -> None:
         assert diff is None, f"spin -n{seed}: {diff}"
 
 
+@pytest.mark.parametrize("first,second", [("default", "ignore"), ("ignore", "default")])
+def test_walks_with_vmms_without_a_sigbus_handler(first: str, second: str,
+                                                  tmp_path: Path) -> None:
+    """agree-hugetlbfs.yaml and agree-hugetlbfs-guests.yaml with their first two VMMs not
+    QEMU: the default action kills a VMM at its first memory-failure SIGBUS; SIG_IGN drops
+    kill_procs' AO and kvm_send_hwpoison_signal's AR (send_sig_mceerr, not forced) and dies
+    of a forced one. Walks and a simulation agree, atomic and with --races."""
+    for config in (AGREE_HUGETLBFS_CONFIG, AGREE_HUGETLBFS_GUESTS_CONFIG):
+        text = config.read_text()
+        assert text.count("sigbus: handler") >= 2
+        text = text.replace("sigbus: handler", f"sigbus: {first}", 1)
+        text = text.replace("sigbus: handler", f"sigbus: {second}", 1)
+        cfg = tmp_path / config.name
+        cfg.write_text(text)
+        system = _system(cfg)
+        rendered = render(system)
+        for seed in range(WALKS // 2):
+            diff = agree_walk(system, seed, STEPS, rendered)
+            assert diff is None, f"{config.name}, walk seed {seed}: {diff}"
+        diff = agree_simulation(system, 1, STEPS, rendered)
+        assert diff is None, f"{config.name}, spin -n1: {diff}"
+        races = ModelSystem(load_config(cfg), "hugetlbfs", races=True)
+        races.initial()
+        rendered_races = render_races(races)
+        for seed in range(3):
+            diff = agree_walk(races, seed, 2 * STEPS, rendered_races)
+            assert diff is None, f"{config.name} --races, walk seed {seed}: {diff}"
+
+
 def test_walks_with_no_spare_huge_page(tmp_path: Path) -> None:
     """agree-hugetlbfs.yaml with no spare huge page: after a punch hole of a poisoned folio
     (dissolved) a fault finds none to allocate; the vCPU's KVM_RUN fails with -EFAULT (the

@@ -62,6 +62,7 @@ from memfail.check.spin.promela import (
     limited_events,
     refuse_layout,
     refuse_vmms,
+    sigbus_defines,
     system_args,
 )
 
@@ -107,7 +108,7 @@ def check_supported(system: Any) -> None:
                               "past the VM's huge page, which hugetlbfs_fallocate() would "
                               "add to the file; the SPIN engine models one huge page per VM "
                               f"for backing hugetlbfs (page + pages <= {npg})", (*at, "pages"))
-    refuse_vmms(cfg, ("handler",), " for backing hugetlbfs")
+    refuse_vmms(cfg)
 
 
 def _or(cfg: Any, value: Any) -> str:
@@ -134,6 +135,7 @@ def render(system: Any) -> Rendered:
         "#define VT(v, i) ((v) * MAXVC + (i))",
         "#define GIGN(v) " + _or(cfg, _ignores_vmce),
         "#define VM_EARLY(v) " + _or(cfg, lambda vm: early[vm.name]),
+        *sigbus_defines(cfg),
         "bit err[NP]; bit det[NP]; bit hwp[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "bit priv[NP]; bit spte[NP]; byte pte[NV]; bit hs[NV]; byte vst[NV]; bit alive[NV];",
         "byte bk[NV]; byte fst[NV]; bit affected[NV];",
@@ -311,12 +313,23 @@ inline sigbus_kill(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
   kill_vm(v)
 }
+/* a memory-failure SIGBUS (AO, ao = 1, or AR) to VM v's VMM by its disposition (VMM_SIG,
+   promela.sigbus_defines): QEMU's handler injects a vMCE; the default action kills the VMM;
+   SIG_IGN drops a signal that is not forced (send_sig_mceerr: kill_procs' AO,
+   kvm_send_hwpoison_signal's AR) and dies of a forced one (force_sig_mceerr resets it) */
+inline vmm_sig(v, p, ao, forced) {
+  if
+  :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, ao)
+  :: VMM_SIG(v) == SIG_IGNORE && !forced -> skip
+  :: else -> sigbus_kill(v)
+  fi
+}
 /* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the
    VMM's one mapping of the file, the memslot's (QEMU injects a vMCE: kvm_arch_on_sigbus_vcpu) */
 inline ar_first(v, p) {
   if
   :: !alive[v] -> skip
-  :: else -> guest_mce(v, p, 0)
+  :: else -> vmm_sig(v, p, 0, 1)
   fi
 }
 /* memory_failure(pfn, 0) (scrub, GHES, a machine-check-safe kernel copy): the HugeTLB path.
@@ -336,7 +349,7 @@ inline mf_ao(v, p, probe) {
      if
      :: pte[v] == 1 && alive[v] ->
           pte[v] = 2; zap_vm(v);
-          if :: VM_EARLY(v) -> guest_mce(v, p, 1) :: else -> skip fi
+          if :: VM_EARLY(v) -> vmm_sig(v, p, 1, 0) :: else -> skip fi
      :: else ->
           if :: probe && !mr && VM_EARLY(v) && HELD(v) -> m_untold = 1 :: else -> skip fi
      fi
@@ -352,7 +365,7 @@ inline kmm(v, p) {
   det[p] = 1;
   if
   :: !ko -> hwp[p] = 1; if :: fst[v] == 1 -> dissolve_free(v) :: else -> skip fi
-  :: ko && FRAME_HWP(v) -> hwp[p] = 1; if :: pte[v] == 2 && alive[v] -> guest_mce(v, p, 0) :: else -> skip fi
+  :: ko && FRAME_HWP(v) -> hwp[p] = 1; if :: pte[v] == 2 && alive[v] -> vmm_sig(v, p, 0, 1) :: else -> skip fi
   :: else ->
      hwp[p] = 1;
      if :: pte[v] == 1 -> pte[v] = 2 :: else -> skip fi;
@@ -384,7 +397,7 @@ inline hfault(v) {
 inline faultin(v, p) {
   fo = 0;
   if
-  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1
+  :: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> vmm_sig(v, p, 0, 0); fo = 1
   :: else ->
      if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;
      if :: pte[v] == 1 -> map_spte(v, p) :: else -> fo = 1 fi
@@ -558,9 +571,9 @@ inline ev_close(v) {
 # release.close the fd is closed (``clo``, which the atomic model has for the close event:
 # fallocate through it does nothing).
 RACES_PATCHES = (
-    (":: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> guest_mce(v, p, 0); fo = 1",
+    (":: pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v)) -> vmm_sig(v, p, 0, 0); fo = 1",
      ":: !unm[v] && (pte[v] == 2 || (pte[v] == 0 && CACHED_HWP(v))) -> "
-     "guest_mce(v, p, 0); fo = 1"),
+     "vmm_sig(v, p, 0, 0); fo = 1"),
     ("if :: pte[v] == 0 -> hfault(v) :: else -> skip fi;\n     if :: pte[v] == 1 -> map_spte",
      "if :: pte[v] == 0 && !unm[v] -> hfault(v) :: else -> skip fi;\n"
      "     if :: pte[v] == 1 -> map_spte"),
