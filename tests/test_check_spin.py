@@ -221,6 +221,47 @@ def test_vmms_without_a_sigbus_handler_get_the_python_engines_verdicts(
     _both_complete_and_equal(py, spin)
 
 
+HANDED_OUT = """\
+name: handed-out
+policies: [unmap, minimum, future]
+geometry: {pmd_order: 1}
+host: {hugepages: {2M: 2}}
+processes:
+  - {name: q0, threads: [main], sigbus: handler}
+  - {name: q1, threads: [main], sigbus: handler}
+guest_memfd:
+  - {name: g0, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+  - {name: g1, size: 2M, backing: 2M, flags: [mmap, init_shared]}
+vms:
+  - {name: vm0, vmm: q0, gmem: g0}
+  - {name: vm1, vmm: q1, gmem: g1}
+events:
+  - {event: hw_error, vm: vm1, page: 0, detect: scrub}
+  - {event: punch_hole, vm: [vm0, vm1], page: 0, pages: 2}
+  - {event: vmm_access, vm: vm0, page: 0, thread: vcpu0}
+bounds: {depth: 12}
+"""
+
+
+def test_a_vm_handed_a_failed_frame_holds_failed_memory_in_both_engines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """vm1's frame fails and both VMs punch their folios: under unmap (a table record, no
+    mark on truncate) the failed frame goes back unmarked and vm0's refault gets it
+    (no-poison-reuse FAILs); the SIGBUS AR vm0's vCPU thread then takes for it is about
+    vm0's own memory, so sigbus-owner-only holds. The Python monitor took vm0 for a VM no
+    failure touched and failed sigbus-owner-only, while the Promela vMCE path never looked:
+    a random configuration's verdicts differed. Both count a VM handed a failed frame as
+    affected now (model_system._failed_pfns, promela realloc)."""
+    cfg = tmp_path / "handed-out.yaml"
+    cfg.write_text(HANDED_OUT)
+    rc_py, py = _check(capsys, config=cfg)
+    rc_spin, spin = _check(capsys, "--engine", "spin", config=cfg)
+    assert rc_py == rc_spin == 1
+    _both_complete_and_equal(py, spin)
+    unmap = _verdicts(py["results"][0])
+    assert unmap["no-poison-reuse"][0] == "FAIL" and unmap["sigbus-owner-only"][0] == "PASS"
+
+
 INLINE = ["{base: minimum, unmap_stage2: folio, unmap_host: folio}", "kill-vm{unconsumed=defer}"]
 
 

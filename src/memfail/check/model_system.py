@@ -37,6 +37,7 @@ from memfail.model.trace import (
     MemoryFailureCall,
     MemoryFailureEvent,
     PoisonConsumed,
+    PoisonHandedOut,
     PolicyEvent,
 )
 
@@ -827,9 +828,13 @@ def _failed_pfns(events: tuple[Any, ...]) -> set[int]:
     records a failure in its ``mf.record`` stage and returns (MemoryFailureCall) only in
     ``mf.notify``, and the VM whose frame holds it is affected from the record on (a VMM
     refused its own page in between was told of its own memory's failure, not of another
-    VM's). Without ``--races`` both come in the same step."""
+    VM's). Without ``--races`` both come in the same step. A frame with a known failure
+    handed out unmarked (PoisonHandedOut, ``no-poison-reuse``) counts too: the VM it now
+    backs holds failed memory, so a SIGBUS about it goes to its owner and its stop is the
+    failure's blast radius, whoever touches it first."""
     return {e.pfn for e in events
-            if isinstance(e, MemoryFailureCall | PoisonConsumed | MemoryFailureEvent)}
+            if isinstance(e, MemoryFailureCall | PoisonConsumed | MemoryFailureEvent |
+                          PoisonHandedOut)}
 
 
 def _vms_holding(host: Any, pfns: set[int]) -> frozenset[str]:

@@ -843,7 +843,9 @@ inline realloc(v) {
   if
   :: fs == 1 ->
      fst[v] = 0; bk[v] = OWN; merged[v] = ALL_PRIV(v);
-     FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1 :: else -> skip fi)
+     /* check_handed_out(): a known failure handed out unmarked; the VM holds failed
+        memory from now on (model_system._failed_pfns) */
+     FOREACH(if :: pdet[Q] && !hwp[Q] -> m_reuse = 1; affected[v] = 1 :: else -> skip fi)
   :: fs == 2 -> nspare--; bk[v] = SPARE; merged[v] = ALL_PRIV(v)
   :: else -> skip
   fi;
