@@ -342,17 +342,16 @@ def refuse_layout(system: Any, backing: str, size: str, type_why: str = "",
         raise Unsupported("setup steps are not modelled by the SPIN engine", ("setup", 0))
 
 
-def refuse_vmms(cfg: Any, dispositions: tuple[str, ...] = ("handler", "default", "ignore"),
-                what: str = "") -> None:
-    """Both Promela models' VMM is QEMU, one per VM, with the SIGBUS ``dispositions`` the
-    model renders (``sigbus_defines``; the hugetlbfs model: the handler only), and a VMM
-    that runs two VMs is refused (the Promela VM's ``alive`` is its VMM's: a VMM that dies,
-    by a signal or by a policy's kill, takes every VM it runs down with it in the Python
-    model, and only the one VM in Promela)."""
+def refuse_vmms(cfg: Any) -> None:
+    """What both Promela models refuse of the VMMs: a SIGBUS disposition they do not render
+    (``SIG_CODES``: a check configuration has no other), and a VMM that runs two VMs (the
+    Promela VM's ``alive`` is its VMM's: a VMM that dies, by a signal or by a policy's kill,
+    takes every VM it runs down with it in the Python model, and only the one VM in
+    Promela)."""
     for k, proc in enumerate(cfg.processes):
-        if proc.sigbus not in dispositions:
-            raise Unsupported(f"process {proc.name}: the SPIN engine models VMMs with a "
-                              f"SIGBUS handler (QEMU){what}", ("processes", k, "sigbus"))
+        if proc.sigbus not in SIG_CODES:
+            raise Unsupported(f"process {proc.name}: the SPIN engine models the SIGBUS "
+                              f"dispositions {', '.join(SIG_CODES)}", ("processes", k, "sigbus"))
     first: dict[str, str] = {}
     for k, vm in enumerate(cfg.vms):
         if vm.vmm in first:
