@@ -18,13 +18,14 @@ src/memfail/check/spin/hugetlbfs.py).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from check_cfgs import one_g
+from check_cfgs import SIGBUS_DISPOSITIONS, one_g
 from memfail.check.config import STANDARD, load_config
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin import AGREE_HUGETLBFS_CONFIG, AGREE_HUGETLBFS_GUESTS_CONFIG
@@ -322,6 +323,29 @@ def test_an_event_outside_the_hugetlbfs_model_is_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and all(s in err[0] for s in says), err
+
+
+def test_a_hugetlbfs_refusal_leaves_the_baseline_out_of_a_file_with_other_policies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A vCPU thread's own load (`vmm_access` with `thread: vcpu0`), which only the hugetlbfs
+    baseline's model refuses, in a file that also lists minimum: the baseline is left out
+    (stderr and the JSON's `skipped`, with the file, line and field) and minimum is
+    checked; asked for with --policy it is refused."""
+    cfg = tmp_path / "c.yaml"
+    text = re.sub(r"(?m)^policies: .*$", "policies: [hugetlbfs, minimum]", SIGBUS_DISPOSITIONS)
+    cfg.write_text(text)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "thread: vcpu0" in x)
+    rc = main(["check", str(cfg), "--engine", "spin", "--json"])
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert rc in (0, 1) and [r["policy"] for r in doc["results"]] == ["minimum"]
+    (skip,) = doc["skipped"]
+    assert skip["policy"] == "hugetlbfs"
+    assert skip["reason"].startswith(f"{cfg}:{line}: events[2].thread: vmm_access is "
+                                     "modelled for backing hugetlbfs by the VMM's main thread")
+    assert " ".join(err.split()) == f"--engine spin: not checking {skip['reason']}"
+    rc = main(["check", str(cfg), "--engine", "spin", "--policy", "hugetlbfs"])
+    assert rc == 2 and "events[2].thread: vmm_access" in capsys.readouterr().err
 
 
 def test_the_pool_drift_of_a_realloc_past_the_end_is_what_the_refusal_avoids(

@@ -406,6 +406,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
     pending: dict[str, Future[Result]] = {}
     with backend:
         systems: dict[str, System] = {}
+        refusals: dict[str, InputError] = {}
         for pol in policies:
             system = _system_for(cfg, pol, races, where)
             if options.symmetry and getattr(system, "canonical", None) is None:
@@ -418,8 +419,21 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                     raise InputError(file or str(config), line, "symmetry", why)
                 raise OptionError("--symmetry", why)
             if engine != "python":
-                _spin_supported(cfg, pol, system, where)
+                refused = _spin_refusal(cfg, pol, system, where)
+                if refused is not None:
+                    if policy:  # asked for by name: a usage error
+                        raise refused
+                    refusals[pol] = refused
+                    continue
             systems[pol] = system
+        if refusals:  # the file's policies the Promela model does not carry out here
+            if not systems:
+                raise next(iter(refusals.values()))
+            for pol, refused in refusals.items():
+                skipped[pol] = str(refused)
+                Console(stderr=True).print(f"--engine spin: not checking {refused}",
+                                           highlight=False, soft_wrap=True)
+            policies = [pol for pol in policies if pol in systems]
         if pool is not None:  # every policy renders: only now start the searches
             share = min(workers, len(policies))  # pans at once (runner.check_policy)
             pending = {pol: pool.submit(_spin, systems[pol], props, engine, races, bounds,
@@ -606,10 +620,14 @@ def _spin_policies(policies: list[str], races: bool = False
     return keep, refused
 
 
-def _spin_supported(cfg: CheckConfig, pol: str, system: System, where: str) -> None:
-    """Refuse, before any search starts, a configuration the Promela model does not carry
-    out for policy ``pol``: the file, line and field at fault when the configuration was
-    read from a file (``Unsupported.loc``), else the configuration and the reason."""
+def _spin_refusal(cfg: CheckConfig, pol: str, system: System, where: str
+                  ) -> InputError | None:
+    """Why the Promela model does not carry out the configuration for policy ``pol``
+    (None when it does), found before any search starts: the file, line and field at fault
+    when the configuration was read from a file (``Unsupported.loc``), else the
+    configuration and the reason. The caller refuses it (a policy asked for with
+    --policy, or every policy of the file refused) or leaves the policy out (``skipped``:
+    the hugetlbfs baseline's model takes fewer events than the guest_memfd one)."""
     from memfail.check.spin.promela import Unsupported, check_supported
 
     try:
@@ -618,8 +636,9 @@ def _spin_supported(cfg: CheckConfig, pol: str, system: System, where: str) -> N
         file, line = cfg.where(e.loc)
         msg = f"{e} (policy {pol!r}; `--engine python` checks it)"
         if file is not None and e.loc:
-            raise InputError(file, line, fmt_loc(e.loc), msg) from None
-        raise OptionError(where, _about(pol, e) + " (`--engine python` checks it)") from None
+            return InputError(file, line, fmt_loc(e.loc), msg)
+        return OptionError(where, _about(pol, e) + " (`--engine python` checks it)")
+    return None
 
 
 def _spin(system: System, props: list[str], engine: str, races: bool, bounds: Bounds,
