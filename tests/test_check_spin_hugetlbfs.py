@@ -214,7 +214,7 @@ def test_a_walk_paired_with_the_wrong_model_is_caught() -> None:
     assert diff is not None and diff.startswith("the initial state")
     assert "vm2[0].priv: python 0, promela 1" in diff
     good = render(py)
-    vmce = "  :: else -> guest_mce(v, p, 0)\n  fi\n}"
+    vmce = "  :: else -> vmm_sig(v, p, 0, 1)\n  fi\n}"
     assert good.text.count(vmce) == 1
     wrong = replace(good, text=good.text.replace(vmce, "  :: else -> kill_vm(v)\n  fi\n}"))
     seq = [_label(good, "hw_error", vm="vm0", page=0, detect="latent"),

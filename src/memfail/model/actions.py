@@ -175,10 +175,14 @@ class Sigaction(Action):
     siginfo and siglongjmps out of the faulting access), ``exit`` (an SA_SIGINFO handler that
     records the siginfo and calls ``_exit(exit_code)``: the process ends with that code, not
     by the signal), ``default`` (terminate + core) or ``ignore`` (SIG_IGN; a forced AR signal
-    still kills, R35). A process that is a VM's ``vmm`` (``vm_create``) runs QEMU: its SIGBUS
-    handler is QEMU's (kvm_on_sigbus / kvm_on_sigbus_vcpu, KV-01..05), whatever ``sigbus``
-    says, and its main thread aborts on an AR; to model another program that uses KVM (a
-    selftest), run it in a ``fork`` of the VMM and give the child its own ``sigaction``."""
+    still kills, R35). A process with a SIGBUS handler that is a VM's ``vmm`` (``vm_create``)
+    runs QEMU: its SIGBUS handler is QEMU's (kvm_on_sigbus / kvm_on_sigbus_vcpu, KV-01..05),
+    and its main thread aborts on an AR. A VMM with ``default`` or ``ignore`` is a program
+    without one: it keeps SIGBUS unblocked (no qemu_signal_init), dies of a SIGBUS delivered
+    with the default action, and drops an AO it ignores (a blocked signal would be queued
+    even when ignored, and one read through a signalfd never takes its default action). To
+    model another program that uses KVM with its own handler (a selftest), run it in a
+    ``fork`` of the VMM and give the child its own ``sigaction``."""
 
     key: ClassVar[str] = "sigaction"
     proc: str
