@@ -599,7 +599,7 @@ def _race_ops(system: Any, labels: list[Any]) -> list[Any]:
         if kind == "convert":
             if converts_at_once(cfg, p):
                 continue
-            first, split = "convert.attributes", f"alive[{v}]"
+            first, split = "convert.attributes", f"(alive[{v}] && vst[{v}] != 3)"
         elif kind == "release":
             specs = system._specs(label)
             if len(specs) < 2 or not all(key in races.RELEASE_STAGES for key, _ in specs):
