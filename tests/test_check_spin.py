@@ -45,6 +45,30 @@ def _both_complete_and_equal(py: dict, spin: dict) -> None:
         assert _verdicts(a) == _verdicts(b), a["policy"]
 
 
+def _engines_agree_on(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+                      text: str, min_files: int) -> tuple[dict, dict]:
+    """The configuration ``text`` checked by both engines: both FAIL something, complete,
+    with the same verdicts, depths and messages, and at least ``min_files`` SPIN
+    counterexamples, each of which replays on the Python model. Both JSON documents."""
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(text)
+    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
+    rc_spin, spin = _check(capsys, "--engine", "spin", "--out", str(tmp_path / "cex"),
+                           config=cfg)
+    assert rc_py == rc_spin == 1
+    _both_complete_and_equal(py, spin)
+    for a, b in zip(py["results"], spin["results"], strict=True):
+        assert {n: v["message"] for n, v in a["verdicts"].items()} == \
+            {n: v["message"] for n, v in b["verdicts"].items()}, a["policy"]
+    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
+             if v["status"] == "FAIL"]
+    assert len(files) >= min_files
+    for f in files:
+        assert main(["run", f]) == 0, capsys.readouterr().out[-400:]
+        capsys.readouterr()
+    return py, spin
+
+
 # agree-split.yaml adds a conversion of the whole folio to private and back (merge, split);
 # mainline's Python search does not complete on it within its depth bound
 SPLIT_POLICIES = ["minimum", "unmap", "kill-vm", "unusable", "future"]
@@ -124,25 +148,10 @@ def test_1g_guest_memfds_get_the_python_engines_verdicts(
     """The Promela model's folio is the VMs' huge page, 2M or 1G (observe.frame_order): on 1G
     guest_memfds both engines complete with the same verdicts, depths and messages, and every
     SPIN counterexample replays on the Python model."""
-    cfg = tmp_path / "two-1g.yaml"
-    cfg.write_text(TWO_1G)
-    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
-    rc_spin, spin = _check(capsys, "--engine", "spin", "--out", str(tmp_path / "cex"),
-                           config=cfg)
-    assert rc_py == rc_spin == 1
-    _both_complete_and_equal(py, spin)
-    for a, b in zip(py["results"], spin["results"], strict=True):
-        assert {n: v["message"] for n, v in a["verdicts"].items()} == \
-            {n: v["message"] for n, v in b["verdicts"].items()}
+    py, _spin = _engines_agree_on(tmp_path, capsys, "two-1g", TWO_1G, 10)
     verdicts = {r["policy"]: _verdicts(r) for r in py["results"]}
     assert verdicts["mainline"]["no-poison-reuse"] == ("FAIL", 3)
     assert all(v[0] == "PASS" for v in verdicts["future"].values())
-    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
-             if v["status"] == "FAIL"]
-    assert len(files) >= 10
-    for f in files:
-        assert main(["run", f]) == 0, capsys.readouterr().out[-400:]
-        capsys.readouterr()
 
 
 def test_vms_on_guest_memfds_of_two_backings_are_refused_for_spin(
@@ -191,22 +200,8 @@ def test_vmms_without_a_sigbus_handler_get_the_python_engines_verdicts(
     minimum's guests consume the failure again after the vMCE (contained FAILs), where a
     VMM without one dies of the first forced SIGBUS (contained holds). The hugetlbfs
     baseline's model takes them too."""
+    py, _spin = _engines_agree_on(tmp_path, capsys, "dispositions", SIGBUS_DISPOSITIONS, 5)
     cfg = tmp_path / "dispositions.yaml"
-    cfg.write_text(SIGBUS_DISPOSITIONS)
-    rc_py, py = _check(capsys, "--workers", "2", config=cfg)
-    rc_spin, spin = _check(capsys, "--engine", "spin", "--out", str(tmp_path / "cex"),
-                           config=cfg)
-    assert rc_py == rc_spin == 1
-    _both_complete_and_equal(py, spin)
-    for a, b in zip(py["results"], spin["results"], strict=True):
-        assert {n: v["message"] for n, v in a["verdicts"].items()} == \
-            {n: v["message"] for n, v in b["verdicts"].items()}, a["policy"]
-    files = [v["file"] for r in spin["results"] for v in r["verdicts"].values()
-             if v["status"] == "FAIL"]
-    assert len(files) >= 5
-    for f in files:
-        assert main(["run", f]) == 0, capsys.readouterr().out[-400:]
-        capsys.readouterr()
     handler = tmp_path / "handler.yaml"
     handler.write_text(SIGBUS_DISPOSITIONS.replace("sigbus: default", "sigbus: handler")
                        .replace("sigbus: ignore", "sigbus: handler"))

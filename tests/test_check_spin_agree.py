@@ -105,6 +105,19 @@ def test_spin_simulations_replay_on_python(policy: Any) -> None:
         assert diff is None, f"{_id(policy)}, spin -n{seed}: {diff}"
 
 
+def _races_walks_agree(policy: Any, config: Path, walks: int = 2) -> None:
+    """``walks`` seeded --races walks of ``2 * STEPS`` steps on ``config`` are accepted by the
+    Promela stages step by step."""
+    from memfail.check.spin.stages import render_races
+
+    system = ModelSystem(load_config(config), policy, races=True)
+    system.initial()
+    rendered = render_races(system)
+    for seed in range(walks):
+        diff = agree_walk(system, seed, 2 * STEPS, rendered)
+        assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"
+
+
 def _walks_and_a_simulation_agree(policy: Any, config: Path, walk_steps: int) -> None:
     """WALKS seeded Python walks of ``walk_steps`` replayed in Promela, and one SPIN
     simulation replayed on the Python model, agree step by step on ``config``."""
@@ -315,16 +328,9 @@ def test_conversions_of_1g_folios_agree(policy: Any, tmp_path: Path) -> None:
     """agree-convert.yaml on 1G guest_memfds: the Promela folio is the 1G page
     (observe.frame_order) and the spares come from the 1G pool; walks and a simulation agree
     step by step, atomic and with --races."""
-    from memfail.check.spin.stages import render_races
-
     path = one_g(AGREE_CONVERT_CONFIG, tmp_path)
     _walks_and_a_simulation_agree(policy, path, STEPS + 4)
-    system = ModelSystem(load_config(path), policy, races=True)
-    system.initial()
-    rendered = render_races(system)
-    for seed in range(2):
-        diff = agree_walk(system, seed, 2 * STEPS, rendered)
-        assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"
+    _races_walks_agree(policy, path)
 
 
 def test_a_vm_refilled_from_a_spare_is_mapped_huge_under_a_subpage_policy() -> None:
@@ -415,17 +421,10 @@ NOTIFY = {"base": "minimum", "name": "minimum-notify-all", "handles": "all",
 def test_vmms_without_a_sigbus_handler_agree(policy: Any, tmp_path: Path) -> None:
     """VMMs whose SIGBUS takes its default action or is ignored: walks and a simulation
     agree step by step, atomic and with --races."""
-    from memfail.check.spin.stages import render_races
-
     path = tmp_path / "dispositions.yaml"
     path.write_text(SIGBUS_DISPOSITIONS)
     _walks_and_a_simulation_agree(policy, path, STEPS + 4)
-    system = ModelSystem(load_config(path), policy, races=True)
-    system.initial()
-    rendered = render_races(system)
-    for seed in range(2):
-        diff = agree_walk(system, seed, 2 * STEPS, rendered)
-        assert diff is None, f"{_id(policy)} --races, walk seed {seed}: {diff}"
+    _races_walks_agree(policy, path)
 
 
 def test_an_unconsumed_failure_told_to_a_vmm_without_a_handler(tmp_path: Path) -> None:
