@@ -15,7 +15,8 @@ walked. ``random_config(seed)`` draws a configuration a user could write from th
   them, with random pages, conversions of any range either way, punch holes and
   allocations of the whole folio, ``close`` and ``release``, kernel users of the
   inventory with their flags overridden at times, vCPUs and threads, limits;
-* a kernel profile, one or two errors along a path;
+* a kernel profile (a draw whose profile has no guest_memfd, or no mmap of it, is drawn
+  again), one or two errors along a path;
 * three presets and two random knob combinations (``knob_values``) on claiming presets.
 
 A draw the configuration loader refuses (a vCPU a VM does not have, two policies that are
@@ -37,24 +38,30 @@ import yaml
 from memfail.check.config import CheckConfig, ConfigError, load_config_text
 from memfail.check.model_system import ModelSystem
 from memfail.check.spin.agree import _render, agree_simulation, agree_walk
-from memfail.check.spin.promela import Unsupported
+from memfail.check.spin.promela import SUPPORTED, Unsupported
 from memfail.model.errors import ProfileMissing
 from memfail.model.kernel.kaccess import KERNEL_USERS
+from memfail.model.kernel.profiles import PROFILES as PROFILE_TABLE
 from memfail.model.policy.base import knob_values
+from memfail.model.policy.registry import make_policy, policy_names
 
-PRESETS = ("mainline", "mf-delayed-fix", "minimum", "unmap", "kill-vm", "unusable", "future",
-           "hugetlbfs")
-CLAIMING = ("minimum", "unmap", "kill-vm", "unusable", "future")
-PROFILES = ("linux-6.1", "linux-6.6", "linux-6.12", "linux-6.18", "next")
+PRESETS = tuple(policy_names())
+CLAIMING = tuple(p for p in PRESETS if make_policy(p).handles != "none" and
+                 make_policy(p).backing == "gmem")
+PROFILES = tuple(PROFILE_TABLE)
 # knobs a random policy turns (backing picks the other Promela model, handles whether the
 # policy claims at all, mf_delayed_fix only what memory_failure() returns to its caller)
 KNOBS = ("record", "mark_on_release", "mark_on_truncate", "isolate_on_free",
          "propagate_on_split", "unmap_stage2", "unmap_host", "fault_check",
          "check_granularity", "consumed", "unconsumed", "honor_early", "sigbus_addr",
          "vm_on_error")
+# every event the Promela models take (promela.SUPPORTED), errors and guest loads twice as
+# often; in a fixed order, so that a seed names the same configuration
 EVENTS = ("hw_error", "hw_error", "scrub", "vcpu_access", "vcpu_access", "vmm_access",
           "kernel_access", "convert", "punch_hole", "realloc", "release", "close", "fault",
           "guest_run", "vcpu_mce", "task_work")
+if set(EVENTS) != set(SUPPORTED):  # pragma: no cover - a new event for the Promela models
+    raise ImportError(f"randcfg.EVENTS {sorted(set(EVENTS))} != promela.SUPPORTED")
 
 
 def _draw(rng: random.Random) -> dict[str, Any]:
