@@ -39,6 +39,7 @@ from memfail.check.spin.agree import (
 )
 from memfail.check.spin.observe import layout
 from memfail.check.spin.promela import render
+from memfail.model.trace import SignalSent
 
 # Knob combinations no preset has (policy specs as a scenario writes them).
 CUSTOM: dict[str, dict[str, Any]] = {
@@ -450,5 +451,5 @@ def test_an_unconsumed_failure_told_to_a_vmm_without_a_handler(tmp_path: Path) -
         assert a.observations[-1][at.index(f"{vm}.alive")] == 0, vm
     s = system.step(system.initial(), ("hw_error", (("vm", "vmi"), ("page", 1),
                                                      ("detect", "scrub"))))
-    told = [e for e in s.events if type(e).__name__ == "SignalSent"]
+    told = [e for e in s.events if isinstance(e, SignalSent)]
     assert [(e.si_code, e.outcome) for e in told] == [("BUS_MCEERR_AO", "ignored")]
