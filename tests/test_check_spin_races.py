@@ -14,12 +14,13 @@ Promela (check/spin/stages.py), checked against the Python engine's --races.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from check_cfgs import one_vm
+from check_cfgs import SIGBUS_DISPOSITIONS, one_vm
 from memfail.check import races
 from memfail.check.config import load_config_text
 from memfail.check.model_system import ModelSystem
@@ -522,3 +523,17 @@ def test_a_guest_load_between_the_release_close_and_vm_destroy_is_a_memory_fault
         diff = agree_walk(system, seed, STEPS, rendered)
         assert diff is None, f"walk seed {seed}: {diff}"
     assert agree_simulation(system, 1, STEPS, rendered) is None
+
+
+def test_vmms_without_a_sigbus_handler_with_races_compile_and_agree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The dispositions configuration with --races: its host-fault stage runs a vCPU
+    thread's whole load (ev_vmm_vcpu) in one d_step, which SPIN bounds; expanding the
+    disposition's kill at each of the load's action-required paths made it too long
+    (`spin -a`: "d_step sequence too long", exit 2; walks, run by SPIN's simulator, never
+    saw it). Both engines complete with the same verdicts."""
+    text = re.sub(r"(?m)^policies: .*$", "policies: [mainline, minimum]", SIGBUS_DISPOSITIONS)
+    assert "bounds: {errors: 1}" in text
+    text = text.replace("bounds: {errors: 1}", "bounds: {depth: 40, errors: 1}")
+    rc, py = _both_complete_and_equal(tmp_path, capsys, text)
+    assert rc == 1 and [r["policy"] for r in py["results"]] == ["mainline", "minimum"]

@@ -768,7 +768,7 @@ inline tw_run(v, i) {
 """
 
 SEMANTICS = r"""
-hidden byte mq; hidden byte mr; hidden byte ao;
+hidden byte mq; hidden byte mr; hidden byte ao; hidden byte sg;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -1214,19 +1214,21 @@ inline convert_folio(v, topriv) {
    asynchronously (kvm_init_cpu_signals), so an MCE SIGBUS with a guest address becomes a vMCE
    QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
    plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
-   pending */
+   pending. An action-required SIGBUS with an address ends each of its paths: sg marks it and
+   vmm_ar runs once at the end (expanded once, not per path: SPIN bounds a d_step's length,
+   and a --races host-fault stage runs this whole inline in one) */
 inline ev_vmm_vcpu(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> vmm_ar(v, p)            /* the hwpoison entry: AR with its address */
+  :: pte[p] == 2 -> sg = 1            /* the hwpoison entry: AR with its address */
   :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* BUS_ADRERR */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
      :: bk[v] == 0 -> adrerr_kill(v)
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
-          vmm_ar(v, p)                      /* VM_FAULT_HWPOISON: AR */
-     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> vmm_ar(v, p)   /* __do_fault's check */
+          sg = 1                      /* VM_FAULT_HWPOISON: AR */
+     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> sg = 1   /* __do_fault's check */
      :: else ->
         pte[p] = 1;
         if
@@ -1244,17 +1246,18 @@ inline ev_vmm_vcpu(v, p, wr) {
                  :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
                  :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_PLAIN -> sigbus_kill(v)   /* re-raised */
                  fi
-              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> vmm_ar(v, p)
+              :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> sg = 1
               :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
               :: else -> skip
               fi
-           :: !CLAIMED && hwp[p] -> det[p] = 1; vmm_ar(v, p)   /* kill_accessing_process */
+           :: !CLAIMED && hwp[p] -> det[p] = 1; sg = 1   /* kill_accessing_process */
            :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
            fi
         :: else -> skip
         fi
      fi
-  fi
+  fi;
+  if :: sg -> sg = 0; vmm_ar(v, p) :: else -> skip fi
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
