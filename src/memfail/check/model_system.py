@@ -746,10 +746,6 @@ class ModelSystem:
     def coverage(self, s: ModelState) -> list[str]:
         return sorted({f"{e.hook}" for e in s.events if isinstance(e, PolicyEvent)})
 
-    def entry_of(self, label: Label) -> int:
-        """The first alphabet entry (index in ``events``) that has ``label``."""
-        return self._entries_of[label][0]
-
     def label_caps(self, label: Label) -> tuple[tuple[int, int], ...] | None:
         """The (entry, limit) pairs whose limits count ``label``'s steps, in file order; None
         when an entry without a limit has it (its steps are then never counted)."""
