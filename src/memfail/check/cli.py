@@ -431,8 +431,7 @@ def _check(config: Path | None, policy: list[str] | None, prop: list[str] | None
                 raise next(iter(refusals.values()))
             for pol, refused in refusals.items():
                 skipped[pol] = str(refused)
-                Console(stderr=True).print(f"--engine spin: not checking {refused}",
-                                           highlight=False, soft_wrap=True)
+                _not_checking(str(refused))
             policies = [pol for pol in policies if pol in systems]
         if pool is not None:  # every policy renders: only now start the searches
             share = min(workers, len(policies))  # pans at once (runner.check_policy)
@@ -615,9 +614,14 @@ def _spin_policies(policies: list[str], races: bool = False
         raise OptionError("--engine", "the SPIN engine renders none of the configuration's "
                           f"policies ({'; '.join(refused.values())}); use --engine python")
     for why in refused.values():
-        Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
-                                   soft_wrap=True)
+        _not_checking(why)
     return keep, refused
+
+
+def _not_checking(why: str) -> None:
+    """The stderr note for a policy of the file the SPIN engine leaves out (``skipped``)."""
+    Console(stderr=True).print(f"--engine spin: not checking {why}", highlight=False,
+                               soft_wrap=True)
 
 
 def _spin_refusal(cfg: CheckConfig, pol: str, system: System, where: str
