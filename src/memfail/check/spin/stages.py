@@ -39,6 +39,7 @@ from memfail.check.spin.promela import (
     _gmem_of,
     _guard,
     checker_proctype,
+    convert_splits,
     converts_at_once,
     first_frame,
     gmem_range_ok,
@@ -121,7 +122,7 @@ def _ops(system: Any, labels: list[Any]) -> list[Op]:
             # races.punch_target: any other range fails kvm_gmem_fallocate's checks, one step
             first, split = "punch.zap", f"PT({v})"
         elif kind == "convert" and not converts_at_once(cfg, p):
-            first, split = "convert.attributes", f"(alive[{v}] && vst[{v}] != 3)"
+            first, split = "convert.attributes", convert_splits(v)
         elif kind == "release" and len(specs) > 1 and \
                 all(key in races.RELEASE_STAGES for key, _ in specs):
             first, split = races.RELEASE_STAGES[specs[0][0]], "1"
