@@ -45,7 +45,6 @@ from memfail.check.spin.observe import PAGE_FIELDS, frame_order, spare_pages
 from memfail.check.spin.promela import (
     MCE_INLINES,
     PROP_EXPR,
-    SIGBUS_INLINES,
     Rendered,
     Unsupported,
     _foreach,
@@ -310,7 +309,23 @@ inline guest_mce(v, p, ao) {
   :: else -> goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
   fi
 }
-""" + SIGBUS_INLINES + r"""/* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the
+/* a memory-failure SIGBUS the VMM's main thread does not survive (kvm_on_sigbus: AR aborts) */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+/* a memory-failure SIGBUS (AO, ao = 1, or AR) to VM v's VMM by its disposition (VMM_SIG,
+   promela.sigbus_defines): QEMU's handler injects a vMCE; the default action kills the VMM;
+   SIG_IGN drops a signal that is not forced (send_sig_mceerr: kill_procs' AO,
+   kvm_send_hwpoison_signal's AR) and dies of a forced one (force_sig_mceerr resets it) */
+inline vmm_sig(v, p, ao, forced) {
+  if
+  :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, ao)
+  :: VMM_SIG(v) == SIG_IGNORE && !forced -> skip
+  :: else -> sigbus_kill(v)
+  fi
+}
+/* kill_procs() with BUS_MCEERR_AR to current (a thread of the VMM): its address is the
    VMM's one mapping of the file, the memslot's (QEMU injects a vMCE: kvm_arch_on_sigbus_vcpu) */
 inline ar_first(v, p) {
   if

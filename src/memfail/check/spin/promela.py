@@ -775,31 +775,6 @@ inline tw_run(v, i) {
 }
 """
 
-# The SIGBUS a VMM takes for a memory failure, the same in the guest_memfd and hugetlbfs
-# models (each defines kill_vm and guest_mce before it): its death, and its disposition
-SIGBUS_INLINES = r"""/* a memory-failure SIGBUS (BUS_MCEERR_AR/AO, or kill_me_maybe's plain one) the VMM does not
-   survive: the monitor counts it, sent to the VMM of a VM no failure touched, as sent to the
-   wrong process, and its death as an unaffected VM going down (properties.py Monitor.fold,
-   MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS) is not a memory-failure
-   signal: the models kill the VM for it without this */
-inline sigbus_kill(v) {
-  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
-  kill_vm(v)
-}
-/* a memory-failure SIGBUS (AO, ao = 1, or AR) to VM v's VMM by its disposition (VMM_SIG,
-   sigbus_defines; state.py _queue, deliver_signals): QEMU's handler injects a vMCE
-   (qemu.py kvm_on_sigbus); the default action kills the VMM; SIG_IGN drops a signal that is
-   not forced (send_sig_mceerr: notify_vmm's and kill_procs' AO, kvm_send_hwpoison_signal's
-   AR) and dies of a forced one (force_sig_mceerr resets SIG_IGN to the default, R35) */
-inline vmm_sig(v, p, ao, forced) {
-  if
-  :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, ao)
-  :: VMM_SIG(v) == SIG_IGNORE && !forced -> skip
-  :: else -> sigbus_kill(v)
-  fi
-}
-"""
-
 SEMANTICS = r"""
 hidden byte mq; hidden byte mr; hidden byte ao; hidden byte sg;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
@@ -892,13 +867,30 @@ inline guest_mce(v, p, ao) {
   :: else -> goff[p] = 1; if :: ao -> gpk[p] = 1 :: else -> skip fi
   fi
 }
-""" + SIGBUS_INLINES + r"""/* notify_vmm()'s AO (send_sig_mceerr, not forced): QEMU ignores one without an address (no
-   memslot userspace_addr, _hva_for) */
+/* a memory-failure SIGBUS (BUS_MCEERR_AR/AO, or kill_me_maybe's plain one) the VMM's main
+   thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
+   as sent to the wrong process, and its death as an unaffected VM going down (properties.py
+   Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
+   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: adrerr_kill */
+inline sigbus_kill(v) {
+  if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
+  kill_vm(v)
+}
+/* a SIGBUS to VM v's VMM by its disposition (VMM_SIG, state.py _queue, deliver_signals):
+   QEMU's handler injects a vMCE (qemu.py kvm_on_sigbus; an AO without an address is
+   ignored); the default action kills the VMM; SIG_IGN drops an AO, which send_sig_mceerr
+   does not force, while a forced AR resets it to the default first (force_sig_mceerr,
+   R35), so the VMM dies */
 inline vmm_ao(v, p) {
   if
-  :: VMM_SIG(v) == SIG_HANDLER && !HASHVA(v) -> skip
-  :: else -> vmm_sig(v, p, 1, 0)
+  :: VMM_SIG(v) == SIG_HANDLER && HASHVA(v) -> guest_mce(v, p, 1)
+  :: VMM_SIG(v) == SIG_HANDLER && !HASHVA(v) -> skip   /* si_addr 0: ignored */
+  :: VMM_SIG(v) == SIG_IGNORE -> skip
+  :: VMM_SIG(v) == SIG_DEFAULT -> sigbus_kill(v)
   fi
+}
+inline vmm_ar(v, p) {
+  if :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, 0) :: else -> sigbus_kill(v) fi
 }
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe) {
@@ -1119,7 +1111,7 @@ inline kmm(v, p) {
        det[p] = 1;
        if
        :: hwp[p] || (merged[v] && FRAME_HWP(v)) ->
-            hwp[p] = 1; if :: pte[p] == 1 -> vmm_sig(v, p, 0, 1) :: else -> skip fi
+            hwp[p] = 1; if :: pte[p] == 1 -> vmm_ar(v, p) :: else -> skip fi
        :: else -> pdet[p] = 1; hwp[p] = 1; kill_vm(v)
        fi
   fi
@@ -1231,7 +1223,7 @@ inline convert_folio(v, topriv) {
    QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
    plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
    pending. An action-required SIGBUS with an address ends each of its paths: sg marks it and
-   vmm_sig runs once at the end (expanded once, not per path: SPIN bounds a d_step's length,
+   vmm_ar runs once at the end (expanded once, not per path: SPIN bounds a d_step's length,
    and a --races host-fault stage runs this whole inline in one) */
 inline ev_vmm_vcpu(v, p, wr) {
   if
@@ -1273,7 +1265,7 @@ inline ev_vmm_vcpu(v, p, wr) {
         fi
      fi
   fi;
-  if :: sg -> sg = 0; vmm_sig(v, p, 0, 1) :: else -> skip fi
+  if :: sg -> sg = 0; vmm_ar(v, p) :: else -> skip fi
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {
