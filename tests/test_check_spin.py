@@ -1376,3 +1376,21 @@ def test_a_pan_that_cannot_start_within_the_memory_limit_says_so(
         assert "spin-bitstate" not in out
     main(["check", str(cfg), "--engine", "spin", "--max-memory", "200"])
     assert "complete" in capsys.readouterr().out
+
+
+def test_spins_d_step_bound_is_named_not_passed_on_raw(tmp_path: Path) -> None:
+    """`spin -a` refusing a step longer than its d_step bound is a limit of the engine on
+    this configuration, said as one (what to change), not SPIN's line of Promela."""
+    from memfail.check.spin import runner
+
+    fake = tmp_path / "spin"
+    fake.write_text("#!/bin/sh\necho 'spin: model.pml:876, Error: d_step sequence too long'\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError) as e:
+        runner._run([str(fake), "-a", "model.pml"], tmp_path)
+    assert str(e.value) == runner.DSTEP_TOO_LONG
+    assert "pmd_order" in str(e.value) and "--engine python" in str(e.value)
+    fake.write_text("#!/bin/sh\necho 'spin: model.pml:3, Error: syntax error'\nexit 1\n")
+    with pytest.raises(RuntimeError, match="syntax error"):
+        runner._run([str(fake), "-a", "model.pml"], tmp_path)

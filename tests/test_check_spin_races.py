@@ -537,3 +537,28 @@ def test_vmms_without_a_sigbus_handler_with_races_compile_and_agree(
     text = text.replace("bounds: {errors: 1}", "bounds: {depth: 40, errors: 1}")
     rc, py = _both_complete_and_equal(tmp_path, capsys, text)
     assert rc == 1 and [r["policy"] for r in py["results"]] == ["mainline", "minimum"]
+
+
+def test_an_eight_page_folio_with_races_stays_inside_spins_d_step_bound(tmp_path: Path) -> None:
+    """agree-two.yaml at pmd_order 3 (8-page folios) with --races: a vCPU thread's host-fault
+    stage runs its whole load in one d_step, and SPIN (pangen's MAXDSTEP) bounds the
+    statements of one. Each of the load's paths that killed the VMM expanded kill_vm, and its
+    folio's free, once more (eleven times in ev_vmm_vcpu, seven in ev_vmm, five in kmm):
+    `spin -a` refused the model ("d_step sequence too long"). The paths now end in sg_end and
+    memory_failure()'s kills free the folio once at its end (kill_mark), so the model
+    compiles."""
+    import subprocess
+
+    from memfail.check.spin import AGREE_TWO_CONFIG
+
+    text = AGREE_TWO_CONFIG.read_text()
+    assert "geometry: {pmd_order: 2, pud_order: 3}" in text and text.count("pages: 4") == 2
+    text = text.replace("geometry: {pmd_order: 2, pud_order: 3}",
+                        "geometry: {pmd_order: 3, pud_order: 4}").replace("pages: 4", "pages: 8")
+    text = re.sub(r"(?m)^policies: .*$", "policies: [future]", text)
+    system = ModelSystem(load_config_text(text), "future", True)
+    system.initial()
+    (tmp_path / "model.pml").write_text(render_races(system).text)
+    p = subprocess.run(["spin", "-a", "model.pml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0 and "rror" not in p.stdout, (p.stdout + p.stderr)[-400:]

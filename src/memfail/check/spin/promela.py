@@ -776,7 +776,7 @@ inline tw_run(v, i) {
 """
 
 SEMANTICS = r"""
-hidden byte mq; hidden byte mr; hidden byte ao; hidden byte sg;
+hidden byte mq; hidden byte mr; hidden byte ao; hidden byte sg; hidden byte kf;
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -860,6 +860,10 @@ inline realloc(v) {
 }
 /* kill_vm(): zap stage 2, VM killed, VMM SIGKILLed: its files go, the folio is freed */
 inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
+/* kill_vm with the folio's free deferred to the end of the step that queued it (kf): the
+   paths after it read neither the folio nor its frame (zap_vm commutes with the free), and
+   SPIN bounds a d_step's length, which each inline expansion of free_folio counts against */
+inline kill_mark(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; kf = 1 }
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
 inline guest_mce(v, p, ao) {
   if
@@ -892,6 +896,20 @@ inline vmm_ao(v, p) {
 inline vmm_ar(v, p) {
   if :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, 0) :: else -> sigbus_kill(v) fi
 }
+/* the end of an access whose paths end in a SIGBUS or the VMM's death (ev_vmm, ev_vmm_vcpu,
+   kmm): each sets sg (1 an AR with its address, vmm_ar; 2 a memory-failure SIGBUS the VMM
+   dies of, sigbus_kill; 3 a death that is not one: adrerr_kill, QEMU's exit(1)) and this
+   carries it out, kill_vm expanded once instead of once per path (SPIN bounds the statements
+   of a d_step, MAXDSTEP, and a --races stage runs a whole access in one) */
+inline sg_end(v, p) {
+  if
+  :: sg == 1 && VMM_SIG(v) == SIG_HANDLER -> sg = 0; guest_mce(v, p, 0)
+  :: sg == 1 && VMM_SIG(v) != SIG_HANDLER -> sg = 2
+  :: else -> skip
+  fi;
+  if :: sg == 2 -> sg = 3; if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi :: else -> skip fi;
+  if :: sg == 3 -> sg = 0; kill_vm(v) :: else -> skip fi
+}
 /* policy_memory_failure() (claimed folios) and the HugeTLB path (mainline), AO or AR */
 inline mf(v, p, ar, ao_probe) {
   if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;  /* the VM holding the pfn */
@@ -916,21 +934,21 @@ inline mf(v, p, ar, ao_probe) {
        :: else -> skip
        fi;
        if
-       :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_vm(v)
+       :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_mark(v)
        :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
        /* consumed (AR, current alive): _kill_bound_vms() or _make_unusable(); SIGBUS to
           current (sigbus-*) is QEMU's vMCE, injected by consume() */
        if
-       :: ar && alive[v] && consumed == K_CONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: ar && alive[v] && consumed == K_CONSUMED_KILL_VM && vst[v] != 2 -> kill_mark(v)
        :: ar && alive[v] && consumed == K_CONSUMED_UNUSABLE && !unusable[v] ->
             unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
        /* unconsumed (AO): _kill_bound_vms() or _make_unusable() now; nobody is told */
        if
-       :: !ar && unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+       :: !ar && unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_mark(v)
        :: !ar && unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
        :: else -> skip
        fi;
@@ -939,7 +957,13 @@ inline mf(v, p, ar, ao_probe) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
           (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-            vmm_ao(v, p);
+            /* vmm_ao, its kill a kill_mark (freed at mf's end) */
+            if
+            :: VMM_SIG(v) == SIG_HANDLER && HASHVA(v) -> guest_mce(v, p, 1)
+            :: VMM_SIG(v) == SIG_DEFAULT ->
+                 if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi; kill_mark(v)
+            :: else -> skip
+            fi;
             if
             :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
                !LEADER_EARLY(v) -> m_untold = 1
@@ -954,7 +978,8 @@ inline mf(v, p, ar, ao_probe) {
   :: bk[v] == OWN && !CLAIMED && !hwp[p] && !(merged[v] && FRAME_HWP(v)) ->
        hwp[p] = 1;
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
-  fi
+  fi;
+  if :: kf -> kf = 0; free_folio(v, 1) :: else -> skip fi   /* a kill_mark's free */
 }
 inline ev_hw_error(v, p, scrub) {
   err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
@@ -1091,7 +1116,7 @@ inline kmm(v, p) {
                NULL exits QEMU (exit(1), Q4); a SIGBUS without MCE payload is re-raised (Q2),
                fatal (sigbus_kill) */
             if
-            :: VMM_SIG(v) != SIG_HANDLER -> sigbus_kill(v)   /* forced: the default action */
+            :: VMM_SIG(v) != SIG_HANDLER -> sg = 2   /* forced: the default action */
             :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) ->
                  guest_mce(v, p, 0)
             :: else ->
@@ -1099,7 +1124,7 @@ inline kmm(v, p) {
                :: sigbus_addr == K_SIGBUS_ADDR_PLAIN && !affected[v] -> m_wrong = 1; m_down = 1
                :: else -> skip
                fi;
-               kill_vm(v)
+               sg = 3
             fi
        :: else -> skip
        fi
@@ -1111,10 +1136,11 @@ inline kmm(v, p) {
        det[p] = 1;
        if
        :: hwp[p] || (merged[v] && FRAME_HWP(v)) ->
-            hwp[p] = 1; if :: pte[p] == 1 -> vmm_ar(v, p) :: else -> skip fi
-       :: else -> pdet[p] = 1; hwp[p] = 1; kill_vm(v)
+            hwp[p] = 1; if :: pte[p] == 1 -> sg = 1 :: else -> skip fi
+       :: else -> pdet[p] = 1; hwp[p] = 1; sg = 3
        fi
-  fi
+  fi;
+  sg_end(v, p)
 }
 inline adrerr_kill(v) {
   kill_vm(v)
@@ -1127,14 +1153,14 @@ inline adrerr_kill(v) {
 inline ev_vmm(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
-  :: pte[p] == 2 -> sigbus_kill(v)
-  :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* kvm_gmem_fault_user: SIGBUS */
+  :: pte[p] == 2 -> sg = 2
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sg = 3   /* kvm_gmem_fault_user: SIGBUS */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> adrerr_kill(v)
-     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sigbus_kill(v)
-     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> sigbus_kill(v)   /* __do_fault: VM_FAULT_HWPOISON */
+     :: bk[v] == 0 -> sg = 3
+     :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] -> sg = 2
+     :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> sg = 2   /* __do_fault: VM_FAULT_HWPOISON */
      :: else ->
         pte[p] = 1;
         if
@@ -1145,11 +1171,12 @@ inline ev_vmm(v, p, wr) {
            :: CLAIMED -> mf(v, p, 1, 0)
            :: else -> det[p] = 1; hwp[p] = 1
            fi;
-           if :: alive[v] -> sigbus_kill(v) :: else -> skip fi
+           if :: alive[v] -> sg = 2 :: else -> skip fi
         :: else -> skip
         fi
      fi
-  fi
+  fi;
+  sg_end(v, p)
 }
 /* do_kernel_access() (model/kvm/kvm.py) for one user of the inventory: the page is reached
    through the VMM's page tables (hva: a hwpoison entry stops the uaccess, a missing page is
@@ -1222,18 +1249,19 @@ inline convert_folio(v, topriv) {
    asynchronously (kvm_init_cpu_signals), so an MCE SIGBUS with a guest address becomes a vMCE
    QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
    plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
-   pending. An action-required SIGBUS with an address ends each of its paths: sg marks it and
-   vmm_ar runs once at the end (expanded once, not per path: SPIN bounds a d_step's length,
-   and a --races host-fault stage runs this whole inline in one) */
+   pending. Every path that ends in a SIGBUS or the VMM's death sets sg, and the end of the
+   inline carries it out (vmm_ar, sigbus_kill and kill_vm expanded once, not per path: SPIN
+   bounds a d_step's length, MAXDSTEP statements, and a --races host-fault stage runs this
+   whole inline in one d_step) */
 inline ev_vmm_vcpu(v, p, wr) {
   if
   :: !alive[v] || vst[v] == 3 -> skip
   :: pte[p] == 2 -> sg = 1            /* the hwpoison entry: AR with its address */
-  :: pte[p] == 0 && (unusable[v] || priv[p]) -> adrerr_kill(v)   /* BUS_ADRERR */
+  :: pte[p] == 0 && (unusable[v] || priv[p]) -> sg = 3   /* BUS_ADRERR */
   :: else ->
      if :: pte[p] == 0 && bk[v] == 0 -> realloc(v) :: else -> skip fi;
      if
-     :: bk[v] == 0 -> adrerr_kill(v)
+     :: bk[v] == 0 -> sg = 3   /* BUS_ADRERR */
      :: pte[p] == 0 && bk[v] == OWN && CLAIMED && fault_check == K_FAULT_CHECK_TRUE && tab[p] ->
           sg = 1                      /* VM_FAULT_HWPOISON: AR */
      :: pte[p] == 0 && bk[v] == OWN && hwp[p] -> sg = 1   /* __do_fault's check */
@@ -1249,23 +1277,23 @@ inline ev_vmm_vcpu(v, p, wr) {
               if
               :: alive[v] && (consumed == K_CONSUMED_SIGBUS_CURRENT || consumed == K_CONSUMED_SIGBUS_VMM) ->
                  if
-                 :: VMM_SIG(v) != SIG_HANDLER -> sigbus_kill(v)   /* forced: the default action */
+                 :: VMM_SIG(v) != SIG_HANDLER -> sg = 2   /* forced: the default action */
                  :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_HVA -> guest_mce(v, p, 0)
-                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_NONE -> kill_vm(v)   /* exit(1) */
-                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_PLAIN -> sigbus_kill(v)   /* re-raised */
+                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_NONE -> sg = 3   /* exit(1) */
+                 :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_PLAIN -> sg = 2   /* re-raised */
                  fi
               :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] == 2 -> sg = 1
               :: alive[v] && consumed == K_CONSUMED_UNUSABLE && pte[p] != 2 -> cons[p] = 2
               :: else -> skip
               fi
            :: !CLAIMED && hwp[p] -> det[p] = 1; sg = 1   /* kill_accessing_process */
-           :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sigbus_kill(v)  /* kill_me_maybe */
+           :: !CLAIMED && !hwp[p] -> det[p] = 1; hwp[p] = 1; sg = 2  /* kill_me_maybe */
            fi
         :: else -> skip
         fi
      fi
   fi;
-  if :: sg -> sg = 0; vmm_ar(v, p) :: else -> skip fi
+  sg_end(v, p)
 }
 /* kvm_gmem_punch_hole(): zap, truncate (through the VMM's fd) */
 inline ev_punch(v) {

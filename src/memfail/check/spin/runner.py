@@ -128,11 +128,24 @@ def parse_pan(out: str) -> PanStats:
     return st
 
 
+# spin -a's refusal of a d_step with more statements than pangen's MAXDSTEP (2048 in SPIN
+# 6.5): every step of the model is one d_step, whose statements grow with the pages of a huge
+# page (2^pmd_order) and the VMs; the model keeps each kill's expansion to one per access
+# (promela.sg_end, kill_mark), which leaves agree-two.yaml at 8-page folios with --races
+# inside it
+DSTEP_TOO_LONG = ("the SPIN engine cannot compile this configuration: one step of its Promela "
+                  "model has more statements than SPIN allows in one d_step (`spin -a`: "
+                  "\"d_step sequence too long\"); use fewer pages per huge page (geometry "
+                  "pmd_order, or pud_order for 1G), fewer VMs, or --engine python")
+
+
 def _run(cmd: list[str], cwd: Path, timeout: float | None = None,
          env: dict[str, str] | None = None) -> str:
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                        check=False, env=None if env is None else {**os.environ, **env})
     if p.returncode != 0 and cmd[0].endswith(("spin", "gcc", "cc")) and "-t" not in cmd:
+        if "d_step sequence too long" in p.stdout + p.stderr:
+            raise RuntimeError(DSTEP_TOO_LONG)
         raise RuntimeError(f"{' '.join(cmd[:2])} failed: {(p.stderr or p.stdout)[-800:]}")
     return p.stdout + p.stderr
 
