@@ -6,6 +6,7 @@
     python bench/bench_check_engines.py --agree 1000    # more agreement walks than the suite
     python bench/bench_check_engines.py --races --agree 50   # the same, lock-granular
     python bench/bench_check_engines.py --random-configs 100 # walks on random configurations
+    python bench/bench_check_engines.py --random-verdicts 30 --races-every 3  # exhaustive verdicts
     python bench/bench_check_engines.py --config standard --seconds 60   # the standard config
     python bench/bench_check_engines.py --config standard --variants     # pan's options
     python bench/bench_check_engines.py --races --seconds 60  # both engines with --races
@@ -231,6 +232,46 @@ def random_configs(n: int, races: bool = False, first: int = 0) -> int:
     return 1 if bad else 0
 
 
+def random_verdicts(n: int, first: int = 0, races_every: int = 0,
+                    max_states: int = 60_000) -> int:
+    """Both engines' exhaustive verdicts on n random configurations (seeds first ..
+    first+n-1), every ``races_every``-th seed with --races (0: none), compared
+    (randcfg.compare_verdicts: `memfail check --json`, the Python engine bounded by
+    ``max_states`` on 2 workers, every SPIN counterexample replayed with `memfail run`).
+    A configuration without an answer (a time-out) is counted apart, not as agreement."""
+    from memfail.check.spin.randcfg import compare_verdicts
+
+    differ = unreplayed = same = undecided = decided = 0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        for seed in range(first, first + n):
+            races = bool(races_every) and seed % races_every == 0
+            t1 = time.perf_counter()
+            got = compare_verdicts(seed, races, work, max_states)
+            mode = "races" if races else "atomic"
+            took = f"{time.perf_counter() - t1:.0f} s"
+            if got.undecided:
+                undecided += 1
+                print(f"seed {seed} ({mode}): no answer: {got.undecided} ({took})", flush=True)
+                continue
+            decided += got.decided
+            differ += bool(got.differ)
+            unreplayed += bool(got.unreplayed)
+            same += not got.differ and not got.unreplayed
+            print(f"seed {seed} ({mode}): {got.decided} of {got.verdicts} verdicts decided by "
+                  f"the Python search ({got.complete} of {got.policies} policies complete), "
+                  f"{len(got.differ)} differ, {len(got.unreplayed)} SPIN counterexamples "
+                  f"not replayed ({took})", flush=True)
+            for policy, prop, py, spin in got.differ:
+                print(f"  DIFFER {policy} {prop}: python {py}, spin {spin}")
+            for policy, prop, rc in got.unreplayed:
+                print(f"  NOT REPLAYED {policy} {prop}: memfail run exit {rc}")
+    print(f"{n} random configurations, {time.perf_counter() - t0:.0f} s: {same} the same "
+          f"({decided} verdicts compared), {differ} with a differing verdict, {unreplayed} "
+          f"with a counterexample that does not replay, {undecided} without an answer")
+    return 1 if differ or unreplayed else 0
+
+
 def main() -> int:
     # every compile timed here is a real one: the pans of this process, none from the disk
     # cache `memfail check --engine spin` keeps (runner._PanCache)
@@ -246,8 +287,17 @@ def main() -> int:
     ap.add_argument("--random-configs", type=int, default=0, metavar="N",
                     help="agreement walks on N random configurations inside what the SPIN "
                          "engine renders (check/spin/randcfg.py) instead of the speed figures")
+    ap.add_argument("--random-verdicts", type=int, default=0, metavar="N",
+                    help="both engines' exhaustive verdicts (memfail check --json) on N random "
+                         "configurations, compared; SPIN's counterexamples replayed")
+    ap.add_argument("--races-every", type=int, default=0, metavar="K",
+                    help="with --random-verdicts: every K-th seed with --races (0: none)")
+    ap.add_argument("--max-states", type=int, default=60_000,
+                    help="with --random-verdicts: the Python engine's bound (its verdicts "
+                         "count only for the policies it searched completely, and its FAILs)")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="the first random configuration's seed (with --random-configs)")
+                    help="the first random configuration's seed (with --random-configs or "
+                         "--random-verdicts)")
     ap.add_argument("--standard", action="store_true",
                     help="also run SPIN on the standard configuration, every preset")
     ap.add_argument("--variants", action="store_true",
@@ -263,6 +313,8 @@ def main() -> int:
         return agree(a.agree, a.races)
     if a.random_configs:
         return random_configs(a.random_configs, a.races, a.first_seed)
+    if a.random_verdicts:
+        return random_verdicts(a.random_verdicts, a.first_seed, a.races_every, a.max_states)
     if a.variants:
         variants(a.config, a.policy, a.races)
         return 0

@@ -25,6 +25,8 @@ one) or the profile cannot build (guest_memfd before v6.8) is drawn again from t
 error), seeded Python walks replayed in Promela and one SPIN simulation replayed on the
 Python model, atomic or with the races stages; ``agree_random`` does it for a range of
 seeds. ``python bench/bench_check_engines.py --random-configs N`` runs N of them.
+``compare_verdicts`` runs both engines' exhaustive search (``memfail check --json``) on one and
+compares the verdicts, replaying SPIN's counterexamples (``--random-verdicts N``).
 """
 
 from __future__ import annotations
@@ -206,4 +208,117 @@ def agree_config(cfg: CheckConfig, walks: int, steps: int, races: bool = False,
         diff = agree_simulation(system, seed, steps, rendered)
         if diff:
             out.disagreements.append((name, f"spin -n{seed}", diff))
+    return out
+
+
+@dataclass
+class VerdictComparison:
+    """What ``compare_verdicts`` found for one random configuration: how many verdicts the
+    Python search decided (of how many), the ones whose status, depth or message differ
+    between the engines (policy, property, Python's, SPIN's), the SPIN counterexamples
+    ``memfail run`` did not replay with exit 0, and why a side gave no answer (a time-out,
+    an exit without JSON), if one did not."""
+    seed: int
+    races: bool
+    decided: int = 0
+    verdicts: int = 0
+    complete: int = 0
+    policies: int = 0
+    differ: list[tuple[str, str, tuple[Any, ...], tuple[Any, ...] | None]] = \
+        field(default_factory=list)
+    unreplayed: list[tuple[str, str, int]] = field(default_factory=list)
+    undecided: str = ""
+
+
+def _check_json(args: list[str], timeout: float) -> tuple[dict[str, Any] | None, str]:
+    import json
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "memfail", "check", *args, "--json"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s: {' '.join(cmd[3:])}"
+    try:
+        return json.loads(p.stdout), ""
+    except ValueError:
+        return None, f"exit {p.returncode} without JSON: {p.stderr.strip()[-300:]}"
+
+
+def compare_json(py: dict[str, Any], spin: dict[str, Any], out: VerdictComparison) -> None:
+    """Fill ``out`` from the two engines' ``memfail check --json`` documents: a verdict
+    (status, depth, message) of the Python engine counts where its search decided it (its
+    policy searched completely or until every property failed, or a FAIL, decided at any
+    bound) and differs when SPIN's is not the same (or missing)."""
+    def table(d: dict[str, Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        return {(r["policy"], k): (v["status"], v.get("depth"), v.get("message"))
+                for r in d["results"] for k, v in r["verdicts"].items()}
+
+    a, b = table(py), table(spin)
+    done = {r["policy"] for r in py["results"]
+            if r["complete"] or r["stop_reason"] == "all-failed"}
+    out.policies, out.complete, out.verdicts = len(py["results"]), len(done), len(a)
+    for key, got in a.items():
+        if key[0] in done or got[0] == "FAIL":
+            out.decided += 1
+            if got != b.get(key):
+                out.differ.append((key[0], key[1], got, b.get(key)))
+
+
+def compare_verdicts(seed: int, races: bool, workdir: Any, max_states: int = 60_000,
+                     workers: int = 2, timeout: float = 600.0) -> VerdictComparison:
+    """Both engines' exhaustive verdicts on ``random_config(seed)``, compared.
+
+    The configuration is written to ``workdir`` with the policies the SPIN engine renders
+    (the others are refused, not compared) and depth 40 (deeper than any of them goes), and
+    checked by ``memfail check --json`` twice: ``--engine spin --out`` (exhaustive), and the
+    Python engine on ``workers`` workers with ``--max-states`` (a bound: its verdicts are
+    compared only for the policies it searched completely or until every property failed, and
+    its FAILs everywhere, since a FAIL is decided at any bound). A verdict is its status, depth
+    and message (the shortest counterexample's length and what broke); every SPIN
+    counterexample file is replayed with ``memfail run`` (exit 0 expected)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work = Path(workdir)
+    text, cfg = random_config(seed)
+    out = VerdictComparison(seed, races)
+    keep = []
+    for policy in cfg.policies:
+        system = ModelSystem(cfg, policy, races)
+        system.initial()
+        try:
+            _render(system)
+            keep.append(policy)
+        except Unsupported:
+            pass
+    if not keep:
+        out.undecided = "the SPIN engine renders none of its policies"
+        return out
+    doc = yaml.safe_load(text)
+    doc["policies"] = keep
+    doc["bounds"]["depth"] = 40
+    path = work / f"random-{seed}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=200))
+    extra = ["--races"] if races else []
+    spin, why = _check_json([str(path), "--engine", "spin", "--out", str(work / f"cex-{seed}"),
+                             *extra], timeout)
+    if spin is None:
+        out.undecided = f"SPIN engine: {why}"
+        return out
+    py, why = _check_json([str(path), "--workers", str(workers), "--max-states",
+                           str(max_states), *extra], timeout)
+    if py is None:
+        out.undecided = f"Python engine: {why}"
+        return out
+
+    compare_json(py, spin, out)
+    for r in spin["results"]:
+        for prop, v in r["verdicts"].items():
+            if v["status"] == "FAIL" and v.get("file"):
+                q = subprocess.run([sys.executable, "-m", "memfail", "run", v["file"]],
+                                   capture_output=True, text=True, timeout=timeout)
+                if q.returncode != 0:
+                    out.unreplayed.append((r["policy"], prop, q.returncode))
     return out
