@@ -516,3 +516,25 @@ def test_races_a_release_in_stages_with_an_error_and_a_refill_in_between() -> No
     obs = [dict(zip(layout(system), o, strict=True)) for o in walk.observations]
     assert obs[2]["violated.early-told"] == 1
     assert [o["vm0[0].held"] for o in obs] == [1, 1, 1, 1, 0, 0, 0]
+
+
+def test_a_private_page_inside_a_huge_range_keeps_a_shared_access_at_4k(tmp_path: Path) -> None:
+    """agree-hugetlbfs.yaml at four pages a folio, vm0's page 1 made private (sw-protected,
+    no guest_memfd behind the memslot): a shared access to page 0 maps at 4K. KVM tracks a
+    hugepage's mixed attributes for every memslot of a VM with private memory
+    (kvm_arch_post_set_memory_attributes, "KVM mustn't create a SHARED hugepage over a range
+    that has PRIVATE GFNs"); the Python model checked the range's first and last page only,
+    so a private page in the middle left it mapping the whole folio (found by random
+    configurations, seed 741)."""
+    text = AGREE_HUGETLBFS_CONFIG.read_text()
+    for old, new in (("geometry: {pmd_order: 1, pud_order: 2}", "geometry: {pmd_order: 2, pud_order: 3}"),
+                     ("convert, vm: vm0, page: 0, pages: 1", "convert, vm: vm0, page: 1, pages: 1"),
+                     ("pages: 2", "pages: 4")):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "four.yaml"
+    path.write_text(text)
+    seq = [("convert", {"vm": "vm0", "page": 1, "pages": 1, "to": "private"}),
+           ("vcpu_access", {"vm": "vm0", "page": 0})]
+    assert _outcome(seq, "vm0[1].priv", "vm0[0].spte", "vm0[2].spte", "vm0[3].spte",
+                    config=path) == [(1, 1), (1, 1), (0, 0), (0, 0)]

@@ -361,13 +361,22 @@ def faultin(host: Host, vm: VM, vcpu: int, gfn: int, write: bool) -> tuple[int, 
 
 def install_spte(vm: VM, slot: Slot, gfn: int, pfn: int, order: int, head_pfn: int) -> int:
     """Map ``gfn`` in stage 2 at the folio's level when the whole aligned range lies in the slot
-    with one memory attribute, else at 4K; returns the level used."""
+    with one memory attribute, else at 4K; returns the level used.
+
+    One attribute over every gfn of the range, not only its ends: KVM keeps a hugepage's
+    "mixed" flag (kvm_arch_post_set_memory_attributes, hugepage_has_attrs ->
+    kvm_range_has_memory_attributes) for every memslot of a VM that can have private memory,
+    also one without a guest_memfd ("KVM mustn't create a SHARED hugepage over a range that
+    has PRIVATE GFNs", since v6.8), and kvm_mmu_max_mapping_level() maps a mixed range at 4K.
+    A guest_memfd folio is split where its range is mixed anyway (gmem._range_mixed); a
+    HugeTLB memfd's folio is not, so a shared access beside a private page maps at 4K."""
     private = gfn in vm.private
     if order:
         head = gfn - (pfn - head_pfn)
         last = head + (1 << order) - 1
+        inside = sum(1 for g in vm.private if head <= g <= last)
         if (head % (1 << order) == 0 and vm.slot_of(head) is slot and vm.slot_of(last) is slot
-                and ((head in vm.private) == private) and ((last in vm.private) == private)):
+                and inside == (1 << order if private else 0)):
             vm.spte[head] = (head_pfn, order)
             return order
     vm.spte[gfn] = (pfn, 0)
