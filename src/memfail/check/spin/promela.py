@@ -875,7 +875,7 @@ inline guest_mce(v, p, ao) {
    thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
    as sent to the wrong process, and its death as an unaffected VM going down (properties.py
    Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
-   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: adrerr_kill */
+   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: sg_end's 3 */
 inline sigbus_kill(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
   kill_vm(v)
@@ -893,12 +893,10 @@ inline vmm_ao(v, p) {
   :: VMM_SIG(v) == SIG_DEFAULT -> sigbus_kill(v)
   fi
 }
-inline vmm_ar(v, p) {
-  if :: VMM_SIG(v) == SIG_HANDLER -> guest_mce(v, p, 0) :: else -> sigbus_kill(v) fi
-}
 /* the end of an access whose paths end in a SIGBUS or the VMM's death (ev_vmm, ev_vmm_vcpu,
-   kmm): each sets sg (1 an AR with its address, vmm_ar; 2 a memory-failure SIGBUS the VMM
-   dies of, sigbus_kill; 3 a death that is not one: adrerr_kill, QEMU's exit(1)) and this
+   kmm): each sets sg (1 an AR with its address: QEMU's handler injects a vMCE, any other
+   disposition dies of it; 2 a memory-failure SIGBUS the VMM dies of, sigbus_kill; 3 a death
+   that is not one: BUS_ADRERR, QEMU's exit(1)) and this
    carries it out, kill_vm expanded once instead of once per path (SPIN bounds the statements
    of a d_step, MAXDSTEP, and a --races stage runs a whole access in one) */
 inline sg_end(v, p) {
@@ -1142,9 +1140,6 @@ inline kmm(v, p) {
   fi;
   sg_end(v, p)
 }
-inline adrerr_kill(v) {
-  kill_vm(v)
-}
 /* the VMM's main thread reads (or, wr, writes) guest memory through its mapping: a missing PTE is faulted in
    (kvm_gmem_fault_user: unusable, allocation, the policy's table check; then
    __do_fault's PG_hwpoison check, R41: a poisoned 4K piece is not evicted, VM_FAULT_HWPOISON); a hwpoison entry, a
@@ -1250,7 +1245,7 @@ inline convert_folio(v, topriv) {
    QEMU injects (kvm_arch_on_sigbus_vcpu), one without an address exits QEMU (exit(1)) and a
    plain SIGBUS is re-raised (fatal); user_access() retries the load while no signal is
    pending. Every path that ends in a SIGBUS or the VMM's death sets sg, and the end of the
-   inline carries it out (vmm_ar, sigbus_kill and kill_vm expanded once, not per path: SPIN
+   inline carries it out (sg_end: the vMCE, sigbus_kill and kill_vm expanded once, not per path: SPIN
    bounds a d_step's length, MAXDSTEP statements, and a --races host-fault stage runs this
    whole inline in one d_step) */
 inline ev_vmm_vcpu(v, p, wr) {
