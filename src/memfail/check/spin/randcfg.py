@@ -32,6 +32,7 @@ compares the verdicts, replaying SPIN's counterexamples (``--random-verdicts N``
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,20 +186,30 @@ def _policy_name(policy: Any) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in policy.items()) + "}"
 
 
+def rendered_policies(cfg: CheckConfig, races: bool = False) \
+        -> Iterator[tuple[Any, ModelSystem, Any, str]]:
+    """Each policy of ``cfg`` with its ModelSystem (initialised; ``races`` as given) and
+    its Promela rendering, or None and why the SPIN engine refuses it (``Unsupported``)."""
+    for policy in cfg.policies:
+        system = ModelSystem(cfg, policy, races)
+        system.initial()
+        try:
+            rendered, why = _render(system), ""
+        except Unsupported as e:
+            rendered, why = None, str(e)
+        yield policy, system, rendered, why
+
+
 def agree_config(cfg: CheckConfig, walks: int, steps: int, races: bool = False,
                  seed: int = 0) -> Agreement:
     """``walks`` seeded Python walks of ``steps`` steps replayed in Promela and one SPIN
     simulation (seed ``seed``) replayed on the Python model, for each policy of ``cfg``
     the SPIN engine renders, atomic or (``races``) with the races stages."""
     out = Agreement()
-    for policy in cfg.policies:
+    for policy, system, rendered, why in rendered_policies(cfg, races):
         name = _policy_name(policy)
-        system = ModelSystem(cfg, policy, races)
-        system.initial()
-        try:
-            rendered = _render(system)
-        except Unsupported as e:
-            out.refused.append((name, str(e)))
+        if rendered is None:
+            out.refused.append((name, why))
             continue
         out.walked.append(name)
         for w in range(walks):
@@ -284,15 +295,8 @@ def compare_verdicts(seed: int, races: bool, workdir: Any, max_states: int = 60_
     work = Path(workdir)
     text, cfg = random_config(seed)
     out = VerdictComparison(seed, races)
-    keep = []
-    for policy in cfg.policies:
-        system = ModelSystem(cfg, policy, races)
-        system.initial()
-        try:
-            _render(system)
-            keep.append(policy)
-        except Unsupported:
-            pass
+    keep = [policy for policy, _s, rendered, _why in rendered_policies(cfg, races)
+            if rendered is not None]
     if not keep:
         out.undecided = "the SPIN engine renders none of its policies"
         return out
