@@ -864,6 +864,8 @@ inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
    paths after it read neither the folio nor its frame (zap_vm commutes with the free), and
    SPIN bounds a d_step's length, which each inline expansion of free_folio counts against */
 inline kill_mark(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; kf = 1 }
+/* the end of a step that may have queued a kill_mark (mf, the races stage MF_NOTIFY) */
+inline free_marked(v) { if :: kf -> kf = 0; free_folio(v, 1) :: else -> skip fi }
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
 inline guest_mce(v, p, ao) {
   if
@@ -875,22 +877,23 @@ inline guest_mce(v, p, ao) {
    thread does not survive: the monitor counts it, sent to the VMM of a VM no failure touched,
    as sent to the wrong process, and its death as an unaffected VM going down (properties.py
    Monitor.fold, MF_CODES). A BUS_ADRERR (x86 do_sigbus for VM_FAULT_SIGBUS: a private page, an
-   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: sg_end's 3 */
-inline sigbus_kill(v) {
+   unusable guest_memfd, no frame to allocate) is not a memory-failure signal: sg_end's 3.
+   A kill_mark: the step that sends it ends in free_marked */
+inline sigbus_mark(v) {
   if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi;
-  kill_vm(v)
+  kill_mark(v)
 }
 /* a SIGBUS to VM v's VMM by its disposition (VMM_SIG, state.py _queue, deliver_signals):
    QEMU's handler injects a vMCE (qemu.py kvm_on_sigbus; an AO without an address is
    ignored); the default action kills the VMM; SIG_IGN drops an AO, which send_sig_mceerr
    does not force, while a forced AR resets it to the default first (force_sig_mceerr,
-   R35), so the VMM dies */
+   R35), so the VMM dies (a kill_mark: the caller ends in free_marked) */
 inline vmm_ao(v, p) {
   if
   :: VMM_SIG(v) == SIG_HANDLER && HASHVA(v) -> guest_mce(v, p, 1)
   :: VMM_SIG(v) == SIG_HANDLER && !HASHVA(v) -> skip   /* si_addr 0: ignored */
   :: VMM_SIG(v) == SIG_IGNORE -> skip
-  :: VMM_SIG(v) == SIG_DEFAULT -> sigbus_kill(v)
+  :: VMM_SIG(v) == SIG_DEFAULT -> sigbus_mark(v)
   fi
 }
 /* the end of an access whose paths end in a SIGBUS or the VMM's death (ev_vmm, ev_vmm_vcpu,
@@ -955,13 +958,7 @@ inline mf(v, p, ar, ao_probe) {
        if
        :: !ar && unconsumed == K_UNCONSUMED_NOTIFY_VMM && alive[v] &&
           (honor_early == K_HONOR_EARLY_FALSE || VM_EARLY(v)) ->
-            /* vmm_ao, its kill a kill_mark (freed at mf's end) */
-            if
-            :: VMM_SIG(v) == SIG_HANDLER && HASHVA(v) -> guest_mce(v, p, 1)
-            :: VMM_SIG(v) == SIG_DEFAULT ->
-                 if :: !affected[v] -> m_wrong = 1; m_down = 1 :: else -> skip fi; kill_mark(v)
-            :: else -> skip
-            fi;
+            vmm_ao(v, p);
             if
             :: ao_probe && !mr && VM_EARLY(v) && honor_early == K_HONOR_EARLY_FALSE &&
                !LEADER_EARLY(v) -> m_untold = 1
@@ -977,7 +974,7 @@ inline mf(v, p, ar, ao_probe) {
        hwp[p] = 1;
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi;
-  if :: kf -> kf = 0; free_folio(v, 1) :: else -> skip fi   /* a kill_mark's free */
+  free_marked(v)
 }
 inline ev_hw_error(v, p, scrub) {
   err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
@@ -1112,7 +1109,7 @@ inline kmm(v, p) {
           consumed == K_CONSUMED_SIGBUS_VMM) ->
             /* si_addr (sigbus_addr): the HVA (when the memslot has one) gives QEMU's vMCE;
                NULL exits QEMU (exit(1), Q4); a SIGBUS without MCE payload is re-raised (Q2),
-               fatal (sigbus_kill) */
+               fatal (sg_end's 2) */
             if
             :: VMM_SIG(v) != SIG_HANDLER -> sg = 2   /* forced: the default action */
             :: VMM_SIG(v) == SIG_HANDLER && sigbus_addr == K_SIGBUS_ADDR_HVA && HASHVA(v) ->

@@ -260,15 +260,16 @@ inline MF_UNMAP(v, p) {
   if :: unmap_host != K_UNMAP_HOST_NONE && pte[p] == 1 -> pte[p] = 2; MMU_NOTIFY(v, p) :: else -> skip fi
 }
 /* races.mf_notify: apply_vm_on_error, then gmem.unconsumed_action (kill-vm, unusable,
-   notify-vmm: the unconsumed failure's AO, or defer) */
+   notify-vmm: the unconsumed failure's AO, or defer); its kills free the folio once, at
+   the end (kill_mark, free_marked), before mf.notify unpins it */
 inline MF_NOTIFY(v, p) {
   if
-  :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_vm(v)
+  :: vm_on_error == K_VM_ON_ERROR_KILL && alive[v] -> kill_mark(v)
   :: vm_on_error == K_VM_ON_ERROR_UNUSABLE -> unusable[v] = 1; zap_vm(v)
   :: else -> skip
   fi;
   if
-  :: unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_vm(v)
+  :: unconsumed == K_UNCONSUMED_KILL_VM && vst[v] != 2 -> kill_mark(v)
   :: unconsumed == K_UNCONSUMED_UNUSABLE && !unusable[v] -> unusable[v] = 1; zap_vm(v)
   :: else -> skip
   fi;
@@ -281,7 +282,8 @@ inline MF_NOTIFY(v, p) {
        :: else -> skip
        fi
   :: else -> if :: !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
-  fi
+  fi;
+  free_marked(v)
 }
 /* kvm_gmem_get_pfn(): allocation after a punch hole, the unusable file, the fault check;
    fo: it fails */
