@@ -334,6 +334,27 @@ def test_enable_soft_offline_exists_from_6_11(profile: str, exists: bool) -> Non
             Host(HostConfig(profile=profile, sysctl={"vm.enable_soft_offline": 0}))
 
 
+@pytest.mark.parametrize("profile,exists", [("linux-6.1", False), ("linux-6.18", False),
+                                            ("next", True)])
+def test_panic_on_unrecoverable_exists_only_in_the_newest_tree(profile: str,
+                                                                exists: bool) -> None:
+    """R86: vm.panic_on_unrecoverable_memory_failure comes with the series that reports
+    kernel-owned pages as -ENOTRECOVERABLE (mm tree, no release yet): a kernel without it
+    has no such file (ENOENT), and a host that asks for it is refused with the one line."""
+    from memfail.model.actions import Sysctl
+    from memfail.model.errors import ModelInputError
+
+    h = host(profile)
+    res = do(h, Sysctl(name="vm.panic_on_unrecoverable_memory_failure", value=1))
+    assert (res.ret, res.errno) == ((0, None) if exists else (-1, "ENOENT"))
+    assert h.sysctl["vm.panic_on_unrecoverable_memory_failure"] == int(exists)
+    if not exists:
+        with pytest.raises(ModelInputError, match=r"is not in linux-6\.\d+: only the newest "
+                                                  r"tree has it"):
+            Host(HostConfig(profile=profile,
+                            sysctl={"vm.panic_on_unrecoverable_memory_failure": 1}))
+
+
 @pytest.mark.parametrize("policy,ok", [(None, True), ("late", True), ("early", False),
                                        ("default", False)])
 def test_prctl_clear_takes_zero_which_is_late(policy: Literal["early", "late", "default"] | None,

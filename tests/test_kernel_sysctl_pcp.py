@@ -29,6 +29,7 @@ def test_a_value_the_proc_handler_refuses_is_einval_and_keeps_the_old_one(
     proc_doulongvec_minmax, no negative): the write fails with EINVAL, nothing changes."""
     _run(f"""
 name: range
+profile: next
 processes: [{{name: app, sigbus: handler}}]
 steps:
   - sysctl: {{name: {name}, value: {value}}}

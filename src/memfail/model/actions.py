@@ -95,7 +95,8 @@ class Sysctl(Action):
     """Set a sysctl: ``vm.memory_failure_early_kill`` (R9), ``vm.memory_failure_recovery`` (R8),
     ``vm.enable_soft_offline`` (R11; the file exists since 6.11, so on older profiles the write
     fails with ENOENT), ``vm.nr_hugepages``, ``vm.nr_overcommit_hugepages``,
-    ``vm.panic_on_unrecoverable_memory_failure`` (R86). Returns 0; a value the sysctl's proc
+    ``vm.panic_on_unrecoverable_memory_failure`` (R86; only in the profile ``next``, ENOENT
+    elsewhere). Returns 0; a value the sysctl's proc
     handler refuses (anything but 0 or 1 for the four switches, a negative HugeTLB count)
     fails with EINVAL and leaves the old value, as writing it to /proc/sys does."""
 

@@ -81,7 +81,12 @@ def sysctl_range_text(name: str) -> str:
 
 
 # Sysctls that only some kernels have: name -> the KernelProfile switch that brings the file.
-PROFILE_SYSCTLS = {"vm.enable_soft_offline": "sysctl_enable_soft_offline"}
+# vm.panic_on_unrecoverable_memory_failure comes with the series that reports kernel-owned
+# pages as -ENOTRECOVERABLE (Breno Leitao, "mm/memory-failure: add panic option for
+# unrecoverable pages", in the mm tree with "report MF_MSG_KERNEL for unrecoverable kernel
+# pages"; R86), so the switch that brings one brings the other.
+PROFILE_SYSCTLS = {"vm.enable_soft_offline": "sysctl_enable_soft_offline",
+                   "vm.panic_on_unrecoverable_memory_failure": "kernel_owned_enotrecoverable"}
 
 
 @dataclass

@@ -276,5 +276,8 @@ def refuse_missing(profile: KernelProfile, feature: str, field: str | None = Non
                               f"(commit {f.commit} '{f.title}'); use a profile of v{f.since} "
                               "or later", field)
     s = next(x for x in SWITCHES if x.name == feature)
+    if s.since == "next":  # not in a release yet
+        raise ProfileMissing(f"{what or s.name} is not in {profile.name}: only the newest "
+                             f"tree has it ({s.change}); use the profile 'next'", field)
     raise ProfileMissing(f"{what or s.name} is not in {profile.name}: it came with v{s.since} "
                           f"({s.change}); use a profile of v{s.since} or later", field)
