@@ -244,6 +244,20 @@ def test_bad_final_expectations(tmp_path: Path) -> None:
     assert msg.startswith("s.yaml:3: expect.exit.nobody: unknown process 'nobody'")
     msg = error(tmp_path, "steps: [{spawn: {proc: a}}]\nexpect:\n  exit: {a: {signal: SIGFOO}}\n")
     assert "unknown signal 'SIGFOO'" in msg
+    msg = error(tmp_path, "steps: [{meminfo: {}}]\nexpect:\n  outcomes: {vm_killed: 1}\n")
+    assert msg.startswith("s.yaml:3: expect.outcomes: unknown outcome 'vm_killed' (did you "
+                          "mean 'vms_killed'?)")
+
+
+def test_every_outcome_a_run_gives_may_be_expected() -> None:
+    """expect.outcomes is checked at load against OUTCOME_KEYS: it must name every key
+    compute_outcomes() gives (a VM scenario, where each figure is present)."""
+    from memfail.model.outcomes import OUTCOME_KEYS
+    from memfail.scenario.runner import run_scenario
+
+    got = run_scenario(load_scenario(library()["vm-hugetlb-consumed"])).outcomes
+    assert got is not None and set(got) <= set(OUTCOME_KEYS)
+    assert len(OUTCOME_KEYS) == len(set(OUTCOME_KEYS))
 
 
 def test_unknown_profile(tmp_path: Path) -> None:

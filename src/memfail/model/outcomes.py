@@ -227,6 +227,11 @@ def wrong_process_signals(host: Host, sigs: list[SignalSent]) -> int:
     return wrong
 
 
+# Every key compute_outcomes() gives (a scenario's ``expect.outcomes`` may name only these).
+OUTCOME_KEYS: tuple[str, ...] = tuple(dict.fromkeys(
+    [*OUTCOME_DOCS, *MCE_OUTCOME_DOCS, "vm_states", "classes"]))
+
+
 def compute_outcomes(host: Host) -> dict[str, Any]:
     """Every figure in ``OUTCOME_DOCS`` for this host's run, plus ``vm_states`` (each VM's
     history, see ``vm_history``) and ``classes`` (the class of each non-zero finding)."""

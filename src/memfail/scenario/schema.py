@@ -423,9 +423,15 @@ class FinalExpect(_Logs):
     def _mf_stats(cls, v: dict[str, int]) -> dict[str, int]:
         return _known_keys(v, MF_STATS_FIELDS, "mf_stats counter")
 
+    @field_validator("outcomes")
+    @classmethod
+    def _outcomes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from memfail.model.outcomes import OUTCOME_KEYS
+        return _known_keys(v, OUTCOME_KEYS, "outcome")
 
-def _known_keys(v: dict[str, int], known: tuple[str, ...], what: str, more: str = ""
-                ) -> dict[str, int]:
+
+def _known_keys(v: dict[str, Any], known: tuple[str, ...], what: str, more: str = ""
+                ) -> dict[str, Any]:
     for k in v:
         if k not in known:
             raise ValueError(f"unknown {what} {k!r}{did_you_mean(k, known)}; known: "
