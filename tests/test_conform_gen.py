@@ -5,6 +5,7 @@ recorded kernel output is compared with the model as a user reads it in the tabl
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -140,6 +141,35 @@ def test_bad_known_differences_file_is_bad_input(tmp_path: Path,
     assert main(["conform", "anon-madvise-hwpoison", "--known", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("memfail: error: ") and "needs case, field and reason" in err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("differences: [{case: x, field: ret, reason: r, stepz: 3}]\n",
+     "differences[0].stepz: unknown key (did you mean 'step'?)"),
+    ("diffrences: []\n", "one mapping with the key 'differences'"),
+    ("differences: [{case: x, field: ret, reason: r, step: two}]\n", "a step number"),
+])
+def test_a_misspelt_known_difference_is_refused_not_widened(
+        tmp_path: Path, text: str, needle: str) -> None:
+    """An entry without ``step`` matches every step: a misspelt ``step`` must not become
+    that silently (docs/conform.md: a bad known-differences file is exit 2)."""
+    from memfail.scenario import ScenarioError
+
+    f = tmp_path / "k.yaml"
+    f.write_text(text)
+    with pytest.raises(ScenarioError, match=re.escape(needle)):
+        load_known(f)
+
+
+def test_a_missing_kernel_is_bad_input_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 before a program is generated or compiled (README: "before any work")."""
+    monkeypatch.setenv("MEMFAIL_CACHE", str(tmp_path / "cache"))
+    assert main(["conform", "anon-madvise-hwpoison"]) == 2
+    err = capsys.readouterr().err
+    assert "kernel debian-6.1 is not in" in err and "programs built" not in err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_unknown_kernel_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:

@@ -90,20 +90,37 @@ class Known:
             (self.step is None or self.step == d.step)
 
 
+KNOWN_KEYS = ("case", "field", "reason", "step")
+
+
 def load_known(path: Path) -> list[Known]:
     """The checked-in list of accepted differences (see docs/conform.md)."""
     from ruamel.yaml import YAML
 
-    from memfail.scenario.errors import ScenarioError
+    from memfail.scenario.errors import ScenarioError, did_you_mean
 
     if not path.exists():
         return []
     data = YAML(typ="safe", pure=True).load(path.read_text()) or {}
     out: list[Known] = []
+    if not isinstance(data, dict) or set(data) - {"differences"}:
+        extra = sorted(set(data) - {"differences"}) if isinstance(data, dict) else []
+        raise ScenarioError(str(path), None, extra[0] if extra else None,
+                            "a known-differences file is one mapping with the key "
+                            "'differences' (a list of entries)")
     for i, e in enumerate(data.get("differences") or []):
         if not isinstance(e, dict) or not {"case", "field", "reason"} <= set(e):
             raise ScenarioError(str(path), None, f"differences[{i}]",
                                 "each entry needs case, field and reason (step is optional)")
+        unknown = sorted(set(e) - set(KNOWN_KEYS))
+        if unknown:
+            # a misspelt key would widen the entry (no step: every step) without a word
+            raise ScenarioError(str(path), None, f"differences[{i}].{unknown[0]}",
+                                f"unknown key{did_you_mean(unknown[0], KNOWN_KEYS)}; an entry "
+                                "has case, field, reason and step")
+        if e.get("step") is not None and (type(e["step"]) is not int or e["step"] < 0):
+            raise ScenarioError(str(path), None, f"differences[{i}].step",
+                                f"a step number (0, 1, ...), got {e['step']!r}")
         out.append(Known(str(e["case"]), str(e["field"]), str(e["reason"]).strip(),
                          e.get("step")))
     return out
