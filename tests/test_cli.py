@@ -413,3 +413,17 @@ def test_a_note_of_memfail_is_not_shown_as_a_kernel_line(
     assert rc == 0
     assert "  note: mem_write: process 'app' has no mapping 'buf' now" in out
     assert "] memfail: " not in out
+
+
+def test_help_shows_flags_without_a_value_and_every_cell_code(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json <bool>` read as `--json true`; compare's help left codes out of its legend."""
+    from memfail.report.compare import FINDINGS
+
+    code, out, _ = run_cli(capsys, "run", "--help")
+    assert code == 0 and "<bool>" not in out and "3 internal error" in out
+    assert "<str>" in out  # an option that takes a value still shows its type
+    code, out, _ = run_cli(capsys, "compare", "--help")
+    flat = " ".join(out.replace("│", " ").split())
+    for _key, letter, _cell, words in FINDINGS:
+        assert f"{letter} {words}" in flat

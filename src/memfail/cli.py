@@ -19,7 +19,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_STATUS_HELP = ("Exit status: 0 ok, 1 an expectation or checked property failed, "
@@ -81,6 +81,18 @@ class _LazyGroup(TyperGroup):
         rows = [(name, help_) for names, _ in COMMANDS for name, help_ in names.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value: show no type beside it (typer's rich help writes ``--json
+    <bool>``, which reads as ``--json true``, a scenario file named true)."""
+    if self.is_flag and not self.count:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def _provider(name: str) -> str | None:

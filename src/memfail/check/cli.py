@@ -1,6 +1,7 @@
 """`memfail check`: explore every policy of a configuration and print a verdict table.
 
-Exit status: 0 when no selected property fails, 1 when one does, 2 on bad input or usage.
+Exit status: 0 when no selected property fails, 1 when one does, 2 on bad input or usage,
+3 internal error.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ Examples:
 
 The kernel comes from scripts/setup-system.sh (Debian's 6.1 image, unpacked into
 .cache/kernels/debian-6.1). Exit status: 0 every expressible case agrees or differs only as
-listed in the known-differences file, 1 an unlisted difference, 2 bad input or no kernel.
+listed in the known-differences file, 1 an unlisted difference, 2 bad input or no kernel,
+3 internal error.
 """
 
 SELFTEST_EPILOG = """

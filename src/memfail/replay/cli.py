@@ -4,7 +4,7 @@ onto a guest_memfd host under every policy.
 Exit status: 0 when at least one input was read (differences, unreadable lines and logs
 without any RAS record are results, listed); 2 for bad input, one ``memfail: error:`` line (a
 bad option value, named, before any input is read; a missing file or a directory without
-files; or not one input readable at all). docs/replay.md, "Output".
+files; or not one input readable at all); 3 internal error. docs/replay.md, "Output".
 """
 
 from __future__ import annotations

@@ -46,10 +46,6 @@ Examples:
 
   memfail compare --json | jq '.cells[] | select(.outcomes.host_panic)'
 
-Cells are codes explained by the legend printed under the table (P host panic, K VM
-killed, S VM stopped, R re-consumed, H poison handed out again, W wrong-process SIGBUS,
-L record lost, E EARLY VMM not told, V vMCE, a size = guest memory lost, - the policy
-does not apply); lower case marks a limitation the policy accepts by design.
 """
 
 
@@ -92,6 +88,14 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
     ("early_not_told", "E", "EARLY VMM not told", "EARLY VMM not told"),
 )
 VERDICT_KEYS = tuple(key for key, *_ in FINDINGS)
+CODES_TEXT = ("; ".join(f"{c} {w}" for _, c, _, w in FINDINGS) +
+              "; V vMCE injected into the guest; 4K/2M/1G guest memory lost "
+              "(a killed VM loses all of it); ok nothing went wrong; - the policy "
+              "does not apply to the scenario; n/a the scenario uses what the "
+              "kernel profile lacks (not run).")
+COMPARE_EPILOG += ("\nCells are codes, explained by the legend printed under the table "
+                   "(upper case: hazard or cost; lower case: a limitation the policy accepts "
+                   "by design): " + CODES_TEXT + "\n")
 
 
 def _accepted(o: dict[str, Any], key: str) -> bool:
@@ -436,12 +440,7 @@ def render_text(cells: list[Cell], pols: list[str], scens: list[str],
             out.extend(_wrap("Policies: " + ", ".join(f"{shorts[p]} = {p}" for p in pols),
                              width))
         out.extend(_wrap("Codes (upper case: hazard or cost; lower case: a limitation the "
-                         "policy accepts by design): " + "; ".join(
-                             f"{c} {w}" for _, c, _, w in FINDINGS) +
-                         "; V vMCE injected into the guest; 4K/2M/1G guest memory lost "
-                         "(a killed VM loses all of it); ok nothing went wrong; - the policy "
-                         "does not apply to the scenario; n/a the scenario uses what the "
-                         "kernel profile lacks (not run).", width))
+                         "policy accepts by design): " + CODES_TEXT, width))
     else:
         out.extend(_wrap("Words: HOST PANIC the host crashed; HOST STALLED broadcast "
                          "machine checks held every host CPU longer than the bound "

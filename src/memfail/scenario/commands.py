@@ -22,7 +22,8 @@ Examples:
 
   memfail run a.yaml b.yaml --json > runs.json   (a JSON list, one document per file)
 
-Exit status: 0 every expectation passed, 1 some failed, 2 bad input (one error line on stderr).
+Exit status: 0 every expectation passed, 1 some failed, 2 bad input (one error line on stderr),
+3 internal error (a bug: rerun with MEMFAIL_TRACEBACK=1).
 """
 
 SCENARIOS_EPILOG = """

@@ -1,6 +1,7 @@
 """`memfail search`: the cheapest guest_memfd policies that keep the call's properties.
 
-Exit status: 0 done, 2 bad input or usage (one `memfail: error:` line, before any work).
+Exit status: 0 done, 2 bad input or usage (one `memfail: error:` line, before any work),
+3 internal error.
 """
 
 from __future__ import annotations
