@@ -137,3 +137,18 @@ def test_run_under_another_policy_fails_where_the_outcome_changes() -> None:
                 continue
             r = run_scenario(_load(s), policy_override=p)
             assert r.failures, f"{s} under {p}: the outcome changes but no expectation fails"
+
+
+def test_a_host_only_scenario_is_no_policys_business() -> None:
+    """The hugetlbfs baseline acts on HugeTLB-backed guest memory: a scenario with no VM
+    (host-recovery-off-panic panics by its sysctl, not by any policy) is '-' for it, as for
+    every guest_memfd policy, and counts in no verdict; a VM on a HugeTLB memfd is its."""
+    from memfail.report.compare import scenario_backings, verdicts
+
+    assert scenario_backings("host-recovery-off-panic") == set()
+    assert scenario_backings("vm-hugetlbfs-1g-consumed") == {"hugetlbfs"}
+    cells = run_compare(["host-recovery-off-panic", "anon-madvise-hwpoison"],
+                        ["hugetlbfs", "mainline"], workers=1)
+    assert {c.code() for c in cells} == {"-"}
+    v = verdicts(cells, ["hugetlbfs", "mainline"])
+    assert v["hugetlbfs"]["not_applicable"] == 2 and v["hugetlbfs"]["scenarios"] == 0

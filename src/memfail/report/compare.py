@@ -179,11 +179,20 @@ def make_cell(scen: str, pol: GmemPolicy, o: dict[str, Any]) -> Cell:
 
 def scenario_backings(scen: str) -> set[str]:
     """What guest memory a scenario uses: the backing of each guest_memfd it creates ('4K',
-    '2M', '1G'), or 'hugetlbfs' when it creates none (a hugetlbfs memfd mapped by the VMM)."""
+    '2M', '1G'); when it creates none, 'hugetlbfs' if it creates a VM and HugeTLB memory
+    (memfd_create with hugetlb, an mmap with hugetlb, a file created on hugetlbfs) for a
+    memslot to point at; else nothing (a host-only scenario has no guest memory)."""
     sc = _load(scen)
-    out = {str(getattr(s.action, "backing", "")) for s in sc.steps
-           if type(s.action).__name__ == "GmemCreate"}
-    return out or {"hugetlbfs"}
+    kinds = [type(s.action).__name__ for s in sc.steps]
+    out = {str(getattr(s.action, "backing", "")) for s, k in zip(sc.steps, kinds, strict=True)
+           if k == "GmemCreate"}
+    if out or "VmCreate" not in kinds:
+        return out
+    huge = any((k == "MemfdCreate" and getattr(s.action, "hugetlb", False)) or
+               (k == "Mmap" and getattr(s.action, "hugetlb", None)) or
+               (k == "Create" and getattr(s.action, "fs", "") == "hugetlbfs")
+               for s, k in zip(sc.steps, kinds, strict=True))
+    return {"hugetlbfs"} if huge else set()
 
 
 def _confidential(scen: str) -> bool:
