@@ -427,3 +427,18 @@ def test_help_shows_flags_without_a_value_and_every_cell_code(
     flat = " ".join(out.replace("│", " ").split())
     for _key, letter, _cell, words in FINDINGS:
         assert f"{letter} {words}" in flat
+
+
+def test_an_inline_policy_is_reported_by_its_name(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """trace-format.md: `policy` is a string; an inline policy is named by `name`, or by its
+    base and the knobs it changes (policies.md), never as a Python dict."""
+    f = write(tmp_path, "name: ip\npolicy: {base: minimum, name: mine, unmap_stage2: folio}\n"
+                        "processes: [{name: app}]\nsteps:\n  - meminfo: {}\n", "ip.yaml")
+    code, out, _ = run_cli(capsys, "run", f, "--json")
+    assert code == 0 and json.loads(out)["policy"] == "mine"
+    code, out, _ = run_cli(capsys, "run", f, "--json", "--policy",
+                           "{base: minimum, unmap_stage2: folio}")
+    assert json.loads(out)["policy"] == "minimum{unmap_stage2=folio}"
+    code, out, _ = run_cli(capsys, "run", f)
+    assert "policy mine)" in out and "{'base'" not in out

@@ -52,7 +52,9 @@ class RunResult:
 
     scenario: Scenario
     profile: str
-    policy: str | dict[str, Any] | None
+    # the guest_memfd policy's name (a preset's, an inline policy's `name`, or its base with
+    # the knobs it changes: "minimum{unmap_stage2=folio}"); None when none was asked for
+    policy: str | None
     setup: list[ActionRecord]
     steps: list[ActionRecord]
     trace: Trace
@@ -182,7 +184,9 @@ def run_scenario(sc: Scenario, profile_override: str | None = None,
                     meminfo_after=meminfo_after, mf_stats=mf_stats, statuses=statuses,
                     panicked=host.panicked, events=host.trace.events, outcomes=outcomes)
     return RunResult(
-        scenario=sc, profile=profile, policy=policy, setup=setup, steps=steps,
+        scenario=sc, profile=profile,
+        policy=None if policy is None else str(getattr(host.policy, "name", policy)),
+        setup=setup, steps=steps,
         trace=host.trace, failures=chk.failures, passed=chk.passed,
         meminfo_before=meminfo_before, meminfo_after=meminfo_after, mf_stats=mf_stats,
         processes=statuses, panicked=host.panicked,
