@@ -197,6 +197,23 @@ def test_selftest_compiles_against_the_harness(name: str, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_a_selftest_for_a_kernel_its_expectations_do_not_hold_on_is_refused() -> None:
+    """anon-madvise-hwpoison expects 6.11's AR SIGBUS from MADV_HWPOISON: a test for 6.1
+    would assert what 6.1 does not do. Its own profile is the default."""
+    sc = _load("anon-madvise-hwpoison")
+    assert not generate_selftest(sc).reasons
+    [why] = generate_selftest(sc, "linux-6.1").reasons
+    assert why.startswith("its expectations do not hold under linux-6.1 (they are for "
+                          "linux-6.18): ") and "step 2 (madvise): expect.signals" in why
+
+
+def test_a_selftest_refusal_names_the_threads() -> None:
+    sc = load_scenario_text("name: t\nprocesses: [{name: app, threads: [main, t2]}]\n"
+                            "steps:\n  - meminfo: {}\n")
+    assert generate_selftest(sc).reasons == [
+        "a selftest is one single-threaded process; process 'app' has threads main, t2"]
+
+
 def test_selftest_asserts_the_expected_signal(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["selftest", "anon-madvise-hwpoison"]) == 0
     out = capsys.readouterr().out

@@ -270,8 +270,11 @@ def selftest(
                                             show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the C file here "
                                                 "instead of stdout.")] = None,
-    profile: Annotated[str, typer.Option("--profile", "-p", help="The profile whose "
-                                         "predictions become the assertions.")] = "linux-6.1",
+    profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", help="The kernel the test is for: the profile whose predictions "
+        "become the assertions where a step expects nothing (default: the scenario's "
+        "`profile:`, else linux-6.1). The scenario's own expectations must hold under it.",
+        show_default=False)] = None,
 ) -> None:
     """Write a scenario as a kselftest (tools/testing/selftests/mm style) C file."""
     from .selftest import generate_selftest
