@@ -488,7 +488,9 @@ class Madvise(Action):
     hugepage_madvise() sets or clears VM_HUGEPAGE, so later write faults of a private
     anonymous mapping get PMD-sized THPs where a PMD-aligned 2M range fits; returns 0 for any
     mapping, also HugeTLB and shmem, where it changes nothing the model shows). Returns 0 or
-    -1 with errno (ENOMEM when no mapping covers ``addr``)."""
+    -1 with errno (ENOMEM when no mapping covers ``addr``; EFAULT for ``hwpoison`` and
+    ``soft_offline``, which madvise_inject_error() reaches through get_user_pages_fast()
+    before any VMA walk)."""
 
     key: ClassVar[str] = "madvise"
     proc: str

@@ -446,7 +446,8 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
             return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
         if gfn in vm.guest_offlined or vm.state != "running":
             return ActionResult("mce-injected")
-        # no vMCE reached the guest: KVM re-enters and the instruction runs again
+        # the guest did not offline the page (no vMCE reached it, or it ignores vMCEs):
+        # KVM re-enters and the instruction runs again
     return ActionResult("re-consumed")
 
 
