@@ -152,3 +152,20 @@ def test_a_host_only_scenario_is_no_policys_business() -> None:
     assert {c.code() for c in cells} == {"-"}
     v = verdicts(cells, ["hugetlbfs", "mainline"])
     assert v["hugetlbfs"]["not_applicable"] == 2 and v["hugetlbfs"]["scenarios"] == 0
+
+
+def test_the_verdict_keys_are_the_documented_ones() -> None:
+    """docs/policies.md lists what `verdicts` counts; the list is the findings table's."""
+    from pathlib import Path
+
+    from memfail.report.compare import VERDICT_KEYS, verdicts
+
+    doc = (Path(__file__).parents[1] / "docs" / "policies.md").read_text()
+    para = doc[doc.index("`verdicts` counts, per policy"):]
+    para = para[:para.index("The schema name")]
+    cells = run_compare(["vm-hugetlb-consumed"], ["minimum"], workers=1)
+    keys = set(verdicts(cells, ["minimum"])["minimum"])
+    assert keys == {*VERDICT_KEYS, "scenarios", "not_applicable", "unavailable", "ok",
+                    "by_class", "guest_bytes_lost"}
+    for k in keys:
+        assert f"`{k}`" in para, k
