@@ -301,3 +301,21 @@ def test_docs_yaml_examples_are_valid(tmp_path: Path) -> None:
     assert len(complete) >= 4
     for i, block in enumerate(complete):
         load_scenario(write(tmp_path, block, f"doc{i}.yaml"))
+
+
+def test_a_forked_childs_thread_is_named_as_the_forking_thread(tmp_path: Path) -> None:
+    """fork by thread `worker`: the child's one thread is `worker`; `main` of the child is a
+    mistake in the file (exit 2), not a thread whose creating step failed (ESRCH)."""
+    from memfail.scenario.runner import run_scenario
+
+    head = ("processes: [{name: app, threads: [main, worker]}]\nsteps:\n"
+            "  - fork: {proc: app, child: kid, thread: worker}\n")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(head + "  - prctl: {proc: kid, thread: worker, op: get}\n"
+                         "    expect: {ret: 2}\n")
+    assert run_scenario(load_scenario(ok)).ok
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(head + "  - prctl: {proc: kid, thread: main, op: get}\n")
+    with pytest.raises(ScenarioError, match="process 'kid' has no thread 'main' "
+                                            r"\(threads: worker\)"):
+        run_scenario(load_scenario(bad))

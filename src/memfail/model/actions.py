@@ -131,7 +131,9 @@ class Spawn(Action):
 class Fork(Action):
     """fork(): ``child`` gets a copy of ``proc``'s address space (private anonymous pages are
     shared copy-on-write, shared mappings stay shared), one thread inheriting ``thread``'s
-    PR_MCE_KILL flags (R10), the signal dispositions and the file descriptors."""
+    PR_MCE_KILL flags (R10), the signal dispositions and the file descriptors. The child's
+    thread has the name of the thread that called fork() (``thread``, or ``proc``'s first
+    thread when it is not given): a step naming another thread of ``child`` is bad input."""
 
     key: ClassVar[str] = "fork"
     proc: str

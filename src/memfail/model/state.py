@@ -257,11 +257,11 @@ class HostState:
         self.processes[name] = proc
         return proc
 
-    def declared(self, kind: str, name: str) -> bool:
-        """Whether the scenario being run creates ``name`` (a ``proc``, ``thread``,
-        ``mapping`` or ``fd``) in some step: a name that is missing at run time although a
-        step creates it vanished at run time (the creating step failed, the process died),
-        which is a result, not bad input."""
+    def declared(self, kind: str, name: Any) -> bool:
+        """Whether the scenario being run creates ``name`` (a ``proc``, a ``thread`` as
+        (process, thread), a ``mapping`` or an ``fd``) in some step: a name that is missing
+        at run time although a step creates it vanished at run time (the creating step
+        failed, the process died), which is a result, not bad input."""
         return name in self.ext.get("declared", {}).get(kind, ())
 
     def proc(self, name: str, field_name: str = "proc") -> Process:
@@ -277,7 +277,7 @@ class HostState:
 
     def thread(self, proc: Process, name: str | None) -> Thread:
         t = proc.thread(name)
-        if t is None and name is not None and self.declared("thread", name):
+        if t is None and name is not None and self.declared("thread", (proc.comm, name)):
             raise TargetGone(f"process {proc.comm!r} has no thread {name!r} (the step that "
                              "creates it did not succeed)", "thread", "ESRCH")
         if t is None:

@@ -222,30 +222,41 @@ def _apply(host: Host, rec: ActionRecord, sc: Scenario, *, step: Step | None = N
 _FD_CREATORS = {"open": ("fd", "path"), "memfd_create": ("fd", "name"), "gmem_create": ("fd",)}
 
 
-def declared_names(sc: Scenario) -> dict[str, set[str]]:
+def declared_names(sc: Scenario) -> dict[str, set[Any]]:
     """Names some part of the file creates: processes, threads, mappings, fds, and the VMs
     given a memslot. A name
     missing at run time that is in here vanished at run time (its creating step failed, its
     process died): the step that uses it fails with ESRCH, ENOENT or EBADF and the run goes
     on. A name in no creating step is a mistake in the file (exit status 2)."""
-    out: dict[str, set[str]] = {"proc": set(), "thread": set(), "mapping": set(), "fd": set(),
+    out: dict[str, set[Any]] = {"proc": set(), "thread": set(), "mapping": set(), "fd": set(),
                                 "memslot": set()}
+    # threads by (process, thread): a fork's child has one thread, named as the thread that
+    # called fork() (its first thread when the step names none); vm_create gives the VMM a
+    # thread vcpuN per vCPU (kvm.do_vm_create)
+    first: dict[str, str] = {}
     for p in sc.processes:
         out["proc"].add(p.name)
-        out["thread"].update(p.threads)
+        out["thread"].update((p.name, t) for t in p.threads)
+        first.setdefault(p.name, p.threads[0])
     for step in sc.steps:
-        a = step.action
+        a: Any = step.action
         if step.key == "spawn":
-            out["proc"].add(a.proc)  # type: ignore[attr-defined]
-            out["thread"].update(a.threads)  # type: ignore[attr-defined]
+            out["proc"].add(a.proc)
+            out["thread"].update((a.proc, t) for t in a.threads)
+            first.setdefault(a.proc, a.threads[0])
         elif step.key == "fork":
-            out["proc"].add(a.child)  # type: ignore[attr-defined]
+            out["proc"].add(a.child)
+            t = a.thread or first.get(a.proc, "main")
+            out["thread"].add((a.child, t))
+            first.setdefault(a.child, t)
         elif step.key == "clone":
-            out["thread"].add(a.new)  # type: ignore[attr-defined]
+            out["thread"].add((a.proc, a.new))
+        elif step.key == "vm_create":
+            out["thread"].update((a.vmm, f"vcpu{i}") for i in range(a.vcpus))
         elif step.key in ("mmap", "shmat"):
-            out["mapping"].add(a.name)  # type: ignore[attr-defined]
+            out["mapping"].add(a.name)
         elif step.key == "memslot":
-            out["memslot"].add(a.vm)  # type: ignore[attr-defined]
+            out["memslot"].add(a.vm)
         for fld in _FD_CREATORS.get(step.key, ()):
             value = getattr(a, fld, None)
             if value is not None:
