@@ -13,6 +13,7 @@ from memfail.model.actions import (
     Action,
     CorruptPfn,
     Create,
+    Kpageflags,
     Madvise,
     MemfdCreate,
     MemWrite,
@@ -106,6 +107,14 @@ CASES: dict[str, tuple[list[Action], Callable[[Host], Any], dict[str, Any]]] = {
     "tracepoint_memory_failure_group": (
         [CorruptPfn(kernel="slab")], lambda h: [e.group for e in h.trace.of(MemoryFailureEvent)],
         {}),
+    # a THP's tail page: its head's LRU, UPTODATE, DIRTY, SWAPBACKED since 6.10, none before
+    "kpageflags_folio": (
+        [Mmap(proc="app", name="t", size="2M", thp=True), MemWrite(proc="app", addr="t"),
+         Kpageflags(proc="app", addr="t+4K")], last_ret, {}),
+    # an anonymous page that KSM never merged: KSM from 6.10 until the fix
+    "kpageflags_ksm_fixed": (
+        [Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
+         Kpageflags(proc="app", addr="a")], last_ret, {}),
 }
 
 
@@ -122,6 +131,30 @@ def test_switch_changes_visible_behaviour(switch: str) -> None:
     on = observe(run(base.with_switches(None, **{switch: True}), actions, **cfg))
     off = observe(run(base.with_switches(None, **{switch: False}), actions, **cfg))
     assert on != off, (switch, on)
+
+
+@pytest.mark.parametrize("profile,tail,anon", [
+    ("linux-6.1", ["MMAP", "ANON", "COMPOUND_TAIL", "THP"],
+     ["UPTODATE", "LRU", "MMAP", "ANON", "SWAPBACKED"]),
+    ("linux-6.18", ["UPTODATE", "LRU", "MMAP", "ANON", "SWAPBACKED", "COMPOUND_TAIL", "KSM",
+                    "THP"],
+     ["UPTODATE", "LRU", "MMAP", "ANON", "SWAPBACKED", "KSM"]),
+    ("next", ["UPTODATE", "LRU", "MMAP", "ANON", "SWAPBACKED", "COMPOUND_TAIL", "THP"],
+     ["UPTODATE", "LRU", "MMAP", "ANON", "SWAPBACKED"]),
+])
+def test_kpageflags_follow_stable_page_flags(profile: str, tail: list[str],
+                                             anon: list[str]) -> None:
+    """fs/proc/page.c: on 6.1 a THP tail reports its own struct page's bits (measured on
+    Debian 6.1: ANON COMPOUND_TAIL MMAP THP); dee3d0bef2b0 (6.10) reads the folio's, and its
+    `mapping & PAGE_MAPPING_KSM` (ANON|MOVABLE) sets KSM on every anonymous page until
+    81401cebfc15 ('fs/proc: fix KPF_KSM reported for all anonymous pages')."""
+    h = run(get_profile(profile),
+            [Mmap(proc="app", name="t", size="2M", thp=True), MemWrite(proc="app", addr="t"),
+             Mmap(proc="app", name="a", size="4K"), MemWrite(proc="app", addr="a"),
+             Kpageflags(proc="app", addr="t+4K")])
+    assert last_ret(h) == (tail, None)
+    h.apply(Kpageflags(proc="app", addr="a"))
+    assert last_ret(h) == (anon, None)
 
 
 def test_kill_accessing_process_returns_zero() -> None:

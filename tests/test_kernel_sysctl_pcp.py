@@ -106,6 +106,7 @@ def test_soft_offline_keeps_the_old_frame_and_unpoison_frees_it() -> None:
     drops it and frees the frame (R80), so a new mapping can get it again."""
     _run("""
 name: so
+profile: linux-6.1
 processes: [{name: app, sigbus: handler}]
 steps:
   - mmap: {proc: app, name: a, size: 4K}

@@ -679,7 +679,13 @@ class Pagemap(Action):
 
 
 class Kpageflags(TargetMixin, Action):
-    """Read ``/proc/kpageflags`` for the target page: the list of KPF_* flag names."""
+    """Read ``/proc/kpageflags`` for the target page: the list of KPF_* flag names, as the
+    profile's stable_page_flags() gives them. Since 6.10 a large folio's flags show on every
+    page of it (a THP tail reports LRU, UPTODATE, SWAPBACKED; every page of a poisoned
+    HugeTLB folio HWPOISON); before, a tail reports only MMAP, ANON, COMPOUND_TAIL and THP
+    of those. From 6.10 until the fix in the profile ``next``, every anonymous page also
+    reports KSM (``mapping & PAGE_MAPPING_KSM`` is true for any anonymous folio). A frame
+    freed to a per-CPU list has no flag (BUDDY only once it reaches the buddy allocator)."""
 
     key: ClassVar[str] = "kpageflags"
 

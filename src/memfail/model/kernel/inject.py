@@ -716,7 +716,16 @@ KPF = ["LOCKED", "ERROR", "REFERENCED", "UPTODATE", "DIRTY", "LRU", "ACTIVE", "S
 
 
 def kpageflags(host: Host, pfn: int) -> list[str]:
-    """/proc/kpageflags for one pfn: KPF_* names (bit 19 = HWPOISON)."""
+    """/proc/kpageflags for one pfn: KPF_* names (bit 19 = HWPOISON), as stable_page_flags()
+    (fs/proc/page.c) gives them on the host's kernel.
+
+    Since 6.10 (``kpageflags_folio``) the flags are the folio's for every page of it; before,
+    a tail page's own struct page gave LRU, UPTODATE, DIRTY, SWAPBACKED and UNEVICTABLE
+    (``kpf_copy_bit(page->flags, ...)``: a tail has none of them), while ANON, MMAP, THP,
+    SLAB and SWAPCACHE looked at the head (PageAnon(), page_mapped(), compound_head()) and
+    HWPOISON at the page itself. From 6.10 until ``kpageflags_ksm_fixed`` every anonymous
+    page also reports KSM (``mapping & PAGE_MAPPING_KSM``, ANON|MOVABLE), and a HugeTLB
+    folio's PG_hwpoison shows on every page of it."""
     if not host.phys.valid(pfn):
         return ["NOPAGE"]
     out: set[str] = set()
@@ -728,24 +737,34 @@ def kpageflags(host: Host, pfn: int) -> list[str]:
             out.add("BUDDY")  # stable_page_flags(): PageBuddy() is true on a block's head only
         return sorted(out, key=KPF.index)
     fl = folio.flags
+    prof = host.profile
+    own = bool(folio.order) and pfn != folio.pfn and not prof.kpageflags_folio  # a tail's own
     names = {"lru": "LRU", "dirty": "DIRTY", "uptodate": "UPTODATE", "unevictable":
              "UNEVICTABLE", "swapbacked": "SWAPBACKED", "slab": "SLAB", "pagetable": "PGTABLE",
              "zero_page": "ZERO_PAGE", "swapcache": "SWAPCACHE"}
     for f, n in names.items():
-        if f in fl:
+        if f in fl and not (own and n in _TAIL_OWN):
             out.add(n)
     if folio.kind == ANON or "anon" in fl:
         out.add("ANON")
     if "ksm" in fl:
         out.add("KSM")  # KPF_KSM (21): folio_test_ksm()
+    elif "ANON" in out and prof.kpageflags_folio and not prof.kpageflags_ksm_fixed:
+        out.add("KSM")  # `mapping & PAGE_MAPPING_KSM`: true for every anonymous folio
     if folio.mapped:
         out.add("MMAP")
     if folio.order:
         out.add("COMPOUND_HEAD" if pfn == folio.pfn else "COMPOUND_TAIL")
         out.add("HUGE" if folio.kind == HUGETLB else "THP")
-    if folio.kind == HUGETLB and "hwpoison" in fl and pfn == folio.pfn:
+    if folio.kind == HUGETLB and "hwpoison" in fl and (pfn == folio.pfn or
+                                                       prof.kpageflags_folio):
         out.add("HWPOISON")
     return sorted(out, key=KPF.index)
+
+
+# The flags a tail page reported from its own struct page before 6.10 (kpf_copy_bit of
+# page->flags): a tail page has none of them set.
+_TAIL_OWN = frozenset({"LRU", "UPTODATE", "DIRTY", "SWAPBACKED", "UNEVICTABLE"})
 
 
 @handles(Kpageflags)

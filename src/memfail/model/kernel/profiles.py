@@ -147,6 +147,26 @@ SWITCHES: tuple[Switch, ...] = (
         "next",
         "memory_failure_event lives in events/memory_failure/ instead of events/ras/.",
     ),
+    Switch(
+        "kpageflags_folio", "fs/proc/page.c stable_page_flags()",
+        "Matthew Wilcox, 'proc: rewrite stable_page_flags()' (dee3d0bef2b0, v6.10-rc1)",
+        "6.10",
+        "/proc/kpageflags reads a large folio's flags for every page of it: a THP tail reports "
+        "its head's LRU, UPTODATE, DIRTY, SWAPBACKED, UNEVICTABLE, and every page of a "
+        "HugeTLB folio with PG_hwpoison reports HWPOISON; before, a tail page reported its own "
+        "struct page's flags (none of those; ANON, MMAP, THP and SWAPCACHE still come from the "
+        "head). The rewrite also reports KSM for every anonymous page: `mapping & "
+        "PAGE_MAPPING_KSM` where PAGE_MAPPING_KSM is ANON|MOVABLE (see "
+        "kpageflags_ksm_fixed).",
+    ),
+    Switch(
+        "kpageflags_ksm_fixed", "fs/proc/page.c stable_page_flags()",
+        "Jinjiang Tu, 'fs/proc: fix KPF_KSM reported for all anonymous pages' (81401cebfc15, "
+        "after v7.2-rc2; Fixes: dee3d0bef2b0)",
+        "next",
+        "KPF_KSM is set for KSM folios only; from 6.10 until this fix, every anonymous page "
+        "reported KSM (FOLIO_MAPPING_KSM is FOLIO_MAPPING_ANON | FOLIO_MAPPING_ANON_KSM).",
+    ),
 )
 
 _SWITCH_NAMES = tuple(s.name for s in SWITCHES)
@@ -197,6 +217,8 @@ class KernelProfile:
     shmem_mf_delayed: bool = True
     kernel_owned_enotrecoverable: bool = True
     tracepoint_memory_failure_group: bool = True
+    kpageflags_folio: bool = True
+    kpageflags_ksm_fixed: bool = True
     sysctl_enable_soft_offline: bool = True
     # feature switches (FEATURES): what the kernel has at all
     gmem: bool = True
