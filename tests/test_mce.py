@@ -90,6 +90,12 @@ def test_ten_machine_checks_before_task_work_survive_the_eleventh_panics() -> No
 def test_second_machine_check_on_another_page_before_task_work_panics() -> None:
     r = _app(COPYIN % "buf" + "\n" + COPYIN % "buf+4K")
     assert r.panicked == "Consecutive machine checks to different user pages"
+    # queue_task_work()'s mce_panic(..., err, msg) prints the grading message first
+    log = _log(r)
+    grade = "mce: [Hardware Error]: Machine check: Action required: data load in error " \
+            "recoverable area of kernel"
+    assert grade in log
+    assert log.index(grade) < log.index("Kernel panic - not syncing: Consecutive")
 
 
 def test_user_mode_machine_checks_never_stack_up() -> None:

@@ -257,25 +257,28 @@ def do_machine_check(host: Host, t: Thread, pfn: int, context: str, *, ripv: boo
     if sev != SEV_AR and ripv:
         return sev
     if context == IN_USER:
-        queue_task_work(host, t, pfn, "kill_me_maybe", ripv)
+        queue_task_work(host, t, pfn, "kill_me_maybe", ripv, msg)
     elif copyin:
-        queue_task_work(host, t, pfn, "kill_me_never", ripv)
+        queue_task_work(host, t, pfn, "kill_me_never", ripv, msg)
     return sev
 
 
-def queue_task_work(host: Host, t: Thread, pfn: int, func: str, ripv: bool) -> None:
+def queue_task_work(host: Host, t: Thread, pfn: int, func: str, ripv: bool,
+                    msg: str | None = None) -> None:
     """queue_task_work() (R44, M7): count, remember the first address, panic on the eleventh
-    or on a different page, queue one task work item."""
+    or on a different page, queue one task work item. Its panics are mce_panic(reason, err,
+    msg) with do_machine_check()'s grading message, which mce_panic() prints first
+    ("Machine check: Action required: data load error in a user process")."""
     st = mce_state(host)
     t.mce_count += 1
     if t.mce_count == 1:
         t.mce_addr = pfn << host.geometry.page_shift
         st.task_work[t.tid] = (func, pfn, ripv)
     if t.mce_count > 10:
-        mce_panic(host, "Too many consecutive machine checks while accessing user data", None)
+        mce_panic(host, "Too many consecutive machine checks while accessing user data", msg)
     if t.mce_count > 1 and t.mce_addr is not None and \
             t.mce_addr >> host.geometry.page_shift != pfn:
-        mce_panic(host, "Consecutive machine checks to different user pages", None)
+        mce_panic(host, "Consecutive machine checks to different user pages", msg)
 
 
 def task_work_pending(host: Host, t: Thread) -> bool:
