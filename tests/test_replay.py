@@ -106,6 +106,26 @@ def test_tracepoints_new_and_old_mce_record() -> None:
     assert mc.phys_addr == 0x35A1C0000 and mc.error_class == "corrected"
 
 
+def test_mce_record_in_the_format_with_ppin_and_microcode(tmp_path: Path) -> None:
+    """include/trace/events/mce.h since PPIN and microcode joined struct mce: ADDR, MISC and
+    SYND apart, "vendor: %u, CPUID: %x", lower-case time and socket, and (later) vendor
+    data. Its address was dropped without a word."""
+    log = tmp_path / "trace.txt"
+    log.write_text(
+        "     kworker/3:1-123     [003] d..1.  1235.567890: mce_record: CPU: 3, MCGc/s: "
+        "1000c16/5, MC7: bd000000000000c0, IPID: 0000000000000000, ADDR: 00000006a1b3c000, "
+        "MISC: 0200001c0140b086, SYND: 0000000000000000, RIP: 00:<0000000000000000>, TSC: 0, "
+        "PPIN: 0, vendor: 0, CPUID: 50657, time: 1732613783, socket: 0, APIC: 6, "
+        "microcode: 5003604, vendor data: {0x0,0x0}\n")
+    res = read_inputs([str(log)])
+    [e] = [e for e in res.events if e.kind == "machine_check"]
+    assert e.mce is not None
+    m = e.mce
+    assert (m.cpu, m.bank, m.addr, m.misc, m.cpuid, m.walltime) == \
+        (3, 7, 0x6A1B3C000, 0x200001C0140B086, 0x50657, 1732613783)
+    assert e.pfn == 0x6A1B3C and errors(res) == []
+
+
 def test_tracepoint_group_names_and_perf_script(tmp_path: Path) -> None:
     log = tmp_path / "perf.txt"   # perf script; ras: before 6.18, memory_failure: after
     log.write_text(

@@ -741,24 +741,32 @@ class TextReader:
                                   "status": int(t.group("status"), 16),
                                   "mcgcap": int(t.group("mcgcap"), 16),
                                   "mcgstatus": int(t.group("mcg"), 16)}
+            # two TP_printk forms: "ADDR/MISC/SYND: a/m/s, ... PROCESSOR: v:c, TIME: t,
+            # SOCKET: s, APIC: a" (to 6.9), and since the PPIN and microcode fields (6.10)
+            # "ADDR: a, MISC: m, SYND: s, ... PPIN: p, vendor: v, CPUID: c, time: t,
+            # socket: s, APIC: a, microcode: u[, vendor data: ...]"
             a = re.search(r"ADDR/MISC(?:/SYND)?: (" + HEX + ")/(" + HEX + r")(?:/(" + HEX
                           + "))?", body)
             if a:
                 kw["addr"], kw["misc"] = int(a.group(1), 16), int(a.group(2), 16)
                 if a.group(3):
                     kw["synd"] = int(a.group(3), 16)
-            for key, rx, base in (("ipid", r"IPID: (" + HEX + ")", 16),
+            for key, rx, base in (("addr", r"\bADDR: (" + HEX + ")", 16),
+                                  ("misc", r"\bMISC: (" + HEX + ")", 16),
+                                  ("synd", r"\bSYND: (" + HEX + ")", 16),
+                                  ("ipid", r"IPID: (" + HEX + ")", 16),
                                   ("tsc", r"TSC: (" + HEX + ")", 16),
-                                  ("walltime", r"TIME: (\d+)", 10),
-                                  ("socket", r"SOCKET: (\d+)", 10),
+                                  ("walltime", r"\b(?:TIME|time): (\d+)", 10),
+                                  ("socket", r"\b(?:SOCKET|socket): (\d+)", 10),
                                   ("apicid", r"APIC: (" + HEX + ")", 16)):
                 x = re.search(rx, body)
-                if x:
+                if x and key not in kw:
                     kw[key] = int(x.group(1), base)
             r = re.search(r"RIP: (" + HEX + r"):<(" + HEX + ")>", body)
             if r:
                 kw["cs"], kw["ip"] = int(r.group(1), 16), int(r.group(2), 16)
-            p = re.search(r"PROCESSOR: (\d+):(" + HEX + ")", body)
+            p = re.search(r"PROCESSOR: (\d+):(" + HEX + ")", body) or \
+                re.search(r"\bvendor: (\d+), CPUID: (" + HEX + ")", body)
             if p:
                 kw["cpuvendor"], kw["cpuid"] = int(p.group(1)), int(p.group(2), 16)
             mce = mce_record(**kw)
