@@ -150,6 +150,24 @@ def test_projection_leaves_out_injections_and_counts_ce_history(tmp_path: Path) 
     assert proj["errors"] == 1 and proj["uc_with_ce_history"] == 1
 
 
+def test_a_deferred_error_is_an_action_optional_one(tmp_path: Path) -> None:
+    """uc_decode_notifier() hands MCE_DEFERRED_SEVERITY to memory_failure(pfn, 0) as it does
+    MCE_AO_SEVERITY: an AMD deferred error (MCi_STATUS bit 44) is an error to project, not
+    corrected history (it projected as none)."""
+    log = tmp_path / "amd.log"
+    log.write_text(
+        "[   50.000000] Linux version 6.8.0-45-generic (buildd@lcy02) #45-Ubuntu SMP\n"
+        "[  300.000000] mce: [Hardware Error]: Machine check events logged\n"
+        "[  300.000001] [Hardware Error]: Deferred error, no action required.\n"
+        "[  300.000002] [Hardware Error]: CPU:2 (19:1:1) MC16_STATUS[-|UE|MiscV|AddrV|-|-|"
+        "SyndV|UECC|-|Poison|-]: 0x9c00100000000135\n"
+        "[  300.000003] [Hardware Error]: Error Addr: 0x00000000a2b3c4d0\n")
+    res = read_inputs([str(log)])
+    assert [e.error_class for e in res.events if e.pfn == 0xA2B3C] == ["deferred"]
+    proj = project(res, HostShape(), ["mainline"])
+    assert proj["errors"] == 1 and proj["left_out"]["corrected_records"] == 0
+
+
 def test_host_shape_layout() -> None:
     s = HostShape(memory_gib=68, vm_gib=16, backing="1G")
     assert s.nvms == 4

@@ -190,11 +190,15 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
         if e.kind == "injection" and e.pfn is not None:
             injected.add((host, e.pfn))
             continue
-        if e.error_class in ("corrected", "deferred") and e.pfn is not None:
+        if e.error_class == "corrected" and e.pfn is not None:
             ces[(host, e.pfn)].append(e)
             continue
+        # a deferred error (AMD's deferred bit, or a poisoned uncorrected error that was not
+        # consumed) is graded MCE_DEFERRED_SEVERITY, and uc_decode_notifier() hands
+        # MCE_AO_SEVERITY and MCE_DEFERRED_SEVERITY alike to memory_failure(pfn, 0): it is
+        # an action-optional error, not corrected history
         uc = e.kind in ("memory_failure", "consumed") or e.error_class in (
-            "uncorrected-ao", "uncorrected-ar", "fatal")
+            "uncorrected-ao", "uncorrected-ar", "fatal", "deferred")
         if e.kind == "qemu" and e.detail.get("code"):
             qemu += 1
             continue
