@@ -149,8 +149,10 @@ def _up_front(seed: int, host_years: int, workers: int | None, policy: list[str]
     """Every option checked before any work; returns the table unit."""
     if seed < 0:
         raise FleetInputError(f"--seed: must be 0 or more, got {seed}")
-    if host_years < 1:
-        raise FleetInputError(f"--host-years: must be at least 1, got {host_years}")
+    if host_years < engine.BATCHES_MIN:
+        raise FleetInputError(f"--host-years: must be at least {engine.BATCHES_MIN} (one "
+                              f"host-year in each of the estimate's {engine.BATCHES_MIN} "
+                              f"batches), got {host_years}")
     u = _unit(unit)
     _workers(workers)
     _check_policies(policy)
@@ -221,7 +223,9 @@ PolicyOpt = Annotated[list[str] | None, typer.Option(
     "--policy", help="Policy to report (repeatable; default: the fleet's list).",
     show_default=False)]
 HostYearsOpt = Annotated[int, typer.Option(
-    "--host-years", help="Host-years to sample (each conditioned on >= 1 fault).")]
+    "--host-years", help="Host-years to sample (each conditioned on >= 1 fault), at least "
+    "64: split into 64 or more equal batches, so rounded up to a whole number per batch "
+    "(2000 runs 2,048).")]
 PlotOpt = Annotated[Path | None, typer.Option(
     "--plot", help="Write PNG and SVG plots to this directory.", show_default=False)]
 OracleOpt = Annotated[Path | None, typer.Option(

@@ -330,8 +330,9 @@ def _frailty(spec: SamplerSpec, rng: np.random.Generator,
              n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-host fault-proneness multipliers (mean 1) and their likelihood ratios.
 
-    The lognormal frailty is drawn from a defensive mixture: a fixed share ``TILT_SHARE`` of
-    the draws has its normal deviate shifted by sigma (one standard deviation of log-frailty), so the frail hosts that carry the
+    The lognormal frailty is drawn from a defensive mixture: a share ``TILT_SHARE`` of
+    the draws (its whole part fixed, the rest by a coin) has its normal deviate
+    shifted by sigma (one standard deviation of log-frailty), so the frail hosts that carry the
     multi-fault outcomes are sampled often; the likelihood ratio phi(z) / mixture(z) <= 2
     corrects the weights (importance sampling that cannot blow up the variance of
     ordinary outcomes). Pareto frailty is drawn directly.
@@ -339,7 +340,17 @@ def _frailty(spec: SamplerSpec, rng: np.random.Generator,
     if spec.frailty == "lognormal":
         s = spec.frailty_shape
         z = rng.standard_normal(n)
-        z[: int(n * TILT_SHARE)] += s  # stratified: a fixed share comes from the shift
+        # stratified: n * TILT_SHARE draws come from the shift. The weights below are those
+        # of a mixture with exactly that share, so the count must be n * TILT_SHARE in
+        # expectation: its whole part always, and one draw more with probability its
+        # fraction (a batch of one host-year: the one draw is shifted half the time).
+        # Rounding down instead biased every odd batch size low (one host-year per batch:
+        # no draw shifted, each weighted below 1).
+        k = int(n * TILT_SHARE)
+        frac = n * TILT_SHARE - k
+        if frac > 0 and rng.random() < frac:  # drawn only where n alone makes it needed
+            k += 1
+        z[:k] += s
         lr = 1.0 / ((1.0 - TILT_SHARE) + TILT_SHARE * np.exp(s * z - 0.5 * s * s))
         return np.exp(s * z - 0.5 * s * s), lr
     if spec.frailty == "pareto":
