@@ -581,10 +581,28 @@ def test_a_logged_rendezvous_or_task_work_panic_is_a_host_panic_under_every_poli
         proj = project(read_inputs([str(HERE / name)]), HostShape(), ["mainline", "minimum"])
         assert {p: t["host_panic"] for p, t in proj["totals"].items()} == \
             {"mainline": 1, "minimum": 1}, name
-    # a kernel load without fixup (R47) is a kernel read whose outcome the policy decides
-    errs, _ = hardware_errors(read_inputs([str(HERE / "mce-kernel-no-fixup.dmesg")]))
+    # a kernel load without fixup (R47) of a latent error: the load is its first report, no
+    # memory_failure() and no policy code ran before it: a panic under every policy
+    res = read_inputs([str(HERE / "mce-kernel-no-fixup.dmesg")])
+    errs, _ = hardware_errors(res)
+    assert errs[0].panic is not None and "latent" in errs[0].panic
+    proj = project(res, HostShape(), ["mainline", "minimum", "future"])
+    assert {p: t["host_panic"] for p, t in proj["totals"].items()} == \
+        {"mainline": 1, "minimum": 1, "future": 1}
+
+
+def test_a_kernel_load_of_a_page_reported_before_is_the_policys_to_decide(
+        tmp_path: Path) -> None:
+    """The same load after memory_failure() ran for the page: whether a kernel user skips
+    it depends on the flag the policy left (kcore checks PG_hwpoison, without a fixup)."""
+    log = tmp_path / "later-load.dmesg"
+    text = (HERE / "mce-kernel-no-fixup.dmesg").read_text().splitlines()
+    head = [x for x in text if not x.startswith("#")]
+    log.write_text("\n".join([head[0], "[ 4000.000000] Memory failure: 0x24a9f3: recovery "
+                               "action for huge page: Recovered", *head[1:]]) + "\n")
+    errs, _ = hardware_errors(read_inputs([str(log)]))
     ((cls, _),) = classes(errs, HostShape())
-    assert cls.first_touch == "kernel_unchecked" and errs[0].panic is None
+    assert cls.first_touch == "kernel_checked" and errs[0].panic is None
 
 
 def test_a_panic_long_after_an_error_or_from_an_unknown_source_is_not_that_errors(

@@ -183,8 +183,15 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             if rule.policy in ("none", "exposure"):
                 if ended.panic is None or ended.panic.startswith((GRADED, FATAL_REPORT)):
                     ended.panic = f"{rule.rule}: {e.message}"   # the log's own reason
-            else:          # a kernel load without fixup (R47): the policy decides
+            elif _reported_before(read, ended):
+                # a kernel load without fixup (R47) of a page reported earlier: the policy
+                # decides (a user that checks PG_hwpoison skips a page the policy marked)
                 ended.fatal = ended.kernel_read = True
+            else:
+                # ... of a latent error: the load is its first report, so no memory_failure()
+                # and no policy code ran before it: a host panic under every policy
+                ended.panic = f"{rule.rule}: {e.message} (a latent error: nothing ran " \
+                              "before the load)"
             last[e.source] = None   # one panic per error: the lines after it follow from it
             continue
         if e.kind == "injection" and e.pfn is not None:
@@ -242,6 +249,18 @@ def hardware_errors(read: ReadResult) -> tuple[list[HwError], dict[str, Any]]:
             "qemu_guest_reports": qemu,
             "corrected_pages": len(ces), "corrected_records": sum(len(v) for v in ces.values())}
     return errs, left
+
+
+def _reported_before(read: ReadResult, err: HwError) -> bool:
+    """Whether ``err`` had a record that ran memory_failure() before the machine check a
+    kernel-load panic ends it with: a memory_failure() line, or an action-optional or
+    deferred report (uc_decode_notifier, GHES). The machine check of the load itself (graded
+    action-required, or panic) is not one."""
+    for i in err.events:
+        ev = read.events[i]
+        if ev.kind == "memory_failure" or ev.error_class in ("uncorrected-ao", "deferred"):
+            return True
+    return False
 
 
 GRADED = "M5: severity.c grades it PANIC"
@@ -363,7 +382,12 @@ def classes(errs: list[HwError], shape: HostShape) -> list[tuple[FailureClass, l
         head = group[0]
         burst = [g for g in group if not _later(head, g)]
         later = len(group) > len(burst)
-        if head.kernel_read or (head.fatal and not head.consumed):
+        if head.kernel_read:
+            # a kernel load without fixup of a page reported before (R47): the policy decides
+            # whether its flag was set, which a checking user (kcore) skips; without it the
+            # load panics
+            touch = "kernel_checked"
+        elif head.fatal and not head.consumed:
             # the log's own consumer was the kernel (a fatal machine check): keep it
             touch = "kernel_unchecked"
         elif kind.startswith("gmem"):
