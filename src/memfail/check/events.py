@@ -141,12 +141,24 @@ def check_action(key: Any, args: Any) -> None:
         raise ValueError(f"event 'action': the arguments of {key} must be a mapping, got "
                          f"{args!r}")
     try:
-        parse_action(key, dict(args))
+        action = parse_action(key, dict(args))
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         where = ".".join(str(x) for x in err["loc"])
         raise ValueError(f"event 'action': args{'.' + where if where else ''}: "
                          f"{err['msg']}") from None
+    # what a scenario's loader checks beyond the schema: the syntax of sizes and addresses,
+    # and the values the model would only reject while running (a scenario step is refused
+    # for them, so is the same step here)
+    from memfail.scenario.errors import ScenarioError
+    from memfail.scenario.loader import _check_fields, _check_sizes
+
+    try:
+        _check_sizes(action, "", {}, ())
+        _check_fields(action, key, "", {}, ())
+    except ScenarioError as e:
+        raise ValueError(f"event 'action': args{'.' + e.field if e.field else ''}: "
+                         f"{e.message}") from None
 
 
 # --------------------------------------------------------------------------- naming
