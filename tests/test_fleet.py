@@ -420,6 +420,13 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
                                 "Input should be greater than 0, got -3")
     r = CliRunner().invoke(app, ["fleet", "sweep", "--grid", "nope=[1]"])
     assert r.exit_code == 2 and r.stderr.startswith("memfail: error: --grid: nope:")
+    # one path twice: the second axis replaced the first without a word
+    r = CliRunner().invoke(app, ["fleet", "sweep", "--grid", "scrub.period_hours=[12,24]",
+                                 "--grid", "scrub.period_hours=[1,2]"])
+    assert r.exit_code == 2 and "scrub.period_hours is given twice" in r.stderr
+    r = CliRunner().invoke(app, ["fleet", "--host-years", "1"])
+    assert r.exit_code == 2 and r.stderr.startswith("memfail: error: --host-years: must be at "
+                                                    "least 64")
 
 
 def test_show_defaults_lists_citations() -> None:

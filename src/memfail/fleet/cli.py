@@ -329,7 +329,13 @@ def sweep_cmd(
             raise FleetInputError(f"--outcome: {bad[0]!r} is not an outcome"
                                   f"{did_you_mean(bad[0], OUTCOME_NAMES)}; valid outcomes: "
                                   f"{', '.join(OUTCOME_NAMES)}")
-        axes: dict[str, list[Any]] = dict(parse_assignment(g) for g in grid)
+        axes: dict[str, list[Any]] = {}
+        for g in grid:
+            path, values = parse_assignment(g)
+            if path in axes:  # a second axis for one path would replace the first silently
+                raise FleetInputError(f"--grid: {path} is given twice; put all its values in "
+                                      f"one --grid {path}=[...]")
+            axes[path] = values
         fleet = load_fleet(file)
         _vm_unit_possible(fleet, u)
         for point in engine.grid(axes):  # every grid point is a valid fleet, before any run
