@@ -474,6 +474,29 @@ def test_journal_json_and_precise_syslog(tmp_path: Path) -> None:
     assert res.sources[0].ignored == 1
 
 
+def test_a_journal_record_is_compared_by_its_message(tmp_path: Path) -> None:
+    """journalctl -o json and the same messages as plain lines replay alike: the lines
+    compared with the model's are the MESSAGEs, not the JSON objects."""
+    import json
+
+    msgs = ["Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP "
+            "PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)",
+            "mce: Uncorrected hardware memory error in user-access at 2b47d6a80",
+            "Memory failure: 0x2b47d6: Sending SIGBUS to postgres:23117 due to hardware memory "
+            "corruption",
+            "Memory failure: 0x2b47d6: recovery action for dirty LRU page: Recovered"]
+    js, plain = tmp_path / "j.json", tmp_path / "p.log"
+    js.write_text("".join(json.dumps({"__MONOTONIC_TIMESTAMP": str(100000000 + i),
+                                      "_HOSTNAME": "hostC", "MESSAGE": m}) + "\n"
+                          for i, m in enumerate(msgs)))
+    plain.write_text("".join(f"[ {100 + i}.000000] {m}\n" for i, m in enumerate(msgs)))
+    got = {}
+    for f in (js, plain):
+        (out,) = replay_all(read_inputs([str(f)]))
+        got[f.name] = (out.verdict, out.missing_lines)
+    assert got["j.json"] == got["p.log"] == ("reproduces", [])
+
+
 @pytest.mark.parametrize("pack", ["xz", "bz2"])
 def test_compressed_logs(tmp_path: Path, pack: str) -> None:
     import bz2

@@ -284,6 +284,10 @@ class TextReader:
             if m and self._trace(n, m, line):
                 return
         meta, msg = self._split(n, line)
+        if line.startswith("{") and '"MESSAGE"' in line:
+            # journalctl -o json: the record's MESSAGE is the line as the kernel logged it (its
+            # text, what the replay compares with the model's lines), the JSON its transport
+            line = msg
         if msg != line and self._allowed("tracepoint"):
             m = _TRACE.match(msg) or _PERF.match(msg)
             if m and self._trace(n, m, line, meta):
