@@ -168,6 +168,25 @@ def test_a_deferred_error_is_an_action_optional_one(tmp_path: Path) -> None:
     assert proj["errors"] == 1 and proj["left_out"]["corrected_records"] == 0
 
 
+def test_a_vm_is_paused_once_however_many_errors_it_meets(tmp_path: Path) -> None:
+    """`vm_paused` counts VMs: a second consumed error in a VM `unmap` has paused already
+    pauses nothing more (it counted 2 paused VMs for one VM)."""
+    lines = ["[    0.000000] Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) "
+             "(gcc-12) #1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)"]
+    for t, addr in ((100, "140000a80"), (1100, "180000a80")):   # both in VM 0 (4-36 GiB)
+        lines += [f"[ {t}.000000] mce: [Hardware Error]: CPU 11: Machine Check Exception: 5 "
+                  "Bank 1: bd80000000100134",
+                  f"[ {t}.000001] mce: [Hardware Error]: RIP 33:<00005634a7e1c0d2>",
+                  f"[ {t}.000002] mce: [Hardware Error]: TSC 1c2f5e0a19b3e ADDR {addr} MISC 86",
+                  f"[ {t}.000003] mce: Uncorrected hardware memory error in user-access at "
+                  f"{addr}"]
+    log = tmp_path / "two.dmesg"
+    log.write_text("\n".join(lines) + "\n")
+    proj = project(read_inputs([str(log)]), HostShape(), ["unmap"])
+    assert proj["errors"] == 2 and proj["totals"]["unmap"]["vm_paused"] == 1.0
+    assert [r["outcomes"]["unmap"].get("vm_paused", 0) for r in proj["classes"]] == [1.0, 0]
+
+
 def test_host_shape_layout() -> None:
     s = HostShape(memory_gib=68, vm_gib=16, backing="1G")
     assert s.nvms == 4

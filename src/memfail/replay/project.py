@@ -522,17 +522,23 @@ class _VmState:
     lost_gib: float = 0.0
     killed: bool = False
     gone_by: str | None = None
+    paused: float = 0.0
+    """How paused the VM is already (1: paused; an expected value between)."""
 
     @property
     def gone(self) -> bool:
         return self.gone_by is not None
 
     def charge(self, out: Outcome, vm_gib: int, pfn: str) -> Outcome:
-        """``out`` with its guest memory loss capped at what the VM still has; record a kill
-        or a loss of the whole VM (the VM is gone from then on)."""
+        """``out`` with its guest memory loss capped at what the VM still has and its pause
+        at the VM not already paused (a VM is paused once: `vm_paused` counts VMs); record a
+        kill or a loss of the whole VM (the VM is gone from then on)."""
         room = max(0.0, vm_gib - self.lost_gib)
         if out.guest_gib_lost > room:
             out = replace(out, guest_gib_lost=room)
+        if out.vm_paused > 1.0 - self.paused:
+            out = replace(out, vm_paused=max(0.0, 1.0 - self.paused))
+        self.paused += out.vm_paused
         self.lost_gib += out.guest_gib_lost
         if out.vm_killed or self.lost_gib >= vm_gib:
             self.gone_by = pfn
