@@ -424,6 +424,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["fleet", "sweep", "--grid", "scrub.period_hours=[12,24]",
                                  "--grid", "scrub.period_hours=[1,2]"])
     assert r.exit_code == 2 and "scrub.period_hours is given twice" in r.stderr
+    r = CliRunner().invoke(app, ["fleet", "--cache-dir", "/proc/memfail-x", "--host-years",
+                                 "64"])
+    assert r.exit_code == 2 and r.stderr.startswith("memfail: error: --cache-dir: cannot "
+                                                    "write /proc/memfail-x")
     r = CliRunner().invoke(app, ["fleet", "--host-years", "1"])
     assert r.exit_code == 2 and r.stderr.startswith("memfail: error: --host-years: must be at "
                                                     "least 64")

@@ -81,7 +81,19 @@ def _oracle(table: Path | None, fleet: LoadedFleet, cache_dir: Path | None = Non
         raise FleetInputError(problem)
     from memfail.fleet import cache
 
-    return ModelOracle(fleet.params.kernel_profile, cache_dir=cache.cache_dir(cache_dir))
+    where = cache.cache_dir(cache_dir)
+    if cache_dir is not None and where is not None:
+        # a directory asked for by name must take the cache (the default one is skipped
+        # silently when it cannot: it only costs time)
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            ok = os.access(where, os.W_OK | os.X_OK)
+        except OSError:
+            ok = False
+        if not ok:
+            raise FleetInputError(f"--cache-dir: cannot write {where}; give a writable "
+                                  "directory, or off for no cache")
+    return ModelOracle(fleet.params.kernel_profile, cache_dir=where)
 
 
 def _save(orc: OutcomeOracle) -> None:
