@@ -397,9 +397,13 @@ def test_the_search_document_and_text_say_what_compare_finds(doc: dict[str, Any]
     for a in doc["answers"]:
         if a["policy"] is not None:
             assert a["compare"]["command"].startswith("memfail compare --no-readings --policy")
+        else:  # the key is always there (docs/search.md), null without a policy
+            assert a["compare"] is None
     for p in doc["presets"]:
         if p["cheaper"] is not None and p.get("cheaper_preset") is None:
             assert p["cheaper_compare"]["vs"][0]["preset"] == p["name"]
+        elif p["cheaper"] is None:
+            assert p["cheaper_compare"] is None
     r = run("search", "--config", str(tiny), *SMALL)
     assert r.exit_code == 0, r.output
     tail = r.output[r.output.index("The answer:"):]

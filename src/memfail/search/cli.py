@@ -107,7 +107,8 @@ def search(
         help="Inferred or grouped combinations to check again (a seeded sample).", min=0)] = 8,
     fleet_host_years: Annotated[int | None, typer.Option(
         help=f"Host-years the fleet samples for the Pareto front (default "
-             f"{DEFAULT_FLEET_YEARS:,}; {QUICK_FLEET_YEARS:,} with --quick; 0: no fleet).",
+             f"{DEFAULT_FLEET_YEARS:,}; {QUICK_FLEET_YEARS:,} with --quick; 0: no fleet; "
+             "else at least 6,400: 64 batches of 100).",
         min=0)] = None,
     pareto_max: Annotated[int, typer.Option(
         help="Cheapest safe combinations run through the fleet.", min=1)] = 12,
@@ -209,8 +210,8 @@ def _search(config: Path | None, depth: int | None, max_states: int | None,
     years = fleet_host_years if fleet_host_years is not None else (
         QUICK_FLEET_YEARS if quick else DEFAULT_FLEET_YEARS)
     if 0 < years < 6400:
-        raise OptionError("--fleet-host-years", f"give 0 (no fleet) or at least 6400, got "
-                          f"{years}")
+        raise OptionError("--fleet-host-years", f"give 0 (no fleet) or at least 6400 (64 "
+                          f"batches of 100 host-years), got {years}")
     if compare_scenario:
         from memfail.report.compare import compare_scenarios
         from memfail.scenario.loader import library

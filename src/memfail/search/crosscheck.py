@@ -126,6 +126,12 @@ def annotate(doc: dict[str, Any], ex: Any, scenarios: Sequence[str] | None = Non
             got = [closest_preset(knobs)[0]]
         return got
 
+    # every answer has `compare` and every preset `cheaper_compare` (docs/search.md), null
+    # where there is no policy to run
+    for a in doc.get("answers", []):
+        a.setdefault("compare", None)
+    for p in presets.values():
+        p.setdefault("cheaper_compare", None)
     for a in doc.get("answers", []):
         if a.get("policy"):
             props = list(a.get("properties") or [])
