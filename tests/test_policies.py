@@ -169,3 +169,13 @@ def test_the_verdict_keys_are_the_documented_ones() -> None:
                     "by_class", "guest_bytes_lost"}
     for k in keys:
         assert f"`{k}`" in para, k
+
+
+def test_the_hugetlbfs_baseline_runs_on_kernels_without_guest_memfd() -> None:
+    """Under the baseline gmem_create is a hugetlbfs memfd, which every kernel has: on 6.6
+    (no guest_memfd before 6.8) its cells run, the guest_memfd presets' are n/a."""
+    cells = run_compare(["vm-hugetlb-consumed"], ["hugetlbfs", "minimum"], profile="linux-6.6",
+                        workers=1)
+    by = {c.policy: c for c in cells}
+    assert by["hugetlbfs"].unavailable is None and by["hugetlbfs"].code() != "n/a"
+    assert by["minimum"].unavailable is not None and by["minimum"].code() == "n/a"

@@ -63,11 +63,13 @@ def do_gmem_create(host: Host, a: GmemCreate) -> ActionResult:
     """KVM_CREATE_GUEST_MEMFD (R62), or a hugetlbfs memfd under the hugetlbfs baseline."""
     from ..kernel.profiles import refuse_missing
 
-    refuse_missing(host.profile, "gmem")
-    if "mmap" in a.flags:
-        refuse_missing(host.profile, "gmem_mmap", "flags")
-    if "init_shared" in a.flags:
-        refuse_missing(host.profile, "gmem_init_shared", "flags")
+    if policy(host).backing != "hugetlbfs":
+        # the hugetlbfs baseline makes a hugetlbfs memfd instead: any kernel has one
+        refuse_missing(host.profile, "gmem")
+        if "mmap" in a.flags:
+            refuse_missing(host.profile, "gmem_mmap", "flags")
+        if "init_shared" in a.flags:
+            refuse_missing(host.profile, "gmem_init_shared", "flags")
     vm = get_vm(host, a.vm)
     geo = host.geometry
     size = parse_size(a.size, geo.page_size)
