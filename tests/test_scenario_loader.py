@@ -319,3 +319,16 @@ def test_a_forked_childs_thread_is_named_as_the_forking_thread(tmp_path: Path) -
     with pytest.raises(ScenarioError, match="process 'kid' has no thread 'main' "
                                             r"\(threads: worker\)"):
         run_scenario(load_scenario(bad))
+
+
+def test_an_fd_whose_open_failed_is_not_said_to_be_closed(tmp_path: Path) -> None:
+    from memfail.scenario.runner import run_scenario
+
+    f = tmp_path / "of.yaml"
+    f.write_text("processes: [{name: app}]\nsteps:\n"
+                 "  - open: {proc: app, path: /nope, fd: f}\n"
+                 "  - read: {proc: app, fd: f, len: 4K}\n    expect: {errno: EBADF}\n")
+    r = run_scenario(load_scenario(f))
+    assert r.ok
+    text = " ".join(str(getattr(e, "text", "")) for e in r.steps[-1].events)
+    assert "the step that opens it did not succeed" in text and "was closed" not in text

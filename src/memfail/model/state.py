@@ -731,9 +731,11 @@ class HostState:
 
     def fd(self, proc: Process, name: str) -> OpenFile:
         of = proc.fds.get(name)
-        if of is None and ((proc.pid, name) in self.ext.get("closed_fds", ())
-                           or self.declared("fd", name)):
+        if of is None and (proc.pid, name) in self.ext.get("closed_fds", ()):
             raise TargetGone(f"fd {name!r} of {proc.comm!r} was closed", "fd", "EBADF")
+        if of is None and self.declared("fd", name):
+            raise TargetGone(f"{proc.comm!r} has no fd {name!r} (the step that opens it did "
+                             "not succeed, or it was closed)", "fd", "EBADF")
         if of is None:
             raise ModelInputError(
                 f"process {proc.comm!r} has no fd named {name!r} (fds: "
