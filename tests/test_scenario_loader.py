@@ -331,4 +331,5 @@ def test_an_fd_whose_open_failed_is_not_said_to_be_closed(tmp_path: Path) -> Non
     r = run_scenario(load_scenario(f))
     assert r.ok
     text = " ".join(str(getattr(e, "text", "")) for e in r.steps[-1].events)
-    assert "the step that opens it did not succeed" in text and "was closed" not in text
+    assert "the step that opens it did not succeed" in text
+    assert "'f' of 'app' was closed" not in text
