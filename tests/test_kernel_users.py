@@ -122,8 +122,24 @@ def test_every_modelled_user_is_a_kernel_access_user() -> None:
 def test_kcore_skips_a_flagged_folio_and_panics_when_the_failure_is_only_in_a_table() -> None:
     flagged = _run(PRIVATE, user="kcore", detect="scrub")
     assert _last(flagged).ret == "skipped" and flagged.panicked is None
-    table = _run(PRIVATE, user="kcore", detect="scrub", policy="minimum")
+    # a firmware-first report (memory_failure_queue(): no set_mce_nospec()) leaves the page
+    # in the direct map: kcore's check passes and its copy consumes the poison
+    table = _run(PRIVATE, user="kcore", detect="ghes", policy="minimum")
     assert table.panicked is not None
+
+
+def test_kcore_reads_zeros_from_a_page_set_mce_nospec_took_out_of_the_direct_map() -> None:
+    """R46: uc_decode_notifier() calls set_mce_nospec() when memory_failure() returns 0, as
+    minimum's does for an unconsumed failure it keeps in its table: kcore's
+    copy_from_kernel_nofault() faults on the direct map and read_kcore_iter() fills zeros.
+    The model had kcore panic there."""
+    r = _run(PRIVATE, user="kcore", detect="scrub", policy="minimum")
+    assert _last(r).ret == "skipped" and r.panicked is None
+    # vmcore (the kdump kernel's own mapping) and hibernation (which maps the page back)
+    # are not protected by it
+    assert _run(PRIVATE, user="vmcore", detect="scrub", policy="minimum").panicked is not None
+    assert _run(PRIVATE, user="hibernate", detect="scrub", policy="minimum").panicked \
+        is not None
 
 
 def test_hibernation_panics_even_on_a_page_it_was_told_about() -> None:
@@ -205,7 +221,7 @@ guest_memfd:
 vms:
   - {name: vm0, vmm: qemu0, gmem: gmem0}
 events:
-  - {event: hw_error, vm: vm0, page: 1, detect: scrub}
+  - {event: hw_error, vm: vm0, page: 1, detect: ghes}
   - {event: kernel_access, vm: vm0, page: 1, user: %s}
 bounds: {depth: 2, errors: 1}
 """
@@ -249,7 +265,7 @@ steps:
   - mmap: {{proc: qemu, name: ram, size: 2M, fd: gmem, shared: true}}
   - memslot: {{vm: vm0, gpa: 0, size: 2M, gmem: gmem, hva: ram}}
   - guest_access: {{vm: vm0, gpa: 8K, op: write}}
-  - hw_error: {{vm: vm0, gpa: 8K, detect: scrub}}
+  - hw_error: {{vm: vm0, gpa: 8K, detect: ghes}}
 {unmap}  - kernel_access: {{user: kcore, vm: vm0, gpa: 8K}}
 """
 
@@ -260,7 +276,8 @@ def test_a_physical_reader_reaches_shared_guest_memfd_memory_the_vmm_no_longer_m
     """/proc/kcore reads by physical address (reach: pfn): the shared pages of an mmap-able
     guest_memfd are its folios, in the file's page cache and the direct map, whether or not
     the VMM still maps them. Under minimum the failure is only in the policy's table, so
-    kcore's PG_hwpoison check passes and the read panics, mapped or after the VMM's munmap
+    kcore's PG_hwpoison check passes and the read panics (a firmware-first report: no
+    set_mce_nospec()), mapped or after the VMM's munmap
     (a release under way; the file is still open). The model used to find no page behind an
     unmapped memslot address (kvm.py _hva_maps_gmem), and the SPIN engine's --races walks
     disagreed with it there."""

@@ -240,6 +240,10 @@ def mf_notify(host: HostState, pfn: int, via: str) -> None:
         gmem.unconsumed_action(host, inode, folio, pfn)
     gmem.mf_unpin(host, pfn)   # put_page(): a folio truncated meanwhile is freed now
     host.emit(MemoryFailureCall(host.trace.step, pfn, (), 0, errno_name(0), via))
+    if via == "uc_decode_notifier":  # memory_failure() returned 0 (R46)
+        from memfail.model.kernel.inject import set_mce_nospec
+
+        set_mce_nospec(host, pfn)
 
 
 def fault_target(host: HostState, vm_name: str, gfn: int) -> tuple[Any, Any] | None:

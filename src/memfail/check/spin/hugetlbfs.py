@@ -234,7 +234,7 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
     if kind == "vmm_access":
         return f"ev_vmm({v}, {q}, {int(bool(p.get('write')))})"
     if kind == "kernel_access":
-        hva, chk, rcv, _gm = kernel_user(cfg, system_args(label))
+        hva, chk, rcv, *_rest = kernel_user(cfg, system_args(label))
         return f"ev_kacc({v}, {q}, {int(p['page'] == 0)}, {hva}, {chk}, {rcv})"
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))

@@ -69,7 +69,7 @@ PROP_EXPR: dict[str, str] = {
 # The per-page arrays that belong to the physical frame, not to the VM (frame_slots): the
 # hardware error, memory_failure()'s record of it, the kernel's records (PG_hwpoison, the
 # policy's table, derived ``rec``) and the consumption count; --races adds ``pdet``.
-PHYSICAL = ("err", "det", "rec", "tab", "hwp", "cons")
+PHYSICAL = ("err", "det", "rec", "tab", "hwp", "cons", "nsp")
 
 
 # C kept outside the state vector: which labels fired, printed when pan exits.
@@ -469,6 +469,7 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
     lines += sigbus_defines(cfg)
     lines += [
         "bit err[NP]; bit det[NP]; bit rec[NP]; bit tab[NP]; bit hwp[NP]; byte pte[NP];",
+        "bit nsp[NP];",
         "bit spte[NP]; byte cons[NP]; bit goff[NP]; bit gpk[NP];",
         "byte vst[NV]; bit alive[NV]; byte bk[NV]; byte fst[NV]; bit unusable[NV];",
         "bit closed[NV]; bit merged[NV]; bit hs[NV]; bit priv[NP]; bit affected[NV];",
@@ -636,7 +637,10 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
         slot, q = first_frame(v, p["page"])
         if kind == "scrub":
             return f"ev_scrub({slot}, {q})"
-        return f"ev_hw_error({slot}, {q}, {int(p['detect'] != 'latent')})"
+        # detected now: by the machine-check notifier (scrub, set_mce_nospec() on 0) or by the
+        # firmware (ghes: memory_failure_queue(), no set_mce_nospec())
+        return f"ev_hw_error({slot}, {q}, {int(p['detect'] != 'latent')}, " \
+               f"{int(p['detect'] == 'scrub')})"
     if kind == "vcpu_access":
         return f"ev_vcpu({v}, {v * npg + p['page']}, {int(bool(p['write']))}, " \
                f"{p.get('vcpu') or 0})"
@@ -652,9 +656,9 @@ def _call(cfg: Any, label: Any, vms: list[str], npg: int) -> str:
         how = "ev_vmm_vcpu" if _vmm_thread(cfg, p) == "vcpu" else "ev_vmm"
         return f"{how}({v}, {v * npg + p['page']}, {int(bool(p.get('write')))})"
     if kind == "kernel_access":
-        hva, chk, rcv, gm = kernel_user(cfg, system_args(label))
+        hva, chk, rcv, gm, nf, ns = kernel_user(cfg, system_args(label))
         return f"ev_kacc({v}, {v * npg + p['page']}, {int(p['page'] == 0)}, {hva}, {chk}, " \
-               f"{rcv}, {gm})"
+               f"{rcv}, {gm}, {nf}, {ns})"
     if kind == "convert":
         pages = range(p["page"], min(npg, p["page"] + p["pages"]))
         to = int(p["to"] == "private")
@@ -711,13 +715,16 @@ CHECK_CODE = {"none": 0, "flag": 1, "raw-flag": 2, "entry": 3}
 RECOVERY_PANIC, RECOVERY_REPORT, RECOVERY_SILENT = 0, 1, 2
 
 
-def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int]:
+def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
     """A kernel user of the inventory (model/kernel/kaccess.py KERNEL_USERS) as the Promela
     model's ``ev_kacc`` takes it: (reaches the page through the VMM's page tables, its check,
     how a machine check in its copy ends, whether it reaches guest_memfd folios), with the
     overrides do_kernel_access() applies (model/kvm/kvm.py): ``checks_hwpoison: false`` drops
     the check (an hva user's uaccess still stops at a hwpoison entry), ``true`` adds the flag
-    check, ``mc_safe`` overrides the profile's release (R3, R47)."""
+    check, ``mc_safe`` overrides the profile's release (R3, R47); then whether it reads through
+    the direct map with a nofault copy (kcore: a page set_mce_nospec() removed reads as
+    zeros) and whether its report is kill_me_never()'s, which calls set_mce_nospec() (a copy
+    from user memory; a copy_mc_*() copy reports through memory_failure_queue())."""
     from memfail.model.kernel.kaccess import KERNEL_USER_BY_NAME, profile_release
 
     u = KERNEL_USER_BY_NAME[args["user"]]
@@ -737,7 +744,8 @@ def kernel_user(cfg: Any, args: dict[str, Any]) -> tuple[int, int, int, int]:
         rcv = RECOVERY_REPORT   # memory_failure(pfn, 0): kill_me_never or the queue
     else:
         rcv = RECOVERY_SILENT   # copy_mc: the copy stops, nothing reported
-    return int(u.reach == "hva"), CHECK_CODE[check], rcv, int(not u.gmem.startswith("no"))
+    return (int(u.reach == "hva"), CHECK_CODE[check], rcv, int(not u.gmem.startswith("no")),
+            int(u.nofault_direct_map), int(rcv == RECOVERY_REPORT and recovery == "copyin"))
 
 
 # The paths, as branches on the knobs. Function names are the kernel's / the model's
@@ -777,6 +785,7 @@ inline tw_run(v, i) {
 
 SEMANTICS = r"""
 hidden byte mq; hidden byte mr; hidden byte ao; hidden byte sg; hidden byte kf;
+hidden byte nsq;   /* the mf() under way is a report whose 0 calls set_mce_nospec() */
 /* the VM's own frame backs it (held), another (a spare HugeTLB page) or none (freed) */
 #define OWN 1
 #define SPARE 2
@@ -866,6 +875,16 @@ inline kill_vm(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; free_folio(v, 1) }
 inline kill_mark(v) { zap_vm(v); vst[v] = 2; alive[v] = 0; kf = 1 }
 /* the end of a step that may have queued a kill_mark (mf, the races stage MF_NOTIFY) */
 inline free_marked(v) { if :: kf -> kf = 0; free_folio(v, 1) :: else -> skip fi }
+/* set_mce_nospec() (inject.set_mce_nospec, R46): a machine-check report memory_failure()
+   recovered takes the page out of the direct map; recorded for a page left without
+   PG_hwpoison as kcore's check sees it (mf() of such a page returns 0: a claimed folio the
+   policy keeps in a table; every other path flags the page or fails) */
+inline NOSPEC(v, p) {
+  if
+  :: hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v)) -> skip
+  :: else -> nsp[p] = 1
+  fi
+}
 /* guest_on_mce(): the guest offlines the page; on AO its user is killed on access */
 inline guest_mce(v, p, ao) {
   if
@@ -974,14 +993,17 @@ inline mf(v, p, ar, ao_probe) {
        hwp[p] = 1;
        if :: !ar && ao_probe && !mr && VM_EARLY(v) -> m_untold = 1 :: else -> skip fi
   fi;
-  free_marked(v)
+  free_marked(v);
+  /* uc_decode_notifier() / kill_me_never(): set_mce_nospec() once memory_failure() returned */
+  if :: nsq && !ar -> NOSPEC(v, p) :: else -> skip fi;
+  nsq = 0
 }
-inline ev_hw_error(v, p, scrub) {
+inline ev_hw_error(v, p, scrub, ns) {
   err[p] = 1; if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi;
-  if :: scrub -> ao = (bk[v] == OWN); mf(v, p, 0, ao) :: else -> skip fi
+  if :: scrub -> ao = (bk[v] == OWN); nsq = ns; mf(v, p, 0, ao) :: else -> skip fi
 }
 inline ev_scrub(v, p) {
-  if :: err[p] -> ao = (bk[v] == OWN); mf(v, p, 0, ao) :: else -> skip fi
+  if :: err[p] -> ao = (bk[v] == OWN); nsq = 1; mf(v, p, 0, ao) :: else -> skip fi
 }
 /* the fault check (_failed_in): a split folio's pages are 4K folios, so folio and subpage
    agree; a merged one is one HugeTLB folio: its flag (FRAME_HWP) refuses all of it at folio
@@ -1181,7 +1203,7 @@ inline ev_vmm(v, p, wr) {
    a machine check in the copy panics (no fixup, R47), calls memory_failure(pfn, 0) (copyin,
    copy_mc_queue: R3) or ends the copy silently (copy_mc) */
 hidden byte kq;
-inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
+inline ev_kacc(v, p, head, hva, chk, rcv, gm, nf, ns) {
   kq = 0;
   if
   :: hva && pte[p] == 1 -> kq = (bk[v] == OWN -> 1 : 2)
@@ -1204,6 +1226,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
   if :: !gm && (kq == 2 || (kq == 1 && bk[v] == OWN)) -> kq = 0 :: else -> skip fi;
   if
   :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v))) -> kq = 0
+  :: kq == 1 && nf && nsp[p] -> kq = 0   /* out of the direct map: the nofault copy reads zeros */
   :: kq == 1 && chk == 2 && (bk[v] == OWN && merged[v]) && head && FRAME_HWP(v) -> kq = 0
   :: kq == 1 && chk == 2 && !(bk[v] == OWN && merged[v]) &&
      ((fst[v] != 2 && hwp[p]) || (fst[v] == 2 && head)) -> kq = 0
@@ -1212,7 +1235,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm) {
   if
   :: kq == 1 && err[p] && rcv == 0 -> panic = 1; if :: det[p] -> m_panic = 1 :: else -> skip fi;
      if :: bk[v] == OWN -> affected[v] = 1 :: else -> skip fi
-  :: kq == 1 && err[p] && rcv == 1 -> mf(v, p, 0, 0)
+  :: kq == 1 && err[p] && rcv == 1 -> nsq = ns; mf(v, p, 0, 0)
   :: else -> skip
   fi;
   kq = 0

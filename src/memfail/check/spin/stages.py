@@ -187,7 +187,7 @@ def _stage_body(system: Any, op: Op, stage: str, step: str) -> str:
     if stage == "mf.notify":  # races.mf_notify, then memory_failure()'s trace event
         return (aff + f"ao = (bk[{v}] == OWN); mr = det[{q}]; "
                 f"if :: ao -> affected[{v}] = 1; MF_NOTIFY({v}, {q}) :: else -> skip fi; "
-                f"mf_unpin({v}); det[{q}] = 1; " + goto(None))
+                f"mf_unpin({v}); NOSPEC({v}, {q}); det[{q}] = 1; " + goto(None))
     if stage == "fault.get_pfn":  # races.fault_get_pfn
         return (f"if :: !(({op.split})) -> fo = 1 :: else -> GET_PFN({v}, {q}) fi; "
                 f"if :: fo -> wh = 1; {goto(None)} "

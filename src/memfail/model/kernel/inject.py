@@ -181,7 +181,8 @@ def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
     flags = MF_ACTION_REQUIRED | (0 if ripv else MF_MUST_KILL)
     ret = memory_failure(host, pfn, flags, t, via="kill_me_maybe")
     if ret == 0:
-        return ret  # set_mce_nospec(); no signal
+        set_mce_nospec(host, pfn)  # and sync_core(); no signal
+        return ret
     if ret in (-EHWPOISON, -EOPNOTSUPP):
         return ret
     host.log("mce: Memory error not recovered")
@@ -189,11 +190,35 @@ def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
     return ret
 
 
-def consume_kernel(host: Host, pfn: int, by: str) -> int:
+def consume_kernel(host: Host, pfn: int, by: str, copyin: bool = True) -> int:
     """The kernel consumed poison in a machine-check-safe copy (R3): the copy fails and the
-    error is reported with memory_failure(pfn, 0) (kill_me_never / memory_failure_queue)."""
+    error is reported with memory_failure(pfn, 0): by kill_me_never() for a copy from user
+    memory (MCE_IN_KERNEL_COPYIN, which then calls set_mce_nospec() on 0), else by
+    memory_failure_queue() (a copy_mc_*() copy: ``copyin`` false, no set_mce_nospec())."""
     host.emit(PoisonConsumed(host.trace.step, pfn, by, "kernel-copy"))
-    return memory_failure(host, pfn, 0, None, via="kill_me_never")
+    if not copyin:
+        return memory_failure(host, pfn, 0, None, via="memory_failure_queue")
+    ret = memory_failure(host, pfn, 0, None, via="kill_me_never")
+    if ret == 0:
+        set_mce_nospec(host, pfn)
+    return ret
+
+
+def set_mce_nospec(host: Host, pfn: int) -> None:
+    """set_mce_nospec() (arch/x86/mm/pat/set_memory.c, R46): x86 takes a page whose
+    machine-check report memory_failure() recovered (returned 0 in uc_decode_notifier(),
+    kill_me_maybe() or kill_me_never(); not after a firmware-first memory_failure_queue()
+    report, nor after MADV_HWPOISON) out of the kernel direct map (set_memory_np() of a
+    decoy alias), so a copy_from_kernel_nofault() of it (/proc/kcore) takes a page fault and
+    reads zeros instead of the poison. Recorded only for a page memory_failure() left without
+    PG_hwpoison (a policy that keeps the failure in a table): every kernel user the model has
+    that reads through the direct map checks the flag first, so for a flagged page it changes
+    nothing the model shows (a flag dropped later, by a merge that does not carry it, is the
+    one case where the kernel would still read zeros and the model does not)."""
+    from ..kvm.gmem import pfn_poisoned
+
+    if not pfn_poisoned(host, pfn):
+        host.phys.nospec.add(pfn)
 
 
 # --------------------------------------------------------------------------- injectors
@@ -317,7 +342,17 @@ def do_hw_error(host: Host, a: HwError) -> ActionResult:
         memory_failure_queue(host, pfn, 0)
         memory_failure_work_func(host)
         return ActionResult(0)
-    return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+    return ActionResult(uc_decode_notifier(host, pfn))
+
+
+def uc_decode_notifier(host: Host, pfn: int) -> int:
+    """uc_decode_notifier() (arch/x86/kernel/cpu/mce/core.c, R2): an action-optional or
+    deferred machine-check report with a usable address: memory_failure(pfn, 0), and
+    set_mce_nospec() when it returns 0."""
+    ret = memory_failure(host, pfn, 0, None, via="uc_decode_notifier")
+    if ret == 0:
+        set_mce_nospec(host, pfn)
+    return ret
 
 
 @handles(Scrub)
@@ -326,7 +361,7 @@ def do_scrub(host: Host, a: Scrub) -> ActionResult:
     pfn = resolve_target(host, a)
     if pfn not in host.phys.hw_errors:
         return ActionResult(0)
-    return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+    return ActionResult(uc_decode_notifier(host, pfn))
 
 
 @handles(MceInject)
@@ -339,7 +374,7 @@ def do_mce_inject(host: Host, a: MceInject) -> ActionResult:
     if not host.phys.valid(pfn):
         raise ModelInputError(f"pfn {pfn:#x} is beyond the host's memory", "pfn")
     if a.severity == "srao":
-        return ActionResult(memory_failure(host, pfn, 0, None, via="uc_decode_notifier"))
+        return ActionResult(uc_decode_notifier(host, pfn))
     if a.proc is None or a.addr is None:
         raise ModelInputError("severity srar needs the target proc + addr: the thread whose "
                               "load raised the machine check", "severity")

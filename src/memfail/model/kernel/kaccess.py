@@ -228,6 +228,9 @@ class KernelUser:
     gmem: str = "yes"
     reach: Literal["hva", "pfn"] = "pfn"
     on_check: Literal["skipped", "EFAULT"] = "skipped"
+    # reads through the kernel direct map with a page-fault-only fixup (kcore's
+    # copy_from_kernel_nofault): a page set_mce_nospec() removed faults, and reads as zeros
+    nofault_direct_map: bool = False
     loads: bool = True
     modelled: bool = True
     derived: tuple[str, ...] = ()
@@ -266,7 +269,9 @@ KERNEL_USERS: tuple[KernelUser, ...] = (
         "exception-table entry for page faults only; error_context() grades a machine check "
         "on a kernel-address load IN_KERNEL (is_copy_from_user() false)",
         "a poisoned page without PG_hwpoison (latent, or a failure kept only in a table) "
-        "panics the host"),
+        "panics the host, unless x86 took it out of the direct map when a machine-check "
+        "report recovered it (set_mce_nospec(): the copy faults and reads zeros)",
+        nofault_direct_map=True),
     KernelUser(
         "hibernate", "hibernation image (swsusp)", "kernel/power/snapshot.c saveable_page, "
         "copy_data_page, safe_copy_page, do_copy_page",

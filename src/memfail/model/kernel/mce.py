@@ -305,7 +305,12 @@ def task_work_run(host: Host, t: Thread) -> int | None:
     if func == "kill_me_never":
         t.mce_count = 0
         host.log(f"mce: Kernel accessed poison in user space at {pfn << host.geometry.page_shift:x}")
-        return memory_failure(host, pfn, 0, None, via="kill_me_never")
+        from .inject import set_mce_nospec
+
+        ret = memory_failure(host, pfn, 0, None, via="kill_me_never")
+        if ret == 0:
+            set_mce_nospec(host, pfn)
+        return ret
     return kill_me_maybe(host, t, pfn, ripv=ripv)
 
 

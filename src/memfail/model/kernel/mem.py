@@ -105,6 +105,8 @@ class PhysMem:
     * ``hwpoison``: raw pages with PG_hwpoison set (non-hugetlb pages, and raw pages after a
       poisoned hugetlb folio is dissolved, R56/R59).
     * ``isolated``: raw pages taken off the buddy allocator for good (MAGIC_HWPOISON, R30).
+    * ``nospec``: pages x86 took out of the kernel direct map after a recovered machine-check
+      report (set_mce_nospec(), R46; recorded for pages left without PG_hwpoison only).
     * Free memory is everything at or above ``_bump`` plus the blocks in ``_free``.
     """
 
@@ -116,6 +118,8 @@ class PhysMem:
         self.detected: set[int] = set()
         self.hwpoison: set[int] = set()
         self.isolated: set[int] = set()
+        # pages set_mce_nospec() took out of the kernel direct map (inject.set_mce_nospec)
+        self.nospec: set[int] = set()
         self.folios: dict[int, Folio] = {}
         self.data: dict[int, int] = {}
         self.orders: set[int] = {0}

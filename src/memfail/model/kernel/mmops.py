@@ -305,7 +305,7 @@ def _cow_consumes(host: Host, vma: VMA, pfn: int) -> FaultError:
     memory_failure_queue() reports it and the fault returns VM_FAULT_HWPOISON (RT-10)."""
     from .inject import consume_kernel
 
-    consume_kernel(host, pfn, by="cow copy")
+    consume_kernel(host, pfn, by="cow copy", copyin=False)
     return FaultError("hwpoison", host.geometry.page_shift)
 
 

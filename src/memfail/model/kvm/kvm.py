@@ -484,6 +484,10 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
     if check == "raw-flag" and (pfn in host.phys.hwpoison or (
             folio is not None and folio.pfn == pfn and "hwpoison" in folio.flags)):
         return ActionResult("skipped")
+    if u.nofault_direct_map and pfn in host.phys.nospec:
+        # set_mce_nospec() took it out of the direct map: copy_from_kernel_nofault() faults
+        # and read_kcore_iter() fills zeros (R46)
+        return ActionResult("skipped")
     if pfn not in host.phys.hw_errors:
         return ActionResult(host.phys.data.get(pfn, 0))
     return kernel_user_consume(host, pfn, u, mc_safe)
