@@ -198,6 +198,12 @@ def consume_kernel(host: Host, pfn: int, by: str, copyin: bool = True) -> int:
     host.emit(PoisonConsumed(host.trace.step, pfn, by, "kernel-copy"))
     if not copyin:
         return memory_failure(host, pfn, 0, None, via="memory_failure_queue")
+    return kill_me_never(host, pfn)
+
+
+def kill_me_never(host: Host, pfn: int) -> int:
+    """kill_me_never()'s report (R3, R46): memory_failure(pfn, 0), and set_mce_nospec() when
+    it returns 0."""
     ret = memory_failure(host, pfn, 0, None, via="kill_me_never")
     if ret == 0:
         set_mce_nospec(host, pfn)

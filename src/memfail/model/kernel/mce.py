@@ -289,8 +289,7 @@ def task_work_run(host: Host, t: Thread) -> int | None:
     """The queued callback runs on return to user mode, or before the vCPU enters the guest
     again (R45, M8): kill_me_maybe, kill_me_now or kill_me_never (R46). Returns the
     memory_failure() result, or None when nothing was queued."""
-    from .inject import kill_me_maybe
-    from .memory_failure import memory_failure
+    from .inject import kill_me_maybe, kill_me_never
 
     st = mce_state(host)
     got = st.task_work.pop(t.tid, None)
@@ -305,12 +304,7 @@ def task_work_run(host: Host, t: Thread) -> int | None:
     if func == "kill_me_never":
         t.mce_count = 0
         host.log(f"mce: Kernel accessed poison in user space at {pfn << host.geometry.page_shift:x}")
-        from .inject import set_mce_nospec
-
-        ret = memory_failure(host, pfn, 0, None, via="kill_me_never")
-        if ret == 0:
-            set_mce_nospec(host, pfn)
-        return ret
+        return kill_me_never(host, pfn)
     return kill_me_maybe(host, t, pfn, ripv=ripv)
 
 
