@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from memfail.cli import main
-from memfail.conform.guest import GuestUnavailable, kernel_dir, tool
+from memfail.conform.guest import GuestUnavailable, require
 from memfail.scenario import library
 
 # one boot for the module's tests: keep them on one xdist worker (pyproject: --dist loadgroup)
@@ -26,9 +26,7 @@ HOST = [n for n in library() if not n.startswith("vm-")]
 @pytest.fixture(scope="module")
 def conform_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     try:
-        kernel_dir("debian-6.1")
-        tool("qemu-system-x86_64")
-        tool("gcc")
+        require("debian-6.1")
     except GuestUnavailable as e:
         pytest.fail(f"the conformance run needs its system set-up: {e}")
     out = tmp_path_factory.mktemp("conform")

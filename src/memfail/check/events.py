@@ -151,11 +151,10 @@ def check_action(key: Any, args: Any) -> None:
     # and the values the model would only reject while running (a scenario step is refused
     # for them, so is the same step here)
     from memfail.scenario.errors import ScenarioError
-    from memfail.scenario.loader import _check_fields, _check_sizes
+    from memfail.scenario.loader import check_action
 
     try:
-        _check_sizes(action, "", {}, ())
-        _check_fields(action, key, "", {}, ())
+        check_action(action, key)
     except ScenarioError as e:
         raise ValueError(f"event 'action': args{'.' + e.field if e.field else ''}: "
                          f"{e.message}") from None

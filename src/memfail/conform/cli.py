@@ -77,17 +77,14 @@ def conform(
     """Run scenarios on a real kernel under QEMU and compare each with the model."""
     from .cgen import generate
     from .compare import CaseResult, compare_case, load_known
-    from .guest import KERNELS, GuestUnavailable, boot, busybox, compile_program, kernel_dir, tool
+    from .guest import KERNELS, GuestUnavailable, boot, compile_program, require
 
     if kernel not in KERNELS:
         raise ScenarioError("--kernel", None, None, f"unknown kernel {kernel!r}; known: "
                             f"{', '.join(KERNELS)}")
     profile = KERNELS[kernel]
     try:  # what the run needs, before any work is done (exit 2)
-        kernel_dir(kernel)
-        tool("qemu-system-x86_64")
-        tool("gcc")
-        busybox()
+        require(kernel)
     except GuestUnavailable as e:
         raise ScenarioError("--kernel", None, None, str(e)) from None
     names = scenarios or [f"{stem}.yaml" for stem in library()]

@@ -87,6 +87,17 @@ def busybox() -> bytes:
     raise GuestUnavailable(f"a static busybox is not installed; {SETUP_HINT}")
 
 
+def require(kernel: str) -> Path:
+    """Everything a conformance run on ``kernel`` needs, checked before any work is done:
+    the kernel's image, QEMU, gcc and a static busybox. Returns the kernel's directory;
+    raises GuestUnavailable naming the first one missing (and how to install it)."""
+    kdir = kernel_dir(kernel)
+    tool("qemu-system-x86_64")
+    tool("gcc")
+    busybox()
+    return kdir
+
+
 def compile_program(source: str, out: Path, cc: str | None = None
                     ) -> subprocess.CompletedProcess[str]:
     """gcc -static the program (runtime.h next to it); the result says whether it worked.

@@ -208,8 +208,7 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
         action = parse_action(key, args)
     except ValidationError as e:
         raise _from_validation(e, file, lines, (*loc, key), args, cls) from None
-    _check_sizes(action, file, lines, (*loc, key))
-    _check_fields(action, key, file, lines, (*loc, key))
+    check_action(action, key, file, lines, (*loc, key))
     expect = None
     if "expect" in raw:
         try:
@@ -230,6 +229,17 @@ def _parse_step(i: int, raw: Any, file: str, lines: dict[Loc, int]) -> Step:
 
 GPA_FIELDS = frozenset({"gpa", "gmem_offset"})
 """Guest physical addresses and offsets: sizes (``4G+12K``) beyond the user address space."""
+
+
+def check_action(action: Action, key: str, file: str = "", lines: dict[Loc, int] | None = None,
+                 loc: Loc = ()) -> None:
+    """What a step's action must satisfy beyond its schema, checked when the file loads: the
+    syntax of its sizes and addresses, and the values the model would only reject while
+    running. Raises ScenarioError naming ``loc`` (the step's action key) in ``file``; the
+    checker's ``action`` event uses it too, so a step refused here is refused there."""
+    lines = {} if lines is None else lines
+    _check_sizes(action, file, lines, loc)
+    _check_fields(action, key, file, lines, loc)
 
 
 def _check_fields(action: Action, key: str, file: str, lines: dict[Loc, int], loc: Loc

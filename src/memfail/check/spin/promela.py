@@ -486,6 +486,10 @@ def render(system: Any, step_derives: bool = True) -> Rendered:
         "#define ALL_PRIV(v) (" + " && ".join(f"priv[(v) * NPG + {i}]" for i in range(npg))
         + ")",
         "#define SPTE(v, p) (spte[p] || hs[v])",
+        # the page is poisoned as kcore's check (PageHWPoison of the page, or of the head of
+        # a HugeTLB folio; a merged folio's flag on any of its pages) and NOSPEC see it
+        "#define PAGE_HWP(v, p) (hwp[p] || fst[v] == 2 || "
+        "(bk[v] == OWN && merged[v] && FRAME_HWP(v)))",
         "bit panic; bit m_panic; bit m_reuse; bit m_wrong; bit m_untold; bit m_counters;",
         "bit m_down; bit m_hdown;",
         f"byte ev_cnt[{max(1, len(limited_events(cfg)))}]; byte nerr;",
@@ -881,7 +885,7 @@ inline free_marked(v) { if :: kf -> kf = 0; free_folio(v, 1) :: else -> skip fi 
    policy keeps in a table; every other path flags the page or fails) */
 inline NOSPEC(v, p) {
   if
-  :: hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v)) -> skip
+  :: PAGE_HWP(v, p) -> skip
   :: else -> nsp[p] = 1
   fi
 }
@@ -1225,7 +1229,7 @@ inline ev_kacc(v, p, head, hva, chk, rcv, gm, nf, ns) {
   fi;
   if :: !gm && (kq == 2 || (kq == 1 && bk[v] == OWN)) -> kq = 0 :: else -> skip fi;
   if
-  :: kq == 1 && chk == 1 && (hwp[p] || fst[v] == 2 || (bk[v] == OWN && merged[v] && FRAME_HWP(v))) -> kq = 0
+  :: kq == 1 && chk == 1 && PAGE_HWP(v, p) -> kq = 0
   :: kq == 1 && nf && nsp[p] -> kq = 0   /* out of the direct map: the nofault copy reads zeros */
   :: kq == 1 && chk == 2 && (bk[v] == OWN && merged[v]) && head && FRAME_HWP(v) -> kq = 0
   :: kq == 1 && chk == 2 && !(bk[v] == OWN && merged[v]) &&
