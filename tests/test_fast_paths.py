@@ -8,6 +8,10 @@
 * ``stall_outcomes``: the two figures a fleet run asks for in the middle of a run are those
   ``compute_outcomes`` gives.
 * ``_failed_pfns``: the folio's failed pages, found with one bisection when there are none.
+* ``kvm._one_attribute``: a huge SPTE's range has one memory attribute, found from the shorter
+  of the range and the VM's private set (a 1G range is 262,144 gfns), as counting says.
+* ``Trace.of``: the events of a kind, kept per kind and extended as events are appended,
+  are those a scan of the whole trace finds, also after the checker assigns a new list.
 
 The fleet's figures themselves stay byte-identical (``memfail fleet --json`` of every policy
 before and after; tests/test_fleet*.py hold the figures).
@@ -24,12 +28,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memfail.check.encode import plain_encoding
 from memfail.model import outcomes
 from memfail.model.garbage import young_garbage_only
 from memfail.model.kernel.mem import HUGETLB, Folio, base_pages
-from memfail.model.kvm import gmem
+from memfail.model.kvm import gmem, kvm
+from memfail.model.trace import Event, MemoryFailureCall, PoisonConsumed, PolicyEvent, Trace
 from memfail.scenario.errors import ScenarioError
 from memfail.scenario.loader import library, load_scenario
 from memfail.scenario.runner import run_scenario
@@ -195,3 +202,47 @@ def test_failed_pfns_is_its_definition_on_every_folio(hosts: list[Any]) -> None:
                 found += bool(got)
                 empty += not got
     assert empty and found
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(st.integers(0, 40)), st.integers(0, 5), st.integers(0, 40), st.booleans())
+def test_one_attribute_is_counting_the_private_gfns(private: set[int], order: int, at: int,
+                                                    want_private: bool) -> None:
+    """``install_spte``'s test, as it was written: count the private gfns of the range and
+    compare with all (a private access) or none (a shared one)."""
+    n = 1 << order
+    head = at & ~(n - 1)
+    last = head + n - 1
+    inside = sum(1 for g in private if head <= g <= last)
+    assert kvm._one_attribute(private, head, last, want_private) == \
+        (inside == (n if want_private else 0))
+
+
+def _plain_of(trace: Trace, kind: type[Event]) -> list[Any]:
+    return [e for e in trace.events if isinstance(e, kind)]
+
+
+def test_trace_of_follows_appends_and_a_new_list() -> None:
+    t = Trace()
+    kinds: tuple[type[Event], ...] = (Event, MemoryFailureCall, PoisonConsumed, PolicyEvent)
+    made = [MemoryFailureCall(step=0, pfn=1, flags=(), ret=0, ret_name="0", via="madvise"),
+            PolicyEvent(step=0, policy="p", hook="split", what="w"),
+            PoisonConsumed(step=1, pfn=2, by="vm0", mode="guest"),
+            MemoryFailureCall(step=2, pfn=3, flags=(), ret=0, ret_name="0", via="madvise")]
+    for e in made:
+        for k in kinds:
+            assert t.of(k) == _plain_of(t, k)
+        t.emit(e)
+    for k in kinds:
+        got = t.of(k)
+        assert got == _plain_of(t, k)
+        got.clear()  # the caller's list: the kept one is not touched
+        assert t.of(k) == _plain_of(t, k)
+    t.events = [made[1]]  # as the checker does after each step
+    for k in kinds:
+        assert t.of(k) == _plain_of(t, k)
+    t.events = []
+    t.emit(made[3])
+    assert t.of(MemoryFailureCall) == [made[3]]
+    assert t.of(MemoryFailureCall, step=2) == [made[3]]
+    assert t.of(MemoryFailureCall, step=0) == []

@@ -315,8 +315,27 @@ class Trace:
         self.events.append(event)
 
     def of(self, kind: type[Event], step: int | None = None) -> list[Any]:
-        return [e for e in self.events
-                if isinstance(e, kind) and (step is None or e.step == step)]
+        """The events of ``kind`` (subclasses too), in order, of ``step`` if given.
+
+        Without a step, the answer per kind is kept and extended by the events appended
+        since (the outcomes ask for a few kinds many times over one trace); a new
+        ``events`` list (assigned, as the checker does after each step) starts afresh."""
+        events = self.events
+        if step is not None:
+            return [e for e in events if isinstance(e, kind) and e.step == step]
+        memo: dict[type, tuple[list[Event], int, list[Any]]] | None = \
+            self.__dict__.get("_of")
+        if memo is None:
+            memo = self.__dict__["_of"] = {}
+        got = memo.get(kind)
+        if got is not None and got[0] is events and got[1] <= len(events):
+            _, n, out = got
+            if n < len(events):
+                out.extend([e for e in events[n:] if isinstance(e, kind)])
+        else:
+            out = [e for e in events if isinstance(e, kind)]
+        memo[kind] = (events, len(events), out)
+        return list(out)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [e.to_dict() for e in self.events]

@@ -183,8 +183,15 @@ def kvm_gmem_get_folio(host: Host, inode: Inode, index: int) -> Folio | None:
     head = index & ~((1 << order) - 1)
     folio.mapping, folio.index = inode, head
     folio.flags.add("uptodate")
-    for p in range(folio.pfn, folio.pfn + min(folio.nr_pages, 1 << 9)):
-        host.phys.data.pop(p, None)
+    data = host.phys.data
+    if data:  # the new folio is zeroed: what its first pages held is gone
+        lo, hi = folio.pfn, folio.pfn + min(folio.nr_pages, 1 << 9)
+        if len(data) < hi - lo:
+            for p in [p for p in data if lo <= p < hi]:
+                del data[p]
+        else:
+            for p in range(lo, hi):
+                data.pop(p, None)
     inode.pages[head] = folio
     folio.get("pagecache", folio.nr_pages)
     if any(i in inode.extra["shared"] for i in (head, head + folio.nr_pages - 1)) or \
@@ -198,7 +205,7 @@ def _range_mixed(inode: Inode, head: int, n: int) -> bool:
     shared = inode.extra["shared"]
     if not shared:
         return False
-    return any((i in shared) for i in range(head, head + n))
+    return not shared.isdisjoint(range(head, head + n))
 
 
 # A split's 4K folios: flags and references as Folio(flags={"uptodate", "gmem_sub"}) with
@@ -302,7 +309,7 @@ def gmem_convert(host: Host, inode: Inode, start: int, end: int, private: bool) 
         if folio is not None and folio.order and not private:
             gmem_split(host, inode, folio)
         elif private and head in inode.extra["split"] and \
-                not any(i in shared for i in range(head, head + unit)):
+                shared.isdisjoint(range(head, head + unit)):
             gmem_merge(host, inode, head)
 
 

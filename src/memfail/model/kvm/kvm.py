@@ -374,13 +374,24 @@ def install_spte(vm: VM, slot: Slot, gfn: int, pfn: int, order: int, head_pfn: i
     if order:
         head = gfn - (pfn - head_pfn)
         last = head + (1 << order) - 1
-        inside = sum(1 for g in vm.private if head <= g <= last)
         if (head % (1 << order) == 0 and vm.slot_of(head) is slot and vm.slot_of(last) is slot
-                and inside == (1 << order if private else 0)):
+                and _one_attribute(vm.private, head, last, private)):
             vm.spte[head] = (head_pfn, order)
             return order
     vm.spte[gfn] = (pfn, 0)
     return 0
+
+
+def _one_attribute(private_gfns: set[int], head: int, last: int, private: bool) -> bool:
+    """Every gfn of ``head..last`` private (``private``) or none of them: the range's one
+    memory attribute. Walks the shorter of the range and the set, and stops at the first
+    gfn that breaks it (a 1G folio's range is 262,144 gfns; a VM's private set as large)."""
+    n = last - head + 1
+    if private:
+        return len(private_gfns) >= n and private_gfns.issuperset(range(head, last + 1))
+    if n <= len(private_gfns):
+        return private_gfns.isdisjoint(range(head, last + 1))
+    return not any(head <= g <= last for g in private_gfns)
 
 
 def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
