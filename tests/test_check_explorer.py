@@ -211,3 +211,44 @@ def test_canonical_bytes_ignore_dict_and_set_order() -> None:
     assert fingerprint_bytes(canonical_bytes(a)) != fingerprint_bytes(canonical_bytes([a]))
     with pytest.raises(TypeError, match="canonically"):
         canonical_bytes(object())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("por", [False, True])
+def test_successors_of_expanded_states_left_out_change_nothing(
+        monkeypatch: pytest.MonkeyPatch, workers: int, por: bool) -> None:
+    """A process leaves out the successors whose fingerprints are those of states it expanded
+    in the same search (``expand._expanded``: the explorer drops them as visited); the
+    results, counts and counterexamples are those of a search that sends every one back, and
+    a second search on the same system object starts from nothing remembered."""
+    from memfail.check import expand
+
+    def run() -> list[dict[str, Any]]:
+        system = PoisonToy(vms=2, errors=2, unmap=False)
+        opts = Options(stop_when_all_fail=False, por=por)
+        with make_backend(workers) as b:
+            first = explore(system, b, Bounds(max_depth=4), opts)
+            again = explore(system, b, Bounds(), opts)
+        return [summary(first), summary(again)]
+
+    left_out = run()
+    kept = expand.ExpandOptions.__init__
+
+    def no_search(self: expand.ExpandOptions, *args: Any, **kw: Any) -> None:
+        kept(self, *args, **kw)
+        object.__setattr__(self, "search", b"")
+
+    monkeypatch.setattr(expand.ExpandOptions, "__init__", no_search)
+    assert run() == left_out
+
+
+def test_a_new_search_forgets_the_states_an_earlier_one_expanded() -> None:
+    from memfail.check import expand
+
+    one = expand._expanded_set(b"one")
+    assert one is not None
+    one.add(7)
+    assert expand._expanded_set(b"one") is one
+    two = expand._expanded_set(b"two")
+    assert two == set() and b"one" not in expand._expanded
+    assert expand._expanded_set(b"") is None

@@ -1,6 +1,8 @@
 """Expanding one chunk of a BFS level: the only code that runs on workers.
 
-It is a pure function of (system, chunk), so local processes and Dask workers give identical results.
+It is a pure function of (system, chunk), so local processes and Dask workers give identical
+results. (What a process remembers between chunks, ``_expanded``, only leaves out successors
+the explorer would drop.)
 """
 
 from __future__ import annotations
@@ -42,6 +44,28 @@ class ExpandOptions:
     pickled: bool = False
     symmetry: bool = False
     por: bool = False
+    search: bytes = b""  # names one search (``_expanded``); b"": remember nothing
+
+
+# The fingerprints of the states this process expanded in the latest search (``search``):
+# each was in the explorer's frontier, so it is a visited state, and the explorer drops a
+# successor that has one (``fp in parents``). Such a successor is counted (a transition, its
+# kind, hooks and entries) but not checked, compacted or sent back. One search at a time
+# (a new search name empties it); at most ``EXPANDED_LIMIT`` fingerprints.
+_expanded: dict[bytes, set[int]] = {}
+EXPANDED_LIMIT = 1 << 22
+
+
+def _expanded_set(search: bytes) -> set[int] | None:
+    if not search:
+        return None
+    got = _expanded.get(search)
+    if got is None:
+        _expanded.clear()
+        got = _expanded[search] = set()
+    elif len(got) >= EXPANDED_LIMIT:
+        got.clear()
+    return got
 
 
 def normalise(system: System, s: State, symmetry: bool) -> State:
@@ -87,8 +111,12 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
     affinity = getattr(system, "affinity", None)
     compact = getattr(system, "compact", _keep)
     successors = getattr(system, "successors", None) or _successors(system)
+    expanded = _expanded_set(opt.search)
+    known = expanded if expanded is not None else ()
     for rank, pfp, raw in items:
         s = pickle.loads(raw) if opt.pickled else raw
+        if expanded is not None:
+            expanded.add(pfp)
         labels = list(system.enabled(s))
         chosen = None if full or not opt.por else _ample(system, labels)
         indices = range(len(labels)) if chosen is None else (chosen,)
@@ -104,7 +132,7 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
                 res.entries.update(effective(t))
             if chosen is not None:
                 res.reduced.append((rank, fp))
-            if fp == pfp:
+            if fp == pfp or fp in known:
                 continue
             key = (rank, idx)
             old = res.succ.get(fp)

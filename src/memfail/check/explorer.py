@@ -170,7 +170,7 @@ class Explorer:
             names = [n for n in names if n in options.properties]
         self.selected = tuple(names)
         self.xopt = ExpandOptions(self.selected, self.backend.pickled, options.symmetry,
-                                  options.por)
+                                  options.por, os.urandom(16))
         self.identity = identity(system, options)
         self._last_ckpt = 0.0
         self._lvl: Level | None = None

@@ -295,6 +295,7 @@ class ModelSystem:
         self._checked: dict[tuple[str, int | bytes, bytes], str | None] = {}
         self._folds: dict[tuple[Monitor, Any], Monitor] = {}
         self._monitors: dict[Monitor, Monitor] = {}
+        self._inflight_enc: dict[int, tuple[tuple[Any, ...], bytes]] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -690,12 +691,26 @@ class ModelSystem:
             s.hfp = hfp
         head = b"%d|%s|%d|" % (hfp, ",".join(map(str, s.counts)).encode(), s.errors)
         return fingerprint_bytes(head + s.monitor.key_bytes() +
-                                 (canonical_bytes(s.inflight) if s.inflight else b""))
+                                 (self._inflight_bytes(s.inflight) if s.inflight else b""))
+
+    def _inflight_bytes(self, inflight: tuple[Any, ...]) -> bytes:
+        """``canonical_bytes(inflight)``, kept per tuple object: a remembered step hands every
+        successor the one tuple it stored (``_from_memo``), so most states in flight share a
+        few objects. By identity, not value: ``1 == True`` would merge what the encoding
+        keeps apart."""
+        got = self._inflight_enc.get(id(inflight))
+        if got is not None and got[0] is inflight:
+            return got[1]
+        out = canonical_bytes(inflight)
+        if len(self._inflight_enc) >= MEMO_SIZE:
+            self._inflight_enc.clear()
+        self._inflight_enc[id(inflight)] = (inflight, out)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked",
-                     "_folds", "_monitors"):
+                     "_folds", "_monitors", "_inflight_enc"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
         state["_rows"] = RowCache()
