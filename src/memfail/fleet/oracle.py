@@ -7,6 +7,7 @@ reads the answers from a table (for tests and what-if analysis).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -262,10 +263,11 @@ class ModelScenario:
         pool = sum(n * (4096 << order[size]) for size, n in self.hugepages)
         return max(self.memory_bytes, (5 << 30) + pool)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Identity of the model run (classes that differ only in how the result is read,
-        e.g. the VM size or permanence, share one run)."""
+        e.g. the VM size or permanence, share one run). Made once per scenario: the oracle
+        asks for it for every (policy, class) it looks up in the run cache."""
         return json.dumps([self.steps, self.hugepages, self.host_bytes, self.orders],
                           sort_keys=True)
 
@@ -301,6 +303,7 @@ class ModelOracle:
         self.runner: Runner = runner or _model_runner
         self._cache: dict[tuple[str, FailureClass], Outcome] = {}
         self._runs: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._scenarios: dict[FailureClass, ModelScenario] = {}
         self.disk = RunCache(cache_dir if self.runner is _model_runner else None)
         self.disk_hits = 0
 
@@ -384,8 +387,13 @@ class ModelOracle:
         return len(self._runs)
 
     def scenario(self, cls: FailureClass) -> ModelScenario:
-        """The timeline that reproduces one failure of ``cls`` and what follows it."""
-        return model_scenario(cls)
+        """The timeline that reproduces one failure of ``cls`` and what follows it, built
+        once per class (the oracle asks for it under every policy; building it, and its
+        ``key``, each time took most of a fleet run whose model runs were cached)."""
+        sc = self._scenarios.get(cls)
+        if sc is None:
+            sc = self._scenarios[cls] = model_scenario(cls)
+        return sc
 
 
 def outcome_from_metrics(metrics: Mapping[str, Any]) -> Outcome:

@@ -280,12 +280,12 @@ def fleet_docs(s: Settings, step: Step) -> dict[str, Any]:
     seed, same plan: common random numbers), so its rates equal ``memfail fleet``'s."""
     from memfail.fleet import cache, engine
     from memfail.fleet import output as fleet_output
+    from memfail.fleet.oracle import ModelOracle
     from memfail.fleet.params import load_fleet, with_assignments
-    from memfail.report.html.oracle import ReportOracle
     from memfail.report.html.ranges import all_ranges, inert_ranges
 
     fleet = load_fleet(None)
-    orc = ReportOracle(fleet.params.kernel_profile, cache.cache_dir())
+    orc = ModelOracle(fleet.params.kernel_profile, cache_dir=cache.cache_dir())
     pols = list(fleet.params.policies)
     sens_pols = pols if not s.quick else ["minimum"]
     ranges = all_ranges()
