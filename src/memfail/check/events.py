@@ -151,10 +151,10 @@ def check_action(key: Any, args: Any) -> None:
     # and the values the model would only reject while running (a scenario step is refused
     # for them, so is the same step here)
     from memfail.scenario.errors import ScenarioError
-    from memfail.scenario.loader import check_action
+    from memfail.scenario.loader import check_action as check_step_action
 
     try:
-        check_action(action, key)
+        check_step_action(action, key)
     except ScenarioError as e:
         raise ValueError(f"event 'action': args{'.' + e.field if e.field else ''}: "
                          f"{e.message}") from None

@@ -179,11 +179,8 @@ def kill_me_maybe(host: Host, t: Thread, pfn: int, ripv: bool = True) -> int:
     host.log(f"mce: Uncorrected hardware memory error in user-access at "
              f"{pfn << host.geometry.page_shift:x}")
     flags = MF_ACTION_REQUIRED | (0 if ripv else MF_MUST_KILL)
-    ret = memory_failure(host, pfn, flags, t, via="kill_me_maybe")
-    if ret == 0:
-        set_mce_nospec(host, pfn)  # and sync_core(); no signal
-        return ret
-    if ret in (-EHWPOISON, -EOPNOTSUPP):
+    ret = _report(host, pfn, flags, t, "kill_me_maybe")
+    if ret in (0, -EHWPOISON, -EOPNOTSUPP):  # 0: and sync_core(); no signal
         return ret
     host.log("mce: Memory error not recovered")
     host.force_sig_sigbus(t, "kill_me_now", pfn=pfn)
@@ -204,7 +201,14 @@ def consume_kernel(host: Host, pfn: int, by: str, copyin: bool = True) -> int:
 def kill_me_never(host: Host, pfn: int) -> int:
     """kill_me_never()'s report (R3, R46): memory_failure(pfn, 0), and set_mce_nospec() when
     it returns 0."""
-    ret = memory_failure(host, pfn, 0, None, via="kill_me_never")
+    return _report(host, pfn, 0, None, "kill_me_never")
+
+
+def _report(host: Host, pfn: int, flags: int, t: Thread | None, via: str) -> int:
+    """memory_failure() as the x86 machine-check paths call it (uc_decode_notifier(),
+    kill_me_maybe(), kill_me_never()), each followed by set_mce_nospec() when it returned 0
+    (R46)."""
+    ret = memory_failure(host, pfn, flags, t, via=via)
     if ret == 0:
         set_mce_nospec(host, pfn)
     return ret
@@ -355,10 +359,7 @@ def uc_decode_notifier(host: Host, pfn: int) -> int:
     """uc_decode_notifier() (arch/x86/kernel/cpu/mce/core.c, R2): an action-optional or
     deferred machine-check report with a usable address: memory_failure(pfn, 0), and
     set_mce_nospec() when it returns 0."""
-    ret = memory_failure(host, pfn, 0, None, via="uc_decode_notifier")
-    if ret == 0:
-        set_mce_nospec(host, pfn)
-    return ret
+    return _report(host, pfn, 0, None, "uc_decode_notifier")
 
 
 @handles(Scrub)
