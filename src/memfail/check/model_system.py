@@ -8,6 +8,7 @@ encoding of the Host (``encode``), cached by the snapshot's digest.
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -139,15 +140,27 @@ MEMO_BYTES = 128 << 20   # snapshots the remembered effects keep alive, at most
 
 SKIP, SAME, NEW = 0, 1, 2  # a remembered step: cannot happen now, host unchanged, host changed
 
+# ``MEMFAIL_CHECK_VERIFY_UNCHANGED=1``: snapshot every step, even those whose model actions
+# all said they changed nothing, and fail on the first such step that did (what the tests run).
+VERIFY_ENV = "MEMFAIL_CHECK_VERIFY_UNCHANGED"
+
+
+class UnchangedClaimWrong(AssertionError):
+    """A model action said it left the host as it was, and the host's snapshot differs."""
+
 
 class Effect:
     """What one label does to a host, apart from the state's monitor and counters: the events
-    it emitted, the events in flight after it and the VM the monitor folds it for."""
+    it emitted, the events in flight after it and the VM the monitor folds it for.
+    ``unchanged``: every model action of the step said it left the host as it was
+    (``ActionResult.unchanged``); not part of what is remembered."""
 
-    __slots__ = ("after", "events", "vm")
+    __slots__ = ("after", "events", "unchanged", "vm")
 
-    def __init__(self, events: tuple[Event, ...], after: tuple[Any, ...], vm: str | None) -> None:
+    def __init__(self, events: tuple[Event, ...], after: tuple[Any, ...], vm: str | None,
+                 unchanged: bool = False) -> None:
         self.events, self.after, self.vm = events, after, vm
+        self.unchanged = unchanged
 
     def parts(self) -> tuple[Any, ...]:
         return self.events, self.after, self.vm
@@ -296,6 +309,9 @@ class ModelSystem:
         self._folds: dict[tuple[Monitor, Any], Monitor] = {}
         self._monitors: dict[Monitor, Monitor] = {}
         self._inflight_enc: dict[int, tuple[tuple[Any, ...], bytes]] = {}
+        # trust ``ActionResult.unchanged`` (skip the snapshot), or snapshot and compare
+        self.verify_unchanged = os.environ.get(VERIFY_ENV, "") not in ("", "0")
+        self.unchanged_steps = 0  # steps taken at their word in this process (or verified)
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -512,8 +528,8 @@ class ModelSystem:
             if host is None:
                 if not started:  # the first step not remembered: the parent's Host
                     started = True
+                    host = s.host  # (rebuilt from the snapshot if the state was compacted)
                     copied = s.copied
-                    host = s.host
                     s._host = None  # the working copy is no longer the parent's
                     frames = self._frames(host)
                     owners = {pfn: _vms_holding(host, {pfn})
@@ -533,10 +549,19 @@ class ModelSystem:
             if eff is None:  # the step cannot happen now; ``host`` is left dirty
                 host = None
                 hit = (SKIP, blob, (), s.inflight, None, frozenset())
+            elif eff[0].unchanged and not self.verify_unchanged:
+                # its model actions said so: the snapshot would be ``base`` again
+                self.unchanged_steps += 1
+                hit = (SAME, base, *eff[0].parts(), eff[1])
             else:
+                self.unchanged_steps += eff[0].unchanged
                 made = ModelState(host, s.counts, s.errors, s.monitor, eff[0].events,
                                   eff[0].after, primer=self._primer)
                 snap = made.frozen()
+                if eff[0].unchanged and snap != base:
+                    raise UnchangedClaimWrong(
+                        f"{label[0]} {dict(label[1])}: its model actions said they left the "
+                        "host as it was, and its snapshot differs")
                 if snap == base:  # unchanged: the next label works on the same Host
                     hit = (SAME, base, *eff[0].parts(), eff[1])
                     made = None
@@ -581,6 +606,7 @@ class ModelSystem:
         (``host`` is then left dirty). Depends on the host and ``s.inflight`` alone."""
         origin = races.origin(label)
         inflight = list(s.inflight)
+        unchanged = False
         if races.is_continuation(label):
             j = next(k for k, op in enumerate(inflight) if op[0] == origin)
             _, stage, ctx, _held = inflight.pop(j)
@@ -588,7 +614,7 @@ class ModelSystem:
         elif self.races and (first := races.first_stage(self._specs(label), label[0], host)):
             self._stage(host, label, first[0], first[1], inflight, len(inflight))
         else:
-            self._atomic(host, label)
+            unchanged = self._atomic(host, label)
         events = tuple(host.trace.events)
         host.trace.events = []
         if inflight and any(isinstance(e, MemoryFailureCall) for e in events) and \
@@ -617,7 +643,7 @@ class ModelSystem:
             # and any VM whose guest-memory file holds the frame, mapped or not (a hugetlbfs
             # page fallocate() put in a punched hole that nobody has faulted in yet)
             holding |= frozenset(v for (v, _page), f in self._frames(host).items() if f in pfns)
-        return Effect(events, tuple(sorted(inflight, key=repr)), vm), holding
+        return Effect(events, tuple(sorted(inflight, key=repr)), vm, unchanged), holding
 
     def _finish(self, s: ModelState, label: Any, eff: Effect, holding: frozenset[str],
                 t: ModelState, mkey: Any = None, changed: bool = True) -> ModelState:
@@ -654,15 +680,20 @@ class ModelSystem:
             t.effective = self._entries_of[origin]
         return t
 
-    def _atomic(self, host: Any, label: Any) -> None:
-        """The label's model actions, one after the other, as one step."""
+    def _atomic(self, host: Any, label: Any) -> bool:
+        """The label's model actions, one after the other, as one step. Returns whether each
+        said it left the host as it was (``ActionResult.unchanged``): the step's snapshot is
+        then its parent's, and ``successors`` does not make it."""
+        unchanged = True
         for action in self._actions(label):
             try:
-                host.apply(action)
+                res = host.apply(action)
             except ModelInputError:
-                break  # not possible in this state (the fd is closed, ...): a no-op step
+                return False  # not possible in this state (the fd is closed, ...): a no-op step
+            unchanged = unchanged and res.unchanged
             if host.panicked:
-                break
+                return False
+        return unchanged
 
     def _stage(self, host: Any, label: Any, stage: str, ctx: tuple[Any, ...],
                inflight: list[Any], at: int) -> None:
@@ -713,6 +744,7 @@ class ModelSystem:
                      "_folds", "_monitors", "_inflight_enc"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
+        state["unchanged_steps"] = 0
         state["_rows"] = RowCache()
         state["_properties"] = None  # bound to this object
         return state

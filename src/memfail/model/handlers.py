@@ -8,7 +8,7 @@ so that a handler module needs the state (``memfail.model.state``) and this tabl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .actions import Action
@@ -20,11 +20,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class ActionResult:
-    """What an action returned: a value (int, str or dict) and an errno name or None."""
+    """What an action returned: a value (int, str or dict) and an errno name or None.
+
+    ``unchanged`` is the handler's word that this return left the host exactly as it found
+    it (a read-only path: nothing queued, nothing to consume, a target already gone). Only
+    ``memfail check`` reads it, to skip the snapshot that would tell it so (docs/check.md,
+    "Steps that change nothing"); False promises nothing. Not part of the result's value
+    (equality and repr leave it out)."""
 
     ret: Any
     errno: str | None = None
     data: list[int] | None = None  # the byte value of each page a read or access saw
+    unchanged: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def err(cls, negerr: int) -> ActionResult:

@@ -55,9 +55,12 @@ class Host(HostState):
             # the process (or the VM's VMM) is gone: the action cannot happen
             self.emit(ActionDone(self.trace.step, action.key, -1, "ESRCH", dead))
             self.trace.step += 1
-            return ActionResult(-1, "ESRCH")
+            return ActionResult(-1, "ESRCH", unchanged=True)
         try:
             res = handler(self, action)
+            if res.unchanged and self.signals_queued():
+                # signals queued before the action are delivered now: that may change it
+                res = ActionResult(res.ret, res.errno, res.data)
             self.deliver_signals()
         except KernelPanic:
             res = ActionResult(None, "PANICKED")

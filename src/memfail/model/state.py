@@ -353,6 +353,11 @@ class HostState:
         lsb = None if addr is None else 0
         self._queue(t, SigInfo(SIGBUS, code, addr, lsb, True), sender, pfn)
 
+    def signals_queued(self) -> bool:
+        """Whether a thread has a SIGBUS queued (``deliver_signals`` has something to look
+        at: an action that queued none may still change the host by delivering it)."""
+        return bool(self._pending_threads)
+
     def deliver_signals(self) -> None:
         """Deliver every pending, unblocked SIGBUS on return to user space."""
         if not self._pending_threads:

@@ -64,6 +64,14 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- targets
 
 
+def read_only_target(a: TargetMixin) -> bool:
+    """Whether ``resolve_target`` finds ``a``'s page without changing the host: every form
+    but a guest physical address, which allocates the guest_memfd folio of a page the guest
+    never touched (``gpa_to_pfn``)."""
+    return a.pfn is not None or a.phys is not None or a.addr is not None or \
+        a.file is not None or a.gpa is None
+
+
 def resolve_target(host: Host, a: TargetMixin) -> int:
     """The PFN a target names (see TargetMixin)."""
     geo = host.geometry
@@ -343,9 +351,10 @@ def do_hw_error(host: Host, a: HwError) -> ActionResult:
     pfn = resolve_target(host, a)
     if not host.phys.valid(pfn):
         raise ModelInputError(f"pfn {pfn:#x} is beyond the host's memory", "pfn")
+    known = pfn in host.phys.hw_errors
     host.phys.hw_errors.add(pfn)
     if a.detect == "latent":
-        return ActionResult(0)
+        return ActionResult(0, unchanged=known and read_only_target(a))
     if a.detect == "ghes":
         from .kaccess import memory_failure_queue, memory_failure_work_func
 
@@ -367,7 +376,7 @@ def do_scrub(host: Host, a: Scrub) -> ActionResult:
     """Patrol scrub reads the page: a latent error is reported AO (R2)."""
     pfn = resolve_target(host, a)
     if pfn not in host.phys.hw_errors:
-        return ActionResult(0)
+        return ActionResult(0, unchanged=read_only_target(a))
     return ActionResult(uc_decode_notifier(host, pfn))
 
 

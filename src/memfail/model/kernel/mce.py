@@ -381,11 +381,13 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         # to be in guest mode the vCPU entered it, and KVM runs the queued work before every
         # entry: a second guest-mode machine check on one vCPU never finds the first one's
         # task work still queued
-        if run_entry_work(host, t) and (vm.state != "running" or not vm.vmm.alive):
+        had = "mce" in host.ext
+        ran = run_entry_work(host, t)
+        if ran and (vm.state != "running" or not vm.vmm.alive):
             return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
         pfn = guest_pfn(host, vm, gfn)
         if pfn is None or pfn not in host.phys.hw_errors:
-            return ActionResult("no-poison")
+            return ActionResult("no-poison", unchanged=had and not ran)
         if a.mcip:
             processor_shutdown(host, a.vcpu)
         return ActionResult(kvm_machine_check(host, vm.name, a.vcpu, t, pfn, vm.vmm.pid))
@@ -395,7 +397,8 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
 
     hit = host.walk(t.proc.mm, host.resolve_in(t.proc, a.addr))
     if hit is None or hit[0].kind != PRESENT or hit[1] not in host.phys.hw_errors:
-        return ActionResult("no-poison")  # only a load through a present PTE can consume
+        # only a load through a present PTE can consume
+        return ActionResult("no-poison", unchanged=True)
     pfn = hit[1]
     ctx = {"user": IN_USER, "kernel-recov": IN_KERNEL_RECOV, "kernel": IN_KERNEL}[a.context]
     # a user-mode load: the thread returned to user mode since its last machine check, and
@@ -413,7 +416,8 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
 @handles(TaskWork)
 def do_task_work(host: Host, a: TaskWork) -> ActionResult:
     t, _vm = _thread(host, a.vm, a.vcpu, a.proc, a.thread)
+    had = "mce" in host.ext  # task_work_pending() makes the machine-check state on first use
     if not task_work_pending(host, t):
-        return ActionResult("none")
+        return ActionResult("none", unchanged=had)
     ret = task_work_run(host, t)
     return ActionResult(0 if ret is None else ret)

@@ -410,7 +410,7 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
         raise ModelInputError(f"VM {a.vm!r} has {len(vm.vcpus)} vCPUs", "vcpu")
     gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
     if vm.state != "running" or not vm.vmm.alive:
-        return ActionResult(f"vm-{vm.state}" if vm.vmm.alive else "vm-dead")
+        return ActionResult(f"vm-{vm.state}" if vm.vmm.alive else "vm-dead", unchanged=True)
     if gfn in vm.guest_pending_kill:
         # the guest kernel handled an AO vMCE by unmapping the page (its own hwpoison entry);
         # the guest process that touches it now is killed (KV-06: killed on later access)
@@ -420,17 +420,22 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
                              gfn << 12))
         return ActionResult("guest-sigbus")
     if gfn in vm.guest_offlined:
-        return ActionResult("guest-avoided")
+        return ActionResult("guest-avoided", unchanged=True)
+    # ``quiet``: nothing changed so far (ActionResult.unchanged)
+    quiet = "mce" in host.ext and (a.page != "kernel" or gfn in vm.guest_kernel_pages)
     if a.page == "kernel":
         vm.guest_kernel_pages.add(gfn)
     t = vm.vcpus[a.vcpu]
     # KVM's enter-guest work runs the machine-check task work first (R45, M8)
-    if run_entry_work(host, t) and (vm.state != "running" or not vm.vmm.alive):
-        return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
+    if run_entry_work(host, t):
+        quiet = False
+        if vm.state != "running" or not vm.vmm.alive:
+            return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
     orders = tuple(sorted({0, geo.pmd_order, geo.pud_order}))
     for _attempt in range(3):
         hit = spte_lookup(vm, gfn, orders)
         if hit is None:
+            quiet = False
             got = faultin(host, vm, a.vcpu, gfn, a.op == "write")
             if isinstance(got, int):
                 host.deliver_signals()
@@ -444,12 +449,15 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
             head, hpfn, _order = hit
             pfn = hpfn + (gfn - head)
         if a.op == "write":
+            old = host.phys.data.get(pfn)
             host.phys.data[pfn] = a.value
-            return ActionResult(0)
+            return ActionResult(0, unchanged=quiet and old is not None and
+                                type(old) is type(a.value) and old == a.value)
         if pfn not in host.phys.hw_errors:
-            return ActionResult(host.phys.data.get(pfn, 0))
+            return ActionResult(host.phys.data.get(pfn, 0), unchanged=quiet)
         # guest-mode machine check, handled as a user-mode one by the vCPU thread (R45):
         # graded and queued by do_machine_check, the task work runs before re-entry (M1-M8)
+        quiet = False
         kvm_machine_check(host, vm.name, a.vcpu, t, pfn, vm.vmm.pid)
         task_work_run(host, t)
         host.deliver_signals()
@@ -480,35 +488,38 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
         check = "flag"
     if mc_safe and u.recovery == "none":
         u = replace(u, recovery="copy_mc_queue")  # an override: a copy_mc_highpage() copy
-    got = _kernel_target(host, a, u.reach)
+    got, faulted = _kernel_target(host, a, u.reach)
+    quiet = not faulted  # nothing changed so far (ActionResult.unchanged)
     if isinstance(got, str):  # the uaccess / GUP failed on the entry (a hwpoison entry)
-        return ActionResult("skipped") if u.on_check == "skipped" else ActionResult.err(-EFAULT)
+        return ActionResult("skipped", unchanged=quiet) if u.on_check == "skipped" else \
+            ActionResult(-1, errno_name(-EFAULT), unchanged=quiet)
     if got is None:
-        return ActionResult("not-reached")
+        return ActionResult("not-reached", unchanged=quiet)
     pfn = got
     folio = host.phys.folio_of(pfn)
     if u.gmem.startswith("no") and folio is not None and folio.mapping is not None and \
             folio.mapping.kind == "gmem":
-        return ActionResult("not-reached")
+        return ActionResult("not-reached", unchanged=quiet)
     if check == "flag" and pfn_poisoned(host, pfn):
-        return ActionResult("skipped")
+        return ActionResult("skipped", unchanged=quiet)
     if check == "raw-flag" and (pfn in host.phys.hwpoison or (
             folio is not None and folio.pfn == pfn and "hwpoison" in folio.flags)):
-        return ActionResult("skipped")
+        return ActionResult("skipped", unchanged=quiet)
     if u.nofault_direct_map and pfn in host.phys.nospec:
         # set_mce_nospec() took it out of the direct map: copy_from_kernel_nofault() faults
         # and read_kcore_iter() fills zeros (R46)
-        return ActionResult("skipped")
+        return ActionResult("skipped", unchanged=quiet)
     if pfn not in host.phys.hw_errors:
-        return ActionResult(host.phys.data.get(pfn, 0))
+        return ActionResult(host.phys.data.get(pfn, 0), unchanged=quiet)
     return kernel_user_consume(host, pfn, u, mc_safe)
 
 
-def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
+def _kernel_target(host: Host, a: KernelAccess, reach: str) -> tuple[int | str | None, bool]:
     """The pfn a kernel user reads: ``hva`` users go through the VMM's (or ``proc``'s) page
     tables at the memslot's userspace address (a hwpoison entry or a failed fault gives
     "entry"); ``pfn`` users read the physical page behind the guest page (guest_memfd's own
-    folio for private memory). None: no page there."""
+    folio for private memory). None: no page there. With it, whether a fault (GUP) was
+    taken to find it (the only way the lookup changes the host)."""
     geo = host.geometry
     if a.vm is not None:
         vm = get_vm(host, a.vm)
@@ -517,7 +528,7 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
         gfn = parse_size(a.gpa, geo.page_size) >> geo.page_shift
         slot = vm.slot_of(gfn)
         if slot is None:
-            return "entry" if reach == "hva" else None
+            return ("entry" if reach == "hva" else None), False
         if reach == "pfn" and slot.gmem is not None and (
                 gfn in vm.private or slot.hva is None or _hva_maps_gmem(vm, slot, gfn)):
             # a physical-address reader (kdump, /proc/kcore, hibernation, ...) reads the
@@ -525,10 +536,10 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
             # of an mmap-able guest_memfd is the same folio (kernel-users.md, reach: pfn)
             f = slot.gmem.lookup(gfn - slot.base_gfn + slot.gmem_pgoff)
             if f is None:
-                return None
-            return f.pfn + (gfn - slot.base_gfn + slot.gmem_pgoff - f.index)
+                return None, False
+            return f.pfn + (gfn - slot.base_gfn + slot.gmem_pgoff - f.index), False
         if slot.hva is None:
-            return "entry" if reach == "hva" else None
+            return ("entry" if reach == "hva" else None), False
         addr: Any = slot.hva + ((gfn - slot.base_gfn) << 12)
         proc = vm.vmm
     else:
@@ -538,7 +549,7 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
         addr = host.resolve_in(proc, a.addr)
     hit = host.walk(proc.mm, addr)
     if reach == "pfn":
-        return hit[1] if hit is not None else None  # the page itself, mapped or not
+        return (hit[1] if hit is not None else None), False  # the page itself, mapped or not
     if hit is None:
         # a uaccess or GUP faults a missing page in, as the user's own access would
         from ..kernel.mmops import gup
@@ -546,8 +557,8 @@ def _kernel_target(host: Host, a: KernelAccess, reach: str) -> int | str | None:
         pfn, folio = gup(host, proc, addr)
         if folio is not None:
             folio.put("gup")
-        return pfn if pfn >= 0 else "entry"
-    return hit[1] if hit[0].kind == PRESENT else "entry"
+        return (pfn if pfn >= 0 else "entry"), True
+    return (hit[1] if hit[0].kind == PRESENT else "entry"), False
 
 
 def _hva_maps_gmem(vm: Any, slot: Any, gfn: int) -> bool:

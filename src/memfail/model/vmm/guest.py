@@ -56,21 +56,26 @@ def guest_on_vmce_ignored(host: Host, vm: VM, gfn: int) -> None:
                          gfn << 12))
 
 
-def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int]:
+def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> tuple[dict[str, int], bool]:
     """One moment of guest execution: every vCPU in ``vcpus`` enters the guest (after its
     pending task work, R45) and loads ``gfn``; the machine checks of this moment share one
-    broadcast (M3); then each vCPU thread's task work runs (M8). Counts what happened."""
+    broadcast (M3); then each vCPU thread's task work runs (M8). Counts what happened, and
+    says whether the round left the host as it was (only reads of mapped, healthy memory:
+    ``ActionResult.unchanged``)."""
     from ..kernel.mce import kvm_machine_check, mce_state, run_entry_work, task_work_run
     from ..kvm.kvm import faultin
 
+    quiet = "mce" in host.ext and mce_state(host).round_cpus is None
     st = mce_state(host)
     out = {"mc": 0, "exits": 0, "read": 0}
     consumed: list[int] = []
     for i in vcpus:
         if vm.state != "running" or not vm.vmm.alive:
             break
-        if run_entry_work(host, vm.vcpus[i]) and (vm.state != "running" or not vm.vmm.alive):
-            break
+        if run_entry_work(host, vm.vcpus[i]):
+            quiet = False
+            if vm.state != "running" or not vm.vmm.alive:
+                break
     st.round_cpus = set()
     try:
         for i in vcpus:
@@ -78,6 +83,7 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int
                 break
             pfn = guest_pfn(host, vm, gfn)
             if pfn is None:
+                quiet = False
                 got = faultin(host, vm, i, gfn, False)
                 if isinstance(got, int):
                     out["exits"] += 1  # an exit instead of a machine check
@@ -86,6 +92,7 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int
             if pfn not in host.phys.hw_errors:
                 out["read"] += 1
                 continue
+            quiet = False
             kvm_machine_check(host, vm.name, i, vm.vcpus[i], pfn, vm.vmm.pid)
             consumed.append(i)
             out["mc"] += 1
@@ -94,8 +101,9 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> dict[str, int
     for i in consumed:
         task_work_run(host, vm.vcpus[i])
         host.deliver_signals()
+    quiet = quiet and not host.signals_queued()
     host.deliver_signals()
-    return out
+    return out, quiet
 
 
 
@@ -111,6 +119,7 @@ def do_guest_run(host: Host, a: GuestRun) -> ActionResult:
     gfn = parse_size(a.gpa, host.geometry.page_size) >> host.geometry.page_shift
     rounds = a.rounds or vm.effort
     total = {"mc": 0, "exits": 0, "read": 0, "rounds": 0}
+    quiet = True  # every round left the host as it was
     if vm.behaviour == "hostile":
         vcpus = list(range(len(vm.vcpus)))
     elif vm.behaviour == "careless":
@@ -124,7 +133,8 @@ def do_guest_run(host: Host, a: GuestRun) -> ActionResult:
             break
         if gfn in vm.guest_offlined or gfn in vm.guest_pending_kill:
             break  # the guest no longer uses the page
-        got = guest_round(host, vm, gfn, vcpus)
+        got, same = guest_round(host, vm, gfn, vcpus)
+        quiet = quiet and same
         total["rounds"] += 1
         for k, v in got.items():
             total[k] += v
@@ -132,4 +142,4 @@ def do_guest_run(host: Host, a: GuestRun) -> ActionResult:
             break  # it touches once; after a vMCE it offlines the page
         if vm.behaviour == "confidential" and got["mc"] == 0:
             break  # the load completed or exited: nothing to re-execute
-    return ActionResult(total)
+    return ActionResult(total, unchanged=quiet)
