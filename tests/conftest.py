@@ -6,6 +6,10 @@ controlling process sets before it starts them), instead of the user's ``~/.cach
 a run does not depend on what an earlier run left there, nor writes into it, and the model
 runs of the default fleet are computed once for all the tests that sample it (a cold cache
 costs some 100 s of CPU per fleet run). A ``MEMFAIL_CACHE_DIR`` set by the caller is kept.
+
+The longest tests are put first (``LONGEST``), so that the two xdist workers end together
+instead of one running a 50-second test alone at the end (xdist hands out the groups first,
+then the other tests in collection order, as workers become free).
 """
 
 from __future__ import annotations
@@ -19,6 +23,40 @@ import pytest
 from memfail.fleet.cache import ENV
 
 _MADE: list[str] = []
+
+# Tests of 14 s or more on this project's 2-core machine (pytest --durations), longest first.
+# Only the order of the run depends on it: a test renamed here is run in its usual place.
+# Those that sample the default fleet (README commands, the fleet docs' figures) are left out:
+# run next to the report tests' fixture, both would make the same cold model runs at once.
+LONGEST = (
+    "test_check_spin_hugetlbfs.py::test_races_verdicts_and_counterexample_lengths_equal",
+    "test_search_dask.py::test_dask_cluster_gives_the_local_json",
+    "test_check_spin_races.py::test_an_eight_page_folio_with_races_stays_inside_spins_d_step_bound",
+    "test_check_spin_races.py::test_engines_agree_on_the_punch_fault_configuration",
+    "test_fuzz.py::test_mutated_files_keep_the_error_contract",
+    "test_check_spin_races.py::test_vmms_without_a_sigbus_handler_with_races_compile_and_agree",
+    "test_fleet.py::test_coverage_of_intervals_over_repeated_seeds",
+    "test_check_spin.py::test_a_punch_hole_of_part_of_a_folio_agrees",
+    "test_check_spin.py::test_a_pan_out_of_memory_leaves_its_properties_partial",
+    "test_check_spin_hugetlbfs.py::test_a_close_and_punch_holes_on_both_vms_agree",
+    "test_check_spin.py::test_packed_bit_arrays_keep_every_figure_and_trail",
+    "test_check_spin.py::test_a_punch_hole_on_the_second_vm_agrees",
+    "test_check_golden.py::test_model_check_matches_golden",
+    "test_check_spin.py::test_skipping_steps_that_change_nothing_keeps_every_figure_of_the_search",
+    "test_check_spin_hugetlbfs.py::test_verdicts_and_counterexample_lengths_equal",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``LONGEST`` tests first, in that order (a stable sort: the rest keep theirs)."""
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    last = len(LONGEST)
+
+    def key(item: pytest.Item) -> int:
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        return rank.get(name, last)
+
+    items.sort(key=key)
 
 
 def pytest_configure(config: pytest.Config) -> None:
