@@ -6,9 +6,10 @@ search's steps are such reads). Held here: with ``verify_unchanged`` (the
 ``MEMFAIL_CHECK_VERIFY_UNCHANGED`` setting) every such step is snapshotted all the same and a
 claim the snapshot contradicts fails the search, on the standard and every agreement
 configuration, with and without --races, under three of each one's policies (the first, the
-last and one between: the claims are about model actions, which the policy reaches but does not
-answer for), over the first states of the search; and a wrong claim is caught. That trusting the claims changes no figure is tests/test_check_golden.py's (its
-goldens were recorded before the claims existed).
+last and one between: the claims are about model actions, which the policy reaches but does
+not answer for), over the first states of the search; and a wrong claim is caught. That
+trusting the claims changes no figure is tests/test_check_golden.py's (its goldens were
+recorded before the claims existed).
 """
 
 from __future__ import annotations
