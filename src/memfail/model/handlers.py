@@ -34,8 +34,8 @@ class ActionResult:
     unchanged: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
-    def err(cls, negerr: int) -> ActionResult:
-        return cls(-1, errno_name(negerr))
+    def err(cls, negerr: int, unchanged: bool = False) -> ActionResult:
+        return cls(-1, errno_name(negerr), unchanged=unchanged)
 
 
 Handler = Callable[["HostState", Any], ActionResult]

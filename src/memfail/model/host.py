@@ -10,6 +10,7 @@ every handler.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from . import kernel as _kernel  # noqa: F401  (the kernel's action classes)
@@ -60,7 +61,7 @@ class Host(HostState):
             res = handler(self, action)
             if res.unchanged and self.signals_queued():
                 # signals queued before the action are delivered now: that may change it
-                res = ActionResult(res.ret, res.errno, res.data)
+                res = replace(res, unchanged=False)
             self.deliver_signals()
         except KernelPanic:
             res = ActionResult(None, "PANICKED")

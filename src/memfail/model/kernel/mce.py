@@ -119,6 +119,12 @@ class MceState:
         return d
 
 
+def has_mce_state(host: Host) -> bool:
+    """Whether the host has its machine-check state yet (``mce_state`` makes it on first use,
+    so a handler that reaches it first has changed the host: ``ActionResult.unchanged``)."""
+    return "mce" in host.ext
+
+
 def mce_state(host: Host) -> MceState:
     st = host.ext.get("mce")
     if st is None:
@@ -381,7 +387,7 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
         # to be in guest mode the vCPU entered it, and KVM runs the queued work before every
         # entry: a second guest-mode machine check on one vCPU never finds the first one's
         # task work still queued
-        had = "mce" in host.ext
+        had = has_mce_state(host)
         ran = run_entry_work(host, t)
         if ran and (vm.state != "running" or not vm.vmm.alive):
             return ActionResult("vm-" + ("dead" if not vm.vmm.alive else vm.state))
@@ -416,7 +422,7 @@ def do_machine_check_action(host: Host, a: MachineCheckAction) -> ActionResult:
 @handles(TaskWork)
 def do_task_work(host: Host, a: TaskWork) -> ActionResult:
     t, _vm = _thread(host, a.vm, a.vcpu, a.proc, a.thread)
-    had = "mce" in host.ext  # task_work_pending() makes the machine-check state on first use
+    had = has_mce_state(host)  # task_work_pending() makes it on first use
     if not task_work_pending(host, t):
         return ActionResult("none", unchanged=had)
     ret = task_work_run(host, t)

@@ -402,7 +402,7 @@ def _hva_pfn(host: Host, vm: VM, hva: int) -> int | None:
 @handles(GuestAccess)
 def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     """One guest load/store on a vCPU, through KVM_RUN (R45, R67, R68, R77, R79)."""
-    from ..kernel.mce import kvm_machine_check, run_entry_work, task_work_run
+    from ..kernel.mce import has_mce_state, kvm_machine_check, run_entry_work, task_work_run
 
     vm = get_vm(host, a.vm)
     geo = host.geometry
@@ -422,7 +422,7 @@ def do_guest_access(host: Host, a: GuestAccess) -> ActionResult:
     if gfn in vm.guest_offlined:
         return ActionResult("guest-avoided", unchanged=True)
     # ``quiet``: nothing changed so far (ActionResult.unchanged)
-    quiet = "mce" in host.ext and (a.page != "kernel" or gfn in vm.guest_kernel_pages)
+    quiet = has_mce_state(host) and (a.page != "kernel" or gfn in vm.guest_kernel_pages)
     if a.page == "kernel":
         vm.guest_kernel_pages.add(gfn)
     t = vm.vcpus[a.vcpu]
@@ -492,7 +492,7 @@ def do_kernel_access(host: Host, a: KernelAccess) -> ActionResult:
     quiet = not faulted  # nothing changed so far (ActionResult.unchanged)
     if isinstance(got, str):  # the uaccess / GUP failed on the entry (a hwpoison entry)
         return ActionResult("skipped", unchanged=quiet) if u.on_check == "skipped" else \
-            ActionResult(-1, errno_name(-EFAULT), unchanged=quiet)
+            ActionResult.err(-EFAULT, unchanged=quiet)
     if got is None:
         return ActionResult("not-reached", unchanged=quiet)
     pfn = got

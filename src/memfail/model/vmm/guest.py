@@ -62,11 +62,18 @@ def guest_round(host: Host, vm: VM, gfn: int, vcpus: list[int]) -> tuple[dict[st
     broadcast (M3); then each vCPU thread's task work runs (M8). Counts what happened, and
     says whether the round left the host as it was (only reads of mapped, healthy memory:
     ``ActionResult.unchanged``)."""
-    from ..kernel.mce import kvm_machine_check, mce_state, run_entry_work, task_work_run
+    from ..kernel.mce import (
+        has_mce_state,
+        kvm_machine_check,
+        mce_state,
+        run_entry_work,
+        task_work_run,
+    )
     from ..kvm.kvm import faultin
 
-    quiet = "mce" in host.ext and mce_state(host).round_cpus is None
+    quiet = has_mce_state(host)
     st = mce_state(host)
+    quiet = quiet and st.round_cpus is None
     out = {"mc": 0, "exits": 0, "read": 0}
     consumed: list[int] = []
     for i in vcpus:
