@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfail.check.system import Label, State, System, label_kind
+from memfail.model.garbage import rare_collections
 
 # A successor candidate: key = (parent rank, label index in enabled(parent)) orders paths
 # lexicographically; the smallest key wins when several transitions reach one state.
@@ -54,6 +55,10 @@ class ExpandOptions:
 # (a new search name empties it); at most ``EXPANDED_LIMIT`` fingerprints.
 _expanded: dict[bytes, set[int]] = {}
 EXPANDED_LIMIT = 1 << 22
+# the collector's youngest-generation threshold while a system that frees the states it drops
+# (``release``) expands a chunk (700 by default; a cycle left still costs at most this many
+# objects' worth of memory before it is found)
+COLLECT_EVERY = 20_000
 
 
 def _expanded_set(search: bytes) -> set[int] | None:
@@ -106,13 +111,25 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
     smallest key. A successor equal to its parent (a step that changed nothing) is counted as a
     transition but not returned: its parent is already known."""
     res = ChunkResult()
+    drop = getattr(system, "release", None)
+    expanded = _expanded_set(opt.search)
+    known = expanded if expanded is not None else ()
+    # a system that frees the states it drops (``release``) leaves the collector little
+    with rare_collections(COLLECT_EVERY if drop is not None else 0):
+        _expand(system, items, opt, full, res, known, expanded, drop)
+    if opt.pickled:
+        for succ in res.succ.values():
+            succ.state = pickle.dumps(succ.state, protocol=pickle.HIGHEST_PROTOCOL)
+    return res
+
+
+def _expand(system: System, items: list[tuple[int, int, Any]], opt: ExpandOptions,
+            full: bool, res: ChunkResult, known: Any, expanded: Any, drop: Any) -> None:
     coverage = getattr(system, "coverage", None)
     effective = getattr(system, "effective", None)
     affinity = getattr(system, "affinity", None)
     compact = getattr(system, "compact", _keep)
     successors = getattr(system, "successors", None) or _successors(system)
-    expanded = _expanded_set(opt.search)
-    known = expanded if expanded is not None else ()
     for rank, pfp, raw in items:
         s = pickle.loads(raw) if opt.pickled else raw
         if expanded is not None:
@@ -133,6 +150,8 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
             if chosen is not None:
                 res.reduced.append((rank, fp))
             if fp == pfp or fp in known:
+                if drop is not None:
+                    drop(t)
                 continue
             key = (rank, idx)
             old = res.succ.get(fp)
@@ -141,12 +160,11 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
                 found = violations(system, t, opt.properties)
                 aff = affinity(t) if affinity is not None else None
                 res.succ[fp] = Successor(key, label, compact(t), found, aff)
-            elif key < old.key:
-                old.key, old.label = key, label
-    if opt.pickled:
-        for succ in res.succ.values():
-            succ.state = pickle.dumps(succ.state, protocol=pickle.HIGHEST_PROTOCOL)
-    return res
+            else:
+                if key < old.key:
+                    old.key, old.label = key, label
+                if drop is not None:
+                    drop(t)
 
 
 def _successors(system: System) -> Any:

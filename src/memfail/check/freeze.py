@@ -21,6 +21,7 @@ import copyreg
 import hashlib
 import importlib
 import io
+import itertools
 import pickle
 import pickletools
 import random
@@ -101,6 +102,7 @@ class Primer:
         self.objects = u.load()
         self._unpickler = u  # its memo is copied into each thaw's unpickler
         memo = {id(o): (i, o) for i, o in u.memo.copy().items()}
+        self._size = 1 + max((i for i, _o in memo.values()), default=-1)
         if len(memo) != len(u.memo.copy()):
             raise ValueError("a primer's memo holds one object twice")
         p = pickle.Pickler(io.BytesIO(), 3)
@@ -185,6 +187,25 @@ class Primer:
         u.memo = self._unpickler.memo
         return u.load()
 
+    def thaw_owned(self, blob: bytes) -> tuple[Any, list[Any]]:
+        """``thaw``, and the objects with a ``__dict__`` it made (the primer's own left out):
+        what ``release`` needs to free the copy without the cyclic garbage collector."""
+        f = io.BytesIO(blob)
+        f.seek(_TAG_LEN)
+        u = pickle.Unpickler(f)
+        u.memo = self._unpickler.memo
+        host = u.load()
+        ok = _CLEARABLE
+        out = []
+        for o in itertools.islice(u.memo.copy().values(), self._size, None):
+            t = type(o)
+            c = ok.get(t)
+            if c is None:
+                c = ok[t] = _clearable(t)
+            if c:
+                out.append(o)
+        return host, out
+
     def __reduce__(self) -> tuple[Any, ...]:
         return Primer.get, (self.raw,)
 
@@ -212,6 +233,40 @@ def thaw(blob: bytes) -> Any:
         raise RuntimeError("a host snapshot names a primer this process does not have "
                            "(its ModelSystem was not loaded here)")
     return primer.thaw(blob)
+
+
+def thaw_owned(blob: bytes) -> tuple[Any, list[Any] | None]:
+    """``thaw``, and for a primed snapshot the objects ``release`` needs (else None)."""
+    if blob[:1] != b"\x00":
+        return pickle.loads(blob), None
+    primer = _PRIMERS.get(blob[:_TAG_LEN])
+    if primer is None:
+        return thaw(blob), None  # raises
+    return primer.thaw_owned(blob)
+
+
+_CLEARABLE: dict[type, bool] = {}
+
+
+def _clearable(t: type) -> bool:
+    """Whether ``release`` clears objects of class ``t``: instances of the model's own
+    classes, with a ``__dict__`` (not classes, functions or library objects)."""
+    return not issubclass(t, type) and t.__dictoffset__ != 0 and \
+        t.__module__.startswith("memfail.")
+
+
+def release(objects: list[Any]) -> None:
+    """Break the reference cycles of a thawed Host nothing uses any more, so that reference
+    counting frees it at once (a Host is a graph of cycles: a folio and its inode, a process
+    and its threads, an mm and its VMAs; left to the cyclic collector, every copy a search
+    drops is traversed again, often more than once as it ages into older generations).
+
+    ``objects`` are those ``thaw_owned`` made: each one's attributes are cleared, which
+    leaves no cycle through them. Objects a step added later are not in it; a cycle among
+    those only is left to the collector. The caller must own the Host and everything in it:
+    an object used after its release has no attributes."""
+    for o in objects:
+        o.__dict__.clear()
 
 
 def blob_key(blob: bytes) -> bytes:

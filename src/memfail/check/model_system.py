@@ -26,7 +26,7 @@ from memfail.check.events import (
     mem_fd,
     thaw_params,
 )
-from memfail.check.freeze import Primer, blob_key, clone_host, freeze, thaw
+from memfail.check.freeze import Primer, blob_key, clone_host, freeze, release, thaw, thaw_owned
 from memfail.check.properties import PROPERTIES, Context, Monitor, PropertyDef
 from memfail.check.system import Property, canonical_bytes, fingerprint_bytes
 from memfail.model.actions import parse_action
@@ -62,14 +62,17 @@ class ModelState:
     once (for the fingerprint) and serves as the source of every successor's copy and as the
     form a state travels in between processes, where the Host is rebuilt on first use."""
 
-    __slots__ = ("_host", "_key", "blob", "copied", "counts", "effective", "errors", "events",
-                 "hfp", "inflight", "monitor", "primer")
+    __slots__ = ("_host", "_key", "_owned", "blob", "copied", "counts", "effective", "errors",
+                 "events", "hfp", "inflight", "monitor", "primer")
 
     def __init__(self, host: Any, counts: tuple[int, ...], errors: int, monitor: Monitor,
                  events: tuple[Event, ...] = (),
                  inflight: tuple[tuple[Any, str, tuple[Any, ...], tuple[Any, ...]], ...] = (),
                  blob: bytes | None = None, primer: Primer | None = None) -> None:
         self._host = host
+        # the objects of a Host this state rebuilt from a snapshot or was handed with them
+        # (``freeze.thaw_owned``): ``compact`` and ``release`` free it through them
+        self._owned: list[Any] | None = None
         self.primer = primer  # the snapshot's primer (``freeze.Primer``), if any
         self.counts = counts      # how often each capped alphabet entry fired along the path
         self.errors = errors      # hardware errors injected along the path
@@ -89,9 +92,26 @@ class ModelState:
     def host(self) -> Any:
         if self._host is None:
             assert self.blob is not None
-            self._host = thaw(self.blob)
+            self._host, self._owned = thaw_owned(self.blob)
             self.copied = True
         return self._host
+
+    def take_host(self) -> tuple[Any, list[Any] | None]:
+        """The Host and its objects (``_owned``), for the caller to change and own: the state
+        keeps its snapshot only."""
+        host, owned = self.host, self._owned
+        self._host = self._owned = None
+        return host, owned
+
+    def release(self) -> None:
+        """Drop the Host, freeing it at once when this state owns its objects (see
+        ``freeze.release``); the state keeps its snapshot. Only for a state whose Host
+        nothing else refers to."""
+        if self._owned is not None:
+            self.frozen()
+            release(self._owned)
+            self._owned = None
+        self._host = None
 
     def frozen(self) -> bytes:
         """The host's snapshot (made on first use; the host must not change afterwards)."""
@@ -118,8 +138,7 @@ class ModelState:
         """Keep only the snapshot: a frontier state then costs its ~7 KB pickle instead of a
         graph of Python objects (which the cyclic garbage collector would traverse again and
         again); the Host is rebuilt once when the state is expanded."""
-        self.frozen()
-        self._host = None
+        self.release()
         return self
 
     def fresh_host(self) -> Any:
@@ -312,6 +331,9 @@ class ModelSystem:
         # trust ``ActionResult.unchanged`` (skip the snapshot), or snapshot and compare
         self.verify_unchanged = os.environ.get(VERIFY_ENV, "") not in ("", "0")
         self.unchanged_steps = 0  # steps taken at their word in this process (or verified)
+        # per label, how its last step went: 0 host unchanged (or cannot happen), 2 changed
+        # (absent: 1, not run yet); ``successors`` runs the labels in that order
+        self._changed: dict[Any, int] = {}
 
     # ------------------------------------------------------------------ building blocks
     def expand(self, label: Label) -> list[StepSpec]:
@@ -492,7 +514,14 @@ class ModelSystem:
         state's monitor or counters: it is remembered per (host, events in flight, label),
         the host named by ``ModelState.ident``, so a state whose host an earlier state had takes each step without copying,
         running or snapshotting the Host. The host is rebuilt from the snapshot only when a
-        step is not remembered."""
+        step is not remembered.
+
+        A step that changes the Host leaves the next label a fresh copy to make (``thaw``),
+        so the labels run in an order that puts those last: the ones that left their host
+        unchanged the last time they ran first, then the ones not run yet, then the ones that
+        changed it (``_changed``; an order of work only). The successors are given in
+        ``labels``' order, and each is what it would be in any order: a step's effect depends
+        on the parent's host and events in flight alone."""
         kvm_model()
         blob = s.frozen()
         pkey = s.ident()
@@ -501,12 +530,13 @@ class ModelSystem:
         except TypeError:  # pragma: no cover - events in flight are tuples of scalars
             pkey = None
         host: Any = None
+        owned: list[Any] | None = None  # the working copy's objects (``freeze.release``)
         base = b""        # the snapshot of the working copy as it came
         thaw_base = b""   # the same, of any copy made from ``blob`` (one for all of them)
         frames: dict[tuple[Any, Any], int] = {}
         owners: dict[int, frozenset[str]] = {}
         started = False
-        before: list[Any] = []
+        before: list[tuple[Any, list[Any] | None]] = []
 
         def pre_holding(pfns: set[int]) -> frozenset[str]:
             """``_vms_holding`` of the parent's Host (as it was before any step)."""
@@ -516,21 +546,28 @@ class ModelSystem:
                     out |= owners[pfn]
                 return out
             if not before:
-                before.append(thaw(blob))
-            return _vms_holding(before[0], pfns)
+                before.append(thaw_owned(blob))
+            return _vms_holding(before[0][0], pfns)
 
-        for label in labels:
+        out: list[ModelState | None] = [None] * len(labels)
+        todo: list[tuple[int, int, Any, Any]] = []
+        changed = self._changed
+        for i, label in enumerate(labels):
             mkey = (pkey, s.inflight, label) if pkey is not None else None
             hit = self._memo.get(mkey) if mkey is not None else None
             if hit is not None:
-                yield self._from_memo(s, label, hit, mkey)
-                continue
+                out[i] = self._from_memo(s, label, hit, mkey)
+            else:
+                todo.append((changed.get(label, 1), i, label, mkey))
+        todo.sort(key=_rank)
+        for _rank_of, i, label, mkey in todo:
             if host is None:
                 if not started:  # the first step not remembered: the parent's Host
                     started = True
-                    host = s.host  # (rebuilt from the snapshot if the state was compacted)
+                    # (rebuilt from the snapshot if the state was compacted); the working
+                    # copy is no longer the parent's
+                    host, owned = s.take_host()
                     copied = s.copied
-                    s._host = None  # the working copy is no longer the parent's
                     frames = self._frames(host)
                     owners = {pfn: _vms_holding(host, {pfn})
                               for pfn in set(self.pfn_of.values())}
@@ -540,14 +577,15 @@ class ModelSystem:
                     if copied:
                         base = thaw_base = freeze(host, self._primer)
                 else:
-                    host = thaw(blob)
+                    host, owned = thaw_owned(blob)
                     if not thaw_base:
                         thaw_base = freeze(host, self._primer)
                     base = thaw_base
             eff = self._effect(s, label, host, pre_holding, frames)
             made: ModelState | None = None
             if eff is None:  # the step cannot happen now; ``host`` is left dirty
-                host = None
+                _drop(owned)
+                host = owned = None
                 hit = (SKIP, blob, (), s.inflight, None, frozenset())
             elif eff[0].unchanged and not self.verify_unchanged:
                 # its model actions said so: the snapshot would be ``base`` again
@@ -565,15 +603,26 @@ class ModelSystem:
                 if snap == base:  # unchanged: the next label works on the same Host
                     hit = (SAME, base, *eff[0].parts(), eff[1])
                     made = None
-                else:
-                    host = None  # the successor owns it now
+                else:  # the successor owns it now
+                    made._owned = owned
+                    host = owned = None
                     hit = (NEW, snap, *eff[0].parts(), eff[1])
             if mkey is not None:
                 self._remember(mkey, hit)
+            if len(changed) >= MEMO_SIZE:
+                changed.clear()
+            changed[label] = 2 if hit[0] == NEW else 0
             if made is not None and eff is not None:
-                yield self._finish(s, label, eff[0], eff[1], made, mkey, changed=True)
+                out[i] = self._finish(s, label, eff[0], eff[1], made, mkey, changed=True)
             else:
-                yield self._from_memo(s, label, hit, mkey)
+                out[i] = self._from_memo(s, label, hit, mkey)
+        _drop(owned)  # the working copy no successor took, and the parent's before the steps
+        host = None
+        if before:
+            _drop(before[0][1])
+        for t in out:
+            assert t is not None
+            yield t
 
     def _remember(self, mkey: Any, hit: tuple[Any, ...]) -> None:
         if len(self._memo) >= MEMO_SIZE or self._memo_bytes >= MEMO_BYTES:
@@ -741,7 +790,7 @@ class ModelSystem:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         for name in ("_fp_cache", "_specs_of", "_actions_of", "_views", "_memo", "_checked",
-                     "_folds", "_monitors", "_inflight_enc"):
+                     "_folds", "_monitors", "_inflight_enc", "_changed"):
             state[name] = {}  # per process
         state["_memo_bytes"] = 0
         state["unchanged_steps"] = 0
@@ -753,6 +802,11 @@ class ModelSystem:
         """The host's fingerprint: states with one host reuse the steps remembered for it
         (``successors``), so the explorer keeps them on one worker."""
         return s.hfp if s.hfp is not None else 0
+
+    def release(self, s: ModelState) -> None:
+        """A successor the search drops (a state it knows): free its Host now
+        (``ModelState.release``)."""
+        s.release()
 
     def compact(self, s: ModelState) -> ModelState:
         """The state as the frontier keeps it (its snapshot only; see ModelState.compact)."""
@@ -855,6 +909,17 @@ class ModelSystem:
         if h.panicked:
             out["panic"] = str(h.panicked)
         return out
+
+
+def _drop(owned: list[Any] | None) -> None:
+    """``freeze.release`` a Host ``successors`` made and no longer needs (if it has them)."""
+    if owned is not None:
+        release(owned)
+
+
+def _rank(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
+    """``successors``' order of work: how the label's last step went, then its place."""
+    return item[0], item[1]
 
 
 def _snapshot(host: Any, primer: Primer | None) -> bytes | None:

@@ -64,6 +64,8 @@ class System(Protocol):
 #                                    explorer keeps them together, on one worker where it can
 #   compact(s) -> State              s as the frontier keeps it (called once its properties
 #                                    were checked; e.g. a snapshot instead of live objects)
+#   release(s) -> None               a successor the search drops (equal to a state it has):
+#                                    nothing uses s afterwards (e.g. free its objects now)
 #   name -> str                      shown in reports
 
 

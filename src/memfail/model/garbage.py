@@ -31,3 +31,20 @@ def young_garbage_only() -> Iterator[None]:
     finally:
         gc.enable()
         gc.collect(0)
+
+
+@contextmanager
+def rare_collections(threshold: int) -> Iterator[None]:
+    """Run the youngest generation's collection every ``threshold`` allocations (net of
+    frees) inside the block instead of every 700, then set back what was there.
+
+    For code that frees what it drops by reference counting (a search that breaks the
+    cycles of the hosts it drops, ``memfail.check.freeze.release``): there, a collection
+    finds almost nothing, and each one costs a traversal of every young object, and in
+    time of the older generations, that is still alive."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(threshold, old[0]), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
