@@ -112,11 +112,9 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
     transition but not returned: its parent is already known."""
     res = ChunkResult()
     drop = getattr(system, "release", None)
-    expanded = _expanded_set(opt.search)
-    known = expanded if expanded is not None else ()
     # a system that frees the states it drops (``release``) leaves the collector little
     with rare_collections(COLLECT_EVERY if drop is not None else 0):
-        _expand(system, items, opt, full, res, known, expanded, drop)
+        _expand(system, items, opt, full, res, drop)
     if opt.pickled:
         for succ in res.succ.values():
             succ.state = pickle.dumps(succ.state, protocol=pickle.HIGHEST_PROTOCOL)
@@ -124,7 +122,11 @@ def expand_chunk(system: System, items: list[tuple[int, int, Any]], opt: ExpandO
 
 
 def _expand(system: System, items: list[tuple[int, int, Any]], opt: ExpandOptions,
-            full: bool, res: ChunkResult, known: Any, expanded: Any, drop: Any) -> None:
+            full: bool, res: ChunkResult, drop: Any) -> None:
+    """``expand_chunk``'s work: its successors into ``res``; ``drop``: the System's
+    ``release``, if it has one."""
+    expanded = _expanded_set(opt.search)
+    known = expanded if expanded is not None else ()
     coverage = getattr(system, "coverage", None)
     effective = getattr(system, "effective", None)
     affinity = getattr(system, "affinity", None)

@@ -180,20 +180,21 @@ class Primer:
         body = buf.getvalue()
         return self.tag + b"\x80\x05\x95" + struct.pack("<Q", len(body)) + body
 
-    def thaw(self, blob: bytes) -> Any:
+    def _reader(self, blob: bytes) -> pickle.Unpickler:
+        """An unpickler of ``blob``'s body, its memo started from the primer's."""
         f = io.BytesIO(blob)
         f.seek(_TAG_LEN)
         u = pickle.Unpickler(f)
         u.memo = self._unpickler.memo
-        return u.load()
+        return u
+
+    def thaw(self, blob: bytes) -> Any:
+        return self._reader(blob).load()
 
     def thaw_owned(self, blob: bytes) -> tuple[Any, list[Any]]:
         """``thaw``, and the objects with a ``__dict__`` it made (the primer's own left out):
         what ``release`` needs to free the copy without the cyclic garbage collector."""
-        f = io.BytesIO(blob)
-        f.seek(_TAG_LEN)
-        u = pickle.Unpickler(f)
-        u.memo = self._unpickler.memo
+        u = self._reader(blob)
         host = u.load()
         ok = _CLEARABLE
         out = []
@@ -224,25 +225,27 @@ def freeze(host: Any, primer: Primer | None = None) -> bytes:
     return primer.freeze(host) if primer is not None else plain_freeze(host)
 
 
-def thaw(blob: bytes) -> Any:
-    """A new Host from a snapshot (of either kind)."""
+def _primer_of(blob: bytes) -> Primer | None:
+    """The primer of a primed snapshot (None for a plain one)."""
     if blob[:1] != b"\x00":
-        return pickle.loads(blob)
+        return None
     primer = _PRIMERS.get(blob[:_TAG_LEN])
     if primer is None:
         raise RuntimeError("a host snapshot names a primer this process does not have "
                            "(its ModelSystem was not loaded here)")
-    return primer.thaw(blob)
+    return primer
+
+
+def thaw(blob: bytes) -> Any:
+    """A new Host from a snapshot (of either kind)."""
+    primer = _primer_of(blob)
+    return pickle.loads(blob) if primer is None else primer.thaw(blob)
 
 
 def thaw_owned(blob: bytes) -> tuple[Any, list[Any] | None]:
     """``thaw``, and for a primed snapshot the objects ``release`` needs (else None)."""
-    if blob[:1] != b"\x00":
-        return pickle.loads(blob), None
-    primer = _PRIMERS.get(blob[:_TAG_LEN])
-    if primer is None:
-        return thaw(blob), None  # raises
-    return primer.thaw_owned(blob)
+    primer = _primer_of(blob)
+    return (pickle.loads(blob), None) if primer is None else primer.thaw_owned(blob)
 
 
 _CLEARABLE: dict[type, bool] = {}
@@ -255,7 +258,7 @@ def _clearable(t: type) -> bool:
         t.__module__.startswith("memfail.")
 
 
-def release(objects: list[Any]) -> None:
+def release(objects: list[Any] | None) -> None:
     """Break the reference cycles of a thawed Host nothing uses any more, so that reference
     counting frees it at once (a Host is a graph of cycles: a folio and its inode, a process
     and its threads, an mm and its VMAs; left to the cyclic collector, every copy a search
@@ -264,8 +267,9 @@ def release(objects: list[Any]) -> None:
     ``objects`` are those ``thaw_owned`` made: each one's attributes are cleared, which
     leaves no cycle through them. Objects a step added later are not in it; a cycle among
     those only is left to the collector. The caller must own the Host and everything in it:
-    an object used after its release has no attributes."""
-    for o in objects:
+    an object used after its release has no attributes. None (a Host that was not thawed
+    with its objects listed): nothing to do, the collector frees it."""
+    for o in objects or ():
         o.__dict__.clear()
 
 

@@ -105,13 +105,10 @@ class ModelState:
 
     def release(self) -> None:
         """Drop the Host, freeing it at once when this state owns its objects (see
-        ``freeze.release``); the state keeps its snapshot. Only for a state whose Host
-        nothing else refers to."""
-        if self._owned is not None:
-            self.frozen()
-            release(self._owned)
-            self._owned = None
-        self._host = None
+        ``freeze.release``); the state keeps whatever snapshot it has. Only for a state
+        whose Host nothing else refers to."""
+        release(self._owned)
+        self._host = self._owned = None
 
     def frozen(self) -> bytes:
         """The host's snapshot (made on first use; the host must not change afterwards)."""
@@ -138,6 +135,7 @@ class ModelState:
         """Keep only the snapshot: a frontier state then costs its ~7 KB pickle instead of a
         graph of Python objects (which the cyclic garbage collector would traverse again and
         again); the Host is rebuilt once when the state is expanded."""
+        self.frozen()
         self.release()
         return self
 
@@ -584,7 +582,7 @@ class ModelSystem:
             eff = self._effect(s, label, host, pre_holding, frames)
             made: ModelState | None = None
             if eff is None:  # the step cannot happen now; ``host`` is left dirty
-                _drop(owned)
+                release(owned)
                 host = owned = None
                 hit = (SKIP, blob, (), s.inflight, None, frozenset())
             elif eff[0].unchanged and not self.verify_unchanged:
@@ -616,10 +614,10 @@ class ModelSystem:
                 out[i] = self._finish(s, label, eff[0], eff[1], made, mkey, changed=True)
             else:
                 out[i] = self._from_memo(s, label, hit, mkey)
-        _drop(owned)  # the working copy no successor took, and the parent's before the steps
+        release(owned)  # the working copy no successor took, and the parent's before the steps
         host = None
         if before:
-            _drop(before[0][1])
+            release(before[0][1])
         for t in out:
             assert t is not None
             yield t
@@ -909,12 +907,6 @@ class ModelSystem:
         if h.panicked:
             out["panic"] = str(h.panicked)
         return out
-
-
-def _drop(owned: list[Any] | None) -> None:
-    """``freeze.release`` a Host ``successors`` made and no longer needs (if it has them)."""
-    if owned is not None:
-        release(owned)
 
 
 def _rank(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
