@@ -457,3 +457,30 @@ def test_an_unconsumed_failure_told_to_a_vmm_without_a_handler(tmp_path: Path) -
                                                      ("detect", "scrub"))))
     told = [e for e in s.events if isinstance(e, SignalSent)]
     assert [(e.si_code, e.outcome) for e in told] == [("BUS_MCEERR_AO", "ignored")]
+
+
+@pytest.mark.parametrize("races", [False, True], ids=["atomic", "races"])
+def test_a_long_walk_and_its_repeated_steps_replay_in_promela(races: bool) -> None:
+    """The replay driver (promela.replay_driver) walks a table of the steps with one loop
+    that names each distinct step once: a 40-step walk of the standard configuration, most
+    of its labels taken more than once, replays with the Python model's observation after
+    every step; a replay of no step gives the initial observation alone, and the walk's
+    steps taken twice over replay as the walk and then the rest, or block where the Python
+    model blocks."""
+    from memfail.check.config import standard_config
+    from memfail.check.spin.agree import _render, initial_observation
+
+    system = ModelSystem(standard_config(), "mainline", races=races)
+    system.initial()
+    rendered = _render(system)
+    walk = walk_python(system, rendered, 3, 40)
+    assert len(walk.labels) == 40 and len(set(walk.labels)) < 30
+    promela = replay_promela(system, rendered, walk.labels)
+    assert compare(system, rendered, walk, promela, ("python", "promela")) is None
+    empty = replay_promela(system, rendered, [])
+    assert empty.labels == [] and empty.observations == walk.observations[:1]
+    assert initial_observation(system, rendered) == walk.observations[:1]
+    twice = walk.labels + walk.labels
+    py, pm = replay_python(system, rendered, twice), replay_promela(system, rendered, twice)
+    assert py.blocked == pm.blocked and py.labels == pm.labels
+    assert py.observations == pm.observations and len(py.labels) > 40

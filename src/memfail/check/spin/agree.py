@@ -14,6 +14,7 @@ take a label the other took).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import tempfile
 from dataclasses import dataclass
@@ -86,9 +87,25 @@ def simulate_spin(system: Any, rendered: Rendered, seed: int, steps: int) -> Wal
         # each label is one d_step; -u bounds the statements, init_state and a step are one each
         out = _run([spin, f"-n{seed}", f"-u{steps + 1}", "-T", "model.pml"], work)
     got, obs = parse_sim(out)
-    # the checker observes after each step only: add the initial observation from a replay
-    first = replay_promela(system, rendered, [])
-    return Walk(got, first.observations[:1] + obs)
+    # the checker observes after each step only: add the initial observation
+    return Walk(got, initial_observation(system, rendered) + obs)
+
+
+_INITIAL: dict[str, list[tuple[int, ...]]] = {}
+
+
+def initial_observation(system: Any, rendered: Rendered) -> list[tuple[int, ...]]:
+    """The Promela model's observation after ``init_state`` (a replay of no step), as a
+    list of one (none if SPIN printed none). It depends on the model's text alone, so it is
+    kept per text: the seeds of one model share one ``spin`` run for it."""
+    key = hashlib.blake2b(rendered.text.encode(), digest_size=16).hexdigest()
+    got = _INITIAL.get(key)
+    if got is None:
+        got = replay_promela(system, rendered, []).observations[:1]
+        if len(_INITIAL) >= 64:
+            _INITIAL.clear()
+        _INITIAL[key] = got
+    return list(got)
 
 
 def compare(system: Any, rendered: Rendered, a: Walk, b: Walk, names: tuple[str, str]

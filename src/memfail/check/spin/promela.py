@@ -594,15 +594,42 @@ def _guard(system: Any, label: Any) -> tuple[str, str]:
 def replay_text(rendered: Rendered, system: Any, seq: list[int]) -> str:
     """A Promela model that carries out exactly the labels ``seq`` (indices into
     ``rendered.labels``) in order, printing the observation after each; a label that is not
-    enabled prints ``MF_BLOCKED k`` and stops."""
-    body = ["#define REPLAY 1", rendered.text, "init {", "  d_step { init_state() };",
-            '  observe();']
-    for k in seq:
+    enabled prints ``MF_BLOCKED k`` and stops (``replay_driver``)."""
+    arms = {}
+    for k in dict.fromkeys(seq):
         guard, count = _guard(system, rendered.labels[k])
-        body.append(f"  if :: {guard} -> d_step {{ {count}step_{k}(); RESET_SCRATCH }}; "
-                    f'printf("MF_STEP {k}\\n"); observe()')
-        body.append(f'     :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi;')
-    body += ["done: skip", "}"]
+        arms[k] = (guard, f"{count}step_{k}(); RESET_SCRATCH")
+    return replay_driver(rendered.text, seq, arms)
+
+
+def replay_driver(text: str, seq: list[int], arms: dict[int, tuple[str, str]]) -> str:
+    """The model ``text`` with an ``init`` process that takes the steps ``seq`` in order:
+    ``arms[k]`` is step k's guard and the body its d_step runs. After each step it prints
+    ``MF_STEP k`` and the observation; a step whose guard is false prints ``MF_BLOCKED k``
+    and ends the replay.
+
+    The steps are a table (``mf_seq``) walked by one loop, which names each distinct step
+    once: SPIN expands a step's inline bodies where it is named, and a driver that named
+    every step of the sequence took time growing faster than the sequence (a 40-step replay
+    of the standard configuration's --races model: 3.7 s against 0.8 s as a loop)."""
+    n = len(seq)
+    if any(not 0 <= k < 32767 for k in seq):
+        raise ValueError("a replayed step index does not fit the driver's short table")
+    fill = [f"mf_seq[{i}] = {k}" for i, k in enumerate(seq)]
+    body = ["#define REPLAY 1", text, f"short mf_seq[{max(n, 1)}];", "init {",
+            "  short mf_i, mf_k;", "  d_step { init_state() };"]
+    body += [f"  d_step {{ {'; '.join(fill[i:i + 1000])} }};"  # inside MAXDSTEP (2048)
+             for i in range(0, n, 1000)]
+    body += ["  observe();", "  do", f"  :: mf_i == {n} -> break",
+             "  :: else -> mf_k = mf_seq[mf_i];", "     if"]
+    for k in dict.fromkeys(seq):
+        guard, step = arms[k]
+        body.append(f"     :: mf_k == {k} -> if :: {guard} -> d_step {{ {step} }}; "
+                    f'printf("MF_STEP {k}\\n")')
+        body.append(f'        :: else -> printf("MF_BLOCKED {k}\\n"); goto done fi')
+    if not seq:
+        body.append("     :: else -> skip")
+    body += ["     fi;", "     observe(); mf_i++", "  od;", "done: skip", "}"]
     return "\n".join(body) + "\n"
 
 

@@ -45,6 +45,7 @@ from memfail.check.spin.promela import (
     gmem_range_ok,
     kernel_user,
     render,
+    replay_driver,
     system_args,
 )
 
@@ -547,11 +548,5 @@ def render_races(system: Any) -> RacesRendered:
 
 def replay_races_text(rendered: Rendered, seq: list[int]) -> str:
     """``promela.replay_text`` for the races model: exactly the transitions ``seq``."""
-    body = ["#define REPLAY 1", rendered.text, "init {", "  d_step { init_state() };",
-            "  observe();"]
-    for K in seq:
-        body.append(f"  if :: G_{K} -> d_step {{ tr_{K}() }}; "
-                    f'printf("MF_STEP {K}\\n"); observe()')
-        body.append(f'     :: else -> printf("MF_BLOCKED {K}\\n"); goto done fi;')
-    body += ["done: skip", "}"]
-    return "\n".join(body) + "\n"
+    return replay_driver(rendered.text, seq, {k: (f"G_{k}", f"tr_{k}()")
+                                              for k in dict.fromkeys(seq)})
