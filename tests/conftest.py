@@ -7,6 +7,13 @@ a run does not depend on what an earlier run left there, nor writes into it, and
 runs of the default fleet are computed once for all the tests that sample it (a cold cache
 costs some 100 s of CPU per fleet run). A ``MEMFAIL_CACHE_DIR`` set by the caller is kept.
 
+SPIN's pans are compiled ``-O0`` (``MEMFAIL_SPIN_OPT``, unless the caller set it): the
+searches of the tests are small, and gcc -O2 of a pan was the largest share of the run (67
+compiles, 256 s of CPU, against 105 s for the same models at -O0). The optimisation changes
+how fast pan runs, not what it finds: test_check_spin.py compiles the standard configuration
+at the default -O2 and checks that its figures and trails are the -O0 pan's, and the
+standard configuration's check through the command line runs that -O2 pan.
+
 The longest tests are put first (``LONGEST``), so that the two xdist workers end together
 instead of one running a 50-second test alone at the end (xdist hands out the groups first,
 then the other tests in collection order, as workers become free).
@@ -20,6 +27,7 @@ import tempfile
 
 import pytest
 
+from memfail.check.spin.runner import OPT_ENV
 from memfail.fleet.cache import ENV
 
 _MADE: list[str] = []
@@ -60,6 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(OPT_ENV, "-O0")  # workers inherit it; a caller's is kept
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(ENV):
         return  # a worker inherits the controller's directory; a caller's is kept
     path = tempfile.mkdtemp(prefix="memfail-test-cache-")

@@ -492,10 +492,15 @@ def test_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_without_a_file_spin_checks_the_standard_configuration(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`memfail check --engine spin` with no file checks the standard configuration (three
     VMs, careless / hostile / confidential guests, vcpu_mce and task_work) and completes:
-    every verdict PASS or FAIL, and every counterexample replays with `memfail run`."""
+    every verdict PASS or FAIL, and every counterexample replays with `memfail run`. With
+    the pan a user gets: the default optimisation (the suite compiles -O0, conftest.py)."""
+    from memfail.check.spin.runner import OPT_ENV
+
+    monkeypatch.delenv(OPT_ENV, raising=False)
     rc = main(["check", "--engine", "spin", "--policy", "kill-vm", "--json",
                "--out", str(tmp_path)])
     out, _err = capsys.readouterr()
@@ -512,6 +517,46 @@ def test_without_a_file_spin_checks_the_standard_configuration(
     for f in files:
         code = main(["run", f])
         assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"
+
+
+def test_the_optimisation_of_pan_changes_no_figure_or_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard configuration's pan (kill-vm) compiled at the default optimisation (-O2,
+    as `memfail check --engine spin` compiles it) and at -O0 (as the test suite compiles its
+    pans, conftest.py): the same states, matches, transitions, depth, errors and
+    completeness, for no property and for all of them, and the same trail, replayed by pan
+    and by spin's guided simulation. ``$MEMFAIL_SPIN_OPT`` picks the level; one the runner
+    does not know is refused with one line."""
+    from memfail.check.config import standard_config
+    from memfail.check.model_system import ModelSystem
+    from memfail.check.spin import runner
+    from memfail.check.spin.promela import render
+    from memfail.inputs import InputError
+
+    s = ModelSystem(standard_config(), "kill-vm")
+    s.initial()
+    rendered = render(s)
+    runs: dict[str, list[tuple[Any, ...]]] = {}
+    for opt in ("", "-O0"):  # "": the default
+        monkeypatch.setenv(runner.OPT_ENV, opt)
+        assert runner.default_opt() == (opt or runner.OPT) and runner.OPT == "-O2"
+        work = tmp_path / (opt or "default")
+        work.mkdir()
+        runner.compile_pan(work, rendered.text, False)
+        runs[opt] = []
+        for mask in (0, (1 << len(rendered.props)) - 1):
+            st = runner.run_pan(work, False, mask)
+            labels = runner.guided(work, mask) if st.errors else None
+            if labels is not None:
+                assert labels[0] and labels == runner.guided_spin(work, mask)
+            runs[opt].append((st.states, st.matched, st.transitions, st.depth, st.errors,
+                              st.complete, labels))
+    assert runs[""] == runs["-O0"]
+    assert runs[""][0][0] > 1000 and runs[""][0][5] and runs[""][1][4] == 1
+    assert (tmp_path / "default" / "pan").resolve() != (tmp_path / "-O0" / "pan").resolve()
+    monkeypatch.setenv(runner.OPT_ENV, "-O9")
+    with pytest.raises(InputError, match=r"^\$MEMFAIL_SPIN_OPT: give one of -O0, .*'-O9'$"):
+        runner.default_opt()
 
 
 # ------------------------------------------------------------ one pan per configuration
@@ -1024,7 +1069,8 @@ def test_pans_whole_vector_copy_is_the_variable_by_variable_one(
         text = rendered.text
         assert text.count("-> mf_save()") > 3, "steps wait for memory_failure() here"
         assert ("memcpy(mf_sv" in text) == whole
-        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        # the pan cache's key is the model's text: the unrestored copy compiles on its own,
+        # the whole copy is the pan the other tests of this model use
         work = tmp_path / str(whole)
         work.mkdir()
         runner.compile_pan(work, text, False, opt="-O0")  # the figures, not the speed
@@ -1068,7 +1114,7 @@ def test_packed_bit_arrays_keep_every_figure_and_trail(
     for packed in (True, False):
         if not packed:
             monkeypatch.setattr(runner, "pack_bits", lambda text: text)
-        monkeypatch.setattr(runner, "PAN_CACHE", runner._PanCache())
+        # (the pan cache's key is the model's text as compiled: packed or not, each its own)
         work = tmp_path / str(packed)
         work.mkdir()
         runner.compile_pan(work, rendered.text, False, opt="-O0")  # the figures, not the speed

@@ -35,6 +35,7 @@ from memfail.check.explorer import FAIL, PARTIAL, PASS, Coverage, Result, Verdic
 from memfail.check.spin.pack import pack_bits
 from memfail.check.spin.promela import Rendered, render
 from memfail.check.spin.stages import render_races
+from memfail.inputs import InputError
 
 
 class SpinMissing(RuntimeError):
@@ -476,13 +477,41 @@ def _allow_hidden(panh: Path) -> None:
 # 55.1 s), in about the same memory (4.2 GB -> 4.4 GB resident), for some 8 s more compiling; MURMUR (_murmur) 10 % more.
 OPT = "-O2"
 EXTRA: tuple[str, ...] = ("-DNOCOMP", "-DMURMUR")
+# The environment variable that replaces OPT: for a small configuration the compile is most
+# of a search (the agree.yaml --races model: gcc -O2 14.7 s, -O1 8.5 s, -O0 4.6 s, for a
+# search of about a second), and the optimisation changes how fast pan runs, not what it
+# finds (the figures of the test suite's searches, compiled -O0 there, are -O2's).
+OPT_ENV = "MEMFAIL_SPIN_OPT"
+OPTS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Og")
 
 
-def compile_pan(workdir: Path, text: str, bitstate: bool, opt: str = OPT,
+class OptError(InputError):
+    """``$MEMFAIL_SPIN_OPT`` names no optimisation level the runner passes to the compiler."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"${OPT_ENV}", None, None, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,))
+
+
+def default_opt() -> str:
+    """``$MEMFAIL_SPIN_OPT`` when set (one of OPTS), else OPT."""
+    got = os.environ.get(OPT_ENV, "").strip()
+    if not got:
+        return OPT
+    if got not in OPTS:
+        raise OptError(f"give one of {', '.join(OPTS)}, got {got!r}")
+    return got
+
+
+def compile_pan(workdir: Path, text: str, bitstate: bool, opt: str | None = None,
                 extra: tuple[str, ...] = EXTRA, dfs: bool = False) -> None:
     """``spin -a`` and the C compiler: one pan per model text (``runtime_knobs``: every policy
     of a configuration shares it) and flags, whichever properties it checks (``run_pan``'s
-    mask). ``workdir`` gets the model, the knob values and a link to the pan."""
+    mask). ``workdir`` gets the model, the knob values and a link to the pan. ``opt``: the
+    compiler's optimisation (default ``default_opt()``); it is part of the pan's cache key."""
+    opt = opt or default_opt()
     text, knobs = runtime_knobs(text)
     text = pack_bits(text)  # the bit arrays as unsigned fields: a smaller vector (pack.py)
     flags = [opt, "-DSAFETY", "-DNOFAIR", "-DNOREDUCE", "-DNOBOUNDCHECK", "-DXUSAFE"]
