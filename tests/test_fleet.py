@@ -439,3 +439,19 @@ def test_show_defaults_lists_citations() -> None:
     rows = json.loads(r.output)["parameters"]
     assert {"path": "scrub.period_hours", "value": 24.0}.items() <= rows[
         [x["path"] for x in rows].index("scrub.period_hours")].items()
+
+
+def test_the_order_key_sorts_failure_classes_as_their_order_does() -> None:
+    """Tallies.merge sorts the classes a run met by ``FailureClass.order_key``: the order
+    the dataclass defines (its generated comparisons), on classes of every kind the default
+    fleet samples; and an Outcome's tuple follows OUTCOME_NAMES."""
+    from memfail.fleet.classes import OUTCOME_NAMES
+
+    spec = compile_spec(load_fleet(None).params)
+    rng = np.random.default_rng(5)
+    classes = [spec.decode(int(i)) for i in rng.integers(0, spec.n_classes, 3000)]
+    assert len(set(classes)) > 1000
+    assert sorted(classes, key=FailureClass.order_key) == sorted(classes)
+    o = Outcome(vm_killed=2.0, guest_gib_lost=0.5)
+    assert dict(zip(OUTCOME_NAMES, o.as_tuple(), strict=True)) == \
+        {n: getattr(o, n) for n in OUTCOME_NAMES} and Outcome.names() == OUTCOME_NAMES

@@ -75,6 +75,11 @@ class FailureClass:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def order_key(self) -> tuple[Any, ...]:
+        """The fields the class's order compares, in order: ``sorted(cs, key=order_key)`` is
+        ``sorted(cs)`` without a generated ``__lt__`` call per comparison."""
+        return tuple(getattr(self, n) for n in _field_names(type(self), True))
+
     def key(self) -> str:
         """A short stable name, e.g. ``gmem_private/confidential/32G/1G/p1/guest_read/perm``."""
         parts = [self.memory, self.vm_type, f"{self.vm_gib}G", self.page_size,
@@ -122,7 +127,7 @@ class Outcome:
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return _field_names(cls)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, strict: bool = True) -> Outcome:
@@ -141,7 +146,21 @@ class Outcome:
         return cls(**vals)
 
     def as_tuple(self) -> tuple[float, ...]:
-        return tuple(getattr(self, n) for n in self.names())
+        return tuple(getattr(self, n) for n in _field_names(type(self)))
+
+
+_NAMES: dict[tuple[type, bool], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type, compared: bool = False) -> tuple[str, ...]:
+    """A dataclass's field names in order, or those its order compares (kept per class:
+    ``dataclasses.fields`` is slow, and a fleet run asks once per failure class and
+    policy)."""
+    got = _NAMES.get((cls, compared))
+    if got is None:
+        got = _NAMES[(cls, compared)] = tuple(f.name for f in fields(cls)
+                                              if f.compare or not compared)
+    return got
 
 
 OUTCOME_NAMES = Outcome.names()

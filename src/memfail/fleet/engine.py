@@ -152,7 +152,7 @@ class Tallies:
         """Combine shards in batch order; columns that decode to one class are summed."""
         cols = sorted({int(c) for s in shards for c in s.columns})
         decoded = [spec.decode(c) for c in cols]
-        uniq = sorted(set(decoded))
+        uniq = sorted(set(decoded), key=FailureClass.order_key)
         where = {c: i for i, c in enumerate(uniq)}
         col_to = np.array([where[d] for d in decoded], dtype=np.intp)
         pos = {c: i for i, c in enumerate(cols)}
