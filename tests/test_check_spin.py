@@ -559,6 +559,23 @@ def test_the_optimisation_of_pan_changes_no_figure_or_trail(
         runner.default_opt()
 
 
+def test_an_optimisation_the_compiler_is_not_given_is_refused_before_any_work(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``$MEMFAIL_SPIN_OPT`` the runner does not pass on is a usage error of a SPIN check
+    (exit 2, one line naming the variable and the levels), before anything is rendered or
+    compiled; the Python engine does not read it."""
+    from memfail.check.spin import runner
+
+    monkeypatch.setenv(runner.OPT_ENV, "-O9 -march=native")
+    monkeypatch.setattr(runner, "compile_pan", lambda *a, **k: pytest.fail("compiled"))
+    rc = main(["check", str(AGREE_CONFIG), "--engine", "spin", "--policy", "unmap"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("memfail: error: $MEMFAIL_SPIN_OPT: give one of -O0, -O1")
+    rc = main(["check", str(AGREE_CONFIG), "--policy", "unmap", "--max-depth", "1"])
+    assert rc in (0, 1), capsys.readouterr().err
+
+
 # ------------------------------------------------------------ one pan per configuration
 
 
