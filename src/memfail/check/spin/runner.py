@@ -480,7 +480,8 @@ EXTRA: tuple[str, ...] = ("-DNOCOMP", "-DMURMUR")
 # The environment variable that replaces OPT: for a small configuration the compile is most
 # of a search (the agree.yaml --races model: gcc -O2 14.7 s, -O1 8.5 s, -O0 4.6 s, for a
 # search of about a second), and the optimisation changes how fast pan runs, not what it
-# finds (the figures of the test suite's searches, compiled -O0 there, are -O2's).
+# finds (tests/test_check_spin.py compares every figure and trail of the standard
+# configuration's pan at -O2 and -O0; the test suite compiles its pans -O0).
 OPT_ENV = "MEMFAIL_SPIN_OPT"
 OPTS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Og")
 
