@@ -519,6 +519,24 @@ def test_without_a_file_spin_checks_the_standard_configuration(
         assert code == 0, f"{Path(f).name}: {capsys.readouterr().out[-400:]}"
 
 
+def _pan_figures(work: Path, props: int, spin_too: bool) -> tuple[list[tuple[Any, ...]], Any]:
+    """The pan compiled in ``work`` searched for no property and for all ``props`` of them:
+    per search its states, matches, transitions, depth, errors, completeness and the labels
+    of its trail (pan's replay, runner.guided; with ``spin_too``, asserted to be spin's
+    guided simulation's too); and the last search's stats."""
+    from memfail.check.spin import runner
+
+    out = []
+    for mask in (0, (1 << props) - 1):
+        st = runner.run_pan(work, False, mask)
+        labels = runner.guided(work, mask) if st.errors else None
+        if labels is not None and spin_too:  # pan's replay of its trail is spin's guided one
+            assert labels[0] and labels == runner.guided_spin(work, mask)
+        out.append((st.states, st.matched, st.transitions, st.depth, st.errors, st.complete,
+                    labels))
+    return out, st
+
+
 def test_the_optimisation_of_pan_changes_no_figure_or_trail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The standard configuration's pan (kill-vm) compiled at the default optimisation (-O2,
@@ -543,14 +561,7 @@ def test_the_optimisation_of_pan_changes_no_figure_or_trail(
         work = tmp_path / (opt or "default")
         work.mkdir()
         runner.compile_pan(work, rendered.text, False)
-        runs[opt] = []
-        for mask in (0, (1 << len(rendered.props)) - 1):
-            st = runner.run_pan(work, False, mask)
-            labels = runner.guided(work, mask) if st.errors else None
-            if labels is not None:
-                assert labels[0] and labels == runner.guided_spin(work, mask)
-            runs[opt].append((st.states, st.matched, st.transitions, st.depth, st.errors,
-                              st.complete, labels))
+        runs[opt], _st = _pan_figures(work, len(rendered.props), True)
     assert runs[""] == runs["-O0"]
     assert runs[""][0][0] > 1000 and runs[""][0][5] and runs[""][1][4] == 1
     assert (tmp_path / "default" / "pan").resolve() != (tmp_path / "-O0" / "pan").resolve()
@@ -1091,12 +1102,7 @@ def test_pans_whole_vector_copy_is_the_variable_by_variable_one(
         work = tmp_path / str(whole)
         work.mkdir()
         runner.compile_pan(work, text, False, opt="-O0")  # the figures, not the speed
-        runs[whole] = []
-        for mask in (0, (1 << len(rendered.props)) - 1):
-            st = runner.run_pan(work, False, mask)
-            labels = runner.guided(work, mask) if st.errors else None
-            runs[whole].append((st.states, st.matched, st.transitions, st.depth, st.errors,
-                                st.complete, labels))
+        runs[whole], _st = _pan_figures(work, len(rendered.props), False)
     assert runs[True] == runs[False]
     assert runs[True][0][0] > 1000 and runs[True][0][5]
 
@@ -1136,14 +1142,7 @@ def test_packed_bit_arrays_keep_every_figure_and_trail(
         work.mkdir()
         runner.compile_pan(work, rendered.text, False, opt="-O0")  # the figures, not the speed
         assert ("unsigned err :" in (work / "model.pml").read_text()) == packed
-        runs[packed] = []
-        for mask in (0, (1 << len(rendered.props)) - 1):
-            st = runner.run_pan(work, False, mask)
-            labels = runner.guided(work, mask) if st.errors else None
-            if labels is not None:  # pan's replay of its trail is spin's guided simulation's
-                assert labels[0] and labels == runner.guided_spin(work, mask)
-            runs[packed].append((st.states, st.matched, st.transitions, st.depth, st.errors,
-                                 st.complete, labels))
+        runs[packed], st = _pan_figures(work, len(rendered.props), True)
         vector = re.search(r"State-vector (\d+) byte", st.output)
         assert vector, st.output[-2000:]
         runs[packed].append((int(vector.group(1)),))
